@@ -1,0 +1,182 @@
+//! Phase 2, authenticate: bearer token → [`VerifiedIdentity`].
+//!
+//! Order matters: parse the compact JWS (size, structure, `alg`, `crit`) → read `iss` from
+//! the payload and pick that issuer (so one issuer's key can never validate another's
+//! token) → check `alg` against the issuer's allow-list and `typ` against its types →
+//! choose the key from that issuer's set only → verify the signature → validate claims.
+
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+use serde_json::Value;
+
+use crate::claims::{ClaimError, VerifiedIdentity, validate};
+use crate::config::{Config, FOREIGN_TOKEN_TYPES, IssuerConfig};
+use crate::crypto::{Algorithm, SignatureVerifier};
+use crate::jws::{CompactJws, JwsError, normalize_media_type, parse_compact, parse_object};
+use crate::keyset::{IssuerId, KeySelectError, KeySet, KeyStore};
+use crate::reason::Reason;
+use crate::time::Timestamp;
+
+/// A failed authentication: the reason, a detail for logs and problem details, the issuer
+/// if one was identified, and whether a key-set refetch could help (unknown `kid`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthFailure {
+    /// The reason code.
+    pub reason: Reason,
+    /// What exactly was wrong.
+    pub detail: String,
+    /// The issuer the token claimed, when it is a configured one.
+    pub issuer: Option<IssuerId>,
+    /// True when the token named a `kid` the issuer's set lacks.
+    pub unknown_kid: bool,
+}
+
+impl AuthFailure {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+            issuer: None,
+            unknown_kid: false,
+        }
+    }
+
+    fn at(mut self, issuer: IssuerId) -> Self {
+        self.issuer = Some(issuer);
+        self
+    }
+}
+
+impl From<JwsError> for AuthFailure {
+    fn from(e: JwsError) -> Self {
+        let reason = match e {
+            JwsError::TooLarge { .. } => Reason::TokenTooLarge,
+            JwsError::Malformed(_) => Reason::TokenMalformed,
+            JwsError::AlgorithmNotAllowed(_) => Reason::AlgorithmNotAllowed,
+            JwsError::CritUnsupported(_) => Reason::CriticalHeaderUnsupported,
+        };
+        AuthFailure::new(reason, e.to_string())
+    }
+}
+
+/// The bearer token of a request: `Ok(None)` when there is no `Authorization: Bearer`
+/// header, an error when there are several or the header is malformed.
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(AuthFailure::new(Reason::InvalidRequest, "more than one Authorization header"));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| AuthFailure::new(Reason::TokenMalformed, "Authorization header is not ASCII"))?;
+    let Some((scheme, rest)) = text.split_once(' ') else {
+        return Ok(None);
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None); // another scheme: no bearer token
+    }
+    let token = rest.trim_matches(' ');
+    // RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+    let body = token.trim_end_matches('=');
+    if body.is_empty()
+        || !body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+    {
+        return Err(AuthFailure::new(Reason::TokenMalformed, "bearer token has characters outside token68"));
+    }
+    Ok(Some(token))
+}
+
+/// Checks a parsed JWS's signature against a key set: the key is chosen by `kid` (or as the
+/// only fitting key), must fit `alg` and its own metadata, and `alg` must be in `allowed`.
+/// This is the signature layer alone, without claims; the Wycheproof suite drives it.
+pub fn verify_signature<V: SignatureVerifier>(
+    jws: &CompactJws<'_>,
+    keys: &KeySet<V::Key>,
+    allowed: &[Algorithm],
+    verifier: &V,
+) -> Result<(), AuthFailure> {
+    let alg = jws.header.alg;
+    if !allowed.contains(&alg) {
+        return Err(AuthFailure::new(Reason::AlgorithmNotAllowed, format!("{alg} is not allowed for this issuer")));
+    }
+    let entry = keys.select(jws.header.kid.as_deref(), alg).map_err(|e| match e {
+        KeySelectError::UnknownKid(m) => AuthFailure {
+            unknown_kid: true,
+            ..AuthFailure::new(Reason::KeyNotFound, m)
+        },
+        KeySelectError::NoKey(m) => AuthFailure::new(Reason::KeyNotFound, m),
+        KeySelectError::Mismatch(m) => AuthFailure::new(Reason::KeyMismatch, m),
+    })?;
+    if verifier.verify(alg, &entry.key, jws.signing_input.as_bytes(), &jws.signature) {
+        Ok(())
+    } else {
+        Err(AuthFailure::new(Reason::SignatureInvalid, "signature does not verify"))
+    }
+}
+
+/// Authenticates `token` against the configured issuers (restricted to `route_issuers`
+/// when non-empty).
+pub fn authenticate<V: SignatureVerifier>(
+    token: &str,
+    config: &Config,
+    keys: &KeyStore<V::Key>,
+    verifier: &V,
+    route_issuers: &[IssuerId],
+    now: Timestamp,
+) -> Result<VerifiedIdentity, AuthFailure> {
+    let jws = parse_compact(token, config.limits.max_token_bytes)?;
+    let claims = parse_object(&jws.payload)
+        .map_err(|e| AuthFailure::new(Reason::TokenMalformed, format!("payload is not a JSON object: {e}")))?;
+    let iss = match claims.get("iss") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(AuthFailure::new(Reason::ClaimInvalid, "`iss` must be a string")),
+        None => return Err(AuthFailure::new(Reason::IssuerUnknown, "the token has no `iss`")),
+    };
+    let Some(index) = config.issuers.iter().position(|i| i.issuer == iss) else {
+        return Err(AuthFailure::new(Reason::IssuerUnknown, format!("issuer {iss:?} is not configured")));
+    };
+    let id = IssuerId(index);
+    if !route_issuers.is_empty() && !route_issuers.contains(&id) {
+        return Err(AuthFailure::new(Reason::IssuerUnknown, format!("issuer {iss:?} is not accepted on this route")).at(id));
+    }
+    let issuer = config
+        .issuers
+        .get(index)
+        .ok_or_else(|| AuthFailure::new(Reason::IssuerUnknown, "issuer index out of range"))?;
+    check_type(&jws, issuer).map_err(|f| f.at(id))?;
+    let set = keys.keys(id, now).map_err(|e| {
+        AuthFailure::new(Reason::KeysUnavailable, format!("keys of {iss:?} unavailable: {e:?}")).at(id)
+    })?;
+    verify_signature(&jws, set, &issuer.algorithms, verifier).map_err(|f| f.at(id))?;
+    validate(claims, id, issuer, now).map_err(|e| {
+        let (reason, detail) = match e {
+            ClaimError::Expired(d) => (Reason::TokenExpired, d),
+            ClaimError::NotYetValid(d) => (Reason::TokenNotYetValid, d),
+            ClaimError::IssuedInFuture(d) => (Reason::TokenIssuedInFuture, d),
+            ClaimError::AudienceMismatch(d) => (Reason::AudienceMismatch, d),
+            ClaimError::Invalid(d) => (Reason::ClaimInvalid, d),
+        };
+        AuthFailure::new(reason, detail).at(id)
+    })
+}
+
+fn check_type(jws: &CompactJws<'_>, issuer: &IssuerConfig) -> Result<(), AuthFailure> {
+    let typ = jws.header.typ.as_deref().map(normalize_media_type);
+    match (&issuer.token_types, typ) {
+        (Some(accepted), Some(t)) if accepted.contains(&t) => Ok(()),
+        (Some(accepted), t) => Err(AuthFailure::new(
+            Reason::TokenTypeInvalid,
+            format!("typ {:?} is not one of {accepted:?}", t.unwrap_or_default()),
+        )),
+        (None, Some(t)) if FOREIGN_TOKEN_TYPES.contains(&t.as_str()) => Err(AuthFailure::new(
+            Reason::TokenTypeInvalid,
+            format!("a `{t}` token is not an access token"),
+        )),
+        (None, _) => Ok(()),
+    }
+}

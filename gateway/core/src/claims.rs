@@ -1,0 +1,196 @@
+//! Claim validation (RFC 7519 §4.1, RFC 9068): strict types — a claim of the wrong JSON type
+//! is invalid, never treated as absent.
+
+use serde_json::{Map, Value};
+
+use crate::config::IssuerConfig;
+use crate::keyset::IssuerId;
+use crate::time::Timestamp;
+
+/// Who is calling, as established by a verified token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifiedIdentity {
+    /// Which configured issuer vouched for it.
+    pub issuer: IssuerId,
+    /// `sub`, if present.
+    pub subject: Option<String>,
+    /// Scopes from `scope` (space-separated) or `scp` (array or string).
+    pub scopes: Vec<String>,
+    /// `acr`, if present.
+    pub acr: Option<String>,
+    /// `amr`, empty if absent.
+    pub amr: Vec<String>,
+    /// `auth_time` in Unix seconds, if present.
+    pub auth_time: Option<f64>,
+    /// `exp` in Unix seconds.
+    pub expires_at: f64,
+    /// Every claim, for claim rules, residency and identity headers.
+    pub claims: Map<String, Value>,
+}
+
+impl VerifiedIdentity {
+    /// True when the identity holds `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+/// Why the claims of a correctly signed token are not acceptable.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClaimError {
+    /// `exp` (plus skew) has passed.
+    Expired(String),
+    /// `nbf` (minus skew) is still ahead.
+    NotYetValid(String),
+    /// `iat` is later than now plus skew.
+    IssuedInFuture(String),
+    /// No configured audience is in `aud`.
+    AudienceMismatch(String),
+    /// A claim is missing or has the wrong type.
+    Invalid(String),
+}
+
+/// Validates the claims of a token whose signature `issuer` has verified.
+pub fn validate(
+    claims: Map<String, Value>,
+    issuer_id: IssuerId,
+    issuer: &IssuerConfig,
+    now: Timestamp,
+) -> Result<VerifiedIdentity, ClaimError> {
+    let now_s = now.unix_millis() as f64 / 1000.0;
+    let skew = issuer.clock_skew.as_secs_f64();
+
+    if claims.get("iss").and_then(Value::as_str) != Some(issuer.issuer.as_str()) {
+        return Err(ClaimError::Invalid("`iss` does not match the issuer".into()));
+    }
+    let exp = numeric_date(&claims, "exp")?.ok_or_else(|| ClaimError::Invalid("`exp` is required".into()))?;
+    if now_s >= exp + skew {
+        return Err(ClaimError::Expired(format!("expired at {exp}, now is {}", now.unix_secs())));
+    }
+    if let Some(nbf) = numeric_date(&claims, "nbf")?
+        && now_s + skew < nbf
+    {
+        return Err(ClaimError::NotYetValid(format!("not valid before {nbf}, now is {}", now.unix_secs())));
+    }
+    if let Some(iat) = numeric_date(&claims, "iat")?
+        && iat > now_s + skew
+    {
+        return Err(ClaimError::IssuedInFuture(format!("issued at {iat}, now is {}", now.unix_secs())));
+    }
+    check_audience(&claims, &issuer.audiences)?;
+    let subject = opt_string(&claims, "sub")?;
+    let acr = opt_string(&claims, "acr")?;
+    let amr = match claims.get("amr") {
+        None => Vec::new(),
+        Some(v) => string_array(v).ok_or_else(|| ClaimError::Invalid("`amr` must be an array of strings".into()))?,
+    };
+    let auth_time = numeric_date(&claims, "auth_time")?;
+    let scopes = scopes(&claims)?;
+    Ok(VerifiedIdentity {
+        issuer: issuer_id,
+        subject,
+        scopes,
+        acr,
+        amr,
+        auth_time,
+        expires_at: exp,
+        claims,
+    })
+}
+
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, ClaimError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f)),
+            _ => Err(ClaimError::Invalid(format!("`{name}` is not a valid NumericDate"))),
+        },
+        Some(other) => Err(ClaimError::Invalid(format!(
+            "`{name}` must be a number, found {}",
+            json_type(other)
+        ))),
+    }
+}
+
+fn opt_string(claims: &Map<String, Value>, name: &str) -> Result<Option<String>, ClaimError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ClaimError::Invalid(format!(
+            "`{name}` must be a string, found {}",
+            json_type(other)
+        ))),
+    }
+}
+
+fn string_array(v: &Value) -> Option<Vec<String>> {
+    v.as_array()?
+        .iter()
+        .map(|x| x.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn check_audience(claims: &Map<String, Value>, accepted: &[String]) -> Result<(), ClaimError> {
+    let auds: Vec<&str> = match claims.get("aud") {
+        None => return Err(ClaimError::AudienceMismatch("the token has no `aud`".into())),
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(Value::as_str)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ClaimError::Invalid("`aud` must be a string or an array of strings".into()))?,
+        Some(other) => {
+            return Err(ClaimError::Invalid(format!(
+                "`aud` must be a string or an array of strings, found {}",
+                json_type(other)
+            )));
+        }
+    };
+    if auds.iter().any(|a| accepted.iter().any(|x| x == a)) {
+        Ok(())
+    } else {
+        Err(ClaimError::AudienceMismatch(format!(
+            "`aud` {auds:?} names none of the accepted audiences"
+        )))
+    }
+}
+
+fn scopes(claims: &Map<String, Value>) -> Result<Vec<String>, ClaimError> {
+    let mut out = Vec::new();
+    match claims.get("scope") {
+        None => {}
+        Some(Value::String(s)) => out.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned)),
+        Some(other) => {
+            return Err(ClaimError::Invalid(format!(
+                "`scope` must be a space-separated string, found {}",
+                json_type(other)
+            )));
+        }
+    }
+    match claims.get("scp") {
+        None => {}
+        Some(Value::String(s)) => out.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned)),
+        Some(v @ Value::Array(_)) => out.extend(
+            string_array(v).ok_or_else(|| ClaimError::Invalid("`scp` must hold strings".into()))?,
+        ),
+        Some(other) => {
+            return Err(ClaimError::Invalid(format!(
+                "`scp` must be a string or an array of strings, found {}",
+                json_type(other)
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// The JSON type name of a value, for messages.
+pub fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

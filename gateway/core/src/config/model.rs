@@ -1,0 +1,289 @@
+//! The validated configuration the engine runs on; built only by [`super::load`].
+
+use std::time::Duration;
+
+use http::HeaderName;
+use serde_json::Value;
+
+use crate::crypto::Algorithm;
+use crate::jwk::ParsedJwks;
+use crate::keyset::IssuerId;
+
+/// A loaded, validated deployment configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Token issuers, in file order ([`IssuerId`] indexes this).
+    pub issuers: Vec<IssuerConfig>,
+    /// Regions, in name order ([`RegionId`] indexes this).
+    pub regions: Vec<Region>,
+    /// How a user's home region is found.
+    pub residency: Residency,
+    /// Routes, in file order.
+    pub routes: Vec<Route>,
+    /// Identity headers: what is stripped, what is injected.
+    pub identity: Identity,
+    /// Audit settings.
+    pub audit: AuditConfig,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+/// One trusted token issuer.
+#[derive(Clone, Debug)]
+pub struct IssuerConfig {
+    /// Short name used in logs, metrics and route `issuers` lists.
+    pub name: String,
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values (a token must carry one).
+    pub audiences: Vec<String>,
+    /// Accepted algorithms (never empty).
+    pub algorithms: Vec<Algorithm>,
+    /// Tolerance for `exp`, `nbf` and `iat`.
+    pub clock_skew: Duration,
+    /// Where verification keys come from.
+    pub keys: KeySource,
+    /// Accepted `typ` header values, normalised (lowercase, no `application/`);
+    /// `None` accepts any type except those of other JWT kinds (see [`FOREIGN_TOKEN_TYPES`]).
+    pub token_types: Option<Vec<String>>,
+    /// Key-set refresh policy.
+    pub jwks_policy: JwksPolicy,
+    /// Allows `http://` key-set and discovery URLs (local testing only).
+    pub insecure_http_jwks: bool,
+}
+
+/// `typ` values of JWTs that are never access tokens; refused unless listed explicitly.
+pub const FOREIGN_TOKEN_TYPES: [&str; 5] = [
+    "dpop+jwt",
+    "logout+jwt",
+    "secevent+jwt",
+    "token-introspection+jwt",
+    "jwk-set+jwt",
+];
+
+/// Where an issuer's keys come from.
+#[derive(Clone, Debug)]
+pub enum KeySource {
+    /// A JWK Set URL.
+    JwksUri(String),
+    /// The discovery document at this URL names the JWK Set.
+    Discovery(String),
+    /// A key set fixed at load time (`jwks_file`, or an HMAC secret as an `oct` key).
+    Static(ParsedJwks),
+}
+
+/// When key sets are refreshed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JwksPolicy {
+    /// Lower bound on freshness, whatever `Cache-Control` says.
+    pub refresh_min: Duration,
+    /// Upper bound on freshness.
+    pub refresh_max: Duration,
+    /// How long past freshness the last good set keeps serving while fetches fail.
+    pub max_stale: Duration,
+    /// Minimum time between unknown-`kid` refetches.
+    pub unknown_kid_interval: Duration,
+}
+
+impl Default for JwksPolicy {
+    fn default() -> Self {
+        Self {
+            refresh_min: Duration::from_secs(300),
+            refresh_max: Duration::from_secs(86_400),
+            max_stale: Duration::from_secs(86_400),
+            unknown_kid_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Index of a region in [`Config::regions`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegionId(pub usize);
+
+/// A data-residency region.
+#[derive(Clone, Debug)]
+pub struct Region {
+    /// The region's name (the value of the residency claim).
+    pub name: String,
+    /// The legal jurisdiction; failover never leaves it.
+    pub jurisdiction: String,
+    /// Backends serving this region.
+    pub backends: Vec<Backend>,
+    /// Regions (same jurisdiction, checked at load) to use when none of ours is healthy.
+    pub failover: Vec<RegionId>,
+}
+
+/// A backend origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// The URL as configured, without a trailing slash.
+    pub url: String,
+    /// `http` or `https`.
+    pub scheme: String,
+    /// `host[:port]`.
+    pub authority: String,
+}
+
+/// A region choice that may be "refuse".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionChoice {
+    /// Use this region.
+    Region(RegionId),
+    /// Refuse the request.
+    Deny,
+}
+
+/// How a user's home region is found.
+#[derive(Clone, Debug)]
+pub struct Residency {
+    /// The claim naming the home region.
+    pub claim: String,
+    /// For authenticated users without the claim.
+    pub missing: RegionChoice,
+    /// For requests without identity (public routes, optional routes without a token).
+    pub anonymous: RegionChoice,
+}
+
+/// Whether a route needs a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    /// A valid token is required.
+    Required,
+    /// A token is verified when present; requests without one pass anonymously.
+    Optional,
+    /// No token is looked at.
+    Public,
+}
+
+/// A test on one claim.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClaimTest {
+    /// The claim equals this JSON value.
+    Equals(Value),
+    /// The claim (an array, or a space-separated string) contains this string.
+    Contains(String),
+}
+
+/// A route rule on a claim.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClaimRule {
+    /// The claim name.
+    pub name: String,
+    /// The test.
+    pub test: ClaimTest,
+}
+
+/// A route and its authorization rules.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Path prefix (segment-wise); the longest match wins.
+    pub path: String,
+    /// Host to match (lowercase, no port); host-specific routes win over host-less ones.
+    pub host: Option<String>,
+    /// Token requirement.
+    pub auth: AuthMode,
+    /// Issuers accepted on this route (empty: all).
+    pub issuers: Vec<IssuerId>,
+    /// At least one of these scopes.
+    pub scopes_any: Vec<String>,
+    /// All of these scopes.
+    pub scopes_all: Vec<String>,
+    /// Claim rules, all must hold.
+    pub claims: Vec<ClaimRule>,
+    /// `acr` must be one of these (step-up otherwise).
+    pub acr_values: Vec<String>,
+    /// `amr` must contain all of these (step-up otherwise).
+    pub amr: Vec<String>,
+    /// `auth_time` must be at most this old (step-up otherwise).
+    pub max_auth_age: Option<Duration>,
+    /// Home regions allowed on this route (empty: all).
+    pub regions: Vec<RegionId>,
+}
+
+impl Route {
+    /// True when the route has any authorization rule beyond a valid token.
+    pub fn has_rules(&self) -> bool {
+        !(self.scopes_any.is_empty()
+            && self.scopes_all.is_empty()
+            && self.claims.is_empty()
+            && self.acr_values.is_empty()
+            && self.amr.is_empty()
+            && self.max_auth_age.is_none())
+    }
+}
+
+/// A pattern over header names: exact, or a prefix ending in `*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderPattern {
+    /// Lowercase, `_` written as `-`.
+    pub text: String,
+    /// True for a `prefix*` pattern.
+    pub prefix: bool,
+}
+
+impl HeaderPattern {
+    /// True when `name` matches, ignoring case and treating `_` as `-` (proxies and CGI
+    /// stacks conflate them, so `X_User_Id` must not slip past a strip of `x-user-id`).
+    pub fn matches(&self, name: &str) -> bool {
+        if name.len() < self.text.len() || (!self.prefix && name.len() != self.text.len()) {
+            return false;
+        }
+        name.bytes()
+            .zip(self.text.bytes())
+            .all(|(a, b)| normalize_header_byte(a) == b)
+    }
+}
+
+/// Lowercases and maps `_` to `-`.
+pub fn normalize_header_byte(b: u8) -> u8 {
+    match b {
+        b'_' => b'-',
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+/// What an injected identity header carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// The routed region's name (`region`).
+    Region,
+    /// The routed region's jurisdiction (`jurisdiction`).
+    Jurisdiction,
+    /// Verified scopes, space-separated (`scope`, from `scope` or `scp`).
+    Scope,
+    /// The issuer's configured name (`issuer`).
+    IssuerName,
+    /// A claim (`sub`, `email`, … or `claims.<name>` for a claim named like a keyword above).
+    Claim(String),
+}
+
+/// Identity headers.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Client-supplied headers removed from every request.
+    pub strip: Vec<HeaderPattern>,
+    /// Headers injected on forwarded, authenticated requests.
+    pub headers: Vec<(HeaderName, IdentitySource)>,
+    /// Keep the client's `Authorization` header on forwarded requests.
+    pub forward_authorization: bool,
+}
+
+/// Audit settings.
+#[derive(Clone)]
+pub struct AuditConfig {
+    /// HMAC key that pseudonymises subjects in audit records.
+    pub subject_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for AuditConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuditConfig {{ subject_key: <{} bytes> }}", self.subject_key.len())
+    }
+}
+
+/// Request limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Longest bearer token accepted, in bytes.
+    pub max_token_bytes: usize,
+}

@@ -1,0 +1,160 @@
+//! The portable signature verifier: pure-Rust RustCrypto primitives (the same crates
+//! jwt-simple's `pure-rust` backend uses), building for native and both wasm targets.
+
+use hmac::{Hmac, KeyInit, Mac};
+use rsa::traits::SignatureScheme as _;
+use rsa::{BoxedUint, Pkcs1v15Sign, PublicKey, pss::Pss};
+use sha2::{Digest, Sha256, Sha384, Sha512};
+
+use super::{Algorithm, Curve, KeyError, KeyMaterial, SignatureVerifier};
+
+/// Smallest RSA modulus accepted (RFC 7518 §3.3 requires 2048 bits).
+pub const MIN_RSA_BITS: usize = 2048;
+/// Largest RSA modulus accepted (bounds the cost of one verification).
+pub const MAX_RSA_BITS: usize = 8192;
+
+/// A key prepared by [`PortableVerifier`].
+#[derive(Clone, Debug)]
+pub enum PortableKey {
+    /// An RSA public key.
+    Rsa(PublicKey),
+    /// A P-256 ECDSA key.
+    P256(p256::ecdsa::VerifyingKey),
+    /// A P-384 ECDSA key.
+    P384(p384::ecdsa::VerifyingKey),
+    /// An Ed25519 key.
+    Ed25519(ed25519_compact::PublicKey),
+    /// An HMAC secret.
+    Hmac(Vec<u8>),
+}
+
+/// Pure-Rust verifier; the default wherever the host offers nothing faster.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PortableVerifier;
+
+impl SignatureVerifier for PortableVerifier {
+    type Key = PortableKey;
+
+    fn prepare(&self, material: &KeyMaterial) -> Result<PortableKey, KeyError> {
+        match material {
+            KeyMaterial::Rsa { n, e } => prepare_rsa(n, e),
+            KeyMaterial::Ec { curve, x, y } => {
+                let len = curve.coordinate_len();
+                if x.len() != len || y.len() != len {
+                    return Err(KeyError(format!(
+                        "{} coordinates must be {len} bytes each",
+                        curve.name()
+                    )));
+                }
+                let mut point = Vec::with_capacity(1 + 2 * len);
+                point.push(0x04);
+                point.extend_from_slice(x);
+                point.extend_from_slice(y);
+                let bad = |_| KeyError(format!("point is not on {}", curve.name()));
+                match curve {
+                    Curve::P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+                        .map(PortableKey::P256)
+                        .map_err(bad),
+                    Curve::P384 => p384::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+                        .map(PortableKey::P384)
+                        .map_err(bad),
+                }
+            }
+            KeyMaterial::Ed25519 { x } => ed25519_compact::PublicKey::from_slice(x)
+                .map(PortableKey::Ed25519)
+                .map_err(|_| KeyError("Ed25519 key must be 32 bytes".into())),
+            KeyMaterial::Symmetric { secret } => {
+                if secret.is_empty() {
+                    return Err(KeyError("empty HMAC secret".into()));
+                }
+                Ok(PortableKey::Hmac(secret.clone()))
+            }
+        }
+    }
+
+    fn verify(&self, alg: Algorithm, key: &PortableKey, message: &[u8], signature: &[u8]) -> bool {
+        match (alg, key) {
+            (Algorithm::HS256, PortableKey::Hmac(k)) => hmac_ok::<Hmac<Sha256>>(k, message, signature),
+            (Algorithm::HS384, PortableKey::Hmac(k)) => hmac_ok::<Hmac<Sha384>>(k, message, signature),
+            (Algorithm::HS512, PortableKey::Hmac(k)) => hmac_ok::<Hmac<Sha512>>(k, message, signature),
+            (Algorithm::RS256, PortableKey::Rsa(k)) => {
+                pkcs1_ok(k, Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(message), signature)
+            }
+            (Algorithm::RS384, PortableKey::Rsa(k)) => {
+                pkcs1_ok(k, Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(message), signature)
+            }
+            (Algorithm::RS512, PortableKey::Rsa(k)) => {
+                pkcs1_ok(k, Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(message), signature)
+            }
+            (Algorithm::PS256, PortableKey::Rsa(k)) => Pss::<Sha256>::new()
+                .verify(k, &Sha256::digest(message), signature)
+                .is_ok(),
+            (Algorithm::PS384, PortableKey::Rsa(k)) => Pss::<Sha384>::new()
+                .verify(k, &Sha384::digest(message), signature)
+                .is_ok(),
+            (Algorithm::PS512, PortableKey::Rsa(k)) => Pss::<Sha512>::new()
+                .verify(k, &Sha512::digest(message), signature)
+                .is_ok(),
+            (Algorithm::ES256, PortableKey::P256(k)) => {
+                use p256::ecdsa::signature::Verifier as _;
+                // Exactly r‖s (JWS uses IEEE P1363, not DER); r = 0 or s = 0 is refused here.
+                p256::ecdsa::Signature::from_slice(signature)
+                    .is_ok_and(|sig| k.verify(message, &sig).is_ok())
+            }
+            (Algorithm::ES384, PortableKey::P384(k)) => {
+                use p384::ecdsa::signature::Verifier as _;
+                p384::ecdsa::Signature::from_slice(signature)
+                    .is_ok_and(|sig| k.verify(message, &sig).is_ok())
+            }
+            (Algorithm::EdDSA, PortableKey::Ed25519(k)) => {
+                ed25519_compact::Signature::from_slice(signature)
+                    .is_ok_and(|sig| k.verify(message, &sig).is_ok())
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prepare_rsa(n: &[u8], e: &[u8]) -> Result<PortableKey, KeyError> {
+    let n = strip_leading_zeros(n);
+    let e = strip_leading_zeros(e);
+    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    if bits < MIN_RSA_BITS {
+        return Err(KeyError(format!(
+            "RSA modulus of {bits} bits is below the {MIN_RSA_BITS}-bit minimum"
+        )));
+    }
+    if bits > MAX_RSA_BITS {
+        return Err(KeyError(format!(
+            "RSA modulus of {bits} bits is above the {MAX_RSA_BITS}-bit maximum"
+        )));
+    }
+    let precision = u32::try_from(n.len() * 8).map_err(|_| KeyError("modulus too large".into()))?;
+    let n = BoxedUint::from_be_slice(n, precision)
+        .map_err(|_| KeyError("RSA modulus is not a valid integer".into()))?;
+    let e_bits = u32::try_from(e.len().max(1) * 8).map_err(|_| KeyError("exponent too large".into()))?;
+    let e = BoxedUint::from_be_slice(e, e_bits)
+        .map_err(|_| KeyError("RSA exponent is not a valid integer".into()))?;
+    PublicKey::new(n, e)
+        .map(PortableKey::Rsa)
+        .map_err(|err| KeyError(format!("RSA key rejected: {err}")))
+}
+
+fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
+    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    bytes.get(first..).unwrap_or_default()
+}
+
+fn pkcs1_ok(key: &PublicKey, scheme: Pkcs1v15Sign, hashed: &[u8], signature: &[u8]) -> bool {
+    scheme.verify(key, hashed, signature).is_ok()
+}
+
+fn hmac_ok<M: Mac + KeyInit>(key: &[u8], message: &[u8], tag: &[u8]) -> bool {
+    match <M as KeyInit>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(message);
+            mac.verify_slice(tag).is_ok() // constant-time comparison
+        }
+        Err(_) => false,
+    }
+}

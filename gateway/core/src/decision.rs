@@ -1,0 +1,126 @@
+//! What the engine returns: forward to a backend with these header changes, or answer.
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde::Serialize;
+
+use crate::audit::AuditRecord;
+use crate::config::RegionId;
+use crate::keyset::IssuerId;
+use crate::reason::Reason;
+
+/// A backend: its region and its index in that region's `backends`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendId {
+    /// The region.
+    pub region: RegionId,
+    /// Index in the region's backend list.
+    pub index: usize,
+}
+
+/// Forward the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// Where to.
+    pub backend: BackendId,
+    /// Path and query to request (slashes merged).
+    pub path_and_query: String,
+    /// Request headers to remove (every value) before forwarding.
+    pub remove_headers: Vec<HeaderName>,
+    /// Headers to set (replacing any value) after removal.
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Answer the client directly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers (`Content-Type`, `WWW-Authenticate`, …).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Body: RFC 9457 problem details as JSON.
+    pub body: Vec<u8>,
+    /// The reason code.
+    pub reason: Reason,
+}
+
+/// The outcome for a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send it on.
+    Forward(Forward),
+    /// Answer it.
+    Respond(Response),
+}
+
+/// A decision: the outcome, its audit record, and a hint for the adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// What to do.
+    pub outcome: Outcome,
+    /// What to record.
+    pub audit: AuditRecord,
+    /// Set when the token named a `kid` this issuer's set lacks: the adapter may ask
+    /// [`crate::KeyStore::request_refetch`], fetch, and decide again.
+    pub refetch: Option<IssuerId>,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    reason: &'static str,
+    request_id: &'a str,
+}
+
+/// Builds the problem-details response for `reason`, with `WWW-Authenticate` for 401 and
+/// 403-scope answers (RFC 6750 §3, RFC 9470 §3) carrying `challenge` parameters.
+pub fn problem(reason: Reason, detail: &str, request_id: &str, challenge: &[(&'static str, String)]) -> Response {
+    let status = reason.status();
+    let body = serde_json::to_vec(&Problem {
+        kind: format!("urn:portcullis:reason:{}", reason.code()),
+        title: reason.title(),
+        status: status.as_u16(),
+        detail,
+        reason: reason.code(),
+        request_id,
+    })
+    .unwrap_or_default();
+    let mut headers = vec![
+        (CONTENT_TYPE, HeaderValue::from_static("application/problem+json")),
+        (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ];
+    if status == StatusCode::UNAUTHORIZED || reason == Reason::InsufficientScope {
+        let mut value = String::from("Bearer realm=\"portcullis\"");
+        if let Some(error) = reason.bearer_error() {
+            value.push_str(&format!(", error=\"{error}\", error_description=\"{}\"", quote_safe(reason.title())));
+        }
+        for (name, v) in challenge {
+            if *name == "max_age" {
+                value.push_str(&format!(", {name}={}", quote_safe(v)));
+            } else {
+                value.push_str(&format!(", {name}=\"{}\"", quote_safe(v)));
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.push((WWW_AUTHENTICATE, v));
+        }
+    }
+    Response {
+        status,
+        headers,
+        body,
+        reason,
+    }
+}
+
+/// Keeps a value safe inside a quoted-string: visible ASCII without `"` and `\`.
+fn quote_safe(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .filter(|c| *c != '"' && *c != '\\')
+        .collect()
+}

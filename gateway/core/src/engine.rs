@@ -1,0 +1,282 @@
+//! The pipeline: normalize → authenticate → authorize → route → record, as one pure
+//! function of configuration, key state, request, clock and backend health.
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use serde_json::Value;
+
+use crate::audit::{AuditRecord, pseudonymize};
+use crate::authenticate::{authenticate, bearer_token};
+use crate::claims::VerifiedIdentity;
+use crate::config::{AuthMode, Config, HeaderPattern, IdentitySource, Region};
+use crate::crypto::SignatureVerifier;
+use crate::decision::{BackendId, Decision, Forward, Outcome, problem};
+use crate::keyset::{IssuerId, KeyStore};
+use crate::normalize::normalize;
+use crate::policy::{authorize, match_route};
+use crate::reason::Reason;
+use crate::residency::{choose_backend, home_region};
+use crate::time::Timestamp;
+
+/// The parts of a request the engine reads. Adapters borrow them from their own request
+/// type; nothing is copied.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestParts<'a> {
+    /// Method.
+    pub method: &'a Method,
+    /// Request target (origin-form or absolute).
+    pub uri: &'a Uri,
+    /// Headers as received.
+    pub headers: &'a HeaderMap,
+    /// The adapter's request id (for problem details, audit and backend spread).
+    pub request_id: &'a str,
+}
+
+/// Backend health as the adapter knows it (health checks, circuit breakers).
+pub trait BackendHealth {
+    /// True when `backend` may receive requests.
+    fn is_healthy(&self, backend: BackendId) -> bool;
+}
+
+/// Every backend healthy (adapters without health checks, tests).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllHealthy;
+
+impl BackendHealth for AllHealthy {
+    fn is_healthy(&self, _: BackendId) -> bool {
+        true
+    }
+}
+
+/// The decision engine: a validated configuration and a signature verifier.
+#[derive(Debug)]
+pub struct Engine<V> {
+    config: Config,
+    verifier: V,
+    strip: Vec<HeaderPattern>,
+}
+
+impl<V: SignatureVerifier> Engine<V> {
+    /// Builds an engine. Injected identity headers are always stripped from clients too.
+    pub fn new(config: Config, verifier: V) -> Self {
+        let mut strip = config.identity.strip.clone();
+        for (name, _) in &config.identity.headers {
+            strip.push(HeaderPattern {
+                text: name.as_str().to_owned(),
+                prefix: false,
+            });
+        }
+        Self {
+            config,
+            verifier,
+            strip,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The verifier.
+    pub fn verifier(&self) -> &V {
+        &self.verifier
+    }
+
+    /// A key store for this configuration (static keys prepared, remote ones due).
+    pub fn new_key_store(&self) -> KeyStore<V::Key> {
+        KeyStore::new(&self.config, &self.verifier)
+    }
+
+    /// Decides what to do with a request.
+    pub fn decide(
+        &self,
+        keys: &KeyStore<V::Key>,
+        req: &RequestParts<'_>,
+        now: Timestamp,
+        health: &dyn BackendHealth,
+    ) -> Decision {
+        let mut audit = AuditRecord {
+            time_ms: now.unix_millis(),
+            request_id: req.request_id.to_owned(),
+            method: req.method.as_str().to_owned(),
+            path: req.uri.path().to_owned(),
+            decision: "deny",
+            ..AuditRecord::default()
+        };
+        let mut refetch = None;
+        let outcome = self.run(keys, req, now, health, &mut audit, &mut refetch);
+        match &outcome {
+            Outcome::Forward(_) => audit.decision = "forward",
+            Outcome::Respond(r) => {
+                audit.status = Some(r.status.as_u16());
+                audit.reason = Some(r.reason.code());
+            }
+        }
+        Decision {
+            outcome,
+            audit,
+            refetch,
+        }
+    }
+
+    fn run(
+        &self,
+        keys: &KeyStore<V::Key>,
+        req: &RequestParts<'_>,
+        now: Timestamp,
+        health: &dyn BackendHealth,
+        audit: &mut AuditRecord,
+        refetch: &mut Option<IssuerId>,
+    ) -> Outcome {
+        let deny = |reason: Reason, detail: &str| Outcome::Respond(problem(reason, detail, req.request_id, &[]));
+        let cfg = &self.config;
+
+        // 1. normalize
+        let norm = match normalize(req, &self.strip) {
+            Ok(n) => n,
+            Err((reason, detail)) => return deny(reason, &detail),
+        };
+        audit.path.clone_from(&norm.path);
+        audit.host.clone_from(&norm.host);
+        let Some(route) = match_route(&cfg.routes, norm.host.as_deref(), &norm.path).and_then(|i| cfg.routes.get(i)) else {
+            return deny(Reason::RouteNotFound, "no route matches this host and path");
+        };
+        audit.route = Some(route.path.clone());
+
+        // 2. authenticate
+        let identity = if route.auth == AuthMode::Public {
+            None
+        } else {
+            let token = match bearer_token(req.headers) {
+                Ok(t) => t,
+                Err(f) => return deny(f.reason, &f.detail),
+            };
+            match token {
+                None if route.auth == AuthMode::Required => {
+                    return deny(Reason::AuthenticationRequired, "this route needs a bearer token");
+                }
+                None => None,
+                Some(token) => match authenticate(token, cfg, keys, &self.verifier, &route.issuers, now) {
+                    Ok(id) => Some(id),
+                    Err(f) => {
+                        if let Some(i) = f.issuer {
+                            audit.issuer = cfg.issuers.get(i.0).map(|c| c.name.clone());
+                        }
+                        if f.unknown_kid {
+                            *refetch = f.issuer;
+                        }
+                        return deny(f.reason, &f.detail);
+                    }
+                },
+            }
+        };
+        if let Some(id) = &identity {
+            let issuer = cfg.issuers.get(id.issuer.0);
+            audit.issuer = issuer.map(|c| c.name.clone());
+            audit.subject = match (issuer, &id.subject) {
+                (Some(i), Some(sub)) => Some(pseudonymize(&cfg.audit.subject_key, &i.issuer, sub)),
+                _ => None,
+            };
+        }
+
+        // 3. authorize
+        if let Some(id) = &identity
+            && let Err(refusal) = authorize(route, id, now)
+        {
+            return Outcome::Respond(problem(refusal.reason, &refusal.detail, req.request_id, &refusal.challenge));
+        }
+
+        // 4. route
+        let home = match home_region(cfg, identity.as_ref()) {
+            Ok(r) => r,
+            Err((reason, detail)) => return deny(reason, &detail),
+        };
+        if !route.regions.is_empty() && !route.regions.contains(&home) {
+            let name = cfg.regions.get(home.0).map_or("", |r| r.name.as_str());
+            return deny(Reason::ResidencyNotPermitted, &format!("this route is not offered in region `{name}`"));
+        }
+        let backend = match choose_backend(cfg, home, health, spread(req.request_id)) {
+            Ok(b) => b,
+            Err((reason, detail)) => return deny(reason, &detail),
+        };
+        let Some(region) = cfg.regions.get(backend.region.0) else {
+            return deny(Reason::ResidencyUnavailable, "backend region vanished");
+        };
+        audit.region = Some(region.name.clone());
+        audit.backend = region.backends.get(backend.index).map(|b| b.url.clone());
+
+        // 5. forward: strip spoofable headers, inject verified identity
+        let mut remove_headers = norm.strip;
+        if !cfg.identity.forward_authorization && req.headers.contains_key(AUTHORIZATION) {
+            remove_headers.push(AUTHORIZATION);
+        }
+        let set_headers = self.identity_headers(identity.as_ref(), region);
+        Outcome::Forward(Forward {
+            backend,
+            path_and_query: norm.path_and_query,
+            remove_headers,
+            set_headers,
+        })
+    }
+
+    fn identity_headers(&self, id: Option<&VerifiedIdentity>, region: &Region) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(self.config.identity.headers.len());
+        for (name, source) in &self.config.identity.headers {
+            let text = match (source, id) {
+                (IdentitySource::Region, _) => Some(region.name.clone()),
+                (IdentitySource::Jurisdiction, _) => Some(region.jurisdiction.clone()),
+                (IdentitySource::Scope, Some(id)) => Some(id.scopes.join(" ")),
+                (IdentitySource::IssuerName, Some(id)) => self.config.issuers.get(id.issuer.0).map(|i| i.name.clone()),
+                (IdentitySource::Claim(claim), Some(id)) => id.claims.get(claim).map(claim_text),
+                (_, None) => None,
+            };
+            if let Some(value) = text.and_then(|t| HeaderValue::from_str(&header_safe(&t)).ok()) {
+                out.push((name.clone(), value));
+            }
+        }
+        out
+    }
+}
+
+/// Renders a claim for a header: strings as-is, other values as compact JSON.
+fn claim_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Percent-encodes `%`, controls and non-ASCII (UTF-8 bytes), so no claim can inject a
+/// header line or smuggle bytes a backend would read differently.
+fn header_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// FNV-1a of the request id: spreads requests over a region's healthy backends.
+fn spread(request_id: &str) -> u64 {
+    request_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_cannot_inject_lines_or_raw_bytes() {
+        assert_eq!(header_safe("alice"), "alice");
+        assert_eq!(header_safe("a\r\nx-admin: 1"), "a%0D%0Ax-admin: 1");
+        assert_eq!(header_safe("zoë"), "zo%C3%AB");
+        assert_eq!(header_safe("50%"), "50%25");
+    }
+}

@@ -1,0 +1,51 @@
+//! # portcullis-core
+//!
+//! The sans-IO decision engine of Portcullis, an authentication gateway that runs at CDN
+//! edge points of presence. Like rustls, this crate never performs I/O: an adapter (the
+//! wasi:http component, the native host, an edge worker, a test) feeds it a request's parts,
+//! the current time and the state it may read (key sets, backend health), and carries out the
+//! [`Decision`] it returns — forward to a backend with these headers, or answer with this
+//! status and reason.
+//!
+//! Every request passes through fixed phases, each in one module:
+//!
+//! | phase | module | what it does |
+//! |---|---|---|
+//! | normalize | [`normalize`] | path checks, client-supplied identity headers marked for removal |
+//! | authenticate | [`authenticate`] | bearer token → [`VerifiedIdentity`] (JWS, key sets, claims) |
+//! | authorize | [`policy`] | route rules: scopes, claims, `acr`/`amr`/`auth_time` |
+//! | route | [`residency`] | the user's home region → a healthy backend in that jurisdiction |
+//! | record | [`audit`] | one [`AuditRecord`] per decision, subject pseudonymised |
+//!
+//! Configuration is loaded strictly by [`config::load`]; key sets follow the state machine in
+//! [`keyset`]; signature checks go through the [`SignatureVerifier`] trait so a host can
+//! supply native crypto ([`PortableVerifier`] is the pure-Rust default).
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod authenticate;
+pub mod b64;
+pub mod claims;
+pub mod config;
+pub mod crypto;
+pub mod decision;
+pub mod duration;
+pub mod engine;
+pub mod jwk;
+pub mod jws;
+pub mod keyset;
+pub mod normalize;
+pub mod policy;
+pub mod reason;
+pub mod residency;
+pub mod time;
+
+pub use audit::AuditRecord;
+pub use claims::VerifiedIdentity;
+pub use config::{Config, ConfigError, ConfigFiles, MapFiles};
+pub use crypto::{Algorithm, KeyMaterial, PortableVerifier, SignatureVerifier};
+pub use decision::{BackendId, Decision, Forward, Outcome, Response};
+pub use engine::{AllHealthy, BackendHealth, Engine, RequestParts};
+pub use keyset::{FetchKind, FetchRequest, FetchResponse, IssuerId, KeyStore};
+pub use reason::Reason;
+pub use time::Timestamp;

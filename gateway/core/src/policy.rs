@@ -1,0 +1,147 @@
+//! Phase 3, authorize: route matching and the route's rules on scopes, claims and
+//! authentication strength (`acr`, `amr`, `auth_time` — RFC 9470 step-up).
+
+use serde_json::Value;
+
+use crate::claims::VerifiedIdentity;
+use crate::config::{ClaimTest, Route};
+use crate::reason::Reason;
+use crate::time::Timestamp;
+
+/// Finds the route for `host` and `path`: host-specific routes first, then host-less ones;
+/// within each, the longest path prefix matching whole segments.
+pub fn match_route(routes: &[Route], host: Option<&str>, path: &str) -> Option<usize> {
+    let best = |host_specific: bool| {
+        routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| match (&r.host, host) {
+                (Some(rh), Some(h)) => host_specific && rh == h,
+                (Some(_), None) => false,
+                (None, _) => !host_specific,
+            })
+            .filter(|(_, r)| prefix_matches(&r.path, path))
+            .max_by_key(|(_, r)| r.path.len())
+            .map(|(i, _)| i)
+    };
+    best(true).or_else(|| best(false))
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// A refusal by a route rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The reason code.
+    pub reason: Reason,
+    /// What failed.
+    pub detail: String,
+    /// Extra `WWW-Authenticate` parameters (`scope`, `acr_values`, `max_age`).
+    pub challenge: Vec<(&'static str, String)>,
+}
+
+/// Applies `route`'s rules to a verified identity. Scope and claim rules come first
+/// (stepping up cannot fix them), then authentication strength.
+pub fn authorize(route: &Route, id: &VerifiedIdentity, now: Timestamp) -> Result<(), Refusal> {
+    let scope_refusal = |detail: String, wanted: &[String]| Refusal {
+        reason: Reason::InsufficientScope,
+        detail,
+        challenge: vec![("scope", wanted.join(" "))],
+    };
+    if !route.scopes_any.is_empty() && !route.scopes_any.iter().any(|s| id.has_scope(s)) {
+        return Err(scope_refusal(
+            format!("needs one of the scopes {:?}", route.scopes_any),
+            &route.scopes_any,
+        ));
+    }
+    if let Some(missing) = route.scopes_all.iter().find(|s| !id.has_scope(s)) {
+        return Err(scope_refusal(format!("needs the scope {missing:?}"), &route.scopes_all));
+    }
+    for rule in &route.claims {
+        let value = id.claims.get(&rule.name);
+        let ok = match (&rule.test, value) {
+            (ClaimTest::Equals(want), Some(have)) => want == have,
+            (ClaimTest::Contains(want), Some(Value::Array(items))) => {
+                items.iter().any(|v| v.as_str() == Some(want.as_str()))
+            }
+            (ClaimTest::Contains(want), Some(Value::String(s))) => s.split(' ').any(|p| p == want),
+            _ => false,
+        };
+        if !ok {
+            let detail = match &rule.test {
+                ClaimTest::Equals(want) => format!("claim `{}` must equal {want}", rule.name),
+                ClaimTest::Contains(want) => format!("claim `{}` must contain {want:?}", rule.name),
+            };
+            return Err(Refusal {
+                reason: Reason::ClaimMismatch,
+                detail,
+                challenge: Vec::new(),
+            });
+        }
+    }
+    let step_up = |detail: String| {
+        let mut challenge = Vec::new();
+        if !route.acr_values.is_empty() {
+            challenge.push(("acr_values", route.acr_values.join(" ")));
+        }
+        if let Some(max) = route.max_auth_age {
+            challenge.push(("max_age", max.as_secs().to_string()));
+        }
+        Refusal {
+            reason: Reason::InsufficientUserAuthentication,
+            detail,
+            challenge,
+        }
+    };
+    if !route.acr_values.is_empty()
+        && !id.acr.as_ref().is_some_and(|a| route.acr_values.contains(a))
+    {
+        return Err(step_up(format!(
+            "acr {:?} is not one of {:?}",
+            id.acr.as_deref().unwrap_or(""),
+            route.acr_values
+        )));
+    }
+    if let Some(missing) = route.amr.iter().find(|m| !id.amr.contains(m)) {
+        return Err(step_up(format!("amr lacks {missing:?}")));
+    }
+    if let Some(max) = route.max_auth_age {
+        let now_s = now.unix_millis() as f64 / 1000.0;
+        match id.auth_time {
+            None => return Err(step_up("the token has no auth_time".into())),
+            Some(t) if now_s - t > max.as_secs_f64() => {
+                return Err(step_up(format!(
+                    "authenticated {:.0}s ago, the route allows {}s",
+                    now_s - t,
+                    max.as_secs()
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(prefix_matches("/api/orders", "/api/orders"));
+        assert!(prefix_matches("/api/orders", "/api/orders/7"));
+        assert!(prefix_matches("/api/orders/", "/api/orders/7"));
+        assert!(!prefix_matches("/api/orders", "/api/ordersX"));
+        assert!(!prefix_matches("/api/orders", "/api"));
+        assert!(prefix_matches("/", "/anything"));
+    }
+}

@@ -1,0 +1,154 @@
+//! Stable, machine-readable reason codes: each denial names exactly one.
+
+use http::StatusCode;
+
+/// Why a request was refused. The [`code`](Reason::code) strings are a public contract:
+/// they appear in problem details, `WWW-Authenticate`, audit records and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// The request is malformed (e.g. several `Authorization` headers).
+    InvalidRequest,
+    /// The path is ambiguous (dot segments, encoded slashes, control characters).
+    PathInvalid,
+    /// No route matches.
+    RouteNotFound,
+    /// The route needs a token and none was sent.
+    AuthenticationRequired,
+    /// The token is not a well-formed compact JWS or its payload is not a JSON object.
+    TokenMalformed,
+    /// The token exceeds the size limit.
+    TokenTooLarge,
+    /// `alg` is `none`, unsupported, or not allowed for the issuer.
+    AlgorithmNotAllowed,
+    /// The `crit` header lists an extension we do not implement.
+    CriticalHeaderUnsupported,
+    /// `iss` names no configured issuer (or one not accepted on this route).
+    IssuerUnknown,
+    /// No key of the issuer's set matches the token.
+    KeyNotFound,
+    /// The key named by `kid` may not verify this algorithm.
+    KeyMismatch,
+    /// The signature does not verify.
+    SignatureInvalid,
+    /// The issuer's key set is not available (never loaded, or stale past the limit).
+    KeysUnavailable,
+    /// `typ` is not accepted for the issuer.
+    TokenTypeInvalid,
+    /// `exp` has passed.
+    TokenExpired,
+    /// `nbf` is in the future.
+    TokenNotYetValid,
+    /// `iat` is in the future.
+    TokenIssuedInFuture,
+    /// `aud` holds none of the accepted audiences.
+    AudienceMismatch,
+    /// A claim is missing or of the wrong type.
+    ClaimInvalid,
+    /// The token lacks a required scope.
+    InsufficientScope,
+    /// A route claim rule does not hold.
+    ClaimMismatch,
+    /// The authentication is too weak or too old for the route (RFC 9470).
+    InsufficientUserAuthentication,
+    /// The residency claim names no configured region, or is not a string.
+    ResidencyUnknown,
+    /// The token has no residency claim and the configuration refuses such tokens.
+    ResidencyMissing,
+    /// The route is not offered to residents of the user's region.
+    ResidencyNotPermitted,
+    /// No healthy backend in the user's region (or same-jurisdiction failover).
+    ResidencyUnavailable,
+}
+
+impl Reason {
+    /// The stable code, e.g. `token_expired`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::InvalidRequest => "invalid_request",
+            Reason::PathInvalid => "path_invalid",
+            Reason::RouteNotFound => "route_not_found",
+            Reason::AuthenticationRequired => "authentication_required",
+            Reason::TokenMalformed => "token_malformed",
+            Reason::TokenTooLarge => "token_too_large",
+            Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Reason::CriticalHeaderUnsupported => "critical_header_unsupported",
+            Reason::IssuerUnknown => "issuer_unknown",
+            Reason::KeyNotFound => "key_not_found",
+            Reason::KeyMismatch => "key_mismatch",
+            Reason::SignatureInvalid => "signature_invalid",
+            Reason::KeysUnavailable => "keys_unavailable",
+            Reason::TokenTypeInvalid => "token_type_invalid",
+            Reason::TokenExpired => "token_expired",
+            Reason::TokenNotYetValid => "token_not_yet_valid",
+            Reason::TokenIssuedInFuture => "token_issued_in_future",
+            Reason::AudienceMismatch => "audience_mismatch",
+            Reason::ClaimInvalid => "claim_invalid",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::ClaimMismatch => "claim_mismatch",
+            Reason::InsufficientUserAuthentication => "insufficient_user_authentication",
+            Reason::ResidencyUnknown => "residency_unknown",
+            Reason::ResidencyMissing => "residency_missing",
+            Reason::ResidencyNotPermitted => "residency_not_permitted",
+            Reason::ResidencyUnavailable => "residency_unavailable",
+        }
+    }
+
+    /// The HTTP status this reason answers with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reason::InvalidRequest | Reason::PathInvalid => StatusCode::BAD_REQUEST,
+            Reason::RouteNotFound => StatusCode::NOT_FOUND,
+            Reason::InsufficientScope
+            | Reason::ClaimMismatch
+            | Reason::ResidencyUnknown
+            | Reason::ResidencyMissing
+            | Reason::ResidencyNotPermitted => StatusCode::FORBIDDEN,
+            Reason::KeysUnavailable | Reason::ResidencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// A one-line human title for problem details.
+    pub fn title(self) -> &'static str {
+        match self {
+            Reason::InvalidRequest => "The request is malformed",
+            Reason::PathInvalid => "The request path is ambiguous",
+            Reason::RouteNotFound => "No route matches this request",
+            Reason::AuthenticationRequired => "Authentication is required",
+            Reason::TokenMalformed => "The access token is malformed",
+            Reason::TokenTooLarge => "The access token is too large",
+            Reason::AlgorithmNotAllowed => "The token's algorithm is not allowed",
+            Reason::CriticalHeaderUnsupported => "The token has an unsupported critical header",
+            Reason::IssuerUnknown => "The token's issuer is not trusted here",
+            Reason::KeyNotFound => "No key matches the token",
+            Reason::KeyMismatch => "The token's key may not be used this way",
+            Reason::SignatureInvalid => "The token's signature is invalid",
+            Reason::KeysUnavailable => "The issuer's keys are unavailable",
+            Reason::TokenTypeInvalid => "The token's type is not accepted",
+            Reason::TokenExpired => "The access token has expired",
+            Reason::TokenNotYetValid => "The access token is not valid yet",
+            Reason::TokenIssuedInFuture => "The access token is issued in the future",
+            Reason::AudienceMismatch => "The access token is for another audience",
+            Reason::ClaimInvalid => "The access token has an invalid claim",
+            Reason::InsufficientScope => "The access token lacks a required scope",
+            Reason::ClaimMismatch => "The access token does not meet the route's claim rules",
+            Reason::InsufficientUserAuthentication => "Stronger or more recent authentication is required",
+            Reason::ResidencyUnknown => "The user's home region is not known here",
+            Reason::ResidencyMissing => "The user's home region is not stated",
+            Reason::ResidencyNotPermitted => "This route is not offered in the user's region",
+            Reason::ResidencyUnavailable => "The user's home region is unavailable",
+        }
+    }
+
+    /// The RFC 6750 / RFC 9470 `error` value for `WWW-Authenticate`, if any.
+    pub fn bearer_error(self) -> Option<&'static str> {
+        match self {
+            Reason::AuthenticationRequired => None,
+            Reason::InvalidRequest => Some("invalid_request"),
+            Reason::InsufficientScope => Some("insufficient_scope"),
+            Reason::InsufficientUserAuthentication => Some("insufficient_user_authentication"),
+            r if r.status() == StatusCode::UNAUTHORIZED => Some("invalid_token"),
+            _ => None,
+        }
+    }
+}
