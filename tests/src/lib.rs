@@ -1,1 +1,377 @@
-//! placeholder
+//! Test support shared by the end-to-end tests and the benchmarks: keys and tokens minted
+//! by another library (jwt-simple), raw forging of tokens with arbitrary headers for attack
+//! tests, and configuration builders.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jwt_simple::prelude::*;
+use portcullis_core::config::{self, MapFiles};
+use portcullis_core::{
+    AllHealthy, Config, Decision, Engine, KeyStore, PortableVerifier, RequestParts, Timestamp,
+};
+use serde_json::{Map, Value, json};
+
+/// The fixed "now" of core tests: 2026-11-29T00:00:00Z.
+pub const NOW: u64 = 1_795_910_400;
+/// The main issuer of the test configuration.
+pub const ISSUER: &str = "https://idp.test";
+/// The shared-secret issuer.
+pub const INTERNAL_ISSUER: &str = "https://auth.internal";
+/// A second public-key issuer (its keys must never validate the main issuer's tokens).
+pub const PARTNER_ISSUER: &str = "https://partner.test";
+/// The audience every test issuer accepts.
+pub const AUDIENCE: &str = "api://shop";
+
+/// base64url without padding.
+pub fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The keys of a test identity provider.
+pub struct TestIdp {
+    /// ES256, kid `es-1`.
+    pub es256: ES256KeyPair,
+    /// ES384, kid `es384-1`.
+    pub es384: ES384KeyPair,
+    /// RS256 (2048 bits), kid `rs-1`; the same key signs PS256 under kid `ps-1`.
+    pub rs256: RS256KeyPair,
+    /// PS256 view of the RSA key, kid `ps-1`.
+    pub ps256: PS256KeyPair,
+    /// EdDSA, kid `ed-1`.
+    pub ed25519: Ed25519KeyPair,
+}
+
+impl TestIdp {
+    /// Fresh keys.
+    pub fn generate() -> Self {
+        let rs = RS256KeyPair::generate(2048).expect("rsa");
+        let der = rs.to_der().expect("der");
+        Self {
+            es256: ES256KeyPair::generate().with_key_id("es-1"),
+            es384: ES384KeyPair::generate().with_key_id("es384-1"),
+            ps256: PS256KeyPair::from_der(&der).expect("ps").with_key_id("ps-1"),
+            rs256: rs.with_key_id("rs-1"),
+            ed25519: Ed25519KeyPair::generate().with_key_id("ed-1"),
+        }
+    }
+
+    /// One shared instance per test process (RSA generation is slow).
+    pub fn shared() -> &'static TestIdp {
+        static IDP: OnceLock<TestIdp> = OnceLock::new();
+        IDP.get_or_init(TestIdp::generate)
+    }
+
+    /// The public JWK Set, as a key-set endpoint would publish it.
+    pub fn jwks(&self) -> Value {
+        let keys = vec![
+            public_jwk(&self.es256.public_key().to_jwk(), "ES256"),
+            public_jwk(&self.es384.public_key().to_jwk(), "ES384"),
+            public_jwk(&self.rs256.public_key().to_jwk(), "RS256"),
+            public_jwk(&self.ps256.public_key().to_jwk(), "PS256"),
+            public_jwk(&self.ed25519.public_key().to_jwk(), "EdDSA"),
+        ];
+        json!({ "keys": keys })
+    }
+
+    /// Signs `claims` with the key for `alg` (jwt-simple does the signing).
+    pub fn sign(&self, alg: &str, claims: Value) -> String {
+        self.sign_typed(alg, claims, None)
+    }
+
+    /// Signs with a `typ` header (jwt-simple writes `JWT` when `None`).
+    pub fn sign_typed(&self, alg: &str, claims: Value, typ: Option<&str>) -> String {
+        let claims = raw_claims(claims);
+        let opts = HeaderOptions {
+            content_type: None,
+            signature_type: typ.map(str::to_owned),
+        };
+        match alg {
+            "ES256" => self.es256.sign_with_options(claims, &opts),
+            "ES384" => self.es384.sign_with_options(claims, &opts),
+            "RS256" => self.rs256.sign_with_options(claims, &opts),
+            "PS256" => self.ps256.sign_with_options(claims, &opts),
+            "EdDSA" => self.ed25519.sign_with_options(claims, &opts),
+            other => panic!("no test key for {other}"),
+        }
+        .expect("sign")
+    }
+
+    /// Forges an ES256 token with any header and payload, signed by the real `es-1` key.
+    pub fn forge_es256(&self, header: &Value, payload: &Value) -> String {
+        let key = p256::ecdsa::SigningKey::from_slice(&self.es256.to_bytes()).expect("p256 key");
+        forge(header, payload, |input| {
+            use p256::ecdsa::signature::Signer as _;
+            let sig: p256::ecdsa::Signature = key.sign(input);
+            sig.to_bytes().to_vec()
+        })
+    }
+}
+
+fn public_jwk(text: &str, alg: &str) -> Value {
+    let mut v: Value = serde_json::from_str(text).expect("jwk json");
+    let obj = v.as_object_mut().expect("jwk object");
+    obj.remove("d");
+    obj.insert("alg".into(), Value::String(alg.into()));
+    obj.insert("use".into(), Value::String("sig".into()));
+    v
+}
+
+/// Claims exactly as given: jwt-simple adds nothing (no iat/exp of its own clock).
+fn raw_claims(claims: Value) -> JWTClaims<Map<String, Value>> {
+    let Value::Object(custom) = claims else {
+        panic!("claims must be an object");
+    };
+    JWTClaims {
+        issued_at: None,
+        expires_at: None,
+        invalid_before: None,
+        issuer: None,
+        subject: None,
+        audiences: None,
+        jwt_id: None,
+        nonce: None,
+        custom,
+    }
+}
+
+/// Builds `b64(header).b64(payload).b64(sign(signing input))`.
+pub fn forge(header: &Value, payload: &Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(payload.to_string().as_bytes())
+    );
+    let sig = sign(input.as_bytes());
+    format!("{input}.{}", b64(&sig))
+}
+
+/// HMAC-SHA256 signer for forged tokens.
+pub fn hs256(secret: &[u8]) -> impl Fn(&[u8]) -> Vec<u8> + '_ {
+    move |input| {
+        use hmac::{Hmac, KeyInit, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret).expect("hmac");
+        mac.update(input);
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+/// Claims of a valid token for the main issuer at [`NOW`], merged with `extra`.
+pub fn claims(extra: Value) -> Value {
+    claims_for(ISSUER, extra)
+}
+
+/// Claims of a valid token for `iss` at [`NOW`], merged with `extra` (a `null` removes).
+pub fn claims_for(iss: &str, extra: Value) -> Value {
+    let mut base = json!({
+        "iss": iss,
+        "sub": "user-1",
+        "aud": AUDIENCE,
+        "iat": NOW - 10,
+        "exp": NOW + 600,
+        "scope": "orders:read profile",
+        "residency": "eu",
+    });
+    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
+        for (k, v) in e {
+            if v.is_null() {
+                b.remove(&k);
+            } else {
+                b.insert(k, v);
+            }
+        }
+    }
+    base
+}
+
+/// The HMAC secret of the internal issuer (48 bytes: enough for HS256 and HS384).
+pub const INTERNAL_SECRET: [u8; 48] = [7; 48];
+/// The audit pseudonymisation key.
+pub const AUDIT_KEY: [u8; 32] = [9; 32];
+
+/// The standard test configuration: main (ES256, ES384, RS256, PS256, EdDSA from a static
+/// key set), internal (HS256), partner (ES256 with its own keys), regions eu/eu2 (EU) and
+/// us (US), routes for orders, admin, step-up, public and optional access.
+pub const TEST_CONFIG: &str = r#"
+[[issuer]]
+name = "main"
+issuer = "https://idp.test"
+jwks_file = "main.jwks.json"
+audiences = ["api://shop"]
+algorithms = ["ES256", "ES384", "RS256", "PS256", "EdDSA"]
+clock_skew = "60s"
+
+[[issuer]]
+name = "internal"
+issuer = "https://auth.internal"
+hmac_secret_file = "internal.key"
+audiences = ["api://shop"]
+algorithms = ["HS256"]
+
+[[issuer]]
+name = "partner"
+issuer = "https://partner.test"
+jwks_file = "partner.jwks.json"
+audiences = ["api://shop"]
+algorithms = ["ES256"]
+
+[region.eu]
+jurisdiction = "EU"
+backends = ["http://127.0.0.1:9101", "http://127.0.0.1:9102"]
+failover = ["eu2"]
+
+[region.eu2]
+jurisdiction = "EU"
+backends = ["http://127.0.0.1:9111"]
+
+[region.us]
+jurisdiction = "US"
+backends = ["http://127.0.0.1:9201"]
+
+[residency]
+claim = "residency"
+missing = "us"
+anonymous = "us"
+
+[[route]]
+path = "/api/orders"
+auth = "required"
+scopes_any = ["orders:read"]
+
+[[route]]
+path = "/api/admin"
+auth = "required"
+scopes_all = ["admin", "orders:read"]
+claims = [{ name = "email_verified", equals = true }, { name = "groups", contains = "staff" }]
+
+[[route]]
+path = "/api/payments"
+auth = "required"
+acr_values = ["urn:portcullis:mfa"]
+amr = ["mfa"]
+max_auth_age = "5m"
+
+[[route]]
+path = "/api/internal"
+issuers = ["internal"]
+
+[[route]]
+path = "/public"
+auth = "public"
+
+[[route]]
+path = "/catalog"
+auth = "optional"
+
+[identity]
+strip = ["x-user-*", "x-portcullis-*"]
+headers = { "x-user-id" = "sub", "x-user-scopes" = "scope", "x-user-region" = "region" }
+
+[audit]
+subject_key_file = "audit.key"
+"#;
+
+/// The files [`TEST_CONFIG`] names, for `idp` and a separate partner key.
+pub fn test_files(idp: &TestIdp, partner: &ES256KeyPair) -> MapFiles {
+    let partner_jwks = json!({ "keys": [public_jwk(&partner.public_key().to_jwk(), "ES256")] });
+    MapFiles::default()
+        .with("main.jwks.json", idp.jwks().to_string())
+        .with("partner.jwks.json", partner_jwks.to_string())
+        .with("internal.key", b64(&INTERNAL_SECRET))
+        .with("audit.key", b64(&AUDIT_KEY))
+}
+
+/// A gateway under test: engine, key store and the keys behind them.
+pub struct Harness {
+    /// The engine.
+    pub engine: Engine<PortableVerifier>,
+    /// Its key store.
+    pub keys: KeyStore<portcullis_core::crypto::PortableKey>,
+    /// The main issuer's keys.
+    pub idp: &'static TestIdp,
+    /// The partner issuer's key (kid `partner-1`).
+    pub partner: ES256KeyPair,
+}
+
+impl Harness {
+    /// The standard configuration.
+    pub fn new() -> Self {
+        Self::with_config(TEST_CONFIG)
+    }
+
+    /// Another configuration with the same files.
+    pub fn with_config(text: &str) -> Self {
+        let idp = TestIdp::shared();
+        let partner = ES256KeyPair::generate().with_key_id("partner-1");
+        let config = load(text, &test_files(idp, &partner));
+        let engine = Engine::new(config, PortableVerifier);
+        let keys = engine.new_key_store();
+        Self {
+            engine,
+            keys,
+            idp,
+            partner,
+        }
+    }
+
+    /// Decides a GET of `path` with these headers at [`NOW`].
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Decision {
+        self.request("GET", path, headers, NOW)
+    }
+
+    /// Decides a request with a bearer token at [`NOW`].
+    pub fn get_with_token(&self, path: &str, token: &str) -> Decision {
+        self.get(path, &[("authorization", &format!("Bearer {token}"))])
+    }
+
+    /// Decides any request at `now` (Unix seconds).
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], now: u64) -> Decision {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                http::HeaderValue::from_str(v).expect("header value"),
+            );
+        }
+        let method: http::Method = method.parse().expect("method");
+        let uri: http::Uri = path.parse().expect("uri");
+        let req = RequestParts {
+            method: &method,
+            uri: &uri,
+            headers: &map,
+            request_id: "req-1",
+        };
+        self.engine
+            .decide(&self.keys, &req, Timestamp::from_unix_secs(now), &AllHealthy)
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Loads a configuration or panics with every diagnostic.
+pub fn load(text: &str, files: &MapFiles) -> Config {
+    match config::load(text, "test.toml", files) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The reason code of a refusal, or `forward:<region>` for a forward.
+pub fn verdict(d: &Decision) -> String {
+    match &d.outcome {
+        portcullis_core::Outcome::Respond(r) => r.reason.code().to_owned(),
+        portcullis_core::Outcome::Forward(_) => format!("forward:{}", d.audit.region.clone().unwrap_or_default()),
+    }
+}
+
+/// Shorthand for durations in tests.
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
