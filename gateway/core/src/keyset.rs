@@ -139,21 +139,30 @@ impl<K> KeySet<K> {
     pub fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<&KeyEntry<K>, KeySelectError> {
         match kid {
             Some(kid) => {
-                let mut named = self.entries.iter().filter(|e| e.jwk.kid.as_deref() == Some(kid));
-                let Some(first) = named.next() else {
+                let named: Vec<&KeyEntry<K>> = self
+                    .entries
+                    .iter()
+                    .filter(|e| e.jwk.kid.as_deref() == Some(kid))
+                    .collect();
+                let Some(first) = named.first() else {
                     return Err(KeySelectError::UnknownKid(format!("no key with kid `{kid}`")));
                 };
-                if first.jwk.permits(alg).is_ok() {
-                    return Ok(first);
+                if self.skipped.iter().any(|s| s.kid.as_deref() == Some(kid)) {
+                    return Err(KeySelectError::NoKey(format!(
+                        "kid `{kid}` also names a key of the set that could not be loaded: ambiguous"
+                    )));
                 }
-                let mut why = first.jwk.permits(alg).err().unwrap_or_default();
-                for e in named {
-                    match e.jwk.permits(alg) {
-                        Ok(()) => return Ok(e),
-                        Err(w) => why = w,
-                    }
+                let mut fitting = named.iter().filter(|e| e.jwk.permits(alg).is_ok());
+                match (fitting.next(), fitting.next()) {
+                    (Some(only), None) => Ok(only),
+                    (Some(_), Some(_)) => Err(KeySelectError::NoKey(format!(
+                        "several keys with kid `{kid}` fit {alg}: ambiguous"
+                    ))),
+                    (None, _) => Err(KeySelectError::Mismatch(format!(
+                        "key `{kid}`: {}",
+                        first.jwk.permits(alg).err().unwrap_or_default()
+                    ))),
                 }
-                Err(KeySelectError::Mismatch(format!("key `{kid}`: {why}")))
             }
             None => {
                 let mut fitting = self.entries.iter().filter(|e| e.jwk.permits(alg).is_ok());

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::HeaderName;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use toml::de::{DeTable, DeValue};
 
 use super::model::*;
@@ -12,7 +12,7 @@ use super::reader::{At, Diags, Span, Table, closest};
 use super::{ConfigError, ConfigFiles};
 use crate::b64;
 use crate::crypto::Algorithm;
-use crate::jwk::{ParsedJwks, parse_jwk_object, parse_jwks};
+use crate::jwk::{ParsedJwks, hmac_secret_jwk, parse_jwks};
 use crate::jws::{DEFAULT_MAX_TOKEN_BYTES, normalize_media_type};
 use crate::keyset::IssuerId;
 
@@ -130,9 +130,7 @@ fn read_issuer(mut t: Table<'_, '_>, d: &mut Diags<'_>, files: &dyn ConfigFiles)
     let token_types = t.strings(d, "typ").map(|(list, _)| list.into_iter().map(|(s, _)| normalize_media_type(&s)).collect());
     let jwks_policy = read_jwks_policy(&mut t, d);
     let keys = read_key_source(&mut t, d, files, issuer.as_ref(), algorithms.as_deref(), insecure_http_jwks);
-    let table_name = t.name.clone();
     t.finish(d);
-    let _ = table_name;
     Some(IssuerConfig {
         name: name?.0,
         issuer: issuer?.0,
@@ -267,18 +265,13 @@ fn read_key_source(
         return None;
     };
     let algorithms = algorithms?;
-    for alg in algorithms {
-        let need = alg.hmac_min_secret_len().unwrap_or(0);
-        if secret.len() < need {
-            d.error(&span, format!("HMAC secret in {path:?} is {} bytes; {alg} needs at least {need}", secret.len()), Some("a secret shorter than the hash output can be brute-forced (RFC 7518 §3.2)".into()));
-            return None;
+    match hmac_secret_jwk(&secret, algorithms) {
+        Ok(jwk) => Some(KeySource::Static(ParsedJwks { keys: vec![jwk], skipped: Vec::new() })),
+        Err(e) => {
+            d.error(&span, format!("{e} ({path:?})"), Some("a secret shorter than the hash output can be brute-forced (RFC 7518 §3.2)".into()));
+            None
         }
     }
-    let mut obj = Map::new();
-    obj.insert("kty".into(), Value::String("oct".into()));
-    obj.insert("k".into(), Value::String(b64::encode(&secret)));
-    let jwk = parse_jwk_object(&obj, true).ok()?;
-    Some(KeySource::Static(ParsedJwks { keys: vec![jwk], skipped: Vec::new() }))
 }
 
 fn read_file(d: &mut Diags<'_>, files: &dyn ConfigFiles, path: &str, span: &Span) -> Option<Vec<u8>> {

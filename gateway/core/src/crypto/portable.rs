@@ -7,11 +7,8 @@ use rsa::{BoxedUint, Pkcs1v15Sign, PublicKey, pss::Pss};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use super::{Algorithm, Curve, KeyError, KeyMaterial, SignatureVerifier};
+use crate::jwk::check_rsa_public;
 
-/// Smallest RSA modulus accepted (RFC 7518 §3.3 requires 2048 bits).
-pub const MIN_RSA_BITS: usize = 2048;
-/// Largest RSA modulus accepted (bounds the cost of one verification).
-pub const MAX_RSA_BITS: usize = 8192;
 
 /// A key prepared by [`PortableVerifier`].
 #[derive(Clone, Debug)]
@@ -116,19 +113,10 @@ impl SignatureVerifier for PortableVerifier {
 }
 
 fn prepare_rsa(n: &[u8], e: &[u8]) -> Result<PortableKey, KeyError> {
+    // The key policy (size, exponent, ROCA) is the core's, whatever the verifier.
+    check_rsa_public(n, e).map_err(KeyError)?;
     let n = strip_leading_zeros(n);
     let e = strip_leading_zeros(e);
-    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
-    if bits < MIN_RSA_BITS {
-        return Err(KeyError(format!(
-            "RSA modulus of {bits} bits is below the {MIN_RSA_BITS}-bit minimum"
-        )));
-    }
-    if bits > MAX_RSA_BITS {
-        return Err(KeyError(format!(
-            "RSA modulus of {bits} bits is above the {MAX_RSA_BITS}-bit maximum"
-        )));
-    }
     let precision = u32::try_from(n.len() * 8).map_err(|_| KeyError("modulus too large".into()))?;
     let n = BoxedUint::from_be_slice(n, precision)
         .map_err(|_| KeyError("RSA modulus is not a valid integer".into()))?;
