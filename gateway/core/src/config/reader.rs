@@ -96,7 +96,11 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     fn key_name(&self, key: &str) -> String {
-        format!("{}.{key}", self.name)
+        if self.name.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.name)
+        }
     }
 
     fn type_error(&self, d: &mut Diags<'_>, key: &str, v: &Spanned<DeValue<'_>>, expected: &str) {

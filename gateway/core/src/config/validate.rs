@@ -45,11 +45,10 @@ pub(super) fn load(source: &str, file: &str, files: &dyn ConfigFiles) -> Result<
 }
 
 fn finish_top(top: Table<'_, '_>, d: &mut Diags<'_>) {
-    // Top-level names read better without the leading dot.
+    // At the top level, list the sections rather than the keys asked for.
     let before = d.list.len();
     top.finish(d);
     for (_, diag) in d.list.iter_mut().skip(before) {
-        diag.message = diag.message.replace("`.", "`");
         if diag.hint.as_deref().is_some_and(|h| h.starts_with("known keys")) {
             diag.hint = Some(TOP_LEVEL_HINT.into());
         }
