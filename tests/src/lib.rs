@@ -1,7 +1,12 @@
 //! Test support shared by the end-to-end tests and the benchmarks: keys and tokens minted
 //! by another library (jwt-simple), raw forging of tokens with arbitrary headers for attack
 //! tests, and configuration builders.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -53,7 +58,9 @@ impl TestIdp {
         Self {
             es256: ES256KeyPair::generate().with_key_id("es-1"),
             es384: ES384KeyPair::generate().with_key_id("es384-1"),
-            ps256: PS256KeyPair::from_der(&der).expect("ps").with_key_id("ps-1"),
+            ps256: PS256KeyPair::from_der(&der)
+                .expect("ps")
+                .with_key_id("ps-1"),
             rs256: rs.with_key_id("rs-1"),
             ed25519: Ed25519KeyPair::generate().with_key_id("ed-1"),
         }
@@ -328,7 +335,13 @@ impl Harness {
     }
 
     /// Decides any request at `now` (Unix seconds).
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], now: u64) -> Decision {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        now: u64,
+    ) -> Decision {
         let mut map = http::HeaderMap::new();
         for (k, v) in headers {
             map.append(
@@ -344,8 +357,12 @@ impl Harness {
             headers: &map,
             request_id: "req-1",
         };
-        self.engine
-            .decide(&self.keys, &req, Timestamp::from_unix_secs(now), &AllHealthy)
+        self.engine.decide(
+            &self.keys,
+            &req,
+            Timestamp::from_unix_secs(now),
+            &AllHealthy,
+        )
     }
 }
 
@@ -367,11 +384,27 @@ pub fn load(text: &str, files: &MapFiles) -> Config {
 pub fn verdict(d: &Decision) -> String {
     match &d.outcome {
         portcullis_core::Outcome::Respond(r) => r.reason.code().to_owned(),
-        portcullis_core::Outcome::Forward(_) => format!("forward:{}", d.audit.region.clone().unwrap_or_default()),
+        portcullis_core::Outcome::Forward(_) => {
+            format!("forward:{}", d.audit.region.clone().unwrap_or_default())
+        }
     }
 }
 
 /// Shorthand for durations in tests.
 pub fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
+}
+
+/// Reads configuration files from a directory (what the native host does).
+pub struct DirFiles(pub std::path::PathBuf);
+
+impl portcullis_core::ConfigFiles for DirFiles {
+    fn read(&self, path: &str) -> Result<Vec<u8>, String> {
+        std::fs::read(self.0.join(path)).map_err(|e| e.to_string())
+    }
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }

@@ -1,6 +1,11 @@
 //! Configuration loading is strict, reports every problem at once, and says where and how
 //! to fix each one.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use portcullis_core::config::{self, Diagnostic, MapFiles};
 use portcullis_tests::*;
@@ -57,15 +62,29 @@ fn the_minimal_and_the_full_test_configurations_load() {
     assert!(config::load(MINIMAL, "edge.toml", &files()).is_ok());
     let c = config::load(TEST_CONFIG, "edge.toml", &files()).unwrap();
     assert_eq!(c.issuers.len(), 3);
-    assert_eq!(c.regions.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["eu", "eu2", "us"]);
+    assert_eq!(
+        c.regions
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["eu", "eu2", "us"]
+    );
 }
 
 #[test]
 fn unknown_keys_are_errors_with_location_and_suggestion() {
-    let text = MINIMAL.replace("audiences = [", "audience = [\"x\"]\naudiences = [").replace("[[route]]\npath = \"/\"", "[[route]]\npath = \"/\"\nscope_any = [\"a\"]");
+    let text = MINIMAL
+        .replace("audiences = [", "audience = [\"x\"]\naudiences = [")
+        .replace(
+            "[[route]]\npath = \"/\"",
+            "[[route]]\npath = \"/\"\nscope_any = [\"a\"]",
+        );
     let diags = errors(&text);
     let d = find(&diags, "unknown key `issuer[0].audience`");
-    assert_eq!((d.file.as_str(), d.line, d.column), ("edge.toml", line_of(&text, "audience = [\"x\"]"), 1));
+    assert_eq!(
+        (d.file.as_str(), d.line, d.column),
+        ("edge.toml", line_of(&text, "audience = [\"x\"]"), 1)
+    );
     assert_eq!(d.hint.as_deref(), Some("did you mean `audiences`?"));
     let d = find(&diags, "unknown key `route[0].scope_any`");
     assert_eq!(d.line, line_of(&text, "scope_any"));
@@ -78,17 +97,32 @@ fn unknown_keys_are_errors_with_location_and_suggestion() {
 #[test]
 fn unknown_regions_are_errors_wherever_they_are_named() {
     let text = MINIMAL
-        .replace("missing = \"eu\"", "missing = \"europe\"\nanonymous = \"us\"")
-        .replace("backends = [\"http://127.0.0.1:9101\"]", "backends = [\"http://127.0.0.1:9101\"]\nfailover = [\"eu-west\"]")
+        .replace(
+            "missing = \"eu\"",
+            "missing = \"europe\"\nanonymous = \"us\"",
+        )
+        .replace(
+            "backends = [\"http://127.0.0.1:9101\"]",
+            "backends = [\"http://127.0.0.1:9101\"]\nfailover = [\"eu-west\"]",
+        )
         .replace("path = \"/\"", "path = \"/\"\nregions = [\"eu\", \"mars\"]");
     let diags = errors(&text);
     let d = find(&diags, "unknown region `europe`");
     assert_eq!(d.line, line_of(&text, "missing = \"europe\""));
     assert_eq!(d.column, "missing = ".len() + 1);
     assert!(d.hint.as_deref().unwrap().contains("eu"), "{d}");
-    assert_eq!(find(&diags, "unknown region `us`").line, line_of(&text, "anonymous"));
-    assert_eq!(find(&diags, "unknown region `eu-west`").line, line_of(&text, "failover"));
-    assert_eq!(find(&diags, "unknown region `mars`").line, line_of(&text, "regions = "));
+    assert_eq!(
+        find(&diags, "unknown region `us`").line,
+        line_of(&text, "anonymous")
+    );
+    assert_eq!(
+        find(&diags, "unknown region `eu-west`").line,
+        line_of(&text, "failover")
+    );
+    assert_eq!(
+        find(&diags, "unknown region `mars`").line,
+        line_of(&text, "regions = ")
+    );
 }
 
 #[test]
@@ -98,12 +132,21 @@ fn routes_no_region_can_serve_are_errors() {
     let text = MINIMAL.replace("path = \"/\"", "path = \"/\"\nauth = \"public\"");
     let d = find(&errors(&text), "can never be served");
     assert_eq!(d.line, line_of(&text, "[[route]]"));
-    assert!(d.hint.as_deref().unwrap().contains("residency.anonymous"), "{d}");
+    assert!(
+        d.hint.as_deref().unwrap().contains("residency.anonymous"),
+        "{d}"
+    );
     // Or its region list excludes the anonymous region.
-    let text = TEST_CONFIG.replace("path = \"/public\"\nauth = \"public\"", "path = \"/public\"\nauth = \"public\"\nregions = [\"eu\"]");
+    let text = TEST_CONFIG.replace(
+        "path = \"/public\"\nauth = \"public\"",
+        "path = \"/public\"\nauth = \"public\"\nregions = [\"eu\"]",
+    );
     find(&errors(&text), "its regions exclude the anonymous region");
     // Rules on a public route can never apply.
-    let text = TEST_CONFIG.replace("path = \"/public\"\nauth = \"public\"", "path = \"/public\"\nauth = \"public\"\nscopes_any = [\"x\"]");
+    let text = TEST_CONFIG.replace(
+        "path = \"/public\"\nauth = \"public\"",
+        "path = \"/public\"\nauth = \"public\"\nscopes_any = [\"x\"]",
+    );
     find(&errors(&text), "authorization rules that can never apply");
 }
 
@@ -112,12 +155,24 @@ fn empty_or_unsafe_algorithm_lists_refuse_to_start() {
     let text = MINIMAL.replace("algorithms = [\"ES256\"]", "algorithms = []");
     let d = find(&errors(&text), "algorithms` is empty");
     assert_eq!(d.line, line_of(&text, "algorithms = []"));
-    let text = MINIMAL.replace("algorithms = [\"ES256\"]", "algorithms = [\"none\", \"es256\", \"RS255\"]");
+    let text = MINIMAL.replace(
+        "algorithms = [\"ES256\"]",
+        "algorithms = [\"none\", \"es256\", \"RS255\"]",
+    );
     let diags = errors(&text);
     find(&diags, "algorithm `none`");
-    assert_eq!(find(&diags, "unknown algorithm `es256`").hint.as_deref(), Some("did you mean `ES256`?"));
-    assert_eq!(find(&diags, "unknown algorithm `RS255`").hint.as_deref(), Some("did you mean `RS256`?"));
-    let text = MINIMAL.replace("algorithms = [\"ES256\"]", "algorithms = [\"ES256\", \"HS256\"]");
+    assert_eq!(
+        find(&diags, "unknown algorithm `es256`").hint.as_deref(),
+        Some("did you mean `ES256`?")
+    );
+    assert_eq!(
+        find(&diags, "unknown algorithm `RS255`").hint.as_deref(),
+        Some("did you mean `RS256`?")
+    );
+    let text = MINIMAL.replace(
+        "algorithms = [\"ES256\"]",
+        "algorithms = [\"ES256\", \"HS256\"]",
+    );
     find(&errors(&text), "mixes HMAC and public-key algorithms");
     let text = MINIMAL.replace("algorithms = [\"ES256\"]", "");
     let d = find(&errors(&text), "`issuer[0].algorithms` is required");
@@ -126,32 +181,58 @@ fn empty_or_unsafe_algorithm_lists_refuse_to_start() {
 
 #[test]
 fn hmac_secrets_shorter_than_the_hash_output_are_errors() {
-    let text = TEST_CONFIG.replace("algorithms = [\"HS256\"]", "algorithms = [\"HS256\", \"HS512\"]");
+    let text = TEST_CONFIG.replace(
+        "algorithms = [\"HS256\"]",
+        "algorithms = [\"HS256\", \"HS512\"]",
+    );
     let d = find(&errors(&text), "HS512 needs at least 64");
     assert_eq!(d.line, line_of(&text, "hmac_secret_file"));
     assert!(d.message.contains("48 bytes"), "{d}");
     let short = files().with("internal.key", b64(&[1; 16]));
     let err = config::load(TEST_CONFIG, "edge.toml", &short).unwrap_err();
-    assert!(err.diagnostics.iter().any(|d| d.message.contains("16 bytes; HS256 needs at least 32")), "{err}");
+    assert!(
+        err.diagnostics
+            .iter()
+            .any(|d| d.message.contains("16 bytes; HS256 needs at least 32")),
+        "{err}"
+    );
     let garbage = files().with("internal.key", "not base64!");
     let err = config::load(TEST_CONFIG, "edge.toml", &garbage).unwrap_err();
-    assert!(err.diagnostics.iter().any(|d| d.message.contains("not base64url")), "{err}");
+    assert!(
+        err.diagnostics
+            .iter()
+            .any(|d| d.message.contains("not base64url")),
+        "{err}"
+    );
 }
 
 #[test]
 fn plain_http_key_urls_need_the_insecure_option() {
-    let text = MINIMAL.replace("jwks_file = \"main.jwks.json\"", "jwks_uri = \"http://127.0.0.1:9000/jwks.json\"");
+    let text = MINIMAL.replace(
+        "jwks_file = \"main.jwks.json\"",
+        "jwks_uri = \"http://127.0.0.1:9000/jwks.json\"",
+    );
     let d = find(&errors(&text), "plain http");
     assert_eq!(d.line, line_of(&text, "jwks_uri"));
-    assert!(d.hint.as_deref().unwrap().contains("insecure_http_jwks"), "{d}");
+    assert!(
+        d.hint.as_deref().unwrap().contains("insecure_http_jwks"),
+        "{d}"
+    );
     let allowed = text.replace("jwks_uri =", "insecure_http_jwks = true\njwks_uri =");
     assert!(config::load(&allowed, "edge.toml", &files()).is_ok());
     // Discovery derives its URL from the issuer; an http issuer needs the option too.
-    let text = MINIMAL.replace("issuer = \"https://idp.test\"", "issuer = \"http://idp.test\"").replace("jwks_file = \"main.jwks.json\"", "discovery = true");
+    let text = MINIMAL
+        .replace(
+            "issuer = \"https://idp.test\"",
+            "issuer = \"http://idp.test\"",
+        )
+        .replace("jwks_file = \"main.jwks.json\"", "discovery = true");
     find(&errors(&text), "plain http");
     let text = MINIMAL.replace("jwks_file = \"main.jwks.json\"", "discovery = true");
     let c = config::load(&text, "edge.toml", &files()).unwrap();
-    assert!(matches!(&c.issuers[0].keys, portcullis_core::config::KeySource::Discovery(u) if u == "https://idp.test/.well-known/openid-configuration"));
+    assert!(
+        matches!(&c.issuers[0].keys, portcullis_core::config::KeySource::Discovery(u) if u == "https://idp.test/.well-known/openid-configuration")
+    );
 }
 
 #[test]
@@ -159,7 +240,10 @@ fn failover_across_jurisdictions_is_an_error() {
     let text = TEST_CONFIG.replace("failover = [\"eu2\"]", "failover = [\"eu2\", \"us\"]");
     let d = find(&errors(&text), "may not fail over to `us`");
     assert_eq!(d.line, line_of(&text, "failover"));
-    assert!(d.message.contains("(EU)") && d.message.contains("(US)"), "{d}");
+    assert!(
+        d.message.contains("(EU)") && d.message.contains("(US)"),
+        "{d}"
+    );
 }
 
 #[test]
@@ -208,10 +292,18 @@ subject_key_file = "missing.key"
     sorted.sort_unstable();
     assert_eq!(lines, sorted, "diagnostics come in source order");
     // The rendered error reads like a compiler's.
-    let rendered = config::load(text, "edge.toml", &files()).unwrap_err().to_string();
-    assert!(rendered.contains(&format!("edge.toml:{}:", line_of(text, "jwks_uri"))), "{rendered}");
+    let rendered = config::load(text, "edge.toml", &files())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        rendered.contains(&format!("edge.toml:{}:", line_of(text, "jwks_uri"))),
+        "{rendered}"
+    );
     assert!(rendered.contains("hint: "), "{rendered}");
-    assert!(rendered.ends_with(&format!("{} problem(s) in the configuration", diags.len())), "{rendered}");
+    assert!(
+        rendered.ends_with(&format!("{} problem(s) in the configuration", diags.len())),
+        "{rendered}"
+    );
 }
 
 #[test]
@@ -224,19 +316,30 @@ fn toml_syntax_errors_are_located() {
 
 #[test]
 fn type_errors_say_what_was_expected_and_found() {
-    let text = MINIMAL.replace("algorithms = [\"ES256\"]", "algorithms = \"ES256\"").replace("[[route]]\npath = \"/\"", "[[route]]\npath = 7");
+    let text = MINIMAL
+        .replace("algorithms = [\"ES256\"]", "algorithms = \"ES256\"")
+        .replace("[[route]]\npath = \"/\"", "[[route]]\npath = 7");
     let diags = errors(&text);
-    find(&diags, "`issuer[0].algorithms` must be an array of strings, found string");
+    find(
+        &diags,
+        "`issuer[0].algorithms` must be an array of strings, found string",
+    );
     find(&diags, "`route[0].path` must be a string, found integer");
 }
 
 #[test]
 fn key_sources_must_be_exactly_one() {
-    let text = MINIMAL.replace("jwks_file = \"main.jwks.json\"", "jwks_file = \"main.jwks.json\"\njwks_uri = \"https://idp.test/jwks\"");
+    let text = MINIMAL.replace(
+        "jwks_file = \"main.jwks.json\"",
+        "jwks_file = \"main.jwks.json\"\njwks_uri = \"https://idp.test/jwks\"",
+    );
     find(&errors(&text), "exactly one key source, found 2");
     let text = MINIMAL.replace("jwks_file = \"main.jwks.json\"", "");
     find(&errors(&text), "exactly one key source, found 0");
-    let text = MINIMAL.replace("jwks_file = \"main.jwks.json\"", "jwks_file = \"nope.json\"");
+    let text = MINIMAL.replace(
+        "jwks_file = \"main.jwks.json\"",
+        "jwks_file = \"nope.json\"",
+    );
     find(&errors(&text), "cannot read \"nope.json\"");
 }
 

@@ -1,16 +1,27 @@
 //! The decision pipeline end to end (normalize → authenticate → authorize → route →
 //! record) on the standard test configuration, with tokens minted by jwt-simple.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use portcullis_core::config::RegionId;
-use portcullis_core::{BackendHealth, BackendId, Decision, Forward, Outcome, RequestParts, Response, Timestamp};
+use portcullis_core::{
+    BackendHealth, BackendId, Decision, Forward, Outcome, RequestParts, Response, Timestamp,
+};
 use portcullis_tests::*;
 use serde_json::{Value, json};
 
 fn forward(d: &Decision) -> &Forward {
     match &d.outcome {
         Outcome::Forward(f) => f,
-        Outcome::Respond(r) => panic!("expected a forward, got {} {}", r.status, String::from_utf8_lossy(&r.body)),
+        Outcome::Respond(r) => panic!(
+            "expected a forward, got {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        ),
     }
 }
 
@@ -22,11 +33,17 @@ fn response(d: &Decision) -> &Response {
 }
 
 fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
-    r.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_str().unwrap())
+    r.headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.to_str().unwrap())
 }
 
 fn set_header<'a>(f: &'a Forward, name: &str) -> Option<&'a str> {
-    f.set_headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_str().unwrap())
+    f.set_headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.to_str().unwrap())
 }
 
 fn bearer(token: &str) -> String {
@@ -37,19 +54,28 @@ fn bearer(token: &str) -> String {
 fn valid_tokens_of_every_algorithm_reach_the_home_region_with_verified_headers() {
     let h = Harness::new();
     for alg in ["ES256", "ES384", "RS256", "PS256", "EdDSA"] {
-        let token = h.idp.sign(alg, claims(json!({"sub": format!("user-{alg}")})));
+        let token = h
+            .idp
+            .sign(alg, claims(json!({"sub": format!("user-{alg}")})));
         let d = h.get_with_token("/api/orders/42?expand=items", &token);
         let f = forward(&d);
         assert_eq!(f.backend.region, RegionId(0), "{alg} → eu");
         assert_eq!(f.path_and_query, "/api/orders/42?expand=items");
-        assert_eq!(set_header(f, "x-user-id"), Some(format!("user-{alg}").as_str()));
+        assert_eq!(
+            set_header(f, "x-user-id"),
+            Some(format!("user-{alg}").as_str())
+        );
         assert_eq!(set_header(f, "x-user-scopes"), Some("orders:read profile"));
         assert_eq!(set_header(f, "x-user-region"), Some("eu"));
         assert_eq!(d.audit.decision, "forward");
         assert_eq!(d.audit.issuer.as_deref(), Some("main"));
     }
     // The shared-secret issuer, on the route that accepts it.
-    let t = forge(&json!({"alg": "HS256", "typ": "JWT"}), &claims_for(INTERNAL_ISSUER, json!({"sub": "svc-billing"})), hs256(&INTERNAL_SECRET));
+    let t = forge(
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &claims_for(INTERNAL_ISSUER, json!({"sub": "svc-billing"})),
+        hs256(&INTERNAL_SECRET),
+    );
     let d = h.get_with_token("/api/internal/jobs", &t);
     assert_eq!(set_header(forward(&d), "x-user-id"), Some("svc-billing"));
 }
@@ -73,11 +99,23 @@ fn spoofed_identity_headers_are_stripped_in_every_spelling() {
     );
     let f = forward(&d);
     let removed: Vec<&str> = f.remove_headers.iter().map(|n| n.as_str()).collect();
-    for name in ["x-user-id", "x_user_id", "x-user-roles", "x-portcullis-verified"] {
+    for name in [
+        "x-user-id",
+        "x_user_id",
+        "x-user-roles",
+        "x-portcullis-verified",
+    ] {
         assert!(removed.contains(&name), "{name} stripped: {removed:?}");
     }
-    assert!(!removed.contains(&"x-userid") && !removed.contains(&"accept"), "{removed:?}");
-    assert_eq!(set_header(f, "x-user-id"), Some("user-1"), "the verified value replaces the spoofed one");
+    assert!(
+        !removed.contains(&"x-userid") && !removed.contains(&"accept"),
+        "{removed:?}"
+    );
+    assert_eq!(
+        set_header(f, "x-user-id"),
+        Some("user-1"),
+        "the verified value replaces the spoofed one"
+    );
     // Also on public routes, where nothing is injected.
     let d = h.get("/public/page", &[("x-user-id", "admin")]);
     assert!(forward(&d).remove_headers.iter().any(|n| n == "x-user-id"));
@@ -92,12 +130,18 @@ fn a_missing_token_gets_401_with_a_bare_bearer_challenge_and_problem_details() {
         let r = response(&d);
         assert_eq!(r.status, 401);
         assert_eq!(r.reason.code(), "authentication_required");
-        assert_eq!(header(r, "www-authenticate"), Some("Bearer realm=\"portcullis\""));
+        assert_eq!(
+            header(r, "www-authenticate"),
+            Some("Bearer realm=\"portcullis\"")
+        );
         assert_eq!(header(r, "content-type"), Some("application/problem+json"));
         let body: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["status"], 401);
         assert_eq!(body["reason"], "authentication_required");
-        assert_eq!(body["type"], "urn:portcullis:reason:authentication_required");
+        assert_eq!(
+            body["type"],
+            "urn:portcullis:reason:authentication_required"
+        );
         assert_eq!(body["request_id"], "req-1");
         assert!(body["title"].as_str().unwrap().len() > 5);
     }
@@ -107,8 +151,17 @@ fn a_missing_token_gets_401_with_a_bare_bearer_challenge_and_problem_details() {
 fn several_authorization_headers_are_a_bad_request() {
     let h = Harness::new();
     let t = h.idp.sign("ES256", claims(json!({})));
-    let d = h.get("/api/orders", &[("authorization", &bearer(&t)), ("authorization", &bearer(&t))]);
-    assert_eq!((response(&d).status.as_u16(), verdict(&d).as_str()), (400, "invalid_request"));
+    let d = h.get(
+        "/api/orders",
+        &[
+            ("authorization", &bearer(&t)),
+            ("authorization", &bearer(&t)),
+        ],
+    );
+    assert_eq!(
+        (response(&d).status.as_u16(), verdict(&d).as_str()),
+        (400, "invalid_request")
+    );
 }
 
 #[test]
@@ -117,18 +170,28 @@ fn a_missing_scope_gets_403_insufficient_scope_naming_the_scope() {
     let t = h.idp.sign("ES256", claims(json!({"scope": "profile"})));
     let d = h.get_with_token("/api/orders", &t);
     let r = response(&d);
-    assert_eq!((r.status.as_u16(), r.reason.code()), (403, "insufficient_scope"));
+    assert_eq!(
+        (r.status.as_u16(), r.reason.code()),
+        (403, "insufficient_scope")
+    );
     let www = header(r, "www-authenticate").unwrap();
-    assert!(www.contains("error=\"insufficient_scope\"") && www.contains("scope=\"orders:read\""), "{www}");
+    assert!(
+        www.contains("error=\"insufficient_scope\"") && www.contains("scope=\"orders:read\""),
+        "{www}"
+    );
     // `scp` arrays (Azure AD, Okta) count as scopes too.
-    let t = h.idp.sign("ES256", claims(json!({"scope": null, "scp": ["orders:read"]})));
+    let t = h.idp.sign(
+        "ES256",
+        claims(json!({"scope": null, "scp": ["orders:read"]})),
+    );
     forward(&h.get_with_token("/api/orders", &t));
 }
 
 #[test]
 fn claim_rules_and_scopes_all_are_enforced() {
     let h = Harness::new();
-    let staff = json!({"scope": "admin orders:read", "email_verified": true, "groups": ["staff", "ops"]});
+    let staff =
+        json!({"scope": "admin orders:read", "email_verified": true, "groups": ["staff", "ops"]});
     forward(&h.get_with_token("/api/admin", &h.idp.sign("ES256", claims(staff.clone()))));
     for (change, want) in [
         (json!({"scope": "admin"}), "insufficient_scope"),
@@ -142,7 +205,11 @@ fn claim_rules_and_scopes_all_are_enforced() {
             c[k] = v.clone();
         }
         let t = h.idp.sign("ES256", claims(c));
-        assert_eq!(verdict(&h.get_with_token("/api/admin", &t)), want, "{change}");
+        assert_eq!(
+            verdict(&h.get_with_token("/api/admin", &t)),
+            want,
+            "{change}"
+        );
     }
 }
 
@@ -150,7 +217,10 @@ fn claim_rules_and_scopes_all_are_enforced() {
 fn weak_or_stale_authentication_gets_an_rfc9470_step_up_challenge() {
     let h = Harness::new();
     let strong = json!({"acr": "urn:portcullis:mfa", "amr": ["pwd", "mfa"], "auth_time": NOW - 60});
-    forward(&h.get_with_token("/api/payments", &h.idp.sign("ES256", claims(strong.clone()))));
+    forward(&h.get_with_token(
+        "/api/payments",
+        &h.idp.sign("ES256", claims(strong.clone())),
+    ));
     for change in [
         json!({"acr": "urn:portcullis:pwd"}),
         json!({"acr": null}),
@@ -165,9 +235,16 @@ fn weak_or_stale_authentication_gets_an_rfc9470_step_up_challenge() {
         let t = h.idp.sign("ES256", claims(c));
         let d = h.get_with_token("/api/payments", &t);
         let r = response(&d);
-        assert_eq!((r.status.as_u16(), r.reason.code()), (401, "insufficient_user_authentication"), "{change}");
+        assert_eq!(
+            (r.status.as_u16(), r.reason.code()),
+            (401, "insufficient_user_authentication"),
+            "{change}"
+        );
         let www = header(r, "www-authenticate").unwrap();
-        assert!(www.contains("error=\"insufficient_user_authentication\""), "{www}");
+        assert!(
+            www.contains("error=\"insufficient_user_authentication\""),
+            "{www}"
+        );
         assert!(www.contains("acr_values=\"urn:portcullis:mfa\""), "{www}");
         assert!(www.contains("max_age=300"), "{www}");
     }
@@ -188,7 +265,11 @@ fn token_lifetime_is_checked_with_the_issuers_skew() {
     ];
     for (extra, want) in cases {
         let t = h.idp.sign("ES256", claims(extra.clone()));
-        assert_eq!(verdict(&h.get_with_token("/api/orders", &t)), want, "{extra}");
+        assert_eq!(
+            verdict(&h.get_with_token("/api/orders", &t)),
+            want,
+            "{extra}"
+        );
     }
 }
 
@@ -199,21 +280,38 @@ fn public_and_optional_routes_serve_anonymous_callers_in_the_anonymous_region() 
     assert_eq!(verdict(&d), "forward:us");
     assert_eq!(set_header(forward(&d), "x-user-region"), Some("us"));
     // A bad token on a public route is not even looked at.
-    assert_eq!(verdict(&h.get("/public/x", &[("authorization", "Bearer garbage")])), "forward:us");
+    assert_eq!(
+        verdict(&h.get("/public/x", &[("authorization", "Bearer garbage")])),
+        "forward:us"
+    );
     // Optional: anonymous without a token, the user's region with one, refused with a bad one.
     assert_eq!(verdict(&h.get("/catalog", &[])), "forward:us");
     let t = h.idp.sign("ES256", claims(json!({})));
-    assert_eq!(verdict(&h.get_with_token("/catalog/shoes", &t)), "forward:eu");
-    assert_eq!(verdict(&h.get("/catalog", &[("authorization", "Bearer a.b.c")])), "token_malformed");
+    assert_eq!(
+        verdict(&h.get_with_token("/catalog/shoes", &t)),
+        "forward:eu"
+    );
+    assert_eq!(
+        verdict(&h.get("/catalog", &[("authorization", "Bearer a.b.c")])),
+        "token_malformed"
+    );
 }
 
 #[test]
 fn route_issuer_lists_confine_issuers_to_their_routes() {
     let h = Harness::new();
     let main = h.idp.sign("ES256", claims(json!({})));
-    assert_eq!(verdict(&h.get_with_token("/api/internal", &main)), "issuer_unknown");
-    let unknown = h.idp.sign("ES256", claims_for("https://evil.test", json!({})));
-    assert_eq!(verdict(&h.get_with_token("/api/orders", &unknown)), "issuer_unknown");
+    assert_eq!(
+        verdict(&h.get_with_token("/api/internal", &main)),
+        "issuer_unknown"
+    );
+    let unknown = h
+        .idp
+        .sign("ES256", claims_for("https://evil.test", json!({})));
+    assert_eq!(
+        verdict(&h.get_with_token("/api/orders", &unknown)),
+        "issuer_unknown"
+    );
 }
 
 #[test]
@@ -221,11 +319,26 @@ fn routes_match_whole_segments_and_ambiguous_paths_are_refused() {
     let h = Harness::new();
     let t = h.idp.sign("ES256", claims(json!({"scope": "profile"})));
     // /api/ordersX is not under /api/orders (no route: 404); /api//orders is.
-    assert_eq!(verdict(&h.get_with_token("/api/ordersX", &t)), "route_not_found");
-    assert_eq!(verdict(&h.get_with_token("//api//orders", &t)), "insufficient_scope");
-    for p in ["/public/../api/orders", "/public/%2e%2e/api/orders", "/public%2Fx", "/public/a%5Cb"] {
+    assert_eq!(
+        verdict(&h.get_with_token("/api/ordersX", &t)),
+        "route_not_found"
+    );
+    assert_eq!(
+        verdict(&h.get_with_token("//api//orders", &t)),
+        "insufficient_scope"
+    );
+    for p in [
+        "/public/../api/orders",
+        "/public/%2e%2e/api/orders",
+        "/public%2Fx",
+        "/public/a%5Cb",
+    ] {
         let d = h.get(p, &[]);
-        assert_eq!((response(&d).status.as_u16(), verdict(&d).as_str()), (400, "path_invalid"), "{p}");
+        assert_eq!(
+            (response(&d).status.as_u16(), verdict(&d).as_str()),
+            (400, "path_invalid"),
+            "{p}"
+        );
     }
 }
 
@@ -240,7 +353,9 @@ fn residency_comes_from_the_claim_and_unknown_regions_are_refused() {
         (json!("EU"), "residency_unknown"),
         (json!(["eu"]), "residency_unknown"),
     ] {
-        let t = h.idp.sign("ES256", claims(json!({ "residency": residency })));
+        let t = h
+            .idp
+            .sign("ES256", claims(json!({ "residency": residency })));
         let d = h.get_with_token("/api/orders", &t);
         assert_eq!(verdict(&d), want, "{residency}");
         if want.starts_with("residency") {
@@ -264,8 +379,14 @@ fn decide_with(h: &Harness, token: &str, health: &dyn BackendHealth, request_id:
         m
     };
     let uri: http::Uri = "/api/orders".parse().unwrap();
-    let req = RequestParts { method: &http::Method::GET, uri: &uri, headers: &headers, request_id };
-    h.engine.decide(&h.keys, &req, Timestamp::from_unix_secs(NOW), health)
+    let req = RequestParts {
+        method: &http::Method::GET,
+        uri: &uri,
+        headers: &headers,
+        request_id,
+    };
+    h.engine
+        .decide(&h.keys, &req, Timestamp::from_unix_secs(NOW), health)
 }
 
 #[test]
@@ -273,29 +394,52 @@ fn a_down_region_fails_over_within_its_jurisdiction_or_answers_503() {
     let h = Harness::new();
     let eu = h.idp.sign("ES256", claims(json!({})));
     let us = h.idp.sign("ES256", claims(json!({"residency": "us"})));
-    let b = |r, i| BackendId { region: RegionId(r), index: i };
+    let b = |r, i| BackendId {
+        region: RegionId(r),
+        index: i,
+    };
     // One eu backend down: always the other one.
     for id in ["a", "b", "c", "d", "e", "f"] {
-        assert_eq!(forward(&decide_with(&h, &eu, &Down(vec![b(0, 0)]), id)).backend, b(0, 1));
+        assert_eq!(
+            forward(&decide_with(&h, &eu, &Down(vec![b(0, 0)]), id)).backend,
+            b(0, 1)
+        );
     }
     // Both eu backends down: eu2 (same jurisdiction).
-    assert_eq!(forward(&decide_with(&h, &eu, &Down(vec![b(0, 0), b(0, 1)]), "x")).backend, b(1, 0));
+    assert_eq!(
+        forward(&decide_with(&h, &eu, &Down(vec![b(0, 0), b(0, 1)]), "x")).backend,
+        b(1, 0)
+    );
     // All EU down: 503, even though us is healthy.
     let d = decide_with(&h, &eu, &Down(vec![b(0, 0), b(0, 1), b(1, 0)]), "x");
-    assert_eq!((response(&d).status.as_u16(), verdict(&d).as_str()), (503, "residency_unavailable"));
+    assert_eq!(
+        (response(&d).status.as_u16(), verdict(&d).as_str()),
+        (503, "residency_unavailable")
+    );
     // US has no failover.
     let d = decide_with(&h, &us, &Down(vec![b(2, 0)]), "x");
     assert_eq!(verdict(&d), "residency_unavailable");
     // Requests spread over healthy backends.
-    let used: std::collections::HashSet<BackendId> =
-        (0..32).map(|i| forward(&decide_with(&h, &eu, &portcullis_core::AllHealthy, &format!("r{i}"))).backend).collect();
+    let used: std::collections::HashSet<BackendId> = (0..32)
+        .map(|i| {
+            forward(&decide_with(
+                &h,
+                &eu,
+                &portcullis_core::AllHealthy,
+                &format!("r{i}"),
+            ))
+            .backend
+        })
+        .collect();
     assert_eq!(used.len(), 2);
 }
 
 #[test]
 fn audit_records_pseudonymise_the_subject_and_name_the_decision() {
     let h = Harness::new();
-    let t = h.idp.sign("ES256", claims(json!({"sub": "alice@example.com"})));
+    let t = h
+        .idp
+        .sign("ES256", claims(json!({"sub": "alice@example.com"})));
     let d = h.get_with_token("/api/orders/7?email=alice@example.com", &t);
     let json = serde_json::to_string(&d.audit).unwrap();
     assert!(!json.contains("alice"), "{json}");
@@ -303,29 +447,58 @@ fn audit_records_pseudonymise_the_subject_and_name_the_decision() {
     assert_eq!(d.audit.subject.as_deref(), Some(expected.as_str()));
     assert_eq!(d.audit.route.as_deref(), Some("/api/orders"));
     assert_eq!(d.audit.region.as_deref(), Some("eu"));
-    assert_eq!(d.audit.backend.as_deref().map(|b| b.starts_with("http://127.0.0.1:910")), Some(true));
+    assert_eq!(
+        d.audit
+            .backend
+            .as_deref()
+            .map(|b| b.starts_with("http://127.0.0.1:910")),
+        Some(true)
+    );
     assert_eq!(d.audit.time_ms, NOW * 1000);
     assert_eq!(d.audit.path, "/api/orders/7");
-    let d = h.get_with_token("/api/orders", &h.idp.sign("ES256", claims(json!({"exp": NOW - 3600}))));
-    assert_eq!((d.audit.decision, d.audit.status, d.audit.reason), ("deny", Some(401), Some("token_expired")));
+    let d = h.get_with_token(
+        "/api/orders",
+        &h.idp.sign("ES256", claims(json!({"exp": NOW - 3600}))),
+    );
+    assert_eq!(
+        (d.audit.decision, d.audit.status, d.audit.reason),
+        ("deny", Some(401), Some("token_expired"))
+    );
     assert_eq!(d.audit.issuer.as_deref(), Some("main"));
 }
 
 #[test]
 fn authorization_is_removed_when_configured_not_to_forward_it() {
-    let h = Harness::with_config(&TEST_CONFIG.replace("[identity]", "[identity]\nforward_authorization = false"));
+    let h = Harness::with_config(
+        &TEST_CONFIG.replace("[identity]", "[identity]\nforward_authorization = false"),
+    );
     let t = h.idp.sign("ES256", claims(json!({})));
-    assert!(forward(&h.get_with_token("/api/orders", &t)).remove_headers.iter().any(|n| n == "authorization"));
+    assert!(
+        forward(&h.get_with_token("/api/orders", &t))
+            .remove_headers
+            .iter()
+            .any(|n| n == "authorization")
+    );
     let h = Harness::new();
-    assert!(!forward(&h.get_with_token("/api/orders", &t)).remove_headers.iter().any(|n| n == "authorization"));
+    assert!(
+        !forward(&h.get_with_token("/api/orders", &t))
+            .remove_headers
+            .iter()
+            .any(|n| n == "authorization")
+    );
 }
 
 #[test]
 fn claim_values_cannot_inject_header_lines() {
     let h = Harness::new();
-    let t = h.idp.sign("ES256", claims(json!({"sub": "eve\r\nx-admin: true"})));
+    let t = h
+        .idp
+        .sign("ES256", claims(json!({"sub": "eve\r\nx-admin: true"})));
     let d = h.get_with_token("/api/orders", &t);
-    assert_eq!(set_header(forward(&d), "x-user-id"), Some("eve%0D%0Ax-admin: true"));
+    assert_eq!(
+        set_header(forward(&d), "x-user-id"),
+        Some("eve%0D%0Ax-admin: true")
+    );
 }
 
 #[test]
@@ -341,7 +514,7 @@ fn mutated_tokens_are_always_refused_and_never_panic() {
         let i = (seed as usize) % bytes.len();
         let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.";
         bytes[i] = alphabet[(seed >> 32) as usize % alphabet.len()];
-        if seed % 7 == 0 {
+        if seed.is_multiple_of(7) {
             bytes.truncate(i);
         }
         let token = String::from_utf8(bytes).unwrap();
@@ -350,7 +523,10 @@ fn mutated_tokens_are_always_refused_and_never_panic() {
         }
         let d = h.get_with_token("/api/orders", &token);
         if token != valid {
-            assert!(matches!(d.outcome, Outcome::Respond(_)), "a mutated token was accepted: {token}");
+            assert!(
+                matches!(d.outcome, Outcome::Respond(_)),
+                "a mutated token was accepted: {token}"
+            );
         }
     }
 }

@@ -1,12 +1,19 @@
 //! Property: whatever the configuration, the residency claim and backend health, a request
 //! is never forwarded to a backend outside the jurisdiction of the user's home region; a
 //! configuration that would allow it does not load.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::fmt::Write as _;
 
 use portcullis_core::config::{self, RegionChoice, RegionId};
-use portcullis_core::{BackendHealth, BackendId, Engine, Outcome, PortableVerifier, RequestParts, Timestamp};
+use portcullis_core::{
+    BackendHealth, BackendId, Engine, Outcome, PortableVerifier, RequestParts, Timestamp,
+};
 use portcullis_tests::*;
 use proptest::prelude::*;
 use serde_json::json;
@@ -35,8 +42,13 @@ struct Case {
 }
 
 fn region_strategy(n: usize) -> impl Strategy<Value = Region> {
-    (0u8..3, 1usize..4, proptest::collection::vec(0..n, 0..3))
-        .prop_map(|(jurisdiction, backends, failover)| Region { jurisdiction, backends, failover })
+    (0u8..3, 1usize..4, proptest::collection::vec(0..n, 0..3)).prop_map(
+        |(jurisdiction, backends, failover)| Region {
+            jurisdiction,
+            backends,
+            failover,
+        },
+    )
 }
 
 fn case_strategy() -> impl Strategy<Value = Case> {
@@ -60,10 +72,16 @@ fn case_strategy() -> impl Strategy<Value = Case> {
             if legal_only {
                 let jurisdictions: Vec<u8> = regions.iter().map(|r| r.jurisdiction).collect();
                 for (i, r) in regions.iter_mut().enumerate() {
-                    r.failover.retain(|&f| f != i && jurisdictions[f] == r.jurisdiction);
+                    r.failover
+                        .retain(|&f| f != i && jurisdictions[f] == r.jurisdiction);
                 }
             }
-            Case { regions, missing, claim, down }
+            Case {
+                regions,
+                missing,
+                claim,
+                down,
+            }
         })
 }
 
@@ -76,9 +94,23 @@ fn config_text(case: &Case) -> String {
         "[[issuer]]\nname = \"main\"\nissuer = \"https://idp.test\"\njwks_file = \"main.jwks.json\"\naudiences = [\"api://shop\"]\nalgorithms = [\"ES256\"]\n\n",
     );
     for (i, r) in case.regions.iter().enumerate() {
-        let backends: Vec<String> = (0..r.backends).map(|b| format!("\"http://127.0.0.{}:{}\"", i + 1, 9000 + b)).collect();
-        let failover: Vec<String> = r.failover.iter().map(|f| format!("\"{}\"", name(*f))).collect();
-        writeln!(t, "[region.{}]\njurisdiction = \"J{}\"\nbackends = [{}]\nfailover = [{}]\n", name(i), r.jurisdiction, backends.join(", "), failover.join(", ")).unwrap();
+        let backends: Vec<String> = (0..r.backends)
+            .map(|b| format!("\"http://127.0.0.{}:{}\"", i + 1, 9000 + b))
+            .collect();
+        let failover: Vec<String> = r
+            .failover
+            .iter()
+            .map(|f| format!("\"{}\"", name(*f)))
+            .collect();
+        writeln!(
+            t,
+            "[region.{}]\njurisdiction = \"J{}\"\nbackends = [{}]\nfailover = [{}]\n",
+            name(i),
+            r.jurisdiction,
+            backends.join(", "),
+            failover.join(", ")
+        )
+        .unwrap();
     }
     let missing = case.missing.map_or("deny".to_owned(), name);
     writeln!(t, "[residency]\nmissing = \"{missing}\"\n\n[[route]]\npath = \"/\"\n\n[audit]\nsubject_key_file = \"audit.key\"").unwrap();
@@ -89,7 +121,11 @@ struct Health<'a>(&'a [bool], &'a [Region]);
 
 impl BackendHealth for Health<'_> {
     fn is_healthy(&self, b: BackendId) -> bool {
-        let flat: usize = self.1[..b.region.0].iter().map(|r| r.backends).sum::<usize>() + b.index;
+        let flat: usize = self.1[..b.region.0]
+            .iter()
+            .map(|r| r.backends)
+            .sum::<usize>()
+            + b.index;
         !self.0[flat % self.0.len()]
     }
 }

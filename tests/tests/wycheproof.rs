@@ -16,7 +16,12 @@
 //! but the stored token has no padding: it is canonical base64url with a correct HS256 tag
 //! (it equals case 372 without the `?`). We accept it and prove below that it is correctly
 //! signed, and that the padded form the vector describes is refused.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::PathBuf;
 
@@ -29,23 +34,40 @@ use portcullis_core::{Algorithm, KeyMaterial, PortableVerifier, SignatureVerifie
 use serde_json::Value;
 
 fn vectors(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/wycheproof").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/wycheproof")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 /// The key set and algorithm allow-list a deployment would have for this group: published
 /// (asymmetric) keys go through the JWKS parser, a group of only `oct` keys stands for
 /// configured HMAC secrets (checked for length like `hmac_secret_file`).
 fn key_set_for(group: &Value) -> (KeySet<portcullis_core::crypto::PortableKey>, Vec<Algorithm>) {
-    let asymmetric: Vec<Algorithm> = Algorithm::ALL.into_iter().filter(|a| !a.is_symmetric()).collect();
-    let doc = |v: &Value| if v.get("keys").is_some() { v.clone() } else { serde_json::json!({ "keys": [v] }) };
+    let asymmetric: Vec<Algorithm> = Algorithm::ALL
+        .into_iter()
+        .filter(|a| !a.is_symmetric())
+        .collect();
+    let doc = |v: &Value| {
+        if v.get("keys").is_some() {
+            v.clone()
+        } else {
+            serde_json::json!({ "keys": [v] })
+        }
+    };
     let parsed = if let Some(public) = group.get("public") {
-        (parse_jwks(doc(public).to_string().as_bytes()).unwrap(), asymmetric)
+        (
+            parse_jwks(doc(public).to_string().as_bytes()).unwrap(),
+            asymmetric,
+        )
     } else {
         let private = doc(&group["private"]);
         let keys = private["keys"].as_array().unwrap();
@@ -54,7 +76,8 @@ fn key_set_for(group: &Value) -> (KeySet<portcullis_core::crypto::PortableKey>, 
             let mut algs = Vec::new();
             for (index, k) in keys.iter().enumerate() {
                 let loaded = parse_jwk_object(k.as_object().unwrap(), true).and_then(|jwk| {
-                    let (Some(alg), KeyMaterial::Symmetric { secret }) = (jwk.alg, &jwk.material) else {
+                    let (Some(alg), KeyMaterial::Symmetric { secret }) = (jwk.alg, &jwk.material)
+                    else {
                         return Err("not an HMAC key".to_owned());
                     };
                     hmac_secret_jwk(secret, &[alg]).map(|_| (alg, jwk))
@@ -73,13 +96,20 @@ fn key_set_for(group: &Value) -> (KeySet<portcullis_core::crypto::PortableKey>, 
             }
             (parsed, algs)
         } else {
-            (parse_jwks(private.to_string().as_bytes()).unwrap(), asymmetric)
+            (
+                parse_jwks(private.to_string().as_bytes()).unwrap(),
+                asymmetric,
+            )
         }
     };
     (KeySet::prepare(parsed.0, &PortableVerifier), parsed.1)
 }
 
-fn jws_accepts(token: &str, set: &KeySet<portcullis_core::crypto::PortableKey>, allowed: &[Algorithm]) -> bool {
+fn jws_accepts(
+    token: &str,
+    set: &KeySet<portcullis_core::crypto::PortableKey>,
+    allowed: &[Algorithm],
+) -> bool {
     match parse_compact(token, 64 * 1024) {
         Ok(jws) => verify_signature(&jws, set, allowed, &PortableVerifier).is_ok(),
         Err(_) => false,
@@ -101,15 +131,26 @@ fn run_jws_file(name: &str) -> (usize, usize, Vec<String>) {
             let accepted = jws_accepts(token, &set, &allowed);
             let id = case["tcId"].as_u64().unwrap();
             let is_jws_suite = name == "json_web_signature_test.json";
-            if is_jws_suite && (JWS_STRICTER_THAN_WYCHEPROOF.contains(&id) || JWS_DEFECTIVE_VECTORS.contains(&id)) {
+            if is_jws_suite
+                && (JWS_STRICTER_THAN_WYCHEPROOF.contains(&id)
+                    || JWS_DEFECTIVE_VECTORS.contains(&id))
+            {
                 skipped += 1;
                 continue;
             }
             match case["result"].as_str().unwrap() {
-                "invalid" if accepted => failures.push(format!("tc {id} ({}) accepted", case["comment"])),
+                "invalid" if accepted => {
+                    failures.push(format!("tc {id} ({}) accepted", case["comment"]))
+                }
                 "valid" if !accepted => {
-                    let header = token.split('.').next().and_then(portcullis_core::b64::decode).unwrap_or_default();
-                    let alg = serde_json::from_slice::<Value>(&header).ok().and_then(|h| h["alg"].as_str().map(str::to_owned));
+                    let header = token
+                        .split('.')
+                        .next()
+                        .and_then(portcullis_core::b64::decode)
+                        .unwrap_or_default();
+                    let alg = serde_json::from_slice::<Value>(&header)
+                        .ok()
+                        .and_then(|h| h["alg"].as_str().map(str::to_owned));
                     if alg.as_deref() == Some("ES512") {
                         skipped += 1; // P-521: unsupported by design, see the module docs
                         continue;
@@ -140,21 +181,45 @@ fn wycheproof_defective_padding_vectors_are_correctly_signed_and_the_padded_form
         .as_array()
         .unwrap()
         .iter()
-        .find(|g| g["tests"].as_array().unwrap().iter().any(|t| t["tcId"] == 367))
+        .find(|g| {
+            g["tests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["tcId"] == 367)
+        })
         .unwrap();
     let (set, allowed) = key_set_for(group);
     let case = |id: u64| {
-        group["tests"].as_array().unwrap().iter().find(|t| t["tcId"] == id).unwrap()["jws"].as_str().unwrap().to_owned()
+        group["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tcId"] == id)
+            .unwrap()["jws"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     };
     for id in JWS_DEFECTIVE_VECTORS {
         let token = case(id);
-        assert_eq!(token, case(372).replace('?', ""), "tc {id} is tc 372 without the inserted character");
+        assert_eq!(
+            token,
+            case(372).replace('?', ""),
+            "tc {id} is tc 372 without the inserted character"
+        );
         assert!(!token.contains('='), "tc {id} carries no padding");
-        assert!(jws_accepts(&token, &set, &allowed), "tc {id} is a correctly signed token");
+        assert!(
+            jws_accepts(&token, &set, &allowed),
+            "tc {id} is a correctly signed token"
+        );
         let (header, rest) = token.split_once('.').unwrap();
         let (payload, sig) = rest.split_once('.').unwrap();
         let padded = format!("{header}.{payload}==.{sig}");
-        assert!(!jws_accepts(&padded, &set, &allowed), "the padded form is refused");
+        assert!(
+            !jws_accepts(&padded, &set, &allowed),
+            "the padded form is refused"
+        );
     }
 }
 
@@ -172,8 +237,13 @@ fn run_raw(name: &str, alg: Algorithm, key_of: impl Fn(&Value) -> KeyMaterial) -
     for group in suite["testGroups"].as_array().unwrap() {
         let key = PortableVerifier.prepare(&key_of(group));
         for case in group["tests"].as_array().unwrap() {
-            let (msg, sig) = (hex(case["msg"].as_str().unwrap()), hex(case["sig"].as_str().unwrap()));
-            let ok = key.as_ref().is_ok_and(|k| PortableVerifier.verify(alg, k, &msg, &sig));
+            let (msg, sig) = (
+                hex(case["msg"].as_str().unwrap()),
+                hex(case["sig"].as_str().unwrap()),
+            );
+            let ok = key
+                .as_ref()
+                .is_ok_and(|k| PortableVerifier.verify(alg, k, &msg, &sig));
             let id = case["tcId"].as_u64().unwrap();
             match case["result"].as_str().unwrap() {
                 "valid" if !ok => failures.push(format!("tc {id} ({}) rejected", case["comment"])),
@@ -191,37 +261,74 @@ fn ec_key(curve: Curve) -> impl Fn(&Value) -> KeyMaterial {
     move |group| {
         let point = hex(group["publicKey"]["uncompressed"].as_str().unwrap());
         let len = curve.coordinate_len();
-        KeyMaterial::Ec { curve, x: point[1..1 + len].to_vec(), y: point[1 + len..].to_vec() }
+        KeyMaterial::Ec {
+            curve,
+            x: point[1..1 + len].to_vec(),
+            y: point[1 + len..].to_vec(),
+        }
     }
 }
 
 fn rsa_key(group: &Value) -> KeyMaterial {
     let pk = &group["publicKey"];
-    KeyMaterial::Rsa { n: hex(pk["modulus"].as_str().unwrap()), e: hex(pk["publicExponent"].as_str().unwrap()) }
+    KeyMaterial::Rsa {
+        n: hex(pk["modulus"].as_str().unwrap()),
+        e: hex(pk["publicExponent"].as_str().unwrap()),
+    }
 }
 
 #[test]
 fn wycheproof_ecdsa_p256_p1363_vectors() {
-    assert_eq!(run_raw("ecdsa_secp256r1_sha256_p1363_test.json", Algorithm::ES256, ec_key(Curve::P256)), 262);
+    assert_eq!(
+        run_raw(
+            "ecdsa_secp256r1_sha256_p1363_test.json",
+            Algorithm::ES256,
+            ec_key(Curve::P256)
+        ),
+        262
+    );
 }
 
 #[test]
 fn wycheproof_ecdsa_p384_p1363_vectors() {
-    assert_eq!(run_raw("ecdsa_secp384r1_sha384_p1363_test.json", Algorithm::ES384, ec_key(Curve::P384)), 280);
+    assert_eq!(
+        run_raw(
+            "ecdsa_secp384r1_sha384_p1363_test.json",
+            Algorithm::ES384,
+            ec_key(Curve::P384)
+        ),
+        280
+    );
 }
 
 #[test]
 fn wycheproof_ed25519_vectors() {
-    let n = run_raw("ed25519_test.json", Algorithm::EdDSA, |g| KeyMaterial::Ed25519 {
-        x: hex(g["publicKey"]["pk"].as_str().unwrap()),
+    let n = run_raw("ed25519_test.json", Algorithm::EdDSA, |g| {
+        KeyMaterial::Ed25519 {
+            x: hex(g["publicKey"]["pk"].as_str().unwrap()),
+        }
     });
     assert_eq!(n, 151);
 }
 
 #[test]
 fn wycheproof_rsa_pkcs1_and_pss_vectors() {
-    assert_eq!(run_raw("rsa_signature_2048_sha256_test.json", Algorithm::RS256, rsa_key), 259);
-    assert_eq!(run_raw("rsa_pss_2048_sha256_mgf1_32_test.json", Algorithm::PS256, rsa_key), 108);
+    assert_eq!(
+        run_raw(
+            "rsa_signature_2048_sha256_test.json",
+            Algorithm::RS256,
+            rsa_key
+        ),
+        259
+    );
+    assert_eq!(
+        run_raw(
+            "rsa_pss_2048_sha256_mgf1_32_test.json",
+            Algorithm::PS256,
+            rsa_key
+        ),
+        108
+    );
 }
 
 #[test]

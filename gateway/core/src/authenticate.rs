@@ -67,11 +67,14 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure> {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(AuthFailure::new(Reason::InvalidRequest, "more than one Authorization header"));
+        return Err(AuthFailure::new(
+            Reason::InvalidRequest,
+            "more than one Authorization header",
+        ));
     }
-    let text = value
-        .to_str()
-        .map_err(|_| AuthFailure::new(Reason::TokenMalformed, "Authorization header is not ASCII"))?;
+    let text = value.to_str().map_err(|_| {
+        AuthFailure::new(Reason::TokenMalformed, "Authorization header is not ASCII")
+    })?;
     let Some((scheme, rest)) = text.split_once(' ') else {
         return Ok(None);
     };
@@ -82,11 +85,14 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure> {
     // RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
     let body = token.trim_end_matches('=');
     if body.is_empty()
-        || !body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+        || !body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
     {
-        return Err(AuthFailure::new(Reason::TokenMalformed, "bearer token has characters outside token68"));
+        return Err(AuthFailure::new(
+            Reason::TokenMalformed,
+            "bearer token has characters outside token68",
+        ));
     }
     Ok(Some(token))
 }
@@ -102,20 +108,33 @@ pub fn verify_signature<V: SignatureVerifier>(
 ) -> Result<(), AuthFailure> {
     let alg = jws.header.alg;
     if !allowed.contains(&alg) {
-        return Err(AuthFailure::new(Reason::AlgorithmNotAllowed, format!("{alg} is not allowed for this issuer")));
+        return Err(AuthFailure::new(
+            Reason::AlgorithmNotAllowed,
+            format!("{alg} is not allowed for this issuer"),
+        ));
     }
-    let entry = keys.select(jws.header.kid.as_deref(), alg).map_err(|e| match e {
-        KeySelectError::UnknownKid(m) => AuthFailure {
-            unknown_kid: true,
-            ..AuthFailure::new(Reason::KeyNotFound, m)
-        },
-        KeySelectError::NoKey(m) => AuthFailure::new(Reason::KeyNotFound, m),
-        KeySelectError::Mismatch(m) => AuthFailure::new(Reason::KeyMismatch, m),
-    })?;
-    if verifier.verify(alg, &entry.key, jws.signing_input.as_bytes(), &jws.signature) {
+    let entry = keys
+        .select(jws.header.kid.as_deref(), alg)
+        .map_err(|e| match e {
+            KeySelectError::UnknownKid(m) => AuthFailure {
+                unknown_kid: true,
+                ..AuthFailure::new(Reason::KeyNotFound, m)
+            },
+            KeySelectError::NoKey(m) => AuthFailure::new(Reason::KeyNotFound, m),
+            KeySelectError::Mismatch(m) => AuthFailure::new(Reason::KeyMismatch, m),
+        })?;
+    if verifier.verify(
+        alg,
+        &entry.key,
+        jws.signing_input.as_bytes(),
+        &jws.signature,
+    ) {
         Ok(())
     } else {
-        Err(AuthFailure::new(Reason::SignatureInvalid, "signature does not verify"))
+        Err(AuthFailure::new(
+            Reason::SignatureInvalid,
+            "signature does not verify",
+        ))
     }
 }
 
@@ -130,19 +149,40 @@ pub fn authenticate<V: SignatureVerifier>(
     now: Timestamp,
 ) -> Result<VerifiedIdentity, AuthFailure> {
     let jws = parse_compact(token, config.limits.max_token_bytes)?;
-    let claims = parse_object(&jws.payload)
-        .map_err(|e| AuthFailure::new(Reason::TokenMalformed, format!("payload is not a JSON object: {e}")))?;
+    let claims = parse_object(&jws.payload).map_err(|e| {
+        AuthFailure::new(
+            Reason::TokenMalformed,
+            format!("payload is not a JSON object: {e}"),
+        )
+    })?;
     let iss = match claims.get("iss") {
         Some(Value::String(s)) => s.as_str(),
-        Some(_) => return Err(AuthFailure::new(Reason::ClaimInvalid, "`iss` must be a string")),
-        None => return Err(AuthFailure::new(Reason::IssuerUnknown, "the token has no `iss`")),
+        Some(_) => {
+            return Err(AuthFailure::new(
+                Reason::ClaimInvalid,
+                "`iss` must be a string",
+            ));
+        }
+        None => {
+            return Err(AuthFailure::new(
+                Reason::IssuerUnknown,
+                "the token has no `iss`",
+            ));
+        }
     };
     let Some(index) = config.issuers.iter().position(|i| i.issuer == iss) else {
-        return Err(AuthFailure::new(Reason::IssuerUnknown, format!("issuer {iss:?} is not configured")));
+        return Err(AuthFailure::new(
+            Reason::IssuerUnknown,
+            format!("issuer {iss:?} is not configured"),
+        ));
     };
     let id = IssuerId(index);
     if !route_issuers.is_empty() && !route_issuers.contains(&id) {
-        return Err(AuthFailure::new(Reason::IssuerUnknown, format!("issuer {iss:?} is not accepted on this route")).at(id));
+        return Err(AuthFailure::new(
+            Reason::IssuerUnknown,
+            format!("issuer {iss:?} is not accepted on this route"),
+        )
+        .at(id));
     }
     let issuer = config
         .issuers
@@ -150,7 +190,11 @@ pub fn authenticate<V: SignatureVerifier>(
         .ok_or_else(|| AuthFailure::new(Reason::IssuerUnknown, "issuer index out of range"))?;
     check_type(&jws, issuer).map_err(|f| f.at(id))?;
     let set = keys.keys(id, now).map_err(|e| {
-        AuthFailure::new(Reason::KeysUnavailable, format!("keys of {iss:?} unavailable: {e:?}")).at(id)
+        AuthFailure::new(
+            Reason::KeysUnavailable,
+            format!("keys of {iss:?} unavailable: {e:?}"),
+        )
+        .at(id)
     })?;
     verify_signature(&jws, set, &issuer.algorithms, verifier).map_err(|f| f.at(id))?;
     validate(claims, id, issuer, now).map_err(|e| {

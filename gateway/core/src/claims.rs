@@ -61,28 +61,41 @@ pub fn validate(
     let skew = issuer.clock_skew.as_secs_f64();
 
     if claims.get("iss").and_then(Value::as_str) != Some(issuer.issuer.as_str()) {
-        return Err(ClaimError::Invalid("`iss` does not match the issuer".into()));
+        return Err(ClaimError::Invalid(
+            "`iss` does not match the issuer".into(),
+        ));
     }
-    let exp = numeric_date(&claims, "exp")?.ok_or_else(|| ClaimError::Invalid("`exp` is required".into()))?;
+    let exp = numeric_date(&claims, "exp")?
+        .ok_or_else(|| ClaimError::Invalid("`exp` is required".into()))?;
     if now_s >= exp + skew {
-        return Err(ClaimError::Expired(format!("expired at {exp}, now is {}", now.unix_secs())));
+        return Err(ClaimError::Expired(format!(
+            "expired at {exp}, now is {}",
+            now.unix_secs()
+        )));
     }
     if let Some(nbf) = numeric_date(&claims, "nbf")?
         && now_s + skew < nbf
     {
-        return Err(ClaimError::NotYetValid(format!("not valid before {nbf}, now is {}", now.unix_secs())));
+        return Err(ClaimError::NotYetValid(format!(
+            "not valid before {nbf}, now is {}",
+            now.unix_secs()
+        )));
     }
     if let Some(iat) = numeric_date(&claims, "iat")?
         && iat > now_s + skew
     {
-        return Err(ClaimError::IssuedInFuture(format!("issued at {iat}, now is {}", now.unix_secs())));
+        return Err(ClaimError::IssuedInFuture(format!(
+            "issued at {iat}, now is {}",
+            now.unix_secs()
+        )));
     }
     check_audience(&claims, &issuer.audiences)?;
     let subject = opt_string(&claims, "sub")?;
     let acr = opt_string(&claims, "acr")?;
     let amr = match claims.get("amr") {
         None => Vec::new(),
-        Some(v) => string_array(v).ok_or_else(|| ClaimError::Invalid("`amr` must be an array of strings".into()))?,
+        Some(v) => string_array(v)
+            .ok_or_else(|| ClaimError::Invalid("`amr` must be an array of strings".into()))?,
     };
     let auth_time = numeric_date(&claims, "auth_time")?;
     let scopes = scopes(&claims)?;
@@ -103,7 +116,9 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, 
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f)),
-            _ => Err(ClaimError::Invalid(format!("`{name}` is not a valid NumericDate"))),
+            _ => Err(ClaimError::Invalid(format!(
+                "`{name}` is not a valid NumericDate"
+            ))),
         },
         Some(other) => Err(ClaimError::Invalid(format!(
             "`{name}` must be a number, found {}",
@@ -132,13 +147,19 @@ fn string_array(v: &Value) -> Option<Vec<String>> {
 
 fn check_audience(claims: &Map<String, Value>, accepted: &[String]) -> Result<(), ClaimError> {
     let auds: Vec<&str> = match claims.get("aud") {
-        None => return Err(ClaimError::AudienceMismatch("the token has no `aud`".into())),
+        None => {
+            return Err(ClaimError::AudienceMismatch(
+                "the token has no `aud`".into(),
+            ));
+        }
         Some(Value::String(s)) => vec![s.as_str()],
         Some(Value::Array(items)) => items
             .iter()
             .map(Value::as_str)
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ClaimError::Invalid("`aud` must be a string or an array of strings".into()))?,
+            .ok_or_else(|| {
+                ClaimError::Invalid("`aud` must be a string or an array of strings".into())
+            })?,
         Some(other) => {
             return Err(ClaimError::Invalid(format!(
                 "`aud` must be a string or an array of strings, found {}",
@@ -159,7 +180,9 @@ fn scopes(claims: &Map<String, Value>) -> Result<Vec<String>, ClaimError> {
     let mut out = Vec::new();
     match claims.get("scope") {
         None => {}
-        Some(Value::String(s)) => out.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned)),
+        Some(Value::String(s)) => {
+            out.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned))
+        }
         Some(other) => {
             return Err(ClaimError::Invalid(format!(
                 "`scope` must be a space-separated string, found {}",
@@ -169,7 +192,9 @@ fn scopes(claims: &Map<String, Value>) -> Result<Vec<String>, ClaimError> {
     }
     match claims.get("scp") {
         None => {}
-        Some(Value::String(s)) => out.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned)),
+        Some(Value::String(s)) => {
+            out.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned))
+        }
         Some(v @ Value::Array(_)) => out.extend(
             string_array(v).ok_or_else(|| ClaimError::Invalid("`scp` must hold strings".into()))?,
         ),

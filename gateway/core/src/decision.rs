@@ -78,7 +78,12 @@ struct Problem<'a> {
 
 /// Builds the problem-details response for `reason`, with `WWW-Authenticate` for 401 and
 /// 403-scope answers (RFC 6750 §3, RFC 9470 §3) carrying `challenge` parameters.
-pub fn problem(reason: Reason, detail: &str, request_id: &str, challenge: &[(&'static str, String)]) -> Response {
+pub fn problem(
+    reason: Reason,
+    detail: &str,
+    request_id: &str,
+    challenge: &[(&'static str, String)],
+) -> Response {
     let status = reason.status();
     let body = serde_json::to_vec(&Problem {
         kind: format!("urn:portcullis:reason:{}", reason.code()),
@@ -90,13 +95,19 @@ pub fn problem(reason: Reason, detail: &str, request_id: &str, challenge: &[(&'s
     })
     .unwrap_or_default();
     let mut headers = vec![
-        (CONTENT_TYPE, HeaderValue::from_static("application/problem+json")),
+        (
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        ),
         (CACHE_CONTROL, HeaderValue::from_static("no-store")),
     ];
     if status == StatusCode::UNAUTHORIZED || reason == Reason::InsufficientScope {
         let mut value = String::from("Bearer realm=\"portcullis\"");
         if let Some(error) = reason.bearer_error() {
-            value.push_str(&format!(", error=\"{error}\", error_description=\"{}\"", quote_safe(reason.title())));
+            value.push_str(&format!(
+                ", error=\"{error}\", error_description=\"{}\"",
+                quote_safe(reason.title())
+            ));
         }
         for (name, v) in challenge {
             if *name == "max_age" {

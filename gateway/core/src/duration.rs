@@ -14,7 +14,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(format!("`{text}` is not a duration: expected a number at `{rest}`"));
+            return Err(format!(
+                "`{text}` is not a duration: expected a number at `{rest}`"
+            ));
         }
         let (num, tail) = rest.split_at(digits);
         let value: u64 = num
@@ -28,7 +30,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => value.checked_mul(60).map(Duration::from_secs),
             "h" => value.checked_mul(3_600).map(Duration::from_secs),
             "d" => value.checked_mul(86_400).map(Duration::from_secs),
-            "" => return Err(format!("`{text}` needs a unit after `{num}` (ms, s, m, h or d)")),
+            "" => {
+                return Err(format!(
+                    "`{text}` needs a unit after `{num}` (ms, s, m, h or d)"
+                ));
+            }
             other => {
                 return Err(format!(
                     "unknown unit `{other}` in `{text}` (use ms, s, m, h or d)"

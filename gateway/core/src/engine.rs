@@ -129,7 +129,9 @@ impl<V: SignatureVerifier> Engine<V> {
         audit: &mut AuditRecord,
         refetch: &mut Option<IssuerId>,
     ) -> Outcome {
-        let deny = |reason: Reason, detail: &str| Outcome::Respond(problem(reason, detail, req.request_id, &[]));
+        let deny = |reason: Reason, detail: &str| {
+            Outcome::Respond(problem(reason, detail, req.request_id, &[]))
+        };
         let cfg = &self.config;
 
         // 1. normalize
@@ -139,7 +141,9 @@ impl<V: SignatureVerifier> Engine<V> {
         };
         audit.path.clone_from(&norm.path);
         audit.host.clone_from(&norm.host);
-        let Some(route) = match_route(&cfg.routes, norm.host.as_deref(), &norm.path).and_then(|i| cfg.routes.get(i)) else {
+        let Some(route) = match_route(&cfg.routes, norm.host.as_deref(), &norm.path)
+            .and_then(|i| cfg.routes.get(i))
+        else {
             return deny(Reason::RouteNotFound, "no route matches this host and path");
         };
         audit.route = Some(route.path.clone());
@@ -154,21 +158,26 @@ impl<V: SignatureVerifier> Engine<V> {
             };
             match token {
                 None if route.auth == AuthMode::Required => {
-                    return deny(Reason::AuthenticationRequired, "this route needs a bearer token");
+                    return deny(
+                        Reason::AuthenticationRequired,
+                        "this route needs a bearer token",
+                    );
                 }
                 None => None,
-                Some(token) => match authenticate(token, cfg, keys, &self.verifier, &route.issuers, now) {
-                    Ok(id) => Some(id),
-                    Err(f) => {
-                        if let Some(i) = f.issuer {
-                            audit.issuer = cfg.issuers.get(i.0).map(|c| c.name.clone());
+                Some(token) => {
+                    match authenticate(token, cfg, keys, &self.verifier, &route.issuers, now) {
+                        Ok(id) => Some(id),
+                        Err(f) => {
+                            if let Some(i) = f.issuer {
+                                audit.issuer = cfg.issuers.get(i.0).map(|c| c.name.clone());
+                            }
+                            if f.unknown_kid {
+                                *refetch = f.issuer;
+                            }
+                            return deny(f.reason, &f.detail);
                         }
-                        if f.unknown_kid {
-                            *refetch = f.issuer;
-                        }
-                        return deny(f.reason, &f.detail);
                     }
-                },
+                }
             }
         };
         if let Some(id) = &identity {
@@ -184,7 +193,12 @@ impl<V: SignatureVerifier> Engine<V> {
         if let Some(id) = &identity
             && let Err(refusal) = authorize(route, id, now)
         {
-            return Outcome::Respond(problem(refusal.reason, &refusal.detail, req.request_id, &refusal.challenge));
+            return Outcome::Respond(problem(
+                refusal.reason,
+                &refusal.detail,
+                req.request_id,
+                &refusal.challenge,
+            ));
         }
 
         // 4. route
@@ -194,7 +208,10 @@ impl<V: SignatureVerifier> Engine<V> {
         };
         if !route.regions.is_empty() && !route.regions.contains(&home) {
             let name = cfg.regions.get(home.0).map_or("", |r| r.name.as_str());
-            return deny(Reason::ResidencyNotPermitted, &format!("this route is not offered in region `{name}`"));
+            return deny(
+                Reason::ResidencyNotPermitted,
+                &format!("this route is not offered in region `{name}`"),
+            );
         }
         let backend = match choose_backend(cfg, home, health, spread(req.request_id)) {
             Ok(b) => b,
@@ -220,14 +237,20 @@ impl<V: SignatureVerifier> Engine<V> {
         })
     }
 
-    fn identity_headers(&self, id: Option<&VerifiedIdentity>, region: &Region) -> Vec<(HeaderName, HeaderValue)> {
+    fn identity_headers(
+        &self,
+        id: Option<&VerifiedIdentity>,
+        region: &Region,
+    ) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::with_capacity(self.config.identity.headers.len());
         for (name, source) in &self.config.identity.headers {
             let text = match (source, id) {
                 (IdentitySource::Region, _) => Some(region.name.clone()),
                 (IdentitySource::Jurisdiction, _) => Some(region.jurisdiction.clone()),
                 (IdentitySource::Scope, Some(id)) => Some(id.scopes.join(" ")),
-                (IdentitySource::IssuerName, Some(id)) => self.config.issuers.get(id.issuer.0).map(|i| i.name.clone()),
+                (IdentitySource::IssuerName, Some(id)) => {
+                    self.config.issuers.get(id.issuer.0).map(|i| i.name.clone())
+                }
                 (IdentitySource::Claim(claim), Some(id)) => id.claims.get(claim).map(claim_text),
                 (_, None) => None,
             };
@@ -263,9 +286,9 @@ fn header_safe(s: &str) -> String {
 
 /// FNV-1a of the request id: spreads requests over a region's healthy backends.
 fn spread(request_id: &str) -> u64 {
-    request_id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    request_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

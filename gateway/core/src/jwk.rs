@@ -202,10 +202,14 @@ pub fn check_rsa_public(n: &[u8], e: &[u8]) -> Result<(), String> {
     let n = strip_leading_zeros(n);
     let bits = (n.len() * 8).saturating_sub(n.first().map_or(8, |b| b.leading_zeros() as usize));
     if bits < MIN_RSA_BITS {
-        return Err(format!("RSA modulus of {bits} bits is below the {MIN_RSA_BITS}-bit minimum"));
+        return Err(format!(
+            "RSA modulus of {bits} bits is below the {MIN_RSA_BITS}-bit minimum"
+        ));
     }
     if bits > MAX_RSA_BITS {
-        return Err(format!("RSA modulus of {bits} bits is above the {MAX_RSA_BITS}-bit maximum"));
+        return Err(format!(
+            "RSA modulus of {bits} bits is above the {MAX_RSA_BITS}-bit maximum"
+        ));
     }
     if n.last().is_some_and(|b| b & 1 == 0) {
         return Err("RSA modulus is even".into());
@@ -217,7 +221,9 @@ pub fn check_rsa_public(n: &[u8], e: &[u8]) -> Result<(), String> {
         u64::MAX
     };
     if exponent < 3 || exponent & 1 == 0 || exponent > (1 << 33) - 1 {
-        return Err(format!("RSA public exponent {exponent} is not an odd number in 3..2^33"));
+        return Err(format!(
+            "RSA public exponent {exponent} is not an odd number in 3..2^33"
+        ));
     }
     if has_roca_fingerprint(n) {
         return Err("RSA key has the ROCA fingerprint (CVE-2017-15361) and is factorable".into());
@@ -333,8 +339,16 @@ mod tests {
         assert!(key("").permits(Algorithm::EdDSA).is_ok());
         assert!(key("").permits(Algorithm::ES256).is_err());
         assert!(key(r#","use":"enc""#).permits(Algorithm::EdDSA).is_err());
-        assert!(key(r#","key_ops":["encrypt"]"#).permits(Algorithm::EdDSA).is_err());
-        assert!(key(r#","key_ops":["verify"]"#).permits(Algorithm::EdDSA).is_ok());
+        assert!(
+            key(r#","key_ops":["encrypt"]"#)
+                .permits(Algorithm::EdDSA)
+                .is_err()
+        );
+        assert!(
+            key(r#","key_ops":["verify"]"#)
+                .permits(Algorithm::EdDSA)
+                .is_ok()
+        );
     }
 
     #[test]

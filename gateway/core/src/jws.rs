@@ -65,9 +65,9 @@ impl fmt::Display for JwsError {
             JwsError::TooLarge { len, max } => {
                 write!(f, "token is {len} bytes, the limit is {max}")
             }
-            JwsError::Malformed(m) | JwsError::AlgorithmNotAllowed(m) | JwsError::CritUnsupported(m) => {
-                f.write_str(m)
-            }
+            JwsError::Malformed(m)
+            | JwsError::AlgorithmNotAllowed(m)
+            | JwsError::CritUnsupported(m) => f.write_str(m),
         }
     }
 }
@@ -82,10 +82,13 @@ pub fn parse_compact(token: &str, max_len: usize) -> Result<CompactJws<'_>, JwsE
     }
     let malformed = |m: &str| JwsError::Malformed(m.to_owned());
     if token.starts_with('{') {
-        return Err(malformed("JSON serialization is not accepted, only compact JWS"));
+        return Err(malformed(
+            "JSON serialization is not accepted, only compact JWS",
+        ));
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         let n = token.split('.').count();
         return Err(JwsError::Malformed(if n == 5 {
@@ -126,11 +129,17 @@ fn check_header(header: &Map<String, Value>) -> Result<JoseHeader, JwsError> {
                 format!("algorithm `{name}` is not supported")
             })
         })?,
-        Some(_) => return Err(JwsError::AlgorithmNotAllowed("`alg` must be a string".into())),
+        Some(_) => {
+            return Err(JwsError::AlgorithmNotAllowed(
+                "`alg` must be a string".into(),
+            ));
+        }
         None => return Err(JwsError::Malformed("header has no `alg`".into())),
     };
     if header.contains_key("enc") {
-        return Err(JwsError::Malformed("encrypted tokens (JWE) are not accepted".into()));
+        return Err(JwsError::Malformed(
+            "encrypted tokens (JWE) are not accepted".into(),
+        ));
     }
     if let Some(crit) = header.get("crit") {
         let names = crit
@@ -147,7 +156,9 @@ fn check_header(header: &Map<String, Value>) -> Result<JoseHeader, JwsError> {
     if let Some(b64) = header.get("b64")
         && b64 != &Value::Bool(true)
     {
-        return Err(JwsError::Malformed("unencoded payloads (`b64`) are not accepted".into()));
+        return Err(JwsError::Malformed(
+            "unencoded payloads (`b64`) are not accepted".into(),
+        ));
     }
     let kid = match header.get("kid") {
         None => None,
@@ -162,7 +173,9 @@ fn check_header(header: &Map<String, Value>) -> Result<JoseHeader, JwsError> {
     match header.get("cty") {
         None => {}
         Some(Value::String(cty)) if is_jwt_media_type(cty) => {
-            return Err(JwsError::Malformed("nested JWTs (`cty: JWT`) are not accepted".into()));
+            return Err(JwsError::Malformed(
+                "nested JWTs (`cty: JWT`) are not accepted".into(),
+            ));
         }
         Some(Value::String(_)) => {}
         Some(_) => return Err(JwsError::Malformed("`cty` must be a string".into())),
@@ -222,44 +235,69 @@ mod tests {
     use super::*;
 
     fn token(header: &str, payload: &str) -> String {
-        format!("{}.{}.c2ln", b64::encode(header.as_bytes()), b64::encode(payload.as_bytes()))
+        format!(
+            "{}.{}.c2ln",
+            b64::encode(header.as_bytes()),
+            b64::encode(payload.as_bytes())
+        )
     }
 
     #[test]
     fn alg_none_is_refused_in_every_spelling() {
         for alg in ["none", "None", "NONE", "nOnE"] {
             let t = token(&format!(r#"{{"alg":"{alg}"}}"#), "{}");
-            assert!(matches!(parse_compact(&t, 1000), Err(JwsError::AlgorithmNotAllowed(_))), "{alg}");
+            assert!(
+                matches!(
+                    parse_compact(&t, 1000),
+                    Err(JwsError::AlgorithmNotAllowed(_))
+                ),
+                "{alg}"
+            );
         }
     }
 
     #[test]
     fn algorithm_names_are_case_sensitive() {
         let t = token(r#"{"alg":"hs256"}"#, "{}");
-        assert!(matches!(parse_compact(&t, 1000), Err(JwsError::AlgorithmNotAllowed(_))));
+        assert!(matches!(
+            parse_compact(&t, 1000),
+            Err(JwsError::AlgorithmNotAllowed(_))
+        ));
     }
 
     #[test]
     fn unknown_crit_is_refused() {
         let t = token(r#"{"alg":"ES256","crit":["exp"],"exp":1}"#, "{}");
-        assert!(matches!(parse_compact(&t, 1000), Err(JwsError::CritUnsupported(_))));
+        assert!(matches!(
+            parse_compact(&t, 1000),
+            Err(JwsError::CritUnsupported(_))
+        ));
     }
 
     #[test]
     fn nested_jwt_json_serialization_and_jwe_are_refused() {
         let nested = token(r#"{"alg":"ES256","cty":"JWT"}"#, "{}");
-        assert!(matches!(parse_compact(&nested, 1000), Err(JwsError::Malformed(_))));
+        assert!(matches!(
+            parse_compact(&nested, 1000),
+            Err(JwsError::Malformed(_))
+        ));
         assert!(matches!(
             parse_compact(r#"{"payload":"e30","signatures":[]}"#, 1000),
             Err(JwsError::Malformed(_))
         ));
-        assert!(matches!(parse_compact("a.b.c.d.e", 1000), Err(JwsError::Malformed(_))));
+        assert!(matches!(
+            parse_compact("a.b.c.d.e", 1000),
+            Err(JwsError::Malformed(_))
+        ));
     }
 
     #[test]
     fn duplicate_header_members_are_refused() {
         let t = token(r#"{"alg":"ES256","alg":"HS256"}"#, "{}");
-        assert!(matches!(parse_compact(&t, 1000), Err(JwsError::Malformed(_))));
+        assert!(matches!(
+            parse_compact(&t, 1000),
+            Err(JwsError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -267,13 +305,19 @@ mod tests {
         let t = "a".repeat(20_000);
         assert_eq!(
             parse_compact(&t, DEFAULT_MAX_TOKEN_BYTES).err(),
-            Some(JwsError::TooLarge { len: 20_000, max: DEFAULT_MAX_TOKEN_BYTES })
+            Some(JwsError::TooLarge {
+                len: 20_000,
+                max: DEFAULT_MAX_TOKEN_BYTES
+            })
         );
     }
 
     #[test]
     fn embedded_key_headers_are_parsed_but_ignored() {
-        let t = token(r#"{"alg":"ES256","jku":"https://evil","jwk":{"kty":"EC"},"x5u":"https://evil"}"#, "{}");
+        let t = token(
+            r#"{"alg":"ES256","jku":"https://evil","jwk":{"kty":"EC"},"x5u":"https://evil"}"#,
+            "{}",
+        );
         let jws = parse_compact(&t, 1000).expect("parses");
         assert_eq!(jws.header.alg, Algorithm::ES256);
         assert_eq!(jws.header.kid, None);

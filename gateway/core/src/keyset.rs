@@ -136,7 +136,11 @@ impl<K> KeySet<K> {
 
     /// Chooses the key for a token: by `kid` when the token has one (the key must then fit
     /// `alg`), otherwise the only key that fits `alg`.
-    pub fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<&KeyEntry<K>, KeySelectError> {
+    pub fn select(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<&KeyEntry<K>, KeySelectError> {
         match kid {
             Some(kid) => {
                 let named: Vec<&KeyEntry<K>> = self
@@ -145,7 +149,9 @@ impl<K> KeySet<K> {
                     .filter(|e| e.jwk.kid.as_deref() == Some(kid))
                     .collect();
                 let Some(first) = named.first() else {
-                    return Err(KeySelectError::UnknownKid(format!("no key with kid `{kid}`")));
+                    return Err(KeySelectError::UnknownKid(format!(
+                        "no key with kid `{kid}`"
+                    )));
                 };
                 if self.skipped.iter().any(|s| s.kid.as_deref() == Some(kid)) {
                     return Err(KeySelectError::NoKey(format!(
@@ -251,7 +257,10 @@ impl<K> KeyStore<K> {
 
     /// The earliest time at which [`poll`](Self::poll) may return something new.
     pub fn next_poll_at(&self) -> Option<Timestamp> {
-        self.issuers.iter().filter_map(IssuerKeys::next_poll_at).min()
+        self.issuers
+            .iter()
+            .filter_map(IssuerKeys::next_poll_at)
+            .min()
     }
 
     /// Accepts a fetched document. Errors (bad status, unparsable or unusable document)
@@ -292,9 +301,9 @@ impl<K> KeyStore<K> {
         let Some(remote) = keys.remote.as_mut() else {
             return false;
         };
-        let allowed = remote.last_unknown_kid_refetch.is_none_or(|last| {
-            now.saturating_since(last) >= remote.policy.unknown_kid_interval
-        });
+        let allowed = remote
+            .last_unknown_kid_refetch
+            .is_none_or(|last| now.saturating_since(last) >= remote.policy.unknown_kid_interval);
         if allowed && remote.in_flight.is_none() && remote.jwks_uri.is_some() {
             remote.last_unknown_kid_refetch = Some(now);
             remote.jwks_next = Some(FetchReason::UnknownKid);
@@ -444,7 +453,10 @@ impl<K> IssuerKeys<K> {
         now: Timestamp,
     ) -> Result<(), String> {
         let remote = self.remote.as_mut().ok_or("issuer has a static key set")?;
-        let reason = remote.in_flight.take().map_or(FetchReason::Initial, |(r, _)| r);
+        let reason = remote
+            .in_flight
+            .take()
+            .map_or(FetchReason::Initial, |(r, _)| r);
         if response.status != 200 {
             return Err(format!("HTTP status {}", response.status));
         }
@@ -464,7 +476,10 @@ impl<K> IssuerKeys<K> {
                         .iter()
                         .map(|s| format!("#{} {}", s.index, s.reason))
                         .collect();
-                    return Err(format!("key set has no usable key ({})", reasons.join("; ")));
+                    return Err(format!(
+                        "key set has no usable key ({})",
+                        reasons.join("; ")
+                    ));
                 }
                 let ttl = freshness(response.cache_control, &remote.policy);
                 remote.failures = 0;
@@ -513,7 +528,10 @@ pub fn freshness(cache_control: Option<&str>, policy: &JwksPolicy) -> Duration {
             }
         }
     }
-    ttl.clamp(policy.refresh_min, policy.refresh_max.max(policy.refresh_min))
+    ttl.clamp(
+        policy.refresh_min,
+        policy.refresh_max.max(policy.refresh_min),
+    )
 }
 
 /// Reads `jwks_uri` from an OpenID Connect discovery document, checking that its `issuer`

@@ -22,7 +22,10 @@ pub struct Normalized {
 }
 
 /// Normalizes a request against the strip patterns.
-pub fn normalize(req: &RequestParts<'_>, strip: &[HeaderPattern]) -> Result<Normalized, (Reason, String)> {
+pub fn normalize(
+    req: &RequestParts<'_>,
+    strip: &[HeaderPattern],
+) -> Result<Normalized, (Reason, String)> {
     let raw = req.uri.path();
     let path = check_path(raw).map_err(|m| (Reason::PathInvalid, m))?;
     let path_and_query = match req.uri.query() {
@@ -57,7 +60,9 @@ pub fn normalize(req: &RequestParts<'_>, strip: &[HeaderPattern]) -> Result<Norm
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
-        return host.split_once(']').map_or(host, |(h, _)| h.get(1..).unwrap_or(h));
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| h.get(1..).unwrap_or(h));
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
@@ -76,7 +81,9 @@ fn check_path(raw: &str) -> Result<String, String> {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
             let Some(value) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else {
                 return Err("malformed percent escape in path".into());
             };
@@ -115,7 +122,18 @@ mod tests {
 
     #[test]
     fn refuses_paths_a_backend_could_read_differently() {
-        for p in ["/api/../admin", "/./x", "/api/%2e%2e/admin", "/api%2Fadmin", "/a\\b", "/a%5cb", "/a%00", "/a%zz", "/a%2", "api"] {
+        for p in [
+            "/api/../admin",
+            "/./x",
+            "/api/%2e%2e/admin",
+            "/api%2Fadmin",
+            "/a\\b",
+            "/a%5cb",
+            "/a%00",
+            "/a%zz",
+            "/a%2",
+            "api",
+        ] {
             assert!(check_path(p).is_err(), "{p}");
         }
     }

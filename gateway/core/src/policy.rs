@@ -64,7 +64,10 @@ pub fn authorize(route: &Route, id: &VerifiedIdentity, now: Timestamp) -> Result
         ));
     }
     if let Some(missing) = route.scopes_all.iter().find(|s| !id.has_scope(s)) {
-        return Err(scope_refusal(format!("needs the scope {missing:?}"), &route.scopes_all));
+        return Err(scope_refusal(
+            format!("needs the scope {missing:?}"),
+            &route.scopes_all,
+        ));
     }
     for rule in &route.claims {
         let value = id.claims.get(&rule.name);
@@ -103,7 +106,10 @@ pub fn authorize(route: &Route, id: &VerifiedIdentity, now: Timestamp) -> Result
         }
     };
     if !route.acr_values.is_empty()
-        && !id.acr.as_ref().is_some_and(|a| route.acr_values.contains(a))
+        && !id
+            .acr
+            .as_ref()
+            .is_some_and(|a| route.acr_values.contains(a))
     {
         return Err(step_up(format!(
             "acr {:?} is not one of {:?}",

@@ -103,7 +103,9 @@ impl Reason {
             | Reason::ResidencyUnknown
             | Reason::ResidencyMissing
             | Reason::ResidencyNotPermitted => StatusCode::FORBIDDEN,
-            Reason::KeysUnavailable | Reason::ResidencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::KeysUnavailable | Reason::ResidencyUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -132,7 +134,9 @@ impl Reason {
             Reason::ClaimInvalid => "The access token has an invalid claim",
             Reason::InsufficientScope => "The access token lacks a required scope",
             Reason::ClaimMismatch => "The access token does not meet the route's claim rules",
-            Reason::InsufficientUserAuthentication => "Stronger or more recent authentication is required",
+            Reason::InsufficientUserAuthentication => {
+                "Stronger or more recent authentication is required"
+            }
             Reason::ResidencyUnknown => "The user's home region is not known here",
             Reason::ResidencyMissing => "The user's home region is not stated",
             Reason::ResidencyNotPermitted => "This route is not offered in the user's region",

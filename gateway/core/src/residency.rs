@@ -11,7 +11,10 @@ use crate::engine::BackendHealth;
 use crate::reason::Reason;
 
 /// The home region of a caller (`None` identity: anonymous).
-pub fn home_region(config: &Config, identity: Option<&VerifiedIdentity>) -> Result<RegionId, (Reason, String)> {
+pub fn home_region(
+    config: &Config,
+    identity: Option<&VerifiedIdentity>,
+) -> Result<RegionId, (Reason, String)> {
     let Some(id) = identity else {
         return match config.residency.anonymous {
             RegionChoice::Region(r) => Ok(r),
@@ -35,8 +38,16 @@ pub fn home_region(config: &Config, identity: Option<&VerifiedIdentity>) -> Resu
             .iter()
             .position(|r| r.name == *name)
             .map(RegionId)
-            .ok_or_else(|| (Reason::ResidencyUnknown, format!("region {name:?} is not configured"))),
-        Some(_) => Err((Reason::ResidencyUnknown, format!("`{claim}` must be a string"))),
+            .ok_or_else(|| {
+                (
+                    Reason::ResidencyUnknown,
+                    format!("region {name:?} is not configured"),
+                )
+            }),
+        Some(_) => Err((
+            Reason::ResidencyUnknown,
+            format!("`{claim}` must be a string"),
+        )),
     }
 }
 
@@ -73,6 +84,9 @@ pub fn choose_backend(
     }
     Err((
         Reason::ResidencyUnavailable,
-        format!("no healthy backend in region `{}` or its failover", region.name),
+        format!(
+            "no healthy backend in region `{}` or its failover",
+            region.name
+        ),
     ))
 }

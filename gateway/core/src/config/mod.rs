@@ -32,7 +32,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: error: {}", self.file, self.line, self.column, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: error: {}",
+            self.file, self.line, self.column, self.message
+        )?;
         if let Some(hint) = &self.hint {
             write!(f, "\n  hint: {hint}")?;
         }
@@ -52,7 +56,11 @@ impl fmt::Display for ConfigError {
         for d in &self.diagnostics {
             writeln!(f, "{d}")?;
         }
-        write!(f, "{} problem(s) in the configuration", self.diagnostics.len())
+        write!(
+            f,
+            "{} problem(s) in the configuration",
+            self.diagnostics.len()
+        )
     }
 }
 

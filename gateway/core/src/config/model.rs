@@ -277,7 +277,11 @@ pub struct AuditConfig {
 
 impl std::fmt::Debug for AuditConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AuditConfig {{ subject_key: <{} bytes> }}", self.subject_key.len())
+        write!(
+            f,
+            "AuditConfig {{ subject_key: <{} bytes> }}",
+            self.subject_key.len()
+        )
     }
 }
 

@@ -66,12 +66,20 @@ pub(crate) struct Table<'a, 'i> {
 
 impl<'a, 'i> Table<'a, 'i> {
     /// Reads `value` as a table named `name` in messages.
-    pub(crate) fn of(value: &'a Spanned<DeValue<'i>>, name: impl Into<String>, d: &mut Diags<'_>) -> Option<Self> {
+    pub(crate) fn of(
+        value: &'a Spanned<DeValue<'i>>,
+        name: impl Into<String>,
+        d: &mut Diags<'_>,
+    ) -> Option<Self> {
         let name = name.into();
         match value.get_ref() {
             DeValue::Table(map) => Some(Self::from_map(map, value.span(), name)),
             other => {
-                d.error(&value.span(), format!("`{name}` must be a table, found {}", other.type_str()), None);
+                d.error(
+                    &value.span(),
+                    format!("`{name}` must be a table, found {}", other.type_str()),
+                    None,
+                );
                 None
             }
         }
@@ -106,14 +114,22 @@ impl<'a, 'i> Table<'a, 'i> {
     fn type_error(&self, d: &mut Diags<'_>, key: &str, v: &Spanned<DeValue<'_>>, expected: &str) {
         d.error(
             &v.span(),
-            format!("`{}` must be {expected}, found {}", self.key_name(key), v.get_ref().type_str()),
+            format!(
+                "`{}` must be {expected}, found {}",
+                self.key_name(key),
+                v.get_ref().type_str()
+            ),
             None,
         );
     }
 
     /// Reports a missing required key.
     pub(crate) fn missing(&self, d: &mut Diags<'_>, key: &str, hint: Option<String>) {
-        d.error(&self.span, format!("`{}` is required", self.key_name(key)), hint);
+        d.error(
+            &self.span,
+            format!("`{}` is required", self.key_name(key)),
+            hint,
+        );
     }
 
     /// An optional string.
@@ -129,7 +145,12 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A required string.
-    pub(crate) fn req_string(&mut self, d: &mut Diags<'_>, key: &'static str, hint: Option<&str>) -> Option<At<String>> {
+    pub(crate) fn req_string(
+        &mut self,
+        d: &mut Diags<'_>,
+        key: &'static str,
+        hint: Option<&str>,
+    ) -> Option<At<String>> {
         if self.map.iter().any(|(k, _)| k.get_ref().as_ref() == key) {
             self.string(d, key)
         } else {
@@ -155,13 +176,19 @@ impl<'a, 'i> Table<'a, 'i> {
     pub(crate) fn integer(&mut self, d: &mut Diags<'_>, key: &'static str) -> Option<At<i64>> {
         let v = self.get(key)?;
         match v.get_ref() {
-            DeValue::Integer(i) => match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
-                Ok(n) => Some((n, v.span())),
-                Err(_) => {
-                    d.error(&v.span(), format!("`{}` is out of range", self.key_name(key)), None);
-                    None
+            DeValue::Integer(i) => {
+                match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
+                    Ok(n) => Some((n, v.span())),
+                    Err(_) => {
+                        d.error(
+                            &v.span(),
+                            format!("`{}` is out of range", self.key_name(key)),
+                            None,
+                        );
+                        None
+                    }
                 }
-            },
+            }
             _ => {
                 self.type_error(d, key, v, "an integer");
                 None
@@ -170,7 +197,11 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// An optional array of strings.
-    pub(crate) fn strings(&mut self, d: &mut Diags<'_>, key: &'static str) -> Option<At<Vec<At<String>>>> {
+    pub(crate) fn strings(
+        &mut self,
+        d: &mut Diags<'_>,
+        key: &'static str,
+    ) -> Option<At<Vec<At<String>>>> {
         let v = self.get(key)?;
         let DeValue::Array(items) = v.get_ref() else {
             self.type_error(d, key, v, "an array of strings");
@@ -182,7 +213,11 @@ impl<'a, 'i> Table<'a, 'i> {
                 DeValue::String(s) => out.push((s.to_string(), item.span())),
                 other => d.error(
                     &item.span(),
-                    format!("`{}` must hold strings, found {}", self.key_name(key), other.type_str()),
+                    format!(
+                        "`{}` must hold strings, found {}",
+                        self.key_name(key),
+                        other.type_str()
+                    ),
                     None,
                 ),
             }
@@ -191,12 +226,20 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// An optional duration such as `"60s"`.
-    pub(crate) fn duration(&mut self, d: &mut Diags<'_>, key: &'static str) -> Option<At<Duration>> {
+    pub(crate) fn duration(
+        &mut self,
+        d: &mut Diags<'_>,
+        key: &'static str,
+    ) -> Option<At<Duration>> {
         let (text, span) = self.string(d, key)?;
         match parse_duration(&text) {
             Ok(dur) => Some((dur, span)),
             Err(e) => {
-                d.error(&span, format!("`{}`: {e}", self.key_name(key)), Some("durations look like \"60s\", \"5m\", \"1h30m\"".into()));
+                d.error(
+                    &span,
+                    format!("`{}`: {e}", self.key_name(key)),
+                    Some("durations look like \"60s\", \"5m\", \"1h30m\"".into()),
+                );
                 None
             }
         }
@@ -216,7 +259,11 @@ impl<'a, 'i> Table<'a, 'i> {
             return Vec::new();
         };
         let DeValue::Array(items) = v.get_ref() else {
-            d.error(&v.span(), format!("`{name}` must be an array of tables (`[[{key}]]`)"), None);
+            d.error(
+                &v.span(),
+                format!("`{name}` must be an array of tables (`[[{key}]]`)"),
+                None,
+            );
             return Vec::new();
         };
         items
@@ -228,7 +275,9 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// Every entry of this table as `(key, value)` (for maps such as `[region.*]`),
     /// all keys counting as known.
-    pub(crate) fn entries(&self) -> impl Iterator<Item = (At<&'a str>, &'a Spanned<DeValue<'i>>)> + '_ {
+    pub(crate) fn entries(
+        &self,
+    ) -> impl Iterator<Item = (At<&'a str>, &'a Spanned<DeValue<'i>>)> + '_ {
         self.map
             .iter()
             .map(|(k, v)| ((k.get_ref().as_ref(), k.span()), v))
@@ -249,7 +298,11 @@ impl<'a, 'i> Table<'a, 'i> {
                     known.dedup();
                     Some(format!("known keys here: {}", known.join(", ")))
                 });
-            d.error(&k.span(), format!("unknown key `{}`", self.key_name(key)), hint);
+            d.error(
+                &k.span(),
+                format!("unknown key `{}`", self.key_name(key)),
+                hint,
+            );
         }
     }
 }
@@ -289,7 +342,10 @@ mod tests {
 
     #[test]
     fn suggests_close_keys_only() {
-        assert_eq!(closest("audience", &["audiences", "issuer"]), Some("audiences"));
+        assert_eq!(
+            closest("audience", &["audiences", "issuer"]),
+            Some("audiences")
+        );
         assert_eq!(closest("algoritms", &["algorithms"]), Some("algorithms"));
         assert_eq!(closest("zzz", &["issuer"]), None);
     }

@@ -18,7 +18,11 @@ use crate::keyset::IssuerId;
 
 const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit] and [limits]";
 
-pub(super) fn load(source: &str, file: &str, files: &dyn ConfigFiles) -> Result<Config, ConfigError> {
+pub(super) fn load(
+    source: &str,
+    file: &str,
+    files: &dyn ConfigFiles,
+) -> Result<Config, ConfigError> {
     let mut d = Diags::new(file, source);
     let (root, parse_errors) = DeTable::parse_recoverable(source);
     for e in &parse_errors {
@@ -49,27 +53,56 @@ fn finish_top(top: Table<'_, '_>, d: &mut Diags<'_>) {
     let before = d.list.len();
     top.finish(d);
     for (_, diag) in d.list.iter_mut().skip(before) {
-        if diag.hint.as_deref().is_some_and(|h| h.starts_with("known keys")) {
+        if diag
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.starts_with("known keys"))
+        {
             diag.hint = Some(TOP_LEVEL_HINT.into());
         }
     }
 }
 
-fn read_config(top: &mut Table<'_, '_>, d: &mut Diags<'_>, files: &dyn ConfigFiles) -> Option<Config> {
+fn read_config(
+    top: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    files: &dyn ConfigFiles,
+) -> Option<Config> {
     // Regions first: issuers and routes refer to them.
     let regions = read_regions(top, d);
     let issuer_tables = top.tables(d, "issuer");
     if issuer_tables.is_empty() {
-        d.error(&(0..0), "no [[issuer]]: no token could ever be verified", Some("add an [[issuer]] table with issuer, audiences, algorithms and a key source".into()));
+        d.error(
+            &(0..0),
+            "no [[issuer]]: no token could ever be verified",
+            Some(
+                "add an [[issuer]] table with issuer, audiences, algorithms and a key source"
+                    .into(),
+            ),
+        );
     }
-    let issuers: Vec<Option<IssuerConfig>> = issuer_tables.into_iter().map(|t| read_issuer(t, d, files)).collect();
+    let issuers: Vec<Option<IssuerConfig>> = issuer_tables
+        .into_iter()
+        .map(|t| read_issuer(t, d, files))
+        .collect();
     check_unique(d, issuers.iter().flatten().map(|i| (&i.name, &i.issuer)));
-    let names: Vec<(String, RegionId)> = regions.iter().enumerate().map(|(i, r)| (r.name.clone(), RegionId(i))).collect();
+    let names: Vec<(String, RegionId)> = regions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.clone(), RegionId(i)))
+        .collect();
     let residency = read_residency(top, d, &names);
-    let issuer_names: Vec<String> = issuers.iter().map(|i| i.as_ref().map(|i| i.name.clone()).unwrap_or_default()).collect();
+    let issuer_names: Vec<String> = issuers
+        .iter()
+        .map(|i| i.as_ref().map(|i| i.name.clone()).unwrap_or_default())
+        .collect();
     let route_tables = top.tables(d, "route");
     if route_tables.is_empty() {
-        d.error(&(0..0), "no [[route]]: every request would be refused", Some("add a [[route]] with a path, e.g. path = \"/\"".into()));
+        d.error(
+            &(0..0),
+            "no [[route]]: every request would be refused",
+            Some("add a [[route]] with a path, e.g. path = \"/\"".into()),
+        );
     }
     let routes: Vec<Option<(Route, Span)>> = route_tables
         .into_iter()
@@ -84,7 +117,10 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diags<'_>, files: &dyn ConfigFil
         issuers: issuers.into_iter().collect::<Option<Vec<_>>>()?,
         regions,
         residency: residency?,
-        routes: routes.into_iter().map(|r| r.map(|(r, _)| r)).collect::<Option<Vec<_>>>()?,
+        routes: routes
+            .into_iter()
+            .map(|r| r.map(|(r, _)| r))
+            .collect::<Option<Vec<_>>>()?,
         identity: identity?,
         audit: audit?,
         limits,
@@ -96,39 +132,87 @@ fn check_unique<'a>(d: &mut Diags<'_>, issuers: impl Iterator<Item = (&'a String
     let mut seen_iss = BTreeMap::new();
     for (name, iss) in issuers {
         if seen_names.insert(name.clone(), ()).is_some() {
-            d.error(&(0..0), format!("two issuers are named `{name}`"), Some("issuer names must be unique".into()));
+            d.error(
+                &(0..0),
+                format!("two issuers are named `{name}`"),
+                Some("issuer names must be unique".into()),
+            );
         }
         if seen_iss.insert(iss.clone(), ()).is_some() {
-            d.error(&(0..0), format!("two issuers have issuer = {iss:?}"), Some("one [[issuer]] per `iss` value".into()));
+            d.error(
+                &(0..0),
+                format!("two issuers have issuer = {iss:?}"),
+                Some("one [[issuer]] per `iss` value".into()),
+            );
         }
     }
 }
 
-fn read_issuer(mut t: Table<'_, '_>, d: &mut Diags<'_>, files: &dyn ConfigFiles) -> Option<IssuerConfig> {
-    let name = t.req_string(d, "name", Some("a short name for logs and route `issuers` lists"));
+fn read_issuer(
+    mut t: Table<'_, '_>,
+    d: &mut Diags<'_>,
+    files: &dyn ConfigFiles,
+) -> Option<IssuerConfig> {
+    let name = t.req_string(
+        d,
+        "name",
+        Some("a short name for logs and route `issuers` lists"),
+    );
     let issuer = t.req_string(d, "issuer", Some("the exact `iss` value of the tokens"));
     let audiences = match t.strings(d, "audiences") {
         Some((list, span)) if list.is_empty() => {
-            d.error(&span, format!("`{}.audiences` is empty", t.name), Some("list the `aud` values this gateway accepts".into()));
+            d.error(
+                &span,
+                format!("`{}.audiences` is empty", t.name),
+                Some("list the `aud` values this gateway accepts".into()),
+            );
             None
         }
         Some((list, _)) => Some(list.into_iter().map(|(s, _)| s).collect::<Vec<_>>()),
         None => {
-            t.missing(d, "audiences", Some("e.g. audiences = [\"api://shop\"]".into()));
+            t.missing(
+                d,
+                "audiences",
+                Some("e.g. audiences = [\"api://shop\"]".into()),
+            );
             None
         }
     };
     let algorithms = read_algorithms(&mut t, d);
-    let clock_skew = t.duration(d, "clock_skew").map_or(Duration::from_secs(60), |(v, span)| {
-        if v > Duration::from_secs(600) {
-            d.error(&span, format!("`{}.clock_skew` of {}s is more than 10 minutes", t.name, v.as_secs()), Some("a skew this large accepts long-expired tokens; fix the clocks instead".into()));
-        }
-        v
-    });
+    let clock_skew = t
+        .duration(d, "clock_skew")
+        .map_or(Duration::from_secs(60), |(v, span)| {
+            if v > Duration::from_secs(600) {
+                d.error(
+                    &span,
+                    format!(
+                        "`{}.clock_skew` of {}s is more than 10 minutes",
+                        t.name,
+                        v.as_secs()
+                    ),
+                    Some(
+                        "a skew this large accepts long-expired tokens; fix the clocks instead"
+                            .into(),
+                    ),
+                );
+            }
+            v
+        });
     let insecure_http_jwks = t.boolean(d, "insecure_http_jwks").is_some_and(|(b, _)| b);
-    let token_types = t.strings(d, "typ").map(|(list, _)| list.into_iter().map(|(s, _)| normalize_media_type(&s)).collect());
+    let token_types = t.strings(d, "typ").map(|(list, _)| {
+        list.into_iter()
+            .map(|(s, _)| normalize_media_type(&s))
+            .collect()
+    });
     let jwks_policy = read_jwks_policy(&mut t, d);
-    let keys = read_key_source(&mut t, d, files, issuer.as_ref(), algorithms.as_deref(), insecure_http_jwks);
+    let keys = read_key_source(
+        &mut t,
+        d,
+        files,
+        issuer.as_ref(),
+        algorithms.as_deref(),
+        insecure_http_jwks,
+    );
     t.finish(d);
     Some(IssuerConfig {
         name: name?.0,
@@ -145,11 +229,22 @@ fn read_issuer(mut t: Table<'_, '_>, d: &mut Diags<'_>, files: &dyn ConfigFiles)
 
 fn read_algorithms(t: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Option<Vec<Algorithm>> {
     let Some((list, span)) = t.strings(d, "algorithms") else {
-        t.missing(d, "algorithms", Some("an allow-list, e.g. algorithms = [\"ES256\", \"RS256\"]".into()));
+        t.missing(
+            d,
+            "algorithms",
+            Some("an allow-list, e.g. algorithms = [\"ES256\", \"RS256\"]".into()),
+        );
         return None;
     };
     if list.is_empty() {
-        d.error(&span, format!("`{}.algorithms` is empty: no token could be accepted", t.name), Some("an allow-list, e.g. algorithms = [\"ES256\", \"RS256\"]".into()));
+        d.error(
+            &span,
+            format!(
+                "`{}.algorithms` is empty: no token could be accepted",
+                t.name
+            ),
+            Some("an allow-list, e.g. algorithms = [\"ES256\", \"RS256\"]".into()),
+        );
         return None;
     }
     let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
@@ -159,12 +254,27 @@ fn read_algorithms(t: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Option<Vec<Algor
         match Algorithm::from_name(&name) {
             Some(a) => out.push(a),
             None if name.eq_ignore_ascii_case("none") => {
-                d.error(&span, "algorithm `none` (unsecured tokens) can never be allowed", None);
+                d.error(
+                    &span,
+                    "algorithm `none` (unsecured tokens) can never be allowed",
+                    None,
+                );
                 ok = false;
             }
             None => {
-                let hint = names.iter().find(|n| n.eq_ignore_ascii_case(&name)).copied().or_else(|| closest(&name, &names));
-                d.error(&span, format!("unknown algorithm `{name}`"), Some(hint.map_or_else(|| format!("supported: {}", names.join(", ")), |h| format!("did you mean `{h}`?"))));
+                let hint = names
+                    .iter()
+                    .find(|n| n.eq_ignore_ascii_case(&name))
+                    .copied()
+                    .or_else(|| closest(&name, &names));
+                d.error(
+                    &span,
+                    format!("unknown algorithm `{name}`"),
+                    Some(hint.map_or_else(
+                        || format!("supported: {}", names.join(", ")),
+                        |h| format!("did you mean `{h}`?"),
+                    )),
+                );
                 ok = false;
             }
         }
@@ -180,14 +290,26 @@ fn read_algorithms(t: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Option<Vec<Algor
 fn read_jwks_policy(t: &mut Table<'_, '_>, d: &mut Diags<'_>) -> JwksPolicy {
     let def = JwksPolicy::default();
     let policy = JwksPolicy {
-        refresh_min: t.duration(d, "jwks_refresh_min").map_or(def.refresh_min, |v| v.0),
-        refresh_max: t.duration(d, "jwks_refresh_max").map_or(def.refresh_max, |v| v.0),
-        max_stale: t.duration(d, "jwks_max_stale").map_or(def.max_stale, |v| v.0),
-        unknown_kid_interval: t.duration(d, "jwks_unknown_kid_interval").map_or(def.unknown_kid_interval, |v| v.0),
+        refresh_min: t
+            .duration(d, "jwks_refresh_min")
+            .map_or(def.refresh_min, |v| v.0),
+        refresh_max: t
+            .duration(d, "jwks_refresh_max")
+            .map_or(def.refresh_max, |v| v.0),
+        max_stale: t
+            .duration(d, "jwks_max_stale")
+            .map_or(def.max_stale, |v| v.0),
+        unknown_kid_interval: t
+            .duration(d, "jwks_unknown_kid_interval")
+            .map_or(def.unknown_kid_interval, |v| v.0),
     };
     if policy.refresh_max < policy.refresh_min {
         let span = t.span.clone();
-        d.error(&span, format!("`{}.jwks_refresh_max` is below `jwks_refresh_min`", t.name), None);
+        d.error(
+            &span,
+            format!("`{}.jwks_refresh_max` is below `jwks_refresh_min`", t.name),
+            None,
+        );
     }
     policy
 }
@@ -204,10 +326,22 @@ fn read_key_source(
     let discovery = t.boolean(d, "discovery").filter(|(b, _)| *b);
     let jwks_file = t.string(d, "jwks_file");
     let secret_file = t.string(d, "hmac_secret_file");
-    let given = [jwks_uri.is_some(), discovery.is_some(), jwks_file.is_some(), secret_file.is_some()].iter().filter(|b| **b).count();
+    let given = [
+        jwks_uri.is_some(),
+        discovery.is_some(),
+        jwks_file.is_some(),
+        secret_file.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if given != 1 {
         let span = t.span.clone();
-        d.error(&span, format!("`{}` needs exactly one key source, found {given}", t.name), Some("set one of jwks_uri, discovery = true, jwks_file, hmac_secret_file".into()));
+        d.error(
+            &span,
+            format!("`{}` needs exactly one key source, found {given}", t.name),
+            Some("set one of jwks_uri, discovery = true, jwks_file, hmac_secret_file".into()),
+        );
         return None;
     }
     let symmetric = algorithms.map(|a| a.iter().any(|a| a.is_symmetric()));
@@ -216,7 +350,11 @@ fn read_key_source(
             return true;
         }
         if url.starts_with("http://") {
-            d.error(span, format!("`{key}` {url:?} is plain http: anyone on the path could swap the keys"), Some("use https, or set insecure_http_jwks = true for local testing".into()));
+            d.error(
+                span,
+                format!("`{key}` {url:?} is plain http: anyone on the path could swap the keys"),
+                Some("use https, or set insecure_http_jwks = true for local testing".into()),
+            );
         } else {
             d.error(span, format!("`{key}` {url:?} is not an https URL"), None);
         }
@@ -225,12 +363,23 @@ fn read_key_source(
     if let Some((_, span)) = &secret_file
         && symmetric == Some(false)
     {
-        d.error(span, "`hmac_secret_file` needs HMAC algorithms (HS256, HS384, HS512)", None);
+        d.error(
+            span,
+            "`hmac_secret_file` needs HMAC algorithms (HS256, HS384, HS512)",
+            None,
+        );
         return None;
     }
     if secret_file.is_none() && symmetric == Some(true) {
         let span = t.span.clone();
-        d.error(&span, format!("`{}` lists HMAC algorithms but has no hmac_secret_file", t.name), Some("HMAC keys never come from a published key set".into()));
+        d.error(
+            &span,
+            format!(
+                "`{}` lists HMAC algorithms but has no hmac_secret_file",
+                t.name
+            ),
+            Some("HMAC keys never come from a published key set".into()),
+        );
         return None;
     }
     if let Some((url, span)) = jwks_uri {
@@ -238,15 +387,23 @@ fn read_key_source(
     }
     if let Some((_, span)) = discovery {
         let (iss, _) = issuer?;
-        let url = format!("{}/.well-known/openid-configuration", iss.trim_end_matches('/'));
-        return check_http(d, &url, &span, "discovery (from issuer)").then_some(KeySource::Discovery(url));
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            iss.trim_end_matches('/')
+        );
+        return check_http(d, &url, &span, "discovery (from issuer)")
+            .then_some(KeySource::Discovery(url));
     }
     if let Some((path, span)) = jwks_file {
         let bytes = read_file(d, files, &path, &span)?;
         return match parse_jwks(&bytes) {
             Ok(parsed) if parsed.keys.is_empty() => {
                 let why: Vec<String> = parsed.skipped.iter().map(|s| s.reason.clone()).collect();
-                d.error(&span, format!("`jwks_file` {path:?} has no usable key"), Some(why.join("; ")));
+                d.error(
+                    &span,
+                    format!("`jwks_file` {path:?} has no usable key"),
+                    Some(why.join("; ")),
+                );
                 None
             }
             Ok(parsed) => Some(KeySource::Static(parsed)),
@@ -265,19 +422,38 @@ fn read_key_source(
     };
     let algorithms = algorithms?;
     match hmac_secret_jwk(&secret, algorithms) {
-        Ok(jwk) => Some(KeySource::Static(ParsedJwks { keys: vec![jwk], skipped: Vec::new() })),
+        Ok(jwk) => Some(KeySource::Static(ParsedJwks {
+            keys: vec![jwk],
+            skipped: Vec::new(),
+        })),
         Err(e) => {
-            d.error(&span, format!("{e} ({path:?})"), Some("a secret shorter than the hash output can be brute-forced (RFC 7518 §3.2)".into()));
+            d.error(
+                &span,
+                format!("{e} ({path:?})"),
+                Some(
+                    "a secret shorter than the hash output can be brute-forced (RFC 7518 §3.2)"
+                        .into(),
+                ),
+            );
             None
         }
     }
 }
 
-fn read_file(d: &mut Diags<'_>, files: &dyn ConfigFiles, path: &str, span: &Span) -> Option<Vec<u8>> {
+fn read_file(
+    d: &mut Diags<'_>,
+    files: &dyn ConfigFiles,
+    path: &str,
+    span: &Span,
+) -> Option<Vec<u8>> {
     match files.read(path) {
         Ok(b) => Some(b),
         Err(e) => {
-            d.error(span, format!("cannot read {path:?}: {e}"), Some("paths are relative to the configuration file".into()));
+            d.error(
+                span,
+                format!("cannot read {path:?}: {e}"),
+                Some("paths are relative to the configuration file".into()),
+            );
             None
         }
     }
@@ -285,7 +461,11 @@ fn read_file(d: &mut Diags<'_>, files: &dyn ConfigFiles, path: &str, span: &Span
 
 fn read_regions(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Vec<Region> {
     let Some(table) = top.table(d, "region") else {
-        d.error(&(0..0), "no [region.NAME]: requests could not be routed anywhere", Some("add e.g. [region.eu] with jurisdiction and backends".into()));
+        d.error(
+            &(0..0),
+            "no [region.NAME]: requests could not be routed anywhere",
+            Some("add e.g. [region.eu] with jurisdiction and backends".into()),
+        );
         return Vec::new();
     };
     let entries: Vec<_> = table.entries().collect();
@@ -296,22 +476,36 @@ fn read_regions(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Vec<Region> {
         let Some(mut t) = Table::of(value, format!("region.{name}"), d) else {
             continue;
         };
-        let jurisdiction = t.req_string(d, "jurisdiction", Some("e.g. jurisdiction = \"EU\"")).map(|j| j.0);
+        let jurisdiction = t
+            .req_string(d, "jurisdiction", Some("e.g. jurisdiction = \"EU\""))
+            .map(|j| j.0);
         let backends = match t.strings(d, "backends") {
             Some((list, span)) if list.is_empty() => {
                 d.error(&span, format!("region `{name}` has no backends"), None);
                 None
             }
-            Some((list, _)) => list.into_iter().map(|(u, span)| parse_backend(d, &u, &span)).collect::<Option<Vec<_>>>(),
+            Some((list, _)) => list
+                .into_iter()
+                .map(|(u, span)| parse_backend(d, &u, &span))
+                .collect::<Option<Vec<_>>>(),
             None => {
-                t.missing(d, "backends", Some("e.g. backends = [\"https://eu.backend.internal\"]".into()));
+                t.missing(
+                    d,
+                    "backends",
+                    Some("e.g. backends = [\"https://eu.backend.internal\"]".into()),
+                );
                 None
             }
         };
         let failover = t.strings(d, "failover").map(|(l, _)| l).unwrap_or_default();
         t.finish(d);
         if let (Some(jurisdiction), Some(backends)) = (jurisdiction, backends) {
-            regions.push(Region { name: name.to_owned(), jurisdiction, backends, failover: Vec::new() });
+            regions.push(Region {
+                name: name.to_owned(),
+                jurisdiction,
+                backends,
+                failover: Vec::new(),
+            });
             failovers.push(failover);
         }
     }
@@ -348,7 +542,10 @@ fn read_regions(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Vec<Region> {
 
 fn unknown_region(d: &mut Diags<'_>, name: &str, span: &Span, known: &[String]) {
     let refs: Vec<&str> = known.iter().map(String::as_str).collect();
-    let hint = closest(name, &refs).map_or_else(|| format!("configured regions: {}", refs.join(", ")), |c| format!("did you mean `{c}`?"));
+    let hint = closest(name, &refs).map_or_else(
+        || format!("configured regions: {}", refs.join(", ")),
+        |c| format!("did you mean `{c}`?"),
+    );
     d.error(span, format!("unknown region `{name}`"), Some(hint));
 }
 
@@ -364,17 +561,28 @@ fn parse_backend(d: &mut Diags<'_>, url: &str, span: &Span) -> Option<Backend> {
             Some(Backend {
                 url: trimmed.to_owned(),
                 scheme: uri.scheme_str().unwrap_or("http").to_owned(),
-                authority: uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default(),
+                authority: uri
+                    .authority()
+                    .map(|a| a.as_str().to_owned())
+                    .unwrap_or_default(),
             })
         }
         _ => {
-            d.error(span, format!("backend {url:?} is not an http(s) URL with a host"), Some("e.g. \"https://eu.backend.internal:8443\"".into()));
+            d.error(
+                span,
+                format!("backend {url:?} is not an http(s) URL with a host"),
+                Some("e.g. \"https://eu.backend.internal:8443\"".into()),
+            );
             None
         }
     }
 }
 
-fn region_choice(d: &mut Diags<'_>, value: Option<At<String>>, names: &[(String, RegionId)]) -> Option<RegionChoice> {
+fn region_choice(
+    d: &mut Diags<'_>,
+    value: Option<At<String>>,
+    names: &[(String, RegionId)],
+) -> Option<RegionChoice> {
     match value {
         None => Some(RegionChoice::Deny),
         Some((v, _)) if v == "deny" => Some(RegionChoice::Deny),
@@ -389,17 +597,31 @@ fn region_choice(d: &mut Diags<'_>, value: Option<At<String>>, names: &[(String,
     }
 }
 
-fn read_residency(top: &mut Table<'_, '_>, d: &mut Diags<'_>, names: &[(String, RegionId)]) -> Option<Residency> {
+fn read_residency(
+    top: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    names: &[(String, RegionId)],
+) -> Option<Residency> {
     let Some(mut t) = top.table(d, "residency") else {
-        return Some(Residency { claim: "residency".into(), missing: RegionChoice::Deny, anonymous: RegionChoice::Deny });
+        return Some(Residency {
+            claim: "residency".into(),
+            missing: RegionChoice::Deny,
+            anonymous: RegionChoice::Deny,
+        });
     };
-    let claim = t.string(d, "claim").map_or_else(|| "residency".to_owned(), |c| c.0);
+    let claim = t
+        .string(d, "claim")
+        .map_or_else(|| "residency".to_owned(), |c| c.0);
     let missing = t.string(d, "missing");
     let missing = region_choice(d, missing, names);
     let anonymous = t.string(d, "anonymous");
     let anonymous = region_choice(d, anonymous, names);
     t.finish(d);
-    Some(Residency { claim, missing: missing?, anonymous: anonymous? })
+    Some(Residency {
+        claim,
+        missing: missing?,
+        anonymous: anonymous?,
+    })
 }
 
 fn read_route(
@@ -412,9 +634,19 @@ fn read_route(
     let span = t.span.clone();
     let path = t.req_string(d, "path", Some("a path prefix such as \"/api/orders\""));
     if let Some((p, span)) = &path
-        && (!p.starts_with('/') || p.contains("//") || p.split('/').any(|s| s == "." || s == "..") || p.contains(['?', '#', '*']))
+        && (!p.starts_with('/')
+            || p.contains("//")
+            || p.split('/').any(|s| s == "." || s == "..")
+            || p.contains(['?', '#', '*']))
     {
-        d.error(span, format!("route path {p:?} must start with `/` and be a plain prefix"), Some("no dot segments, `//`, query, fragment or wildcard; prefixes match whole segments".into()));
+        d.error(
+            span,
+            format!("route path {p:?} must start with `/` and be a plain prefix"),
+            Some(
+                "no dot segments, `//`, query, fragment or wildcard; prefixes match whole segments"
+                    .into(),
+            ),
+        );
     }
     let host = t.string(d, "host").map(|(h, _)| h.to_ascii_lowercase());
     let auth = match t.string(d, "auth") {
@@ -424,7 +656,11 @@ fn read_route(
             "optional" => Some(AuthMode::Optional),
             "public" => Some(AuthMode::Public),
             other => {
-                d.error(&span, format!("unknown auth mode `{other}`"), Some("use \"required\", \"optional\" or \"public\"".into()));
+                d.error(
+                    &span,
+                    format!("unknown auth mode `{other}`"),
+                    Some("use \"required\", \"optional\" or \"public\"".into()),
+                );
                 None
             }
         },
@@ -441,14 +677,20 @@ fn read_route(
         }
     }
     let list = |t: &mut Table<'_, '_>, d: &mut Diags<'_>, key: &'static str| -> Vec<String> {
-        t.strings(d, key).map(|(l, _)| l.into_iter().map(|(s, _)| s).collect()).unwrap_or_default()
+        t.strings(d, key)
+            .map(|(l, _)| l.into_iter().map(|(s, _)| s).collect())
+            .unwrap_or_default()
     };
     let scopes_any = list(&mut t, d, "scopes_any");
     let scopes_all = list(&mut t, d, "scopes_all");
     let acr_values = list(&mut t, d, "acr_values");
     let amr = list(&mut t, d, "amr");
     let max_auth_age = t.duration(d, "max_auth_age").map(|v| v.0);
-    let claims: Vec<ClaimRule> = t.tables(d, "claims").into_iter().filter_map(|ct| read_claim_rule(ct, d)).collect();
+    let claims: Vec<ClaimRule> = t
+        .tables(d, "claims")
+        .into_iter()
+        .filter_map(|ct| read_claim_rule(ct, d))
+        .collect();
     let mut route_regions = Vec::new();
     for (name, span) in t.strings(d, "regions").map(|l| l.0).unwrap_or_default() {
         match regions.iter().find(|(n, _)| *n == name) {
@@ -491,10 +733,16 @@ fn read_route(
 
 fn read_claim_rule(mut t: Table<'_, '_>, d: &mut Diags<'_>) -> Option<ClaimRule> {
     let name = t.req_string(d, "name", Some("the claim to test"));
-    let equals = t.get("equals").and_then(|v| toml_to_json(v.get_ref()).or_else(|| {
-        d.error(&v.span(), "`equals` must be a string, integer or boolean", None);
-        None
-    }));
+    let equals = t.get("equals").and_then(|v| {
+        toml_to_json(v.get_ref()).or_else(|| {
+            d.error(
+                &v.span(),
+                "`equals` must be a string, integer or boolean",
+                None,
+            );
+            None
+        })
+    });
     let contains = t.string(d, "contains");
     let span = t.span.clone();
     t.finish(d);
@@ -502,18 +750,27 @@ fn read_claim_rule(mut t: Table<'_, '_>, d: &mut Diags<'_>) -> Option<ClaimRule>
         (Some(v), None) => ClaimTest::Equals(v),
         (None, Some((c, _))) => ClaimTest::Contains(c),
         _ => {
-            d.error(&span, "a claim rule needs exactly one of `equals` or `contains`", None);
+            d.error(
+                &span,
+                "a claim rule needs exactly one of `equals` or `contains`",
+                None,
+            );
             return None;
         }
     };
-    Some(ClaimRule { name: name?.0, test })
+    Some(ClaimRule {
+        name: name?.0,
+        test,
+    })
 }
 
 fn toml_to_json(v: &DeValue<'_>) -> Option<Value> {
     match v {
         DeValue::String(s) => Some(Value::String(s.to_string())),
         DeValue::Boolean(b) => Some(Value::Bool(*b)),
-        DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok().map(Value::from),
+        DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+            .ok()
+            .map(Value::from),
         _ => None,
     }
 }
@@ -521,14 +778,25 @@ fn toml_to_json(v: &DeValue<'_>) -> Option<Value> {
 fn check_duplicate_routes<'a>(d: &mut Diags<'_>, routes: impl Iterator<Item = &'a (Route, Span)>) {
     let mut seen: BTreeMap<(Option<String>, String), ()> = BTreeMap::new();
     for (route, span) in routes {
-        if seen.insert((route.host.clone(), route.path.clone()), ()).is_some() {
-            d.error(span, format!("route {:?} is defined twice for the same host", route.path), None);
+        if seen
+            .insert((route.host.clone(), route.path.clone()), ())
+            .is_some()
+        {
+            d.error(
+                span,
+                format!("route {:?} is defined twice for the same host", route.path),
+                None,
+            );
         }
     }
 }
 
 fn read_identity(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Option<Identity> {
-    let mut identity = Identity { strip: Vec::new(), headers: Vec::new(), forward_authorization: true };
+    let mut identity = Identity {
+        strip: Vec::new(),
+        headers: Vec::new(),
+        forward_authorization: true,
+    };
     let Some(mut t) = top.table(d, "identity") else {
         return Some(identity);
     };
@@ -538,9 +806,19 @@ fn read_identity(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Option<Identity>
             Some(b) => (b, true),
             None => (pattern.as_str(), false),
         };
-        let text: String = body.bytes().map(|b| char::from(normalize_header_byte(b))).collect();
-        if body.is_empty() || HeaderName::from_bytes(text.as_bytes()).is_err() || text.contains('*') {
-            d.error(&span, format!("strip pattern {pattern:?} is not a header name (optionally ending in `*`)"), None);
+        let text: String = body
+            .bytes()
+            .map(|b| char::from(normalize_header_byte(b)))
+            .collect();
+        if body.is_empty() || HeaderName::from_bytes(text.as_bytes()).is_err() || text.contains('*')
+        {
+            d.error(
+                &span,
+                format!(
+                    "strip pattern {pattern:?} is not a header name (optionally ending in `*`)"
+                ),
+                None,
+            );
             ok = false;
         } else {
             identity.strip.push(HeaderPattern { text, prefix });
@@ -554,7 +832,11 @@ fn read_identity(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Option<Identity>
                 continue;
             };
             let Some(source) = value.get_ref().as_str() else {
-                d.error(&value.span(), format!("identity header `{name}` must name a claim as a string"), Some("e.g. \"sub\", \"scope\", \"region\", \"email\"".into()));
+                d.error(
+                    &value.span(),
+                    format!("identity header `{name}` must name a claim as a string"),
+                    Some("e.g. \"sub\", \"scope\", \"region\", \"email\"".into()),
+                );
                 ok = false;
                 continue;
             };
@@ -566,15 +848,31 @@ fn read_identity(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Option<Identity>
                 other => match other.strip_prefix("claims.") {
                     Some(claim) if !claim.is_empty() => IdentitySource::Claim(claim.to_owned()),
                     Some(_) | None if other.is_empty() => {
-                        d.error(&value.span(), format!("identity header `{name}` names no claim"), None);
+                        d.error(
+                            &value.span(),
+                            format!("identity header `{name}` names no claim"),
+                            None,
+                        );
                         ok = false;
                         continue;
                     }
                     _ => IdentitySource::Claim(other.to_owned()),
                 },
             };
-            if matches!(header.as_str(), "authorization" | "host" | "cookie" | "content-length" | "transfer-encoding" | "connection") {
-                d.error(&span, format!("`{name}` cannot carry identity"), Some("pick an x- header such as x-user-id".into()));
+            if matches!(
+                header.as_str(),
+                "authorization"
+                    | "host"
+                    | "cookie"
+                    | "content-length"
+                    | "transfer-encoding"
+                    | "connection"
+            ) {
+                d.error(
+                    &span,
+                    format!("`{name}` cannot carry identity"),
+                    Some("pick an x- header such as x-user-id".into()),
+                );
                 ok = false;
                 continue;
             }
@@ -588,10 +886,21 @@ fn read_identity(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Option<Identity>
     ok.then_some(identity)
 }
 
-fn read_audit(top: &mut Table<'_, '_>, d: &mut Diags<'_>, files: &dyn ConfigFiles) -> Option<AuditConfig> {
-    let hint = "a base64url file of at least 32 random bytes, shared by all gateways so pseudonyms match";
+fn read_audit(
+    top: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    files: &dyn ConfigFiles,
+) -> Option<AuditConfig> {
+    let hint =
+        "a base64url file of at least 32 random bytes, shared by all gateways so pseudonyms match";
     let Some(mut t) = top.table(d, "audit") else {
-        d.error(&(0..0), "no [audit]: subjects in audit records need a pseudonymisation key", Some(format!("add [audit] subject_key_file = \"secrets/audit.key\": {hint}")));
+        d.error(
+            &(0..0),
+            "no [audit]: subjects in audit records need a pseudonymisation key",
+            Some(format!(
+                "add [audit] subject_key_file = \"secrets/audit.key\": {hint}"
+            )),
+        );
         return None;
     };
     let file = t.req_string(d, "subject_key_file", Some(hint));
@@ -601,23 +910,40 @@ fn read_audit(top: &mut Table<'_, '_>, d: &mut Diags<'_>, files: &dyn ConfigFile
     match b64::decode(String::from_utf8_lossy(&bytes).trim()) {
         Some(key) if key.len() >= 32 => Some(AuditConfig { subject_key: key }),
         Some(key) => {
-            d.error(&span, format!("audit subject key is {} bytes, at least 32 are needed", key.len()), Some(hint.into()));
+            d.error(
+                &span,
+                format!(
+                    "audit subject key is {} bytes, at least 32 are needed",
+                    key.len()
+                ),
+                Some(hint.into()),
+            );
             None
         }
         None => {
-            d.error(&span, format!("audit subject key {path:?} is not base64url"), Some(hint.into()));
+            d.error(
+                &span,
+                format!("audit subject key {path:?} is not base64url"),
+                Some(hint.into()),
+            );
             None
         }
     }
 }
 
 fn read_limits(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Limits {
-    let mut limits = Limits { max_token_bytes: DEFAULT_MAX_TOKEN_BYTES };
+    let mut limits = Limits {
+        max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+    };
     if let Some(mut t) = top.table(d, "limits") {
         if let Some((n, span)) = t.integer(d, "max_token_bytes") {
             match usize::try_from(n) {
                 Ok(n) if (512..=65_536).contains(&n) => limits.max_token_bytes = n,
-                _ => d.error(&span, format!("`limits.max_token_bytes` = {n} is outside 512..=65536"), None),
+                _ => d.error(
+                    &span,
+                    format!("`limits.max_token_bytes` = {n} is outside 512..=65536"),
+                    None,
+                ),
             }
         }
         t.finish(d);

@@ -9,7 +9,6 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 use super::{Algorithm, Curve, KeyError, KeyMaterial, SignatureVerifier};
 use crate::jwk::check_rsa_public;
 
-
 /// A key prepared by [`PortableVerifier`].
 #[derive(Clone, Debug)]
 pub enum PortableKey {
@@ -71,18 +70,33 @@ impl SignatureVerifier for PortableVerifier {
 
     fn verify(&self, alg: Algorithm, key: &PortableKey, message: &[u8], signature: &[u8]) -> bool {
         match (alg, key) {
-            (Algorithm::HS256, PortableKey::Hmac(k)) => hmac_ok::<Hmac<Sha256>>(k, message, signature),
-            (Algorithm::HS384, PortableKey::Hmac(k)) => hmac_ok::<Hmac<Sha384>>(k, message, signature),
-            (Algorithm::HS512, PortableKey::Hmac(k)) => hmac_ok::<Hmac<Sha512>>(k, message, signature),
-            (Algorithm::RS256, PortableKey::Rsa(k)) => {
-                pkcs1_ok(k, Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(message), signature)
+            (Algorithm::HS256, PortableKey::Hmac(k)) => {
+                hmac_ok::<Hmac<Sha256>>(k, message, signature)
             }
-            (Algorithm::RS384, PortableKey::Rsa(k)) => {
-                pkcs1_ok(k, Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(message), signature)
+            (Algorithm::HS384, PortableKey::Hmac(k)) => {
+                hmac_ok::<Hmac<Sha384>>(k, message, signature)
             }
-            (Algorithm::RS512, PortableKey::Rsa(k)) => {
-                pkcs1_ok(k, Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(message), signature)
+            (Algorithm::HS512, PortableKey::Hmac(k)) => {
+                hmac_ok::<Hmac<Sha512>>(k, message, signature)
             }
+            (Algorithm::RS256, PortableKey::Rsa(k)) => pkcs1_ok(
+                k,
+                Pkcs1v15Sign::new::<Sha256>(),
+                &Sha256::digest(message),
+                signature,
+            ),
+            (Algorithm::RS384, PortableKey::Rsa(k)) => pkcs1_ok(
+                k,
+                Pkcs1v15Sign::new::<Sha384>(),
+                &Sha384::digest(message),
+                signature,
+            ),
+            (Algorithm::RS512, PortableKey::Rsa(k)) => pkcs1_ok(
+                k,
+                Pkcs1v15Sign::new::<Sha512>(),
+                &Sha512::digest(message),
+                signature,
+            ),
             (Algorithm::PS256, PortableKey::Rsa(k)) => Pss::<Sha256>::new()
                 .verify(k, &Sha256::digest(message), signature)
                 .is_ok(),
@@ -120,7 +134,8 @@ fn prepare_rsa(n: &[u8], e: &[u8]) -> Result<PortableKey, KeyError> {
     let precision = u32::try_from(n.len() * 8).map_err(|_| KeyError("modulus too large".into()))?;
     let n = BoxedUint::from_be_slice(n, precision)
         .map_err(|_| KeyError("RSA modulus is not a valid integer".into()))?;
-    let e_bits = u32::try_from(e.len().max(1) * 8).map_err(|_| KeyError("exponent too large".into()))?;
+    let e_bits =
+        u32::try_from(e.len().max(1) * 8).map_err(|_| KeyError("exponent too large".into()))?;
     let e = BoxedUint::from_be_slice(e, e_bits)
         .map_err(|_| KeyError("RSA exponent is not a valid integer".into()))?;
     PublicKey::new(n, e)
