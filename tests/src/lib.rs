@@ -128,7 +128,7 @@ fn public_jwk(text: &str, alg: &str) -> Value {
 }
 
 /// Claims exactly as given: jwt-simple adds nothing (no iat/exp of its own clock).
-fn raw_claims(claims: Value) -> JWTClaims<Map<String, Value>> {
+pub fn raw_claims(claims: Value) -> JWTClaims<Map<String, Value>> {
     let Value::Object(custom) = claims else {
         panic!("claims must be an object");
     };
