@@ -32,7 +32,8 @@ pub struct AuthFailure {
 }
 
 impl AuthFailure {
-    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+    /// A failure with `reason` and `detail`, no issuer.
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Self {
             reason,
             detail: detail.into(),
@@ -41,7 +42,8 @@ impl AuthFailure {
         }
     }
 
-    fn at(mut self, issuer: IssuerId) -> Self {
+    /// The same failure, attributed to `issuer`.
+    pub fn at(mut self, issuer: IssuerId) -> Self {
         self.issuer = Some(issuer);
         self
     }
@@ -135,6 +137,46 @@ pub fn verify_signature<V: SignatureVerifier>(
             Reason::SignatureInvalid,
             "signature does not verify",
         ))
+    }
+}
+
+/// Verifies bearer tokens for the pipeline. [`LocalAuthenticator`] does it in-process from a
+/// [`KeyStore`]; a wasm gateway asks its host (which may verify natively and cache).
+pub trait Authenticator {
+    /// Authenticates `token`, accepting only `route_issuers` when non-empty.
+    fn authenticate(
+        &self,
+        token: &str,
+        route_issuers: &[IssuerId],
+        now: Timestamp,
+    ) -> Result<VerifiedIdentity, AuthFailure>;
+}
+
+/// Authentication from a local key store and verifier.
+pub struct LocalAuthenticator<'a, V: SignatureVerifier> {
+    /// The configuration.
+    pub config: &'a Config,
+    /// The key sets.
+    pub keys: &'a KeyStore<V::Key>,
+    /// The signature verifier.
+    pub verifier: &'a V,
+}
+
+impl<V: SignatureVerifier> Authenticator for LocalAuthenticator<'_, V> {
+    fn authenticate(
+        &self,
+        token: &str,
+        route_issuers: &[IssuerId],
+        now: Timestamp,
+    ) -> Result<VerifiedIdentity, AuthFailure> {
+        authenticate(
+            token,
+            self.config,
+            self.keys,
+            self.verifier,
+            route_issuers,
+            now,
+        )
     }
 }
 

@@ -90,6 +90,25 @@ pub fn validate(
         )));
     }
     check_audience(&claims, &issuer.audiences)?;
+    extract(claims, issuer_id, exp)
+}
+
+/// Builds the identity from claims that were already validated (by this crate, possibly in
+/// another process or component): only the claim types are checked again.
+pub fn identity_from_claims(
+    claims: Map<String, Value>,
+    issuer_id: IssuerId,
+) -> Result<VerifiedIdentity, ClaimError> {
+    let exp = numeric_date(&claims, "exp")?
+        .ok_or_else(|| ClaimError::Invalid("`exp` is required".into()))?;
+    extract(claims, issuer_id, exp)
+}
+
+fn extract(
+    claims: Map<String, Value>,
+    issuer_id: IssuerId,
+    exp: f64,
+) -> Result<VerifiedIdentity, ClaimError> {
     let subject = opt_string(&claims, "sub")?;
     let acr = opt_string(&claims, "acr")?;
     let amr = match claims.get("amr") {

@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use serde_json::Value;
 
 use crate::audit::{AuditRecord, pseudonymize};
-use crate::authenticate::{authenticate, bearer_token};
+use crate::authenticate::{Authenticator, LocalAuthenticator, bearer_token};
 use crate::claims::VerifiedIdentity;
 use crate::config::{AuthMode, Config, HeaderPattern, IdentitySource, Region};
 use crate::crypto::SignatureVerifier;
@@ -48,34 +48,39 @@ impl BackendHealth for AllHealthy {
     }
 }
 
-/// The decision engine: a validated configuration and a signature verifier.
+/// The decision pipeline over a validated configuration. Authentication is delegated to an
+/// [`Authenticator`], so the same pipeline runs with local keys or with a host that
+/// verifies natively.
 #[derive(Debug)]
-pub struct Engine<V> {
+pub struct Gateway {
     config: Config,
-    verifier: V,
     strip: Vec<HeaderPattern>,
 }
 
+/// A [`Gateway`] with a local signature verifier (native hosts, tests, benches).
+#[derive(Debug)]
+pub struct Engine<V> {
+    gateway: Gateway,
+    verifier: V,
+}
+
 impl<V: SignatureVerifier> Engine<V> {
-    /// Builds an engine. Injected identity headers are always stripped from clients too.
+    /// Builds an engine.
     pub fn new(config: Config, verifier: V) -> Self {
-        let mut strip = config.identity.strip.clone();
-        for (name, _) in &config.identity.headers {
-            strip.push(HeaderPattern {
-                text: name.as_str().to_owned(),
-                prefix: false,
-            });
-        }
         Self {
-            config,
+            gateway: Gateway::new(config),
             verifier,
-            strip,
         }
     }
 
     /// The configuration.
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.gateway.config
+    }
+
+    /// The pipeline.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
     }
 
     /// The verifier.
@@ -85,13 +90,48 @@ impl<V: SignatureVerifier> Engine<V> {
 
     /// A key store for this configuration (static keys prepared, remote ones due).
     pub fn new_key_store(&self) -> KeyStore<V::Key> {
-        KeyStore::new(&self.config, &self.verifier)
+        KeyStore::new(&self.gateway.config, &self.verifier)
+    }
+
+    /// Decides a request, verifying tokens with `keys` and this engine's verifier.
+    pub fn decide(
+        &self,
+        keys: &KeyStore<V::Key>,
+        req: &RequestParts<'_>,
+        now: Timestamp,
+        health: &dyn BackendHealth,
+    ) -> Decision {
+        let auth = LocalAuthenticator {
+            config: &self.gateway.config,
+            keys,
+            verifier: &self.verifier,
+        };
+        self.gateway.decide(&auth, req, now, health)
+    }
+}
+
+impl Gateway {
+    /// Builds the pipeline. Injected identity headers are always stripped from clients too.
+    pub fn new(config: Config) -> Self {
+        let mut strip = config.identity.strip.clone();
+        for (name, _) in &config.identity.headers {
+            strip.push(HeaderPattern {
+                text: name.as_str().to_owned(),
+                prefix: false,
+            });
+        }
+        Self { config, strip }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Decides what to do with a request.
     pub fn decide(
         &self,
-        keys: &KeyStore<V::Key>,
+        auth: &dyn Authenticator,
         req: &RequestParts<'_>,
         now: Timestamp,
         health: &dyn BackendHealth,
@@ -105,7 +145,7 @@ impl<V: SignatureVerifier> Engine<V> {
             ..AuditRecord::default()
         };
         let mut refetch = None;
-        let outcome = self.run(keys, req, now, health, &mut audit, &mut refetch);
+        let outcome = self.run(auth, req, now, health, &mut audit, &mut refetch);
         match &outcome {
             Outcome::Forward(_) => audit.decision = "forward",
             Outcome::Respond(r) => {
@@ -122,7 +162,7 @@ impl<V: SignatureVerifier> Engine<V> {
 
     fn run(
         &self,
-        keys: &KeyStore<V::Key>,
+        auth: &dyn Authenticator,
         req: &RequestParts<'_>,
         now: Timestamp,
         health: &dyn BackendHealth,
@@ -164,20 +204,18 @@ impl<V: SignatureVerifier> Engine<V> {
                     );
                 }
                 None => None,
-                Some(token) => {
-                    match authenticate(token, cfg, keys, &self.verifier, &route.issuers, now) {
-                        Ok(id) => Some(id),
-                        Err(f) => {
-                            if let Some(i) = f.issuer {
-                                audit.issuer = cfg.issuers.get(i.0).map(|c| c.name.clone());
-                            }
-                            if f.unknown_kid {
-                                *refetch = f.issuer;
-                            }
-                            return deny(f.reason, &f.detail);
+                Some(token) => match auth.authenticate(token, &route.issuers, now) {
+                    Ok(id) => Some(id),
+                    Err(f) => {
+                        if let Some(i) = f.issuer {
+                            audit.issuer = cfg.issuers.get(i.0).map(|c| c.name.clone());
                         }
+                        if f.unknown_kid {
+                            *refetch = f.issuer;
+                        }
+                        return deny(f.reason, &f.detail);
                     }
-                }
+                },
             }
         };
         if let Some(id) = &identity {

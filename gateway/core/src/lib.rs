@@ -41,11 +41,12 @@ pub mod residency;
 pub mod time;
 
 pub use audit::AuditRecord;
+pub use authenticate::{AuthFailure, Authenticator};
 pub use claims::VerifiedIdentity;
 pub use config::{Config, ConfigError, ConfigFiles, MapFiles};
 pub use crypto::{Algorithm, KeyMaterial, PortableVerifier, SignatureVerifier};
 pub use decision::{BackendId, Decision, Forward, Outcome, Response};
-pub use engine::{AllHealthy, BackendHealth, Engine, RequestParts};
+pub use engine::{AllHealthy, BackendHealth, Engine, Gateway, RequestParts};
 pub use keyset::{FetchKind, FetchRequest, FetchResponse, IssuerId, KeyStore};
 pub use reason::Reason;
 pub use time::Timestamp;

@@ -58,6 +58,10 @@ pub enum Reason {
     ResidencyNotPermitted,
     /// No healthy backend in the user's region (or same-jurisdiction failover).
     ResidencyUnavailable,
+    /// The chosen backend could not be reached or did not answer in time.
+    BackendUnavailable,
+    /// The request body exceeds the configured limit.
+    BodyTooLarge,
 }
 
 impl Reason {
@@ -90,7 +94,46 @@ impl Reason {
             Reason::ResidencyMissing => "residency_missing",
             Reason::ResidencyNotPermitted => "residency_not_permitted",
             Reason::ResidencyUnavailable => "residency_unavailable",
+            Reason::BackendUnavailable => "backend_unavailable",
+            Reason::BodyTooLarge => "body_too_large",
         }
+    }
+
+    /// Every reason, for lookups and metrics.
+    pub const ALL: [Reason; 28] = [
+        Reason::InvalidRequest,
+        Reason::PathInvalid,
+        Reason::RouteNotFound,
+        Reason::AuthenticationRequired,
+        Reason::TokenMalformed,
+        Reason::TokenTooLarge,
+        Reason::AlgorithmNotAllowed,
+        Reason::CriticalHeaderUnsupported,
+        Reason::IssuerUnknown,
+        Reason::KeyNotFound,
+        Reason::KeyMismatch,
+        Reason::SignatureInvalid,
+        Reason::KeysUnavailable,
+        Reason::TokenTypeInvalid,
+        Reason::TokenExpired,
+        Reason::TokenNotYetValid,
+        Reason::TokenIssuedInFuture,
+        Reason::AudienceMismatch,
+        Reason::ClaimInvalid,
+        Reason::InsufficientScope,
+        Reason::ClaimMismatch,
+        Reason::InsufficientUserAuthentication,
+        Reason::ResidencyUnknown,
+        Reason::ResidencyMissing,
+        Reason::ResidencyNotPermitted,
+        Reason::ResidencyUnavailable,
+        Reason::BackendUnavailable,
+        Reason::BodyTooLarge,
+    ];
+
+    /// The reason with this code.
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
     }
 
     /// The HTTP status this reason answers with.
@@ -141,6 +184,8 @@ impl Reason {
             Reason::ResidencyMissing => "The user's home region is not stated",
             Reason::ResidencyNotPermitted => "This route is not offered in the user's region",
             Reason::ResidencyUnavailable => "The user's home region is unavailable",
+            Reason::BackendUnavailable => "The backend is unavailable",
+            Reason::BodyTooLarge => "The request body is too large",
         }
     }
 
@@ -154,5 +199,21 @@ impl Reason {
             r if r.status() == StatusCode::UNAUTHORIZED => Some("invalid_token"),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_round_trip() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_code(r.code()), Some(r));
+        }
+        let mut codes: Vec<_> = Reason::ALL.iter().map(|r| r.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Reason::ALL.len());
     }
 }

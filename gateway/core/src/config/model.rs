@@ -290,4 +290,9 @@ impl std::fmt::Debug for AuditConfig {
 pub struct Limits {
     /// Longest bearer token accepted, in bytes.
     pub max_token_bytes: usize,
+    /// Largest request body forwarded, in bytes.
+    pub max_body_bytes: u64,
 }
+
+/// Default largest request body: 8 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;

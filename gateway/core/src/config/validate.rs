@@ -934,6 +934,7 @@ fn read_audit(
 fn read_limits(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Limits {
     let mut limits = Limits {
         max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+        max_body_bytes: DEFAULT_MAX_BODY_BYTES,
     };
     if let Some(mut t) = top.table(d, "limits") {
         if let Some((n, span)) = t.integer(d, "max_token_bytes") {
@@ -942,6 +943,16 @@ fn read_limits(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Limits {
                 _ => d.error(
                     &span,
                     format!("`limits.max_token_bytes` = {n} is outside 512..=65536"),
+                    None,
+                ),
+            }
+        }
+        if let Some((n, span)) = t.integer(d, "max_body_bytes") {
+            match u64::try_from(n) {
+                Ok(n) => limits.max_body_bytes = n,
+                Err(_) => d.error(
+                    &span,
+                    format!("`limits.max_body_bytes` = {n} must not be negative"),
                     None,
                 ),
             }
