@@ -1,0 +1,383 @@
+//! HTTP plumbing between wasi:http resources and the core's types: reading the incoming
+//! request, answering, and forwarding with streamed bodies.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use portcullis_core::config::Config;
+use portcullis_core::decision::problem;
+use portcullis_core::{Forward, Reason, Response};
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{
+    ErrorCode, Fields, IncomingBody, IncomingRequest, IncomingResponse, Method as WasiMethod,
+    OutgoingBody, OutgoingRequest, OutgoingResponse, RequestOptions, ResponseOutparam, Scheme,
+};
+use wasip2::io::streams::{InputStream, OutputStream, StreamError};
+
+/// Headers that describe one hop, or that wasi:http manages itself; never copied across.
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// Splice chunk size.
+const CHUNK: u64 = 64 * 1024;
+
+/// The incoming request as the core reads it.
+pub struct Parts {
+    /// Method.
+    pub method: Method,
+    /// Absolute URI when the request names an authority, origin-form otherwise.
+    pub uri: Uri,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// The host's request id (`x-request-id`).
+    pub request_id: String,
+}
+
+/// A forward that ended in a refusal after the decision (body too large, backend down).
+pub struct Refusal {
+    /// The status answered.
+    pub status: StatusCode,
+    /// The reason code.
+    pub code: &'static str,
+}
+
+/// Reads method, target and headers of an incoming request.
+pub fn request_parts(request: &IncomingRequest) -> Result<Parts, String> {
+    let method = match request.method() {
+        WasiMethod::Get => Method::GET,
+        WasiMethod::Head => Method::HEAD,
+        WasiMethod::Post => Method::POST,
+        WasiMethod::Put => Method::PUT,
+        WasiMethod::Delete => Method::DELETE,
+        WasiMethod::Connect => Method::CONNECT,
+        WasiMethod::Options => Method::OPTIONS,
+        WasiMethod::Trace => Method::TRACE,
+        WasiMethod::Patch => Method::PATCH,
+        WasiMethod::Other(m) => {
+            Method::from_bytes(m.as_bytes()).map_err(|_| format!("bad method {m:?}"))?
+        }
+    };
+    let path = request.path_with_query().unwrap_or_else(|| "/".to_owned());
+    let uri: Uri = match request.authority() {
+        Some(authority) if !authority.is_empty() => format!("http://{authority}{path}").parse(),
+        _ => path.parse(),
+    }
+    .map_err(|_| "request target is not a valid URI".to_owned())?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in request.headers().entries() {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("bad header name {name:?}"))?;
+        let value = HeaderValue::from_bytes(&value).map_err(|_| format!("bad value for {name}"))?;
+        headers.append(name, value);
+    }
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    Ok(Parts {
+        method,
+        uri,
+        headers,
+        request_id,
+    })
+}
+
+/// Answers with a gateway response.
+pub fn respond(out: ResponseOutparam, response: &Response) {
+    let mut entries: Vec<(String, Vec<u8>)> = response
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    entries.push((
+        "content-length".into(),
+        response.body.len().to_string().into_bytes(),
+    ));
+    let Ok(fields) = Fields::from_list(&entries) else {
+        return;
+    };
+    let resp = OutgoingResponse::new(fields);
+    if resp.set_status_code(response.status.as_u16()).is_err() {
+        return;
+    }
+    let Ok(body) = resp.body() else {
+        return;
+    };
+    ResponseOutparam::set(out, Ok(resp));
+    if let Ok(stream) = body.write() {
+        for chunk in response.body.chunks(4096) {
+            if stream.blocking_write_and_flush(chunk).is_err() {
+                return;
+            }
+        }
+        drop(stream);
+    }
+    let _ = OutgoingBody::finish(body, None);
+}
+
+/// Answers with a bare problem document (no reason code applies).
+pub fn respond_error(out: ResponseOutparam, status: u16, detail: &str) {
+    let body = serde_json::json!({ "title": "Gateway error", "status": status, "detail": detail })
+        .to_string();
+    let entries = vec![
+        (
+            "content-type".to_owned(),
+            b"application/problem+json".to_vec(),
+        ),
+        (
+            "content-length".to_owned(),
+            body.len().to_string().into_bytes(),
+        ),
+    ];
+    let Ok(fields) = Fields::from_list(&entries) else {
+        return;
+    };
+    let resp = OutgoingResponse::new(fields);
+    let _ = resp.set_status_code(status);
+    let Ok(out_body) = resp.body() else {
+        return;
+    };
+    ResponseOutparam::set(out, Ok(resp));
+    if let Ok(stream) = out_body.write() {
+        let _ = stream.blocking_write_and_flush(body.as_bytes());
+        drop(stream);
+    }
+    let _ = OutgoingBody::finish(out_body, None);
+}
+
+/// Forwards the request as decided, streaming both bodies. Returns the refusal it answered
+/// with when the forward could not complete.
+pub fn forward(
+    config: &Config,
+    request: IncomingRequest,
+    parts: &Parts,
+    fwd: &Forward,
+    max_body: u64,
+    out: ResponseOutparam,
+) -> Result<(), Refusal> {
+    let refuse = |out: ResponseOutparam, reason: Reason, detail: &str| {
+        respond(out, &problem(reason, detail, &parts.request_id, &[]));
+        Err(Refusal {
+            status: reason.status(),
+            code: reason.code(),
+        })
+    };
+    let Some(backend) = config
+        .regions
+        .get(fwd.backend.region.0)
+        .and_then(|r| r.backends.get(fwd.backend.index))
+    else {
+        return refuse(out, Reason::BackendUnavailable, "unknown backend");
+    };
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return refuse(
+            out,
+            Reason::BodyTooLarge,
+            &format!("the body exceeds {max_body} bytes"),
+        );
+    }
+
+    let mut entries: Vec<(String, Vec<u8>)> =
+        Vec::with_capacity(parts.headers.len() + fwd.set_headers.len() + 1);
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || fwd.remove_headers.contains(name)
+            || fwd.set_headers.iter().any(|(s, _)| s == name)
+        {
+            continue;
+        }
+        entries.push((n.to_owned(), value.as_bytes().to_vec()));
+    }
+    for (name, value) in &fwd.set_headers {
+        entries.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
+    }
+    if let Some(host) = parts.uri.authority() {
+        entries.push(("x-forwarded-host".into(), host.as_str().as_bytes().to_vec()));
+    }
+    let Ok(fields) = Fields::from_list(&entries) else {
+        return refuse(
+            out,
+            Reason::InvalidRequest,
+            "request headers cannot be forwarded",
+        );
+    };
+    let outgoing = OutgoingRequest::new(fields);
+    let scheme = if backend.scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    let method = to_wasi_method(&parts.method);
+    if outgoing.set_method(&method).is_err()
+        || outgoing.set_scheme(Some(&scheme)).is_err()
+        || outgoing.set_authority(Some(&backend.authority)).is_err()
+        || outgoing
+            .set_path_with_query(Some(&fwd.path_and_query))
+            .is_err()
+    {
+        return refuse(
+            out,
+            Reason::InvalidRequest,
+            "request target cannot be forwarded",
+        );
+    }
+    let Ok(out_body) = outgoing.body() else {
+        return refuse(out, Reason::BackendUnavailable, "no request body");
+    };
+    let options = RequestOptions::new();
+    let _ = options.set_connect_timeout(Some(duration_ns(Duration::from_secs(5))));
+    let _ = options.set_first_byte_timeout(Some(duration_ns(Duration::from_secs(30))));
+    let _ = options.set_between_bytes_timeout(Some(duration_ns(Duration::from_secs(30))));
+    let pending = match outgoing_handler::handle(outgoing, Some(options)) {
+        Ok(p) => p,
+        Err(e) => return refuse(out, Reason::BackendUnavailable, &describe(&e)),
+    };
+
+    // Stream the request body, counting against the limit.
+    let Ok(in_body) = request.consume() else {
+        return refuse(out, Reason::InvalidRequest, "request body unavailable");
+    };
+    let copied = match (in_body.stream(), out_body.write()) {
+        (Ok(src), Ok(dst)) => {
+            let r = splice(&src, &dst, max_body);
+            drop(dst);
+            drop(src);
+            r
+        }
+        _ => Err(SpliceError::Io),
+    };
+    drop(in_body);
+    match copied {
+        Ok(_) => {
+            if OutgoingBody::finish(out_body, None).is_err() {
+                return refuse(
+                    out,
+                    Reason::BackendUnavailable,
+                    "the backend refused the request body",
+                );
+            }
+        }
+        Err(SpliceError::TooLarge) => {
+            drop(out_body); // unfinished: the backend sees an aborted request
+            return refuse(
+                out,
+                Reason::BodyTooLarge,
+                &format!("the body exceeds {max_body} bytes"),
+            );
+        }
+        Err(SpliceError::Io) => {
+            drop(out_body);
+            return refuse(
+                out,
+                Reason::BackendUnavailable,
+                "the request body could not be forwarded",
+            );
+        }
+    }
+
+    let response = loop {
+        if let Some(r) = pending.get() {
+            break r;
+        }
+        pending.subscribe().block();
+    };
+    let incoming = match response {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return refuse(out, Reason::BackendUnavailable, &describe(&e)),
+        Err(()) => return refuse(out, Reason::BackendUnavailable, "response already taken"),
+    };
+    relay(incoming, out);
+    Ok(())
+}
+
+/// Sends the backend's response on, streaming its body.
+fn relay(incoming: IncomingResponse, out: ResponseOutparam) {
+    let entries: Vec<(String, Vec<u8>)> = incoming
+        .headers()
+        .entries()
+        .into_iter()
+        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.to_ascii_lowercase().as_str()))
+        .collect();
+    let Ok(fields) = Fields::from_list(&entries) else {
+        respond_error(out, 502, "backend response headers are invalid");
+        return;
+    };
+    let resp = OutgoingResponse::new(fields);
+    let _ = resp.set_status_code(incoming.status());
+    let Ok(body) = resp.body() else {
+        return;
+    };
+    ResponseOutparam::set(out, Ok(resp));
+    let Ok(in_body) = incoming.consume() else {
+        let _ = OutgoingBody::finish(body, None);
+        return;
+    };
+    if let (Ok(src), Ok(dst)) = (in_body.stream(), body.write()) {
+        let _ = splice(&src, &dst, u64::MAX);
+        drop(dst);
+        drop(src);
+    }
+    let _ = IncomingBody::finish(in_body);
+    let _ = OutgoingBody::finish(body, None);
+}
+
+enum SpliceError {
+    TooLarge,
+    Io,
+}
+
+fn splice(src: &InputStream, dst: &OutputStream, max: u64) -> Result<u64, SpliceError> {
+    let mut total: u64 = 0;
+    loop {
+        match dst.blocking_splice(src, CHUNK) {
+            Ok(n) => {
+                total = total.saturating_add(n);
+                if total > max {
+                    return Err(SpliceError::TooLarge);
+                }
+            }
+            Err(StreamError::Closed) => return Ok(total),
+            Err(StreamError::LastOperationFailed(_)) => return Err(SpliceError::Io),
+        }
+    }
+}
+
+fn to_wasi_method(m: &Method) -> WasiMethod {
+    match *m {
+        Method::GET => WasiMethod::Get,
+        Method::HEAD => WasiMethod::Head,
+        Method::POST => WasiMethod::Post,
+        Method::PUT => WasiMethod::Put,
+        Method::DELETE => WasiMethod::Delete,
+        Method::CONNECT => WasiMethod::Connect,
+        Method::OPTIONS => WasiMethod::Options,
+        Method::TRACE => WasiMethod::Trace,
+        Method::PATCH => WasiMethod::Patch,
+        ref other => WasiMethod::Other(other.as_str().to_owned()),
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn describe(e: &ErrorCode) -> String {
+    format!("backend error: {e:?}")
+}

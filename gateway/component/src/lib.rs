@@ -1,0 +1,106 @@
+//! The Portcullis gateway as a WebAssembly component.
+//!
+//! It exports `wasi:http/incoming-handler`: each request is decided by
+//! [`portcullis_core::Gateway`] (configuration from the host's `config` interface, tokens
+//! verified by the host's `keys` interface), then either answered here or forwarded to the
+//! chosen backend through `wasi:http/outgoing-handler` with both bodies streamed, never
+//! buffered whole. The host is expected to enforce the backend allow-list on every outbound
+//! request as well (defence in depth).
+#![deny(unsafe_code)]
+
+mod bindings {
+    //! Imports of the `portcullis:gateway/host-services` world.
+    #![allow(missing_docs, unsafe_code, clippy::all)]
+    wit_bindgen::generate!({
+        path: "../../wit/gateway",
+        world: "host-services",
+    });
+}
+
+mod forward;
+mod services;
+
+use std::sync::OnceLock;
+
+use portcullis_core::decision::problem;
+use portcullis_core::{Gateway, Outcome, Reason, RequestParts, Timestamp};
+use wasip2::http::types::{IncomingRequest, ResponseOutparam};
+
+/// The gateway of this instance, built once from the host's configuration.
+fn gateway() -> Result<&'static Gateway, &'static str> {
+    static GATEWAY: OnceLock<Result<Gateway, String>> = OnceLock::new();
+    GATEWAY
+        .get_or_init(|| {
+            let source = bindings::portcullis::gateway::config::source();
+            portcullis_core::config::load(&source, "edge config", &services::HostFiles)
+                .map(Gateway::new)
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(String::as_str)
+}
+
+/// The exported handler.
+pub struct Handler;
+
+impl wasip2::exports::http::incoming_handler::Guest for Handler {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let parts = match forward::request_parts(&request) {
+            Ok(p) => p,
+            Err(detail) => {
+                forward::respond(
+                    response_out,
+                    &problem(Reason::InvalidRequest, &detail, "", &[]),
+                );
+                return;
+            }
+        };
+        let gateway = match gateway() {
+            Ok(g) => g,
+            Err(e) => {
+                forward::respond_error(response_out, 500, &format!("gateway configuration: {e}"));
+                return;
+            }
+        };
+        let now = Timestamp::from_duration(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        let req = RequestParts {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            request_id: &parts.request_id,
+        };
+        let decision = gateway.decide(
+            &services::HostAuthenticator,
+            &req,
+            now,
+            &services::HostHealth,
+        );
+        let mut audit = decision.audit;
+        match decision.outcome {
+            Outcome::Respond(response) => forward::respond(response_out, &response),
+            Outcome::Forward(fwd) => {
+                let limits = gateway.config().limits;
+                if let Err(refusal) = forward::forward(
+                    gateway.config(),
+                    request,
+                    &parts,
+                    &fwd,
+                    limits.max_body_bytes,
+                    response_out,
+                ) {
+                    audit.decision = "deny";
+                    audit.status = Some(refusal.status.as_u16());
+                    audit.reason = Some(refusal.code);
+                }
+            }
+        }
+        services::emit_audit(audit);
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+wasip2::http::proxy::export!(Handler);

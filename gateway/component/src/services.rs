@@ -1,0 +1,92 @@
+//! The host's services behind the core's traits: tokens are verified by the host (natively,
+//! with its key sets and token cache), backend health comes from the host's observations,
+//! audit records go to the host's sink.
+
+use portcullis_core::authenticate::{AuthFailure, Authenticator};
+use portcullis_core::claims::identity_from_claims;
+use portcullis_core::jws::parse_object;
+use portcullis_core::{
+    AuditRecord, BackendHealth, BackendId, ConfigFiles, IssuerId, Reason, Timestamp,
+    VerifiedIdentity,
+};
+
+use crate::bindings::portcullis::gateway::{audit, config, health, keys};
+
+/// Files named by the configuration, read through the host.
+pub struct HostFiles;
+
+impl ConfigFiles for HostFiles {
+    fn read(&self, path: &str) -> Result<Vec<u8>, String> {
+        config::read_file(path)
+    }
+}
+
+/// Token verification by the host.
+pub struct HostAuthenticator;
+
+impl Authenticator for HostAuthenticator {
+    fn authenticate(
+        &self,
+        token: &str,
+        route_issuers: &[IssuerId],
+        _now: Timestamp,
+    ) -> Result<VerifiedIdentity, AuthFailure> {
+        let issuers: Vec<u32> = route_issuers
+            .iter()
+            .filter_map(|i| u32::try_from(i.0).ok())
+            .collect();
+        match keys::authenticate(token, &issuers) {
+            Ok(v) => {
+                let issuer = IssuerId(v.issuer as usize);
+                let claims = parse_object(v.claims.as_bytes()).map_err(|e| {
+                    AuthFailure::new(Reason::ClaimInvalid, format!("host claims: {e}")).at(issuer)
+                })?;
+                identity_from_claims(claims, issuer).map_err(|e| {
+                    AuthFailure::new(Reason::ClaimInvalid, format!("{e:?}")).at(issuer)
+                })
+            }
+            Err(f) => {
+                let reason = Reason::from_code(&f.reason).unwrap_or(Reason::TokenMalformed);
+                let failure = AuthFailure::new(reason, f.detail);
+                Err(match f.issuer {
+                    Some(i) => failure.at(IssuerId(i as usize)),
+                    None => failure,
+                })
+            }
+        }
+    }
+}
+
+/// Backend health as the host sees it.
+pub struct HostHealth;
+
+impl BackendHealth for HostHealth {
+    fn is_healthy(&self, backend: BackendId) -> bool {
+        match (
+            u32::try_from(backend.region.0),
+            u32::try_from(backend.index),
+        ) {
+            (Ok(r), Ok(i)) => health::is_healthy(r, i),
+            _ => false,
+        }
+    }
+}
+
+/// Sends the record to the host's audit sink.
+pub fn emit_audit(a: AuditRecord) {
+    audit::emit(&audit::DecisionRecord {
+        time_ms: a.time_ms,
+        request_id: a.request_id,
+        method: a.method,
+        host: a.host,
+        path: a.path,
+        route: a.route,
+        decision: a.decision.to_owned(),
+        status: a.status,
+        reason: a.reason.map(str::to_owned),
+        issuer: a.issuer,
+        subject: a.subject,
+        region: a.region,
+        backend: a.backend,
+    });
+}

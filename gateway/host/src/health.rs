@@ -1,0 +1,69 @@
+//! Passive backend health: a backend that fails a connection is avoided for a while.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use portcullis_core::BackendId;
+use portcullis_core::config::{Config, RegionId};
+
+/// How long a backend is avoided after a connection failure.
+pub const EJECTION: Duration = Duration::from_secs(10);
+
+/// Backend health and the backend allow-list (`scheme://authority` → backend).
+#[derive(Debug)]
+pub struct Health {
+    by_origin: HashMap<String, BackendId>,
+    down_until: Mutex<HashMap<BackendId, Instant>>,
+}
+
+impl Health {
+    /// Health for the configured backends.
+    pub fn new(config: &Config) -> Self {
+        let mut by_origin = HashMap::new();
+        for (r, region) in config.regions.iter().enumerate() {
+            for (index, b) in region.backends.iter().enumerate() {
+                by_origin.insert(
+                    format!("{}://{}", b.scheme, b.authority),
+                    BackendId {
+                        region: RegionId(r),
+                        index,
+                    },
+                );
+            }
+        }
+        Self {
+            by_origin,
+            down_until: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The configured backend at `scheme://authority`, if any (the outbound allow-list).
+    pub fn backend(&self, scheme: &str, authority: &str) -> Option<BackendId> {
+        self.by_origin
+            .get(&format!("{scheme}://{authority}"))
+            .copied()
+    }
+
+    /// True unless the backend failed recently.
+    pub fn is_healthy(&self, b: BackendId) -> bool {
+        let Ok(map) = self.down_until.lock() else {
+            return true;
+        };
+        map.get(&b).is_none_or(|until| Instant::now() >= *until)
+    }
+
+    /// Records a connection failure.
+    pub fn mark_down(&self, b: BackendId) {
+        if let Ok(mut map) = self.down_until.lock() {
+            map.insert(b, Instant::now() + EJECTION);
+        }
+    }
+
+    /// Records a success.
+    pub fn mark_up(&self, b: BackendId) {
+        if let Ok(mut map) = self.down_until.lock() {
+            map.remove(&b);
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The host's `keys` service: key sets fetched in the background by the core's state
+//! machine, tokens verified natively and cached.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portcullis_core::authenticate::{AuthFailure, authenticate};
+use portcullis_core::config::Config;
+use portcullis_core::keyset::FetchRequest;
+use portcullis_core::{Engine, FetchKind, FetchResponse, IssuerId, KeyStore, Reason, Timestamp};
+use tracing::{info, warn};
+
+use crate::native_verifier::{NativeKey, NativeVerifier};
+use crate::token_cache::{TokenCache, token_key};
+
+/// Largest key-set or discovery document accepted.
+const MAX_DOCUMENT: usize = 1024 * 1024;
+/// Timeout of one key-set fetch.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An HTTP(S) client for key sets.
+pub type FetchClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The current time.
+pub fn now() -> Timestamp {
+    Timestamp::from_duration(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// Key sets, verification and the verified-token cache.
+pub struct KeyService {
+    engine: Engine<NativeVerifier>,
+    store: RwLock<KeyStore<NativeKey>>,
+    /// Verified tokens.
+    pub cache: TokenCache,
+    client: FetchClient,
+}
+
+/// A fetched document.
+struct Fetched {
+    status: u16,
+    cache_control: Option<String>,
+    body: Bytes,
+}
+
+fn https_connector() -> hyper_rustls::HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(FETCH_TIMEOUT));
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}
+
+impl KeyService {
+    /// The service for `config`, caching up to `cache_capacity` verified tokens.
+    pub fn new(config: Config, cache_capacity: usize) -> Self {
+        let engine = Engine::new(config, NativeVerifier);
+        let store = RwLock::new(engine.new_key_store());
+        Self {
+            engine,
+            store,
+            cache: TokenCache::new(cache_capacity),
+            client: Client::builder(TokioExecutor::new()).build(https_connector()),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        self.engine.config()
+    }
+
+    /// The engine (native verifier).
+    pub fn engine(&self) -> &Engine<NativeVerifier> {
+        &self.engine
+    }
+
+    /// Runs `f` with the key store (read access).
+    pub fn with_store<R>(&self, f: impl FnOnce(&KeyStore<NativeKey>) -> R) -> Option<R> {
+        self.store.read().ok().map(|s| f(&s))
+    }
+
+    /// True when every issuer has usable keys.
+    pub fn is_ready(&self) -> bool {
+        self.with_store(|s| s.is_ready(now())).unwrap_or(false)
+    }
+
+    /// Fetches everything that is due, following discovery to the key set.
+    pub async fn refresh_due(&self) {
+        for _ in 0..3 {
+            let due = match self.store.write() {
+                Ok(mut s) => s.poll(now()),
+                Err(_) => return,
+            };
+            if due.is_empty() {
+                return;
+            }
+            for req in due {
+                let result = self.fetch(&req.url).await;
+                self.apply(&req, result);
+            }
+        }
+    }
+
+    /// Refreshes in the background, forever.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            self.refresh_due().await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn fetch(&self, url: &str) -> Result<Fetched, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
+        let response = tokio::time::timeout(FETCH_TIMEOUT, self.client.get(uri))
+            .await
+            .map_err(|_| format!("timed out after {FETCH_TIMEOUT:?}"))?
+            .map_err(|e| format!("{e}"))?;
+        let status = response.status().as_u16();
+        let cache_control = response
+            .headers()
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = tokio::time::timeout(
+            FETCH_TIMEOUT,
+            Limited::new(response.into_body(), MAX_DOCUMENT).collect(),
+        )
+        .await
+        .map_err(|_| "body timed out".to_owned())?
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+        Ok(Fetched {
+            status,
+            cache_control,
+            body,
+        })
+    }
+
+    fn apply(&self, req: &FetchRequest, result: Result<Fetched, String>) {
+        let Ok(mut store) = self.store.write() else {
+            return;
+        };
+        let issuer = store.issuer_url(req.issuer).unwrap_or("?").to_owned();
+        match result {
+            Ok(f) => {
+                let response = FetchResponse {
+                    status: f.status,
+                    cache_control: f.cache_control.as_deref(),
+                    body: &f.body,
+                };
+                match store.on_response(
+                    self.engine.verifier(),
+                    req.issuer,
+                    req.kind,
+                    response,
+                    now(),
+                ) {
+                    Ok(()) => {
+                        if req.kind == FetchKind::Jwks {
+                            self.cache.invalidate();
+                        }
+                        info!(issuer, url = req.url, kind = ?req.kind, reason = ?req.reason, "key document loaded");
+                    }
+                    Err(e) => warn!(issuer, url = req.url, error = e, "key document rejected"),
+                }
+            }
+            Err(e) => {
+                store.on_failure(req.issuer, &e, now());
+                warn!(
+                    issuer,
+                    url = req.url,
+                    error = e,
+                    "key document fetch failed"
+                );
+            }
+        }
+    }
+
+    /// Verifies a token: from the cache, or natively (with one bounded, rate-limited
+    /// refetch when the token names a `kid` the issuer's set lacks).
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        route_issuers: &[IssuerId],
+    ) -> Result<(IssuerId, Arc<str>), AuthFailure> {
+        let t = now();
+        let now_s = t.unix_millis() as f64 / 1000.0;
+        let key = token_key(token);
+        if let Some(hit) = self.cache.get(&key, now_s) {
+            if route_issuers.is_empty() || route_issuers.contains(&hit.issuer) {
+                return Ok((hit.issuer, hit.claims));
+            }
+            return Err(AuthFailure::new(
+                Reason::IssuerUnknown,
+                "the token's issuer is not accepted on this route",
+            )
+            .at(hit.issuer));
+        }
+        match self.verify(token, route_issuers, t, key) {
+            Err(f) if f.unknown_kid => {
+                let Some(issuer) = f.issuer else {
+                    return Err(f);
+                };
+                let granted = self
+                    .store
+                    .write()
+                    .map(|mut s| s.request_refetch(issuer, t))
+                    .unwrap_or(false);
+                if !granted {
+                    return Err(f);
+                }
+                let due = self
+                    .store
+                    .write()
+                    .map(|mut s| s.poll(t))
+                    .unwrap_or_default();
+                for req in due {
+                    let result = self.fetch(&req.url).await;
+                    self.apply(&req, result);
+                }
+                self.verify(token, route_issuers, now(), key)
+            }
+            other => other,
+        }
+    }
+
+    fn verify(
+        &self,
+        token: &str,
+        route_issuers: &[IssuerId],
+        t: Timestamp,
+        key: [u8; 32],
+    ) -> Result<(IssuerId, Arc<str>), AuthFailure> {
+        let store = self
+            .store
+            .read()
+            .map_err(|_| AuthFailure::new(Reason::KeysUnavailable, "key store unavailable"))?;
+        let config = self.engine.config();
+        let id = authenticate(
+            token,
+            config,
+            &store,
+            self.engine.verifier(),
+            route_issuers,
+            t,
+        )?;
+        drop(store);
+        let claims: Arc<str> = Arc::from(serde_json::Value::Object(id.claims).to_string());
+        let skew = config
+            .issuers
+            .get(id.issuer.0)
+            .map_or(0.0, |i| i.clock_skew.as_secs_f64());
+        self.cache
+            .insert(key, id.issuer, claims.clone(), id.expires_at + skew);
+        Ok((id.issuer, claims))
+    }
+
+    /// Prometheus lines for key sets and the token cache.
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        use std::sync::atomic::Ordering;
+        let mut out = String::from(
+            "# TYPE portcullis_key_set_refreshes_total counter\n# TYPE portcullis_key_set_failures_total counter\n# TYPE portcullis_unknown_kid_refetches_total counter\n",
+        );
+        let _ = self.with_store(|s| {
+            for (i, issuer) in self.engine.config().issuers.iter().enumerate() {
+                if let Some((stats, _)) = s.stats(IssuerId(i)) {
+                    let name = &issuer.name;
+                    let _ = writeln!(
+                        out,
+                        "portcullis_key_set_refreshes_total{{issuer=\"{name}\"}} {}",
+                        stats.refreshes
+                    );
+                    let _ = writeln!(
+                        out,
+                        "portcullis_key_set_failures_total{{issuer=\"{name}\"}} {}",
+                        stats.failures
+                    );
+                    let _ = writeln!(
+                        out,
+                        "portcullis_unknown_kid_refetches_total{{issuer=\"{name}\"}} {}",
+                        stats.unknown_kid_refetches
+                    );
+                    let _ = writeln!(
+                        out,
+                        "portcullis_unknown_kid_throttled_total{{issuer=\"{name}\"}} {}",
+                        stats.unknown_kid_throttled
+                    );
+                }
+            }
+        });
+        let _ = writeln!(
+            out,
+            "# TYPE portcullis_token_cache_hits_total counter\nportcullis_token_cache_hits_total {}",
+            self.cache.hits.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE portcullis_token_cache_misses_total counter\nportcullis_token_cache_misses_total {}",
+            self.cache.misses.load(Ordering::Relaxed)
+        );
+        out
+    }
+}

@@ -1,0 +1,202 @@
+//! The Portcullis native host: serves the gateway component with wasmtime, implements the
+//! `portcullis:gateway` host interfaces natively (key sets, `ring` signature checks, a
+//! verified-token cache, state, audit), and enforces the backend allow-list on every
+//! outbound request.
+#![deny(unsafe_code)] // one audited exception: loading our own cached compiled component
+
+pub mod audit;
+pub mod demo;
+pub mod health;
+pub mod keys;
+pub mod metrics;
+pub mod native_verifier;
+pub mod runtime;
+pub mod server;
+pub mod state;
+pub mod token_cache;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use portcullis_core::ConfigFiles;
+use portcullis_core::config::{self, Config};
+use tokio::net::TcpListener;
+
+use crate::audit::AuditSink;
+use crate::health::Health;
+use crate::keys::KeyService;
+use crate::metrics::Metrics;
+use crate::runtime::Shared;
+use crate::state::MemoryState;
+
+/// Reads files relative to a directory and remembers them, so the component gets the same
+/// bytes the host validated, without touching the file system per request.
+pub struct RecordingFiles {
+    base: PathBuf,
+    read: RefCell<BTreeMap<String, Vec<u8>>>,
+}
+
+impl RecordingFiles {
+    /// Files under `base`.
+    pub fn new(base: impl Into<PathBuf>) -> Self {
+        Self {
+            base: base.into(),
+            read: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// Everything read so far.
+    pub fn into_files(self) -> BTreeMap<String, Vec<u8>> {
+        self.read.into_inner()
+    }
+}
+
+impl ConfigFiles for RecordingFiles {
+    fn read(&self, path: &str) -> Result<Vec<u8>, String> {
+        let bytes = std::fs::read(self.base.join(path)).map_err(|e| e.to_string())?;
+        self.read
+            .borrow_mut()
+            .insert(path.to_owned(), bytes.clone());
+        Ok(bytes)
+    }
+}
+
+/// A loaded configuration with its text and the files it named.
+pub struct LoadedConfig {
+    /// The validated configuration.
+    pub config: Config,
+    /// Its text.
+    pub source: String,
+    /// The files it named.
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// Loads and validates `source` (named `name`), with files relative to `base`. The error
+/// is every diagnostic, rendered.
+pub fn load_config_text(source: String, name: &str, base: &Path) -> Result<LoadedConfig, String> {
+    let files = RecordingFiles::new(base);
+    let config = config::load(&source, name, &files).map_err(|e| e.to_string())?;
+    Ok(LoadedConfig {
+        config,
+        source,
+        files: files.into_files(),
+    })
+}
+
+/// Loads a configuration file.
+pub fn load_config_file(path: &Path) -> Result<LoadedConfig, String> {
+    let source = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    load_config_text(source, &path.display().to_string(), &base)
+}
+
+/// How to run the gateway.
+pub struct ServeOptions {
+    /// Where audit records go (`-` for standard output).
+    pub audit: String,
+    /// Compiled-component cache directory (`None`: compile at every start).
+    pub cache_dir: Option<PathBuf>,
+    /// Concurrent gateway instances.
+    pub max_instances: u32,
+    /// Longest a request may run inside the component.
+    pub request_timeout: Duration,
+    /// Verified tokens cached.
+    pub token_cache: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub drain: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            audit: "-".into(),
+            cache_dir: runtime::default_cache_dir(),
+            max_instances: 256,
+            request_timeout: Duration::from_secs(30),
+            token_cache: 100_000,
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything the gateway needs, ready to serve.
+pub struct Prepared {
+    /// The server.
+    pub gateway: Arc<server::Gateway>,
+    /// Shared state (keys, metrics).
+    pub shared: Arc<Shared>,
+}
+
+/// Builds keys, engine and pre-instantiated component; starts background key refresh.
+pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Result<Prepared> {
+    let audit = if opts.audit.is_empty() {
+        AuditSink::discard()
+    } else {
+        AuditSink::open(&opts.audit).with_context(|| format!("audit sink {}", opts.audit))?
+    };
+    let health = Health::new(&loaded.config);
+    let keys = Arc::new(KeyService::new(loaded.config, opts.token_cache));
+    keys.refresh_due().await;
+    tokio::spawn(keys.clone().run());
+    let shared = Arc::new(Shared {
+        keys,
+        config_source: loaded.source,
+        config_files: loaded.files,
+        health,
+        state: MemoryState::new(100_000),
+        audit,
+        metrics: Metrics::default(),
+        backends: runtime::backend_client(),
+    });
+    let engine = runtime::engine(opts.max_instances)?;
+    let component =
+        runtime::load_component(&engine, runtime::COMPONENT, opts.cache_dir.as_deref())?;
+    let pre = runtime::pre_instantiate(&engine, &component)?;
+    let gateway = Arc::new(server::Gateway::new(
+        pre,
+        shared.clone(),
+        opts.request_timeout,
+    ));
+    gateway.start_epoch_ticker();
+    Ok(Prepared { gateway, shared })
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    prepared: Prepared,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    tokio::spawn(server::serve_admin(prepared.shared.clone(), admin));
+    server::serve(prepared.gateway, listener, shutdown, drain).await;
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            () = term => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,269 @@
+//! `portcullis`: serve the gateway, check a configuration, verify a token, run the demo.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use portcullis_core::{AllHealthy, Outcome, RequestParts};
+use portcullis_host::{ServeOptions, keys, load_config_file};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Portcullis edge authentication gateway"
+)]
+struct Cli {
+    /// Log filter (tracing env-filter syntax), logs are JSON on stderr.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway.
+    Serve {
+        /// The edge configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Gateway address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin address (/healthz, /readyz, /metrics).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Audit records: a file, or `-` for standard output.
+        #[arg(long, default_value = "-")]
+        audit: String,
+        /// Compile the component at every start instead of caching it on disk.
+        #[arg(long)]
+        no_cache: bool,
+        /// Concurrent gateway instances (pooling allocator slots).
+        #[arg(long, default_value_t = 256)]
+        max_instances: u32,
+        /// Longest a request may run in the gateway, seconds.
+        #[arg(long, default_value_t = 30)]
+        request_timeout: u64,
+        /// Longest shutdown waits for in-flight requests, seconds.
+        #[arg(long, default_value_t = 30)]
+        drain: u64,
+    },
+    /// Validate a configuration and print every problem.
+    Check {
+        /// The edge configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Token tools.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Run the demo: gateway, demo issuer and two regional echo backends on 127.0.0.1.
+    Demo {
+        /// Gateway address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Verify a token offline (keys from the configured key sets) and explain the result.
+    Verify {
+        /// The edge configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Decide a GET of this path (route rules, residency) instead of only verifying.
+        #[arg(long)]
+        path: Option<String>,
+        /// The token.
+        token: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve {
+            config,
+            listen,
+            admin,
+            audit,
+            no_cache,
+            max_instances,
+            request_timeout,
+            drain,
+        } => {
+            let loaded = match load_config_file(&config) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let opts = ServeOptions {
+                audit,
+                cache_dir: if no_cache {
+                    None
+                } else {
+                    portcullis_host::runtime::default_cache_dir()
+                },
+                max_instances,
+                request_timeout: Duration::from_secs(request_timeout),
+                drain: Duration::from_secs(drain),
+                ..ServeOptions::default()
+            };
+            let prepared = portcullis_host::prepare(loaded, &opts).await?;
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            let admin_listener = tokio::net::TcpListener::bind(admin).await?;
+            tracing::info!(listen = %listener.local_addr()?, admin = %admin_listener.local_addr()?, "portcullis serving");
+            portcullis_host::serve(
+                prepared,
+                listener,
+                admin_listener,
+                portcullis_host::shutdown_signal(),
+                opts.drain,
+            )
+            .await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => match load_config_file(&config) {
+            Ok(l) => {
+                println!(
+                    "{}: ok ({} issuer(s), {} region(s), {} route(s))",
+                    config.display(),
+                    l.config.issuers.len(),
+                    l.config.regions.len(),
+                    l.config.routes.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Token {
+            command:
+                TokenCommand::Verify {
+                    config,
+                    path,
+                    token,
+                },
+        } => verify(config, path, token).await,
+        Command::Demo { listen, admin } => {
+            portcullis_host::demo::run(listen, admin).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn verify(config: PathBuf, path: Option<String>, token: String) -> anyhow::Result<ExitCode> {
+    let loaded = match load_config_file(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let service = keys::KeyService::new(loaded.config, 0);
+    service.refresh_due().await;
+    let Some(path) = path else {
+        return Ok(match service.authenticate(&token, &[]).await {
+            Ok((issuer, claims)) => {
+                let name = service
+                    .config()
+                    .issuers
+                    .get(issuer.0)
+                    .map_or("?", |i| i.name.as_str());
+                println!("accepted: issuer {name}\n{claims}");
+                ExitCode::SUCCESS
+            }
+            Err(f) => {
+                println!("rejected: {} ({})", f.reason.code(), f.detail);
+                ExitCode::FAILURE
+            }
+        });
+    };
+    let uri: http::Uri = path.parse()?;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    let req = RequestParts {
+        method: &http::Method::GET,
+        uri: &uri,
+        headers: &headers,
+        request_id: "cli",
+    };
+    let decision = service
+        .with_store(|store| {
+            service
+                .engine()
+                .decide(store, &req, keys::now(), &AllHealthy)
+        })
+        .ok_or_else(|| anyhow::anyhow!("key store unavailable"))?;
+    let audit = serde_json::to_string(&decision.audit)?;
+    Ok(match decision.outcome {
+        Outcome::Forward(f) => {
+            let backend = service
+                .config()
+                .regions
+                .get(f.backend.region.0)
+                .and_then(|r| r.backends.get(f.backend.index))
+                .map_or("?", |b| b.url.as_str());
+            println!("accepted: GET {path} → {backend}");
+            for (name, value) in &f.set_headers {
+                println!("  {name}: {}", value.to_str().unwrap_or("?"));
+            }
+            println!("{audit}");
+            ExitCode::SUCCESS
+        }
+        Outcome::Respond(r) => {
+            println!(
+                "rejected: {} {}\n{}",
+                r.status.as_u16(),
+                r.reason.code(),
+                String::from_utf8_lossy(&r.body)
+            );
+            ExitCode::FAILURE
+        }
+    })
+}

@@ -1,0 +1,388 @@
+//! The wasmtime side: engine and component (pre-instantiated once, compiled artifact cached
+//! on disk), per-request store state, the host implementations of the
+//! `portcullis:gateway` interfaces, and the outbound hook that enforces the backend
+//! allow-list on every request the component sends.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portcullis_core::IssuerId;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Config as WasmConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits,
+    StoreLimitsBuilder,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
+    WasiHttpView,
+};
+
+use crate::audit::AuditSink;
+use crate::health::Health;
+use crate::keys::KeyService;
+use crate::metrics::Metrics;
+use crate::state::MemoryState;
+
+mod bindings {
+    #![allow(missing_docs, clippy::all)]
+    wasmtime::component::bindgen!({
+        path: "../../wit/gateway",
+        world: "host-services",
+        imports: { "portcullis:gateway/keys.authenticate": async },
+    });
+}
+
+use bindings::portcullis::gateway::{audit, config, health, keys, risk, state};
+
+/// The gateway component, built by this crate's build script.
+pub const COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_component.wasm"));
+
+/// Memory a gateway instance may use.
+const INSTANCE_MEMORY: usize = 64 << 20;
+
+/// An HTTP(S) client for backends (pooled connections).
+pub type BackendClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, WasiBody>;
+
+/// State shared by every request.
+pub struct Shared {
+    /// Keys and token verification.
+    pub keys: Arc<KeyService>,
+    /// The configuration text.
+    pub config_source: String,
+    /// Files the configuration names, read once at startup.
+    pub config_files: BTreeMap<String, Vec<u8>>,
+    /// Backend health and allow-list.
+    pub health: Health,
+    /// Shared state.
+    pub state: MemoryState,
+    /// Audit sink.
+    pub audit: AuditSink,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Backend client.
+    pub backends: BackendClient,
+}
+
+/// A pooled backend client.
+pub fn backend_client() -> BackendClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .build(https)
+}
+
+/// Per-request store data.
+pub struct StoreState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: Outbound,
+    shared: Arc<Shared>,
+    /// Memory limits.
+    pub limits: StoreLimits,
+}
+
+impl StoreState {
+    /// Fresh state for one request from `peer`.
+    pub fn new(shared: Arc<Shared>, peer: IpAddr) -> Self {
+        let mut wasi = WasiCtx::builder();
+        wasi.inherit_stderr()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        Self {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: Outbound {
+                shared: shared.clone(),
+                peer,
+            },
+            shared,
+            limits: StoreLimitsBuilder::new()
+                .memory_size(INSTANCE_MEMORY)
+                .instances(32)
+                .build(),
+        }
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// The wasmtime engine: pooling allocator, epoch interruption.
+pub fn engine(max_instances: u32) -> anyhow::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(max_instances)
+        .total_core_instances(max_instances * 8)
+        .total_memories(max_instances * 4)
+        .total_tables(max_instances * 8)
+        .max_memory_size(INSTANCE_MEMORY);
+    let mut cfg = WasmConfig::new();
+    cfg.wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&cfg).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Compiles the component, or loads the artifact a previous run cached in `cache_dir`.
+pub fn load_component(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+) -> anyhow::Result<Component> {
+    let Some(dir) = cache_dir else {
+        return Component::new(engine, wasm).map_err(|e| anyhow::anyhow!("{e}"));
+    };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+    let key = ring::digest::digest(&ring::digest::SHA256, wasm);
+    let name = format!(
+        "{}-{:016x}.cwasm",
+        hex(&key.as_ref()[..16]),
+        std::hash::Hasher::finish(&hasher)
+    );
+    let path = dir.join(name);
+    if path.exists() {
+        // SAFETY: the file is one this host serialized itself into its private cache
+        // directory, named by the hash of the source component and of the engine's
+        // compatibility settings; wasmtime additionally checks the artifact's header.
+        #[allow(unsafe_code)]
+        let loaded = unsafe { Component::deserialize_file(engine, &path) };
+        match loaded {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cached component unusable; recompiling")
+            }
+        }
+    }
+    let component = Component::new(engine, wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Ok(bytes) = component.serialize() {
+        let _ = std::fs::create_dir_all(dir);
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+    Ok(component)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The default compiled-component cache directory.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("portcullis"))
+}
+
+/// Links WASI, wasi:http and the host services, and pre-instantiates the component.
+pub fn pre_instantiate(
+    engine: &Engine,
+    component: &Component,
+) -> anyhow::Result<ProxyPre<StoreState>> {
+    let mut linker: Linker<StoreState> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    bindings::HostServices::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("link the gateway component")?;
+    ProxyPre::new(pre).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+impl config::Host for StoreState {
+    fn source(&mut self) -> String {
+        self.shared.config_source.clone()
+    }
+
+    fn read_file(&mut self, path: String) -> Result<Vec<u8>, String> {
+        self.shared
+            .config_files
+            .get(&path)
+            .cloned()
+            .ok_or_else(|| format!("{path}: not part of the configuration"))
+    }
+}
+
+impl keys::Host for StoreState {
+    async fn authenticate(
+        &mut self,
+        token: String,
+        route_issuers: Vec<u32>,
+    ) -> Result<keys::Verified, keys::Failure> {
+        let issuers: Vec<IssuerId> = route_issuers
+            .into_iter()
+            .map(|i| IssuerId(i as usize))
+            .collect();
+        match self.shared.keys.authenticate(&token, &issuers).await {
+            Ok((issuer, claims)) => Ok(keys::Verified {
+                issuer: u32::try_from(issuer.0).unwrap_or(u32::MAX),
+                claims: claims.to_string(),
+            }),
+            Err(f) => Err(keys::Failure {
+                reason: f.reason.code().to_owned(),
+                detail: f.detail,
+                issuer: f.issuer.and_then(|i| u32::try_from(i.0).ok()),
+            }),
+        }
+    }
+}
+
+impl health::Host for StoreState {
+    fn is_healthy(&mut self, region: u32, index: u32) -> bool {
+        self.shared.health.is_healthy(portcullis_core::BackendId {
+            region: portcullis_core::config::RegionId(region as usize),
+            index: index as usize,
+        })
+    }
+}
+
+impl state::Host for StoreState {
+    fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.shared.state.get(&key)
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) {
+        self.shared
+            .state
+            .set(&key, value, Duration::from_millis(ttl_ms));
+    }
+
+    fn increment(&mut self, key: String, delta: i64, ttl_ms: u64) -> i64 {
+        self.shared
+            .state
+            .increment(&key, delta, Duration::from_millis(ttl_ms))
+    }
+}
+
+impl audit::Host for StoreState {
+    fn emit(&mut self, record: audit::DecisionRecord) {
+        self.shared
+            .metrics
+            .decision(&record.decision, record.reason.as_deref());
+        self.shared.audit.write(&record);
+    }
+}
+
+impl risk::Host for StoreState {
+    fn assess(&mut self, _ctx: risk::RequestContext) -> risk::Assessment {
+        risk::Assessment {
+            score: 0,
+            action: risk::Action::Allow,
+            reason: "no risk plugins configured".into(),
+        }
+    }
+}
+
+pub use bindings::portcullis::gateway::audit::DecisionRecord;
+
+/// The outbound hook: only configured backends, with forwarding headers and pooling.
+struct Outbound {
+    shared: Arc<Shared>,
+    peer: IpAddr,
+}
+
+type ResponseFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+
+impl WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        mut request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<
+        dyn Future<Output = Result<(http::Response<WasiBody>, ResponseFuture), HttpError>> + Send,
+    > {
+        let shared = self.shared.clone();
+        let peer = self.peer;
+        Box::new(async move {
+            let uri = request.uri();
+            let backend = match (uri.scheme_str(), uri.authority()) {
+                (Some(scheme), Some(authority)) => {
+                    shared.health.backend(scheme, authority.as_str())
+                }
+                _ => None,
+            };
+            let Some(backend) = backend else {
+                tracing::warn!(uri = %request.uri(), "outbound request to a host that is not a configured backend refused");
+                return Err(HttpError::HttpRequestDenied);
+            };
+            let headers = request.headers_mut();
+            let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prior) => format!("{prior}, {peer}"),
+                None => peer.to_string(),
+            };
+            if let Ok(v) = http::HeaderValue::from_str(&forwarded_for) {
+                headers.insert("x-forwarded-for", v);
+            }
+            headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
+            let first_byte = options
+                .and_then(|o| o.first_byte_timeout)
+                .unwrap_or(Duration::from_secs(30));
+            let sent = tokio::time::timeout(first_byte, shared.backends.request(request)).await;
+            let response = match sent {
+                Err(_) => return Err(HttpError::ConnectionReadTimeout),
+                Ok(Err(e)) if e.is_connect() => {
+                    shared.health.mark_down(backend);
+                    return Err(HttpError::ConnectionRefused);
+                }
+                Ok(Err(e)) => return Err(HttpError::InternalError(Some(e.to_string()))),
+                Ok(Ok(r)) => r,
+            };
+            shared.health.mark_up(backend);
+            let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());
+            let done: ResponseFuture = Box::new(async { Ok(()) });
+            Ok((response, done))
+        })
+    }
+}
+
+/// Bytes of a body, for host-generated responses.
+pub fn full_body(bytes: impl Into<Bytes>) -> wasmtime_wasi_http::p2::body::HyperOutgoingBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}

@@ -1,0 +1,238 @@
+//! Serving: the gateway listener (every request through a fresh instance of the
+//! pre-instantiated component, in its own store, under an epoch deadline), the admin
+//! listener (`/healthz`, `/readyz`, `/metrics`), and graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use wasmtime::Store;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::runtime::{Shared, StoreState, full_body};
+
+/// Epoch tick interval.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The gateway server.
+pub struct Gateway {
+    pre: ProxyPre<StoreState>,
+    shared: Arc<Shared>,
+    deadline_ticks: u64,
+    next_id: AtomicU64,
+    boot: u64,
+}
+
+impl Gateway {
+    /// A server for a pre-instantiated component; each request may run `timeout` at most.
+    pub fn new(pre: ProxyPre<StoreState>, shared: Arc<Shared>, timeout: Duration) -> Self {
+        let ticks = (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Self {
+            pre,
+            shared,
+            deadline_ticks: u64::try_from(ticks).unwrap_or(u64::MAX),
+            next_id: AtomicU64::new(0),
+            boot,
+        }
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Drives the epoch clock of `engine`.
+    pub fn start_epoch_ticker(&self) {
+        let engine = self.pre.engine().clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(EPOCH_TICK).await;
+                engine.increment_epoch();
+            }
+        });
+    }
+
+    /// Handles one request through the component.
+    pub async fn handle(
+        &self,
+        peer: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Response<HyperOutgoingBody> {
+        let started = Instant::now();
+        let valid_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
+            });
+        if !valid_id {
+            let id = format!(
+                "{:x}-{:x}",
+                self.boot,
+                self.next_id.fetch_add(1, Ordering::Relaxed)
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&id) {
+                req.headers_mut().insert("x-request-id", v);
+            }
+        }
+        let response = match self.run(peer, req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.shared
+                    .metrics
+                    .host_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "request failed in the gateway component");
+                let body = r#"{"title":"Gateway error","status":503,"reason":"gateway_error"}"#;
+                let mut r = Response::new(full_body(body));
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/problem+json"),
+                );
+                r
+            }
+        };
+        self.shared.metrics.latency(started.elapsed());
+        response
+    }
+
+    async fn run(
+        &self,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> anyhow::Result<Response<HyperOutgoingBody>> {
+        let mut store = Store::new(
+            self.pre.engine(),
+            StoreState::new(self.shared.clone(), peer.ip()),
+        );
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let wreq = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pre = self.pre.clone();
+        // The instance keeps running after the response head is sent (streaming bodies).
+        let task = tokio::spawn(async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, wreq, out)
+                .await
+        });
+        match receiver.await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => anyhow::bail!("component answered with error {e:?}"),
+            Err(_) => match task.await {
+                Ok(Ok(())) => anyhow::bail!("component never answered"),
+                Ok(Err(e)) => anyhow::bail!("component failed: {e:?}"),
+                Err(e) => anyhow::bail!("component task: {e}"),
+            },
+        }
+    }
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then drains in-flight
+/// requests for at most `drain`.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let gw = gateway.clone();
+                let service = service_fn(move |req| {
+                    let gw = gw.clone();
+                    async move { Ok::<_, Infallible>(gw.handle(peer, req).await) }
+                });
+                let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+                let watched = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = watched.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("drained"),
+        () = tokio::time::sleep(drain) => tracing::warn!("drain deadline reached"),
+    }
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics`.
+pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            async move {
+                let (status, body, ctype) = match req.uri().path() {
+                    "/healthz" => (200, "ok\n".to_owned(), "text/plain"),
+                    "/readyz" if shared.keys.is_ready() => {
+                        (200, "ready\n".to_owned(), "text/plain")
+                    }
+                    "/readyz" => (503, "key sets not loaded yet\n".to_owned(), "text/plain"),
+                    "/metrics" => (
+                        200,
+                        shared.metrics.render(&shared.keys.metrics_text()),
+                        "text/plain; version=0.0.4",
+                    ),
+                    _ => (404, "not found\n".to_owned(), "text/plain"),
+                };
+                let mut r = Response::new(full_body(body));
+                *r.status_mut() =
+                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(ctype),
+                );
+                Ok::<_, Infallible>(r)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

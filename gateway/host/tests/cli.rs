@@ -1,0 +1,96 @@
+//! The `portcullis` command line: `check` and `token verify`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::process::Command;
+
+use portcullis_tests::net::KeyServer;
+use portcullis_tests::*;
+use serde_json::json;
+
+fn portcullis(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_the_shipped_configurations() {
+    for file in ["example.toml", "demo.toml"] {
+        let path = repo_root().join("edge-config").join(file);
+        let (ok, stdout, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
+        assert!(ok, "{file}: {stderr}");
+        assert!(stdout.contains(": ok ("), "{stdout}");
+    }
+}
+
+#[test]
+fn check_prints_every_problem_with_locations_and_fails() {
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[[issuer]]\nname = \"x\"\nissuer = \"https://x\"\naudiences = []\nalgorithms = [\"none\"]\njwks_uri = \"http://x/jwks\"\n").unwrap();
+    let (ok, _, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    for needle in [
+        "bad.toml:4:",
+        "audiences` is empty",
+        "bad.toml:5:",
+        "algorithm `none`",
+        "bad.toml:6:",
+        "plain http",
+        "no [region.NAME]",
+        "problem(s) in the configuration",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn token_verify_explains_acceptance_and_rejection() {
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-verify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("audit.key"), b64(&AUDIT_KEY)).unwrap();
+    let config = format!(
+        "[[issuer]]\nname = \"main\"\nissuer = \"{ISSUER}\"\njwks_uri = \"{}/jwks.json\"\ninsecure_http_jwks = true\naudiences = [\"{AUDIENCE}\"]\nalgorithms = [\"ES256\"]\n\n[region.eu]\njurisdiction = \"EU\"\nbackends = [\"http://127.0.0.1:9\"]\n\n[residency]\nmissing = \"eu\"\n\n[[route]]\npath = \"/api\"\nscopes_any = [\"orders:read\"]\n\n[audit]\nsubject_key_file = \"audit.key\"\n",
+        keys.server.url()
+    );
+    let path = dir.join("gw.toml");
+    std::fs::write(&path, config).unwrap();
+    let p = path.to_str().unwrap();
+    let good = TestIdp::shared().sign("ES256", live_claims(json!({"sub": "alice"})));
+    let (ok, stdout, stderr) = portcullis(&["token", "verify", "--config", p, &good]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("accepted: issuer main") && stdout.contains("\"sub\":\"alice\""),
+        "{stdout}"
+    );
+    let (ok, stdout, _) =
+        portcullis(&["token", "verify", "--config", p, "--path", "/api/x", &good]);
+    assert!(ok && stdout.contains("→ http://127.0.0.1:9"), "{stdout}");
+    let expired = TestIdp::shared().sign("ES256", live_claims(json!({"exp": unix_now() - 600})));
+    let (ok, stdout, _) = portcullis(&["token", "verify", "--config", p, &expired]);
+    assert!(
+        !ok && stdout.starts_with("rejected: token_expired"),
+        "{stdout}"
+    );
+    let no_scope = TestIdp::shared().sign("ES256", live_claims(json!({"scope": "profile"})));
+    let (ok, stdout, _) = portcullis(&[
+        "token", "verify", "--config", p, "--path", "/api/x", &no_scope,
+    ]);
+    assert!(
+        !ok && stdout.starts_with("rejected: 403 insufficient_scope"),
+        "{stdout}"
+    );
+}

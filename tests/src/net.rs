@@ -1,0 +1,334 @@
+//! Minimal real HTTP/1.1 servers and a client over std sockets, for end-to-end tests:
+//! a key-set server that can rotate keys and go down, echo backends that count requests.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// A parsed request.
+#[derive(Clone, Debug)]
+pub struct Req {
+    /// Method.
+    pub method: String,
+    /// Target.
+    pub path: String,
+    /// Headers, lowercase names, in order.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// A response.
+#[derive(Clone, Debug)]
+pub struct Resp {
+    /// Status.
+    pub status: u16,
+    /// Headers, lowercase names.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    /// A JSON response.
+    pub fn json(status: u16, v: &Value) -> Self {
+        Resp {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: v.to_string().into_bytes(),
+        }
+    }
+
+    /// A header value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json_body(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+fn read_head(reader: &mut BufReader<TcpStream>) -> Option<(String, Vec<(String, String)>)> {
+    let mut first = String::new();
+    if reader.read_line(&mut first).ok()? == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':')?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    Some((first.trim_end().to_owned(), headers))
+}
+
+fn read_body(reader: &mut BufReader<TcpStream>, headers: &[(String, String)]) -> Vec<u8> {
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    let _ = reader.read_exact(&mut body);
+    body
+}
+
+/// A server running `handler` on its own threads until dropped.
+pub struct Server {
+    /// Its address.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Server {
+    /// Starts a server on a free loopback port.
+    pub fn start(handler: impl Fn(&Req) -> Resp + Send + Sync + 'static) -> Self {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").expect("bind"), handler)
+    }
+
+    /// Starts a server on `listener`.
+    pub fn start_on(
+        listener: TcpListener,
+        handler: impl Fn(&Req) -> Resp + Send + Sync + 'static,
+    ) -> Self {
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler = Arc::new(handler);
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let handler = handler.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                    let mut stream = stream;
+                    while let Some((line, headers)) = read_head(&mut reader) {
+                        let mut parts = line.split(' ');
+                        let method = parts.next().unwrap_or_default().to_owned();
+                        let path = parts.next().unwrap_or_default().to_owned();
+                        let body = read_body(&mut reader, &headers);
+                        let close = headers
+                            .iter()
+                            .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+                        let resp = handler(&Req {
+                            method,
+                            path,
+                            headers,
+                            body,
+                        });
+                        let mut out = format!(
+                            "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
+                            resp.status,
+                            resp.body.len()
+                        );
+                        for (k, v) in &resp.headers {
+                            out.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                        out.push_str("\r\n");
+                        if stream.write_all(out.as_bytes()).is_err()
+                            || stream.write_all(&resp.body).is_err()
+                            || close
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Server { addr, stop }
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wake the accept loop
+    }
+}
+
+/// Sends one request (`Connection: close`) and reads the response.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut reader = BufReader::new(stream);
+    let (status_line, headers) =
+        read_head(&mut reader).ok_or_else(|| std::io::Error::other("no response"))?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if headers.iter().any(|(k, _)| k == "content-length") {
+        read_body(&mut reader, &headers)
+    } else {
+        let mut all = Vec::new();
+        let _ = reader.read_to_end(&mut all);
+        dechunk(&all, &headers)
+    };
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(raw: &[u8], headers: &[(String, String)]) -> Vec<u8> {
+    if !headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        return raw.to_vec();
+    }
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while let Some(pos) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&rest[..pos]).unwrap_or("0").trim(), 16)
+                .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = pos + 2;
+        out.extend_from_slice(&rest[start..(start + size).min(rest.len())]);
+        rest = &rest[(start + size + 2).min(rest.len())..];
+    }
+    out
+}
+
+/// A key-set server: discovery and JWKS, switchable documents and outages, fetch counts.
+pub struct KeyServer {
+    /// The server.
+    pub server: Server,
+    /// The JWKS it serves.
+    pub jwks: Arc<Mutex<Value>>,
+    /// When true it answers 503.
+    pub down: Arc<AtomicBool>,
+    /// JWKS fetches so far.
+    pub jwks_fetches: Arc<AtomicUsize>,
+    /// `Cache-Control` max-age it sends.
+    pub max_age: Arc<AtomicUsize>,
+}
+
+impl KeyServer {
+    /// Serves `jwks` (and discovery naming `issuer`, if given).
+    pub fn start(jwks: Value) -> Self {
+        let jwks = Arc::new(Mutex::new(jwks));
+        let down = Arc::new(AtomicBool::new(false));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let max_age = Arc::new(AtomicUsize::new(300));
+        let (j, d, f, m) = (jwks.clone(), down.clone(), fetches.clone(), max_age.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = Server::start_on(listener, move |req| {
+            if d.load(Ordering::SeqCst) {
+                return Resp::json(503, &json!({"error": "down"}));
+            }
+            match req.path.as_str() {
+                "/jwks.json" => {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    let mut r = Resp::json(200, &j.lock().expect("jwks").clone());
+                    r.headers.push((
+                        "cache-control".into(),
+                        format!("max-age={}", m.load(Ordering::SeqCst)),
+                    ));
+                    r
+                }
+                "/.well-known/openid-configuration" => Resp::json(
+                    200,
+                    &json!({"issuer": base, "jwks_uri": format!("{base}/jwks.json")}),
+                ),
+                _ => Resp::json(404, &json!({})),
+            }
+        });
+        KeyServer {
+            server,
+            jwks,
+            down,
+            jwks_fetches: fetches,
+            max_age,
+        }
+    }
+}
+
+/// An echo backend that counts requests and remembers the last one.
+pub struct Backend {
+    /// The server.
+    pub server: Server,
+    /// Requests received.
+    pub hits: Arc<AtomicUsize>,
+    /// The last request.
+    pub last: Arc<Mutex<Option<Req>>>,
+}
+
+impl Backend {
+    /// Starts an echo backend named `name`; paths under `/slow` wait 1.5 s.
+    pub fn start(name: &'static str) -> Self {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let last = Arc::new(Mutex::new(None));
+        let (h, l) = (hits.clone(), last.clone());
+        let server = Server::start(move |req| {
+            h.fetch_add(1, Ordering::SeqCst);
+            *l.lock().expect("last") = Some(req.clone());
+            if req.path.contains("/slow") {
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            let headers: BTreeMap<&str, &str> = req
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            Resp::json(
+                200,
+                &json!({"backend": name, "path": req.path, "headers": headers, "body_len": req.body.len()}),
+            )
+        });
+        Backend { server, hits, last }
+    }
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}

@@ -1,0 +1,454 @@
+//! End to end: the `portcullis` binary serving the gateway component, against a real key-set
+//! server and two regional backends on 127.0.0.1, driven over real sockets.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use jwt_simple::prelude::*;
+use portcullis_tests::net::{Backend, KeyServer, free_port, request};
+use portcullis_tests::*;
+use serde_json::{Value, json};
+
+struct Gateway {
+    child: Child,
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    dir: PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn binary() -> PathBuf {
+    // target/<profile>/deps/<this test> → target/<profile>/portcullis
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("portcullis");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the workspace tests (`cargo test --workspace`), which build it",
+        bin.display()
+    );
+    bin
+}
+
+fn config(keys: &KeyServer, eu: &str, us: &str) -> String {
+    format!(
+        r#"
+[[issuer]]
+name = "main"
+issuer = "{ISSUER}"
+jwks_uri = "{}/jwks.json"
+insecure_http_jwks = true
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256", "RS256", "EdDSA"]
+jwks_refresh_min = "1s"
+jwks_unknown_kid_interval = "30s"
+
+[region.eu]
+jurisdiction = "EU"
+backends = ["{eu}"]
+
+[region.us]
+jurisdiction = "US"
+backends = ["{us}"]
+
+[residency]
+missing = "us"
+anonymous = "us"
+
+[[route]]
+path = "/api/orders"
+scopes_any = ["orders:read"]
+
+[[route]]
+path = "/public"
+auth = "public"
+
+[identity]
+strip = ["x-user-*"]
+headers = {{ "x-user-id" = "sub", "x-user-region" = "region", "x-user-scopes" = "scope" }}
+
+[audit]
+subject_key_file = "audit.key"
+"#,
+        keys.server.url()
+    )
+}
+
+fn start(config_text: &str) -> Gateway {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-e2e-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("gateway.toml"), config_text).unwrap();
+    std::fs::write(dir.join("audit.key"), b64(&AUDIT_KEY)).unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let cache = repo_root().join("target/e2e-component-cache");
+    let child = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(dir.join("gateway.toml"))
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--drain",
+            "10",
+            "--request-timeout",
+            "20",
+            "--audit",
+        ])
+        .arg(dir.join("audit.jsonl"))
+        .env("XDG_CACHE_HOME", cache)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("gateway.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let gw = Gateway {
+        child,
+        addr,
+        admin,
+        dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if request(gw.admin, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200) {
+            return gw;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway not ready: {}",
+            std::fs::read_to_string(gw.dir.join("gateway.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn get(
+    gw: &Gateway,
+    path: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+) -> portcullis_tests::net::Resp {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = extra.to_vec();
+    if let Some(a) = &auth {
+        headers.push(("authorization", a));
+    }
+    request(gw.addr, "GET", path, &headers, b"").unwrap()
+}
+
+fn reason(r: &portcullis_tests::net::Resp) -> String {
+    r.json_body()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+struct World {
+    keys: KeyServer,
+    eu: Backend,
+    us: Backend,
+}
+
+fn world() -> World {
+    World {
+        keys: KeyServer::start(TestIdp::shared().jwks()),
+        eu: Backend::start("eu"),
+        us: Backend::start("us"),
+    }
+}
+
+#[test]
+fn valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_ones() {
+    let w = world();
+    let gw = start(&config(&w.keys, &w.eu.server.url(), &w.us.server.url()));
+    let idp = TestIdp::shared();
+    for alg in ["ES256", "RS256", "EdDSA"] {
+        let eu = idp.sign(alg, live_claims(json!({"sub": format!("eu-{alg}")})));
+        let r = get(
+            &gw,
+            "/api/orders/7?x=1",
+            Some(&eu),
+            &[("x-user-id", "admin"), ("X_User_Region", "us")],
+        );
+        assert_eq!(r.status, 200, "{alg}: {}", String::from_utf8_lossy(&r.body));
+        let body = r.json_body();
+        assert_eq!(body["backend"], "eu", "{alg}");
+        assert_eq!(body["path"], "/api/orders/7?x=1");
+        assert_eq!(body["headers"]["x-user-id"], format!("eu-{alg}"));
+        assert_eq!(body["headers"]["x-user-region"], "eu");
+        assert!(
+            body["headers"].get("x_user_region").is_none(),
+            "underscore spoof stripped: {body}"
+        );
+        assert!(
+            body["headers"]["x-request-id"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        );
+        assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1");
+        let us = idp.sign(alg, live_claims(json!({"residency": "us"})));
+        assert_eq!(
+            get(&gw, "/api/orders", Some(&us), &[]).json_body()["backend"],
+            "us",
+            "{alg}"
+        );
+    }
+    // Audit records name the decision and never the raw subject.
+    let audit = std::fs::read_to_string(gw.dir.join("audit.jsonl")).unwrap();
+    assert!(audit.lines().count() >= 6, "{audit}");
+    assert!(!audit.contains("eu-ES256"), "raw subject in audit log");
+    let first: Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (first["decision"].as_str(), first["region"].as_str()),
+        (Some("forward"), Some("eu"))
+    );
+}
+
+#[test]
+fn attacks_get_401_wrong_scope_403_and_public_routes_pass() {
+    let w = world();
+    let gw = start(&config(&w.keys, &w.eu.server.url(), &w.us.server.url()));
+    let idp = TestIdp::shared();
+    let none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none"}"#),
+        b64(live_claims(json!({})).to_string().as_bytes())
+    );
+    let rsa_as_hmac = forge(
+        &json!({"alg": "HS256", "kid": "rs-1"}),
+        &live_claims(json!({})),
+        hs256(&idp.rs256.public_key().to_der().unwrap()),
+    );
+    let valid = idp.sign("ES256", live_claims(json!({})));
+    let (input, _) = valid.rsplit_once('.').unwrap();
+    let zero_sig = format!("{input}.{}", b64(&[0u8; 64]));
+    let expired = idp.sign("ES256", live_claims(json!({"exp": unix_now() - 3600})));
+    let wrong_aud = idp.sign("ES256", live_claims(json!({"aud": "api://other"})));
+    for (token, want) in [
+        (none.as_str(), "token_malformed"),
+        (rsa_as_hmac.as_str(), "algorithm_not_allowed"),
+        (zero_sig.as_str(), "signature_invalid"),
+        (expired.as_str(), "token_expired"),
+        (wrong_aud.as_str(), "audience_mismatch"),
+    ] {
+        let r = get(&gw, "/api/orders", Some(token), &[]);
+        assert_eq!((r.status, reason(&r).as_str()), (401, want));
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|h| h.contains("invalid_token")),
+            "{:?}",
+            r.headers
+        );
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    }
+    let r = get(&gw, "/api/orders", None, &[]);
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (401, "authentication_required")
+    );
+    let r = get(
+        &gw,
+        "/api/orders",
+        Some(&idp.sign("ES256", live_claims(json!({"scope": "profile"})))),
+        &[],
+    );
+    assert_eq!((r.status, reason(&r).as_str()), (403, "insufficient_scope"));
+    let r = get(&gw, "/public/page", None, &[]);
+    assert_eq!(
+        (r.status, r.json_body()["backend"].as_str()),
+        (200, Some("us"))
+    );
+    assert_eq!(
+        w.eu.hits.load(Ordering::SeqCst),
+        0,
+        "no refused request reached a backend"
+    );
+    // Metrics count decisions by reason.
+    let m =
+        String::from_utf8(request(gw.admin, "GET", "/metrics", &[], b"").unwrap().body).unwrap();
+    assert!(
+        m.contains("portcullis_requests_total{decision=\"deny\",reason=\"signature_invalid\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("portcullis_request_duration_seconds_count"),
+        "{m}"
+    );
+    assert_eq!(
+        request(gw.admin, "GET", "/healthz", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[test]
+fn key_rotation_at_the_idp_is_followed_while_serving() {
+    let w = world();
+    let gw = start(&config(&w.keys, &w.eu.server.url(), &w.us.server.url()));
+    let idp = TestIdp::shared();
+    let old = idp.sign("ES256", live_claims(json!({})));
+    assert_eq!(get(&gw, "/api/orders", Some(&old), &[]).status, 200);
+    // The IdP adds a new key and starts signing with it.
+    let new_key = ES256KeyPair::generate().with_key_id("es-2");
+    let mut jwk: Value = serde_json::from_str(&new_key.public_key().to_jwk()).unwrap();
+    jwk["alg"] = json!("ES256");
+    w.keys.jwks.lock().unwrap()["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(jwk.clone());
+    let before = w.keys.jwks_fetches.load(Ordering::SeqCst);
+    let new = new_key
+        .sign(raw_claims(live_claims(json!({"sub": "rotated"}))))
+        .unwrap();
+    let r = get(&gw, "/api/orders", Some(&new), &[]);
+    assert_eq!(
+        r.status,
+        200,
+        "new kid accepted after one refetch: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json_body()["headers"]["x-user-id"], "rotated");
+    let after = w.keys.jwks_fetches.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&(after - before)),
+        "one refetch (plus at most one scheduled refresh): {before} → {after}"
+    );
+    // The IdP retires the old key; after the next refresh its tokens are refused.
+    *w.keys.jwks.lock().unwrap() = json!({"keys": [jwk]});
+    w.keys.max_age.store(1, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(&gw, "/api/orders", Some(&old), &[]);
+        if r.status == 401 {
+            assert_eq!(reason(&r), "key_not_found");
+            break;
+        }
+        assert!(Instant::now() < deadline, "old key still accepted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(get(&gw, "/api/orders", Some(&new), &[]).status, 200);
+}
+
+#[test]
+fn an_idp_outage_keeps_cached_keys_and_random_kids_cannot_storm_it() {
+    let w = world();
+    let gw = start(&config(&w.keys, &w.eu.server.url(), &w.us.server.url()));
+    let idp = TestIdp::shared();
+    w.keys.down.store(true, Ordering::SeqCst);
+    let before = w.keys.jwks_fetches.load(Ordering::SeqCst);
+    for i in 0..5 {
+        let t = idp.sign("EdDSA", live_claims(json!({"sub": format!("u{i}")})));
+        assert_eq!(
+            get(&gw, "/api/orders", Some(&t), &[]).status,
+            200,
+            "cached keys serve during the outage"
+        );
+    }
+    w.keys.down.store(false, Ordering::SeqCst);
+    for i in 0..20 {
+        let t = idp.forge_es256(
+            &json!({"alg": "ES256", "kid": format!("random-{i}")}),
+            &live_claims(json!({})),
+        );
+        let r = get(&gw, "/api/orders", Some(&t), &[]);
+        assert_eq!((r.status, reason(&r).as_str()), (401, "key_not_found"));
+    }
+    let fetched = w.keys.jwks_fetches.load(Ordering::SeqCst) - before;
+    assert!(
+        fetched <= 1,
+        "20 unknown kids caused {fetched} key-set fetches (allowed: 1 per 30 s)"
+    );
+}
+
+#[test]
+fn a_down_regional_backend_gives_503_and_never_spills_to_another_region() {
+    let w = world();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let gw = start(&config(&w.keys, &dead, &w.us.server.url()));
+    let eu = TestIdp::shared().sign("ES256", live_claims(json!({})));
+    for _ in 0..3 {
+        let r = get(&gw, "/api/orders", Some(&eu), &[]);
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+        assert!(
+            ["backend_unavailable", "residency_unavailable"].contains(&reason(&r).as_str()),
+            "{}",
+            reason(&r)
+        );
+    }
+    assert_eq!(
+        w.us.hits.load(Ordering::SeqCst),
+        0,
+        "the US backend received an EU resident's request"
+    );
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let w = world();
+    let mut gw = start(&config(&w.keys, &w.eu.server.url(), &w.us.server.url()));
+    let t = TestIdp::shared().sign("ES256", live_claims(json!({})));
+    let addr = gw.addr;
+    let token = t.clone();
+    let in_flight = std::thread::spawn(move || {
+        request(
+            addr,
+            "GET",
+            "/api/orders/slow",
+            &[("authorization", &format!("Bearer {token}"))],
+            b"",
+        )
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let pid = gw.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let r = in_flight.join().unwrap();
+    assert_eq!(
+        (r.status, r.json_body()["backend"].as_str()),
+        (200, Some("eu")),
+        "the in-flight request completed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "clean exit: {status}");
+    assert!(
+        request(addr, "GET", "/api/orders", &[], b"").is_err(),
+        "no longer accepting"
+    );
+}
