@@ -146,9 +146,10 @@ impl Reason {
             | Reason::ResidencyUnknown
             | Reason::ResidencyMissing
             | Reason::ResidencyNotPermitted => StatusCode::FORBIDDEN,
-            Reason::KeysUnavailable | Reason::ResidencyUnavailable => {
+            Reason::KeysUnavailable | Reason::ResidencyUnavailable | Reason::BackendUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -215,5 +216,23 @@ mod tests {
         codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), Reason::ALL.len());
+    }
+
+    #[test]
+    fn statuses_are_precise() {
+        let status = |r: Reason| r.status().as_u16();
+        assert_eq!(status(Reason::BackendUnavailable), 503);
+        assert_eq!(status(Reason::ResidencyUnavailable), 503);
+        assert_eq!(status(Reason::KeysUnavailable), 503);
+        assert_eq!(status(Reason::BodyTooLarge), 413);
+        assert_eq!(status(Reason::InsufficientScope), 403);
+        assert_eq!(status(Reason::RouteNotFound), 404);
+        assert_eq!(status(Reason::PathInvalid), 400);
+        assert_eq!(status(Reason::TokenExpired), 401);
+        // Only 401s and the scope refusal carry a bearer error.
+        for r in Reason::ALL {
+            let bearer = r.bearer_error().is_some();
+            assert_eq!(bearer, status(r) == 401 && r != Reason::AuthenticationRequired || r == Reason::InsufficientScope || r == Reason::InvalidRequest, "{r:?}");
+        }
     }
 }
