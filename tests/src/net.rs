@@ -116,6 +116,7 @@ impl Server {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
+                let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
@@ -143,10 +144,9 @@ impl Server {
                             out.push_str(&format!("{k}: {v}\r\n"));
                         }
                         out.push_str("\r\n");
-                        if stream.write_all(out.as_bytes()).is_err()
-                            || stream.write_all(&resp.body).is_err()
-                            || close
-                        {
+                        let mut wire = out.into_bytes();
+                        wire.extend_from_slice(&resp.body);
+                        if stream.write_all(&wire).is_err() || close {
                             break;
                         }
                     }
@@ -187,8 +187,10 @@ pub fn request(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
+    let _ = stream.set_nodelay(true);
+    let mut wire = head.into_bytes();
+    wire.extend_from_slice(body);
+    stream.write_all(&wire)?;
     let mut reader = BufReader::new(stream);
     let (status_line, headers) =
         read_head(&mut reader).ok_or_else(|| std::io::Error::other("no response"))?;

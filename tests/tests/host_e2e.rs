@@ -102,18 +102,16 @@ fn start(config_text: &str) -> Gateway {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("gateway.toml"), config_text).unwrap();
     std::fs::write(dir.join("audit.key"), b64(&AUDIT_KEY)).unwrap();
-    let (port, admin_port) = (free_port(), free_port());
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let cache = repo_root().join("target/e2e-component-cache");
+    let log = dir.join("gateway.log");
     let child = Command::new(binary())
         .args(["serve", "--config"])
         .arg(dir.join("gateway.toml"))
         .args([
             "--listen",
-            &addr.to_string(),
+            "127.0.0.1:0",
             "--admin",
-            &admin.to_string(),
+            "127.0.0.1:0",
             "--drain",
             "10",
             "--request-timeout",
@@ -123,16 +121,29 @@ fn start(config_text: &str) -> Gateway {
         .arg(dir.join("audit.jsonl"))
         .env("XDG_CACHE_HOME", cache)
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("gateway.log")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    // The gateway binds port 0 and logs the addresses: no collisions between parallel tests.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (addr, admin) = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("portcullis serving")) {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let parse = |k: &str| -> std::net::SocketAddr {
+                v["fields"][k].as_str().unwrap().parse().unwrap()
+            };
+            break (parse("listen"), parse("admin"));
+        }
+        assert!(Instant::now() < deadline, "gateway did not start: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let gw = Gateway {
         child,
         addr,
         admin,
         dir,
     };
-    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if request(gw.admin, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200) {
             return gw;
@@ -140,9 +151,9 @@ fn start(config_text: &str) -> Gateway {
         assert!(
             Instant::now() < deadline,
             "gateway not ready: {}",
-            std::fs::read_to_string(gw.dir.join("gateway.log")).unwrap_or_default()
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -188,11 +199,16 @@ fn valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_one
     let idp = TestIdp::shared();
     for alg in ["ES256", "RS256", "EdDSA"] {
         let eu = idp.sign(alg, live_claims(json!({"sub": format!("eu-{alg}")})));
+        let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let r = get(
             &gw,
             "/api/orders/7?x=1",
             Some(&eu),
-            &[("x-user-id", "admin"), ("X_User_Region", "us")],
+            &[
+                ("x-user-id", "admin"),
+                ("X_User_Region", "us"),
+                ("traceparent", trace),
+            ],
         );
         assert_eq!(r.status, 200, "{alg}: {}", String::from_utf8_lossy(&r.body));
         let body = r.json_body();
@@ -210,6 +226,7 @@ fn valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_one
                 .is_some_and(|s| !s.is_empty())
         );
         assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(body["headers"]["traceparent"], trace);
         let us = idp.sign(alg, live_claims(json!({"residency": "us"})));
         assert_eq!(
             get(&gw, "/api/orders", Some(&us), &[]).json_body()["backend"],
@@ -217,6 +234,14 @@ fn valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_one
             "{alg}"
         );
     }
+    // The compiled component was cached on disk for the next start.
+    let cached =
+        std::fs::read_dir(repo_root().join("target/e2e-component-cache/portcullis")).unwrap();
+    assert!(
+        cached
+            .filter_map(Result::ok)
+            .any(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+    );
     // Audit records name the decision and never the raw subject.
     let audit = std::fs::read_to_string(gw.dir.join("audit.jsonl")).unwrap();
     assert!(audit.lines().count() >= 6, "{audit}");
@@ -309,7 +334,12 @@ fn attacks_get_401_wrong_scope_403_and_public_routes_pass() {
 #[test]
 fn key_rotation_at_the_idp_is_followed_while_serving() {
     let w = world();
-    let gw = start(&config_with(&w.keys, &w.eu.server.url(), &w.us.server.url(), "2s"));
+    let gw = start(&config_with(
+        &w.keys,
+        &w.eu.server.url(),
+        &w.us.server.url(),
+        "2s",
+    ));
     let idp = TestIdp::shared();
     let old = idp.sign("ES256", live_claims(json!({})));
     assert_eq!(get(&gw, "/api/orders", Some(&old), &[]).status, 200);
@@ -342,10 +372,20 @@ fn key_rotation_at_the_idp_is_followed_while_serving() {
     // unknown kid after the 2 s interval), tokens of the old key are refused.
     *w.keys.jwks.lock().unwrap() = json!({"keys": [jwk]});
     std::thread::sleep(Duration::from_millis(2100));
-    let probe = idp.forge_es256(&json!({"alg": "ES256", "kid": "es-3"}), &live_claims(json!({})));
-    assert_eq!(reason(&get(&gw, "/api/orders", Some(&probe), &[])), "key_not_found");
+    let probe = idp.forge_es256(
+        &json!({"alg": "ES256", "kid": "es-3"}),
+        &live_claims(json!({})),
+    );
+    assert_eq!(
+        reason(&get(&gw, "/api/orders", Some(&probe), &[])),
+        "key_not_found"
+    );
     let r = get(&gw, "/api/orders", Some(&old), &[]);
-    assert_eq!((r.status, reason(&r).as_str()), (401, "key_not_found"), "the retired key no longer verifies");
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (401, "key_not_found"),
+        "the retired key no longer verifies"
+    );
     assert_eq!(get(&gw, "/api/orders", Some(&new), &[]).status, 200);
 }
 
@@ -449,5 +489,52 @@ fn sigterm_drains_in_flight_requests() {
     assert!(
         request(addr, "GET", "/api/orders", &[], b"").is_err(),
         "no longer accepting"
+    );
+}
+
+#[test]
+fn request_bodies_stream_to_the_backend_up_to_the_limit() {
+    let w = world();
+    let text = format!(
+        "{}\n[limits]\nmax_body_bytes = 300000\n",
+        config(&w.keys, &w.eu.server.url(), &w.us.server.url())
+    );
+    let gw = start(&text);
+    let auth = format!(
+        "Bearer {}",
+        TestIdp::shared().sign("ES256", live_claims(json!({})))
+    );
+    let body = vec![b'x'; 250_000];
+    let r = request(
+        gw.addr,
+        "POST",
+        "/api/orders",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/octet-stream"),
+        ],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json_body()["body_len"].as_u64()),
+        (200, Some(250_000)),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let big = vec![b'x'; 300_001];
+    let r = request(
+        gw.addr,
+        "POST",
+        "/api/orders",
+        &[("authorization", &auth)],
+        &big,
+    )
+    .unwrap();
+    assert_eq!((r.status, reason(&r).as_str()), (413, "body_too_large"));
+    assert_eq!(
+        w.eu.hits.load(Ordering::SeqCst),
+        1,
+        "the oversized body never reached the backend"
     );
 }

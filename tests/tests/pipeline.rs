@@ -530,3 +530,52 @@ fn mutated_tokens_are_always_refused_and_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_configuration_snapshot_decides_exactly_like_the_original() {
+    let h = Harness::new();
+    let bytes = h.engine.config().to_snapshot();
+    let restored = portcullis_core::Config::from_snapshot(&bytes).unwrap();
+    let engine = portcullis_core::Engine::new(restored, portcullis_core::PortableVerifier);
+    let keys = engine.new_key_store();
+    let tokens = [
+        h.idp.sign("ES256", claims(json!({}))),
+        h.idp.sign("ES256", claims(json!({"scope": "profile"}))),
+        h.idp.sign("ES256", claims(json!({"residency": "us", "scope": "admin orders:read", "email_verified": true, "groups": ["staff"]}))),
+        forge(&json!({"alg": "HS256"}), &claims_for(INTERNAL_ISSUER, json!({})), hs256(&INTERNAL_SECRET)),
+    ];
+    for path in [
+        "/api/orders/1",
+        "/api/admin",
+        "/api/internal",
+        "/public/x",
+        "/catalog",
+        "/nowhere",
+    ] {
+        for token in &tokens {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("authorization", bearer(token).parse().unwrap());
+            headers.insert("x-user-id", "spoof".parse().unwrap());
+            let uri: http::Uri = path.parse().unwrap();
+            let req = RequestParts {
+                method: &http::Method::GET,
+                uri: &uri,
+                headers: &headers,
+                request_id: "s",
+            };
+            let now = Timestamp::from_unix_secs(NOW);
+            let a = h
+                .engine
+                .decide(&h.keys, &req, now, &portcullis_core::AllHealthy);
+            let b = engine.decide(&keys, &req, now, &portcullis_core::AllHealthy);
+            assert_eq!(a, b, "{path}");
+        }
+    }
+    let mut wrong = bytes.clone();
+    wrong[5] ^= 1;
+    assert!(
+        portcullis_core::Config::from_snapshot(&wrong).is_err(),
+        "another version's snapshot is refused"
+    );
+    assert!(portcullis_core::Config::from_snapshot(b"garbage").is_err());
+}

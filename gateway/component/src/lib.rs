@@ -31,6 +31,10 @@ fn gateway() -> Result<&'static Gateway, &'static str> {
     static GATEWAY: OnceLock<Result<Gateway, String>> = OnceLock::new();
     GATEWAY
         .get_or_init(|| {
+            let snapshot = bindings::portcullis::gateway::config::snapshot();
+            if let Ok(config) = portcullis_core::Config::from_snapshot(&snapshot) {
+                return Ok(Gateway::new(config));
+            }
             let source = bindings::portcullis::gateway::config::source();
             portcullis_core::config::load(&source, "edge config", &services::HostFiles)
                 .map(Gateway::new)

@@ -8,7 +8,7 @@ use crate::b64;
 use crate::crypto::{Algorithm, Curve, KeyFamily, KeyMaterial};
 
 /// One parsed public JWK with the metadata that restricts its use.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Jwk {
     /// `kid`, if present.
     pub kid: Option<String>,
@@ -23,7 +23,7 @@ pub struct Jwk {
 }
 
 /// A key of a set that was not loaded, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SkippedKey {
     /// Position in the `keys` array.
     pub index: usize,
@@ -34,7 +34,7 @@ pub struct SkippedKey {
 }
 
 /// A parsed key set: usable keys and skipped ones.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ParsedJwks {
     /// Keys that parsed.
     pub keys: Vec<Jwk>,

@@ -21,7 +21,9 @@ use crate::time::Timestamp;
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Index of an issuer in the configuration's `issuer` list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct IssuerId(pub usize);
 
 /// Which document a fetch is for.

@@ -232,7 +232,13 @@ mod tests {
         // Only 401s and the scope refusal carry a bearer error.
         for r in Reason::ALL {
             let bearer = r.bearer_error().is_some();
-            assert_eq!(bearer, status(r) == 401 && r != Reason::AuthenticationRequired || r == Reason::InsufficientScope || r == Reason::InvalidRequest, "{r:?}");
+            assert_eq!(
+                bearer,
+                status(r) == 401 && r != Reason::AuthenticationRequired
+                    || r == Reason::InsufficientScope
+                    || r == Reason::InvalidRequest,
+                "{r:?}"
+            );
         }
     }
 }

@@ -67,3 +67,30 @@ impl Health {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_core::MapFiles;
+
+    #[test]
+    fn only_configured_backends_are_allowed_and_failures_eject_them() {
+        let text = "[[issuer]]\nname = \"a\"\nissuer = \"https://a\"\njwks_uri = \"https://a/jwks\"\naudiences = [\"x\"]\nalgorithms = [\"ES256\"]\n[region.eu]\njurisdiction = \"EU\"\nbackends = [\"http://127.0.0.1:9101\", \"https://eu.example:8443/\"]\n[residency]\nmissing = \"eu\"\n[[route]]\npath = \"/\"\n[audit]\nsubject_key_file = \"k\"\n";
+        let files = MapFiles::default().with("k", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        let config = portcullis_core::config::load(text, "t", &files).expect("config");
+        let health = Health::new(&config);
+        let eu0 = health.backend("http", "127.0.0.1:9101").expect("allowed");
+        assert!(health.backend("https", "eu.example:8443").is_some());
+        assert!(
+            health.backend("https", "127.0.0.1:9101").is_none(),
+            "scheme matters"
+        );
+        assert!(health.backend("http", "127.0.0.1:9102").is_none());
+        assert!(health.backend("http", "169.254.169.254").is_none());
+        assert!(health.is_healthy(eu0));
+        health.mark_down(eu0);
+        assert!(!health.is_healthy(eu0));
+        health.mark_up(eu0);
+        assert!(health.is_healthy(eu0));
+    }
+}

@@ -139,12 +139,14 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         AuditSink::open(&opts.audit).with_context(|| format!("audit sink {}", opts.audit))?
     };
     let health = Health::new(&loaded.config);
+    let config_snapshot = loaded.config.to_snapshot();
     let keys = Arc::new(KeyService::new(loaded.config, opts.token_cache));
     keys.refresh_due().await;
     tokio::spawn(keys.clone().run());
     let shared = Arc::new(Shared {
         keys,
         config_source: loaded.source,
+        config_snapshot,
         config_files: loaded.files,
         health,
         state: MemoryState::new(100_000),

@@ -20,8 +20,16 @@ pub enum NativeKey {
     Ec(Curve, Vec<u8>),
     /// An Ed25519 public key.
     Ed25519(Vec<u8>),
-    /// HMAC keys for each hash.
-    Hmac(Box<[hmac::Key; 3]>),
+    /// HMAC keys for SHA-256, SHA-384 and SHA-512.
+    Hmac(Box<HmacKeys>),
+}
+
+/// One HMAC key per hash.
+#[derive(Debug)]
+pub struct HmacKeys {
+    sha256: hmac::Key,
+    sha384: hmac::Key,
+    sha512: hmac::Key,
 }
 
 /// `ring`-backed verifier for the native host.
@@ -52,11 +60,11 @@ impl SignatureVerifier for NativeVerifier {
                 NativeKey::Ec(*curve, point)
             }
             KeyMaterial::Ed25519 { x } => NativeKey::Ed25519(x.clone()),
-            KeyMaterial::Symmetric { secret } => NativeKey::Hmac(Box::new([
-                hmac::Key::new(hmac::HMAC_SHA256, secret),
-                hmac::Key::new(hmac::HMAC_SHA384, secret),
-                hmac::Key::new(hmac::HMAC_SHA512, secret),
-            ])),
+            KeyMaterial::Symmetric { secret } => NativeKey::Hmac(Box::new(HmacKeys {
+                sha256: hmac::Key::new(hmac::HMAC_SHA256, secret),
+                sha384: hmac::Key::new(hmac::HMAC_SHA384, secret),
+                sha512: hmac::Key::new(hmac::HMAC_SHA512, secret),
+            })),
         })
     }
 
@@ -98,13 +106,13 @@ impl SignatureVerifier for NativeVerifier {
             }
             (Algorithm::EdDSA, NativeKey::Ed25519(k)) => unparsed(&signature::ED25519, k),
             (Algorithm::HS256, NativeKey::Hmac(keys)) => {
-                hmac::verify(&keys[0], message, sig).is_ok()
+                hmac::verify(&keys.sha256, message, sig).is_ok()
             }
             (Algorithm::HS384, NativeKey::Hmac(keys)) => {
-                hmac::verify(&keys[1], message, sig).is_ok()
+                hmac::verify(&keys.sha384, message, sig).is_ok()
             }
             (Algorithm::HS512, NativeKey::Hmac(keys)) => {
-                hmac::verify(&keys[2], message, sig).is_ok()
+                hmac::verify(&keys.sha512, message, sig).is_ok()
             }
             _ => false,
         }

@@ -69,11 +69,15 @@ impl Gateway {
     }
 
     /// Handles one request through the component.
-    pub async fn handle(
+    pub async fn handle<B>(
         &self,
         peer: SocketAddr,
-        mut req: Request<Incoming>,
-    ) -> Response<HyperOutgoingBody> {
+        mut req: Request<B>,
+    ) -> Response<HyperOutgoingBody>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let started = Instant::now();
         let valid_id = req
             .headers()
@@ -114,11 +118,15 @@ impl Gateway {
         response
     }
 
-    async fn run(
+    async fn run<B>(
         &self,
         peer: SocketAddr,
-        req: Request<Incoming>,
-    ) -> anyhow::Result<Response<HyperOutgoingBody>> {
+        req: Request<B>,
+    ) -> anyhow::Result<Response<HyperOutgoingBody>>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let mut store = Store::new(
             self.pre.engine(),
             StoreState::new(self.shared.clone(), peer.ip()),

@@ -6,10 +6,13 @@ use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
 
+/// One shard: key → (value, expiry).
+type Shard = Mutex<HashMap<String, (Vec<u8>, Instant)>>;
+
 /// Key-value state with expiry.
 #[derive(Debug)]
 pub struct MemoryState {
-    shards: Vec<Mutex<HashMap<String, (Vec<u8>, Instant)>>>,
+    shards: Vec<Shard>,
     per_shard: usize,
 }
 
@@ -22,7 +25,7 @@ impl MemoryState {
         }
     }
 
-    fn shard(&self, key: &str) -> Option<&Mutex<HashMap<String, (Vec<u8>, Instant)>>> {
+    fn shard(&self, key: &str) -> Option<&Shard> {
         let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });

@@ -8,6 +8,7 @@
 
 mod model;
 mod reader;
+pub mod snapshot;
 mod validate;
 
 pub use model::*;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use http::HeaderName;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::crypto::Algorithm;
@@ -10,7 +11,7 @@ use crate::jwk::ParsedJwks;
 use crate::keyset::IssuerId;
 
 /// A loaded, validated deployment configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
     /// Token issuers, in file order ([`IssuerId`] indexes this).
     pub issuers: Vec<IssuerConfig>,
@@ -29,7 +30,7 @@ pub struct Config {
 }
 
 /// One trusted token issuer.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IssuerConfig {
     /// Short name used in logs, metrics and route `issuers` lists.
     pub name: String,
@@ -62,7 +63,7 @@ pub const FOREIGN_TOKEN_TYPES: [&str; 5] = [
 ];
 
 /// Where an issuer's keys come from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum KeySource {
     /// A JWK Set URL.
     JwksUri(String),
@@ -73,7 +74,7 @@ pub enum KeySource {
 }
 
 /// When key sets are refreshed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JwksPolicy {
     /// Lower bound on freshness, whatever `Cache-Control` says.
     pub refresh_min: Duration,
@@ -97,11 +98,11 @@ impl Default for JwksPolicy {
 }
 
 /// Index of a region in [`Config::regions`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RegionId(pub usize);
 
 /// A data-residency region.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Region {
     /// The region's name (the value of the residency claim).
     pub name: String,
@@ -114,7 +115,7 @@ pub struct Region {
 }
 
 /// A backend origin.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backend {
     /// The URL as configured, without a trailing slash.
     pub url: String,
@@ -125,7 +126,7 @@ pub struct Backend {
 }
 
 /// A region choice that may be "refuse".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RegionChoice {
     /// Use this region.
     Region(RegionId),
@@ -134,7 +135,7 @@ pub enum RegionChoice {
 }
 
 /// How a user's home region is found.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Residency {
     /// The claim naming the home region.
     pub claim: String,
@@ -145,7 +146,7 @@ pub struct Residency {
 }
 
 /// Whether a route needs a token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuthMode {
     /// A valid token is required.
     Required,
@@ -156,16 +157,16 @@ pub enum AuthMode {
 }
 
 /// A test on one claim.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClaimTest {
     /// The claim equals this JSON value.
-    Equals(Value),
+    Equals(#[serde(with = "super::snapshot::json_text")] Value),
     /// The claim (an array, or a space-separated string) contains this string.
     Contains(String),
 }
 
 /// A route rule on a claim.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClaimRule {
     /// The claim name.
     pub name: String,
@@ -174,7 +175,7 @@ pub struct ClaimRule {
 }
 
 /// A route and its authorization rules.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Route {
     /// Path prefix (segment-wise); the longest match wins.
     pub path: String,
@@ -213,7 +214,7 @@ impl Route {
 }
 
 /// A pattern over header names: exact, or a prefix ending in `*`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeaderPattern {
     /// Lowercase, `_` written as `-`.
     pub text: String,
@@ -243,7 +244,7 @@ pub fn normalize_header_byte(b: u8) -> u8 {
 }
 
 /// What an injected identity header carries.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IdentitySource {
     /// The routed region's name (`region`).
     Region,
@@ -258,18 +259,19 @@ pub enum IdentitySource {
 }
 
 /// Identity headers.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Identity {
     /// Client-supplied headers removed from every request.
     pub strip: Vec<HeaderPattern>,
     /// Headers injected on forwarded, authenticated requests.
+    #[serde(with = "super::snapshot::named_headers")]
     pub headers: Vec<(HeaderName, IdentitySource)>,
     /// Keep the client's `Authorization` header on forwarded requests.
     pub forward_authorization: bool,
 }
 
 /// Audit settings.
-#[derive(Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct AuditConfig {
     /// HMAC key that pseudonymises subjects in audit records.
     pub subject_key: Vec<u8>,
@@ -286,7 +288,7 @@ impl std::fmt::Debug for AuditConfig {
 }
 
 /// Request limits.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Limits {
     /// Longest bearer token accepted, in bytes.
     pub max_token_bytes: usize,

@@ -7,7 +7,9 @@ pub use portable::{PortableKey, PortableVerifier};
 use std::fmt;
 
 /// A JWS signature algorithm Portcullis accepts (RFC 7518 §3, RFC 8037). `none` is not one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[allow(missing_docs)] // the names are the JOSE registry's
 pub enum Algorithm {
     HS256,
@@ -38,7 +40,7 @@ pub enum KeyFamily {
 }
 
 /// Elliptic curves for ECDSA.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Curve {
     /// NIST P-256 (`ES256`).
     P256,
@@ -143,7 +145,7 @@ impl fmt::Display for Algorithm {
 }
 
 /// Public key material as it arrives in a JWK, before any verifier has prepared it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KeyMaterial {
     /// RSA modulus and public exponent, big-endian.
     Rsa {
