@@ -9,6 +9,7 @@
 )]
 
 pub mod net;
+pub mod wycheproof;
 
 use std::sync::OnceLock;
 use std::time::Duration;

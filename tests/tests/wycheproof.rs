@@ -23,30 +23,13 @@
     clippy::indexing_slicing
 )]
 
-use std::path::PathBuf;
-
 use portcullis_core::authenticate::verify_signature;
-use portcullis_core::crypto::Curve;
 use portcullis_core::jwk::{ParsedJwks, SkippedKey, hmac_secret_jwk, parse_jwk_object, parse_jwks};
 use portcullis_core::jws::parse_compact;
 use portcullis_core::keyset::KeySet;
-use portcullis_core::{Algorithm, KeyMaterial, PortableVerifier, SignatureVerifier};
+use portcullis_core::{Algorithm, KeyMaterial, PortableVerifier};
+use portcullis_tests::wycheproof::{run_all_signature_suites, vectors};
 use serde_json::Value;
-
-fn vectors(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/wycheproof")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 /// The key set and algorithm allow-list a deployment would have for this group: published
 /// (asymmetric) keys go through the JWKS parser, a group of only `oct` keys stands for
@@ -230,107 +213,6 @@ fn wycheproof_json_web_key_vectors() {
     assert_eq!((checked, skipped), (26, 0));
 }
 
-fn run_raw(name: &str, alg: Algorithm, key_of: impl Fn(&Value) -> KeyMaterial) -> usize {
-    let suite = vectors(name);
-    let mut checked = 0;
-    let mut failures = Vec::new();
-    for group in suite["testGroups"].as_array().unwrap() {
-        let key = PortableVerifier.prepare(&key_of(group));
-        for case in group["tests"].as_array().unwrap() {
-            let (msg, sig) = (
-                hex(case["msg"].as_str().unwrap()),
-                hex(case["sig"].as_str().unwrap()),
-            );
-            let ok = key
-                .as_ref()
-                .is_ok_and(|k| PortableVerifier.verify(alg, k, &msg, &sig));
-            let id = case["tcId"].as_u64().unwrap();
-            match case["result"].as_str().unwrap() {
-                "valid" if !ok => failures.push(format!("tc {id} ({}) rejected", case["comment"])),
-                "invalid" if ok => failures.push(format!("tc {id} ({}) accepted", case["comment"])),
-                _ => {}
-            }
-            checked += 1;
-        }
-    }
-    assert!(failures.is_empty(), "{name}: {failures:#?}");
-    checked
-}
-
-fn ec_key(curve: Curve) -> impl Fn(&Value) -> KeyMaterial {
-    move |group| {
-        let point = hex(group["publicKey"]["uncompressed"].as_str().unwrap());
-        let len = curve.coordinate_len();
-        KeyMaterial::Ec {
-            curve,
-            x: point[1..1 + len].to_vec(),
-            y: point[1 + len..].to_vec(),
-        }
-    }
-}
-
-fn rsa_key(group: &Value) -> KeyMaterial {
-    let pk = &group["publicKey"];
-    KeyMaterial::Rsa {
-        n: hex(pk["modulus"].as_str().unwrap()),
-        e: hex(pk["publicExponent"].as_str().unwrap()),
-    }
-}
-
-#[test]
-fn wycheproof_ecdsa_p256_p1363_vectors() {
-    assert_eq!(
-        run_raw(
-            "ecdsa_secp256r1_sha256_p1363_test.json",
-            Algorithm::ES256,
-            ec_key(Curve::P256)
-        ),
-        262
-    );
-}
-
-#[test]
-fn wycheproof_ecdsa_p384_p1363_vectors() {
-    assert_eq!(
-        run_raw(
-            "ecdsa_secp384r1_sha384_p1363_test.json",
-            Algorithm::ES384,
-            ec_key(Curve::P384)
-        ),
-        280
-    );
-}
-
-#[test]
-fn wycheproof_ed25519_vectors() {
-    let n = run_raw("ed25519_test.json", Algorithm::EdDSA, |g| {
-        KeyMaterial::Ed25519 {
-            x: hex(g["publicKey"]["pk"].as_str().unwrap()),
-        }
-    });
-    assert_eq!(n, 151);
-}
-
-#[test]
-fn wycheproof_rsa_pkcs1_and_pss_vectors() {
-    assert_eq!(
-        run_raw(
-            "rsa_signature_2048_sha256_test.json",
-            Algorithm::RS256,
-            rsa_key
-        ),
-        259
-    );
-    assert_eq!(
-        run_raw(
-            "rsa_pss_2048_sha256_mgf1_32_test.json",
-            Algorithm::PS256,
-            rsa_key
-        ),
-        108
-    );
-}
-
 #[test]
 fn the_roca_vector_is_refused_for_its_fingerprint_and_sound_keys_are_not() {
     let suite = vectors("json_web_key_test.json");
@@ -346,4 +228,9 @@ fn the_roca_vector_is_refused_for_its_fingerprint_and_sound_keys_are_not() {
     assert!(err.contains("1024 bits"), "{err}");
     let err = parse_jwk_object(&jwk_of("exponentOne"), false).unwrap_err();
     assert!(err.contains("exponent 1"), "{err}");
+}
+
+#[test]
+fn wycheproof_raw_signature_suites_through_the_portable_verifier() {
+    run_all_signature_suites(&PortableVerifier);
 }

@@ -42,6 +42,7 @@ fn check_prints_every_problem_with_locations_and_fails() {
     std::fs::write(&path, "[[issuer]]\nname = \"x\"\nissuer = \"https://x\"\naudiences = []\nalgorithms = [\"none\"]\njwks_uri = \"http://x/jwks\"\n").unwrap();
     let (ok, _, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
     assert!(!ok);
+    let _ = std::fs::remove_dir_all(&dir);
     for needle in [
         "bad.toml:4:",
         "audiences` is empty",
@@ -93,4 +94,5 @@ fn token_verify_explains_acceptance_and_rejection() {
         !ok && stdout.starts_with("rejected: 403 insufficient_scope"),
         "{stdout}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
