@@ -121,7 +121,8 @@ impl TestIdp {
     }
 }
 
-fn public_jwk(text: &str, alg: &str) -> Value {
+/// A public JWK (from jwt-simple's `to_jwk`) with `alg` and `use: sig`, private part removed.
+pub fn public_jwk(text: &str, alg: &str) -> Value {
     let mut v: Value = serde_json::from_str(text).expect("jwk json");
     let obj = v.as_object_mut().expect("jwk object");
     obj.remove("d");

@@ -345,8 +345,7 @@ fn key_rotation_at_the_idp_is_followed_while_serving() {
     assert_eq!(get(&gw, "/api/orders", Some(&old), &[]).status, 200);
     // The IdP adds a new key and starts signing with it.
     let new_key = ES256KeyPair::generate().with_key_id("es-2");
-    let mut jwk: Value = serde_json::from_str(&new_key.public_key().to_jwk()).unwrap();
-    jwk["alg"] = json!("ES256");
+    let jwk = public_jwk(&new_key.public_key().to_jwk(), "ES256");
     w.keys.jwks.lock().unwrap()["keys"]
         .as_array_mut()
         .unwrap()

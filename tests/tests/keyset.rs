@@ -56,11 +56,7 @@ fn at(secs: u64) -> Timestamp {
 fn jwks_of(keys: &[&ES256KeyPair]) -> String {
     let keys: Vec<Value> = keys
         .iter()
-        .map(|k| {
-            let mut v: Value = serde_json::from_str(&k.public_key().to_jwk()).unwrap();
-            v["alg"] = json!("ES256");
-            v
-        })
+        .map(|k| public_jwk(&k.public_key().to_jwk(), "ES256"))
         .collect();
     json!({ "keys": keys }).to_string()
 }
@@ -78,21 +74,9 @@ fn only(reqs: Vec<FetchRequest>, issuer: IssuerId) -> Option<FetchRequest> {
 }
 
 fn token(key: &ES256KeyPair, now: u64) -> String {
-    let c = claims(json!({ "iat": now - 5, "exp": now + 600 }));
-    let Value::Object(custom) = c else {
-        unreachable!()
-    };
-    key.sign(JWTClaims {
-        issued_at: None,
-        expires_at: None,
-        invalid_before: None,
-        issuer: None,
-        subject: None,
-        audiences: None,
-        jwt_id: None,
-        nonce: None,
-        custom,
-    })
+    key.sign(raw_claims(claims(
+        json!({ "iat": now - 5, "exp": now + 600 }),
+    )))
     .unwrap()
 }
 
