@@ -251,7 +251,7 @@ impl Gateway {
                 &format!("this route is not offered in region `{name}`"),
             );
         }
-        let backend = match choose_backend(cfg, home, health, spread(req.request_id)) {
+        let backend = match choose_backend(cfg, home, health, fnv1a(req.request_id)) {
             Ok(b) => b,
             Err((reason, detail)) => return deny(reason, &detail),
         };
@@ -322,9 +322,9 @@ fn header_safe(s: &str) -> String {
     out
 }
 
-/// FNV-1a of the request id: spreads requests over a region's healthy backends.
-fn spread(request_id: &str) -> u64 {
-    request_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+/// FNV-1a of `text`: a cheap, stable spread (backend choice, state sharding).
+pub fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }

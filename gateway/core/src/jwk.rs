@@ -255,7 +255,8 @@ fn has_roca_fingerprint(n: &[u8]) -> bool {
     })
 }
 
-fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
+/// The big-endian integer `bytes` without leading zero bytes.
+pub fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
     bytes.get(first..).unwrap_or_default()
 }

@@ -3,6 +3,7 @@
 //! RSA size/exponent/ROCA policy from the core) and kept in ring's form.
 
 use portcullis_core::crypto::{Curve, KeyError, KeyMaterial};
+use portcullis_core::jwk::strip_leading_zeros;
 use portcullis_core::{Algorithm, PortableVerifier, SignatureVerifier};
 use ring::{hmac, signature};
 
@@ -36,11 +37,6 @@ pub struct HmacKeys {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NativeVerifier;
 
-fn strip(bytes: &[u8]) -> Vec<u8> {
-    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-    bytes.get(first..).unwrap_or_default().to_vec()
-}
-
 impl SignatureVerifier for NativeVerifier {
     type Key = NativeKey;
 
@@ -49,8 +45,8 @@ impl SignatureVerifier for NativeVerifier {
         PortableVerifier.prepare(material)?;
         Ok(match material {
             KeyMaterial::Rsa { n, e } => NativeKey::Rsa {
-                n: strip(n),
-                e: strip(e),
+                n: strip_leading_zeros(n).to_vec(),
+                e: strip_leading_zeros(e).to_vec(),
             },
             KeyMaterial::Ec { curve, x, y } => {
                 let mut point = Vec::with_capacity(1 + x.len() + y.len());

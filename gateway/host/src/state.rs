@@ -26,9 +26,7 @@ impl MemoryState {
     }
 
     fn shard(&self, key: &str) -> Option<&Shard> {
-        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        let h = portcullis_core::engine::fnv1a(key);
         self.shards
             .get(usize::try_from(h % SHARDS as u64).unwrap_or(0))
     }

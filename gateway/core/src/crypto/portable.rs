@@ -7,7 +7,7 @@ use rsa::{BoxedUint, Pkcs1v15Sign, PublicKey, pss::Pss};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use super::{Algorithm, Curve, KeyError, KeyMaterial, SignatureVerifier};
-use crate::jwk::check_rsa_public;
+use crate::jwk::{check_rsa_public, strip_leading_zeros};
 
 /// A key prepared by [`PortableVerifier`].
 #[derive(Clone, Debug)]
@@ -141,11 +141,6 @@ fn prepare_rsa(n: &[u8], e: &[u8]) -> Result<PortableKey, KeyError> {
     PublicKey::new(n, e)
         .map(PortableKey::Rsa)
         .map_err(|err| KeyError(format!("RSA key rejected: {err}")))
-}
-
-fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
-    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-    bytes.get(first..).unwrap_or_default()
 }
 
 fn pkcs1_ok(key: &PublicKey, scheme: Pkcs1v15Sign, hashed: &[u8], signature: &[u8]) -> bool {
