@@ -165,7 +165,7 @@ pub fn forward(
     fwd: &Forward,
     max_body: u64,
     out: ResponseOutparam,
-) -> Result<(), Refusal> {
+) -> Result<u16, Refusal> {
     let refuse = |out: ResponseOutparam, reason: Reason, detail: &str| {
         respond(out, &problem(reason, detail, &parts.request_id, &[]));
         Err(Refusal {
@@ -303,12 +303,11 @@ pub fn forward(
         Ok(Err(e)) => return refuse(out, Reason::BackendUnavailable, &describe(&e)),
         Err(()) => return refuse(out, Reason::BackendUnavailable, "response already taken"),
     };
-    relay(incoming, out);
-    Ok(())
+    Ok(relay(incoming, out))
 }
 
-/// Sends the backend's response on, streaming its body.
-fn relay(incoming: IncomingResponse, out: ResponseOutparam) {
+/// Sends the backend's response on, streaming its body; returns the status sent.
+fn relay(incoming: IncomingResponse, out: ResponseOutparam) -> u16 {
     let entries: Vec<(String, Vec<u8>)> = incoming
         .headers()
         .entries()
@@ -317,17 +316,18 @@ fn relay(incoming: IncomingResponse, out: ResponseOutparam) {
         .collect();
     let Ok(fields) = Fields::from_list(&entries) else {
         respond_error(out, 502, "backend response headers are invalid");
-        return;
+        return 502;
     };
+    let status = incoming.status();
     let resp = OutgoingResponse::new(fields);
-    let _ = resp.set_status_code(incoming.status());
+    let _ = resp.set_status_code(status);
     let Ok(body) = resp.body() else {
-        return;
+        return status;
     };
     ResponseOutparam::set(out, Ok(resp));
     let Ok(in_body) = incoming.consume() else {
         let _ = OutgoingBody::finish(body, None);
-        return;
+        return status;
     };
     if let (Ok(src), Ok(dst)) = (in_body.stream(), body.write()) {
         let _ = splice(&src, &dst, u64::MAX);
@@ -336,6 +336,7 @@ fn relay(incoming: IncomingResponse, out: ResponseOutparam) {
     }
     let _ = IncomingBody::finish(in_body);
     let _ = OutgoingBody::finish(body, None);
+    status
 }
 
 enum SpliceError {

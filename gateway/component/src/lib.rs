@@ -77,18 +77,22 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
             headers: &parts.headers,
             request_id: &parts.request_id,
         };
-        let decision = gateway.decide(
+        let decision = gateway.decide_with(
             &services::HostAuthenticator,
+            &services::HostRisk,
             &req,
             now,
             &services::HostHealth,
         );
         let mut audit = decision.audit;
-        match decision.outcome {
-            Outcome::Respond(response) => forward::respond(response_out, &response),
+        let status = match decision.outcome {
+            Outcome::Respond(response) => {
+                forward::respond(response_out, &response);
+                response.status.as_u16()
+            }
             Outcome::Forward(fwd) => {
                 let limits = gateway.config().limits;
-                if let Err(refusal) = forward::forward(
+                match forward::forward(
                     gateway.config(),
                     request,
                     &parts,
@@ -96,11 +100,18 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                     limits.max_body_bytes,
                     response_out,
                 ) {
-                    audit.decision = "deny";
-                    audit.status = Some(refusal.status.as_u16());
-                    audit.reason = Some(refusal.code);
+                    Ok(status) => status,
+                    Err(refusal) => {
+                        audit.decision = "deny";
+                        audit.status = Some(refusal.status.as_u16());
+                        audit.reason = Some(refusal.code);
+                        refusal.status.as_u16()
+                    }
                 }
             }
+        };
+        if audit.risk.is_some() {
+            services::observe(status);
         }
         services::emit_audit(audit);
     }

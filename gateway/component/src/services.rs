@@ -10,7 +10,10 @@ use portcullis_core::{
     VerifiedIdentity,
 };
 
-use crate::bindings::portcullis::gateway::{audit, config, health, keys};
+use portcullis_core::config::PluginId;
+use portcullis_core::risk::{Action, Assessment, PluginAnswer, RiskAssessor, RiskContext};
+
+use crate::bindings::portcullis::gateway::{audit, config, health, keys, risk};
 
 /// Files named by the configuration, read through the host.
 pub struct HostFiles;
@@ -88,5 +91,58 @@ pub fn emit_audit(a: AuditRecord) {
         subject: a.subject,
         region: a.region,
         backend: a.backend,
+        risk: a.risk.and_then(|r| serde_json::to_string(&r).ok()),
     });
+}
+
+/// Risk plugins run by the host.
+pub struct HostRisk;
+
+impl RiskAssessor for HostRisk {
+    fn assess(&self, plugins: &[PluginId], ctx: &RiskContext) -> Vec<PluginAnswer> {
+        let ids: Vec<u32> = plugins
+            .iter()
+            .map(|p| u32::try_from(p.0).unwrap_or(u32::MAX))
+            .collect();
+        let wit_ctx = risk::RequestContext {
+            request_id: ctx.request_id.clone(),
+            route: ctx.route.clone(),
+            method: ctx.method.clone(),
+            path: ctx.path.clone(),
+            query: ctx.query.clone(),
+            host: ctx.host.clone(),
+            headers: ctx.headers.clone(),
+            identity: ctx.identity.as_ref().map(|i| risk::Identity {
+                subject: i.subject.clone(),
+                issuer: i.issuer.clone(),
+                scopes: i.scopes.clone(),
+                acr: i.acr.clone(),
+                amr: i.amr.clone(),
+                actor: i.actor.clone(),
+                session_id: i.session_id.clone(),
+                client_id: i.client_id.clone(),
+            }),
+        };
+        risk::assess(&ids, &wit_ctx)
+            .into_iter()
+            .map(|answer| {
+                answer.map(|a| Assessment {
+                    score: a.score,
+                    labels: a.labels,
+                    action: match a.action {
+                        risk::Action::Allow => Action::Allow,
+                        risk::Action::StepUp => Action::StepUp,
+                        risk::Action::Challenge => Action::Challenge,
+                        risk::Action::Deny => Action::Deny,
+                    },
+                    reason: a.reason,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Tells the host's plugins how the request ended.
+pub fn observe(status: u16) {
+    risk::observe(status);
 }

@@ -44,6 +44,9 @@ pub struct AuditRecord {
     /// The backend forwarded to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// The risk phase: combined score, action and every plugin's contribution.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk: Option<crate::risk::RiskVerdict>,
 }
 
 /// The pseudonym of `subject` at `issuer` under `key`.

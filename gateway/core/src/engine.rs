@@ -8,14 +8,15 @@ use serde_json::Value;
 use crate::audit::{AuditRecord, pseudonymize};
 use crate::authenticate::{Authenticator, LocalAuthenticator, bearer_token};
 use crate::claims::VerifiedIdentity;
-use crate::config::{AuthMode, Config, HeaderPattern, IdentitySource, Region};
+use crate::config::{AuthMode, Config, HeaderPattern, IdentitySource, Region, Route, RouteRisk};
 use crate::crypto::SignatureVerifier;
-use crate::decision::{BackendId, Decision, Forward, Outcome, problem};
+use crate::decision::{BackendId, Decision, Forward, Outcome, Response, problem};
 use crate::keyset::{IssuerId, KeyStore};
-use crate::normalize::normalize;
+use crate::normalize::{Normalized, normalize};
 use crate::policy::{authorize, match_route};
 use crate::reason::Reason;
 use crate::residency::{choose_backend, home_region};
+use crate::risk::{Action, NoPlugins, RiskAssessor, RiskContext, RiskIdentity, RiskVerdict, combine};
 use crate::time::Timestamp;
 
 /// The parts of a request the engine reads. Adapters borrow them from their own request
@@ -128,10 +129,23 @@ impl Gateway {
         &self.config
     }
 
-    /// Decides what to do with a request.
+    /// Decides what to do with a request, without a plugin runtime: routes with risk
+    /// plugins apply each plugin's `on_error` policy.
     pub fn decide(
         &self,
         auth: &dyn Authenticator,
+        req: &RequestParts<'_>,
+        now: Timestamp,
+        health: &dyn BackendHealth,
+    ) -> Decision {
+        self.decide_with(auth, &NoPlugins, req, now, health)
+    }
+
+    /// Decides what to do with a request, running risk plugins through `risk`.
+    pub fn decide_with(
+        &self,
+        auth: &dyn Authenticator,
+        risk: &dyn RiskAssessor,
         req: &RequestParts<'_>,
         now: Timestamp,
         health: &dyn BackendHealth,
@@ -145,7 +159,8 @@ impl Gateway {
             ..AuditRecord::default()
         };
         let mut refetch = None;
-        let outcome = self.run(auth, req, now, health, &mut audit, &mut refetch);
+        let services = Services { auth, risk, health };
+        let outcome = self.run(&services, req, now, &mut audit, &mut refetch);
         match &outcome {
             Outcome::Forward(_) => audit.decision = "forward",
             Outcome::Respond(r) => {
@@ -162,10 +177,9 @@ impl Gateway {
 
     fn run(
         &self,
-        auth: &dyn Authenticator,
+        services: &Services<'_>,
         req: &RequestParts<'_>,
         now: Timestamp,
-        health: &dyn BackendHealth,
         audit: &mut AuditRecord,
         refetch: &mut Option<IssuerId>,
     ) -> Outcome {
@@ -173,6 +187,7 @@ impl Gateway {
             Outcome::Respond(problem(reason, detail, req.request_id, &[]))
         };
         let cfg = &self.config;
+        let (auth, health) = (services.auth, services.health);
 
         // 1. normalize
         let norm = match normalize(req, &self.strip) {
@@ -239,6 +254,18 @@ impl Gateway {
             ));
         }
 
+        // 3b. risk
+        if let Some(risk) = &route.risk {
+            let ctx = self.risk_context(req, &norm, route, identity.as_ref());
+            let answers = services.risk.assess(&risk.plugins, &ctx);
+            let verdict = combine(cfg, risk, answers);
+            let refusal = risk_refusal(&verdict, risk, identity.as_ref(), req.request_id);
+            audit.risk = Some(verdict);
+            if let Some(response) = refusal {
+                return Outcome::Respond(response);
+            }
+        }
+
         // 4. route
         let home = match home_region(cfg, identity.as_ref()) {
             Ok(r) => r,
@@ -275,6 +302,50 @@ impl Gateway {
         })
     }
 
+    fn risk_context(
+        &self,
+        req: &RequestParts<'_>,
+        norm: &Normalized,
+        route: &Route,
+        identity: Option<&VerifiedIdentity>,
+    ) -> RiskContext {
+        let mut headers = Vec::new();
+        if let Some(risk) = &route.risk {
+            for id in &risk.plugins {
+                let Some(plugin) = self.config.plugins.get(id.0) else {
+                    continue;
+                };
+                for name in &plugin.headers {
+                    if headers.iter().any(|(n, _): &(String, String)| n == name) {
+                        continue;
+                    }
+                    for v in req.headers.get_all(name.as_str()) {
+                        if let Ok(text) = v.to_str() {
+                            headers.push((name.clone(), text.to_owned()));
+                        }
+                    }
+                }
+            }
+        }
+        RiskContext {
+            request_id: req.request_id.to_owned(),
+            route: route.path.clone(),
+            method: req.method.as_str().to_owned(),
+            path: norm.path.clone(),
+            query: req.uri.query().map(str::to_owned),
+            host: norm.host.clone(),
+            headers,
+            identity: identity.map(|id| {
+                let issuer = self
+                    .config
+                    .issuers
+                    .get(id.issuer.0)
+                    .map_or("", |i| i.issuer.as_str());
+                RiskIdentity::of(id, issuer)
+            }),
+        }
+    }
+
     fn identity_headers(
         &self,
         id: Option<&VerifiedIdentity>,
@@ -297,6 +368,47 @@ impl Gateway {
             }
         }
         out
+    }
+}
+
+/// The adapters' services for one decision.
+struct Services<'a> {
+    auth: &'a dyn Authenticator,
+    risk: &'a dyn RiskAssessor,
+    health: &'a dyn BackendHealth,
+}
+
+/// The response for a risk verdict that does not let the request through.
+fn risk_refusal(
+    verdict: &RiskVerdict,
+    risk: &RouteRisk,
+    identity: Option<&VerifiedIdentity>,
+    request_id: &str,
+) -> Option<Response> {
+    let detail = verdict.detail();
+    if verdict.failed.is_some() {
+        return Some(problem(Reason::RiskCheckFailed, &detail, request_id, &[]));
+    }
+    match verdict.action {
+        Action::Allow => None,
+        Action::Deny => Some(problem(Reason::RiskDenied, &detail, request_id, &[])),
+        Action::Challenge => Some(problem(Reason::ChallengeRequired, &detail, request_id, &[])),
+        Action::StepUp => {
+            let reached = identity
+                .and_then(|id| id.acr.as_deref())
+                .is_some_and(|acr| risk.step_up_acr.iter().any(|a| a == acr));
+            if reached {
+                return None;
+            }
+            let (reason, challenge) = match identity {
+                None => (Reason::AuthenticationRequired, Vec::new()),
+                Some(_) => (
+                    Reason::InsufficientUserAuthentication,
+                    vec![("acr_values", risk.step_up_acr.join(" "))],
+                ),
+            };
+            Some(problem(reason, &detail, request_id, &challenge))
+        }
     }
 }
 

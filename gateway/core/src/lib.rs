@@ -26,6 +26,7 @@ pub mod audit;
 pub mod authenticate;
 pub mod b64;
 pub mod claims;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod decision;
@@ -38,6 +39,7 @@ pub mod normalize;
 pub mod policy;
 pub mod reason;
 pub mod residency;
+pub mod risk;
 pub mod time;
 
 pub use audit::AuditRecord;

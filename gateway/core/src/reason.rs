@@ -62,6 +62,12 @@ pub enum Reason {
     BackendUnavailable,
     /// The request body exceeds the configured limit.
     BodyTooLarge,
+    /// The route's risk assessment refused the request.
+    RiskDenied,
+    /// The client must prove it is not a bot (a challenge page, or 403 for API clients).
+    ChallengeRequired,
+    /// A risk plugin failed (trap, timeout, memory cap, bad answer) under `on_error = "deny"`.
+    RiskCheckFailed,
 }
 
 impl Reason {
@@ -96,11 +102,14 @@ impl Reason {
             Reason::ResidencyUnavailable => "residency_unavailable",
             Reason::BackendUnavailable => "backend_unavailable",
             Reason::BodyTooLarge => "body_too_large",
+            Reason::RiskDenied => "risk_denied",
+            Reason::ChallengeRequired => "challenge_required",
+            Reason::RiskCheckFailed => "risk_check_failed",
         }
     }
 
     /// Every reason, for lookups and metrics.
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 31] = [
         Reason::InvalidRequest,
         Reason::PathInvalid,
         Reason::RouteNotFound,
@@ -129,6 +138,9 @@ impl Reason {
         Reason::ResidencyUnavailable,
         Reason::BackendUnavailable,
         Reason::BodyTooLarge,
+        Reason::RiskDenied,
+        Reason::ChallengeRequired,
+        Reason::RiskCheckFailed,
     ];
 
     /// The reason with this code.
@@ -145,10 +157,13 @@ impl Reason {
             | Reason::ClaimMismatch
             | Reason::ResidencyUnknown
             | Reason::ResidencyMissing
-            | Reason::ResidencyNotPermitted => StatusCode::FORBIDDEN,
-            Reason::KeysUnavailable | Reason::ResidencyUnavailable | Reason::BackendUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            | Reason::ResidencyNotPermitted
+            | Reason::RiskDenied
+            | Reason::ChallengeRequired => StatusCode::FORBIDDEN,
+            Reason::KeysUnavailable
+            | Reason::ResidencyUnavailable
+            | Reason::BackendUnavailable
+            | Reason::RiskCheckFailed => StatusCode::SERVICE_UNAVAILABLE,
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::UNAUTHORIZED,
         }
@@ -187,6 +202,9 @@ impl Reason {
             Reason::ResidencyUnavailable => "The user's home region is unavailable",
             Reason::BackendUnavailable => "The backend is unavailable",
             Reason::BodyTooLarge => "The request body is too large",
+            Reason::RiskDenied => "The request was refused as too risky",
+            Reason::ChallengeRequired => "The client must complete a challenge",
+            Reason::RiskCheckFailed => "A risk check failed",
         }
     }
 

@@ -162,6 +162,7 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
         config,
         source: DEMO_CONFIG.to_owned(),
         files,
+        base: std::path::PathBuf::from("."),
     };
     let opts = crate::ServeOptions {
         audit: "-".into(),

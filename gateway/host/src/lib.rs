@@ -10,6 +10,8 @@ pub mod health;
 pub mod keys;
 pub mod metrics;
 pub mod native_verifier;
+pub mod plugin_tool;
+pub mod plugins;
 pub mod runtime;
 pub mod server;
 pub mod state;
@@ -73,6 +75,8 @@ pub struct LoadedConfig {
     pub source: String,
     /// The files it named.
     pub files: BTreeMap<String, Vec<u8>>,
+    /// The directory relative paths (files, plugins) are resolved against.
+    pub base: PathBuf,
 }
 
 /// Loads and validates `source` (named `name`), with files relative to `base`. The error
@@ -84,6 +88,7 @@ pub fn load_config_text(source: String, name: &str, base: &Path) -> Result<Loade
         config,
         source,
         files: files.into_files(),
+        base: base.to_path_buf(),
     })
 }
 
@@ -140,6 +145,22 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
     };
     let health = Health::new(&loaded.config);
     let config_snapshot = loaded.config.to_snapshot();
+    let plugin_slots = u32::try_from(loaded.config.plugins.len() * (plugins::POOL_MAX + 1))
+        .unwrap_or(u32::MAX);
+    let engine = runtime::engine(
+        opts.max_instances.saturating_add(plugin_slots),
+        plugins::engine_uses_fuel(&loaded.config),
+    )?;
+    let state = Arc::new(MemoryState::new(100_000));
+    let plugins = plugins::PluginRuntime::load(
+        &engine,
+        &loaded.config,
+        &loaded.base,
+        state.clone(),
+        opts.cache_dir.as_deref(),
+    )
+    .await?;
+    let client = loaded.config.client.clone();
     let keys = Arc::new(KeyService::new(loaded.config, opts.token_cache));
     keys.refresh_due().await;
     tokio::spawn(keys.clone().run());
@@ -149,12 +170,13 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         config_snapshot,
         config_files: loaded.files,
         health,
-        state: MemoryState::new(100_000),
+        state,
+        plugins,
+        client,
         audit,
         metrics: Metrics::default(),
         backends: runtime::backend_client(),
     });
-    let engine = runtime::engine(opts.max_instances)?;
     let component =
         runtime::load_component(&engine, runtime::COMPONENT, opts.cache_dir.as_deref())?;
     let pre = runtime::pre_instantiate(&engine, &component)?;

@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Risk-plugin tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Run the demo: gateway, demo issuer and two regional echo backends on 127.0.0.1.
     Demo {
         /// Gateway address.
@@ -71,6 +76,28 @@ enum Command {
         /// Admin address.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create a plugin crate that builds (`cargo build --release --target wasm32-wasip2`)
+    /// and passes its test (`cargo test`).
+    New {
+        /// Crate name (lowercase, digits, `-`).
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The portcullis-plugin SDK crate (default: the one this binary was built with).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Say whether a file is a plugin component for this host's WIT version, and what it
+    /// imports beyond the allowed set.
+    Check {
+        /// The component (`.wasm`).
+        file: PathBuf,
     },
 }
 
@@ -165,12 +192,26 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config } => match load_config_file(&config) {
             Ok(l) => {
+                // Plugins are loaded and asked to accept their configuration, as at startup.
+                if !l.config.plugins.is_empty() {
+                    let engine = portcullis_host::runtime::engine(64, false)?;
+                    let state = std::sync::Arc::new(portcullis_host::state::MemoryState::new(16));
+                    if let Err(e) = portcullis_host::plugins::PluginRuntime::load(
+                        &engine, &l.config, &l.base, state, None,
+                    )
+                    .await
+                    {
+                        eprintln!("{}: {e:#}", config.display());
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
                 println!(
-                    "{}: ok ({} issuer(s), {} region(s), {} route(s))",
+                    "{}: ok ({} issuer(s), {} region(s), {} route(s), {} plugin(s))",
                     config.display(),
                     l.config.issuers.len(),
                     l.config.regions.len(),
-                    l.config.routes.len()
+                    l.config.routes.len(),
+                    l.config.plugins.len()
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -179,6 +220,42 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Plugin {
+            command: PluginCommand::New { name, dir, sdk },
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let Some(sdk) = sdk.or_else(portcullis_host::plugin_tool::default_sdk_path) else {
+                eprintln!("portcullis: the plugin SDK was not found; pass --sdk PATH/TO/plugins/sdk");
+                return Ok(ExitCode::FAILURE);
+            };
+            portcullis_host::plugin_tool::scaffold(&name, &dir, &sdk)?;
+            println!(
+                "created {}\n  cd {}\n  cargo test\n  cargo build --release --target wasm32-wasip2",
+                dir.display(),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin {
+            command: PluginCommand::Check { file },
+        } => {
+            let wasm = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            match portcullis_host::plugin_tool::check(&wasm) {
+                Ok(report) => {
+                    print!("{}", report.render(&file.display().to_string()));
+                    Ok(if report.ok() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+                Err(e) => {
+                    println!("{}: {e:#}", file.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Token {
             command:
                 TokenCommand::Verify {

@@ -32,14 +32,21 @@ use crate::audit::AuditSink;
 use crate::health::Health;
 use crate::keys::KeyService;
 use crate::metrics::Metrics;
+use crate::plugins::{self, PluginRuntime};
 use crate::state::MemoryState;
+use portcullis_core::client::ClientInfo;
+use portcullis_core::config::ClientConfig;
 
 mod bindings {
     #![allow(missing_docs, clippy::all)]
     wasmtime::component::bindgen!({
         path: "../../wit/gateway",
         world: "host-services",
-        imports: { "portcullis:gateway/keys.authenticate": async },
+        imports: {
+            "portcullis:gateway/keys.authenticate": async,
+            "portcullis:gateway/risk.assess": async,
+            "portcullis:gateway/risk.observe": async,
+        },
     });
 }
 
@@ -48,8 +55,12 @@ use bindings::portcullis::gateway::{audit, config, health, keys, risk, state};
 /// The gateway component, built by this crate's build script.
 pub const COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_component.wasm"));
 
-/// Memory a gateway instance may use.
-const INSTANCE_MEMORY: usize = 64 << 20;
+/// Memory a gateway or plugin instance may use at most (plugins are capped lower per
+/// plugin by their store limits).
+pub const INSTANCE_MEMORY: usize = 64 << 20;
+
+/// Epoch tick interval: the resolution of plugin deadlines and request timeouts.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// An HTTP(S) client for backends (pooled connections).
 pub type BackendClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, WasiBody>;
@@ -66,8 +77,12 @@ pub struct Shared {
     pub config_files: BTreeMap<String, Vec<u8>>,
     /// Backend health and allow-list.
     pub health: Health,
-    /// Shared state.
-    pub state: MemoryState,
+    /// Shared state (the gateway's and, namespaced, the plugins').
+    pub state: Arc<MemoryState>,
+    /// Risk plugins.
+    pub plugins: PluginRuntime,
+    /// Trusted proxies and client headers.
+    pub client: ClientConfig,
     /// Audit sink.
     pub audit: AuditSink,
     /// Metrics.
@@ -102,11 +117,15 @@ pub struct StoreState {
     shared: Arc<Shared>,
     /// Memory limits.
     pub limits: StoreLimits,
+    /// Who the client is (peer and trusted proxy headers).
+    client: ClientInfo,
+    /// The plugins that assessed this request and what they saw, for `observe`.
+    assessed: Option<(Vec<usize>, Vec<plugins::RequestContext>)>,
 }
 
 impl StoreState {
-    /// Fresh state for one request from `peer`.
-    pub fn new(shared: Arc<Shared>, peer: IpAddr) -> Self {
+    /// Fresh state for one request from `peer`, whose client is `client`.
+    pub fn new(shared: Arc<Shared>, peer: IpAddr, client: ClientInfo) -> Self {
         let mut wasi = WasiCtx::builder();
         wasi.inherit_stderr()
             .allow_tcp(false)
@@ -125,6 +144,8 @@ impl StoreState {
                 .memory_size(INSTANCE_MEMORY)
                 .instances(32)
                 .build(),
+            client,
+            assessed: None,
         }
     }
 }
@@ -148,8 +169,9 @@ impl WasiHttpView for StoreState {
     }
 }
 
-/// The wasmtime engine: pooling allocator, epoch interruption.
-pub fn engine(max_instances: u32) -> anyhow::Result<Engine> {
+/// The wasmtime engine: pooling allocator, epoch interruption, and fuel metering when a
+/// plugin needs it (fuel is engine-wide).
+pub fn engine(max_instances: u32, fuel: bool) -> anyhow::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(max_instances)
         .total_core_instances(max_instances * 8)
@@ -164,6 +186,7 @@ pub fn engine(max_instances: u32) -> anyhow::Result<Engine> {
     let mut cfg = WasmConfig::new();
     cfg.wasm_component_model(true)
         .epoch_interruption(true)
+        .consume_fuel(fuel)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&cfg).map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -319,12 +342,76 @@ impl audit::Host for StoreState {
 }
 
 impl risk::Host for StoreState {
-    fn assess(&mut self, _ctx: risk::RequestContext) -> risk::Assessment {
-        risk::Assessment {
-            score: 0,
-            action: risk::Action::Allow,
-            reason: "no risk plugins configured".into(),
+    async fn assess(
+        &mut self,
+        ids: Vec<u32>,
+        ctx: risk::RequestContext,
+    ) -> Vec<Result<risk::Assessment, String>> {
+        let shared = self.shared.clone();
+        let runtime = &shared.plugins;
+        let base = plugin_context(ctx, &self.client);
+        let mut answers = Vec::with_capacity(ids.len());
+        let mut seen = Vec::with_capacity(ids.len());
+        let mut contexts = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id = id as usize;
+            let mut ctx = base.clone();
+            let wanted = runtime.headers(id);
+            ctx.headers.retain(|(n, _)| wanted.contains(n));
+            let answer = runtime.assess(id, &ctx).await.map(|a| risk::Assessment {
+                score: a.score,
+                labels: a.labels,
+                action: match a.action {
+                    plugins::Action::Allow => risk::Action::Allow,
+                    plugins::Action::StepUp => risk::Action::StepUp,
+                    plugins::Action::Challenge => risk::Action::Challenge,
+                    plugins::Action::Deny => risk::Action::Deny,
+                },
+                reason: a.reason,
+            });
+            answers.push(answer);
+            seen.push(id);
+            contexts.push(ctx);
         }
+        self.assessed = Some((seen, contexts));
+        answers
+    }
+
+    async fn observe(&mut self, status: u16) {
+        let Some((ids, contexts)) = self.assessed.take() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        for (id, ctx) in ids.into_iter().zip(contexts) {
+            shared.plugins.observe(id, &ctx, status).await;
+        }
+    }
+}
+
+/// The plugin's view of a request: the gateway's context plus what the host knows of the
+/// client.
+fn plugin_context(ctx: risk::RequestContext, client: &ClientInfo) -> plugins::RequestContext {
+    plugins::RequestContext {
+        request_id: ctx.request_id,
+        route: ctx.route,
+        method: ctx.method,
+        path: ctx.path,
+        query: ctx.query,
+        host: ctx.host,
+        headers: ctx.headers,
+        client_ip: client.ip.map(|ip| ip.to_string()),
+        country: client.country.clone(),
+        asn: client.asn,
+        identity: ctx.identity.map(|i| plugins::Identity {
+            subject: i.subject,
+            issuer: i.issuer,
+            scopes: i.scopes,
+            acr: i.acr,
+            amr: i.amr,
+            actor: i.actor,
+            session_id: i.session_id,
+            client_id: i.client_id,
+        }),
     }
 }
 

@@ -21,10 +21,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::runtime::{Shared, StoreState, full_body};
-
-/// Epoch tick interval.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+use crate::runtime::{EPOCH_TICK, Shared, StoreState, full_body};
 
 /// The gateway server.
 pub struct Gateway {
@@ -127,12 +124,17 @@ impl Gateway {
         B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        let client =
+            portcullis_core::client::client_info(&self.shared.client, Some(peer.ip()), req.headers());
         let mut store = Store::new(
             self.pre.engine(),
-            StoreState::new(self.shared.clone(), peer.ip()),
+            StoreState::new(self.shared.clone(), peer.ip(), client),
         );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks);
+        if self.shared.plugins.fuel_enabled() {
+            let _ = store.set_fuel(u64::MAX);
+        }
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let wreq = store
             .data_mut()
@@ -222,7 +224,11 @@ pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
                     "/readyz" => (503, "key sets not loaded yet\n".to_owned(), "text/plain"),
                     "/metrics" => (
                         200,
-                        shared.metrics.render(&shared.keys.metrics_text()),
+                        shared.metrics.render(&format!(
+                            "{}{}",
+                            shared.keys.metrics_text(),
+                            shared.plugins.metrics_text()
+                        )),
                         "text/plain; version=0.0.4",
                     ),
                     _ => (404, "not found\n".to_owned(), "text/plain"),

@@ -78,4 +78,11 @@ impl MemoryState {
         entry.0 = next.to_be_bytes().to_vec();
         next
     }
+
+    /// Removes `key`.
+    pub fn delete(&self, key: &str) {
+        if let Some(Ok(mut map)) = self.shard(key).map(|s| s.lock()) {
+            map.remove(key);
+        }
+    }
 }

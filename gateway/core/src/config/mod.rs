@@ -8,6 +8,7 @@
 
 mod model;
 mod reader;
+mod risk;
 pub mod snapshot;
 mod validate;
 

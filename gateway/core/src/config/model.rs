@@ -27,6 +27,10 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Request limits.
     pub limits: Limits,
+    /// Risk plugins, in name order ([`PluginId`] indexes this).
+    pub plugins: Vec<PluginConfig>,
+    /// Which peers are trusted proxies, and the headers they set.
+    pub client: ClientConfig,
 }
 
 /// One trusted token issuer.
@@ -199,6 +203,8 @@ pub struct Route {
     pub max_auth_age: Option<Duration>,
     /// Home regions allowed on this route (empty: all).
     pub regions: Vec<RegionId>,
+    /// Risk plugins and thresholds (none: no risk phase).
+    pub risk: Option<RouteRisk>,
 }
 
 impl Route {
@@ -298,3 +304,94 @@ pub struct Limits {
 
 /// Default largest request body: 8 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Index of a plugin in [`Config::plugins`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PluginId(pub usize);
+
+/// What a plugin failure (trap, timeout, memory cap, malformed answer) does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailPolicy {
+    /// Ignore the plugin for this request (logged and counted).
+    Allow,
+    /// Refuse the request with `risk_check_failed`.
+    Deny,
+}
+
+/// A risk plugin: a WebAssembly component of the `portcullis:plugin/risk-plugin` world.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PluginConfig {
+    /// The name routes refer to (also the plugin's state namespace).
+    pub name: String,
+    /// The component file, relative to the configuration file.
+    pub path: String,
+    /// What a failure does.
+    pub on_error: FailPolicy,
+    /// Wall-clock budget per call.
+    pub deadline: Duration,
+    /// Linear memory cap, in bytes.
+    pub memory_bytes: u64,
+    /// Optional instruction budget per call (wasmtime fuel).
+    pub fuel: Option<u64>,
+    /// Weight in a `weighted` combination.
+    pub weight: f64,
+    /// Request headers the plugin sees (lowercase; never `authorization` or `cookie`).
+    pub headers: Vec<String>,
+    /// The plugin's own `config` table, as a JSON object.
+    pub config_json: String,
+}
+
+/// Default plugin deadline.
+pub const DEFAULT_PLUGIN_DEADLINE: Duration = Duration::from_millis(5);
+/// Default plugin memory cap: 16 MiB.
+pub const DEFAULT_PLUGIN_MEMORY: u64 = 16 << 20;
+
+/// How plugin scores combine into one route score.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Combine {
+    /// The highest score.
+    Max,
+    /// The sum of score × weight, capped at 100.
+    WeightedSum,
+}
+
+/// A route's risk phase.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteRisk {
+    /// Plugins run on this route, in order.
+    pub plugins: Vec<PluginId>,
+    /// How scores combine.
+    pub combine: Combine,
+    /// Score at or above which the caller must step up.
+    pub step_up: Option<u8>,
+    /// Score at or above which the caller is challenged.
+    pub challenge: Option<u8>,
+    /// Score at or above which the request is refused.
+    pub deny: Option<u8>,
+    /// `acr` values that satisfy a step-up (a caller already at one of them passes).
+    pub step_up_acr: Vec<String>,
+    /// Whether plugins' suggested actions count (otherwise only the thresholds decide).
+    pub plugin_actions: bool,
+}
+
+/// An IP network (address and prefix length, host bits zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpNet {
+    /// The network address.
+    pub addr: std::net::IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+/// Trusted proxies and the client headers they set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientConfig {
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Header carrying the client address (`x-forwarded-for` style lists allowed).
+    pub ip_header: Option<String>,
+    /// Header carrying the client's country (ISO 3166-1 alpha-2).
+    pub country_header: Option<String>,
+    /// Header carrying the client's autonomous system number.
+    pub asn_header: Option<String>,
+}

@@ -16,7 +16,7 @@ use crate::jwk::{ParsedJwks, hmac_secret_jwk, parse_jwks};
 use crate::jws::{DEFAULT_MAX_TOKEN_BYTES, normalize_media_type};
 use crate::keyset::IssuerId;
 
-const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit] and [limits]";
+const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit], [limits], [plugin.NAME] and [client]";
 
 pub(super) fn load(
     source: &str,
@@ -96,6 +96,7 @@ fn read_config(
         .iter()
         .map(|i| i.as_ref().map(|i| i.name.clone()).unwrap_or_default())
         .collect();
+    let plugins = super::risk::read_plugins(top, d);
     let route_tables = top.tables(d, "route");
     if route_tables.is_empty() {
         d.error(
@@ -106,12 +107,13 @@ fn read_config(
     }
     let routes: Vec<Option<(Route, Span)>> = route_tables
         .into_iter()
-        .map(|t| read_route(t, d, &issuer_names, &names, residency.as_ref()))
+        .map(|t| read_route(t, d, &issuer_names, &names, residency.as_ref(), &plugins))
         .collect();
     check_duplicate_routes(d, routes.iter().flatten());
     let identity = read_identity(top, d);
     let audit = read_audit(top, d, files);
     let limits = read_limits(top, d);
+    let client = super::risk::read_client(top, d);
 
     Some(Config {
         issuers: issuers.into_iter().collect::<Option<Vec<_>>>()?,
@@ -124,6 +126,8 @@ fn read_config(
         identity: identity?,
         audit: audit?,
         limits,
+        plugins,
+        client,
     })
 }
 
@@ -630,6 +634,7 @@ fn read_route(
     issuer_names: &[String],
     regions: &[(String, RegionId)],
     residency: Option<&Residency>,
+    plugins: &[PluginConfig],
 ) -> Option<(Route, Span)> {
     let span = t.span.clone();
     let path = t.req_string(d, "path", Some("a path prefix such as \"/api/orders\""));
@@ -701,6 +706,7 @@ fn read_route(
             }
         }
     }
+    let risk = super::risk::read_route_risk(&mut t, d, plugins);
     t.finish(d);
     let route = Route {
         path: path?.0,
@@ -714,6 +720,7 @@ fn read_route(
         amr,
         max_auth_age,
         regions: route_regions,
+        risk,
     };
     if route.auth == AuthMode::Public {
         if route.has_rules() || !route.issuers.is_empty() {

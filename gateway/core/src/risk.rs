@@ -1,0 +1,397 @@
+//! Phase 3b, risk: a route's plugins assess the request and their scores combine into one
+//! action through the route's thresholds. Running the plugins is the adapter's job (behind
+//! [`RiskAssessor`]); what their answers mean is decided here, the same on every runtime.
+
+use serde::Serialize;
+
+use crate::claims::VerifiedIdentity;
+use crate::config::{Combine, Config, FailPolicy, PluginId, RouteRisk};
+
+/// An action, ordered by severity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Let the request through.
+    #[default]
+    Allow,
+    /// Ask for stronger authentication (RFC 9470).
+    StepUp,
+    /// Ask the client to prove it is not a bot.
+    Challenge,
+    /// Refuse.
+    Deny,
+}
+
+impl Action {
+    /// The kebab-case name used in WIT, audit records and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::StepUp => "step-up",
+            Action::Challenge => "challenge",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+/// The verified identity as plugins see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RiskIdentity {
+    /// `sub` (empty when absent).
+    pub subject: String,
+    /// `iss`.
+    pub issuer: String,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// `acr`.
+    pub acr: Option<String>,
+    /// `amr`.
+    pub amr: Vec<String>,
+    /// `act.sub`.
+    pub actor: Option<String>,
+    /// `sid`.
+    pub session_id: Option<String>,
+    /// `client_id`, else `azp`.
+    pub client_id: Option<String>,
+}
+
+impl RiskIdentity {
+    /// Projects a verified identity.
+    pub fn of(id: &VerifiedIdentity, issuer: &str) -> Self {
+        let text = |name: &str| {
+            id.claims
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        Self {
+            subject: id.subject.clone().unwrap_or_default(),
+            issuer: issuer.to_owned(),
+            scopes: id.scopes.clone(),
+            acr: id.acr.clone(),
+            amr: id.amr.clone(),
+            actor: id
+                .claims
+                .get("act")
+                .and_then(|a| a.get("sub"))
+                .and_then(|s| s.as_str())
+                .map(str::to_owned),
+            session_id: text("sid"),
+            client_id: text("client_id").or_else(|| text("azp")),
+        }
+    }
+}
+
+/// What plugins are given about a request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RiskContext {
+    /// Request id.
+    pub request_id: String,
+    /// The matched route's path prefix.
+    pub route: String,
+    /// Method.
+    pub method: String,
+    /// Normalised path.
+    pub path: String,
+    /// Query without `?`.
+    pub query: Option<String>,
+    /// Host, lowercase, no port.
+    pub host: Option<String>,
+    /// The headers any of the route's plugins asked for (the adapter passes each plugin
+    /// only its own).
+    pub headers: Vec<(String, String)>,
+    /// The verified identity.
+    pub identity: Option<RiskIdentity>,
+}
+
+/// One plugin's assessment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Assessment {
+    /// 0..=100.
+    pub score: u8,
+    /// Labels.
+    pub labels: Vec<String>,
+    /// Suggested action.
+    pub action: Action,
+    /// Why.
+    pub reason: String,
+}
+
+/// One plugin's answer: an assessment, or why it has none.
+pub type PluginAnswer = Result<Assessment, String>;
+
+/// Runs plugins (the adapter's side).
+pub trait RiskAssessor {
+    /// Runs `plugins` in order on `ctx`; one answer per plugin, in the same order.
+    fn assess(&self, plugins: &[PluginId], ctx: &RiskContext) -> Vec<PluginAnswer>;
+}
+
+/// An adapter without a plugin runtime: every plugin "fails", so `on_error` decides.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoPlugins;
+
+impl RiskAssessor for NoPlugins {
+    fn assess(&self, plugins: &[PluginId], _: &RiskContext) -> Vec<PluginAnswer> {
+        plugins
+            .iter()
+            .map(|_| Err("this adapter has no plugin runtime".to_owned()))
+            .collect()
+    }
+}
+
+/// One plugin's part in a decision, for the audit record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Contribution {
+    /// Plugin name.
+    pub plugin: String,
+    /// Score (absent when the plugin failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<u8>,
+    /// Suggested action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    /// Labels.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// Reason or failure detail.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Set when the plugin failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The combined verdict.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RiskVerdict {
+    /// Combined score.
+    pub score: u8,
+    /// The chosen action.
+    pub action: Action,
+    /// Set when a failing plugin's `on_error = "deny"` refuses the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    /// Every plugin's part.
+    pub plugins: Vec<Contribution>,
+}
+
+impl RiskVerdict {
+    /// The most relevant reason text: the failure, or the highest-scoring plugin's reason.
+    pub fn detail(&self) -> String {
+        if let Some(f) = &self.failed {
+            return f.clone();
+        }
+        let top = self
+            .plugins
+            .iter()
+            .filter(|c| c.error.is_none())
+            .max_by_key(|c| (c.action, c.score));
+        match top {
+            Some(c) if !c.reason.is_empty() => format!(
+                "risk score {} ({}): {}",
+                self.score,
+                c.plugin,
+                c.reason
+            ),
+            _ => format!("risk score {}", self.score),
+        }
+    }
+}
+
+/// Combines `answers` (one per plugin of `risk`, in order) under the route's rules.
+pub fn combine(cfg: &Config, risk: &RouteRisk, answers: Vec<PluginAnswer>) -> RiskVerdict {
+    let mut verdict = RiskVerdict::default();
+    let mut sum = 0.0f64;
+    let mut suggested = Action::Allow;
+    let mut answers = answers.into_iter();
+    for id in &risk.plugins {
+        let Some(plugin) = cfg.plugins.get(id.0) else {
+            continue;
+        };
+        let answer = answers
+            .next()
+            .unwrap_or_else(|| Err("no answer from the plugin runtime".to_owned()))
+            .and_then(|a| {
+                if a.score > 100 {
+                    Err(format!("malformed answer: score {} > 100", a.score))
+                } else {
+                    Ok(a)
+                }
+            });
+        match answer {
+            Ok(a) => {
+                verdict.score = match risk.combine {
+                    Combine::Max => verdict.score.max(a.score),
+                    Combine::WeightedSum => verdict.score,
+                };
+                sum += f64::from(a.score) * plugin.weight;
+                suggested = suggested.max(a.action);
+                verdict.plugins.push(Contribution {
+                    plugin: plugin.name.clone(),
+                    score: Some(a.score),
+                    action: Some(a.action),
+                    labels: a.labels,
+                    reason: a.reason,
+                    error: None,
+                });
+            }
+            Err(e) => {
+                if plugin.on_error == FailPolicy::Deny && verdict.failed.is_none() {
+                    verdict.failed = Some(format!("risk plugin `{}` failed: {e}", plugin.name));
+                }
+                verdict.plugins.push(Contribution {
+                    plugin: plugin.name.clone(),
+                    score: None,
+                    action: None,
+                    labels: Vec::new(),
+                    reason: String::new(),
+                    error: Some(e),
+                });
+            }
+        }
+    }
+    if risk.combine == Combine::WeightedSum {
+        verdict.score = sum.clamp(0.0, 100.0).round() as u8;
+    }
+    let by_threshold = [
+        (risk.deny, Action::Deny),
+        (risk.challenge, Action::Challenge),
+        (risk.step_up, Action::StepUp),
+    ]
+    .into_iter()
+    .find_map(|(t, action)| t.filter(|t| verdict.score >= *t).map(|_| action))
+    .unwrap_or(Action::Allow);
+    verdict.action = if risk.plugin_actions {
+        by_threshold.max(suggested)
+    } else {
+        by_threshold
+    };
+    if verdict.failed.is_some() {
+        verdict.action = Action::Deny;
+    }
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PluginConfig;
+    use std::time::Duration;
+
+    fn config(policies: &[(f64, FailPolicy)]) -> Config {
+        let mut cfg = crate::config::load(
+            r#"
+[[issuer]]
+name = "t"
+issuer = "https://t"
+audiences = ["a"]
+algorithms = ["HS256"]
+hmac_secret_file = "k"
+[region.eu]
+jurisdiction = "EU"
+backends = ["http://127.0.0.1:1"]
+[residency]
+claim = "region"
+missing = "eu"
+anonymous = "eu"
+[[route]]
+path = "/"
+[audit]
+subject_key_file = "k"
+"#,
+            "t.toml",
+            &crate::MapFiles::default().with("k", "abcd".repeat(16)),
+        )
+        .unwrap();
+        cfg.plugins = policies
+            .iter()
+            .enumerate()
+            .map(|(i, (weight, on_error))| PluginConfig {
+                name: format!("p{i}"),
+                path: String::new(),
+                on_error: *on_error,
+                deadline: Duration::from_millis(5),
+                memory_bytes: 1 << 20,
+                fuel: None,
+                weight: *weight,
+                headers: Vec::new(),
+                config_json: "{}".into(),
+            })
+            .collect();
+        cfg
+    }
+
+    fn route(n: usize, combine: Combine) -> RouteRisk {
+        RouteRisk {
+            plugins: (0..n).map(PluginId).collect(),
+            combine,
+            step_up: Some(40),
+            challenge: Some(60),
+            deny: Some(90),
+            step_up_acr: vec!["mfa".into()],
+            plugin_actions: true,
+        }
+    }
+
+    fn scored(score: u8) -> PluginAnswer {
+        Ok(Assessment {
+            score,
+            reason: format!("scored {score}"),
+            ..Assessment::default()
+        })
+    }
+
+    #[test]
+    fn max_combination_picks_the_threshold_action() {
+        let cfg = config(&[(1.0, FailPolicy::Deny), (1.0, FailPolicy::Deny)]);
+        let r = route(2, Combine::Max);
+        let v = combine(&cfg, &r, vec![scored(10), scored(65)]);
+        assert_eq!((v.score, v.action), (65, Action::Challenge));
+        assert!(v.detail().contains("p1"), "{}", v.detail());
+        let v = combine(&cfg, &r, vec![scored(10), scored(39)]);
+        assert_eq!(v.action, Action::Allow);
+        let v = combine(&cfg, &r, vec![scored(90), scored(0)]);
+        assert_eq!(v.action, Action::Deny);
+    }
+
+    #[test]
+    fn weighted_sum_is_capped_and_weights_count() {
+        let cfg = config(&[(0.5, FailPolicy::Deny), (2.0, FailPolicy::Deny)]);
+        let r = route(2, Combine::WeightedSum);
+        let v = combine(&cfg, &r, vec![scored(40), scored(20)]);
+        assert_eq!(v.score, 60);
+        let v = combine(&cfg, &r, vec![scored(100), scored(100)]);
+        assert_eq!(v.score, 100);
+    }
+
+    #[test]
+    fn suggested_actions_count_unless_disabled() {
+        let cfg = config(&[(1.0, FailPolicy::Deny)]);
+        let mut r = route(1, Combine::Max);
+        let deny = Ok(Assessment {
+            score: 5,
+            action: Action::Deny,
+            ..Assessment::default()
+        });
+        assert_eq!(combine(&cfg, &r, vec![deny.clone()]).action, Action::Deny);
+        r.plugin_actions = false;
+        assert_eq!(combine(&cfg, &r, vec![deny]).action, Action::Allow);
+    }
+
+    #[test]
+    fn failures_follow_each_plugins_policy() {
+        let cfg = config(&[(1.0, FailPolicy::Allow), (1.0, FailPolicy::Deny)]);
+        let r = route(2, Combine::Max);
+        let v = combine(&cfg, &r, vec![Err("trap".into()), scored(0)]);
+        assert_eq!(v.action, Action::Allow);
+        assert_eq!(v.plugins[0].error.as_deref(), Some("trap"));
+        let v = combine(&cfg, &r, vec![scored(0), Err("deadline".into())]);
+        assert_eq!(v.action, Action::Deny);
+        assert!(v.failed.unwrap().contains("p1"));
+        // A missing answer and an out-of-range score are failures too.
+        let v = combine(&cfg, &r, vec![scored(0)]);
+        assert!(v.failed.is_some());
+        let v = combine(&cfg, &r, vec![scored(0), scored(101)]);
+        assert!(v.failed.unwrap().contains("malformed"));
+    }
+}

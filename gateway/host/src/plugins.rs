@@ -1,0 +1,498 @@
+//! The risk-plugin runtime: each configured plugin is compiled and pre-instantiated once at
+//! startup; every call runs in a store of the plugin's own (isolated from the gateway and
+//! from other plugins) under an epoch deadline, a memory cap and optional fuel. Instances
+//! are reused from a small pool; one that traps is discarded. A failure — trap, deadline,
+//! memory cap, fuel, malformed answer — is returned as an error (the gateway applies the
+//! plugin's `on_error`), logged and counted.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use portcullis_core::config::{Config, PluginConfig};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::runtime::EPOCH_TICK;
+use crate::state::MemoryState;
+
+#[allow(missing_docs, clippy::all)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit/plugin",
+        world: "risk-plugin",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+pub use bindings::exports::portcullis::plugin::risk::{
+    Action, Assessment, Identity, Outcome, RequestContext,
+};
+use bindings::portcullis::plugin::{clock, config, log, state};
+use bindings::{RiskPlugin, RiskPluginPre};
+
+/// Idle instances kept per plugin.
+pub const POOL_MAX: usize = 32;
+/// Captured plugin stderr per instance before the instance is recycled.
+const STDERR_CAP: usize = 64 << 10;
+/// Longest log line taken from a plugin.
+const LOG_MAX: usize = 1024;
+
+/// What a plugin's store holds.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    env: Arc<PluginEnv>,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A plugin's fixed environment.
+struct PluginEnv {
+    name: String,
+    prefix: String,
+    config_json: String,
+    state: Arc<MemoryState>,
+}
+
+/// A live instance with its store.
+struct Live {
+    store: Store<PluginState>,
+    plugin: RiskPlugin,
+    stderr: MemoryOutputPipe,
+}
+
+/// Counters for one plugin.
+#[derive(Debug, Default)]
+struct Stats {
+    calls: AtomicU64,
+    nanos: AtomicU64,
+    instantiations: AtomicU64,
+    failures: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// A loaded plugin.
+struct Loaded {
+    cfg: PluginConfig,
+    pre: RiskPluginPre<PluginState>,
+    env: Arc<PluginEnv>,
+    idle: Mutex<Vec<Live>>,
+    stats: Stats,
+}
+
+/// Every configured plugin, ready to run.
+pub struct PluginRuntime {
+    plugins: Vec<Loaded>,
+    fuel_enabled: bool,
+}
+
+/// Why a call failed, for metrics.
+fn failure_kind(e: &wasmtime::Error) -> &'static str {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => "deadline",
+        Some(Trap::OutOfFuel) => "fuel",
+        Some(_) if format!("{e:?}").contains("growing memory") => "memory",
+        Some(_) => "trap",
+        None if format!("{e:?}").contains("growing memory") => "memory",
+        None => "error",
+    }
+}
+
+impl PluginRuntime {
+    /// No plugins.
+    pub fn empty() -> Self {
+        Self {
+            plugins: Vec::new(),
+            fuel_enabled: false,
+        }
+    }
+
+    /// Compiles and links every plugin of `config` (files relative to `base`), and checks
+    /// each one's configuration by instantiating it once (`init`). Any failure is a startup
+    /// error naming the plugin.
+    pub async fn load(
+        engine: &Engine,
+        config: &Config,
+        base: &Path,
+        state: Arc<MemoryState>,
+        cache_dir: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let mut plugins = Vec::new();
+        for cfg in &config.plugins {
+            let path = base.join(&cfg.path);
+            let wasm = std::fs::read(&path)
+                .with_context(|| format!("plugin `{}`: {}", cfg.name, path.display()))?;
+            let component = crate::runtime::load_component(engine, &wasm, cache_dir)
+                .with_context(|| format!("plugin `{}`: not a component", cfg.name))?;
+            let pre = link(engine, &component)
+                .with_context(|| format!("plugin `{}` ({})", cfg.name, path.display()))?;
+            let env = Arc::new(PluginEnv {
+                name: cfg.name.clone(),
+                prefix: format!("plugin/{}/", cfg.name),
+                config_json: cfg.config_json.clone(),
+                state: state.clone(),
+            });
+            plugins.push(Loaded {
+                cfg: cfg.clone(),
+                pre,
+                env,
+                idle: Mutex::new(Vec::new()),
+                stats: Stats::default(),
+            });
+        }
+        let runtime = Self {
+            fuel_enabled: engine_uses_fuel(config),
+            plugins,
+        };
+        for (i, p) in runtime.plugins.iter().enumerate() {
+            let live = runtime
+                .instantiate(p)
+                .await
+                .map_err(|e| anyhow::anyhow!("plugin `{}`: {e}", p.cfg.name))?;
+            runtime.give_back(i, live);
+        }
+        Ok(runtime)
+    }
+
+    /// Whether the engine meters fuel (every store then needs a fuel budget).
+    pub fn fuel_enabled(&self) -> bool {
+        self.fuel_enabled
+    }
+
+    /// Number of plugins.
+    pub fn len(&self) -> usize {
+        self.plugins.len()
+    }
+
+    /// True without plugins.
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    async fn instantiate(&self, p: &Loaded) -> Result<Live, String> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAP);
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(p.cfg.memory_bytes).unwrap_or(usize::MAX))
+            .instances(16)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            p.pre.engine(),
+            PluginState {
+                wasi: wasi.build(),
+                table: ResourceTable::new(),
+                limits,
+                env: p.env.clone(),
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        self.arm(&mut store, &p.cfg);
+        p.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        let plugin = p
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| describe(&e, &stderr))?;
+        match plugin.portcullis_plugin_risk().call_init(&mut store).await {
+            Ok(Ok(())) => Ok(Live {
+                store,
+                plugin,
+                stderr,
+            }),
+            Ok(Err(msg)) => Err(format!("refused its configuration: {msg}")),
+            Err(e) => Err(describe(&e, &stderr)),
+        }
+    }
+
+    /// Sets the per-call budget.
+    fn arm(&self, store: &mut Store<PluginState>, cfg: &PluginConfig) {
+        let tick = EPOCH_TICK.as_micros().max(1);
+        let ticks = cfg.deadline.as_micros().div_ceil(tick) + 1;
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        if self.fuel_enabled {
+            let _ = store.set_fuel(cfg.fuel.unwrap_or(u64::MAX));
+        }
+    }
+
+    fn take(&self, p: &Loaded) -> Option<Live> {
+        p.idle.lock().ok()?.pop()
+    }
+
+    fn give_back(&self, id: usize, live: Live) {
+        let Some(p) = self.plugins.get(id) else {
+            return;
+        };
+        if live.stderr.contents().len() > STDERR_CAP / 2 {
+            return; // recycle chatty instances before their stderr fills
+        }
+        if let Ok(mut idle) = p.idle.lock()
+            && idle.len() < POOL_MAX
+        {
+            idle.push(live);
+        }
+    }
+
+    fn fail(&self, p: &Loaded, kind: &'static str, detail: &str) -> String {
+        if let Ok(mut f) = p.stats.failures.lock() {
+            *f.entry(kind).or_default() += 1;
+        }
+        tracing::warn!(plugin = %p.cfg.name, kind, detail, "risk plugin failed");
+        format!("{kind}: {detail}")
+    }
+
+    /// Runs plugin `id` on `ctx` (headers already filtered for it).
+    pub async fn assess(&self, id: usize, ctx: &RequestContext) -> Result<Assessment, String> {
+        let Some(p) = self.plugins.get(id) else {
+            return Err(format!("no plugin #{id}"));
+        };
+        let started = Instant::now();
+        p.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let mut live = match self.take(p) {
+            Some(l) => l,
+            None => match self.instantiate(p).await {
+                Ok(l) => l,
+                Err(e) => return Err(self.fail(p, "instantiate", &e)),
+            },
+        };
+        self.arm(&mut live.store, &p.cfg);
+        let result = live
+            .plugin
+            .portcullis_plugin_risk()
+            .call_assess(&mut live.store, ctx)
+            .await;
+        p.stats.nanos.fetch_add(
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        match result {
+            Ok(a) if a.score <= 100 => {
+                self.give_back(id, live);
+                Ok(a)
+            }
+            Ok(a) => {
+                self.give_back(id, live);
+                Err(self.fail(
+                    p,
+                    "malformed",
+                    &format!("score {} is outside 0..=100", a.score),
+                ))
+            }
+            Err(e) => {
+                let kind = failure_kind(&e);
+                let detail = describe(&e, &live.stderr);
+                Err(self.fail(p, kind, &detail))
+            }
+        }
+    }
+
+    /// Tells plugin `id` how the request ended.
+    pub async fn observe(&self, id: usize, ctx: &RequestContext, status: u16) {
+        let Some(p) = self.plugins.get(id) else {
+            return;
+        };
+        let mut live = match self.take(p) {
+            Some(l) => l,
+            None => match self.instantiate(p).await {
+                Ok(l) => l,
+                Err(e) => {
+                    self.fail(p, "instantiate", &e);
+                    return;
+                }
+            },
+        };
+        self.arm(&mut live.store, &p.cfg);
+        match live
+            .plugin
+            .portcullis_plugin_risk()
+            .call_observe(&mut live.store, ctx, Outcome { status })
+            .await
+        {
+            Ok(()) => self.give_back(id, live),
+            Err(e) => {
+                let kind = failure_kind(&e);
+                let detail = describe(&e, &live.stderr);
+                self.fail(p, kind, &detail);
+            }
+        }
+    }
+
+    /// The headers plugin `id` asked for.
+    pub fn headers(&self, id: usize) -> &[String] {
+        self.plugins.get(id).map_or(&[], |p| p.cfg.headers.as_slice())
+    }
+
+    /// Prometheus lines.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        if self.plugins.is_empty() {
+            return out;
+        }
+        out.push_str("# TYPE portcullis_plugin_calls_total counter\n");
+        for p in &self.plugins {
+            let _ = writeln!(
+                out,
+                "portcullis_plugin_calls_total{{plugin=\"{}\"}} {}",
+                p.cfg.name,
+                p.stats.calls.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# TYPE portcullis_plugin_seconds_total counter\n");
+        for p in &self.plugins {
+            let _ = writeln!(
+                out,
+                "portcullis_plugin_seconds_total{{plugin=\"{}\"}} {}",
+                p.cfg.name,
+                p.stats.nanos.load(Ordering::Relaxed) as f64 / 1e9
+            );
+        }
+        out.push_str("# TYPE portcullis_plugin_instantiations_total counter\n");
+        for p in &self.plugins {
+            let _ = writeln!(
+                out,
+                "portcullis_plugin_instantiations_total{{plugin=\"{}\"}} {}",
+                p.cfg.name,
+                p.stats.instantiations.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP portcullis_plugin_failures_total Plugin failures by kind (on_error applied).\n# TYPE portcullis_plugin_failures_total counter\n");
+        for p in &self.plugins {
+            if let Ok(f) = p.stats.failures.lock() {
+                for (kind, n) in f.iter() {
+                    let _ = writeln!(
+                        out,
+                        "portcullis_plugin_failures_total{{plugin=\"{}\",kind=\"{kind}\"}} {n}",
+                        p.cfg.name
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Whether any plugin sets a fuel budget (fuel is engine-wide).
+pub fn engine_uses_fuel(config: &Config) -> bool {
+    config.plugins.iter().any(|p| p.fuel.is_some())
+}
+
+/// A readable failure: the trap, plus what the plugin wrote to stderr (a panic message).
+fn describe(e: &wasmtime::Error, stderr: &MemoryOutputPipe) -> String {
+    let mut text = match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => "deadline exceeded".to_owned(),
+        Some(Trap::OutOfFuel) => "fuel exhausted".to_owned(),
+        Some(t) => format!("trap: {t}"),
+        None => format!("{e:#}"),
+    };
+    let out = stderr.contents();
+    let said = String::from_utf8_lossy(&out);
+    if let Some(line) = said.lines().rev().find(|l| !l.trim().is_empty()) {
+        let line: String = line.chars().take(300).collect();
+        let _ = write!(text, " ({line})");
+    }
+    text
+}
+
+/// Checks that `component` links as a plugin (for `plugin check`).
+pub fn link_only(engine: &Engine, component: &Component) -> anyhow::Result<()> {
+    link(engine, component).map(|_| ())
+}
+
+/// Links WASI (locked down: no files, sockets, environment) and the plugin interfaces.
+/// Components importing anything beyond the allowed set are refused.
+fn link(engine: &Engine, component: &Component) -> anyhow::Result<RiskPluginPre<PluginState>> {
+    let extra = crate::plugin_tool::disallowed_imports(engine, component);
+    if !extra.is_empty() {
+        anyhow::bail!(
+            "imports beyond what plugins may use: {} (plugins get state, log, config and clock only)",
+            extra.join(", ")
+        );
+    }
+    let mut linker: Linker<PluginState> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+    RiskPlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    RiskPluginPre::new(pre).map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#} (is it built against portcullis:plugin@{}?)",
+            crate::plugin_tool::WIT_VERSION
+        )
+    })
+}
+
+impl state::Host for PluginState {
+    async fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.env.state.get(&format!("{}{key}", self.env.prefix))
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) {
+        self.env.state.set(
+            &format!("{}{key}", self.env.prefix),
+            value,
+            Duration::from_millis(ttl_ms),
+        );
+    }
+
+    async fn increment(&mut self, key: String, delta: i64, ttl_ms: u64) -> i64 {
+        self.env.state.increment(
+            &format!("{}{key}", self.env.prefix),
+            delta,
+            Duration::from_millis(ttl_ms),
+        )
+    }
+
+    async fn delete(&mut self, key: String) {
+        self.env.state.delete(&format!("{}{key}", self.env.prefix));
+    }
+}
+
+impl log::Host for PluginState {
+    async fn log(&mut self, level: log::Level, message: String) {
+        let message: String = message.chars().take(LOG_MAX).collect();
+        let plugin = self.env.name.as_str();
+        match level {
+            log::Level::Debug => tracing::debug!(plugin, "{message}"),
+            log::Level::Info => tracing::info!(plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, "{message}"),
+            log::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+impl config::Host for PluginState {
+    async fn get(&mut self) -> String {
+        self.env.config_json.clone()
+    }
+}
+
+impl clock::Host for PluginState {
+    async fn now_ms(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}

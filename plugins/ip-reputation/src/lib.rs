@@ -1,0 +1,1 @@
+//! Portcullis risk plugin: ip-reputation (to be written).
