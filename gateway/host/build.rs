@@ -4,7 +4,8 @@
 #![allow(clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
-use std::process::Command;
+
+include!("build_wasm.rs");
 
 fn main() {
     let manifest_dir =
@@ -17,6 +18,7 @@ fn main() {
         "gateway/core/src",
         "gateway/core/Cargo.toml",
         "wit",
+        "gateway/host/build_wasm.rs",
         "Cargo.lock",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
@@ -29,39 +31,6 @@ fn main() {
         std::fs::copy(&built, &dest).expect("copy the component");
         return;
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "portcullis-component",
-            "--target",
-            "wasm32-wasip2",
-            "--target-dir",
-        ])
-        .arg(&target_dir);
-    // Settings meant for the outer (native) build must not leak into the wasm build.
-    for var in [
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTC_WRAPPER",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_MAKEFLAGS",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_PROFILE_RELEASE_DEBUG",
-    ] {
-        cmd.env_remove(var);
-    }
-    let status = cmd.status().expect("run cargo for the gateway component");
-    if !status.success() {
-        panic!(
-            "building the gateway component failed ({status}); is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`"
-        );
-    }
+    build_wasm(&root, &["portcullis-component"]);
     std::fs::copy(&built, &dest).expect("copy the component");
 }

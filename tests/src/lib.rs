@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod host;
 pub mod net;
 pub mod wycheproof;
 

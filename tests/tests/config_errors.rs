@@ -372,3 +372,84 @@ fn duplicate_routes_and_issuers_are_errors() {
     let text = TEST_CONFIG.replace("name = \"partner\"", "name = \"main\"");
     find(&errors(&text), "two issuers are named `main`");
 }
+
+#[test]
+fn risk_plugin_sections_are_checked_like_the_rest() {
+    let text = format!(
+        "{MINIMAL}
+[plugin.geo]
+path = \"geo.wasm\"
+on_error = \"maybe\"
+deadline = \"5s\"
+memory_mb = 512
+headers = [\"Authorization\", \"user-agent\"]
+config = {{ blocked = [\"XX\"], nested = {{ a = 1.5 }} }}
+
+[[route]]
+path = \"/risky\"
+[route.risk]
+plugins = [\"gea\", \"geo\", \"geo\"]
+step_up = 80
+deny = 60
+combine = \"average\"
+
+[client]
+country_header = \"cf-ipcountry\"
+trusted_proxies = [\"10.0.0.1/8\"]
+"
+    );
+    let diags = errors(&text);
+    let on_error = find(&diags, "unknown on_error policy `maybe`");
+    assert_eq!(on_error.line, line_of(&text, "on_error = \"maybe\""));
+    find(&diags, "plugin deadline 5s is outside 1ms..=1s");
+    find(&diags, "memory_mb` = 512 is outside 1..=64");
+    find(&diags, "may not see the `authorization` header");
+    let unknown = find(&diags, "unknown plugin `gea`");
+    assert_eq!(unknown.hint.as_deref(), Some("did you mean `geo`?"));
+    find(&diags, "plugin `geo` is listed twice");
+    find(&diags, "thresholds must rise");
+    find(&diags, "`step_up` threshold needs `step_up_acr`");
+    find(&diags, "unknown combine mode `average`");
+    find(&diags, "has host bits set");
+}
+
+#[test]
+fn client_headers_without_trusted_proxies_are_an_error_and_plugin_config_becomes_json() {
+    let diags = errors(&format!(
+        "{MINIMAL}\n[client]\nip_header = \"x-forwarded-for\"\n"
+    ));
+    find(&diags, "no trusted_proxies");
+    let text = format!(
+        "{MINIMAL}
+[plugin.geo]
+path = \"geo.wasm\"
+config = {{ blocked = [\"XX\"], nested = {{ a = 1.5, when = 1979-05-27T07:32:00Z }} }}
+[[route]]
+path = \"/risky\"
+risk = {{ plugins = [\"geo\"], step_up = 40, step_up_acr = [\"mfa\"], challenge = 60, deny = 90 }}
+"
+    );
+    let cfg = config::load(&text, "edge.toml", &files()).unwrap();
+    let plugin = &cfg.plugins[0];
+    assert_eq!(
+        plugin.on_error,
+        config::FailPolicy::Deny,
+        "fail closed by default"
+    );
+    assert_eq!(plugin.deadline, std::time::Duration::from_millis(5));
+    assert_eq!(plugin.memory_bytes, 16 << 20);
+    let json: serde_json::Value = serde_json::from_str(&plugin.config_json).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"blocked": ["XX"], "nested": {"a": 1.5, "when": "1979-05-27T07:32:00Z"}})
+    );
+    let risk = cfg.routes[1].risk.as_ref().unwrap();
+    assert_eq!(
+        (risk.step_up, risk.challenge, risk.deny),
+        (Some(40), Some(60), Some(90))
+    );
+    // The snapshot the component restores keeps all of it.
+    let restored = config::Config::from_snapshot(&cfg.to_snapshot()).unwrap();
+    assert_eq!(restored.plugins, cfg.plugins);
+    assert_eq!(restored.routes[1].risk, cfg.routes[1].risk);
+}

@@ -7,42 +7,15 @@
     clippy::indexing_slicing
 )]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use jwt_simple::prelude::*;
+use portcullis_tests::host::{get, reason, start};
 use portcullis_tests::net::{Backend, KeyServer, free_port, request};
 use portcullis_tests::*;
 use serde_json::{Value, json};
-
-struct Gateway {
-    child: Child,
-    addr: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    dir: PathBuf,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn binary() -> PathBuf {
-    // target/<profile>/deps/<this test> → target/<profile>/portcullis
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("portcullis");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the workspace tests (`cargo test --workspace`), which build it",
-        bin.display()
-    );
-    bin
-}
 
 fn config(keys: &KeyServer, eu: &str, us: &str) -> String {
     config_with(keys, eu, us, "30s")
@@ -90,92 +63,6 @@ subject_key_file = "audit.key"
 "#,
         keys.server.url()
     )
-}
-
-fn start(config_text: &str) -> Gateway {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "portcullis-e2e-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("gateway.toml"), config_text).unwrap();
-    std::fs::write(dir.join("audit.key"), b64(&AUDIT_KEY)).unwrap();
-    let cache = repo_root().join("target/e2e-component-cache");
-    let log = dir.join("gateway.log");
-    let child = Command::new(binary())
-        .args(["serve", "--config"])
-        .arg(dir.join("gateway.toml"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--drain",
-            "10",
-            "--request-timeout",
-            "20",
-            "--audit",
-        ])
-        .arg(dir.join("audit.jsonl"))
-        .env("XDG_CACHE_HOME", cache)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    // The gateway binds port 0 and logs the addresses: no collisions between parallel tests.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (addr, admin) = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains("portcullis serving")) {
-            let v: Value = serde_json::from_str(line).unwrap();
-            let parse = |k: &str| -> std::net::SocketAddr {
-                v["fields"][k].as_str().unwrap().parse().unwrap()
-            };
-            break (parse("listen"), parse("admin"));
-        }
-        assert!(Instant::now() < deadline, "gateway did not start: {text}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let gw = Gateway {
-        child,
-        addr,
-        admin,
-        dir,
-    };
-    loop {
-        if request(gw.admin, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200) {
-            return gw;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gateway not ready: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn get(
-    gw: &Gateway,
-    path: &str,
-    token: Option<&str>,
-    extra: &[(&str, &str)],
-) -> portcullis_tests::net::Resp {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers: Vec<(&str, &str)> = extra.to_vec();
-    if let Some(a) = &auth {
-        headers.push(("authorization", a));
-    }
-    request(gw.addr, "GET", path, &headers, b"").unwrap()
-}
-
-fn reason(r: &portcullis_tests::net::Resp) -> String {
-    r.json_body()["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 struct World {

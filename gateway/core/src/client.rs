@@ -43,7 +43,9 @@ impl IpNet {
         match ip {
             IpAddr::V4(v4) => {
                 let bits = u32::from(v4);
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 IpAddr::V4((bits & mask).into())
             }
             IpAddr::V6(v6) => {
@@ -207,18 +209,36 @@ mod tests {
         assert!(n.contains("::ffff:192.168.1.1".parse().unwrap()));
         assert!(!n.contains("192.169.0.1".parse().unwrap()));
         assert!(!n.contains("::1".parse().unwrap()));
-        assert!(IpNet::parse("192.168.0.1/16").unwrap_err().contains("host bits"));
+        assert!(
+            IpNet::parse("192.168.0.1/16")
+                .unwrap_err()
+                .contains("host bits")
+        );
         assert!(IpNet::parse("10.0.0.0/33").is_err());
         assert!(IpNet::parse("nope").is_err());
         assert_eq!(IpNet::parse("::1").unwrap().prefix, 128);
-        assert!(IpNet::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
-        assert_eq!(network_of("2001:db8:1:2:3:4:5:6".parse().unwrap()).to_string(), "2001:db8:1:2::/64");
-        assert_eq!(network_of("203.0.113.77".parse().unwrap()).to_string(), "203.0.113.0/24");
+        assert!(
+            IpNet::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert_eq!(
+            network_of("2001:db8:1:2:3:4:5:6".parse().unwrap()).to_string(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            network_of("203.0.113.77".parse().unwrap()).to_string(),
+            "203.0.113.0/24"
+        );
     }
 
     #[test]
     fn headers_count_only_from_trusted_proxies() {
-        let h = headers(&[("x-forwarded-for", "6.6.6.6"), ("cf-ipcountry", "de"), ("x-asn", "AS3320")]);
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("cf-ipcountry", "de"),
+            ("x-asn", "AS3320"),
+        ]);
         let direct = client_info(&cfg(), Some("198.51.100.9".parse().unwrap()), &h);
         assert_eq!(direct.ip, Some("198.51.100.9".parse().unwrap()));
         assert_eq!(direct.country, None);
@@ -232,7 +252,11 @@ mod tests {
     fn the_rightmost_untrusted_hop_is_the_client() {
         let h = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.5, 10.0.0.7")]);
         let c = client_info(&cfg(), Some("10.0.0.1".parse().unwrap()), &h);
-        assert_eq!(c.ip, Some("203.0.113.5".parse().unwrap()), "1.1.1.1 was chosen by the client");
+        assert_eq!(
+            c.ip,
+            Some("203.0.113.5".parse().unwrap()),
+            "1.1.1.1 was chosen by the client"
+        );
         let h = headers(&[("x-forwarded-for", "[2001:db8::1]:443")]);
         let c = client_info(&cfg(), Some("fd00::1".parse().unwrap()), &h);
         assert_eq!(c.ip, Some("2001:db8::1".parse().unwrap()));
@@ -240,6 +264,9 @@ mod tests {
         let c = client_info(&cfg(), Some("10.0.0.1".parse().unwrap()), &h);
         assert_eq!(c.ip, Some("10.0.0.9".parse().unwrap()));
         let h = headers(&[("cf-ipcountry", "XX")]);
-        assert_eq!(client_info(&cfg(), Some("10.0.0.1".parse().unwrap()), &h).country, None);
+        assert_eq!(
+            client_info(&cfg(), Some("10.0.0.1".parse().unwrap()), &h).country,
+            None
+        );
     }
 }

@@ -16,7 +16,9 @@ use crate::normalize::{Normalized, normalize};
 use crate::policy::{authorize, match_route};
 use crate::reason::Reason;
 use crate::residency::{choose_backend, home_region};
-use crate::risk::{Action, NoPlugins, RiskAssessor, RiskContext, RiskIdentity, RiskVerdict, combine};
+use crate::risk::{
+    Action, NoPlugins, RiskAssessor, RiskContext, RiskIdentity, RiskVerdict, combine,
+};
 use crate::time::Timestamp;
 
 /// The parts of a request the engine reads. Adapters borrow them from their own request

@@ -187,12 +187,9 @@ impl RiskVerdict {
             .filter(|c| c.error.is_none())
             .max_by_key(|c| (c.action, c.score));
         match top {
-            Some(c) if !c.reason.is_empty() => format!(
-                "risk score {} ({}): {}",
-                self.score,
-                c.plugin,
-                c.reason
-            ),
+            Some(c) if !c.reason.is_empty() => {
+                format!("risk score {} ({}): {}", self.score, c.plugin, c.reason)
+            }
             _ => format!("risk score {}", self.score),
         }
     }

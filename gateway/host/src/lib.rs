@@ -145,8 +145,8 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
     };
     let health = Health::new(&loaded.config);
     let config_snapshot = loaded.config.to_snapshot();
-    let plugin_slots = u32::try_from(loaded.config.plugins.len() * (plugins::POOL_MAX + 1))
-        .unwrap_or(u32::MAX);
+    let plugin_slots =
+        u32::try_from(loaded.config.plugins.len() * (plugins::POOL_MAX + 1)).unwrap_or(u32::MAX);
     let engine = runtime::engine(
         opts.max_instances.saturating_add(plugin_slots),
         plugins::engine_uses_fuel(&loaded.config),

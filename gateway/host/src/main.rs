@@ -225,7 +225,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
             let Some(sdk) = sdk.or_else(portcullis_host::plugin_tool::default_sdk_path) else {
-                eprintln!("portcullis: the plugin SDK was not found; pass --sdk PATH/TO/plugins/sdk");
+                eprintln!(
+                    "portcullis: the plugin SDK was not found; pass --sdk PATH/TO/plugins/sdk"
+                );
                 return Ok(ExitCode::FAILURE);
             };
             portcullis_host::plugin_tool::scaffold(&name, &dir, &sdk)?;
@@ -239,8 +241,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => {
-            let wasm = std::fs::read(&file)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let wasm =
+                std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             match portcullis_host::plugin_tool::check(&wasm) {
                 Ok(report) => {
                     print!("{}", report.render(&file.display().to_string()));

@@ -56,13 +56,13 @@ impl CheckReport {
             let _ = writeln!(out, "  NOT ALLOWED: imports {d}");
         }
         if let Some(e) = &self.link_error {
-            let _ = writeln!(out, "  NOT A PLUGIN for portcullis:plugin@{WIT_VERSION}: {e}");
-        }
-        if self.ok() {
             let _ = writeln!(
                 out,
-                "  ok: a portcullis:plugin@{WIT_VERSION} risk plugin"
+                "  NOT A PLUGIN for portcullis:plugin@{WIT_VERSION}: {e}"
             );
+        }
+        if self.ok() {
+            let _ = writeln!(out, "  ok: a portcullis:plugin@{WIT_VERSION} risk plugin");
         }
         out
     }

@@ -339,7 +339,9 @@ impl PluginRuntime {
 
     /// The headers plugin `id` asked for.
     pub fn headers(&self, id: usize) -> &[String] {
-        self.plugins.get(id).map_or(&[], |p| p.cfg.headers.as_slice())
+        self.plugins
+            .get(id)
+            .map_or(&[], |p| p.cfg.headers.as_slice())
     }
 
     /// Prometheus lines.
@@ -396,21 +398,30 @@ pub fn engine_uses_fuel(config: &Config) -> bool {
     config.plugins.iter().any(|p| p.fuel.is_some())
 }
 
-/// A readable failure: the trap, plus what the plugin wrote to stderr (a panic message).
+/// A readable failure: the trap, or the panic message the plugin wrote to stderr.
 fn describe(e: &wasmtime::Error, stderr: &MemoryOutputPipe) -> String {
-    let mut text = match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => "deadline exceeded".to_owned(),
-        Some(Trap::OutOfFuel) => "fuel exhausted".to_owned(),
-        Some(t) => format!("trap: {t}"),
-        None => format!("{e:#}"),
-    };
     let out = stderr.contents();
     let said = String::from_utf8_lossy(&out);
-    if let Some(line) = said.lines().rev().find(|l| !l.trim().is_empty()) {
-        let line: String = line.chars().take(300).collect();
-        let _ = write!(text, " ({line})");
+    // Rust prints "thread '…' panicked at FILE:LINE:COL:\nMESSAGE\nnote: …".
+    if let Some(at) = said.rfind("panicked at ") {
+        let message: Vec<&str> = said
+            .get(at..)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.starts_with("note:") && !l.starts_with("stack backtrace"))
+            .collect();
+        let message: String = message.join(" ").chars().take(300).collect();
+        if !message.trim().is_empty() {
+            return format!("panicked: {}", message.trim());
+        }
     }
-    text
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => "deadline exceeded".to_owned(),
+        Some(Trap::OutOfFuel) => "fuel exhausted".to_owned(),
+        Some(t) => t.to_string(),
+        None => format!("{e:#}").chars().take(300).collect(),
+    }
 }
 
 /// Checks that `component` links as a plugin (for `plugin check`).

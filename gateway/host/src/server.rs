@@ -124,8 +124,11 @@ impl Gateway {
         B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let client =
-            portcullis_core::client::client_info(&self.shared.client, Some(peer.ip()), req.headers());
+        let client = portcullis_core::client::client_info(
+            &self.shared.client,
+            Some(peer.ip()),
+            req.headers(),
+        );
         let mut store = Store::new(
             self.pre.engine(),
             StoreState::new(self.shared.clone(), peer.ip(), client),

@@ -328,24 +328,34 @@ impl RiskPlugin for CredentialStuffing {
             }
         }
         if config.failure_statuses.is_empty() {
-            return Err(format!("{P}: failure_statuses must list at least one status"));
+            return Err(format!(
+                "{P}: failure_statuses must list at least one status"
+            ));
         }
         for status in &config.failure_statuses {
             if !(100..=599).contains(status) {
-                return Err(format!("{P}: failure status {status} is not an HTTP status (100..=599)"));
+                return Err(format!(
+                    "{P}: failure status {status} is not an HTTP status (100..=599)"
+                ));
             }
         }
         let header = config.username_header.trim().to_ascii_lowercase();
-        if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if header.is_empty()
+            || !header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(format!(
                 "{P}: username_header {:?} is not a header name",
                 config.username_header
             ));
         }
-        if let Some(param) = &config.username_param {
-            if param.is_empty() || param.contains(['&', '=']) {
-                return Err(format!("{P}: username_param {param:?} is not a query parameter name"));
-            }
+        if let Some(param) = &config.username_param
+            && (param.is_empty() || param.contains(['&', '=']))
+        {
+            return Err(format!(
+                "{P}: username_param {param:?} is not a query parameter name"
+            ));
         }
         const MAX_WINDOW_SECS: u64 = 7 * 24 * 3600;
         if !(1..=MAX_WINDOW_SECS).contains(&config.window_secs) {

@@ -32,7 +32,8 @@ impl Country {
 
     /// True when the two countries share a land border (either side listing the other).
     pub fn borders(&self, other: &Country) -> bool {
-        let lists = |a: &Country, b: &Country| a.neighbours.split(' ').any(|n| n.as_bytes() == b.code);
+        let lists =
+            |a: &Country, b: &Country| a.neighbours.split(' ').any(|n| n.as_bytes() == b.code);
         lists(self, other) || lists(other, self)
     }
 }
@@ -61,7 +62,13 @@ pub fn lookup_code(code: [u8; 2]) -> Option<&'static Country> {
         .and_then(|i| COUNTRIES.get(i))
 }
 
-const fn c(code: &[u8; 2], lat: f64, lon: f64, radius_km: u16, neighbours: &'static str) -> Country {
+const fn c(
+    code: &[u8; 2],
+    lat: f64,
+    lon: f64,
+    radius_km: u16,
+    neighbours: &'static str,
+) -> Country {
     Country {
         code: *code,
         lat,
@@ -120,7 +127,13 @@ pub static COUNTRIES: &[Country] = &[
     c(b"CK", -21.24, -159.78, 9, ""),
     c(b"CL", -35.68, -71.54, 491, "AR BO PE"),
     c(b"CM", 7.37, 12.35, 389, "CF CG GA GQ NG TD"),
-    c(b"CN", 35.86, 104.20, 1748, "AF BT IN KG KP KZ LA MM MN NP PK RU TJ VN"),
+    c(
+        b"CN",
+        35.86,
+        104.20,
+        1748,
+        "AF BT IN KG KP KZ LA MM MN NP PK RU TJ VN",
+    ),
     c(b"CO", 4.57, -74.30, 602, "BR EC PA PE VE"),
     c(b"CR", 9.75, -83.75, 128, "NI PA"),
     c(b"CU", 21.52, -77.78, 188, "US"),
@@ -263,7 +276,13 @@ pub static COUNTRIES: &[Country] = &[
     c(b"RE", -21.12, 55.54, 28, ""),
     c(b"RO", 45.94, 24.97, 275, "BG HU MD RS UA"),
     c(b"RS", 44.02, 21.01, 168, "AL BA BG HR HU ME MK RO XK"),
-    c(b"RU", 61.52, 105.32, 2333, "AZ BY CN EE FI GE KP KZ LT LV MN NO PL UA"),
+    c(
+        b"RU",
+        61.52,
+        105.32,
+        2333,
+        "AZ BY CN EE FI GE KP KZ LT LV MN NO PL UA",
+    ),
     c(b"RW", -1.94, 29.87, 92, "BI CD TZ UG"),
     c(b"SA", 23.89, 45.08, 790, "AE IQ JO KW OM QA YE"),
     c(b"SB", -9.65, 160.16, 95, ""),
@@ -363,9 +382,13 @@ mod tests {
             assert!((-180.0..=180.0).contains(&c.lon), "{}", c.code_str());
             assert!(c.radius_km < 2500, "{}", c.code_str());
             for n in c.neighbours.split_whitespace() {
-                let other = lookup(n).unwrap_or_else(|| panic!("{} lists unknown {n}", c.code_str()));
+                let other =
+                    lookup(n).unwrap_or_else(|| panic!("{} lists unknown {n}", c.code_str()));
                 assert!(
-                    other.neighbours.split_whitespace().any(|m| m.as_bytes() == c.code),
+                    other
+                        .neighbours
+                        .split_whitespace()
+                        .any(|m| m.as_bytes() == c.code),
                     "{} lists {n} but not the reverse",
                     c.code_str()
                 );

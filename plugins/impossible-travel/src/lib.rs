@@ -307,10 +307,12 @@ impl RiskPlugin for ImpossibleTravel {
         if config.remember_secs == 0 {
             return Err("impossible-travel: remember_secs must be at least 1".into());
         }
-        let remember_ms = config
-            .remember_secs
-            .checked_mul(1000)
-            .ok_or_else(|| format!("impossible-travel: remember_secs = {} is too large", config.remember_secs))?;
+        let remember_ms = config.remember_secs.checked_mul(1000).ok_or_else(|| {
+            format!(
+                "impossible-travel: remember_secs = {} is too large",
+                config.remember_secs
+            )
+        })?;
         if !(config.max_speed_kmh.is_finite() && config.max_speed_kmh > 0.0) {
             return Err(format!(
                 "impossible-travel: max_speed_kmh must be a positive number, got {}",
@@ -349,9 +351,15 @@ impl RiskPlugin for ImpossibleTravel {
         let Some(here) = country_code(raw_country).and_then(countries::lookup_code) else {
             let shown = country_code(raw_country)
                 .and_then(|c| String::from_utf8(c.to_vec()).ok())
-                .map_or_else(|| "a malformed country code".to_owned(), |c| format!("country {c}"));
-            return Assessment::score(0, format!("{shown} is not in the country table; not tracked"))
-                .label(UNKNOWN_COUNTRY_LABEL);
+                .map_or_else(
+                    || "a malformed country code".to_owned(),
+                    |c| format!("country {c}"),
+                );
+            return Assessment::score(
+                0,
+                format!("{shown} is not in the country table; not tracked"),
+            )
+            .label(UNKNOWN_COUNTRY_LABEL);
         };
 
         let key = state_key(identity);
@@ -370,7 +378,8 @@ impl RiskPlugin for ImpossibleTravel {
             return Assessment::allow();
         };
         let trip = Trip::between(there, here, previous.at_ms, now);
-        self.judge(there, here, &trip).unwrap_or_else(Assessment::allow)
+        self.judge(there, here, &trip)
+            .unwrap_or_else(Assessment::allow)
     }
 }
 

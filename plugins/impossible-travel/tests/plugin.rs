@@ -1,4 +1,10 @@
 //! Behaviour of the impossible-travel plugin against the native test host.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use impossible_travel::{ImpossibleTravel, LABEL, UNKNOWN_COUNTRY_LABEL, state_key};
 use portcullis_plugin::testing::TestHost;
@@ -28,7 +34,14 @@ fn req(subject: &str, country: &str) -> Context {
 }
 
 /// Sees `subject` in `first`, then `gap_ms` later in `second`; returns the second verdict.
-fn trip(p: &ImpossibleTravel, host: &mut TestHost, subject: &str, first: &str, second: &str, gap_ms: u64) -> Assessment {
+fn trip(
+    p: &ImpossibleTravel,
+    host: &mut TestHost,
+    subject: &str,
+    first: &str,
+    second: &str,
+    gap_ms: u64,
+) -> Assessment {
     let a = p.assess(&req(subject, first), host);
     assert_eq!(a.score, 0, "first sighting of {subject} in {first}: {a:?}");
     host.advance_ms(gap_ms);
@@ -38,7 +51,11 @@ fn trip(p: &ImpossibleTravel, host: &mut TestHost, subject: &str, first: &str, s
 fn assert_flagged(a: &Assessment) {
     assert_eq!(a.score, 80, "{a:?}");
     assert_eq!(a.labels, vec![LABEL.to_owned()]);
-    assert_eq!(a.action, Action::Allow, "no action configured: thresholds decide");
+    assert_eq!(
+        a.action,
+        Action::Allow,
+        "no action configured: thresholds decide"
+    );
 }
 
 fn assert_clear(a: &Assessment) {
@@ -289,7 +306,12 @@ fn corrupt_state_is_ignored_and_replaced() {
     let mut host = TestHost::new();
     let p = plugin(&host);
     let key = state_key(&identity("https://idp.example", "ned"));
-    for junk in [&b""[..], b"\x01DE", b"\x09DE\0\0\0\0\0\0\0\0", b"\x01??\0\0\0\0\0\0\0\0"] {
+    for junk in [
+        &b""[..],
+        b"\x01DE",
+        b"\x09DE\0\0\0\0\0\0\0\0",
+        b"\x01??\0\0\0\0\0\0\0\0",
+    ] {
         host.set(&key, junk, DAY);
         assert_clear(&p.assess(&req("ned", "AU"), &mut host));
         assert_eq!(host.get(&key).map(|v| v.len()), Some(11), "overwritten");
@@ -301,10 +323,17 @@ fn long_identities_are_hashed_into_short_keys() {
     let long = identity(&"i".repeat(300), &"s".repeat(10_000));
     let key = state_key(&long);
     assert!(key.len() < 40, "{key}");
-    assert_ne!(key, state_key(&identity(&"i".repeat(300), &"s".repeat(10_001))));
+    assert_ne!(
+        key,
+        state_key(&identity(&"i".repeat(300), &"s".repeat(10_001)))
+    );
     let mut host = TestHost::new();
     let p = plugin(&host);
-    let at = |c: &str| Context::new("GET", "/").with_identity(long.clone()).with_country(c);
+    let at = |c: &str| {
+        Context::new("GET", "/")
+            .with_identity(long.clone())
+            .with_country(c)
+    };
     p.assess(&at("DE"), &mut host);
     host.advance_ms(MINUTE);
     assert_flagged(&p.assess(&at("AU"), &mut host));
@@ -330,12 +359,18 @@ fn configured_score_action_and_limits_are_used() {
     assert_eq!(a.action, Action::Deny);
     assert_eq!(a.labels, vec![LABEL.to_owned()]);
 
-    for (name, action) in [("step-up", Action::StepUp), ("challenge", Action::Challenge)] {
+    for (name, action) in [
+        ("step-up", Action::StepUp),
+        ("challenge", Action::Challenge),
+    ] {
         let p = host
             .plugin::<ImpossibleTravel>(json!({ "action": name }))
             .unwrap();
         let mut host = TestHost::new();
-        assert_eq!(trip(&p, &mut host, "pat", "DE", "AU", MINUTE).action, action);
+        assert_eq!(
+            trip(&p, &mut host, "pat", "DE", "AU", MINUTE).action,
+            action
+        );
     }
 }
 

@@ -57,8 +57,7 @@ pub struct Export<P>(PhantomData<P>);
 fn instance<P: RiskPlugin>() -> Result<&'static P, String> {
     // One plugin value per instance; a generic static is not possible, so the value is
     // stored type-erased and downcast.
-    static PLUGIN: OnceLock<Result<Box<dyn std::any::Any + Send + Sync>, String>> =
-        OnceLock::new();
+    static PLUGIN: OnceLock<Result<Box<dyn std::any::Any + Send + Sync>, String>> = OnceLock::new();
     let slot = PLUGIN.get_or_init(|| {
         crate::parse_config::<P>(&config::get())
             .map(|p| Box::new(p) as Box<dyn std::any::Any + Send + Sync>)

@@ -69,24 +69,30 @@ pub(super) fn read_plugins(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Vec<Pl
         let memory_bytes = match t.integer(d, "memory_mb") {
             None => DEFAULT_PLUGIN_MEMORY,
             Some((n, span)) => match u64::try_from(n) {
-                Ok(n) if (1..=256).contains(&n) => n << 20,
+                Ok(n) if (1..=64).contains(&n) => n << 20,
                 _ => {
                     d.error(
                         &span,
-                        format!("`plugin.{name}.memory_mb` = {n} is outside 1..=256"),
+                        format!("`plugin.{name}.memory_mb` = {n} is outside 1..=64"),
                         None,
                     );
                     DEFAULT_PLUGIN_MEMORY
                 }
             },
         };
-        let fuel = t.integer(d, "fuel").and_then(|(n, span)| match u64::try_from(n) {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                d.error(&span, format!("`plugin.{name}.fuel` must be positive"), None);
-                None
-            }
-        });
+        let fuel = t
+            .integer(d, "fuel")
+            .and_then(|(n, span)| match u64::try_from(n) {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    d.error(
+                        &span,
+                        format!("`plugin.{name}.fuel` must be positive"),
+                        None,
+                    );
+                    None
+                }
+            });
         let weight = match t.get("weight") {
             None => 1.0,
             Some(v) => match number(v.get_ref()) {
@@ -134,19 +140,19 @@ pub(super) fn read_plugins(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Vec<Pl
             },
         };
         t.finish(d);
-        if let (Some(path), Some(on_error)) = (path, on_error) {
-            plugins.push(PluginConfig {
-                name: name.to_owned(),
-                path: path.0,
-                on_error,
-                deadline,
-                memory_bytes,
-                fuel,
-                weight,
-                headers,
-                config_json,
-            });
-        }
+        // Kept even when a value was wrong (already reported), so routes naming the plugin
+        // do not report it as unknown too.
+        plugins.push(PluginConfig {
+            name: name.to_owned(),
+            path: path.map(|p| p.0).unwrap_or_default(),
+            on_error: on_error.unwrap_or(FailPolicy::Deny),
+            deadline,
+            memory_bytes,
+            fuel,
+            weight,
+            headers,
+            config_json,
+        });
     }
     plugins
 }
@@ -221,13 +227,18 @@ pub(super) fn read_route_risk(
         },
     };
     let threshold = |t: &mut Table<'_, '_>, d: &mut Diags<'_>, key: &'static str| {
-        t.integer(d, key).and_then(|(n, span)| match u8::try_from(n) {
-            Ok(n) if (1..=100).contains(&n) => Some(n),
-            _ => {
-                d.error(&span, format!("`risk.{key}` = {n} is outside 1..=100"), None);
-                None
-            }
-        })
+        t.integer(d, key)
+            .and_then(|(n, span)| match u8::try_from(n) {
+                Ok(n) if (1..=100).contains(&n) => Some(n),
+                _ => {
+                    d.error(
+                        &span,
+                        format!("`risk.{key}` = {n} is outside 1..=100"),
+                        None,
+                    );
+                    None
+                }
+            })
     };
     let step_up = threshold(&mut t, d, "step_up");
     let challenge = threshold(&mut t, d, "challenge");
@@ -310,7 +321,10 @@ pub(super) fn read_client(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> ClientC
         d.error(
             &span,
             "client headers are set but no trusted_proxies: they would never be believed",
-            Some("list the CDN or load balancer networks, e.g. trusted_proxies = [\"10.0.0.0/8\"]".into()),
+            Some(
+                "list the CDN or load balancer networks, e.g. trusted_proxies = [\"10.0.0.0/8\"]"
+                    .into(),
+            ),
         );
     }
     client

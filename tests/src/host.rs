@@ -1,0 +1,129 @@
+//! The `portcullis` binary as a child process: started on port 0 with a configuration in
+//! a fresh temporary directory, stopped (and the directory removed) on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::net::{Resp, request};
+use crate::{AUDIT_KEY, b64, repo_root};
+
+/// A running gateway.
+pub struct Gateway {
+    /// The process.
+    pub child: Child,
+    /// Gateway address.
+    pub addr: std::net::SocketAddr,
+    /// Admin address.
+    pub admin: std::net::SocketAddr,
+    /// Its directory (configuration, audit log, gateway log).
+    pub dir: PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `portcullis` binary built beside the running test.
+pub fn binary() -> PathBuf {
+    // target/<profile>/deps/<this test> → target/<profile>/portcullis
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("portcullis");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the workspace tests (`cargo test --workspace`), which build it",
+        bin.display()
+    );
+    bin
+}
+
+/// Starts a gateway on `config_text` (with `audit.key` beside it) and waits until ready.
+pub fn start(config_text: &str) -> Gateway {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-e2e-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("gateway.toml"), config_text).unwrap();
+    std::fs::write(dir.join("audit.key"), b64(&AUDIT_KEY)).unwrap();
+    let cache = repo_root().join("target/e2e-component-cache");
+    let log = dir.join("gateway.log");
+    let child = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(dir.join("gateway.toml"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--drain",
+            "10",
+            "--request-timeout",
+            "20",
+            "--audit",
+        ])
+        .arg(dir.join("audit.jsonl"))
+        .env("XDG_CACHE_HOME", cache)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // The gateway binds port 0 and logs the addresses: no collisions between parallel tests.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (addr, admin) = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("portcullis serving")) {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let parse = |k: &str| -> std::net::SocketAddr {
+                v["fields"][k].as_str().unwrap().parse().unwrap()
+            };
+            break (parse("listen"), parse("admin"));
+        }
+        assert!(Instant::now() < deadline, "gateway did not start: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let gw = Gateway {
+        child,
+        addr,
+        admin,
+        dir,
+    };
+    loop {
+        if request(gw.admin, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200) {
+            return gw;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway not ready: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// GETs `path` with an optional bearer token and extra headers.
+pub fn get(gw: &Gateway, path: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Resp {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = extra.to_vec();
+    if let Some(a) = &auth {
+        headers.push(("authorization", a));
+    }
+    request(gw.addr, "GET", path, &headers, b"").unwrap()
+}
+
+/// The problem-details reason code of a response.
+pub fn reason(r: &Resp) -> String {
+    r.json_body()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}

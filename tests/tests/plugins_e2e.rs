@@ -1,0 +1,601 @@
+//! End to end: risk plugins (real components built from `plugins/` and
+//! `tests/fixtures/plugins/`) loaded by the `portcullis` binary, changing decisions over real
+//! sockets; faulty plugins contained by their `on_error` policy while the gateway keeps
+//! serving; plugin tooling (`plugin new`, `plugin check`, `check`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use portcullis_tests::host::{Gateway, binary, get, reason, start};
+use portcullis_tests::net::{Backend, KeyServer, Resp, Server, request};
+use portcullis_tests::*;
+use serde_json::{Value, json};
+
+fn plugin(name: &str) -> String {
+    let p =
+        Path::new(env!("PORTCULLIS_PLUGIN_DIR")).join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(p.exists(), "{} was not built", p.display());
+    p.display().to_string()
+}
+
+/// A backend for the `us` region whose `/login` accepts only `x-password: secret`.
+fn login_backend() -> Server {
+    Server::start(|req| {
+        let password = req
+            .headers
+            .iter()
+            .find(|(k, _)| k == "x-password")
+            .map(|(_, v)| v.as_str());
+        if req.path.starts_with("/login") && password != Some("secret") {
+            return Resp::json(401, &json!({"error": "bad credentials"}));
+        }
+        Resp::json(200, &json!({"backend": "us", "path": req.path}))
+    })
+}
+
+fn config(keys: &KeyServer, eu: &str, us: &str) -> String {
+    format!(
+        r#"
+[[issuer]]
+name = "main"
+issuer = "{ISSUER}"
+jwks_uri = "{keys}/jwks.json"
+insecure_http_jwks = true
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+
+[region.eu]
+jurisdiction = "EU"
+backends = ["{eu}"]
+
+[region.us]
+jurisdiction = "US"
+backends = ["{us}"]
+
+[residency]
+missing = "us"
+anonymous = "us"
+
+[client]
+trusted_proxies = ["127.0.0.0/8"]
+ip_header = "x-forwarded-for"
+country_header = "cf-ipcountry"
+asn_header = "x-asn"
+
+[plugin.trivial]
+path = "{trivial}"
+headers = ["x-risk"]
+
+[plugin.panics]
+path = "{faulty}"
+headers = ["x-fault"]
+on_error = "deny"
+config = {{ mode = "panic" }}
+
+[plugin.spins]
+path = "{faulty}"
+headers = ["x-fault"]
+on_error = "allow"
+deadline = "5ms"
+config = {{ mode = "spin" }}
+
+[plugin.hogs]
+path = "{faulty}"
+headers = ["x-fault"]
+on_error = "deny"
+memory_mb = 16
+# Long enough that the memory cap, not the deadline, stops the allocation.
+deadline = "500ms"
+config = {{ mode = "hog" }}
+
+[plugin.travel]
+path = "{travel}"
+on_error = "allow"
+
+[plugin.stuffing]
+path = "{stuffing}"
+headers = ["x-login-username"]
+config = {{ paths = ["/login"], ip_threshold = 3, user_threshold = 100 }}
+
+[plugin.reputation]
+path = "{reputation}"
+config = {{ deny = ["203.0.113.0/24", "2001:db8:bad::/48"], allow = ["203.0.113.7"], deny_asns = [64512] }}
+
+[[route]]
+path = "/risk/trivial"
+auth = "public"
+risk = {{ plugins = ["trivial"], challenge = 60, deny = 90 }}
+
+[[route]]
+path = "/fault/panic"
+auth = "public"
+risk = {{ plugins = ["panics"] }}
+
+[[route]]
+path = "/fault/spin"
+auth = "public"
+risk = {{ plugins = ["spins"] }}
+
+[[route]]
+path = "/fault/hog"
+auth = "public"
+risk = {{ plugins = ["hogs"] }}
+
+[[route]]
+path = "/api/account"
+risk = {{ plugins = ["travel", "reputation"], step_up = 50, deny = 95, step_up_acr = ["mfa"] }}
+
+[[route]]
+path = "/login"
+auth = "public"
+risk = {{ plugins = ["reputation", "stuffing"], deny = 60 }}
+
+[[route]]
+path = "/public"
+auth = "public"
+
+[audit]
+subject_key_file = "audit.key"
+"#,
+        keys = keys.server.url(),
+        trivial = plugin("fixture-plugin-trivial"),
+        faulty = plugin("fixture-plugin-faulty"),
+        travel = plugin("impossible-travel"),
+        stuffing = plugin("credential-stuffing"),
+        reputation = plugin("ip-reputation"),
+    )
+}
+
+struct World {
+    keys: KeyServer,
+    eu: Backend,
+    _us: Server,
+    gw: Gateway,
+}
+
+fn world() -> World {
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let eu = Backend::start("eu");
+    let us = login_backend();
+    let gw = start(&config(&keys, &eu.server.url(), &us.url()));
+    World {
+        keys,
+        eu,
+        _us: us,
+        gw,
+    }
+}
+
+fn metrics(gw: &Gateway) -> String {
+    String::from_utf8(request(gw.admin, "GET", "/metrics", &[], b"").unwrap().body).unwrap()
+}
+
+fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn audit_records(gw: &Gateway) -> Vec<Value> {
+    std::fs::read_to_string(gw.dir.join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn plugin_scores_choose_allow_challenge_or_deny_through_route_thresholds() {
+    let w = world();
+    let r = get(&w.gw, "/risk/trivial", None, &[("x-risk", "10")]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = get(&w.gw, "/risk/trivial", None, &[("x-risk", "70")]);
+    assert_eq!((r.status, reason(&r).as_str()), (403, "challenge_required"));
+    let r = get(&w.gw, "/risk/trivial", None, &[("x-risk", "95")]);
+    assert_eq!((r.status, reason(&r).as_str()), (403, "risk_denied"));
+    assert!(
+        r.json_body()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("trivial")
+    );
+    // The audit record lists the plugin's contribution.
+    let records = audit_records(&w.gw);
+    let denied = records
+        .iter()
+        .find(|a| a["reason"] == "risk_denied")
+        .expect("audit record for the denial");
+    let risk = &denied["risk"];
+    assert_eq!(risk["score"], 95);
+    assert_eq!(risk["plugins"][0]["plugin"], "trivial");
+    assert_eq!(risk["plugins"][0]["labels"][0], "test");
+    // Routes without plugins never call them.
+    let before = metric(
+        &metrics(&w.gw),
+        "portcullis_plugin_calls_total{plugin=\"trivial\"}",
+    );
+    assert_eq!(
+        get(&w.gw, "/public/x", None, &[("x-risk", "99")]).status,
+        200
+    );
+    let after = metric(
+        &metrics(&w.gw),
+        "portcullis_plugin_calls_total{plugin=\"trivial\"}",
+    );
+    assert_eq!(before, after);
+    drop(w.eu);
+}
+
+#[test]
+fn faulty_plugins_are_contained_by_on_error_while_other_requests_are_served() {
+    let w = world();
+    let addr = w.gw.addr;
+    let faults = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            for path in ["/fault/panic", "/fault/spin", "/fault/hog"] {
+                let started = Instant::now();
+                let r = request(addr, "GET", path, &[("x-fault", "yes")], b"").unwrap();
+                seen.push((path, r.status, reason(&r), started.elapsed()));
+            }
+        }
+        seen
+    });
+    // Meanwhile, ordinary requests — including on the faulty plugins' own routes — pass.
+    let mut normal = 0;
+    while !faults.is_finished() || normal < 30 {
+        for path in ["/public/ok", "/fault/panic", "/fault/spin", "/fault/hog"] {
+            let r = request(addr, "GET", path, &[], b"").unwrap();
+            assert_eq!(
+                r.status,
+                200,
+                "{path}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            normal += 1;
+        }
+    }
+    for (path, status, why, took) in faults.join().unwrap() {
+        match path {
+            // on_error = "deny": refused, fail closed.
+            "/fault/panic" | "/fault/hog" => {
+                assert_eq!((status, why.as_str()), (503, "risk_check_failed"), "{path}")
+            }
+            // on_error = "allow": the request proceeds once the 5 ms deadline stops the loop.
+            _ => {
+                assert_eq!(status, 200, "{path}");
+                assert!(took < Duration::from_secs(5), "{path} took {took:?}");
+            }
+        }
+    }
+    let m = metrics(&w.gw);
+    assert!(
+        metric(
+            &m,
+            "portcullis_plugin_failures_total{plugin=\"panics\",kind=\"trap\"}"
+        ) >= 3,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "portcullis_plugin_failures_total{plugin=\"spins\",kind=\"deadline\"}"
+        ) >= 3,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "portcullis_plugin_failures_total{plugin=\"hogs\",kind=\"memory\"}"
+        ) >= 3,
+        "{m}"
+    );
+    // The panic message reaches the log and the audit record.
+    let records = audit_records(&w.gw);
+    let failed = records
+        .iter()
+        .find(|a| a["reason"] == "risk_check_failed" && a["path"] == "/fault/panic")
+        .unwrap();
+    let error = failed["risk"]["plugins"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("fault injected: panic on /fault/panic"),
+        "{error}"
+    );
+    // The gateway process is still alive.
+    assert_eq!(
+        request(w.gw.admin, "GET", "/healthz", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[test]
+fn impossible_travel_steps_up_a_subject_seen_in_de_then_au() {
+    let w = world();
+    let idp = TestIdp::shared();
+    let alice = idp.sign("ES256", live_claims(json!({"sub": "alice"})));
+    let de = get(
+        &w.gw,
+        "/api/account",
+        Some(&alice),
+        &[("cf-ipcountry", "DE")],
+    );
+    assert_eq!(de.status, 200, "{}", String::from_utf8_lossy(&de.body));
+    let au = get(
+        &w.gw,
+        "/api/account",
+        Some(&alice),
+        &[("cf-ipcountry", "AU")],
+    );
+    assert_eq!(
+        (au.status, reason(&au).as_str()),
+        (401, "insufficient_user_authentication")
+    );
+    let challenge = au.header("www-authenticate").unwrap();
+    assert!(
+        challenge.contains("insufficient_user_authentication"),
+        "{challenge}"
+    );
+    assert!(challenge.contains("acr_values=\"mfa\""), "{challenge}");
+    // Stepped up (acr = mfa), the same trip is allowed.
+    let alice_mfa = idp.sign("ES256", live_claims(json!({"sub": "alice", "acr": "mfa"})));
+    let back = get(
+        &w.gw,
+        "/api/account",
+        Some(&alice_mfa),
+        &[("cf-ipcountry", "DE")],
+    );
+    assert_eq!(back.status, 200);
+    // Another subject is unaffected; so is a neighbouring country.
+    let bob = idp.sign("ES256", live_claims(json!({"sub": "bob"})));
+    assert_eq!(
+        get(&w.gw, "/api/account", Some(&bob), &[("cf-ipcountry", "AU")]).status,
+        200
+    );
+    let carol = idp.sign("ES256", live_claims(json!({"sub": "carol"})));
+    assert_eq!(
+        get(
+            &w.gw,
+            "/api/account",
+            Some(&carol),
+            &[("cf-ipcountry", "DE")]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        get(
+            &w.gw,
+            "/api/account",
+            Some(&carol),
+            &[("cf-ipcountry", "FR")]
+        )
+        .status,
+        200
+    );
+    // Country headers from an untrusted peer would be ignored: only 127.0.0.0/8 is trusted
+    // here, which is every test client, so the client-info unit tests cover that case.
+}
+
+#[test]
+fn credential_stuffing_blocks_a_burst_of_failed_logins_from_one_network() {
+    let w = world();
+    let login = |ip: &str, password: &str| {
+        request(
+            w.gw.addr,
+            "POST",
+            "/login",
+            &[
+                ("x-forwarded-for", ip),
+                ("x-password", password),
+                ("x-login-username", "victim"),
+            ],
+            b"",
+        )
+        .unwrap()
+    };
+    // Failures from one /24, from different addresses, reach the backend and are counted.
+    for i in 1..=3 {
+        assert_eq!(login(&format!("198.51.100.{i}"), "guess").status, 401);
+    }
+    // Now the network is refused before the backend sees the attempt, right password or not.
+    let blocked = login("198.51.100.200", "secret");
+    assert_eq!(
+        (blocked.status, reason(&blocked).as_str()),
+        (403, "risk_denied")
+    );
+    assert!(
+        blocked.json_body()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("stuffing")
+    );
+    // Another network logs in fine.
+    assert_eq!(login("192.0.2.10", "secret").status, 200);
+}
+
+#[test]
+fn ip_reputation_refuses_listed_networks_and_asns_with_specific_allows() {
+    let w = world();
+    let from = |headers: &[(&str, &str)]| {
+        let mut h = vec![("x-password", "secret")];
+        h.extend_from_slice(headers);
+        request(w.gw.addr, "POST", "/login", &h, b"").unwrap()
+    };
+    let denied = from(&[("x-forwarded-for", "203.0.113.5")]);
+    assert_eq!(
+        (denied.status, reason(&denied).as_str()),
+        (403, "risk_denied")
+    );
+    assert_eq!(from(&[("x-forwarded-for", "203.0.113.7")]).status, 200);
+    assert_eq!(from(&[("x-forwarded-for", "2001:db8:bad::1")]).status, 403);
+    assert_eq!(from(&[("x-forwarded-for", "2001:db8:900d::1")]).status, 200);
+    assert_eq!(
+        from(&[("x-forwarded-for", "192.0.2.1"), ("x-asn", "AS64512")]).status,
+        403
+    );
+    assert_eq!(
+        from(&[("x-forwarded-for", "192.0.2.1"), ("x-asn", "AS3320")]).status,
+        200
+    );
+    drop(w.keys);
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn wrong_world_and_refused_configurations_stop_startup_with_the_reason() {
+    let dir = temp_dir("plugin-startup");
+    std::fs::write(dir.join("audit.key"), b64(&AUDIT_KEY)).unwrap();
+    let base = |plugin_table: &str| {
+        format!(
+            r#"
+[[issuer]]
+name = "main"
+issuer = "{ISSUER}"
+jwks_file = "jwks.json"
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+[region.us]
+jurisdiction = "US"
+backends = ["http://127.0.0.1:9"]
+[residency]
+missing = "us"
+anonymous = "us"
+{plugin_table}
+[[route]]
+path = "/"
+risk = {{ plugins = ["p"] }}
+[audit]
+subject_key_file = "audit.key"
+"#
+        )
+    };
+    std::fs::write(dir.join("jwks.json"), TestIdp::shared().jwks().to_string()).unwrap();
+    let cases = [
+        (
+            format!(
+                "[plugin.p]\npath = \"{}\"",
+                plugin("fixture-plugin-wrong-world")
+            ),
+            "does not have export `init`",
+        ),
+        (
+            format!(
+                "[plugin.p]\npath = \"{}\"\nconfig = {{ mode = \"refuse\" }}",
+                plugin("fixture-plugin-faulty")
+            ),
+            "refused its configuration",
+        ),
+        (
+            format!(
+                "[plugin.p]\npath = \"{}\"\nconfig = {{ deny = [\"10.0.0.0/33\"] }}",
+                plugin("ip-reputation")
+            ),
+            "10.0.0.0/33",
+        ),
+    ];
+    for (table, expected) in cases {
+        std::fs::write(dir.join("gateway.toml"), base(&table)).unwrap();
+        let (ok, text) = run(Command::new(binary())
+            .arg("check")
+            .arg("--config")
+            .arg(dir.join("gateway.toml")));
+        assert!(!ok, "{table}: {text}");
+        assert!(
+            text.contains("plugin `p`") && text.contains(expected),
+            "{table}: {text}"
+        );
+    }
+    // `plugin check` says what is wrong with each file.
+    let (ok, text) = run(Command::new(binary()).args([
+        "plugin",
+        "check",
+        &plugin("fixture-plugin-wrong-world"),
+    ]));
+    assert!(!ok && text.contains("NOT A PLUGIN"), "{text}");
+    let gateway_component =
+        repo_root().join("target/component/wasm32-wasip2/release/portcullis_component.wasm");
+    let (ok, text) = run(Command::new(binary())
+        .arg("plugin")
+        .arg("check")
+        .arg(&gateway_component));
+    assert!(
+        !ok && text.contains("NOT ALLOWED: imports wasi:http/outgoing-handler"),
+        "{text}"
+    );
+    for good in [
+        "impossible-travel",
+        "credential-stuffing",
+        "ip-reputation",
+        "fixture-plugin-trivial",
+    ] {
+        let (ok, text) = run(Command::new(binary()).args(["plugin", "check", &plugin(good)]));
+        assert!(
+            ok && text.contains("ok: a portcullis:plugin@0.1.0 risk plugin"),
+            "{text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plugin_new_scaffolds_a_crate_that_tests_builds_and_checks() {
+    let dir = temp_dir("scaffold");
+    let crate_dir = dir.join("geo-fence");
+    let (ok, text) = run(Command::new(binary())
+        .args(["plugin", "new", "geo-fence", "--dir"])
+        .arg(&crate_dir));
+    assert!(ok, "{text}");
+    // Reuse the workspace's resolved versions and a persistent target directory.
+    std::fs::copy(repo_root().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
+    let target = repo_root().join("target/scaffold");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo_cmd = |args: &[&str]| {
+        let mut c = Command::new(&cargo);
+        c.current_dir(&crate_dir)
+            .args(args)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS");
+        c
+    };
+    let (ok, text) = run(&mut cargo_cmd(&["test", "--quiet"]));
+    assert!(ok && text.contains("2 passed"), "{text}");
+    let (ok, text) = run(&mut cargo_cmd(&[
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+    ]));
+    assert!(ok, "{text}");
+    let wasm = target.join("wasm32-wasip2/release/geo_fence.wasm");
+    let (ok, text) = run(Command::new(binary()).arg("plugin").arg("check").arg(&wasm));
+    assert!(ok, "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
