@@ -36,7 +36,7 @@ pub(super) fn read_plugins(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Vec<Pl
         let path = t.req_string(
             d,
             "path",
-            Some("the plugin component, e.g. path = \"plugins/ip_reputation.wasm\"".into()),
+            Some("the plugin component, e.g. path = \"plugins/ip_reputation.wasm\""),
         );
         let on_error = match t.string(d, "on_error") {
             None => Some(FailPolicy::Deny),
