@@ -95,6 +95,14 @@ memory_mb = 16
 deadline = "500ms"
 config = {{ mode = "hog" }}
 
+[plugin.burns]
+path = "{faulty}"
+headers = ["x-fault"]
+on_error = "allow"
+deadline = "1s"
+fuel = 20_000_000
+config = {{ mode = "spin" }}
+
 [plugin.travel]
 path = "{travel}"
 on_error = "allow"
@@ -122,6 +130,11 @@ risk = {{ plugins = ["panics"] }}
 path = "/fault/spin"
 auth = "public"
 risk = {{ plugins = ["spins"] }}
+
+[[route]]
+path = "/fault/fuel"
+auth = "public"
+risk = {{ plugins = ["burns"] }}
 
 [[route]]
 path = "/fault/hog"
@@ -242,7 +255,7 @@ fn faulty_plugins_are_contained_by_on_error_while_other_requests_are_served() {
     let faults = std::thread::spawn(move || {
         let mut seen = Vec::new();
         for _ in 0..3 {
-            for path in ["/fault/panic", "/fault/spin", "/fault/hog"] {
+            for path in ["/fault/panic", "/fault/spin", "/fault/hog", "/fault/fuel"] {
                 let started = Instant::now();
                 let r = request(addr, "GET", path, &[("x-fault", "yes")], b"").unwrap();
                 seen.push((path, r.status, reason(&r), started.elapsed()));
@@ -253,7 +266,13 @@ fn faulty_plugins_are_contained_by_on_error_while_other_requests_are_served() {
     // Meanwhile, ordinary requests — including on the faulty plugins' own routes — pass.
     let mut normal = 0;
     while !faults.is_finished() || normal < 30 {
-        for path in ["/public/ok", "/fault/panic", "/fault/spin", "/fault/hog"] {
+        for path in [
+            "/public/ok",
+            "/fault/panic",
+            "/fault/spin",
+            "/fault/hog",
+            "/fault/fuel",
+        ] {
             let r = request(addr, "GET", path, &[], b"").unwrap();
             assert_eq!(
                 r.status,
@@ -270,7 +289,8 @@ fn faulty_plugins_are_contained_by_on_error_while_other_requests_are_served() {
             "/fault/panic" | "/fault/hog" => {
                 assert_eq!((status, why.as_str()), (503, "risk_check_failed"), "{path}")
             }
-            // on_error = "allow": the request proceeds once the 5 ms deadline stops the loop.
+            // on_error = "allow": the request proceeds once the 5 ms deadline (or, for
+            // `burns`, the fuel budget well before its 1 s deadline) stops the loop.
             _ => {
                 assert_eq!(status, 200, "{path}");
                 assert!(took < Duration::from_secs(5), "{path} took {took:?}");
@@ -296,6 +316,13 @@ fn faulty_plugins_are_contained_by_on_error_while_other_requests_are_served() {
         metric(
             &m,
             "portcullis_plugin_failures_total{plugin=\"hogs\",kind=\"memory\"}"
+        ) >= 3,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "portcullis_plugin_failures_total{plugin=\"burns\",kind=\"fuel\"}"
         ) >= 3,
         "{m}"
     );
