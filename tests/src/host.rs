@@ -44,8 +44,37 @@ pub fn binary() -> PathBuf {
     bin
 }
 
-/// Starts a gateway on `config_text` (with `audit.key` beside it) and waits until ready.
+/// The host's engines: every end-to-end scenario runs against each.
+pub const ENGINES: [&str; 2] = ["component", "native"];
+
+/// Generates, for each `fn name(engine: &str)`, a test module `name` with one `#[test]` per
+/// engine (`name::component`, `name::native`).
+#[macro_export]
+macro_rules! on_every_engine {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn component() {
+                    super::$name("component")
+                }
+                #[test]
+                fn native() {
+                    super::$name("native")
+                }
+            }
+        )*
+    };
+}
+
+/// Starts a gateway (component engine) on `config_text` and waits until ready.
 pub fn start(config_text: &str) -> Gateway {
+    start_engine(config_text, "component")
+}
+
+/// Starts a gateway with `engine` on `config_text` (with `audit.key` beside it) and waits
+/// until ready.
+pub fn start_engine(config_text: &str, engine: &str) -> Gateway {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "portcullis-e2e-{}-{}",
@@ -69,6 +98,8 @@ pub fn start(config_text: &str) -> Gateway {
             "10",
             "--request-timeout",
             "20",
+            "--engine",
+            engine,
             "--audit",
         ])
         .arg(dir.join("audit.jsonl"))

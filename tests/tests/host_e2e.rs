@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use jwt_simple::prelude::*;
-use portcullis_tests::host::{get, reason, start};
+use portcullis_tests::host::{get, reason, start_engine};
 use portcullis_tests::net::{Backend, KeyServer, free_port, request};
 use portcullis_tests::*;
 use serde_json::{Value, json};
@@ -79,10 +79,12 @@ fn world() -> World {
     }
 }
 
-#[test]
-fn valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_ones() {
+fn valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_ones(engine: &str) {
     let w = world();
-    let gw = start(&config(&w.keys, &w.eu.server.url(), &w.us.server.url()));
+    let gw = start_engine(
+        &config(&w.keys, &w.eu.server.url(), &w.us.server.url()),
+        engine,
+    );
     let idp = TestIdp::shared();
     for alg in ["ES256", "RS256", "EdDSA"] {
         let eu = idp.sign(alg, live_claims(json!({"sub": format!("eu-{alg}")})));
@@ -140,10 +142,12 @@ fn valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_one
     );
 }
 
-#[test]
-fn attacks_get_401_wrong_scope_403_and_public_routes_pass() {
+fn attacks_get_401_wrong_scope_403_and_public_routes_pass(engine: &str) {
     let w = world();
-    let gw = start(&config(&w.keys, &w.eu.server.url(), &w.us.server.url()));
+    let gw = start_engine(
+        &config(&w.keys, &w.eu.server.url(), &w.us.server.url()),
+        engine,
+    );
     let idp = TestIdp::shared();
     let none = format!(
         "{}.{}.",
@@ -218,15 +222,12 @@ fn attacks_get_401_wrong_scope_403_and_public_routes_pass() {
     );
 }
 
-#[test]
-fn key_rotation_at_the_idp_is_followed_while_serving() {
+fn key_rotation_at_the_idp_is_followed_while_serving(engine: &str) {
     let w = world();
-    let gw = start(&config_with(
-        &w.keys,
-        &w.eu.server.url(),
-        &w.us.server.url(),
-        "2s",
-    ));
+    let gw = start_engine(
+        &config_with(&w.keys, &w.eu.server.url(), &w.us.server.url(), "2s"),
+        engine,
+    );
     let idp = TestIdp::shared();
     let old = idp.sign("ES256", live_claims(json!({})));
     assert_eq!(get(&gw, "/api/orders", Some(&old), &[]).status, 200);
@@ -275,10 +276,12 @@ fn key_rotation_at_the_idp_is_followed_while_serving() {
     assert_eq!(get(&gw, "/api/orders", Some(&new), &[]).status, 200);
 }
 
-#[test]
-fn an_idp_outage_keeps_cached_keys_and_random_kids_cannot_storm_it() {
+fn an_idp_outage_keeps_cached_keys_and_random_kids_cannot_storm_it(engine: &str) {
     let w = world();
-    let gw = start(&config(&w.keys, &w.eu.server.url(), &w.us.server.url()));
+    let gw = start_engine(
+        &config(&w.keys, &w.eu.server.url(), &w.us.server.url()),
+        engine,
+    );
     let idp = TestIdp::shared();
     w.keys.down.store(true, Ordering::SeqCst);
     let before = w.keys.jwks_fetches.load(Ordering::SeqCst);
@@ -306,11 +309,10 @@ fn an_idp_outage_keeps_cached_keys_and_random_kids_cannot_storm_it() {
     );
 }
 
-#[test]
-fn a_down_regional_backend_gives_503_and_never_spills_to_another_region() {
+fn a_down_regional_backend_gives_503_and_never_spills_to_another_region(engine: &str) {
     let w = world();
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let gw = start(&config(&w.keys, &dead, &w.us.server.url()));
+    let gw = start_engine(&config(&w.keys, &dead, &w.us.server.url()), engine);
     let eu = TestIdp::shared().sign("ES256", live_claims(json!({})));
     for _ in 0..3 {
         let r = get(&gw, "/api/orders", Some(&eu), &[]);
@@ -328,10 +330,12 @@ fn a_down_regional_backend_gives_503_and_never_spills_to_another_region() {
     );
 }
 
-#[test]
-fn sigterm_drains_in_flight_requests() {
+fn sigterm_drains_in_flight_requests(engine: &str) {
     let w = world();
-    let mut gw = start(&config(&w.keys, &w.eu.server.url(), &w.us.server.url()));
+    let mut gw = start_engine(
+        &config(&w.keys, &w.eu.server.url(), &w.us.server.url()),
+        engine,
+    );
     let t = TestIdp::shared().sign("ES256", live_claims(json!({})));
     let addr = gw.addr;
     let token = t.clone();
@@ -378,14 +382,13 @@ fn sigterm_drains_in_flight_requests() {
     );
 }
 
-#[test]
-fn request_bodies_stream_to_the_backend_up_to_the_limit() {
+fn request_bodies_stream_to_the_backend_up_to_the_limit(engine: &str) {
     let w = world();
     let text = format!(
         "{}\n[limits]\nmax_body_bytes = 300000\n",
         config(&w.keys, &w.eu.server.url(), &w.us.server.url())
     );
-    let gw = start(&text);
+    let gw = start_engine(&text, engine);
     let auth = format!(
         "Bearer {}",
         TestIdp::shared().sign("ES256", live_claims(json!({})))
@@ -424,3 +427,13 @@ fn request_bodies_stream_to_the_backend_up_to_the_limit() {
         "the oversized body never reached the backend"
     );
 }
+
+portcullis_tests::on_every_engine!(
+    valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_ones,
+    attacks_get_401_wrong_scope_403_and_public_routes_pass,
+    key_rotation_at_the_idp_is_followed_while_serving,
+    an_idp_outage_keeps_cached_keys_and_random_kids_cannot_storm_it,
+    a_down_regional_backend_gives_503_and_never_spills_to_another_region,
+    sigterm_drains_in_flight_requests,
+    request_bodies_stream_to_the_backend_up_to_the_limit,
+);

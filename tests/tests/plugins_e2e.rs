@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use portcullis_tests::host::{Gateway, binary, get, reason, start};
+use portcullis_tests::host::{Gateway, binary, get, reason, start_engine};
 use portcullis_tests::net::{Backend, KeyServer, Resp, Server, request};
 use portcullis_tests::*;
 use serde_json::{Value, json};
@@ -173,11 +173,11 @@ struct World {
     gw: Gateway,
 }
 
-fn world() -> World {
+fn world(engine: &str) -> World {
     let keys = KeyServer::start(TestIdp::shared().jwks());
     let eu = Backend::start("eu");
     let us = login_backend();
-    let gw = start(&config(&keys, &eu.server.url(), &us.url()));
+    let gw = start_engine(&config(&keys, &eu.server.url(), &us.url()), engine);
     World {
         keys,
         eu,
@@ -206,9 +206,8 @@ fn audit_records(gw: &Gateway) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn plugin_scores_choose_allow_challenge_or_deny_through_route_thresholds() {
-    let w = world();
+fn plugin_scores_choose_allow_challenge_or_deny_through_route_thresholds(engine: &str) {
+    let w = world(engine);
     let r = get(&w.gw, "/risk/trivial", None, &[("x-risk", "10")]);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let r = get(&w.gw, "/risk/trivial", None, &[("x-risk", "70")]);
@@ -248,9 +247,8 @@ fn plugin_scores_choose_allow_challenge_or_deny_through_route_thresholds() {
     drop(w.eu);
 }
 
-#[test]
-fn faulty_plugins_are_contained_by_on_error_while_other_requests_are_served() {
-    let w = world();
+fn faulty_plugins_are_contained_by_on_error_while_other_requests_are_served(engine: &str) {
+    let w = world(engine);
     let addr = w.gw.addr;
     let faults = std::thread::spawn(move || {
         let mut seen = Vec::new();
@@ -346,9 +344,8 @@ fn faulty_plugins_are_contained_by_on_error_while_other_requests_are_served() {
     );
 }
 
-#[test]
-fn impossible_travel_steps_up_a_subject_seen_in_de_then_au() {
-    let w = world();
+fn impossible_travel_steps_up_a_subject_seen_in_de_then_au(engine: &str) {
+    let w = world(engine);
     let idp = TestIdp::shared();
     let alice = idp.sign("ES256", live_claims(json!({"sub": "alice"})));
     let de = get(
@@ -414,9 +411,8 @@ fn impossible_travel_steps_up_a_subject_seen_in_de_then_au() {
     // here, which is every test client, so the client-info unit tests cover that case.
 }
 
-#[test]
-fn credential_stuffing_blocks_a_burst_of_failed_logins_from_one_network() {
-    let w = world();
+fn credential_stuffing_blocks_a_burst_of_failed_logins_from_one_network(engine: &str) {
+    let w = world(engine);
     let login = |ip: &str, password: &str| {
         request(
             w.gw.addr,
@@ -451,9 +447,8 @@ fn credential_stuffing_blocks_a_burst_of_failed_logins_from_one_network() {
     assert_eq!(login("192.0.2.10", "secret").status, 200);
 }
 
-#[test]
-fn ip_reputation_refuses_listed_networks_and_asns_with_specific_allows() {
-    let w = world();
+fn ip_reputation_refuses_listed_networks_and_asns_with_specific_allows(engine: &str) {
+    let w = world(engine);
     let from = |headers: &[(&str, &str)]| {
         let mut h = vec![("x-password", "secret")];
         h.extend_from_slice(headers);
@@ -626,3 +621,11 @@ fn plugin_new_scaffolds_a_crate_that_tests_builds_and_checks() {
     assert!(ok, "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+portcullis_tests::on_every_engine!(
+    plugin_scores_choose_allow_challenge_or_deny_through_route_thresholds,
+    faulty_plugins_are_contained_by_on_error_while_other_requests_are_served,
+    impossible_travel_steps_up_a_subject_seen_in_de_then_au,
+    credential_stuffing_blocks_a_burst_of_failed_logins_from_one_network,
+    ip_reputation_refuses_listed_networks_and_asns_with_specific_allows,
+);

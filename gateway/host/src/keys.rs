@@ -187,9 +187,10 @@ impl KeyService {
         }
     }
 
-    /// Verifies a token: from the cache, or natively (with one bounded, rate-limited
-    /// refetch when the token names a `kid` the issuer's set lacks).
-    pub async fn authenticate(
+    /// Verifies `token`: from the verified-token cache, or natively against the current key
+    /// sets. Never waits: an unknown `kid` comes back as a failure with `unknown_kid` set
+    /// (see [`refetch_for_unknown_kid`](Self::refetch_for_unknown_kid)).
+    pub fn authenticate_now(
         &self,
         token: &str,
         route_issuers: &[IssuerId],
@@ -207,30 +208,47 @@ impl KeyService {
             )
             .at(hit.issuer));
         }
-        match self.verify(token, route_issuers, t, key) {
-            Err(f) if f.unknown_kid => {
-                let Some(issuer) = f.issuer else {
-                    return Err(f);
-                };
-                let granted = self
-                    .store
-                    .write()
-                    .map(|mut s| s.request_refetch(issuer, t))
-                    .unwrap_or(false);
-                if !granted {
-                    return Err(f);
+        self.verify(token, route_issuers, t, key)
+    }
+
+    /// After a token named a `kid` that `issuer`'s set lacks: fetches the set again, at most
+    /// once per `jwks_unknown_kid_interval`. True when a fetch was made.
+    pub async fn refetch_for_unknown_kid(&self, issuer: IssuerId) -> bool {
+        let t = now();
+        let granted = self
+            .store
+            .write()
+            .map(|mut s| s.request_refetch(issuer, t))
+            .unwrap_or(false);
+        if !granted {
+            return false;
+        }
+        let due = self
+            .store
+            .write()
+            .map(|mut s| s.poll(t))
+            .unwrap_or_default();
+        for req in due {
+            let result = self.fetch(&req.url).await;
+            self.apply(&req, result);
+        }
+        true
+    }
+
+    /// Verifies `token` like [`authenticate_now`](Self::authenticate_now), with one
+    /// rate-limited key-set refetch when it names an unknown `kid`.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        route_issuers: &[IssuerId],
+    ) -> Result<(IssuerId, Arc<str>), AuthFailure> {
+        match self.authenticate_now(token, route_issuers) {
+            Err(f) if f.unknown_kid => match f.issuer {
+                Some(issuer) if self.refetch_for_unknown_kid(issuer).await => {
+                    self.authenticate_now(token, route_issuers)
                 }
-                let due = self
-                    .store
-                    .write()
-                    .map(|mut s| s.poll(t))
-                    .unwrap_or_default();
-                for req in due {
-                    let result = self.fetch(&req.url).await;
-                    self.apply(&req, result);
-                }
-                self.verify(token, route_issuers, now(), key)
-            }
+                _ => Err(f),
+            },
             other => other,
         }
     }

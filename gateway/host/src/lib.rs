@@ -9,6 +9,7 @@ pub mod demo;
 pub mod health;
 pub mod keys;
 pub mod metrics;
+pub mod native;
 pub mod native_verifier;
 pub mod plugin_tool;
 pub mod plugins;
@@ -113,6 +114,18 @@ pub struct ServeOptions {
     pub token_cache: usize,
     /// How long shutdown waits for in-flight requests.
     pub drain: Duration,
+    /// Where requests are decided.
+    pub engine: EngineKind,
+}
+
+/// Where requests are decided: both run the same `portcullis-core` decision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// In a fresh instance of the gateway component per request (what edge runtimes run).
+    #[default]
+    Component,
+    /// Natively in the host (the fast path: no per-request instance).
+    Native,
 }
 
 impl Default for ServeOptions {
@@ -124,6 +137,7 @@ impl Default for ServeOptions {
             request_timeout: Duration::from_secs(30),
             token_cache: 100_000,
             drain: Duration::from_secs(30),
+            engine: EngineKind::default(),
         }
     }
 }
@@ -161,6 +175,7 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
     )
     .await?;
     let client = loaded.config.client.clone();
+    let core_config = loaded.config.clone();
     let keys = Arc::new(KeyService::new(loaded.config, opts.token_cache));
     keys.refresh_due().await;
     tokio::spawn(keys.clone().run());
@@ -177,14 +192,21 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         metrics: Metrics::default(),
         backends: runtime::backend_client(),
     });
-    let component =
-        runtime::load_component(&engine, runtime::COMPONENT, opts.cache_dir.as_deref())?;
-    let pre = runtime::pre_instantiate(&engine, &component)?;
-    let gateway = Arc::new(server::Gateway::new(
-        pre,
-        shared.clone(),
-        opts.request_timeout,
-    ));
+    let gateway = match opts.engine {
+        EngineKind::Component => {
+            let component =
+                runtime::load_component(&engine, runtime::COMPONENT, opts.cache_dir.as_deref())?;
+            let pre = runtime::pre_instantiate(&engine, &component)?;
+            server::Gateway::new(pre, shared.clone(), opts.request_timeout)
+        }
+        EngineKind::Native => server::Gateway::native(
+            engine,
+            native::NativeEngine::new(shared.clone(), core_config),
+            shared.clone(),
+            opts.request_timeout,
+        ),
+    };
+    let gateway = Arc::new(gateway);
     gateway.start_epoch_ticker();
     Ok(Prepared { gateway, shared })
 }

@@ -51,6 +51,10 @@ enum Command {
         /// Longest shutdown waits for in-flight requests, seconds.
         #[arg(long, default_value_t = 30)]
         drain: u64,
+        /// Where requests are decided: `component` (a fresh gateway-component instance per
+        /// request, as at the edge) or `native` (the same core natively: the fast path).
+        #[arg(long, value_enum, default_value_t = EngineArg::Component)]
+        engine: EngineArg,
     },
     /// Validate a configuration and print every problem.
     Check {
@@ -77,6 +81,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EngineArg {
+    Component,
+    Native,
 }
 
 #[derive(Subcommand)]
@@ -156,6 +166,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             max_instances,
             request_timeout,
             drain,
+            engine,
         } => {
             let loaded = match load_config_file(&config) {
                 Ok(l) => l,
@@ -174,6 +185,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 max_instances,
                 request_timeout: Duration::from_secs(request_timeout),
                 drain: Duration::from_secs(drain),
+                engine: match engine {
+                    EngineArg::Component => portcullis_host::EngineKind::Component,
+                    EngineArg::Native => portcullis_host::EngineKind::Native,
+                },
                 ..ServeOptions::default()
             };
             let prepared = portcullis_host::prepare(loaded, &opts).await?;

@@ -393,6 +393,52 @@ impl PluginRuntime {
     }
 }
 
+/// The plugin's view of a request decided natively: the core's context plus what the host
+/// knows of the client.
+pub fn context(
+    ctx: &portcullis_core::risk::RiskContext,
+    client: &portcullis_core::client::ClientInfo,
+) -> RequestContext {
+    RequestContext {
+        request_id: ctx.request_id.clone(),
+        route: ctx.route.clone(),
+        method: ctx.method.clone(),
+        path: ctx.path.clone(),
+        query: ctx.query.clone(),
+        host: ctx.host.clone(),
+        headers: ctx.headers.clone(),
+        client_ip: client.ip.map(|ip| ip.to_string()),
+        country: client.country.clone(),
+        asn: client.asn,
+        identity: ctx.identity.as_ref().map(|i| Identity {
+            subject: i.subject.clone(),
+            issuer: i.issuer.clone(),
+            scopes: i.scopes.clone(),
+            acr: i.acr.clone(),
+            amr: i.amr.clone(),
+            actor: i.actor.clone(),
+            session_id: i.session_id.clone(),
+            client_id: i.client_id.clone(),
+        }),
+    }
+}
+
+/// A plugin's assessment in the core's terms.
+pub fn to_core(a: Assessment) -> portcullis_core::risk::Assessment {
+    use portcullis_core::risk::Action as Core;
+    portcullis_core::risk::Assessment {
+        score: a.score,
+        labels: a.labels,
+        action: match a.action {
+            Action::Allow => Core::Allow,
+            Action::StepUp => Core::StepUp,
+            Action::Challenge => Core::Challenge,
+            Action::Deny => Core::Deny,
+        },
+        reason: a.reason,
+    }
+}
+
 /// Whether any plugin sets a fuel budget (fuel is engine-wide).
 pub fn engine_uses_fuel(config: &Config) -> bool {
     config.plugins.iter().any(|p| p.fuel.is_some())

@@ -21,27 +21,59 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::native::NativeEngine;
 use crate::runtime::{EPOCH_TICK, Shared, StoreState, full_body};
 
 /// The gateway server.
 pub struct Gateway {
-    pre: ProxyPre<StoreState>,
+    engine: wasmtime::Engine,
+    mode: Mode,
     shared: Arc<Shared>,
     deadline_ticks: u64,
     next_id: AtomicU64,
     boot: u64,
 }
 
+/// How requests are decided.
+enum Mode {
+    /// In a fresh instance of the pre-instantiated gateway component.
+    Component(ProxyPre<StoreState>),
+    /// Natively, by the same core (the fast path).
+    Native(NativeEngine),
+}
+
 impl Gateway {
     /// A server for a pre-instantiated component; each request may run `timeout` at most.
     pub fn new(pre: ProxyPre<StoreState>, shared: Arc<Shared>, timeout: Duration) -> Self {
+        let engine = pre.engine().clone();
+        Self::with_mode(engine, Mode::Component(pre), shared, timeout)
+    }
+
+    /// A server deciding natively (no component instance per request). `engine` runs the
+    /// risk plugins.
+    pub fn native(
+        engine: wasmtime::Engine,
+        native: NativeEngine,
+        shared: Arc<Shared>,
+        timeout: Duration,
+    ) -> Self {
+        Self::with_mode(engine, Mode::Native(native), shared, timeout)
+    }
+
+    fn with_mode(
+        engine: wasmtime::Engine,
+        mode: Mode,
+        shared: Arc<Shared>,
+        timeout: Duration,
+    ) -> Self {
         let ticks = (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         Self {
-            pre,
+            engine,
+            mode,
             shared,
             deadline_ticks: u64::try_from(ticks).unwrap_or(u64::MAX),
             next_id: AtomicU64::new(0),
@@ -54,15 +86,22 @@ impl Gateway {
         &self.shared
     }
 
-    /// Drives the epoch clock of `engine`.
+    /// Drives the epoch clock of the wasmtime engine from a thread of its own, so that
+    /// deadlines fire even while every runtime worker is busy inside wasm.
     pub fn start_epoch_ticker(&self) {
-        let engine = self.pre.engine().clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(EPOCH_TICK).await;
-                engine.increment_epoch();
-            }
-        });
+        let engine = self.engine.weak();
+        let spawned = std::thread::Builder::new()
+            .name("portcullis-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = engine.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the epoch thread: deadlines will not fire");
+        }
     }
 
     /// Handles one request through the component.
@@ -73,7 +112,7 @@ impl Gateway {
     ) -> Response<HyperOutgoingBody>
     where
         B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
+        B::Error: Into<wasmtime_wasi_http::Error> + Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
         let valid_id = req
@@ -93,7 +132,21 @@ impl Gateway {
                 req.headers_mut().insert("x-request-id", v);
             }
         }
-        let response = match self.run(peer, req).await {
+        let pre = match &self.mode {
+            Mode::Native(native) => {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let response = native.handle(peer, req, &id).await;
+                self.shared.metrics.latency(started.elapsed());
+                return response;
+            }
+            Mode::Component(pre) => pre,
+        };
+        let response = match self.run(pre, peer, req).await {
             Ok(r) => r,
             Err(e) => {
                 self.shared
@@ -117,6 +170,7 @@ impl Gateway {
 
     async fn run<B>(
         &self,
+        pre: &ProxyPre<StoreState>,
         peer: SocketAddr,
         req: Request<B>,
     ) -> anyhow::Result<Response<HyperOutgoingBody>>
@@ -130,7 +184,7 @@ impl Gateway {
             req.headers(),
         );
         let mut store = Store::new(
-            self.pre.engine(),
+            pre.engine(),
             StoreState::new(self.shared.clone(), peer.ip(), client),
         );
         store.limiter(|s| &mut s.limits);
@@ -149,7 +203,7 @@ impl Gateway {
             .http()
             .new_response_outparam(sender)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let pre = self.pre.clone();
+        let pre = pre.clone();
         // The instance keeps running after the response head is sent (streaming bodies).
         let task = tokio::spawn(async move {
             let proxy = pre.instantiate_async(&mut store).await?;

@@ -1,0 +1,403 @@
+//! The native engine: the host's fast path. The same `portcullis-core` decision the gateway
+//! component makes, made natively in the host process — no per-request wasm instance, no
+//! component boundary — with the same key sets, verified-token cache, plugin runtime,
+//! backend allow-list, health, audit and metrics. Risk plugins still run sandboxed in
+//! wasmtime. Decisions, reason codes and problem bodies are identical to the component's
+//! (the end-to-end suites run against both engines).
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
+use http_body_util::{BodyExt, Limited};
+use portcullis_core::authenticate::{AuthFailure, Authenticator};
+use portcullis_core::claims::identity_from_claims;
+use portcullis_core::client::{ClientInfo, client_info};
+use portcullis_core::config::PluginId;
+use portcullis_core::decision::problem;
+use portcullis_core::jws::parse_object;
+use portcullis_core::risk::{PluginAnswer, RiskAssessor, RiskContext};
+use portcullis_core::{
+    AuditRecord, BackendHealth, BackendId, Config, Forward, Gateway, IssuerId, Outcome, Reason,
+    RequestParts, Timestamp, VerifiedIdentity,
+};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::keys;
+use crate::plugins::{self, PluginRuntime};
+use crate::runtime::{DecisionRecord, Shared, full_body};
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), and `host`
+/// (the backend's authority is set instead).
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// The native engine.
+pub struct NativeEngine {
+    shared: Arc<Shared>,
+    gateway: Gateway,
+}
+
+impl NativeEngine {
+    /// An engine for `config` over the host's shared services.
+    pub fn new(shared: Arc<Shared>, config: Config) -> Self {
+        Self {
+            shared,
+            gateway: Gateway::new(config),
+        }
+    }
+
+    /// Decides and carries out one request (the request id is already set).
+    pub async fn handle<B>(
+        &self,
+        peer: SocketAddr,
+        req: Request<B>,
+        request_id: &str,
+    ) -> Response<HyperOutgoingBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let client = client_info(&self.shared.client, Some(peer.ip()), req.headers());
+        let uri = match origin_uri(&req) {
+            Ok(u) => u,
+            Err(detail) => {
+                return respond(&problem(Reason::InvalidRequest, &detail, request_id, &[]));
+            }
+        };
+        let (decision, assessed) = {
+            let parts = RequestParts {
+                method: req.method(),
+                uri: &uri,
+                headers: req.headers(),
+                request_id,
+            };
+            let mut decided = self.decide(&parts, &client);
+            if let Some(issuer) = decided.0.refetch
+                && self.shared.keys.refetch_for_unknown_kid(issuer).await
+            {
+                decided = self.decide(&parts, &client);
+            }
+            decided
+        };
+        let mut audit = decision.audit;
+        let (response, status) = match decision.outcome {
+            Outcome::Respond(r) => {
+                let status = r.status.as_u16();
+                (respond(&r), status)
+            }
+            Outcome::Forward(fwd) => match self.forward(peer, req, &fwd, request_id).await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    (r, status)
+                }
+                Err(refusal) => {
+                    audit.decision = "deny";
+                    audit.status = Some(refusal.status.as_u16());
+                    audit.reason = Some(refusal.reason.code());
+                    (respond(&refusal), refusal.status.as_u16())
+                }
+            },
+        };
+        if !assessed.is_empty() {
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                for (id, ctx) in assessed {
+                    shared.plugins.observe(id, &ctx, status).await;
+                }
+            });
+        }
+        self.emit(audit);
+        response
+    }
+
+    /// Runs the core pipeline; returns the decision and what the plugins were shown.
+    fn decide(
+        &self,
+        parts: &RequestParts<'_>,
+        client: &ClientInfo,
+    ) -> (
+        portcullis_core::Decision,
+        Vec<(usize, plugins::RequestContext)>,
+    ) {
+        let auth = NativeAuth {
+            keys: &self.shared.keys,
+        };
+        let risk = NativeRisk {
+            plugins: &self.shared.plugins,
+            client,
+            assessed: RefCell::new(Vec::new()),
+        };
+        let decision =
+            self.gateway
+                .decide_with(&auth, &risk, parts, keys::now(), &HostHealth(&self.shared));
+        (decision, risk.assessed.into_inner())
+    }
+
+    async fn forward<B>(
+        &self,
+        peer: SocketAddr,
+        req: Request<B>,
+        fwd: &Forward,
+        request_id: &str,
+    ) -> Result<Response<HyperOutgoingBody>, portcullis_core::Response>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let refuse = |reason: Reason, detail: &str| problem(reason, detail, request_id, &[]);
+        let cfg = self.gateway.config();
+        let Some(backend) = cfg
+            .regions
+            .get(fwd.backend.region.0)
+            .and_then(|r| r.backends.get(fwd.backend.index))
+        else {
+            return Err(refuse(Reason::BackendUnavailable, "unknown backend"));
+        };
+        let max_body = cfg.limits.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max_body) {
+            return Err(refuse(
+                Reason::BodyTooLarge,
+                &format!("the body exceeds {max_body} bytes"),
+            ));
+        }
+        let target: Uri = format!(
+            "{}://{}{}",
+            backend.scheme, backend.authority, fwd.path_and_query
+        )
+        .parse()
+        .map_err(|_| refuse(Reason::InvalidRequest, "request target cannot be forwarded"))?;
+
+        let (parts, body) = req.into_parts();
+        let headers = forwarded_headers(&parts.headers, fwd, peer);
+        let too_large = Arc::new(AtomicBool::new(false));
+        let flag = too_large.clone();
+        let body = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX))
+            .map_err(move |e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))
+            })
+            .boxed_unsync();
+        let mut out = Request::new(body);
+        *out.method_mut() = parts.method;
+        *out.uri_mut() = target;
+        *out.headers_mut() = headers;
+
+        let sent =
+            tokio::time::timeout(Duration::from_secs(30), self.shared.backends.request(out)).await;
+        let response = match sent {
+            Err(_) => {
+                return Err(refuse(
+                    Reason::BackendUnavailable,
+                    "the backend did not answer in time",
+                ));
+            }
+            Ok(Err(_)) if too_large.load(Ordering::Relaxed) => {
+                return Err(refuse(
+                    Reason::BodyTooLarge,
+                    &format!("the body exceeds {max_body} bytes"),
+                ));
+            }
+            Ok(Err(e)) => {
+                if e.is_connect() {
+                    self.shared.health.mark_down(fwd.backend);
+                }
+                return Err(refuse(
+                    Reason::BackendUnavailable,
+                    &format!("the backend could not be reached: {e}"),
+                ));
+            }
+            Ok(Ok(r)) => r,
+        };
+        self.shared.health.mark_up(fwd.backend);
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync();
+        Ok(Response::from_parts(parts, body))
+    }
+
+    fn emit(&self, a: AuditRecord) {
+        let record = DecisionRecord {
+            time_ms: a.time_ms,
+            request_id: a.request_id,
+            method: a.method,
+            host: a.host,
+            path: a.path,
+            route: a.route,
+            decision: a.decision.to_owned(),
+            status: a.status,
+            reason: a.reason.map(str::to_owned),
+            issuer: a.issuer,
+            subject: a.subject,
+            region: a.region,
+            backend: a.backend,
+            risk: a.risk.and_then(|r| serde_json::to_string(&r).ok()),
+        };
+        self.shared
+            .metrics
+            .decision(&record.decision, record.reason.as_deref());
+        self.shared.audit.write(&record);
+    }
+}
+
+/// The request target as the component sees it: absolute when a `Host` header names one.
+fn origin_uri<B>(req: &Request<B>) -> Result<Uri, String> {
+    if req.uri().authority().is_some() {
+        return Ok(req.uri().clone());
+    }
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    match req.headers().get(HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) if !host.is_empty() => format!("http://{host}{path}")
+            .parse()
+            .map_err(|_| "request target is not a valid URI".to_owned()),
+        _ => Ok(req.uri().clone()),
+    }
+}
+
+/// The headers sent to the backend: the client's, minus hop-by-hop and spoofable identity
+/// headers, plus verified identity and forwarding headers.
+fn forwarded_headers(incoming: &HeaderMap, fwd: &Forward, peer: SocketAddr) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(incoming.len() + fwd.set_headers.len() + 3);
+    let listed_in_connection: Vec<String> = incoming
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    for (name, value) in incoming {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || listed_in_connection.iter().any(|c| c == n)
+            || fwd.remove_headers.contains(name)
+            || fwd.set_headers.iter().any(|(s, _)| s == name)
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    for (name, value) in &fwd.set_headers {
+        out.append(name.clone(), value.clone());
+    }
+    if let Some(host) = incoming.get(HOST) {
+        out.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    let forwarded_for = match incoming
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prior) => format!("{prior}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        out.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    out.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    out
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<String> = headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    for name in HOP_BY_HOP.iter().copied().filter(|n| *n != "host") {
+        headers.remove(name);
+    }
+    for name in listed {
+        headers.remove(name.as_str());
+    }
+}
+
+/// A core response as an HTTP response.
+fn respond(r: &portcullis_core::Response) -> Response<HyperOutgoingBody> {
+    let mut out = Response::new(full_body(r.body.clone()));
+    *out.status_mut() = r.status;
+    for (name, value) in &r.headers {
+        out.headers_mut().append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// Tokens verified by the host's key service (cache, then native crypto).
+struct NativeAuth<'a> {
+    keys: &'a keys::KeyService,
+}
+
+impl Authenticator for NativeAuth<'_> {
+    fn authenticate(
+        &self,
+        token: &str,
+        route_issuers: &[IssuerId],
+        _now: Timestamp,
+    ) -> Result<VerifiedIdentity, AuthFailure> {
+        let (issuer, claims) = self.keys.authenticate_now(token, route_issuers)?;
+        let object = parse_object(claims.as_bytes()).map_err(|e| {
+            AuthFailure::new(Reason::ClaimInvalid, format!("cached claims: {e}")).at(issuer)
+        })?;
+        identity_from_claims(object, issuer)
+            .map_err(|e| AuthFailure::new(Reason::ClaimInvalid, format!("{e:?}")).at(issuer))
+    }
+}
+
+/// Risk plugins run by the host's plugin runtime, synchronously from the core's point of
+/// view (a plugin call never waits on I/O; its deadline is enforced by the epoch thread).
+struct NativeRisk<'a> {
+    plugins: &'a PluginRuntime,
+    client: &'a ClientInfo,
+    assessed: RefCell<Vec<(usize, plugins::RequestContext)>>,
+}
+
+impl RiskAssessor for NativeRisk<'_> {
+    fn assess(&self, ids: &[PluginId], ctx: &RiskContext) -> Vec<PluginAnswer> {
+        let base = plugins::context(ctx, self.client);
+        let mut answers = Vec::with_capacity(ids.len());
+        for id in ids {
+            let mut ctx = base.clone();
+            let wanted = self.plugins.headers(id.0);
+            ctx.headers.retain(|(n, _)| wanted.contains(n));
+            let answer =
+                futures::executor::block_on(self.plugins.assess(id.0, &ctx)).map(plugins::to_core);
+            answers.push(answer);
+            self.assessed.borrow_mut().push((id.0, ctx));
+        }
+        answers
+    }
+}
+
+/// Backend health as the host observes it.
+struct HostHealth<'a>(&'a Shared);
+
+impl BackendHealth for HostHealth<'_> {
+    fn is_healthy(&self, backend: BackendId) -> bool {
+        self.0.health.is_healthy(backend)
+    }
+}
