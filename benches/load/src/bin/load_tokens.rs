@@ -1,0 +1,69 @@
+//! Writes the key set and tokens the load harness needs into a directory:
+//! `jwks.json`, `repeated-es256.txt`, `repeated-rs256.txt` (one token each),
+//! `unique-es256.txt`, `unique-rs256.txt` (N distinct valid tokens each) and
+//! `invalid.txt` (N well-formed ES256 tokens with a valid key id but a wrong signature).
+//!
+//! `load-tokens DIR [N]`
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use jwt_simple::prelude::*;
+use portcullis_tests::{AUDIENCE, ISSUER, TestIdp};
+use serde_json::json;
+
+fn main() {
+    let dir = PathBuf::from(std::env::args().nth(1).expect("usage: load-tokens DIR [N]"));
+    let n: usize = std::env::args()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    std::fs::create_dir_all(&dir).expect("create the output directory");
+    let idp = TestIdp::generate();
+    std::fs::write(dir.join("jwks.json"), idp.jwks().to_string()).expect("write jwks");
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 86_400;
+    let claims = |i: usize| {
+        json!({
+            "iss": ISSUER,
+            "sub": format!("user-{i}"),
+            "aud": AUDIENCE,
+            "iat": exp - 86_400 - 10,
+            "exp": exp,
+            "scope": "orders:read profile",
+        })
+    };
+    let write = |name: &str, tokens: Vec<String>| {
+        let mut f = std::fs::File::create(dir.join(name)).expect("create token file");
+        for t in tokens {
+            writeln!(f, "{t}").expect("write token");
+        }
+    };
+    write("repeated-es256.txt", vec![idp.sign("ES256", claims(0))]);
+    write("repeated-rs256.txt", vec![idp.sign("RS256", claims(0))]);
+    write(
+        "unique-es256.txt",
+        (0..n).map(|i| idp.sign("ES256", claims(i))).collect(),
+    );
+    write(
+        "unique-rs256.txt",
+        (0..n).map(|i| idp.sign("RS256", claims(i))).collect(),
+    );
+    // Signed by another key under the published kid: every gateway must run the signature
+    // check to refuse them.
+    let attacker = ES256KeyPair::generate().with_key_id("es-1");
+    write(
+        "invalid.txt",
+        (0..n)
+            .map(|i| {
+                let c = portcullis_tests::raw_claims(claims(i));
+                attacker.sign(c).unwrap()
+            })
+            .collect(),
+    );
+    println!("wrote {} tokens per set to {}", n, dir.display());
+}
