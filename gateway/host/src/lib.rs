@@ -122,9 +122,9 @@ pub struct ServeOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EngineKind {
     /// In a fresh instance of the gateway component per request (what edge runtimes run).
-    #[default]
     Component,
-    /// Natively in the host (the fast path: no per-request instance).
+    /// Natively in the host (the fast path: no per-request instance). The default.
+    #[default]
     Native,
 }
 

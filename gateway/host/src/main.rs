@@ -51,9 +51,10 @@ enum Command {
         /// Longest shutdown waits for in-flight requests, seconds.
         #[arg(long, default_value_t = 30)]
         drain: u64,
-        /// Where requests are decided: `component` (a fresh gateway-component instance per
-        /// request, as at the edge) or `native` (the same core natively: the fast path).
-        #[arg(long, value_enum, default_value_t = EngineArg::Component)]
+        /// Where requests are decided: `native` (the core natively in the host: the fast
+        /// path) or `component` (a fresh gateway-component instance per request, exactly
+        /// what edge runtimes run). Both make the same decisions.
+        #[arg(long, value_enum, default_value_t = EngineArg::Native)]
         engine: EngineArg,
         /// Verified tokens kept (0 turns the verified-token cache off).
         #[arg(long, default_value_t = 100_000)]
