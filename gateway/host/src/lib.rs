@@ -207,7 +207,10 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         ),
     };
     let gateway = Arc::new(gateway);
-    gateway.start_epoch_ticker();
+    // Epochs bound wasm execution; a native engine without plugins runs none.
+    if opts.engine == EngineKind::Component || !shared.plugins.is_empty() {
+        gateway.start_epoch_ticker();
+    }
     Ok(Prepared { gateway, shared })
 }
 

@@ -186,6 +186,9 @@ pub fn engine(max_instances: u32, fuel: bool) -> anyhow::Result<Engine> {
     let mut cfg = WasmConfig::new();
     cfg.wasm_component_model(true)
         .epoch_interruption(true)
+        // Guests built with `-C target-feature=+wide-arithmetic` (in-guest RSA/ECDSA
+        // fallbacks) get 128-bit multiplies; others are unaffected.
+        .wasm_wide_arithmetic(true)
         .consume_fuel(fuel)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&cfg).map_err(|e| anyhow::anyhow!("{e}"))
