@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use jwt_simple::prelude::*;
 use portcullis_tests::host::{get, reason, start_engine};
-use portcullis_tests::net::{Backend, KeyServer, free_port, request};
+use portcullis_tests::net::{Backend, KeyServer, request};
 use portcullis_tests::*;
 use serde_json::{Value, json};
 
@@ -311,7 +311,8 @@ fn an_idp_outage_keeps_cached_keys_and_random_kids_cannot_storm_it(engine: &str)
 
 fn a_down_regional_backend_gives_503_and_never_spills_to_another_region(engine: &str) {
     let w = world();
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    // Port 1 is outside the ephemeral range, so no parallel test can be listening there.
+    let dead = "http://127.0.0.1:1".to_owned();
     let gw = start_engine(&config(&w.keys, &dead, &w.us.server.url()), engine);
     let eu = TestIdp::shared().sign("ES256", live_claims(json!({})));
     for _ in 0..3 {

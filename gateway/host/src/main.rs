@@ -195,7 +195,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     EngineArg::Component => portcullis_host::EngineKind::Component,
                     EngineArg::Native => portcullis_host::EngineKind::Native,
                 },
-                ..ServeOptions::default()
             };
             let prepared = portcullis_host::prepare(loaded, &opts).await?;
             let listener = tokio::net::TcpListener::bind(listen).await?;

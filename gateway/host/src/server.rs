@@ -39,7 +39,7 @@ enum Mode {
     /// In a fresh instance of the pre-instantiated gateway component.
     Component(ProxyPre<StoreState>),
     /// Natively, by the same core (the fast path).
-    Native(NativeEngine),
+    Native(Box<NativeEngine>),
 }
 
 impl Gateway {
@@ -57,7 +57,7 @@ impl Gateway {
         shared: Arc<Shared>,
         timeout: Duration,
     ) -> Self {
-        Self::with_mode(engine, Mode::Native(native), shared, timeout)
+        Self::with_mode(engine, Mode::Native(Box::new(native)), shared, timeout)
     }
 
     fn with_mode(
