@@ -75,6 +75,11 @@ pub fn start(config_text: &str) -> Gateway {
 /// Starts a gateway with `engine` on `config_text` (with `audit.key` beside it) and waits
 /// until ready.
 pub fn start_engine(config_text: &str, engine: &str) -> Gateway {
+    start_engine_with(config_text, engine, &[])
+}
+
+/// As [`start_engine`], with extra files (name, bytes) written beside the configuration.
+pub fn start_engine_with(config_text: &str, engine: &str, files: &[(String, Vec<u8>)]) -> Gateway {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "portcullis-e2e-{}-{}",
@@ -84,6 +89,9 @@ pub fn start_engine(config_text: &str, engine: &str) -> Gateway {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("gateway.toml"), config_text).unwrap();
     std::fs::write(dir.join("audit.key"), b64(&AUDIT_KEY)).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
     let cache = repo_root().join("target/e2e-component-cache");
     let log = dir.join("gateway.log");
     let child = Command::new(binary())

@@ -126,6 +126,32 @@ pub fn respond(out: ResponseOutparam, response: &Response) {
     let _ = OutgoingBody::finish(body, None);
 }
 
+/// Answers 200 with `body` (content the gateway itself serves, e.g. its key set).
+pub fn respond_content(out: ResponseOutparam, content_type: &str, body: &[u8]) {
+    let entries = vec![
+        ("content-type".to_owned(), content_type.as_bytes().to_vec()),
+        ("cache-control".to_owned(), b"max-age=300".to_vec()),
+        (
+            "content-length".to_owned(),
+            body.len().to_string().into_bytes(),
+        ),
+    ];
+    let Ok(fields) = Fields::from_list(&entries) else {
+        return;
+    };
+    let resp = OutgoingResponse::new(fields);
+    let _ = resp.set_status_code(200);
+    let Ok(out_body) = resp.body() else {
+        return;
+    };
+    ResponseOutparam::set(out, Ok(resp));
+    if let Ok(stream) = out_body.write() {
+        let _ = stream.blocking_write_and_flush(body);
+        drop(stream);
+    }
+    let _ = OutgoingBody::finish(out_body, None);
+}
+
 /// Answers with a bare problem document (no reason code applies).
 pub fn respond_error(out: ResponseOutparam, status: u16, detail: &str) {
     let body = serde_json::json!({ "title": "Gateway error", "status": status, "detail": detail })

@@ -66,6 +66,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                 return;
             }
         };
+        if let Some((content_type, body)) = gateway.well_known(parts.uri.path()) {
+            forward::respond_content(response_out, content_type, body.as_bytes());
+            return;
+        }
         let now = Timestamp::from_duration(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

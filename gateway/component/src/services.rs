@@ -91,6 +91,7 @@ pub fn emit_audit(a: AuditRecord) {
         subject: a.subject,
         region: a.region,
         backend: a.backend,
+        actor: a.actor,
         risk: a.risk.and_then(|r| serde_json::to_string(&r).ok()),
     });
 }

@@ -44,6 +44,9 @@ pub struct AuditRecord {
     /// The backend forwarded to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// The actor chain of a delegated token (`agent > sub-agent`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
     /// The risk phase: combined score, action and every plugin's contribution.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub risk: Option<crate::risk::RiskVerdict>,

@@ -11,6 +11,7 @@ use crate::claims::VerifiedIdentity;
 use crate::config::{AuthMode, Config, HeaderPattern, IdentitySource, Region, Route, RouteRisk};
 use crate::crypto::SignatureVerifier;
 use crate::decision::{BackendId, Decision, Forward, Outcome, Response, problem};
+use crate::delegation::{self, actor_chain};
 use crate::keyset::{IssuerId, KeyStore};
 use crate::normalize::{Normalized, normalize};
 use crate::policy::{authorize, match_route};
@@ -123,12 +124,29 @@ impl Gateway {
                 prefix: false,
             });
         }
+        if let Some(gt) = &config.gateway_token {
+            strip.push(HeaderPattern {
+                text: gt.header.as_str().to_owned(),
+                prefix: false,
+            });
+        }
         Self { config, strip }
     }
 
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// What the gateway itself serves at `path` (its public key set for gateway-signed
+    /// tokens), as `(content type, body)`. Adapters answer these before deciding.
+    pub fn well_known(&self, path: &str) -> Option<(&'static str, String)> {
+        match (&self.config.gateway_token, path) {
+            (Some(gt), crate::gateway_token::JWKS_PATH) => {
+                Some(("application/jwk-set+json", crate::gateway_token::jwks(gt)))
+            }
+            _ => None,
+        }
     }
 
     /// Decides what to do with a request, without a plugin runtime: routes with risk
@@ -206,7 +224,7 @@ impl Gateway {
         audit.route = Some(route.path.clone());
 
         // 2. authenticate
-        let identity = if route.auth == AuthMode::Public {
+        let mut identity = if route.auth == AuthMode::Public {
             None
         } else {
             let token = match bearer_token(req.headers) {
@@ -242,6 +260,69 @@ impl Gateway {
                 (Some(i), Some(sub)) => Some(pseudonymize(&cfg.audit.subject_key, &i.issuer, sub)),
                 _ => None,
             };
+        }
+
+        // 2b. delegation: agents acting for the user
+        let mut extra_strip = Vec::new();
+        if let Some(id) = identity.as_mut() {
+            let max_depth = route.agents.as_ref().map_or(1, |a| a.max_depth);
+            let chain = match actor_chain(id, max_depth) {
+                Ok(c) => c,
+                Err((reason, detail)) => return deny(reason, &detail),
+            };
+            if !chain.is_empty() {
+                audit.actor = Some(delegation::describe(&chain));
+                if let Err((reason, detail)) = delegation::apply(
+                    route.agents.as_ref(),
+                    &route.scopes_any,
+                    &route.scopes_all,
+                    &chain,
+                    id,
+                ) {
+                    return deny(reason, &detail);
+                }
+                if let Some(rules) = &route.agents
+                    && let Some(header) = &rules.workload_header
+                {
+                    extra_strip.push(header.clone());
+                    match req.headers.get(header).map(|v| v.to_str()) {
+                        Some(Ok(token)) => {
+                            let workload = match auth.authenticate(token, &[], now) {
+                                Ok(w) => w,
+                                Err(f) => {
+                                    return deny(
+                                        f.reason,
+                                        &format!("workload token: {}", f.detail),
+                                    );
+                                }
+                            };
+                            let actor = chain.first().map(delegation::Actor::name).unwrap_or("");
+                            if workload.subject.as_deref() != Some(actor) {
+                                return deny(
+                                    Reason::ActorMismatch,
+                                    &format!(
+                                        "the workload token is for {:?}, the delegation names the actor {actor:?}",
+                                        workload.subject.as_deref().unwrap_or("")
+                                    ),
+                                );
+                            }
+                        }
+                        Some(Err(_)) => {
+                            return deny(
+                                Reason::InvalidRequest,
+                                "the workload token header is not text",
+                            );
+                        }
+                        None if rules.require_workload => {
+                            return deny(
+                                Reason::ActorMismatch,
+                                &format!("agents must present their workload token in `{header}`"),
+                            );
+                        }
+                        None => {}
+                    }
+                }
+            }
         }
 
         // 3. authorize
@@ -295,7 +376,22 @@ impl Gateway {
         if !cfg.identity.forward_authorization && req.headers.contains_key(AUTHORIZATION) {
             remove_headers.push(AUTHORIZATION);
         }
-        let set_headers = self.identity_headers(identity.as_ref(), region);
+        for h in extra_strip {
+            if req.headers.contains_key(&h) && !remove_headers.contains(&h) {
+                remove_headers.push(h);
+            }
+        }
+        let mut set_headers = self.identity_headers(identity.as_ref(), region);
+        if let (Some(gt), Some(id), Some(backend_cfg)) = (
+            &cfg.gateway_token,
+            identity.as_ref(),
+            region.backends.get(backend.index),
+        ) {
+            let token = self.gateway_token(gt, id, region, &backend_cfg.url, req.request_id, now);
+            if let Some(v) = token.and_then(|t| HeaderValue::from_str(&t).ok()) {
+                set_headers.push((gt.header.clone(), v));
+            }
+        }
         Outcome::Forward(Forward {
             backend,
             path_and_query: norm.path_and_query,
@@ -348,6 +444,45 @@ impl Gateway {
         }
     }
 
+    /// The gateway-signed token for one forwarded request.
+    fn gateway_token(
+        &self,
+        gt: &crate::config::GatewayToken,
+        id: &VerifiedIdentity,
+        region: &Region,
+        audience: &str,
+        request_id: &str,
+        now: Timestamp,
+    ) -> Option<String> {
+        let mut claims = serde_json::Map::new();
+        if let Some(sub) = &id.subject {
+            claims.insert("sub".into(), Value::String(sub.clone()));
+        }
+        claims.insert("aud".into(), Value::String(audience.to_owned()));
+        if let Some(issuer) = self.config.issuers.get(id.issuer.0) {
+            claims.insert("idp".into(), Value::String(issuer.issuer.clone()));
+        }
+        if let Some(act) = id.claims.get("act") {
+            claims.insert("act".into(), act.clone());
+        }
+        claims.insert("scope".into(), Value::String(id.scopes.join(" ")));
+        claims.insert("region".into(), Value::String(region.name.clone()));
+        if let Some(acr) = &id.acr {
+            claims.insert("acr".into(), Value::String(acr.clone()));
+        }
+        for name in ["client_id", "sid"] {
+            if let Some(v) = id.claims.get(name) {
+                claims.insert(name.into(), v.clone());
+            }
+        }
+        let jti = format!(
+            "{:016x}",
+            fnv1a(&format!("{request_id}/{}", now.unix_millis()))
+        );
+        claims.insert("jti".into(), Value::String(jti));
+        crate::gateway_token::mint(gt, claims, now)
+    }
+
     fn identity_headers(
         &self,
         id: Option<&VerifiedIdentity>,
@@ -359,6 +494,12 @@ impl Gateway {
                 (IdentitySource::Region, _) => Some(region.name.clone()),
                 (IdentitySource::Jurisdiction, _) => Some(region.jurisdiction.clone()),
                 (IdentitySource::Scope, Some(id)) => Some(id.scopes.join(" ")),
+                (IdentitySource::Actor, Some(id)) => id
+                    .claims
+                    .get("act")
+                    .and_then(|a| a.get("sub"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
                 (IdentitySource::IssuerName, Some(id)) => {
                     self.config.issuers.get(id.issuer.0).map(|i| i.name.clone())
                 }

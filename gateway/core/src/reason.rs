@@ -68,6 +68,12 @@ pub enum Reason {
     ChallengeRequired,
     /// A risk plugin failed (trap, timeout, memory cap, bad answer) under `on_error = "deny"`.
     RiskCheckFailed,
+    /// A delegated (agent) token on a route that does not accept it, or its actor.
+    AgentNotAllowed,
+    /// The agent asks for scopes beyond what the route lets agents exercise.
+    AgentScopeExceeded,
+    /// The agent's workload credential does not name the token's actor.
+    ActorMismatch,
 }
 
 impl Reason {
@@ -105,11 +111,14 @@ impl Reason {
             Reason::RiskDenied => "risk_denied",
             Reason::ChallengeRequired => "challenge_required",
             Reason::RiskCheckFailed => "risk_check_failed",
+            Reason::AgentNotAllowed => "agent_not_allowed",
+            Reason::AgentScopeExceeded => "agent_scope_exceeded",
+            Reason::ActorMismatch => "actor_mismatch",
         }
     }
 
     /// Every reason, for lookups and metrics.
-    pub const ALL: [Reason; 31] = [
+    pub const ALL: [Reason; 34] = [
         Reason::InvalidRequest,
         Reason::PathInvalid,
         Reason::RouteNotFound,
@@ -141,6 +150,9 @@ impl Reason {
         Reason::RiskDenied,
         Reason::ChallengeRequired,
         Reason::RiskCheckFailed,
+        Reason::AgentNotAllowed,
+        Reason::AgentScopeExceeded,
+        Reason::ActorMismatch,
     ];
 
     /// The reason with this code.
@@ -159,7 +171,10 @@ impl Reason {
             | Reason::ResidencyMissing
             | Reason::ResidencyNotPermitted
             | Reason::RiskDenied
-            | Reason::ChallengeRequired => StatusCode::FORBIDDEN,
+            | Reason::ChallengeRequired
+            | Reason::AgentNotAllowed
+            | Reason::AgentScopeExceeded
+            | Reason::ActorMismatch => StatusCode::FORBIDDEN,
             Reason::KeysUnavailable
             | Reason::ResidencyUnavailable
             | Reason::BackendUnavailable
@@ -205,6 +220,9 @@ impl Reason {
             Reason::RiskDenied => "The request was refused as too risky",
             Reason::ChallengeRequired => "The client must complete a challenge",
             Reason::RiskCheckFailed => "A risk check failed",
+            Reason::AgentNotAllowed => "Agents may not call this route",
+            Reason::AgentScopeExceeded => "The agent exceeds what it may do here",
+            Reason::ActorMismatch => "The agent's credential does not match the delegation",
         }
     }
 

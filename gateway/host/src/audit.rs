@@ -53,6 +53,7 @@ impl AuditSink {
             "subject": r.subject,
             "region": r.region,
             "backend": r.backend,
+            "actor": r.actor,
             "risk": r.risk.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()),
         });
         if let Ok(mut out) = self.out.lock() {

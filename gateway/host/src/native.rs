@@ -73,6 +73,18 @@ impl NativeEngine {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        if let Some((content_type, body)) = self.gateway.well_known(req.uri().path()) {
+            let mut r = Response::new(full_body(body));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type),
+            );
+            r.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=300"),
+            );
+            return r;
+        }
         let client = client_info(&self.shared.client, Some(peer.ip()), req.headers());
         let uri = match origin_uri(&req) {
             Ok(u) => u,
@@ -253,6 +265,7 @@ impl NativeEngine {
             subject: a.subject,
             region: a.region,
             backend: a.backend,
+            actor: a.actor,
             risk: a.risk.and_then(|r| serde_json::to_string(&r).ok()),
         };
         self.shared

@@ -6,6 +6,7 @@
 //! Files the configuration names (secrets, static key sets) are read through
 //! [`ConfigFiles`], so the core itself never touches a file system.
 
+mod agents;
 mod model;
 mod reader;
 mod risk;

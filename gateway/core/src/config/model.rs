@@ -31,6 +31,10 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     /// Which peers are trusted proxies, and the headers they set.
     pub client: ClientConfig,
+    /// Short-lived gateway-signed identity tokens for backends, if configured.
+    pub gateway_token: Option<GatewayToken>,
+    /// DPoP proof checks.
+    pub dpop: DpopConfig,
 }
 
 /// One trusted token issuer.
@@ -205,6 +209,10 @@ pub struct Route {
     pub regions: Vec<RegionId>,
     /// Risk plugins and thresholds (none: no risk phase).
     pub risk: Option<RouteRisk>,
+    /// Whether delegated (agent) tokens may call this route, and with what (none: refused).
+    pub agents: Option<RouteAgents>,
+    /// Only DPoP-bound tokens with a valid proof are accepted.
+    pub require_dpop: bool,
 }
 
 impl Route {
@@ -260,6 +268,8 @@ pub enum IdentitySource {
     Scope,
     /// The issuer's configured name (`issuer`).
     IssuerName,
+    /// The acting agent of a delegated token, `act.sub` (`actor`).
+    Actor,
     /// A claim (`sub`, `email`, … or `claims.<name>` for a claim named like a keyword above).
     Claim(String),
 }
@@ -394,4 +404,69 @@ pub struct ClientConfig {
     pub country_header: Option<String>,
     /// Header carrying the client's autonomous system number.
     pub asn_header: Option<String>,
+}
+
+/// What agents acting for a user (tokens with an RFC 8693 `act` claim) may do on a route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteAgents {
+    /// Accepted actors (`act.sub` or `act.client_id`); empty: any actor.
+    pub actors: Vec<String>,
+    /// The scopes an agent may exercise here: effective scopes are the token's ∩ these.
+    pub scopes: Vec<String>,
+    /// Longest accepted `act` chain (1: a single agent, no sub-delegation).
+    pub max_depth: usize,
+    /// Header carrying the agent's own workload token, verified and matched to the actor.
+    #[serde(with = "super::snapshot::opt_header")]
+    pub workload_header: Option<HeaderName>,
+    /// Refuse agents that do not present a workload token.
+    pub require_workload: bool,
+}
+
+/// An Ed25519 key the gateway signs identity tokens with.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayKey {
+    /// RFC 7638 thumbprint of the public key.
+    pub kid: String,
+    /// The 32-byte seed.
+    pub seed: Vec<u8>,
+    /// The 32-byte public key.
+    pub public: Vec<u8>,
+}
+
+impl std::fmt::Debug for GatewayKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GatewayKey {{ kid: {:?}, seed: <redacted> }}", self.kid)
+    }
+}
+
+/// Short-lived tokens the gateway mints per forwarded request (secretless backends).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayToken {
+    /// The header the token travels in.
+    #[serde(with = "super::snapshot::header")]
+    pub header: HeaderName,
+    /// `iss` of minted tokens.
+    pub issuer: String,
+    /// Lifetime (at most 60 s).
+    pub ttl: Duration,
+    /// Signing keys: the first signs, all are published (rotation with overlap).
+    pub keys: Vec<GatewayKey>,
+}
+
+/// DPoP (RFC 9449) proof checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DpopConfig {
+    /// The scheme clients use to reach the gateway (for `htu`): `https` behind TLS.
+    pub scheme: String,
+    /// How far `iat` may be from now.
+    pub max_age: Duration,
+}
+
+impl Default for DpopConfig {
+    fn default() -> Self {
+        Self {
+            scheme: "https".into(),
+            max_age: Duration::from_secs(60),
+        }
+    }
 }

@@ -82,3 +82,39 @@ pub(crate) mod named_headers {
             .collect()
     }
 }
+
+/// A header name stored as a string.
+pub(crate) mod header {
+    use http::HeaderName;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.as_str())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HeaderName, D::Error> {
+        let text = String::deserialize(d)?;
+        HeaderName::from_bytes(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An optional header name stored as a string.
+pub(crate) mod opt_header {
+    use http::HeaderName;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(
+        v: &Option<HeaderName>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        v.as_ref().map(HeaderName::as_str).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<HeaderName>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| HeaderName::from_bytes(t.as_bytes()).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}

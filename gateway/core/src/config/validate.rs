@@ -16,7 +16,7 @@ use crate::jwk::{ParsedJwks, hmac_secret_jwk, parse_jwks};
 use crate::jws::{DEFAULT_MAX_TOKEN_BYTES, normalize_media_type};
 use crate::keyset::IssuerId;
 
-const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit], [limits], [plugin.NAME] and [client]";
+const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit], [limits], [plugin.NAME], [client], [gateway_token] and [dpop]";
 
 pub(super) fn load(
     source: &str,
@@ -114,6 +114,8 @@ fn read_config(
     let audit = read_audit(top, d, files);
     let limits = read_limits(top, d);
     let client = super::risk::read_client(top, d);
+    let gateway_token = super::agents::read_gateway_token(top, d, files);
+    let dpop = super::agents::read_dpop(top, d);
 
     Some(Config {
         issuers: issuers.into_iter().collect::<Option<Vec<_>>>()?,
@@ -128,6 +130,8 @@ fn read_config(
         limits,
         plugins,
         client,
+        gateway_token,
+        dpop,
     })
 }
 
@@ -707,6 +711,8 @@ fn read_route(
         }
     }
     let risk = super::risk::read_route_risk(&mut t, d, plugins);
+    let agents = super::agents::read_route_agents(&mut t, d);
+    let require_dpop = t.boolean(d, "require_dpop").is_some_and(|b| b.0);
     t.finish(d);
     let route = Route {
         path: path?.0,
@@ -721,6 +727,8 @@ fn read_route(
         max_auth_age,
         regions: route_regions,
         risk,
+        agents,
+        require_dpop,
     };
     if route.auth == AuthMode::Public {
         if route.has_rules() || !route.issuers.is_empty() {
@@ -852,6 +860,7 @@ fn read_identity(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Option<Identity>
                 "jurisdiction" => IdentitySource::Jurisdiction,
                 "scope" => IdentitySource::Scope,
                 "issuer" => IdentitySource::IssuerName,
+                "actor" => IdentitySource::Actor,
                 other => match other.strip_prefix("claims.") {
                     Some(claim) if !claim.is_empty() => IdentitySource::Claim(claim.to_owned()),
                     Some(_) | None if other.is_empty() => {

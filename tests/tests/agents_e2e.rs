@@ -1,0 +1,335 @@
+//! End to end, with tokens minted and checked by an independent library (Python `jwcrypto`,
+//! run by the test): delegated agent tokens (RFC 8693 `act`) with intersected scopes,
+//! over-privileged and unknown agents refused, the agent's workload token matched to the
+//! actor, and the gateway-signed identity token verified by "a backend" through the key set
+//! the gateway serves — before, during and after a key rotation. Every scenario runs on both
+//! engines.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::process::Command;
+
+use portcullis_tests::host::{Gateway, get, reason, start_engine_with};
+use portcullis_tests::net::{Backend, KeyServer, request};
+use portcullis_tests::*;
+use serde_json::{Value, json};
+
+fn tool(args: &[&str]) -> Result<String, String> {
+    let script = repo_root().join("tests/interop/jwcrypto_tool.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("python3");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap().trim().to_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !err.contains("No module named 'jwcrypto'"),
+            "the interop tests need jwcrypto: python3 -m pip install jwcrypto"
+        );
+        Err(err)
+    }
+}
+
+struct Issuer {
+    private: Value,
+    jwks: Value,
+}
+
+fn issuer(kid: &str) -> Issuer {
+    let v: Value = serde_json::from_str(&tool(&["keys", kid]).unwrap()).unwrap();
+    Issuer {
+        private: v["private"].clone(),
+        jwks: v["jwks"].clone(),
+    }
+}
+
+fn sign(iss: &Issuer, claims: Value) -> String {
+    tool(&["sign", &iss.private.to_string(), &claims.to_string()]).unwrap()
+}
+
+fn verify(jwks: &str, token: &str) -> Result<Value, String> {
+    tool(&["verify", jwks, token]).map(|s| serde_json::from_str(&s).unwrap())
+}
+
+const WORKLOAD_ISSUER: &str = "https://workload.test";
+
+fn user_token(idp: &Issuer, extra: Value) -> String {
+    let mut c = live_claims(
+        json!({"sub": "alice", "scope": "orders:read orders:write payments:write profile"}),
+    );
+    if let (Some(c), Value::Object(e)) = (c.as_object_mut(), extra) {
+        c.extend(e);
+    }
+    sign(idp, c)
+}
+
+fn workload_token(wl: &Issuer, sub: &str) -> String {
+    sign(
+        wl,
+        json!({"iss": WORKLOAD_ISSUER, "sub": sub, "aud": "portcullis", "iat": unix_now() - 5, "exp": unix_now() + 300}),
+    )
+}
+
+fn config(keys: &KeyServer, backend: &str, gateway_keys: &[&str]) -> String {
+    let key_files: Vec<String> = gateway_keys
+        .iter()
+        .map(|k| format!("\"{k}.key\""))
+        .collect();
+    format!(
+        r#"
+[[issuer]]
+name = "main"
+issuer = "{ISSUER}"
+jwks_uri = "{keys}/jwks.json"
+insecure_http_jwks = true
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+
+[[issuer]]
+name = "workload"
+issuer = "{WORKLOAD_ISSUER}"
+jwks_file = "workload.jwks.json"
+audiences = ["portcullis"]
+algorithms = ["ES256"]
+
+[region.eu]
+jurisdiction = "EU"
+backends = ["{backend}"]
+
+[residency]
+missing = "eu"
+anonymous = "eu"
+
+[[route]]
+path = "/api/orders"
+issuers = ["main"]
+scopes_any = ["orders:read"]
+[route.agents]
+actors = ["shopping-assistant"]
+scopes = ["orders:read"]
+workload_header = "x-workload-token"
+
+[[route]]
+path = "/api/payments"
+issuers = ["main"]
+scopes_any = ["payments:write"]
+[route.agents]
+scopes = ["orders:read"]
+
+[[route]]
+path = "/api/profile"
+issuers = ["main"]
+
+[identity]
+headers = {{ "x-user-id" = "sub", "x-user-scopes" = "scope", "x-user-actor" = "actor" }}
+
+[gateway_token]
+header = "x-portcullis-identity"
+issuer = "https://gateway.test"
+ttl = "30s"
+key_files = [{files}]
+
+[audit]
+subject_key_file = "audit.key"
+"#,
+        keys = keys.server.url(),
+        files = key_files.join(", "),
+    )
+}
+
+fn seed_file(name: &str, byte: u8) -> (String, Vec<u8>) {
+    (format!("{name}.key"), b64(&[byte; 32]).into_bytes())
+}
+
+fn start_with(
+    keys: &KeyServer,
+    backend: &Backend,
+    wl: &Issuer,
+    gateway_keys: &[&str],
+    engine: &str,
+) -> Gateway {
+    let text = config(keys, &backend.server.url(), gateway_keys);
+    start_engine_with(
+        &text,
+        engine,
+        &[
+            (
+                "workload.jwks.json".into(),
+                wl.jwks.to_string().into_bytes(),
+            ),
+            seed_file("gw-1", 1),
+            seed_file("gw-2", 2),
+        ],
+    )
+}
+
+fn last_header(backend: &Backend, name: &str) -> Option<String> {
+    let last = backend.last.lock().unwrap();
+    last.as_ref()?
+        .headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+fn delegated_agents_get_intersected_scopes_and_over_privileged_ones_are_refused(engine: &str) {
+    let idp = issuer("idp-1");
+    let wl = issuer("wl-1");
+    let keys = KeyServer::start(idp.jwks.clone());
+    let backend = Backend::start("eu");
+    let gw = start_with(&keys, &backend, &wl, &["gw-1"], engine);
+    let delegated = user_token(&idp, json!({"act": {"sub": "shopping-assistant"}}));
+    let with_workload = |sub: &str| workload_token(&wl, sub);
+
+    // Accepted: the backend sees the user, the actor and only the scopes agents may use here.
+    let ok = get(
+        &gw,
+        "/api/orders/7",
+        Some(&delegated),
+        &[("x-workload-token", &with_workload("shopping-assistant"))],
+    );
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    assert_eq!(last_header(&backend, "x-user-id").as_deref(), Some("alice"));
+    assert_eq!(
+        last_header(&backend, "x-user-actor").as_deref(),
+        Some("shopping-assistant")
+    );
+    assert_eq!(
+        last_header(&backend, "x-user-scopes").as_deref(),
+        Some("orders:read")
+    );
+    assert_eq!(
+        last_header(&backend, "x-workload-token"),
+        None,
+        "credentials are not forwarded"
+    );
+    // The same user without an agent keeps all her scopes.
+    let direct = user_token(&idp, json!({}));
+    assert_eq!(get(&gw, "/api/orders/7", Some(&direct), &[]).status, 200);
+    assert_eq!(
+        last_header(&backend, "x-user-scopes").as_deref(),
+        Some("orders:read orders:write payments:write profile")
+    );
+    // Over-privileged: the token has payments:write, agents may not use it here.
+    let r = get(&gw, "/api/payments", Some(&delegated), &[]);
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (403, "agent_scope_exceeded")
+    );
+    // Routes without an agent policy refuse agents; unknown actors are refused.
+    let r = get(&gw, "/api/profile", Some(&delegated), &[]);
+    assert_eq!((r.status, reason(&r).as_str()), (403, "agent_not_allowed"));
+    let rogue = user_token(&idp, json!({"act": {"sub": "rogue-bot"}}));
+    let r = get(&gw, "/api/orders/7", Some(&rogue), &[]);
+    assert_eq!((r.status, reason(&r).as_str()), (403, "agent_not_allowed"));
+    // Sub-delegation deeper than the route allows.
+    let nested = user_token(
+        &idp,
+        json!({"act": {"sub": "shopping-assistant", "act": {"sub": "orchestrator"}}}),
+    );
+    let r = get(&gw, "/api/orders/7", Some(&nested), &[]);
+    assert_eq!((r.status, reason(&r).as_str()), (403, "agent_not_allowed"));
+    // The agent's own workload credential must name the actor.
+    let r = get(
+        &gw,
+        "/api/orders/7",
+        Some(&delegated),
+        &[("x-workload-token", &with_workload("other-agent"))],
+    );
+    assert_eq!((r.status, reason(&r).as_str()), (403, "actor_mismatch"));
+    // The audit record names both parties.
+    let audit = std::fs::read_to_string(gw.dir.join("audit.jsonl")).unwrap();
+    let record: Value = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|a| a["decision"] == "forward" && a["actor"].is_string())
+        .unwrap();
+    assert_eq!(record["actor"], "shopping-assistant");
+    assert!(record["subject"].is_string());
+}
+
+fn backends_verify_the_gateway_token_through_the_served_key_set_across_a_rotation(engine: &str) {
+    let idp = issuer("idp-1");
+    let wl = issuer("wl-1");
+    let keys = KeyServer::start(idp.jwks.clone());
+    let backend = Backend::start("eu");
+    let delegated = user_token(&idp, json!({"act": {"sub": "shopping-assistant"}}));
+    let fetch_jwks = |gw: &Gateway| {
+        let r = request(
+            gw.addr,
+            "GET",
+            "/.well-known/portcullis/jwks.json",
+            &[],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).unwrap()
+    };
+    let minted = |gw: &Gateway| {
+        assert_eq!(get(gw, "/api/orders/1", Some(&delegated), &[]).status, 200);
+        last_header(&backend, "x-portcullis-identity").expect("gateway token forwarded")
+    };
+
+    // Key 1 only.
+    let gw = start_with(&keys, &backend, &wl, &["gw-1"], engine);
+    let jwks1 = fetch_jwks(&gw);
+    let t1 = minted(&gw);
+    let checked = verify(&jwks1, &t1).expect("jwcrypto verifies the gateway token");
+    let c = &checked["claims"];
+    assert_eq!(c["iss"], "https://gateway.test");
+    assert_eq!(c["sub"], "alice");
+    assert_eq!(c["act"]["sub"], "shopping-assistant");
+    assert_eq!(c["aud"], backend.server.url());
+    assert_eq!(c["scope"], "orders:read");
+    assert_eq!(c["region"], "eu");
+    let ttl = c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap();
+    assert!(ttl <= 60, "lifetime {ttl}s");
+    // A client cannot smuggle its own "gateway token" to the backend.
+    get(
+        &gw,
+        "/api/orders/1",
+        Some(&delegated),
+        &[("x-portcullis-identity", "forged")],
+    );
+    assert_ne!(
+        last_header(&backend, "x-portcullis-identity").as_deref(),
+        Some("forged")
+    );
+    drop(gw);
+
+    // Rotation: key 2 signs, key 1 is still published — tokens already issued still verify.
+    let gw = start_with(&keys, &backend, &wl, &["gw-2", "gw-1"], engine);
+    let jwks2 = fetch_jwks(&gw);
+    let t2 = minted(&gw);
+    verify(&jwks2, &t1).expect("old tokens verify during the overlap");
+    let h2 = verify(&jwks2, &t2).unwrap();
+    assert_ne!(
+        h2["header"]["kid"], checked["header"]["kid"],
+        "the new key signs"
+    );
+    drop(gw);
+
+    // Key 1 retired: its tokens no longer verify; the new ones do.
+    let gw = start_with(&keys, &backend, &wl, &["gw-2"], engine);
+    let jwks3 = fetch_jwks(&gw);
+    assert!(
+        verify(&jwks3, &t1).is_err(),
+        "a retired key's tokens are refused"
+    );
+    verify(&jwks3, &t2).expect("current tokens verify");
+    // A forged token (signed by the user's IdP key, not the gateway's) is refused by the backend.
+    assert!(verify(&jwks3, &delegated).is_err());
+}
+
+portcullis_tests::on_every_engine!(
+    delegated_agents_get_intersected_scopes_and_over_privileged_ones_are_refused,
+    backends_verify_the_gateway_token_through_the_served_key_set_across_a_rotation,
+);
