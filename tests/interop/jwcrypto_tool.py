@@ -4,9 +4,16 @@
   keys                         -> {"private": JWK, "jwks": JWKS}  (a new ES256 key)
   sign PRIVATE_JWK CLAIMS      -> a compact JWS (ES256, kid from the key)
   verify JWKS TOKEN            -> the claims as JSON, or exit 1 with the error
+  thumbprint PRIVATE_JWK       -> the RFC 7638 SHA-256 thumbprint of its public key
+  dpop PRIVATE_JWK METHOD URL TOKEN [IAT_OFFSET]
+                               -> a DPoP proof (RFC 9449) for that request and token
 """
+import base64
+import hashlib
 import json
 import sys
+import time
+import uuid
 
 from jwcrypto import jwk, jwt
 
@@ -35,6 +42,19 @@ def main():
             print(f"{type(e).__name__}: {e}", file=sys.stderr)
             sys.exit(1)
         print(json.dumps({"header": json.loads(token.header), "claims": json.loads(token.claims)}))
+    elif cmd == "thumbprint":
+        print(jwk.JWK(**json.loads(sys.argv[2])).thumbprint())
+    elif cmd == "dpop":
+        key = jwk.JWK(**json.loads(sys.argv[2]))
+        method, url, access_token = sys.argv[3], sys.argv[4], sys.argv[5]
+        offset = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+        public = json.loads(key.export_public())
+        public.pop("kid", None)
+        ath = base64.urlsafe_b64encode(hashlib.sha256(access_token.encode()).digest()).rstrip(b"=").decode()
+        claims = {"jti": str(uuid.uuid4()), "htm": method, "htu": url, "iat": int(time.time()) + offset, "ath": ath}
+        proof = jwt.JWT(header={"typ": "dpop+jwt", "alg": "ES256", "jwk": public}, claims=claims)
+        proof.make_signed_token(key)
+        print(proof.serialize())
     else:
         sys.exit(f"unknown command {cmd}")
 

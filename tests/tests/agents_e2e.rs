@@ -127,6 +127,15 @@ scopes = ["orders:read"]
 path = "/api/profile"
 issuers = ["main"]
 
+[[route]]
+path = "/api/dpop"
+issuers = ["main"]
+require_dpop = true
+
+[dpop]
+scheme = "http"
+max_age = "60s"
+
 [identity]
 headers = {{ "x-user-id" = "sub", "x-user-scopes" = "scope", "x-user-actor" = "actor" }}
 
@@ -329,7 +338,85 @@ fn backends_verify_the_gateway_token_through_the_served_key_set_across_a_rotatio
     assert!(verify(&jwks3, &delegated).is_err());
 }
 
+fn dpop_proofs_from_another_library_are_accepted_and_replays_refused(engine: &str) {
+    let idp = issuer("idp-1");
+    let wl = issuer("wl-1");
+    let client = issuer("client-key");
+    let other = issuer("other-key");
+    let keys = KeyServer::start(idp.jwks.clone());
+    let backend = Backend::start("eu");
+    let gw = start_with(&keys, &backend, &wl, &["gw-1"], engine);
+    let jkt = tool(&["thumbprint", &client.private.to_string()]).unwrap();
+    let bound = user_token(&idp, json!({"cnf": {"jkt": jkt}}));
+    let url = format!("http://{}/api/dpop/1", gw.addr);
+    let proof = |key: &Issuer, method: &str, url: &str, token: &str, offset: &str| {
+        tool(&["dpop", &key.private.to_string(), method, url, token, offset]).unwrap()
+    };
+    let send = |token: &str, proof: Option<&str>| {
+        let auth = format!("DPoP {token}");
+        let mut headers = vec![("authorization", auth.as_str())];
+        if let Some(p) = proof {
+            headers.push(("dpop", p));
+        }
+        request(gw.addr, "GET", "/api/dpop/1", &headers, b"").unwrap()
+    };
+
+    let p1 = proof(&client, "GET", &url, &bound, "0");
+    let ok = send(&bound, Some(&p1));
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    // The same proof again is a replay.
+    let r = send(&bound, Some(&p1));
+    assert_eq!((r.status, reason(&r).as_str()), (401, "dpop_proof_invalid"));
+    assert!(r.json_body()["detail"].as_str().unwrap().contains("replay"));
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .starts_with("DPoP error=\"invalid_dpop_proof\"")
+    );
+    // Wrong method, wrong URL, stale, or signed by another key than the token is bound to.
+    for bad in [
+        proof(&client, "POST", &url, &bound, "0"),
+        proof(
+            &client,
+            "GET",
+            &format!("http://{}/api/other", gw.addr),
+            &bound,
+            "0",
+        ),
+        proof(&client, "GET", &url, &bound, "-600"),
+        proof(&other, "GET", &url, &bound, "0"),
+        proof(&client, "GET", &url, "another-token", "0"),
+    ] {
+        let r = send(&bound, Some(&bad));
+        assert_eq!(
+            (r.status, reason(&r).as_str()),
+            (401, "dpop_proof_invalid"),
+            "{}",
+            r.json_body()
+        );
+    }
+    // No proof at all.
+    let r = send(&bound, None);
+    assert_eq!((r.status, reason(&r).as_str()), (401, "dpop_proof_invalid"));
+    // A bound token used as a bearer token is refused on every route.
+    let r = get(&gw, "/api/profile", Some(&bound), &[]);
+    assert_eq!((r.status, reason(&r).as_str()), (401, "dpop_required"));
+    // This route accepts only DPoP: a plain bearer token gets the DPoP challenge.
+    let plain = user_token(&idp, json!({}));
+    let r = get(&gw, "/api/dpop/1", Some(&plain), &[]);
+    assert_eq!((r.status, reason(&r).as_str()), (401, "dpop_required"));
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .starts_with("DPoP algs=")
+    );
+    // A fresh proof works again.
+    let p2 = proof(&client, "GET", &url, &bound, "0");
+    assert_eq!(send(&bound, Some(&p2)).status, 200);
+}
+
 portcullis_tests::on_every_engine!(
+    dpop_proofs_from_another_library_are_accepted_and_replays_refused,
     delegated_agents_get_intersected_scopes_and_over_privileged_ones_are_refused,
     backends_verify_the_gateway_token_through_the_served_key_set_across_a_rotation,
 );

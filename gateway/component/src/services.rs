@@ -58,6 +58,11 @@ impl Authenticator for HostAuthenticator {
             }
         }
     }
+
+    fn first_use(&self, key: &str, ttl: std::time::Duration) -> bool {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        crate::bindings::portcullis::gateway::state::increment(key, 1, ttl_ms) == 1
+    }
 }
 
 /// Backend health as the host sees it.

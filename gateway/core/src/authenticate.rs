@@ -61,9 +61,26 @@ impl From<JwsError> for AuthFailure {
     }
 }
 
-/// The bearer token of a request: `Ok(None)` when there is no `Authorization: Bearer`
-/// header, an error when there are several or the header is malformed.
+/// How an access token was presented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenScheme {
+    /// `Authorization: Bearer` (RFC 6750).
+    Bearer,
+    /// `Authorization: DPoP` with a `DPoP` proof header (RFC 9449).
+    Dpop,
+}
+
+/// The bearer token of a request (`Authorization: Bearer`), if any. Several
+/// `Authorization` headers are refused.
 pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure> {
+    Ok(access_token(headers)?
+        .filter(|(scheme, _)| *scheme == TokenScheme::Bearer)
+        .map(|(_, t)| t))
+}
+
+/// The access token of a request and its scheme (`Bearer` or `DPoP`), if any. Several
+/// `Authorization` headers are refused; other schemes count as no token.
+pub fn access_token(headers: &HeaderMap) -> Result<Option<(TokenScheme, &str)>, AuthFailure> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -80,9 +97,13 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure> {
     let Some((scheme, rest)) = text.split_once(' ') else {
         return Ok(None);
     };
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Ok(None); // another scheme: no bearer token
-    }
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        TokenScheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        TokenScheme::Dpop
+    } else {
+        return Ok(None); // another scheme: no access token
+    };
     let token = rest.trim_matches(' ');
     // RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
     let body = token.trim_end_matches('=');
@@ -93,10 +114,10 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure> {
     {
         return Err(AuthFailure::new(
             Reason::TokenMalformed,
-            "bearer token has characters outside token68",
+            "access token has characters outside token68",
         ));
     }
-    Ok(Some(token))
+    Ok(Some((scheme, token)))
 }
 
 /// Checks a parsed JWS's signature against a key set: the key is chosen by `kid` (or as the
@@ -150,6 +171,28 @@ pub trait Authenticator {
         route_issuers: &[IssuerId],
         now: Timestamp,
     ) -> Result<VerifiedIdentity, AuthFailure>;
+
+    /// Verifies a signature with a key the request itself carried (a DPoP proof's `jwk`).
+    /// Default: the portable pure-Rust verifier; native adapters use their own crypto.
+    fn verify_with_key(
+        &self,
+        alg: crate::crypto::Algorithm,
+        material: &crate::crypto::KeyMaterial,
+        message: &[u8],
+        signature: &[u8],
+    ) -> bool {
+        let v = crate::crypto::PortableVerifier;
+        v.prepare(material)
+            .is_ok_and(|k| v.verify(alg, &k, message, signature))
+    }
+
+    /// Records a one-time value (a DPoP proof's `jti`) for `ttl` in shared state; false when
+    /// it was seen before. Default: false — an adapter without shared state cannot rule out
+    /// replays, so it accepts no DPoP proof (fail closed).
+    fn first_use(&self, key: &str, ttl: std::time::Duration) -> bool {
+        let _ = (key, ttl);
+        false
+    }
 }
 
 /// Authentication from a local key store and verifier.

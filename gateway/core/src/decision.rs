@@ -101,7 +101,24 @@ pub fn problem(
         ),
         (CACHE_CONTROL, HeaderValue::from_static("no-store")),
     ];
-    if status == StatusCode::UNAUTHORIZED || reason == Reason::InsufficientScope {
+    if matches!(reason, Reason::DpopRequired | Reason::DpopProofInvalid) {
+        let algs: Vec<&str> = crate::dpop::PROOF_ALGORITHMS
+            .iter()
+            .map(|a| a.name())
+            .collect();
+        let value = if reason == Reason::DpopProofInvalid {
+            format!(
+                "DPoP error=\"invalid_dpop_proof\", error_description=\"{}\", algs=\"{}\"",
+                quote_safe(reason.title()),
+                algs.join(" ")
+            )
+        } else {
+            format!("DPoP algs=\"{}\"", algs.join(" "))
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.push((WWW_AUTHENTICATE, v));
+        }
+    } else if status == StatusCode::UNAUTHORIZED || reason == Reason::InsufficientScope {
         let mut value = String::from("Bearer realm=\"portcullis\"");
         if let Some(error) = reason.bearer_error() {
             value.push_str(&format!(

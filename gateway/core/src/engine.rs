@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use serde_json::Value;
 
 use crate::audit::{AuditRecord, pseudonymize};
-use crate::authenticate::{Authenticator, LocalAuthenticator, bearer_token};
+use crate::authenticate::{Authenticator, LocalAuthenticator, TokenScheme, access_token};
 use crate::claims::VerifiedIdentity;
 use crate::config::{AuthMode, Config, HeaderPattern, IdentitySource, Region, Route, RouteRisk};
 use crate::crypto::SignatureVerifier;
@@ -227,30 +227,88 @@ impl Gateway {
         let mut identity = if route.auth == AuthMode::Public {
             None
         } else {
-            let token = match bearer_token(req.headers) {
+            let presented = match access_token(req.headers) {
                 Ok(t) => t,
                 Err(f) => return deny(f.reason, &f.detail),
             };
-            match token {
+            match presented {
                 None if route.auth == AuthMode::Required => {
-                    return deny(
-                        Reason::AuthenticationRequired,
-                        "this route needs a bearer token",
-                    );
+                    let reason = if route.require_dpop {
+                        Reason::DpopRequired
+                    } else {
+                        Reason::AuthenticationRequired
+                    };
+                    return deny(reason, "this route needs an access token");
                 }
                 None => None,
-                Some(token) => match auth.authenticate(token, &route.issuers, now) {
-                    Ok(id) => Some(id),
-                    Err(f) => {
-                        if let Some(i) = f.issuer {
-                            audit.issuer = cfg.issuers.get(i.0).map(|c| c.name.clone());
+                Some((TokenScheme::Bearer, _)) if route.require_dpop => {
+                    return deny(
+                        Reason::DpopRequired,
+                        "this route accepts only DPoP-bound tokens (Authorization: DPoP)",
+                    );
+                }
+                Some((scheme, token)) => {
+                    let proof = if scheme == TokenScheme::Dpop {
+                        match self.dpop_proof(req, token, now, auth) {
+                            Ok(p) => Some(p),
+                            Err(detail) => return deny(Reason::DpopProofInvalid, &detail),
                         }
-                        if f.unknown_kid {
-                            *refetch = f.issuer;
+                    } else {
+                        None
+                    };
+                    let id = match auth.authenticate(token, &route.issuers, now) {
+                        Ok(id) => id,
+                        Err(f) => {
+                            if let Some(i) = f.issuer {
+                                audit.issuer = cfg.issuers.get(i.0).map(|c| c.name.clone());
+                            }
+                            if f.unknown_kid {
+                                *refetch = f.issuer;
+                            }
+                            return deny(f.reason, &f.detail);
                         }
-                        return deny(f.reason, &f.detail);
+                    };
+                    let bound = id
+                        .claims
+                        .get("cnf")
+                        .and_then(|c| c.get("jkt"))
+                        .and_then(Value::as_str);
+                    match (bound, &proof) {
+                        (Some(jkt), Some(p)) if jkt == p.jkt => {}
+                        (Some(_), Some(_)) => {
+                            return deny(
+                                Reason::DpopProofInvalid,
+                                "the token is bound to another key than the proof's",
+                            );
+                        }
+                        (Some(_), None) => {
+                            return deny(
+                                Reason::DpopRequired,
+                                "this token is DPoP-bound: send it as Authorization: DPoP with a proof",
+                            );
+                        }
+                        (None, Some(_)) => {
+                            return deny(
+                                Reason::DpopProofInvalid,
+                                "the token is not DPoP-bound (no cnf.jkt)",
+                            );
+                        }
+                        (None, None) => {}
                     }
-                },
+                    // Last, so that refused requests do not use up proof ids.
+                    if let Some(p) = &proof
+                        && !auth.first_use(
+                            &format!("dpop/{}/{}", p.jkt, p.jti),
+                            cfg.dpop.max_age.saturating_mul(2),
+                        )
+                    {
+                        return deny(
+                            Reason::DpopProofInvalid,
+                            "this DPoP proof was already used (replay)",
+                        );
+                    }
+                    Some(id)
+                }
             }
         };
         if let Some(id) = &identity {
@@ -442,6 +500,50 @@ impl Gateway {
                 RiskIdentity::of(id, issuer)
             }),
         }
+    }
+
+    /// Checks the request's single `DPoP` proof header against the request and token.
+    fn dpop_proof(
+        &self,
+        req: &RequestParts<'_>,
+        token: &str,
+        now: Timestamp,
+        auth: &dyn Authenticator,
+    ) -> Result<crate::dpop::Proof, String> {
+        let mut proofs = req.headers.get_all("dpop").iter();
+        let (Some(proof), None) = (proofs.next(), proofs.next()) else {
+            return Err("exactly one DPoP proof header is required".into());
+        };
+        let proof = proof
+            .to_str()
+            .map_err(|_| "the DPoP header is not ASCII".to_owned())?;
+        let authority = req
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .ok_or_else(|| "the request names no host".to_owned())?;
+        let url = format!(
+            "{}://{authority}{}",
+            self.config.dpop.scheme,
+            req.uri.path()
+        );
+        crate::dpop::check_proof(
+            proof,
+            &crate::dpop::ProofTarget {
+                method: req.method.as_str(),
+                url: &url,
+                access_token: token,
+                now,
+                max_age: self.config.dpop.max_age,
+            },
+            auth,
+        )
     }
 
     /// The gateway-signed token for one forwarded request.

@@ -31,6 +31,7 @@ pub mod config;
 pub mod crypto;
 pub mod decision;
 pub mod delegation;
+pub mod dpop;
 pub mod duration;
 pub mod engine;
 pub mod gateway_token;

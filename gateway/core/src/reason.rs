@@ -74,6 +74,10 @@ pub enum Reason {
     AgentScopeExceeded,
     /// The agent's workload credential does not name the token's actor.
     ActorMismatch,
+    /// The route (or the DPoP-bound token) needs `Authorization: DPoP` with a proof.
+    DpopRequired,
+    /// The DPoP proof is invalid, replayed, or for another key than the token's.
+    DpopProofInvalid,
 }
 
 impl Reason {
@@ -114,11 +118,13 @@ impl Reason {
             Reason::AgentNotAllowed => "agent_not_allowed",
             Reason::AgentScopeExceeded => "agent_scope_exceeded",
             Reason::ActorMismatch => "actor_mismatch",
+            Reason::DpopRequired => "dpop_required",
+            Reason::DpopProofInvalid => "dpop_proof_invalid",
         }
     }
 
     /// Every reason, for lookups and metrics.
-    pub const ALL: [Reason; 34] = [
+    pub const ALL: [Reason; 36] = [
         Reason::InvalidRequest,
         Reason::PathInvalid,
         Reason::RouteNotFound,
@@ -153,6 +159,8 @@ impl Reason {
         Reason::AgentNotAllowed,
         Reason::AgentScopeExceeded,
         Reason::ActorMismatch,
+        Reason::DpopRequired,
+        Reason::DpopProofInvalid,
     ];
 
     /// The reason with this code.
@@ -223,13 +231,17 @@ impl Reason {
             Reason::AgentNotAllowed => "Agents may not call this route",
             Reason::AgentScopeExceeded => "The agent exceeds what it may do here",
             Reason::ActorMismatch => "The agent's credential does not match the delegation",
+            Reason::DpopRequired => "A DPoP-bound token and proof are required",
+            Reason::DpopProofInvalid => "The DPoP proof is invalid",
         }
     }
 
     /// The RFC 6750 / RFC 9470 `error` value for `WWW-Authenticate`, if any.
     pub fn bearer_error(self) -> Option<&'static str> {
         match self {
-            Reason::AuthenticationRequired => None,
+            Reason::AuthenticationRequired | Reason::DpopRequired | Reason::DpopProofInvalid => {
+                None
+            }
             Reason::InvalidRequest => Some("invalid_request"),
             Reason::InsufficientScope => Some("insufficient_scope"),
             Reason::InsufficientUserAuthentication => Some("insufficient_user_authentication"),
@@ -270,7 +282,13 @@ mod tests {
             let bearer = r.bearer_error().is_some();
             assert_eq!(
                 bearer,
-                status(r) == 401 && r != Reason::AuthenticationRequired
+                status(r) == 401
+                    && !matches!(
+                        r,
+                        Reason::AuthenticationRequired
+                            | Reason::DpopRequired
+                            | Reason::DpopProofInvalid
+                    )
                     || r == Reason::InsufficientScope
                     || r == Reason::InvalidRequest,
                 "{r:?}"

@@ -149,6 +149,7 @@ impl NativeEngine {
     ) {
         let auth = NativeAuth {
             keys: &self.shared.keys,
+            state: &self.shared.state,
         };
         let risk = NativeRisk {
             plugins: &self.shared.plugins,
@@ -363,6 +364,7 @@ fn respond(r: &portcullis_core::Response) -> Response<HyperOutgoingBody> {
 /// Tokens verified by the host's key service (cache, then native crypto).
 struct NativeAuth<'a> {
     keys: &'a keys::KeyService,
+    state: &'a crate::state::MemoryState,
 }
 
 impl Authenticator for NativeAuth<'_> {
@@ -378,6 +380,23 @@ impl Authenticator for NativeAuth<'_> {
         })?;
         identity_from_claims(object, issuer)
             .map_err(|e| AuthFailure::new(Reason::ClaimInvalid, format!("{e:?}")).at(issuer))
+    }
+
+    fn verify_with_key(
+        &self,
+        alg: portcullis_core::Algorithm,
+        material: &portcullis_core::KeyMaterial,
+        message: &[u8],
+        signature: &[u8],
+    ) -> bool {
+        use portcullis_core::SignatureVerifier as _;
+        let v = crate::native_verifier::NativeVerifier;
+        v.prepare(material)
+            .is_ok_and(|k| v.verify(alg, &k, message, signature))
+    }
+
+    fn first_use(&self, key: &str, ttl: Duration) -> bool {
+        self.state.increment(key, 1, ttl) == 1
     }
 }
 
