@@ -5,7 +5,7 @@
   sign PRIVATE_JWK CLAIMS      -> a compact JWS (ES256, kid from the key)
   verify JWKS TOKEN            -> the claims as JSON, or exit 1 with the error
   thumbprint PRIVATE_JWK       -> the RFC 7638 SHA-256 thumbprint of its public key
-  dpop PRIVATE_JWK METHOD URL TOKEN [IAT_OFFSET]
+  dpop PRIVATE_JWK METHOD URL TOKEN [IAT_OFFSET [NONCE]]
                                -> a DPoP proof (RFC 9449) for that request and token
 """
 import base64
@@ -52,6 +52,8 @@ def main():
         public.pop("kid", None)
         ath = base64.urlsafe_b64encode(hashlib.sha256(access_token.encode()).digest()).rstrip(b"=").decode()
         claims = {"jti": str(uuid.uuid4()), "htm": method, "htu": url, "iat": int(time.time()) + offset, "ath": ath}
+        if len(sys.argv) > 7:
+            claims["nonce"] = sys.argv[7]
         proof = jwt.JWT(header={"typ": "dpop+jwt", "alg": "ES256", "jwk": public}, claims=claims)
         proof.make_signed_token(key)
         print(proof.serialize())

@@ -164,9 +164,16 @@ fn start_with(
     gateway_keys: &[&str],
     engine: &str,
 ) -> Gateway {
-    let text = config(keys, &backend.server.url(), gateway_keys);
+    start_text(
+        &config(keys, &backend.server.url(), gateway_keys),
+        wl,
+        engine,
+    )
+}
+
+fn start_text(text: &str, wl: &Issuer, engine: &str) -> Gateway {
     start_engine_with(
-        &text,
+        text,
         engine,
         &[
             (
@@ -415,7 +422,61 @@ fn dpop_proofs_from_another_library_are_accepted_and_replays_refused(engine: &st
     assert_eq!(send(&bound, Some(&p2)).status, 200);
 }
 
+fn dpop_server_nonces_are_issued_and_required(engine: &str) {
+    let idp = issuer("idp-1");
+    let wl = issuer("wl-1");
+    let client = issuer("client-key");
+    let keys = KeyServer::start(idp.jwks.clone());
+    let backend = Backend::start("eu");
+    let text = config(&keys, &backend.server.url(), &["gw-1"]).replace(
+        "max_age = \"60s\"",
+        "max_age = \"60s\"\nrequire_nonce = true",
+    );
+    let gw = start_text(&text, &wl, engine);
+    let jkt = tool(&["thumbprint", &client.private.to_string()]).unwrap();
+    let bound = user_token(&idp, json!({"cnf": {"jkt": jkt}}));
+    let url = format!("http://{}/api/dpop/1", gw.addr);
+    let send = |nonce: Option<&str>| {
+        let mut args = vec!["dpop", "", "GET", &url, &bound, "0"];
+        let private = client.private.to_string();
+        args[1] = &private;
+        if let Some(n) = nonce {
+            args.push(n);
+        }
+        let proof = tool(&args).unwrap();
+        let auth = format!("DPoP {bound}");
+        request(
+            gw.addr,
+            "GET",
+            "/api/dpop/1",
+            &[("authorization", &auth), ("dpop", &proof)],
+            b"",
+        )
+        .unwrap()
+    };
+    let first = send(None);
+    assert_eq!(
+        (first.status, reason(&first).as_str()),
+        (401, "dpop_nonce_required")
+    );
+    assert!(
+        first
+            .header("www-authenticate")
+            .unwrap()
+            .contains("use_dpop_nonce")
+    );
+    let nonce = first
+        .header("dpop-nonce")
+        .expect("a DPoP-Nonce header")
+        .to_owned();
+    let wrong = send(Some("made-up"));
+    assert_eq!(reason(&wrong), "dpop_nonce_required");
+    let ok = send(Some(&nonce));
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+}
+
 portcullis_tests::on_every_engine!(
+    dpop_server_nonces_are_issued_and_required,
     dpop_proofs_from_another_library_are_accepted_and_replays_refused,
     delegated_agents_get_intersected_scopes_and_over_privileged_ones_are_refused,
     backends_verify_the_gateway_token_through_the_served_key_set_across_a_rotation,

@@ -101,14 +101,22 @@ pub fn problem(
         ),
         (CACHE_CONTROL, HeaderValue::from_static("no-store")),
     ];
-    if matches!(reason, Reason::DpopRequired | Reason::DpopProofInvalid) {
+    if matches!(
+        reason,
+        Reason::DpopRequired | Reason::DpopProofInvalid | Reason::DpopNonceRequired
+    ) {
         let algs: Vec<&str> = crate::dpop::PROOF_ALGORITHMS
             .iter()
             .map(|a| a.name())
             .collect();
-        let value = if reason == Reason::DpopProofInvalid {
+        let error = match reason {
+            Reason::DpopProofInvalid => Some("invalid_dpop_proof"),
+            Reason::DpopNonceRequired => Some("use_dpop_nonce"),
+            _ => None,
+        };
+        let value = if let Some(error) = error {
             format!(
-                "DPoP error=\"invalid_dpop_proof\", error_description=\"{}\", algs=\"{}\"",
+                "DPoP error=\"{error}\", error_description=\"{}\", algs=\"{}\"",
                 quote_safe(reason.title()),
                 algs.join(" ")
             )

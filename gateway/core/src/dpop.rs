@@ -24,6 +24,27 @@ pub struct Proof {
     pub jkt: String,
     /// The proof's unique id.
     pub jti: String,
+    /// The server nonce the proof carries, if any.
+    pub nonce: Option<String>,
+}
+
+/// How long a server nonce is valid: the current and the previous window.
+pub const NONCE_WINDOW_SECS: u64 = 300;
+
+/// The server nonce for the window containing `now`, derived from `key` (shared by every
+/// gateway instance, so a nonce from one is good at all of them; no state).
+pub fn nonce(key: &[u8], now: Timestamp) -> String {
+    nonce_for(key, now.unix_secs() / NONCE_WINDOW_SECS)
+}
+
+fn nonce_for(key: &[u8], window: u64) -> String {
+    crate::audit::pseudonymize(key, "portcullis-dpop-nonce", &window.to_string())
+}
+
+/// True when `value` is the nonce of the current or the previous window.
+pub fn nonce_valid(key: &[u8], value: &str, now: Timestamp) -> bool {
+    let window = now.unix_secs() / NONCE_WINDOW_SECS;
+    value == nonce_for(key, window) || value == nonce_for(key, window.saturating_sub(1))
 }
 
 /// The request a proof must describe.
@@ -127,6 +148,7 @@ pub fn check_proof(
     Ok(Proof {
         jkt: thumbprint(&key.material).ok_or_else(|| "DPoP proof: unsupported key".to_owned())?,
         jti: jti.to_owned(),
+        nonce: text("nonce").map(str::to_owned),
     })
 }
 

@@ -256,6 +256,25 @@ impl Gateway {
                     } else {
                         None
                     };
+                    if let Some(p) = &proof
+                        && cfg.dpop.require_nonce
+                        && !p.nonce.as_deref().is_some_and(|n| {
+                            crate::dpop::nonce_valid(&cfg.audit.subject_key, n, now)
+                        })
+                    {
+                        let mut r = problem(
+                            Reason::DpopNonceRequired,
+                            "send the proof again with the nonce from the DPoP-Nonce header",
+                            req.request_id,
+                            &[],
+                        );
+                        let fresh = crate::dpop::nonce(&cfg.audit.subject_key, now);
+                        if let Ok(v) = HeaderValue::from_str(&fresh) {
+                            r.headers
+                                .push((http::HeaderName::from_static("dpop-nonce"), v));
+                        }
+                        return Outcome::Respond(r);
+                    }
                     let id = match auth.authenticate(token, &route.issuers, now) {
                         Ok(id) => id,
                         Err(f) => {

@@ -78,6 +78,8 @@ pub enum Reason {
     DpopRequired,
     /// The DPoP proof is invalid, replayed, or for another key than the token's.
     DpopProofInvalid,
+    /// The DPoP proof must carry the server nonce sent in `DPoP-Nonce`.
+    DpopNonceRequired,
 }
 
 impl Reason {
@@ -120,11 +122,12 @@ impl Reason {
             Reason::ActorMismatch => "actor_mismatch",
             Reason::DpopRequired => "dpop_required",
             Reason::DpopProofInvalid => "dpop_proof_invalid",
+            Reason::DpopNonceRequired => "dpop_nonce_required",
         }
     }
 
     /// Every reason, for lookups and metrics.
-    pub const ALL: [Reason; 36] = [
+    pub const ALL: [Reason; 37] = [
         Reason::InvalidRequest,
         Reason::PathInvalid,
         Reason::RouteNotFound,
@@ -161,6 +164,7 @@ impl Reason {
         Reason::ActorMismatch,
         Reason::DpopRequired,
         Reason::DpopProofInvalid,
+        Reason::DpopNonceRequired,
     ];
 
     /// The reason with this code.
@@ -233,15 +237,17 @@ impl Reason {
             Reason::ActorMismatch => "The agent's credential does not match the delegation",
             Reason::DpopRequired => "A DPoP-bound token and proof are required",
             Reason::DpopProofInvalid => "The DPoP proof is invalid",
+            Reason::DpopNonceRequired => "The DPoP proof must use the server's nonce",
         }
     }
 
     /// The RFC 6750 / RFC 9470 `error` value for `WWW-Authenticate`, if any.
     pub fn bearer_error(self) -> Option<&'static str> {
         match self {
-            Reason::AuthenticationRequired | Reason::DpopRequired | Reason::DpopProofInvalid => {
-                None
-            }
+            Reason::AuthenticationRequired
+            | Reason::DpopRequired
+            | Reason::DpopProofInvalid
+            | Reason::DpopNonceRequired => None,
             Reason::InvalidRequest => Some("invalid_request"),
             Reason::InsufficientScope => Some("insufficient_scope"),
             Reason::InsufficientUserAuthentication => Some("insufficient_user_authentication"),
@@ -288,6 +294,7 @@ mod tests {
                         Reason::AuthenticationRequired
                             | Reason::DpopRequired
                             | Reason::DpopProofInvalid
+                            | Reason::DpopNonceRequired
                     )
                     || r == Reason::InsufficientScope
                     || r == Reason::InvalidRequest,

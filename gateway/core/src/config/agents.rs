@@ -186,6 +186,7 @@ pub(super) fn read_dpop(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> DpopConfi
         }
         cfg.max_age = v;
     }
+    cfg.require_nonce = t.boolean(d, "require_nonce").is_some_and(|b| b.0);
     t.finish(d);
     cfg
 }

@@ -460,6 +460,8 @@ pub struct DpopConfig {
     pub scheme: String,
     /// How far `iat` may be from now.
     pub max_age: Duration,
+    /// Proofs must carry a server nonce (`DPoP-Nonce`, RFC 9449 §8).
+    pub require_nonce: bool,
 }
 
 impl Default for DpopConfig {
@@ -467,6 +469,7 @@ impl Default for DpopConfig {
         Self {
             scheme: "https".into(),
             max_age: Duration::from_secs(60),
+            require_nonce: false,
         }
     }
 }
