@@ -453,3 +453,38 @@ risk = {{ plugins = [\"geo\"], step_up = 40, step_up_acr = [\"mfa\"], challenge 
     assert_eq!(restored.plugins, cfg.plugins);
     assert_eq!(restored.routes[1].risk, cfg.routes[1].risk);
 }
+
+#[test]
+fn agent_gateway_token_and_dpop_sections_are_checked() {
+    let text = format!(
+        "{MINIMAL}
+[[route]]
+path = \"/agents\"
+require_dpop = true
+[route.agents]
+actors = [\"assistant\"]
+max_depth = 9
+require_workload = true
+
+[gateway_token]
+header = \"x-portcullis-identity\"
+issuer = \"https://gw\"
+ttl = \"5m\"
+algorithm = \"RS256\"
+key_files = [\"missing.key\", \"audit.key\"]
+
+[dpop]
+scheme = \"ftp\"
+max_age = \"1h\"
+"
+    );
+    let diags = errors(&text);
+    find(&diags, "agents.scopes` is required");
+    find(&diags, "`agents.max_depth` = 9 is outside 1..=5");
+    find(&diags, "`require_workload` needs `workload_header`");
+    find(&diags, "gateway token ttl 300s is outside 1s..=60s");
+    find(&diags, "signed with EdDSA, not `RS256`");
+    find(&diags, "gateway key \"missing.key\"");
+    find(&diags, "dpop scheme `ftp` must be https or http");
+    find(&diags, "dpop max_age 3600s is over 10m");
+}
