@@ -79,7 +79,7 @@ pub(super) fn read_gateway_token(
         .req_string(
             d,
             "header",
-            Some("e.g. header = \"x-portcullis-identity\"".into()),
+            Some("e.g. header = \"x-portcullis-identity\""),
         )
         .and_then(|(h, span)| {
             HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
@@ -89,7 +89,7 @@ pub(super) fn read_gateway_token(
     let issuer = t.req_string(
         d,
         "issuer",
-        Some("the `iss` backends expect, e.g. \"https://gateway.example\"".into()),
+        Some("the `iss` backends expect, e.g. \"https://gateway.example\""),
     );
     let ttl = match t.duration(d, "ttl") {
         None => Duration::from_secs(30),
