@@ -76,11 +76,7 @@ pub(super) fn read_gateway_token(
 ) -> Option<GatewayToken> {
     let mut t = top.table(d, "gateway_token")?;
     let header = t
-        .req_string(
-            d,
-            "header",
-            Some("e.g. header = \"x-portcullis-identity\""),
-        )
+        .req_string(d, "header", Some("e.g. header = \"x-portcullis-identity\""))
         .and_then(|(h, span)| {
             HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
                 .map_err(|_| d.error(&span, format!("`{h}` is not a header name"), None))
