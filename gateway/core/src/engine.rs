@@ -1,5 +1,6 @@
-//! The pipeline: normalize → authenticate → authorize → route → record, as one pure
-//! function of configuration, key state, request, clock and backend health.
+//! The pipeline: normalize → authenticate (with delegation and DPoP) → assess risk →
+//! authorize → route → forward → record, as one pure function of configuration, key state,
+//! request, clock, backend health and the adapter's services (plugins, one-time values).
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
@@ -402,19 +403,7 @@ impl Gateway {
             }
         }
 
-        // 3. authorize
-        if let Some(id) = &identity
-            && let Err(refusal) = authorize(route, id, now)
-        {
-            return Outcome::Respond(problem(
-                refusal.reason,
-                &refusal.detail,
-                req.request_id,
-                &refusal.challenge,
-            ));
-        }
-
-        // 3b. risk
+        // 3. assess risk (plugins see the effective identity, before authorization)
         if let Some(risk) = &route.risk {
             let ctx = self.risk_context(req, &norm, route, identity.as_ref());
             let answers = services.risk.assess(&risk.plugins, &ctx);
@@ -426,7 +415,19 @@ impl Gateway {
             }
         }
 
-        // 4. route
+        // 4. authorize
+        if let Some(id) = &identity
+            && let Err(refusal) = authorize(route, id, now)
+        {
+            return Outcome::Respond(problem(
+                refusal.reason,
+                &refusal.detail,
+                req.request_id,
+                &refusal.challenge,
+            ));
+        }
+
+        // 5. route
         let home = match home_region(cfg, identity.as_ref()) {
             Ok(r) => r,
             Err((reason, detail)) => return deny(reason, &detail),
@@ -448,7 +449,7 @@ impl Gateway {
         audit.region = Some(region.name.clone());
         audit.backend = region.backends.get(backend.index).map(|b| b.url.clone());
 
-        // 5. forward: strip spoofable headers, inject verified identity
+        // 6. forward: strip spoofable headers, inject verified identity
         let mut remove_headers = norm.strip;
         if !cfg.identity.forward_authorization && req.headers.contains_key(AUTHORIZATION) {
             remove_headers.push(AUTHORIZATION);

@@ -12,9 +12,11 @@
 //! | phase | module | what it does |
 //! |---|---|---|
 //! | normalize | [`normalize`] | path checks, client-supplied identity headers marked for removal |
-//! | authenticate | [`authenticate`] | bearer token → [`VerifiedIdentity`] (JWS, key sets, claims) |
+//! | authenticate | [`authenticate`], [`dpop`], [`delegation`] | bearer or DPoP token → [`VerifiedIdentity`] (JWS, key sets, claims); agents' `act` chains and effective scopes |
+//! | assess risk | [`risk`] | the route's plugins (run by the adapter) → combined score → allow / step-up / challenge / deny |
 //! | authorize | [`policy`] | route rules: scopes, claims, `acr`/`amr`/`auth_time` |
 //! | route | [`residency`] | the user's home region → a healthy backend in that jurisdiction |
+//! | forward | [`engine`], [`gateway_token`] | strip spoofable headers, inject verified identity and a gateway-signed token |
 //! | record | [`audit`] | one [`AuditRecord`] per decision, subject pseudonymised |
 //!
 //! Configuration is loaded strictly by [`config::load`]; key sets follow the state machine in
