@@ -382,9 +382,14 @@ def main():
             sys.exit(f"{tool} not found (Debian: apt-get install wrk util-linux)")
     envoy_binary()
 
-    profile = [] if args.smoke else ["--release"]
-    subprocess.run(["cargo", "build", "--locked", *profile, "-p", "portcullis", "-p", "portcullis-load"],
-                   cwd=ROOT, check=True)
+    if args.smoke:
+        # The test build's `portcullis` (same feature set as `cargo test --workspace`, so CI
+        # does not compile wasmtime a second time), plus the small load helpers.
+        subprocess.run(["cargo", "test", "--workspace", "--locked", "--no-run"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--locked", "-p", "portcullis-load"], cwd=ROOT, check=True)
+    else:
+        subprocess.run(["cargo", "build", "--locked", "--release", "-p", "portcullis", "-p", "portcullis-load"],
+                       cwd=ROOT, check=True)
     bins = ROOT / "target" / ("debug" if args.smoke else "release")
 
     work = Path(tempfile.mkdtemp(prefix="portcullis-load-"))
