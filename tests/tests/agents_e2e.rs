@@ -13,7 +13,7 @@
 
 use std::process::Command;
 
-use portcullis_tests::host::{Gateway, get, reason, start_engine_with};
+use portcullis_tests::host::{Gateway, audit_records, get, reason, start_engine_with};
 use portcullis_tests::net::{Backend, KeyServer, request};
 use portcullis_tests::*;
 use serde_json::{Value, json};
@@ -261,12 +261,9 @@ fn delegated_agents_get_intersected_scopes_and_over_privileged_ones_are_refused(
     );
     assert_eq!((r.status, reason(&r).as_str()), (403, "actor_mismatch"));
     // The audit record names both parties.
-    let audit = std::fs::read_to_string(gw.dir.join("audit.jsonl")).unwrap();
-    let record: Value = audit
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .find(|a| a["decision"] == "forward" && a["actor"].is_string())
-        .unwrap();
+    let forwarded_agent = |a: &Value| a["decision"] == "forward" && a["actor"].is_string();
+    let records = audit_records(&gw, |r| r.iter().any(forwarded_agent));
+    let record = records.into_iter().find(forwarded_agent).unwrap();
     assert_eq!(record["actor"], "shopping-assistant");
     assert!(record["subject"].is_string());
 }

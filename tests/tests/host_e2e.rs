@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use jwt_simple::prelude::*;
-use portcullis_tests::host::{get, reason, start_engine};
+use portcullis_tests::host::{audit_records, get, reason, start_engine};
 use portcullis_tests::net::{Backend, KeyServer, request};
 use portcullis_tests::*;
 use serde_json::{Value, json};
@@ -132,6 +132,7 @@ fn valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_one
             .any(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
     );
     // Audit records name the decision and never the raw subject.
+    audit_records(&gw, |r| r.len() >= 6);
     let audit = std::fs::read_to_string(gw.dir.join("audit.jsonl")).unwrap();
     assert!(audit.lines().count() >= 6, "{audit}");
     assert!(!audit.contains("eu-ES256"), "raw subject in audit log");

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use portcullis_tests::host::{Gateway, binary, get, reason, start_engine};
+use portcullis_tests::host::{Gateway, audit_records, binary, get, reason, start_engine};
 use portcullis_tests::net::{Backend, KeyServer, Resp, Server, request};
 use portcullis_tests::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn plugin(name: &str) -> String {
     let p =
@@ -198,14 +198,6 @@ fn metric(text: &str, prefix: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn audit_records(gw: &Gateway) -> Vec<Value> {
-    std::fs::read_to_string(gw.dir.join("audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 fn plugin_scores_choose_allow_challenge_or_deny_through_route_thresholds(engine: &str) {
     let w = world(engine);
     let r = get(&w.gw, "/risk/trivial", None, &[("x-risk", "10")]);
@@ -221,7 +213,7 @@ fn plugin_scores_choose_allow_challenge_or_deny_through_route_thresholds(engine:
             .contains("trivial")
     );
     // The audit record lists the plugin's contribution.
-    let records = audit_records(&w.gw);
+    let records = audit_records(&w.gw, |r| r.iter().any(|a| a["reason"] == "risk_denied"));
     let denied = records
         .iter()
         .find(|a| a["reason"] == "risk_denied")
@@ -325,7 +317,10 @@ fn faulty_plugins_are_contained_by_on_error_while_other_requests_are_served(engi
         "{m}"
     );
     // The panic message reaches the log and the audit record.
-    let records = audit_records(&w.gw);
+    let records = audit_records(&w.gw, |r| {
+        r.iter()
+            .any(|a| a["reason"] == "risk_check_failed" && a["path"] == "/fault/panic")
+    });
     let failed = records
         .iter()
         .find(|a| a["reason"] == "risk_check_failed" && a["path"] == "/fault/panic")

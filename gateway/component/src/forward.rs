@@ -14,19 +14,7 @@ use wasip2::http::types::{
 };
 use wasip2::io::streams::{InputStream, OutputStream, StreamError};
 
-/// Headers that describe one hop, or that wasi:http manages itself; never copied across.
-const HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-];
+use portcullis_core::decision::HOP_BY_HOP;
 
 /// Splice chunk size.
 const CHUNK: u64 = 64 * 1024;

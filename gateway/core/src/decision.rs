@@ -44,6 +44,22 @@ pub struct Response {
     pub reason: Reason,
 }
 
+/// Headers that describe one connection (RFC 9110 §7.6.1) and `host` (the backend's
+/// authority is set instead): never copied between client and backend, in either direction
+/// (`host` only towards the backend).
+pub const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
 /// The outcome for a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {

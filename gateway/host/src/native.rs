@@ -19,7 +19,7 @@ use portcullis_core::authenticate::{AuthFailure, Authenticator};
 use portcullis_core::claims::identity_from_claims;
 use portcullis_core::client::{ClientInfo, client_info};
 use portcullis_core::config::PluginId;
-use portcullis_core::decision::problem;
+use portcullis_core::decision::{HOP_BY_HOP, problem};
 use portcullis_core::jws::parse_object;
 use portcullis_core::risk::{PluginAnswer, RiskAssessor, RiskContext};
 use portcullis_core::{
@@ -31,21 +31,6 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use crate::keys;
 use crate::plugins::{self, PluginRuntime};
 use crate::runtime::{DecisionRecord, Shared, full_body};
-
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), and `host`
-/// (the backend's authority is set instead).
-const HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-];
 
 /// The native engine.
 pub struct NativeEngine {
