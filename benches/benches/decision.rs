@@ -71,6 +71,7 @@ fn decision(c: &mut Criterion) {
             uri,
             headers: &headers,
             request_id: "bench-1",
+            peer: None,
         };
         let d = h.engine.decide(&h.keys, &req, now, &AllHealthy);
         assert_eq!(

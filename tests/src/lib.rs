@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod browser;
 pub mod host;
 pub mod net;
 pub mod wycheproof;
@@ -361,6 +362,7 @@ impl Harness {
             uri: &uri,
             headers: &map,
             request_id: "req-1",
+            peer: None,
         };
         self.engine.decide(
             &self.keys,

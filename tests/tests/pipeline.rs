@@ -384,6 +384,7 @@ fn decide_with(h: &Harness, token: &str, health: &dyn BackendHealth, request_id:
         uri: &uri,
         headers: &headers,
         request_id,
+        peer: None,
     };
     h.engine
         .decide(&h.keys, &req, Timestamp::from_unix_secs(NOW), health)
@@ -562,6 +563,7 @@ fn a_configuration_snapshot_decides_exactly_like_the_original() {
                 uri: &uri,
                 headers: &headers,
                 request_id: "s",
+                peer: None,
             };
             let now = Timestamp::from_unix_secs(NOW);
             let a = h

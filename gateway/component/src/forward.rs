@@ -317,17 +317,24 @@ pub fn forward(
         Ok(Err(e)) => return refuse(out, Reason::BackendUnavailable, &describe(&e)),
         Err(()) => return refuse(out, Reason::BackendUnavailable, "response already taken"),
     };
-    Ok(relay(incoming, out))
+    Ok(relay(incoming, out, &fwd.response_headers))
 }
 
 /// Sends the backend's response on, streaming its body; returns the status sent.
-fn relay(incoming: IncomingResponse, out: ResponseOutparam) -> u16 {
-    let entries: Vec<(String, Vec<u8>)> = incoming
+fn relay(
+    incoming: IncomingResponse,
+    out: ResponseOutparam,
+    extra: &[(http::HeaderName, http::HeaderValue)],
+) -> u16 {
+    let mut entries: Vec<(String, Vec<u8>)> = incoming
         .headers()
         .entries()
         .into_iter()
         .filter(|(n, _)| !HOP_BY_HOP.contains(&n.to_ascii_lowercase().as_str()))
         .collect();
+    for (name, value) in extra {
+        entries.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
+    }
     let Ok(fields) = Fields::from_list(&entries) else {
         respond_error(out, 502, "backend response headers are invalid");
         return 502;

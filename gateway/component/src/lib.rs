@@ -80,14 +80,15 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
             uri: &parts.uri,
             headers: &parts.headers,
             request_id: &parts.request_id,
+            peer: bindings::portcullis::gateway::client::peer().and_then(|p| p.parse().ok()),
         };
-        let decision = gateway.decide_with(
-            &services::HostAuthenticator,
-            &services::HostRisk,
-            &req,
-            now,
-            &services::HostHealth,
-        );
+        let adapters = portcullis_core::Adapters {
+            auth: &services::HostAuthenticator,
+            risk: &services::HostRisk,
+            limiter: &services::HostLimiter,
+            health: &services::HostHealth,
+        };
+        let decision = gateway.decide_using(&adapters, &req, now);
         let mut audit = decision.audit;
         let status = match decision.outcome {
             Outcome::Respond(response) => {

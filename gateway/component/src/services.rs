@@ -13,7 +13,9 @@ use portcullis_core::{
 use portcullis_core::config::PluginId;
 use portcullis_core::risk::{Action, Assessment, PluginAnswer, RiskAssessor, RiskContext};
 
-use crate::bindings::portcullis::gateway::{audit, config, health, keys, risk};
+use portcullis_core::limits::{LimitCheck, LimitStatus, Limiter};
+
+use crate::bindings::portcullis::gateway::{audit, config, health, keys, risk, state};
 
 /// Files named by the configuration, read through the host.
 pub struct HostFiles;
@@ -61,7 +63,32 @@ impl Authenticator for HostAuthenticator {
 
     fn first_use(&self, key: &str, ttl: std::time::Duration) -> bool {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        crate::bindings::portcullis::gateway::state::increment(key, 1, ttl_ms) == 1
+        state::first_use(key, ttl_ms)
+    }
+}
+
+/// Rate limits checked in the host's shared state.
+pub struct HostLimiter;
+
+impl Limiter for HostLimiter {
+    fn check(&self, checks: &[LimitCheck], _now: Timestamp) -> Result<Vec<LimitStatus>, String> {
+        let wit: Vec<state::LimitCheck> = checks
+            .iter()
+            .map(|c| state::LimitCheck {
+                key: c.key.clone(),
+                interval_us: c.interval_us,
+                burst: c.burst,
+            })
+            .collect();
+        Ok(state::rate_limit(&wit)?
+            .into_iter()
+            .map(|s| LimitStatus {
+                allowed: s.allowed,
+                remaining: s.remaining,
+                retry_after_us: s.retry_after_us,
+                reset_us: s.reset_us,
+            })
+            .collect())
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Forward {
     pub remove_headers: Vec<HeaderName>,
     /// Headers to set (replacing any value) after removal.
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers to add to the backend's response (`RateLimit`, `RateLimit-Policy`).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Answer the client directly.

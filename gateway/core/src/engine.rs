@@ -2,14 +2,21 @@
 //! authorize → route → forward → record, as one pure function of configuration, key state,
 //! request, clock, backend health and the adapter's services (plugins, one-time values).
 
+use std::net::IpAddr;
+
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use serde_json::Value;
 
 use crate::audit::{AuditRecord, pseudonymize};
+use crate::client::{ClientInfo, client_info};
+use crate::limits::{LimitCheck, LimitStatus, Limiter, NoLimiter};
 use crate::authenticate::{Authenticator, LocalAuthenticator, TokenScheme, access_token};
 use crate::claims::VerifiedIdentity;
-use crate::config::{AuthMode, Config, HeaderPattern, IdentitySource, Region, Route, RouteRisk};
+use crate::config::{
+    AuthMode, Config, FailPolicy, HeaderPattern, IdentitySource, LimitKey, Region, Route,
+    RouteRisk,
+};
 use crate::crypto::SignatureVerifier;
 use crate::decision::{BackendId, Decision, Forward, Outcome, Response, problem};
 use crate::delegation::{self, actor_chain};
@@ -35,6 +42,9 @@ pub struct RequestParts<'a> {
     pub headers: &'a HeaderMap,
     /// The adapter's request id (for problem details, audit and backend spread).
     pub request_id: &'a str,
+    /// The connecting peer's address, when the adapter knows it (the client's address is
+    /// taken from proxy headers only when this peer is a trusted proxy).
+    pub peer: Option<IpAddr>,
 }
 
 /// Backend health as the adapter knows it (health checks, circuit breakers).
@@ -162,7 +172,8 @@ impl Gateway {
         self.decide_with(auth, &NoPlugins, req, now, health)
     }
 
-    /// Decides what to do with a request, running risk plugins through `risk`.
+    /// Decides what to do with a request, running risk plugins through `risk`, without
+    /// shared state: routes with rate limits follow `[state] on_unavailable`.
     pub fn decide_with(
         &self,
         auth: &dyn Authenticator,
@@ -170,6 +181,22 @@ impl Gateway {
         req: &RequestParts<'_>,
         now: Timestamp,
         health: &dyn BackendHealth,
+    ) -> Decision {
+        let adapters = Adapters {
+            auth,
+            risk,
+            limiter: &NoLimiter,
+            health,
+        };
+        self.decide_using(&adapters, req, now)
+    }
+
+    /// Decides what to do with a request with all of the adapter's services.
+    pub fn decide_using(
+        &self,
+        services: &Adapters<'_>,
+        req: &RequestParts<'_>,
+        now: Timestamp,
     ) -> Decision {
         let mut audit = AuditRecord {
             time_ms: now.unix_millis(),
@@ -180,8 +207,7 @@ impl Gateway {
             ..AuditRecord::default()
         };
         let mut refetch = None;
-        let services = Services { auth, risk, health };
-        let outcome = self.run(&services, req, now, &mut audit, &mut refetch);
+        let outcome = self.run(services, req, now, &mut audit, &mut refetch);
         match &outcome {
             Outcome::Forward(_) => audit.decision = "forward",
             Outcome::Respond(r) => {
@@ -198,7 +224,7 @@ impl Gateway {
 
     fn run(
         &self,
-        services: &Services<'_>,
+        services: &Adapters<'_>,
         req: &RequestParts<'_>,
         now: Timestamp,
         audit: &mut AuditRecord,
@@ -217,12 +243,29 @@ impl Gateway {
         };
         audit.path.clone_from(&norm.path);
         audit.host.clone_from(&norm.host);
-        let Some(route) = match_route(&cfg.routes, norm.host.as_deref(), &norm.path)
-            .and_then(|i| cfg.routes.get(i))
+        let Some((route_index, route)) =
+            match_route(&cfg.routes, norm.host.as_deref(), &norm.path)
+                .and_then(|i| cfg.routes.get(i).map(|r| (i, r)))
         else {
             return deny(Reason::RouteNotFound, "no route matches this host and path");
         };
         audit.route = Some(route.path.clone());
+        let client = client_info(&cfg.client, req.peer, req.headers);
+
+        // 1b. rate limits that need no identity (refused credentials count too)
+        let mut limited = Vec::new();
+        if let Some(refusal) = self.check_limits(
+            services.limiter,
+            (route_index, route),
+            LimitPhase::BeforeAuthentication,
+            &client,
+            None,
+            req,
+            now,
+            &mut limited,
+        ) {
+            return Outcome::Respond(refusal);
+        }
 
         // 2. authenticate
         let mut identity = if route.auth == AuthMode::Public {
@@ -403,6 +446,20 @@ impl Gateway {
             }
         }
 
+        // 2c. rate limits per subject and client
+        if let Some(refusal) = self.check_limits(
+            services.limiter,
+            (route_index, route),
+            LimitPhase::AfterAuthentication,
+            &client,
+            identity.as_ref(),
+            req,
+            now,
+            &mut limited,
+        ) {
+            return Outcome::Respond(refusal);
+        }
+
         // 3. assess risk (plugins see the effective identity, before authorization)
         if let Some(risk) = &route.risk {
             let ctx = self.risk_context(req, &norm, route, identity.as_ref());
@@ -475,7 +532,107 @@ impl Gateway {
             path_and_query: norm.path_and_query,
             remove_headers,
             set_headers,
+            response_headers: limit_headers(route, &limited),
         })
+    }
+
+    /// Checks the route's rate limits of one phase as one atomic step. Records the
+    /// statuses in `limited`; a refusal is the 429 (or 503 when the state is unreachable
+    /// and `on_unavailable = "deny"`).
+    #[allow(clippy::too_many_arguments)]
+    fn check_limits(
+        &self,
+        limiter: &dyn Limiter,
+        (route_index, route): (usize, &Route),
+        phase: LimitPhase,
+        client: &ClientInfo,
+        identity: Option<&VerifiedIdentity>,
+        req: &RequestParts<'_>,
+        now: Timestamp,
+        limited: &mut Vec<(usize, LimitStatus)>,
+    ) -> Option<Response> {
+        let cfg = &self.config;
+        let mut which = Vec::new();
+        let mut checks = Vec::new();
+        for (i, limit) in route.rate_limits.iter().enumerate() {
+            if limit.key.before_authentication() != (phase == LimitPhase::BeforeAuthentication) {
+                continue;
+            }
+            let counted = match limit.key {
+                LimitKey::Ip => Some(match client.ip {
+                    Some(ip) => format!("ip:{}", limit_address(ip)),
+                    None => "ip:unknown".to_owned(),
+                }),
+                LimitKey::Route => Some("all".to_owned()),
+                LimitKey::Subject => identity.and_then(|id| {
+                    let issuer = cfg.issuers.get(id.issuer.0)?;
+                    let sub = id.subject.as_deref()?;
+                    Some(format!(
+                        "sub:{}",
+                        pseudonymize(&cfg.audit.subject_key, &issuer.issuer, sub)
+                    ))
+                }),
+                LimitKey::ClientId => identity.and_then(|id| {
+                    let client_id = id
+                        .claims
+                        .get("client_id")
+                        .or_else(|| id.claims.get("azp"))
+                        .and_then(Value::as_str)?;
+                    Some(format!("cid:{client_id}"))
+                }),
+            };
+            if let Some(counted) = counted {
+                which.push(i);
+                checks.push(LimitCheck {
+                    key: format!("rl:{route_index}:{}:{counted}", limit.name),
+                    interval_us: limit.interval_us(),
+                    burst: limit.burst,
+                });
+            }
+        }
+        if checks.is_empty() {
+            return None;
+        }
+        let statuses = match limiter.check(&checks, now) {
+            Ok(s) if s.len() == checks.len() => s,
+            Ok(_) | Err(_) if cfg.state.on_unavailable == FailPolicy::Allow => return None,
+            Ok(_) => {
+                return Some(problem(
+                    Reason::StateUnavailable,
+                    "the rate-limit state answered malformed",
+                    req.request_id,
+                    &[],
+                ));
+            }
+            Err(e) => {
+                return Some(problem(
+                    Reason::StateUnavailable,
+                    &format!("rate limits cannot be checked: {e}"),
+                    req.request_id,
+                    &[],
+                ));
+            }
+        };
+        limited.extend(which.iter().copied().zip(statuses.iter().copied()));
+        let refused = which
+            .iter()
+            .zip(&statuses)
+            .filter(|(_, s)| !s.allowed)
+            .max_by_key(|(_, s)| s.retry_after_us);
+        let (&i, status) = refused?;
+        let limit = route.rate_limits.get(i)?;
+        let mut r = problem(
+            Reason::RateLimited,
+            &format!(
+                "rate limit `{}` ({} per {:?}, burst {}) exceeded",
+                limit.name, limit.rate, limit.period, limit.burst
+            ),
+            req.request_id,
+            &[],
+        );
+        r.headers.push(crate::limits::retry_after(status));
+        r.headers.extend(limit_headers(route, &[(i, *status)]));
+        Some(r)
     }
 
     fn risk_context(
@@ -636,11 +793,54 @@ impl Gateway {
     }
 }
 
-/// The adapters' services for one decision.
-struct Services<'a> {
-    auth: &'a dyn Authenticator,
-    risk: &'a dyn RiskAssessor,
-    health: &'a dyn BackendHealth,
+/// The adapter's services for one decision.
+#[derive(Clone, Copy)]
+pub struct Adapters<'a> {
+    /// Token verification and one-time values.
+    pub auth: &'a dyn Authenticator,
+    /// Risk plugins.
+    pub risk: &'a dyn RiskAssessor,
+    /// Rate-limit state.
+    pub limiter: &'a dyn Limiter,
+    /// Backend health.
+    pub health: &'a dyn BackendHealth,
+}
+
+/// Rate limits are checked in two steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LimitPhase {
+    BeforeAuthentication,
+    AfterAuthentication,
+}
+
+/// What an address limit counts: the IPv4 address, or the IPv6 /64.
+fn limit_address(ip: IpAddr) -> String {
+    match crate::client::canonical(ip) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let net = u128::from(v6) & (u128::MAX << 64);
+            format!("{}/64", std::net::Ipv6Addr::from(net))
+        }
+    }
+}
+
+/// `RateLimit-Policy` for the checked limits and `RateLimit` for the most constrained.
+fn limit_headers(route: &Route, checked: &[(usize, LimitStatus)]) -> Vec<(HeaderName, HeaderValue)> {
+    let limits: Vec<&crate::config::RateLimit> = checked
+        .iter()
+        .filter_map(|(i, _)| route.rate_limits.get(*i))
+        .collect();
+    let mut out = Vec::new();
+    out.extend(crate::limits::policy_header(&limits));
+    let tightest = checked
+        .iter()
+        .min_by_key(|(_, s)| (s.allowed, s.remaining, u64::MAX - s.reset_us));
+    if let Some((i, s)) = tightest
+        && let Some(l) = route.rate_limits.get(*i)
+    {
+        out.extend(crate::limits::status_header(&l.name, s));
+    }
+    out
 }
 
 /// The response for a risk verdict that does not let the request through.

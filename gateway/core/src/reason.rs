@@ -78,6 +78,15 @@ pub enum Reason {
     DpopRequired,
     /// The DPoP proof is invalid, replayed, or for another key than the token's.
     DpopProofInvalid,
+    /// A route rate limit is exhausted (429 with `Retry-After` and `RateLimit` headers).
+    RateLimited,
+    /// The shared state (rate limits, replay caches) is unreachable and the configuration
+    /// says `on_unavailable = "deny"`.
+    StateUnavailable,
+    /// The challenge clearance cookie is forged, expired or bound to another client.
+    ClearanceInvalid,
+    /// A challenge solution was wrong, expired, replayed or for another client.
+    ChallengeFailed,
     /// The DPoP proof must carry the server nonce sent in `DPoP-Nonce`.
     DpopNonceRequired,
 }
@@ -123,11 +132,15 @@ impl Reason {
             Reason::DpopRequired => "dpop_required",
             Reason::DpopProofInvalid => "dpop_proof_invalid",
             Reason::DpopNonceRequired => "dpop_nonce_required",
+            Reason::RateLimited => "rate_limited",
+            Reason::StateUnavailable => "state_unavailable",
+            Reason::ClearanceInvalid => "clearance_invalid",
+            Reason::ChallengeFailed => "challenge_failed",
         }
     }
 
     /// Every reason, for lookups and metrics.
-    pub const ALL: [Reason; 37] = [
+    pub const ALL: [Reason; 41] = [
         Reason::InvalidRequest,
         Reason::PathInvalid,
         Reason::RouteNotFound,
@@ -165,6 +178,10 @@ impl Reason {
         Reason::DpopRequired,
         Reason::DpopProofInvalid,
         Reason::DpopNonceRequired,
+        Reason::RateLimited,
+        Reason::StateUnavailable,
+        Reason::ClearanceInvalid,
+        Reason::ChallengeFailed,
     ];
 
     /// The reason with this code.
@@ -186,11 +203,15 @@ impl Reason {
             | Reason::ChallengeRequired
             | Reason::AgentNotAllowed
             | Reason::AgentScopeExceeded
-            | Reason::ActorMismatch => StatusCode::FORBIDDEN,
+            | Reason::ActorMismatch
+            | Reason::ClearanceInvalid
+            | Reason::ChallengeFailed => StatusCode::FORBIDDEN,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::KeysUnavailable
             | Reason::ResidencyUnavailable
             | Reason::BackendUnavailable
-            | Reason::RiskCheckFailed => StatusCode::SERVICE_UNAVAILABLE,
+            | Reason::RiskCheckFailed
+            | Reason::StateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::UNAUTHORIZED,
         }
@@ -238,6 +259,10 @@ impl Reason {
             Reason::DpopRequired => "A DPoP-bound token and proof are required",
             Reason::DpopProofInvalid => "The DPoP proof is invalid",
             Reason::DpopNonceRequired => "The DPoP proof must use the server's nonce",
+            Reason::RateLimited => "Too many requests",
+            Reason::StateUnavailable => "The gateway's shared state is unavailable",
+            Reason::ClearanceInvalid => "The challenge clearance is invalid",
+            Reason::ChallengeFailed => "The challenge was not solved",
         }
     }
 
@@ -282,6 +307,8 @@ mod tests {
         assert_eq!(status(Reason::InsufficientScope), 403);
         assert_eq!(status(Reason::RouteNotFound), 404);
         assert_eq!(status(Reason::PathInvalid), 400);
+        assert_eq!(status(Reason::RateLimited), 429);
+        assert_eq!(status(Reason::StateUnavailable), 503);
         assert_eq!(status(Reason::TokenExpired), 401);
         // Only 401s and the scope refusal carry a bearer error.
         for r in Reason::ALL {

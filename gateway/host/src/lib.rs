@@ -16,6 +16,7 @@ pub mod plugins;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod token_cache;
 
 use std::cell::RefCell;
@@ -34,7 +35,7 @@ use crate::health::Health;
 use crate::keys::KeyService;
 use crate::metrics::Metrics;
 use crate::runtime::Shared;
-use crate::state::MemoryState;
+use crate::store::Store;
 
 /// Reads files relative to a directory and remembers them, so the component gets the same
 /// bytes the host validated, without touching the file system per request.
@@ -165,7 +166,8 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         opts.max_instances.saturating_add(plugin_slots),
         plugins::engine_uses_fuel(&loaded.config),
     )?;
-    let state = Arc::new(MemoryState::new(100_000));
+    let state = Arc::new(Store::from_config(&loaded.config.state)?);
+    let on_unavailable = loaded.config.state.on_unavailable;
     let plugins = plugins::PluginRuntime::load(
         &engine,
         &loaded.config,
@@ -186,6 +188,7 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         config_files: loaded.files,
         health,
         state,
+        on_unavailable,
         plugins,
         client,
         audit,

@@ -215,7 +215,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 // Plugins are loaded and asked to accept their configuration, as at startup.
                 if !l.config.plugins.is_empty() {
                     let engine = portcullis_host::runtime::engine(64, false)?;
-                    let state = std::sync::Arc::new(portcullis_host::state::MemoryState::new(16));
+                    let state = std::sync::Arc::new(portcullis_host::store::Store::memory(16));
                     if let Err(e) = portcullis_host::plugins::PluginRuntime::load(
                         &engine, &l.config, &l.base, state, None,
                     )
@@ -331,6 +331,7 @@ async fn verify(config: PathBuf, path: Option<String>, token: String) -> anyhow:
         uri: &uri,
         headers: &headers,
         request_id: "cli",
+        peer: None,
     };
     let decision = service
         .with_store(|store| {

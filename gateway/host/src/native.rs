@@ -21,9 +21,10 @@ use portcullis_core::client::{ClientInfo, client_info};
 use portcullis_core::config::PluginId;
 use portcullis_core::decision::{HOP_BY_HOP, problem};
 use portcullis_core::jws::parse_object;
+use portcullis_core::limits::{LimitCheck, LimitStatus, Limiter};
 use portcullis_core::risk::{PluginAnswer, RiskAssessor, RiskContext};
 use portcullis_core::{
-    AuditRecord, BackendHealth, BackendId, Config, Forward, Gateway, IssuerId, Outcome, Reason,
+    Adapters, AuditRecord, BackendHealth, BackendId, Config, Forward, Gateway, IssuerId, Outcome, Reason,
     RequestParts, Timestamp, VerifiedIdentity,
 };
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -83,6 +84,7 @@ impl NativeEngine {
                 uri: &uri,
                 headers: req.headers(),
                 request_id,
+                peer: Some(peer.ip()),
             };
             let mut decided = self.decide(&parts, &client);
             if let Some(issuer) = decided.0.refetch
@@ -99,7 +101,10 @@ impl NativeEngine {
                 (respond(&r), status)
             }
             Outcome::Forward(fwd) => match self.forward(peer, req, &fwd, request_id).await {
-                Ok(r) => {
+                Ok(mut r) => {
+                    for (name, value) in &fwd.response_headers {
+                        r.headers_mut().append(name.clone(), value.clone());
+                    }
                     let status = r.status().as_u16();
                     (r, status)
                 }
@@ -134,16 +139,20 @@ impl NativeEngine {
     ) {
         let auth = NativeAuth {
             keys: &self.shared.keys,
-            state: &self.shared.state,
+            shared: &self.shared,
         };
         let risk = NativeRisk {
-            plugins: &self.shared.plugins,
+            shared: &self.shared,
             client,
             assessed: RefCell::new(Vec::new()),
         };
-        let decision =
-            self.gateway
-                .decide_with(&auth, &risk, parts, keys::now(), &HostHealth(&self.shared));
+        let adapters = Adapters {
+            auth: &auth,
+            risk: &risk,
+            limiter: &NativeLimiter(&self.shared),
+            health: &HostHealth(&self.shared),
+        };
+        let decision = self.gateway.decide_using(&adapters, parts, keys::now());
         (decision, risk.assessed.into_inner())
     }
 
@@ -349,7 +358,7 @@ fn respond(r: &portcullis_core::Response) -> Response<HyperOutgoingBody> {
 /// Tokens verified by the host's key service (cache, then native crypto).
 struct NativeAuth<'a> {
     keys: &'a keys::KeyService,
-    state: &'a crate::state::MemoryState,
+    shared: &'a Shared,
 }
 
 impl Authenticator for NativeAuth<'_> {
@@ -381,14 +390,16 @@ impl Authenticator for NativeAuth<'_> {
     }
 
     fn first_use(&self, key: &str, ttl: Duration) -> bool {
-        self.state.increment(key, 1, ttl) == 1
+        self.shared
+            .state
+            .block(crate::runtime::first_use(self.shared, key, ttl))
     }
 }
 
 /// Risk plugins run by the host's plugin runtime, synchronously from the core's point of
 /// view (a plugin call never waits on I/O; its deadline is enforced by the epoch thread).
 struct NativeRisk<'a> {
-    plugins: &'a PluginRuntime,
+    shared: &'a Shared,
     client: &'a ClientInfo,
     assessed: RefCell<Vec<(usize, plugins::RequestContext)>>,
 }
@@ -399,14 +410,30 @@ impl RiskAssessor for NativeRisk<'_> {
         let mut answers = Vec::with_capacity(ids.len());
         for id in ids {
             let mut ctx = base.clone();
-            let wanted = self.plugins.headers(id.0);
+            let plugins: &PluginRuntime = &self.shared.plugins;
+            let wanted = plugins.headers(id.0);
             ctx.headers.retain(|(n, _)| wanted.contains(n));
-            let answer =
-                futures::executor::block_on(self.plugins.assess(id.0, &ctx)).map(plugins::to_core);
+            let answer = self
+                .shared
+                .state
+                .block(plugins.assess(id.0, &ctx))
+                .map(plugins::to_core);
             answers.push(answer);
             self.assessed.borrow_mut().push((id.0, ctx));
         }
         answers
+    }
+}
+
+/// Rate limits checked against the host's shared state.
+struct NativeLimiter<'a>(&'a Shared);
+
+impl Limiter for NativeLimiter<'_> {
+    fn check(&self, checks: &[LimitCheck], now: Timestamp) -> Result<Vec<LimitStatus>, String> {
+        let state = &self.0.state;
+        state
+            .block(state.rate_limit(checks, now))
+            .map_err(|e| e.to_string())
     }
 }
 

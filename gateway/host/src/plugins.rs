@@ -20,14 +20,20 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::runtime::EPOCH_TICK;
-use crate::state::MemoryState;
+use crate::store::Store as SharedState;
 
 #[allow(missing_docs, clippy::all)]
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit/plugin",
         world: "risk-plugin",
-        imports: { default: async },
+        imports: {
+            "portcullis:plugin/state.get": async | trappable,
+            "portcullis:plugin/state.set": async | trappable,
+            "portcullis:plugin/state.increment": async | trappable,
+            "portcullis:plugin/state.delete": async | trappable,
+            default: async,
+        },
         exports: { default: async },
     });
 }
@@ -67,7 +73,7 @@ struct PluginEnv {
     name: String,
     prefix: String,
     config_json: String,
-    state: Arc<MemoryState>,
+    state: Arc<SharedState>,
 }
 
 /// A live instance with its store.
@@ -129,7 +135,7 @@ impl PluginRuntime {
         engine: &Engine,
         config: &Config,
         base: &Path,
-        state: Arc<MemoryState>,
+        state: Arc<SharedState>,
         cache_dir: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let mut plugins = Vec::new();
@@ -500,29 +506,36 @@ fn link(engine: &Engine, component: &Component) -> anyhow::Result<RiskPluginPre<
     })
 }
 
+/// A plugin's state operation failed: the call traps, so the plugin's `on_error` decides.
+fn unavailable(e: crate::store::StoreError) -> wasmtime::Error {
+    wasmtime::Error::msg(format!("shared state unavailable: {e}"))
+}
+
 impl state::Host for PluginState {
-    async fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.env.state.get(&format!("{}{key}", self.env.prefix))
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        let key = format!("{}{key}", self.env.prefix);
+        self.env.state.get(&key).await.map_err(unavailable)
     }
 
-    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) {
-        self.env.state.set(
-            &format!("{}{key}", self.env.prefix),
-            value,
-            Duration::from_millis(ttl_ms),
-        );
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) -> wasmtime::Result<()> {
+        let key = format!("{}{key}", self.env.prefix);
+        let ttl = Duration::from_millis(ttl_ms);
+        self.env.state.set(&key, value, ttl).await.map_err(unavailable)
     }
 
-    async fn increment(&mut self, key: String, delta: i64, ttl_ms: u64) -> i64 {
-        self.env.state.increment(
-            &format!("{}{key}", self.env.prefix),
-            delta,
-            Duration::from_millis(ttl_ms),
-        )
+    async fn increment(&mut self, key: String, delta: i64, ttl_ms: u64) -> wasmtime::Result<i64> {
+        let key = format!("{}{key}", self.env.prefix);
+        let ttl = Duration::from_millis(ttl_ms);
+        self.env
+            .state
+            .increment(&key, delta, ttl)
+            .await
+            .map_err(unavailable)
     }
 
-    async fn delete(&mut self, key: String) {
-        self.env.state.delete(&format!("{}{key}", self.env.prefix));
+    async fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        let key = format!("{}{key}", self.env.prefix);
+        self.env.state.delete(&key).await.map_err(unavailable)
     }
 }
 

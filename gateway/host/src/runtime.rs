@@ -16,6 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_core::IssuerId;
+use portcullis_core::limits::LimitCheck;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config as WasmConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits,
@@ -33,7 +34,7 @@ use crate::health::Health;
 use crate::keys::KeyService;
 use crate::metrics::Metrics;
 use crate::plugins::{self, PluginRuntime};
-use crate::state::MemoryState;
+use crate::store::Store;
 use portcullis_core::client::ClientInfo;
 use portcullis_core::config::ClientConfig;
 
@@ -46,11 +47,16 @@ mod bindings {
             "portcullis:gateway/keys.authenticate": async,
             "portcullis:gateway/risk.assess": async,
             "portcullis:gateway/risk.observe": async,
+            "portcullis:gateway/state.get": async,
+            "portcullis:gateway/state.set": async,
+            "portcullis:gateway/state.increment": async,
+            "portcullis:gateway/state.first-use": async,
+            "portcullis:gateway/state.rate-limit": async,
         },
     });
 }
 
-use bindings::portcullis::gateway::{audit, config, health, keys, risk, state};
+use bindings::portcullis::gateway::{audit, client, config, health, keys, risk, state};
 
 /// The gateway component, built by this crate's build script.
 pub const COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_component.wasm"));
@@ -78,7 +84,9 @@ pub struct Shared {
     /// Backend health and allow-list.
     pub health: Health,
     /// Shared state (the gateway's and, namespaced, the plugins').
-    pub state: Arc<MemoryState>,
+    pub state: Arc<Store>,
+    /// What requests needing unreachable state get.
+    pub on_unavailable: portcullis_core::config::FailPolicy,
     /// Risk plugins.
     pub plugins: PluginRuntime,
     /// Trusted proxies and client headers.
@@ -119,6 +127,8 @@ pub struct StoreState {
     pub limits: StoreLimits,
     /// Who the client is (peer and trusted proxy headers).
     client: ClientInfo,
+    /// The connecting peer.
+    peer: IpAddr,
     /// The plugins that assessed this request and what they saw, for `observe`.
     assessed: Option<(Vec<usize>, Vec<plugins::RequestContext>)>,
 }
@@ -145,6 +155,7 @@ impl StoreState {
                 .instances(32)
                 .build(),
             client,
+            peer,
             assessed: None,
         }
     }
@@ -318,20 +329,88 @@ impl health::Host for StoreState {
 }
 
 impl state::Host for StoreState {
-    fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.shared.state.get(&key)
+    async fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        let got = self.shared.state.get(&key).await;
+        got.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "state get failed");
+            None
+        })
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) {
-        self.shared
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) {
+        if let Err(e) = self
+            .shared
             .state
-            .set(&key, value, Duration::from_millis(ttl_ms));
+            .set(&key, value, Duration::from_millis(ttl_ms))
+            .await
+        {
+            tracing::warn!(error = %e, "state set failed");
+        }
     }
 
-    fn increment(&mut self, key: String, delta: i64, ttl_ms: u64) -> i64 {
-        self.shared
+    async fn increment(&mut self, key: String, delta: i64, ttl_ms: u64) -> i64 {
+        // An unreachable store reads as "seen very often": callers counting towards a
+        // limit then refuse rather than allow.
+        let counted = self
+            .shared
             .state
             .increment(&key, delta, Duration::from_millis(ttl_ms))
+            .await;
+        counted.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "state increment failed");
+            i64::MAX
+        })
+    }
+
+    async fn first_use(&mut self, key: String, ttl_ms: u64) -> bool {
+        first_use(&self.shared, &key, Duration::from_millis(ttl_ms)).await
+    }
+
+    async fn rate_limit(
+        &mut self,
+        checks: Vec<state::LimitCheck>,
+    ) -> Result<Vec<state::LimitStatus>, String> {
+        let checks: Vec<LimitCheck> = checks
+            .into_iter()
+            .map(|c| LimitCheck {
+                key: c.key,
+                interval_us: c.interval_us,
+                burst: c.burst,
+            })
+            .collect();
+        let statuses = self
+            .shared
+            .state
+            .rate_limit(&checks, crate::keys::now())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(statuses
+            .into_iter()
+            .map(|s| state::LimitStatus {
+                allowed: s.allowed,
+                remaining: s.remaining,
+                retry_after_us: s.retry_after_us,
+                reset_us: s.reset_us,
+            })
+            .collect())
+    }
+}
+
+/// A replay-cache check against the shared state; while it is unreachable the
+/// configuration's `on_unavailable` answers.
+pub async fn first_use(shared: &Shared, key: &str, ttl: Duration) -> bool {
+    match shared.state.first_use(key, ttl).await {
+        Ok(first) => first,
+        Err(e) => {
+            tracing::warn!(error = %e, "replay check failed: state unavailable");
+            shared.on_unavailable == portcullis_core::config::FailPolicy::Allow
+        }
+    }
+}
+
+impl client::Host for StoreState {
+    fn peer(&mut self) -> Option<String> {
+        Some(self.peer.to_string())
     }
 }
 

@@ -26,9 +26,7 @@ impl MemoryState {
     }
 
     fn shard(&self, key: &str) -> Option<&Shard> {
-        let h = portcullis_core::engine::fnv1a(key);
-        self.shards
-            .get(usize::try_from(h % SHARDS as u64).unwrap_or(0))
+        self.shards.get(self.shard_index(key))
     }
 
     /// The live value of `key`.
@@ -77,6 +75,58 @@ impl MemoryState {
         let next = current.saturating_add(delta);
         entry.0 = next.to_be_bytes().to_vec();
         next
+    }
+
+    /// GCRA over `checks`, all or nothing, on the gateway's clock: the shards involved are
+    /// locked together (in index order, so concurrent checks cannot deadlock).
+    pub fn gcra(
+        &self,
+        checks: &[portcullis_core::limits::LimitCheck],
+        now: portcullis_core::Timestamp,
+    ) -> Vec<portcullis_core::limits::LimitStatus> {
+        let now_us = u64::try_from(now.unix_millis()).unwrap_or(0).saturating_mul(1000);
+        let mut indices: Vec<usize> = checks.iter().map(|c| self.shard_index(&c.key)).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        let mut guards: Vec<(usize, std::sync::MutexGuard<'_, HashMap<String, (Vec<u8>, Instant)>>)> =
+            Vec::with_capacity(indices.len());
+        for i in indices {
+            if let Some(Ok(g)) = self.shards.get(i).map(|s| s.lock()) {
+                guards.push((i, g));
+            }
+        }
+        let instant = Instant::now();
+        let tats: Vec<Option<u64>> = checks
+            .iter()
+            .map(|c| {
+                let i = self.shard_index(&c.key);
+                guards
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .and_then(|(_, map)| map.get(&c.key))
+                    .filter(|(_, exp)| instant < *exp)
+                    .and_then(|(v, _)| <[u8; 8]>::try_from(v.as_slice()).ok())
+                    .map(u64::from_be_bytes)
+            })
+            .collect();
+        let (statuses, next) = portcullis_core::limits::gcra_all(&tats, now_us, checks);
+        if let Some(next) = next {
+            for (c, tat) in checks.iter().zip(next) {
+                let i = self.shard_index(&c.key);
+                if let Some((_, map)) = guards.iter_mut().find(|(j, _)| *j == i) {
+                    let ttl = Duration::from_micros(tat.saturating_sub(now_us).max(1));
+                    if map.len() >= self.per_shard && !map.contains_key(&c.key) {
+                        map.retain(|_, (_, exp)| instant < *exp);
+                    }
+                    map.insert(c.key.clone(), (tat.to_be_bytes().to_vec(), instant + ttl));
+                }
+            }
+        }
+        statuses
+    }
+
+    fn shard_index(&self, key: &str) -> usize {
+        usize::try_from(portcullis_core::engine::fnv1a(key) % SHARDS as u64).unwrap_or(0)
     }
 
     /// Removes `key`.

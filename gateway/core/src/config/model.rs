@@ -35,6 +35,10 @@ pub struct Config {
     pub gateway_token: Option<GatewayToken>,
     /// DPoP proof checks.
     pub dpop: DpopConfig,
+    /// Shared state (in memory or Redis) and what happens when it is unreachable.
+    pub state: StateConfig,
+    /// The proof-of-work challenge.
+    pub challenge: ChallengeConfig,
 }
 
 /// One trusted token issuer.
@@ -213,6 +217,8 @@ pub struct Route {
     pub agents: Option<RouteAgents>,
     /// Only DPoP-bound tokens with a valid proof are accepted.
     pub require_dpop: bool,
+    /// GCRA rate limits (`[[route.rate_limit]]`), all checked.
+    pub rate_limits: Vec<RateLimit>,
 }
 
 impl Route {
@@ -470,6 +476,130 @@ impl Default for DpopConfig {
             scheme: "https".into(),
             max_age: Duration::from_secs(60),
             require_nonce: false,
+        }
+    }
+}
+
+/// What a rate limit counts by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LimitKey {
+    /// The client's address (IPv4 /32, IPv6 /64), as resolved through `[client]`.
+    Ip,
+    /// The verified subject (issuer + `sub`, pseudonymised); anonymous requests skip it.
+    Subject,
+    /// The route as a whole (all clients together).
+    Route,
+    /// The OAuth client (`client_id`, else `azp`); requests without one skip it.
+    ClientId,
+}
+
+impl LimitKey {
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitKey::Ip => "ip",
+            LimitKey::Subject => "subject",
+            LimitKey::Route => "route",
+            LimitKey::ClientId => "client_id",
+        }
+    }
+
+    /// True when the key is known before authentication (checked first, so refused
+    /// credentials still count).
+    pub fn before_authentication(self) -> bool {
+        matches!(self, LimitKey::Ip | LimitKey::Route)
+    }
+}
+
+/// One GCRA rate limit of a route: `rate` requests per `period`, up to `burst` at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Policy name (unique in the route; shown in `RateLimit-Policy`).
+    pub name: String,
+    /// What is counted.
+    pub key: LimitKey,
+    /// Requests per period (sustained).
+    pub rate: u32,
+    /// The period.
+    pub period: Duration,
+    /// How many requests may arrive at once (the bucket's depth).
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// The GCRA emission interval in microseconds (period / rate, at least 1).
+    pub fn interval_us(&self) -> u64 {
+        let period = u64::try_from(self.period.as_micros()).unwrap_or(u64::MAX);
+        (period / u64::from(self.rate.max(1))).max(1)
+    }
+}
+
+/// Where the shared state lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateBackend {
+    /// In this process (the embedded default): sharded, bounded, with TTLs.
+    Memory {
+        /// Most entries kept.
+        capacity: usize,
+    },
+    /// A Redis server shared by every gateway instance.
+    Redis {
+        /// `redis://host:port/db`.
+        url: String,
+        /// The password (from `password_file`), if any.
+        password: Option<String>,
+        /// Connections kept open (each multiplexed).
+        pool: usize,
+        /// How long one operation may take before it counts as unavailable.
+        timeout: Duration,
+        /// Prefix of every key this gateway writes.
+        prefix: String,
+    },
+}
+
+/// Shared state: rate limits, replay caches, plugin state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateConfig {
+    /// The store.
+    pub backend: StateBackend,
+    /// What requests that need the state get while it is unreachable.
+    pub on_unavailable: FailPolicy,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            backend: StateBackend::Memory {
+                capacity: DEFAULT_STATE_CAPACITY,
+            },
+            on_unavailable: FailPolicy::Deny,
+        }
+    }
+}
+
+/// Default most entries of the in-memory state.
+pub const DEFAULT_STATE_CAPACITY: usize = 1_000_000;
+
+/// The proof-of-work challenge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeConfig {
+    /// Leading zero bits asked for at the challenge threshold.
+    pub min_bits: u8,
+    /// Leading zero bits asked for at score 100.
+    pub max_bits: u8,
+    /// How long a challenge may take to solve.
+    pub ttl: Duration,
+    /// How long a solved challenge's clearance cookie lasts.
+    pub clearance_ttl: Duration,
+}
+
+impl Default for ChallengeConfig {
+    fn default() -> Self {
+        Self {
+            min_bits: 14,
+            max_bits: 20,
+            ttl: Duration::from_secs(300),
+            clearance_ttl: Duration::from_secs(1800),
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::jwk::{ParsedJwks, hmac_secret_jwk, parse_jwks};
 use crate::jws::{DEFAULT_MAX_TOKEN_BYTES, normalize_media_type};
 use crate::keyset::IssuerId;
 
-const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit], [limits], [plugin.NAME], [client], [gateway_token] and [dpop]";
+const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit], [limits], [plugin.NAME], [client], [gateway_token], [dpop], [state] and [challenge]";
 
 pub(super) fn load(
     source: &str,
@@ -116,6 +116,8 @@ fn read_config(
     let client = super::risk::read_client(top, d);
     let gateway_token = super::agents::read_gateway_token(top, d, files);
     let dpop = super::agents::read_dpop(top, d);
+    let state = super::limits::read_state(top, d, files);
+    let challenge = super::limits::read_challenge(top, d);
 
     Some(Config {
         issuers: issuers.into_iter().collect::<Option<Vec<_>>>()?,
@@ -132,6 +134,8 @@ fn read_config(
         client,
         gateway_token,
         dpop,
+        state,
+        challenge,
     })
 }
 
@@ -713,6 +717,7 @@ fn read_route(
     let risk = super::risk::read_route_risk(&mut t, d, plugins);
     let agents = super::agents::read_route_agents(&mut t, d);
     let require_dpop = t.boolean(d, "require_dpop").is_some_and(|b| b.0);
+    let rate_limits = super::limits::read_rate_limits(&mut t, d, auth == Some(AuthMode::Public));
     t.finish(d);
     let route = Route {
         path: path?.0,
@@ -729,6 +734,7 @@ fn read_route(
         risk,
         agents,
         require_dpop,
+        rate_limits,
     };
     if route.auth == AuthMode::Public {
         if route.has_rules() || !route.issuers.is_empty() {

@@ -1,0 +1,314 @@
+//! Rate limits (`[[route.rate_limit]]`), the shared state (`[state]`) and the
+//! proof-of-work challenge (`[challenge]`).
+
+use std::time::Duration;
+
+use super::ConfigFiles;
+use super::model::*;
+use super::reader::{Diags, Table};
+
+/// The keys a rate limit can count by.
+const LIMIT_KEYS: [LimitKey; 4] = [
+    LimitKey::Ip,
+    LimitKey::Subject,
+    LimitKey::Route,
+    LimitKey::ClientId,
+];
+
+pub(super) fn read_rate_limits(
+    t: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    public_route: bool,
+) -> Vec<RateLimit> {
+    let mut limits: Vec<RateLimit> = Vec::new();
+    for mut lt in t.tables(d, "rate_limit") {
+        let span = lt.span.clone();
+        let key = match lt.req_string(
+            d,
+            "key",
+            Some("what to count: \"ip\", \"subject\", \"route\" or \"client_id\"".into()),
+        ) {
+            None => None,
+            Some((k, span)) => match LIMIT_KEYS.iter().find(|l| l.name() == k) {
+                Some(l) => Some(*l),
+                None => {
+                    d.error(
+                        &span,
+                        format!("unknown rate limit key `{k}`"),
+                        Some("use \"ip\", \"subject\", \"route\" or \"client_id\"".into()),
+                    );
+                    None
+                }
+            },
+        };
+        let rate = positive(&mut lt, d, "rate", 1_000_000);
+        let period = match lt.duration(d, "per") {
+            None => {
+                lt.missing(
+                    d,
+                    "per",
+                    Some("the period of `rate`, e.g. per = \"1m\"".into()),
+                );
+                None
+            }
+            Some((p, span)) => {
+                if p < Duration::from_millis(1) || p > Duration::from_secs(86_400) {
+                    d.error(
+                        &span,
+                        format!("rate limit period {p:?} is outside 1ms..=24h"),
+                        None,
+                    );
+                    None
+                } else {
+                    Some(p)
+                }
+            }
+        };
+        let burst = match lt.get("burst") {
+            None => rate,
+            Some(_) => positive(&mut lt, d, "burst", 1_000_000),
+        };
+        let name = lt
+            .string(d, "name")
+            .map(|(n, _)| n)
+            .or_else(|| key.map(|k| k.name().to_owned()));
+        lt.finish(d);
+        if public_route && matches!(key, Some(LimitKey::Subject | LimitKey::ClientId)) {
+            d.error(
+                &span,
+                "a public route has no verified identity: this rate limit could never apply",
+                Some("count public routes by \"ip\" or \"route\"".into()),
+            );
+        }
+        if let Some(n) = &name
+            && (n.is_empty()
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            d.error(
+                &span,
+                format!("rate limit name {n:?} must be letters, digits, `-` or `_`"),
+                None,
+            );
+        }
+        if let Some(n) = &name
+            && limits.iter().any(|l| &l.name == n)
+        {
+            d.error(
+                &span,
+                format!("two rate limits of this route are named `{n}`"),
+                Some("give each [[route.rate_limit]] its own name = \"…\"".into()),
+            );
+        }
+        if let (Some(name), Some(key), Some(rate), Some(period), Some(burst)) =
+            (name, key, rate, period, burst)
+        {
+            limits.push(RateLimit {
+                name,
+                key,
+                rate,
+                period,
+                burst,
+            });
+        }
+    }
+    limits
+}
+
+/// A positive integer at most `max`.
+fn positive(t: &mut Table<'_, '_>, d: &mut Diags<'_>, key: &'static str, max: u32) -> Option<u32> {
+    let Some((n, span)) = t.integer(d, key) else {
+        t.missing(d, key, Some(format!("a whole number in 1..={max}")));
+        return None;
+    };
+    match u32::try_from(n) {
+        Ok(n) if (1..=max).contains(&n) => Some(n),
+        _ => {
+            d.error(
+                &span,
+                format!("`{key}` = {n} is outside 1..={max}"),
+                None,
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn read_state(
+    top: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    files: &dyn ConfigFiles,
+) -> StateConfig {
+    let mut cfg = StateConfig::default();
+    let Some(mut t) = top.table(d, "state") else {
+        return cfg;
+    };
+    if let Some((p, span)) = t.string(d, "on_unavailable") {
+        match p.as_str() {
+            "deny" => cfg.on_unavailable = FailPolicy::Deny,
+            "allow" => cfg.on_unavailable = FailPolicy::Allow,
+            other => d.error(
+                &span,
+                format!("unknown on_unavailable policy `{other}`"),
+                Some("use \"deny\" (fail closed, the default) or \"allow\"".into()),
+            ),
+        }
+    }
+    let capacity = match t.integer(d, "capacity") {
+        None => DEFAULT_STATE_CAPACITY,
+        Some((n, span)) => match usize::try_from(n) {
+            Ok(n) if (1_000..=100_000_000).contains(&n) => n,
+            _ => {
+                d.error(
+                    &span,
+                    format!("`state.capacity` = {n} is outside 1000..=100000000"),
+                    None,
+                );
+                DEFAULT_STATE_CAPACITY
+            }
+        },
+    };
+    let backend = t.string(d, "backend");
+    match backend.as_ref().map(|(b, s)| (b.as_str(), s.clone())) {
+        None | Some(("memory", _)) => {
+            cfg.backend = StateBackend::Memory { capacity };
+        }
+        Some(("redis", _)) => {
+            let url = t.req_string(
+                d,
+                "url",
+                Some("the Redis server, e.g. url = \"redis://10.0.0.5:6379/0\"".into()),
+            );
+            if let Some((u, span)) = &url
+                && !u.starts_with("redis://")
+            {
+                let hint = if u.starts_with("rediss://") {
+                    "TLS to Redis is not built in: reach it over a private network or a local TLS tunnel"
+                } else {
+                    "use redis://host:port/db"
+                };
+                d.error(
+                    span,
+                    format!("state url {u:?} is not a redis:// URL"),
+                    Some(hint.into()),
+                );
+            }
+            let password = t.string(d, "password_file").and_then(|(path, span)| {
+                match files.read(&path) {
+                    Ok(bytes) => match String::from_utf8(bytes) {
+                        Ok(s) => Some(s.trim().to_owned()),
+                        Err(_) => {
+                            d.error(&span, format!("{path:?} is not text"), None);
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        d.error(&span, format!("cannot read {path:?}: {e}"), None);
+                        None
+                    }
+                }
+            });
+            let pool = match t.integer(d, "pool") {
+                None => 4,
+                Some((n, span)) => match usize::try_from(n) {
+                    Ok(n) if (1..=64).contains(&n) => n,
+                    _ => {
+                        d.error(
+                            &span,
+                            format!("`state.pool` = {n} is outside 1..=64"),
+                            None,
+                        );
+                        4
+                    }
+                },
+            };
+            let timeout = match t.duration(d, "timeout") {
+                None => Duration::from_millis(50),
+                Some((v, span)) => {
+                    if v < Duration::from_millis(1) || v > Duration::from_secs(5) {
+                        d.error(
+                            &span,
+                            format!("state timeout {v:?} is outside 1ms..=5s"),
+                            Some("a state lookup sits on the request path".into()),
+                        );
+                    }
+                    v
+                }
+            };
+            let prefix = t
+                .string(d, "prefix")
+                .map_or_else(|| "portcullis:".to_owned(), |(p, _)| p);
+            if let Some((url, _)) = url {
+                cfg.backend = StateBackend::Redis {
+                    url,
+                    password,
+                    pool,
+                    timeout,
+                    prefix,
+                };
+            }
+        }
+        Some((other, span)) => d.error(
+            &span,
+            format!("unknown state backend `{other}`"),
+            Some("use \"memory\" (one process, the default) or \"redis\" (shared)".into()),
+        ),
+    }
+    t.finish(d);
+    cfg
+}
+
+pub(super) fn read_challenge(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> ChallengeConfig {
+    let mut cfg = ChallengeConfig::default();
+    let Some(mut t) = top.table(d, "challenge") else {
+        return cfg;
+    };
+    let bits = |t: &mut Table<'_, '_>, d: &mut Diags<'_>, key: &'static str, into: &mut u8| {
+        if let Some((n, span)) = t.integer(d, key) {
+            match u8::try_from(n) {
+                Ok(n) if (4..=26).contains(&n) => *into = n,
+                _ => d.error(
+                    &span,
+                    format!("`challenge.{key}` = {n} is outside 4..=26"),
+                    Some("each bit doubles the browser's work; 14 takes well under a second".into()),
+                ),
+            }
+        }
+    };
+    bits(&mut t, d, "min_bits", &mut cfg.min_bits);
+    bits(&mut t, d, "max_bits", &mut cfg.max_bits);
+    if cfg.min_bits > cfg.max_bits {
+        let span = t.span.clone();
+        d.error(
+            &span,
+            format!(
+                "challenge min_bits {} is above max_bits {}",
+                cfg.min_bits, cfg.max_bits
+            ),
+            None,
+        );
+    }
+    if let Some((v, span)) = t.duration(d, "ttl") {
+        if v < Duration::from_secs(10) || v > Duration::from_secs(3600) {
+            d.error(
+                &span,
+                format!("challenge ttl {v:?} is outside 10s..=1h"),
+                None,
+            );
+        }
+        cfg.ttl = v;
+    }
+    if let Some((v, span)) = t.duration(d, "clearance_ttl") {
+        if v < Duration::from_secs(10) || v > Duration::from_secs(86_400) {
+            d.error(
+                &span,
+                format!("challenge clearance_ttl {v:?} is outside 10s..=24h"),
+                None,
+            );
+        }
+        cfg.clearance_ttl = v;
+    }
+    t.finish(d);
+    cfg
+}
