@@ -11,6 +11,7 @@
 pub mod browser;
 pub mod host;
 pub mod net;
+pub mod redis;
 pub mod wycheproof;
 
 use std::sync::OnceLock;

@@ -282,9 +282,10 @@ pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
                     "/metrics" => (
                         200,
                         shared.metrics.render(&format!(
-                            "{}{}",
+                            "{}{}{}",
                             shared.keys.metrics_text(),
-                            shared.plugins.metrics_text()
+                            shared.plugins.metrics_text(),
+                            shared.state.metrics_text()
                         )),
                         "text/plain; version=0.0.4",
                     ),

@@ -91,6 +91,26 @@ impl Store {
         }
     }
 
+    /// Prometheus lines for the state's counters.
+    pub fn metrics_text(&self) -> String {
+        let (backend, ops, errors) = match self {
+            Store::Memory(_) => ("memory", 0, 0),
+            Store::Redis(r) => (
+                "redis",
+                r.metrics.operations.load(Ordering::Relaxed),
+                r.metrics.errors.load(Ordering::Relaxed),
+            ),
+        };
+        format!(
+            "# HELP portcullis_state_operations_total Shared-state operations that succeeded.\n\
+             # TYPE portcullis_state_operations_total counter\n\
+             portcullis_state_operations_total{{backend=\"{backend}\"}} {ops}\n\
+             # HELP portcullis_state_errors_total Shared-state operations that failed (unreachable, timeout).\n\
+             # TYPE portcullis_state_errors_total counter\n\
+             portcullis_state_errors_total{{backend=\"{backend}\"}} {errors}\n"
+        )
+    }
+
     /// Runs a state future to completion from synchronous code on a runtime worker (the
     /// core's decisions are synchronous). Memory operations are ready at once; Redis ones
     /// park this worker while other workers carry on.
@@ -340,19 +360,41 @@ impl RedisStore {
         format!("{}{key}", self.prefix)
     }
 
-    /// A connection from the pool (round robin), connecting the slot if needed.
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let Some(slot) = self.slots.get(i) else {
-            return Err(StoreError("empty connection pool".into()));
-        };
-        let mut slot = slot.lock().await;
-        if let Some(c) = &slot.conn {
-            return Ok(c.clone());
+    /// A live connection from the pool: round robin over the connected slots; when the
+    /// chosen one is down, the next connected one, and at most one connection attempt per
+    /// call (slots that failed to connect wait [`RECONNECT_BACKOFF`]).
+    async fn connection(&self) -> Result<(usize, ConnectionManager), StoreError> {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut attempted = false;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let Some(Ok(mut slot)) = self.slots.get(i).map(|s| s.try_lock()) else {
+                continue; // another request is connecting this slot
+            };
+            if let Some(c) = &slot.conn {
+                return Ok((i, c.clone()));
+            }
+            if attempted || slot.retry_at.is_some_and(|t| Instant::now() < t) {
+                continue;
+            }
+            attempted = true;
+            match self.connect().await {
+                Ok(c) => {
+                    slot.conn = Some(c.clone());
+                    slot.retry_at = None;
+                    return Ok((i, c));
+                }
+                Err(e) => {
+                    slot.retry_at = Some(Instant::now() + RECONNECT_BACKOFF);
+                    tracing::debug!(error = %e, slot = i, "redis connection attempt failed");
+                }
+            }
         }
-        if slot.retry_at.is_some_and(|t| Instant::now() < t) {
-            return Err(StoreError(format!("redis {} is unreachable", self.url)));
-        }
+        Err(StoreError(format!("redis {} is unreachable", self.url)))
+    }
+
+    async fn connect(&self) -> Result<ConnectionManager, StoreError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
@@ -364,29 +406,31 @@ impl RedisStore {
         )
         .await
         {
-            Ok(Ok(c)) => {
-                slot.conn = Some(c.clone());
-                slot.retry_at = None;
-                Ok(c)
-            }
-            Ok(Err(e)) => {
-                slot.retry_at = Some(Instant::now() + RECONNECT_BACKOFF);
-                Err(StoreError(format!("redis {}: {e}", self.url)))
-            }
-            Err(_) => {
-                slot.retry_at = Some(Instant::now() + RECONNECT_BACKOFF);
-                Err(StoreError(format!("redis {}: connect timed out", self.url)))
-            }
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(StoreError(format!("redis {}: {e}", self.url))),
+            Err(_) => Err(StoreError(format!("redis {}: connect timed out", self.url))),
         }
+    }
+
+    /// A command failed on slot `i`: when the connection itself is gone, the slot is
+    /// emptied so the next use connects afresh (instead of each pooled connection failing
+    /// once more after the server is back).
+    fn failed(&self, i: usize, e: &redis::RedisError) -> StoreError {
+        if (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
+            && let Some(Ok(mut slot)) = self.slots.get(i).map(|s| s.try_lock())
+        {
+            slot.conn = None;
+        }
+        StoreError(format!("redis {}: {e}", self.url))
     }
 
     /// Runs one command within the timeout.
     async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
         let outcome = async {
-            let mut conn = self.connection().await?;
+            let (i, mut conn) = self.connection().await?;
             cmd.query_async::<T>(&mut conn)
                 .await
-                .map_err(|e| StoreError(format!("redis {}: {e}", self.url)))
+                .map_err(|e| self.failed(i, &e))
         };
         self.count(tokio::time::timeout(self.timeout, outcome).await)
     }
@@ -397,10 +441,10 @@ impl RedisStore {
         inv: &mut redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let outcome = async {
-            let mut conn = self.connection().await?;
+            let (i, mut conn) = self.connection().await?;
             inv.invoke_async::<T>(&mut conn)
                 .await
-                .map_err(|e| StoreError(format!("redis {}: {e}", self.url)))
+                .map_err(|e| self.failed(i, &e))
         };
         self.count(tokio::time::timeout(self.timeout, outcome).await)
     }

@@ -1,0 +1,287 @@
+//! End to end: GCRA rate limits over real sockets, in memory (both engines) and in a real
+//! Redis server shared by two `portcullis` processes; Redis killed and restarted under load.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use portcullis_tests::host::{Gateway, get, reason, start_engine};
+use portcullis_tests::net::{Backend, KeyServer, Resp, request};
+use portcullis_tests::redis::Redis;
+use portcullis_tests::*;
+use serde_json::json;
+
+/// A configuration with `state` as its `[state]` section body (empty: in memory).
+fn config(keys: &KeyServer, backend: &str, state: &str) -> String {
+    format!(
+        r#"
+[[issuer]]
+name = "main"
+issuer = "{ISSUER}"
+jwks_uri = "{keys}/jwks.json"
+insecure_http_jwks = true
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+
+[region.eu]
+jurisdiction = "EU"
+backends = ["{backend}"]
+
+[residency]
+missing = "eu"
+anonymous = "eu"
+
+[client]
+trusted_proxies = ["127.0.0.0/8"]
+ip_header = "x-forwarded-for"
+
+[[route]]
+path = "/per-ip"
+auth = "public"
+[[route.rate_limit]]
+name = "per-ip"
+key = "ip"
+rate = 60
+per = "1m"
+burst = 3
+
+[[route]]
+path = "/per-user"
+[[route.rate_limit]]
+key = "subject"
+rate = 2
+per = "1h"
+burst = 2
+
+[[route]]
+path = "/global"
+auth = "public"
+[[route.rate_limit]]
+name = "global"
+key = "route"
+rate = 20
+per = "1s"
+burst = 10
+
+[[route]]
+path = "/open"
+auth = "public"
+
+[audit]
+subject_key_file = "audit.key"
+
+{state}
+"#,
+        keys = keys.server.url(),
+    )
+}
+
+fn header<'a>(r: &'a Resp, name: &str) -> &'a str {
+    r.header(name)
+        .unwrap_or_else(|| panic!("no {name} header in {:?}", r.headers))
+}
+
+fn ip_limits_answer_429_with_retry_after_and_ratelimit_headers(engine: &str) {
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let backend = Backend::start("eu");
+    let gw = start_engine(&config(&keys, &backend.server.url(), ""), engine);
+    let from = |ip: &str| get(&gw, "/per-ip/x", None, &[("x-forwarded-for", ip)]);
+    for left in (0..3).rev() {
+        let r = from("198.51.100.7");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(header(&r, "ratelimit-policy"), "\"per-ip\";q=3;w=3");
+        assert!(
+            header(&r, "ratelimit").starts_with(&format!("\"per-ip\";r={left};t=")),
+            "{:?}",
+            r.headers
+        );
+    }
+    let r = from("198.51.100.7");
+    assert_eq!((r.status, reason(&r).as_str()), (429, "rate_limited"));
+    assert_eq!(header(&r, "retry-after"), "1");
+    assert_eq!(header(&r, "ratelimit-policy"), "\"per-ip\";q=3;w=3");
+    assert!(header(&r, "ratelimit").starts_with("\"per-ip\";r=0;t="));
+    // Another client (per address; the trusted proxy's header names it) is unaffected.
+    assert_eq!(from("198.51.100.8").status, 200);
+    // IPv6 clients count per /64.
+    for _ in 0..3 {
+        assert_eq!(from("2001:db8:1:2::a").status, 200);
+    }
+    assert_eq!(from("2001:db8:1:2::b").status, 429);
+    assert_eq!(from("2001:db8:1:3::a").status, 200);
+    // One second later one more request of the first client passes (60/min).
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(from("198.51.100.7").status, 200);
+}
+
+fn subject_limits_count_each_verified_user(engine: &str) {
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let backend = Backend::start("eu");
+    let gw = start_engine(&config(&keys, &backend.server.url(), ""), engine);
+    let idp = TestIdp::shared();
+    let alice = idp.sign("ES256", live_claims(json!({"sub": "alice"})));
+    let bob = idp.sign("ES256", live_claims(json!({"sub": "bob"})));
+    for _ in 0..2 {
+        let r = get(&gw, "/per-user", Some(&alice), &[]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let r = get(&gw, "/per-user", Some(&alice), &[]);
+    assert_eq!((r.status, reason(&r).as_str()), (429, "rate_limited"));
+    // Retry-After: one emission interval (30 minutes).
+    assert_eq!(header(&r, "retry-after"), "1800");
+    assert_eq!(get(&gw, "/per-user", Some(&bob), &[]).status, 200);
+    // A refused token is not a subject: 401, and it does not count.
+    let r = get(&gw, "/per-user", Some("not.a.token"), &[]);
+    assert_eq!(r.status, 401);
+}
+
+on_every_engine!(
+    ip_limits_answer_429_with_retry_after_and_ratelimit_headers,
+    subject_limits_count_each_verified_user,
+);
+
+fn redis_config(keys: &KeyServer, backend: &str, redis: &Redis, on_unavailable: &str) -> String {
+    config(
+        keys,
+        backend,
+        &format!(
+            "[state]\nbackend = \"redis\"\nurl = \"{}\"\ntimeout = \"100ms\"\non_unavailable = \"{on_unavailable}\"",
+            redis.url()
+        ),
+    )
+}
+
+/// Two gateways share one Redis: one route-wide limit of 20/s, burst 10, holds across both
+/// while eight client threads hammer them for two seconds.
+#[test]
+fn two_gateways_sharing_redis_enforce_one_global_limit() {
+    let redis = Redis::start();
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let backend = Backend::start("eu");
+    let text = redis_config(&keys, &backend.server.url(), &redis, "deny");
+    let a = Arc::new(start_engine(&text, "native"));
+    let b = Arc::new(start_engine(&text, "component"));
+    let allowed = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let refused = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let run_for = Duration::from_secs(2);
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let gw: Arc<Gateway> = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let (allowed, refused) = (allowed.clone(), refused.clone());
+            std::thread::spawn(move || {
+                while started.elapsed() < run_for {
+                    let r = request(gw.addr, "GET", "/global", &[], b"").unwrap();
+                    match r.status {
+                        200 => allowed[i % 2].fetch_add(1, Ordering::Relaxed),
+                        429 => refused.fetch_add(1, Ordering::Relaxed),
+                        other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&r.body)),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (on_a, on_b) = (
+        allowed[0].load(Ordering::Relaxed),
+        allowed[1].load(Ordering::Relaxed),
+    );
+    let total = on_a + on_b;
+    // At most burst + rate × elapsed (the server's clock decides; one extra for rounding).
+    let ceiling = 10.0 + 20.0 * elapsed + 1.0;
+    assert!(
+        (total as f64) <= ceiling,
+        "{total} allowed in {elapsed:.2}s, ceiling {ceiling:.1}"
+    );
+    // And the limit is a rate, not a wall: most of the allowance was used.
+    assert!(
+        (total as f64) >= 10.0 + 20.0 * (elapsed - 0.5),
+        "only {total} allowed in {elapsed:.2}s"
+    );
+    assert!(on_a > 0 && on_b > 0, "both gateways served: {on_a} / {on_b}");
+    assert!(refused.load(Ordering::Relaxed) > 0);
+    eprintln!(
+        "allowed {total} (a {on_a}, b {on_b}), refused {} in {elapsed:.2}s; ceiling {ceiling:.1}",
+        refused.load(Ordering::Relaxed)
+    );
+}
+
+fn metric(gw: &Gateway, name: &str) -> u64 {
+    let text = String::from_utf8(request(gw.admin, "GET", "/metrics", &[], b"").unwrap().body)
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Redis killed mid-test: `on_unavailable = "deny"` refuses limited routes with 503
+/// `state_unavailable`, `"allow"` lets them through; neither gateway crashes, unlimited
+/// routes keep working, and both recover when Redis returns.
+#[test]
+fn redis_outage_follows_on_unavailable_and_recovers() {
+    let mut redis = Redis::start();
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let backend = Backend::start("eu");
+    let strict = start_engine(
+        &redis_config(&keys, &backend.server.url(), &redis, "deny"),
+        "native",
+    );
+    let lenient = start_engine(
+        &redis_config(&keys, &backend.server.url(), &redis, "allow"),
+        "component",
+    );
+    let ip = |n: u8| format!("192.0.2.{n}");
+    assert_eq!(get(&strict, "/per-ip", None, &[("x-forwarded-for", &ip(1))]).status, 200);
+    assert_eq!(get(&lenient, "/per-ip", None, &[("x-forwarded-for", &ip(2))]).status, 200);
+
+    redis.kill();
+    for n in 10..15 {
+        let started = Instant::now();
+        let r = get(&strict, "/per-ip", None, &[("x-forwarded-for", &ip(n))]);
+        assert_eq!((r.status, reason(&r).as_str()), (503, "state_unavailable"));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused promptly, not after a long wait: {:?}",
+            started.elapsed()
+        );
+        let r = get(&lenient, "/per-ip", None, &[("x-forwarded-for", &ip(n))]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    // Routes without limits never touch the state.
+    assert_eq!(get(&strict, "/open", None, &[]).status, 200);
+    let errors = metric(&strict, "portcullis_state_errors_total");
+    assert!(
+        errors >= 5,
+        "{errors} state errors counted: {}",
+        String::from_utf8_lossy(&request(strict.admin, "GET", "/metrics", &[], b"").unwrap().body)
+    );
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(&strict, "/per-ip", None, &[("x-forwarded-for", &ip(99))]);
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(reason(&r), "state_unavailable");
+        assert!(Instant::now() < deadline, "the gateway did not reconnect to Redis");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Limits hold again (the restarted Redis is empty: a fresh bucket of 3).
+    let from = |n| get(&strict, "/per-ip", None, &[("x-forwarded-for", &ip(n))]).status;
+    assert_eq!([from(50), from(50), from(50), from(50)], [200, 200, 200, 429]);
+    // The gateways are alive.
+    assert_eq!(request(strict.admin, "GET", "/healthz", &[], b"").unwrap().status, 200);
+    assert_eq!(request(lenient.admin, "GET", "/healthz", &[], b"").unwrap().status, 200);
+}
