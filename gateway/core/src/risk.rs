@@ -1,9 +1,11 @@
-//! Phase 3b, risk: a route's plugins assess the request and their scores combine into one
-//! action through the route's thresholds. Running the plugins is the adapter's job (behind
-//! [`RiskAssessor`]); what their answers mean is decided here, the same on every runtime.
+//! Phase 3b, risk: a route's plugins assess the request and their scores combine, with the
+//! route's built-in bot signals ([`crate::bot`]), into one action through the route's
+//! thresholds. Running the plugins is the adapter's job (behind [`RiskAssessor`]); what
+//! their answers mean is decided here, the same on every runtime.
 
 use serde::Serialize;
 
+use crate::bot::Signal;
 use crate::claims::VerifiedIdentity;
 use crate::config::{Combine, Config, FailPolicy, PluginId, RouteRisk};
 
@@ -139,10 +141,10 @@ impl RiskAssessor for NoPlugins {
     }
 }
 
-/// One plugin's part in a decision, for the audit record.
+/// One plugin's or built-in check's part in a decision, for the audit record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Contribution {
-    /// Plugin name.
+    /// Plugin name, or `bot.<check>` for a built-in bot check (`bot.automation`, …).
     pub plugin: String,
     /// Score (absent when the plugin failed).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -171,7 +173,7 @@ pub struct RiskVerdict {
     /// Set when a failing plugin's `on_error = "deny"` refuses the request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
-    /// Every plugin's part.
+    /// Every part: built-in bot checks first (`bot.<check>`), then the plugins.
     pub plugins: Vec<Contribution>,
 }
 
@@ -195,11 +197,42 @@ impl RiskVerdict {
     }
 }
 
-/// Combines `answers` (one per plugin of `risk`, in order) under the route's rules.
+/// Combines `answers` (one per plugin of `risk`, in order) under the route's rules; the
+/// same as [`combine_with`] without bot signals.
 pub fn combine(cfg: &Config, risk: &RouteRisk, answers: Vec<PluginAnswer>) -> RiskVerdict {
+    combine_with(cfg, risk, Vec::new(), answers)
+}
+
+/// Combines the route's built-in bot `signals` (from [`crate::bot::evaluate`] on
+/// `risk.checks`) and plugin `answers` (one per plugin of `risk`, in order) under the
+/// route's rules. Each signal counts exactly like a plugin that answered with its score:
+/// in `max`, and with weight 1.0 in `weighted`, against the same thresholds. A signal
+/// suggests no action of its own (`allow`), and is listed as `bot.<check>` before the
+/// plugins.
+pub fn combine_with(
+    cfg: &Config,
+    risk: &RouteRisk,
+    signals: Vec<Signal>,
+    answers: Vec<PluginAnswer>,
+) -> RiskVerdict {
     let mut verdict = RiskVerdict::default();
     let mut sum = 0.0f64;
     let mut suggested = Action::Allow;
+    for s in signals {
+        let score = s.score.min(100);
+        if risk.combine == Combine::Max {
+            verdict.score = verdict.score.max(score);
+        }
+        sum += f64::from(score);
+        verdict.plugins.push(Contribution {
+            plugin: format!("bot.{}", s.check.name()),
+            score: Some(score),
+            action: Some(Action::Allow),
+            labels: s.labels,
+            reason: s.reason,
+            error: None,
+        });
+    }
     let mut answers = answers.into_iter();
     for id in &risk.plugins {
         let Some(plugin) = cfg.plugins.get(id.0) else {
@@ -272,7 +305,7 @@ pub fn combine(cfg: &Config, risk: &RouteRisk, answers: Vec<PluginAnswer>) -> Ri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PluginConfig;
+    use crate::config::{BotCheck, PluginConfig};
     use std::time::Duration;
 
     fn config(policies: &[(f64, FailPolicy)]) -> Config {
@@ -327,6 +360,7 @@ subject_key_file = "k"
             deny: Some(90),
             step_up_acr: vec!["mfa".into()],
             plugin_actions: true,
+            checks: Vec::new(),
         }
     }
 
@@ -373,6 +407,108 @@ subject_key_file = "k"
         assert_eq!(combine(&cfg, &r, vec![deny.clone()]).action, Action::Deny);
         r.plugin_actions = false;
         assert_eq!(combine(&cfg, &r, vec![deny]).action, Action::Allow);
+    }
+
+    fn signal(check: BotCheck, score: u8) -> Signal {
+        Signal {
+            check,
+            score,
+            labels: vec![format!("l{score}")],
+            reason: format!("signal {score}"),
+        }
+    }
+
+    #[test]
+    fn bot_signals_count_like_plugins_and_come_first() {
+        let cfg = config(&[(1.0, FailPolicy::Deny)]);
+        let r = route(1, Combine::Max);
+        let v = combine_with(
+            &cfg,
+            &r,
+            vec![
+                signal(BotCheck::Automation, 80),
+                signal(BotCheck::IpLists, 0),
+            ],
+            vec![scored(10)],
+        );
+        assert_eq!((v.score, v.action), (80, Action::Challenge));
+        let names: Vec<&str> = v.plugins.iter().map(|c| c.plugin.as_str()).collect();
+        assert_eq!(names, ["bot.automation", "bot.ip_lists", "p0"]);
+        assert_eq!(v.plugins[0].action, Some(Action::Allow));
+        assert_eq!(v.plugins[0].labels, ["l80"]);
+        assert!(v.detail().contains("bot.automation"), "{}", v.detail());
+        // Weighted: each signal with weight 1.0, beside the plugin's own weight.
+        let cfg = config(&[(0.5, FailPolicy::Deny)]);
+        let r = route(1, Combine::WeightedSum);
+        let v = combine_with(
+            &cfg,
+            &r,
+            vec![
+                signal(BotCheck::BrowserHeaders, 20),
+                signal(BotCheck::Automation, 25),
+            ],
+            vec![scored(40)],
+        );
+        assert_eq!((v.score, v.action), (65, Action::Challenge));
+        let v = combine_with(
+            &cfg,
+            &r,
+            vec![
+                signal(BotCheck::BrowserHeaders, 90),
+                signal(BotCheck::Automation, 80),
+            ],
+            vec![scored(0)],
+        );
+        assert_eq!((v.score, v.action), (100, Action::Deny));
+    }
+
+    #[test]
+    fn checks_without_plugins_decide_alone() {
+        let cfg = config(&[]);
+        let mut r = route(0, Combine::Max);
+        r.checks = vec![BotCheck::VerifiedBots];
+        let v = combine_with(
+            &cfg,
+            &r,
+            vec![signal(BotCheck::VerifiedBots, 100)],
+            Vec::new(),
+        );
+        assert_eq!((v.score, v.action, v.failed), (100, Action::Deny, None));
+        let v = combine_with(
+            &cfg,
+            &r,
+            vec![signal(BotCheck::VerifiedBots, 0)],
+            Vec::new(),
+        );
+        assert_eq!((v.score, v.action), (0, Action::Allow));
+        // Signals suggest nothing, so thresholds alone decide even with plugin_actions.
+        r.deny = None;
+        r.challenge = None;
+        r.step_up = None;
+        let v = combine_with(
+            &cfg,
+            &r,
+            vec![signal(BotCheck::Automation, 100)],
+            Vec::new(),
+        );
+        assert_eq!(v.action, Action::Allow);
+        // The plain combine has no signals.
+        assert!(combine(&cfg, &r, Vec::new()).plugins.is_empty());
+    }
+
+    #[test]
+    fn a_failing_plugin_still_denies_beside_signals() {
+        let cfg = config(&[(1.0, FailPolicy::Deny)]);
+        let r = route(1, Combine::Max);
+        let v = combine_with(
+            &cfg,
+            &r,
+            vec![signal(BotCheck::Automation, 0)],
+            vec![Err("trap".into())],
+        );
+        assert_eq!(v.action, Action::Deny);
+        assert_eq!(v.plugins.len(), 2);
+        assert!(v.failed.unwrap().contains("p0"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! [`ConfigFiles`], so the core itself never touches a file system.
 
 mod agents;
+mod bot;
 mod limits;
 mod model;
 mod reader;

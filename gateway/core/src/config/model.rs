@@ -39,6 +39,8 @@ pub struct Config {
     pub state: StateConfig,
     /// The proof-of-work challenge.
     pub challenge: ChallengeConfig,
+    /// Data for the built-in bot checks routes switch on (`[bot]`).
+    pub bot: BotConfig,
 }
 
 /// One trusted token issuer.
@@ -388,6 +390,83 @@ pub struct RouteRisk {
     pub step_up_acr: Vec<String>,
     /// Whether plugins' suggested actions count (otherwise only the thresholds decide).
     pub plugin_actions: bool,
+    /// Built-in bot checks run on this route, in order (see [`crate::bot`]).
+    pub checks: Vec<BotCheck>,
+}
+
+/// A built-in bot check a route switches on with `[route.risk] checks = [...]`; what each
+/// one looks at and how it scores is documented in [`crate::bot`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum BotCheck {
+    /// `browser_headers`: the headers a browser always sends, consistent with its User-Agent.
+    BrowserHeaders,
+    /// `automation`: automation tools, HTTP libraries and headless browsers by User-Agent.
+    Automation,
+    /// `ip_lists`: the client address or ASN on a `[[bot.list]]`.
+    IpLists,
+    /// `verified_bots`: a `[[bot.verified]]` crawler, verified or impersonated.
+    VerifiedBots,
+}
+
+impl BotCheck {
+    /// Every check, in documentation order.
+    pub const ALL: [BotCheck; 4] = [
+        BotCheck::BrowserHeaders,
+        BotCheck::Automation,
+        BotCheck::IpLists,
+        BotCheck::VerifiedBots,
+    ];
+
+    /// The name used in configuration, contributions (`bot.<name>`) and audit records.
+    pub fn name(self) -> &'static str {
+        match self {
+            BotCheck::BrowserHeaders => "browser_headers",
+            BotCheck::Automation => "automation",
+            BotCheck::IpLists => "ip_lists",
+            BotCheck::VerifiedBots => "verified_bots",
+        }
+    }
+
+    /// The check called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// Data for the built-in bot checks (`[bot]`); empty when the section is absent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BotConfig {
+    /// Extra User-Agent substrings (matched ignoring ASCII case) the `automation` check flags,
+    /// on top of its built-in list.
+    pub automation_agents: Vec<String>,
+    /// Address and ASN lists for `ip_lists` (`[[bot.list]]`), in file order.
+    pub lists: Vec<BotList>,
+    /// Verified bots for `verified_bots` (`[[bot.verified]]`), in file order.
+    pub verified: Vec<VerifiedBot>,
+}
+
+/// A scored list of networks and autonomous systems (`[[bot.list]]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BotList {
+    /// Name, unique among lists; labels read `list:NAME`.
+    pub name: String,
+    /// Networks on the list.
+    pub cidrs: Vec<IpNet>,
+    /// Autonomous system numbers on the list.
+    pub asns: Vec<u32>,
+    /// The `ip_lists` score of a client on this list, 0..=100.
+    pub score: u8,
+}
+
+/// A crawler that is welcome when it really is who it says (`[[bot.verified]]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifiedBot {
+    /// Name, unique among verified bots; labels read `verified:NAME` / `impersonation:NAME`.
+    pub name: String,
+    /// The User-Agent substring that claims to be this bot (matched ignoring ASCII case).
+    pub user_agent: String,
+    /// The networks the bot crawls from (never empty).
+    pub cidrs: Vec<IpNet>,
 }
 
 /// An IP network (address and prefix length, host bits zero).

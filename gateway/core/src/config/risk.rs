@@ -1,4 +1,5 @@
-//! The risk sections: `[plugin.NAME]`, a route's `[route.risk]` and `[client]`.
+//! The risk sections: `[plugin.NAME]`, a route's `[route.risk]` and `[client]` (the
+//! route's bot `checks` are read by `super::bot`).
 
 use std::time::Duration;
 
@@ -192,6 +193,7 @@ pub(super) fn read_route_risk(
     route: &mut Table<'_, '_>,
     d: &mut Diags<'_>,
     plugins: &[PluginConfig],
+    bot: &BotConfig,
 ) -> Option<RouteRisk> {
     let mut t = route.table(d, "risk")?;
     let span = t.span.clone();
@@ -248,12 +250,17 @@ pub(super) fn read_route_risk(
         .map(|(l, _)| l.into_iter().map(|(s, _)| s).collect())
         .unwrap_or_default();
     let plugin_actions = t.boolean(d, "plugin_actions").is_none_or(|b| b.0);
+    let checks = super::bot::read_checks(&mut t, d, bot);
     t.finish(d);
-    if ids.is_empty() {
+    // Either kind of scorer makes a risk phase; built-in checks need no plugin.
+    if ids.is_empty() && checks.is_empty() {
         d.error(
             &span,
-            "`risk` lists no plugins",
-            Some("add plugins = [\"name\", …] or remove the table".into()),
+            "`risk` lists no plugins and no checks",
+            Some(
+                "add plugins = [\"name\", …] and/or checks = [\"automation\", …], or remove the table"
+                    .into(),
+            ),
         );
     }
     let ordered = [step_up, challenge, deny];
@@ -280,6 +287,7 @@ pub(super) fn read_route_risk(
         deny,
         step_up_acr,
         plugin_actions,
+        checks,
     })
 }
 

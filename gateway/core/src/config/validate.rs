@@ -16,7 +16,7 @@ use crate::jwk::{ParsedJwks, hmac_secret_jwk, parse_jwks};
 use crate::jws::{DEFAULT_MAX_TOKEN_BYTES, normalize_media_type};
 use crate::keyset::IssuerId;
 
-const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit], [limits], [plugin.NAME], [client], [gateway_token], [dpop], [state] and [challenge]";
+const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit], [limits], [plugin.NAME], [client], [bot], [gateway_token], [dpop], [state] and [challenge]";
 
 pub(super) fn load(
     source: &str,
@@ -97,6 +97,8 @@ fn read_config(
         .map(|i| i.as_ref().map(|i| i.name.clone()).unwrap_or_default())
         .collect();
     let plugins = super::risk::read_plugins(top, d);
+    // Before routes: their `checks` need the lists and verified bots.
+    let bot = super::bot::read_bot(top, d);
     let route_tables = top.tables(d, "route");
     if route_tables.is_empty() {
         d.error(
@@ -107,7 +109,17 @@ fn read_config(
     }
     let routes: Vec<Option<(Route, Span)>> = route_tables
         .into_iter()
-        .map(|t| read_route(t, d, &issuer_names, &names, residency.as_ref(), &plugins))
+        .map(|t| {
+            read_route(
+                t,
+                d,
+                &issuer_names,
+                &names,
+                residency.as_ref(),
+                &plugins,
+                &bot,
+            )
+        })
         .collect();
     check_duplicate_routes(d, routes.iter().flatten());
     let identity = read_identity(top, d);
@@ -136,6 +148,7 @@ fn read_config(
         dpop,
         state,
         challenge,
+        bot,
     })
 }
 
@@ -643,6 +656,7 @@ fn read_route(
     regions: &[(String, RegionId)],
     residency: Option<&Residency>,
     plugins: &[PluginConfig],
+    bot: &BotConfig,
 ) -> Option<(Route, Span)> {
     let span = t.span.clone();
     let path = t.req_string(d, "path", Some("a path prefix such as \"/api/orders\""));
@@ -714,7 +728,7 @@ fn read_route(
             }
         }
     }
-    let risk = super::risk::read_route_risk(&mut t, d, plugins);
+    let risk = super::risk::read_route_risk(&mut t, d, plugins, bot);
     let agents = super::agents::read_route_agents(&mut t, d);
     let require_dpop = t.boolean(d, "require_dpop").is_some_and(|b| b.0);
     let rate_limits = super::limits::read_rate_limits(&mut t, d, auth == Some(AuthMode::Public));
