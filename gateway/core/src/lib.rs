@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | normalize | [`normalize`] | path checks, client-supplied identity headers marked for removal |
 //! | authenticate | [`authenticate`], [`dpop`], [`delegation`] | bearer or DPoP token → [`VerifiedIdentity`] (JWS, key sets, claims); agents' `act` chains and effective scopes |
-//! | assess risk | [`risk`] | the route's plugins (run by the adapter) → combined score → allow / step-up / challenge / deny |
+//! | assess risk | [`risk`], [`challenge`] | the route's plugins (run by the adapter) → combined score → allow / step-up / challenge / deny; proof-of-work challenge pages and clearance cookies |
 //! | authorize | [`policy`] | route rules: scopes, claims, `acr`/`amr`/`auth_time` |
 //! | route | [`residency`] | the user's home region → a healthy backend in that jurisdiction |
 //! | forward | [`engine`], [`gateway_token`] | strip spoofable headers, inject verified identity and a gateway-signed token |
@@ -27,6 +27,7 @@
 pub mod audit;
 pub mod authenticate;
 pub mod b64;
+pub mod challenge;
 pub mod claims;
 pub mod client;
 pub mod config;
