@@ -13,7 +13,8 @@
 //! |---|---|---|
 //! | normalize | [`normalize`] | path checks, client-supplied identity headers marked for removal |
 //! | authenticate | [`authenticate`], [`dpop`], [`delegation`] | bearer or DPoP token → [`VerifiedIdentity`] (JWS, key sets, claims); agents' `act` chains and effective scopes |
-//! | assess risk | [`bot`], [`risk`] | the route's built-in bot checks and plugins (run by the adapter) → combined score → allow / step-up / challenge / deny |
+//! | rate limits | [`limits`] | GCRA per address, subject, client or route, checked in the adapter's shared state; 429 with `RateLimit` headers |
+//! | assess risk | [`bot`], [`risk`], [`challenge`] | the route's built-in bot checks and plugins (run by the adapter) → combined score → allow / step-up / challenge / deny; proof-of-work challenge pages and clearance cookies |
 //! | authorize | [`policy`] | route rules: scopes, claims, `acr`/`amr`/`auth_time` |
 //! | route | [`residency`] | the user's home region → a healthy backend in that jurisdiction |
 //! | forward | [`engine`], [`gateway_token`] | strip spoofable headers, inject verified identity and a gateway-signed token |
@@ -28,6 +29,7 @@ pub mod audit;
 pub mod authenticate;
 pub mod b64;
 pub mod bot;
+pub mod challenge;
 pub mod claims;
 pub mod client;
 pub mod config;
