@@ -207,7 +207,10 @@ fn two_gateways_sharing_redis_enforce_one_global_limit() {
         (total as f64) >= 10.0 + 20.0 * (elapsed - 0.5),
         "only {total} allowed in {elapsed:.2}s"
     );
-    assert!(on_a > 0 && on_b > 0, "both gateways served: {on_a} / {on_b}");
+    assert!(
+        on_a > 0 && on_b > 0,
+        "both gateways served: {on_a} / {on_b}"
+    );
     assert!(refused.load(Ordering::Relaxed) > 0);
     eprintln!(
         "allowed {total} (a {on_a}, b {on_b}), refused {} in {elapsed:.2}s; ceiling {ceiling:.1}",
@@ -216,8 +219,8 @@ fn two_gateways_sharing_redis_enforce_one_global_limit() {
 }
 
 fn metric(gw: &Gateway, name: &str) -> u64 {
-    let text = String::from_utf8(request(gw.admin, "GET", "/metrics", &[], b"").unwrap().body)
-        .unwrap();
+    let text =
+        String::from_utf8(request(gw.admin, "GET", "/metrics", &[], b"").unwrap().body).unwrap();
     text.lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.rsplit(' ').next())
@@ -242,8 +245,14 @@ fn redis_outage_follows_on_unavailable_and_recovers() {
         "component",
     );
     let ip = |n: u8| format!("192.0.2.{n}");
-    assert_eq!(get(&strict, "/per-ip", None, &[("x-forwarded-for", &ip(1))]).status, 200);
-    assert_eq!(get(&lenient, "/per-ip", None, &[("x-forwarded-for", &ip(2))]).status, 200);
+    assert_eq!(
+        get(&strict, "/per-ip", None, &[("x-forwarded-for", &ip(1))]).status,
+        200
+    );
+    assert_eq!(
+        get(&lenient, "/per-ip", None, &[("x-forwarded-for", &ip(2))]).status,
+        200
+    );
 
     redis.kill();
     for n in 10..15 {
@@ -264,7 +273,11 @@ fn redis_outage_follows_on_unavailable_and_recovers() {
     assert!(
         errors >= 5,
         "{errors} state errors counted: {}",
-        String::from_utf8_lossy(&request(strict.admin, "GET", "/metrics", &[], b"").unwrap().body)
+        String::from_utf8_lossy(
+            &request(strict.admin, "GET", "/metrics", &[], b"")
+                .unwrap()
+                .body
+        )
     );
 
     redis.restart();
@@ -275,13 +288,29 @@ fn redis_outage_follows_on_unavailable_and_recovers() {
             break;
         }
         assert_eq!(reason(&r), "state_unavailable");
-        assert!(Instant::now() < deadline, "the gateway did not reconnect to Redis");
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not reconnect to Redis"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Limits hold again (the restarted Redis is empty: a fresh bucket of 3).
     let from = |n| get(&strict, "/per-ip", None, &[("x-forwarded-for", &ip(n))]).status;
-    assert_eq!([from(50), from(50), from(50), from(50)], [200, 200, 200, 429]);
+    assert_eq!(
+        [from(50), from(50), from(50), from(50)],
+        [200, 200, 200, 429]
+    );
     // The gateways are alive.
-    assert_eq!(request(strict.admin, "GET", "/healthz", &[], b"").unwrap().status, 200);
-    assert_eq!(request(lenient.admin, "GET", "/healthz", &[], b"").unwrap().status, 200);
+    assert_eq!(
+        request(strict.admin, "GET", "/healthz", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        request(lenient.admin, "GET", "/healthz", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
 }

@@ -9,24 +9,23 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use serde_json::Value;
 
 use crate::audit::{AuditRecord, pseudonymize};
-use crate::client::{ClientInfo, client_info};
-use crate::limits::{LimitCheck, LimitStatus, Limiter, NoLimiter};
 use crate::authenticate::{Authenticator, LocalAuthenticator, TokenScheme, access_token};
 use crate::claims::VerifiedIdentity;
+use crate::client::{ClientInfo, client_info};
 use crate::config::{
-    AuthMode, Config, FailPolicy, HeaderPattern, IdentitySource, LimitKey, Region, Route,
-    RouteRisk,
+    AuthMode, Config, FailPolicy, HeaderPattern, IdentitySource, LimitKey, Region, Route, RouteRisk,
 };
 use crate::crypto::SignatureVerifier;
 use crate::decision::{BackendId, Decision, Forward, Outcome, Response, problem};
 use crate::delegation::{self, actor_chain};
 use crate::keyset::{IssuerId, KeyStore};
+use crate::limits::{LimitCheck, LimitStatus, Limiter, NoLimiter};
 use crate::normalize::{Normalized, normalize};
 use crate::policy::{authorize, match_route};
 use crate::reason::Reason;
 use crate::residency::{choose_backend, home_region};
 use crate::risk::{
-    Action, NoPlugins, RiskAssessor, RiskContext, RiskIdentity, RiskVerdict, combine,
+    Action, NoPlugins, RiskAssessor, RiskContext, RiskIdentity, RiskVerdict, combine_with,
 };
 use crate::time::Timestamp;
 
@@ -70,6 +69,9 @@ impl BackendHealth for AllHealthy {
 pub struct Gateway {
     config: Config,
     strip: Vec<HeaderPattern>,
+    /// Signs challenges and clearance cookies (derived from the audit key, so every
+    /// instance of a deployment accepts the others' cookies).
+    challenge_key: [u8; 32],
 }
 
 /// A [`Gateway`] with a local signature verifier (native hosts, tests, benches).
@@ -141,7 +143,12 @@ impl Gateway {
                 prefix: false,
             });
         }
-        Self { config, strip }
+        let challenge_key = crate::challenge::derive_key(&config.audit.subject_key);
+        Self {
+            config,
+            strip,
+            challenge_key,
+        }
     }
 
     /// The configuration.
@@ -210,6 +217,11 @@ impl Gateway {
         let outcome = self.run(services, req, now, &mut audit, &mut refetch);
         match &outcome {
             Outcome::Forward(_) => audit.decision = "forward",
+            // The gateway's own redirects (a solved challenge) are not refusals.
+            Outcome::Respond(r) if r.status.is_redirection() => {
+                audit.decision = "redirect";
+                audit.status = Some(r.status.as_u16());
+            }
             Outcome::Respond(r) => {
                 audit.status = Some(r.status.as_u16());
                 audit.reason = Some(r.reason.code());
@@ -243,14 +255,20 @@ impl Gateway {
         };
         audit.path.clone_from(&norm.path);
         audit.host.clone_from(&norm.host);
-        let Some((route_index, route)) =
-            match_route(&cfg.routes, norm.host.as_deref(), &norm.path)
-                .and_then(|i| cfg.routes.get(i).map(|r| (i, r)))
+        let client = client_info(&cfg.client, req.peer, req.headers);
+        // 1a. the gateway's own endpoints
+        if norm.path == crate::challenge::CHALLENGE_PATH {
+            return Outcome::Respond(self.challenge_answer(req, &client, now, auth));
+        }
+        if norm.path.starts_with(INTERNAL_PREFIX) {
+            return deny(Reason::RouteNotFound, "no such gateway endpoint");
+        }
+        let Some((route_index, route)) = match_route(&cfg.routes, norm.host.as_deref(), &norm.path)
+            .and_then(|i| cfg.routes.get(i).map(|r| (i, r)))
         else {
             return deny(Reason::RouteNotFound, "no route matches this host and path");
         };
         audit.route = Some(route.path.clone());
-        let client = client_info(&cfg.client, req.peer, req.headers);
 
         // 1b. rate limits that need no identity (refused credentials count too)
         let mut limited = Vec::new();
@@ -460,12 +478,33 @@ impl Gateway {
             return Outcome::Respond(refusal);
         }
 
-        // 3. assess risk (plugins see the effective identity, before authorization)
+        // 3. assess risk: built-in bot checks and plugins (which see the effective
+        // identity), before authorization
         if let Some(risk) = &route.risk {
-            let ctx = self.risk_context(req, &norm, route, identity.as_ref());
-            let answers = services.risk.assess(&risk.plugins, &ctx);
-            let verdict = combine(cfg, risk, answers);
-            let refusal = risk_refusal(&verdict, risk, identity.as_ref(), req.request_id);
+            let signals = crate::bot::evaluate(
+                &cfg.bot,
+                &risk.checks,
+                &crate::bot::BotInput {
+                    headers: req.headers,
+                    client_ip: client.ip,
+                    asn: client.asn,
+                },
+            );
+            let answers = if risk.plugins.is_empty() {
+                Vec::new()
+            } else {
+                let ctx = self.risk_context(req, &norm, route, identity.as_ref());
+                services.risk.assess(&risk.plugins, &ctx)
+            };
+            let mut verdict = combine_with(cfg, risk, signals, answers);
+            let refusal = match verdict.action {
+                Action::Challenge if verdict.failed.is_none() => {
+                    let (refusal, clearance) = self.challenge(req, &client, now, &verdict, risk);
+                    verdict.clearance = clearance;
+                    refusal
+                }
+                _ => risk_refusal(&verdict, risk, identity.as_ref(), req.request_id),
+            };
             audit.risk = Some(verdict);
             if let Some(response) = refusal {
                 return Outcome::Respond(response);
@@ -633,6 +672,107 @@ impl Gateway {
         r.headers.push(crate::limits::retry_after(status));
         r.headers.extend(limit_headers(route, &[(i, *status)]));
         Some(r)
+    }
+
+    /// The risk phase chose "challenge": a valid clearance cookie lets the request through;
+    /// otherwise browsers navigating get the proof-of-work page, other clients a 403.
+    fn challenge(
+        &self,
+        req: &RequestParts<'_>,
+        client: &ClientInfo,
+        now: Timestamp,
+        verdict: &RiskVerdict,
+        risk: &RouteRisk,
+    ) -> (Option<Response>, Option<String>) {
+        use crate::challenge::{self as pow, Clearance};
+        let network = binding_network(client);
+        let binding = pow::Binding {
+            network: &network,
+            user_agent: user_agent(req.headers),
+        };
+        let (reason, detail, cleared) =
+            match pow::check_clearance(&self.challenge_key, req.headers, now, &binding) {
+                Clearance::Valid => return (None, Some("valid".into())),
+                Clearance::Invalid(e) => (
+                    Reason::ClearanceInvalid,
+                    format!("the challenge clearance cookie is not valid: {e}"),
+                    Some(e.code().to_owned()),
+                ),
+                Clearance::Absent => (Reason::ChallengeRequired, verdict.detail(), None),
+            };
+        let (reason, detail, clearance) = (reason, detail, cleared);
+        if !is_navigation(req) {
+            return (
+                Some(problem(reason, &detail, req.request_id, &[])),
+                clearance,
+            );
+        }
+        let cfg = &self.config.challenge;
+        let bits = pow::difficulty(
+            verdict.score,
+            risk.challenge.unwrap_or(0),
+            cfg.min_bits,
+            cfg.max_bits,
+        );
+        let return_to = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let token = pow::issue(&self.challenge_key, now, cfg.ttl, bits, &binding, return_to);
+        let (html, headers) = pow::page(&token, bits);
+        let page = Response {
+            status: http::StatusCode::FORBIDDEN,
+            headers,
+            body: html.into_bytes(),
+            reason,
+        };
+        (Some(page), clearance)
+    }
+
+    /// `GET /_portcullis/challenge?token=…&nonce=…`: a solved challenge earns a clearance
+    /// cookie and a redirect back to where the browser was going.
+    fn challenge_answer(
+        &self,
+        req: &RequestParts<'_>,
+        client: &ClientInfo,
+        now: Timestamp,
+        auth: &dyn Authenticator,
+    ) -> Response {
+        use crate::challenge as pow;
+        let failed = |detail: &str| problem(Reason::ChallengeFailed, detail, req.request_id, &[]);
+        let Some((token, nonce)) = req.uri.query().and_then(pow::solution_from_query) else {
+            return failed("expected ?token=…&nonce=… from the challenge page");
+        };
+        let network = binding_network(client);
+        let binding = pow::Binding {
+            network: &network,
+            user_agent: user_agent(req.headers),
+        };
+        let solved = match pow::verify(&self.challenge_key, &token, &nonce, now, &binding) {
+            Ok(s) => s,
+            Err(e) => return failed(&e.to_string()),
+        };
+        let cfg = &self.config.challenge;
+        if !auth.first_use(&format!("challenge/{}", solved.id), cfg.ttl) {
+            return failed("this challenge was already used");
+        }
+        let cookie = pow::clearance(&self.challenge_key, now, cfg.clearance_ttl, &binding);
+        let mut headers = vec![
+            (
+                http::header::SET_COOKIE,
+                pow::set_cookie(&cookie, cfg.clearance_ttl),
+            ),
+            (
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            ),
+        ];
+        if let Ok(location) = HeaderValue::from_str(&solved.return_to) {
+            headers.push((http::header::LOCATION, location));
+        }
+        Response {
+            status: http::StatusCode::SEE_OTHER,
+            headers,
+            body: Vec::new(),
+            reason: Reason::ChallengeRequired,
+        }
     }
 
     fn risk_context(
@@ -806,6 +946,38 @@ pub struct Adapters<'a> {
     pub health: &'a dyn BackendHealth,
 }
 
+/// Paths under this prefix belong to the gateway and never reach a backend.
+pub const INTERNAL_PREFIX: &str = "/_portcullis/";
+
+/// What a challenge and its clearance are bound to: the client's /24 (IPv4) or /64 (IPv6),
+/// so a cookie does not travel to another network (mobile clients moving within one keep it).
+fn binding_network(client: &ClientInfo) -> String {
+    client.ip.map_or_else(
+        || "unknown".to_owned(),
+        |ip| crate::client::network_of(ip).to_string(),
+    )
+}
+
+fn user_agent(headers: &HeaderMap) -> &str {
+    headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// A browser loading a page (rather than a script or an API client): it can be shown the
+/// challenge page.
+fn is_navigation(req: &RequestParts<'_>) -> bool {
+    if req.method != Method::GET && req.method != Method::HEAD {
+        return false;
+    }
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    match header("sec-fetch-mode") {
+        Some(mode) => mode == "navigate",
+        None => header("accept").is_some_and(|a| a.contains("text/html")),
+    }
+}
+
 /// Rate limits are checked in two steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LimitPhase {
@@ -825,7 +997,10 @@ fn limit_address(ip: IpAddr) -> String {
 }
 
 /// `RateLimit-Policy` for the checked limits and `RateLimit` for the most constrained.
-fn limit_headers(route: &Route, checked: &[(usize, LimitStatus)]) -> Vec<(HeaderName, HeaderValue)> {
+fn limit_headers(
+    route: &Route,
+    checked: &[(usize, LimitStatus)],
+) -> Vec<(HeaderName, HeaderValue)> {
     let limits: Vec<&crate::config::RateLimit> = checked
         .iter()
         .filter_map(|(i, _)| route.rate_limits.get(*i))

@@ -57,7 +57,7 @@ pub use claims::VerifiedIdentity;
 pub use config::{Config, ConfigError, ConfigFiles, MapFiles};
 pub use crypto::{Algorithm, KeyMaterial, PortableVerifier, SignatureVerifier};
 pub use decision::{BackendId, Decision, Forward, Outcome, Response};
-pub use engine::{AllHealthy, Adapters, BackendHealth, Engine, Gateway, RequestParts};
+pub use engine::{Adapters, AllHealthy, BackendHealth, Engine, Gateway, RequestParts};
 pub use keyset::{FetchKind, FetchRequest, FetchResponse, IssuerId, KeyStore};
 pub use reason::Reason;
 pub use time::Timestamp;

@@ -175,6 +175,9 @@ pub struct RiskVerdict {
     pub failed: Option<String>,
     /// Every part: built-in bot checks first (`bot.<check>`), then the plugins.
     pub plugins: Vec<Contribution>,
+    /// For a challenge: the client's clearance cookie (`valid`, or why it was refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clearance: Option<String>,
 }
 
 impl RiskVerdict {

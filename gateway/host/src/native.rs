@@ -24,8 +24,8 @@ use portcullis_core::jws::parse_object;
 use portcullis_core::limits::{LimitCheck, LimitStatus, Limiter};
 use portcullis_core::risk::{PluginAnswer, RiskAssessor, RiskContext};
 use portcullis_core::{
-    Adapters, AuditRecord, BackendHealth, BackendId, Config, Forward, Gateway, IssuerId, Outcome, Reason,
-    RequestParts, Timestamp, VerifiedIdentity,
+    Adapters, AuditRecord, BackendHealth, BackendId, Config, Forward, Gateway, IssuerId, Outcome,
+    Reason, RequestParts, Timestamp, VerifiedIdentity,
 };
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 

@@ -520,7 +520,11 @@ impl state::Host for PluginState {
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) -> wasmtime::Result<()> {
         let key = format!("{}{key}", self.env.prefix);
         let ttl = Duration::from_millis(ttl_ms);
-        self.env.state.set(&key, value, ttl).await.map_err(unavailable)
+        self.env
+            .state
+            .set(&key, value, ttl)
+            .await
+            .map_err(unavailable)
     }
 
     async fn increment(&mut self, key: String, delta: i64, ttl_ms: u64) -> wasmtime::Result<i64> {

@@ -214,8 +214,9 @@ impl Store {
                     inv.arg(c.interval_us).arg(c.burst);
                 }
                 let flat: Vec<i64> = r.script(&mut inv).await?;
-                parse_gcra(&flat, checks.len())
-                    .ok_or_else(|| StoreError(format!("malformed GCRA answer from Redis: {flat:?}")))
+                parse_gcra(&flat, checks.len()).ok_or_else(|| {
+                    StoreError(format!("malformed GCRA answer from Redis: {flat:?}"))
+                })
             }
         }
     }

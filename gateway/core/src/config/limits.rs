@@ -125,11 +125,7 @@ fn positive(t: &mut Table<'_, '_>, d: &mut Diags<'_>, key: &'static str, max: u3
     match u32::try_from(n) {
         Ok(n) if (1..=max).contains(&n) => Some(n),
         _ => {
-            d.error(
-                &span,
-                format!("`{key}` = {n} is outside 1..={max}"),
-                None,
-            );
+            d.error(&span, format!("`{key}` = {n} is outside 1..={max}"), None);
             None
         }
     }
@@ -194,31 +190,27 @@ pub(super) fn read_state(
                     Some(hint.into()),
                 );
             }
-            let password = t.string(d, "password_file").and_then(|(path, span)| {
-                match files.read(&path) {
-                    Ok(bytes) => match String::from_utf8(bytes) {
-                        Ok(s) => Some(s.trim().to_owned()),
-                        Err(_) => {
-                            d.error(&span, format!("{path:?} is not text"), None);
+            let password =
+                t.string(d, "password_file")
+                    .and_then(|(path, span)| match files.read(&path) {
+                        Ok(bytes) => match String::from_utf8(bytes) {
+                            Ok(s) => Some(s.trim().to_owned()),
+                            Err(_) => {
+                                d.error(&span, format!("{path:?} is not text"), None);
+                                None
+                            }
+                        },
+                        Err(e) => {
+                            d.error(&span, format!("cannot read {path:?}: {e}"), None);
                             None
                         }
-                    },
-                    Err(e) => {
-                        d.error(&span, format!("cannot read {path:?}: {e}"), None);
-                        None
-                    }
-                }
-            });
+                    });
             let pool = match t.integer(d, "pool") {
                 None => 4,
                 Some((n, span)) => match usize::try_from(n) {
                     Ok(n) if (1..=64).contains(&n) => n,
                     _ => {
-                        d.error(
-                            &span,
-                            format!("`state.pool` = {n} is outside 1..=64"),
-                            None,
-                        );
+                        d.error(&span, format!("`state.pool` = {n} is outside 1..=64"), None);
                         4
                     }
                 },
@@ -271,7 +263,9 @@ pub(super) fn read_challenge(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Chal
                 _ => d.error(
                     &span,
                     format!("`challenge.{key}` = {n} is outside 4..=26"),
-                    Some("each bit doubles the browser's work; 14 takes well under a second".into()),
+                    Some(
+                        "each bit doubles the browser's work; 14 takes well under a second".into(),
+                    ),
                 ),
             }
         }
