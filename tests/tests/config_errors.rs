@@ -488,3 +488,121 @@ max_age = \"1h\"
     find(&diags, "dpop scheme `ftp` must be https or http");
     find(&diags, "dpop max_age 3600s is over 10m");
 }
+
+#[test]
+fn rate_limit_state_and_challenge_sections_are_checked() {
+    let text = format!(
+        "{MINIMAL}
+[[route]]
+path = \"/limited\"
+auth = \"public\"
+[[route.rate_limit]]
+key = \"subject\"
+rate = 10
+per = \"1m\"
+[[route.rate_limit]]
+key = \"country\"
+rate = 0
+per = \"2d\"
+[[route.rate_limit]]
+name = \"same\"
+key = \"ip\"
+rate = 5
+per = \"1s\"
+[[route.rate_limit]]
+name = \"same\"
+key = \"route\"
+rate = 5
+per = \"1s\"
+burst = 0
+[[route.rate_limit]]
+key = \"ip\"
+
+[state]
+backend = \"redis\"
+url = \"rediss://cache:6380\"
+pool = 0
+timeout = \"10s\"
+on_unavailable = \"maybe\"
+
+[challenge]
+min_bits = 22
+max_bits = 30
+clearance_ttl = \"2d\"
+"
+    );
+    let diags = errors(&text);
+    find(&diags, "public route has no verified identity");
+    find(&diags, "unknown rate limit key `country`");
+    find(
+        &diags,
+        "`route[1].rate_limit[1].rate` = 0 is outside 1..=1000000",
+    );
+    find(&diags, "rate limit period 172800s is outside 1ms..=24h");
+    find(&diags, "two rate limits of this route are named `same`");
+    find(&diags, "`route[1].rate_limit[3].burst` = 0 is outside");
+    let missing = find(&diags, "`route[1].rate_limit[4].rate` is required");
+    assert!(missing.hint.is_some());
+    let tls = find(&diags, "is not a redis:// URL");
+    assert!(tls.hint.unwrap().contains("TLS"));
+    find(&diags, "`state.pool` = 0 is outside 1..=64");
+    find(&diags, "state timeout 10s is outside 1ms..=5s");
+    find(&diags, "unknown on_unavailable policy `maybe`");
+    find(&diags, "`challenge.max_bits` = 30 is outside 4..=26");
+    find(
+        &diags,
+        "challenge clearance_ttl 172800s is outside 10s..=24h",
+    );
+    assert!(
+        !diags.iter().any(|d| d.message.contains("above max_bits")),
+        "{diags:#?}"
+    );
+
+    let unknown = errors(&format!("{MINIMAL}\n[state]\nbackend = \"etcd\"\n"));
+    find(&unknown, "unknown state backend `etcd`");
+    let inverted = errors(&format!(
+        "{MINIMAL}\n[challenge]\nmin_bits = 20\nmax_bits = 12\n"
+    ));
+    find(&inverted, "min_bits 20 is above max_bits 12");
+
+    // A valid setup loads, defaults filled in, and survives the component's snapshot.
+    let ok = format!(
+        "{MINIMAL}
+[[route]]
+path = \"/api\"
+[[route.rate_limit]]
+key = \"client_id\"
+rate = 100
+per = \"1m\"
+[[route.rate_limit]]
+name = \"per-user\"
+key = \"subject\"
+rate = 10
+per = \"1s\"
+burst = 20
+
+[state]
+backend = \"redis\"
+url = \"redis://127.0.0.1:6379/0\"
+"
+    );
+    let cfg = config::load(&ok, "edge.toml", &files()).unwrap();
+    let limits = &cfg.routes[1].rate_limits;
+    assert_eq!(
+        (
+            limits[0].name.as_str(),
+            limits[0].burst,
+            limits[0].interval_us()
+        ),
+        ("client_id", 100, 600_000)
+    );
+    assert_eq!((limits[1].name.as_str(), limits[1].burst), ("per-user", 20));
+    assert!(matches!(
+        &cfg.state.backend,
+        config::StateBackend::Redis { pool: 4, prefix, .. } if prefix == "portcullis:"
+    ));
+    assert_eq!(cfg.state.on_unavailable, config::FailPolicy::Deny);
+    let restored = config::Config::from_snapshot(&cfg.to_snapshot()).unwrap();
+    assert_eq!(restored.routes[1].rate_limits, cfg.routes[1].rate_limits);
+    assert_eq!(restored.state, cfg.state);
+}

@@ -314,3 +314,62 @@ fn redis_outage_follows_on_unavailable_and_recovers() {
         200
     );
 }
+
+/// Plugin state lives in the shared store too: failed logins observed by one gateway's
+/// credential-stuffing plugin block the network at the other gateway.
+#[test]
+fn plugin_state_is_shared_through_redis() {
+    let redis = Redis::start();
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let backend = portcullis_tests::net::Server::start(|req| {
+        let ok = req
+            .headers
+            .iter()
+            .any(|(k, v)| k == "x-password" && v == "secret");
+        Resp::json(if ok { 200 } else { 401 }, &json!({"login": ok}))
+    });
+    let plugin =
+        std::path::Path::new(env!("PORTCULLIS_PLUGIN_DIR")).join("credential_stuffing.wasm");
+    let text = format!(
+        "{}\n[plugin.stuffing]\npath = \"{}\"\nheaders = [\"x-login-username\"]\nconfig = {{ paths = [\"/login\"], ip_threshold = 3, user_threshold = 100 }}\n\n[[route]]\npath = \"/login\"\nauth = \"public\"\nrisk = {{ plugins = [\"stuffing\"], deny = 60 }}\n",
+        redis_config(&keys, &backend.url(), &redis, "deny"),
+        plugin.display()
+    );
+    let a = start_engine(&text, "native");
+    let b = start_engine(&text, "component");
+    let login = |gw: &Gateway, ip: &str, password: &str| {
+        request(
+            gw.addr,
+            "POST",
+            "/login",
+            &[
+                ("x-forwarded-for", ip),
+                ("x-password", password),
+                ("x-login-username", "victim"),
+            ],
+            b"",
+        )
+        .unwrap()
+    };
+    for i in 1..=3 {
+        assert_eq!(login(&a, &format!("198.51.100.{i}"), "guess").status, 401);
+    }
+    // `observe` runs after the response: give gateway A's plugin a moment to count.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = login(&b, "198.51.100.200", "secret");
+        if r.status == 403 {
+            assert_eq!(reason(&r), "risk_denied");
+            break;
+        }
+        assert_eq!(r.status, 200);
+        assert!(
+            Instant::now() < deadline,
+            "gateway B never saw A's failures"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Another network logs in at either gateway.
+    assert_eq!(login(&b, "192.0.2.10", "secret").status, 200);
+    assert_eq!(login(&a, "192.0.2.11", "secret").status, 200);
+}

@@ -125,7 +125,8 @@ fn positive(t: &mut Table<'_, '_>, d: &mut Diags<'_>, key: &'static str, max: u3
     match u32::try_from(n) {
         Ok(n) if (1..=max).contains(&n) => Some(n),
         _ => {
-            d.error(&span, format!("`{key}` = {n} is outside 1..={max}"), None);
+            let name = t.key_name(key);
+            d.error(&span, format!("`{name}` = {n} is outside 1..={max}"), None);
             None
         }
     }
@@ -256,23 +257,28 @@ pub(super) fn read_challenge(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Chal
     let Some(mut t) = top.table(d, "challenge") else {
         return cfg;
     };
-    let bits = |t: &mut Table<'_, '_>, d: &mut Diags<'_>, key: &'static str, into: &mut u8| {
+    let mut bits_ok = true;
+    let mut bits = |t: &mut Table<'_, '_>, d: &mut Diags<'_>, key: &'static str, into: &mut u8| {
         if let Some((n, span)) = t.integer(d, key) {
             match u8::try_from(n) {
                 Ok(n) if (4..=26).contains(&n) => *into = n,
-                _ => d.error(
-                    &span,
-                    format!("`challenge.{key}` = {n} is outside 4..=26"),
-                    Some(
-                        "each bit doubles the browser's work; 14 takes well under a second".into(),
-                    ),
-                ),
+                _ => {
+                    bits_ok = false;
+                    d.error(
+                        &span,
+                        format!("`challenge.{key}` = {n} is outside 4..=26"),
+                        Some(
+                            "each bit doubles the browser's work; 14 takes well under a second"
+                                .into(),
+                        ),
+                    );
+                }
             }
         }
     };
     bits(&mut t, d, "min_bits", &mut cfg.min_bits);
     bits(&mut t, d, "max_bits", &mut cfg.max_bits);
-    if cfg.min_bits > cfg.max_bits {
+    if bits_ok && cfg.min_bits > cfg.max_bits {
         let span = t.span.clone();
         d.error(
             &span,

@@ -103,7 +103,7 @@ impl<'a, 'i> Table<'a, 'i> {
             .map(|(_, v)| v)
     }
 
-    fn key_name(&self, key: &str) -> String {
+    pub(crate) fn key_name(&self, key: &str) -> String {
         if self.name.is_empty() {
             key.to_owned()
         } else {
