@@ -56,7 +56,7 @@ fn rate_limits(c: &mut Criterion) {
     }
 
     let server = Redis::start();
-    let redis = Store::Redis(
+    let redis = Store::Redis(Box::new(
         portcullis_host::store::RedisStore::new(
             &server.url(),
             None,
@@ -65,7 +65,7 @@ fn rate_limits(c: &mut Criterion) {
             "bench:",
         )
         .unwrap(),
-    );
+    ));
     for n in [1, 3] {
         let mut i = 0u64;
         group.bench_function(format!("redis/{n}_limits"), |b| {

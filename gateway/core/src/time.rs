@@ -32,6 +32,11 @@ impl Timestamp {
         u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Microseconds since the Unix epoch, saturating.
+    pub fn unix_micros(self) -> u64 {
+        u64::try_from(self.0.as_micros()).unwrap_or(u64::MAX)
+    }
+
     /// This timestamp moved `d` later, saturating at the far future.
     pub fn saturating_add(self, d: Duration) -> Self {
         Self(self.0.saturating_add(d))

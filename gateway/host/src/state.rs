@@ -9,6 +9,9 @@ const SHARDS: usize = 16;
 /// One shard: key → (value, expiry).
 type Shard = Mutex<HashMap<String, (Vec<u8>, Instant)>>;
 
+/// A locked shard.
+type ShardGuard<'a> = std::sync::MutexGuard<'a, HashMap<String, (Vec<u8>, Instant)>>;
+
 /// Key-value state with expiry.
 #[derive(Debug)]
 pub struct MemoryState {
@@ -84,16 +87,11 @@ impl MemoryState {
         checks: &[portcullis_core::limits::LimitCheck],
         now: portcullis_core::Timestamp,
     ) -> Vec<portcullis_core::limits::LimitStatus> {
-        let now_us = u64::try_from(now.unix_millis())
-            .unwrap_or(0)
-            .saturating_mul(1000);
+        let now_us = now.unix_micros();
         let mut indices: Vec<usize> = checks.iter().map(|c| self.shard_index(&c.key)).collect();
         indices.sort_unstable();
         indices.dedup();
-        let mut guards: Vec<(
-            usize,
-            std::sync::MutexGuard<'_, HashMap<String, (Vec<u8>, Instant)>>,
-        )> = Vec::with_capacity(indices.len());
+        let mut guards: Vec<(usize, ShardGuard<'_>)> = Vec::with_capacity(indices.len());
         for i in indices {
             if let Some(Ok(g)) = self.shards.get(i).map(|s| s.lock()) {
                 guards.push((i, g));

@@ -44,7 +44,7 @@ pub enum Store {
     /// In this process.
     Memory(MemoryState),
     /// In Redis.
-    Redis(RedisStore),
+    Redis(Box<RedisStore>),
 }
 
 impl std::fmt::Debug for Store {
@@ -68,13 +68,13 @@ impl Store {
                 pool,
                 timeout,
                 prefix,
-            } => Store::Redis(RedisStore::new(
+            } => Store::Redis(Box::new(RedisStore::new(
                 url,
                 password.as_deref(),
                 *pool,
                 *timeout,
                 prefix,
-            )?),
+            )?)),
         })
     }
 

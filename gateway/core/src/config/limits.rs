@@ -26,7 +26,7 @@ pub(super) fn read_rate_limits(
         let key = match lt.req_string(
             d,
             "key",
-            Some("what to count: \"ip\", \"subject\", \"route\" or \"client_id\"".into()),
+            Some("what to count: \"ip\", \"subject\", \"route\" or \"client_id\""),
         ) {
             None => None,
             Some((k, span)) => match LIMIT_KEYS.iter().find(|l| l.name() == k) {
@@ -175,7 +175,7 @@ pub(super) fn read_state(
             let url = t.req_string(
                 d,
                 "url",
-                Some("the Redis server, e.g. url = \"redis://10.0.0.5:6379/0\"".into()),
+                Some("the Redis server, e.g. url = \"redis://10.0.0.5:6379/0\""),
             );
             if let Some((u, span)) = &url
                 && !u.starts_with("redis://")
