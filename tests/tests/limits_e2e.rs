@@ -60,6 +60,14 @@ per = "1h"
 burst = 2
 
 [[route]]
+path = "/per-client"
+[[route.rate_limit]]
+key = "client_id"
+rate = 1
+per = "1h"
+burst = 1
+
+[[route]]
 path = "/global"
 auth = "public"
 [[route.rate_limit]]
@@ -141,9 +149,35 @@ fn subject_limits_count_each_verified_user(engine: &str) {
     assert_eq!(r.status, 401);
 }
 
+fn client_limits_count_each_oauth_client(engine: &str) {
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let backend = Backend::start("eu");
+    let gw = start_engine(&config(&keys, &backend.server.url(), ""), engine);
+    let idp = TestIdp::shared();
+    let token = |sub: &str, client: serde_json::Value| {
+        let mut claims = json!({"sub": sub});
+        if let (Some(c), serde_json::Value::Object(extra)) = (claims.as_object_mut(), client) {
+            c.extend(extra);
+        }
+        idp.sign("ES256", live_claims(claims))
+    };
+    let status = |t: &str| get(&gw, "/per-client", Some(t), &[]).status;
+    assert_eq!(status(&token("alice", json!({"client_id": "app-1"}))), 200);
+    // Another user of the same client shares its budget.
+    assert_eq!(status(&token("bob", json!({"client_id": "app-1"}))), 429);
+    assert_eq!(status(&token("alice", json!({"client_id": "app-2"}))), 200);
+    // `azp` names the client when `client_id` is absent.
+    assert_eq!(status(&token("carol", json!({"azp": "app-3"}))), 200);
+    assert_eq!(status(&token("dave", json!({"azp": "app-3"}))), 429);
+    // Tokens naming no client are not counted by this limit.
+    assert_eq!(status(&token("erin", json!({}))), 200);
+    assert_eq!(status(&token("erin", json!({}))), 200);
+}
+
 on_every_engine!(
     ip_limits_answer_429_with_retry_after_and_ratelimit_headers,
     subject_limits_count_each_verified_user,
+    client_limits_count_each_oauth_client,
 );
 
 fn redis_config(keys: &KeyServer, backend: &str, redis: &Redis, on_unavailable: &str) -> String {
