@@ -372,3 +372,112 @@ fn clearance_cookies_are_bound_signed_and_expire() {
     let r = request(w.gw.addr, "GET", &wrong, &nav, b"").unwrap();
     assert_eq!((r.status, reason(&r).as_str()), (403, "challenge_failed"));
 }
+
+/// With `[challenge.turnstile]` the page renders a Turnstile-compatible widget instead of the
+/// proof of work, and its site token is checked by the host with a `siteverify` call — here
+/// against a real HTTP server on loopback speaking that API. Refused tokens, answers of the
+/// wrong kind and an unavailable service all fail closed.
+fn site_tokens_are_verified_through_siteverify(engine: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let down = Arc::new(AtomicBool::new(false));
+    let (s, d) = (seen.clone(), down.clone());
+    let siteverify = portcullis_tests::net::Server::start(move |req| {
+        let form = String::from_utf8_lossy(&req.body).into_owned();
+        s.lock().unwrap().push(form.clone());
+        if d.load(Ordering::SeqCst) || req.path != "/turnstile/v0/siteverify" {
+            return portcullis_tests::net::Resp::json(500, &serde_json::json!({}));
+        }
+        let ok = form.contains("secret=test-secret") && form.contains("response=good-token");
+        portcullis_tests::net::Resp::json(
+            200,
+            &serde_json::json!({"success": ok, "error-codes": if ok { vec![] } else { vec!["invalid-input-response"] }}),
+        )
+    });
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let backend = Backend::start("eu");
+    let text = format!(
+        "{}\n[challenge.turnstile]\nsite_key = \"0x4AAAAAAAtest\"\nsecret_file = \"turnstile.secret\"\nverify_url = \"{}/turnstile/v0/siteverify\"\n",
+        config(&keys, &backend.server.url()),
+        siteverify.url()
+    );
+    let gw = portcullis_tests::host::start_engine_with(
+        &text,
+        engine,
+        &[("turnstile.secret".into(), b"test-secret\n".to_vec())],
+    );
+    let nav = [
+        ("user-agent", "test-agent/1"),
+        ("sec-fetch-mode", "navigate"),
+    ];
+    let page = request(gw.addr, "GET", "/signup/widget", &nav, b"").unwrap();
+    assert_eq!((page.status, reason(&page).as_str()), (403, ""));
+    let csp = page.header("content-security-policy").unwrap().to_owned();
+    assert!(
+        csp.contains("script-src 'nonce-") && csp.contains("https://challenges.cloudflare.com"),
+        "{csp}"
+    );
+    let html = String::from_utf8(page.body).unwrap();
+    assert!(
+        html.contains("class=\"cf-turnstile\" data-sitekey=\"0x4AAAAAAAtest\""),
+        "{html}"
+    );
+    assert!(html.contains("src=\"https://challenges.cloudflare.com/turnstile/v0/api.js\""));
+    let token = html
+        .split("data-token=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let answer = |site_token: &str| {
+        let path = format!(
+            "{}?token={token}&site_token={site_token}",
+            challenge::CHALLENGE_PATH
+        );
+        request(gw.addr, "GET", &path, &nav, b"").unwrap()
+    };
+    let r = answer("bad-token");
+    assert_eq!((r.status, reason(&r).as_str()), (403, "challenge_failed"));
+    assert!(
+        r.json_body()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("refused")
+    );
+    // A proof-of-work answer is not what this deployment asks for.
+    let pow = format!("{}?token={token}&nonce=abc", challenge::CHALLENGE_PATH);
+    let r = request(gw.addr, "GET", &pow, &nav, b"").unwrap();
+    assert_eq!((r.status, reason(&r).as_str()), (403, "challenge_failed"));
+    // The service unavailable: closed.
+    down.store(true, Ordering::SeqCst);
+    let r = answer("good-token");
+    assert_eq!((r.status, reason(&r).as_str()), (403, "challenge_failed"));
+    assert!(
+        r.json_body()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unavailable")
+    );
+    down.store(false, Ordering::SeqCst);
+    let r = answer("good-token");
+    assert_eq!(r.status, 303, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("location"), Some("/signup/widget"));
+    let cookie = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // The host sent the secret, the token and the client's address.
+    let last = seen.lock().unwrap().last().cloned().unwrap();
+    assert!(last.contains("remoteip=127.0.0.1"), "{last}");
+    // The clearance lets the client through.
+    let mut with_cookie = nav.to_vec();
+    with_cookie.push(("cookie", &cookie));
+    let r = request(gw.addr, "GET", "/signup/widget", &with_cookie, b"").unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+on_every_engine!(site_tokens_are_verified_through_siteverify);

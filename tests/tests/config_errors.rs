@@ -558,6 +558,20 @@ clearance_ttl = \"2d\"
         "{diags:#?}"
     );
 
+    let turnstile = errors(&format!(
+        "{MINIMAL}\n[challenge.turnstile]\nsite_key = \"bad key!\"\nsecret_file = \"nope.secret\"\nverify_url = \"http://verify.example/siteverify\"\nscript_url = \"http://x.example/api.js\"\n"
+    ));
+    find(&turnstile, "site_key \"bad key!\" must be letters");
+    find(&turnstile, "cannot read \"nope.secret\"");
+    find(
+        &turnstile,
+        "must be https (plain http only to a loopback sidecar)",
+    );
+    find(
+        &turnstile,
+        "script_url \"http://x.example/api.js\" must be a plain https URL",
+    );
+
     let unknown = errors(&format!("{MINIMAL}\n[state]\nbackend = \"etcd\"\n"));
     find(&unknown, "unknown state backend `etcd`");
     let inverted = errors(&format!(

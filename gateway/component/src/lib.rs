@@ -86,6 +86,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
             auth: &services::HostAuthenticator,
             risk: &services::HostRisk,
             limiter: &services::HostLimiter,
+            sites: &services::HostSites,
             health: &services::HostHealth,
         };
         let decision = gateway.decide_using(&adapters, &req, now);

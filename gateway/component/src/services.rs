@@ -67,6 +67,23 @@ impl Authenticator for HostAuthenticator {
     }
 }
 
+/// Site tokens verified by the host (an outbound call to the configured service).
+pub struct HostSites;
+
+impl portcullis_core::challenge::SiteVerifier for HostSites {
+    fn verify_site_token(
+        &self,
+        _site: &portcullis_core::config::SiteVerify,
+        site_token: &str,
+        remote_ip: Option<std::net::IpAddr>,
+    ) -> Result<bool, String> {
+        crate::bindings::portcullis::gateway::client::verify_site_token(
+            site_token,
+            remote_ip.map(|ip| ip.to_string()).as_deref(),
+        )
+    }
+}
+
 /// Rate limits checked in the host's shared state.
 pub struct HostLimiter;
 

@@ -316,6 +316,44 @@ pub fn verify(
     now: Timestamp,
     binding: &Binding<'_>,
 ) -> Result<Solved, ChallengeError> {
+    let p = open_token(key, token, now, binding)?;
+    if !nonce_ok(nonce) {
+        return Err(ChallengeError::Malformed);
+    }
+    if leading_zero_bits(&work_hash(token, nonce)) < u32::from(p.bits) {
+        return Err(ChallengeError::Unsolved);
+    }
+    Ok(solved(p))
+}
+
+/// Checks `token` alone — genuine, not expired, issued to `binding` — for a challenge
+/// answered through a site-verification service ([`site_page`]) instead of proof of work;
+/// the caller then verifies the service's token (an outbound call, the adapter's job).
+pub fn verify_token(
+    key: &[u8; 32],
+    token: &str,
+    now: Timestamp,
+    binding: &Binding<'_>,
+) -> Result<Solved, ChallengeError> {
+    open_token(key, token, now, binding).map(solved)
+}
+
+fn solved(p: Payload) -> Solved {
+    let return_to = safe_return_path(&p.ret).unwrap_or("/").to_owned();
+    Solved {
+        return_to,
+        id: p.id,
+        bits: p.bits,
+    }
+}
+
+/// Shape and size, MAC, payload, expiry, binding — in that order.
+fn open_token(
+    key: &[u8; 32],
+    token: &str,
+    now: Timestamp,
+    binding: &Binding<'_>,
+) -> Result<Payload, ChallengeError> {
     if !token_charset_ok(token) {
         return Err(ChallengeError::Malformed);
     }
@@ -338,18 +376,7 @@ pub fn verify(
     if p.bnd != binding_hash(key, binding) {
         return Err(ChallengeError::WrongClient);
     }
-    if !nonce_ok(nonce) {
-        return Err(ChallengeError::Malformed);
-    }
-    if leading_zero_bits(&work_hash(token, nonce)) < u32::from(p.bits) {
-        return Err(ChallengeError::Unsolved);
-    }
-    let return_to = safe_return_path(&p.ret).unwrap_or("/").to_owned();
-    Ok(Solved {
-        return_to,
-        id: p.id,
-        bits: p.bits,
-    })
+    Ok(p)
 }
 
 /// The reference solver: the first nonce (counting 0, 1, 2, … written in base 36, as the
@@ -463,24 +490,180 @@ pub fn safe_return_path(path: &str) -> Option<&str> {
 /// percent-encoding of UTF-8, or the query is longer than twice [`MAX_TOKEN_LEN`]. Other
 /// parameters are ignored; `+` is kept as is (no issued token or nonce contains it).
 pub fn solution_from_query(query: &str) -> Option<(String, String)> {
+    query_pair(query, "nonce")
+}
+
+/// The `token` and `site_token` parameters of a site-verified answer (see
+/// [`solution_from_query`] for the rules).
+pub fn site_solution_from_query(query: &str) -> Option<(String, String)> {
+    query_pair(query, "site_token")
+}
+
+fn query_pair(query: &str, second: &str) -> Option<(String, String)> {
     let query = query.strip_prefix('?').unwrap_or(query);
     if query.len() > 2 * MAX_TOKEN_LEN {
         return None;
     }
     let mut token = None;
-    let mut nonce = None;
+    let mut other = None;
     for pair in query.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let slot = match percent_decode(name)?.as_str() {
-            "token" => &mut token,
-            "nonce" => &mut nonce,
-            _ => continue,
+        let name = percent_decode(name)?;
+        let slot = if name == "token" {
+            &mut token
+        } else if name == second {
+            &mut other
+        } else {
+            continue;
         };
         if slot.replace(percent_decode(value)?).is_some() {
             return None;
         }
     }
-    Some((token?, nonce?))
+    Some((token?, other?))
+}
+
+/// The interstitial page for a challenge answered through a Turnstile-compatible
+/// site-verification service instead of proof of work: it loads the service's widget script
+/// from `script_url` (the one third-party resource, allowed by origin in the CSP), and when
+/// the widget calls back with its token, navigates to
+/// `CHALLENGE_PATH?token=…&site_token=…`. `site_key` and `script_url` come from the validated
+/// configuration (a site key of letters, digits, `-`, `_`; an https URL).
+pub fn site_page(
+    token: &str,
+    site_key: &str,
+    script_url: &str,
+) -> (String, Vec<(HeaderName, HeaderValue)>) {
+    let digest = Sha256::new()
+        .chain_update(b"portcullis csp nonce v1\0site\0")
+        .chain_update(token.as_bytes())
+        .finalize();
+    let nonce = b64::encode(digest.get(..18).unwrap_or(&digest));
+    let token = if token_charset_ok(token) { token } else { "" };
+    let site_key_ok = !site_key.is_empty()
+        && site_key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let site_key = if site_key_ok { site_key } else { "" };
+    let origin = url_origin(script_url).unwrap_or("https://invalid.invalid");
+    let html = SITE_PAGE_TEMPLATE
+        .replace("{nonce}", &nonce)
+        .replace("{path}", CHALLENGE_PATH)
+        .replace("{site_key}", site_key)
+        .replace(
+            "{script_url}",
+            if url_origin(script_url).is_some() {
+                script_url
+            } else {
+                ""
+            },
+        )
+        .replace("{token}", token);
+    let csp = format!(
+        "default-src 'none'; script-src 'nonce-{nonce}' {origin}; frame-src {origin}; \
+         connect-src {origin}; style-src 'nonce-{nonce}'; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'"
+    );
+    let csp = HeaderValue::try_from(csp)
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
+    let headers = vec![
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::CONTENT_SECURITY_POLICY, csp),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
+    ];
+    (html, headers)
+}
+
+/// Asks a Turnstile-compatible service whether a site token is genuine: an outbound call,
+/// so the adapter's job.
+pub trait SiteVerifier {
+    /// `Ok(true)` when the service accepts `site_token` (for a client at `remote_ip`),
+    /// `Ok(false)` when it refuses it, `Err` when it could not be asked (the challenge then
+    /// fails: closed).
+    fn verify_site_token(
+        &self,
+        site: &crate::config::SiteVerify,
+        site_token: &str,
+        remote_ip: Option<std::net::IpAddr>,
+    ) -> Result<bool, String>;
+}
+
+/// An adapter that cannot call out: every site token is unverifiable.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoSiteVerifier;
+
+impl SiteVerifier for NoSiteVerifier {
+    fn verify_site_token(
+        &self,
+        _: &crate::config::SiteVerify,
+        _: &str,
+        _: Option<std::net::IpAddr>,
+    ) -> Result<bool, String> {
+        Err("this adapter makes no outbound calls".into())
+    }
+}
+
+/// The `application/x-www-form-urlencoded` body of a `siteverify` request.
+pub fn siteverify_body(
+    secret: &str,
+    site_token: &str,
+    remote_ip: Option<std::net::IpAddr>,
+) -> String {
+    let mut body = format!(
+        "secret={}&response={}",
+        form_encode(secret),
+        form_encode(site_token)
+    );
+    if let Some(ip) = remote_ip {
+        body.push_str("&remoteip=");
+        body.push_str(&form_encode(&ip.to_string()));
+    }
+    body
+}
+
+/// Reads a `siteverify` answer: `{"success": true|false, "error-codes": [...]}`.
+pub fn siteverify_result(body: &[u8]) -> Result<bool, String> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| format!("the verification service answered no JSON: {e}"))?;
+    match v.get("success").and_then(serde_json::Value::as_bool) {
+        Some(ok) => Ok(ok),
+        None => Err("the verification service's answer has no boolean `success`".into()),
+    }
+}
+
+fn form_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `https://host[:port]` of an https URL whose text is safe in HTML and CSP, else `None`.
+pub fn url_origin(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("https://")?;
+    let host_len = rest.find('/').unwrap_or(rest.len());
+    let safe = url.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || matches!(b, b':' | b'/' | b'.' | b'-' | b'_' | b'~' | b'%')
+    });
+    (safe && host_len > 0)
+        .then(|| url.get(..8 + host_len))
+        .flatten()
 }
 
 fn check_cookie(
@@ -659,6 +842,40 @@ and reload this page.</p></noscript>
 </html>
 "#;
 
+const SITE_PAGE_TEMPLATE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex, nofollow">
+<title>Checking your browser</title>
+<style nonce="{nonce}">
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:34rem;margin:4rem auto;padding:0 1rem;color:#1f2328;background:#fff;line-height:1.5}
+h1{font-size:1.4rem;font-weight:600}
+</style>
+</head>
+<body>
+<main id="portcullis-challenge" data-token="{token}" data-path="{path}">
+<h1>Checking your browser</h1>
+<p>This site checks that visitors are real browsers.</p>
+<div class="cf-turnstile" data-sitekey="{site_key}" data-callback="portcullisSiteToken"></div>
+<noscript><p><strong>JavaScript is required to continue.</strong> Please enable JavaScript
+and reload this page.</p></noscript>
+</main>
+<script nonce="{nonce}">
+"use strict";
+window.portcullisSiteToken = function (siteToken) {
+  var root = document.getElementById("portcullis-challenge");
+  var token = root.getAttribute("data-token") || "";
+  location.replace(root.getAttribute("data-path") + "?token=" + encodeURIComponent(token) +
+    "&site_token=" + encodeURIComponent(siteToken));
+};
+</script>
+<script nonce="{nonce}" src="{script_url}" async defer></script>
+</body>
+</html>
+"#;
+
 const PAGE_SCRIPT: &str = r#""use strict";
 (async function () {
   var root = document.getElementById("portcullis-challenge");
@@ -742,6 +959,87 @@ mod tests {
     fn payload_of(token: &str) -> serde_json::Value {
         let (body, _) = token.split_once('.').unwrap();
         serde_json::from_slice(&b64::decode(body).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn site_verified_answers_check_the_token_but_not_the_work() {
+        let token = issue(&KEY, NOW, TTL, 16, &ALICE, "/signup");
+        let solved = verify_token(&KEY, &token, later(5), &ALICE).unwrap();
+        assert_eq!(solved.return_to, "/signup");
+        assert_eq!(
+            verify_token(&KEY, &token, later(400), &ALICE).unwrap_err(),
+            ChallengeError::Expired
+        );
+        let other = Binding {
+            network: "198.51.100.0/24",
+            ..ALICE
+        };
+        assert_eq!(
+            verify_token(&KEY, &token, later(5), &other).unwrap_err(),
+            ChallengeError::WrongClient
+        );
+        assert_eq!(
+            verify_token(&[8; 32], &token, later(5), &ALICE).unwrap_err(),
+            ChallengeError::Forged
+        );
+        let q = format!("?token={token}&site_token=abc%2Bdef");
+        assert_eq!(
+            site_solution_from_query(&q),
+            Some((token.clone(), "abc+def".to_owned()))
+        );
+        assert_eq!(site_solution_from_query(&format!("token={token}")), None);
+        assert_eq!(
+            site_solution_from_query(&format!("token={token}&site_token=a&site_token=b")),
+            None
+        );
+    }
+
+    #[test]
+    fn the_site_page_loads_only_the_configured_widget() {
+        let token = issue(&KEY, NOW, TTL, 16, &ALICE, "/");
+        let (html, headers) = site_page(
+            &token,
+            "0x4AAA-key_1",
+            "https://challenges.cloudflare.com/turnstile/v0/api.js",
+        );
+        assert!(html.contains("data-sitekey=\"0x4AAA-key_1\""));
+        assert!(html.contains("src=\"https://challenges.cloudflare.com/turnstile/v0/api.js\""));
+        let csp = headers
+            .iter()
+            .find(|(n, _)| n == header::CONTENT_SECURITY_POLICY)
+            .map(|(_, v)| v.to_str().unwrap().to_owned())
+            .unwrap();
+        assert!(
+            csp.contains("frame-src https://challenges.cloudflare.com;"),
+            "{csp}"
+        );
+        // Unsafe key or script URL never reach the page.
+        let (html, _) = site_page(&token, "\"><script>", "javascript:alert(1)");
+        assert!(!html.contains("<script>\""));
+        assert!(!html.contains("javascript:"));
+        assert_eq!(
+            url_origin("https://a.example:8443/x.js"),
+            Some("https://a.example:8443")
+        );
+        assert_eq!(url_origin("http://a.example/x.js"), None);
+        assert_eq!(url_origin("https://a.example/x.js?\"a"), None);
+    }
+
+    #[test]
+    fn siteverify_requests_and_answers() {
+        let ip: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            siteverify_body("s&cret", "t o+k", Some(ip)),
+            "secret=s%26cret&response=t%20o%2Bk&remoteip=2001%3Adb8%3A%3A1"
+        );
+        assert_eq!(siteverify_body("s", "t", None), "secret=s&response=t");
+        assert_eq!(siteverify_result(br#"{"success":true}"#), Ok(true));
+        assert_eq!(
+            siteverify_result(br#"{"success":false,"error-codes":["invalid-input-response"]}"#),
+            Ok(false)
+        );
+        assert!(siteverify_result(br#"{"success":"yes"}"#).is_err());
+        assert!(siteverify_result(b"<html>").is_err());
     }
 
     #[test]

@@ -193,6 +193,7 @@ impl Gateway {
             auth,
             risk,
             limiter: &NoLimiter,
+            sites: &crate::challenge::NoSiteVerifier,
             health,
         };
         self.decide_using(&adapters, req, now)
@@ -258,7 +259,7 @@ impl Gateway {
         let client = client_info(&cfg.client, req.peer, req.headers);
         // 1a. the gateway's own endpoints
         if norm.path == crate::challenge::CHALLENGE_PATH {
-            return Outcome::Respond(self.challenge_answer(req, &client, now, auth));
+            return Outcome::Respond(self.challenge_answer(req, &client, now, services));
         }
         if norm.path.starts_with(INTERNAL_PREFIX) {
             return deny(Reason::RouteNotFound, "no such gateway endpoint");
@@ -716,7 +717,10 @@ impl Gateway {
         );
         let return_to = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let token = pow::issue(&self.challenge_key, now, cfg.ttl, bits, &binding, return_to);
-        let (html, headers) = pow::page(&token, bits);
+        let (html, headers) = match &cfg.site_verify {
+            Some(site) => pow::site_page(&token, &site.site_key, &site.script_url),
+            None => pow::page(&token, bits),
+        };
         let page = Response {
             status: http::StatusCode::FORBIDDEN,
             headers,
@@ -733,24 +737,51 @@ impl Gateway {
         req: &RequestParts<'_>,
         client: &ClientInfo,
         now: Timestamp,
-        auth: &dyn Authenticator,
+        services: &Adapters<'_>,
     ) -> Response {
         use crate::challenge as pow;
         let failed = |detail: &str| problem(Reason::ChallengeFailed, detail, req.request_id, &[]);
-        let Some((token, nonce)) = req.uri.query().and_then(pow::solution_from_query) else {
-            return failed("expected ?token=…&nonce=… from the challenge page");
-        };
+        let cfg = &self.config.challenge;
         let network = binding_network(client);
         let binding = pow::Binding {
             network: &network,
             user_agent: user_agent(req.headers),
         };
-        let solved = match pow::verify(&self.challenge_key, &token, &nonce, now, &binding) {
-            Ok(s) => s,
-            Err(e) => return failed(&e.to_string()),
+        let query = req.uri.query().unwrap_or("");
+        let solved = match &cfg.site_verify {
+            None => {
+                let Some((token, nonce)) = pow::solution_from_query(query) else {
+                    return failed("expected ?token=…&nonce=… from the challenge page");
+                };
+                match pow::verify(&self.challenge_key, &token, &nonce, now, &binding) {
+                    Ok(s) => s,
+                    Err(e) => return failed(&e.to_string()),
+                }
+            }
+            Some(site) => {
+                let Some((token, site_token)) = pow::site_solution_from_query(query) else {
+                    return failed("expected ?token=…&site_token=… from the challenge page");
+                };
+                let solved = match pow::verify_token(&self.challenge_key, &token, now, &binding) {
+                    Ok(s) => s,
+                    Err(e) => return failed(&e.to_string()),
+                };
+                match services
+                    .sites
+                    .verify_site_token(site, &site_token, client.ip)
+                {
+                    Ok(true) => solved,
+                    Ok(false) => {
+                        return failed("the site verification service refused the token");
+                    }
+                    Err(e) => return failed(&format!("site verification unavailable: {e}")),
+                }
+            }
         };
-        let cfg = &self.config.challenge;
-        if !auth.first_use(&format!("challenge/{}", solved.id), cfg.ttl) {
+        if !services
+            .auth
+            .first_use(&format!("challenge/{}", solved.id), cfg.ttl)
+        {
             return failed("this challenge was already used");
         }
         let cookie = pow::clearance(&self.challenge_key, now, cfg.clearance_ttl, &binding);
@@ -942,6 +973,8 @@ pub struct Adapters<'a> {
     pub risk: &'a dyn RiskAssessor,
     /// Rate-limit state.
     pub limiter: &'a dyn Limiter,
+    /// Site-token verification (Turnstile-compatible challenges).
+    pub sites: &'a dyn crate::challenge::SiteVerifier,
     /// Backend health.
     pub health: &'a dyn BackendHealth,
 }

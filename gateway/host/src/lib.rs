@@ -15,6 +15,7 @@ pub mod plugin_tool;
 pub mod plugins;
 pub mod runtime;
 pub mod server;
+pub mod site_verify;
 pub mod state;
 pub mod store;
 pub mod token_cache;
@@ -189,6 +190,7 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         health,
         state,
         on_unavailable,
+        site_verify: core_config.challenge.site_verify.clone(),
         plugins,
         client,
         audit,

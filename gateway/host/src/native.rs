@@ -150,6 +150,7 @@ impl NativeEngine {
             auth: &auth,
             risk: &risk,
             limiter: &NativeLimiter(&self.shared),
+            sites: &NativeSites(&self.shared),
             health: &HostHealth(&self.shared),
         };
         let decision = self.gateway.decide_using(&adapters, parts, keys::now());
@@ -434,6 +435,22 @@ impl Limiter for NativeLimiter<'_> {
         state
             .block(state.rate_limit(checks, now))
             .map_err(|e| e.to_string())
+    }
+}
+
+/// Site tokens verified with the host's HTTP client.
+struct NativeSites<'a>(&'a Shared);
+
+impl portcullis_core::challenge::SiteVerifier for NativeSites<'_> {
+    fn verify_site_token(
+        &self,
+        site: &portcullis_core::config::SiteVerify,
+        site_token: &str,
+        remote_ip: Option<std::net::IpAddr>,
+    ) -> Result<bool, String> {
+        let call = crate::site_verify::verify(&self.0.backends, site, site_token, remote_ip);
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| handle.block_on(call))
     }
 }
 

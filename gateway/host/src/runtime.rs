@@ -52,6 +52,7 @@ mod bindings {
             "portcullis:gateway/state.increment": async,
             "portcullis:gateway/state.first-use": async,
             "portcullis:gateway/state.rate-limit": async,
+            "portcullis:gateway/client.verify-site-token": async,
         },
     });
 }
@@ -87,6 +88,8 @@ pub struct Shared {
     pub state: Arc<Store>,
     /// What requests needing unreachable state get.
     pub on_unavailable: portcullis_core::config::FailPolicy,
+    /// The Turnstile-compatible challenge service, if configured.
+    pub site_verify: Option<portcullis_core::config::SiteVerify>,
     /// Risk plugins.
     pub plugins: PluginRuntime,
     /// Trusted proxies and client headers.
@@ -411,6 +414,18 @@ pub async fn first_use(shared: &Shared, key: &str, ttl: Duration) -> bool {
 impl client::Host for StoreState {
     fn peer(&mut self) -> Option<String> {
         Some(self.peer.to_string())
+    }
+
+    async fn verify_site_token(
+        &mut self,
+        site_token: String,
+        remote_ip: Option<String>,
+    ) -> Result<bool, String> {
+        let Some(site) = &self.shared.site_verify else {
+            return Err("no site verification service is configured".into());
+        };
+        let ip = remote_ip.and_then(|i| i.parse().ok());
+        crate::site_verify::verify(&self.shared.backends, site, &site_token, ip).await
     }
 }
 

@@ -252,7 +252,11 @@ pub(super) fn read_state(
     cfg
 }
 
-pub(super) fn read_challenge(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> ChallengeConfig {
+pub(super) fn read_challenge(
+    top: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    files: &dyn ConfigFiles,
+) -> ChallengeConfig {
     let mut cfg = ChallengeConfig::default();
     let Some(mut t) = top.table(d, "challenge") else {
         return cfg;
@@ -309,6 +313,85 @@ pub(super) fn read_challenge(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Chal
         }
         cfg.clearance_ttl = v;
     }
+    if let Some(mut st) = t.table(d, "turnstile") {
+        cfg.site_verify = read_site_verify(&mut st, d, files);
+        st.finish(d);
+    }
     t.finish(d);
     cfg
+}
+
+fn read_site_verify(
+    t: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    files: &dyn ConfigFiles,
+) -> Option<SiteVerify> {
+    let site_key = t.req_string(d, "site_key", Some("the widget's public site key".into()));
+    if let Some((k, span)) = &site_key
+        && (k.is_empty()
+            || !k
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
+        d.error(
+            span,
+            format!("site_key {k:?} must be letters, digits, `-` or `_`"),
+            None,
+        );
+    }
+    let secret = match t.req_string(
+        d,
+        "secret_file",
+        Some("a file holding the siteverify secret".into()),
+    ) {
+        None => None,
+        Some((path, span)) => match files.read(&path).map(String::from_utf8) {
+            Ok(Ok(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            Ok(_) => {
+                d.error(&span, format!("{path:?} holds no secret"), None);
+                None
+            }
+            Err(e) => {
+                d.error(&span, format!("cannot read {path:?}: {e}"), None);
+                None
+            }
+        },
+    };
+    let verify_url = t.string(d, "verify_url").map_or_else(
+        || TURNSTILE_VERIFY_URL.to_owned(),
+        |(u, span)| {
+            let loopback = ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"]
+                .iter()
+                .any(|p| u.starts_with(p));
+            if !u.starts_with("https://") && !loopback {
+                d.error(
+                    &span,
+                    format!(
+                        "verify_url {u:?} must be https (plain http only to a loopback sidecar)"
+                    ),
+                    None,
+                );
+            }
+            u
+        },
+    );
+    let script_url = t.string(d, "script_url").map_or_else(
+        || TURNSTILE_SCRIPT_URL.to_owned(),
+        |(u, span)| {
+            if crate::challenge::url_origin(&u).is_none() {
+                d.error(
+                    &span,
+                    format!("script_url {u:?} must be a plain https URL"),
+                    None,
+                );
+            }
+            u
+        },
+    );
+    Some(SiteVerify {
+        site_key: site_key?.0,
+        secret: secret?,
+        verify_url,
+        script_url,
+    })
 }

@@ -670,7 +670,40 @@ pub struct ChallengeConfig {
     pub ttl: Duration,
     /// How long a solved challenge's clearance cookie lasts.
     pub clearance_ttl: Duration,
+    /// A Turnstile-compatible site-verification service answering challenges instead of
+    /// proof of work (`[challenge.turnstile]`).
+    pub site_verify: Option<SiteVerify>,
 }
+
+/// A Turnstile-compatible site-verification service (Cloudflare Turnstile, or any service
+/// with the same `siteverify` API).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteVerify {
+    /// The public site key the widget is rendered with.
+    pub site_key: String,
+    /// The secret sent to `verify_url` with each site token.
+    pub secret: String,
+    /// The `siteverify` endpoint (form POST of `secret`, `response`, `remoteip`).
+    pub verify_url: String,
+    /// The widget script the page loads.
+    pub script_url: String,
+}
+
+impl std::fmt::Debug for SiteVerify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteVerify")
+            .field("site_key", &self.site_key)
+            .field("secret", &"<redacted>")
+            .field("verify_url", &self.verify_url)
+            .field("script_url", &self.script_url)
+            .finish()
+    }
+}
+
+/// Cloudflare Turnstile's verification endpoint.
+pub const TURNSTILE_VERIFY_URL: &str = "https://challenges.cloudflare.com/turnstile/v0/siteverify";
+/// Cloudflare Turnstile's widget script.
+pub const TURNSTILE_SCRIPT_URL: &str = "https://challenges.cloudflare.com/turnstile/v0/api.js";
 
 impl Default for ChallengeConfig {
     fn default() -> Self {
@@ -679,6 +712,7 @@ impl Default for ChallengeConfig {
             max_bits: 20,
             ttl: Duration::from_secs(300),
             clearance_ttl: Duration::from_secs(1800),
+            site_verify: None,
         }
     }
 }

@@ -129,7 +129,7 @@ fn read_config(
     let gateway_token = super::agents::read_gateway_token(top, d, files);
     let dpop = super::agents::read_dpop(top, d);
     let state = super::limits::read_state(top, d, files);
-    let challenge = super::limits::read_challenge(top, d);
+    let challenge = super::limits::read_challenge(top, d, files);
 
     Some(Config {
         issuers: issuers.into_iter().collect::<Option<Vec<_>>>()?,

@@ -1,0 +1,59 @@
+//! Turnstile-compatible site verification: the host's outbound `siteverify` call for
+//! challenges answered through such a service (`[challenge.turnstile]`).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Limited};
+use portcullis_core::challenge::{siteverify_body, siteverify_result};
+use portcullis_core::config::SiteVerify;
+
+use crate::runtime::BackendClient;
+
+/// Longest a verification may take.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest answer read.
+const MAX_ANSWER: usize = 64 << 10;
+
+/// Asks `site.verify_url` whether `site_token` is genuine.
+pub async fn verify(
+    client: &BackendClient,
+    site: &SiteVerify,
+    site_token: &str,
+    remote_ip: Option<IpAddr>,
+) -> Result<bool, String> {
+    let body = siteverify_body(&site.secret, site_token, remote_ip);
+    let request = http::Request::post(&site.verify_url)
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(
+            http_body_util::Full::new(bytes::Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .map_err(|e| format!("siteverify request: {e}"))?;
+    let call = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| format!("{}: {e}", site.verify_url))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "{} answered {}",
+                site.verify_url,
+                response.status()
+            ));
+        }
+        let bytes = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| format!("{}: {e}", site.verify_url))?
+            .to_bytes();
+        siteverify_result(&bytes)
+    };
+    tokio::time::timeout(TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(format!("{} did not answer in {TIMEOUT:?}", site.verify_url)))
+}
