@@ -190,6 +190,11 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
          curl -si {base}/api/orders -H 'authorization: Bearer {no_scope}'\n\n\
          # a spoofed x-user-id is stripped; the backend sees the verified one (alice)\n\
          curl -s {base}/api/orders -H 'x-user-id: admin' -H 'authorization: Bearer {eu}'\n\n\
+         # bot defence: curl scores as automation, so /signup asks for a challenge (403);\n\
+         # open {base}/signup in a browser to solve the proof-of-work page instead\n\
+         curl -si {base}/signup\n\n\
+         # the same route allows a burst of 3 per address, then 5 a minute: 200s turn into 429s\n\
+         for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/signup -A Mozilla/5.0; done; echo\n\n\
          # metrics and readiness\n\
          curl -s http://{admin}/metrics | grep portcullis_requests_total\n\n\
          Ctrl-C stops everything.\n"
