@@ -326,7 +326,7 @@ fn read_site_verify(
     d: &mut Diags<'_>,
     files: &dyn ConfigFiles,
 ) -> Option<SiteVerify> {
-    let site_key = t.req_string(d, "site_key", Some("the widget's public site key".into()));
+    let site_key = t.req_string(d, "site_key", Some("the widget's public site key"));
     if let Some((k, span)) = &site_key
         && (k.is_empty()
             || !k
@@ -342,7 +342,7 @@ fn read_site_verify(
     let secret = match t.req_string(
         d,
         "secret_file",
-        Some("a file holding the siteverify secret".into()),
+        Some("a file holding the siteverify secret"),
     ) {
         None => None,
         Some((path, span)) => match files.read(&path).map(String::from_utf8) {
