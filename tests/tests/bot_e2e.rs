@@ -481,3 +481,61 @@ fn site_tokens_are_verified_through_siteverify(engine: &str) {
 }
 
 on_every_engine!(site_tokens_are_verified_through_siteverify);
+
+/// Built-in checks and plugins in one verdict: their scores combine under the route's rule
+/// and thresholds, and the audit record lists every contribution.
+fn bot_checks_and_plugins_combine_into_one_verdict(engine: &str) {
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let backend = Backend::start("eu");
+    let plugin =
+        std::path::Path::new(env!("PORTCULLIS_PLUGIN_DIR")).join("fixture_plugin_trivial.wasm");
+    let text = format!(
+        "{}\n[plugin.trivial]\npath = \"{}\"\nheaders = [\"x-risk\"]\n\n[[route]]\npath = \"/mixed\"\nauth = \"public\"\nrisk = {{ checks = [\"automation\"], plugins = [\"trivial\"], combine = \"weighted\", challenge = 60, deny = 90 }}\n",
+        config(&keys, &backend.server.url()),
+        plugin.display()
+    );
+    let gw = start_engine(&text, engine);
+    let send = |ua: &str, risk: &str| {
+        request(
+            gw.addr,
+            "GET",
+            "/mixed",
+            &[("user-agent", ua), ("x-risk", risk)],
+            b"",
+        )
+        .unwrap()
+    };
+    // 80 (curl) + 15 (plugin) = 95 ≥ 90: denied.
+    let r = send("curl/8.5.0", "15");
+    assert_eq!((r.status, reason(&r).as_str()), (403, "risk_denied"));
+    // 0 + 15: allowed; 0 + 65: challenge (an API client: 403).
+    assert_eq!(
+        send("Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0", "15").status,
+        200
+    );
+    let r = send("Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0", "65");
+    assert_eq!((r.status, reason(&r).as_str()), (403, "challenge_required"));
+    let records = audit_records(&gw, |r| r.len() >= 3);
+    let parts: Vec<(String, u64)> = records[0]["risk"]["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["plugin"].as_str().unwrap().to_owned(),
+                c["score"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            ("bot.automation".to_owned(), 80),
+            ("trivial".to_owned(), 15)
+        ]
+    );
+    assert_eq!(records[0]["risk"]["score"], 95);
+    assert_eq!(records[0]["risk"]["action"], "deny");
+}
+
+on_every_engine!(bot_checks_and_plugins_combine_into_one_verdict);
