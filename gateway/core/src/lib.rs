@@ -23,6 +23,9 @@
 //! Configuration is loaded strictly by [`config::load`]; key sets follow the state machine in
 //! [`keyset`]; signature checks go through the [`SignatureVerifier`] trait so a host can
 //! supply native crypto ([`PortableVerifier`] is the pure-Rust default).
+//!
+//! [`session`] holds the pure pieces of browser sessions for the OIDC login flow (sealed,
+//! chunked cookies, freshness, login attempts with PKCE); nothing in the engine uses it yet.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -49,6 +52,7 @@ pub mod policy;
 pub mod reason;
 pub mod residency;
 pub mod risk;
+pub mod session;
 pub mod time;
 
 pub use audit::AuditRecord;
