@@ -12,7 +12,10 @@
 //
 // Login: any login name and password. `sub` = the login name, `email` = <login>@example.test,
 // `name` = the login name; a login ending in `-mfa` gets acr "mfa" and amr ["pwd","otp"],
-// any other acr "pwd" and amr ["pwd"]. Consent is granted automatically (loadExistingGrant).
+// any other acr "pwd" and amr ["pwd"]. The login form is ours, not the built-in
+// devInteractions (same fields, login and password): the built-in submit sets only the
+// accountId, and acr/amr can only come from the interaction result's `login`. Consent is
+// granted automatically (loadExistingGrant), so a login is form -> redirect back.
 // Refresh tokens are issued for the authorization_code grant to clients allowed the
 // refresh_token grant (no offline_access needed) and rotate on every use.
 //
@@ -207,7 +210,13 @@ const provider = new Provider(issuer, {
     },
     backchannelLogout: { enabled: true },
     revocation: { enabled: true },
-    introspection: { enabled: true },
+    introspection: {
+      enabled: true,
+      // Any authenticated client (a resource server, the gateway) may introspect; public
+      // clients only their own tokens.
+      allowedPolicy: async (_ctx, client, token) => client.clientAuthMethod !== 'none'
+        || token.clientId === client.clientId,
+    },
     claimsParameter: { enabled: true },
   },
   renderError(ctx, out, error) {
@@ -218,10 +227,18 @@ const provider = new Provider(issuer, {
 });
 provider.proxy = false;
 
-for (const ev of ['server_error', 'backchannel.error', 'grant.error', 'refresh_token.error']) {
+// Unexpected failures with a stack; refusals a test may provoke (a reused refresh token)
+// in one line.
+for (const ev of ['server_error', 'backchannel.error']) {
   provider.on(ev, (...args) => {
     const err = args.find((a) => a instanceof Error);
     console.error(`op.mjs: ${ev}: ${err?.stack ?? err ?? ''}`);
+  });
+}
+for (const ev of ['grant.error', 'authorization.error', 'end_session.error']) {
+  provider.on(ev, (...args) => {
+    const err = args.find((a) => a instanceof Error);
+    console.error(`op.mjs: ${ev}: ${err?.error ?? err?.name}: ${err?.error_description ?? err?.message}`);
   });
 }
 
