@@ -11,6 +11,7 @@
 pub mod browser;
 pub mod host;
 pub mod net;
+pub mod oidc;
 pub mod redis;
 pub mod wycheproof;
 
