@@ -264,11 +264,7 @@ pub fn issue(
 /// which then only says the challenge is invalid.
 pub fn page(token: &str, bits: u8) -> (String, Vec<(HeaderName, HeaderValue)>) {
     let bits = bits.clamp(MIN_BITS, MAX_BITS);
-    let digest = Sha256::new()
-        .chain_update(b"portcullis csp nonce v1\0")
-        .chain_update(token.as_bytes())
-        .finalize();
-    let nonce = b64::encode(digest.get(..18).unwrap_or(&digest));
+    let nonce = csp_nonce(b"portcullis csp nonce v1\0", token);
     let token = if token_charset_ok(token) { token } else { "" };
     let html = PAGE_TEMPLATE
         .replace("{nonce}", &nonce)
@@ -280,9 +276,24 @@ pub fn page(token: &str, bits: u8) -> (String, Vec<(HeaderName, HeaderValue)>) {
         "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; \
          base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     );
+    (html, page_headers(csp))
+}
+
+/// A CSP nonce for a page: derived from the token (the page holds no other input), so the
+/// core needs no randomness.
+fn csp_nonce(label: &[u8], token: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(label)
+        .chain_update(token.as_bytes())
+        .finalize();
+    b64::encode(digest.get(..18).unwrap_or(&digest))
+}
+
+/// The headers of an interstitial page with content security policy `csp`.
+fn page_headers(csp: String) -> Vec<(HeaderName, HeaderValue)> {
     let csp = HeaderValue::try_from(csp)
         .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
-    let headers = vec![
+    vec![
         (
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/html; charset=utf-8"),
@@ -297,8 +308,7 @@ pub fn page(token: &str, bits: u8) -> (String, Vec<(HeaderName, HeaderValue)>) {
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ),
-    ];
-    (html, headers)
+    ]
 }
 
 /// Checks a solution: `token` must be genuine (else [`ChallengeError::Forged`]), not expired
@@ -534,11 +544,7 @@ pub fn site_page(
     site_key: &str,
     script_url: &str,
 ) -> (String, Vec<(HeaderName, HeaderValue)>) {
-    let digest = Sha256::new()
-        .chain_update(b"portcullis csp nonce v1\0site\0")
-        .chain_update(token.as_bytes())
-        .finalize();
-    let nonce = b64::encode(digest.get(..18).unwrap_or(&digest));
+    let nonce = csp_nonce(b"portcullis csp nonce v1\0site\0", token);
     let token = if token_charset_ok(token) { token } else { "" };
     let site_key_ok = !site_key.is_empty()
         && site_key
@@ -564,25 +570,7 @@ pub fn site_page(
          connect-src {origin}; style-src 'nonce-{nonce}'; base-uri 'none'; form-action 'none'; \
          frame-ancestors 'none'"
     );
-    let csp = HeaderValue::try_from(csp)
-        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
-    let headers = vec![
-        (
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        ),
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        (header::CONTENT_SECURITY_POLICY, csp),
-        (
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ),
-        (
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ),
-    ];
-    (html, headers)
+    (html, page_headers(csp))
 }
 
 /// Asks a Turnstile-compatible service whether a site token is genuine: an outbound call,
