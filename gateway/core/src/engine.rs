@@ -494,7 +494,7 @@ impl Gateway {
             let answers = if risk.plugins.is_empty() {
                 Vec::new()
             } else {
-                let ctx = self.risk_context(req, &norm, route, identity.as_ref());
+                let ctx = self.risk_context(req, &norm, route, identity.as_ref(), &client);
                 services.risk.assess(&risk.plugins, &ctx)
             };
             let mut verdict = combine_with(cfg, risk, signals, answers);
@@ -812,6 +812,7 @@ impl Gateway {
         norm: &Normalized,
         route: &Route,
         identity: Option<&VerifiedIdentity>,
+        client: &ClientInfo,
     ) -> RiskContext {
         let mut headers = Vec::new();
         if let Some(risk) = &route.risk {
@@ -847,6 +848,7 @@ impl Gateway {
                     .map_or("", |i| i.issuer.as_str());
                 RiskIdentity::of(id, issuer)
             }),
+            client: client.clone(),
         }
     }
 

@@ -104,6 +104,8 @@ pub struct RiskContext {
     pub headers: Vec<(String, String)>,
     /// The verified identity.
     pub identity: Option<RiskIdentity>,
+    /// The client as resolved through `[client]` (address, CDN country and ASN).
+    pub client: crate::client::ClientInfo,
 }
 
 /// One plugin's assessment.

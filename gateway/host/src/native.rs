@@ -17,7 +17,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
 use portcullis_core::authenticate::{AuthFailure, Authenticator};
 use portcullis_core::claims::identity_from_claims;
-use portcullis_core::client::{ClientInfo, client_info};
 use portcullis_core::config::PluginId;
 use portcullis_core::decision::{HOP_BY_HOP, problem};
 use portcullis_core::jws::parse_object;
@@ -71,7 +70,6 @@ impl NativeEngine {
             );
             return r;
         }
-        let client = client_info(&self.shared.client, Some(peer.ip()), req.headers());
         let uri = match origin_uri(&req) {
             Ok(u) => u,
             Err(detail) => {
@@ -86,11 +84,11 @@ impl NativeEngine {
                 request_id,
                 peer: Some(peer.ip()),
             };
-            let mut decided = self.decide(&parts, &client);
+            let mut decided = self.decide(&parts);
             if let Some(issuer) = decided.0.refetch
                 && self.shared.keys.refetch_for_unknown_kid(issuer).await
             {
-                decided = self.decide(&parts, &client);
+                decided = self.decide(&parts);
             }
             decided
         };
@@ -132,7 +130,6 @@ impl NativeEngine {
     fn decide(
         &self,
         parts: &RequestParts<'_>,
-        client: &ClientInfo,
     ) -> (
         portcullis_core::Decision,
         Vec<(usize, plugins::RequestContext)>,
@@ -143,7 +140,6 @@ impl NativeEngine {
         };
         let risk = NativeRisk {
             shared: &self.shared,
-            client,
             assessed: RefCell::new(Vec::new()),
         };
         let adapters = Adapters {
@@ -401,13 +397,12 @@ impl Authenticator for NativeAuth<'_> {
 /// view (a plugin call never waits on I/O; its deadline is enforced by the epoch thread).
 struct NativeRisk<'a> {
     shared: &'a Shared,
-    client: &'a ClientInfo,
     assessed: RefCell<Vec<(usize, plugins::RequestContext)>>,
 }
 
 impl RiskAssessor for NativeRisk<'_> {
     fn assess(&self, ids: &[PluginId], ctx: &RiskContext) -> Vec<PluginAnswer> {
-        let base = plugins::context(ctx, self.client);
+        let base = plugins::context(ctx, &ctx.client);
         let mut answers = Vec::with_capacity(ids.len());
         for id in ids {
             let mut ctx = base.clone();
