@@ -231,10 +231,11 @@ fn chromium_solves_the_challenge_and_reaches_the_backend(engine: &str) {
     // solving it, earns a genuine cookie).
     let value = cookie["value"].as_str().unwrap();
     let (head, mac) = value.rsplit_once('.').unwrap();
-    let forged_mac: String = mac
-        .chars()
-        .map(|c| if c == 'A' { 'B' } else { 'A' })
-        .collect();
+    // Flip one bit of the decoded MAC and re-encode, so the forgery is well-formed base64
+    // (a character-level edit can yield a non-canonical last character: "malformed").
+    let mut mac_bytes = portcullis_core::b64::decode(mac).expect("the MAC is base64url");
+    mac_bytes[0] ^= 0x01;
+    let forged_mac = portcullis_core::b64::encode(&mac_bytes);
     browser.delete_cookie(challenge::CLEARANCE_COOKIE);
     browser.add_cookie(serde_json::json!({
         "name": challenge::CLEARANCE_COOKIE,
