@@ -72,6 +72,7 @@ fn decision(c: &mut Criterion) {
             headers: &headers,
             request_id: "bench-1",
             peer: None,
+            body: &[],
         };
         let d = h.engine.decide(&h.keys, &req, now, &AllHealthy);
         assert_eq!(

@@ -365,6 +365,7 @@ impl Harness {
             headers: &map,
             request_id: "req-1",
             peer: None,
+            body: &[],
         };
         self.engine.decide(
             &self.keys,

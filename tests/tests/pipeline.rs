@@ -385,6 +385,7 @@ fn decide_with(h: &Harness, token: &str, health: &dyn BackendHealth, request_id:
         headers: &headers,
         request_id,
         peer: None,
+        body: &[],
     };
     h.engine
         .decide(&h.keys, &req, Timestamp::from_unix_secs(NOW), health)
@@ -564,6 +565,7 @@ fn a_configuration_snapshot_decides_exactly_like_the_original() {
                 headers: &headers,
                 request_id: "s",
                 peer: None,
+                body: &[],
             };
             let now = Timestamp::from_unix_secs(NOW);
             let a = h

@@ -158,7 +158,7 @@ proptest! {
         let mut headers = http::HeaderMap::new();
         headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
         let uri: http::Uri = "/anything".parse().unwrap();
-        let req = RequestParts { method: &http::Method::GET, uri: &uri, headers: &headers, request_id: "p", peer: None };
+        let req = RequestParts { method: &http::Method::GET, uri: &uri, headers: &headers, request_id: "p", peer: None, body: &[] };
         let health = Health(&case.down, &case.regions);
         let d = engine.decide(&keys, &req, Timestamp::from_unix_secs(NOW), &health);
         let cfg = engine.config();

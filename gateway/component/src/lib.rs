@@ -81,12 +81,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
             headers: &parts.headers,
             request_id: &parts.request_id,
             peer: bindings::portcullis::gateway::client::peer().and_then(|p| p.parse().ok()),
+            body: &[],
         };
         let adapters = portcullis_core::Adapters {
             auth: &services::HostAuthenticator,
             risk: &services::HostRisk,
             limiter: &services::HostLimiter,
             sites: &services::HostSites,
+            login: &portcullis_core::login::NoLogin,
             health: &services::HostHealth,
         };
         let decision = gateway.decide_using(&adapters, &req, now);

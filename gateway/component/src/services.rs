@@ -142,6 +142,7 @@ pub fn emit_audit(a: AuditRecord) {
         backend: a.backend,
         actor: a.actor,
         risk: a.risk.and_then(|r| serde_json::to_string(&r).ok()),
+        session: a.session.map(str::to_owned),
     });
 }
 

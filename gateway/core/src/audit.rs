@@ -50,6 +50,10 @@ pub struct AuditRecord {
     /// The risk phase: combined score, action and every plugin's contribution.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub risk: Option<crate::risk::RiskVerdict>,
+    /// The browser session, when the route takes one: `valid`, `renewed`, `refreshed`,
+    /// `adopted`, `refresh_failed`, or why there was none (`none`, `idle_expired`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<&'static str>,
 }
 
 /// The pseudonym of `subject` at `issuer` under `key`.

@@ -193,6 +193,104 @@ pub trait Authenticator {
         let _ = (key, ttl);
         false
     }
+
+    /// Verifies a token `issuer` issued to the gateway itself as an OIDC client: an ID token
+    /// or a back-channel logout token, with `aud` = `client_id` (see [`verify_issued`]).
+    /// Default: refused — an adapter without key sets cannot sign browsers in.
+    fn verify_issued(
+        &self,
+        token: &str,
+        issuer: IssuerId,
+        client_id: &str,
+        kind: IssuedKind,
+        now: Timestamp,
+    ) -> Result<VerifiedIdentity, AuthFailure> {
+        let _ = (token, client_id, kind, now);
+        Err(AuthFailure::new(
+            Reason::KeysUnavailable,
+            "this adapter cannot verify ID tokens",
+        )
+        .at(issuer))
+    }
+}
+
+/// A token a provider issued to the gateway as its OIDC client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssuedKind {
+    /// An ID token (OIDC Core §2): any `typ` but those of other JWT kinds.
+    IdToken,
+    /// A back-channel logout token (OIDC Back-Channel Logout §2.4): `typ` `logout+jwt`,
+    /// `JWT` or none.
+    LogoutToken,
+}
+
+/// Verifies `token` as issued by `issuer` to the client `client_id`: the signature with the
+/// issuer's keys and algorithms, `iss`, `exp`/`nbf`/`iat` with the issuer's skew, `aud`
+/// containing `client_id`, and the `typ` of `kind`. Claims particular to the kind (`nonce`,
+/// `azp`, `at_hash`, `events`) are the caller's to check.
+pub fn verify_issued<V: SignatureVerifier>(
+    token: &str,
+    config: &Config,
+    keys: &KeyStore<V::Key>,
+    verifier: &V,
+    issuer: IssuerId,
+    client_id: &str,
+    kind: IssuedKind,
+    now: Timestamp,
+) -> Result<VerifiedIdentity, AuthFailure> {
+    let cfg = config
+        .issuers
+        .get(issuer.0)
+        .ok_or_else(|| AuthFailure::new(Reason::IssuerUnknown, "issuer index out of range"))?;
+    let jws = parse_compact(token, config.limits.max_token_bytes).map_err(|e| AuthFailure::from(e).at(issuer))?;
+    let claims = parse_object(&jws.payload).map_err(|e| {
+        AuthFailure::new(
+            Reason::TokenMalformed,
+            format!("payload is not a JSON object: {e}"),
+        )
+        .at(issuer)
+    })?;
+    if claims.get("iss").and_then(Value::as_str) != Some(cfg.issuer.as_str()) {
+        return Err(AuthFailure::new(
+            Reason::IssuerUnknown,
+            format!("the token is not from {:?}", cfg.issuer),
+        )
+        .at(issuer));
+    }
+    let typ = jws.header.typ.as_deref().map(normalize_media_type);
+    let type_ok = match (kind, typ.as_deref()) {
+        (IssuedKind::LogoutToken, None | Some("jwt" | "logout+jwt")) => true,
+        (IssuedKind::LogoutToken, Some(_)) => false,
+        (IssuedKind::IdToken, Some(t)) => !FOREIGN_TOKEN_TYPES.contains(&t),
+        (IssuedKind::IdToken, None) => true,
+    };
+    if !type_ok {
+        return Err(AuthFailure::new(
+            Reason::TokenTypeInvalid,
+            format!("`typ` {typ:?} does not fit a {kind:?}"),
+        )
+        .at(issuer));
+    }
+    let set = keys.keys(issuer, now).map_err(|e| {
+        AuthFailure::new(
+            Reason::KeysUnavailable,
+            format!("keys of {:?} unavailable: {e:?}", cfg.issuer),
+        )
+        .at(issuer)
+    })?;
+    verify_signature(&jws, set, &cfg.algorithms, verifier).map_err(|f| f.at(issuer))?;
+    let mut as_client = cfg.clone();
+    as_client.audiences = vec![client_id.to_owned()];
+    validate(claims, issuer, &as_client, now).map_err(|e| {
+        let (reason, detail) = match e {
+            ClaimError::Expired(d) => (Reason::TokenExpired, d),
+            ClaimError::NotYetValid(d) => (Reason::TokenNotYetValid, d),
+            ClaimError::IssuedInFuture(d) => (Reason::TokenIssuedInFuture, d),
+            ClaimError::AudienceMismatch(d) => (Reason::AudienceMismatch, d),
+            ClaimError::Invalid(d) => (Reason::ClaimInvalid, d),
+        };
+        AuthFailure::new(reason, detail).at(issuer)
+    })
 }
 
 /// Authentication from a local key store and verifier.
@@ -218,6 +316,26 @@ impl<V: SignatureVerifier> Authenticator for LocalAuthenticator<'_, V> {
             self.keys,
             self.verifier,
             route_issuers,
+            now,
+        )
+    }
+
+    fn verify_issued(
+        &self,
+        token: &str,
+        issuer: IssuerId,
+        client_id: &str,
+        kind: IssuedKind,
+        now: Timestamp,
+    ) -> Result<VerifiedIdentity, AuthFailure> {
+        verify_issued(
+            token,
+            self.config,
+            self.keys,
+            self.verifier,
+            issuer,
+            client_id,
+            kind,
             now,
         )
     }

@@ -290,7 +290,7 @@ fn csp_nonce(label: &[u8], token: &str) -> String {
 }
 
 /// The headers of an interstitial page with content security policy `csp`.
-fn page_headers(csp: String) -> Vec<(HeaderName, HeaderValue)> {
+pub(crate) fn page_headers(csp: String) -> Vec<(HeaderName, HeaderValue)> {
     let csp = HeaderValue::try_from(csp)
         .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
     vec![
@@ -630,7 +630,7 @@ pub fn siteverify_result(body: &[u8]) -> Result<bool, String> {
     }
 }
 
-fn form_encode(text: &str) -> String {
+pub(crate) fn form_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -777,7 +777,7 @@ fn base36(mut n: u64) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-fn percent_decode(text: &str) -> Option<String> {
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     let mut out = Vec::with_capacity(text.len());
     let mut bytes = text.bytes();
     while let Some(b) = bytes.next() {

@@ -44,6 +44,9 @@ pub struct RequestParts<'a> {
     /// The connecting peer's address, when the adapter knows it (the client's address is
     /// taken from proxy headers only when this peer is a trusted proxy).
     pub peer: Option<IpAddr>,
+    /// The request body, read by the adapter only where [`Gateway::wants_body`] says so
+    /// (the back-channel logout endpoint); empty otherwise.
+    pub body: &'a [u8],
 }
 
 /// Backend health as the adapter knows it (health checks, circuit breakers).
@@ -72,6 +75,8 @@ pub struct Gateway {
     /// Signs challenges and clearance cookies (derived from the audit key, so every
     /// instance of a deployment accepts the others' cookies).
     challenge_key: [u8; 32],
+    /// Seals session and login-attempt cookies (`[session]`).
+    session_keys: Option<crate::session::SessionKeys>,
 }
 
 /// A [`Gateway`] with a local signature verifier (native hosts, tests, benches).
@@ -144,11 +149,47 @@ impl Gateway {
             });
         }
         let challenge_key = crate::challenge::derive_key(&config.audit.subject_key);
+        // Validated at load (ids, lengths, at least one key), so this cannot fail.
+        let session_keys = config
+            .session
+            .as_ref()
+            .and_then(|s| crate::session::SessionKeys::new(s.keys.clone()).ok());
         Self {
             config,
             strip,
             challenge_key,
+            session_keys,
         }
+    }
+
+    /// True when the adapter should read the request body (at most
+    /// [`crate::login::MAX_FORM_BODY`] bytes) into [`RequestParts::body`] before deciding:
+    /// only for the back-channel logout endpoint.
+    pub fn wants_body(&self, method: &Method, path: &str) -> bool {
+        self.session_keys.is_some()
+            && method == Method::POST
+            && path == crate::login::BACKCHANNEL_PATH
+    }
+
+    fn login_flow<'a>(
+        &'a self,
+        services: &'a Adapters<'a>,
+        req: &'a RequestParts<'a>,
+        now: Timestamp,
+    ) -> Option<crate::login::Flow<'a>> {
+        Some(crate::login::Flow {
+            config: &self.config,
+            session: self.config.session.as_ref()?,
+            keys: self.session_keys.as_ref()?,
+            services: services.login,
+            auth: services.auth,
+            method: req.method,
+            headers: req.headers,
+            query: req.uri.query(),
+            body: req.body,
+            request_id: req.request_id,
+            now,
+        })
     }
 
     /// The configuration.
@@ -194,6 +235,7 @@ impl Gateway {
             risk,
             limiter: &NoLimiter,
             sites: &crate::challenge::NoSiteVerifier,
+            login: &crate::login::NoLogin,
             health,
         };
         self.decide_using(&adapters, req, now)
@@ -218,9 +260,14 @@ impl Gateway {
         let outcome = self.run(services, req, now, &mut audit, &mut refetch);
         match &outcome {
             Outcome::Forward(_) => audit.decision = "forward",
-            // The gateway's own redirects (a solved challenge) are not refusals.
+            // The gateway's own redirects (a solved challenge, login) are not refusals.
             Outcome::Respond(r) if r.status.is_redirection() => {
                 audit.decision = "redirect";
+                audit.status = Some(r.status.as_u16());
+            }
+            // Its own endpoints' successful answers (back-channel logout).
+            Outcome::Respond(r) if r.status.is_success() => {
+                audit.decision = "answer";
                 audit.status = Some(r.status.as_u16());
             }
             Outcome::Respond(r) => {
@@ -261,6 +308,18 @@ impl Gateway {
         if norm.path == crate::challenge::CHALLENGE_PATH {
             return Outcome::Respond(self.challenge_answer(req, &client, now, services));
         }
+        if let Some(flow) = self.login_flow(services, req, now) {
+            let answer = match norm.path.as_str() {
+                crate::login::CALLBACK_PATH => Some(flow.callback()),
+                crate::login::LOGIN_PATH => Some(flow.start()),
+                crate::login::LOGOUT_PATH => Some(flow.logout()),
+                crate::login::BACKCHANNEL_PATH => Some(flow.backchannel()),
+                _ => None,
+            };
+            if let Some(r) = answer {
+                return Outcome::Respond(r);
+            }
+        }
         if norm.path.starts_with(INTERNAL_PREFIX) {
             return deny(Reason::RouteNotFound, "no such gateway endpoint");
         }
@@ -286,7 +345,10 @@ impl Gateway {
             return Outcome::Respond(refusal);
         }
 
-        // 2. authenticate
+        // 2. authenticate: a token, else (on login routes) the session cookie
+        let mut session_cookies: Vec<HeaderValue> = Vec::new();
+        let mut session_access_token: Option<String> = None;
+        let mut from_session: Option<IssuerId> = None;
         let mut identity = if route.auth == AuthMode::Public {
             None
         } else {
@@ -295,6 +357,33 @@ impl Gateway {
                 Err(f) => return deny(f.reason, &f.detail),
             };
             match presented {
+                None if !route.login.is_empty() => {
+                    let Some(flow) = self.login_flow(services, req, now) else {
+                        return deny(Reason::ProviderUnavailable, "sessions are not configured");
+                    };
+                    match flow.lookup(&route.login, cfg.state.on_unavailable == FailPolicy::Allow) {
+                        crate::login::Lookup::Session(found) => {
+                            audit.session = Some(found.event);
+                            session_cookies = found.set_cookies;
+                            session_access_token = found.access_token;
+                            from_session = Some(found.provider);
+                            Some(found.identity)
+                        }
+                        crate::login::Lookup::Refuse(r) => return Outcome::Respond(r),
+                        crate::login::Lookup::Absent { clear, why } => {
+                            audit.session = Some(why);
+                            if route.auth == AuthMode::Required {
+                                return Outcome::Respond(flow.login_required(
+                                    &route.login,
+                                    &return_path(req),
+                                    clear,
+                                ));
+                            }
+                            session_cookies = clear;
+                            None
+                        }
+                    }
+                }
                 None if route.auth == AuthMode::Required => {
                     let reason = if route.require_dpop {
                         Reason::DpopRequired
@@ -516,6 +605,19 @@ impl Gateway {
         if let Some(id) = &identity
             && let Err(refusal) = authorize(route, id, now)
         {
+            // A browser session that is not strong or recent enough logs in again with
+            // the provider, asking for it (RFC 9470 §4); scripts get the RFC 9470 error.
+            if let Some(provider) = from_session
+                && refusal.reason == Reason::InsufficientUserAuthentication
+                && crate::login::is_navigation(req.method, req.headers)
+                && let Some(flow) = self.login_flow(services, req, now)
+            {
+                return Outcome::Respond(flow.begin(
+                    provider,
+                    &return_path(req),
+                    &crate::login::StepUp::from_challenge(&refusal.challenge),
+                ));
+            }
             return Outcome::Respond(problem(
                 refusal.reason,
                 &refusal.detail,
@@ -557,6 +659,21 @@ impl Gateway {
             }
         }
         let mut set_headers = self.identity_headers(identity.as_ref(), region);
+        if let Some(sc) = &cfg.session {
+            match crate::login::strip_own_cookies(req.headers, &sc.cookie) {
+                None => {}
+                Some(Some(v)) => set_headers.push((http::header::COOKIE, v)),
+                Some(None) => remove_headers.push(http::header::COOKIE),
+            }
+            if sc.forward_access_token
+                && let Some(v) = session_access_token
+                    .as_deref()
+                    .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+            {
+                remove_headers.retain(|h| h != AUTHORIZATION);
+                set_headers.push((AUTHORIZATION, v));
+            }
+        }
         if let (Some(gt), Some(id), Some(backend_cfg)) = (
             &cfg.gateway_token,
             identity.as_ref(),
@@ -572,7 +689,15 @@ impl Gateway {
             path_and_query: norm.path_and_query,
             remove_headers,
             set_headers,
-            response_headers: limit_headers(route, &limited),
+            response_headers: {
+                let mut h = limit_headers(route, &limited);
+                h.extend(
+                    session_cookies
+                        .into_iter()
+                        .map(|c| (http::header::SET_COOKIE, c)),
+                );
+                h
+            },
         })
     }
 
@@ -977,8 +1102,17 @@ pub struct Adapters<'a> {
     pub limiter: &'a dyn Limiter,
     /// Site-token verification (Turnstile-compatible challenges).
     pub sites: &'a dyn crate::challenge::SiteVerifier,
+    /// The login flow's provider calls, randomness and session state.
+    pub login: &'a dyn crate::login::LoginServices,
     /// Backend health.
     pub health: &'a dyn BackendHealth,
+}
+
+/// The path and query of the request, for returning to it after login.
+fn return_path(req: &RequestParts<'_>) -> String {
+    req.uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned())
 }
 
 /// Paths under this prefix belong to the gateway and never reach a backend.

@@ -228,6 +228,36 @@ struct Remote {
     /// discovery document arrived, or for a granted unknown-kid refetch.
     jwks_next: Option<FetchReason>,
     last_unknown_kid_refetch: Option<Timestamp>,
+    /// The login endpoints of the last discovery document.
+    endpoints: Option<ProviderEndpoints>,
+}
+
+/// An OpenID Provider's endpoints for the login flow, from its discovery document.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProviderEndpoints {
+    /// `authorization_endpoint`.
+    pub authorization: String,
+    /// `token_endpoint`.
+    pub token: String,
+    /// `end_session_endpoint` (RP-initiated logout), if offered.
+    pub end_session: Option<String>,
+}
+
+/// Reads the login endpoints of a discovery document: each must be https (or http when
+/// allowed); `None` when the provider lacks an authorization or token endpoint.
+pub fn parse_endpoints(body: &[u8], allow_http: bool) -> Option<ProviderEndpoints> {
+    let doc: Value = serde_json::from_slice(body).ok()?;
+    let url = |name: &str| {
+        doc.get(name)
+            .and_then(Value::as_str)
+            .filter(|u| u.starts_with("https://") || (allow_http && u.starts_with("http://")))
+            .map(str::to_owned)
+    };
+    Some(ProviderEndpoints {
+        authorization: url("authorization_endpoint")?,
+        token: url("token_endpoint")?,
+        end_session: url("end_session_endpoint"),
+    })
 }
 
 /// The key sets of every configured issuer.
@@ -237,6 +267,14 @@ pub struct KeyStore<K> {
 }
 
 impl<K> KeyStore<K> {
+    /// The login endpoints `issuer`'s discovery document named, once loaded.
+    pub fn endpoints(&self, issuer: IssuerId) -> Option<&ProviderEndpoints> {
+        self.issuers
+            .get(issuer.0)
+            .and_then(|i| i.remote.as_ref())
+            .and_then(|r| r.endpoints.as_ref())
+    }
+
     /// Builds the store for `config`: static sets (`jwks_file`, HMAC secrets) are prepared
     /// now; remote ones are due at the first [`poll`](Self::poll).
     pub fn new<V: SignatureVerifier<Key = K>>(config: &Config, verifier: &V) -> Self {
@@ -370,6 +408,7 @@ impl<K> IssuerKeys<K> {
             failures: 0,
             jwks_next: None,
             last_unknown_kid_refetch: None,
+            endpoints: None,
         };
         match &cfg.keys {
             KeySource::JwksUri(uri) => keys.remote = Some(remote(None, Some(uri.clone()))),
@@ -466,6 +505,7 @@ impl<K> IssuerKeys<K> {
             FetchKind::Discovery => {
                 let uri = parse_discovery(response.body, &self.issuer, remote.allow_http)?;
                 remote.jwks_uri = Some(uri);
+                remote.endpoints = parse_endpoints(response.body, remote.allow_http);
                 remote.jwks_next = Some(reason); // the key set is due right away
                 Ok(())
             }

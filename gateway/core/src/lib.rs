@@ -47,6 +47,7 @@ pub mod jwk;
 pub mod jws;
 pub mod keyset;
 pub mod limits;
+pub mod login;
 pub mod normalize;
 pub mod policy;
 pub mod reason;

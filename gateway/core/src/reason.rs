@@ -89,6 +89,17 @@ pub enum Reason {
     ChallengeFailed,
     /// The DPoP proof must carry the server nonce sent in `DPoP-Nonce`.
     DpopNonceRequired,
+    /// The session cookie is tampered with, truncated, or sealed with an unknown key.
+    SessionInvalid,
+    /// A login callback's `state` or its login-attempt cookie is missing, tampered with,
+    /// expired or already used.
+    LoginStateInvalid,
+    /// The provider refused the login, or its answer (code exchange, ID token) was invalid.
+    LoginFailed,
+    /// The identity provider cannot be reached or has not been discovered yet.
+    ProviderUnavailable,
+    /// A back-channel logout token is invalid, replayed or lacks `sid` and `sub`.
+    LogoutTokenInvalid,
 }
 
 impl Reason {
@@ -136,11 +147,16 @@ impl Reason {
             Reason::StateUnavailable => "state_unavailable",
             Reason::ClearanceInvalid => "clearance_invalid",
             Reason::ChallengeFailed => "challenge_failed",
+            Reason::SessionInvalid => "session_invalid",
+            Reason::LoginStateInvalid => "login_state_invalid",
+            Reason::LoginFailed => "login_failed",
+            Reason::ProviderUnavailable => "provider_unavailable",
+            Reason::LogoutTokenInvalid => "logout_token_invalid",
         }
     }
 
     /// Every reason, for lookups and metrics.
-    pub const ALL: [Reason; 41] = [
+    pub const ALL: [Reason; 46] = [
         Reason::InvalidRequest,
         Reason::PathInvalid,
         Reason::RouteNotFound,
@@ -182,6 +198,11 @@ impl Reason {
         Reason::StateUnavailable,
         Reason::ClearanceInvalid,
         Reason::ChallengeFailed,
+        Reason::SessionInvalid,
+        Reason::LoginStateInvalid,
+        Reason::LoginFailed,
+        Reason::ProviderUnavailable,
+        Reason::LogoutTokenInvalid,
     ];
 
     /// The reason with this code.
@@ -192,7 +213,10 @@ impl Reason {
     /// The HTTP status this reason answers with.
     pub fn status(self) -> StatusCode {
         match self {
-            Reason::InvalidRequest | Reason::PathInvalid => StatusCode::BAD_REQUEST,
+            Reason::InvalidRequest
+            | Reason::PathInvalid
+            | Reason::LoginStateInvalid
+            | Reason::LogoutTokenInvalid => StatusCode::BAD_REQUEST,
             Reason::RouteNotFound => StatusCode::NOT_FOUND,
             Reason::InsufficientScope
             | Reason::ClaimMismatch
@@ -211,7 +235,8 @@ impl Reason {
             | Reason::ResidencyUnavailable
             | Reason::BackendUnavailable
             | Reason::RiskCheckFailed
-            | Reason::StateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Reason::StateUnavailable
+            | Reason::ProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::UNAUTHORIZED,
         }
@@ -263,6 +288,11 @@ impl Reason {
             Reason::StateUnavailable => "The gateway's shared state is unavailable",
             Reason::ClearanceInvalid => "The challenge clearance is invalid",
             Reason::ChallengeFailed => "The challenge was not solved",
+            Reason::SessionInvalid => "The session cookie is invalid",
+            Reason::LoginStateInvalid => "The sign-in attempt is invalid or expired",
+            Reason::LoginFailed => "The sign-in at the identity provider failed",
+            Reason::ProviderUnavailable => "The identity provider is unavailable",
+            Reason::LogoutTokenInvalid => "The logout token is invalid",
         }
     }
 
@@ -274,6 +304,7 @@ impl Reason {
             | Reason::DpopProofInvalid
             | Reason::DpopNonceRequired => None,
             Reason::InvalidRequest => Some("invalid_request"),
+            Reason::SessionInvalid | Reason::LoginFailed => None,
             Reason::InsufficientScope => Some("insufficient_scope"),
             Reason::InsufficientUserAuthentication => Some("insufficient_user_authentication"),
             r if r.status() == StatusCode::UNAUTHORIZED => Some("invalid_token"),

@@ -54,6 +54,7 @@ impl AuditSink {
             "region": r.region,
             "backend": r.backend,
             "actor": r.actor,
+            "session": r.session,
             "risk": r.risk.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()),
         });
         if let Ok(mut out) = self.out.lock() {

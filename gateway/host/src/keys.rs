@@ -284,6 +284,36 @@ impl KeyService {
         Ok((id.issuer, claims))
     }
 
+    /// The login endpoints `issuer`'s discovery document named, once loaded.
+    pub fn endpoints(&self, issuer: IssuerId) -> Option<portcullis_core::keyset::ProviderEndpoints> {
+        self.with_store(|s| s.endpoints(issuer).cloned()).flatten()
+    }
+
+    /// Verifies an ID or logout token `issuer` issued to the client `client_id` (never
+    /// cached: these arrive once per login or logout).
+    pub fn verify_issued(
+        &self,
+        token: &str,
+        issuer: IssuerId,
+        client_id: &str,
+        kind: portcullis_core::authenticate::IssuedKind,
+    ) -> Result<portcullis_core::VerifiedIdentity, AuthFailure> {
+        let store = self
+            .store
+            .read()
+            .map_err(|_| AuthFailure::new(Reason::KeysUnavailable, "key store unavailable"))?;
+        portcullis_core::authenticate::verify_issued(
+            token,
+            self.engine.config(),
+            &store,
+            self.engine.verifier(),
+            issuer,
+            client_id,
+            kind,
+            now(),
+        )
+    }
+
     /// Prometheus lines for key sets and the token cache.
     pub fn metrics_text(&self) -> String {
         use std::fmt::Write as _;

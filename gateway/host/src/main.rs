@@ -332,6 +332,7 @@ async fn verify(config: PathBuf, path: Option<String>, token: String) -> anyhow:
         headers: &headers,
         request_id: "cli",
         peer: None,
+        body: &[],
     };
     let decision = service
         .with_store(|store| {

@@ -76,6 +76,9 @@ impl NativeEngine {
                 return respond(&problem(Reason::InvalidRequest, &detail, request_id, &[]));
             }
         };
+        if self.gateway.wants_body(req.method(), uri.path()) {
+            return self.handle_with_body(peer, req, &uri, request_id).await;
+        }
         let (decision, assessed) = {
             let parts = RequestParts {
                 method: req.method(),
@@ -83,6 +86,7 @@ impl NativeEngine {
                 headers: req.headers(),
                 request_id,
                 peer: Some(peer.ip()),
+                body: &[],
             };
             let mut decided = self.decide(&parts);
             if let Some(issuer) = decided.0.refetch
@@ -126,6 +130,58 @@ impl NativeEngine {
         response
     }
 
+    /// The gateway's own endpoints that read a form body (back-channel logout): never
+    /// forwarded.
+    async fn handle_with_body<B>(
+        &self,
+        peer: SocketAddr,
+        req: Request<B>,
+        uri: &Uri,
+        request_id: &str,
+    ) -> Response<HyperOutgoingBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, portcullis_core::login::MAX_FORM_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return respond(&problem(
+                    Reason::BodyTooLarge,
+                    "the form body is too large or incomplete",
+                    request_id,
+                    &[],
+                ));
+            }
+        };
+        let request = RequestParts {
+            method: &parts.method,
+            uri,
+            headers: &parts.headers,
+            request_id,
+            peer: Some(peer.ip()),
+            body: &body,
+        };
+        let (decision, _) = self.decide(&request);
+        let mut audit = decision.audit;
+        let response = match decision.outcome {
+            Outcome::Respond(r) => r,
+            Outcome::Forward(_) => {
+                let r = problem(Reason::RouteNotFound, "no such gateway endpoint", request_id, &[]);
+                audit.decision = "deny";
+                audit.status = Some(r.status.as_u16());
+                audit.reason = Some(r.reason.code());
+                r
+            }
+        };
+        self.emit(audit);
+        respond(&response)
+    }
+
     /// Runs the core pipeline; returns the decision and what the plugins were shown.
     fn decide(
         &self,
@@ -147,6 +203,7 @@ impl NativeEngine {
             risk: &risk,
             limiter: &NativeLimiter(&self.shared),
             sites: &NativeSites(&self.shared),
+            login: &NativeLogin(&self.shared),
             health: &HostHealth(&self.shared),
         };
         let decision = self.gateway.decide_using(&adapters, parts, keys::now());
@@ -259,6 +316,7 @@ impl NativeEngine {
             backend: a.backend,
             actor: a.actor,
             risk: a.risk.and_then(|r| serde_json::to_string(&r).ok()),
+            session: a.session.map(str::to_owned),
         };
         self.shared
             .metrics
@@ -390,6 +448,59 @@ impl Authenticator for NativeAuth<'_> {
         self.shared
             .state
             .block(crate::runtime::first_use(self.shared, key, ttl))
+    }
+
+    fn verify_issued(
+        &self,
+        token: &str,
+        issuer: IssuerId,
+        client_id: &str,
+        kind: portcullis_core::authenticate::IssuedKind,
+        _now: Timestamp,
+    ) -> Result<VerifiedIdentity, AuthFailure> {
+        self.keys.verify_issued(token, issuer, client_id, kind)
+    }
+}
+
+/// The login flow's services: discovery from the key service, the token endpoint through
+/// the host's HTTP client, the OS random source and the shared state.
+pub(crate) struct NativeLogin<'a>(pub(crate) &'a Shared);
+
+impl portcullis_core::login::LoginServices for NativeLogin<'_> {
+    fn endpoints(&self, issuer: IssuerId) -> Option<portcullis_core::keyset::ProviderEndpoints> {
+        self.0.keys.endpoints(issuer)
+    }
+
+    fn post_form(
+        &self,
+        url: &str,
+        authorization: &str,
+        body: &str,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let call = crate::site_verify::post_form(&self.0.backends, url, authorization, body);
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| handle.block_on(call))
+    }
+
+    fn random(&self, out: &mut [u8]) -> Result<(), String> {
+        getrandom::fill(out).map_err(|e| e.to_string())
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let state = &self.0.state;
+        state.block(state.get(key)).map_err(|e| e.to_string())
+    }
+
+    fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), String> {
+        let state = &self.0.state;
+        state
+            .block(state.set(key, value.to_vec(), ttl))
+            .map_err(|e| e.to_string())
+    }
+
+    fn delete(&self, key: &str) -> Result<(), String> {
+        let state = &self.0.state;
+        state.block(state.delete(key)).map_err(|e| e.to_string())
     }
 }
 

@@ -1,5 +1,6 @@
-//! Turnstile-compatible site verification: the host's outbound `siteverify` call for
-//! challenges answered through such a service (`[challenge.turnstile]`).
+//! The host's outbound form POSTs: Turnstile-compatible site verification for challenges
+//! answered through such a service (`[challenge.turnstile]`), and the OIDC token endpoint
+//! calls of the login flow.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -56,4 +57,47 @@ pub async fn verify(
     tokio::time::timeout(TIMEOUT, call)
         .await
         .unwrap_or_else(|_| Err(format!("{} did not answer in {TIMEOUT:?}", site.verify_url)))
+}
+
+/// POSTs a form to `url` (an OIDC token endpoint) with the `Authorization` header
+/// `authorization`: the status and at most [`portcullis_core::login::MAX_TOKEN_RESPONSE`]
+/// bytes of body.
+pub async fn post_form(
+    client: &BackendClient,
+    url: &str,
+    authorization: &str,
+    body: &str,
+) -> Result<(u16, Vec<u8>), String> {
+    let request = http::Request::post(url)
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(http::header::ACCEPT, "application/json")
+        .header(http::header::AUTHORIZATION, authorization)
+        .body(
+            http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .map_err(|e| format!("token request: {e}"))?;
+    let call = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status().as_u16();
+        let bytes = Limited::new(
+            response.into_body(),
+            portcullis_core::login::MAX_TOKEN_RESPONSE,
+        )
+        .collect()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?
+        .to_bytes();
+        Ok((status, bytes.to_vec()))
+    };
+    tokio::time::timeout(TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(format!("{url} did not answer in {TIMEOUT:?}")))
 }

@@ -9,6 +9,7 @@
 mod agents;
 mod bot;
 mod limits;
+mod login;
 mod model;
 mod reader;
 mod risk;

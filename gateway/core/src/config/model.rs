@@ -41,6 +41,8 @@ pub struct Config {
     pub challenge: ChallengeConfig,
     /// Data for the built-in bot checks routes switch on (`[bot]`).
     pub bot: BotConfig,
+    /// Browser sessions from the gateway's own OIDC login (`[session]`), if configured.
+    pub session: Option<SessionConfig>,
 }
 
 /// One trusted token issuer.
@@ -65,6 +67,91 @@ pub struct IssuerConfig {
     pub jwks_policy: JwksPolicy,
     /// Allows `http://` key-set and discovery URLs (local testing only).
     pub insecure_http_jwks: bool,
+    /// The gateway's login client at this provider (`[issuer.login]`), if browsers sign in
+    /// through it.
+    pub login: Option<LoginClient>,
+}
+
+/// The gateway as an OpenID Connect relying party of one provider (`[issuer.login]`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginClient {
+    /// The client id registered at the provider (the ID token's `aud`).
+    pub client_id: String,
+    /// The client secret (sent with HTTP Basic authentication to the token endpoint).
+    pub client_secret: String,
+    /// The gateway's callback URL as registered (ends in `/_portcullis/callback`).
+    pub redirect_uri: String,
+    /// Where the provider sends the browser after RP-initiated logout.
+    pub post_logout_redirect_uri: Option<String>,
+    /// Scopes requested (always with `openid`).
+    pub scopes: Vec<String>,
+    /// The name shown on the provider-choice page.
+    pub label: String,
+}
+
+impl std::fmt::Debug for LoginClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginClient")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("redirect_uri", &self.redirect_uri)
+            .field("post_logout_redirect_uri", &self.post_logout_redirect_uri)
+            .field("scopes", &self.scopes)
+            .field("label", &self.label)
+            .finish()
+    }
+}
+
+/// Browser sessions (`[session]`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionConfig {
+    /// Cookie keys `(id, key)`: the first seals, all open (rotation).
+    pub keys: Vec<(String, [u8; 32])>,
+    /// The session cookie's base name (`__Host-…`); chunks are `<name>-0`, `<name>-1`, ….
+    pub cookie: String,
+    /// A session unused this long ends.
+    pub idle_timeout: Duration,
+    /// A session ends this long after login, used or not.
+    pub absolute_lifetime: Duration,
+    /// The cookie is re-issued (rolling idle timeout) when older than this.
+    pub renew_after: Duration,
+    /// The access token is refreshed this long before it expires.
+    pub refresh_before: Duration,
+    /// How long a login attempt (its state cookie) may take.
+    pub login_timeout: Duration,
+    /// Send the session's access token to the backend as `Authorization: Bearer`.
+    pub forward_access_token: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            cookie: "__Host-portcullis-session".to_owned(),
+            idle_timeout: Duration::from_secs(3600),
+            absolute_lifetime: Duration::from_secs(12 * 3600),
+            renew_after: Duration::from_secs(300),
+            refresh_before: Duration::from_secs(60),
+            login_timeout: Duration::from_secs(600),
+            forward_access_token: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<&str> = self.keys.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("SessionConfig")
+            .field("keys", &kids)
+            .field("cookie", &self.cookie)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("absolute_lifetime", &self.absolute_lifetime)
+            .field("renew_after", &self.renew_after)
+            .field("refresh_before", &self.refresh_before)
+            .field("login_timeout", &self.login_timeout)
+            .field("forward_access_token", &self.forward_access_token)
+            .finish()
+    }
 }
 
 /// `typ` values of JWTs that are never access tokens; refused unless listed explicitly.
@@ -221,6 +308,9 @@ pub struct Route {
     pub require_dpop: bool,
     /// GCRA rate limits (`[[route.rate_limit]]`), all checked.
     pub rate_limits: Vec<RateLimit>,
+    /// Providers browsers may sign in with (`login = [...]`): requests without a token use
+    /// the session cookie; navigations without a session are sent to log in.
+    pub login: Vec<IssuerId>,
 }
 
 impl Route {

@@ -130,15 +130,16 @@ fn read_config(
     let dpop = super::agents::read_dpop(top, d);
     let state = super::limits::read_state(top, d, files);
     let challenge = super::limits::read_challenge(top, d, files);
+    let session = super::login::read_session(top, d, files);
+    let issuers: Vec<IssuerConfig> = issuers.into_iter().collect::<Option<Vec<_>>>()?;
+    let routes: Vec<(Route, Span)> = routes.into_iter().collect::<Option<Vec<_>>>()?;
+    super::login::check_login_routes(d, &issuers, &routes, session.as_ref());
 
     Some(Config {
-        issuers: issuers.into_iter().collect::<Option<Vec<_>>>()?,
+        issuers,
         regions,
         residency: residency?,
-        routes: routes
-            .into_iter()
-            .map(|r| r.map(|(r, _)| r))
-            .collect::<Option<Vec<_>>>()?,
+        routes: routes.into_iter().map(|(r, _)| r).collect(),
         identity: identity?,
         audit: audit?,
         limits,
@@ -149,6 +150,7 @@ fn read_config(
         state,
         challenge,
         bot,
+        session,
     })
 }
 
@@ -230,6 +232,13 @@ fn read_issuer(
             .collect()
     });
     let jwks_policy = read_jwks_policy(&mut t, d);
+    let login = super::login::read_login_client(
+        &mut t,
+        d,
+        files,
+        name.as_ref().map_or("", |n| n.0.as_str()),
+        insecure_http_jwks,
+    );
     let keys = read_key_source(
         &mut t,
         d,
@@ -249,6 +258,7 @@ fn read_issuer(
         token_types,
         jwks_policy,
         insecure_http_jwks,
+        login,
     })
 }
 
@@ -732,6 +742,17 @@ fn read_route(
     let agents = super::agents::read_route_agents(&mut t, d);
     let require_dpop = t.boolean(d, "require_dpop").is_some_and(|b| b.0);
     let rate_limits = super::limits::read_rate_limits(&mut t, d, auth == Some(AuthMode::Public));
+    let mut login = Vec::new();
+    for (name, span) in t.strings(d, "login").map(|l| l.0).unwrap_or_default() {
+        match issuer_names.iter().position(|n| *n == name) {
+            Some(i) => login.push(IssuerId(i)),
+            None => {
+                let refs: Vec<&str> = issuer_names.iter().map(String::as_str).collect();
+                let hint = closest(&name, &refs).map(|c| format!("did you mean `{c}`?"));
+                d.error(&span, format!("unknown login provider `{name}`"), hint);
+            }
+        }
+    }
     t.finish(d);
     let route = Route {
         path: path?.0,
@@ -749,6 +770,7 @@ fn read_route(
         agents,
         require_dpop,
         rate_limits,
+        login,
     };
     if route.auth == AuthMode::Public {
         if route.has_rules() || !route.issuers.is_empty() {

@@ -1,0 +1,315 @@
+//! Browser sessions: `[session]` (cookie keys and lifetimes) and each provider's login
+//! client (`[issuer.login]`), read for the OIDC login flow in [`crate::login`].
+
+use std::time::Duration;
+
+use super::ConfigFiles;
+use super::model::{AuthMode, IssuerConfig, KeySource, LoginClient, Route, SessionConfig};
+use super::reader::{Diags, Span, Table};
+
+/// Default scopes of a login client.
+const DEFAULT_SCOPES: [&str; 3] = ["openid", "profile", "email"];
+
+pub(super) fn read_login_client(
+    t: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    files: &dyn ConfigFiles,
+    issuer_name: &str,
+    allow_http: bool,
+) -> Option<LoginClient> {
+    let mut lt = t.table(d, "login")?;
+    let client_id = lt.req_string(d, "client_id", Some("the client id registered at the provider"));
+    let secret = match lt.string(d, "client_secret_file") {
+        Some((path, span)) => read_text_secret(d, files, &path, &span),
+        None => {
+            lt.missing(
+                d,
+                "client_secret_file",
+                Some("a file holding the client secret (kept out of the configuration)".into()),
+            );
+            None
+        }
+    };
+    let redirect_uri = lt.req_string(
+        d,
+        "redirect_uri",
+        Some("the gateway's callback as registered, e.g. \"https://app.example/_portcullis/callback\""),
+    );
+    if let Some((uri, span)) = &redirect_uri
+        && !absolute_url_with_path(uri, allow_http, crate::login::CALLBACK_PATH)
+    {
+        d.error(
+            span,
+            format!("redirect_uri {uri:?} must be an https URL ending in {}", crate::login::CALLBACK_PATH),
+            Some("http is allowed only with insecure_http_jwks = true (local testing)".into()),
+        );
+    }
+    let post_logout_redirect_uri = lt.string(d, "post_logout_redirect_uri").and_then(|(u, span)| {
+        if absolute_url_with_path(&u, allow_http, "") {
+            Some(u)
+        } else {
+            d.error(
+                &span,
+                format!("post_logout_redirect_uri {u:?} must be an absolute https URL"),
+                None,
+            );
+            None
+        }
+    });
+    let scopes = match lt.strings(d, "scopes") {
+        Some((list, span)) => {
+            let list: Vec<String> = list.into_iter().map(|(s, _)| s).collect();
+            if !list.iter().any(|s| s == "openid") {
+                d.error(
+                    &span,
+                    format!("`issuer.login.scopes` of `{issuer_name}` lacks \"openid\""),
+                    Some("OpenID Connect needs the openid scope to return an ID token".into()),
+                );
+            }
+            if list.iter().any(|s| s.is_empty() || s.contains([' ', '"', '\\'])) {
+                d.error(&span, "a scope is empty or has a space or quote", None);
+            }
+            list
+        }
+        None => DEFAULT_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let label = lt
+        .string(d, "label")
+        .map_or_else(|| issuer_name.to_owned(), |(l, _)| l);
+    lt.finish(d);
+    Some(LoginClient {
+        client_id: client_id?.0,
+        client_secret: secret?,
+        redirect_uri: redirect_uri?.0,
+        post_logout_redirect_uri,
+        scopes,
+        label,
+    })
+}
+
+/// Routes with `login` need `[session]`, a non-public `auth`, and providers with
+/// `[issuer.login]` and discovery (the authorize, token and logout endpoints come from it).
+pub(super) fn check_login_routes(
+    d: &mut Diags<'_>,
+    issuers: &[IssuerConfig],
+    routes: &[(Route, Span)],
+    session: Option<&SessionConfig>,
+) {
+    for issuer in issuers {
+        if issuer.login.is_some() && !matches!(issuer.keys, KeySource::Discovery(_)) {
+            d.error(
+                &(0..0),
+                format!("issuer `{}` has [issuer.login] but no discovery", issuer.name),
+                Some("set discovery = true: the authorize, token and end-session endpoints come from the provider's discovery document".into()),
+            );
+        }
+    }
+    for (route, span) in routes {
+        if route.login.is_empty() {
+            continue;
+        }
+        if route.auth == AuthMode::Public {
+            d.error(
+                span,
+                format!("public route {:?} has `login`", route.path),
+                Some("use auth = \"required\" (or \"optional\") on routes that sign browsers in".into()),
+            );
+        }
+        if session.is_none() {
+            d.error(
+                span,
+                format!("route {:?} has `login` but there is no [session]", route.path),
+                Some("add [session] with a [[session.key]] to seal session cookies".into()),
+            );
+        }
+        for id in &route.login {
+            if let Some(issuer) = issuers.get(id.0)
+                && issuer.login.is_none()
+            {
+                d.error(
+                    span,
+                    format!("route {:?} logs in with `{}`, which has no [issuer.login]", route.path, issuer.name),
+                    Some("add [issuer.login] with client_id, client_secret_file and redirect_uri".into()),
+                );
+            }
+        }
+    }
+}
+
+/// True for `https://host[:port]/…` (or `http://` when allowed) whose path ends in `suffix`,
+/// with no fragment.
+fn absolute_url_with_path(url: &str, allow_http: bool, suffix: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let scheme_ok = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => allow_http,
+        _ => false,
+    };
+    scheme_ok
+        && uri.authority().is_some()
+        && !url.contains('#')
+        && uri.path().ends_with(suffix)
+}
+
+/// Reads `[session]`; `None` when absent (routes cannot then use `login`).
+pub(super) fn read_session(
+    top: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    files: &dyn ConfigFiles,
+) -> Option<SessionConfig> {
+    let mut t = top.table(d, "session")?;
+    let span = t.span.clone();
+    let mut keys: Vec<(String, [u8; 32])> = Vec::new();
+    for mut kt in t.tables(d, "key") {
+        let id = kt.req_string(d, "id", Some("a short key id, e.g. \"2026-11\""));
+        let file = kt.req_string(d, "file", Some("a file with 32 random bytes (64 hex digits or base64url)"));
+        kt.finish(d);
+        let (Some((id, id_span)), Some((path, file_span))) = (id, file) else {
+            continue;
+        };
+        if id.is_empty()
+            || id.len() > crate::session::MAX_KID_LEN
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            d.error(&id_span, format!("session key id {id:?} must be 1–16 of A–Z a–z 0–9 - _"), None);
+            continue;
+        }
+        if keys.iter().any(|(k, _)| *k == id) {
+            d.error(&id_span, format!("two session keys have id {id:?}"), None);
+            continue;
+        }
+        let Some(bytes) = read_bytes(d, files, &path, &file_span) else {
+            continue;
+        };
+        match parse_key(&bytes) {
+            Some(k) => keys.push((id, k)),
+            None => d.error(
+                &file_span,
+                format!("session key file {path:?} does not hold 32 bytes"),
+                Some("write 32 random bytes as 64 hex digits: `openssl rand -hex 32 > session.key`".into()),
+            ),
+        }
+    }
+    if keys.is_empty() {
+        d.error(
+            &span,
+            "[session] has no [[session.key]]",
+            Some("add [[session.key]] id = \"1\", file = \"session.key\" (the first key seals; others only open, for rotation)".into()),
+        );
+    }
+    let mut cfg = SessionConfig {
+        keys,
+        ..SessionConfig::default()
+    };
+    let bounded = |t: &mut Table<'_, '_>, d: &mut Diags<'_>, key: &'static str, min: u64, max: u64, into: &mut Duration| {
+        if let Some((v, span)) = t.duration(d, key) {
+            if v < Duration::from_secs(min) || v > Duration::from_secs(max) {
+                d.error(&span, format!("`session.{key}` {v:?} is outside {min}s..={max}s"), None);
+            }
+            *into = v;
+        }
+    };
+    bounded(&mut t, d, "idle_timeout", 60, 30 * 86_400, &mut cfg.idle_timeout);
+    bounded(&mut t, d, "absolute_lifetime", 60, 90 * 86_400, &mut cfg.absolute_lifetime);
+    bounded(&mut t, d, "renew_after", 1, 86_400, &mut cfg.renew_after);
+    bounded(&mut t, d, "refresh_before", 0, 3_600, &mut cfg.refresh_before);
+    bounded(&mut t, d, "login_timeout", 30, 3_600, &mut cfg.login_timeout);
+    if cfg.idle_timeout > cfg.absolute_lifetime {
+        d.error(&span, "session idle_timeout is longer than absolute_lifetime", None);
+    }
+    if let Some((name, span)) = t.string(d, "cookie") {
+        let ok = name.starts_with(crate::session::HOST_PREFIX)
+            && name.len() <= crate::session::MAX_BASE_LEN
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            cfg.cookie = name;
+        } else {
+            d.error(
+                &span,
+                format!("session cookie name {name:?} must start with __Host- and use only A–Z a–z 0–9 - _ (≤ 64)"),
+                Some("the __Host- prefix stops sibling subdomains from planting or shadowing it".into()),
+            );
+        }
+    }
+    cfg.forward_access_token = t
+        .boolean(d, "forward_access_token")
+        .is_some_and(|(b, _)| b);
+    t.finish(d);
+    Some(cfg)
+}
+
+fn read_bytes(
+    d: &mut Diags<'_>,
+    files: &dyn ConfigFiles,
+    path: &str,
+    span: &std::ops::Range<usize>,
+) -> Option<Vec<u8>> {
+    match files.read(path) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            d.error(
+                span,
+                format!("cannot read {path:?}: {e}"),
+                Some("paths are relative to the configuration file".into()),
+            );
+            None
+        }
+    }
+}
+
+fn read_text_secret(
+    d: &mut Diags<'_>,
+    files: &dyn ConfigFiles,
+    path: &str,
+    span: &std::ops::Range<usize>,
+) -> Option<String> {
+    let bytes = read_bytes(d, files, path, span)?;
+    match String::from_utf8(bytes) {
+        Ok(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        _ => {
+            d.error(span, format!("{path:?} holds no secret (UTF-8 text)"), None);
+            None
+        }
+    }
+}
+
+/// 32 key bytes from 64 hex digits, 43 base64url characters or 32 raw bytes.
+fn parse_key(bytes: &[u8]) -> Option<[u8; 32]> {
+    let text = std::str::from_utf8(bytes).map(str::trim);
+    let decoded = match text {
+        Ok(t) if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) => (0..32)
+            .map(|i| t.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>(),
+        Ok(t) if t.len() == 43 => crate::b64::decode(t),
+        _ if bytes.len() == 32 => Some(bytes.to_vec()),
+        _ => None,
+    }?;
+    decoded.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_from_hex_base64url_or_raw_bytes() {
+        let hex = "00".repeat(31) + "ff\n";
+        assert_eq!(parse_key(hex.as_bytes()).map(|k| k[31]), Some(0xff));
+        let b64 = crate::b64::encode(&[7u8; 32]);
+        assert_eq!(parse_key(b64.as_bytes()), Some([7u8; 32]));
+        assert_eq!(parse_key(&[9u8; 32]), Some([9u8; 32]));
+        assert_eq!(parse_key(b"short"), None);
+        assert_eq!(parse_key(&[1u8; 33]), None);
+    }
+
+    #[test]
+    fn redirect_uris_must_be_absolute_and_secure() {
+        assert!(absolute_url_with_path("https://app.example/_portcullis/callback", false, "/_portcullis/callback"));
+        assert!(!absolute_url_with_path("http://app.example/_portcullis/callback", false, "/_portcullis/callback"));
+        assert!(absolute_url_with_path("http://localhost:8080/_portcullis/callback", true, "/_portcullis/callback"));
+        assert!(!absolute_url_with_path("/_portcullis/callback", true, "/_portcullis/callback"));
+        assert!(!absolute_url_with_path("https://app.example/cb", false, "/_portcullis/callback"));
+    }
+}
