@@ -11,8 +11,9 @@
 // }
 //
 // Login: any login name and password. `sub` = the login name, `email` = <login>@example.test,
-// `name` = the login name; a login ending in `-mfa` gets acr "mfa" and amr ["pwd","otp"],
-// any other acr "pwd" and amr ["pwd"]. The login form is ours, not the built-in
+// `name` = the login name; a login ending in `-mfa`, or with the optional one-time code field
+// filled in (a step-up: same account, stronger method), gets acr "mfa" and amr
+// ["pwd","otp"], any other acr "pwd" and amr ["pwd"]. The login form is ours, not the built-in
 // devInteractions (same fields, login and password): the built-in submit sets only the
 // accountId, and acr/amr can only come from the interaction result's `login`. Consent is
 // granted automatically (loadExistingGrant), so a login is form -> redirect back.
@@ -272,6 +273,7 @@ provider.use(async (ctx, next) => {
         + '<input type="hidden" name="prompt" value="login"/>'
         + `<input required type="text" name="login" placeholder="Enter any login" autofocus value="${esc(params.login_hint ?? '')}"/>`
         + '<input required type="password" name="password" placeholder="and password"/>'
+        + '<input type="text" name="otp" placeholder="one-time code (optional: signs in with acr mfa)"/>'
         + '<button type="submit" id="submit">Sign-in</button></form>');
     } else {
       ctx.body = page('Authorize', `<form id="consent" method="post" action="/interaction/${esc(m[1])}">`
@@ -287,7 +289,7 @@ provider.use(async (ctx, next) => {
   if (prompt.name === 'login') {
     const login = form.get('login');
     if (!login) throw new errors.InvalidRequest('login is required');
-    const mfa = login.endsWith('-mfa');
+    const mfa = login.endsWith('-mfa') || Boolean(form.get('otp'));
     result = {
       login: { accountId: login, acr: mfa ? 'mfa' : 'pwd', amr: mfa ? ['pwd', 'otp'] : ['pwd'] },
     };

@@ -80,6 +80,17 @@ pub fn start_engine(config_text: &str, engine: &str) -> Gateway {
 
 /// As [`start_engine`], with extra files (name, bytes) written beside the configuration.
 pub fn start_engine_with(config_text: &str, engine: &str, files: &[(String, Vec<u8>)]) -> Gateway {
+    start_engine_on(config_text, engine, files, "127.0.0.1:0")
+}
+
+/// As [`start_engine_with`], listening on `listen` (for configurations that must know the
+/// gateway's own URL in advance, such as an OIDC redirect URI).
+pub fn start_engine_on(
+    config_text: &str,
+    engine: &str,
+    files: &[(String, Vec<u8>)],
+    listen: &str,
+) -> Gateway {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "portcullis-e2e-{}-{}",
@@ -99,7 +110,7 @@ pub fn start_engine_with(config_text: &str, engine: &str, files: &[(String, Vec<
         .arg(dir.join("gateway.toml"))
         .args([
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--admin",
             "127.0.0.1:0",
             "--drain",

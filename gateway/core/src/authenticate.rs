@@ -242,7 +242,8 @@ pub fn verify_issued<V: SignatureVerifier>(
         .issuers
         .get(issuer.0)
         .ok_or_else(|| AuthFailure::new(Reason::IssuerUnknown, "issuer index out of range"))?;
-    let jws = parse_compact(token, config.limits.max_token_bytes).map_err(|e| AuthFailure::from(e).at(issuer))?;
+    let jws = parse_compact(token, config.limits.max_token_bytes)
+        .map_err(|e| AuthFailure::from(e).at(issuer))?;
     let claims = parse_object(&jws.payload).map_err(|e| {
         AuthFailure::new(
             Reason::TokenMalformed,

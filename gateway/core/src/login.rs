@@ -53,7 +53,17 @@ pub const MAX_FORM_BODY: usize = 16 * 1024;
 
 /// Claims of the ID token that describe the token rather than the user; not kept.
 const TOKEN_CLAIMS: [&str; 12] = [
-    "iss", "aud", "exp", "iat", "nbf", "jti", "nonce", "at_hash", "c_hash", "azp", "sid",
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "nonce",
+    "at_hash",
+    "c_hash",
+    "azp",
+    "sid",
     "auth_time",
 ];
 /// How long one session's refresh lock holds.
@@ -71,8 +81,12 @@ pub trait LoginServices {
     /// POSTs `body` (`application/x-www-form-urlencoded`) to `url` with the
     /// `Authorization` header `authorization`; the status and at most
     /// [`MAX_TOKEN_RESPONSE`] bytes of body, or why the call failed.
-    fn post_form(&self, url: &str, authorization: &str, body: &str)
-    -> Result<(u16, Vec<u8>), String>;
+    fn post_form(
+        &self,
+        url: &str,
+        authorization: &str,
+        body: &str,
+    ) -> Result<(u16, Vec<u8>), String>;
     /// Fills `out` with cryptographically secure random bytes.
     fn random(&self, out: &mut [u8]) -> Result<(), String>;
     /// The value of `key` in shared state (`Ok(None)` when absent).
@@ -262,17 +276,15 @@ impl Flow<'_> {
             Err(r) => return r,
         };
         let attempt = LoginState::new(&random, &issuer.name, return_to, self.now);
-        let cookie = attempt
-            .seal(self.keys, seal_nonce)
-            .and_then(|sealed| {
-                session::set_cookie(
-                    &attempt.cookie_name(),
-                    &sealed,
-                    &CookieAttrs {
-                        max_age: Some(self.session.login_timeout),
-                    },
-                )
-            });
+        let cookie = attempt.seal(self.keys, seal_nonce).and_then(|sealed| {
+            session::set_cookie(
+                &attempt.cookie_name(),
+                &sealed,
+                &CookieAttrs {
+                    max_age: Some(self.session.login_timeout),
+                },
+            )
+        });
         let cookie = match cookie {
             Ok(c) => c,
             Err(e) => {
@@ -302,6 +314,11 @@ impl Flow<'_> {
         }
         if let Some(age) = &step_up.max_age {
             params.push(("max_age", age.clone()));
+        }
+        // A step-up must re-authenticate even while the provider's session is alive
+        // (acr_values alone is only a wish: the provider may answer from its session).
+        if step_up.acr_values.is_some() || step_up.max_age.is_some() {
+            params.push(("prompt", "login".to_owned()));
         }
         let separator = if endpoints.authorization.contains('?') {
             '&'
@@ -402,12 +419,13 @@ impl Flow<'_> {
             );
         };
         let cookie_name = login_cookie_name(&state);
-        let clear_attempt: Vec<HeaderValue> = session::delete_cookie(&cookie_name)
-            .into_iter()
-            .collect();
+        let clear_attempt: Vec<HeaderValue> =
+            session::delete_cookie(&cookie_name).into_iter().collect();
         let attempt = cookie_value(self.headers, &cookie_name)
             .ok_or("no login attempt cookie (used already, expired, or started in another browser)")
-            .and_then(|v| LoginState::open(self.keys, v).map_err(|_| "the login attempt cookie is invalid"))
+            .and_then(|v| {
+                LoginState::open(self.keys, v).map_err(|_| "the login attempt cookie is invalid")
+            })
             .and_then(|a| {
                 if !a.state_matches(&state) {
                     Err("the state does not match the login attempt")
@@ -492,12 +510,17 @@ impl Flow<'_> {
                 clear_attempt,
             );
         };
-        let id = match self.check_id_token(provider, client, &id_token, &tokens, Some(&attempt.nonce)) {
-            Ok(id) => id,
-            Err(detail) => return self.refuse(Reason::LoginFailed, &detail, clear_attempt),
-        };
+        let id =
+            match self.check_id_token(provider, client, &id_token, &tokens, Some(&attempt.nonce)) {
+                Ok(id) => id,
+                Err(detail) => return self.refuse(Reason::LoginFailed, &detail, clear_attempt),
+            };
         let Some(sub) = id.subject.clone() else {
-            return self.refuse(Reason::LoginFailed, "the ID token has no `sub`", clear_attempt);
+            return self.refuse(
+                Reason::LoginFailed,
+                "the ID token has no `sub`",
+                clear_attempt,
+            );
         };
         let sid_bytes = match self.random::<18>() {
             Ok(r) => r,
@@ -548,7 +571,10 @@ impl Flow<'_> {
             .set(&format!("sess/{}", session.sid), b"1", ttl)?;
         if let Some(op_sid) = op_sid {
             self.services.set(
-                &format!("opsid/{}", digest_key(&format!("{}\n{op_sid}", session.iss))),
+                &format!(
+                    "opsid/{}",
+                    digest_key(&format!("{}\n{op_sid}", session.iss))
+                ),
                 session.sid.as_bytes(),
                 ttl,
             )?;
@@ -569,7 +595,9 @@ impl Flow<'_> {
     }
 
     fn session_cookies(&self, session: &Session) -> Result<Vec<HeaderValue>, String> {
-        let nonce = self.random::<24>().map_err(|_| "no randomness".to_owned())?;
+        let nonce = self
+            .random::<24>()
+            .map_err(|_| "no randomness".to_owned())?;
         let sealed = session
             .seal(self.keys, nonce)
             .map_err(|e| format!("cannot seal the session: {e}"))?;
@@ -633,8 +661,20 @@ impl Flow<'_> {
     ) -> Result<VerifiedIdentity, String> {
         let id = self
             .auth
-            .verify_issued(id_token, provider, &client.client_id, IssuedKind::IdToken, self.now)
-            .map_err(|f| format!("the ID token is invalid ({}): {}", f.reason.code(), f.detail))?;
+            .verify_issued(
+                id_token,
+                provider,
+                &client.client_id,
+                IssuedKind::IdToken,
+                self.now,
+            )
+            .map_err(|f| {
+                format!(
+                    "the ID token is invalid ({}): {}",
+                    f.reason.code(),
+                    f.detail
+                )
+            })?;
         if let Some(expected) = nonce
             && id.claims.get("nonce").and_then(Value::as_str) != Some(expected)
         {
@@ -869,7 +909,11 @@ impl Flow<'_> {
             Some(format!("{end}{separator}{}", encode_form(&params)))
         });
         cookies.shrink_to_fit();
-        redirect(StatusCode::SEE_OTHER, target.as_deref().unwrap_or("/"), cookies)
+        redirect(
+            StatusCode::SEE_OTHER,
+            target.as_deref().unwrap_or("/"),
+            cookies,
+        )
     }
 
     /// [`BACKCHANNEL_PATH`]: validates a logout token (OIDC Back-Channel Logout §2.6) and
@@ -895,15 +939,22 @@ impl Flow<'_> {
     fn backchannel_inner(&self) -> Result<u64, (Reason, String)> {
         let bad = |d: &str| (Reason::LogoutTokenInvalid, d.to_owned());
         if self.method != Method::POST {
-            return Err((Reason::InvalidRequest, "back-channel logout is a POST".into()));
+            return Err((
+                Reason::InvalidRequest,
+                "back-channel logout is a POST".into(),
+            ));
         }
         let body = std::str::from_utf8(self.body).map_err(|_| bad("the body is not text"))?;
         let token = query_param(body, "logout_token").ok_or_else(|| bad("no logout_token"))?;
         // Pick the provider by the token's (unverified) `iss`; the signature check follows.
         let jws = crate::jws::parse_compact(&token, self.config.limits.max_token_bytes)
             .map_err(|e| bad(&e.to_string()))?;
-        let claims = crate::jws::parse_object(&jws.payload).map_err(|_| bad("payload is not JSON"))?;
-        let iss = claims.get("iss").and_then(Value::as_str).unwrap_or_default();
+        let claims =
+            crate::jws::parse_object(&jws.payload).map_err(|_| bad("payload is not JSON"))?;
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let provider = self
             .config
             .issuers
@@ -911,10 +962,18 @@ impl Flow<'_> {
             .position(|i| i.issuer == iss && i.login.is_some())
             .map(IssuerId)
             .ok_or_else(|| bad("the token is not from a login provider"))?;
-        let (_, client) = self.issuer(provider).ok_or_else(|| bad("no such provider"))?;
+        let (_, client) = self
+            .issuer(provider)
+            .ok_or_else(|| bad("no such provider"))?;
         let id = self
             .auth
-            .verify_issued(&token, provider, &client.client_id, IssuedKind::LogoutToken, self.now)
+            .verify_issued(
+                &token,
+                provider,
+                &client.client_id,
+                IssuedKind::LogoutToken,
+                self.now,
+            )
             .map_err(|f| bad(&format!("{}: {}", f.reason.code(), f.detail)))?;
         let events = id.claims.get("events").and_then(Value::as_object);
         if !events.is_some_and(|e| e.get(BACKCHANNEL_EVENT).is_some_and(Value::is_object)) {
@@ -1057,7 +1116,12 @@ fn session_identity(s: &Session, provider: IssuerId, cfg: &SessionConfig) -> Ver
     let scopes = claims
         .get("scope")
         .and_then(Value::as_str)
-        .map(|s| s.split(' ').filter(|p| !p.is_empty()).map(str::to_owned).collect())
+        .map(|s| {
+            s.split(' ')
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     VerifiedIdentity {
         issuer: provider,
@@ -1244,16 +1308,23 @@ mod tests {
         );
         h.append(
             http::header::COOKIE,
-            HeaderValue::from_static("__Host-portcullis-login-abc=z; __Host-portcullis-session-x=keep"),
+            HeaderValue::from_static(
+                "__Host-portcullis-login-abc=z; __Host-portcullis-session-x=keep",
+            ),
         );
-        let out = strip_own_cookies(&h, "__Host-portcullis-session").unwrap().unwrap();
+        let out = strip_own_cookies(&h, "__Host-portcullis-session")
+            .unwrap()
+            .unwrap();
         assert_eq!(out, "a=1; b=2; __Host-portcullis-session-x=keep");
         let mut only = HeaderMap::new();
         only.insert(
             http::header::COOKIE,
             HeaderValue::from_static("__Host-portcullis-session-0=x"),
         );
-        assert_eq!(strip_own_cookies(&only, "__Host-portcullis-session"), Some(None));
+        assert_eq!(
+            strip_own_cookies(&only, "__Host-portcullis-session"),
+            Some(None)
+        );
         let mut none = HeaderMap::new();
         none.insert(http::header::COOKIE, HeaderValue::from_static("a=1"));
         assert_eq!(strip_own_cookies(&none, "__Host-portcullis-session"), None);
@@ -1272,7 +1343,10 @@ mod tests {
         assert!(nav(&[("accept", "text/html,application/xhtml+xml")]));
         assert!(!nav(&[("sec-fetch-mode", "cors"), ("accept", "text/html")]));
         assert!(!nav(&[("accept", "application/json")]));
-        assert!(!nav(&[("accept", "text/html"), ("x-requested-with", "XMLHttpRequest")]));
+        assert!(!nav(&[
+            ("accept", "text/html"),
+            ("x-requested-with", "XMLHttpRequest")
+        ]));
     }
 
     #[test]
@@ -1295,8 +1369,14 @@ mod tests {
         let refused = TokenResponse::parse(400, br#"{"error":"invalid_grant"}"#).unwrap_err();
         assert_eq!(refused.0, Reason::LoginFailed);
         assert!(refused.1.contains("invalid_grant"));
-        assert_eq!(TokenResponse::parse(503, b"").unwrap_err().0, Reason::ProviderUnavailable);
-        assert_eq!(TokenResponse::parse(200, b"[]").unwrap_err().0, Reason::LoginFailed);
+        assert_eq!(
+            TokenResponse::parse(503, b"").unwrap_err().0,
+            Reason::ProviderUnavailable
+        );
+        assert_eq!(
+            TokenResponse::parse(200, b"[]").unwrap_err().0,
+            Reason::LoginFailed
+        );
     }
 
     #[test]

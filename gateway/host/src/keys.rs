@@ -285,7 +285,10 @@ impl KeyService {
     }
 
     /// The login endpoints `issuer`'s discovery document named, once loaded.
-    pub fn endpoints(&self, issuer: IssuerId) -> Option<portcullis_core::keyset::ProviderEndpoints> {
+    pub fn endpoints(
+        &self,
+        issuer: IssuerId,
+    ) -> Option<portcullis_core::keyset::ProviderEndpoints> {
         self.with_store(|s| s.endpoints(issuer).cloned()).flatten()
     }
 

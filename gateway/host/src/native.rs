@@ -171,7 +171,12 @@ impl NativeEngine {
         let response = match decision.outcome {
             Outcome::Respond(r) => r,
             Outcome::Forward(_) => {
-                let r = problem(Reason::RouteNotFound, "no such gateway endpoint", request_id, &[]);
+                let r = problem(
+                    Reason::RouteNotFound,
+                    "no such gateway endpoint",
+                    request_id,
+                    &[],
+                );
                 audit.decision = "deny";
                 audit.status = Some(r.status.as_u16());
                 audit.reason = Some(r.reason.code());

@@ -18,7 +18,11 @@ pub(super) fn read_login_client(
     allow_http: bool,
 ) -> Option<LoginClient> {
     let mut lt = t.table(d, "login")?;
-    let client_id = lt.req_string(d, "client_id", Some("the client id registered at the provider"));
+    let client_id = lt.req_string(
+        d,
+        "client_id",
+        Some("the client id registered at the provider"),
+    );
     let secret = match lt.string(d, "client_secret_file") {
         Some((path, span)) => read_text_secret(d, files, &path, &span),
         None => {
@@ -40,22 +44,27 @@ pub(super) fn read_login_client(
     {
         d.error(
             span,
-            format!("redirect_uri {uri:?} must be an https URL ending in {}", crate::login::CALLBACK_PATH),
+            format!(
+                "redirect_uri {uri:?} must be an https URL ending in {}",
+                crate::login::CALLBACK_PATH
+            ),
             Some("http is allowed only with insecure_http_jwks = true (local testing)".into()),
         );
     }
-    let post_logout_redirect_uri = lt.string(d, "post_logout_redirect_uri").and_then(|(u, span)| {
-        if absolute_url_with_path(&u, allow_http, "") {
-            Some(u)
-        } else {
-            d.error(
-                &span,
-                format!("post_logout_redirect_uri {u:?} must be an absolute https URL"),
-                None,
-            );
-            None
-        }
-    });
+    let post_logout_redirect_uri =
+        lt.string(d, "post_logout_redirect_uri")
+            .and_then(|(u, span)| {
+                if absolute_url_with_path(&u, allow_http, "") {
+                    Some(u)
+                } else {
+                    d.error(
+                        &span,
+                        format!("post_logout_redirect_uri {u:?} must be an absolute https URL"),
+                        None,
+                    );
+                    None
+                }
+            });
     let scopes = match lt.strings(d, "scopes") {
         Some((list, span)) => {
             let list: Vec<String> = list.into_iter().map(|(s, _)| s).collect();
@@ -66,7 +75,10 @@ pub(super) fn read_login_client(
                     Some("OpenID Connect needs the openid scope to return an ID token".into()),
                 );
             }
-            if list.iter().any(|s| s.is_empty() || s.contains([' ', '"', '\\'])) {
+            if list
+                .iter()
+                .any(|s| s.is_empty() || s.contains([' ', '"', '\\']))
+            {
                 d.error(&span, "a scope is empty or has a space or quote", None);
             }
             list
@@ -112,13 +124,19 @@ pub(super) fn check_login_routes(
             d.error(
                 span,
                 format!("public route {:?} has `login`", route.path),
-                Some("use auth = \"required\" (or \"optional\") on routes that sign browsers in".into()),
+                Some(
+                    "use auth = \"required\" (or \"optional\") on routes that sign browsers in"
+                        .into(),
+                ),
             );
         }
         if session.is_none() {
             d.error(
                 span,
-                format!("route {:?} has `login` but there is no [session]", route.path),
+                format!(
+                    "route {:?} has `login` but there is no [session]",
+                    route.path
+                ),
                 Some("add [session] with a [[session.key]] to seal session cookies".into()),
             );
         }
@@ -128,8 +146,14 @@ pub(super) fn check_login_routes(
             {
                 d.error(
                     span,
-                    format!("route {:?} logs in with `{}`, which has no [issuer.login]", route.path, issuer.name),
-                    Some("add [issuer.login] with client_id, client_secret_file and redirect_uri".into()),
+                    format!(
+                        "route {:?} logs in with `{}`, which has no [issuer.login]",
+                        route.path, issuer.name
+                    ),
+                    Some(
+                        "add [issuer.login] with client_id, client_secret_file and redirect_uri"
+                            .into(),
+                    ),
                 );
             }
         }
@@ -147,10 +171,7 @@ fn absolute_url_with_path(url: &str, allow_http: bool, suffix: &str) -> bool {
         Some("http") => allow_http,
         _ => false,
     };
-    scheme_ok
-        && uri.authority().is_some()
-        && !url.contains('#')
-        && uri.path().ends_with(suffix)
+    scheme_ok && uri.authority().is_some() && !url.contains('#') && uri.path().ends_with(suffix)
 }
 
 /// Reads `[session]`; `None` when absent (routes cannot then use `login`).
@@ -164,16 +185,26 @@ pub(super) fn read_session(
     let mut keys: Vec<(String, [u8; 32])> = Vec::new();
     for mut kt in t.tables(d, "key") {
         let id = kt.req_string(d, "id", Some("a short key id, e.g. \"2026-11\""));
-        let file = kt.req_string(d, "file", Some("a file with 32 random bytes (64 hex digits or base64url)"));
+        let file = kt.req_string(
+            d,
+            "file",
+            Some("a file with 32 random bytes (64 hex digits or base64url)"),
+        );
         kt.finish(d);
         let (Some((id, id_span)), Some((path, file_span))) = (id, file) else {
             continue;
         };
         if id.is_empty()
             || id.len() > crate::session::MAX_KID_LEN
-            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            d.error(&id_span, format!("session key id {id:?} must be 1–16 of A–Z a–z 0–9 - _"), None);
+            d.error(
+                &id_span,
+                format!("session key id {id:?} must be 1–16 of A–Z a–z 0–9 - _"),
+                None,
+            );
             continue;
         }
         if keys.iter().any(|(k, _)| *k == id) {
@@ -188,7 +219,10 @@ pub(super) fn read_session(
             None => d.error(
                 &file_span,
                 format!("session key file {path:?} does not hold 32 bytes"),
-                Some("write 32 random bytes as 64 hex digits: `openssl rand -hex 32 > session.key`".into()),
+                Some(
+                    "write 32 random bytes as 64 hex digits: `openssl rand -hex 32 > session.key`"
+                        .into(),
+                ),
             ),
         }
     }
@@ -203,26 +237,69 @@ pub(super) fn read_session(
         keys,
         ..SessionConfig::default()
     };
-    let bounded = |t: &mut Table<'_, '_>, d: &mut Diags<'_>, key: &'static str, min: u64, max: u64, into: &mut Duration| {
+    let bounded = |t: &mut Table<'_, '_>,
+                   d: &mut Diags<'_>,
+                   key: &'static str,
+                   min: u64,
+                   max: u64,
+                   into: &mut Duration| {
         if let Some((v, span)) = t.duration(d, key) {
             if v < Duration::from_secs(min) || v > Duration::from_secs(max) {
-                d.error(&span, format!("`session.{key}` {v:?} is outside {min}s..={max}s"), None);
+                d.error(
+                    &span,
+                    format!("`session.{key}` {v:?} is outside {min}s..={max}s"),
+                    None,
+                );
             }
             *into = v;
         }
     };
-    bounded(&mut t, d, "idle_timeout", 60, 30 * 86_400, &mut cfg.idle_timeout);
-    bounded(&mut t, d, "absolute_lifetime", 60, 90 * 86_400, &mut cfg.absolute_lifetime);
+    bounded(
+        &mut t,
+        d,
+        "idle_timeout",
+        60,
+        30 * 86_400,
+        &mut cfg.idle_timeout,
+    );
+    bounded(
+        &mut t,
+        d,
+        "absolute_lifetime",
+        60,
+        90 * 86_400,
+        &mut cfg.absolute_lifetime,
+    );
     bounded(&mut t, d, "renew_after", 1, 86_400, &mut cfg.renew_after);
-    bounded(&mut t, d, "refresh_before", 0, 3_600, &mut cfg.refresh_before);
-    bounded(&mut t, d, "login_timeout", 30, 3_600, &mut cfg.login_timeout);
+    bounded(
+        &mut t,
+        d,
+        "refresh_before",
+        0,
+        3_600,
+        &mut cfg.refresh_before,
+    );
+    bounded(
+        &mut t,
+        d,
+        "login_timeout",
+        30,
+        3_600,
+        &mut cfg.login_timeout,
+    );
     if cfg.idle_timeout > cfg.absolute_lifetime {
-        d.error(&span, "session idle_timeout is longer than absolute_lifetime", None);
+        d.error(
+            &span,
+            "session idle_timeout is longer than absolute_lifetime",
+            None,
+        );
     }
     if let Some((name, span)) = t.string(d, "cookie") {
         let ok = name.starts_with(crate::session::HOST_PREFIX)
             && name.len() <= crate::session::MAX_BASE_LEN
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if ok {
             cfg.cookie = name;
         } else {
@@ -233,9 +310,7 @@ pub(super) fn read_session(
             );
         }
     }
-    cfg.forward_access_token = t
-        .boolean(d, "forward_access_token")
-        .is_some_and(|(b, _)| b);
+    cfg.forward_access_token = t.boolean(d, "forward_access_token").is_some_and(|(b, _)| b);
     t.finish(d);
     Some(cfg)
 }
@@ -280,7 +355,10 @@ fn parse_key(bytes: &[u8]) -> Option<[u8; 32]> {
     let text = std::str::from_utf8(bytes).map(str::trim);
     let decoded = match text {
         Ok(t) if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) => (0..32)
-            .map(|i| t.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .map(|i| {
+                t.get(2 * i..2 * i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
             .collect::<Option<Vec<u8>>>(),
         Ok(t) if t.len() == 43 => crate::b64::decode(t),
         _ if bytes.len() == 32 => Some(bytes.to_vec()),
@@ -306,10 +384,30 @@ mod tests {
 
     #[test]
     fn redirect_uris_must_be_absolute_and_secure() {
-        assert!(absolute_url_with_path("https://app.example/_portcullis/callback", false, "/_portcullis/callback"));
-        assert!(!absolute_url_with_path("http://app.example/_portcullis/callback", false, "/_portcullis/callback"));
-        assert!(absolute_url_with_path("http://localhost:8080/_portcullis/callback", true, "/_portcullis/callback"));
-        assert!(!absolute_url_with_path("/_portcullis/callback", true, "/_portcullis/callback"));
-        assert!(!absolute_url_with_path("https://app.example/cb", false, "/_portcullis/callback"));
+        assert!(absolute_url_with_path(
+            "https://app.example/_portcullis/callback",
+            false,
+            "/_portcullis/callback"
+        ));
+        assert!(!absolute_url_with_path(
+            "http://app.example/_portcullis/callback",
+            false,
+            "/_portcullis/callback"
+        ));
+        assert!(absolute_url_with_path(
+            "http://localhost:8080/_portcullis/callback",
+            true,
+            "/_portcullis/callback"
+        ));
+        assert!(!absolute_url_with_path(
+            "/_portcullis/callback",
+            true,
+            "/_portcullis/callback"
+        ));
+        assert!(!absolute_url_with_path(
+            "https://app.example/cb",
+            false,
+            "/_portcullis/callback"
+        ));
     }
 }

@@ -1,0 +1,696 @@
+//! Browser sessions end to end: a real headless Chromium signs in through the gateway's own
+//! OIDC login at a real OpenID Provider (panva's certified `oidc-provider`, see
+//! `portcullis_tests::oidc`), lands on the page it asked for with the backend seeing the
+//! verified identity, reloads without a new login, logs out (RP-initiated, at the provider
+//! too) and is sent to log in again. Also: back-channel logout revokes a live session,
+//! scripts get 401 JSON and never a redirect, tampered / truncated / replayed cookies and
+//! states get a clear page, parallel logins in two tabs both succeed, an expiring access
+//! token is refreshed without a new login (and a request still holding the rotated-away
+//! refresh token adopts the new tokens), step-up sends the browser back to the provider,
+//! and a route with two providers offers a choice.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use portcullis_tests::browser::Browser;
+use portcullis_tests::host::{Gateway, audit_records, reason, start_engine_on};
+use portcullis_tests::net::{Backend, KeyServer, Resp, free_port, request};
+use portcullis_tests::oidc::{OpenIdProvider, form_value};
+use portcullis_tests::*;
+use serde_json::{Value, json};
+
+const CLIENT: &str = "portcullis";
+const SECRET: &str = "a-long-enough-gateway-client-secret-0123456789";
+const SESSION_COOKIE: &str = "__Host-portcullis-session-0";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A provider registration for the gateway listening on `port`.
+fn op_config(port: u16, access_token_ttl: u64) -> Value {
+    json!({
+        "clients": [{
+            "client_id": CLIENT,
+            "client_secret": SECRET,
+            "redirect_uris": [format!("http://localhost:{port}/_portcullis/callback")],
+            "post_logout_redirect_uris": [format!("http://localhost:{port}/")],
+            "backchannel_logout_uri": format!("http://127.0.0.1:{port}/_portcullis/backchannel-logout"),
+            "grant_types": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_method": "client_secret_basic",
+            "id_token_signed_response_alg": "ES256",
+        }],
+        "access_token_ttl": access_token_ttl,
+        "accounts": {},
+    })
+}
+
+fn provider_block(name: &str, label: &str, op: &OpenIdProvider, port: u16) -> String {
+    format!(
+        r#"
+[[issuer]]
+name = "{name}"
+issuer = "{iss}"
+discovery = true
+insecure_http_jwks = true
+audiences = ["unused-api"]
+algorithms = ["ES256", "RS256"]
+
+[issuer.login]
+client_id = "{CLIENT}"
+client_secret_file = "client.secret"
+redirect_uri = "http://localhost:{port}/_portcullis/callback"
+post_logout_redirect_uri = "http://localhost:{port}/"
+label = "{label}"
+"#,
+        iss = op.issuer()
+    )
+}
+
+struct World {
+    op: OpenIdProvider,
+    op2: OpenIdProvider,
+    _keys: KeyServer,
+    backend: Backend,
+    gw: Gateway,
+    port: u16,
+}
+
+impl World {
+    fn start(access_token_ttl: u64) -> Self {
+        let port = free_port();
+        let op = OpenIdProvider::start(op_config(port, access_token_ttl));
+        let op2 = OpenIdProvider::start(op_config(port, access_token_ttl));
+        let keys = KeyServer::start(TestIdp::shared().jwks());
+        let backend = Backend::start("eu");
+        let config = format!(
+            r#"
+[[issuer]]
+name = "api"
+issuer = "{ISSUER}"
+jwks_uri = "{keys}/jwks.json"
+insecure_http_jwks = true
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+{p1}
+{p2}
+[region.eu]
+jurisdiction = "EU"
+backends = ["{backend}"]
+
+[residency]
+missing = "eu"
+anonymous = "eu"
+
+[identity]
+headers = {{ "x-user-id" = "sub", "x-user-email" = "email", "x-user-acr" = "acr", "x-user-amr" = "amr", "x-user-issuer" = "issuer" }}
+
+[session]
+idle_timeout = "10m"
+refresh_before = "5s"
+forward_access_token = true
+
+[[session.key]]
+id = "k2"
+file = "session.key"
+
+[[route]]
+path = "/app"
+login = ["op"]
+
+[[route]]
+path = "/admin"
+login = ["op"]
+acr_values = ["mfa"]
+
+[[route]]
+path = "/both"
+login = ["op", "op2"]
+
+[[route]]
+path = "/"
+auth = "public"
+
+[audit]
+subject_key_file = "audit.key"
+"#,
+            keys = keys.server.url(),
+            backend = backend.server.url(),
+            p1 = provider_block("op", "Example ID", &op, port),
+            p2 = provider_block("op2", "Other ID", &op2, port),
+        );
+        let files = vec![
+            ("client.secret".to_owned(), SECRET.as_bytes().to_vec()),
+            ("session.key".to_owned(), "5a".repeat(32).into_bytes()),
+        ];
+        let gw = start_engine_on(&config, "native", &files, &format!("127.0.0.1:{port}"));
+        World {
+            op,
+            op2,
+            _keys: keys,
+            backend,
+            gw,
+            port,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://localhost:{}{path}", self.port)
+    }
+
+    /// The backend's view of the last request (its JSON echo, shown as the page's text).
+    fn backend_headers(&self) -> Value {
+        let last = self
+            .backend
+            .last
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("a backend request");
+        let map: serde_json::Map<String, Value> = last
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        Value::Object(map)
+    }
+
+    fn raw(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        request(self.gw.addr, "GET", path, headers, b"").unwrap()
+    }
+}
+
+/// Fills in the provider's login form (`otp` set for a stronger sign-in) and waits until the
+/// browser is back on the gateway at `landing`.
+fn sign_in(browser: &Browser, login: &str, otp: Option<&str>, landing: &str) {
+    browser.wait_until(WAIT, "the provider's login form", |b| {
+        b.exists("input[name=login]")
+    });
+    browser.type_into("input[name=login]", login);
+    browser.type_into("input[name=password]", "any password");
+    if let Some(code) = otp {
+        browser.type_into("input[name=otp]", code);
+    }
+    browser.click("form#login button[type=submit]");
+    browser.wait_until(WAIT, &format!("the landing page {landing}"), |b| {
+        if b.exists("form#consent button[type=submit]") {
+            b.click("form#consent button[type=submit]");
+        }
+        b.url() == landing && b.text().contains("\"backend\"")
+    });
+}
+
+fn page_json(browser: &Browser) -> Value {
+    serde_json::from_str(&browser.text()).unwrap_or_else(|e| panic!("{e}: {}", browser.text()))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The session cookie as a `Cookie` header value, from the browser.
+fn session_cookie_header(browser: &Browser) -> String {
+    let c = browser
+        .cookie(SESSION_COOKIE)
+        .expect("the browser holds a session cookie");
+    format!("{SESSION_COOKIE}={}", c["value"].as_str().unwrap())
+}
+
+const NAVIGATE: [(&str, &str); 2] = [
+    ("sec-fetch-mode", "navigate"),
+    ("accept", "text/html,application/xhtml+xml"),
+];
+
+#[test]
+fn browser_signs_in_reloads_logs_out_and_is_sent_to_login_again() {
+    let w = World::start(600);
+    let browser = Browser::start();
+    let wanted = w.url("/app/orders?view=open");
+    browser.goto(&wanted);
+    assert!(
+        browser.url().starts_with(w.op.issuer()),
+        "sent to the provider: {}",
+        browser.url()
+    );
+    sign_in(&browser, "alice", None, &wanted);
+
+    // The backend sees the verified identity, the provider's access token, and none of the
+    // gateway's own cookies.
+    let seen = page_json(&browser);
+    assert_eq!(seen["path"], "/app/orders?view=open");
+    let h = &seen["headers"];
+    assert_eq!(h["x-user-id"], "alice");
+    assert_eq!(h["x-user-email"], "alice@example.test");
+    assert_eq!(h["x-user-acr"], "pwd");
+    assert_eq!(h["x-user-amr"], r#"["pwd"]"#);
+    assert_eq!(h["x-user-issuer"], "op");
+    assert!(
+        h["authorization"].as_str().unwrap().starts_with("Bearer "),
+        "{h}"
+    );
+    assert!(
+        !h["cookie"]
+            .as_str()
+            .unwrap_or("")
+            .contains("__Host-portcullis"),
+        "{h}"
+    );
+    let cookie = browser.cookie(SESSION_COOKIE).expect("session cookie");
+    assert_eq!(cookie["httpOnly"], true);
+    assert_eq!(cookie["secure"], true);
+    assert_eq!(cookie["sameSite"], "Lax");
+    assert!(
+        browser.cookies().iter().all(|c| !c["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("__Host-portcullis-login-")),
+        "the login-attempt cookie is gone"
+    );
+
+    // A reload goes straight to the backend: no new login.
+    browser.goto(&w.url("/app/profile"));
+    assert_eq!(browser.url(), w.url("/app/profile"));
+    assert_eq!(page_json(&browser)["path"], "/app/profile");
+    let records = audit_records(&w.gw, |r| r.iter().any(|r| r["path"] == "/app/profile"));
+    let logins = records
+        .iter()
+        .filter(|r| r["path"] == "/_portcullis/callback")
+        .count();
+    assert_eq!(logins, 1, "one login only: {records:?}");
+    let reload = records
+        .iter()
+        .find(|r| r["path"] == "/app/profile")
+        .unwrap();
+    assert_eq!(reload["decision"], "forward");
+    assert_eq!(reload["issuer"], "op");
+    assert_eq!(reload["session"], "valid");
+    assert!(reload["subject"].as_str().is_some_and(|s| s != "alice"));
+
+    // Logout: the gateway ends the session and continues at the provider, which asks for
+    // confirmation and returns to the post-logout URI.
+    browser.goto(&w.url("/_portcullis/logout"));
+    browser.wait_until(WAIT, "the post-logout redirect", |b| {
+        if b.exists("button[name=logout][value=yes]") {
+            b.click("button[name=logout][value=yes]");
+        }
+        b.url() == w.url("/")
+    });
+    assert!(browser.cookie(SESSION_COOKIE).is_none(), "cookie cleared");
+
+    // Signed out: the protected page sends the browser to the provider's login again.
+    browser.goto(&w.url("/app/orders"));
+    browser.wait_until(WAIT, "the login form again", |b| {
+        b.url().starts_with(w.op.issuer()) && b.exists("input[name=login]")
+    });
+}
+
+#[test]
+fn scripts_get_401_json_and_bearer_tokens_keep_working() {
+    let w = World::start(600);
+    for headers in [
+        vec![("accept", "application/json")],
+        vec![("sec-fetch-mode", "cors"), ("accept", "*/*")],
+        vec![
+            ("accept", "text/html"),
+            ("x-requested-with", "XMLHttpRequest"),
+        ],
+        vec![],
+    ] {
+        let r = w.raw("/app/data", &headers);
+        assert_eq!(r.status, 401, "{headers:?}");
+        assert_eq!(
+            r.header("location"),
+            None,
+            "never a redirect for {headers:?}"
+        );
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert_eq!(reason(&r), "authentication_required");
+    }
+    // A navigation is sent to the provider, with PKCE S256, state and nonce, and gets its
+    // own login-attempt cookie.
+    let r = w.raw("/app/data?q=1", &NAVIGATE);
+    assert_eq!(r.status, 302);
+    let location = r.header("location").unwrap();
+    let authorize = w.op.endpoint("authorization_endpoint");
+    assert!(location.starts_with(&authorize), "{location}");
+    let query = location.split_once('?').unwrap().1;
+    assert_eq!(form_value(query, "client_id").as_deref(), Some(CLIENT));
+    assert_eq!(
+        form_value(query, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(form_value(query, "response_type").as_deref(), Some("code"));
+    for p in ["state", "nonce", "code_challenge"] {
+        assert_eq!(form_value(query, p).map(|v| v.len()), Some(43), "{p}");
+    }
+    let state = form_value(query, "state").unwrap();
+    let set_cookie = r.header("set-cookie").unwrap();
+    assert!(
+        set_cookie.starts_with(&format!("__Host-portcullis-login-{}=", &state[..12])),
+        "{set_cookie}"
+    );
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("Secure"));
+
+    // Bearer tokens work on the same route (mobile and API clients).
+    let now = unix_now();
+    let token = TestIdp::shared().sign(
+        "ES256",
+        claims(json!({"sub": "api-user", "iat": now, "exp": now + 600})),
+    );
+    let auth = format!("Bearer {token}");
+    let r = w.raw("/app/data", &[("authorization", &auth)]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(w.backend_headers()["x-user-id"], "api-user");
+}
+
+#[test]
+fn tampered_truncated_and_replayed_cookies_and_states_get_a_clear_page() {
+    let w = World::start(600);
+    let page_of = |r: &Resp, code: &str| {
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(
+            r.header("content-type"),
+            Some("text/html; charset=utf-8"),
+            "{body}"
+        );
+        assert!(
+            body.contains(&format!("<code id=\"reason\">{code}</code>")),
+            "{body}"
+        );
+    };
+    // Start a login to get a genuine attempt cookie and state.
+    let r = w.raw("/app/x", &NAVIGATE);
+    let location = r.header("location").unwrap().to_owned();
+    let state = form_value(location.split_once('?').unwrap().1, "state").unwrap();
+    let attempt = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let callback = format!("/_portcullis/callback?code=not-a-real-code&state={state}");
+    fn with_cookie(cookie: &str) -> Vec<(&str, &str)> {
+        let mut h = NAVIGATE.to_vec();
+        h.push(("cookie", cookie));
+        h
+    }
+
+    // No attempt cookie (another browser), a tampered one, another attempt's state.
+    let r = w.raw(&callback, &NAVIGATE);
+    assert_eq!(r.status, 400);
+    page_of(&r, "login_state_invalid");
+    let (name, value) = attempt.split_once('=').unwrap();
+    let mut bytes = value.as_bytes().to_vec();
+    let i = bytes.len() - 5;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    let tampered = format!("{name}={}", String::from_utf8(bytes).unwrap());
+    let r = w.raw(&callback, &with_cookie(&tampered));
+    assert_eq!(r.status, 400);
+    page_of(&r, "login_state_invalid");
+    let other = w.raw("/app/y", &NAVIGATE);
+    let other_cookie = other
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let other_cookie = format!("{name}={}", other_cookie.split_once('=').unwrap().1);
+    let r = w.raw(&callback, &with_cookie(&other_cookie));
+    assert_eq!(r.status, 400);
+    page_of(&r, "login_state_invalid");
+
+    // The genuine attempt: the provider refuses the made-up code (401), and replaying the
+    // same answer is refused as already used (400) — the state is single-use.
+    let r = w.raw(&callback, &with_cookie(&attempt));
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    page_of(&r, "login_failed");
+    assert!(
+        r.headers
+            .iter()
+            .any(|(k, v)| k == "set-cookie" && v.starts_with(name) && v.contains("Max-Age=0")),
+        "the attempt cookie is cleared"
+    );
+    let r = w.raw(&callback, &with_cookie(&attempt));
+    assert_eq!(r.status, 400);
+    page_of(&r, "login_state_invalid");
+
+    // A real session, then its cookie tampered with and truncated: a page, never a 500.
+    let browser = Browser::start();
+    browser.goto(&w.url("/app/start"));
+    sign_in(&browser, "mallory", None, &w.url("/app/start"));
+    let genuine = session_cookie_header(&browser);
+    let (cname, cvalue) = genuine.split_once('=').unwrap();
+    let mid = cvalue.len() / 2;
+    let flipped = if &cvalue[mid..=mid] == "A" { "B" } else { "A" };
+    for bad in [
+        format!("{cname}={}{flipped}{}", &cvalue[..mid], &cvalue[mid + 1..]),
+        format!("{cname}={}", &cvalue[..cvalue.len() - 10]),
+        format!("{cname}={}", &cvalue[..20]),
+    ] {
+        let r = w.raw("/app/start", &with_cookie(&bad));
+        assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+        page_of(&r, "session_invalid");
+        assert!(
+            r.headers
+                .iter()
+                .any(|(k, v)| k == "set-cookie" && v.starts_with(cname) && v.contains("Max-Age=0")),
+            "the bad cookie is cleared"
+        );
+        // Scripts get problem details for the same cookie.
+        let mut h = vec![("accept", "application/json")];
+        h.push(("cookie", &bad));
+        let r = w.raw("/app/start", &h);
+        assert_eq!(r.status, 401);
+        assert_eq!(reason(&r), "session_invalid");
+    }
+    // The genuine cookie still works.
+    let r = w.raw("/app/start", &with_cookie(&genuine));
+    assert_eq!(r.status, 200);
+    // In the browser, a tampered cookie shows the page.
+    let value = browser.cookie(SESSION_COOKIE).unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    browser.delete_cookie(SESSION_COOKIE);
+    browser.add_cookie(json!({
+        "name": SESSION_COOKIE, "value": format!("{}x", &value[..value.len() - 1]),
+        "path": "/", "secure": true, "httpOnly": true,
+    }));
+    browser.goto(&w.url("/app/start"));
+    assert!(
+        browser.text().contains("session_invalid"),
+        "{}",
+        browser.text()
+    );
+}
+
+#[test]
+fn back_channel_logout_revokes_a_live_session() {
+    let w = World::start(600);
+    let browser = Browser::start();
+    browser.goto(&w.url("/app/live"));
+    sign_in(&browser, "bob", None, &w.url("/app/live"));
+    let cookie = session_cookie_header(&browser);
+    assert_eq!(w.raw("/app/live", &[("cookie", &cookie)]).status, 200);
+
+    // The provider ends bob's sessions and notifies the gateway on the back channel.
+    w.op.logout_account("bob");
+    let records = audit_records(&w.gw, |r| {
+        r.iter()
+            .any(|r| r["path"] == "/_portcullis/backchannel-logout")
+    });
+    let bcl = records
+        .iter()
+        .find(|r| r["path"] == "/_portcullis/backchannel-logout")
+        .unwrap();
+    assert_eq!(bcl["status"], 200, "{bcl}");
+    assert_eq!(bcl["decision"], "answer");
+
+    // The same cookie no longer opens a session: scripts get 401, the browser is sent to log
+    // in again.
+    let r = w.raw(
+        "/app/live",
+        &[("cookie", &cookie), ("accept", "application/json")],
+    );
+    assert_eq!(r.status, 401);
+    let records = audit_records(&w.gw, |r| r.iter().any(|r| r["session"] == "revoked"));
+    assert!(records.iter().any(|r| r["session"] == "revoked"));
+    browser.goto(&w.url("/app/live"));
+    browser.wait_until(WAIT, "the login form", |b| {
+        b.url().starts_with(w.op.issuer()) && b.exists("input[name=login]")
+    });
+
+    // A replayed, forged or event-less logout token is refused.
+    let r = request(
+        w.gw.addr,
+        "POST",
+        "/_portcullis/backchannel-logout",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        b"logout_token=not.a.token",
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(reason(&r), "logout_token_invalid");
+    let now = unix_now();
+    let forged = TestIdp::shared().sign_typed(
+        "ES256",
+        json!({"iss": w.op.issuer(), "aud": CLIENT, "iat": now, "exp": now + 60, "jti": "j1",
+               "sub": "carol", "events": {portcullis_core::login::BACKCHANNEL_EVENT: {}}}),
+        Some("logout+jwt"),
+    );
+    let r = request(
+        w.gw.addr,
+        "POST",
+        "/_portcullis/backchannel-logout",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        format!("logout_token={forged}").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400, "a token not signed by the provider");
+}
+
+#[test]
+fn two_parallel_logins_in_two_tabs_both_succeed() {
+    let w = World::start(600);
+    let browser = Browser::start();
+    let first = browser.window_handle();
+    browser.goto(&w.url("/app/one"));
+    browser.wait_until(WAIT, "the first login form", |b| {
+        b.exists("input[name=login]")
+    });
+    let second = browser.new_window();
+    browser.switch_to(&second);
+    browser.goto(&w.url("/app/two"));
+    browser.wait_until(WAIT, "the second login form", |b| {
+        b.exists("input[name=login]")
+    });
+    let attempts = browser
+        .cookies()
+        .iter()
+        .filter(|c| {
+            c["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("__Host-portcullis-login-")
+        })
+        .count();
+    // (cookies() lists the provider's cookies here: the gateway's are checked below.)
+    let _ = attempts;
+    // The second tab finishes first, then the first.
+    sign_in(&browser, "dave", None, &w.url("/app/two"));
+    browser.switch_to(&first);
+    sign_in(&browser, "dave", None, &w.url("/app/one"));
+    assert_eq!(page_json(&browser)["path"], "/app/one");
+    let records = audit_records(&w.gw, |r| {
+        r.iter()
+            .filter(|r| r["path"] == "/_portcullis/callback" && r["decision"] == "redirect")
+            .count()
+            == 2
+    });
+    let callbacks: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["path"] == "/_portcullis/callback")
+        .collect();
+    assert_eq!(callbacks.len(), 2, "{callbacks:?}");
+    assert!(callbacks.iter().all(|r| r["decision"] == "redirect"));
+}
+
+#[test]
+fn an_expiring_access_token_is_refreshed_without_a_new_login() {
+    // Access tokens live 8 s; the gateway refreshes 5 s before expiry.
+    let w = World::start(8);
+    let browser = Browser::start();
+    browser.goto(&w.url("/app/r"));
+    sign_in(&browser, "erin", None, &w.url("/app/r"));
+    let first_token = page_json(&browser)["headers"]["authorization"].clone();
+    let stale_cookie = session_cookie_header(&browser);
+    std::thread::sleep(Duration::from_secs(4));
+
+    browser.goto(&w.url("/app/r2"));
+    let seen = page_json(&browser);
+    assert_eq!(seen["path"], "/app/r2", "no new login");
+    let second_token = seen["headers"]["authorization"].clone();
+    assert_ne!(first_token, second_token, "a new access token");
+    let records = audit_records(&w.gw, |r| r.iter().any(|r| r["path"] == "/app/r2"));
+    let r2 = records.iter().find(|r| r["path"] == "/app/r2").unwrap();
+    assert_eq!(r2["session"], "refreshed", "{r2}");
+
+    // A request still holding the old cookie (its refresh token was rotated away at the
+    // provider) adopts the refreshed tokens instead of logging the user out.
+    let r = w.raw("/app/r3", &[("cookie", &stale_cookie)]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(w.backend_headers()["authorization"], second_token);
+    let records = audit_records(&w.gw, |r| r.iter().any(|r| r["path"] == "/app/r3"));
+    let r3 = records.iter().find(|r| r["path"] == "/app/r3").unwrap();
+    assert_eq!(r3["session"], "adopted", "{r3}");
+    assert!(
+        r.headers
+            .iter()
+            .any(|(k, v)| k == "set-cookie" && v.starts_with(SESSION_COOKIE)),
+        "the adopted tokens are sealed into a fresh cookie"
+    );
+
+    // The browser keeps working past the first token's lifetime.
+    std::thread::sleep(Duration::from_secs(5));
+    browser.goto(&w.url("/app/r4"));
+    assert_eq!(page_json(&browser)["path"], "/app/r4");
+}
+
+#[test]
+fn step_up_sends_the_browser_back_to_the_provider_and_scripts_get_rfc9470() {
+    let w = World::start(600);
+    let browser = Browser::start();
+    browser.goto(&w.url("/app/home"));
+    sign_in(&browser, "frank", None, &w.url("/app/home"));
+    let cookie = session_cookie_header(&browser);
+
+    // Scripts with a password-only session get the RFC 9470 error.
+    let r = w.raw(
+        "/admin/users",
+        &[("cookie", &cookie), ("accept", "application/json")],
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(reason(&r), "insufficient_user_authentication");
+    let www = r.header("www-authenticate").unwrap();
+    assert!(www.contains("acr_values=\"mfa\""), "{www}");
+
+    // The browser is sent back to the provider asking for acr mfa, signs in with a
+    // one-time code, and lands on the admin page with the stronger session.
+    browser.goto(&w.url("/admin/users"));
+    browser.wait_until(WAIT, "the step-up login", |b| {
+        b.url().starts_with(w.op.issuer())
+    });
+    sign_in(&browser, "frank", Some("123456"), &w.url("/admin/users"));
+    let h = &page_json(&browser)["headers"];
+    assert_eq!(h["x-user-id"], "frank");
+    assert_eq!(h["x-user-acr"], "mfa");
+    assert_eq!(h["x-user-amr"], r#"["pwd","otp"]"#);
+}
+
+#[test]
+fn a_route_with_two_providers_offers_a_choice() {
+    let w = World::start(600);
+    let browser = Browser::start();
+    browser.goto(&w.url("/both/page"));
+    assert!(browser.exists("ul#providers"), "{}", browser.source());
+    assert!(browser.text().contains("Sign in with Example ID"));
+    assert!(browser.text().contains("Sign in with Other ID"));
+    browser.click("ul#providers li:nth-child(2) a");
+    browser.wait_until(WAIT, "the second provider", |b| {
+        b.url().starts_with(w.op2.issuer())
+    });
+    sign_in(&browser, "grace", None, &w.url("/both/page"));
+    assert_eq!(page_json(&browser)["headers"]["x-user-issuer"], "op2");
+    // That session is for op2 only: /app (op) asks for its own login.
+    browser.goto(&w.url("/app/x"));
+    browser.wait_until(WAIT, "the first provider's login", |b| {
+        b.url().starts_with(w.op.issuer())
+    });
+}
