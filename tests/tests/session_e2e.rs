@@ -79,7 +79,7 @@ struct World {
 }
 
 impl World {
-    fn start(access_token_ttl: u64) -> Self {
+    fn start(engine: &str, access_token_ttl: u64) -> Self {
         let port = free_port();
         let op = OpenIdProvider::start(op_config(port, access_token_ttl));
         let op2 = OpenIdProvider::start(op_config(port, access_token_ttl));
@@ -145,7 +145,7 @@ subject_key_file = "audit.key"
             ("client.secret".to_owned(), SECRET.as_bytes().to_vec()),
             ("session.key".to_owned(), "5a".repeat(32).into_bytes()),
         ];
-        let gw = start_engine_on(&config, "native", &files, &format!("127.0.0.1:{port}"));
+        let gw = start_engine_on(&config, engine, &files, &format!("127.0.0.1:{port}"));
         World {
             op,
             op2,
@@ -226,9 +226,8 @@ const NAVIGATE: [(&str, &str); 2] = [
     ("accept", "text/html,application/xhtml+xml"),
 ];
 
-#[test]
-fn browser_signs_in_reloads_logs_out_and_is_sent_to_login_again() {
-    let w = World::start(600);
+fn browser_signs_in_reloads_logs_out_and_is_sent_to_login_again(engine: &str) {
+    let w = World::start(engine, 600);
     let browser = Browser::start();
     let wanted = w.url("/app/orders?view=open");
     browser.goto(&wanted);
@@ -309,9 +308,8 @@ fn browser_signs_in_reloads_logs_out_and_is_sent_to_login_again() {
     });
 }
 
-#[test]
-fn scripts_get_401_json_and_bearer_tokens_keep_working() {
-    let w = World::start(600);
+fn scripts_get_401_json_and_bearer_tokens_keep_working(engine: &str) {
+    let w = World::start(engine, 600);
     for headers in [
         vec![("accept", "application/json")],
         vec![("sec-fetch-mode", "cors"), ("accept", "*/*")],
@@ -368,9 +366,8 @@ fn scripts_get_401_json_and_bearer_tokens_keep_working() {
     assert_eq!(w.backend_headers()["x-user-id"], "api-user");
 }
 
-#[test]
-fn tampered_truncated_and_replayed_cookies_and_states_get_a_clear_page() {
-    let w = World::start(600);
+fn tampered_truncated_and_replayed_cookies_and_states_get_a_clear_page(engine: &str) {
+    let w = World::start(engine, 600);
     let page_of = |r: &Resp, code: &str| {
         let body = String::from_utf8_lossy(&r.body).into_owned();
         assert_eq!(
@@ -491,9 +488,8 @@ fn tampered_truncated_and_replayed_cookies_and_states_get_a_clear_page() {
     );
 }
 
-#[test]
-fn back_channel_logout_revokes_a_live_session() {
-    let w = World::start(600);
+fn back_channel_logout_revokes_a_live_session(engine: &str) {
+    let w = World::start(engine, 600);
     let browser = Browser::start();
     browser.goto(&w.url("/app/live"));
     sign_in(&browser, "bob", None, &w.url("/app/live"));
@@ -556,9 +552,8 @@ fn back_channel_logout_revokes_a_live_session() {
     assert_eq!(r.status, 400, "a token not signed by the provider");
 }
 
-#[test]
-fn two_parallel_logins_in_two_tabs_both_succeed() {
-    let w = World::start(600);
+fn two_parallel_logins_in_two_tabs_both_succeed(engine: &str) {
+    let w = World::start(engine, 600);
     let browser = Browser::start();
     let first = browser.window_handle();
     browser.goto(&w.url("/app/one"));
@@ -602,10 +597,9 @@ fn two_parallel_logins_in_two_tabs_both_succeed() {
     assert!(callbacks.iter().all(|r| r["decision"] == "redirect"));
 }
 
-#[test]
-fn an_expiring_access_token_is_refreshed_without_a_new_login() {
+fn an_expiring_access_token_is_refreshed_without_a_new_login(engine: &str) {
     // Access tokens live 8 s; the gateway refreshes 5 s before expiry.
-    let w = World::start(8);
+    let w = World::start(engine, 8);
     let browser = Browser::start();
     browser.goto(&w.url("/app/r"));
     sign_in(&browser, "erin", None, &w.url("/app/r"));
@@ -643,9 +637,8 @@ fn an_expiring_access_token_is_refreshed_without_a_new_login() {
     assert_eq!(page_json(&browser)["path"], "/app/r4");
 }
 
-#[test]
-fn step_up_sends_the_browser_back_to_the_provider_and_scripts_get_rfc9470() {
-    let w = World::start(600);
+fn step_up_sends_the_browser_back_to_the_provider_and_scripts_get_rfc9470(engine: &str) {
+    let w = World::start(engine, 600);
     let browser = Browser::start();
     browser.goto(&w.url("/app/home"));
     sign_in(&browser, "frank", None, &w.url("/app/home"));
@@ -674,9 +667,8 @@ fn step_up_sends_the_browser_back_to_the_provider_and_scripts_get_rfc9470() {
     assert_eq!(h["x-user-amr"], r#"["pwd","otp"]"#);
 }
 
-#[test]
-fn a_route_with_two_providers_offers_a_choice() {
-    let w = World::start(600);
+fn a_route_with_two_providers_offers_a_choice(engine: &str) {
+    let w = World::start(engine, 600);
     let browser = Browser::start();
     browser.goto(&w.url("/both/page"));
     assert!(browser.exists("ul#providers"), "{}", browser.source());
@@ -694,3 +686,14 @@ fn a_route_with_two_providers_offers_a_choice() {
         b.url().starts_with(w.op.issuer())
     });
 }
+
+on_every_engine!(
+    browser_signs_in_reloads_logs_out_and_is_sent_to_login_again,
+    scripts_get_401_json_and_bearer_tokens_keep_working,
+    tampered_truncated_and_replayed_cookies_and_states_get_a_clear_page,
+    back_channel_logout_revokes_a_live_session,
+    two_parallel_logins_in_two_tabs_both_succeed,
+    an_expiring_access_token_is_refreshed_without_a_new_login,
+    step_up_sends_the_browser_back_to_the_provider_and_scripts_get_rfc9470,
+    a_route_with_two_providers_offers_a_choice,
+);

@@ -81,6 +81,27 @@ pub fn request_parts(request: &IncomingRequest) -> Result<Parts, String> {
     })
 }
 
+/// Reads the whole body of `request`, at most `max` bytes (`None` when larger or broken).
+pub fn read_body(request: &IncomingRequest, max: usize) -> Option<Vec<u8>> {
+    let body = request.consume().ok()?;
+    let stream = body.stream().ok()?;
+    let mut out = Vec::new();
+    loop {
+        match stream.blocking_read(8192) {
+            Ok(chunk) => {
+                out.extend_from_slice(&chunk);
+                if out.len() > max {
+                    return None;
+                }
+            }
+            Err(wasip2::io::streams::StreamError::Closed) => break,
+            Err(_) => return None,
+        }
+    }
+    drop(stream);
+    Some(out)
+}
+
 /// Answers with a gateway response.
 pub fn respond(out: ResponseOutparam, response: &Response) {
     let mut entries: Vec<(String, Vec<u8>)> = response

@@ -75,20 +75,39 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default(),
         );
+        let body = if gateway.wants_body(&parts.method, parts.uri.path()) {
+            match forward::read_body(&request, portcullis_core::login::MAX_FORM_BODY) {
+                Some(b) => b,
+                None => {
+                    forward::respond(
+                        response_out,
+                        &problem(
+                            Reason::BodyTooLarge,
+                            "the form body is too large or incomplete",
+                            &parts.request_id,
+                            &[],
+                        ),
+                    );
+                    return;
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let req = RequestParts {
             method: &parts.method,
             uri: &parts.uri,
             headers: &parts.headers,
             request_id: &parts.request_id,
             peer: bindings::portcullis::gateway::client::peer().and_then(|p| p.parse().ok()),
-            body: &[],
+            body: &body,
         };
         let adapters = portcullis_core::Adapters {
             auth: &services::HostAuthenticator,
             risk: &services::HostRisk,
             limiter: &services::HostLimiter,
             sites: &services::HostSites,
-            login: &portcullis_core::login::NoLogin,
+            login: &services::HostLogin,
             health: &services::HostHealth,
         };
         let decision = gateway.decide_using(&adapters, &req, now);

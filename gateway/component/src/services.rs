@@ -40,30 +40,103 @@ impl Authenticator for HostAuthenticator {
             .iter()
             .filter_map(|i| u32::try_from(i.0).ok())
             .collect();
-        match keys::authenticate(token, &issuers) {
-            Ok(v) => {
-                let issuer = IssuerId(v.issuer as usize);
-                let claims = parse_object(v.claims.as_bytes()).map_err(|e| {
-                    AuthFailure::new(Reason::ClaimInvalid, format!("host claims: {e}")).at(issuer)
-                })?;
-                identity_from_claims(claims, issuer).map_err(|e| {
-                    AuthFailure::new(Reason::ClaimInvalid, format!("{e:?}")).at(issuer)
-                })
-            }
-            Err(f) => {
-                let reason = Reason::from_code(&f.reason).unwrap_or(Reason::TokenMalformed);
-                let failure = AuthFailure::new(reason, f.detail);
-                Err(match f.issuer {
-                    Some(i) => failure.at(IssuerId(i as usize)),
-                    None => failure,
-                })
-            }
-        }
+        verified(keys::authenticate(token, &issuers))
     }
 
     fn first_use(&self, key: &str, ttl: std::time::Duration) -> bool {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         state::first_use(key, ttl_ms)
+    }
+
+    fn verify_issued(
+        &self,
+        token: &str,
+        issuer: IssuerId,
+        client_id: &str,
+        kind: portcullis_core::authenticate::IssuedKind,
+        _now: Timestamp,
+    ) -> Result<VerifiedIdentity, AuthFailure> {
+        let kind = match kind {
+            portcullis_core::authenticate::IssuedKind::IdToken => keys::IssuedKind::IdToken,
+            portcullis_core::authenticate::IssuedKind::LogoutToken => keys::IssuedKind::LogoutToken,
+        };
+        let index = u32::try_from(issuer.0).unwrap_or(u32::MAX);
+        verified(keys::verify_issued(token, index, client_id, kind))
+    }
+}
+
+/// A host verification answer as the core's identity or failure.
+fn verified(
+    answer: Result<keys::Verified, keys::Failure>,
+) -> Result<VerifiedIdentity, AuthFailure> {
+    match answer {
+        Ok(v) => {
+            let issuer = IssuerId(v.issuer as usize);
+            let claims = parse_object(v.claims.as_bytes()).map_err(|e| {
+                AuthFailure::new(Reason::ClaimInvalid, format!("host claims: {e}")).at(issuer)
+            })?;
+            identity_from_claims(claims, issuer)
+                .map_err(|e| AuthFailure::new(Reason::ClaimInvalid, format!("{e:?}")).at(issuer))
+        }
+        Err(f) => {
+            let reason = Reason::from_code(&f.reason).unwrap_or(Reason::TokenMalformed);
+            let failure = AuthFailure::new(reason, f.detail);
+            Err(match f.issuer {
+                Some(i) => failure.at(IssuerId(i as usize)),
+                None => failure,
+            })
+        }
+    }
+}
+
+/// The login flow's services: discovery and the token endpoint through the host, the
+/// WASI random source, the host's shared state.
+pub struct HostLogin;
+
+impl portcullis_core::login::LoginServices for HostLogin {
+    fn endpoints(&self, issuer: IssuerId) -> Option<portcullis_core::keyset::ProviderEndpoints> {
+        let e = keys::endpoints(u32::try_from(issuer.0).ok()?)?;
+        Some(portcullis_core::keyset::ProviderEndpoints {
+            authorization: e.authorization,
+            token: e.token,
+            end_session: e.end_session,
+        })
+    }
+
+    fn token_request(
+        &self,
+        issuer: IssuerId,
+        authorization: &str,
+        body: &str,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let index = u32::try_from(issuer.0).map_err(|e| e.to_string())?;
+        crate::bindings::portcullis::gateway::client::token_request(index, authorization, body)
+    }
+
+    fn random(&self, out: &mut [u8]) -> Result<(), String> {
+        let bytes = wasip2::random::random::get_random_bytes(out.len() as u64);
+        if bytes.len() != out.len() {
+            return Err("the random source returned too few bytes".into());
+        }
+        out.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(state::get(key))
+    }
+
+    fn set(&self, key: &str, value: &[u8], ttl: std::time::Duration) -> Result<(), String> {
+        state::set(
+            key,
+            value,
+            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        );
+        Ok(())
+    }
+
+    fn delete(&self, key: &str) -> Result<(), String> {
+        state::delete(key)
     }
 }
 

@@ -78,12 +78,12 @@ pub const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 pub trait LoginServices {
     /// The login endpoints `issuer`'s discovery document named, once loaded.
     fn endpoints(&self, issuer: IssuerId) -> Option<ProviderEndpoints>;
-    /// POSTs `body` (`application/x-www-form-urlencoded`) to `url` with the
-    /// `Authorization` header `authorization`; the status and at most
-    /// [`MAX_TOKEN_RESPONSE`] bytes of body, or why the call failed.
-    fn post_form(
+    /// POSTs `body` (`application/x-www-form-urlencoded`) to `issuer`'s token endpoint
+    /// (from discovery) with the `Authorization` header `authorization`; the status and at
+    /// most [`MAX_TOKEN_RESPONSE`] bytes of body, or why the call failed.
+    fn token_request(
         &self,
-        url: &str,
+        issuer: IssuerId,
         authorization: &str,
         body: &str,
     ) -> Result<(u16, Vec<u8>), String>;
@@ -105,7 +105,7 @@ impl LoginServices for NoLogin {
     fn endpoints(&self, _: IssuerId) -> Option<ProviderEndpoints> {
         None
     }
-    fn post_form(&self, _: &str, _: &str, _: &str) -> Result<(u16, Vec<u8>), String> {
+    fn token_request(&self, _: IssuerId, _: &str, _: &str) -> Result<(u16, Vec<u8>), String> {
         Err("this adapter cannot call identity providers".into())
     }
     fn random(&self, _: &mut [u8]) -> Result<(), String> {
@@ -624,10 +624,6 @@ impl Flow<'_> {
         client: &LoginClient,
         form: &[(&'static str, String)],
     ) -> Result<TokenResponse, (Reason, String)> {
-        let endpoints = self.services.endpoints(provider).ok_or((
-            Reason::ProviderUnavailable,
-            "the provider has not been discovered yet".to_owned(),
-        ))?;
         let basic = format!(
             "{}:{}",
             form_encode(&client.client_id),
@@ -639,7 +635,7 @@ impl Flow<'_> {
         );
         let (status, body) = self
             .services
-            .post_form(&endpoints.token, &authorization, &encode_form(form))
+            .token_request(provider, &authorization, &encode_form(form))
             .map_err(|e| {
                 (
                     Reason::ProviderUnavailable,

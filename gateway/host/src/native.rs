@@ -476,13 +476,13 @@ impl portcullis_core::login::LoginServices for NativeLogin<'_> {
         self.0.keys.endpoints(issuer)
     }
 
-    fn post_form(
+    fn token_request(
         &self,
-        url: &str,
+        issuer: IssuerId,
         authorization: &str,
         body: &str,
     ) -> Result<(u16, Vec<u8>), String> {
-        let call = crate::site_verify::post_form(&self.0.backends, url, authorization, body);
+        let call = crate::site_verify::token_request(self.0, issuer, authorization, body);
         let handle = tokio::runtime::Handle::current();
         tokio::task::block_in_place(|| handle.block_on(call))
     }

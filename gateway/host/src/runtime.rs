@@ -53,6 +53,8 @@ mod bindings {
             "portcullis:gateway/state.first-use": async,
             "portcullis:gateway/state.rate-limit": async,
             "portcullis:gateway/client.verify-site-token": async,
+            "portcullis:gateway/client.token-request": async,
+            "portcullis:gateway/state.delete": async,
         },
     });
 }
@@ -320,6 +322,46 @@ impl keys::Host for StoreState {
             }),
         }
     }
+
+    fn endpoints(&mut self, issuer: u32) -> Option<keys::ProviderEndpoints> {
+        self.shared
+            .keys
+            .endpoints(IssuerId(issuer as usize))
+            .map(|e| keys::ProviderEndpoints {
+                authorization: e.authorization,
+                token: e.token,
+                end_session: e.end_session,
+            })
+    }
+
+    fn verify_issued(
+        &mut self,
+        token: String,
+        issuer: u32,
+        client_id: String,
+        kind: keys::IssuedKind,
+    ) -> Result<keys::Verified, keys::Failure> {
+        use portcullis_core::authenticate::IssuedKind;
+        let kind = match kind {
+            keys::IssuedKind::IdToken => IssuedKind::IdToken,
+            keys::IssuedKind::LogoutToken => IssuedKind::LogoutToken,
+        };
+        match self
+            .shared
+            .keys
+            .verify_issued(&token, IssuerId(issuer as usize), &client_id, kind)
+        {
+            Ok(id) => Ok(keys::Verified {
+                issuer,
+                claims: serde_json::Value::Object(id.claims).to_string(),
+            }),
+            Err(f) => Err(keys::Failure {
+                reason: f.reason.code().to_owned(),
+                detail: f.detail,
+                issuer: f.issuer.and_then(|i| u32::try_from(i.0).ok()),
+            }),
+        }
+    }
 }
 
 impl health::Host for StoreState {
@@ -363,6 +405,14 @@ impl state::Host for StoreState {
             tracing::warn!(error = %e, "state increment failed");
             i64::MAX
         })
+    }
+
+    async fn delete(&mut self, key: String) -> Result<(), String> {
+        self.shared
+            .state
+            .delete(&key)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn first_use(&mut self, key: String, ttl_ms: u64) -> bool {
@@ -426,6 +476,21 @@ impl client::Host for StoreState {
         };
         let ip = remote_ip.and_then(|i| i.parse().ok());
         crate::site_verify::verify(&self.shared.backends, site, &site_token, ip).await
+    }
+
+    async fn token_request(
+        &mut self,
+        issuer: u32,
+        authorization: String,
+        body: String,
+    ) -> Result<(u16, Vec<u8>), String> {
+        crate::site_verify::token_request(
+            &self.shared,
+            IssuerId(issuer as usize),
+            &authorization,
+            &body,
+        )
+        .await
     }
 }
 

@@ -59,6 +59,21 @@ pub async fn verify(
         .unwrap_or_else(|_| Err(format!("{} did not answer in {TIMEOUT:?}", site.verify_url)))
 }
 
+/// POSTs a form to `issuer`'s token endpoint (from its discovery document) for the login
+/// flow of either engine.
+pub async fn token_request(
+    shared: &crate::runtime::Shared,
+    issuer: portcullis_core::IssuerId,
+    authorization: &str,
+    body: &str,
+) -> Result<(u16, Vec<u8>), String> {
+    let endpoints = shared
+        .keys
+        .endpoints(issuer)
+        .ok_or("the provider has not been discovered yet")?;
+    post_form(&shared.backends, &endpoints.token, authorization, body).await
+}
+
 /// POSTs a form to `url` (an OIDC token endpoint) with the `Authorization` header
 /// `authorization`: the status and at most [`portcullis_core::login::MAX_TOKEN_RESPONSE`]
 /// bytes of body.
