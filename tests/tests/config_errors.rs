@@ -620,3 +620,99 @@ url = \"redis://127.0.0.1:6379/0\"
     assert_eq!(restored.routes[1].rate_limits, cfg.routes[1].rate_limits);
     assert_eq!(restored.state, cfg.state);
 }
+
+#[test]
+fn session_and_login_sections_are_checked() {
+    let text = format!(
+        "{MINIMAL}
+[issuer.login]
+client_id = \"gw\"
+client_secret_file = \"missing.secret\"
+redirect_uri = \"http://app.example/callback\"
+scopes = [\"email\"]
+
+[[issuer]]
+name = \"accounts\"
+issuer = \"https://accounts.test\"
+discovery = true
+audiences = [\"api://shop\"]
+algorithms = [\"ES256\"]
+
+[[route]]
+path = \"/app\"
+login = [\"accounts\", \"nobody\"]
+
+[[route]]
+path = \"/open\"
+auth = \"public\"
+login = [\"main\"]
+
+[session]
+idle_timeout = \"2d\"
+absolute_lifetime = \"1d\"
+cookie = \"portcullis\"
+[[session.key]]
+id = \"far too long for a key id\"
+file = \"audit.key\"
+[[session.key]]
+id = \"short\"
+file = \"main.jwks.json\"
+"
+    );
+    let diags = errors(&text);
+    find(&diags, "cannot read \"missing.secret\"");
+    let redirect = find(
+        &diags,
+        "redirect_uri \"http://app.example/callback\" must be",
+    );
+    assert!(redirect.hint.is_some());
+    find(&diags, "lacks \"openid\"");
+    find(&diags, "issuer `main` has [issuer.login] but no discovery");
+    find(&diags, "unknown login provider `nobody`");
+    find(
+        &diags,
+        "logs in with `accounts`, which has no [issuer.login]",
+    );
+    find(&diags, "public route \"/open\" has `login`");
+    find(
+        &diags,
+        "session idle_timeout is longer than absolute_lifetime",
+    );
+    let cookie = find(
+        &diags,
+        "session cookie name \"portcullis\" must start with __Host-",
+    );
+    assert!(cookie.hint.unwrap().contains("subdomains"));
+    find(&diags, "session key id \"far too long for a key id\"");
+    find(
+        &diags,
+        "session key file \"main.jwks.json\" does not hold 32 bytes",
+    );
+    find(&diags, "[session] has no [[session.key]]");
+
+    // Without [session], a login route is an error too.
+    let text = format!(
+        "{MINIMAL}
+[[issuer]]
+name = \"accounts\"
+issuer = \"https://accounts.test\"
+discovery = true
+audiences = [\"api://shop\"]
+algorithms = [\"ES256\"]
+[issuer.login]
+client_id = \"gw\"
+client_secret_file = \"audit.key\"
+redirect_uri = \"https://app.example/_portcullis/callback\"
+
+[[route]]
+path = \"/app\"
+login = [\"accounts\"]
+"
+    );
+    let diags = errors(&text);
+    find(
+        &diags,
+        "route \"/app\" has `login` but there is no [session]",
+    );
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+}

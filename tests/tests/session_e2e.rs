@@ -290,6 +290,18 @@ fn browser_signs_in_reloads_logs_out_and_is_sent_to_login_again(engine: &str) {
     assert_eq!(reload["session"], "valid");
     assert!(reload["subject"].as_str().is_some_and(|s| s != "alice"));
 
+    // Another site cannot log the user out: a cross-site request gets a confirmation page
+    // and the session lives on.
+    let cookie = session_cookie_header(&browser);
+    let r = w.raw(
+        "/_portcullis/logout",
+        &[("sec-fetch-site", "cross-site"), ("cookie", &cookie)],
+    );
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains("<form id=\"logout\" method=\"post\""));
+    assert!(!r.headers.iter().any(|(k, _)| k == "set-cookie"));
+    assert_eq!(w.raw("/app/profile", &[("cookie", &cookie)]).status, 200);
+
     // Logout: the gateway ends the session and continues at the provider, which asks for
     // confirmation and returns to the post-logout URI.
     browser.goto(&w.url("/_portcullis/logout"));
@@ -629,6 +641,11 @@ fn an_expiring_access_token_is_refreshed_without_a_new_login(engine: &str) {
             .iter()
             .any(|(k, v)| k == "set-cookie" && v.starts_with(SESSION_COOKIE)),
         "the adopted tokens are sealed into a fresh cookie"
+    );
+    assert_eq!(
+        r.header("cache-control"),
+        Some("private, no-store"),
+        "a response setting the session cookie is never stored by a shared cache"
     );
 
     // The browser keeps working past the first token's lifetime.

@@ -354,6 +354,11 @@ fn relay(
         .filter(|(n, _)| !HOP_BY_HOP.contains(&n.to_ascii_lowercase().as_str()))
         .collect();
     for (name, value) in extra {
+        // The gateway's Cache-Control replaces the backend's (a response that sets the
+        // session cookie must never be stored by a shared cache).
+        if *name == http::header::CACHE_CONTROL {
+            entries.retain(|(n, _)| !n.eq_ignore_ascii_case("cache-control"));
+        }
         entries.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
     }
     let Ok(fields) = Fields::from_list(&entries) else {

@@ -29,7 +29,8 @@ pub struct Forward {
     pub remove_headers: Vec<HeaderName>,
     /// Headers to set (replacing any value) after removal.
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
-    /// Headers to add to the backend's response (`RateLimit`, `RateLimit-Policy`).
+    /// Headers to add to the backend's response (`RateLimit`, `RateLimit-Policy`,
+    /// session `Set-Cookie`); a `Cache-Control` here replaces the backend's.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 

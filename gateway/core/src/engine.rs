@@ -691,6 +691,13 @@ impl Gateway {
             set_headers,
             response_headers: {
                 let mut h = limit_headers(route, &limited);
+                if !session_cookies.is_empty() {
+                    // Never stored by a shared cache: it carries the user's session.
+                    h.push((
+                        http::header::CACHE_CONTROL,
+                        HeaderValue::from_static("private, no-store"),
+                    ));
+                }
                 h.extend(
                     session_cookies
                         .into_iter()

@@ -880,6 +880,16 @@ impl Flow<'_> {
     /// [`LOGOUT_PATH`]: revokes the session, clears its cookies and continues with
     /// RP-initiated logout at the provider (or to `/` without one).
     pub fn logout(&self) -> Response {
+        // Another site must not log users out behind their back (a link or an auto-submitted
+        // form): such requests get a confirmation page whose button posts from our origin.
+        let from_elsewhere = self
+            .headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|site| site == "cross-site" || site == "same-site");
+        if from_elsewhere {
+            return logout_confirmation();
+        }
         let mut cookies = self.clear_session_cookies();
         let session = session::decode_cookies(self.headers, &self.session.cookie)
             .ok()
@@ -1267,6 +1277,19 @@ fn redirect(status: StatusCode, location: &str, cookies: Vec<HeaderValue>) -> Re
         headers,
         body: b"Redirecting\n".to_vec(),
         reason: Reason::AuthenticationRequired,
+    }
+}
+
+/// "Sign out?" with a button that posts to [`LOGOUT_PATH`] from the gateway's own origin.
+fn logout_confirmation() -> Response {
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Sign out?</title></head>\n<body><main><h1>Sign out?</h1>\n<form id=\"logout\" method=\"post\" action=\"{LOGOUT_PATH}\"><button type=\"submit\">Sign out</button></form>\n<p><a href=\"/\">Stay signed in</a></p></main></body></html>\n"
+    );
+    Response {
+        status: StatusCode::OK,
+        headers: page_headers("default-src 'none'; form-action 'self'".to_owned()),
+        body: body.into_bytes(),
+        reason: Reason::InvalidRequest,
     }
 }
 

@@ -341,7 +341,8 @@ mod tests {
         assert_eq!(status(Reason::RateLimited), 429);
         assert_eq!(status(Reason::StateUnavailable), 503);
         assert_eq!(status(Reason::TokenExpired), 401);
-        // Only 401s and the scope refusal carry a bearer error.
+        // Only 401s about tokens and the scope refusal carry a bearer error (a bad session
+        // cookie or a failed browser login is no token error).
         for r in Reason::ALL {
             let bearer = r.bearer_error().is_some();
             assert_eq!(
@@ -353,6 +354,8 @@ mod tests {
                             | Reason::DpopRequired
                             | Reason::DpopProofInvalid
                             | Reason::DpopNonceRequired
+                            | Reason::SessionInvalid
+                            | Reason::LoginFailed
                     )
                     || r == Reason::InsufficientScope
                     || r == Reason::InvalidRequest,

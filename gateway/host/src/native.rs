@@ -105,7 +105,14 @@ impl NativeEngine {
             Outcome::Forward(fwd) => match self.forward(peer, req, &fwd, request_id).await {
                 Ok(mut r) => {
                     for (name, value) in &fwd.response_headers {
-                        r.headers_mut().append(name.clone(), value.clone());
+                        // The gateway's Cache-Control replaces the backend's (a response
+                        // that sets the session cookie must never be stored by a shared
+                        // cache).
+                        if *name == http::header::CACHE_CONTROL {
+                            r.headers_mut().insert(name.clone(), value.clone());
+                        } else {
+                            r.headers_mut().append(name.clone(), value.clone());
+                        }
                     }
                     let status = r.status().as_u16();
                     (r, status)
