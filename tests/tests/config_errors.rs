@@ -667,7 +667,6 @@ file = \"main.jwks.json\"
     );
     assert!(redirect.hint.is_some());
     find(&diags, "lacks \"openid\"");
-    find(&diags, "issuer `main` has [issuer.login] but no discovery");
     find(&diags, "unknown login provider `nobody`");
     find(
         &diags,
@@ -715,4 +714,17 @@ login = [\"accounts\"]
         "route \"/app\" has `login` but there is no [session]",
     );
     assert_eq!(diags.len(), 1, "{diags:#?}");
+
+    // The login endpoints come from discovery: a provider with a fixed key set cannot log in.
+    let text = format!(
+        "{MINIMAL}
+[issuer.login]
+client_id = \"gw\"
+client_secret_file = \"audit.key\"
+redirect_uri = \"https://app.example/_portcullis/callback\"
+"
+    );
+    let diags = errors(&text);
+    let d = find(&diags, "issuer `main` has [issuer.login] but no discovery");
+    assert!(d.hint.unwrap().contains("discovery = true"));
 }

@@ -228,6 +228,7 @@ pub enum IssuedKind {
 /// issuer's keys and algorithms, `iss`, `exp`/`nbf`/`iat` with the issuer's skew, `aud`
 /// containing `client_id`, and the `typ` of `kind`. Claims particular to the kind (`nonce`,
 /// `azp`, `at_hash`, `events`) are the caller's to check.
+#[allow(clippy::too_many_arguments)]
 pub fn verify_issued<V: SignatureVerifier>(
     token: &str,
     config: &Config,
