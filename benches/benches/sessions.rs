@@ -1,0 +1,93 @@
+//! Cost of a browser session on one request, in the sans-IO core (no shared-state call):
+//!
+//! * `open/*`: reassemble the chunked `__Host-` cookie from the `Cookie` header and open it
+//!   (XChaCha20-Poly1305 + JSON) — what every request on a `login` route pays.
+//! * `renew/*`: seal the session again and split it into `Set-Cookie` chunks — paid at most
+//!   once per `renew_after` (or after a token refresh).
+//!
+//! `small` holds the claims and no provider tokens (about 0.4 KB sealed); `tokens` holds a
+//! 1 KB access token, a refresh token and a 1 KB ID token (two cookie chunks).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue};
+use portcullis_core::Timestamp;
+use portcullis_core::session::{self, CookieAttrs, Session, SessionKeys};
+
+const BASE: &str = "__Host-portcullis-session";
+
+fn session(with_tokens: bool) -> Session {
+    let mut claims = serde_json::Map::new();
+    claims.insert("email".into(), "alice@example.test".into());
+    claims.insert("name".into(), "Alice Example".into());
+    claims.insert("residency".into(), "eu".into());
+    claims.insert("scope".into(), "openid profile email".into());
+    let token = |n: usize| Some("x".repeat(n));
+    Session {
+        sid: "c2Vzc2lvbi1pZC0xMjM0NTY3OA".into(),
+        provider: "accounts".into(),
+        iss: "https://accounts.example.com".into(),
+        sub: "248289761001".into(),
+        claims,
+        acr: Some("urn:example:mfa".into()),
+        amr: vec!["pwd".into(), "otp".into()],
+        auth_time: Some(1_795_910_000),
+        created: 1_795_910_000,
+        last_seen: 1_795_910_000,
+        access_token: if with_tokens { token(1000) } else { None },
+        access_expires: Some(1_795_913_600),
+        refresh_token: if with_tokens { token(64) } else { None },
+        id_token: if with_tokens { token(1000) } else { None },
+    }
+}
+
+fn cookie_header(keys: &SessionKeys, s: &Session) -> HeaderMap {
+    let sealed = s.seal(keys, [7; 24]).unwrap();
+    let set = session::encode_cookies(BASE, &sealed, &CookieAttrs::default(), 0).unwrap();
+    let pairs: Vec<String> = set
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .chain(["theme=dark".to_owned(), "_ga=GA1.1.123.456".to_owned()])
+        .collect();
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::COOKIE,
+        HeaderValue::from_str(&pairs.join("; ")).unwrap(),
+    );
+    h
+}
+
+fn sessions(c: &mut Criterion) {
+    let keys = SessionKeys::new(vec![("k2".into(), [3; 32]), ("k1".into(), [4; 32])]).unwrap();
+    let now = Timestamp::from_unix_secs(1_795_910_100);
+    for (name, with_tokens) in [("small", false), ("tokens", true)] {
+        let s = session(with_tokens);
+        let headers = cookie_header(&keys, &s);
+        let mut g = c.benchmark_group(format!("session/{name}"));
+        g.bench_function("open", |b| {
+            b.iter(|| {
+                let sealed = session::decode_cookies(&headers, BASE).unwrap().unwrap();
+                let s = Session::open(&keys, &sealed).unwrap();
+                assert_eq!(
+                    s.state(
+                        now,
+                        std::time::Duration::from_secs(3600),
+                        std::time::Duration::from_secs(43_200)
+                    ),
+                    session::Freshness::Valid
+                );
+                s
+            })
+        });
+        g.bench_function("renew", |b| {
+            b.iter(|| {
+                let sealed = s.seal(&keys, [9; 24]).unwrap();
+                session::encode_cookies(BASE, &sealed, &CookieAttrs::default(), 2).unwrap()
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, sessions);
+criterion_main!(benches);
