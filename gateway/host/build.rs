@@ -1,5 +1,6 @@
-//! Builds the gateway component (`gateway/component`, target `wasm32-wasip2`) so that the
-//! host can embed it: nobody builds the component by hand. The nested cargo uses its own
+//! Builds the gateway component (`gateway/component`) and the portable providers of edge
+//! bundles (`gateway/providers`), target `wasm32-wasip2`, so that the host can embed them:
+//! nobody builds them by hand. The nested cargo uses its own
 //! target directory (the outer build holds the lock on the main one).
 #![allow(clippy::expect_used, clippy::panic)]
 
@@ -15,6 +16,7 @@ fn main() {
     let target_dir = root.join("target/component");
     for watched in [
         "gateway/component",
+        "gateway/providers",
         "gateway/core/src",
         "gateway/core/Cargo.toml",
         "wit",
@@ -23,14 +25,15 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-    let built = target_dir.join("wasm32-wasip2/release/portcullis_component.wasm");
-    let dest = out_dir.join("portcullis_component.wasm");
-    // Under clippy (a check build) the embedded bytes are never run: reuse a component that
-    // an earlier build produced instead of compiling it again in a second environment.
-    if std::env::var_os("CLIPPY_ARGS").is_some() && built.exists() {
-        std::fs::copy(&built, &dest).expect("copy the component");
-        return;
+    let built = target_dir.join("wasm32-wasip2/release");
+    let outputs = ["portcullis_component.wasm", "portcullis_providers.wasm"];
+    // Under clippy (a check build) the embedded bytes are never run: reuse components that
+    // an earlier build produced instead of compiling them again in a second environment.
+    let reusable = outputs.iter().all(|f| built.join(f).exists());
+    if !(std::env::var_os("CLIPPY_ARGS").is_some() && reusable) {
+        build_wasm(&root, &["portcullis-component", "portcullis-providers"]);
     }
-    build_wasm(&root, &["portcullis-component"]);
-    std::fs::copy(&built, &dest).expect("copy the component");
+    for file in outputs {
+        std::fs::copy(built.join(file), out_dir.join(file)).expect("copy a component");
+    }
 }

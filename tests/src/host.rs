@@ -195,3 +195,78 @@ pub fn audit_records(gw: &Gateway, ready: impl Fn(&[Value]) -> bool) -> Vec<Valu
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Bundles `config_text` (with `audit.key` and `files` beside it) with `portcullis bundle`
+/// and serves the bundle with `portcullis serve-wasm` (a plain wasi:http host: no
+/// Portcullis host services) on a free port. The bundle's audit lines go to `gateway.log`.
+/// Also returns what `portcullis bundle` printed.
+pub fn start_bundle(config_text: &str, files: &[(String, Vec<u8>)]) -> (Gateway, String) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-bundle-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("gateway.toml"), config_text).unwrap();
+    std::fs::write(dir.join("audit.key"), b64(&AUDIT_KEY)).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let bundle = dir.join("edge.wasm");
+    let out = Command::new(binary())
+        .args(["bundle", "--config"])
+        .arg(dir.join("gateway.toml"))
+        .arg("-o")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "portcullis bundle failed: {}{}",
+        printed,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = dir.join("gateway.log");
+    let child = Command::new(binary())
+        .args(["serve-wasm", "--component"])
+        .arg(&bundle)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("portcullis serving")) {
+            let v: Value = serde_json::from_str(line).unwrap();
+            break v["fields"]["listen"].as_str().unwrap().parse().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve-wasm did not start: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        Gateway {
+            child,
+            addr,
+            admin: addr,
+            dir,
+        },
+        printed,
+    )
+}
+
+/// The audit records a bundle wrote (JSON lines among `gateway.log`'s).
+pub fn bundle_audit(gw: &Gateway) -> Vec<Value> {
+    std::fs::read_to_string(gw.dir.join("gateway.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("decision").is_some())
+        .collect()
+}

@@ -5,12 +5,14 @@
 #![deny(unsafe_code)] // one audited exception: loading our own cached compiled component
 
 pub mod audit;
+pub mod bundle;
 pub mod demo;
 pub mod health;
 pub mod keys;
 pub mod metrics;
 pub mod native;
 pub mod native_verifier;
+pub mod plain;
 pub mod plugin_tool;
 pub mod plugins;
 pub mod runtime;

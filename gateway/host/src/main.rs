@@ -60,6 +60,28 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         token_cache: usize,
     },
+    /// Compose a self-contained edge bundle for any wasi:http runtime: the gateway
+    /// component, the portable providers and the validated configuration (remote key sets
+    /// fetched now and baked in). The result imports only `wasi:*`.
+    Bundle {
+        /// The edge configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Where to write the bundle.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+    /// Serve any wasi:http component (an edge bundle) the way a plain wasi:http host
+    /// does: WASI and wasi:http only, no Portcullis host services, a fresh instance per
+    /// request, outbound requests to any loopback or public address.
+    ServeWasm {
+        /// The component.
+        #[arg(long)]
+        component: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
     /// Validate a configuration and print every problem.
     Check {
         /// The edge configuration.
@@ -208,6 +230,58 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 opts.drain,
             )
             .await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bundle { config, output } => {
+            let mut loaded = match load_config_file(&config) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            for route in &loaded.config.routes {
+                if route.risk.as_ref().is_some_and(|r| !r.plugins.is_empty()) {
+                    eprintln!(
+                        "portcullis: warning: route {:?} has risk plugins; they do not run inside a bundle yet, so each answers as failed and its on_error decides",
+                        route.path
+                    );
+                }
+                if !route.login.is_empty() {
+                    eprintln!(
+                        "portcullis: warning: route {:?} signs browsers in; a bundle cannot (login answers 503 provider_unavailable), bearer tokens still work",
+                        route.path
+                    );
+                }
+            }
+            let baked = portcullis_host::bundle::bake_keys(&mut loaded.config).await?;
+            let bundle = portcullis_host::bundle::compose(
+                portcullis_host::runtime::COMPONENT,
+                &loaded.config,
+            )?;
+            std::fs::write(&output, &bundle.wasm)?;
+            println!(
+                "{}: {} KB, imports {} (all wasi:*); key sets baked in: {}",
+                output.display(),
+                bundle.wasm.len().div_ceil(1024),
+                bundle.imports.len(),
+                if baked.is_empty() {
+                    "none".to_owned()
+                } else {
+                    baked.join(", ")
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ServeWasm { component, listen } => {
+            let wasm = std::fs::read(&component)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", component.display()))?;
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            let server = portcullis_host::plain::PlainServer::new(&wasm)?;
+            tracing::info!(listen = %listener.local_addr()?, admin = %listener.local_addr()?, "portcullis serving");
+            server
+                .serve(listener, portcullis_host::shutdown_signal())
+                .await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => match load_config_file(&config) {

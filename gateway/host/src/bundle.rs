@@ -1,0 +1,220 @@
+//! `portcullis bundle`: one self-contained component for any `wasi:http` runtime.
+//!
+//! The configuration is validated, its remote key sets are fetched and baked in, and its
+//! snapshot is wrapped in a small generated component (`portcullis:gateway/embedded`). The
+//! bytecode alliance's composition graph (`wac-graph`) then plugs that into the portable
+//! providers (`gateway/providers`), and the providers into every `portcullis:gateway`
+//! import of the gateway component. What is left imports only `wasi:*` and exports
+//! `wasi:http/incoming-handler`.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use portcullis_core::Config;
+use portcullis_core::config::KeySource;
+use wac_graph::types::Package;
+use wac_graph::{CompositionGraph, EncodeOptions};
+
+/// The portable providers component, built by this crate's build script.
+pub const PROVIDERS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_providers.wasm"));
+
+/// The version of the `portcullis:gateway` package.
+const PACKAGE_VERSION: &str = "0.1.0";
+
+/// The host services the gateway imports and the providers export.
+pub const SERVICES: [&str; 7] = [
+    "config", "keys", "health", "state", "client", "audit", "risk",
+];
+
+/// Largest key set or discovery document fetched at bundle time.
+const MAX_DOCUMENT: usize = 1 << 20;
+
+/// What went into a bundle.
+#[derive(Debug)]
+pub struct Bundle {
+    /// The composed component.
+    pub wasm: Vec<u8>,
+    /// Its imports (all `wasi:*`).
+    pub imports: Vec<String>,
+}
+
+/// Fetches every remote key set of `config` and makes it static (the bundle cannot fetch
+/// keys on its own yet; rotating keys means bundling again).
+pub async fn bake_keys(config: &mut Config) -> anyhow::Result<Vec<String>> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
+            let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+                .await
+                .with_context(|| format!("{url}: timed out"))?
+                .with_context(|| format!("{url}: fetch failed"))?;
+            if response.status() != 200 {
+                bail!("{url}: HTTP status {}", response.status());
+            }
+            let body = Limited::new(response.into_body(), MAX_DOCUMENT)
+                .collect()
+                .await
+                .map_err(|e| anyhow::anyhow!("{url}: body: {e}"))?
+                .to_bytes();
+            Ok::<_, anyhow::Error>(body)
+        }
+    };
+    let mut baked = Vec::new();
+    for issuer in &mut config.issuers {
+        let jwks_url = match &issuer.keys {
+            KeySource::Static(_) => continue,
+            KeySource::JwksUri(url) => url.clone(),
+            KeySource::Discovery(url) => {
+                let doc = get(url.clone()).await?;
+                portcullis_core::keyset::parse_discovery(
+                    &doc,
+                    &issuer.issuer,
+                    issuer.insecure_http_jwks,
+                )
+                .map_err(|e| anyhow::anyhow!("{}: {e}", issuer.name))?
+            }
+        };
+        let body = get(jwks_url.clone()).await?;
+        let parsed = portcullis_core::jwk::parse_jwks(&body)
+            .map_err(|e| anyhow::anyhow!("{}: key set {jwks_url}: {e}", issuer.name))?;
+        issuer.keys = KeySource::Static(parsed);
+        baked.push(issuer.name.clone());
+    }
+    Ok(baked)
+}
+
+/// A component exporting `portcullis:gateway/embedded` whose `snapshot` returns `snapshot`.
+pub fn embedded_component(snapshot: &[u8]) -> anyhow::Result<Vec<u8>> {
+    // Linear memory: the (pointer, length) pair at 0, the bytes from 16.
+    let len = u32::try_from(snapshot.len()).context("snapshot too large")?;
+    let pages = (16 + snapshot.len()).div_ceil(65_536).max(1);
+    let mut data = String::with_capacity(snapshot.len() * 3);
+    for b in snapshot {
+        data.push_str(&format!("\\{b:02x}"));
+    }
+    let header: String = 16u32
+        .to_le_bytes()
+        .iter()
+        .chain(len.to_le_bytes().iter())
+        .map(|b| format!("\\{b:02x}"))
+        .collect();
+    let text = format!(
+        r#"(component
+  (core module $m
+    (memory (export "memory") {pages})
+    (data (i32.const 0) "{header}")
+    (data (i32.const 16) "{data}")
+    (func (export "snapshot") (result i32) (i32.const 0)))
+  (core instance $i (instantiate $m))
+  (func $snapshot (result (list u8))
+    (canon lift (core func $i "snapshot") (memory (core memory $i "memory"))))
+  (instance $embedded (export "snapshot" (func $snapshot)))
+  (export "portcullis:gateway/embedded@{PACKAGE_VERSION}" (instance $embedded)))"#
+    );
+    wat::parse_str(&text).context("assemble the embedded-configuration component")
+}
+
+/// Composes `gateway` (the gateway component) with the providers and `config`.
+pub fn compose(gateway_bytes: &[u8], config: &Config) -> anyhow::Result<Bundle> {
+    let snapshot = config.to_snapshot();
+    let embedded = embedded_component(&snapshot)?;
+    let mut graph = CompositionGraph::new();
+    let register = |graph: &mut CompositionGraph, name: &str, bytes: &[u8]| {
+        let pkg = Package::from_bytes(name, None, bytes.to_vec(), graph.types_mut())
+            .with_context(|| format!("read the {name} component"))?;
+        graph
+            .register_package(pkg)
+            .with_context(|| format!("register the {name} component"))
+    };
+    let embedded = register(&mut graph, "portcullis:embedded", &embedded)?;
+    let providers = register(&mut graph, "portcullis:providers", PROVIDERS)?;
+    let gateway = register(&mut graph, "portcullis:gateway-component", gateway_bytes)?;
+
+    let embedded = graph.instantiate(embedded);
+    let providers = graph.instantiate(providers);
+    let gateway = graph.instantiate(gateway);
+    let name = |service: &str| format!("portcullis:gateway/{service}@{PACKAGE_VERSION}");
+    let snapshot_export = graph
+        .alias_instance_export(embedded, &name("embedded"))
+        .context("the embedded component's export")?;
+    graph
+        .set_instantiation_argument(providers, &name("embedded"), snapshot_export)
+        .context("plug the configuration into the providers")?;
+    for service in SERVICES {
+        let export = graph
+            .alias_instance_export(providers, &name(service))
+            .with_context(|| format!("the providers' {service} export"))?;
+        graph
+            .set_instantiation_argument(gateway, &name(service), export)
+            .with_context(|| format!("plug {service} into the gateway"))?;
+    }
+    let handler_name = component_names(gateway_bytes, Section::Exports)?
+        .into_iter()
+        .find(|n| n.starts_with("wasi:http/incoming-handler@"))
+        .context("the gateway component exports no wasi:http/incoming-handler")?;
+    let handler = graph
+        .alias_instance_export(gateway, &handler_name)
+        .context("the gateway's wasi:http/incoming-handler export")?;
+    graph
+        .export(handler, &handler_name)
+        .context("export the handler")?;
+    let wasm = graph
+        .encode(EncodeOptions::default())
+        .context("encode the bundle")?;
+    let imports = component_names(&wasm, Section::Imports)?;
+    if let Some(bad) = imports.iter().find(|i| !i.starts_with("wasi:")) {
+        bail!("the bundle still imports {bad}: only wasi:* may remain");
+    }
+    Ok(Bundle { wasm, imports })
+}
+
+/// Which top-level names [`component_names`] lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    /// The component's imports.
+    Imports,
+    /// The component's exports.
+    Exports,
+}
+
+/// The top-level import or export names of a component.
+pub fn component_names(wasm: &[u8], section: Section) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.context("parse the component")? {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentImportSection(reader)
+                if depth == 0 && section == Section::Imports =>
+            {
+                for import in reader {
+                    names.push(import.context("an import")?.name.name.to_owned());
+                }
+            }
+            wasmparser::Payload::ComponentExportSection(reader)
+                if depth == 0 && section == Section::Exports =>
+            {
+                for export in reader {
+                    names.push(export.context("an export")?.name.name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(names)
+}

@@ -1,0 +1,216 @@
+//! `portcullis serve-wasm`: the host as a plain `wasi:http` runtime, for edge bundles. It
+//! links WASI and `wasi:http` only — no Portcullis host service — so a component that runs
+//! here needs nothing an edge runtime lacks. A fresh instance per request (as Spin, Fastly
+//! and `wasmtime serve` do), stderr inherited (the bundle's audit lines), no sockets, no
+//! files, outbound HTTP to any address.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
+    WasiHttpView,
+};
+
+use crate::runtime::{BackendClient, backend_client, full_body};
+
+/// Per-request store data of a plain wasi:http guest.
+pub struct PlainState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: AnyOutbound,
+}
+
+impl WasiView for PlainState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for PlainState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outbound requests go wherever the guest sends them (a plain runtime has no allow-list
+/// of ours; the bundle's gateway only sends to its configured backends).
+struct AnyOutbound {
+    client: BackendClient,
+}
+
+type ResponseFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+
+impl WasiHttpHooks for AnyOutbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<
+        dyn Future<Output = Result<(http::Response<WasiBody>, ResponseFuture), HttpError>> + Send,
+    > {
+        let client = self.client.clone();
+        Box::new(async move {
+            let first_byte = options
+                .and_then(|o| o.first_byte_timeout)
+                .unwrap_or(Duration::from_secs(30));
+            let response = match tokio::time::timeout(first_byte, client.request(request)).await {
+                Err(_) => return Err(HttpError::ConnectionReadTimeout),
+                Ok(Err(e)) if e.is_connect() => return Err(HttpError::ConnectionRefused),
+                Ok(Err(e)) => return Err(HttpError::InternalError(Some(e.to_string()))),
+                Ok(Ok(r)) => r,
+            };
+            let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());
+            let done: ResponseFuture = Box::new(async { Ok(()) });
+            Ok((response, done))
+        })
+    }
+}
+
+/// A plain wasi:http server for one component.
+pub struct PlainServer {
+    pre: ProxyPre<PlainState>,
+    client: BackendClient,
+}
+
+impl PlainServer {
+    /// Compiles and links `wasm` against WASI and wasi:http only (a component importing
+    /// anything else is refused here, as an edge runtime would).
+    pub fn new(wasm: &[u8]) -> anyhow::Result<Arc<Self>> {
+        let engine = crate::runtime::engine(256, false)?;
+        let component = Component::new(&engine, wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Self::with_component(&engine, &component)
+    }
+
+    fn with_component(engine: &Engine, component: &Component) -> anyhow::Result<Arc<Self>> {
+        let mut linker: Linker<PlainState> = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| anyhow::anyhow!("link the component with WASI and wasi:http only: {e}"))?;
+        let pre = ProxyPre::new(pre).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ticker = engine.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(crate::runtime::EPOCH_TICK);
+                ticker.increment_epoch();
+            }
+        });
+        Ok(Arc::new(Self {
+            pre,
+            client: backend_client(),
+        }))
+    }
+
+    async fn handle(
+        &self,
+        req: Request<hyper::body::Incoming>,
+    ) -> anyhow::Result<Response<HyperOutgoingBody>> {
+        let mut wasi = WasiCtx::builder();
+        wasi.inherit_stderr()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let mut store = Store::new(
+            self.pre.engine(),
+            PlainState {
+                wasi: wasi.build(),
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+                hooks: AnyOutbound {
+                    client: self.client.clone(),
+                },
+            },
+        );
+        // 30 s of 1 ms epoch ticks.
+        store.set_epoch_deadline(30_000);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let wreq = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pre = self.pre.clone();
+        let task = tokio::spawn(async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, wreq, out)
+                .await
+        });
+        match receiver.await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => anyhow::bail!("component answered with error {e:?}"),
+            Err(_) => match task.await {
+                Ok(Ok(())) => anyhow::bail!("component never answered"),
+                Ok(Err(e)) => anyhow::bail!("component failed: {e:?}"),
+                Err(e) => anyhow::bail!("component task: {e}"),
+            },
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _peer)) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let server = self.clone();
+                    let service = service_fn(move |req| {
+                        let server = server.clone();
+                        async move {
+                            let response = match server.handle(req).await {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "request failed in the component");
+                                    let mut r = Response::new(full_body(format!("{e}\n")));
+                                    *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                                    r
+                                }
+                            };
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! One conformance suite for every runtime: the token / route / residency / header matrix,
+//! written once as a table, run against
+//!
+//! - `portcullis serve --engine native` (the core in the host),
+//! - `portcullis serve --engine component` (the gateway component with the host's services),
+//! - the self-contained edge bundle (`portcullis bundle`: gateway + portable providers +
+//!   configuration, importing only `wasi:*`) under `portcullis serve-wasm`, a plain
+//!   wasi:http host without any Portcullis service.
+//!
+//! Every case must give the same status, reason code, region and identity headers on each.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use portcullis_tests::host::{Gateway, reason, start_bundle, start_engine};
+use portcullis_tests::net::{Backend, KeyServer, Resp, request};
+use portcullis_tests::*;
+use serde_json::{Value, json};
+
+fn config(keys: &KeyServer, eu: &str, us: &str) -> String {
+    format!(
+        r#"
+[[issuer]]
+name = "main"
+issuer = "{ISSUER}"
+jwks_uri = "{keys}/jwks.json"
+insecure_http_jwks = true
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256", "RS256", "EdDSA"]
+
+[region.eu]
+jurisdiction = "EU"
+backends = ["{eu}"]
+
+[region.us]
+jurisdiction = "US"
+backends = ["{us}"]
+
+[residency]
+missing = "us"
+anonymous = "us"
+
+[[route]]
+path = "/api/orders"
+scopes_any = ["orders:read"]
+
+[[route]]
+path = "/api/admin"
+scopes_all = ["admin"]
+
+[[route]]
+path = "/api/strong"
+acr_values = ["mfa"]
+
+[[route]]
+path = "/api/eu-only"
+regions = ["eu"]
+
+[[route]]
+path = "/public"
+auth = "public"
+
+[identity]
+strip = ["x-user-*"]
+headers = {{ "x-user-id" = "sub", "x-user-region" = "region", "x-user-scopes" = "scope" }}
+
+[audit]
+subject_key_file = "audit.key"
+"#,
+        keys = keys.server.url()
+    )
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token signed with `alg` by the test issuer, valid now, merged with `extra`.
+fn token(alg: &str, extra: Value) -> String {
+    let n = now();
+    let mut c = claims(json!({"iat": n - 5, "exp": n + 600}));
+    if let (Some(c), Value::Object(e)) = (c.as_object_mut(), extra) {
+        for (k, v) in e {
+            if v.is_null() {
+                c.remove(&k);
+            } else {
+                c.insert(k, v);
+            }
+        }
+    }
+    TestIdp::shared().sign(alg, c)
+}
+
+/// What a case expects.
+#[derive(Debug)]
+enum Expect {
+    /// Forwarded to this region's backend, with these identity headers there.
+    Forward {
+        region: &'static str,
+        headers: Vec<(&'static str, Option<&'static str>)>,
+    },
+    /// Refused with this status and reason code.
+    Refuse(u16, &'static str),
+}
+
+struct Case {
+    name: &'static str,
+    method: &'static str,
+    path: &'static str,
+    headers: Vec<(String, String)>,
+    expect: Expect,
+}
+
+fn bearer(t: &str) -> Vec<(String, String)> {
+    vec![("authorization".into(), format!("Bearer {t}"))]
+}
+
+fn cases() -> Vec<Case> {
+    use Expect::{Forward, Refuse};
+    let eu_user = token("ES256", json!({"sub": "alice", "residency": "eu"}));
+    let tampered = {
+        let (head, sig) = eu_user.rsplit_once('.').unwrap();
+        let mut raw = portcullis_core::b64::decode(sig).unwrap();
+        raw[4] ^= 1;
+        format!("{head}.{}", portcullis_core::b64::encode(&raw))
+    };
+    let none_alg = format!(
+        "{}.{}.",
+        portcullis_core::b64::encode(br#"{"alg":"none","typ":"JWT"}"#),
+        portcullis_core::b64::encode(
+            serde_json::to_string(&claims(json!({"iat": now(), "exp": now() + 600})))
+                .unwrap()
+                .as_bytes()
+        )
+    );
+    vec![
+        Case {
+            name: "ES256 user of eu reaches eu with verified headers",
+            method: "GET",
+            path: "/api/orders/1",
+            headers: bearer(&eu_user),
+            expect: Forward {
+                region: "eu",
+                headers: vec![
+                    ("x-user-id", Some("alice")),
+                    ("x-user-region", Some("eu")),
+                    ("x-user-scopes", Some("orders:read profile")),
+                ],
+            },
+        },
+        Case {
+            name: "RS256 user without residency goes to the default region",
+            method: "GET",
+            path: "/api/orders",
+            headers: bearer(&token("RS256", json!({"sub": "bob", "residency": null}))),
+            expect: Forward {
+                region: "us",
+                headers: vec![("x-user-id", Some("bob")), ("x-user-region", Some("us"))],
+            },
+        },
+        Case {
+            name: "EdDSA user of us",
+            method: "POST",
+            path: "/api/orders",
+            headers: bearer(&token("EdDSA", json!({"sub": "carol", "residency": "us"}))),
+            expect: Forward {
+                region: "us",
+                headers: vec![("x-user-id", Some("carol"))],
+            },
+        },
+        Case {
+            name: "spoofed identity headers are stripped, verified ones injected",
+            method: "GET",
+            path: "/api/orders",
+            headers: {
+                let mut h = bearer(&eu_user);
+                h.push(("x-user-id".into(), "mallory".into()));
+                h.push(("X_User_Region".into(), "us".into()));
+                h
+            },
+            expect: Forward {
+                region: "eu",
+                headers: vec![("x-user-id", Some("alice")), ("x-user-region", Some("eu"))],
+            },
+        },
+        Case {
+            name: "public route: anonymous, spoofed headers removed",
+            method: "GET",
+            path: "/public/page",
+            headers: vec![("x-user-id".into(), "mallory".into())],
+            expect: Forward {
+                region: "us",
+                headers: vec![("x-user-id", None)],
+            },
+        },
+        Case {
+            name: "no token",
+            method: "GET",
+            path: "/api/orders",
+            headers: vec![],
+            expect: Refuse(401, "authentication_required"),
+        },
+        Case {
+            name: "expired token",
+            method: "GET",
+            path: "/api/orders",
+            headers: bearer(&token(
+                "ES256",
+                json!({"iat": now() - 3600, "exp": now() - 600}),
+            )),
+            expect: Refuse(401, "token_expired"),
+        },
+        Case {
+            name: "token not valid yet",
+            method: "GET",
+            path: "/api/orders",
+            headers: bearer(&token("ES256", json!({"nbf": now() + 600}))),
+            expect: Refuse(401, "token_not_yet_valid"),
+        },
+        Case {
+            name: "tampered signature",
+            method: "GET",
+            path: "/api/orders",
+            headers: bearer(&tampered),
+            expect: Refuse(401, "signature_invalid"),
+        },
+        Case {
+            name: "alg none, empty signature",
+            method: "GET",
+            path: "/api/orders",
+            headers: bearer(&none_alg),
+            expect: Refuse(401, "token_malformed"),
+        },
+        Case {
+            name: "alg none with a signature",
+            method: "GET",
+            path: "/api/orders",
+            headers: bearer(&format!("{none_alg}AAAA")),
+            expect: Refuse(401, "algorithm_not_allowed"),
+        },
+        Case {
+            name: "another audience",
+            method: "GET",
+            path: "/api/orders",
+            headers: bearer(&token("ES256", json!({"aud": "api://other"}))),
+            expect: Refuse(401, "audience_mismatch"),
+        },
+        Case {
+            name: "unknown issuer",
+            method: "GET",
+            path: "/api/orders",
+            headers: bearer(&token("ES256", json!({"iss": "https://evil.test"}))),
+            expect: Refuse(401, "issuer_unknown"),
+        },
+        Case {
+            name: "malformed token",
+            method: "GET",
+            path: "/api/orders",
+            headers: bearer("not-a-jwt"),
+            expect: Refuse(401, "token_malformed"),
+        },
+        Case {
+            name: "two Authorization headers",
+            method: "GET",
+            path: "/api/orders",
+            headers: {
+                let mut h = bearer(&eu_user);
+                h.extend(bearer(&eu_user));
+                h
+            },
+            expect: Refuse(400, "invalid_request"),
+        },
+        Case {
+            name: "missing scope",
+            method: "GET",
+            path: "/api/admin/users",
+            headers: bearer(&eu_user),
+            expect: Refuse(403, "insufficient_scope"),
+        },
+        Case {
+            name: "step-up needed",
+            method: "GET",
+            path: "/api/strong",
+            headers: bearer(&token("ES256", json!({"acr": "pwd"}))),
+            expect: Refuse(401, "insufficient_user_authentication"),
+        },
+        Case {
+            name: "route not offered in the user's region",
+            method: "GET",
+            path: "/api/eu-only/x",
+            headers: bearer(&token("ES256", json!({"residency": "us"}))),
+            expect: Refuse(403, "residency_not_permitted"),
+        },
+        Case {
+            name: "unknown home region",
+            method: "GET",
+            path: "/api/orders",
+            headers: bearer(&token("ES256", json!({"residency": "mars"}))),
+            expect: Refuse(403, "residency_unknown"),
+        },
+        Case {
+            name: "no route",
+            method: "GET",
+            path: "/nowhere",
+            headers: vec![],
+            expect: Refuse(404, "route_not_found"),
+        },
+        Case {
+            name: "encoded dot segment",
+            method: "GET",
+            path: "/public/%2e%2e/api/admin",
+            headers: vec![],
+            expect: Refuse(400, "path_invalid"),
+        },
+        Case {
+            name: "gateway paths are never forwarded",
+            method: "GET",
+            path: "/_portcullis/anything",
+            headers: vec![],
+            expect: Refuse(404, "route_not_found"),
+        },
+    ]
+}
+
+struct World {
+    _keys: KeyServer,
+    eu: Backend,
+    us: Backend,
+}
+
+fn check(runtime: &str, gw: &Gateway, w: &World) {
+    let mut failures = Vec::new();
+    for case in cases() {
+        let headers: Vec<(&str, &str)> = case
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        *w.eu.last.lock().unwrap() = None;
+        *w.us.last.lock().unwrap() = None;
+        let r: Resp = request(gw.addr, case.method, case.path, &headers, b"").unwrap();
+        match &case.expect {
+            Expect::Refuse(status, code) => {
+                if r.status != *status || reason(&r) != *code {
+                    failures.push(format!(
+                        "{}: expected {status} {code}, got {} {:?}",
+                        case.name,
+                        r.status,
+                        String::from_utf8_lossy(&r.body)
+                    ));
+                }
+            }
+            Expect::Forward { region, headers } => {
+                let backend = if *region == "eu" { &w.eu } else { &w.us };
+                let other = if *region == "eu" { &w.us } else { &w.eu };
+                let seen = backend.last.lock().unwrap().clone();
+                if r.status != 200 || seen.is_none() || other.last.lock().unwrap().is_some() {
+                    failures.push(format!(
+                        "{}: expected forward to {region}, got {} {:?}",
+                        case.name,
+                        r.status,
+                        String::from_utf8_lossy(&r.body)
+                    ));
+                    continue;
+                }
+                let seen = seen.unwrap();
+                for (name, want) in headers {
+                    let values: Vec<&str> = seen
+                        .headers
+                        .iter()
+                        .filter(|(k, _)| {
+                            k.eq_ignore_ascii_case(name)
+                                || k.eq_ignore_ascii_case(&name.replace('-', "_"))
+                        })
+                        .map(|(_, v)| v.as_str())
+                        .collect();
+                    let ok = match want {
+                        Some(v) => values == [*v],
+                        None => values.is_empty(),
+                    };
+                    if !ok {
+                        failures.push(format!(
+                            "{}: backend header {name}: want {want:?}, got {values:?}",
+                            case.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{runtime}: {} of {} cases differ:\n{}",
+        failures.len(),
+        cases().len(),
+        failures.join("\n")
+    );
+}
+
+fn world() -> World {
+    World {
+        _keys: KeyServer::start(TestIdp::shared().jwks()),
+        eu: Backend::start("eu"),
+        us: Backend::start("us"),
+    }
+}
+
+#[test]
+fn the_matrix_holds_on_the_native_engine() {
+    let w = world();
+    let gw = start_engine(
+        &config(&w._keys, &w.eu.server.url(), &w.us.server.url()),
+        "native",
+    );
+    check("native", &gw, &w);
+}
+
+#[test]
+fn the_matrix_holds_on_the_component_engine() {
+    let w = world();
+    let gw = start_engine(
+        &config(&w._keys, &w.eu.server.url(), &w.us.server.url()),
+        "component",
+    );
+    check("component", &gw, &w);
+}
+
+#[test]
+fn the_matrix_holds_in_the_edge_bundle_under_a_plain_wasi_http_host() {
+    let w = world();
+    let (gw, printed) = start_bundle(
+        &config(&w._keys, &w.eu.server.url(), &w.us.server.url()),
+        &[],
+    );
+    assert!(printed.contains("key sets baked in: main"), "{printed}");
+    check("bundle", &gw, &w);
+    // The bundle wrote its audit records (JSON lines on stderr).
+    let audit = portcullis_tests::host::bundle_audit(&gw);
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["reason"] == "signature_invalid" && r["status"] == 401),
+        "{audit:?}"
+    );
+}
