@@ -67,7 +67,14 @@ fn token(sub: u64) -> String {
 
 fn call(gw: &Gateway, token: &str) {
     let auth = format!("Bearer {token}");
-    let r = request(gw.addr, "GET", "/api/orders", &[("authorization", &auth)], b"").unwrap();
+    let r = request(
+        gw.addr,
+        "GET",
+        "/api/orders",
+        &[("authorization", &auth)],
+        b"",
+    )
+    .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
 

@@ -451,3 +451,29 @@ fn the_matrix_holds_in_the_edge_bundle_under_a_plain_wasi_http_host() {
         "{audit:?}"
     );
 }
+
+/// A bundle has no shared state: rate limits fail closed (503 `state_unavailable` under the
+/// default `on_unavailable = "deny"`), and `"allow"` skips them.
+#[test]
+fn rate_limits_in_a_bundle_fail_closed_without_shared_state() {
+    let w = world();
+    for (policy, status) in [("deny", 503), ("allow", 200)] {
+        let text = config(&w._keys, &w.eu.server.url(), &w.us.server.url()).replace(
+            "[identity]",
+            &format!(
+                "[[route]]\npath = \"/limited\"\nauth = \"public\"\n[[route.rate_limit]]\nkey = \"route\"\nrate = 100\nper = \"1s\"\n\n[state]\non_unavailable = \"{policy}\"\n\n[identity]"
+            ),
+        );
+        let (gw, _) = start_bundle(&text, &[]);
+        let r = request(gw.addr, "GET", "/limited", &[], b"").unwrap();
+        assert_eq!(
+            r.status,
+            status,
+            "{policy}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        if status == 503 {
+            assert_eq!(reason(&r), "state_unavailable");
+        }
+    }
+}

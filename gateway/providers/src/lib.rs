@@ -6,7 +6,8 @@
 //! - `keys`: signatures checked in the guest with the pure-Rust verifier against key sets
 //!   baked in at bundle time;
 //! - `state`: per-instance, in memory (most `wasi:http` hosts create an instance per
-//!   request, so limits and replay caches do not span requests there);
+//!   request): plain values work within a request; replay checks never see a value as new
+//!   and rate limits report the state unreachable, so both fail closed;
 //! - `health`: every backend healthy; `client`: no peer address, no outbound calls
 //!   (site verification and browser login are refused: fail closed);
 //! - `audit`: one JSON line per decision on stderr;
@@ -30,7 +31,6 @@ use bindings::exports::portcullis::gateway::{audit, client, config, health, keys
 use bindings::portcullis::gateway::embedded;
 use portcullis_core::authenticate::{AuthFailure, IssuedKind};
 use portcullis_core::crypto::PortableKey;
-use portcullis_core::limits::LimitCheck;
 use portcullis_core::{Config, IssuerId, KeyStore, PortableVerifier, Timestamp};
 
 /// The configuration and key sets of this instance, restored once.
@@ -215,56 +215,17 @@ impl state::Guest for Providers {
         })
     }
 
-    fn first_use(key: String, ttl_ms: u64) -> bool {
-        let now = now_ms();
-        STATE.with(|s| {
-            let mut map = s.borrow_mut();
-            if live(&mut map, &key, now).is_some() {
-                return false;
-            }
-            map.insert(key, (Vec::new(), now.saturating_add(ttl_ms)));
-            true
-        })
+    fn first_use(_key: String, _ttl_ms: u64) -> bool {
+        // Per-instance memory cannot rule out a replay on another instance (most hosts run
+        // one per request): no one-time value is ever "new" (DPoP proofs, challenge
+        // answers are refused — fail closed).
+        false
     }
 
-    fn rate_limit(checks: Vec<state::LimitCheck>) -> Result<Vec<state::LimitStatus>, String> {
-        let now = now_ms();
-        let now_us = now.saturating_mul(1000);
-        let checks: Vec<LimitCheck> = checks
-            .into_iter()
-            .map(|c| LimitCheck {
-                key: c.key,
-                interval_us: c.interval_us,
-                burst: c.burst,
-            })
-            .collect();
-        STATE.with(|s| {
-            let mut map = s.borrow_mut();
-            let tats: Vec<Option<u64>> = checks
-                .iter()
-                .map(|c| {
-                    live(&mut map, &c.key, now)
-                        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-                        .map(u64::from_be_bytes)
-                })
-                .collect();
-            let (statuses, next) = portcullis_core::limits::gcra_all(&tats, now_us, &checks);
-            if let Some(next) = next {
-                for (check, tat) in checks.iter().zip(next) {
-                    let expires = tat.div_ceil(1000).max(now);
-                    map.insert(check.key.clone(), (tat.to_be_bytes().to_vec(), expires));
-                }
-            }
-            Ok(statuses
-                .into_iter()
-                .map(|s| state::LimitStatus {
-                    allowed: s.allowed,
-                    remaining: s.remaining,
-                    retry_after_us: s.retry_after_us,
-                    reset_us: s.reset_us,
-                })
-                .collect())
-        })
+    fn rate_limit(_checks: Vec<state::LimitCheck>) -> Result<Vec<state::LimitStatus>, String> {
+        // A per-instance bucket would never fill: report the state unreachable, so the
+        // configuration's `on_unavailable` decides (deny by default).
+        Err("an edge bundle has no shared state for rate limits".into())
     }
 }
 
