@@ -366,6 +366,32 @@ fn scripts_get_401_json_and_bearer_tokens_keep_working(engine: &str) {
     );
     assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("Secure"));
 
+    // Reloading the login redirect does not pile up attempt cookies: with three attempts
+    // pending, a fourth deletes the oldest (at most four at once).
+    let mut jar: Vec<String> = Vec::new();
+    for _ in 0..5 {
+        let cookie_header = jar.join("; ");
+        let mut h = NAVIGATE.to_vec();
+        if !jar.is_empty() {
+            h.push(("cookie", &cookie_header));
+        }
+        let r = w.raw("/app/data", &h);
+        assert_eq!(r.status, 302);
+        for (k, v) in &r.headers {
+            if k != "set-cookie" {
+                continue;
+            }
+            let pair = v.split(';').next().unwrap().to_owned();
+            let (name, value) = pair.split_once('=').unwrap();
+            jar.retain(|c| !c.starts_with(&format!("{name}=")));
+            if !value.is_empty() && !v.contains("Max-Age=0") {
+                jar.push(pair.clone());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    assert_eq!(jar.len(), 4, "{jar:?}");
+
     // Bearer tokens work on the same route (mobile and API clients).
     let now = unix_now();
     let token = TestIdp::shared().sign(

@@ -48,6 +48,8 @@ pub const LOGOUT_PATH: &str = "/_portcullis/logout";
 pub const BACKCHANNEL_PATH: &str = "/_portcullis/backchannel-logout";
 /// The `events` member of a back-channel logout token.
 pub const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// Most login attempts (tabs signing in at once) a browser keeps cookies for.
+pub const MAX_LOGIN_ATTEMPTS: usize = 4;
 /// Largest form body accepted at [`BACKCHANNEL_PATH`].
 pub const MAX_FORM_BODY: usize = 16 * 1024;
 
@@ -330,7 +332,40 @@ impl Flow<'_> {
             endpoints.authorization,
             encode_form(&params)
         );
-        redirect(StatusCode::FOUND, &location, vec![cookie])
+        let mut cookies = vec![cookie];
+        cookies.extend(self.stale_attempts());
+        redirect(StatusCode::FOUND, &location, cookies)
+    }
+
+    /// `Set-Cookie` values deleting the oldest login-attempt cookies of this request, so
+    /// that at most [`MAX_LOGIN_ATTEMPTS`] stay with the new one: reloads and abandoned
+    /// tabs must not pile cookies up until requests outgrow header limits. Unreadable
+    /// attempt cookies are deleted first.
+    fn stale_attempts(&self) -> Vec<HeaderValue> {
+        let mut attempts: Vec<(u64, &str)> = self
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .flat_map(|h| h.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .filter(|(name, _)| name.starts_with(LOGIN_COOKIE_PREFIX))
+            .map(|(name, value)| {
+                let created = LoginState::open(self.keys, value).map_or(0, |a| a.created);
+                (created, name)
+            })
+            .collect();
+        let keep = MAX_LOGIN_ATTEMPTS.saturating_sub(1);
+        if attempts.len() <= keep {
+            return Vec::new();
+        }
+        attempts.sort_unstable();
+        let excess = attempts.len() - keep;
+        attempts
+            .iter()
+            .take(excess)
+            .filter_map(|(_, name)| session::delete_cookie(name).ok())
+            .collect()
     }
 
     /// A login route's answer to a request without a session: browsers are sent to log in
