@@ -17,6 +17,7 @@ fn main() {
     for watched in [
         "gateway/component",
         "gateway/providers",
+        "gateway/plugin-link",
         "gateway/core/src",
         "gateway/core/Cargo.toml",
         "wit",
@@ -26,12 +27,23 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let built = target_dir.join("wasm32-wasip2/release");
-    let outputs = ["portcullis_component.wasm", "portcullis_providers.wasm"];
+    let outputs = [
+        "portcullis_component.wasm",
+        "portcullis_providers.wasm",
+        "portcullis_plugin_link.wasm",
+    ];
     // Under clippy (a check build) the embedded bytes are never run: reuse components that
     // an earlier build produced instead of compiling them again in a second environment.
     let reusable = outputs.iter().all(|f| built.join(f).exists());
     if !(std::env::var_os("CLIPPY_ARGS").is_some() && reusable) {
-        build_wasm(&root, &["portcullis-component", "portcullis-providers"]);
+        build_wasm(
+            &root,
+            &[
+                "portcullis-component",
+                "portcullis-providers",
+                "portcullis-plugin-link",
+            ],
+        );
     }
     for file in outputs {
         std::fs::copy(built.join(file), out_dir.join(file)).expect("copy a component");

@@ -477,3 +477,94 @@ fn rate_limits_in_a_bundle_fail_closed_without_shared_state() {
         }
     }
 }
+
+fn plugin(name: &str) -> String {
+    let p = std::path::Path::new(env!("PORTCULLIS_PLUGIN_DIR"))
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(p.exists(), "{} was not built", p.display());
+    p.display().to_string()
+}
+
+/// Risk plugins chained into a bundle answer like the host's sandboxed plugins; a trap in
+/// one fails the whole request (a bundle has no per-plugin sandbox).
+#[test]
+fn plugins_chained_into_a_bundle_score_like_the_hosts() {
+    let w = world();
+    let text = config(&w._keys, &w.eu.server.url(), &w.us.server.url()).replace(
+        "[identity]",
+        &format!(
+            r#"[plugin.trivial]
+path = "{trivial}"
+headers = ["x-risk"]
+
+[plugin.second]
+path = "{trivial}"
+headers = ["x-risk-2"]
+
+[plugin.panics]
+path = "{faulty}"
+headers = ["x-fault"]
+on_error = "deny"
+config = {{ mode = "panic" }}
+
+[[route]]
+path = "/risk"
+auth = "public"
+risk = {{ plugins = ["second", "trivial"], challenge = 60, deny = 90 }}
+
+[[route]]
+path = "/fault"
+auth = "public"
+risk = {{ plugins = ["panics"] }}
+
+[identity]"#,
+            trivial = plugin("fixture-plugin-trivial"),
+            faulty = plugin("fixture-plugin-faulty"),
+        ),
+    );
+    let native = start_engine(&text, "native");
+    let (bundle, printed) = start_bundle(&text, &[]);
+    assert!(printed.contains("3 plugin(s)"), "{printed}");
+    for (risk, status, code) in [
+        ("10", 200, ""),
+        ("70", 403, "challenge_required"),
+        ("95", 403, "risk_denied"),
+    ] {
+        for (name, gw) in [("native", &native), ("bundle", &bundle)] {
+            let r = request(gw.addr, "GET", "/risk/x", &[("x-risk", risk)], b"").unwrap();
+            assert_eq!(
+                r.status,
+                status,
+                "{name} x-risk {risk}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            if !code.is_empty() {
+                assert_eq!(reason(&r), code, "{name} x-risk {risk}");
+            }
+        }
+    }
+    // Both plugins of the route answered, each in its own place; `second` (the same
+    // component) sees only `x-risk-2`, so the `x-risk` header never reaches it.
+    let audit = portcullis_tests::host::bundle_audit(&bundle);
+    let denied = audit
+        .iter()
+        .find(|r| r["reason"] == "risk_denied")
+        .expect("the denial is audited");
+    let names: Vec<&str> = denied["risk"]["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["plugin"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["second", "trivial"], "{denied}");
+    assert_eq!(denied["risk"]["plugins"][1]["score"], 95, "{denied}");
+    assert_eq!(denied["risk"]["plugins"][0]["score"], 0, "{denied}");
+
+    // A panicking plugin: the host contains it (503 under on_error = "deny"); inside the
+    // bundle the trap fails the request.
+    let r = request(native.addr, "GET", "/fault/x", &[("x-fault", "yes")], b"").unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(reason(&r), "risk_check_failed");
+    let r = request(bundle.addr, "GET", "/fault/x", &[("x-fault", "yes")], b"").unwrap();
+    assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+}

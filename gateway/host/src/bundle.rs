@@ -21,6 +21,10 @@ use wac_graph::{CompositionGraph, EncodeOptions};
 /// The portable providers component, built by this crate's build script.
 pub const PROVIDERS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_providers.wasm"));
 
+/// The plugin-link component (one instance per bundled plugin), built by the build script.
+pub const PLUGIN_LINK: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_plugin_link.wasm"));
+
 /// The version of the `portcullis:gateway` package.
 const PACKAGE_VERSION: &str = "0.1.0";
 
@@ -96,21 +100,25 @@ pub async fn bake_keys(config: &mut Config) -> anyhow::Result<Vec<String>> {
     Ok(baked)
 }
 
-/// A component exporting `portcullis:gateway/embedded` whose `snapshot` returns `snapshot`.
+/// WAT string-literal escapes for `bytes`.
+fn wat_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 3);
+    for b in bytes {
+        out.push_str(&format!("\\{b:02x}"));
+    }
+    out
+}
+
+/// A `(ptr, len)` pair as WAT escapes.
+fn wat_pair(ptr: u32, len: u32) -> String {
+    wat_bytes(&[ptr.to_le_bytes(), len.to_le_bytes()].concat())
+}
+
+/// A component exporting `portcullis:bundle/embedded` whose `snapshot` returns `snapshot`.
 pub fn embedded_component(snapshot: &[u8]) -> anyhow::Result<Vec<u8>> {
     // Linear memory: the (pointer, length) pair at 0, the bytes from 16.
     let len = u32::try_from(snapshot.len()).context("snapshot too large")?;
     let pages = (16 + snapshot.len()).div_ceil(65_536).max(1);
-    let mut data = String::with_capacity(snapshot.len() * 3);
-    for b in snapshot {
-        data.push_str(&format!("\\{b:02x}"));
-    }
-    let header: String = 16u32
-        .to_le_bytes()
-        .iter()
-        .chain(len.to_le_bytes().iter())
-        .map(|b| format!("\\{b:02x}"))
-        .collect();
     let text = format!(
         r#"(component
   (core module $m
@@ -122,13 +130,89 @@ pub fn embedded_component(snapshot: &[u8]) -> anyhow::Result<Vec<u8>> {
   (func $snapshot (result (list u8))
     (canon lift (core func $i "snapshot") (memory (core memory $i "memory"))))
   (instance $embedded (export "snapshot" (func $snapshot)))
-  (export "portcullis:gateway/embedded@{PACKAGE_VERSION}" (instance $embedded)))"#
+  (export "portcullis:bundle/embedded@{PACKAGE_VERSION}" (instance $embedded)))"#,
+        header = wat_pair(16, len),
+        data = wat_bytes(snapshot),
     );
     wat::parse_str(&text).context("assemble the embedded-configuration component")
 }
 
+/// A component for plugin `index`: exports `portcullis:plugin/config` (the plugin's
+/// configuration JSON) and `portcullis:bundle/slot` (its index and visible headers).
+pub fn slot_component(
+    index: u32,
+    config_json: &str,
+    headers: &[String],
+) -> anyhow::Result<Vec<u8>> {
+    // Memory: (ptr,len) of the JSON at 0, (ptr,len) of the header array at 8, then the
+    // JSON, the header names, and the array of (ptr,len) pairs (4-aligned).
+    let mut data: Vec<u8> = Vec::new();
+    let base = 16u32;
+    data.extend_from_slice(config_json.as_bytes());
+    let mut pairs: Vec<(u32, u32)> = Vec::new();
+    for h in headers {
+        let ptr = base + u32::try_from(data.len()).context("plugin data too large")?;
+        data.extend_from_slice(h.as_bytes());
+        pairs.push((ptr, u32::try_from(h.len()).context("header name too long")?));
+    }
+    while !data.len().is_multiple_of(4) {
+        data.push(0);
+    }
+    let array = base + u32::try_from(data.len()).context("plugin data too large")?;
+    for (ptr, len) in &pairs {
+        data.extend_from_slice(&ptr.to_le_bytes());
+        data.extend_from_slice(&len.to_le_bytes());
+    }
+    let json_len = u32::try_from(config_json.len()).context("plugin config too large")?;
+    let header = [
+        base.to_le_bytes(),
+        json_len.to_le_bytes(),
+        array.to_le_bytes(),
+        u32::try_from(pairs.len()).unwrap_or(0).to_le_bytes(),
+    ]
+    .concat();
+    let pages = (16 + data.len()).div_ceil(65_536).max(1);
+    let text = format!(
+        r#"(component
+  (core module $m
+    (memory (export "memory") {pages})
+    (data (i32.const 0) "{header}")
+    (data (i32.const 16) "{data}")
+    (func (export "get") (result i32) (i32.const 0))
+    (func (export "headers") (result i32) (i32.const 8))
+    (func (export "index") (result i32) (i32.const {index})))
+  (core instance $i (instantiate $m))
+  (func $get (result string)
+    (canon lift (core func $i "get") (memory (core memory $i "memory"))))
+  (func $headers (result (list string))
+    (canon lift (core func $i "headers") (memory (core memory $i "memory"))))
+  (func $index (result u32) (canon lift (core func $i "index")))
+  (instance $config (export "get" (func $get)))
+  (instance $slot (export "index" (func $index)) (export "headers" (func $headers)))
+  (export "portcullis:plugin/config@{PACKAGE_VERSION}" (instance $config))
+  (export "portcullis:bundle/slot@{PACKAGE_VERSION}" (instance $slot)))"#,
+        header = wat_bytes(&header),
+        data = wat_bytes(&data),
+    );
+    wat::parse_str(&text).with_context(|| format!("assemble the slot component of plugin {index}"))
+}
+
 /// Composes `gateway` (the gateway component) with the providers and `config`.
-pub fn compose(gateway_bytes: &[u8], config: &Config) -> anyhow::Result<Bundle> {
+/// Composes `gateway_bytes` (the gateway component) with the providers, `config` and the
+/// configuration's plugins (`plugins[i]` is the component of `config.plugins[i]`), chained
+/// in configuration order.
+pub fn compose(
+    gateway_bytes: &[u8],
+    config: &Config,
+    plugins: &[Vec<u8>],
+) -> anyhow::Result<Bundle> {
+    if plugins.len() != config.plugins.len() {
+        bail!(
+            "{} plugin component(s) for {} configured plugin(s)",
+            plugins.len(),
+            config.plugins.len()
+        );
+    }
     let snapshot = config.to_snapshot();
     let embedded = embedded_component(&snapshot)?;
     let mut graph = CompositionGraph::new();
@@ -147,13 +231,15 @@ pub fn compose(gateway_bytes: &[u8], config: &Config) -> anyhow::Result<Bundle> 
     let providers = graph.instantiate(providers);
     let gateway = graph.instantiate(gateway);
     let name = |service: &str| format!("portcullis:gateway/{service}@{PACKAGE_VERSION}");
+    let bundle_name = |interface: &str| format!("portcullis:bundle/{interface}@{PACKAGE_VERSION}");
+    let plugin_name = |interface: &str| format!("portcullis:plugin/{interface}@{PACKAGE_VERSION}");
     let snapshot_export = graph
-        .alias_instance_export(embedded, &name("embedded"))
+        .alias_instance_export(embedded, &bundle_name("embedded"))
         .context("the embedded component's export")?;
     graph
-        .set_instantiation_argument(providers, &name("embedded"), snapshot_export)
+        .set_instantiation_argument(providers, &bundle_name("embedded"), snapshot_export)
         .context("plug the configuration into the providers")?;
-    for service in SERVICES {
+    for service in SERVICES.iter().filter(|s| **s != "risk") {
         let export = graph
             .alias_instance_export(providers, &name(service))
             .with_context(|| format!("the providers' {service} export"))?;
@@ -161,6 +247,63 @@ pub fn compose(gateway_bytes: &[u8], config: &Config) -> anyhow::Result<Bundle> 
             .set_instantiation_argument(gateway, &name(service), export)
             .with_context(|| format!("plug {service} into the gateway"))?;
     }
+    // The risk chain: the gateway calls the first plugin's link, each link the next, the
+    // last link the providers (which answer for plugins not in the bundle).
+    let mut risk = graph
+        .alias_instance_export(providers, &name("risk"))
+        .context("the providers' risk export")?;
+    if !plugins.is_empty() {
+        let link = register(&mut graph, "portcullis:plugin-link", PLUGIN_LINK)?;
+        for (index, (cfg, wasm)) in config.plugins.iter().zip(plugins).enumerate().rev() {
+            let slot = slot_component(
+                u32::try_from(index).context("too many plugins")?,
+                &cfg.config_json,
+                &cfg.headers,
+            )?;
+            let slot = register(&mut graph, &format!("portcullis:slot-{index}"), &slot)?;
+            let slot = graph.instantiate(slot);
+            let plugin = register(&mut graph, &format!("plugin:{}", cfg.name), wasm)?;
+            let plugin = graph.instantiate(plugin);
+            let config_export = graph
+                .alias_instance_export(slot, &plugin_name("config"))
+                .context("the slot's config export")?;
+            graph
+                .set_instantiation_argument(plugin, &plugin_name("config"), config_export)
+                .with_context(|| format!("plugin `{}`: config", cfg.name))?;
+            for service in ["state", "log", "clock"] {
+                let export = graph
+                    .alias_instance_export(providers, &plugin_name(service))
+                    .with_context(|| format!("the providers' plugin {service} export"))?;
+                graph
+                    .set_instantiation_argument(plugin, &plugin_name(service), export)
+                    .with_context(|| format!("plugin `{}`: {service}", cfg.name))?;
+            }
+            let linked = graph.instantiate(link);
+            let slot_export = graph
+                .alias_instance_export(slot, &bundle_name("slot"))
+                .context("the slot's slot export")?;
+            graph
+                .set_instantiation_argument(linked, &bundle_name("slot"), slot_export)
+                .context("plug the slot into the link")?;
+            let plugin_risk = graph
+                .alias_instance_export(plugin, &plugin_name("risk"))
+                .with_context(|| {
+                    format!("plugin `{}` exports no portcullis:plugin/risk", cfg.name)
+                })?;
+            graph
+                .set_instantiation_argument(linked, &plugin_name("risk"), plugin_risk)
+                .with_context(|| format!("plugin `{}`: its risk export", cfg.name))?;
+            graph
+                .set_instantiation_argument(linked, &name("risk"), risk)
+                .context("chain the link")?;
+            risk = graph
+                .alias_instance_export(linked, &name("risk"))
+                .context("the link's risk export")?;
+        }
+    }
+    graph
+        .set_instantiation_argument(gateway, &name("risk"), risk)
+        .context("plug the risk chain into the gateway")?;
     let handler_name = component_names(gateway_bytes, Section::Exports)?
         .into_iter()
         .find(|n| n.starts_with("wasi:http/incoming-handler@"))

@@ -61,8 +61,9 @@ enum Command {
         token_cache: usize,
     },
     /// Compose a self-contained edge bundle for any wasi:http runtime: the gateway
-    /// component, the portable providers and the validated configuration (remote key sets
-    /// fetched now and baked in). The result imports only `wasi:*`.
+    /// component, the portable providers, the configuration's risk plugins (chained in
+    /// configuration order) and the validated configuration (remote key sets fetched now
+    /// and baked in). The result imports only `wasi:*`.
     Bundle {
         /// The edge configuration.
         #[arg(long)]
@@ -241,12 +242,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             for route in &loaded.config.routes {
-                if route.risk.as_ref().is_some_and(|r| !r.plugins.is_empty()) {
-                    eprintln!(
-                        "portcullis: warning: route {:?} has risk plugins; they do not run inside a bundle yet, so each answers as failed and its on_error decides",
-                        route.path
-                    );
-                }
                 if !route.login.is_empty() {
                     eprintln!(
                         "portcullis: warning: route {:?} signs browsers in; a bundle cannot (login answers 503 provider_unavailable), bearer tokens still work",
@@ -254,16 +249,25 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            let mut plugins = Vec::with_capacity(loaded.config.plugins.len());
+            for p in &loaded.config.plugins {
+                let path = loaded.base.join(&p.path);
+                plugins.push(std::fs::read(&path).map_err(|e| {
+                    anyhow::anyhow!("plugin `{}`: {}: {e}", p.name, path.display())
+                })?);
+            }
             let baked = portcullis_host::bundle::bake_keys(&mut loaded.config).await?;
             let bundle = portcullis_host::bundle::compose(
                 portcullis_host::runtime::COMPONENT,
                 &loaded.config,
+                &plugins,
             )?;
             std::fs::write(&output, &bundle.wasm)?;
             println!(
-                "{}: {} KB, imports {} (all wasi:*); key sets baked in: {}",
+                "{}: {} KB, {} plugin(s), imports {} (all wasi:*); key sets baked in: {}",
                 output.display(),
                 bundle.wasm.len().div_ceil(1024),
+                plugins.len(),
                 bundle.imports.len(),
                 if baked.is_empty() {
                     "none".to_owned()

@@ -50,7 +50,7 @@ fn the_bundle_imports_only_wasi_and_carries_the_baked_key_sets() {
     assert_eq!(baked, ["main"]);
     assert!(matches!(cfg.issuers[0].keys, KeySource::Static(_)));
 
-    let b = bundle::compose(portcullis_host::runtime::COMPONENT, &cfg).unwrap();
+    let b = bundle::compose(portcullis_host::runtime::COMPONENT, &cfg, &[]).unwrap();
     assert!(
         b.imports.iter().all(|i| i.starts_with("wasi:")),
         "{:?}",

@@ -11,16 +11,20 @@
 //! - `health`: every backend healthy; `client`: no peer address, no outbound calls
 //!   (site verification and browser login are refused: fail closed);
 //! - `audit`: one JSON line per decision on stderr;
-//! - `risk`: no plugin runs inside a bundle yet, so each route's plugins answer with a
-//!   failure and their `on_error` policy decides.
+//! - `risk`: the end of the plugin chain — plugins composed into the bundle answer in the
+//!   links in front of it (`gateway/plugin-link`); any plugin that reaches this point is not
+//!   in the bundle and answers with a failure, so its `on_error` policy decides;
+//! - the plugins' own host services (`portcullis:plugin/state`, `log`, `clock`): the same
+//!   per-instance memory, stderr, the wall clock.
 #![deny(unsafe_code)]
 
 mod bindings {
     //! The `portcullis:gateway/providers` world.
     #![allow(missing_docs, unsafe_code, clippy::all)]
     wit_bindgen::generate!({
-        path: "../../wit/gateway",
+        path: "../../wit/bundle",
         world: "providers",
+        generate_all,
     });
 }
 
@@ -28,7 +32,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use bindings::exports::portcullis::gateway::{audit, client, config, health, keys, risk, state};
-use bindings::portcullis::gateway::embedded;
+use bindings::exports::portcullis::plugin::{
+    clock as plugin_clock, log as plugin_log, state as plugin_state,
+};
+use bindings::portcullis::bundle::embedded;
 use portcullis_core::authenticate::{AuthFailure, IssuedKind};
 use portcullis_core::crypto::PortableKey;
 use portcullis_core::{Config, IssuerId, KeyStore, PortableVerifier, Timestamp};
@@ -272,6 +279,45 @@ impl audit::Guest for Providers {
     }
 }
 
+impl plugin_state::Guest for Providers {
+    fn get(key: String) -> Option<Vec<u8>> {
+        <Providers as state::Guest>::get(key)
+    }
+
+    fn set(key: String, value: Vec<u8>, ttl_ms: u64) {
+        <Providers as state::Guest>::set(key, value, ttl_ms);
+    }
+
+    fn increment(key: String, delta: i64, ttl_ms: u64) -> i64 {
+        <Providers as state::Guest>::increment(key, delta, ttl_ms)
+    }
+
+    fn delete(key: String) {
+        STATE.with(|s| s.borrow_mut().remove(&key));
+    }
+}
+
+impl plugin_log::Guest for Providers {
+    fn log(level: plugin_log::Level, message: String) {
+        let level = match level {
+            plugin_log::Level::Debug => "debug",
+            plugin_log::Level::Info => "info",
+            plugin_log::Level::Warn => "warn",
+            plugin_log::Level::Error => "error",
+        };
+        eprintln!(
+            "{}",
+            serde_json::json!({"plugin_log": level, "message": message})
+        );
+    }
+}
+
+impl plugin_clock::Guest for Providers {
+    fn now_ms() -> u64 {
+        crate::now_ms()
+    }
+}
+
 impl risk::Guest for Providers {
     fn assess(
         plugins: Vec<u32>,
@@ -279,7 +325,7 @@ impl risk::Guest for Providers {
     ) -> Vec<Result<risk::Assessment, String>> {
         plugins
             .iter()
-            .map(|_| Err("risk plugins do not run inside an edge bundle yet".to_owned()))
+            .map(|_| Err("this risk plugin is not part of the edge bundle".to_owned()))
             .collect()
     }
 

@@ -1,0 +1,178 @@
+//! One risk plugin linked into the gateway's `risk` chain inside an edge bundle.
+//!
+//! `portcullis bundle` instantiates this component once per bundled plugin. Each link
+//! exports `portcullis:gateway/risk` and imports the next link's (the last one imports the
+//! providers', which answer for plugins that are not bundled). For its own plugin index
+//! (`portcullis:bundle/slot`), a link calls the plugin with the request context reduced to
+//! the headers the plugin may see, and answers in the gateway's order.
+//!
+//! Inside a bundle nothing isolates a plugin: a trap in it traps the request (fail
+//! closed), and there is no per-plugin deadline or memory cap beyond the runtime's own.
+#![deny(unsafe_code)]
+
+mod bindings {
+    //! The `portcullis:bundle/plugin-link` world.
+    #![allow(missing_docs, unsafe_code, clippy::all)]
+    wit_bindgen::generate!({
+        path: "../../wit/bundle",
+        world: "plugin-link",
+        generate_all,
+    });
+}
+
+use std::cell::{OnceCell, RefCell};
+
+use bindings::exports::portcullis::gateway::risk as exported;
+use bindings::portcullis::bundle::slot;
+use bindings::portcullis::gateway::risk as next;
+use bindings::portcullis::plugin::risk as plugin;
+
+thread_local! {
+    /// The plugin's `init` answer, asked once per instance.
+    static INIT: OnceCell<Result<(), String>> = const { OnceCell::new() };
+    /// What the plugin saw, for `observe`.
+    static SEEN: RefCell<Option<plugin::RequestContext>> = const { RefCell::new(None) };
+}
+
+/// The exported chain link.
+struct Link;
+
+fn identity(id: &exported::Identity) -> plugin::Identity {
+    plugin::Identity {
+        subject: id.subject.clone(),
+        issuer: id.issuer.clone(),
+        scopes: id.scopes.clone(),
+        acr: id.acr.clone(),
+        amr: id.amr.clone(),
+        actor: id.actor.clone(),
+        session_id: id.session_id.clone(),
+        client_id: id.client_id.clone(),
+    }
+}
+
+/// The context the plugin sees: only the headers it asked for; no client address (wasi:http
+/// does not give one).
+fn plugin_context(ctx: &exported::RequestContext) -> plugin::RequestContext {
+    let wanted = slot::headers();
+    plugin::RequestContext {
+        request_id: ctx.request_id.clone(),
+        route: ctx.route.clone(),
+        method: ctx.method.clone(),
+        path: ctx.path.clone(),
+        query: ctx.query.clone(),
+        host: ctx.host.clone(),
+        headers: ctx
+            .headers
+            .iter()
+            .filter(|(name, _)| wanted.iter().any(|w| w.eq_ignore_ascii_case(name)))
+            .cloned()
+            .collect(),
+        client_ip: None,
+        country: None,
+        asn: None,
+        identity: ctx.identity.as_ref().map(identity),
+    }
+}
+
+/// The same context for the next link.
+fn next_context(ctx: &exported::RequestContext) -> next::RequestContext {
+    next::RequestContext {
+        request_id: ctx.request_id.clone(),
+        route: ctx.route.clone(),
+        method: ctx.method.clone(),
+        path: ctx.path.clone(),
+        query: ctx.query.clone(),
+        host: ctx.host.clone(),
+        headers: ctx.headers.clone(),
+        identity: ctx.identity.as_ref().map(|id| next::Identity {
+            subject: id.subject.clone(),
+            issuer: id.issuer.clone(),
+            scopes: id.scopes.clone(),
+            acr: id.acr.clone(),
+            amr: id.amr.clone(),
+            actor: id.actor.clone(),
+            session_id: id.session_id.clone(),
+            client_id: id.client_id.clone(),
+        }),
+    }
+}
+
+fn action(a: plugin::Action) -> exported::Action {
+    match a {
+        plugin::Action::Allow => exported::Action::Allow,
+        plugin::Action::StepUp => exported::Action::StepUp,
+        plugin::Action::Challenge => exported::Action::Challenge,
+        plugin::Action::Deny => exported::Action::Deny,
+    }
+}
+
+fn from_next(a: next::Assessment) -> exported::Assessment {
+    exported::Assessment {
+        score: a.score,
+        labels: a.labels,
+        action: match a.action {
+            next::Action::Allow => exported::Action::Allow,
+            next::Action::StepUp => exported::Action::StepUp,
+            next::Action::Challenge => exported::Action::Challenge,
+            next::Action::Deny => exported::Action::Deny,
+        },
+        reason: a.reason,
+    }
+}
+
+/// This link's plugin on `ctx`.
+fn mine(ctx: &exported::RequestContext) -> Result<exported::Assessment, String> {
+    INIT.with(|i| i.get_or_init(plugin::init).clone())
+        .map_err(|e| format!("plugin init failed: {e}"))?;
+    let seen = plugin_context(ctx);
+    let a = plugin::assess(&seen);
+    SEEN.with(|s| *s.borrow_mut() = Some(seen));
+    Ok(exported::Assessment {
+        score: a.score,
+        labels: a.labels,
+        action: action(a.action),
+        reason: a.reason,
+    })
+}
+
+impl exported::Guest for Link {
+    fn assess(
+        plugins: Vec<u32>,
+        ctx: exported::RequestContext,
+    ) -> Vec<Result<exported::Assessment, String>> {
+        let me = slot::index();
+        let rest: Vec<u32> = plugins.iter().copied().filter(|p| *p != me).collect();
+        let mut down = if rest.is_empty() {
+            Vec::new()
+        } else {
+            next::assess(&rest, &next_context(&ctx))
+        }
+        .into_iter();
+        plugins
+            .iter()
+            .map(|p| {
+                if *p == me {
+                    mine(&ctx)
+                } else {
+                    down.next()
+                        .map(|answer| answer.map(from_next))
+                        .unwrap_or_else(|| Err("the plugin chain answered too few".into()))
+                }
+            })
+            .collect()
+    }
+
+    fn observe(status: u16) {
+        if let Some(seen) = SEEN.with(|s| s.borrow_mut().take()) {
+            plugin::observe(&seen, plugin::Outcome { status });
+        }
+        next::observe(status);
+    }
+}
+
+/// The component's exports (the generated glue needs `unsafe`).
+#[allow(unsafe_code)]
+mod export {
+    use super::Link;
+    crate::bindings::export!(Link with_types_in crate::bindings);
+}
