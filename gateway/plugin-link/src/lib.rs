@@ -170,7 +170,9 @@ impl exported::Guest for Link {
     }
 }
 
-/// The component's exports (the generated glue needs `unsafe`).
+/// The component's exports (the generated glue needs `unsafe`). Only for wasm: the
+/// export names (`portcullis:gateway/…`) are no valid native symbol names.
+#[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)]
 mod export {
     use super::Link;

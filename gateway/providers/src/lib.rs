@@ -332,7 +332,9 @@ impl risk::Guest for Providers {
     fn observe(_status: u16) {}
 }
 
-/// The component's exports (the generated glue needs `unsafe`).
+/// The component's exports (the generated glue needs `unsafe`). Only for wasm: the
+/// export names (`portcullis:gateway/…`) are no valid native symbol names.
+#[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)]
 mod export {
     use super::Providers;
