@@ -834,7 +834,7 @@ impl Gateway {
                 Clearance::Absent => (Reason::ChallengeRequired, verdict.detail(), None),
             };
         let (reason, detail, clearance) = (reason, detail, cleared);
-        if !is_navigation(req) {
+        if !crate::login::is_navigation(req.method, req.headers) {
             return (
                 Some(problem(reason, &detail, req.request_id, &[])),
                 clearance,
@@ -1139,19 +1139,6 @@ fn user_agent(headers: &HeaderMap) -> &str {
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
-}
-
-/// A browser loading a page (rather than a script or an API client): it can be shown the
-/// challenge page.
-fn is_navigation(req: &RequestParts<'_>) -> bool {
-    if req.method != Method::GET && req.method != Method::HEAD {
-        return false;
-    }
-    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
-    match header("sec-fetch-mode") {
-        Some(mode) => mode == "navigate",
-        None => header("accept").is_some_and(|a| a.contains("text/html")),
-    }
 }
 
 /// Rate limits are checked in two steps.

@@ -342,13 +342,7 @@ impl Flow<'_> {
     /// tabs must not pile cookies up until requests outgrow header limits. Unreadable
     /// attempt cookies are deleted first.
     fn stale_attempts(&self) -> Vec<HeaderValue> {
-        let mut attempts: Vec<(u64, &str)> = self
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|h| h.to_str().ok())
-            .flat_map(|h| h.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
+        let mut attempts: Vec<(u64, &str)> = cookie_pairs(self.headers)
             .filter(|(name, _)| name.starts_with(LOGIN_COOKIE_PREFIX))
             .map(|(name, value)| {
                 let created = LoginState::open(self.keys, value).map_or(0, |a| a.created);
@@ -1195,14 +1189,19 @@ fn subject_key(iss: &str, sub: &str) -> String {
     format!("subsess/{}", digest_key(&format!("{iss}\n{sub}")))
 }
 
-/// The value of cookie `name` (the first one).
-fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// The `(name, value)` pairs of every `Cookie` header (text headers only).
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|h| h.to_str().ok())
         .flat_map(|h| h.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
+}
+
+/// The value of cookie `name` (the first one).
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    cookie_pairs(headers)
         .find(|(n, _)| *n == name)
         .map(|(_, v)| v)
 }
