@@ -13,6 +13,7 @@ pub mod host;
 pub mod net;
 pub mod oidc;
 pub mod redis;
+pub mod workerd;
 pub mod wycheproof;
 
 use std::sync::OnceLock;

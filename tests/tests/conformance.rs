@@ -3,6 +3,8 @@
 //!
 //! - `portcullis serve --engine native` (the core in the host),
 //! - `portcullis serve --engine component` (the gateway component with the host's services),
+//! - the Cloudflare Worker (`gateway/worker`: the core with WebCrypto signature checks)
+//!   under `workerd`, the open-source Workers runtime,
 //! - the self-contained edge bundle (`portcullis bundle`: gateway + portable providers +
 //!   configuration, importing only `wasi:*`) under `portcullis serve-wasm`, a plain
 //!   wasi:http host without any Portcullis service.
@@ -567,4 +569,26 @@ risk = {{ plugins = ["panics"] }}
     assert_eq!(reason(&r), "risk_check_failed");
     let r = request(bundle.addr, "GET", "/fault/x", &[("x-fault", "yes")], b"").unwrap();
     assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+}
+
+#[test]
+fn the_matrix_holds_in_the_cloudflare_worker_under_workerd() {
+    let w = world();
+    let gw = portcullis_tests::workerd::start_worker(
+        &config(&w._keys, &w.eu.server.url(), &w.us.server.url()),
+        &[],
+    );
+    check("worker", &gw, &w);
+    // The worker logged its audit records as JSON lines on the console.
+    let audit = portcullis_tests::workerd::worker_audit(&gw);
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["reason"] == "signature_invalid" && r["status"] == 401),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|r| r["decision"] == "forward"),
+        "{audit:?}"
+    );
 }

@@ -72,6 +72,17 @@ enum Command {
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
+    /// Write the validated configuration as a snapshot for the Cloudflare Worker
+    /// (`gateway/worker`): base64url text for its `PORTCULLIS_SNAPSHOT` secret. Key sets are
+    /// not baked in: the worker fetches and rotates them itself.
+    Snapshot {
+        /// The edge configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Where to write the snapshot (`-` for standard output).
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
     /// Serve any wasi:http component (an edge bundle) the way a plain wasi:http host
     /// does: WASI and wasi:http only, no Portcullis host services, a fresh instance per
     /// request, outbound requests to any loopback or public address.
@@ -231,6 +242,31 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 opts.drain,
             )
             .await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshot { config, output } => {
+            let loaded = match load_config_file(&config) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            for route in &loaded.config.routes {
+                if !route.login.is_empty() {
+                    eprintln!(
+                        "portcullis: warning: route {:?} signs browsers in; the worker cannot yet (login answers 503 provider_unavailable), bearer tokens still work",
+                        route.path
+                    );
+                }
+            }
+            let text = portcullis_core::b64::encode(&loaded.config.to_snapshot());
+            if output.as_os_str() == "-" {
+                println!("{text}");
+            } else {
+                std::fs::write(&output, &text)?;
+                eprintln!("{}: {} bytes of base64url", output.display(), text.len());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bundle { config, output } => {

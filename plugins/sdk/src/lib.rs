@@ -44,7 +44,7 @@ use std::net::IpAddr;
 
 pub mod testing;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 #[doc(hidden)]
 pub mod wasm;
 
@@ -334,7 +334,7 @@ pub fn parse_config<P: RiskPlugin>(json: &str) -> Result<P, String> {
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
-        #[cfg(target_arch = "wasm32")]
+        #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
         const _: () = {
             type __PortcullisExport = $crate::wasm::Export<$plugin>;
             $crate::wasm::bindings::__export_risk_plugin!(__PortcullisExport with_types_in $crate::wasm::bindings);

@@ -1,0 +1,31 @@
+//! # portcullis-worker
+//!
+//! The Portcullis gateway as a Cloudflare Worker: the same [`portcullis_core`] pipeline as
+//! every other runtime, adapted to the Workers platform (`worker` crate, wasm-bindgen,
+//! `wasm32-unknown-unknown`):
+//!
+//! - **configuration**: a snapshot made and validated by `portcullis snapshot`, in the
+//!   `PORTCULLIS_SNAPSHOT` secret (or variable), restored once per isolate;
+//! - **key sets**: fetched with `fetch()` from discovery / `jwks_uri` by the core's key-set
+//!   state machine (freshness from `Cache-Control`, back-off, max staleness, one
+//!   rate-limited refetch for an unknown `kid`), kept in the isolate;
+//! - **signatures**: checked with the runtime's WebCrypto (`crypto.subtle.verify`, native
+//!   code) ahead of the decision ([`verifier`]); anything else falls back to pure Rust;
+//! - **risk plugins**: plugin crates linked in behind cargo features ([`linked`]);
+//! - **shared state**: none yet. Rate limits answer as the configuration's `[state]
+//!   on_unavailable` says, DPoP proofs are refused (no replay check), browser login answers
+//!   `provider_unavailable` — all fail closed;
+//! - **audit**: one JSON line per decision on the console (Workers Logs / Logpush).
+//!
+//! Build: `worker-build --release` in this directory (see the README's "Cloudflare Workers"
+//! section); `edge-config/wrangler.toml` deploys it.
+#![deny(unsafe_code)]
+
+pub mod headers;
+pub mod linked;
+pub mod verifier;
+
+#[cfg(target_arch = "wasm32")]
+mod runtime;
+#[cfg(target_arch = "wasm32")]
+mod webcrypto;

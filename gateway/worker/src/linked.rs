@@ -1,0 +1,373 @@
+//! Risk plugins linked into the worker as Rust crates. Workers cannot host WebAssembly
+//! components, so each plugin crate is compiled in behind a cargo feature and driven through
+//! the SDK's own [`RiskPlugin`] trait — the same code that the gateway runs sandboxed as a
+//! component elsewhere. A `[plugin.*]` entry is served by the linked crate named by its
+//! `name` or by its `path`'s file stem (`-` and `_` alike); an entry no linked crate serves
+//! answers with a failure, so its `on_error` policy decides (fail closed under `deny`).
+//!
+//! Unlike in the sandboxed host, a linked plugin shares the worker's isolate: a panic in it
+//! aborts the request (Workers answer 500), it has no deadline or memory cap of its own, and
+//! its state lives in the isolate's memory (per isolate, not shared between them).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use portcullis_core::Config;
+use portcullis_core::config::PluginId;
+use portcullis_core::risk::{Action, Assessment, PluginAnswer, RiskAssessor, RiskContext};
+use portcullis_plugin::{Context, Host, Identity, Level, Outcome, RiskPlugin};
+
+/// A linked plugin, type-erased.
+pub trait Linked {
+    /// Assesses a request.
+    fn assess(&self, ctx: &Context, host: &mut dyn Host) -> portcullis_plugin::Assessment;
+    /// Learns how a request ended.
+    fn observe(&self, ctx: &Context, outcome: Outcome, host: &mut dyn Host);
+}
+
+struct Instance<P>(P);
+
+impl<P: RiskPlugin> Linked for Instance<P> {
+    fn assess(&self, ctx: &Context, host: &mut dyn Host) -> portcullis_plugin::Assessment {
+        self.0.assess(ctx, host)
+    }
+    fn observe(&self, ctx: &Context, outcome: Outcome, host: &mut dyn Host) {
+        self.0.observe(ctx, outcome, host);
+    }
+}
+
+fn build<P: RiskPlugin>(config_json: &str) -> Result<Box<dyn Linked>, String> {
+    portcullis_plugin::parse_config::<P>(config_json)
+        .map(|p| Box::new(Instance(p)) as Box<dyn Linked>)
+}
+
+/// The plugin crates linked into this build (by cargo feature), by crate name.
+pub fn available() -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if cfg!(feature = "impossible-travel") {
+        names.push("impossible-travel");
+    }
+    if cfg!(feature = "credential-stuffing") {
+        names.push("credential-stuffing");
+    }
+    if cfg!(feature = "ip-reputation") {
+        names.push("ip-reputation");
+    }
+    names
+}
+
+/// Builds the linked plugin called `crate_name` with its configuration; `None` when no
+/// such crate is linked into this build.
+pub fn link(crate_name: &str, config_json: &str) -> Option<Result<Box<dyn Linked>, String>> {
+    let _ = config_json;
+    match crate_name {
+        #[cfg(feature = "impossible-travel")]
+        "impossible-travel" => Some(build::<impossible_travel::ImpossibleTravel>(config_json)),
+        #[cfg(feature = "credential-stuffing")]
+        "credential-stuffing" => Some(build::<credential_stuffing::CredentialStuffing>(
+            config_json,
+        )),
+        #[cfg(feature = "ip-reputation")]
+        "ip-reputation" => Some(build::<ip_reputation::IpReputation>(config_json)),
+        _ => None,
+    }
+}
+
+/// The linked crate that serves a `[plugin.*]` entry: by name, else by the path's stem.
+pub fn crate_for(name: &str, path: &str) -> Option<&'static str> {
+    let norm = |s: &str| s.replace('_', "-").to_ascii_lowercase();
+    let stem = path
+        .rsplit('/')
+        .next()
+        .unwrap_or(path)
+        .trim_end_matches(".wasm");
+    let wanted = [norm(name), norm(stem)];
+    available()
+        .into_iter()
+        .find(|c| wanted.iter().any(|w| w == c))
+}
+
+/// Plugin state in the isolate's memory: per plugin namespace, bounded, with expiry.
+#[derive(Debug, Default)]
+pub struct MemoryState {
+    entries: HashMap<String, (Vec<u8>, u64)>,
+}
+
+/// At most this many entries per isolate; the expired ones go first, then arbitrary ones.
+const MAX_ENTRIES: usize = 100_000;
+
+impl MemoryState {
+    fn get(&self, key: &str, now_ms: u64) -> Option<Vec<u8>> {
+        self.entries
+            .get(key)
+            .filter(|(_, exp)| *exp > now_ms)
+            .map(|(v, _)| v.clone())
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, exp: u64, now_ms: u64) {
+        if self.entries.len() >= MAX_ENTRIES {
+            self.entries.retain(|_, (_, e)| *e > now_ms);
+            if self.entries.len() >= MAX_ENTRIES {
+                let victim = self.entries.keys().next().cloned();
+                if let Some(v) = victim {
+                    self.entries.remove(&v);
+                }
+            }
+        }
+        self.entries.insert(key, (value, exp));
+    }
+}
+
+/// A plugin's view of the isolate state (keys prefixed with its namespace).
+struct PluginHost<'a> {
+    namespace: &'a str,
+    state: &'a RefCell<MemoryState>,
+    now_ms: u64,
+}
+
+impl PluginHost<'_> {
+    fn key(&self, key: &str) -> String {
+        format!("plugin/{}/{key}", self.namespace)
+    }
+}
+
+impl Host for PluginHost<'_> {
+    fn get(&mut self, key: &str) -> Option<Vec<u8>> {
+        self.state.borrow().get(&self.key(key), self.now_ms)
+    }
+    fn set(&mut self, key: &str, value: &[u8], ttl_ms: u64) {
+        let k = self.key(key);
+        self.state.borrow_mut().set(
+            k,
+            value.to_vec(),
+            self.now_ms.saturating_add(ttl_ms),
+            self.now_ms,
+        );
+    }
+    fn increment(&mut self, key: &str, delta: i64, ttl_ms: u64) -> i64 {
+        let k = self.key(key);
+        let mut state = self.state.borrow_mut();
+        let (current, exp) = match state.entries.get(&k).filter(|(_, e)| *e > self.now_ms) {
+            Some((v, e)) => (
+                <[u8; 8]>::try_from(v.as_slice()).map_or(0, i64::from_be_bytes),
+                *e,
+            ),
+            None => (0, self.now_ms.saturating_add(ttl_ms)),
+        };
+        let next = current.saturating_add(delta);
+        state.set(k, next.to_be_bytes().to_vec(), exp, self.now_ms);
+        next
+    }
+    fn delete(&mut self, key: &str) {
+        let k = self.key(key);
+        self.state.borrow_mut().entries.remove(&k);
+    }
+    fn log(&mut self, level: Level, message: &str) {
+        let line = serde_json::json!({
+            "plugin": self.namespace,
+            "level": format!("{level:?}").to_ascii_lowercase(),
+            "message": message,
+        });
+        log_line(&line.to_string());
+    }
+    fn now_ms(&mut self) -> u64 {
+        self.now_ms
+    }
+}
+
+/// Writes a log line (the console in a worker, stderr natively).
+fn log_line(line: &str) {
+    #[cfg(target_arch = "wasm32")]
+    worker::console_log!("{line}");
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("{line}");
+}
+
+/// The configuration's plugins, each served by a linked crate or failing.
+pub struct LinkedPlugins {
+    plugins: Vec<(String, Vec<String>, Result<Box<dyn Linked>, String>)>,
+    state: RefCell<MemoryState>,
+    assessed: RefCell<Vec<(usize, Context)>>,
+    now_ms: std::cell::Cell<u64>,
+}
+
+impl LinkedPlugins {
+    /// Links every `[plugin.*]` of `config`, in order.
+    pub fn new(config: &Config) -> Self {
+        let plugins = config
+            .plugins
+            .iter()
+            .map(|p| {
+                let linked = match crate_for(&p.name, &p.path) {
+                    Some(c) => link(c, &p.config_json)
+                        .unwrap_or_else(|| Err(format!("plugin crate {c} is not linked"))),
+                    None => Err(format!(
+                        "no plugin crate for `{}` is linked into this worker (linked: {:?}); build it with the crate's cargo feature",
+                        p.name,
+                        available()
+                    )),
+                };
+                (p.name.clone(), p.headers.clone(), linked)
+            })
+            .collect();
+        Self {
+            plugins,
+            state: RefCell::new(MemoryState::default()),
+            assessed: RefCell::new(Vec::new()),
+            now_ms: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Why plugins could not be built (configuration refused), by name.
+    pub fn failures(&self) -> Vec<(String, String)> {
+        self.plugins
+            .iter()
+            .filter_map(|(n, _, p)| p.as_ref().err().map(|e| (n.clone(), e.clone())))
+            .collect()
+    }
+
+    /// Sets the clock for the next request.
+    pub fn set_now_ms(&self, now_ms: u64) {
+        self.now_ms.set(now_ms);
+    }
+
+    /// Tells the plugins that assessed the last request how it ended.
+    pub fn observe(&self, status: u16) {
+        let assessed = std::mem::take(&mut *self.assessed.borrow_mut());
+        for (index, ctx) in assessed {
+            if let Some((name, _, Ok(plugin))) = self.plugins.get(index) {
+                let mut host = PluginHost {
+                    namespace: name,
+                    state: &self.state,
+                    now_ms: self.now_ms.get(),
+                };
+                plugin.observe(&ctx, Outcome { status }, &mut host);
+            }
+        }
+    }
+}
+
+/// The SDK's view of a request, with only the headers this plugin asked for.
+pub fn sdk_context(ctx: &RiskContext, wanted: &[String]) -> Context {
+    Context {
+        request_id: ctx.request_id.clone(),
+        route: ctx.route.clone(),
+        method: ctx.method.clone(),
+        path: ctx.path.clone(),
+        query: ctx.query.clone(),
+        host: ctx.host.clone(),
+        headers: ctx
+            .headers
+            .iter()
+            .filter(|(n, _)| wanted.iter().any(|w| w.eq_ignore_ascii_case(n)))
+            .cloned()
+            .collect(),
+        client_ip: ctx.client.ip,
+        country: ctx.client.country.clone(),
+        asn: ctx.client.asn,
+        identity: ctx.identity.as_ref().map(|i| Identity {
+            subject: i.subject.clone(),
+            issuer: i.issuer.clone(),
+            scopes: i.scopes.clone(),
+            acr: i.acr.clone(),
+            amr: i.amr.clone(),
+            actor: i.actor.clone(),
+            session_id: i.session_id.clone(),
+            client_id: i.client_id.clone(),
+        }),
+    }
+}
+
+fn core_assessment(a: portcullis_plugin::Assessment) -> Assessment {
+    Assessment {
+        score: a.score.min(100),
+        labels: a.labels,
+        action: match a.action {
+            portcullis_plugin::Action::Allow => Action::Allow,
+            portcullis_plugin::Action::StepUp => Action::StepUp,
+            portcullis_plugin::Action::Challenge => Action::Challenge,
+            portcullis_plugin::Action::Deny => Action::Deny,
+        },
+        reason: a.reason,
+    }
+}
+
+impl RiskAssessor for LinkedPlugins {
+    fn assess(&self, plugins: &[PluginId], ctx: &RiskContext) -> Vec<PluginAnswer> {
+        plugins
+            .iter()
+            .map(|id| {
+                let Some((name, headers, linked)) = self.plugins.get(id.0) else {
+                    return Err(format!("no plugin #{}", id.0));
+                };
+                let plugin = linked.as_ref().map_err(Clone::clone)?;
+                let sdk = sdk_context(ctx, headers);
+                let mut host = PluginHost {
+                    namespace: name,
+                    state: &self.state,
+                    now_ms: self.now_ms.get(),
+                };
+                let answer = plugin.assess(&sdk, &mut host);
+                self.assessed.borrow_mut().push((id.0, sdk));
+                Ok(core_assessment(answer))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn entries_are_matched_by_name_or_path_stem() {
+        if available().contains(&"ip-reputation") {
+            assert_eq!(crate_for("ip_reputation", "x.wasm"), Some("ip-reputation"));
+            assert_eq!(
+                crate_for("blocklist", "plugins/ip_reputation.wasm"),
+                Some("ip-reputation")
+            );
+        }
+        assert_eq!(crate_for("nothing-like-it", "nothing.wasm"), None);
+    }
+
+    #[test]
+    fn state_is_namespaced_expires_and_counts() {
+        let state = RefCell::new(MemoryState::default());
+        let mut a = PluginHost {
+            namespace: "a",
+            state: &state,
+            now_ms: 1_000,
+        };
+        a.set("k", b"v", 100);
+        assert_eq!(a.increment("n", 2, 1_000), 2);
+        assert_eq!(a.increment("n", 3, 1_000), 5);
+        let mut b = PluginHost {
+            namespace: "b",
+            state: &state,
+            now_ms: 1_000,
+        };
+        assert_eq!(b.get("k"), None);
+        let mut later = PluginHost {
+            namespace: "a",
+            state: &state,
+            now_ms: 1_100,
+        };
+        assert_eq!(later.get("k"), None);
+        assert_eq!(later.increment("n", 1, 1_000), 6);
+    }
+
+    #[test]
+    fn plugin_sees_only_its_headers() {
+        let ctx = RiskContext {
+            headers: vec![
+                ("user-agent".into(), "x".into()),
+                ("accept".into(), "y".into()),
+            ],
+            ..RiskContext::default()
+        };
+        let sdk = sdk_context(&ctx, &["user-agent".into()]);
+        assert_eq!(sdk.headers, vec![("user-agent".to_owned(), "x".to_owned())]);
+    }
+}

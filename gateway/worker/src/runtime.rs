@@ -1,0 +1,423 @@
+//! The Workers fetch handler: one isolate-wide gateway (configuration, key sets, imported
+//! WebCrypto keys, linked plugins), and per request: key sets refreshed when due, the token's
+//! signature checked with WebCrypto, the core's decision, and the forward or the answer.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use portcullis_core::authenticate::LocalAuthenticator;
+use portcullis_core::decision::{HOP_BY_HOP, problem};
+use portcullis_core::{
+    Adapters, AllHealthy, Config, FetchResponse, Forward, Gateway, KeyStore, Outcome, Reason,
+    RequestParts, Response as CoreResponse, Timestamp,
+};
+use wasm_bindgen::JsValue;
+use worker::{Context, Env, Fetch, Request, Response, event};
+
+use crate::linked::LinkedPlugins;
+use crate::verifier::{WebKey, WorkerVerifier, pending_check};
+use crate::webcrypto::KeyCache;
+
+/// The binding that holds the configuration snapshot (`portcullis snapshot`), base64url.
+pub const SNAPSHOT_BINDING: &str = "PORTCULLIS_SNAPSHOT";
+
+/// Everything an isolate keeps between requests.
+struct Isolate {
+    gateway: Gateway,
+    verifier: WorkerVerifier,
+    keys: RefCell<KeyStore<WebKey>>,
+    imported: KeyCache,
+    plugins: LinkedPlugins,
+    requests: std::cell::Cell<u64>,
+}
+
+thread_local! {
+    static ISOLATE: RefCell<Option<Rc<Isolate>>> = const { RefCell::new(None) };
+}
+
+fn load(env: &Env) -> Result<Rc<Isolate>, String> {
+    if let Some(i) = ISOLATE.with(|c| c.borrow().clone()) {
+        return Ok(i);
+    }
+    let text = env
+        .secret(SNAPSHOT_BINDING)
+        .map(|s| s.to_string())
+        .or_else(|_| env.var(SNAPSHOT_BINDING).map(|v| v.to_string()))
+        .map_err(|_| {
+            format!("no `{SNAPSHOT_BINDING}` binding (make one with `portcullis snapshot`)")
+        })?;
+    let bytes = portcullis_core::b64::decode(text.trim())
+        .ok_or_else(|| format!("`{SNAPSHOT_BINDING}` is not base64url"))?;
+    let config = Config::from_snapshot(&bytes)?;
+    let verifier = WorkerVerifier::default();
+    let keys = KeyStore::new(&config, &verifier);
+    let plugins = LinkedPlugins::new(&config);
+    if let Some((name, why)) = plugins.failures().into_iter().next() {
+        // A plugin whose configuration it refuses stops the gateway, as at host start-up;
+        // one that is merely not linked answers with failures (its `on_error` decides).
+        if !why.starts_with("no plugin crate") {
+            return Err(format!("plugin {name}: {why}"));
+        }
+        worker::console_warn!("plugin {name}: {why}");
+    }
+    let isolate = Rc::new(Isolate {
+        gateway: Gateway::new(config),
+        verifier,
+        keys: RefCell::new(keys),
+        imported: KeyCache::default(),
+        plugins,
+        requests: std::cell::Cell::new(0),
+    });
+    ISOLATE.with(|c| *c.borrow_mut() = Some(isolate.clone()));
+    Ok(isolate)
+}
+
+fn now() -> Timestamp {
+    // Date.now() in milliseconds (workers freeze it during a request; precise enough).
+    let ms = js_sys::Date::now().max(0.0) as u64;
+    Timestamp::from_duration(std::time::Duration::from_millis(ms))
+}
+
+/// Fetches every key-set document that is due (discovery first, then its `jwks_uri`).
+async fn refresh_keys(isolate: &Isolate, now: Timestamp) {
+    for _ in 0..4 {
+        let due = isolate.keys.borrow_mut().poll(now);
+        if due.is_empty() {
+            return;
+        }
+        for fetch in due {
+            let result = match worker::Url::parse(&fetch.url) {
+                Ok(url) => match Fetch::Url(url).send().await {
+                    Ok(mut resp) => {
+                        let status = resp.status_code();
+                        let cache_control = resp.headers().get("cache-control").ok().flatten();
+                        match resp.bytes().await {
+                            Ok(body) => Ok((status, cache_control, body)),
+                            Err(e) => Err(format!("reading {}: {e}", fetch.url)),
+                        }
+                    }
+                    Err(e) => Err(format!("fetching {}: {e}", fetch.url)),
+                },
+                Err(e) => Err(format!("{}: {e}", fetch.url)),
+            };
+            let mut keys = isolate.keys.borrow_mut();
+            match result {
+                Ok((status, cache_control, body)) => {
+                    let response = FetchResponse {
+                        status,
+                        cache_control: cache_control.as_deref(),
+                        body: &body,
+                    };
+                    if let Err(e) =
+                        keys.on_response(&isolate.verifier, fetch.issuer, fetch.kind, response, now)
+                    {
+                        worker::console_warn!("key set {}: {e}", fetch.url);
+                    }
+                }
+                Err(e) => {
+                    worker::console_warn!("key set: {e}");
+                    keys.on_failure(fetch.issuer, &e, now);
+                }
+            }
+        }
+    }
+}
+
+/// Checks the request token's signature with WebCrypto, ahead of the decision.
+async fn preverify(isolate: &Isolate, headers: &HeaderMap, now: Timestamp) {
+    let check = pending_check(
+        isolate.gateway.config(),
+        &isolate.keys.borrow(),
+        headers,
+        now,
+    );
+    if let Some(check) = check {
+        if let Some(valid) = isolate.imported.verify(&check).await {
+            isolate.verifier.record(&check, valid);
+        }
+    }
+}
+
+struct Parts {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    request_id: String,
+}
+
+fn parts(req: &Request, serial: u64) -> Result<Parts, String> {
+    let method =
+        Method::from_bytes(req.inner().method().as_bytes()).map_err(|_| "bad method".to_owned())?;
+    let uri: Uri = req
+        .inner()
+        .url()
+        .parse()
+        .map_err(|_| "request target is not a valid URI".to_owned())?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in req.headers().entries() {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("bad header name {name:?}"))?;
+        for part in crate::headers::split_joined(name.as_str(), &value) {
+            let value = HeaderValue::from_str(part).map_err(|_| format!("bad value for {name}"))?;
+            headers.append(name.clone(), value);
+        }
+    }
+    let request_id = headers
+        .get("x-request-id")
+        .or_else(|| headers.get("cf-ray"))
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(
+            || format!("w{serial:x}-{:x}", js_sys::Date::now() as u64),
+            str::to_owned,
+        );
+    Ok(Parts {
+        method,
+        uri,
+        headers,
+        request_id,
+    })
+}
+
+fn answer(response: &CoreResponse) -> worker::Result<Response> {
+    let headers = web_sys::Headers::new().map_err(worker::Error::from)?;
+    for (name, value) in &response.headers {
+        if let Ok(v) = value.to_str() {
+            headers
+                .append(name.as_str(), v)
+                .map_err(worker::Error::from)?;
+        }
+    }
+    let init = web_sys::ResponseInit::new();
+    init.set_status(response.status.as_u16());
+    init.set_headers(&headers);
+    let mut body = response.body.clone();
+    let resp = web_sys::Response::new_with_opt_u8_array_and_init(Some(&mut body), &init)
+        .map_err(worker::Error::from)?;
+    Ok(Response::from(resp))
+}
+
+fn refusal(reason: Reason, detail: &str, request_id: &str) -> worker::Result<Response> {
+    answer(&problem(reason, detail, request_id, &[]))
+}
+
+/// Forwards to the chosen backend, streaming both bodies; the response and its status.
+async fn forward(
+    config: &Config,
+    req: &Request,
+    parts: &Parts,
+    fwd: &Forward,
+) -> Result<(Response, u16), (Reason, String)> {
+    let backend = config
+        .regions
+        .get(fwd.backend.region.0)
+        .and_then(|r| r.backends.get(fwd.backend.index))
+        .ok_or((Reason::BackendUnavailable, "unknown backend".to_owned()))?;
+    let max = config.limits.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err((
+            Reason::BodyTooLarge,
+            format!("the body exceeds {max} bytes"),
+        ));
+    }
+    let headers =
+        web_sys::Headers::new().map_err(|_| (Reason::InvalidRequest, "headers".into()))?;
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || fwd.remove_headers.contains(name)
+            || fwd.set_headers.iter().any(|(s, _)| s == name)
+            || n.starts_with("cf-")
+        {
+            continue;
+        }
+        if let Ok(v) = value.to_str() {
+            let _ = headers.append(n, v);
+        }
+    }
+    for (name, value) in &fwd.set_headers {
+        if let Ok(v) = value.to_str() {
+            let _ = headers.set(name.as_str(), v);
+        }
+    }
+    if let Some(host) = parts.uri.authority() {
+        let _ = headers.set("x-forwarded-host", host.as_str());
+    }
+    let init = web_sys::RequestInit::new();
+    init.set_method(parts.method.as_str());
+    init.set_headers(&headers);
+    // A proxy hands redirects to the client instead of following them.
+    init.set_redirect(web_sys::RequestRedirect::Manual);
+    if !matches!(parts.method, Method::GET | Method::HEAD) {
+        if let Some(body) = req.inner().body() {
+            init.set_body(&JsValue::from(body));
+        }
+    }
+    let url = format!(
+        "{}://{}{}",
+        backend.scheme, backend.authority, fwd.path_and_query
+    );
+    let outgoing = web_sys::Request::new_with_str_and_init(&url, &init).map_err(|_| {
+        (
+            Reason::BackendUnavailable,
+            format!("cannot build a request to {url}"),
+        )
+    })?;
+    let resp = Fetch::Request(Request::from(outgoing))
+        .send()
+        .await
+        .map_err(|e| (Reason::BackendUnavailable, format!("backend error: {e}")))?;
+    let status = resp.status_code();
+    let upstream = web_sys::Response::from(resp);
+    let out =
+        web_sys::Headers::new().map_err(|_| (Reason::BackendUnavailable, "headers".into()))?;
+    let replaces_cache = fwd
+        .response_headers
+        .iter()
+        .any(|(n, _)| *n == http::header::CACHE_CONTROL);
+    for entry in js_sys::try_iter(&upstream.headers())
+        .ok()
+        .flatten()
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let pair = js_sys::Array::from(&entry);
+        let (Some(n), Some(v)) = (pair.get(0).as_string(), pair.get(1).as_string()) else {
+            continue;
+        };
+        let lower = n.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&lower.as_str()) || (replaces_cache && lower == "cache-control") {
+            continue;
+        }
+        let _ = out.append(&n, &v);
+    }
+    for (name, value) in &fwd.response_headers {
+        if let Ok(v) = value.to_str() {
+            let _ = out.append(name.as_str(), v);
+        }
+    }
+    let init = web_sys::ResponseInit::new();
+    init.set_status(status);
+    init.set_headers(&out);
+    let relayed =
+        web_sys::Response::new_with_opt_readable_stream_and_init(upstream.body().as_ref(), &init)
+            .map_err(|_| {
+            (
+                Reason::BackendUnavailable,
+                "cannot relay the response".to_owned(),
+            )
+        })?;
+    Ok((Response::from(relayed), status))
+}
+
+/// The Workers entry point.
+#[event(fetch)]
+pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let isolate = match load(&env) {
+        Ok(i) => i,
+        Err(e) => {
+            worker::console_error!("portcullis: {e}");
+            return refusal(
+                Reason::InvalidRequest,
+                &format!("gateway configuration: {e}"),
+                "-",
+            )
+            .map(|r| r.with_status(500));
+        }
+    };
+    let serial = isolate.requests.get() + 1;
+    isolate.requests.set(serial);
+    let parts = match parts(&req, serial) {
+        Ok(p) => p,
+        Err(detail) => return refusal(Reason::InvalidRequest, &detail, ""),
+    };
+    let gateway = &isolate.gateway;
+    if let Some((content_type, body)) = gateway.well_known(parts.uri.path()) {
+        let mut resp = Response::ok(body)?;
+        resp.headers_mut().set("content-type", content_type)?;
+        return Ok(resp);
+    }
+    let body = if gateway.wants_body(&parts.method, parts.uri.path()) {
+        match req.bytes().await {
+            Ok(b) if b.len() <= portcullis_core::login::MAX_FORM_BODY => b,
+            _ => {
+                return refusal(
+                    Reason::BodyTooLarge,
+                    "the form body is too large or incomplete",
+                    &parts.request_id,
+                );
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let now = now();
+    isolate.plugins.set_now_ms(now.unix_millis());
+    refresh_keys(&isolate, now).await;
+    preverify(&isolate, &parts.headers, now).await;
+    let decide = |isolate: &Isolate| {
+        let keys = isolate.keys.borrow();
+        let auth = LocalAuthenticator {
+            config: gateway.config(),
+            keys: &keys,
+            verifier: &isolate.verifier,
+        };
+        let adapters = Adapters {
+            auth: &auth,
+            risk: &isolate.plugins,
+            limiter: &portcullis_core::limits::NoLimiter,
+            sites: &portcullis_core::challenge::NoSiteVerifier,
+            login: &portcullis_core::login::NoLogin,
+            health: &AllHealthy,
+        };
+        let req = RequestParts {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            request_id: &parts.request_id,
+            peer: None,
+            body: &body,
+        };
+        gateway.decide_using(&adapters, &req, now)
+    };
+    let mut decision = decide(&isolate);
+    if let Some(issuer) = decision.refetch {
+        // The token names a key the set lacks: one rate-limited refetch, then decide again.
+        let granted = isolate.keys.borrow_mut().request_refetch(issuer, now);
+        if granted {
+            refresh_keys(&isolate, now).await;
+            preverify(&isolate, &parts.headers, now).await;
+            decision = decide(&isolate);
+        }
+    }
+    isolate.verifier.clear();
+    let mut audit = decision.audit;
+    let (response, status) = match decision.outcome {
+        Outcome::Respond(r) => (answer(&r)?, r.status.as_u16()),
+        Outcome::Forward(fwd) => match forward(gateway.config(), &req, &parts, &fwd).await {
+            Ok(done) => done,
+            Err((reason, detail)) => {
+                audit.decision = "deny";
+                audit.status = Some(reason.status().as_u16());
+                audit.reason = Some(reason.code());
+                (
+                    refusal(reason, &detail, &parts.request_id)?,
+                    reason.status().as_u16(),
+                )
+            }
+        },
+    };
+    if audit.risk.is_some() {
+        isolate.plugins.observe(status);
+    }
+    if let Ok(line) = serde_json::to_string(&audit) {
+        worker::console_log!("{line}");
+    }
+    Ok(response)
+}

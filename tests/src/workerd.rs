@@ -1,0 +1,210 @@
+//! The Cloudflare Worker (`gateway/worker`) under `workerd`, Cloudflare's open-source Workers
+//! runtime (npm `workerd`, installed by `npm ci --prefix tests/workerd`): built once per
+//! test process with `worker-build` (which runs the pinned `wasm-bindgen` CLI), configured
+//! with a snapshot from `portcullis snapshot`, served on 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::host::{Gateway, binary};
+use crate::{AUDIT_KEY, b64, repo_root};
+
+/// The plugin crates linked into the worker the tests run.
+pub const LINKED_PLUGINS: &str = "impossible-travel,credential-stuffing,ip-reputation";
+
+fn tool(name: &str, hint: &str) -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let candidates = [home.join(".cargo/bin").join(name)];
+    if let Some(found) = candidates.iter().find(|p| p.exists()) {
+        return found.clone();
+    }
+    let which = Command::new("which").arg(name).output().ok();
+    match which.filter(|o| o.status.success()) {
+        Some(o) => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        None => panic!("`{name}` is missing: {hint}"),
+    }
+}
+
+/// Builds the worker (release, all example plugins linked) once per process; the directory
+/// with `index.js` and `index_bg.wasm`.
+pub fn build() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = repo_root();
+        let crate_dir = root.join("gateway/worker");
+        let out_dir = "build";
+        let wasm_bindgen = tool(
+            "wasm-bindgen",
+            "cargo install wasm-bindgen-cli --version 0.2.130 (as .ci/run does)",
+        );
+        let worker_build = tool(
+            "worker-build",
+            "cargo install worker-build --version 0.8.7 (as .ci/run does)",
+        );
+        let out = Command::new(worker_build)
+            .current_dir(&crate_dir)
+            .args([
+                "--release",
+                "--no-opt",
+                "--out-dir",
+                out_dir,
+                "--features",
+                LINKED_PLUGINS,
+            ])
+            .env("WASM_BINDGEN_BIN", wasm_bindgen)
+            // The nested target directory the build scripts use for wasm, never the one the
+            // running `cargo test` holds.
+            .env("CARGO_TARGET_DIR", root.join("target/component"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "worker-build failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = crate_dir.join(out_dir);
+        assert!(dir.join("index.js").exists() && dir.join("index_bg.wasm").exists());
+        dir
+    })
+}
+
+/// The `workerd` binary from `tests/workerd/node_modules`.
+pub fn workerd() -> PathBuf {
+    let bin = repo_root().join("tests/workerd/node_modules/.bin/workerd");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `npm ci --prefix tests/workerd` (as .ci/run does)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The workerd configuration: the worker's two modules, its snapshot binding, and an
+/// outbound network that may reach loopback backends and key servers.
+fn capnp(snapshot: &str, port: u16) -> String {
+    format!(
+        r#"using Workerd = import "/workerd/workerd.capnp";
+
+const config :Workerd.Config = (
+  services = [
+    (name = "main", worker = .portcullis),
+    (name = "outbound", network = (allow = ["public", "private", "local"])),
+  ],
+  sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), service = "main") ],
+);
+
+const portcullis :Workerd.Worker = (
+  modules = [
+    (name = "index.js", esModule = embed "index.js"),
+    (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
+  ],
+  compatibilityDate = "2026-11-01",
+  bindings = [ (name = "PORTCULLIS_SNAPSHOT", text = "{snapshot}") ],
+  globalOutbound = "outbound",
+);
+"#
+    )
+}
+
+/// Starts the worker under workerd on `config_text` (plus `files` beside it); waits until it
+/// answers.
+pub fn start_worker(config_text: &str, files: &[(String, Vec<u8>)]) -> Gateway {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let build = build();
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-workerd-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("gateway.toml"), config_text).unwrap();
+    std::fs::write(dir.join("audit.key"), b64(&AUDIT_KEY)).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let out = Command::new(binary())
+        .args(["snapshot", "--config"])
+        .arg(dir.join("gateway.toml"))
+        .args(["-o", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "portcullis snapshot failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snapshot = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // workerd embeds files relative to its configuration file.
+    for module in ["index.js", "index_bg.wasm"] {
+        std::fs::copy(build.join(module), dir.join(module)).unwrap();
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = free_port();
+        std::fs::write(dir.join("config.capnp"), capnp(&snapshot, port)).unwrap();
+        let log = dir.join("gateway.log");
+        let child = Command::new(workerd())
+            .arg("serve")
+            .arg(dir.join("config.capnp"))
+            .arg("--verbose")
+            .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut gw = Gateway {
+            child,
+            addr,
+            admin: addr,
+            dir: dir.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return gw;
+            }
+            if let Ok(Some(_)) = gw.child.try_wait() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "workerd did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Exited: most likely the port was taken in between; try another.
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(attempt < 5, "workerd exited: {text}");
+        gw.dir = std::env::temp_dir().join("portcullis-workerd-none");
+    }
+}
+
+/// The audit records the worker logged (`console.log` JSON lines).
+pub fn worker_audit(gw: &Gateway) -> Vec<serde_json::Value> {
+    let mut text = std::fs::read_to_string(gw.dir.join("gateway.log")).unwrap_or_default();
+    text.push_str(&std::fs::read_to_string(gw.dir.join("stdout.log")).unwrap_or_default());
+    text.lines()
+        .filter_map(|l| {
+            let start = l.find('{')?;
+            serde_json::from_str::<serde_json::Value>(l.get(start..)?).ok()
+        })
+        .filter(|v| v.get("request_id").is_some())
+        .collect()
+}
