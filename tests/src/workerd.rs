@@ -95,7 +95,11 @@ fn free_port() -> u16 {
 
 /// The workerd configuration: the worker's two modules, its snapshot binding, and an
 /// outbound network that may reach loopback backends and key servers.
-fn capnp(snapshot: &str, port: u16) -> String {
+fn capnp(snapshot: &str, vars: &[(&str, &str)], port: u16) -> String {
+    let vars: String = vars
+        .iter()
+        .map(|(k, v)| format!(", (name = \"{k}\", text = \"{v}\")"))
+        .collect();
     format!(
         r#"using Workerd = import "/workerd/workerd.capnp";
 
@@ -113,7 +117,7 @@ const portcullis :Workerd.Worker = (
     (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
   ],
   compatibilityDate = "2026-11-01",
-  bindings = [ (name = "PORTCULLIS_SNAPSHOT", text = "{snapshot}") ],
+  bindings = [ (name = "PORTCULLIS_SNAPSHOT", text = "{snapshot}"){vars} ],
   globalOutbound = "outbound",
 );
 "#
@@ -123,6 +127,15 @@ const portcullis :Workerd.Worker = (
 /// Starts the worker under workerd on `config_text` (plus `files` beside it); waits until it
 /// answers.
 pub fn start_worker(config_text: &str, files: &[(String, Vec<u8>)]) -> Gateway {
+    start_worker_with(config_text, files, &[])
+}
+
+/// As [`start_worker`], with extra text bindings (`PORTCULLIS_VERIFY`, …).
+pub fn start_worker_with(
+    config_text: &str,
+    files: &[(String, Vec<u8>)],
+    vars: &[(&str, &str)],
+) -> Gateway {
     static N: AtomicUsize = AtomicUsize::new(0);
     let build = build();
     let dir = std::env::temp_dir().join(format!(
@@ -156,7 +169,7 @@ pub fn start_worker(config_text: &str, files: &[(String, Vec<u8>)]) -> Gateway {
     loop {
         attempt += 1;
         let port = free_port();
-        std::fs::write(dir.join("config.capnp"), capnp(&snapshot, port)).unwrap();
+        std::fs::write(dir.join("config.capnp"), capnp(&snapshot, vars, port)).unwrap();
         let log = dir.join("gateway.log");
         let child = Command::new(workerd())
             .arg("serve")

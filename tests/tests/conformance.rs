@@ -592,3 +592,102 @@ fn the_matrix_holds_in_the_cloudflare_worker_under_workerd() {
         "{audit:?}"
     );
 }
+
+/// The worker's two signature paths — WebCrypto ahead of the decision (the default) and pure
+/// Rust in wasm (`PORTCULLIS_VERIFY = "portable"`) — give the same answers, and each audit
+/// record says which one checked the token.
+#[test]
+fn the_workers_pure_rust_path_agrees_and_audits_name_the_path() {
+    let w = world();
+    let text = config(&w._keys, &w.eu.server.url(), &w.us.server.url());
+    let gw = portcullis_tests::workerd::start_worker_with(
+        &text,
+        &[],
+        &[("PORTCULLIS_VERIFY", "portable")],
+    );
+    check("worker (portable)", &gw, &w);
+    let paths = |gw: &portcullis_tests::host::Gateway| -> Vec<String> {
+        portcullis_tests::workerd::worker_audit(gw)
+            .iter()
+            .filter(|r| r["decision"] == "forward" && r["issuer"].is_string())
+            .map(|r| r["signature_check"].as_str().unwrap_or("none").to_owned())
+            .collect()
+    };
+    let portable = paths(&gw);
+    assert!(
+        !portable.is_empty() && portable.iter().all(|p| p == "portable"),
+        "{portable:?}"
+    );
+    let gw = portcullis_tests::workerd::start_worker(&text, &[]);
+    let r = request(
+        gw.addr,
+        "GET",
+        "/api/orders",
+        &[(
+            "authorization",
+            &format!("Bearer {}", token("ES256", json!({}))),
+        )],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let webcrypto = paths(&gw);
+    assert_eq!(webcrypto, ["webcrypto"]);
+}
+
+/// Plugin crates linked into the worker (cargo features) score with state kept in the
+/// isolate across requests; a configured plugin no linked crate serves fails, and its
+/// `on_error` decides.
+#[test]
+fn plugins_linked_into_the_worker_keep_state_and_unlinked_ones_fail_closed() {
+    let w = world();
+    let text = config(&w._keys, &w.eu.server.url(), &w.us.server.url()).replace(
+        "[identity]",
+        &format!(
+            r#"[plugin.credential-stuffing]
+path = "plugins/credential_stuffing.wasm"
+headers = ["x-login-username"]
+config = {{ paths = ["/login"], failure_statuses = [200], user_threshold = 2, window_secs = 600 }}
+
+[plugin.trivial]
+path = "{trivial}"
+on_error = "deny"
+
+[[route]]
+path = "/login"
+auth = "public"
+risk = {{ plugins = ["credential-stuffing"], deny = 60 }}
+
+[[route]]
+path = "/scored"
+auth = "public"
+risk = {{ plugins = ["trivial"] }}
+
+[identity]"#,
+            trivial = plugin("fixture-plugin-trivial"),
+        ),
+    );
+    let gw = portcullis_tests::workerd::start_worker(&text, &[]);
+    let login = |user: &str| {
+        request(
+            gw.addr,
+            "POST",
+            "/login",
+            &[("x-login-username", user)],
+            b"",
+        )
+        .unwrap()
+    };
+    // Two "failures" (the backend's 200 counts as one here) for bob, then bob is refused;
+    // alice is not.
+    assert_eq!(login("bob").status, 200);
+    assert_eq!(login("bob").status, 200);
+    let r = login("bob");
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(reason(&r), "risk_denied");
+    assert_eq!(login("alice").status, 200);
+    // `trivial` is a component, not a linked crate: it fails, on_error = "deny" refuses.
+    let r = request(gw.addr, "GET", "/scored/x", &[], b"").unwrap();
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(reason(&r), "risk_check_failed");
+}

@@ -25,6 +25,14 @@ pub trait Linked {
     fn observe(&self, ctx: &Context, outcome: Outcome, host: &mut dyn Host);
 }
 
+#[cfg_attr(
+    not(any(
+        feature = "impossible-travel",
+        feature = "credential-stuffing",
+        feature = "ip-reputation"
+    )),
+    allow(dead_code)
+)]
 struct Instance<P>(P);
 
 impl<P: RiskPlugin> Linked for Instance<P> {
@@ -36,6 +44,14 @@ impl<P: RiskPlugin> Linked for Instance<P> {
     }
 }
 
+#[cfg_attr(
+    not(any(
+        feature = "impossible-travel",
+        feature = "credential-stuffing",
+        feature = "ip-reputation"
+    )),
+    allow(dead_code)
+)]
 fn build<P: RiskPlugin>(config_json: &str) -> Result<Box<dyn Linked>, String> {
     portcullis_plugin::parse_config::<P>(config_json)
         .map(|p| Box::new(Instance(p)) as Box<dyn Linked>)

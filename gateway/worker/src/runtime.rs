@@ -22,8 +22,13 @@ use crate::webcrypto::KeyCache;
 /// The binding that holds the configuration snapshot (`portcullis snapshot`), base64url.
 pub const SNAPSHOT_BINDING: &str = "PORTCULLIS_SNAPSHOT";
 
+/// The binding that chooses the signature path: `webcrypto` (the default) or `portable`
+/// (pure Rust in wasm, for comparison).
+pub const VERIFY_BINDING: &str = "PORTCULLIS_VERIFY";
+
 /// Everything an isolate keeps between requests.
 struct Isolate {
+    webcrypto: bool,
     gateway: Gateway,
     verifier: WorkerVerifier,
     keys: RefCell<KeyStore<WebKey>>,
@@ -61,7 +66,18 @@ fn load(env: &Env) -> Result<Rc<Isolate>, String> {
         }
         worker::console_warn!("plugin {name}: {why}");
     }
+    let webcrypto = match env.var(VERIFY_BINDING).map(|v| v.to_string()) {
+        Err(_) => true,
+        Ok(v) if v == "webcrypto" => true,
+        Ok(v) if v == "portable" => false,
+        Ok(v) => {
+            return Err(format!(
+                "`{VERIFY_BINDING}` must be `webcrypto` or `portable`, not {v:?}"
+            ));
+        }
+    };
     let isolate = Rc::new(Isolate {
+        webcrypto,
         gateway: Gateway::new(config),
         verifier,
         keys: RefCell::new(keys),
@@ -126,6 +142,9 @@ async fn refresh_keys(isolate: &Isolate, now: Timestamp) {
 
 /// Checks the request token's signature with WebCrypto, ahead of the decision.
 async fn preverify(isolate: &Isolate, headers: &HeaderMap, now: Timestamp) {
+    if !isolate.webcrypto {
+        return;
+    }
     let check = pending_check(
         isolate.gateway.config(),
         &isolate.keys.borrow(),
@@ -396,6 +415,7 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
             decision = decide(&isolate);
         }
     }
+    let signature_check = isolate.verifier.used();
     isolate.verifier.clear();
     let mut audit = decision.audit;
     let (response, status) = match decision.outcome {
@@ -416,8 +436,11 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     if audit.risk.is_some() {
         isolate.plugins.observe(status);
     }
-    if let Ok(line) = serde_json::to_string(&audit) {
-        worker::console_log!("{line}");
+    if let Ok(mut record) = serde_json::to_value(&audit) {
+        if let (Some(path), Some(obj)) = (signature_check, record.as_object_mut()) {
+            obj.insert("signature_check".into(), path.into());
+        }
+        worker::console_log!("{record}");
     }
     Ok(response)
 }

@@ -40,6 +40,7 @@ struct Checked {
 pub struct WorkerVerifier {
     checked: Mutex<Vec<Checked>>,
     fallbacks: AtomicU64,
+    used: Mutex<Option<&'static str>>,
 }
 
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
@@ -63,6 +64,15 @@ impl WorkerVerifier {
         if let Ok(mut c) = self.checked.lock() {
             c.clear();
         }
+        if let Ok(mut u) = self.used.lock() {
+            *u = None;
+        }
+    }
+
+    /// How the last signature since [`clear`](Self::clear) was checked: `"webcrypto"`
+    /// (recorded ahead of the decision) or `"portable"` (pure Rust); `None` if none was.
+    pub fn used(&self) -> Option<&'static str> {
+        self.used.lock().ok().and_then(|u| *u)
     }
 
     /// How many signatures were checked in pure Rust because nothing was recorded.
@@ -94,13 +104,20 @@ impl SignatureVerifier for WorkerVerifier {
                 })
                 .map(|c| c.valid)
         });
-        match recorded {
-            Some(valid) => valid,
+        let (path, valid) = match recorded {
+            Some(valid) => ("webcrypto", valid),
             None => {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
-                PortableVerifier.verify(alg, &key.portable, message, signature)
+                (
+                    "portable",
+                    PortableVerifier.verify(alg, &key.portable, message, signature),
+                )
             }
+        };
+        if let Ok(mut u) = self.used.lock() {
+            *u = Some(path);
         }
+        valid
     }
 }
 
@@ -147,4 +164,44 @@ pub fn pending_check(
         message: jws.signing_input.as_bytes().to_vec(),
         signature: jws.signature,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn ed25519() -> (KeyMaterial, ed25519_compact::KeyPair) {
+        let kp = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([7; 32]));
+        (KeyMaterial::Ed25519 { x: kp.pk.to_vec() }, kp)
+    }
+
+    #[test]
+    fn recorded_answers_are_used_for_exactly_that_key_and_input() {
+        let (material, kp) = ed25519();
+        let v = WorkerVerifier::default();
+        let key = v.prepare(&material).unwrap();
+        let other = v.prepare(&material).unwrap();
+        assert_ne!(key.serial, other.serial);
+        let sig = kp.sk.sign(b"msg", None).to_vec();
+        // Nothing recorded: pure Rust decides.
+        assert!(v.verify(Algorithm::EdDSA, &key, b"msg", &sig));
+        assert_eq!(v.used(), Some("portable"));
+        // A recorded refusal wins for that key and input only.
+        let check = PendingCheck {
+            serial: key.serial,
+            material: material.clone(),
+            alg: Algorithm::EdDSA,
+            message: b"msg".to_vec(),
+            signature: sig.clone(),
+        };
+        v.record(&check, false);
+        assert!(!v.verify(Algorithm::EdDSA, &key, b"msg", &sig));
+        assert_eq!(v.used(), Some("webcrypto"));
+        assert!(v.verify(Algorithm::EdDSA, &other, b"msg", &sig));
+        v.clear();
+        assert_eq!(v.used(), None);
+        assert!(v.verify(Algorithm::EdDSA, &key, b"msg", &sig));
+        assert_eq!(v.fallbacks(), 3);
+    }
 }
