@@ -199,9 +199,13 @@ fn log_line(line: &str) {
     eprintln!("{line}");
 }
 
+/// One configured plugin: its name (state namespace), the headers it sees, and the linked
+/// crate serving it or why there is none.
+type Entry = (String, Vec<String>, Result<Box<dyn Linked>, String>);
+
 /// The configuration's plugins, each served by a linked crate or failing.
 pub struct LinkedPlugins {
-    plugins: Vec<(String, Vec<String>, Result<Box<dyn Linked>, String>)>,
+    plugins: Vec<Entry>,
     state: RefCell<MemoryState>,
     assessed: RefCell<Vec<(usize, Context)>>,
     now_ms: std::cell::Cell<u64>,

@@ -151,10 +151,10 @@ async fn preverify(isolate: &Isolate, headers: &HeaderMap, now: Timestamp) {
         headers,
         now,
     );
-    if let Some(check) = check {
-        if let Some(valid) = isolate.imported.verify(&check).await {
-            isolate.verifier.record(&check, valid);
-        }
+    if let Some(check) = check
+        && let Some(valid) = isolate.imported.verify(&check).await
+    {
+        isolate.verifier.record(&check, valid);
     }
 }
 
@@ -272,10 +272,10 @@ async fn forward(
     init.set_headers(&headers);
     // A proxy hands redirects to the client instead of following them.
     init.set_redirect(web_sys::RequestRedirect::Manual);
-    if !matches!(parts.method, Method::GET | Method::HEAD) {
-        if let Some(body) = req.inner().body() {
-            init.set_body(&JsValue::from(body));
-        }
+    if !matches!(parts.method, Method::GET | Method::HEAD)
+        && let Some(body) = req.inner().body()
+    {
+        init.set_body(&JsValue::from(body));
     }
     let url = format!(
         "{}://{}{}",
