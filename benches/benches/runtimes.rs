@@ -5,11 +5,15 @@
 //! * `component`: `portcullis serve --engine component` (a gateway-component instance per
 //!   request, tokens verified natively by the host);
 //! * `bundle`: the self-contained edge bundle under `portcullis serve-wasm`, a plain
-//!   wasi:http host (an instance per request, signatures checked inside wasm).
+//!   wasi:http host (an instance per request, signatures checked inside wasm);
+//! * `worker`: the Cloudflare Worker under `workerd` (one isolate kept between requests,
+//!   signatures checked with WebCrypto); `worker-portable`: the same with
+//!   `PORTCULLIS_VERIFY = "portable"` (pure Rust inside wasm).
 //!
 //! `cached`: the same ES256 token every time (the hosts' verified-token cache answers);
 //! `uncached`: a fresh ES256 token per request (a signature check every time). A bundle
-//! has no cache that outlives its per-request instance, so both of its rows verify.
+//! has no cache that outlives its per-request instance, and the worker keeps no
+//! verified-token cache (only imported keys), so their `cached` rows verify as well.
 //!
 //! Needs the release binary: `cargo build --release -p portcullis` first.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -86,6 +90,18 @@ fn runtimes(c: &mut Criterion) {
         ("native", start_engine(&text, "native")),
         ("component", start_engine(&text, "component")),
         ("bundle", start_bundle(&text, &[]).0),
+        (
+            "worker",
+            portcullis_tests::workerd::start_worker(&text, &[]),
+        ),
+        (
+            "worker-portable",
+            portcullis_tests::workerd::start_worker_with(
+                &text,
+                &[],
+                &[("PORTCULLIS_VERIFY", "portable")],
+            ),
+        ),
     ];
     let cached = token(0);
     let mut n = 1u64;

@@ -337,7 +337,10 @@ pub enum Section {
 pub fn component_names(wasm: &[u8], section: Section) -> anyhow::Result<Vec<String>> {
     let mut names = Vec::new();
     let mut depth = 0usize;
-    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+    // Every proposal the parser knows: components for WASI 0.3 (Spin) use the async ABI.
+    let mut parser = wasmparser::Parser::new(0);
+    parser.set_features(wasmparser::WasmFeatures::all());
+    for payload in parser.parse_all(wasm) {
         match payload.context("parse the component")? {
             wasmparser::Payload::ModuleSection { .. }
             | wasmparser::Payload::ComponentSection { .. } => depth += 1,

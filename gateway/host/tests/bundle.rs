@@ -103,3 +103,58 @@ fn an_unreachable_key_set_fails_the_bundle_with_a_clear_error() {
     let err = rt.block_on(bundle::bake_keys(&mut cfg)).unwrap_err();
     assert!(format!("{err:#}").contains("/jwks.json"), "{err:#}");
 }
+
+/// The Spin build (`gateway/spin`, spin-sdk 7) is a WASI 0.3 component that exports the
+/// 0.3 HTTP handler and imports only WASI and Spin's own interfaces. No runtime here serves
+/// Spin's imports, so this is what can be checked of it locally (its decisions are the
+/// core's; the conformance suite runs the edge bundle in its place).
+#[test]
+fn the_spin_component_exports_the_wasi_0_3_handler_and_imports_only_wasi_and_spin() {
+    let root = repo_root();
+    let target = root.join("target/component");
+    let out = std::process::Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "portcullis-spin",
+            "--target",
+            "wasm32-wasip2",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wasm = std::fs::read(target.join("wasm32-wasip2/release/portcullis_spin.wasm")).unwrap();
+    let exports = bundle::component_names(&wasm, Section::Exports).unwrap();
+    assert!(
+        exports
+            .iter()
+            .any(|e| e.starts_with("wasi:http/handler@0.3")),
+        "{exports:?}"
+    );
+    let imports = bundle::component_names(&wasm, Section::Imports).unwrap();
+    let foreign: Vec<&String> = imports
+        .iter()
+        .filter(|i| {
+            !(i.starts_with("wasi:") || i.starts_with("spin:") || i.starts_with("fermyon:spin/"))
+        })
+        .collect();
+    assert!(foreign.is_empty(), "{foreign:?} of {imports:?}");
+    for needed in ["key-value", "variables"] {
+        assert!(
+            imports.iter().any(|i| i.contains(needed)),
+            "Spin {needed} is used: {imports:?}"
+        );
+    }
+    println!(
+        "spin component: {} KB, imports {imports:?}",
+        wasm.len().div_ceil(1024)
+    );
+}
