@@ -94,7 +94,8 @@ fn free_port() -> u16 {
 }
 
 /// The workerd configuration: the worker's two modules, its snapshot binding, and an
-/// outbound network that may reach loopback backends and key servers.
+/// outbound network that may reach loopback backends and key servers. A request with a
+/// `cf-blob` header gets that JSON as its `cf` object, as behind Cloudflare's edge.
 fn capnp(snapshot: &str, vars: &[(&str, &str)], port: u16) -> String {
     let vars: String = vars
         .iter()
@@ -108,7 +109,7 @@ const config :Workerd.Config = (
     (name = "main", worker = .portcullis),
     (name = "outbound", network = (allow = ["public", "private", "local"])),
   ],
-  sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), service = "main") ],
+  sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (cfBlobHeader = "cf-blob"), service = "main") ],
 );
 
 const portcullis :Workerd.Worker = (

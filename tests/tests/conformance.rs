@@ -767,3 +767,43 @@ fn the_worker_follows_key_rotation_at_the_issuer() {
         "{audit:?}"
     );
 }
+
+/// The worker takes the client address from `CF-Connecting-IP` only when the request carries
+/// Cloudflare's `cf` object (simulated with workerd's cf-blob header); anywhere else the
+/// header is the client's own claim and is ignored.
+#[test]
+fn the_worker_trusts_cf_connecting_ip_only_behind_cloudflare() {
+    let w = world();
+    let text = config(&w._keys, &w.eu.server.url(), &w.us.server.url()).replace(
+        "[identity]",
+        r#"[plugin.ip-reputation]
+path = "plugins/ip_reputation.wasm"
+config = { deny = ["203.0.113.0/24"] }
+
+[[route]]
+path = "/shop"
+auth = "public"
+risk = { plugins = ["ip-reputation"] }
+
+[identity]"#,
+    );
+    let gw = portcullis_tests::workerd::start_worker(&text, &[]);
+    let denied_ip = [("cf-connecting-ip", "203.0.113.9")];
+    // Claimed by the client, without Cloudflare's cf object: not the peer, not denied.
+    let r = request(gw.addr, "GET", "/shop/cart", &denied_ip, b"").unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Behind Cloudflare: the denied address is the client.
+    let behind = [
+        ("cf-connecting-ip", "203.0.113.9"),
+        ("cf-blob", r#"{"country":"NL","asn":64500}"#),
+    ];
+    let r = request(gw.addr, "GET", "/shop/cart", &behind, b"").unwrap();
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(reason(&r), "risk_denied");
+    let ok = [
+        ("cf-connecting-ip", "198.51.100.7"),
+        ("cf-blob", r#"{"country":"NL","asn":64500}"#),
+    ];
+    let r = request(gw.addr, "GET", "/shop/cart", &ok, b"").unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}

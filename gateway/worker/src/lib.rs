@@ -15,6 +15,8 @@
 //! - **shared state**: none yet. Rate limits answer as the configuration's `[state]
 //!   on_unavailable` says, DPoP proofs are refused (no replay check), browser login answers
 //!   `provider_unavailable` — all fail closed;
+//! - **client address**: `CF-Connecting-IP` when the request carries Cloudflare's `cf` object
+//!   (on Cloudflare the edge overwrites that header), unknown otherwise;
 //! - **audit**: one JSON line per decision on the console (Workers Logs / Logpush).
 //!
 //! Build: `worker-build --release` in this directory (see the README's "Cloudflare Workers"

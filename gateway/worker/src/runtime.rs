@@ -376,6 +376,15 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     } else {
         Vec::new()
     };
+    // On Cloudflare (the request carries its `cf` object) the edge sets CF-Connecting-IP
+    // to the address it accepted the connection from, replacing any value the client
+    // sent: that is the peer. Elsewhere (workerd without a cf blob) the header is the
+    // client's own claim, and the peer stays unknown.
+    let peer = req
+        .cf()
+        .and_then(|_| parts.headers.get("cf-connecting-ip"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
     let now = now();
     isolate.plugins.set_now_ms(now.unix_millis());
     refresh_keys(&isolate, now).await;
@@ -400,7 +409,7 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
             uri: &parts.uri,
             headers: &parts.headers,
             request_id: &parts.request_id,
-            peer: None,
+            peer,
             body: &body,
         };
         gateway.decide_using(&adapters, &req, now)
