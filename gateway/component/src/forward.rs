@@ -208,41 +208,21 @@ pub fn forward(
             code: reason.code(),
         })
     };
-    let Some(backend) = config
-        .regions
-        .get(fwd.backend.region.0)
-        .and_then(|r| r.backends.get(fwd.backend.index))
-    else {
-        return refuse(out, Reason::BackendUnavailable, "unknown backend");
+    let backend = match fwd.target(config) {
+        Ok(b) => b,
+        Err((reason, detail)) => return refuse(out, reason, &detail),
     };
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_body) {
-        return refuse(
-            out,
-            Reason::BodyTooLarge,
-            &format!("the body exceeds {max_body} bytes"),
-        );
+    if let Err((reason, detail)) =
+        portcullis_core::decision::check_declared_length(&parts.headers, max_body)
+    {
+        return refuse(out, reason, &detail);
     }
 
-    let mut entries: Vec<(String, Vec<u8>)> =
-        Vec::with_capacity(parts.headers.len() + fwd.set_headers.len() + 1);
-    for (name, value) in &parts.headers {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n)
-            || fwd.remove_headers.contains(name)
-            || fwd.set_headers.iter().any(|(s, _)| s == name)
-        {
-            continue;
-        }
-        entries.push((n.to_owned(), value.as_bytes().to_vec()));
-    }
-    for (name, value) in &fwd.set_headers {
-        entries.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
-    }
+    let mut entries: Vec<(String, Vec<u8>)> = fwd
+        .backend_headers(&parts.headers)
+        .into_iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
     if let Some(host) = parts.uri.authority() {
         entries.push(("x-forwarded-host".into(), host.as_str().as_bytes().to_vec()));
     }

@@ -47,6 +47,74 @@ pub struct Response {
     pub reason: Reason,
 }
 
+impl Forward {
+    /// The configured backend this forward goes to; `backend_unavailable` when the
+    /// configuration has no such backend (never for a decision made on that configuration).
+    pub fn target<'c>(
+        &self,
+        config: &'c crate::config::Config,
+    ) -> Result<&'c crate::config::Backend, (Reason, String)> {
+        config
+            .regions
+            .get(self.backend.region.0)
+            .and_then(|r| r.backends.get(self.backend.index))
+            .ok_or((Reason::BackendUnavailable, "unknown backend".to_owned()))
+    }
+
+    /// The URL to request at `backend`.
+    pub fn url(&self, backend: &crate::config::Backend) -> String {
+        format!(
+            "{}://{}{}",
+            backend.scheme, backend.authority, self.path_and_query
+        )
+    }
+
+    /// The client's request headers that go on to the backend, in order, followed by the
+    /// headers the decision sets: every field except the hop-by-hop ones ([`HOP_BY_HOP`]
+    /// and any the client's `Connection` lists), the ones the decision removes, and the
+    /// ones it replaces. Adapters add their own forwarding headers (`X-Forwarded-*`).
+    pub fn backend_headers<'a>(
+        &'a self,
+        client: &'a http::HeaderMap,
+    ) -> Vec<(&'a HeaderName, &'a HeaderValue)> {
+        let listed: Vec<String> = client
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect();
+        let mut out: Vec<(&HeaderName, &HeaderValue)> = client
+            .iter()
+            .filter(|(name, _)| {
+                let n = name.as_str();
+                !(HOP_BY_HOP.contains(&n)
+                    || listed.iter().any(|c| c == n)
+                    || self.remove_headers.contains(name)
+                    || self.set_headers.iter().any(|(s, _)| s == *name))
+            })
+            .collect();
+        out.extend(self.set_headers.iter().map(|(n, v)| (n, v)));
+        out
+    }
+}
+
+/// Refuses a request whose declared `Content-Length` exceeds `max` bytes (413
+/// `body_too_large` before anything is sent; adapters also stop a body that grows past it).
+pub fn check_declared_length(headers: &http::HeaderMap, max: u64) -> Result<(), (Reason, String)> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err((
+            Reason::BodyTooLarge,
+            format!("the body exceeds {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// Headers that describe one connection (RFC 9110 §7.6.1) and `host` (the backend's
 /// authority is set instead): never copied between client and backend, in either direction
 /// (`host` only towards the backend).
@@ -178,4 +246,52 @@ fn quote_safe(s: &str) -> String {
         .filter(|c| c.is_ascii_graphic() || *c == ' ')
         .filter(|c| *c != '"' && *c != '\\')
         .collect()
+}
+
+#[cfg(test)]
+mod forward_tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::config::RegionId;
+
+    #[test]
+    fn backend_headers_drop_hop_by_hop_connection_listed_removed_and_replaced_fields() {
+        let fwd = Forward {
+            backend: BackendId {
+                region: RegionId(0),
+                index: 0,
+            },
+            path_and_query: "/x".into(),
+            remove_headers: vec![HeaderName::from_static("x-user-id")],
+            set_headers: vec![(
+                HeaderName::from_static("x-user-region"),
+                HeaderValue::from_static("eu"),
+            )],
+            response_headers: vec![],
+        };
+        let mut client = http::HeaderMap::new();
+        for (n, v) in [
+            ("host", "a.example"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("x-user-id", "mallory"),
+            ("x-user-region", "us"),
+            ("accept", "text/html"),
+            ("te", "trailers"),
+        ] {
+            client.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let names: Vec<(&str, &str)> = fwd
+            .backend_headers(&client)
+            .into_iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(names, [("accept", "text/html"), ("x-user-region", "eu")]);
+        assert!(check_declared_length(&client, 10).is_ok());
+        client.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("11"));
+        assert_eq!(
+            check_declared_length(&client, 10).unwrap_err().0,
+            Reason::BodyTooLarge
+        );
+    }
 }

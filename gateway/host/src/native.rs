@@ -355,25 +355,7 @@ fn origin_uri<B>(req: &Request<B>) -> Result<Uri, String> {
 /// headers, plus verified identity and forwarding headers.
 fn forwarded_headers(incoming: &HeaderMap, fwd: &Forward, peer: SocketAddr) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(incoming.len() + fwd.set_headers.len() + 3);
-    let listed_in_connection: Vec<String> = incoming
-        .get_all("connection")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
-    for (name, value) in incoming {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n)
-            || listed_in_connection.iter().any(|c| c == n)
-            || fwd.remove_headers.contains(name)
-            || fwd.set_headers.iter().any(|(s, _)| s == name)
-        {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    for (name, value) in &fwd.set_headers {
+    for (name, value) in fwd.backend_headers(incoming) {
         out.append(name.clone(), value.clone());
     }
     if let Some(host) = incoming.get(HOST) {

@@ -179,41 +179,13 @@ async fn forward(
     parts: &Parts,
     fwd: &portcullis_core::Forward,
 ) -> Result<(types::Response, u16), (Reason, String)> {
-    let backend = config
-        .regions
-        .get(fwd.backend.region.0)
-        .and_then(|r| r.backends.get(fwd.backend.index))
-        .ok_or((Reason::BackendUnavailable, "unknown backend".to_owned()))?;
-    let max = config.limits.max_body_bytes;
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err((
-            Reason::BodyTooLarge,
-            format!("the body exceeds {max} bytes"),
-        ));
-    }
-    let url = format!(
-        "{}://{}{}",
-        backend.scheme, backend.authority, fwd.path_and_query
-    );
+    let backend = fwd.target(config)?;
+    portcullis_core::decision::check_declared_length(&parts.headers, config.limits.max_body_bytes)?;
+    let url = fwd.url(backend);
     let mut builder = http::Request::builder()
         .method(parts.method.clone())
         .uri(&url);
-    for (name, value) in &parts.headers {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n)
-            || fwd.remove_headers.contains(name)
-            || fwd.set_headers.iter().any(|(s, _)| s == name)
-        {
-            continue;
-        }
-        builder = builder.header(name, value);
-    }
-    for (name, value) in &fwd.set_headers {
+    for (name, value) in fwd.backend_headers(&parts.headers) {
         builder = builder.header(name, value);
     }
     if let Some(host) = parts.uri.authority()

@@ -227,41 +227,17 @@ async fn forward(
     parts: &Parts,
     fwd: &Forward,
 ) -> Result<(Response, u16), (Reason, String)> {
-    let backend = config
-        .regions
-        .get(fwd.backend.region.0)
-        .and_then(|r| r.backends.get(fwd.backend.index))
-        .ok_or((Reason::BackendUnavailable, "unknown backend".to_owned()))?;
-    let max = config.limits.max_body_bytes;
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err((
-            Reason::BodyTooLarge,
-            format!("the body exceeds {max} bytes"),
-        ));
-    }
+    let backend = fwd.target(config)?;
+    portcullis_core::decision::check_declared_length(&parts.headers, config.limits.max_body_bytes)?;
     let headers =
         web_sys::Headers::new().map_err(|_| (Reason::InvalidRequest, "headers".into()))?;
-    for (name, value) in &parts.headers {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n)
-            || fwd.remove_headers.contains(name)
-            || fwd.set_headers.iter().any(|(s, _)| s == name)
-            || n.starts_with("cf-")
-        {
+    // `cf-*` fields are Cloudflare's, about this hop: never passed on.
+    for (name, value) in fwd.backend_headers(&parts.headers) {
+        if name.as_str().starts_with("cf-") {
             continue;
         }
         if let Ok(v) = value.to_str() {
-            let _ = headers.append(n, v);
-        }
-    }
-    for (name, value) in &fwd.set_headers {
-        if let Ok(v) = value.to_str() {
-            let _ = headers.set(name.as_str(), v);
+            let _ = headers.append(name.as_str(), v);
         }
     }
     if let Some(host) = parts.uri.authority() {
@@ -277,10 +253,7 @@ async fn forward(
     {
         init.set_body(&JsValue::from(body));
     }
-    let url = format!(
-        "{}://{}{}",
-        backend.scheme, backend.authority, fwd.path_and_query
-    );
+    let url = fwd.url(backend);
     let outgoing = web_sys::Request::new_with_str_and_init(&url, &init).map_err(|_| {
         (
             Reason::BackendUnavailable,
