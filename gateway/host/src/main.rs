@@ -252,14 +252,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            for route in &loaded.config.routes {
-                if !route.login.is_empty() {
-                    eprintln!(
-                        "portcullis: warning: route {:?} signs browsers in; the worker cannot yet (login answers 503 provider_unavailable), bearer tokens still work",
-                        route.path
-                    );
-                }
-            }
+            warn_login_routes(&loaded.config, "the Worker and Spin cannot yet");
             let text = portcullis_core::b64::encode(&loaded.config.to_snapshot());
             if output.as_os_str() == "-" {
                 println!("{text}");
@@ -277,14 +270,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            for route in &loaded.config.routes {
-                if !route.login.is_empty() {
-                    eprintln!(
-                        "portcullis: warning: route {:?} signs browsers in; a bundle cannot (login answers 503 provider_unavailable), bearer tokens still work",
-                        route.path
-                    );
-                }
-            }
+            warn_login_routes(&loaded.config, "a bundle cannot");
             let mut plugins = Vec::with_capacity(loaded.config.plugins.len());
             for p in &loaded.config.plugins {
                 let path = loaded.base.join(&p.path);
@@ -481,4 +467,15 @@ async fn verify(config: PathBuf, path: Option<String>, token: String) -> anyhow:
             ExitCode::FAILURE
         }
     })
+}
+
+/// Warns about routes that sign browsers in, which `target` cannot do (their browsers get
+/// 503 `provider_unavailable`; bearer tokens still work).
+fn warn_login_routes(config: &portcullis_core::Config, target: &str) {
+    for route in config.routes.iter().filter(|r| !r.login.is_empty()) {
+        eprintln!(
+            "portcullis: warning: route {:?} signs browsers in; {target} (login answers 503 provider_unavailable), bearer tokens still work",
+            route.path
+        );
+    }
 }

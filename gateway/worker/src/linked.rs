@@ -57,36 +57,42 @@ fn build<P: RiskPlugin>(config_json: &str) -> Result<Box<dyn Linked>, String> {
         .map(|p| Box::new(Instance(p)) as Box<dyn Linked>)
 }
 
-/// The plugin crates linked into this build (by cargo feature), by crate name.
+/// Builds a linked plugin from its JSON configuration.
+type Builder = fn(&str) -> Result<Box<dyn Linked>, String>;
+
+/// The plugin crates linked into this build (by cargo feature): crate name and builder.
+// Each push depends on a feature, so no `vec![…]` literal can say this.
+#[allow(clippy::vec_init_then_push)]
+fn linked_crates() -> Vec<(&'static str, Builder)> {
+    #[allow(unused_mut)]
+    let mut crates: Vec<(&'static str, Builder)> = Vec::new();
+    #[cfg(feature = "impossible-travel")]
+    crates.push((
+        "impossible-travel",
+        build::<impossible_travel::ImpossibleTravel>,
+    ));
+    #[cfg(feature = "credential-stuffing")]
+    crates.push((
+        "credential-stuffing",
+        build::<credential_stuffing::CredentialStuffing>,
+    ));
+    #[cfg(feature = "ip-reputation")]
+    crates.push(("ip-reputation", build::<ip_reputation::IpReputation>));
+    crates
+}
+
+/// The plugin crates linked into this build, by crate name.
 pub fn available() -> Vec<&'static str> {
-    let mut names = Vec::new();
-    if cfg!(feature = "impossible-travel") {
-        names.push("impossible-travel");
-    }
-    if cfg!(feature = "credential-stuffing") {
-        names.push("credential-stuffing");
-    }
-    if cfg!(feature = "ip-reputation") {
-        names.push("ip-reputation");
-    }
-    names
+    linked_crates().into_iter().map(|(name, _)| name).collect()
 }
 
 /// Builds the linked plugin called `crate_name` with its configuration; `None` when no
 /// such crate is linked into this build.
 pub fn link(crate_name: &str, config_json: &str) -> Option<Result<Box<dyn Linked>, String>> {
-    let _ = config_json;
-    match crate_name {
-        #[cfg(feature = "impossible-travel")]
-        "impossible-travel" => Some(build::<impossible_travel::ImpossibleTravel>(config_json)),
-        #[cfg(feature = "credential-stuffing")]
-        "credential-stuffing" => Some(build::<credential_stuffing::CredentialStuffing>(
-            config_json,
-        )),
-        #[cfg(feature = "ip-reputation")]
-        "ip-reputation" => Some(build::<ip_reputation::IpReputation>(config_json)),
-        _ => None,
-    }
+    linked_crates()
+        .into_iter()
+        .find(|(name, _)| *name == crate_name)
+        .map(|(_, build)| build(config_json))
 }
 
 /// The linked crate that serves a `[plugin.*]` entry: by name, else by the path's stem.
@@ -199,9 +205,18 @@ fn log_line(line: &str) {
     eprintln!("{line}");
 }
 
+/// Why a configured plugin has no linked instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unusable {
+    /// No linked crate serves it: it answers with failures, its `on_error` decides.
+    NotLinked(String),
+    /// Its crate refused its configuration: the gateway must not start.
+    Refused(String),
+}
+
 /// One configured plugin: its name (state namespace), the headers it sees, and the linked
 /// crate serving it or why there is none.
-type Entry = (String, Vec<String>, Result<Box<dyn Linked>, String>);
+type Entry = (String, Vec<String>, Result<Box<dyn Linked>, Unusable>);
 
 /// The configuration's plugins, each served by a linked crate or failing.
 pub struct LinkedPlugins {
@@ -218,14 +233,13 @@ impl LinkedPlugins {
             .plugins
             .iter()
             .map(|p| {
-                let linked = match crate_for(&p.name, &p.path) {
-                    Some(c) => link(c, &p.config_json)
-                        .unwrap_or_else(|| Err(format!("plugin crate {c} is not linked"))),
-                    None => Err(format!(
+                let linked = match crate_for(&p.name, &p.path).and_then(|c| link(c, &p.config_json)) {
+                    Some(built) => built.map_err(Unusable::Refused),
+                    None => Err(Unusable::NotLinked(format!(
                         "no plugin crate for `{}` is linked into this worker (linked: {:?}); build it with the crate's cargo feature",
                         p.name,
                         available()
-                    )),
+                    ))),
                 };
                 (p.name.clone(), p.headers.clone(), linked)
             })
@@ -238,11 +252,11 @@ impl LinkedPlugins {
         }
     }
 
-    /// Why plugins could not be built (configuration refused), by name.
-    pub fn failures(&self) -> Vec<(String, String)> {
+    /// The configured plugins without a linked instance, by name, and why.
+    pub fn unusable(&self) -> Vec<(&str, &Unusable)> {
         self.plugins
             .iter()
-            .filter_map(|(n, _, p)| p.as_ref().err().map(|e| (n.clone(), e.clone())))
+            .filter_map(|(n, _, p)| p.as_ref().err().map(|e| (n.as_str(), e)))
             .collect()
     }
 
@@ -320,7 +334,9 @@ impl RiskAssessor for LinkedPlugins {
                 let Some((name, headers, linked)) = self.plugins.get(id.0) else {
                     return Err(format!("no plugin #{}", id.0));
                 };
-                let plugin = linked.as_ref().map_err(Clone::clone)?;
+                let plugin = linked.as_ref().map_err(|e| match e {
+                    Unusable::NotLinked(why) | Unusable::Refused(why) => why.clone(),
+                })?;
                 let sdk = sdk_context(ctx, headers);
                 let mut host = PluginHost {
                     namespace: name,

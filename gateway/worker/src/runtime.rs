@@ -15,7 +15,7 @@ use portcullis_core::{
 use wasm_bindgen::JsValue;
 use worker::{Context, Env, Fetch, Request, Response, event};
 
-use crate::linked::LinkedPlugins;
+use crate::linked::{LinkedPlugins, Unusable};
 use crate::verifier::{WebKey, WorkerVerifier, pending_check};
 use crate::webcrypto::KeyCache;
 
@@ -58,13 +58,13 @@ fn load(env: &Env) -> Result<Rc<Isolate>, String> {
     let verifier = WorkerVerifier::default();
     let keys = KeyStore::new(&config, &verifier);
     let plugins = LinkedPlugins::new(&config);
-    if let Some((name, why)) = plugins.failures().into_iter().next() {
-        // A plugin whose configuration it refuses stops the gateway, as at host start-up;
-        // one that is merely not linked answers with failures (its `on_error` decides).
-        if !why.starts_with("no plugin crate") {
-            return Err(format!("plugin {name}: {why}"));
+    // A plugin whose configuration its crate refuses stops the gateway, as at host
+    // start-up; one that is merely not linked answers with failures (`on_error` decides).
+    for (name, why) in plugins.unusable() {
+        match why {
+            Unusable::Refused(why) => return Err(format!("plugin {name}: {why}")),
+            Unusable::NotLinked(why) => worker::console_warn!("plugin {name}: {why}"),
         }
-        worker::console_warn!("plugin {name}: {why}");
     }
     let webcrypto = match env.var(VERIFY_BINDING).map(|v| v.to_string()) {
         Err(_) => true,
