@@ -452,17 +452,9 @@ pub fn check_clearance(
     now: Timestamp,
     binding: &Binding<'_>,
 ) -> Clearance {
-    let values = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|h| h.as_bytes().split(|b| *b == b';'))
-        .filter_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|b| *b == b'=')?;
-            let (name, value) = pair.split_at(eq);
-            (name.trim_ascii() == CLEARANCE_COOKIE.as_bytes())
-                .then(|| value.get(1..).unwrap_or_default().trim_ascii())
-        })
+    let values = crate::cookies::pairs(headers)
+        .filter(|p| p.name == CLEARANCE_COOKIE.as_bytes())
+        .map(|p| p.value)
         .take(MAX_COOKIE_OCCURRENCES);
     let mut first_error = None;
     for value in values {
@@ -707,13 +699,15 @@ fn mac_for(key: &[u8], purpose: &str, parts: &[&[u8]]) -> Option<Hmac<Sha256>> {
     Some(mac)
 }
 
-fn tag(key: &[u8], purpose: &str, parts: &[&[u8]]) -> [u8; 32] {
+/// The HMAC tag of `parts` for `purpose` (see [`mac_for`]).
+pub(crate) fn tag(key: &[u8], purpose: &str, parts: &[&[u8]]) -> [u8; 32] {
     // HMAC accepts keys of any length; an all-zero tag would never verify (`tag_ok` fails
     // closed on the same error).
     mac_for(key, purpose, parts).map_or([0; 32], |m| m.finalize().into_bytes().into())
 }
 
-fn tag_ok(key: &[u8], purpose: &str, parts: &[&[u8]], expected: &[u8]) -> bool {
+/// True when `expected` is the tag of `parts` for `purpose`, compared in constant time.
+pub(crate) fn tag_ok(key: &[u8], purpose: &str, parts: &[&[u8]], expected: &[u8]) -> bool {
     mac_for(key, purpose, parts).is_some_and(|m| m.verify_slice(expected).is_ok())
 }
 

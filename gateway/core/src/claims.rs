@@ -130,13 +130,18 @@ fn extract(
     })
 }
 
+/// The latest NumericDate accepted: 9999-12-31T23:59:59Z. Later values (`1e300`) are not
+/// dates any clock or backend can represent; refusing them keeps a far-future `exp` from
+/// being read as "never expires" (`claim_invalid`).
+pub const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
+
 fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, ClaimError> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
-            Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f)),
+            Some(f) if f.is_finite() && (0.0..=MAX_NUMERIC_DATE).contains(&f) => Ok(Some(f)),
             _ => Err(ClaimError::Invalid(format!(
-                "`{name}` is not a valid NumericDate"
+                "`{name}` is not a NumericDate between 0 and {MAX_NUMERIC_DATE} (year 9999)"
             ))),
         },
         Some(other) => Err(ClaimError::Invalid(format!(
@@ -236,5 +241,36 @@ pub fn json_type(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn date(v: Value) -> Result<Option<f64>, ClaimError> {
+        let mut m = Map::new();
+        m.insert("exp".into(), v);
+        numeric_date(&m, "exp")
+    }
+
+    #[test]
+    fn numeric_dates_outside_the_representable_range_are_invalid() {
+        assert_eq!(date(serde_json::json!(1_700_000_000)), Ok(Some(1.7e9)));
+        assert_eq!(date(serde_json::json!(MAX_NUMERIC_DATE)), Ok(Some(MAX_NUMERIC_DATE)));
+        for bad in [
+            serde_json::json!(1e300),
+            serde_json::json!(253_402_300_800_u64),
+            serde_json::json!(u64::MAX),
+            serde_json::json!(-1),
+            serde_json::json!("1700000000"),
+        ] {
+            assert!(matches!(date(bad.clone()), Err(ClaimError::Invalid(_))), "{bad}");
+        }
+        // Also through identity building: a far-future `exp` never yields an identity.
+        let mut claims = Map::new();
+        claims.insert("exp".into(), serde_json::json!(1e300));
+        assert!(identity_from_claims(claims, IssuerId(0)).is_err());
     }
 }

@@ -161,25 +161,23 @@ fn kty(m: &KeyMaterial) -> &'static str {
     }
 }
 
-/// `htu` comparison: scheme and host case-insensitively, path exactly; query and fragment
-/// of the proof's URL ignored (RFC 9449 §4.3).
+/// `htu` comparison after RFC 3986 §6.2.2/§6.2.3 normalization (RFC 9449 §4.3): scheme
+/// and host in any case, the scheme's default port left out, the path in canonical form;
+/// query and fragment ignored. A URL that does not parse never matches.
 fn same_url(htu: &str, url: &str) -> bool {
-    let strip = |u: &str| -> String {
-        let u = u.split(['?', '#']).next().unwrap_or_default();
-        match u.split_once("://") {
-            Some((scheme, rest)) => {
-                let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-                let path = if path.is_empty() { "/" } else { path };
-                format!(
-                    "{}://{}{path}",
-                    scheme.to_ascii_lowercase(),
-                    host.to_ascii_lowercase()
-                )
-            }
-            None => u.to_owned(),
-        }
-    };
-    strip(htu) == strip(url)
+    fn canonical(u: &str) -> Option<String> {
+        let u = u.split(['?', '#']).next()?;
+        let (scheme, rest) = u.split_once("://")?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let authority = crate::canonical::Authority::parse(authority).ok()?;
+        let path = if path.is_empty() { "/" } else { path };
+        let options = crate::canonical::PathOptions {
+            allow_semicolons: true,
+        };
+        let path = crate::canonical::canonical_path(path, options).ok()?;
+        Some(format!("{}{path}", authority.origin(scheme)))
+    }
+    matches!((canonical(htu), canonical(url)), (Some(a), Some(b)) if a == b)
 }
 
 /// The RFC 7638 thumbprint of a public key.
@@ -230,6 +228,12 @@ mod tests {
         assert!(!same_url("https://api.example/a", "https://api.example/b"));
         assert!(!same_url("http://api.example/a", "https://api.example/a"));
         assert!(!same_url("https://evil.example/a", "https://api.example/a"));
+        // RFC 9449 §4.3: default ports and percent-encoding are normalized first.
+        assert!(same_url("http://gw.test:80/x", "http://gw.test/x"));
+        assert!(same_url("https://gw.test:443/x", "https://gw.test/x"));
+        assert!(!same_url("https://gw.test:80/x", "https://gw.test/x"));
+        assert!(same_url("https://gw.test/%7Euser/%61", "https://gw.test/~user/a"));
+        assert!(!same_url("https://user@gw.test/x", "https://gw.test/x"));
     }
 
     #[test]

@@ -189,6 +189,7 @@ impl Gateway {
             body: req.body,
             request_id: req.request_id,
             now,
+            authority: crate::normalize::authority(req).ok(),
         })
     }
 
@@ -297,12 +298,12 @@ impl Gateway {
         let (auth, health) = (services.auth, services.health);
 
         // 1. normalize
-        let norm = match normalize(req, &self.strip) {
+        let norm = match normalize(req, &self.strip, &cfg.paths) {
             Ok(n) => n,
             Err((reason, detail)) => return deny(reason, &detail),
         };
         audit.path.clone_from(&norm.path);
-        audit.host.clone_from(&norm.host);
+        audit.host = Some(norm.authority.host.clone());
         let client = client_info(&cfg.client, req.peer, req.headers);
         // 1a. the gateway's own endpoints
         if norm.path == crate::challenge::CHALLENGE_PATH {
@@ -320,11 +321,22 @@ impl Gateway {
                 return Outcome::Respond(r);
             }
         }
-        if norm.path.starts_with(INTERNAL_PREFIX) {
+        // Gateway paths are refused in every ASCII case: a case-insensitive backend would
+        // serve `/_PORTCULLIS/…` as `/_portcullis/…`.
+        if norm
+            .path
+            .get(..INTERNAL_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(INTERNAL_PREFIX))
+        {
             return deny(Reason::RouteNotFound, "no such gateway endpoint");
         }
-        let Some((route_index, route)) = match_route(&cfg.routes, norm.host.as_deref(), &norm.path)
-            .and_then(|i| cfg.routes.get(i).map(|r| (i, r)))
+        let Some((route_index, route)) = match_route(
+            &cfg.routes,
+            &norm.authority.host,
+            &norm.path,
+            cfg.paths.case_sensitive,
+        )
+        .and_then(|i| cfg.routes.get(i).map(|r| (i, r)))
         else {
             return deny(Reason::RouteNotFound, "no route matches this host and path");
         };
@@ -375,7 +387,7 @@ impl Gateway {
                             if route.auth == AuthMode::Required {
                                 return Outcome::Respond(flow.login_required(
                                     &route.login,
-                                    &return_path(req),
+                                    &norm.path_and_query,
                                     clear,
                                 ));
                             }
@@ -401,7 +413,7 @@ impl Gateway {
                 }
                 Some((scheme, token)) => {
                     let proof = if scheme == TokenScheme::Dpop {
-                        match self.dpop_proof(req, token, now, auth) {
+                        match self.dpop_proof(req, &norm, token, now, auth) {
                             Ok(p) => Some(p),
                             Err(detail) => return deny(Reason::DpopProofInvalid, &detail),
                         }
@@ -589,7 +601,8 @@ impl Gateway {
             let mut verdict = combine_with(cfg, risk, signals, answers);
             let refusal = match verdict.action {
                 Action::Challenge if verdict.failed.is_none() => {
-                    let (refusal, clearance) = self.challenge(req, &client, now, &verdict, risk);
+                    let (refusal, clearance) =
+                        self.challenge(req, &norm, &client, now, &verdict, risk);
                     verdict.clearance = clearance;
                     refusal
                 }
@@ -614,7 +627,7 @@ impl Gateway {
             {
                 return Outcome::Respond(flow.begin(
                     provider,
-                    &return_path(req),
+                    &norm.path_and_query,
                     &crate::login::StepUp::from_challenge(&refusal.challenge),
                 ));
             }
@@ -658,7 +671,22 @@ impl Gateway {
                 remove_headers.push(h);
             }
         }
-        let mut set_headers = self.identity_headers(identity.as_ref(), region);
+        let (forward_remove, forward_set) = crate::forwarding::headers(
+            &cfg.client,
+            &crate::forwarding::Hop {
+                peer: req.peer,
+                authority: &norm.authority,
+                scheme: &norm.scheme,
+            },
+            req.headers,
+        );
+        for h in forward_remove {
+            if !remove_headers.contains(&h) {
+                remove_headers.push(h);
+            }
+        }
+        let mut set_headers = forward_set;
+        set_headers.extend(self.identity_headers(identity.as_ref(), region));
         if let Some(sc) = &cfg.session {
             match crate::login::strip_own_cookies(req.headers, &sc.cookie) {
                 None => {}
@@ -812,6 +840,7 @@ impl Gateway {
     fn challenge(
         &self,
         req: &RequestParts<'_>,
+        norm: &Normalized,
         client: &ClientInfo,
         now: Timestamp,
         verdict: &RiskVerdict,
@@ -847,7 +876,7 @@ impl Gateway {
             cfg.min_bits,
             cfg.max_bits,
         );
-        let return_to = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let return_to = norm.path_and_query.as_str();
         let token = pow::issue(&self.challenge_key, now, cfg.ttl, bits, &binding, return_to);
         let (html, headers) = match &cfg.site_verify {
             Some(site) => pow::site_page(&token, &site.site_key, &site.script_url),
@@ -970,7 +999,7 @@ impl Gateway {
             method: req.method.as_str().to_owned(),
             path: norm.path.clone(),
             query: req.uri.query().map(str::to_owned),
-            host: norm.host.clone(),
+            host: Some(norm.authority.host.clone()),
             headers,
             identity: identity.map(|id| {
                 let issuer = self
@@ -984,10 +1013,12 @@ impl Gateway {
         }
     }
 
-    /// Checks the request's single `DPoP` proof header against the request and token.
+    /// Checks the request's single `DPoP` proof header against the request and token; the
+    /// request's URL is the canonical one (default port left out, RFC 9449 §4.3).
     fn dpop_proof(
         &self,
         req: &RequestParts<'_>,
+        norm: &Normalized,
         token: &str,
         now: Timestamp,
         auth: &dyn Authenticator,
@@ -999,21 +1030,10 @@ impl Gateway {
         let proof = proof
             .to_str()
             .map_err(|_| "the DPoP header is not ASCII".to_owned())?;
-        let authority = req
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                req.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .ok_or_else(|| "the request names no host".to_owned())?;
         let url = format!(
-            "{}://{authority}{}",
-            self.config.dpop.scheme,
-            req.uri.path()
+            "{}{}",
+            norm.authority.origin(&self.config.dpop.scheme),
+            norm.path
         );
         crate::dpop::check_proof(
             proof,
@@ -1113,13 +1133,6 @@ pub struct Adapters<'a> {
     pub login: &'a dyn crate::login::LoginServices,
     /// Backend health.
     pub health: &'a dyn BackendHealth,
-}
-
-/// The path and query of the request, for returning to it after login.
-fn return_path(req: &RequestParts<'_>) -> String {
-    req.uri
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned())
 }
 
 /// Paths under this prefix belong to the gateway and never reach a backend.

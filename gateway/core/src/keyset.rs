@@ -151,6 +151,17 @@ impl<K> KeySet<K> {
                     .filter(|e| e.jwk.kid.as_deref() == Some(kid))
                     .collect();
                 let Some(first) = named.first() else {
+                    // A shared secret configured without a `kid` matches any `kid`: many
+                    // HS256 libraries put one in the header, and a secret has no key set to
+                    // look it up in. Only when exactly one such secret fits `alg`.
+                    let mut unnamed = self.entries.iter().filter(|e| {
+                        e.jwk.kid.is_none()
+                            && matches!(e.jwk.material, crate::crypto::KeyMaterial::Symmetric { .. })
+                            && e.jwk.permits(alg).is_ok()
+                    });
+                    if let (Some(only), None) = (unnamed.next(), unnamed.next()) {
+                        return Ok(only);
+                    }
                     return Err(KeySelectError::UnknownKid(format!(
                         "no key with kid `{kid}`"
                     )));

@@ -173,6 +173,8 @@ pub struct Flow<'a> {
     pub request_id: &'a str,
     /// Now.
     pub now: Timestamp,
+    /// The request's authority (for same-origin checks), when it has a valid one.
+    pub authority: Option<crate::canonical::Authority>,
 }
 
 /// A session found on a request.
@@ -911,19 +913,14 @@ impl Flow<'_> {
     pub fn logout(&self) -> Response {
         // Another site must not log users out behind their back (a link or an auto-submitted
         // form): such requests get a confirmation page whose button posts from our origin.
-        let from_elsewhere = self
-            .headers
-            .get("sec-fetch-site")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|site| site == "cross-site" || site == "same-site");
-        if from_elsewhere {
-            return logout_confirmation();
+        let sealed = session::decode_cookies(self.headers, &self.session.cookie)
+            .ok()
+            .flatten();
+        if !self.logout_intended(sealed.as_deref()) {
+            return logout_confirmation(&self.logout_token(sealed.as_deref()));
         }
         let mut cookies = self.clear_session_cookies();
-        let session = session::decode_cookies(self.headers, &self.session.cookie)
-            .ok()
-            .flatten()
-            .and_then(|sealed| Session::open(self.keys, &sealed).ok());
+        let session = sealed.and_then(|sealed| Session::open(self.keys, &sealed).ok());
         let Some(s) = session else {
             return redirect(StatusCode::SEE_OTHER, "/", cookies);
         };
@@ -949,6 +946,69 @@ impl Flow<'_> {
             target.as_deref().unwrap_or("/"),
             cookies,
         )
+    }
+
+    /// True when the user asked for this logout from the gateway's own origin: fetch
+    /// metadata says `same-origin` (or `none`: typed or bookmarked); without fetch metadata
+    /// (older browsers, `<img>` tags), `Origin` or `Referer` must name this origin; a POST
+    /// from the confirmation page carries its token, bound to this browser's session
+    /// cookie. Anything else (another site's link, image or form) gets the confirmation page.
+    fn logout_intended(&self, sealed: Option<&str>) -> bool {
+        let header = |name: &str| self.headers.get(name).and_then(|v| v.to_str().ok());
+        match header("sec-fetch-site") {
+            Some("same-origin" | "none") => return true,
+            Some(_) => return false,
+            None => {}
+        }
+        if *self.method == Method::POST
+            && let Some(token) = self.query.and_then(|q| query_param(q, "confirm"))
+            && self.logout_token_ok(&token, sealed)
+        {
+            return true;
+        }
+        let Some(host) = self.authority.as_ref() else {
+            return false;
+        };
+        let same = |url: &str| {
+            let Some((scheme, rest)) = url.split_once("://") else {
+                return false;
+            };
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            crate::canonical::Authority::parse(authority)
+                .is_ok_and(|a| a.origin(scheme) == host.origin(scheme))
+        };
+        match header("origin") {
+            Some(origin) => same(origin),
+            None => header("referer").is_some_and(same),
+        }
+    }
+
+    /// The confirmation page's token: `exp.tag`, the tag binding the expiry to this
+    /// browser's sealed session (so a token fetched by another browser is worthless).
+    fn logout_token(&self, sealed: Option<&str>) -> String {
+        let exp = (self.now.unix_secs() + LOGOUT_CONFIRM_TTL_SECS).to_string();
+        let tag = crate::challenge::tag(
+            &self.config.audit.subject_key,
+            LOGOUT_CONFIRM_PURPOSE,
+            &[exp.as_bytes(), sealed.unwrap_or_default().as_bytes()],
+        );
+        format!("{exp}.{}", crate::b64::encode(&tag))
+    }
+
+    fn logout_token_ok(&self, token: &str, sealed: Option<&str>) -> bool {
+        let Some((exp, tag)) = token.split_once('.') else {
+            return false;
+        };
+        let (Ok(expires), Some(tag)) = (exp.parse::<u64>(), crate::b64::decode(tag)) else {
+            return false;
+        };
+        expires >= self.now.unix_secs()
+            && crate::challenge::tag_ok(
+                &self.config.audit.subject_key,
+                LOGOUT_CONFIRM_PURPOSE,
+                &[exp.as_bytes(), sealed.unwrap_or_default().as_bytes()],
+                &tag,
+            )
     }
 
     /// [`BACKCHANNEL_PATH`]: validates a logout token (OIDC Back-Channel Logout §2.6) and
@@ -1189,61 +1249,34 @@ fn subject_key(iss: &str, sub: &str) -> String {
     format!("subsess/{}", digest_key(&format!("{iss}\n{sub}")))
 }
 
-/// The `(name, value)` pairs of every `Cookie` header (text headers only).
+/// The `(name, value)` pairs of every `Cookie` header that are text.
 fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|h| h.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
+    crate::cookies::pairs(headers).filter_map(|p| {
+        Some((
+            std::str::from_utf8(p.name).ok()?,
+            std::str::from_utf8(p.value).ok()?,
+        ))
+    })
 }
 
 /// The value of cookie `name` (the first one).
 fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    cookie_pairs(headers)
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v)
+    crate::cookies::value(headers, name)
 }
 
 /// The `Cookie` header without the gateway's own cookies (session chunks, login attempts,
-/// challenge clearance): `None` when nothing changes, `Some(None)` when nothing is left.
+/// challenge clearance), read with the same parser as every reader of them: `None` when
+/// nothing changes, `Some(None)` when nothing is left.
 pub fn strip_own_cookies(headers: &HeaderMap, session_base: &str) -> Option<Option<HeaderValue>> {
-    let own = |name: &str| {
-        name.starts_with(LOGIN_COOKIE_PREFIX)
-            || name == crate::challenge::CLEARANCE_COOKIE
+    let own = |name: &[u8]| {
+        name.starts_with(LOGIN_COOKIE_PREFIX.as_bytes())
+            || name == crate::challenge::CLEARANCE_COOKIE.as_bytes()
             || name
-                .strip_prefix(session_base)
-                .and_then(|rest| rest.strip_prefix('-'))
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .strip_prefix(session_base.as_bytes())
+                .and_then(|rest| rest.strip_prefix(b"-"))
+                .is_some_and(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit))
     };
-    let mut changed = false;
-    let mut kept = Vec::new();
-    for value in headers.get_all(http::header::COOKIE) {
-        let Ok(text) = value.to_str() else {
-            kept.push(String::from_utf8_lossy(value.as_bytes()).into_owned());
-            continue;
-        };
-        for pair in text.split(';') {
-            let pair = pair.trim();
-            if pair.is_empty() {
-                continue;
-            }
-            let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-            if own(name) {
-                changed = true;
-            } else {
-                kept.push(pair.to_owned());
-            }
-        }
-    }
-    if !changed {
-        return None;
-    }
-    if kept.is_empty() {
-        return Some(None);
-    }
-    Some(HeaderValue::from_str(&kept.join("; ")).ok())
+    crate::cookies::without(headers, own)
 }
 
 /// A browser loading a page (not a script or an API client).
@@ -1314,10 +1347,17 @@ fn redirect(status: StatusCode, location: &str, cookies: Vec<HeaderValue>) -> Re
     }
 }
 
-/// "Sign out?" with a button that posts to [`LOGOUT_PATH`] from the gateway's own origin.
-fn logout_confirmation() -> Response {
+/// How long the confirmation page's token is good for.
+const LOGOUT_CONFIRM_TTL_SECS: u64 = 600;
+/// The MAC purpose of the confirmation page's token.
+const LOGOUT_CONFIRM_PURPOSE: &str = "portcullis logout confirmation v1";
+
+/// "Sign out?" with a button that posts to [`LOGOUT_PATH`] from the gateway's own origin,
+/// carrying `token` (URL-safe base64 and digits only).
+fn logout_confirmation(token: &str) -> Response {
     let body = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Sign out?</title></head>\n<body><main><h1>Sign out?</h1>\n<form id=\"logout\" method=\"post\" action=\"{LOGOUT_PATH}\"><button type=\"submit\">Sign out</button></form>\n<p><a href=\"/\">Stay signed in</a></p></main></body></html>\n"
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Sign out?</title></head>\n<body><main><h1>Sign out?</h1>\n<form id=\"logout\" method=\"post\" action=\"{LOGOUT_PATH}?confirm={token}\"><button type=\"submit\">Sign out</button></form>\n<p><a href=\"/\">Stay signed in</a></p></main></body></html>\n",
+        token = html_escape(token),
     );
     Response {
         status: StatusCode::OK,

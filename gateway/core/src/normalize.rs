@@ -1,48 +1,47 @@
-//! Phase 1, normalize: refuse ambiguous paths, find the route key (host, path), and mark
-//! every client-supplied identity header for removal — all case variants, `_` spellings
-//! and duplicates — before anything else looks at the request.
+//! Phase 1, normalize: one canonical request before anything else looks at it — the
+//! RFC 3986 canonical path ([`crate::canonical::canonical_path`]), the one authority
+//! (RFC 9112 §3.2: exactly one valid `Host`, replaced by an absolute-form target's), the
+//! scheme — and every client-supplied identity header marked for removal (all case
+//! variants, `_` spellings and duplicates).
 
 use http::HeaderName;
 
-use crate::config::HeaderPattern;
+use crate::canonical::{Authority, PathOptions, canonical_path};
+use crate::config::{HeaderPattern, PathRules};
 use crate::engine::RequestParts;
 use crate::reason::Reason;
 
-/// A request reduced to what routing needs.
+/// A request reduced to what routing needs; the forwarded request uses exactly this.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Normalized {
-    /// The path with `//` runs merged; no query.
+    /// The canonical path; no query.
     pub path: String,
-    /// The path as forwarded: the merged path plus the original query, if any.
+    /// The path as forwarded: the canonical path plus the original query, if any.
     pub path_and_query: String,
-    /// Lowercase host without port, if the request names one.
-    pub host: Option<String>,
+    /// The request's authority: the absolute-form target's, else the `Host` field's.
+    pub authority: Authority,
+    /// The scheme the client used as far as this hop knows (`http` for origin-form).
+    pub scheme: String,
     /// Header names present on the request that must not reach the backend.
     pub strip: Vec<HeaderName>,
 }
 
-/// Normalizes a request against the strip patterns.
+/// Normalizes a request against the strip patterns and the path rules. Refusals are
+/// `path_invalid` or `host_invalid` (both 400) with a detail.
 pub fn normalize(
     req: &RequestParts<'_>,
     strip: &[HeaderPattern],
+    rules: &PathRules,
 ) -> Result<Normalized, (Reason, String)> {
-    let raw = req.uri.path();
-    let path = check_path(raw).map_err(|m| (Reason::PathInvalid, m))?;
+    let authority = authority(req).map_err(|m| (Reason::HostInvalid, m))?;
+    let options = PathOptions {
+        allow_semicolons: rules.allow_semicolons,
+    };
+    let path = canonical_path(req.uri.path(), options).map_err(|m| (Reason::PathInvalid, m))?;
     let path_and_query = match req.uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.clone(),
     };
-    let host = req
-        .uri
-        .host()
-        .map(str::to_owned)
-        .or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(|h| strip_port(h).to_owned())
-        })
-        .map(|h| h.to_ascii_lowercase());
     let strip = req
         .headers
         .keys()
@@ -52,96 +51,78 @@ pub fn normalize(
     Ok(Normalized {
         path,
         path_and_query,
-        host,
+        authority,
+        scheme: req.uri.scheme_str().unwrap_or("http").to_ascii_lowercase(),
         strip,
     })
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // [v6]:port
-        return host
-            .split_once(']')
-            .map_or(host, |(h, _)| h.get(1..).unwrap_or(h));
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
-}
-
-/// Accepts an origin-form path, merges `//` runs, and refuses what backends might read
-/// differently from us: dot segments, backslashes, encoded `/`, `\`, `.` or NUL, and
-/// malformed percent escapes.
-fn check_path(raw: &str) -> Result<String, String> {
-    if !raw.starts_with('/') {
-        return Err("path must start with `/`".into());
-    }
-    if raw.contains('\\') {
-        return Err("path contains a backslash".into());
-    }
-    let bytes = raw.as_bytes();
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok());
-            let Some(value) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else {
-                return Err("malformed percent escape in path".into());
-            };
-            if matches!(value, b'/' | b'\\' | b'.' | 0) {
-                return Err(format!("encoded {:?} in path", char::from(value)));
-            }
-            i += 3;
-        } else {
-            i += 1;
+/// The request's authority per RFC 9112 §3.2: more than one `Host` field, a `Host` that is
+/// not a valid `uri-host [":" port]`, or no authority at all is refused; an absolute-form
+/// target's authority replaces `Host` (§3.2.2), and userinfo in it is refused (RFC 9110
+/// §4.2.4).
+pub fn authority(req: &RequestParts<'_>) -> Result<Authority, String> {
+    let mut fields = req.headers.get_all(http::header::HOST).iter();
+    let host = match (fields.next(), fields.next()) {
+        (Some(_), Some(_)) => return Err("more than one Host field".into()),
+        (Some(v), None) => {
+            let text = v
+                .to_str()
+                .map_err(|_| "the Host field is not ASCII".to_owned())?;
+            Some(Authority::parse(text).map_err(|e| format!("Host: {e}"))?)
         }
-    }
-    let mut out = String::with_capacity(raw.len());
-    for segment in raw.split('/').filter(|s| !s.is_empty()) {
-        if segment == "." || segment == ".." {
-            return Err("dot segment in path".into());
+        (None, _) => None,
+    };
+    match (req.uri.authority(), host) {
+        (Some(target), _) => {
+            Authority::parse(target.as_str()).map_err(|e| format!("request target: {e}"))
         }
-        out.push('/');
-        out.push_str(segment);
+        (None, Some(host)) => Ok(host),
+        (None, None) => Err("the request has no Host field".into()),
     }
-    if out.is_empty() || raw.ends_with('/') {
-        out.push('/');
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
-    #[test]
-    fn merges_slashes_and_keeps_trailing_slash() {
-        assert_eq!(check_path("//api///orders/"), Ok("/api/orders/".into()));
-        assert_eq!(check_path("/"), Ok("/".into()));
-        assert_eq!(check_path("/a%20b"), Ok("/a%20b".into()));
-    }
-
-    #[test]
-    fn refuses_paths_a_backend_could_read_differently() {
-        for p in [
-            "/api/../admin",
-            "/./x",
-            "/api/%2e%2e/admin",
-            "/api%2Fadmin",
-            "/a\\b",
-            "/a%5cb",
-            "/a%00",
-            "/a%zz",
-            "/a%2",
-            "api",
-        ] {
-            assert!(check_path(p).is_err(), "{p}");
+    fn parts_authority(uri: &str, hosts: &[&str]) -> Result<Authority, String> {
+        let uri: http::Uri = uri.parse().unwrap();
+        let mut headers = http::HeaderMap::new();
+        for h in hosts {
+            headers.append(http::header::HOST, h.parse().unwrap());
         }
+        authority(&RequestParts {
+            method: &http::Method::GET,
+            uri: &uri,
+            headers: &headers,
+            request_id: "t",
+            peer: None,
+            body: &[],
+        })
     }
 
     #[test]
-    fn strips_port_from_host_header() {
-        assert_eq!(strip_port("example.com:8080"), "example.com");
-        assert_eq!(strip_port("[::1]:8080"), "::1");
-        assert_eq!(strip_port("example.com"), "example.com");
+    fn the_absolute_form_authority_replaces_host() {
+        let a = parts_authority("http://www.example.com/api/admin", &["admin.example.com"]);
+        assert_eq!(a.unwrap().host, "www.example.com");
+    }
+
+    #[test]
+    fn missing_duplicate_and_invalid_hosts_are_refused() {
+        assert!(parts_authority("/x", &[]).is_err());
+        assert!(parts_authority("/x", &["a.example", "b.example"]).is_err());
+        assert!(parts_authority("/x", &["admin.example.com@www.example.com"]).is_err());
+        assert!(parts_authority("http://u@www.example.com/x", &["www.example.com"]).is_err());
+        // An invalid Host is refused even when the target names the authority.
+        assert!(parts_authority("http://www.example.com/x", &["a b"]).is_err());
+        assert!(parts_authority("http://www.example.com/x", &["a", "b"]).is_err());
+    }
+
+    #[test]
+    fn the_trailing_dot_and_case_are_normalized() {
+        let a = parts_authority("/x", &["Admin.Example.com.:8080"]).unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("admin.example.com", Some(8080)));
     }
 }

@@ -10,32 +10,44 @@ use crate::time::Timestamp;
 
 /// Finds the route for `host` and `path`: host-specific routes first, then host-less ones;
 /// within each, the longest path prefix matching whole segments.
-pub fn match_route(routes: &[Route], host: Option<&str>, path: &str) -> Option<usize> {
+pub fn match_route(
+    routes: &[Route],
+    host: &str,
+    path: &str,
+    case_sensitive: bool,
+) -> Option<usize> {
     let best = |host_specific: bool| {
         routes
             .iter()
             .enumerate()
-            .filter(|(_, r)| match (&r.host, host) {
-                (Some(rh), Some(h)) => host_specific && rh == h,
-                (Some(_), None) => false,
-                (None, _) => !host_specific,
+            .filter(|(_, r)| match &r.host {
+                Some(rh) => host_specific && rh == host,
+                None => !host_specific,
             })
-            .filter(|(_, r)| prefix_matches(&r.path, path))
+            .filter(|(_, r)| prefix_matches(&r.path, path, case_sensitive))
             .max_by_key(|(_, r)| r.path.len())
             .map(|(i, _)| i)
     };
     best(true).or_else(|| best(false))
 }
 
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+/// True when `prefix` matches `path` in whole segments (in any ASCII case when matching
+/// is case-insensitive).
+fn prefix_matches(prefix: &str, path: &str, case_sensitive: bool) -> bool {
     if prefix == "/" {
         return true;
     }
     let prefix = prefix.trim_end_matches('/');
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
-        None => false,
-    }
+    let Some(head) = path.get(..prefix.len()) else {
+        return false;
+    };
+    let same = if case_sensitive {
+        head == prefix
+    } else {
+        head.eq_ignore_ascii_case(prefix)
+    };
+    let rest = path.get(prefix.len()..).unwrap_or_default();
+    same && (rest.is_empty() || rest.starts_with('/'))
 }
 
 /// A refusal by a route rule.
@@ -143,11 +155,17 @@ mod tests {
 
     #[test]
     fn prefixes_match_whole_segments() {
-        assert!(prefix_matches("/api/orders", "/api/orders"));
-        assert!(prefix_matches("/api/orders", "/api/orders/7"));
-        assert!(prefix_matches("/api/orders/", "/api/orders/7"));
-        assert!(!prefix_matches("/api/orders", "/api/ordersX"));
-        assert!(!prefix_matches("/api/orders", "/api"));
-        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/api/orders", "/api/orders", true));
+        assert!(prefix_matches("/api/orders", "/api/orders/7", true));
+        assert!(prefix_matches("/api/orders/", "/api/orders/7", true));
+        assert!(!prefix_matches("/api/orders", "/api/ordersX", true));
+        assert!(!prefix_matches("/api/orders", "/api", true));
+        assert!(prefix_matches("/", "/anything", true));
+        // Case variants match only when matching is case-insensitive.
+        assert!(!prefix_matches("/api/profile", "/API/profile", true));
+        assert!(prefix_matches("/api/profile", "/API/Profile/x", false));
+        assert!(!prefix_matches("/api/profile", "/API/Profiles", false));
+        // A multi-byte character across the prefix boundary does not panic.
+        assert!(!prefix_matches("/ab", "/a\u{e9}", false));
     }
 }

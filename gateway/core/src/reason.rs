@@ -10,6 +10,8 @@ pub enum Reason {
     InvalidRequest,
     /// The path is ambiguous (dot segments, encoded slashes, control characters).
     PathInvalid,
+    /// The request's authority is missing, repeated or malformed (RFC 9112 §3.2).
+    HostInvalid,
     /// No route matches.
     RouteNotFound,
     /// The route needs a token and none was sent.
@@ -60,6 +62,8 @@ pub enum Reason {
     ResidencyUnavailable,
     /// The chosen backend could not be reached or did not answer in time.
     BackendUnavailable,
+    /// The backend did not answer within the configured response or total timeout.
+    BackendTimeout,
     /// The request body exceeds the configured limit.
     BodyTooLarge,
     /// The route's risk assessment refused the request.
@@ -108,6 +112,7 @@ impl Reason {
         match self {
             Reason::InvalidRequest => "invalid_request",
             Reason::PathInvalid => "path_invalid",
+            Reason::HostInvalid => "host_invalid",
             Reason::RouteNotFound => "route_not_found",
             Reason::AuthenticationRequired => "authentication_required",
             Reason::TokenMalformed => "token_malformed",
@@ -133,6 +138,7 @@ impl Reason {
             Reason::ResidencyNotPermitted => "residency_not_permitted",
             Reason::ResidencyUnavailable => "residency_unavailable",
             Reason::BackendUnavailable => "backend_unavailable",
+            Reason::BackendTimeout => "backend_timeout",
             Reason::BodyTooLarge => "body_too_large",
             Reason::RiskDenied => "risk_denied",
             Reason::ChallengeRequired => "challenge_required",
@@ -156,9 +162,10 @@ impl Reason {
     }
 
     /// Every reason, for lookups and metrics.
-    pub const ALL: [Reason; 46] = [
+    pub const ALL: [Reason; 48] = [
         Reason::InvalidRequest,
         Reason::PathInvalid,
+        Reason::HostInvalid,
         Reason::RouteNotFound,
         Reason::AuthenticationRequired,
         Reason::TokenMalformed,
@@ -184,6 +191,7 @@ impl Reason {
         Reason::ResidencyNotPermitted,
         Reason::ResidencyUnavailable,
         Reason::BackendUnavailable,
+        Reason::BackendTimeout,
         Reason::BodyTooLarge,
         Reason::RiskDenied,
         Reason::ChallengeRequired,
@@ -215,6 +223,7 @@ impl Reason {
         match self {
             Reason::InvalidRequest
             | Reason::PathInvalid
+            | Reason::HostInvalid
             | Reason::LoginStateInvalid
             | Reason::LogoutTokenInvalid => StatusCode::BAD_REQUEST,
             Reason::RouteNotFound => StatusCode::NOT_FOUND,
@@ -238,6 +247,7 @@ impl Reason {
             | Reason::StateUnavailable
             | Reason::ProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -247,6 +257,7 @@ impl Reason {
         match self {
             Reason::InvalidRequest => "The request is malformed",
             Reason::PathInvalid => "The request path is ambiguous",
+            Reason::HostInvalid => "The request's host is missing or invalid",
             Reason::RouteNotFound => "No route matches this request",
             Reason::AuthenticationRequired => "Authentication is required",
             Reason::TokenMalformed => "The access token is malformed",
@@ -274,6 +285,7 @@ impl Reason {
             Reason::ResidencyNotPermitted => "This route is not offered in the user's region",
             Reason::ResidencyUnavailable => "The user's home region is unavailable",
             Reason::BackendUnavailable => "The backend is unavailable",
+            Reason::BackendTimeout => "The backend did not answer in time",
             Reason::BodyTooLarge => "The request body is too large",
             Reason::RiskDenied => "The request was refused as too risky",
             Reason::ChallengeRequired => "The client must complete a challenge",
@@ -338,6 +350,8 @@ mod tests {
         assert_eq!(status(Reason::InsufficientScope), 403);
         assert_eq!(status(Reason::RouteNotFound), 404);
         assert_eq!(status(Reason::PathInvalid), 400);
+        assert_eq!(status(Reason::HostInvalid), 400);
+        assert_eq!(status(Reason::BackendTimeout), 504);
         assert_eq!(status(Reason::RateLimited), 429);
         assert_eq!(status(Reason::StateUnavailable), 503);
         assert_eq!(status(Reason::TokenExpired), 401);

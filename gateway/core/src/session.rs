@@ -653,27 +653,17 @@ fn chunk_cookies<'a>(
     headers: &'a http::HeaderMap,
     base: &'a str,
 ) -> impl Iterator<Item = (usize, &'a [u8])> + 'a {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .flat_map(|h| h.as_bytes().split(|b| *b == b';'))
-        .filter_map(move |pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|b| *b == b'=')?;
-            let (name, value) = pair.split_at(eq);
-            let digits = name
-                .trim_ascii()
-                .strip_prefix(base.as_bytes())?
-                .strip_prefix(b"-")?;
-            let canonical = matches!(digits, [b'0'..=b'9'] | [b'1'..=b'9', b'0'..=b'9']);
-            if !canonical {
-                return None;
-            }
-            let index = digits
-                .iter()
-                .fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
-            Some((index, value.get(1..).unwrap_or_default().trim_ascii()))
-        })
+    crate::cookies::pairs(headers).filter_map(move |pair| {
+        let digits = pair.name.strip_prefix(base.as_bytes())?.strip_prefix(b"-")?;
+        let canonical = matches!(digits, [b'0'..=b'9'] | [b'1'..=b'9', b'0'..=b'9']);
+        if !canonical {
+            return None;
+        }
+        let index = digits
+            .iter()
+            .fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+        Some((index, pair.value))
+    })
 }
 
 fn header(text: String) -> Result<HeaderValue, SessionError> {

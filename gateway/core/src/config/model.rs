@@ -43,6 +43,77 @@ pub struct Config {
     pub bot: BotConfig,
     /// Browser sessions from the gateway's own OIDC login (`[session]`), if configured.
     pub session: Option<SessionConfig>,
+    /// How request paths are read and matched (`[paths]`).
+    pub paths: PathRules,
+    /// Connection limits of the gateway's own listener (`[server]`).
+    pub server: ServerLimits,
+    /// How long a backend may take (`[timeouts]`).
+    pub timeouts: BackendTimeouts,
+}
+
+/// How request paths are read and matched (`[paths]`). Paths are always put in their
+/// RFC 3986 canonical form first (see [`crate::canonical::canonical_path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathRules {
+    /// `semicolons = "allow"`: keep `;` in path segments. The default, `"refuse"`, answers
+    /// 400 `path_invalid`, because servlet containers read `/admin;x=1` as `/admin`.
+    pub allow_semicolons: bool,
+    /// `case = "sensitive"` (the default, RFC 3986) or `"insensitive"` for backends that
+    /// treat `/API/profile` as `/api/profile` (IIS, some servlet and Windows file servers):
+    /// route prefixes and gateway paths then match in any ASCII case.
+    pub case_sensitive: bool,
+}
+
+impl Default for PathRules {
+    fn default() -> Self {
+        Self {
+            allow_semicolons: false,
+            case_sensitive: true,
+        }
+    }
+}
+
+/// Connection limits of the gateway's own HTTP listener (`[server]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerLimits {
+    /// How long a client may take to send a request's headers (slow-loris guard).
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection stays open.
+    pub idle_timeout: Duration,
+    /// Open client connections at most; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// How long a backend may take (`[timeouts]`); past them the client gets 504
+/// `backend_timeout` (503 `backend_unavailable` when the connection fails).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendTimeouts {
+    /// Establishing the connection.
+    pub connect: Duration,
+    /// From sending the request to the response's headers.
+    pub response: Duration,
+    /// The whole exchange, body included.
+    pub total: Duration,
+}
+
+impl Default for BackendTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            response: Duration::from_secs(30),
+            total: Duration::from_secs(60),
+        }
+    }
 }
 
 /// One trusted token issuer.

@@ -16,7 +16,7 @@ use crate::jwk::{ParsedJwks, hmac_secret_jwk, parse_jwks};
 use crate::jws::{DEFAULT_MAX_TOKEN_BYTES, normalize_media_type};
 use crate::keyset::IssuerId;
 
-const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit], [limits], [plugin.NAME], [client], [bot], [gateway_token], [dpop], [state] and [challenge]";
+const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit], [limits], [plugin.NAME], [client], [bot], [gateway_token], [dpop], [state], [challenge], [session], [paths], [server] and [timeouts]";
 
 pub(super) fn load(
     source: &str,
@@ -131,6 +131,9 @@ fn read_config(
     let state = super::limits::read_state(top, d, files);
     let challenge = super::limits::read_challenge(top, d, files);
     let session = super::login::read_session(top, d, files);
+    let paths = super::front::read_paths(top, d);
+    let server = super::front::read_server(top, d);
+    let timeouts = super::front::read_timeouts(top, d);
     let issuers: Vec<IssuerConfig> = issuers.into_iter().collect::<Option<Vec<_>>>()?;
     let routes: Vec<(Route, Span)> = routes.into_iter().collect::<Option<Vec<_>>>()?;
     super::login::check_login_routes(d, &issuers, &routes, session.as_ref());
@@ -151,6 +154,9 @@ fn read_config(
         challenge,
         bot,
         session,
+        paths,
+        server,
+        timeouts,
     })
 }
 
@@ -685,7 +691,41 @@ fn read_route(
             ),
         );
     }
-    let host = t.string(d, "host").map(|(h, _)| h.to_ascii_lowercase());
+    if let Some((p, span)) = &path {
+        let options = crate::canonical::PathOptions {
+            allow_semicolons: true,
+        };
+        match crate::canonical::canonical_path(p, options) {
+            Ok(c) if c == *p => {}
+            Ok(c) => d.error(
+                span,
+                format!("route path {p:?} is not in canonical form"),
+                Some(format!(
+                    "requests are matched on their RFC 3986 canonical path: write {c:?}"
+                )),
+            ),
+            // Reported above, or as the parse error here.
+            Err(e) if p.starts_with('/') => d.error(span, format!("route path {p:?}: {e}"), None),
+            Err(_) => {}
+        }
+    }
+    let host = t.string(d, "host").and_then(|(h, span)| {
+        match crate::canonical::Authority::parse(&h) {
+            Ok(a) if a.port.is_none() => Some(a.host),
+            Ok(_) => {
+                d.error(
+                    &span,
+                    format!("route host {h:?} has a port"),
+                    Some("routes match the host name; every port of it".into()),
+                );
+                None
+            }
+            Err(e) => {
+                d.error(&span, format!("route host {h:?}: {e}"), None);
+                None
+            }
+        }
+    });
     let auth = match t.string(d, "auth") {
         None => Some(AuthMode::Required),
         Some((v, span)) => match v.as_str() {

@@ -1,0 +1,117 @@
+//! `[paths]`, `[server]` and `[timeouts]`: how the front door reads paths, how long clients
+//! may hold connections, and how long backends may take.
+
+use std::time::Duration;
+
+use super::model::{BackendTimeouts, PathRules, ServerLimits};
+use super::reader::{Diags, Table};
+
+pub(super) fn read_paths(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> PathRules {
+    let mut rules = PathRules::default();
+    let Some(mut t) = top.table(d, "paths") else {
+        return rules;
+    };
+    if let Some((v, span)) = t.string(d, "semicolons") {
+        match v.as_str() {
+            "refuse" => rules.allow_semicolons = false,
+            "allow" => rules.allow_semicolons = true,
+            other => d.error(
+                &span,
+                format!("unknown `paths.semicolons` value `{other}`"),
+                Some("use \"refuse\" (400 path_invalid, the default) or \"allow\"".into()),
+            ),
+        }
+    }
+    if let Some((v, span)) = t.string(d, "case") {
+        match v.as_str() {
+            "sensitive" => rules.case_sensitive = true,
+            "insensitive" => rules.case_sensitive = false,
+            other => d.error(
+                &span,
+                format!("unknown `paths.case` value `{other}`"),
+                Some("use \"sensitive\" (the default) or \"insensitive\"".into()),
+            ),
+        }
+    }
+    t.finish(d);
+    rules
+}
+
+pub(super) fn read_server(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> ServerLimits {
+    let mut limits = ServerLimits::default();
+    let Some(mut t) = top.table(d, "server") else {
+        return limits;
+    };
+    if let Some(v) = bounded(&mut t, d, "header_timeout", (1, 300)) {
+        limits.header_timeout = v;
+    }
+    if let Some(v) = bounded(&mut t, d, "idle_timeout", (1, 3600)) {
+        limits.idle_timeout = v;
+    }
+    if let Some((n, span)) = t.integer(d, "max_connections") {
+        match usize::try_from(n) {
+            Ok(n) if (1..=1_000_000).contains(&n) => limits.max_connections = n,
+            _ => d.error(
+                &span,
+                format!("`server.max_connections` = {n} is outside 1..=1000000"),
+                None,
+            ),
+        }
+    }
+    t.finish(d);
+    limits
+}
+
+pub(super) fn read_timeouts(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> BackendTimeouts {
+    let mut timeouts = BackendTimeouts::default();
+    let Some(mut t) = top.table(d, "timeouts") else {
+        return timeouts;
+    };
+    if let Some(v) = bounded(&mut t, d, "connect", (1, 60)) {
+        timeouts.connect = v;
+    }
+    if let Some(v) = bounded(&mut t, d, "response", (1, 3600)) {
+        timeouts.response = v;
+    }
+    let total = t.duration(d, "total");
+    if let Some((v, span)) = total {
+        if v < Duration::from_secs(1) || v > Duration::from_secs(24 * 3600) {
+            d.error(&span, format!("`timeouts.total` {v:?} is outside 1s..=24h"), None);
+        } else if v < timeouts.response {
+            d.error(
+                &span,
+                format!(
+                    "`timeouts.total` {v:?} is shorter than `timeouts.response` {:?}",
+                    timeouts.response
+                ),
+                Some("the total covers the response headers and the body".into()),
+            );
+        } else {
+            timeouts.total = v;
+        }
+    } else if timeouts.total < timeouts.response {
+        timeouts.total = timeouts.response;
+    }
+    t.finish(d);
+    timeouts
+}
+
+/// A duration key between `secs.0` and `secs.1` seconds.
+fn bounded(
+    t: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    key: &'static str,
+    secs: (u64, u64),
+) -> Option<Duration> {
+    let (v, span) = t.duration(d, key)?;
+    let (lo, hi) = (Duration::from_secs(secs.0), Duration::from_secs(secs.1));
+    if v < lo || v > hi {
+        d.error(
+            &span,
+            format!("`{}` {v:?} is outside {lo:?}..={hi:?}", t.key_name(key)),
+            None,
+        );
+        return None;
+    }
+    Some(v)
+}
