@@ -16,6 +16,7 @@ fn request_headers(token: Option<&str>) -> http::HeaderMap {
         h.insert("authorization", format!("Bearer {t}").parse().unwrap());
     }
     h.insert("accept", "application/json".parse().unwrap());
+    h.insert("host", "gw.test".parse().unwrap());
     h.insert("user-agent", "bench/1.0".parse().unwrap());
     h.insert("x-user-id", "spoofed".parse().unwrap());
     h

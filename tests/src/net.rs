@@ -177,8 +177,6 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Resp> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
@@ -187,10 +185,18 @@ pub fn request(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    let _ = stream.set_nodelay(true);
     let mut wire = head.into_bytes();
     wire.extend_from_slice(body);
-    stream.write_all(&wire)?;
+    raw_request(addr, &wire)
+}
+
+/// Sends `wire` exactly as given (request line, headers, blank line, body: the caller
+/// writes every byte, `Connection: close` included) and reads the response.
+pub fn raw_request(addr: SocketAddr, wire: &[u8]) -> std::io::Result<Resp> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let _ = stream.set_nodelay(true);
+    stream.write_all(wire)?;
     let mut reader = BufReader::new(stream);
     let (status_line, headers) =
         read_head(&mut reader).ok_or_else(|| std::io::Error::other("no response"))?;

@@ -332,6 +332,199 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// A front-door case: raw bytes on the wire (`{host}` is replaced with the gateway's
+/// address), and what must come of them on every runtime.
+struct Wire {
+    name: &'static str,
+    head: String,
+    expect: WireExpect,
+}
+
+enum WireExpect {
+    /// Refused with this status and reason code.
+    Refuse(u16, &'static str),
+    /// Forwarded; the backend saw this path and these headers (exactly these values).
+    Forward {
+        path: &'static str,
+        headers: Vec<(&'static str, Option<String>)>,
+    },
+}
+
+/// Issue 15: one canonical request (path per RFC 3986 §6.2.2, authority per RFC 9112
+/// §3.2), one forwarding-header rule — the same answer on every runtime.
+fn front_door_cases(gw: &str) -> Vec<Wire> {
+    use WireExpect::{Forward, Refuse};
+    let get = |target: &str, extra: &str| {
+        format!("GET {target} HTTP/1.1\r\nhost: {gw}\r\n{extra}connection: close\r\n\r\n")
+    };
+    let token = token("ES256", json!({"sub": "alice", "residency": "eu"}));
+    vec![
+        Wire {
+            name: "an encoded unreserved character cannot route around a protected prefix",
+            head: get("/api/%6Frders", ""),
+            expect: Refuse(401, "authentication_required"),
+        },
+        Wire {
+            name: "an encoded slash is refused, not decoded",
+            head: get("/api/%6Frders/%31%2f", &format!("authorization: Bearer {token}\r\n")),
+            expect: Refuse(400, "path_invalid"),
+        },
+        Wire {
+            name: "canonical path forwarded",
+            head: get(
+                "/api/%6Frders//%31?q=%6F",
+                &format!("authorization: Bearer {token}\r\n"),
+            ),
+            expect: Forward {
+                path: "/api/orders/1?q=%6F",
+                headers: vec![("x-user-id", Some("alice".into()))],
+            },
+        },
+        Wire {
+            name: "lowercase hex of reserved characters is upper-cased",
+            head: get("/public/a%2cb%c3%a9", ""),
+            expect: Forward {
+                path: "/public/a%2Cb%C3%A9",
+                headers: vec![],
+            },
+        },
+        Wire {
+            name: "gateway paths in another spelling never reach a backend",
+            head: get("/%5Fportcullis/anything", ""),
+            expect: Refuse(404, "route_not_found"),
+        },
+        Wire {
+            name: "gateway paths in another case never reach a backend",
+            head: get("/_PORTCULLIS/anything", ""),
+            expect: Refuse(404, "route_not_found"),
+        },
+        Wire {
+            name: "path parameters are refused by default",
+            head: get("/api/orders;x=1", ""),
+            expect: Refuse(400, "path_invalid"),
+        },
+        Wire {
+            name: "a missing Host is refused",
+            head: "GET /public/x HTTP/1.1\r\nconnection: close\r\n\r\n".into(),
+            expect: Refuse(400, "host_invalid"),
+        },
+        Wire {
+            name: "two Host fields are refused",
+            head: get("/public/x", "host: admin.example.com\r\n"),
+            expect: Refuse(400, "host_invalid"),
+        },
+        Wire {
+            name: "userinfo in Host is refused",
+            head: "GET /public/x HTTP/1.1\r\nhost: admin.example.com@www.example.com\r\nconnection: close\r\n\r\n".into(),
+            expect: Refuse(400, "host_invalid"),
+        },
+        Wire {
+            name: "the client's forwarding headers are replaced by the gateway's",
+            head: get(
+                "/public/x",
+                "x-forwarded-host: evil.example\r\nx-forwarded-proto: https\r\nforwarded: host=evil.example\r\nx-original-url: /api/admin\r\nx-real-ip: 1.2.3.4\r\n",
+            ),
+            expect: Forward {
+                path: "/public/x",
+                headers: vec![
+                    ("x-forwarded-host", Some(gw.to_owned())),
+                    ("x-forwarded-proto", Some("http".into())),
+                    ("x-original-url", None),
+                    ("x-real-ip", None),
+                ],
+            },
+        },
+        Wire {
+            name: "a trailing dot and upper case in Host are normalized",
+            head: "GET /public/x HTTP/1.1\r\nhost: Shop.Example.COM.\r\nconnection: close\r\n\r\n"
+                .into(),
+            expect: Forward {
+                path: "/public/x",
+                headers: vec![("x-forwarded-host", Some("shop.example.com".into()))],
+            },
+        },
+    ]
+}
+
+fn check_front_door(runtime: &str, gw: &Gateway, w: &World) {
+    let mut failures = Vec::new();
+    let host = gw.addr.to_string();
+    let cases = front_door_cases(&host);
+    for case in &cases {
+        *w.eu.last.lock().unwrap() = None;
+        *w.us.last.lock().unwrap() = None;
+        let r = match portcullis_tests::net::raw_request(gw.addr, case.head.as_bytes()) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{}: no answer: {e}", case.name));
+                continue;
+            }
+        };
+        let seen = w
+            .eu
+            .last
+            .lock()
+            .unwrap()
+            .clone()
+            .or_else(|| w.us.last.lock().unwrap().clone());
+        match &case.expect {
+            WireExpect::Refuse(status, code) => {
+                if r.status != *status || reason(&r) != *code || seen.is_some() {
+                    failures.push(format!(
+                        "{}: expected {status} {code} and nothing forwarded, got {} {:?} (backend saw {:?})",
+                        case.name,
+                        r.status,
+                        String::from_utf8_lossy(&r.body),
+                        seen.map(|s| s.path)
+                    ));
+                }
+            }
+            WireExpect::Forward { path, headers } => {
+                let Some(seen) = seen.filter(|_| r.status == 200) else {
+                    failures.push(format!(
+                        "{}: expected a forward, got {} {:?}",
+                        case.name,
+                        r.status,
+                        String::from_utf8_lossy(&r.body)
+                    ));
+                    continue;
+                };
+                if seen.path != *path {
+                    failures.push(format!(
+                        "{}: backend path {:?}, want {path:?}",
+                        case.name, seen.path
+                    ));
+                }
+                for (name, want) in headers {
+                    let values: Vec<&str> = seen
+                        .headers
+                        .iter()
+                        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.as_str())
+                        .collect();
+                    let ok = match want {
+                        Some(v) => values == [v.as_str()],
+                        None => values.is_empty(),
+                    };
+                    if !ok {
+                        failures.push(format!(
+                            "{}: backend header {name}: want {want:?}, got {values:?}",
+                            case.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{runtime}: {} of {} front-door cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
 struct World {
     _keys: KeyServer,
     eu: Backend,
@@ -423,6 +616,7 @@ fn the_matrix_holds_on_the_native_engine() {
         "native",
     );
     check("native", &gw, &w);
+    check_front_door("native", &gw, &w);
 }
 
 #[test]
@@ -433,6 +627,7 @@ fn the_matrix_holds_on_the_component_engine() {
         "component",
     );
     check("component", &gw, &w);
+    check_front_door("component", &gw, &w);
 }
 
 #[test]
@@ -444,6 +639,7 @@ fn the_matrix_holds_in_the_edge_bundle_under_a_plain_wasi_http_host() {
     );
     assert!(printed.contains("key sets baked in: main"), "{printed}");
     check("bundle", &gw, &w);
+    check_front_door("bundle", &gw, &w);
     // The bundle wrote its audit records (JSON lines on stderr).
     let audit = portcullis_tests::host::bundle_audit(&gw);
     assert!(
@@ -579,6 +775,7 @@ fn the_matrix_holds_in_the_cloudflare_worker_under_workerd() {
         &[],
     );
     check("worker", &gw, &w);
+    check_front_door("worker", &gw, &w);
     // The worker logged its audit records as JSON lines on the console.
     let audit = portcullis_tests::workerd::worker_audit(&gw);
     assert!(

@@ -376,6 +376,7 @@ fn decide_with(h: &Harness, token: &str, health: &dyn BackendHealth, request_id:
     let headers = {
         let mut m = http::HeaderMap::new();
         m.insert("authorization", bearer(token).parse().unwrap());
+        m.insert("host", "gw.test".parse().unwrap());
         m
     };
     let uri: http::Uri = "/api/orders".parse().unwrap();
@@ -558,6 +559,7 @@ fn a_configuration_snapshot_decides_exactly_like_the_original() {
             let mut headers = http::HeaderMap::new();
             headers.insert("authorization", bearer(token).parse().unwrap());
             headers.insert("x-user-id", "spoof".parse().unwrap());
+            headers.insert("host", "gw.test".parse().unwrap());
             let uri: http::Uri = path.parse().unwrap();
             let req = RequestParts {
                 method: &http::Method::GET,

@@ -157,6 +157,7 @@ proptest! {
         let keys = engine.new_key_store();
         let mut headers = http::HeaderMap::new();
         headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        headers.insert("host", "gw.test".parse().unwrap());
         let uri: http::Uri = "/anything".parse().unwrap();
         let req = RequestParts { method: &http::Method::GET, uri: &uri, headers: &headers, request_id: "p", peer: None, body: &[] };
         let health = Health(&case.down, &case.regions);

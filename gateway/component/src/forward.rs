@@ -218,14 +218,11 @@ pub fn forward(
         return refuse(out, reason, &detail);
     }
 
-    let mut entries: Vec<(String, Vec<u8>)> = fwd
+    let entries: Vec<(String, Vec<u8>)> = fwd
         .backend_headers(&parts.headers)
         .into_iter()
         .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
         .collect();
-    if let Some(host) = parts.uri.authority() {
-        entries.push(("x-forwarded-host".into(), host.as_str().as_bytes().to_vec()));
-    }
     let Ok(fields) = Fields::from_list(&entries) else {
         return refuse(
             out,
@@ -256,13 +253,14 @@ pub fn forward(
     let Ok(out_body) = outgoing.body() else {
         return refuse(out, Reason::BackendUnavailable, "no request body");
     };
+    let timeouts = config.timeouts;
     let options = RequestOptions::new();
-    let _ = options.set_connect_timeout(Some(duration_ns(Duration::from_secs(5))));
-    let _ = options.set_first_byte_timeout(Some(duration_ns(Duration::from_secs(30))));
-    let _ = options.set_between_bytes_timeout(Some(duration_ns(Duration::from_secs(30))));
+    let _ = options.set_connect_timeout(Some(duration_ns(timeouts.connect)));
+    let _ = options.set_first_byte_timeout(Some(duration_ns(timeouts.response)));
+    let _ = options.set_between_bytes_timeout(Some(duration_ns(timeouts.response)));
     let pending = match outgoing_handler::handle(outgoing, Some(options)) {
         Ok(p) => p,
-        Err(e) => return refuse(out, Reason::BackendUnavailable, &describe(&e)),
+        Err(e) => return refuse(out, failure_reason(&e), &describe(&e)),
     };
 
     // Stream the request body, counting against the limit.
@@ -315,7 +313,7 @@ pub fn forward(
     };
     let incoming = match response {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return refuse(out, Reason::BackendUnavailable, &describe(&e)),
+        Ok(Err(e)) => return refuse(out, failure_reason(&e), &describe(&e)),
         Err(()) => return refuse(out, Reason::BackendUnavailable, "response already taken"),
     };
     Ok(relay(incoming, out, &fwd.response_headers))
@@ -404,6 +402,17 @@ fn to_wasi_method(m: &Method) -> WasiMethod {
 
 fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// 504 `backend_timeout` for a backend that took too long, 503 `backend_unavailable` for
+/// one that could not be reached or failed.
+fn failure_reason(e: &ErrorCode) -> Reason {
+    match e {
+        ErrorCode::ConnectionReadTimeout
+        | ErrorCode::HttpResponseTimeout
+        | ErrorCode::ConnectionWriteTimeout => Reason::BackendTimeout,
+        _ => Reason::BackendUnavailable,
+    }
 }
 
 fn describe(e: &ErrorCode) -> String {

@@ -198,7 +198,15 @@ impl KeyService {
         let t = now();
         let now_s = t.unix_millis() as f64 / 1000.0;
         let key = token_key(token);
-        if let Some(hit) = self.cache.get(&key, now_s) {
+        let generation = self.cache.generation();
+        // A cached verification stands only while its issuer's key set is usable: past
+        // `jwks_max_stale` the issuer's tokens get `keys_unavailable`, cached or not.
+        let hit = self.cache.get(&key, now_s).filter(|hit| {
+            self.store
+                .read()
+                .is_ok_and(|s| s.keys(hit.issuer, t).is_ok())
+        });
+        if let Some(hit) = hit {
             if route_issuers.is_empty() || route_issuers.contains(&hit.issuer) {
                 return Ok((hit.issuer, hit.claims));
             }
@@ -208,7 +216,7 @@ impl KeyService {
             )
             .at(hit.issuer));
         }
-        self.verify(token, route_issuers, t, key)
+        self.verify(token, route_issuers, t, key, generation)
     }
 
     /// After a token named a `kid` that `issuer`'s set lacks: fetches the set again, at most
@@ -259,6 +267,7 @@ impl KeyService {
         route_issuers: &[IssuerId],
         t: Timestamp,
         key: [u8; 32],
+        generation: u64,
     ) -> Result<(IssuerId, Arc<str>), AuthFailure> {
         let store = self
             .store
@@ -279,8 +288,13 @@ impl KeyService {
             .issuers
             .get(id.issuer.0)
             .map_or(0.0, |i| i.clock_skew.as_secs_f64());
-        self.cache
-            .insert(key, id.issuer, claims.clone(), id.expires_at + skew);
+        self.cache.insert(
+            key,
+            id.issuer,
+            claims.clone(),
+            id.expires_at + skew,
+            generation,
+        );
         Ok((id.issuer, claims))
     }
 

@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod demo;
 pub mod health;
 pub mod keys;
+pub mod listener;
 pub mod metrics;
 pub mod native;
 pub mod native_verifier;
@@ -152,6 +153,8 @@ pub struct Prepared {
     pub gateway: Arc<server::Gateway>,
     /// Shared state (keys, metrics).
     pub shared: Arc<Shared>,
+    /// The listener's connection limits (`[server]`).
+    pub server_limits: portcullis_core::config::ServerLimits,
 }
 
 /// Builds keys, engine and pre-instantiated component; starts background key refresh.
@@ -170,6 +173,24 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         plugins::engine_uses_fuel(&loaded.config),
     )?;
     let state = Arc::new(Store::from_config(&loaded.config.state)?);
+    if let Store::Memory(_) = state.as_ref() {
+        // Expired entries leave memory even when nothing writes to their shard.
+        let swept = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                match swept.upgrade() {
+                    Some(s) => {
+                        if let Store::Memory(m) = s.as_ref() {
+                            m.sweep();
+                        }
+                    }
+                    None => break,
+                }
+            }
+        });
+    }
     let on_unavailable = loaded.config.state.on_unavailable;
     let plugins = plugins::PluginRuntime::load(
         &engine,
@@ -181,6 +202,7 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
     .await?;
     let client = loaded.config.client.clone();
     let core_config = loaded.config.clone();
+    let core_config_limits = loaded.config.server;
     let keys = Arc::new(KeyService::new(loaded.config, opts.token_cache));
     keys.refresh_due().await;
     tokio::spawn(keys.clone().run());
@@ -197,7 +219,7 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         client,
         audit,
         metrics: Metrics::default(),
-        backends: runtime::backend_client(),
+        backends: runtime::backend_client(core_config.timeouts.connect),
     });
     let gateway = match opts.engine {
         EngineKind::Component => {
@@ -214,11 +236,16 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         ),
     };
     let gateway = Arc::new(gateway);
+    let server_limits = core_config_limits;
     // Epochs bound wasm execution; a native engine without plugins runs none.
     if opts.engine == EngineKind::Component || !shared.plugins.is_empty() {
         gateway.start_epoch_ticker();
     }
-    Ok(Prepared { gateway, shared })
+    Ok(Prepared {
+        gateway,
+        shared,
+        server_limits,
+    })
 }
 
 /// Serves until `shutdown` resolves.
@@ -230,7 +257,14 @@ pub async fn serve(
     drain: Duration,
 ) {
     tokio::spawn(server::serve_admin(prepared.shared.clone(), admin));
-    server::serve(prepared.gateway, listener, shutdown, drain).await;
+    server::serve(
+        prepared.gateway,
+        listener,
+        prepared.server_limits,
+        shutdown,
+        drain,
+    )
+    .await;
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -12,13 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
 use portcullis_core::authenticate::{AuthFailure, Authenticator};
 use portcullis_core::claims::identity_from_claims;
 use portcullis_core::config::PluginId;
-use portcullis_core::decision::{HOP_BY_HOP, problem};
+use portcullis_core::decision::{HOP_BY_HOP, check_declared_length, problem};
 use portcullis_core::jws::parse_object;
 use portcullis_core::limits::{LimitCheck, LimitStatus, Limiter};
 use portcullis_core::risk::{PluginAnswer, RiskAssessor, RiskContext};
@@ -70,12 +69,9 @@ impl NativeEngine {
             );
             return r;
         }
-        let uri = match origin_uri(&req) {
-            Ok(u) => u,
-            Err(detail) => {
-                return respond(&problem(Reason::InvalidRequest, &detail, request_id, &[]));
-            }
-        };
+        // The target as received (origin- or absolute-form): the core derives the
+        // authority from it and the Host field (RFC 9112 §3.2).
+        let uri = req.uri().clone();
         if self.gateway.wants_body(req.method(), uri.path()) {
             return self.handle_with_body(peer, req, &uri, request_id).await;
         }
@@ -102,7 +98,7 @@ impl NativeEngine {
                 let status = r.status.as_u16();
                 (respond(&r), status)
             }
-            Outcome::Forward(fwd) => match self.forward(peer, req, &fwd, request_id).await {
+            Outcome::Forward(fwd) => match self.forward(req, &fwd, request_id).await {
                 Ok(mut r) => {
                     for (name, value) in &fwd.response_headers {
                         // The gateway's Cache-Control replaces the backend's (a response
@@ -224,7 +220,6 @@ impl NativeEngine {
 
     async fn forward<B>(
         &self,
-        peer: SocketAddr,
         req: Request<B>,
         fwd: &Forward,
         request_id: &str,
@@ -235,34 +230,19 @@ impl NativeEngine {
     {
         let refuse = |reason: Reason, detail: &str| problem(reason, detail, request_id, &[]);
         let cfg = self.gateway.config();
-        let Some(backend) = cfg
-            .regions
-            .get(fwd.backend.region.0)
-            .and_then(|r| r.backends.get(fwd.backend.index))
-        else {
-            return Err(refuse(Reason::BackendUnavailable, "unknown backend"));
-        };
+        let backend = fwd.target(cfg).map_err(|(r, d)| refuse(r, &d))?;
         let max_body = cfg.limits.max_body_bytes;
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max_body) {
-            return Err(refuse(
-                Reason::BodyTooLarge,
-                &format!("the body exceeds {max_body} bytes"),
-            ));
-        }
-        let target: Uri = format!(
-            "{}://{}{}",
-            backend.scheme, backend.authority, fwd.path_and_query
-        )
-        .parse()
-        .map_err(|_| refuse(Reason::InvalidRequest, "request target cannot be forwarded"))?;
+        check_declared_length(req.headers(), max_body).map_err(|(r, d)| refuse(r, &d))?;
+        let target: Uri = fwd
+            .url(backend)
+            .parse()
+            .map_err(|_| refuse(Reason::InvalidRequest, "request target cannot be forwarded"))?;
 
         let (parts, body) = req.into_parts();
-        let headers = forwarded_headers(&parts.headers, fwd, peer);
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + fwd.set_headers.len());
+        for (name, value) in fwd.backend_headers(&parts.headers) {
+            headers.append(name.clone(), value.clone());
+        }
         let too_large = Arc::new(AtomicBool::new(false));
         let flag = too_large.clone();
         let body = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX))
@@ -278,13 +258,15 @@ impl NativeEngine {
         *out.uri_mut() = target;
         *out.headers_mut() = headers;
 
-        let sent =
-            tokio::time::timeout(Duration::from_secs(30), self.shared.backends.request(out)).await;
+        let timeouts = cfg.timeouts;
+        let deadline = tokio::time::Instant::now() + timeouts.total;
+        let head_wait = timeouts.response.min(timeouts.total);
+        let sent = tokio::time::timeout(head_wait, self.shared.backends.request(out)).await;
         let response = match sent {
             Err(_) => {
                 return Err(refuse(
-                    Reason::BackendUnavailable,
-                    "the backend did not answer in time",
+                    Reason::BackendTimeout,
+                    &format!("the backend did not answer within {head_wait:?}"),
                 ));
             }
             Ok(Err(_)) if too_large.load(Ordering::Relaxed) => {
@@ -307,7 +289,13 @@ impl NativeEngine {
         self.shared.health.mark_up(fwd.backend);
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let body = body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync();
+        // The total timeout covers the body too: past it the stream ends with an error
+        // (the client sees a truncated response, never a silent hang).
+        let body = DeadlineBody {
+            inner: body,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+        }
+        .boxed_unsync();
         Ok(Response::from_parts(parts, body))
     }
 
@@ -337,45 +325,37 @@ impl NativeEngine {
     }
 }
 
-/// The request target as the component sees it: absolute when a `Host` header names one.
-fn origin_uri<B>(req: &Request<B>) -> Result<Uri, String> {
-    if req.uri().authority().is_some() {
-        return Ok(req.uri().clone());
-    }
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    match req.headers().get(HOST).and_then(|h| h.to_str().ok()) {
-        Some(host) if !host.is_empty() => format!("http://{host}{path}")
-            .parse()
-            .map_err(|_| "request target is not a valid URI".to_owned()),
-        _ => Ok(req.uri().clone()),
-    }
+/// A backend response body cut off at the request's total deadline.
+struct DeadlineBody {
+    inner: hyper::body::Incoming,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
-/// The headers sent to the backend: the client's, minus hop-by-hop and spoofable identity
-/// headers, plus verified identity and forwarding headers.
-fn forwarded_headers(incoming: &HeaderMap, fwd: &Forward, peer: SocketAddr) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(incoming.len() + fwd.set_headers.len() + 3);
-    for (name, value) in fwd.backend_headers(incoming) {
-        out.append(name.clone(), value.clone());
+impl hyper::body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(
+                Some("the backend exceeded the total timeout".into()),
+            ))));
+        }
+        std::pin::Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(wasmtime_wasi_http::Error::from)
     }
-    if let Some(host) = incoming.get(HOST) {
-        out.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
-    let forwarded_for = match incoming
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prior) => format!("{prior}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-        out.insert(HeaderName::from_static("x-forwarded-for"), v);
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
-    out.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
-    out
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
@@ -122,7 +120,7 @@ impl PlainServer {
         });
         Ok(Arc::new(Self {
             pre,
-            client: backend_client(),
+            client: backend_client(portcullis_core::config::BackendTimeouts::default().connect),
         }))
     }
 
@@ -130,6 +128,30 @@ impl PlainServer {
         &self,
         req: Request<hyper::body::Incoming>,
     ) -> anyhow::Result<Response<HyperOutgoingBody>> {
+        // Like any HTTP/1.1 server (RFC 9112 §3.2): 400 for a missing, repeated or invalid
+        // Host, before a wasi:http request (which needs an authority) is made of it.
+        let parts = portcullis_core::RequestParts {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            request_id: "",
+            peer: None,
+            body: &[],
+        };
+        if let Err(detail) = portcullis_core::normalize::authority(&parts) {
+            let r = portcullis_core::decision::problem(
+                portcullis_core::Reason::HostInvalid,
+                &detail,
+                "",
+                &[],
+            );
+            let mut out = Response::new(full_body(r.body));
+            *out.status_mut() = r.status;
+            for (name, value) in r.headers {
+                out.headers_mut().append(name, value);
+            }
+            return Ok(out);
+        }
         let mut wasi = WasiCtx::builder();
         wasi.inherit_stderr()
             .allow_tcp(false)
@@ -180,37 +202,26 @@ impl PlainServer {
 
     /// Serves on `listener` until `shutdown` resolves.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((stream, _peer)) = accepted else { continue };
-                    let _ = stream.set_nodelay(true);
-                    let server = self.clone();
-                    let service = service_fn(move |req| {
-                        let server = server.clone();
-                        async move {
-                            let response = match server.handle(req).await {
-                                Ok(r) => r,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "request failed in the component");
-                                    let mut r = Response::new(full_body(format!("{e}\n")));
-                                    *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                                    r
-                                }
-                            };
-                            Ok::<_, Infallible>(response)
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let limits = portcullis_core::config::ServerLimits::default();
+        crate::listener::serve(listener, limits, shutdown, &graceful, |_peer| {
+            let server = self.clone();
+            service_fn(move |req| {
+                let server = server.clone();
+                async move {
+                    let response = match server.handle(req).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "request failed in the component");
+                            let mut r = Response::new(full_body(format!("{e}\n")));
+                            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                            r
                         }
-                    });
-                    let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    });
+                    };
+                    Ok::<_, Infallible>(response)
                 }
-                () = &mut shutdown => break,
-            }
-        }
+            })
+        })
+        .await;
     }
 }

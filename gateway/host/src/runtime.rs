@@ -105,10 +105,10 @@ pub struct Shared {
 }
 
 /// A pooled backend client.
-pub fn backend_client() -> BackendClient {
+pub fn backend_client(connect_timeout: Duration) -> BackendClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
@@ -152,7 +152,6 @@ impl StoreState {
             table: ResourceTable::new(),
             hooks: Outbound {
                 shared: shared.clone(),
-                peer,
             },
             shared,
             limits: StoreLimitsBuilder::new()
@@ -579,10 +578,9 @@ fn plugin_context(ctx: risk::RequestContext, client: &ClientInfo) -> plugins::Re
 
 pub use bindings::portcullis::gateway::audit::DecisionRecord;
 
-/// The outbound hook: only configured backends, with forwarding headers and pooling.
+/// The outbound hook: only configured backends, with pooling.
 struct Outbound {
     shared: Arc<Shared>,
-    peer: IpAddr,
 }
 
 type ResponseFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
@@ -590,14 +588,13 @@ type ResponseFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
 impl WasiHttpHooks for Outbound {
     fn send_request(
         &mut self,
-        mut request: http::Request<WasiBody>,
+        request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<
         dyn Future<Output = Result<(http::Response<WasiBody>, ResponseFuture), HttpError>> + Send,
     > {
         let shared = self.shared.clone();
-        let peer = self.peer;
         Box::new(async move {
             let uri = request.uri();
             let backend = match (uri.scheme_str(), uri.authority()) {
@@ -610,15 +607,8 @@ impl WasiHttpHooks for Outbound {
                 tracing::warn!(uri = %request.uri(), "outbound request to a host that is not a configured backend refused");
                 return Err(HttpError::HttpRequestDenied);
             };
-            let headers = request.headers_mut();
-            let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prior) => format!("{prior}, {peer}"),
-                None => peer.to_string(),
-            };
-            if let Ok(v) = http::HeaderValue::from_str(&forwarded_for) {
-                headers.insert("x-forwarded-for", v);
-            }
-            headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
+            // The forwarding headers (`X-Forwarded-*`, `Forwarded`) are the core's decision
+            // (portcullis_core::forwarding), already on the request: one rule everywhere.
             let first_byte = options
                 .and_then(|o| o.first_byte_timeout)
                 .unwrap_or(Duration::from_secs(30));

@@ -30,6 +30,7 @@ pub struct Gateway {
     mode: Mode,
     shared: Arc<Shared>,
     deadline_ticks: u64,
+    request_timeout: Duration,
     next_id: AtomicU64,
     boot: u64,
 }
@@ -76,6 +77,7 @@ impl Gateway {
             mode,
             shared,
             deadline_ticks: u64::try_from(ticks).unwrap_or(u64::MAX),
+            request_timeout: timeout,
             next_id: AtomicU64::new(0),
             boot,
         }
@@ -140,12 +142,58 @@ impl Gateway {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_owned();
-                let response = native.handle(peer, req, &id).await;
+                // `--request-timeout` bounds the decision and the backend's response head
+                // here as the epoch deadline does in the component engine.
+                let response =
+                    match tokio::time::timeout(self.request_timeout, native.handle(peer, req, &id))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => {
+                            tracing::warn!(request_id = %id, "request exceeded --request-timeout");
+                            problem_response(&portcullis_core::decision::problem(
+                                portcullis_core::Reason::BackendTimeout,
+                                "the request did not complete within the gateway's request timeout",
+                                &id,
+                                &[],
+                            ))
+                        }
+                    };
                 self.shared.metrics.latency(started.elapsed());
                 return response;
             }
             Mode::Component(pre) => pre,
         };
+        // The component's wasi:http request needs an authority: refuse what the core would
+        // refuse (missing, repeated or invalid Host) with the core's own answer.
+        let host_refusal = {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let parts = portcullis_core::RequestParts {
+                method: req.method(),
+                uri: req.uri(),
+                headers: req.headers(),
+                request_id: id,
+                peer: Some(peer.ip()),
+                body: &[],
+            };
+            portcullis_core::normalize::authority(&parts).err().map(|detail| {
+                portcullis_core::decision::problem(
+                    portcullis_core::Reason::HostInvalid,
+                    &detail,
+                    id,
+                    &[],
+                )
+            })
+        };
+        if let Some(refusal) = host_refusal {
+            self.shared.metrics.decision("deny", Some(refusal.reason.code()));
+            self.shared.metrics.latency(started.elapsed());
+            return problem_response(&refusal);
+        }
         let response = match self.run(pre, peer, req).await {
             Ok(r) => r,
             Err(e) => {
@@ -229,33 +277,19 @@ impl Gateway {
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
+    limits: portcullis_core::config::ServerLimits,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let gw = gateway.clone();
-                let service = service_fn(move |req| {
-                    let gw = gw.clone();
-                    async move { Ok::<_, Infallible>(gw.handle(peer, req).await) }
-                });
-                let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
-                let watched = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = watched.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
+    crate::listener::serve(listener, limits, shutdown, &graceful, |peer| {
+        let gw = gateway.clone();
+        service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, Infallible>(gw.handle(peer, req).await) }
+        })
+    })
+    .await;
     tracing::info!("shutting down: draining in-flight requests");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("drained"),
@@ -307,4 +341,14 @@ pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
                 .await;
         });
     }
+}
+
+/// A core problem response as an HTTP response.
+fn problem_response(r: &portcullis_core::Response) -> Response<HyperOutgoingBody> {
+    let mut out = Response::new(full_body(r.body.clone()));
+    *out.status_mut() = r.status;
+    for (name, value) in &r.headers {
+        out.headers_mut().append(name.clone(), value.clone());
+    }
+    out
 }

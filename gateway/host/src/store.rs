@@ -139,10 +139,7 @@ impl Store {
     /// Stores `value` under `key` for `ttl`.
     pub async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError> {
         match self {
-            Store::Memory(m) => {
-                m.set(key, value, ttl);
-                Ok(())
-            }
+            Store::Memory(m) => m.set(key, value, ttl).map_err(full),
             Store::Redis(r) => {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(r.key(key)).arg(value).arg("PX").arg(ttl_ms(ttl));
@@ -155,7 +152,7 @@ impl Store {
     /// The counter is an 8-byte big-endian integer, as plugins see it through `get`.
     pub async fn increment(&self, key: &str, delta: i64, ttl: Duration) -> Result<i64, StoreError> {
         match self {
-            Store::Memory(m) => Ok(m.increment(key, delta, ttl)),
+            Store::Memory(m) => m.increment(key, delta, ttl).map_err(full),
             Store::Redis(r) => {
                 let mut inv = r.increment.key(r.key(key));
                 inv.arg(delta).arg(ttl_ms(ttl));
@@ -182,7 +179,7 @@ impl Store {
     /// True the first time `key` is seen within `ttl` (replay caches).
     pub async fn first_use(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
         match self {
-            Store::Memory(m) => Ok(m.increment(key, 1, ttl) == 1),
+            Store::Memory(m) => m.increment(key, 1, ttl).map(|n| n == 1).map_err(full),
             Store::Redis(r) => {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(r.key(key))
@@ -204,7 +201,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<Vec<LimitStatus>, StoreError> {
         match self {
-            Store::Memory(m) => Ok(m.gcra(checks, now)),
+            Store::Memory(m) => m.gcra(checks, now).map_err(full),
             Store::Redis(r) => {
                 let mut inv = r.gcra.prepare_invoke();
                 for c in checks {
@@ -483,4 +480,9 @@ mod tests {
         assert!(parse_gcra(&[1, 2, 3], 1).is_none());
         assert!(parse_gcra(&[1, -1, 0, 0], 1).is_none());
     }
+}
+
+/// A full in-memory state is unavailable state: `on_unavailable` decides.
+fn full(e: crate::state::Full) -> StoreError {
+    StoreError(e.to_string())
 }

@@ -77,15 +77,33 @@ impl TokenCache {
         hit
     }
 
-    /// Remembers a verified token.
-    pub fn insert(&self, key: [u8; 32], issuer: IssuerId, claims: Arc<str>, valid_until: f64) {
+    /// The current key-set generation: read it before verifying, pass it to
+    /// [`insert`](Self::insert).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Remembers a token verified against the key sets of `generation`; dropped when the
+    /// key sets changed meanwhile (a rotation racing the verification must not leave a
+    /// token checked against the old keys tagged as checked against the new ones).
+    pub fn insert(
+        &self,
+        key: [u8; 32],
+        issuer: IssuerId,
+        claims: Arc<str>,
+        valid_until: f64,
+        generation: u64,
+    ) {
         if self.capacity == 0 {
             return;
         }
-        let generation = self.generation.load(Ordering::Acquire);
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
+        // Under the lock: `invalidate` bumps the generation before it clears the map.
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
         if entries.len() >= self.capacity {
             // Evict expired or stale entries first, then an arbitrary one.
             let now_gen = generation;
@@ -134,14 +152,26 @@ mod tests {
     fn entries_expire_are_bounded_and_invalidate_with_key_sets() {
         let cache = TokenCache::new(2);
         let claims: Arc<str> = Arc::from("{}");
-        cache.insert(token_key("a"), IssuerId(0), claims.clone(), 100.0);
+        cache.insert(token_key("a"), IssuerId(0), claims.clone(), 100.0, cache.generation());
         assert!(cache.get(&token_key("a"), 99.0).is_some());
         assert!(cache.get(&token_key("a"), 100.0).is_none(), "expired");
-        cache.insert(token_key("b"), IssuerId(0), claims.clone(), 100.0);
-        cache.insert(token_key("c"), IssuerId(0), claims.clone(), 100.0);
-        cache.insert(token_key("d"), IssuerId(0), claims.clone(), 100.0);
+        cache.insert(token_key("b"), IssuerId(0), claims.clone(), 100.0, cache.generation());
+        cache.insert(token_key("c"), IssuerId(0), claims.clone(), 100.0, cache.generation());
+        cache.insert(token_key("d"), IssuerId(0), claims.clone(), 100.0, cache.generation());
         assert!(cache.len() <= 2);
         cache.invalidate();
         assert!(cache.get(&token_key("d"), 1.0).is_none());
+    }
+
+    #[test]
+    fn a_verification_that_raced_a_key_set_change_is_not_cached() {
+        let cache = TokenCache::new(8);
+        let claims: Arc<str> = Arc::from("{}");
+        let before = cache.generation();
+        cache.invalidate(); // the key set rotated while the token was being verified
+        cache.insert(token_key("a"), IssuerId(0), claims.clone(), 100.0, before);
+        assert!(cache.get(&token_key("a"), 1.0).is_none());
+        cache.insert(token_key("a"), IssuerId(0), claims, 100.0, cache.generation());
+        assert!(cache.get(&token_key("a"), 1.0).is_some());
     }
 }

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderValue, Method};
 use portcullis_core::authenticate::LocalAuthenticator;
 use portcullis_core::crypto::PortableKey;
 use portcullis_core::decision::{HOP_BY_HOP, problem};
@@ -187,11 +187,6 @@ async fn forward(
         .uri(&url);
     for (name, value) in fwd.backend_headers(&parts.headers) {
         builder = builder.header(name, value);
-    }
-    if let Some(host) = parts.uri.authority()
-        && let Ok(v) = HeaderValue::from_str(host.as_str())
-    {
-        builder = builder.header(HeaderName::from_static("x-forwarded-host"), v);
     }
     let outgoing = builder.body(body).map_err(|e| {
         (

@@ -240,9 +240,6 @@ async fn forward(
             let _ = headers.append(name.as_str(), v);
         }
     }
-    if let Some(host) = parts.uri.authority() {
-        let _ = headers.set("x-forwarded-host", host.as_str());
-    }
     let init = web_sys::RequestInit::new();
     init.set_method(parts.method.as_str());
     init.set_headers(&headers);
