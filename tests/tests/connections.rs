@@ -22,9 +22,9 @@ fn config(backend: &str, extra: &str) -> String {
 [[issuer]]
 name = "main"
 issuer = "https://idp.test"
-jwks_file = "none.json"
+hmac_secret_file = "hs.key"
 audiences = ["api://shop"]
-algorithms = ["ES256"]
+algorithms = ["HS256"]
 
 [region.us]
 jurisdiction = "US"
@@ -50,7 +50,10 @@ fn start(backend: &str, extra: &str, engine: &str) -> portcullis_tests::host::Ga
     portcullis_tests::host::start_engine_with(
         &config(backend, extra),
         engine,
-        &[("none.json".into(), br#"{"keys":[]}"#.to_vec())],
+        &[(
+            "hs.key".into(),
+            portcullis_tests::b64(&portcullis_tests::INTERNAL_SECRET).into_bytes(),
+        )],
     )
 }
 
@@ -221,7 +224,7 @@ fn a_slow_backend_gets_504_backend_timeout_on_both_engines() {
 #[test]
 fn bad_server_and_timeout_settings_are_startup_errors() {
     let files = portcullis_core::MapFiles::default()
-        .with("none.json", r#"{"keys":[]}"#)
+        .with("hs.key", portcullis_tests::b64(&portcullis_tests::INTERNAL_SECRET))
         .with("audit.key", portcullis_tests::b64(&portcullis_tests::AUDIT_KEY));
     for (extra, needle) in [
         ("[server]\nheader_timeout = \"0s\"\n", "server.header_timeout"),

@@ -133,11 +133,27 @@ fn path_parameters_are_refused_unless_allowed() {
         verdict(&decide(&h, &limiter, "/api/orders;jsessionid=1", &[])),
         "path_invalid"
     );
+    // Allowed, parameters are kept for the backend but routing ignores them, as servlet
+    // containers do: `/api/orders;x=1` is still the protected `/api/orders`.
     let allowing = with_routes("[paths]\nsemicolons = \"allow\"\n");
-    assert_eq!(
-        verdict(&decide(&allowing, &limiter, "/api/orders;jsessionid=1", &[])),
-        "authentication_required"
+    for spelling in ["/api/orders;jsessionid=1", "/api;x=1/orders", "/api/orders;/1"] {
+        assert_eq!(
+            verdict(&decide(&allowing, &limiter, spelling, &[])),
+            "authentication_required",
+            "{spelling}"
+        );
+    }
+    let t = h.idp.sign("ES256", claims(json!({"scope": "orders:read"})));
+    let d = decide(
+        &allowing,
+        &limiter,
+        "/api/orders;jsessionid=1",
+        &[("authorization", &format!("Bearer {t}"))],
     );
+    let Outcome::Forward(f) = &d.outcome else {
+        panic!("{}", verdict(&d))
+    };
+    assert_eq!(f.path_and_query, "/api/orders;jsessionid=1");
 }
 
 #[test]
@@ -160,7 +176,7 @@ fn a_shared_secret_without_kid_accepts_tokens_that_name_one() {
     let t = forge(
         &json!({"alg": "HS256", "kid": "any-kid"}),
         &claims_for(INTERNAL_ISSUER, json!({})),
-        hs256(&[7u8; 48]),
+        hs256(&[8u8; 48]),
     );
     assert_eq!(verdict(&h.get_with_token("/api/internal", &t)), "signature_invalid");
 }

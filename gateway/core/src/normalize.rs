@@ -16,6 +16,10 @@ use crate::reason::Reason;
 pub struct Normalized {
     /// The canonical path; no query.
     pub path: String,
+    /// The path routes are matched on: the canonical path without `;` path parameters
+    /// (`/a;x=1/b` → `/a/b`, as servlet containers read it) when `[paths] semicolons =
+    /// "allow"`, else the canonical path itself.
+    pub route_path: String,
     /// The path as forwarded: the canonical path plus the original query, if any.
     pub path_and_query: String,
     /// The request's authority: the absolute-form target's, else the `Host` field's.
@@ -38,6 +42,11 @@ pub fn normalize(
         allow_semicolons: rules.allow_semicolons,
     };
     let path = canonical_path(req.uri.path(), options).map_err(|m| (Reason::PathInvalid, m))?;
+    let route_path = if rules.allow_semicolons {
+        without_parameters(&path)
+    } else {
+        path.clone()
+    };
     let path_and_query = match req.uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.clone(),
@@ -50,11 +59,24 @@ pub fn normalize(
         .collect();
     Ok(Normalized {
         path,
+        route_path,
         path_and_query,
         authority,
         scheme: req.uri.scheme_str().unwrap_or("http").to_ascii_lowercase(),
         strip,
     })
+}
+
+/// `path` with every segment's `;` parameters removed (`/a;x=1/b;y` → `/a/b`).
+fn without_parameters(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(segment.split(';').next().unwrap_or_default());
+    }
+    out
 }
 
 /// The request's authority per RFC 9112 §3.2: more than one `Host` field, a `Host` that is
@@ -118,6 +140,13 @@ mod tests {
         // An invalid Host is refused even when the target names the authority.
         assert!(parts_authority("http://www.example.com/x", &["a b"]).is_err());
         assert!(parts_authority("http://www.example.com/x", &["a", "b"]).is_err());
+    }
+
+    #[test]
+    fn path_parameters_are_removed_for_routing() {
+        assert_eq!(without_parameters("/a;x=1/b;y"), "/a/b");
+        assert_eq!(without_parameters("/a/;x"), "/a/");
+        assert_eq!(without_parameters("/"), "/");
     }
 
     #[test]
