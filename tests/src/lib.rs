@@ -361,7 +361,10 @@ impl Harness {
         // A request without a Host is refused (RFC 9112 §3.2); tests that do not name one
         // get the harness's.
         if !map.contains_key(http::header::HOST) && !path.contains("://") {
-            map.insert(http::header::HOST, http::HeaderValue::from_static("gw.test"));
+            map.insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("gw.test"),
+            );
         }
         let method: http::Method = method.parse().expect("method");
         let uri: http::Uri = path.parse().expect("uri");

@@ -460,13 +460,12 @@ fn check_front_door(runtime: &str, gw: &Gateway, w: &World) {
                 continue;
             }
         };
-        let seen = w
-            .eu
-            .last
-            .lock()
-            .unwrap()
-            .clone()
-            .or_else(|| w.us.last.lock().unwrap().clone());
+        let seen =
+            w.eu.last
+                .lock()
+                .unwrap()
+                .clone()
+                .or_else(|| w.us.last.lock().unwrap().clone());
         match &case.expect {
             WireExpect::Refuse(status, code) => {
                 if r.status != *status || reason(&r) != *code || seen.is_some() {

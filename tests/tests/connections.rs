@@ -90,9 +90,13 @@ fn slow_headers_and_idle_keep_alive_connections_are_closed() {
         );
         // A client that never finishes its headers (slow-loris).
         let mut slow = TcpStream::connect(gw.addr).unwrap();
-        slow.write_all(b"GET / HTTP/1.1\r\nhost: gw.test\r\nx-a: ").unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: gw.test\r\nx-a: ")
+            .unwrap();
         let took = closed_within(&mut slow, Duration::from_secs(10));
-        assert!(took.is_some(), "{engine}: a half-sent request holds its connection");
+        assert!(
+            took.is_some(),
+            "{engine}: a half-sent request holds its connection"
+        );
 
         // A connection that never sends a byte.
         let mut silent = TcpStream::connect(gw.addr).unwrap();
@@ -107,7 +111,9 @@ fn slow_headers_and_idle_keep_alive_connections_are_closed() {
             .write_all(b"GET /x HTTP/1.1\r\nhost: gw.test\r\n\r\n")
             .unwrap();
         let mut first = [0u8; 12];
-        alive.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        alive
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         alive.read_exact(&mut first).unwrap();
         assert_eq!(&first, b"HTTP/1.1 200", "{engine}");
         assert!(
@@ -142,7 +148,9 @@ fn connections_beyond_the_cap_wait_until_one_closes() {
         "a third connection was served while two were held"
     );
     drop(held);
-    third.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     third.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"HTTP/1.1 200");
 }
@@ -163,7 +171,9 @@ fn exhausted_descriptors_do_not_spin_the_accept_loop() {
     let gw = start(&backend.server.url(), "", "native");
     let pid = gw.child.id();
     // Leave the gateway a handful of descriptors above what it holds now.
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     let limit = open + 4;
     let status = std::process::Command::new("prlimit")
         .arg(format!("--pid={pid}"))
@@ -179,7 +189,10 @@ fn exhausted_descriptors_do_not_spin_the_accept_loop() {
     std::thread::sleep(Duration::from_secs(2));
     let used = cpu_seconds(pid) - before;
     // Spinning on EMFILE burns a whole core (≈ 2 s here); backing off uses next to nothing.
-    assert!(used < 0.5, "the gateway used {used:.2} s of CPU in 2 s while out of descriptors");
+    assert!(
+        used < 0.5,
+        "the gateway used {used:.2} s of CPU in 2 s while out of descriptors"
+    );
     drop(conns);
     // Once descriptors are free again, it serves.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -209,7 +222,12 @@ fn a_slow_backend_gets_504_backend_timeout_on_both_engines() {
         );
         let started = Instant::now();
         let r = request(gw.addr, "GET", "/x", &[], b"").unwrap();
-        assert_eq!(r.status, 504, "{engine}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            504,
+            "{engine}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(reason(&r), "backend_timeout", "{engine}");
         assert!(started.elapsed() < Duration::from_millis(2900), "{engine}");
     }
@@ -224,12 +242,24 @@ fn a_slow_backend_gets_504_backend_timeout_on_both_engines() {
 #[test]
 fn bad_server_and_timeout_settings_are_startup_errors() {
     let files = portcullis_core::MapFiles::default()
-        .with("hs.key", portcullis_tests::b64(&portcullis_tests::INTERNAL_SECRET))
-        .with("audit.key", portcullis_tests::b64(&portcullis_tests::AUDIT_KEY));
+        .with(
+            "hs.key",
+            portcullis_tests::b64(&portcullis_tests::INTERNAL_SECRET),
+        )
+        .with(
+            "audit.key",
+            portcullis_tests::b64(&portcullis_tests::AUDIT_KEY),
+        );
     for (extra, needle) in [
-        ("[server]\nheader_timeout = \"0s\"\n", "server.header_timeout"),
+        (
+            "[server]\nheader_timeout = \"0s\"\n",
+            "server.header_timeout",
+        ),
         ("[server]\nmax_connections = 0\n", "server.max_connections"),
-        ("[timeouts]\nresponse = \"30s\"\ntotal = \"10s\"\n", "timeouts.total"),
+        (
+            "[timeouts]\nresponse = \"30s\"\ntotal = \"10s\"\n",
+            "timeouts.total",
+        ),
         ("[paths]\nsemicolons = \"maybe\"\n", "paths.semicolons"),
         ("[server]\nbogus = 1\n", "bogus"),
     ] {

@@ -84,7 +84,10 @@ fn an_encoded_spelling_counts_against_the_same_rate_limit() {
         "[[route]]\npath = \"/limited\"\nauth = \"public\"\n[[route.rate_limit]]\nkey = \"route\"\nrate = 1\nper = \"1m\"\n",
     );
     let limiter = MapLimiter::default();
-    assert_eq!(verdict(&decide(&h, &limiter, "/limited", &[])), "forward:us");
+    assert_eq!(
+        verdict(&decide(&h, &limiter, "/limited", &[])),
+        "forward:us"
+    );
     for spelling in ["/%6Cimited", "/%6cimited/x", "//limited", "/l%69mited"] {
         let d = decide(&h, &limiter, spelling, &[]);
         assert_eq!(verdict(&d), "rate_limited", "{spelling}");
@@ -136,7 +139,11 @@ fn path_parameters_are_refused_unless_allowed() {
     // Allowed, parameters are kept for the backend but routing ignores them, as servlet
     // containers do: `/api/orders;x=1` is still the protected `/api/orders`.
     let allowing = with_routes("[paths]\nsemicolons = \"allow\"\n");
-    for spelling in ["/api/orders;jsessionid=1", "/api;x=1/orders", "/api/orders;/1"] {
+    for spelling in [
+        "/api/orders;jsessionid=1",
+        "/api;x=1/orders",
+        "/api/orders;/1",
+    ] {
         assert_eq!(
             verdict(&decide(&allowing, &limiter, spelling, &[])),
             "authentication_required",
@@ -170,7 +177,11 @@ fn a_shared_secret_without_kid_accepts_tokens_that_name_one() {
             hs256(&INTERNAL_SECRET),
         );
         let d = h.get_with_token("/api/internal", &t);
-        assert!(matches!(d.outcome, Outcome::Forward(_)), "{header}: {}", verdict(&d));
+        assert!(
+            matches!(d.outcome, Outcome::Forward(_)),
+            "{header}: {}",
+            verdict(&d)
+        );
     }
     // A wrong secret with a kid is still a bad signature, not an unknown key.
     let t = forge(
@@ -178,7 +189,10 @@ fn a_shared_secret_without_kid_accepts_tokens_that_name_one() {
         &claims_for(INTERNAL_ISSUER, json!({})),
         hs256(&[8u8; 48]),
     );
-    assert_eq!(verdict(&h.get_with_token("/api/internal", &t)), "signature_invalid");
+    assert_eq!(
+        verdict(&h.get_with_token("/api/internal", &t)),
+        "signature_invalid"
+    );
 }
 
 #[test]
@@ -191,7 +205,11 @@ fn out_of_range_numeric_dates_are_claim_invalid() {
         json!({"exp": 253_402_300_800_u64}),
     ] {
         let t = h.idp.sign("ES256", claims(claim.clone()));
-        assert_eq!(verdict(&h.get_with_token("/api/orders", &t)), "claim_invalid", "{claim}");
+        assert_eq!(
+            verdict(&h.get_with_token("/api/orders", &t)),
+            "claim_invalid",
+            "{claim}"
+        );
     }
 }
 

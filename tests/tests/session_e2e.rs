@@ -305,12 +305,21 @@ fn browser_signs_in_reloads_logs_out_and_is_sent_to_login_again(engine: &str) {
     // Origin or Referer logs out; anything else gets the confirmation page too.
     for headers in [
         vec![("cookie", cookie.as_str())],
-        vec![("cookie", cookie.as_str()), ("referer", "https://evil.example/page")],
-        vec![("cookie", cookie.as_str()), ("origin", "https://evil.example")],
+        vec![
+            ("cookie", cookie.as_str()),
+            ("referer", "https://evil.example/page"),
+        ],
+        vec![
+            ("cookie", cookie.as_str()),
+            ("origin", "https://evil.example"),
+        ],
     ] {
         let r = w.raw("/_portcullis/logout", &headers);
         assert_eq!(r.status, 200, "{headers:?}");
-        assert!(!r.headers.iter().any(|(k, _)| k == "set-cookie"), "{headers:?}");
+        assert!(
+            !r.headers.iter().any(|(k, _)| k == "set-cookie"),
+            "{headers:?}"
+        );
     }
     // The confirmation page's token is bound to the browser's own session: a token from
     // another browser's page (here: one without the cookie) does not log this one out.
@@ -322,17 +331,26 @@ fn browser_signs_in_reloads_logs_out_and_is_sent_to_login_again(engine: &str) {
         .and_then(|a| a.split('"').next())
         .expect("the form posts to the logout path with its token")
         .to_owned();
-    assert!(action.starts_with("/_portcullis/logout?confirm="), "{action}");
+    assert!(
+        action.starts_with("/_portcullis/logout?confirm="),
+        "{action}"
+    );
     let r = request(w.gw.addr, "POST", &action, &[("cookie", &cookie)], b"").unwrap();
     assert_eq!(r.status, 200, "a foreign token shows the page again");
     assert_eq!(w.raw("/app/profile", &[("cookie", &cookie)]).status, 200);
     // One cookie parser: `name =value` is read as the session and stripped before the
     // backend, like `name=value`.
     let spaced = cookie.replacen('=', " =", 1);
-    let r = w.raw("/app/profile", &[("cookie", &format!("theme=dark; {spaced}"))]);
+    let r = w.raw(
+        "/app/profile",
+        &[("cookie", &format!("theme=dark; {spaced}"))],
+    );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let seen = r.json_body()["headers"]["cookie"].clone();
-    assert_eq!(seen, "theme=dark", "the sealed session never reaches the backend");
+    assert_eq!(
+        seen, "theme=dark",
+        "the sealed session never reaches the backend"
+    );
 
     // Logout: the gateway ends the session and continues at the provider, which asks for
     // confirmation and returns to the post-logout URI.

@@ -114,8 +114,12 @@ pub fn decoded_path(canonical: &str) -> String {
 fn push_escape(out: &mut String, b: u8) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     out.push('%');
-    out.push(char::from(HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0')));
-    out.push(char::from(HEX.get(usize::from(b & 0xf)).copied().unwrap_or(b'0')));
+    out.push(char::from(
+        HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'),
+    ));
+    out.push(char::from(
+        HEX.get(usize::from(b & 0xf)).copied().unwrap_or(b'0'),
+    ));
 }
 
 /// RFC 3986 `unreserved`.
@@ -128,7 +132,18 @@ fn is_pchar(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
         )
 }
 
@@ -237,7 +252,10 @@ fn reg_name(host: &str) -> Result<String, String> {
             char::from(bad).escape_default()
         ));
     }
-    if name.split('.').any(|label| label.is_empty() || label.len() > 63) {
+    if name
+        .split('.')
+        .any(|label| label.is_empty() || label.len() > 63)
+    {
         return Err(format!("`{host}` has an empty or over-long label"));
     }
     Ok(name.to_ascii_lowercase())

@@ -20,13 +20,19 @@ fn encoded_unreserved_characters_are_decoded_and_other_hex_upper_cased() {
     assert_eq!(canon("/%5F%2D%7E%41").unwrap(), "/_-~A");
     assert_eq!(canon("/a%2fb").unwrap_err(), "encoded `/` in path");
     assert_eq!(canon("/a%20b%3a%c3%a9").unwrap(), "/a%20b%3A%C3%A9");
-    assert_eq!(canon("/_portcullis%2Flogin").unwrap_err(), "encoded `/` in path");
+    assert_eq!(
+        canon("/_portcullis%2Flogin").unwrap_err(),
+        "encoded `/` in path"
+    );
     assert_eq!(canon("/%5fportcullis/x").unwrap(), "/_portcullis/x");
 }
 
 #[test]
 fn bytes_outside_pchar_are_encoded_so_backends_read_the_same_octets() {
-    assert_eq!(canon("/a\"b<c>{d}|e^`").unwrap(), "/a%22b%3Cc%3E%7Bd%7D%7Ce%5E%60");
+    assert_eq!(
+        canon("/a\"b<c>{d}|e^`").unwrap(),
+        "/a%22b%3Cc%3E%7Bd%7D%7Ce%5E%60"
+    );
     assert_eq!(canon("/x:@!$&'()*+,=").unwrap(), "/x:@!$&'()*+,=");
 }
 
@@ -127,8 +133,14 @@ fn origins_drop_default_ports() {
     let a = Authority::parse("GW.test:80").unwrap();
     assert_eq!(a.origin("http"), "http://gw.test");
     assert_eq!(a.origin("https"), "https://gw.test:80");
-    assert_eq!(Authority::parse("gw.test:443").unwrap().origin("HTTPS"), "https://gw.test");
-    assert_eq!(Authority::parse("[::1]:8080").unwrap().origin("http"), "http://[::1]:8080");
+    assert_eq!(
+        Authority::parse("gw.test:443").unwrap().origin("HTTPS"),
+        "https://gw.test"
+    );
+    assert_eq!(
+        Authority::parse("[::1]:8080").unwrap().origin("http"),
+        "http://[::1]:8080"
+    );
 }
 
 proptest::proptest! {

@@ -258,7 +258,10 @@ mod tests {
     #[test]
     fn numeric_dates_outside_the_representable_range_are_invalid() {
         assert_eq!(date(serde_json::json!(1_700_000_000)), Ok(Some(1.7e9)));
-        assert_eq!(date(serde_json::json!(MAX_NUMERIC_DATE)), Ok(Some(MAX_NUMERIC_DATE)));
+        assert_eq!(
+            date(serde_json::json!(MAX_NUMERIC_DATE)),
+            Ok(Some(MAX_NUMERIC_DATE))
+        );
         for bad in [
             serde_json::json!(1e300),
             serde_json::json!(253_402_300_800_u64),
@@ -266,7 +269,10 @@ mod tests {
             serde_json::json!(-1),
             serde_json::json!("1700000000"),
         ] {
-            assert!(matches!(date(bad.clone()), Err(ClaimError::Invalid(_))), "{bad}");
+            assert!(
+                matches!(date(bad.clone()), Err(ClaimError::Invalid(_))),
+                "{bad}"
+            );
         }
         // Also through identity building: a far-future `exp` never yields an identity.
         let mut claims = Map::new();

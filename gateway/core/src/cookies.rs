@@ -100,6 +100,9 @@ mod tests {
         let kept = without(&h, |n| n == b"__Host-s-0").unwrap().unwrap();
         assert_eq!(kept.as_bytes(), b"a=1; b = 2; flag; \xffx=y");
         assert_eq!(without(&h, |n| n == b"zzz"), None);
-        assert_eq!(without(&map(&[b" __Host-s-0 = x "]), |n| n == b"__Host-s-0"), Some(None));
+        assert_eq!(
+            without(&map(&[b" __Host-s-0 = x "]), |n| n == b"__Host-s-0"),
+            Some(None)
+        );
     }
 }

@@ -232,7 +232,10 @@ mod tests {
         assert!(same_url("http://gw.test:80/x", "http://gw.test/x"));
         assert!(same_url("https://gw.test:443/x", "https://gw.test/x"));
         assert!(!same_url("https://gw.test:80/x", "https://gw.test/x"));
-        assert!(same_url("https://gw.test/%7Euser/%61", "https://gw.test/~user/a"));
+        assert!(same_url(
+            "https://gw.test/%7Euser/%61",
+            "https://gw.test/~user/a"
+        ));
         assert!(!same_url("https://user@gw.test/x", "https://gw.test/x"));
     }
 

@@ -336,8 +336,7 @@ impl Gateway {
             &norm.route_path,
             cfg.paths.case_sensitive,
         )
-        .and_then(|i| cfg.routes.get(i).map(|r| (i, r)))
-        else {
+        .and_then(|i| cfg.routes.get(i).map(|r| (i, r))) else {
             return deny(Reason::RouteNotFound, "no route matches this host and path");
         };
         audit.route = Some(route.path.clone());

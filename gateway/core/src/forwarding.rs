@@ -114,7 +114,11 @@ mod tests {
     use super::*;
     use crate::config::IpNet;
 
-    fn run(peer: &str, trusted: bool, client: &[(&'static str, &'static str)]) -> Vec<(String, String)> {
+    fn run(
+        peer: &str,
+        trusted: bool,
+        client: &[(&'static str, &'static str)],
+    ) -> Vec<(String, String)> {
         let cfg = ClientConfig {
             trusted_proxies: if trusted {
                 vec![IpNet {
@@ -195,6 +199,9 @@ mod tests {
     fn an_unknown_peer_sends_no_address() {
         let set = run("", false, &[("x-forwarded-for", "1.2.3.4")]);
         assert!(set.iter().all(|(k, _)| k != "x-forwarded-for"));
-        assert!(set.iter().any(|(k, v)| k == "forwarded" && v.starts_with("for=unknown;")));
+        assert!(
+            set.iter()
+                .any(|(k, v)| k == "forwarded" && v.starts_with("for=unknown;"))
+        );
     }
 }

@@ -156,7 +156,10 @@ impl<K> KeySet<K> {
                     // look it up in. Only when exactly one such secret fits `alg`.
                     let mut unnamed = self.entries.iter().filter(|e| {
                         e.jwk.kid.is_none()
-                            && matches!(e.jwk.material, crate::crypto::KeyMaterial::Symmetric { .. })
+                            && matches!(
+                                e.jwk.material,
+                                crate::crypto::KeyMaterial::Symmetric { .. }
+                            )
                             && e.jwk.permits(alg).is_ok()
                     });
                     if let (Some(only), None) = (unnamed.next(), unnamed.next()) {

@@ -31,8 +31,8 @@
 pub mod audit;
 pub mod authenticate;
 pub mod b64;
-pub mod canonical;
 pub mod bot;
+pub mod canonical;
 pub mod challenge;
 pub mod claims;
 pub mod client;

@@ -654,7 +654,10 @@ fn chunk_cookies<'a>(
     base: &'a str,
 ) -> impl Iterator<Item = (usize, &'a [u8])> + 'a {
     crate::cookies::pairs(headers).filter_map(move |pair| {
-        let digits = pair.name.strip_prefix(base.as_bytes())?.strip_prefix(b"-")?;
+        let digits = pair
+            .name
+            .strip_prefix(base.as_bytes())?
+            .strip_prefix(b"-")?;
         let canonical = matches!(digits, [b'0'..=b'9'] | [b'1'..=b'9', b'0'..=b'9']);
         if !canonical {
             return None;

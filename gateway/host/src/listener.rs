@@ -136,11 +136,7 @@ impl Activity {
             if self.in_flight.load(Ordering::Relaxed) == 0 && quiet >= limit {
                 return;
             }
-            let wait = if quiet >= limit {
-                limit
-            } else {
-                limit - quiet
-            };
+            let wait = if quiet >= limit { limit } else { limit - quiet };
             tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
         }
     }

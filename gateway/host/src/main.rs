@@ -427,7 +427,10 @@ async fn verify(config: PathBuf, path: Option<String>, token: String) -> anyhow:
         format!("Bearer {token}").parse()?,
     );
     // Routes are matched for this host (routes without `host` match any).
-    headers.insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
+    headers.insert(
+        http::header::HOST,
+        http::HeaderValue::from_static("localhost"),
+    );
     let req = RequestParts {
         method: &http::Method::GET,
         uri: &uri,

@@ -180,17 +180,21 @@ impl Gateway {
                 peer: Some(peer.ip()),
                 body: &[],
             };
-            portcullis_core::normalize::authority(&parts).err().map(|detail| {
-                portcullis_core::decision::problem(
-                    portcullis_core::Reason::HostInvalid,
-                    &detail,
-                    id,
-                    &[],
-                )
-            })
+            portcullis_core::normalize::authority(&parts)
+                .err()
+                .map(|detail| {
+                    portcullis_core::decision::problem(
+                        portcullis_core::Reason::HostInvalid,
+                        &detail,
+                        id,
+                        &[],
+                    )
+                })
         };
         if let Some(refusal) = host_refusal {
-            self.shared.metrics.decision("deny", Some(refusal.reason.code()));
+            self.shared
+                .metrics
+                .decision("deny", Some(refusal.reason.code()));
             self.shared.metrics.latency(started.elapsed());
             return problem_response(&refusal);
         }

@@ -468,6 +468,11 @@ impl RedisStore {
 /// The store shared by the host's services.
 pub type SharedStore = Arc<Store>;
 
+/// A full in-memory state is unavailable state: `on_unavailable` decides.
+fn full(e: crate::state::Full) -> StoreError {
+    StoreError(e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,9 +485,4 @@ mod tests {
         assert!(parse_gcra(&[1, 2, 3], 1).is_none());
         assert!(parse_gcra(&[1, -1, 0, 0], 1).is_none());
     }
-}
-
-/// A full in-memory state is unavailable state: `on_unavailable` decides.
-fn full(e: crate::state::Full) -> StoreError {
-    StoreError(e.to_string())
 }

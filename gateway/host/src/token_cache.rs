@@ -152,12 +152,36 @@ mod tests {
     fn entries_expire_are_bounded_and_invalidate_with_key_sets() {
         let cache = TokenCache::new(2);
         let claims: Arc<str> = Arc::from("{}");
-        cache.insert(token_key("a"), IssuerId(0), claims.clone(), 100.0, cache.generation());
+        cache.insert(
+            token_key("a"),
+            IssuerId(0),
+            claims.clone(),
+            100.0,
+            cache.generation(),
+        );
         assert!(cache.get(&token_key("a"), 99.0).is_some());
         assert!(cache.get(&token_key("a"), 100.0).is_none(), "expired");
-        cache.insert(token_key("b"), IssuerId(0), claims.clone(), 100.0, cache.generation());
-        cache.insert(token_key("c"), IssuerId(0), claims.clone(), 100.0, cache.generation());
-        cache.insert(token_key("d"), IssuerId(0), claims.clone(), 100.0, cache.generation());
+        cache.insert(
+            token_key("b"),
+            IssuerId(0),
+            claims.clone(),
+            100.0,
+            cache.generation(),
+        );
+        cache.insert(
+            token_key("c"),
+            IssuerId(0),
+            claims.clone(),
+            100.0,
+            cache.generation(),
+        );
+        cache.insert(
+            token_key("d"),
+            IssuerId(0),
+            claims.clone(),
+            100.0,
+            cache.generation(),
+        );
         assert!(cache.len() <= 2);
         cache.invalidate();
         assert!(cache.get(&token_key("d"), 1.0).is_none());
@@ -171,7 +195,13 @@ mod tests {
         cache.invalidate(); // the key set rotated while the token was being verified
         cache.insert(token_key("a"), IssuerId(0), claims.clone(), 100.0, before);
         assert!(cache.get(&token_key("a"), 1.0).is_none());
-        cache.insert(token_key("a"), IssuerId(0), claims, 100.0, cache.generation());
+        cache.insert(
+            token_key("a"),
+            IssuerId(0),
+            claims,
+            100.0,
+            cache.generation(),
+        );
         assert!(cache.get(&token_key("a"), 1.0).is_some());
     }
 }

@@ -76,7 +76,11 @@ pub(super) fn read_timeouts(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Backe
     let total = t.duration(d, "total");
     if let Some((v, span)) = total {
         if v < Duration::from_secs(1) || v > Duration::from_secs(24 * 3600) {
-            d.error(&span, format!("`timeouts.total` {v:?} is outside 1s..=24h"), None);
+            d.error(
+                &span,
+                format!("`timeouts.total` {v:?} is outside 1s..=24h"),
+                None,
+            );
         } else if v < timeouts.response {
             d.error(
                 &span,

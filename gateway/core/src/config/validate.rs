@@ -709,23 +709,23 @@ fn read_route(
             Err(_) => {}
         }
     }
-    let host = t.string(d, "host").and_then(|(h, span)| {
-        match crate::canonical::Authority::parse(&h) {
-            Ok(a) if a.port.is_none() => Some(a.host),
-            Ok(_) => {
-                d.error(
-                    &span,
-                    format!("route host {h:?} has a port"),
-                    Some("routes match the host name; every port of it".into()),
-                );
-                None
-            }
-            Err(e) => {
-                d.error(&span, format!("route host {h:?}: {e}"), None);
-                None
-            }
-        }
-    });
+    let host =
+        t.string(d, "host")
+            .and_then(|(h, span)| match crate::canonical::Authority::parse(&h) {
+                Ok(a) if a.port.is_none() => Some(a.host),
+                Ok(_) => {
+                    d.error(
+                        &span,
+                        format!("route host {h:?} has a port"),
+                        Some("routes match the host name; every port of it".into()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    d.error(&span, format!("route host {h:?}: {e}"), None);
+                    None
+                }
+            });
     let auth = match t.string(d, "auth") {
         None => Some(AuthMode::Required),
         Some((v, span)) => match v.as_str() {
