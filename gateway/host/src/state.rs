@@ -236,9 +236,10 @@ mod tests {
         for i in 0..64 {
             let _ = state.set(&format!("n{i}"), vec![1], Duration::from_millis(1));
         }
-        assert!(state.set("x", vec![1], Duration::from_secs(60)).is_ok());
         std::thread::sleep(Duration::from_millis(5));
+        assert!(state.set("x", vec![1], Duration::from_secs(60)).is_ok());
         assert!(state.sweep() > 0);
         assert_eq!(state.len(), 1);
+        assert_eq!(state.get("x").as_deref(), Some(&[1u8][..]));
     }
 }
