@@ -468,7 +468,15 @@ fn check_front_door(runtime: &str, gw: &Gateway, w: &World) {
                 .or_else(|| w.us.last.lock().unwrap().clone());
         match &case.expect {
             WireExpect::Refuse(status, code) => {
-                if r.status != *status || reason(&r) != *code || seen.is_some() {
+                // workerd's own HTTP server may refuse a request without a usable Host
+                // before the worker runs: still a 400 and nothing forwarded.
+                let platform_refused = runtime.starts_with("worker")
+                    && *code == "host_invalid"
+                    && r.status == 400
+                    && seen.is_none();
+                if !platform_refused
+                    && (r.status != *status || reason(&r) != *code || seen.is_some())
+                {
                     failures.push(format!(
                         "{}: expected {status} {code} and nothing forwarded, got {} {:?} (backend saw {:?})",
                         case.name,
