@@ -503,22 +503,7 @@ fn check_front_door(runtime: &str, gw: &Gateway, w: &World) {
                     ));
                 }
                 for (name, want) in headers {
-                    let values: Vec<&str> = seen
-                        .headers
-                        .iter()
-                        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                        .map(|(_, v)| v.as_str())
-                        .collect();
-                    let ok = match want {
-                        Some(v) => values == [v.as_str()],
-                        None => values.is_empty(),
-                    };
-                    if !ok {
-                        failures.push(format!(
-                            "{}: backend header {name}: want {want:?}, got {values:?}",
-                            case.name
-                        ));
-                    }
+                    failures.extend(header_mismatch(&seen, case.name, name, want.as_deref()));
                 }
             }
         }
@@ -536,6 +521,29 @@ struct World {
     _keys: KeyServer,
     eu: Backend,
     us: Backend,
+}
+
+/// What is wrong with the backend's `name` header (its `_` spelling counts too): `want`
+/// exactly once, or absent for `None`.
+fn header_mismatch(
+    seen: &portcullis_tests::net::Req,
+    case: &str,
+    name: &str,
+    want: Option<&str>,
+) -> Option<String> {
+    let values: Vec<&str> = seen
+        .headers
+        .iter()
+        .filter(|(k, _)| {
+            k.eq_ignore_ascii_case(name) || k.eq_ignore_ascii_case(&name.replace('-', "_"))
+        })
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let ok = match want {
+        Some(v) => values == [v],
+        None => values.is_empty(),
+    };
+    (!ok).then(|| format!("{case}: backend header {name}: want {want:?}, got {values:?}"))
 }
 
 fn check(runtime: &str, gw: &Gateway, w: &World) {
@@ -575,25 +583,7 @@ fn check(runtime: &str, gw: &Gateway, w: &World) {
                 }
                 let seen = seen.unwrap();
                 for (name, want) in headers {
-                    let values: Vec<&str> = seen
-                        .headers
-                        .iter()
-                        .filter(|(k, _)| {
-                            k.eq_ignore_ascii_case(name)
-                                || k.eq_ignore_ascii_case(&name.replace('-', "_"))
-                        })
-                        .map(|(_, v)| v.as_str())
-                        .collect();
-                    let ok = match want {
-                        Some(v) => values == [*v],
-                        None => values.is_empty(),
-                    };
-                    if !ok {
-                        failures.push(format!(
-                            "{}: backend header {name}: want {want:?}, got {values:?}",
-                            case.name
-                        ));
-                    }
+                    failures.extend(header_mismatch(&seen, case.name, name, *want));
                 }
             }
         }

@@ -237,6 +237,17 @@ impl Authority {
     }
 }
 
+/// An absolute `http(s)`-style URL split into its scheme, parsed [`Authority`] and path
+/// (query and fragment dropped; `/` when empty): for comparing a URL from a header (DPoP
+/// `htu`, `Origin`, `Referer`) with the request. `None` when it does not parse.
+pub fn split_url(url: &str) -> Option<(&str, Authority, &str)> {
+    let url = url.split(['?', '#']).next()?;
+    let (scheme, rest) = url.split_once("://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let authority = Authority::parse(authority).ok()?;
+    Some((scheme, authority, if path.is_empty() { "/" } else { path }))
+}
+
 /// A DNS name or IPv4 address: lowercase, one trailing dot removed, no empty labels.
 fn reg_name(host: &str) -> Result<String, String> {
     let name = host.strip_suffix('.').unwrap_or(host);

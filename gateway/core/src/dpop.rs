@@ -166,11 +166,7 @@ fn kty(m: &KeyMaterial) -> &'static str {
 /// query and fragment ignored. A URL that does not parse never matches.
 fn same_url(htu: &str, url: &str) -> bool {
     fn canonical(u: &str) -> Option<String> {
-        let u = u.split(['?', '#']).next()?;
-        let (scheme, rest) = u.split_once("://")?;
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let authority = crate::canonical::Authority::parse(authority).ok()?;
-        let path = if path.is_empty() { "/" } else { path };
+        let (scheme, authority, path) = crate::canonical::split_url(u)?;
         let options = crate::canonical::PathOptions {
             allow_semicolons: true,
         };

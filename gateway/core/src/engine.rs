@@ -175,6 +175,7 @@ impl Gateway {
         &'a self,
         services: &'a Adapters<'a>,
         req: &'a RequestParts<'a>,
+        norm: &'a Normalized,
         now: Timestamp,
     ) -> Option<crate::login::Flow<'a>> {
         Some(crate::login::Flow {
@@ -189,7 +190,7 @@ impl Gateway {
             body: req.body,
             request_id: req.request_id,
             now,
-            authority: crate::normalize::authority(req).ok(),
+            authority: &norm.authority,
         })
     }
 
@@ -309,7 +310,7 @@ impl Gateway {
         if norm.path == crate::challenge::CHALLENGE_PATH {
             return Outcome::Respond(self.challenge_answer(req, &client, now, services));
         }
-        if let Some(flow) = self.login_flow(services, req, now) {
+        if let Some(flow) = self.login_flow(services, req, &norm, now) {
             let answer = match norm.path.as_str() {
                 crate::login::CALLBACK_PATH => Some(flow.callback()),
                 crate::login::LOGIN_PATH => Some(flow.start()),
@@ -369,7 +370,7 @@ impl Gateway {
             };
             match presented {
                 None if !route.login.is_empty() => {
-                    let Some(flow) = self.login_flow(services, req, now) else {
+                    let Some(flow) = self.login_flow(services, req, &norm, now) else {
                         return deny(Reason::ProviderUnavailable, "sessions are not configured");
                     };
                     match flow.lookup(&route.login, cfg.state.on_unavailable == FailPolicy::Allow) {
@@ -622,7 +623,7 @@ impl Gateway {
             if let Some(provider) = from_session
                 && refusal.reason == Reason::InsufficientUserAuthentication
                 && crate::login::is_navigation(req.method, req.headers)
-                && let Some(flow) = self.login_flow(services, req, now)
+                && let Some(flow) = self.login_flow(services, req, &norm, now)
             {
                 return Outcome::Respond(flow.begin(
                     provider,

@@ -173,8 +173,8 @@ pub struct Flow<'a> {
     pub request_id: &'a str,
     /// Now.
     pub now: Timestamp,
-    /// The request's authority (for same-origin checks), when it has a valid one.
-    pub authority: Option<crate::canonical::Authority>,
+    /// The request's canonical authority (for same-origin checks).
+    pub authority: &'a crate::canonical::Authority,
 }
 
 /// A session found on a request.
@@ -966,16 +966,10 @@ impl Flow<'_> {
         {
             return true;
         }
-        let Some(host) = self.authority.as_ref() else {
-            return false;
-        };
         let same = |url: &str| {
-            let Some((scheme, rest)) = url.split_once("://") else {
-                return false;
-            };
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-            crate::canonical::Authority::parse(authority)
-                .is_ok_and(|a| a.origin(scheme) == host.origin(scheme))
+            crate::canonical::split_url(url).is_some_and(|(scheme, other, _)| {
+                other.origin(scheme) == self.authority.origin(scheme)
+            })
         };
         match header("origin") {
             Some(origin) => same(origin),

@@ -37,7 +37,7 @@ pub fn normalize(
     strip: &[HeaderPattern],
     rules: &PathRules,
 ) -> Result<Normalized, (Reason, String)> {
-    let authority = authority(req).map_err(|m| (Reason::HostInvalid, m))?;
+    let authority = authority(req.uri, req.headers).map_err(|m| (Reason::HostInvalid, m))?;
     let options = PathOptions {
         allow_semicolons: rules.allow_semicolons,
     };
@@ -83,8 +83,10 @@ fn without_parameters(path: &str) -> String {
 /// not a valid `uri-host [":" port]`, or no authority at all is refused; an absolute-form
 /// target's authority replaces `Host` (§3.2.2), and userinfo in it is refused (RFC 9110
 /// §4.2.4).
-pub fn authority(req: &RequestParts<'_>) -> Result<Authority, String> {
-    let mut fields = req.headers.get_all(http::header::HOST).iter();
+/// Adapters whose platform needs an authority before the core runs (wasi:http) call this
+/// too, so they refuse with the core's answer.
+pub fn authority(uri: &http::Uri, headers: &http::HeaderMap) -> Result<Authority, String> {
+    let mut fields = headers.get_all(http::header::HOST).iter();
     let host = match (fields.next(), fields.next()) {
         (Some(_), Some(_)) => return Err("more than one Host field".into()),
         (Some(v), None) => {
@@ -95,7 +97,7 @@ pub fn authority(req: &RequestParts<'_>) -> Result<Authority, String> {
         }
         (None, _) => None,
     };
-    match (req.uri.authority(), host) {
+    match (uri.authority(), host) {
         (Some(target), _) => {
             Authority::parse(target.as_str()).map_err(|e| format!("request target: {e}"))
         }
@@ -115,14 +117,7 @@ mod tests {
         for h in hosts {
             headers.append(http::header::HOST, h.parse().unwrap());
         }
-        authority(&RequestParts {
-            method: &http::Method::GET,
-            uri: &uri,
-            headers: &headers,
-            request_id: "t",
-            peer: None,
-            body: &[],
-        })
+        authority(&uri, &headers)
     }
 
     #[test]

@@ -300,29 +300,35 @@ impl NativeEngine {
     }
 
     fn emit(&self, a: AuditRecord) {
-        let record = DecisionRecord {
-            time_ms: a.time_ms,
-            request_id: a.request_id,
-            method: a.method,
-            host: a.host,
-            path: a.path,
-            route: a.route,
-            decision: a.decision.to_owned(),
-            status: a.status,
-            reason: a.reason.map(str::to_owned),
-            issuer: a.issuer,
-            subject: a.subject,
-            region: a.region,
-            backend: a.backend,
-            actor: a.actor,
-            risk: a.risk.and_then(|r| serde_json::to_string(&r).ok()),
-            session: a.session.map(str::to_owned),
-        };
-        self.shared
-            .metrics
-            .decision(&record.decision, record.reason.as_deref());
-        self.shared.audit.write(&record);
+        emit(&self.shared, a);
     }
+}
+
+/// Writes a decision's audit record and counts it (native decisions, and the host's own
+/// refusals in either engine).
+pub(crate) fn emit(shared: &Shared, a: AuditRecord) {
+    let record = DecisionRecord {
+        time_ms: a.time_ms,
+        request_id: a.request_id,
+        method: a.method,
+        host: a.host,
+        path: a.path,
+        route: a.route,
+        decision: a.decision.to_owned(),
+        status: a.status,
+        reason: a.reason.map(str::to_owned),
+        issuer: a.issuer,
+        subject: a.subject,
+        region: a.region,
+        backend: a.backend,
+        actor: a.actor,
+        risk: a.risk.and_then(|r| serde_json::to_string(&r).ok()),
+        session: a.session.map(str::to_owned),
+    };
+    shared
+        .metrics
+        .decision(&record.decision, record.reason.as_deref());
+    shared.audit.write(&record);
 }
 
 /// A backend response body cut off at the request's total deadline.
@@ -374,8 +380,20 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The core's refusal of a request without a usable authority (missing, repeated or invalid
+/// `Host`), for hosts whose platform needs one before the core runs (a wasi:http request
+/// cannot be made without it): the same rule and answer as the core's normalize phase.
+pub(crate) fn host_refusal<B>(
+    req: &Request<B>,
+    request_id: &str,
+) -> Option<portcullis_core::Response> {
+    portcullis_core::normalize::authority(req.uri(), req.headers())
+        .err()
+        .map(|detail| problem(Reason::HostInvalid, &detail, request_id, &[]))
+}
+
 /// A core response as an HTTP response.
-fn respond(r: &portcullis_core::Response) -> Response<HyperOutgoingBody> {
+pub(crate) fn respond(r: &portcullis_core::Response) -> Response<HyperOutgoingBody> {
     let mut out = Response::new(full_body(r.body.clone()));
     *out.status_mut() = r.status;
     for (name, value) in &r.headers {

@@ -130,27 +130,8 @@ impl PlainServer {
     ) -> anyhow::Result<Response<HyperOutgoingBody>> {
         // Like any HTTP/1.1 server (RFC 9112 §3.2): 400 for a missing, repeated or invalid
         // Host, before a wasi:http request (which needs an authority) is made of it.
-        let parts = portcullis_core::RequestParts {
-            method: req.method(),
-            uri: req.uri(),
-            headers: req.headers(),
-            request_id: "",
-            peer: None,
-            body: &[],
-        };
-        if let Err(detail) = portcullis_core::normalize::authority(&parts) {
-            let r = portcullis_core::decision::problem(
-                portcullis_core::Reason::HostInvalid,
-                &detail,
-                "",
-                &[],
-            );
-            let mut out = Response::new(full_body(r.body));
-            *out.status_mut() = r.status;
-            for (name, value) in r.headers {
-                out.headers_mut().append(name, value);
-            }
-            return Ok(out);
+        if let Some(refusal) = crate::native::host_refusal(&req, "") {
+            return Ok(crate::native::respond(&refusal));
         }
         let mut wasi = WasiCtx::builder();
         wasi.inherit_stderr()

@@ -143,20 +143,23 @@ impl Gateway {
                     .unwrap_or_default()
                     .to_owned();
                 // `--request-timeout` bounds the decision and the backend's response head
-                // here as the epoch deadline does in the component engine.
+                // here as the epoch deadline does in the component engine; the cut request
+                // is audited like any refusal.
+                let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
                 let response =
                     match tokio::time::timeout(self.request_timeout, native.handle(peer, req, &id))
                         .await
                     {
                         Ok(r) => r,
                         Err(_) => {
-                            tracing::warn!(request_id = %id, "request exceeded --request-timeout");
-                            problem_response(&portcullis_core::decision::problem(
+                            let refusal = portcullis_core::decision::problem(
                                 portcullis_core::Reason::BackendTimeout,
                                 "the request did not complete within the gateway's request timeout",
                                 &id,
                                 &[],
-                            ))
+                            );
+                            self.refused(&refusal, &id, method, path);
+                            crate::native::respond(&refusal)
                         }
                     };
                 self.shared.metrics.latency(started.elapsed());
@@ -166,37 +169,20 @@ impl Gateway {
         };
         // The component's wasi:http request needs an authority: refuse what the core would
         // refuse (missing, repeated or invalid Host) with the core's own answer.
-        let host_refusal = {
-            let id = req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            let parts = portcullis_core::RequestParts {
-                method: req.method(),
-                uri: req.uri(),
-                headers: req.headers(),
-                request_id: id,
-                peer: Some(peer.ip()),
-                body: &[],
-            };
-            portcullis_core::normalize::authority(&parts)
-                .err()
-                .map(|detail| {
-                    portcullis_core::decision::problem(
-                        portcullis_core::Reason::HostInvalid,
-                        &detail,
-                        id,
-                        &[],
-                    )
-                })
-        };
-        if let Some(refusal) = host_refusal {
-            self.shared
-                .metrics
-                .decision("deny", Some(refusal.reason.code()));
+        let id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if let Some(refusal) = crate::native::host_refusal(&req, id) {
+            self.refused(
+                &refusal,
+                id,
+                req.method().to_string(),
+                req.uri().path().to_owned(),
+            );
             self.shared.metrics.latency(started.elapsed());
-            return problem_response(&refusal);
+            return crate::native::respond(&refusal);
         }
         let response = match self.run(pre, peer, req).await {
             Ok(r) => r,
@@ -218,6 +204,29 @@ impl Gateway {
         };
         self.shared.metrics.latency(started.elapsed());
         response
+    }
+
+    /// Audits and counts a refusal the host made itself, before or around the decision.
+    fn refused(
+        &self,
+        refusal: &portcullis_core::Response,
+        request_id: &str,
+        method: String,
+        path: String,
+    ) {
+        crate::native::emit(
+            &self.shared,
+            portcullis_core::AuditRecord {
+                time_ms: crate::keys::now().unix_millis(),
+                request_id: request_id.to_owned(),
+                method,
+                path,
+                decision: "deny",
+                status: Some(refusal.status.as_u16()),
+                reason: Some(refusal.reason.code()),
+                ..portcullis_core::AuditRecord::default()
+            },
+        );
     }
 
     async fn run<B>(
@@ -345,14 +354,4 @@ pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
                 .await;
         });
     }
-}
-
-/// A core problem response as an HTTP response.
-fn problem_response(r: &portcullis_core::Response) -> Response<HyperOutgoingBody> {
-    let mut out = Response::new(full_body(r.body.clone()));
-    *out.status_mut() = r.status;
-    for (name, value) in &r.headers {
-        out.headers_mut().append(name.clone(), value.clone());
-    }
-    out
 }

@@ -11,27 +11,21 @@ pub(super) fn read_paths(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> PathRule
     let Some(mut t) = top.table(d, "paths") else {
         return rules;
     };
-    if let Some((v, span)) = t.string(d, "semicolons") {
-        match v.as_str() {
-            "refuse" => rules.allow_semicolons = false,
-            "allow" => rules.allow_semicolons = true,
-            other => d.error(
-                &span,
-                format!("unknown `paths.semicolons` value `{other}`"),
-                Some("use \"refuse\" (400 path_invalid, the default) or \"allow\"".into()),
-            ),
-        }
+    if let Some(v) = choice(
+        &mut t,
+        d,
+        "semicolons",
+        [("allow", true), ("refuse", false)],
+    ) {
+        rules.allow_semicolons = v;
     }
-    if let Some((v, span)) = t.string(d, "case") {
-        match v.as_str() {
-            "sensitive" => rules.case_sensitive = true,
-            "insensitive" => rules.case_sensitive = false,
-            other => d.error(
-                &span,
-                format!("unknown `paths.case` value `{other}`"),
-                Some("use \"sensitive\" (the default) or \"insensitive\"".into()),
-            ),
-        }
+    if let Some(v) = choice(
+        &mut t,
+        d,
+        "case",
+        [("sensitive", true), ("insensitive", false)],
+    ) {
+        rules.case_sensitive = v;
     }
     t.finish(d);
     rules
@@ -98,6 +92,26 @@ pub(super) fn read_timeouts(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Backe
     }
     t.finish(d);
     timeouts
+}
+
+/// A key with one of two spellings (the second is the default, named in the hint).
+fn choice(
+    t: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    key: &'static str,
+    values: [(&str, bool); 2],
+) -> Option<bool> {
+    let (v, span) = t.string(d, key)?;
+    let found = values.iter().find(|(name, _)| *name == v).map(|(_, b)| *b);
+    if found.is_none() {
+        let [(a, _), (b, _)] = values;
+        d.error(
+            &span,
+            format!("unknown `{}` value `{v}`", t.key_name(key)),
+            Some(format!("use \"{b}\" (the default) or \"{a}\"")),
+        );
+    }
+    found
 }
 
 /// A duration key between `secs.0` and `secs.1` seconds.
