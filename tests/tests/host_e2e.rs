@@ -430,11 +430,49 @@ fn request_bodies_stream_to_the_backend_up_to_the_limit(engine: &str) {
     );
 }
 
+/// A verified token in the gateway's cache is only as good as its issuer's key set: once the
+/// set is older than freshness + `jwks_max_stale` (IdP down), the same token gets 503
+/// `keys_unavailable` like an uncached one; when the IdP is back, it passes again.
+fn a_cached_token_is_refused_once_its_key_set_is_too_stale(engine: &str) {
+    let w = world();
+    w.keys.max_age.store(1, Ordering::SeqCst);
+    let text = config(&w.keys, &w.eu.server.url(), &w.us.server.url()).replace(
+        "jwks_refresh_min = \"1s\"",
+        "jwks_refresh_min = \"1s\"\njwks_refresh_max = \"1s\"\njwks_max_stale = \"1s\"",
+    );
+    let gw = start_engine(&text, engine);
+    let t = TestIdp::shared().sign("ES256", live_claims(json!({"sub": "cached"})));
+    assert_eq!(get(&gw, "/api/orders", Some(&t), &[]).status, 200);
+    assert_eq!(
+        get(&gw, "/api/orders", Some(&t), &[]).status,
+        200,
+        "now cached"
+    );
+    w.keys.down.store(true, Ordering::SeqCst);
+    // Fresh for 1 s, then stale-but-served for 1 s, then refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let r = loop {
+        let r = get(&gw, "/api/orders", Some(&t), &[]);
+        if r.status != 200 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!((r.status, reason(&r).as_str()), (503, "keys_unavailable"));
+    w.keys.down.store(false, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while get(&gw, "/api/orders", Some(&t), &[]).status != 200 {
+        assert!(std::time::Instant::now() < deadline, "keys never came back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 portcullis_tests::on_every_engine!(
     valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_ones,
     attacks_get_401_wrong_scope_403_and_public_routes_pass,
     key_rotation_at_the_idp_is_followed_while_serving,
     an_idp_outage_keeps_cached_keys_and_random_kids_cannot_storm_it,
+    a_cached_token_is_refused_once_its_key_set_is_too_stale,
     a_down_regional_backend_gives_503_and_never_spills_to_another_region,
     sigterm_drains_in_flight_requests,
     request_bodies_stream_to_the_backend_up_to_the_limit,
