@@ -25,7 +25,7 @@ pub struct PathOptions {
 /// - runs of `/` are merged and a trailing `/` is kept.
 ///
 /// Refused, with a message: a path not starting with `/`; a backslash (raw or encoded);
-/// an encoded `/` or NUL; a malformed escape; a dot segment (`.`/`..`, also when spelled
+/// an encoded `/` or NUL, a raw NUL; a malformed escape; a dot segment (`.`/`..`, also when spelled
 /// with escapes such as `%2e%2E`); `;` unless `options.allow_semicolons`.
 pub fn canonical_path(raw: &str, options: PathOptions) -> Result<String, String> {
     if !raw.starts_with('/') {
@@ -53,6 +53,7 @@ pub fn canonical_path(raw: &str, options: PathOptions) -> Result<String, String>
                 i += 3;
             }
             b'\\' => return Err("path contains a backslash".into()),
+            0 => return Err("NUL in path".into()),
             b';' if !options.allow_semicolons => {
                 return Err("`;` path parameters are refused (see [paths] semicolons)".into());
             }
