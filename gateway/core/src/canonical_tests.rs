@@ -82,7 +82,13 @@ fn semicolons_are_kept_when_allowed() {
 
 #[test]
 fn canonical_paths_are_fixed_points() {
-    for p in ["/api/%70rofile", "/a%20b%c3%a9", "//x//y/", "/a\"b", "/a\u{1}b"] {
+    for p in [
+        "/api/%70rofile",
+        "/a%20b%c3%a9",
+        "//x//y/",
+        "/a\"b",
+        "/a\u{1}b",
+    ] {
         let once = canon(p).unwrap();
         assert_eq!(canon(&once).unwrap(), once, "{p}");
     }

@@ -115,7 +115,10 @@ pub struct MemoryState {
     entries: HashMap<String, (Vec<u8>, u64)>,
 }
 
-/// At most this many entries per isolate; the expired ones go first, then arbitrary ones.
+/// At most this many entries per isolate. Expired ones make room; live ones are never
+/// evicted (a counter or marker a plugin relies on would vanish): when the state is full of
+/// live entries the write is refused and the plugin's call fails (its `on_error` decides),
+/// as a full or unreachable state fails plugin calls in the host.
 const MAX_ENTRIES: usize = 100_000;
 
 impl MemoryState {
@@ -126,25 +129,30 @@ impl MemoryState {
             .map(|(v, _)| v.clone())
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, exp: u64, now_ms: u64) {
-        if self.entries.len() >= MAX_ENTRIES {
+    /// Stores `value` until `exp`; `Err` when a new key finds the state full of live entries.
+    fn set(&mut self, key: String, value: Vec<u8>, exp: u64, now_ms: u64) -> Result<(), StateFull> {
+        if self.entries.len() >= MAX_ENTRIES && !self.entries.contains_key(&key) {
             self.entries.retain(|_, (_, e)| *e > now_ms);
             if self.entries.len() >= MAX_ENTRIES {
-                let victim = self.entries.keys().next().cloned();
-                if let Some(v) = victim {
-                    self.entries.remove(&v);
-                }
+                return Err(StateFull);
             }
         }
         self.entries.insert(key, (value, exp));
+        Ok(())
     }
 }
+
+/// The isolate state is full of live entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StateFull;
 
 /// A plugin's view of the isolate state (keys prefixed with its namespace).
 struct PluginHost<'a> {
     namespace: &'a str,
     state: &'a RefCell<MemoryState>,
     now_ms: u64,
+    /// A write was refused during this call: the call counts as failed.
+    full: bool,
 }
 
 impl PluginHost<'_> {
@@ -159,12 +167,13 @@ impl Host for PluginHost<'_> {
     }
     fn set(&mut self, key: &str, value: &[u8], ttl_ms: u64) {
         let k = self.key(key);
-        self.state.borrow_mut().set(
+        let stored = self.state.borrow_mut().set(
             k,
             value.to_vec(),
             self.now_ms.saturating_add(ttl_ms),
             self.now_ms,
         );
+        self.full |= stored.is_err();
     }
     fn increment(&mut self, key: &str, delta: i64, ttl_ms: u64) -> i64 {
         let k = self.key(key);
@@ -177,7 +186,8 @@ impl Host for PluginHost<'_> {
             None => (0, self.now_ms.saturating_add(ttl_ms)),
         };
         let next = current.saturating_add(delta);
-        state.set(k, next.to_be_bytes().to_vec(), exp, self.now_ms);
+        let stored = state.set(k, next.to_be_bytes().to_vec(), exp, self.now_ms);
+        self.full |= stored.is_err();
         next
     }
     fn delete(&mut self, key: &str) {
@@ -274,6 +284,7 @@ impl LinkedPlugins {
                     namespace: name,
                     state: &self.state,
                     now_ms: self.now_ms.get(),
+                    full: false,
                 };
                 plugin.observe(&ctx, Outcome { status }, &mut host);
             }
@@ -342,9 +353,13 @@ impl RiskAssessor for LinkedPlugins {
                     namespace: name,
                     state: &self.state,
                     now_ms: self.now_ms.get(),
+                    full: false,
                 };
                 let answer = plugin.assess(&sdk, &mut host);
                 self.assessed.borrow_mut().push((id.0, sdk));
+                if host.full {
+                    return Err("the isolate's plugin state is full of live entries".to_owned());
+                }
                 Ok(core_assessment(answer))
             })
             .collect()
@@ -375,6 +390,7 @@ mod tests {
             namespace: "a",
             state: &state,
             now_ms: 1_000,
+            full: false,
         };
         a.set("k", b"v", 100);
         assert_eq!(a.increment("n", 2, 1_000), 2);
@@ -383,15 +399,53 @@ mod tests {
             namespace: "b",
             state: &state,
             now_ms: 1_000,
+            full: false,
         };
         assert_eq!(b.get("k"), None);
         let mut later = PluginHost {
             namespace: "a",
             state: &state,
             now_ms: 1_100,
+            full: false,
         };
         assert_eq!(later.get("k"), None);
         assert_eq!(later.increment("n", 1, 1_000), 6);
+    }
+
+    #[test]
+    fn a_full_state_refuses_new_keys_and_keeps_the_live_ones() {
+        let state = RefCell::new(MemoryState::default());
+        for i in 0..MAX_ENTRIES {
+            assert!(
+                state
+                    .borrow_mut()
+                    .set(format!("live/{i}"), vec![1], 10_000, 0)
+                    .is_ok()
+            );
+        }
+        let mut host = PluginHost {
+            namespace: "p",
+            state: &state,
+            now_ms: 1,
+            full: false,
+        };
+        host.set("new", b"v", 100);
+        assert!(host.full, "the refused write fails the plugin's call");
+        assert_eq!(host.get("new"), None);
+        assert_eq!(state.borrow().get("live/0", 1).as_deref(), Some(&[1u8][..]));
+        // Overwriting a key that exists is not a new entry; expired entries make room.
+        assert!(
+            state
+                .borrow_mut()
+                .set("live/0".into(), vec![2], 10_000, 1)
+                .is_ok()
+        );
+        assert!(
+            state
+                .borrow_mut()
+                .set("after".into(), vec![3], 10, 20_000)
+                .is_ok()
+        );
     }
 
     #[test]
