@@ -668,6 +668,23 @@ fn free_port() -> u16 {
 
 /// `$ENV`, else `/usr/bin/<name>`, else the first `<name>` on `PATH`; panics with an install
 /// hint if none exists.
+/// The major version of the Chromium the tests drive (`chromium --version`).
+pub fn chromium_major() -> u32 {
+    let chromium = find_binary(
+        "CHROMIUM",
+        &["chromium", "chromium-browser", "google-chrome"],
+        "chromium",
+    );
+    let out = std::process::Command::new(chromium)
+        .arg("--version")
+        .output()
+        .expect("chromium --version");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|w| w.split('.').next().and_then(|m| m.parse().ok()))
+        .expect("chromium prints a version")
+}
+
 fn find_binary(env: &str, names: &[&str], what: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);

@@ -130,9 +130,12 @@ fn header_and_automation_checks_score_real_chromium_and_curl(engine: &str) {
     assert!(labels.contains(&"headless".to_owned()), "{labels:?}");
 
     // The same browser with an ordinary desktop User-Agent passes both checks.
-    let disguised = Browser::start_with_args(&[
-        "--user-agent=Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/148.0.0.0 Safari/537.36",
-    ]);
+    // Its real major version, so the User-Agent agrees with the client hints Chromium sends
+    // (a fixed version fails the `sec-ch-ua` cross-check whenever Debian updates Chromium).
+    let major = portcullis_tests::browser::chromium_major();
+    let disguised = Browser::start_with_args(&[&format!(
+        "--user-agent=Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{major}.0.0.0 Safari/537.36"
+    )]);
     disguised.goto(&format!(
         "http://localhost:{}/observe/disguised",
         w.gw.addr.port()
