@@ -468,11 +468,13 @@ fn check_front_door(runtime: &str, gw: &Gateway, w: &World) {
                 .or_else(|| w.us.last.lock().unwrap().clone());
         match &case.expect {
             WireExpect::Refuse(status, code) => {
-                // workerd's own HTTP server may refuse a request without a usable Host
-                // before the worker runs: still a 400 and nothing forwarded.
+                // workerd's own HTTP server refuses a request without a Host before the
+                // worker runs (a plain-text 400, no reason code): still a 400 and nothing
+                // forwarded. Anything our code answers must carry the core's reason.
                 let platform_refused = runtime.starts_with("worker")
                     && *code == "host_invalid"
                     && r.status == 400
+                    && reason(&r).is_empty()
                     && seen.is_none();
                 if !platform_refused
                     && (r.status != *status || reason(&r) != *code || seen.is_some())
@@ -1000,4 +1002,25 @@ risk = { plugins = ["ip-reputation"] }
     ];
     let r = request(gw.addr, "GET", "/shop/cart", &ok, b"").unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// `[timeouts] response` holds in the worker too: a backend slower than it is 504
+/// `backend_timeout` (the fetch is aborted), as on the native and component engines.
+#[test]
+fn the_worker_answers_504_when_the_backend_is_too_slow() {
+    let w = world();
+    let slow = portcullis_tests::net::Server::start(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(3000));
+        Resp::json(200, &json!({}))
+    });
+    let text = config(&w._keys, &w.eu.server.url(), &slow.url()).replace(
+        "[identity]",
+        "[timeouts]\nresponse = \"1s\"\ntotal = \"5s\"\n\n[identity]",
+    );
+    let gw = portcullis_tests::workerd::start_worker(&text, &[]);
+    let started = std::time::Instant::now();
+    let r = request(gw.addr, "GET", "/public/x", &[], b"").unwrap();
+    assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(reason(&r), "backend_timeout");
+    assert!(started.elapsed() < std::time::Duration::from_millis(2900));
 }

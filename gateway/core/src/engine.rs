@@ -325,7 +325,7 @@ impl Gateway {
         // Gateway paths are refused in every ASCII case: a case-insensitive backend would
         // serve `/_PORTCULLIS/…` as `/_portcullis/…`.
         if norm
-            .route_path
+            .route_path()
             .get(..INTERNAL_PREFIX.len())
             .is_some_and(|p| p.eq_ignore_ascii_case(INTERNAL_PREFIX))
         {
@@ -334,7 +334,7 @@ impl Gateway {
         let Some((route_index, route)) = match_route(
             &cfg.routes,
             &norm.authority.host,
-            &norm.route_path,
+            norm.route_path(),
             cfg.paths.case_sensitive,
         )
         .and_then(|i| cfg.routes.get(i).map(|r| (i, r))) else {

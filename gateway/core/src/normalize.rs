@@ -16,10 +16,9 @@ use crate::reason::Reason;
 pub struct Normalized {
     /// The canonical path; no query.
     pub path: String,
-    /// The path routes are matched on: the canonical path without `;` path parameters
-    /// (`/a;x=1/b` → `/a/b`, as servlet containers read it) when `[paths] semicolons =
-    /// "allow"`, else the canonical path itself.
-    pub route_path: String,
+    /// The canonical path without `;` path parameters, when it has any (only with
+    /// `[paths] semicolons = "allow"`): see [`Normalized::route_path`].
+    without_parameters: Option<String>,
     /// The path as forwarded: the canonical path plus the original query, if any.
     pub path_and_query: String,
     /// The request's authority: the absolute-form target's, else the `Host` field's.
@@ -42,11 +41,7 @@ pub fn normalize(
         allow_semicolons: rules.allow_semicolons,
     };
     let path = canonical_path(req.uri.path(), options).map_err(|m| (Reason::PathInvalid, m))?;
-    let route_path = if rules.allow_semicolons {
-        without_parameters(&path)
-    } else {
-        path.clone()
-    };
+    let without_parameters = path.contains(';').then(|| without_parameters(&path));
     let path_and_query = match req.uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.clone(),
@@ -59,12 +54,21 @@ pub fn normalize(
         .collect();
     Ok(Normalized {
         path,
-        route_path,
+        without_parameters,
         path_and_query,
         authority,
         scheme: req.uri.scheme_str().unwrap_or("http").to_ascii_lowercase(),
         strip,
     })
+}
+
+impl Normalized {
+    /// The path routes are matched on: the canonical path without `;` path parameters
+    /// (`/a;x=1/b` → `/a/b`, as servlet containers read it; only with `[paths] semicolons =
+    /// "allow"` can a path hold any), else the canonical path itself.
+    pub fn route_path(&self) -> &str {
+        self.without_parameters.as_deref().unwrap_or(&self.path)
+    }
 }
 
 /// `path` with every segment's `;` parameters removed (`/a;x=1/b;y` → `/a/b`).

@@ -165,23 +165,28 @@ struct Parts {
     request_id: String,
 }
 
-fn parts(req: &Request, serial: u64) -> Result<Parts, String> {
-    let method =
-        Method::from_bytes(req.inner().method().as_bytes()).map_err(|_| "bad method".to_owned())?;
-    let uri: Uri = req
-        .inner()
-        .url()
-        .parse()
-        .map_err(|_| "request target is not a valid URI".to_owned())?;
+fn parts(req: &Request, serial: u64) -> Result<Parts, (Reason, String)> {
+    let invalid = |m: String| (Reason::InvalidRequest, m);
+    let method = Method::from_bytes(req.inner().method().as_bytes())
+        .map_err(|_| invalid("bad method".to_owned()))?;
     let mut headers = HeaderMap::new();
     for (name, value) in req.headers().entries() {
         let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("bad header name {name:?}"))?;
+            .map_err(|_| invalid(format!("bad header name {name:?}")))?;
         for part in crate::headers::split_joined(name.as_str(), &value) {
-            let value = HeaderValue::from_str(part).map_err(|_| format!("bad value for {name}"))?;
+            let value = HeaderValue::from_str(part)
+                .map_err(|_| invalid(format!("bad value for {name}")))?;
             headers.append(name.clone(), value);
         }
     }
+    // workerd builds the URL from the Host field (joining repeated ones): when it does not
+    // parse, the core's authority rule says why, with the core's answer (`host_invalid`).
+    let uri: Uri = req.inner().url().parse().map_err(|_| {
+        match portcullis_core::normalize::authority(&Uri::from_static("/"), &headers) {
+            Err(detail) => (Reason::HostInvalid, detail),
+            Ok(_) => invalid("request target is not a valid URI".to_owned()),
+        }
+    })?;
     let request_id = headers
         .get("x-request-id")
         .or_else(|| headers.get("cf-ray"))
@@ -245,6 +250,11 @@ async fn forward(
     init.set_headers(&headers);
     // A proxy hands redirects to the client instead of following them.
     init.set_redirect(web_sys::RequestRedirect::Manual);
+    // `[timeouts] response`: the fetch resolves with the response head, so aborting it past
+    // the timeout is the response timeout (504 `backend_timeout`); connecting is the
+    // platform's.
+    let response_ms = u32::try_from(config.timeouts.response.as_millis()).unwrap_or(u32::MAX);
+    init.set_signal(Some(&web_sys::AbortSignal::timeout_with_u32(response_ms)));
     if !matches!(parts.method, Method::GET | Method::HEAD)
         && let Some(body) = req.inner().body()
     {
@@ -257,10 +267,22 @@ async fn forward(
             format!("cannot build a request to {url}"),
         )
     })?;
+    let started = js_sys::Date::now();
     let resp = Fetch::Request(Request::from(outgoing))
         .send()
         .await
-        .map_err(|e| (Reason::BackendUnavailable, format!("backend error: {e}")))?;
+        .map_err(|e| {
+            // An aborted fetch rejects with a TimeoutError; its text differs by runtime, the
+            // elapsed time does not.
+            if js_sys::Date::now() - started >= f64::from(response_ms) {
+                (
+                    Reason::BackendTimeout,
+                    format!("the backend did not answer within {response_ms} ms"),
+                )
+            } else {
+                (Reason::BackendUnavailable, format!("backend error: {e}"))
+            }
+        })?;
     let status = resp.status_code();
     let upstream = web_sys::Response::from(resp);
     let out =
@@ -324,7 +346,7 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     isolate.requests.set(serial);
     let parts = match parts(&req, serial) {
         Ok(p) => p,
-        Err(detail) => return refusal(Reason::InvalidRequest, &detail, ""),
+        Err((reason, detail)) => return refusal(reason, &detail, ""),
     };
     let gateway = &isolate.gateway;
     if let Some((content_type, body)) = gateway.well_known(parts.uri.path()) {
