@@ -71,7 +71,7 @@ fn decide(h: &Harness, limiter: &dyn Limiter, path: &str, headers: &[(&str, &str
     };
     h.engine
         .gateway()
-        .decide_using(&adapters, &req, Timestamp::from_unix_secs(NOW))
+        .decide(&adapters, &req, Timestamp::from_unix_secs(NOW))
 }
 
 fn with_routes(extra: &str) -> Harness {

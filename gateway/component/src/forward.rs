@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use portcullis_core::config::Config;
 use portcullis_core::decision::problem;
 use portcullis_core::{Forward, Reason, Response};
+use portcullis_driver::{RequestHead, relay_headers};
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
     ErrorCode, Fields, IncomingBody, IncomingRequest, IncomingResponse, Method as WasiMethod,
@@ -14,33 +15,15 @@ use wasip2::http::types::{
 };
 use wasip2::io::streams::{InputStream, OutputStream, StreamError};
 
-use portcullis_core::decision::HOP_BY_HOP;
-
 /// Splice chunk size.
 const CHUNK: u64 = 64 * 1024;
 
-/// The incoming request as the core reads it.
-pub struct Parts {
-    /// Method.
-    pub method: Method,
-    /// Absolute URI when the request names an authority, origin-form otherwise.
-    pub uri: Uri,
-    /// Headers.
-    pub headers: HeaderMap,
-    /// The host's request id (`x-request-id`).
-    pub request_id: String,
-}
-
-/// A forward that ended in a refusal after the decision (body too large, backend down).
-pub struct Refusal {
-    /// The status answered.
-    pub status: StatusCode,
-    /// The reason code.
-    pub code: &'static str,
-}
-
-/// Reads method, target and headers of an incoming request.
-pub fn request_parts(request: &IncomingRequest) -> Result<Parts, String> {
+/// Reads method, target (absolute-form when the request names an authority) and headers
+/// of an incoming request; the request id is the host's `x-request-id`.
+pub fn request_head(
+    request: &IncomingRequest,
+    peer: Option<std::net::IpAddr>,
+) -> Result<RequestHead, String> {
     let method = match request.method() {
         WasiMethod::Get => Method::GET,
         WasiMethod::Head => Method::HEAD,
@@ -68,17 +51,7 @@ pub fn request_parts(request: &IncomingRequest) -> Result<Parts, String> {
         let value = HeaderValue::from_bytes(&value).map_err(|_| format!("bad value for {name}"))?;
         headers.append(name, value);
     }
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
-    Ok(Parts {
-        method,
-        uri,
-        headers,
-        request_id,
-    })
+    Ok(RequestHead::new(method, uri, headers, peer))
 }
 
 /// Reads the whole body of `request`, at most `max` bytes (`None` when larger or broken).
@@ -135,32 +108,6 @@ pub fn respond(out: ResponseOutparam, response: &Response) {
     let _ = OutgoingBody::finish(body, None);
 }
 
-/// Answers 200 with `body` (content the gateway itself serves, e.g. its key set).
-pub fn respond_content(out: ResponseOutparam, content_type: &str, body: &[u8]) {
-    let entries = vec![
-        ("content-type".to_owned(), content_type.as_bytes().to_vec()),
-        ("cache-control".to_owned(), b"max-age=300".to_vec()),
-        (
-            "content-length".to_owned(),
-            body.len().to_string().into_bytes(),
-        ),
-    ];
-    let Ok(fields) = Fields::from_list(&entries) else {
-        return;
-    };
-    let resp = OutgoingResponse::new(fields);
-    let _ = resp.set_status_code(200);
-    let Ok(out_body) = resp.body() else {
-        return;
-    };
-    ResponseOutparam::set(out, Ok(resp));
-    if let Ok(stream) = out_body.write() {
-        let _ = stream.blocking_write_and_flush(body);
-        drop(stream);
-    }
-    let _ = OutgoingBody::finish(out_body, None);
-}
-
 /// Answers with a bare problem document (no reason code applies).
 pub fn respond_error(out: ResponseOutparam, status: u16, detail: &str) {
     let body = serde_json::json!({ "title": "Gateway error", "status": status, "detail": detail })
@@ -191,22 +138,19 @@ pub fn respond_error(out: ResponseOutparam, status: u16, detail: &str) {
     let _ = OutgoingBody::finish(out_body, None);
 }
 
-/// Forwards the request as decided, streaming both bodies. Returns the refusal it answered
-/// with when the forward could not complete.
+/// Forwards the request as decided, streaming both bodies. Returns the reason of the
+/// refusal it answered with when the forward could not complete.
 pub fn forward(
     config: &Config,
     request: IncomingRequest,
-    parts: &Parts,
+    parts: &RequestHead,
     fwd: &Forward,
     max_body: u64,
     out: ResponseOutparam,
-) -> Result<u16, Refusal> {
+) -> Result<u16, Reason> {
     let refuse = |out: ResponseOutparam, reason: Reason, detail: &str| {
         respond(out, &problem(reason, detail, &parts.request_id, &[]));
-        Err(Refusal {
-            status: reason.status(),
-            code: reason.code(),
-        })
+        Err(reason)
     };
     let backend = match fwd.target(config) {
         Ok(b) => b,
@@ -325,20 +269,20 @@ fn relay(
     out: ResponseOutparam,
     extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> u16 {
-    let mut entries: Vec<(String, Vec<u8>)> = incoming
-        .headers()
-        .entries()
-        .into_iter()
-        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.to_ascii_lowercase().as_str()))
-        .collect();
-    for (name, value) in extra {
-        // The gateway's Cache-Control replaces the backend's (a response that sets the
-        // session cookie must never be stored by a shared cache).
-        if *name == http::header::CACHE_CONTROL {
-            entries.retain(|(n, _)| !n.eq_ignore_ascii_case("cache-control"));
+    let mut headers = HeaderMap::new();
+    for (name, value) in incoming.headers().entries() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            headers.append(name, value);
         }
-        entries.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
     }
+    relay_headers(&mut headers, extra);
+    let entries: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
     let Ok(fields) = Fields::from_list(&entries) else {
         respond_error(out, 502, "backend response headers are invalid");
         return 502;

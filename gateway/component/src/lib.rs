@@ -23,7 +23,7 @@ mod services;
 use std::sync::OnceLock;
 
 use portcullis_core::decision::problem;
-use portcullis_core::{Gateway, Outcome, Reason, RequestParts, Timestamp};
+use portcullis_core::{Gateway, Outcome, Reason, Timestamp};
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 /// The gateway of this instance, built once from the host's configuration.
@@ -49,7 +49,8 @@ pub struct Handler;
 
 impl wasip2::exports::http::incoming_handler::Guest for Handler {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        let parts = match forward::request_parts(&request) {
+        let peer = bindings::portcullis::gateway::client::peer().and_then(|p| p.parse().ok());
+        let parts = match forward::request_head(&request, peer) {
             Ok(p) => p,
             Err(detail) => {
                 forward::respond(
@@ -66,8 +67,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                 return;
             }
         };
-        if let Some((content_type, body)) = gateway.well_known(parts.uri.path()) {
-            forward::respond_content(response_out, content_type, body.as_bytes());
+        if let Some(r) = portcullis_driver::early(gateway, parts.uri.path()) {
+            forward::respond(response_out, &r);
             return;
         }
         let now = Timestamp::from_duration(
@@ -94,14 +95,6 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
         } else {
             Vec::new()
         };
-        let req = RequestParts {
-            method: &parts.method,
-            uri: &parts.uri,
-            headers: &parts.headers,
-            request_id: &parts.request_id,
-            peer: bindings::portcullis::gateway::client::peer().and_then(|p| p.parse().ok()),
-            body: &body,
-        };
         let adapters = portcullis_core::Adapters {
             auth: &services::HostAuthenticator,
             risk: &services::HostRisk,
@@ -110,7 +103,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
             login: &services::HostLogin,
             health: &services::HostHealth,
         };
-        let decision = gateway.decide_using(&adapters, &req, now);
+        let decision = gateway.decide(&adapters, &parts.parts(&body), now);
         let mut audit = decision.audit;
         let status = match decision.outcome {
             Outcome::Respond(response) => {
@@ -128,11 +121,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                     response_out,
                 ) {
                     Ok(status) => status,
-                    Err(refusal) => {
-                        audit.decision = "deny";
-                        audit.status = Some(refusal.status.as_u16());
-                        audit.reason = Some(refusal.code);
-                        refusal.status.as_u16()
+                    Err(reason) => {
+                        portcullis_driver::refused_in_forward(&mut audit, reason);
+                        reason.status().as_u16()
                     }
                 }
             }

@@ -209,6 +209,7 @@ pub fn emit_audit(a: AuditRecord) {
         decision: a.decision.to_owned(),
         status: a.status,
         reason: a.reason.map(str::to_owned),
+        phase: a.phase.map(str::to_owned),
         issuer: a.issuer,
         subject: a.subject,
         region: a.region,

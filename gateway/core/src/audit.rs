@@ -1,4 +1,5 @@
-//! Phase 6, record: one audit record per decision. Subjects are pseudonymised with a keyed
+//! The audit record: one per decision (completed by the `record` phase,
+//! [`crate::phase::record`]). Subjects are pseudonymised with a keyed
 //! hash (HMAC-SHA256 over issuer and subject), never written raw.
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -32,6 +33,10 @@ pub struct AuditRecord {
     /// Reason code (for `deny`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// The phase that answered, for every decision but `forward` (`authenticate`,
+    /// `risk`, …: the names of [`crate::phase::NAMES`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<&'static str>,
     /// The configured issuer's name, if the token named one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
@@ -49,7 +54,7 @@ pub struct AuditRecord {
     pub actor: Option<String>,
     /// The risk phase: combined score, action and every plugin's contribution.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub risk: Option<crate::risk::RiskVerdict>,
+    pub risk: Option<crate::model::RiskVerdict>,
     /// The browser session, when the route takes one: `valid`, `renewed`, `refreshed`,
     /// `adopted`, `refresh_failed`, or why there was none (`none`, `idle_expired`, …).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,4 +1,4 @@
-//! Phase 2, authenticate: bearer token → [`VerifiedIdentity`].
+//! Token authentication (used by the `authenticate` phase, [`crate::phase::authenticate`]): bearer token → [`VerifiedIdentity`].
 //!
 //! Order matters: parse the compact JWS (size, structure, `alg`, `crit`) → read `iss` from
 //! the payload and pick that issuer (so one issuer's key can never validate another's
@@ -13,7 +13,8 @@ use crate::claims::{ClaimError, VerifiedIdentity, validate};
 use crate::config::{Config, FOREIGN_TOKEN_TYPES, IssuerConfig};
 use crate::crypto::{Algorithm, SignatureVerifier};
 use crate::jws::{CompactJws, JwsError, normalize_media_type, parse_compact, parse_object};
-use crate::keyset::{IssuerId, KeySelectError, KeySet, KeyStore};
+use crate::keyset::{KeySelectError, KeySet, KeyStore};
+use crate::model::IssuerId;
 use crate::reason::Reason;
 use crate::time::Timestamp;
 

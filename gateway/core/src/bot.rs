@@ -1,4 +1,4 @@
-//! Phase 3a, built-in bot signals: named checks a route switches on with `[route.risk]
+//! Built-in bot signals (used by the `risk` phase, [`crate::phase::risk`]): named checks a route switches on with `[route.risk]
 //! checks = [...]`, scored from the request's headers, the client address and its ASN, and
 //! combined with the route's plugins by [`crate::risk::combine_with`]. Pure functions: the
 //! adapter resolves the client ([`crate::client::client_info`]) and passes what it knows.

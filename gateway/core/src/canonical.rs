@@ -273,6 +273,18 @@ fn reg_name(host: &str) -> Result<String, String> {
     Ok(name.to_ascii_lowercase())
 }
 
+/// `https://host[:port]` of an https URL whose text is safe in HTML and CSP, else `None`.
+pub fn url_origin(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("https://")?;
+    let host_len = rest.find('/').unwrap_or(rest.len());
+    let safe = url.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || matches!(b, b':' | b'/' | b'.' | b'-' | b'_' | b'~' | b'%')
+    });
+    (safe && host_len > 0)
+        .then(|| url.get(..8 + host_len))
+        .flatten()
+}
+
 #[cfg(test)]
 #[path = "canonical_tests.rs"]
 mod tests;

@@ -41,8 +41,7 @@ use sha2::{Digest, Sha256};
 use crate::b64;
 use crate::time::Timestamp;
 
-/// Where the challenge page sends its solution (`?token=…&nonce=…`).
-pub const CHALLENGE_PATH: &str = "/_portcullis/challenge";
+pub use crate::model::reserved::CHALLENGE_PATH;
 
 /// The clearance cookie's name. The `__Host-` prefix makes browsers accept it only with
 /// `Secure`, `Path=/` and no `Domain`, so a sibling subdomain cannot plant or shadow it.
@@ -634,17 +633,7 @@ pub(crate) fn form_encode(text: &str) -> String {
     out
 }
 
-/// `https://host[:port]` of an https URL whose text is safe in HTML and CSP, else `None`.
-pub fn url_origin(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("https://")?;
-    let host_len = rest.find('/').unwrap_or(rest.len());
-    let safe = url.bytes().all(|b| {
-        b.is_ascii_alphanumeric() || matches!(b, b':' | b'/' | b'.' | b'-' | b'_' | b'~' | b'%')
-    });
-    (safe && host_len > 0)
-        .then(|| url.get(..8 + host_len))
-        .flatten()
-}
+pub use crate::canonical::url_origin;
 
 fn check_cookie(
     key: &[u8; 32],
@@ -907,6 +896,23 @@ const PAGE_SCRIPT: &str = r#""use strict";
     status.textContent = "The check failed. Please reload the page.";
   }
 })();"#;
+
+/// What a challenge and its clearance are bound to: the client's /24 (IPv4) or /64 (IPv6),
+/// so a cookie does not travel to another network (mobile clients moving within one keep it).
+pub fn binding_network(client: &crate::client::ClientInfo) -> String {
+    client.ip.map_or_else(
+        || "unknown".to_owned(),
+        |ip| crate::client::network_of(ip).to_string(),
+    )
+}
+
+/// The request's `User-Agent` (empty when absent or not text), which clearances bind.
+pub fn user_agent(headers: &http::HeaderMap) -> &str {
+    headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
 
 #[cfg(test)]
 mod tests {

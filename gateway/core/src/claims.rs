@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use crate::config::IssuerConfig;
-use crate::keyset::IssuerId;
+use crate::model::IssuerId;
 use crate::time::Timestamp;
 
 /// Who is calling, as established by a verified token.

@@ -5,18 +5,9 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 
 use crate::audit::AuditRecord;
-use crate::config::RegionId;
-use crate::keyset::IssuerId;
+pub use crate::model::BackendId;
+use crate::model::IssuerId;
 use crate::reason::Reason;
-
-/// A backend: its region and its index in that region's `backends`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BackendId {
-    /// The region.
-    pub region: RegionId,
-    /// Index in the region's backend list.
-    pub index: usize,
-}
 
 /// Forward the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,13 +68,7 @@ impl Forward {
         &'a self,
         client: &'a http::HeaderMap,
     ) -> Vec<(&'a HeaderName, &'a HeaderValue)> {
-        let listed: Vec<String> = client
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .collect();
+        let listed = connection_listed(client);
         let mut out: Vec<(&HeaderName, &HeaderValue)> = client
             .iter()
             .filter(|(name, _)| {
@@ -113,6 +98,18 @@ pub fn check_declared_length(headers: &http::HeaderMap, max: u64) -> Result<(), 
         ));
     }
     Ok(())
+}
+
+/// The field names a message's `Connection` field lists (lowercase): hop-by-hop for that
+/// message (RFC 9110 §7.6.1).
+pub fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect()
 }
 
 /// Headers that describe one connection (RFC 9110 §7.6.1) and `host` (the backend's
@@ -192,7 +189,7 @@ pub fn problem(
         reason,
         Reason::DpopRequired | Reason::DpopProofInvalid | Reason::DpopNonceRequired
     ) {
-        let algs: Vec<&str> = crate::dpop::PROOF_ALGORITHMS
+        let algs: Vec<&str> = crate::model::reserved::PROOF_ALGORITHMS
             .iter()
             .map(|a| a.name())
             .collect();

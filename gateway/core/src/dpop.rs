@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::authenticate::Authenticator;
 use crate::b64;
-use crate::crypto::{Algorithm, KeyMaterial};
+use crate::crypto::KeyMaterial;
 use crate::jwk::parse_jwk_object;
 use crate::jws::{normalize_media_type, parse_compact, parse_object};
 use crate::time::Timestamp;
@@ -201,14 +201,67 @@ pub fn thumbprint(m: &KeyMaterial) -> Option<String> {
     Some(b64::encode(&Sha256::digest(canonical.as_bytes())))
 }
 
-/// The algorithms accepted for proofs (for `WWW-Authenticate: DPoP algs=…`).
-pub const PROOF_ALGORITHMS: [Algorithm; 5] = [
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-    Algorithm::RS256,
-    Algorithm::PS256,
-];
+pub use crate::model::reserved::PROOF_ALGORITHMS;
+
+/// Checks the request's single `DPoP` proof header against the request and `token`.
+/// `url` is the request's canonical URL (default port left out, RFC 9449 §4.3).
+pub fn request_proof(
+    headers: &http::HeaderMap,
+    method: &http::Method,
+    url: &str,
+    token: &str,
+    now: Timestamp,
+    max_age: std::time::Duration,
+    auth: &dyn Authenticator,
+) -> Result<Proof, String> {
+    let mut proofs = headers.get_all("dpop").iter();
+    let (Some(proof), None) = (proofs.next(), proofs.next()) else {
+        return Err("exactly one DPoP proof header is required".into());
+    };
+    let proof = proof
+        .to_str()
+        .map_err(|_| "the DPoP header is not ASCII".to_owned())?;
+    check_proof(
+        proof,
+        &ProofTarget {
+            method: method.as_str(),
+            url,
+            access_token: token,
+            now,
+            max_age,
+        },
+        auth,
+    )
+}
+
+/// Checks that a token's key binding (`cnf.jkt` of its `claims`) and the request's proof
+/// agree: both absent, or both present with the same thumbprint.
+pub fn check_binding(
+    claims: &serde_json::Map<String, Value>,
+    proof: Option<&Proof>,
+) -> Result<(), (crate::reason::Reason, &'static str)> {
+    use crate::reason::Reason;
+    let bound = claims
+        .get("cnf")
+        .and_then(|c| c.get("jkt"))
+        .and_then(Value::as_str);
+    match (bound, proof) {
+        (Some(jkt), Some(p)) if jkt == p.jkt => Ok(()),
+        (Some(_), Some(_)) => Err((
+            Reason::DpopProofInvalid,
+            "the token is bound to another key than the proof's",
+        )),
+        (Some(_), None) => Err((
+            Reason::DpopRequired,
+            "this token is DPoP-bound: send it as Authorization: DPoP with a proof",
+        )),
+        (None, Some(_)) => Err((
+            Reason::DpopProofInvalid,
+            "the token is not DPoP-bound (no cnf.jkt)",
+        )),
+        (None, None) => Ok(()),
+    }
+}
 
 #[cfg(test)]
 mod tests {

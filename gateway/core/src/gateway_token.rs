@@ -5,23 +5,14 @@
 //! no shared secret. Signing is deterministic (Ed25519), so the core stays pure.
 
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::b64;
 use crate::config::{GatewayKey, GatewayToken};
 use crate::time::Timestamp;
 
-/// Where the gateway's public keys are served.
-pub const JWKS_PATH: &str = "/.well-known/portcullis/jwks.json";
+pub use crate::model::reserved::JWKS_PATH;
 
-/// The RFC 7638 thumbprint of an Ed25519 public key.
-pub fn okp_thumbprint(public: &[u8]) -> String {
-    let canonical = format!(
-        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-        b64::encode(public)
-    );
-    b64::encode(&Sha256::digest(canonical.as_bytes()))
-}
+pub use crate::jwk::okp_thumbprint;
 
 fn public_jwk(k: &GatewayKey) -> Value {
     json!({

@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value};
 
+use sha2::{Digest, Sha256};
+
 use crate::b64;
 use crate::crypto::{Algorithm, Curve, KeyFamily, KeyMaterial};
 
@@ -301,6 +303,15 @@ fn b64_field(obj: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
         return Err(format!("`{name}` is empty"));
     }
     Ok(bytes)
+}
+
+/// The RFC 7638 thumbprint of an Ed25519 public key.
+pub fn okp_thumbprint(public: &[u8]) -> String {
+    let canonical = format!(
+        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+        b64::encode(public)
+    );
+    b64::encode(&Sha256::digest(canonical.as_bytes()))
 }
 
 #[cfg(test)]

@@ -16,15 +16,11 @@ use crate::crypto::{Algorithm, SignatureVerifier};
 use crate::jwk::{Jwk, ParsedJwks, SkippedKey, parse_jwks};
 use crate::time::Timestamp;
 
+pub use crate::model::IssuerId;
+
 /// How long a fetch handed out by [`KeyStore::poll`] may stay unanswered before it is
 /// considered lost and may be handed out again.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Index of an issuer in the configuration's `issuer` list.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub struct IssuerId(pub usize);
 
 /// Which document a fetch is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,25 +7,32 @@
 //! [`Decision`] it returns — forward to a backend with these headers, or answer with this
 //! status and reason.
 //!
-//! Every request passes through fixed phases, each in one module:
+//! Every request passes through the phases that [`pipeline`] lists, in this order, each
+//! in one module of [`phase`]: `normalize` → `endpoints` → `route` → `limits` →
+//! `authenticate` → `delegate` → `limits` → `risk` → `authorize` → `residency` → `forward`
+//! → `record`. A phase's name is the same in the code, the docs and the audit record
+//! (`phase`, on every decision but `forward`).
 //!
-//! | phase | module | what it does |
-//! |---|---|---|
-//! | normalize | [`normalize`] | path checks, client-supplied identity headers marked for removal |
-//! | authenticate | [`authenticate`], [`dpop`], [`delegation`] | bearer or DPoP token → [`VerifiedIdentity`] (JWS, key sets, claims); agents' `act` chains and effective scopes |
-//! | rate limits | [`limits`] | GCRA per address, subject, client or route, checked in the adapter's shared state; 429 with `RateLimit` headers |
-//! | assess risk | [`bot`], [`risk`], [`challenge`] | the route's built-in bot checks and plugins (run by the adapter) → combined score → allow / step-up / challenge / deny; proof-of-work challenge pages and clearance cookies |
-//! | authorize | [`policy`] | route rules: scopes, claims, `acr`/`amr`/`auth_time` |
-//! | route | [`residency`] | the user's home region → a healthy backend in that jurisdiction |
-//! | forward | [`engine`], [`gateway_token`] | strip spoofable headers, inject verified identity and a gateway-signed token |
-//! | record | [`audit`] | one [`AuditRecord`] per decision, subject pseudonymised |
+//! The modules form layers; a module imports only from its own layer or those below
+//! (`tests/tests/layers.rs` fails otherwise):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | utilities | `b64`, `time`, `duration`, `fnv`, `canonical`, `cookies`, `reason` |
+//! | JOSE | `crypto`, `jwk`, `jws` |
+//! | model | `model` (ids, request, reserved paths, risk verdict), the configuration model, `audit`, `decision` |
+//! | configuration | `config` (loading and validation) |
+//! | keys | `keyset`, `claims`, `authenticate` |
+//! | features | `client`, `forwarding`, `normalize`, `policy`, `residency`, `limits`, `bot`, `risk`, `challenge`, `session`, `login`, `delegation`, `dpop`, `gateway_token` |
+//! | phases | `phase` |
+//! | pipeline | `pipeline` |
 //!
 //! Configuration is loaded strictly by [`config::load`]; key sets follow the state machine in
 //! [`keyset`]; signature checks go through the [`SignatureVerifier`] trait so a host can
 //! supply native crypto ([`PortableVerifier`] is the pure-Rust default).
 //!
 //! [`session`] holds the pure pieces of browser sessions for the OIDC login flow (sealed,
-//! chunked cookies, freshness, login attempts with PKCE); nothing in the engine uses it yet.
+//! chunked cookies, freshness, login attempts with PKCE); [`login`] runs the flow.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -43,7 +50,7 @@ pub mod decision;
 pub mod delegation;
 pub mod dpop;
 pub mod duration;
-pub mod engine;
+pub mod fnv;
 pub mod forwarding;
 pub mod gateway_token;
 pub mod jwk;
@@ -51,7 +58,10 @@ pub mod jws;
 pub mod keyset;
 pub mod limits;
 pub mod login;
+pub mod model;
 pub mod normalize;
+pub mod phase;
+pub mod pipeline;
 pub mod policy;
 pub mod reason;
 pub mod residency;
@@ -64,8 +74,10 @@ pub use authenticate::{AuthFailure, Authenticator};
 pub use claims::VerifiedIdentity;
 pub use config::{Config, ConfigError, ConfigFiles, MapFiles};
 pub use crypto::{Algorithm, KeyMaterial, PortableVerifier, SignatureVerifier};
-pub use decision::{BackendId, Decision, Forward, Outcome, Response};
-pub use engine::{Adapters, AllHealthy, BackendHealth, Engine, Gateway, RequestParts};
-pub use keyset::{FetchKind, FetchRequest, FetchResponse, IssuerId, KeyStore};
+pub use decision::{Decision, Forward, Outcome, Response};
+pub use keyset::{FetchKind, FetchRequest, FetchResponse, KeyStore};
+pub use model::{AllHealthy, BackendHealth, BackendId, IssuerId, RequestParts};
+pub use phase::Adapters;
+pub use pipeline::{Engine, Gateway};
 pub use reason::Reason;
 pub use time::Timestamp;

@@ -31,21 +31,18 @@ use crate::challenge::{form_encode, page_headers, percent_decode, safe_return_pa
 use crate::claims::VerifiedIdentity;
 use crate::config::{Config, IssuerConfig, LoginClient, SessionConfig};
 use crate::decision::{Response, problem};
-use crate::keyset::{IssuerId, ProviderEndpoints};
+use crate::keyset::ProviderEndpoints;
+use crate::model::IssuerId;
 use crate::reason::Reason;
 use crate::session::{
     self, CookieAttrs, LOGIN_COOKIE_PREFIX, LoginState, Session, SessionKeys, login_cookie_name,
 };
 use crate::time::Timestamp;
 
-/// The redirect URI path: the provider sends the browser back here with `code` and `state`.
-pub const CALLBACK_PATH: &str = "/_portcullis/callback";
-/// Starts a login: `?provider=<name>&return_to=<path>` (the provider-choice page links here).
-pub const LOGIN_PATH: &str = "/_portcullis/login";
-/// Ends the session here and at the provider.
-pub const LOGOUT_PATH: &str = "/_portcullis/logout";
-/// OIDC Back-Channel Logout: the provider POSTs `logout_token` here.
-pub const BACKCHANNEL_PATH: &str = "/_portcullis/backchannel-logout";
+pub use crate::model::reserved::BACKCHANNEL_PATH;
+pub use crate::model::reserved::CALLBACK_PATH;
+pub use crate::model::reserved::LOGIN_PATH;
+pub use crate::model::reserved::LOGOUT_PATH;
 /// The `events` member of a back-channel logout token.
 pub const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 /// Most login attempts (tabs signing in at once) a browser keeps cookies for.

@@ -1,4 +1,4 @@
-//! Phase 1, normalize: one canonical request before anything else looks at it — the
+//! Request normalization (the `normalize` phase, [`crate::phase::normalize`]): one canonical request before anything else looks at it — the
 //! RFC 3986 canonical path ([`crate::canonical::canonical_path`]), the one authority
 //! (RFC 9112 §3.2: exactly one valid `Host`, replaced by an absolute-form target's), the
 //! scheme — and every client-supplied identity header marked for removal (all case
@@ -8,7 +8,7 @@ use http::HeaderName;
 
 use crate::canonical::{Authority, PathOptions, canonical_path};
 use crate::config::{HeaderPattern, PathRules};
-use crate::engine::RequestParts;
+use crate::model::RequestParts;
 use crate::reason::Reason;
 
 /// A request reduced to what routing needs; the forwarded request uses exactly this.

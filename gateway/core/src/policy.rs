@@ -1,5 +1,6 @@
-//! Phase 3, authorize: route matching and the route's rules on scopes, claims and
-//! authentication strength (`acr`, `amr`, `auth_time` — RFC 9470 step-up).
+//! Route matching (for the `route` phase) and the route's rules on scopes, claims and
+//! authentication strength (`acr`, `amr`, `auth_time` — RFC 9470 step-up; for the
+//! `authorize` phase).
 
 use serde_json::Value;
 

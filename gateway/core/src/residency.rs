@@ -1,4 +1,4 @@
-//! Phase 4, route: the user's home region and a healthy backend in it. A resident of a
+//! Data residency (the `residency` phase, [`crate::phase::residency`]): the user's home region and a healthy backend in it. A resident of a
 //! region is only ever sent to that region's backends, or to failover regions the
 //! configuration validated to share its jurisdiction; otherwise 503, never elsewhere.
 
@@ -6,8 +6,7 @@ use serde_json::Value;
 
 use crate::claims::VerifiedIdentity;
 use crate::config::{Config, RegionChoice, RegionId};
-use crate::decision::BackendId;
-use crate::engine::BackendHealth;
+use crate::model::{BackendHealth, BackendId};
 use crate::reason::Reason;
 
 /// The home region of a caller (`None` identity: anonymous).

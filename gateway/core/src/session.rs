@@ -65,14 +65,11 @@ pub const MAX_CLEAR_CHUNKS: usize = 8;
 /// The most keys a [`SessionKeys`] ring holds.
 pub const MAX_KEYS: usize = 16;
 
-/// The longest key id.
-pub const MAX_KID_LEN: usize = 16;
+pub use crate::model::reserved::MAX_KID_LEN;
 
-/// The longest cookie base name [`encode_cookies`] and friends accept.
-pub const MAX_BASE_LEN: usize = 64;
+pub use crate::model::reserved::MAX_BASE_LEN;
 
-/// The prefix of every cookie name here (see the module docs).
-pub const HOST_PREFIX: &str = "__Host-";
+pub use crate::model::reserved::HOST_PREFIX;
 
 /// The prefix of login-attempt cookie names ([`login_cookie_name`]).
 pub const LOGIN_COOKIE_PREFIX: &str = "__Host-portcullis-login-";

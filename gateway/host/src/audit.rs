@@ -3,10 +3,6 @@
 use std::io::Write;
 use std::sync::Mutex;
 
-use serde_json::json;
-
-use crate::runtime::DecisionRecord;
-
 /// Where audit records go.
 pub struct AuditSink {
     out: Mutex<Box<dyn Write + Send>>,
@@ -37,26 +33,9 @@ impl AuditSink {
         }
     }
 
-    /// Writes one record.
-    pub fn write(&self, r: &DecisionRecord) {
-        let line = json!({
-            "time_ms": r.time_ms,
-            "request_id": r.request_id,
-            "method": r.method,
-            "host": r.host,
-            "path": r.path,
-            "route": r.route,
-            "decision": r.decision,
-            "status": r.status,
-            "reason": r.reason,
-            "issuer": r.issuer,
-            "subject": r.subject,
-            "region": r.region,
-            "backend": r.backend,
-            "actor": r.actor,
-            "session": r.session,
-            "risk": r.risk.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()),
-        });
+    /// Writes one record (a JSON line, see [`portcullis_driver::audit::json_line`]).
+    pub fn write(&self, record: &impl serde::Serialize) {
+        let line = portcullis_driver::audit::json_line(record);
         if let Ok(mut out) = self.out.lock() {
             let _ = writeln!(out, "{line}");
             let _ = out.flush();

@@ -12,7 +12,8 @@ use hyper_util::rt::TokioExecutor;
 use portcullis_core::authenticate::{AuthFailure, authenticate};
 use portcullis_core::config::Config;
 use portcullis_core::keyset::FetchRequest;
-use portcullis_core::{Engine, FetchKind, FetchResponse, IssuerId, KeyStore, Reason, Timestamp};
+use portcullis_core::{Engine, FetchKind, IssuerId, KeyStore, Reason, Timestamp};
+use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
 use tracing::{info, warn};
 
 use crate::native_verifier::{NativeKey, NativeVerifier};
@@ -42,13 +43,6 @@ pub struct KeyService {
     /// Verified tokens.
     pub cache: TokenCache,
     client: FetchClient,
-}
-
-/// A fetched document.
-struct Fetched {
-    status: u16,
-    cache_control: Option<String>,
-    body: Bytes,
 }
 
 fn https_connector() -> hyper_rustls::HttpsConnector<HttpConnector> {
@@ -97,19 +91,33 @@ impl KeyService {
 
     /// Fetches everything that is due, following discovery to the key set.
     pub async fn refresh_due(&self) {
-        for _ in 0..3 {
-            let due = match self.store.write() {
-                Ok(mut s) => s.poll(now()),
-                Err(_) => return,
-            };
-            if due.is_empty() {
-                return;
+        let report = |req: &FetchRequest, outcome: &Refreshed| {
+            let issuer = self
+                .with_store(|s| s.issuer_url(req.issuer).map(str::to_owned))
+                .flatten()
+                .unwrap_or_else(|| "?".to_owned());
+            match outcome {
+                Refreshed::Loaded => {
+                    if req.kind == FetchKind::Jwks {
+                        self.cache.invalidate();
+                    }
+                    info!(issuer, url = req.url, kind = ?req.kind, reason = ?req.reason, "key document loaded");
+                }
+                Refreshed::Rejected(e) => {
+                    warn!(issuer, url = req.url, error = e, "key document rejected")
+                }
+                Refreshed::Unreachable(e) => {
+                    warn!(
+                        issuer,
+                        url = req.url,
+                        error = e,
+                        "key document fetch failed"
+                    )
+                }
             }
-            for req in due {
-                let result = self.fetch(&req.url).await;
-                self.apply(&req, result);
-            }
-        }
+        };
+        portcullis_driver::keys::refresh(&self.store, self.engine.verifier(), self, now, report)
+            .await;
     }
 
     /// Refreshes in the background, forever.
@@ -117,73 +125,6 @@ impl KeyService {
         loop {
             self.refresh_due().await;
             tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    async fn fetch(&self, url: &str) -> Result<Fetched, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
-        let response = tokio::time::timeout(FETCH_TIMEOUT, self.client.get(uri))
-            .await
-            .map_err(|_| format!("timed out after {FETCH_TIMEOUT:?}"))?
-            .map_err(|e| format!("{e}"))?;
-        let status = response.status().as_u16();
-        let cache_control = response
-            .headers()
-            .get(http::header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = tokio::time::timeout(
-            FETCH_TIMEOUT,
-            Limited::new(response.into_body(), MAX_DOCUMENT).collect(),
-        )
-        .await
-        .map_err(|_| "body timed out".to_owned())?
-        .map_err(|e| format!("body: {e}"))?
-        .to_bytes();
-        Ok(Fetched {
-            status,
-            cache_control,
-            body,
-        })
-    }
-
-    fn apply(&self, req: &FetchRequest, result: Result<Fetched, String>) {
-        let Ok(mut store) = self.store.write() else {
-            return;
-        };
-        let issuer = store.issuer_url(req.issuer).unwrap_or("?").to_owned();
-        match result {
-            Ok(f) => {
-                let response = FetchResponse {
-                    status: f.status,
-                    cache_control: f.cache_control.as_deref(),
-                    body: &f.body,
-                };
-                match store.on_response(
-                    self.engine.verifier(),
-                    req.issuer,
-                    req.kind,
-                    response,
-                    now(),
-                ) {
-                    Ok(()) => {
-                        if req.kind == FetchKind::Jwks {
-                            self.cache.invalidate();
-                        }
-                        info!(issuer, url = req.url, kind = ?req.kind, reason = ?req.reason, "key document loaded");
-                    }
-                    Err(e) => warn!(issuer, url = req.url, error = e, "key document rejected"),
-                }
-            }
-            Err(e) => {
-                store.on_failure(req.issuer, &e, now());
-                warn!(
-                    issuer,
-                    url = req.url,
-                    error = e,
-                    "key document fetch failed"
-                );
-            }
         }
     }
 
@@ -231,15 +172,7 @@ impl KeyService {
         if !granted {
             return false;
         }
-        let due = self
-            .store
-            .write()
-            .map(|mut s| s.poll(t))
-            .unwrap_or_default();
-        for req in due {
-            let result = self.fetch(&req.url).await;
-            self.apply(&req, result);
-        }
+        self.refresh_due().await;
         true
     }
 
@@ -376,5 +309,35 @@ impl KeyService {
             self.cache.misses.load(Ordering::Relaxed)
         );
         out
+    }
+}
+impl DocumentSource for KeyService {
+    async fn fetch(&self, request: &FetchRequest) -> Result<Document, String> {
+        let url = &request.url;
+        let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
+        let response = tokio::time::timeout(FETCH_TIMEOUT, self.client.get(uri))
+            .await
+            .map_err(|_| format!("timed out after {FETCH_TIMEOUT:?}"))?
+            .map_err(|e| format!("{e}"))?;
+        let status = response.status().as_u16();
+        let cache_control = response
+            .headers()
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = tokio::time::timeout(
+            FETCH_TIMEOUT,
+            Limited::new(response.into_body(), MAX_DOCUMENT).collect(),
+        )
+        .await
+        .map_err(|_| "body timed out".to_owned())?
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+        Ok(Document {
+            status,
+            cache_control,
+            body: body.to_vec(),
+            fetched_at: now(),
+        })
     }
 }

@@ -5,6 +5,8 @@
 #![deny(unsafe_code)] // one audited exception: loading our own cached compiled component
 
 pub mod audit;
+pub mod backends;
+pub mod bindings;
 pub mod bundle;
 pub mod demo;
 pub mod health;
@@ -22,6 +24,7 @@ pub mod site_verify;
 pub mod state;
 pub mod store;
 pub mod token_cache;
+pub mod wasm;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

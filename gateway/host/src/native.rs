@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use http::{HeaderMap, Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
 use portcullis_core::authenticate::{AuthFailure, Authenticator};
 use portcullis_core::claims::identity_from_claims;
 use portcullis_core::config::PluginId;
-use portcullis_core::decision::{HOP_BY_HOP, check_declared_length, problem};
+use portcullis_core::decision::{check_declared_length, problem};
 use portcullis_core::jws::parse_object;
 use portcullis_core::limits::{LimitCheck, LimitStatus, Limiter};
 use portcullis_core::risk::{PluginAnswer, RiskAssessor, RiskContext};
@@ -25,11 +25,13 @@ use portcullis_core::{
     Adapters, AuditRecord, BackendHealth, BackendId, Config, Forward, Gateway, IssuerId, Outcome,
     Reason, RequestParts, Timestamp, VerifiedIdentity,
 };
+use portcullis_driver::{decide_refetching, refused_in_forward, relay_headers};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::backends::full_body;
 use crate::keys;
 use crate::plugins::{self, PluginRuntime};
-use crate::runtime::{DecisionRecord, Shared, full_body};
+use crate::runtime::Shared;
 
 /// The native engine.
 pub struct NativeEngine {
@@ -57,17 +59,8 @@ impl NativeEngine {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if let Some((content_type, body)) = self.gateway.well_known(req.uri().path()) {
-            let mut r = Response::new(full_body(body));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static(content_type),
-            );
-            r.headers_mut().insert(
-                http::header::CACHE_CONTROL,
-                HeaderValue::from_static("max-age=300"),
-            );
-            return r;
+        if let Some(r) = portcullis_driver::early(&self.gateway, req.uri().path()) {
+            return respond(&r);
         }
         // The target as received (origin- or absolute-form): the core derives the
         // authority from it and the Host field (RFC 9112 §3.2).
@@ -84,13 +77,11 @@ impl NativeEngine {
                 peer: Some(peer.ip()),
                 body: &[],
             };
-            let mut decided = self.decide(&parts);
-            if let Some(issuer) = decided.0.refetch
-                && self.shared.keys.refetch_for_unknown_kid(issuer).await
-            {
-                decided = self.decide(&parts);
-            }
-            decided
+            decide_refetching(
+                || self.decide(&parts),
+                async |issuer| self.shared.keys.refetch_for_unknown_kid(issuer).await,
+            )
+            .await
         };
         let mut audit = decision.audit;
         let (response, status) = match decision.outcome {
@@ -100,23 +91,12 @@ impl NativeEngine {
             }
             Outcome::Forward(fwd) => match self.forward(req, &fwd, request_id).await {
                 Ok(mut r) => {
-                    for (name, value) in &fwd.response_headers {
-                        // The gateway's Cache-Control replaces the backend's (a response
-                        // that sets the session cookie must never be stored by a shared
-                        // cache).
-                        if *name == http::header::CACHE_CONTROL {
-                            r.headers_mut().insert(name.clone(), value.clone());
-                        } else {
-                            r.headers_mut().append(name.clone(), value.clone());
-                        }
-                    }
+                    relay_headers(r.headers_mut(), &fwd.response_headers);
                     let status = r.status().as_u16();
                     (r, status)
                 }
                 Err(refusal) => {
-                    audit.decision = "deny";
-                    audit.status = Some(refusal.status.as_u16());
-                    audit.reason = Some(refusal.reason.code());
+                    refused_in_forward(&mut audit, refusal.reason);
                     (respond(&refusal), refusal.status.as_u16())
                 }
             },
@@ -174,16 +154,15 @@ impl NativeEngine {
         let response = match decision.outcome {
             Outcome::Respond(r) => r,
             Outcome::Forward(_) => {
-                let r = problem(
+                // The decision forwards what only a backend could answer: this host does
+                // not forward a body it has read.
+                refused_in_forward(&mut audit, Reason::RouteNotFound);
+                problem(
                     Reason::RouteNotFound,
                     "no such gateway endpoint",
                     request_id,
                     &[],
-                );
-                audit.decision = "deny";
-                audit.status = Some(r.status.as_u16());
-                audit.reason = Some(r.reason.code());
-                r
+                )
             }
         };
         self.emit(audit);
@@ -214,7 +193,7 @@ impl NativeEngine {
             login: &NativeLogin(&self.shared),
             health: &HostHealth(&self.shared),
         };
-        let decision = self.gateway.decide_using(&adapters, parts, keys::now());
+        let decision = self.gateway.decide(&adapters, parts, keys::now());
         (decision, risk.assessed.into_inner())
     }
 
@@ -287,8 +266,7 @@ impl NativeEngine {
             Ok(Ok(r)) => r,
         };
         self.shared.health.mark_up(fwd.backend);
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        let (parts, body) = response.into_parts();
         // The total timeout covers the body too: past it the stream ends with an error
         // (the client sees a truncated response, never a silent hang).
         let body = DeadlineBody {
@@ -307,28 +285,8 @@ impl NativeEngine {
 /// Writes a decision's audit record and counts it (native decisions, and the host's own
 /// refusals in either engine).
 pub(crate) fn emit(shared: &Shared, a: AuditRecord) {
-    let record = DecisionRecord {
-        time_ms: a.time_ms,
-        request_id: a.request_id,
-        method: a.method,
-        host: a.host,
-        path: a.path,
-        route: a.route,
-        decision: a.decision.to_owned(),
-        status: a.status,
-        reason: a.reason.map(str::to_owned),
-        issuer: a.issuer,
-        subject: a.subject,
-        region: a.region,
-        backend: a.backend,
-        actor: a.actor,
-        risk: a.risk.and_then(|r| serde_json::to_string(&r).ok()),
-        session: a.session.map(str::to_owned),
-    };
-    shared
-        .metrics
-        .decision(&record.decision, record.reason.as_deref());
-    shared.audit.write(&record);
+    shared.metrics.decision(a.decision, a.reason);
+    shared.audit.write(&a);
 }
 
 /// A backend response body cut off at the request's total deadline.
@@ -361,22 +319,6 @@ impl hyper::body::Body for DeadlineBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<String> = headers
-        .get_all("connection")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
-    for name in HOP_BY_HOP.iter().copied().filter(|n| *n != "host") {
-        headers.remove(name);
-    }
-    for name in listed {
-        headers.remove(name.as_str());
     }
 }
 
@@ -469,7 +411,13 @@ impl portcullis_core::login::LoginServices for NativeLogin<'_> {
         authorization: &str,
         body: &str,
     ) -> Result<(u16, Vec<u8>), String> {
-        let call = crate::site_verify::token_request(self.0, issuer, authorization, body);
+        let call = crate::site_verify::token_request(
+            &self.0.keys,
+            &self.0.backends,
+            issuer,
+            authorization,
+            body,
+        );
         let handle = tokio::runtime::Handle::current();
         tokio::task::block_in_place(|| handle.block_on(call))
     }

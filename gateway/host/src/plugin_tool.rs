@@ -5,27 +5,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+
+use crate::plugins::{WIT_VERSION, disallowed_imports};
 use wasmtime::component::Component;
 use wasmtime::{Config as WasmConfig, Engine};
-
-/// The `portcullis:plugin` version this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
-
-/// Imports a plugin may have: the plugin world's own interfaces, and the WASI interfaces
-/// Rust's standard library links (served locked down: no directories, sockets or
-/// environment).
-const ALLOWED_IMPORTS: [&str; 10] = [
-    "portcullis:plugin/state@0.1",
-    "portcullis:plugin/log@0.1",
-    "portcullis:plugin/config@0.1",
-    "portcullis:plugin/clock@0.1",
-    "wasi:io/",
-    "wasi:clocks/",
-    "wasi:random/",
-    "wasi:cli/",
-    "wasi:filesystem/",
-    "portcullis:plugin/risk@0.1",
-];
 
 /// What `plugin check` found.
 #[derive(Debug, Default)]
@@ -66,16 +49,6 @@ impl CheckReport {
         }
         out
     }
-}
-
-/// The imports of `component` outside the allowed set.
-pub fn disallowed_imports(engine: &Engine, component: &Component) -> Vec<String> {
-    component
-        .component_type()
-        .imports(engine)
-        .map(|(name, _)| name.to_owned())
-        .filter(|name| !ALLOWED_IMPORTS.iter().any(|a| name.starts_with(a)))
-        .collect()
 }
 
 /// Checks a component file.

@@ -19,8 +19,8 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::runtime::EPOCH_TICK;
 use crate::store::Store as SharedState;
+use crate::wasm::EPOCH_TICK;
 
 #[allow(missing_docs, clippy::all)]
 mod bindings {
@@ -143,7 +143,7 @@ impl PluginRuntime {
             let path = base.join(&cfg.path);
             let wasm = std::fs::read(&path)
                 .with_context(|| format!("plugin `{}`: {}", cfg.name, path.display()))?;
-            let component = crate::runtime::load_component(engine, &wasm, cache_dir)
+            let component = crate::wasm::load_component(engine, &wasm, cache_dir)
                 .with_context(|| format!("plugin `{}`: not a component", cfg.name))?;
             let pre = link(engine, &component)
                 .with_context(|| format!("plugin `{}` ({})", cfg.name, path.display()))?;
@@ -484,7 +484,7 @@ pub fn link_only(engine: &Engine, component: &Component) -> anyhow::Result<()> {
 /// Links WASI (locked down: no files, sockets, environment) and the plugin interfaces.
 /// Components importing anything beyond the allowed set are refused.
 fn link(engine: &Engine, component: &Component) -> anyhow::Result<RiskPluginPre<PluginState>> {
-    let extra = crate::plugin_tool::disallowed_imports(engine, component);
+    let extra = disallowed_imports(engine, component);
     if !extra.is_empty() {
         anyhow::bail!(
             "imports beyond what plugins may use: {} (plugins get state, log, config and clock only)",
@@ -501,7 +501,7 @@ fn link(engine: &Engine, component: &Component) -> anyhow::Result<RiskPluginPre<
     RiskPluginPre::new(pre).map_err(|e| {
         anyhow::anyhow!(
             "{e:#} (is it built against portcullis:plugin@{}?)",
-            crate::plugin_tool::WIT_VERSION
+            WIT_VERSION
         )
     })
 }
@@ -569,4 +569,32 @@ impl clock::Host for PluginState {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0)
     }
+}
+/// Imports a plugin may have: the plugin world's own interfaces, and the WASI interfaces
+/// Rust's standard library links (served locked down: no directories, sockets or
+/// environment).
+const ALLOWED_IMPORTS: [&str; 10] = [
+    "portcullis:plugin/state@0.1",
+    "portcullis:plugin/log@0.1",
+    "portcullis:plugin/config@0.1",
+    "portcullis:plugin/clock@0.1",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:cli/",
+    "wasi:filesystem/",
+    "portcullis:plugin/risk@0.1",
+];
+
+/// The `portcullis:plugin` version this host implements.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// The imports of `component` outside the allowed set.
+pub fn disallowed_imports(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| !ALLOWED_IMPORTS.iter().any(|a| name.starts_with(a)))
+        .collect()
 }

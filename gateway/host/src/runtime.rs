@@ -38,41 +38,11 @@ use crate::store::Store;
 use portcullis_core::client::ClientInfo;
 use portcullis_core::config::ClientConfig;
 
-mod bindings {
-    #![allow(missing_docs, clippy::all)]
-    wasmtime::component::bindgen!({
-        path: "../../wit/gateway",
-        world: "host-services",
-        imports: {
-            "portcullis:gateway/keys.authenticate": async,
-            "portcullis:gateway/risk.assess": async,
-            "portcullis:gateway/risk.observe": async,
-            "portcullis:gateway/state.get": async,
-            "portcullis:gateway/state.set": async,
-            "portcullis:gateway/state.increment": async,
-            "portcullis:gateway/state.first-use": async,
-            "portcullis:gateway/state.rate-limit": async,
-            "portcullis:gateway/client.verify-site-token": async,
-            "portcullis:gateway/client.token-request": async,
-            "portcullis:gateway/state.delete": async,
-        },
-    });
-}
-
-use bindings::portcullis::gateway::{audit, client, config, health, keys, risk, state};
-
-/// The gateway component, built by this crate's build script.
-pub const COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_component.wasm"));
-
-/// Memory a gateway or plugin instance may use at most (plugins are capped lower per
-/// plugin by their store limits).
-pub const INSTANCE_MEMORY: usize = 64 << 20;
-
-/// Epoch tick interval: the resolution of plugin deadlines and request timeouts.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
-
-/// An HTTP(S) client for backends (pooled connections).
-pub type BackendClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, WasiBody>;
+pub use crate::backends::{BackendClient, backend_client, full_body};
+use crate::bindings::portcullis::gateway::{audit, client, config, health, keys, risk, state};
+pub use crate::wasm::{
+    COMPONENT, EPOCH_TICK, INSTANCE_MEMORY, default_cache_dir, engine, load_component,
+};
 
 /// State shared by every request.
 pub struct Shared {
@@ -102,23 +72,6 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Backend client.
     pub backends: BackendClient,
-}
-
-/// A pooled backend client.
-pub fn backend_client(connect_timeout: Duration) -> BackendClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(64)
-        .build(https)
 }
 
 /// Per-request store data.
@@ -184,85 +137,6 @@ impl WasiHttpView for StoreState {
     }
 }
 
-/// The wasmtime engine: pooling allocator, epoch interruption, and fuel metering when a
-/// plugin needs it (fuel is engine-wide).
-pub fn engine(max_instances: u32, fuel: bool) -> anyhow::Result<Engine> {
-    let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(max_instances)
-        .total_core_instances(max_instances * 8)
-        .total_memories(max_instances * 4)
-        .total_tables(max_instances * 8)
-        .max_memory_size(INSTANCE_MEMORY)
-        // Reset reused slots with memset instead of madvise for the first pages: a gateway
-        // instance touches ~1-2 MiB, and re-faulting those pages per request dominated the
-        // per-request cost.
-        .linear_memory_keep_resident(4 << 20)
-        .table_keep_resident(64 << 10);
-    let mut cfg = WasmConfig::new();
-    cfg.wasm_component_model(true)
-        .epoch_interruption(true)
-        // Guests built with `-C target-feature=+wide-arithmetic` (in-guest RSA/ECDSA
-        // fallbacks) get 128-bit multiplies; others are unaffected.
-        .wasm_wide_arithmetic(true)
-        .consume_fuel(fuel)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&cfg).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// Compiles the component, or loads the artifact a previous run cached in `cache_dir`.
-pub fn load_component(
-    engine: &Engine,
-    wasm: &[u8],
-    cache_dir: Option<&Path>,
-) -> anyhow::Result<Component> {
-    let Some(dir) = cache_dir else {
-        return Component::new(engine, wasm).map_err(|e| anyhow::anyhow!("{e}"));
-    };
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
-    let key = ring::digest::digest(&ring::digest::SHA256, wasm);
-    let name = format!(
-        "{}-{:016x}.cwasm",
-        hex(key.as_ref().get(..16).unwrap_or_default()),
-        std::hash::Hasher::finish(&hasher)
-    );
-    let path = dir.join(name);
-    if path.exists() {
-        // SAFETY: the file is one this host serialized itself into its private cache
-        // directory, named by the hash of the source component and of the engine's
-        // compatibility settings; wasmtime additionally checks the artifact's header.
-        #[allow(unsafe_code)]
-        let loaded = unsafe { Component::deserialize_file(engine, &path) };
-        match loaded {
-            Ok(c) => return Ok(c),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cached component unusable; recompiling")
-            }
-        }
-    }
-    let component = Component::new(engine, wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Ok(bytes) = component.serialize() {
-        let _ = std::fs::create_dir_all(dir);
-        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-        if std::fs::write(&tmp, bytes).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
-    }
-    Ok(component)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The default compiled-component cache directory.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|d| d.join("portcullis"))
-}
-
 /// Links WASI, wasi:http and the host services, and pre-instantiates the component.
 pub fn pre_instantiate(
     engine: &Engine,
@@ -272,8 +146,11 @@ pub fn pre_instantiate(
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    bindings::HostServices::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::bindings::HostServices::add_to_linker::<StoreState, HasSelf<StoreState>>(
+        &mut linker,
+        |s| s,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let pre = linker
         .instantiate_pre(component)
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -484,7 +361,8 @@ impl client::Host for StoreState {
         body: String,
     ) -> Result<(u16, Vec<u8>), String> {
         crate::site_verify::token_request(
-            &self.shared,
+            &self.shared.keys,
+            &self.shared.backends,
             IssuerId(issuer as usize),
             &authorization,
             &body,
@@ -576,7 +454,7 @@ fn plugin_context(ctx: risk::RequestContext, client: &ClientInfo) -> plugins::Re
     }
 }
 
-pub use bindings::portcullis::gateway::audit::DecisionRecord;
+pub use crate::bindings::DecisionRecord;
 
 /// The outbound hook: only configured backends, with pooling.
 struct Outbound {
@@ -628,11 +506,4 @@ impl WasiHttpHooks for Outbound {
             Ok((response, done))
         })
     }
-}
-
-/// Bytes of a body, for host-generated responses.
-pub fn full_body(bytes: impl Into<Bytes>) -> wasmtime_wasi_http::p2::body::HyperOutgoingBody {
-    http_body_util::Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }

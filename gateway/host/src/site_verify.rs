@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Limited};
 use portcullis_core::challenge::{siteverify_body, siteverify_result};
 use portcullis_core::config::SiteVerify;
 
-use crate::runtime::BackendClient;
+use crate::backends::BackendClient;
 
 /// Longest a verification may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,16 +62,16 @@ pub async fn verify(
 /// POSTs a form to `issuer`'s token endpoint (from its discovery document) for the login
 /// flow of either engine.
 pub async fn token_request(
-    shared: &crate::runtime::Shared,
+    keys: &crate::keys::KeyService,
+    client: &BackendClient,
     issuer: portcullis_core::IssuerId,
     authorization: &str,
     body: &str,
 ) -> Result<(u16, Vec<u8>), String> {
-    let endpoints = shared
-        .keys
+    let endpoints = keys
         .endpoints(issuer)
         .ok_or("the provider has not been discovered yet")?;
-    post_form(&shared.backends, &endpoints.token, authorization, body).await
+    post_form(client, &endpoints.token, authorization, body).await
 }
 
 /// POSTs a form to `url` (an OIDC token endpoint) with the `Authorization` header

@@ -167,7 +167,7 @@ impl MemoryState {
     }
 
     fn shard_index(&self, key: &str) -> usize {
-        usize::try_from(portcullis_core::engine::fnv1a(key) % SHARDS as u64).unwrap_or(0)
+        usize::try_from(portcullis_core::fnv::fnv1a(key) % SHARDS as u64).unwrap_or(0)
     }
 
     /// Removes `key`.

@@ -25,6 +25,7 @@ mod bindings {
         path: "../../wit/bundle",
         world: "providers",
         generate_all,
+        additional_derives: [serde::Serialize],
     });
 }
 
@@ -257,25 +258,7 @@ impl client::Guest for Providers {
 
 impl audit::Guest for Providers {
     fn emit(r: audit::DecisionRecord) {
-        let line = serde_json::json!({
-            "time_ms": r.time_ms,
-            "request_id": r.request_id,
-            "method": r.method,
-            "host": r.host,
-            "path": r.path,
-            "route": r.route,
-            "decision": r.decision,
-            "status": r.status,
-            "reason": r.reason,
-            "issuer": r.issuer,
-            "subject": r.subject,
-            "region": r.region,
-            "backend": r.backend,
-            "actor": r.actor,
-            "risk": r.risk.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()),
-            "session": r.session,
-        });
-        eprintln!("{line}");
+        eprintln!("{}", portcullis_driver::audit::json_line(&r));
     }
 }
 

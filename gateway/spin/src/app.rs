@@ -5,14 +5,16 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use http::{HeaderValue, Method};
 use portcullis_core::authenticate::LocalAuthenticator;
 use portcullis_core::crypto::PortableKey;
-use portcullis_core::decision::{HOP_BY_HOP, problem};
+use portcullis_core::decision::problem;
+use portcullis_core::keyset::FetchRequest;
 use portcullis_core::{
-    Adapters, AllHealthy, Config, FetchResponse, Gateway, KeyStore, Outcome, PortableVerifier,
-    Reason, RequestParts, Response as CoreResponse, Timestamp,
+    Adapters, AllHealthy, Config, Gateway, KeyStore, Outcome, PortableVerifier, Reason,
+    Response as CoreResponse, Timestamp,
 };
+use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
+use portcullis_driver::{RequestHead, decide_refetching, early, refused_in_forward, relay_headers};
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{Error, IntoResponse, Request};
 use spin_sdk::http_service;
@@ -84,68 +86,53 @@ async fn fetch_document(url: &str, now_ms: u64) -> Result<StoredDocument, String
     })
 }
 
-/// Loads every due key-set document: a fresh copy from the shared store when there is one,
-/// else from the issuer (then stored for the other instances).
-async fn refresh_keys(instance: &Instance, now: Timestamp) {
-    let store = Store::open_default().await.ok();
-    let now_ms = now.unix_millis();
-    for _ in 0..4 {
-        let due = instance.keys.borrow_mut().poll(now);
-        if due.is_empty() {
-            return;
+/// Key-set documents: a fresh copy from the shared store when there is one, else from the
+/// issuer (then stored for the other instances).
+struct SharedDocuments<'a> {
+    store: Option<Store>,
+    config: &'a Config,
+    now_ms: u64,
+}
+
+impl DocumentSource for SharedDocuments<'_> {
+    async fn fetch(&self, request: &FetchRequest) -> Result<Document, String> {
+        let policy = self
+            .config
+            .issuers
+            .get(request.issuer.0)
+            .map(|i| i.jwks_policy)
+            .unwrap_or_default();
+        if let Some(store) = &self.store
+            && let Ok(Some(bytes)) = store.get(store_key(&request.url)).await
+            && let Some(stored) = StoredDocument::from_bytes(&bytes)
+                .filter(|d| d.usable(request.reason, &policy, self.now_ms))
+        {
+            return Ok(stored.into_document());
         }
-        for fetch in due {
-            let policy = instance
-                .gateway
-                .config()
-                .issuers
-                .get(fetch.issuer.0)
-                .map(|i| i.jwks_policy)
-                .unwrap_or_default();
-            let mut stored = None;
-            if let Some(store) = &store
-                && let Ok(Some(bytes)) = store.get(store_key(&fetch.url)).await
-            {
-                stored = StoredDocument::from_bytes(&bytes)
-                    .filter(|d| d.usable(fetch.reason, &policy, now_ms));
-            }
-            let document = match stored {
-                Some(d) => Ok(d),
-                None => {
-                    let fetched = fetch_document(&fetch.url, now_ms).await;
-                    if let (Ok(d), Some(store)) = (&fetched, &store)
-                        && d.status == 200
-                    {
-                        let _ = store.set(store_key(&fetch.url), d.to_bytes()).await;
-                    }
-                    fetched
-                }
-            };
-            let mut keys = instance.keys.borrow_mut();
-            match document {
-                Ok(d) => {
-                    let response = FetchResponse {
-                        status: d.status,
-                        cache_control: d.cache_control.as_deref(),
-                        body: &d.body,
-                    };
-                    // Freshness counts from when the document was fetched, by whichever
-                    // instance fetched it.
-                    let at =
-                        Timestamp::from_duration(std::time::Duration::from_millis(d.fetched_ms));
-                    if let Err(e) =
-                        keys.on_response(&PortableVerifier, fetch.issuer, fetch.kind, response, at)
-                    {
-                        eprintln!("portcullis: key set {}: {e}", fetch.url);
-                    }
-                }
-                Err(e) => {
-                    eprintln!("portcullis: key set: {e}");
-                    keys.on_failure(fetch.issuer, &e, now);
-                }
-            }
+        let fetched = fetch_document(&request.url, self.now_ms).await;
+        if let (Ok(d), Some(store)) = (&fetched, &self.store)
+            && d.status == 200
+        {
+            let _ = store.set(store_key(&request.url), d.to_bytes()).await;
         }
+        fetched.map(StoredDocument::into_document)
     }
+}
+
+/// Loads every due key-set document.
+async fn refresh_keys(instance: &Instance, now: Timestamp) {
+    let source = SharedDocuments {
+        store: Store::open_default().await.ok(),
+        config: instance.gateway.config(),
+        now_ms: now.unix_millis(),
+    };
+    let report = |request: &FetchRequest, outcome: &Refreshed| match outcome {
+        Refreshed::Loaded => {}
+        Refreshed::Rejected(e) => eprintln!("portcullis: key set {}: {e}", request.url),
+        Refreshed::Unreachable(e) => eprintln!("portcullis: key set: {e}"),
+    };
+    portcullis_driver::keys::refresh(&instance.keys, &PortableVerifier, &source, || now, report)
+        .await;
 }
 
 fn answer(response: &CoreResponse) -> Result<types::Response, Error> {
@@ -164,19 +151,12 @@ fn refusal(reason: Reason, detail: &str, request_id: &str) -> Result<types::Resp
     answer(&problem(reason, detail, request_id, &[]))
 }
 
-struct Parts {
-    method: Method,
-    uri: http::Uri,
-    headers: http::HeaderMap,
-    request_id: String,
-}
-
 /// Forwards to the chosen backend with the request body streamed; the response (its body
 /// streamed too) and its status.
 async fn forward(
     config: &Config,
     body: IncomingRequestBody,
-    parts: &Parts,
+    parts: &RequestHead,
     fwd: &portcullis_core::Forward,
 ) -> Result<(types::Response, u16), (Reason, String)> {
     let backend = fwd.target(config)?;
@@ -199,15 +179,7 @@ async fn forward(
         .map_err(|e| (Reason::BackendUnavailable, format!("backend error: {e:?}")))?;
     let status = resp.status().as_u16();
     let (mut head, body) = resp.into_parts();
-    for name in HOP_BY_HOP {
-        head.headers.remove(name);
-    }
-    for (name, value) in &fwd.response_headers {
-        if *name == http::header::CACHE_CONTROL {
-            head.headers.remove(http::header::CACHE_CONTROL);
-        }
-        head.headers.append(name.clone(), value.clone());
-    }
+    relay_headers(&mut head.headers, &fwd.response_headers);
     let relayed = http::Response::from_parts(head, body)
         .into_response()
         .map_err(|e| {
@@ -237,29 +209,9 @@ async fn handle(req: Request) -> Result<types::Response, Error> {
         }
     };
     let (head, body) = req.into_parts();
-    let request_id = head
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
-    let parts = Parts {
-        method: head.method,
-        uri: head.uri,
-        headers: head.headers,
-        request_id,
-    };
+    let parts = RequestHead::new(head.method, head.uri, head.headers, None);
     let gateway = &instance.gateway;
-    if let Some((content_type, text)) = gateway.well_known(parts.uri.path()) {
-        let r = CoreResponse {
-            status: http::StatusCode::OK,
-            headers: vec![(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static(content_type),
-            )],
-            body: text.into_bytes(),
-            reason: Reason::InvalidRequest,
-        };
+    if let Some(r) = early(gateway, parts.uri.path()) {
         return answer(&r);
     }
     if gateway.wants_body(&parts.method, parts.uri.path()) {
@@ -273,54 +225,34 @@ async fn handle(req: Request) -> Result<types::Response, Error> {
     }
     let now = now();
     refresh_keys(&instance, now).await;
-    let decide = |instance: &Instance| {
+    let decide = || {
         let keys = instance.keys.borrow();
         let auth = LocalAuthenticator {
             config: gateway.config(),
             keys: &keys,
             verifier: &PortableVerifier,
         };
-        let adapters = Adapters {
-            auth: &auth,
-            risk: &portcullis_core::risk::NoPlugins,
-            limiter: &portcullis_core::limits::NoLimiter,
-            sites: &portcullis_core::challenge::NoSiteVerifier,
-            login: &portcullis_core::login::NoLogin,
-            health: &AllHealthy,
-        };
-        let req = RequestParts {
-            method: &parts.method,
-            uri: &parts.uri,
-            headers: &parts.headers,
-            request_id: &parts.request_id,
-            peer: None,
-            body: &[],
-        };
-        gateway.decide_using(&adapters, &req, now)
+        gateway.decide(&Adapters::new(&auth, &AllHealthy), &parts.parts(&[]), now)
     };
-    let mut decision = decide(&instance);
-    if let Some(issuer) = decision.refetch {
+    let decision = decide_refetching(decide, async |issuer| {
         let granted = instance.keys.borrow_mut().request_refetch(issuer, now);
         if granted {
             refresh_keys(&instance, now).await;
-            decision = decide(&instance);
         }
-    }
+        granted
+    })
+    .await;
     let mut audit = decision.audit;
     let response = match decision.outcome {
         Outcome::Respond(r) => answer(&r)?,
         Outcome::Forward(fwd) => match forward(gateway.config(), body, &parts, &fwd).await {
             Ok((r, _)) => r,
             Err((reason, detail)) => {
-                audit.decision = "deny";
-                audit.status = Some(reason.status().as_u16());
-                audit.reason = Some(reason.code());
+                refused_in_forward(&mut audit, reason);
                 refusal(reason, &detail, &parts.request_id)?
             }
         },
     };
-    if let Ok(line) = serde_json::to_string(&audit) {
-        eprintln!("{line}");
-    }
+    eprintln!("{}", portcullis_driver::audit::json_line(&audit));
     Ok(response)
 }

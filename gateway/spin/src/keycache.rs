@@ -50,6 +50,19 @@ impl StoredDocument {
         })
     }
 
+    /// The document as the key store takes it; its freshness counts from when it was
+    /// fetched, by whichever instance fetched it.
+    pub fn into_document(self) -> portcullis_driver::keys::Document {
+        portcullis_driver::keys::Document {
+            status: self.status,
+            cache_control: self.cache_control,
+            body: self.body,
+            fetched_at: portcullis_core::Timestamp::from_duration(
+                std::time::Duration::from_millis(self.fetched_ms),
+            ),
+        }
+    }
+
     /// True when this copy may stand in for a fetch due for `reason` at `now_ms`: a
     /// successful answer, still fresh by its own `Cache-Control` under `policy`, and the
     /// fetch is not a refetch for an unknown `kid` (that one must ask the issuer).

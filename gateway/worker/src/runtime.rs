@@ -7,11 +7,14 @@ use std::rc::Rc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use portcullis_core::authenticate::LocalAuthenticator;
-use portcullis_core::decision::{HOP_BY_HOP, problem};
+use portcullis_core::decision::problem;
+use portcullis_core::keyset::FetchRequest;
 use portcullis_core::{
-    Adapters, AllHealthy, Config, FetchResponse, Forward, Gateway, KeyStore, Outcome, Reason,
-    RequestParts, Response as CoreResponse, Timestamp,
+    Adapters, AllHealthy, Config, Forward, Gateway, KeyStore, Outcome, Reason,
+    Response as CoreResponse, Timestamp,
 };
+use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
+use portcullis_driver::{RequestHead, decide_refetching, early, refused_in_forward, relay_headers};
 use wasm_bindgen::JsValue;
 use worker::{Context, Env, Fetch, Request, Response, event};
 
@@ -95,49 +98,43 @@ fn now() -> Timestamp {
     Timestamp::from_duration(std::time::Duration::from_millis(ms))
 }
 
+/// Key-set documents over the Fetch API.
+struct FetchDocuments {
+    now: Timestamp,
+}
+
+impl DocumentSource for FetchDocuments {
+    async fn fetch(&self, request: &FetchRequest) -> Result<Document, String> {
+        let url = worker::Url::parse(&request.url).map_err(|e| format!("{}: {e}", request.url))?;
+        let mut resp = Fetch::Url(url)
+            .send()
+            .await
+            .map_err(|e| format!("fetching {}: {e}", request.url))?;
+        let status = resp.status_code();
+        let cache_control = resp.headers().get("cache-control").ok().flatten();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("reading {}: {e}", request.url))?;
+        Ok(Document {
+            status,
+            cache_control,
+            body,
+            fetched_at: self.now,
+        })
+    }
+}
+
 /// Fetches every key-set document that is due (discovery first, then its `jwks_uri`).
 async fn refresh_keys(isolate: &Isolate, now: Timestamp) {
-    for _ in 0..4 {
-        let due = isolate.keys.borrow_mut().poll(now);
-        if due.is_empty() {
-            return;
-        }
-        for fetch in due {
-            let result = match worker::Url::parse(&fetch.url) {
-                Ok(url) => match Fetch::Url(url).send().await {
-                    Ok(mut resp) => {
-                        let status = resp.status_code();
-                        let cache_control = resp.headers().get("cache-control").ok().flatten();
-                        match resp.bytes().await {
-                            Ok(body) => Ok((status, cache_control, body)),
-                            Err(e) => Err(format!("reading {}: {e}", fetch.url)),
-                        }
-                    }
-                    Err(e) => Err(format!("fetching {}: {e}", fetch.url)),
-                },
-                Err(e) => Err(format!("{}: {e}", fetch.url)),
-            };
-            let mut keys = isolate.keys.borrow_mut();
-            match result {
-                Ok((status, cache_control, body)) => {
-                    let response = FetchResponse {
-                        status,
-                        cache_control: cache_control.as_deref(),
-                        body: &body,
-                    };
-                    if let Err(e) =
-                        keys.on_response(&isolate.verifier, fetch.issuer, fetch.kind, response, now)
-                    {
-                        worker::console_warn!("key set {}: {e}", fetch.url);
-                    }
-                }
-                Err(e) => {
-                    worker::console_warn!("key set: {e}");
-                    keys.on_failure(fetch.issuer, &e, now);
-                }
-            }
-        }
-    }
+    let report = |request: &FetchRequest, outcome: &Refreshed| match outcome {
+        Refreshed::Loaded => {}
+        Refreshed::Rejected(e) => worker::console_warn!("key set {}: {e}", request.url),
+        Refreshed::Unreachable(e) => worker::console_warn!("key set: {e}"),
+    };
+    let source = FetchDocuments { now };
+    portcullis_driver::keys::refresh(&isolate.keys, &isolate.verifier, &source, || now, report)
+        .await;
 }
 
 /// Checks the request token's signature with WebCrypto, ahead of the decision.
@@ -158,14 +155,11 @@ async fn preverify(isolate: &Isolate, headers: &HeaderMap, now: Timestamp) {
     }
 }
 
-struct Parts {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    request_id: String,
-}
-
-fn parts(req: &Request, serial: u64) -> Result<Parts, (Reason, String)> {
+/// The request head. On Cloudflare (the request carries its `cf` object) the edge sets
+/// CF-Connecting-IP to the address it accepted the connection from, replacing any value
+/// the client sent: that is the peer. Elsewhere (workerd without a cf blob) the header is
+/// the client's own claim, and the peer stays unknown.
+fn head(req: &Request, serial: u64) -> Result<RequestHead, (Reason, String)> {
     let invalid = |m: String| (Reason::InvalidRequest, m);
     let method = Method::from_bytes(req.inner().method().as_bytes())
         .map_err(|_| invalid("bad method".to_owned()))?;
@@ -195,11 +189,17 @@ fn parts(req: &Request, serial: u64) -> Result<Parts, (Reason, String)> {
             || format!("w{serial:x}-{:x}", js_sys::Date::now() as u64),
             str::to_owned,
         );
-    Ok(Parts {
+    let peer = req
+        .cf()
+        .and_then(|_| headers.get("cf-connecting-ip"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
+    Ok(RequestHead {
         method,
         uri,
         headers,
         request_id,
+        peer,
     })
 }
 
@@ -229,7 +229,7 @@ fn refusal(reason: Reason, detail: &str, request_id: &str) -> worker::Result<Res
 async fn forward(
     config: &Config,
     req: &Request,
-    parts: &Parts,
+    parts: &RequestHead,
     fwd: &Forward,
 ) -> Result<(Response, u16), (Reason, String)> {
     let backend = fwd.target(config)?;
@@ -287,10 +287,7 @@ async fn forward(
     let upstream = web_sys::Response::from(resp);
     let out =
         web_sys::Headers::new().map_err(|_| (Reason::BackendUnavailable, "headers".into()))?;
-    let replaces_cache = fwd
-        .response_headers
-        .iter()
-        .any(|(n, _)| *n == http::header::CACHE_CONTROL);
+    let mut relayed = HeaderMap::new();
     for entry in js_sys::try_iter(&upstream.headers())
         .ok()
         .flatten()
@@ -299,16 +296,17 @@ async fn forward(
         .flatten()
     {
         let pair = js_sys::Array::from(&entry);
-        let (Some(n), Some(v)) = (pair.get(0).as_string(), pair.get(1).as_string()) else {
-            continue;
-        };
-        let lower = n.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str()) || (replaces_cache && lower == "cache-control") {
-            continue;
+        if let (Some(n), Some(v)) = (pair.get(0).as_string(), pair.get(1).as_string())
+            && let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(n.as_bytes()),
+                HeaderValue::from_str(&v),
+            )
+        {
+            relayed.append(name, value);
         }
-        let _ = out.append(&n, &v);
     }
-    for (name, value) in &fwd.response_headers {
+    relay_headers(&mut relayed, &fwd.response_headers);
+    for (name, value) in &relayed {
         if let Ok(v) = value.to_str() {
             let _ = out.append(name.as_str(), v);
         }
@@ -344,15 +342,13 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     };
     let serial = isolate.requests.get() + 1;
     isolate.requests.set(serial);
-    let parts = match parts(&req, serial) {
+    let parts = match head(&req, serial) {
         Ok(p) => p,
         Err((reason, detail)) => return refusal(reason, &detail, ""),
     };
     let gateway = &isolate.gateway;
-    if let Some((content_type, body)) = gateway.well_known(parts.uri.path()) {
-        let mut resp = Response::ok(body)?;
-        resp.headers_mut().set("content-type", content_type)?;
-        return Ok(resp);
+    if let Some(r) = early(gateway, parts.uri.path()) {
+        return answer(&r);
     }
     let body = if gateway.wants_body(&parts.method, parts.uri.path()) {
         match req.bytes().await {
@@ -368,20 +364,11 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     } else {
         Vec::new()
     };
-    // On Cloudflare (the request carries its `cf` object) the edge sets CF-Connecting-IP
-    // to the address it accepted the connection from, replacing any value the client
-    // sent: that is the peer. Elsewhere (workerd without a cf blob) the header is the
-    // client's own claim, and the peer stays unknown.
-    let peer = req
-        .cf()
-        .and_then(|_| parts.headers.get("cf-connecting-ip"))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
     let now = now();
     isolate.plugins.set_now_ms(now.unix_millis());
     refresh_keys(&isolate, now).await;
     preverify(&isolate, &parts.headers, now).await;
-    let decide = |isolate: &Isolate| {
+    let decide = || {
         let keys = isolate.keys.borrow();
         let auth = LocalAuthenticator {
             config: gateway.config(),
@@ -389,33 +376,21 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
             verifier: &isolate.verifier,
         };
         let adapters = Adapters {
-            auth: &auth,
             risk: &isolate.plugins,
-            limiter: &portcullis_core::limits::NoLimiter,
-            sites: &portcullis_core::challenge::NoSiteVerifier,
-            login: &portcullis_core::login::NoLogin,
-            health: &AllHealthy,
+            ..Adapters::new(&auth, &AllHealthy)
         };
-        let req = RequestParts {
-            method: &parts.method,
-            uri: &parts.uri,
-            headers: &parts.headers,
-            request_id: &parts.request_id,
-            peer,
-            body: &body,
-        };
-        gateway.decide_using(&adapters, &req, now)
+        gateway.decide(&adapters, &parts.parts(&body), now)
     };
-    let mut decision = decide(&isolate);
-    if let Some(issuer) = decision.refetch {
-        // The token names a key the set lacks: one rate-limited refetch, then decide again.
+    // A token that names a key the set lacks: one rate-limited refetch, then decide again.
+    let decision = decide_refetching(decide, async |issuer| {
         let granted = isolate.keys.borrow_mut().request_refetch(issuer, now);
         if granted {
             refresh_keys(&isolate, now).await;
             preverify(&isolate, &parts.headers, now).await;
-            decision = decide(&isolate);
         }
-    }
+        granted
+    })
+    .await;
     let signature_check = isolate.verifier.used();
     isolate.verifier.clear();
     let mut audit = decision.audit;
@@ -424,9 +399,7 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
         Outcome::Forward(fwd) => match forward(gateway.config(), &req, &parts, &fwd).await {
             Ok(done) => done,
             Err((reason, detail)) => {
-                audit.decision = "deny";
-                audit.status = Some(reason.status().as_u16());
-                audit.reason = Some(reason.code());
+                refused_in_forward(&mut audit, reason);
                 (
                     refusal(reason, &detail, &parts.request_id)?,
                     reason.status().as_u16(),
@@ -441,7 +414,7 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
         if let (Some(path), Some(obj)) = (signature_check, record.as_object_mut()) {
             obj.insert("signature_check".into(), path.into());
         }
-        worker::console_log!("{record}");
+        worker::console_log!("{}", portcullis_driver::audit::json_line(&record));
     }
     Ok(response)
 }

@@ -154,7 +154,7 @@ fn gateway_key(bytes: &[u8]) -> Result<GatewayKey, String> {
     let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(seed));
     let public = pair.pk.to_vec();
     Ok(GatewayKey {
-        kid: crate::gateway_token::okp_thumbprint(&public),
+        kid: crate::jwk::okp_thumbprint(&public),
         seed: seed.to_vec(),
         public,
     })

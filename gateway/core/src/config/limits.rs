@@ -378,7 +378,7 @@ fn read_site_verify(
     let script_url = t.string(d, "script_url").map_or_else(
         || TURNSTILE_SCRIPT_URL.to_owned(),
         |(u, span)| {
-            if crate::challenge::url_origin(&u).is_none() {
+            if crate::canonical::url_origin(&u).is_none() {
                 d.error(
                     &span,
                     format!("script_url {u:?} must be a plain https URL"),

@@ -40,13 +40,13 @@ pub(super) fn read_login_client(
         Some("the gateway's callback as registered, e.g. \"https://app.example/_portcullis/callback\""),
     );
     if let Some((uri, span)) = &redirect_uri
-        && !absolute_url_with_path(uri, allow_http, crate::login::CALLBACK_PATH)
+        && !absolute_url_with_path(uri, allow_http, crate::model::reserved::CALLBACK_PATH)
     {
         d.error(
             span,
             format!(
                 "redirect_uri {uri:?} must be an https URL ending in {}",
-                crate::login::CALLBACK_PATH
+                crate::model::reserved::CALLBACK_PATH
             ),
             Some("http is allowed only with insecure_http_jwks = true (local testing)".into()),
         );
@@ -195,7 +195,7 @@ pub(super) fn read_session(
             continue;
         };
         if id.is_empty()
-            || id.len() > crate::session::MAX_KID_LEN
+            || id.len() > crate::model::reserved::MAX_KID_LEN
             || !id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -295,8 +295,8 @@ pub(super) fn read_session(
         );
     }
     if let Some((name, span)) = t.string(d, "cookie") {
-        let ok = name.starts_with(crate::session::HOST_PREFIX)
-            && name.len() <= crate::session::MAX_BASE_LEN
+        let ok = name.starts_with(crate::model::reserved::HOST_PREFIX)
+            && name.len() <= crate::model::reserved::MAX_BASE_LEN
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');

@@ -14,6 +14,7 @@ mod login;
 mod model;
 mod reader;
 mod risk;
+mod serde_forms;
 pub mod snapshot;
 mod validate;
 

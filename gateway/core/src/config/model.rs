@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::crypto::Algorithm;
 use crate::jwk::ParsedJwks;
-use crate::keyset::IssuerId;
+pub use crate::model::{IssuerId, PluginId, RegionId};
 
 /// A loaded, validated deployment configuration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -269,10 +269,6 @@ impl Default for JwksPolicy {
     }
 }
 
-/// Index of a region in [`Config::regions`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct RegionId(pub usize);
-
 /// A data-residency region.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Region {
@@ -332,7 +328,7 @@ pub enum AuthMode {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClaimTest {
     /// The claim equals this JSON value.
-    Equals(#[serde(with = "super::snapshot::json_text")] Value),
+    Equals(#[serde(with = "super::serde_forms::json_text")] Value),
     /// The claim (an array, or a space-separated string) contains this string.
     Contains(String),
 }
@@ -449,7 +445,7 @@ pub struct Identity {
     /// Client-supplied headers removed from every request.
     pub strip: Vec<HeaderPattern>,
     /// Headers injected on forwarded, authenticated requests.
-    #[serde(with = "super::snapshot::named_headers")]
+    #[serde(with = "super::serde_forms::named_headers")]
     pub headers: Vec<(HeaderName, IdentitySource)>,
     /// Keep the client's `Authorization` header on forwarded requests.
     pub forward_authorization: bool,
@@ -483,10 +479,6 @@ pub struct Limits {
 
 /// Default largest request body: 8 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
-
-/// Index of a plugin in [`Config::plugins`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct PluginId(pub usize);
 
 /// What a plugin failure (trap, timeout, memory cap, malformed answer) does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -662,7 +654,7 @@ pub struct RouteAgents {
     /// Longest accepted `act` chain (1: a single agent, no sub-delegation).
     pub max_depth: usize,
     /// Header carrying the agent's own workload token, verified and matched to the actor.
-    #[serde(with = "super::snapshot::opt_header")]
+    #[serde(with = "super::serde_forms::opt_header")]
     pub workload_header: Option<HeaderName>,
     /// Refuse agents that do not present a workload token.
     pub require_workload: bool,
@@ -689,7 +681,7 @@ impl std::fmt::Debug for GatewayKey {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayToken {
     /// The header the token travels in.
-    #[serde(with = "super::snapshot::header")]
+    #[serde(with = "super::serde_forms::header")]
     pub header: HeaderName,
     /// `iss` of minted tokens.
     pub issuer: String,

@@ -14,7 +14,7 @@ use crate::b64;
 use crate::crypto::Algorithm;
 use crate::jwk::{ParsedJwks, hmac_secret_jwk, parse_jwks};
 use crate::jws::{DEFAULT_MAX_TOKEN_BYTES, normalize_media_type};
-use crate::keyset::IssuerId;
+use crate::model::IssuerId;
 
 const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit], [limits], [plugin.NAME], [client], [bot], [gateway_token], [dpop], [state], [challenge], [session], [paths], [server] and [timeouts]";
 

@@ -1,0 +1,12 @@
+//! The model layer: the values every phase passes around — identifiers of configured
+//! things, the request as the pipeline reads it, backend health, the risk verdict, and the
+//! paths and names the gateway reserves. No behaviour beyond small accessors lives here.
+
+mod ids;
+mod request;
+pub mod reserved;
+mod verdict;
+
+pub use ids::{BackendId, IssuerId, PluginId, RegionId};
+pub use request::{AllHealthy, BackendHealth, RequestParts};
+pub use verdict::{Action, Contribution, RiskVerdict};

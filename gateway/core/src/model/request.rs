@@ -1,0 +1,43 @@
+//! The request as the pipeline reads it, and backend health as the adapter knows it.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, Method, Uri};
+
+use crate::model::BackendId;
+
+/// The parts of a request the engine reads. Adapters borrow them from their own request
+/// type; nothing is copied.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestParts<'a> {
+    /// Method.
+    pub method: &'a Method,
+    /// Request target (origin-form or absolute).
+    pub uri: &'a Uri,
+    /// Headers as received.
+    pub headers: &'a HeaderMap,
+    /// The adapter's request id (for problem details, audit and backend spread).
+    pub request_id: &'a str,
+    /// The connecting peer's address, when the adapter knows it (the client's address is
+    /// taken from proxy headers only when this peer is a trusted proxy).
+    pub peer: Option<IpAddr>,
+    /// The request body, read by the adapter only where [`Gateway::wants_body`] says so
+    /// (the back-channel logout endpoint); empty otherwise.
+    pub body: &'a [u8],
+}
+
+/// Backend health as the adapter knows it (health checks, circuit breakers).
+pub trait BackendHealth {
+    /// True when `backend` may receive requests.
+    fn is_healthy(&self, backend: BackendId) -> bool;
+}
+
+/// Every backend healthy (adapters without health checks, tests).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllHealthy;
+
+impl BackendHealth for AllHealthy {
+    fn is_healthy(&self, _: BackendId) -> bool {
+        true
+    }
+}

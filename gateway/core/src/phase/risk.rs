@@ -1,0 +1,179 @@
+//! Phase `risk`: the route's built-in bot checks ([`crate::bot`]) and risk plugins (run by
+//! the adapter, [`crate::risk`]), which see the effective identity, combined into one
+//! verdict before authorization: allow, step-up, challenge (a proof-of-work page or a
+//! valid clearance cookie, [`crate::challenge`]) or deny.
+
+use super::{Ctx, Matched, Scope, Step};
+use crate::challenge::{self as pow, Binding, Clearance};
+use crate::claims::VerifiedIdentity;
+use crate::config::{Route, RouteRisk};
+use crate::decision::{Response, problem};
+use crate::reason::Reason;
+use crate::risk::{Action, RiskContext, RiskIdentity, RiskVerdict, combine_with};
+
+/// Assesses the request when the route has risk rules; the verdict goes into the audit
+/// record whatever it is.
+pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
+    let input = &scope.input;
+    let cfg = input.config();
+    let Some(risk) = &m.route.risk else {
+        return Ok(());
+    };
+    let signals = crate::bot::evaluate(
+        &cfg.bot,
+        &risk.checks,
+        &crate::bot::BotInput {
+            headers: input.req.headers,
+            client_ip: scope.client.ip,
+            asn: scope.client.asn,
+        },
+    );
+    let answers = if risk.plugins.is_empty() {
+        Vec::new()
+    } else {
+        let ctx = context(scope, m.route, cx.identity.as_ref());
+        input.services.risk.assess(&risk.plugins, &ctx)
+    };
+    let mut verdict = combine_with(cfg, risk, signals, answers);
+    let refusal = match verdict.action {
+        Action::Challenge if verdict.failed.is_none() => {
+            let (refusal, clearance) = challenge(scope, &verdict, risk);
+            verdict.clearance = clearance;
+            refusal
+        }
+        _ => refusal(&verdict, risk, cx.identity.as_ref(), input.req.request_id),
+    };
+    cx.audit.risk = Some(verdict);
+    match refusal {
+        Some(response) => Err(response),
+        None => Ok(()),
+    }
+}
+
+/// What the route's plugins are told about the request: the headers they asked for, the
+/// canonical path, the client and the effective identity.
+fn context(scope: &Scope<'_>, route: &Route, identity: Option<&VerifiedIdentity>) -> RiskContext {
+    let input = &scope.input;
+    let (cfg, req) = (input.config(), input.req);
+    let mut headers = Vec::new();
+    if let Some(risk) = &route.risk {
+        for id in &risk.plugins {
+            let Some(plugin) = cfg.plugins.get(id.0) else {
+                continue;
+            };
+            for name in &plugin.headers {
+                if headers.iter().any(|(n, _): &(String, String)| n == name) {
+                    continue;
+                }
+                for v in req.headers.get_all(name.as_str()) {
+                    if let Ok(text) = v.to_str() {
+                        headers.push((name.clone(), text.to_owned()));
+                    }
+                }
+            }
+        }
+    }
+    RiskContext {
+        request_id: req.request_id.to_owned(),
+        route: route.path.clone(),
+        method: req.method.as_str().to_owned(),
+        path: scope.norm.path.clone(),
+        query: req.uri.query().map(str::to_owned),
+        host: Some(scope.norm.authority.host.clone()),
+        headers,
+        identity: identity.map(|id| {
+            let issuer = cfg
+                .issuers
+                .get(id.issuer.0)
+                .map_or("", |i| i.issuer.as_str());
+            RiskIdentity::of(id, issuer)
+        }),
+        client: scope.client.clone(),
+    }
+}
+
+/// The verdict chose "challenge": a valid clearance cookie lets the request through;
+/// otherwise browsers navigating get the proof-of-work page, other clients a 403. Also
+/// returns what became of the clearance cookie, for the audit record.
+fn challenge(
+    scope: &Scope<'_>,
+    verdict: &RiskVerdict,
+    risk: &RouteRisk,
+) -> (Option<Response>, Option<String>) {
+    let input = &scope.input;
+    let (req, now, key) = (input.req, input.now, &input.prep.challenge_key);
+    let network = pow::binding_network(&scope.client);
+    let binding = Binding {
+        network: &network,
+        user_agent: pow::user_agent(req.headers),
+    };
+    let (reason, detail, clearance) = match pow::check_clearance(key, req.headers, now, &binding) {
+        Clearance::Valid => return (None, Some("valid".into())),
+        Clearance::Invalid(e) => (
+            Reason::ClearanceInvalid,
+            format!("the challenge clearance cookie is not valid: {e}"),
+            Some(e.code().to_owned()),
+        ),
+        Clearance::Absent => (Reason::ChallengeRequired, verdict.detail(), None),
+    };
+    if !crate::login::is_navigation(req.method, req.headers) {
+        return (
+            Some(problem(reason, &detail, req.request_id, &[])),
+            clearance,
+        );
+    }
+    let cfg = &input.config().challenge;
+    let bits = pow::difficulty(
+        verdict.score,
+        risk.challenge.unwrap_or(0),
+        cfg.min_bits,
+        cfg.max_bits,
+    );
+    let return_to = scope.norm.path_and_query.as_str();
+    let token = pow::issue(key, now, cfg.ttl, bits, &binding, return_to);
+    let (html, headers) = match &cfg.site_verify {
+        Some(site) => pow::site_page(&token, &site.site_key, &site.script_url),
+        None => pow::page(&token, bits),
+    };
+    let page = Response {
+        status: http::StatusCode::FORBIDDEN,
+        headers,
+        body: html.into_bytes(),
+        reason,
+    };
+    (Some(page), clearance)
+}
+
+/// The response for a verdict that does not let the request through.
+fn refusal(
+    verdict: &RiskVerdict,
+    risk: &RouteRisk,
+    identity: Option<&VerifiedIdentity>,
+    request_id: &str,
+) -> Option<Response> {
+    let detail = verdict.detail();
+    if verdict.failed.is_some() {
+        return Some(problem(Reason::RiskCheckFailed, &detail, request_id, &[]));
+    }
+    match verdict.action {
+        Action::Allow => None,
+        Action::Deny => Some(problem(Reason::RiskDenied, &detail, request_id, &[])),
+        Action::Challenge => Some(problem(Reason::ChallengeRequired, &detail, request_id, &[])),
+        Action::StepUp => {
+            let reached = identity
+                .and_then(|id| id.acr.as_deref())
+                .is_some_and(|acr| risk.step_up_acr.iter().any(|a| a == acr));
+            if reached {
+                return None;
+            }
+            let (reason, challenge) = match identity {
+                None => (Reason::AuthenticationRequired, Vec::new()),
+                Some(_) => (
+                    Reason::InsufficientUserAuthentication,
+                    vec![("acr_values", risk.step_up_acr.join(" "))],
+                ),
+            };
+            Some(problem(reason, &detail, request_id, &challenge))
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The pipeline: the one place that lists the order of the phases ([`crate::phase`]).
+//!
+//! normalize → endpoints → route → limits (before authentication) → authenticate →
+//! delegate → limits (after authentication) → risk → authorize → residency → forward →
+//! record
+//!
+//! A decision is a pure function of the configuration, the adapter's services (key sets,
+//! state, plugins, provider calls, backend health), the request and the clock.
+
+use http::Method;
+
+use crate::audit::AuditRecord;
+use crate::authenticate::LocalAuthenticator;
+use crate::config::Config;
+use crate::crypto::SignatureVerifier;
+use crate::decision::{Decision, Forward, Outcome, Response};
+use crate::keyset::KeyStore;
+use crate::model::{BackendHealth, RequestParts};
+use crate::phase::{self, Adapters, Ctx, Input, Prepared, Scope};
+use crate::time::Timestamp;
+
+/// The decision pipeline over a validated configuration. Authentication is delegated to
+/// the adapters' [`crate::Authenticator`], so the same pipeline runs with local keys or
+/// with a host that verifies natively.
+#[derive(Debug)]
+pub struct Gateway {
+    prep: Prepared,
+}
+
+impl Gateway {
+    /// Builds the pipeline.
+    pub fn new(config: Config) -> Self {
+        Self {
+            prep: Prepared::new(config),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.prep.config
+    }
+
+    /// True when the adapter should read the request body (at most
+    /// [`crate::login::MAX_FORM_BODY`] bytes) into [`RequestParts::body`] before deciding:
+    /// only for the back-channel logout endpoint.
+    pub fn wants_body(&self, method: &Method, path: &str) -> bool {
+        self.prep.session_keys.is_some()
+            && method == Method::POST
+            && path == crate::login::BACKCHANNEL_PATH
+    }
+
+    /// What the gateway itself serves at `path` (its public key set for gateway-signed
+    /// tokens), as `(content type, body)`. Adapters answer these before deciding.
+    pub fn well_known(&self, path: &str) -> Option<(&'static str, String)> {
+        match (&self.prep.config.gateway_token, path) {
+            (Some(gt), crate::gateway_token::JWKS_PATH) => {
+                Some(("application/jwk-set+json", crate::gateway_token::jwks(gt)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Decides what to do with a request with the adapter's services.
+    pub fn decide(
+        &self,
+        services: &Adapters<'_>,
+        req: &RequestParts<'_>,
+        now: Timestamp,
+    ) -> Decision {
+        let input = Input {
+            prep: &self.prep,
+            services,
+            req,
+            now,
+        };
+        let mut cx = Ctx {
+            audit: AuditRecord {
+                time_ms: now.unix_millis(),
+                request_id: req.request_id.to_owned(),
+                method: req.method.as_str().to_owned(),
+                path: req.uri.path().to_owned(),
+                decision: "deny",
+                ..AuditRecord::default()
+            },
+            ..Ctx::default()
+        };
+        let (outcome, phase) = match run(input, &mut cx) {
+            Ok(forward) => (Outcome::Forward(forward), None),
+            Err((phase, response)) => (Outcome::Respond(response), Some(phase)),
+        };
+        phase::record::finish(&mut cx.audit, &outcome, phase);
+        Decision {
+            outcome,
+            audit: cx.audit,
+            refetch: cx.refetch,
+        }
+    }
+}
+
+/// The phases in order. An `Err` is the gateway's own answer and the phase that gave it.
+fn run(input: Input<'_>, cx: &mut Ctx) -> Result<Forward, (&'static str, Response)> {
+    fn at(phase: &'static str) -> impl FnOnce(Response) -> (&'static str, Response) {
+        move |r| (phase, r)
+    }
+    let norm = phase::normalize::run(&input, cx).map_err(at("normalize"))?;
+    let scope = Scope::new(input, &norm);
+    phase::endpoints::run(&scope, cx).map_err(at("endpoints"))?;
+    let route = phase::route::run(&scope, cx).map_err(at("route"))?;
+    phase::limits::before_authentication(&scope, route, cx).map_err(at("limits"))?;
+    phase::authenticate::run(&scope, route, cx).map_err(at("authenticate"))?;
+    phase::delegate::run(&scope, route, cx).map_err(at("delegate"))?;
+    phase::limits::after_authentication(&scope, route, cx).map_err(at("limits"))?;
+    phase::risk::run(&scope, route, cx).map_err(at("risk"))?;
+    phase::authorize::run(&scope, route, cx).map_err(at("authorize"))?;
+    let (backend, region) = phase::residency::run(&scope, route, cx).map_err(at("residency"))?;
+    Ok(phase::forward::run(&scope, route, cx, backend, region))
+}
+
+/// A [`Gateway`] with a local signature verifier (native hosts, tests, benches).
+#[derive(Debug)]
+pub struct Engine<V> {
+    gateway: Gateway,
+    verifier: V,
+}
+
+impl<V: SignatureVerifier> Engine<V> {
+    /// Builds an engine.
+    pub fn new(config: Config, verifier: V) -> Self {
+        Self {
+            gateway: Gateway::new(config),
+            verifier,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        self.gateway.config()
+    }
+
+    /// The pipeline.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// The verifier.
+    pub fn verifier(&self) -> &V {
+        &self.verifier
+    }
+
+    /// A key store for this configuration (static keys prepared, remote ones due).
+    pub fn new_key_store(&self) -> KeyStore<V::Key> {
+        KeyStore::new(self.gateway.config(), &self.verifier)
+    }
+
+    /// Decides a request, verifying tokens with `keys` and this engine's verifier, with no
+    /// other services (see [`Adapters::new`]).
+    pub fn decide(
+        &self,
+        keys: &KeyStore<V::Key>,
+        req: &RequestParts<'_>,
+        now: Timestamp,
+        health: &dyn BackendHealth,
+    ) -> Decision {
+        let auth = LocalAuthenticator {
+            config: self.gateway.config(),
+            keys,
+            verifier: &self.verifier,
+        };
+        self.gateway.decide(&Adapters::new(&auth, health), req, now)
+    }
+}

@@ -1,0 +1,73 @@
+//! Audit records as every runtime writes them: one JSON object per line, keys sorted,
+//! absent fields left out, the risk verdict as an object.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// The JSON line of an audit record: the core's [`AuditRecord`](portcullis_core::AuditRecord),
+/// or the `decision-record` a gateway component sends its host (whose `risk` is JSON text,
+/// written here as the object it is). Absent (`null`) fields are left out, so every runtime
+/// writes the same line for the same decision.
+pub fn json_line(record: &impl Serialize) -> String {
+    let Ok(Value::Object(mut fields)) = serde_json::to_value(record) else {
+        return String::from("{}");
+    };
+    fields.retain(|_, v| !v.is_null());
+    if let Some(risk) = fields.get_mut("risk")
+        && let Some(text) = risk.as_str()
+    {
+        *risk = serde_json::from_str(text).unwrap_or(Value::Null);
+    }
+    Value::Object(fields).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Record {
+        decision: &'static str,
+        host: Option<String>,
+        risk: Option<String>,
+    }
+
+    #[test]
+    fn absent_fields_are_left_out_and_risk_text_becomes_an_object() {
+        let line = json_line(&Record {
+            decision: "deny",
+            host: None,
+            risk: Some(r#"{"score":80}"#.into()),
+        });
+        assert_eq!(line, r#"{"decision":"deny","risk":{"score":80}}"#);
+    }
+
+    #[test]
+    fn the_cores_record_and_a_components_record_give_the_same_line() {
+        let core = portcullis_core::AuditRecord {
+            decision: "forward",
+            path: "/a".into(),
+            ..portcullis_core::AuditRecord::default()
+        };
+        #[derive(Serialize)]
+        struct Wit {
+            time_ms: u64,
+            request_id: String,
+            method: String,
+            path: String,
+            decision: String,
+            status: Option<u16>,
+            risk: Option<String>,
+        }
+        let wit = Wit {
+            time_ms: 0,
+            request_id: String::new(),
+            method: String::new(),
+            path: "/a".into(),
+            decision: "forward".into(),
+            status: None,
+            risk: None,
+        };
+        assert_eq!(json_line(&core), json_line(&wit));
+    }
+}

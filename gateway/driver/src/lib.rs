@@ -1,0 +1,61 @@
+//! # portcullis-driver
+//!
+//! What every Portcullis runtime does around the core's decision, written once: the native
+//! host, the gateway component, the Spin application and the Cloudflare Worker each keep
+//! only their sockets and platform APIs.
+//!
+//! - [`RequestHead`]: the request as received, owned, with its request id; it lends the
+//!   core its [`RequestParts`](portcullis_core::RequestParts).
+//! - [`early`]: what is answered before deciding (the gateway's own key set).
+//! - [`decide_refetching`]: decide; when a token names a key its issuer's set lacks, one
+//!   rate-limited refetch and a second decision.
+//! - [`keys::refresh`]: every due key-set document fetched through the runtime's
+//!   [`keys::DocumentSource`], discovery first, applied to the key store.
+//! - [`relay_headers`]: the backend's response headers as the client gets them.
+//! - [`refused_in_forward`]: the audit record of a request the decision forwarded but the
+//!   forward refused (body too large, backend down or slow).
+//! - [`audit::json_line`]: the audit line every runtime writes.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+mod head;
+pub mod keys;
+mod respond;
+
+pub use head::RequestHead;
+pub use respond::{early, refused_in_forward, relay_headers};
+
+use portcullis_core::{Decision, IssuerId};
+
+/// A decision, alone or with what the adapter learned while it was made (the native host
+/// keeps what its plugins were shown, for `observe`).
+pub trait Decided {
+    /// The decision.
+    fn decision(&self) -> &Decision;
+}
+
+impl Decided for Decision {
+    fn decision(&self) -> &Decision {
+        self
+    }
+}
+
+impl<T> Decided for (Decision, T) {
+    fn decision(&self) -> &Decision {
+        &self.0
+    }
+}
+
+/// Decides with `decide`; when the decision asks for a key-set refetch (a token named a
+/// `kid` its issuer's set lacks), asks `refetch` — which requests the refetch from the key
+/// store (rate-limited there) and performs it — and, when it did, decides again.
+pub async fn decide_refetching<D: Decided>(
+    decide: impl Fn() -> D,
+    refetch: impl AsyncFnOnce(IssuerId) -> bool,
+) -> D {
+    let decided = decide();
+    match decided.decision().refetch {
+        Some(issuer) if refetch(issuer).await => decide(),
+        _ => decided,
+    }
+}

@@ -1,0 +1,24 @@
+//! The host side of the `portcullis:gateway/host-services` world (wasmtime bindgen).
+#![allow(missing_docs, clippy::all)]
+
+wasmtime::component::bindgen!({
+    path: "../../wit/gateway",
+    world: "host-services",
+    additional_derives: [serde::Serialize],
+    imports: {
+        "portcullis:gateway/keys.authenticate": async,
+        "portcullis:gateway/risk.assess": async,
+        "portcullis:gateway/risk.observe": async,
+        "portcullis:gateway/state.get": async,
+        "portcullis:gateway/state.set": async,
+        "portcullis:gateway/state.increment": async,
+        "portcullis:gateway/state.first-use": async,
+        "portcullis:gateway/state.rate-limit": async,
+        "portcullis:gateway/client.verify-site-token": async,
+        "portcullis:gateway/client.token-request": async,
+        "portcullis:gateway/state.delete": async,
+    },
+});
+
+/// The audit record the gateway component sends.
+pub use portcullis::gateway::audit::DecisionRecord;

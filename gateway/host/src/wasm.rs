@@ -1,0 +1,98 @@
+//! The wasmtime engine and the gateway component: engine settings (pooling allocator,
+//! epoch interruption), the embedded component, and the on-disk cache of its compiled
+//! artifact.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use wasmtime::component::Component;
+use wasmtime::{Config as WasmConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// The gateway component, built by this crate's build script.
+pub const COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_component.wasm"));
+
+/// Memory a gateway or plugin instance may use at most (plugins are capped lower per
+/// plugin by their store limits).
+pub const INSTANCE_MEMORY: usize = 64 << 20;
+
+/// Epoch tick interval: the resolution of plugin deadlines and request timeouts.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// The wasmtime engine: pooling allocator, epoch interruption, and fuel metering when a
+/// plugin needs it (fuel is engine-wide).
+pub fn engine(max_instances: u32, fuel: bool) -> anyhow::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(max_instances)
+        .total_core_instances(max_instances * 8)
+        .total_memories(max_instances * 4)
+        .total_tables(max_instances * 8)
+        .max_memory_size(INSTANCE_MEMORY)
+        // Reset reused slots with memset instead of madvise for the first pages: a gateway
+        // instance touches ~1-2 MiB, and re-faulting those pages per request dominated the
+        // per-request cost.
+        .linear_memory_keep_resident(4 << 20)
+        .table_keep_resident(64 << 10);
+    let mut cfg = WasmConfig::new();
+    cfg.wasm_component_model(true)
+        .epoch_interruption(true)
+        // Guests built with `-C target-feature=+wide-arithmetic` (in-guest RSA/ECDSA
+        // fallbacks) get 128-bit multiplies; others are unaffected.
+        .wasm_wide_arithmetic(true)
+        .consume_fuel(fuel)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&cfg).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Compiles the component, or loads the artifact a previous run cached in `cache_dir`.
+pub fn load_component(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+) -> anyhow::Result<Component> {
+    let Some(dir) = cache_dir else {
+        return Component::new(engine, wasm).map_err(|e| anyhow::anyhow!("{e}"));
+    };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+    let key = ring::digest::digest(&ring::digest::SHA256, wasm);
+    let name = format!(
+        "{}-{:016x}.cwasm",
+        hex(key.as_ref().get(..16).unwrap_or_default()),
+        std::hash::Hasher::finish(&hasher)
+    );
+    let path = dir.join(name);
+    if path.exists() {
+        // SAFETY: the file is one this host serialized itself into its private cache
+        // directory, named by the hash of the source component and of the engine's
+        // compatibility settings; wasmtime additionally checks the artifact's header.
+        #[allow(unsafe_code)]
+        let loaded = unsafe { Component::deserialize_file(engine, &path) };
+        match loaded {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cached component unusable; recompiling")
+            }
+        }
+    }
+    let component = Component::new(engine, wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Ok(bytes) = component.serialize() {
+        let _ = std::fs::create_dir_all(dir);
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        if std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+    Ok(component)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The default compiled-component cache directory.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("portcullis"))
+}
