@@ -100,6 +100,7 @@ impl Gateway {
 /// The phases in order. An `Err` is the gateway's own answer and the phase that gave it.
 fn run(input: Input<'_>, cx: &mut Ctx) -> Result<Forward, (&'static str, Response)> {
     fn at(phase: &'static str) -> impl FnOnce(Response) -> (&'static str, Response) {
+        debug_assert!(phase::NAMES.contains(&phase), "unlisted phase {phase}");
         move |r| (phase, r)
     }
     let norm = phase::normalize::run(&input, cx).map_err(at("normalize"))?;
