@@ -7,7 +7,13 @@
 //!
 //! Compares cargo's unit graphs (`--unit-graph`, unstable, so `RUSTC_BOOTSTRAP=1` for these
 //! two metadata-only invocations; nothing is built).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
@@ -42,7 +48,7 @@ fn unit_graph(args: &[&str]) -> Value {
 fn signatures(graph: &Value) -> HashMap<String, BTreeSet<String>> {
     let units = graph["units"].as_array().unwrap();
     let mut memo: Vec<Option<String>> = vec![None; units.len()];
-    fn sig(i: usize, units: &[Value], memo: &mut Vec<Option<String>>) -> String {
+    fn sig(i: usize, units: &[Value], memo: &mut [Option<String>]) -> String {
         if let Some(s) = &memo[i] {
             return s.clone();
         }
@@ -73,7 +79,7 @@ fn signatures(graph: &Value) -> HashMap<String, BTreeSet<String>> {
     let mut out: HashMap<String, BTreeSet<String>> = HashMap::new();
     for (i, u) in units.iter().enumerate() {
         let kind = &u["target"]["kind"];
-        if u["mode"] == "build" && (kind == &serde_json::json!(["lib"])) {
+        if u["mode"] == "build" && *kind == serde_json::json!(["lib"]) {
             let s = sig(i, units, &mut memo);
             out.entry(name(u)).or_default().insert(s);
         }

@@ -1,7 +1,12 @@
 //! The load harness's helpers work: `load-tokens` writes a key set and tokens that verify
 //! against it, and `load-backend` answers HTTP. (Also: `cargo test --workspace` builds
 //! these binaries, so the harness's smoke run reuses the test build.)
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
