@@ -18,6 +18,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
 
+use portcullis_core::fnv::fnv1a;
 use portcullis_tests::repo_root;
 use serde_json::Value;
 
@@ -71,8 +72,8 @@ fn signatures(graph: &Value) -> HashMap<String, BTreeSet<String>> {
             profile,
             deps.join(",")
         );
-        // Long strings are fine for a test; a digest keeps the memo small.
-        let digest = format!("{}#{:x}", name(u), fnv(s.as_bytes()));
+        // A digest keeps the memo small (the strings nest every dependency's).
+        let digest = format!("{}#{:x}", name(u), fnv1a(&s));
         memo[i] = Some(digest.clone());
         digest
     }
@@ -91,12 +92,6 @@ fn signatures(graph: &Value) -> HashMap<String, BTreeSet<String>> {
 fn name(u: &Value) -> String {
     let id = u["pkg_id"].as_str().unwrap();
     id.rsplit('#').next().unwrap().to_owned()
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[test]
