@@ -25,9 +25,13 @@
 // own logout-token code) to each client's backchannel_logout_uri, grants revoked, sessions
 // destroyed. Answers {"sessions": n, "notified": [client_id...], "errors": [...]}.
 //
+// Test endpoint: POST /test/sign?claims=B64URL_JSON&typ=TYP answers a compact JWS of those
+// claims signed with the provider's own ES256 key (kid op-es256), so tests can send the
+// gateway logout tokens the provider would never issue (no events, a nonce, a replayed jti).
+//
 // Prints {"listening": "http://127.0.0.1:PORT"} on stdout when ready; errors go to stderr.
 
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 
 import Provider, { errors } from 'oidc-provider';
 
@@ -311,6 +315,28 @@ provider.use(async (ctx, next) => {
   });
   ctx.status = 303;
   ctx.redirect(returnTo);
+  return undefined;
+});
+
+// POST /test/sign?claims=B64URL_JSON&typ=TYP: any claims, signed with the provider's key.
+provider.use(async (ctx, next) => {
+  if (ctx.path !== '/test/sign') return next();
+  if (ctx.method !== 'POST') ctx.throw(405);
+  let claims;
+  try {
+    claims = JSON.parse(Buffer.from(String(ctx.query.claims ?? ''), 'base64url').toString());
+  } catch {
+    ctx.throw(400, 'claims must be base64url JSON');
+  }
+  const { kid, alg, use, ...key } = jwks.keys.find((k) => k.kid === 'op-es256');
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const input = `${part({ alg, kid, typ: String(ctx.query.typ ?? 'JWT') })}.${part(claims)}`;
+  const signature = sign('sha256', Buffer.from(input), {
+    key: createPrivateKey({ key, format: 'jwk' }),
+    dsaEncoding: 'ieee-p1363',
+  });
+  ctx.type = 'text';
+  ctx.body = `${input}.${signature.toString('base64url')}`;
   return undefined;
 });
 

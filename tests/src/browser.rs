@@ -256,6 +256,22 @@ impl Browser {
         }
     }
 
+    /// Every cookie of every site in the browser's jar (Chrome DevTools Protocol
+    /// `Network.getAllCookies`): unlike [`Browser::cookies`], not limited to the current
+    /// page's host. Each has at least `name`, `value` and `domain`.
+    pub fn all_cookies(&self) -> Vec<Value> {
+        let v = self.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            json!({ "cmd": "Network.getAllCookies", "params": {} }),
+            "get all cookies",
+        );
+        match v.get("cookies") {
+            Some(Value::Array(a)) => a.clone(),
+            _ => panic!("browser: get all cookies: unexpected response {v}"),
+        }
+    }
+
     /// The cookie named `name` visible to the current page, if any.
     pub fn cookie(&self, name: &str) -> Option<Value> {
         match self.try_cmd("GET", &format!("/cookie/{}", pct(name)), Value::Null) {

@@ -10,6 +10,7 @@
 
 pub mod browser;
 pub mod host;
+pub mod interop;
 pub mod net;
 pub mod oidc;
 pub mod redis;

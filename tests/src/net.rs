@@ -252,6 +252,8 @@ pub struct KeyServer {
     pub down: Arc<AtomicBool>,
     /// JWKS fetches so far.
     pub jwks_fetches: Arc<AtomicUsize>,
+    /// Requests refused (503) while `down`.
+    pub refused: Arc<AtomicUsize>,
     /// `Cache-Control` max-age it sends.
     pub max_age: Arc<AtomicUsize>,
 }
@@ -263,11 +265,14 @@ impl KeyServer {
         let down = Arc::new(AtomicBool::new(false));
         let fetches = Arc::new(AtomicUsize::new(0));
         let max_age = Arc::new(AtomicUsize::new(300));
+        let refused = Arc::new(AtomicUsize::new(0));
         let (j, d, f, m) = (jwks.clone(), down.clone(), fetches.clone(), max_age.clone());
+        let r = refused.clone();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let server = Server::start_on(listener, move |req| {
             if d.load(Ordering::SeqCst) {
+                r.fetch_add(1, Ordering::SeqCst);
                 return Resp::json(503, &json!({"error": "down"}));
             }
             match req.path.as_str() {
@@ -282,7 +287,13 @@ impl KeyServer {
                 }
                 "/.well-known/openid-configuration" => Resp::json(
                     200,
-                    &json!({"issuer": base, "jwks_uri": format!("{base}/jwks.json")}),
+                    &json!({
+                        "issuer": base,
+                        "jwks_uri": format!("{base}/jwks.json"),
+                        // Named, not served: enough for a gateway to start a browser login.
+                        "authorization_endpoint": format!("{base}/authorize"),
+                        "token_endpoint": format!("{base}/token"),
+                    }),
                 ),
                 _ => Resp::json(404, &json!({})),
             }
@@ -292,6 +303,7 @@ impl KeyServer {
             jwks,
             down,
             jwks_fetches: fetches,
+            refused,
             max_age,
         }
     }

@@ -223,6 +223,19 @@ impl OpenIdProvider {
         r.json_body()
     }
 
+    /// A compact JWS of `claims` with header `typ`, signed with the provider's own ES256
+    /// key (`op-es256`): tokens the provider would never issue, trusted like its own.
+    pub fn sign(&self, claims: &Value, typ: &str) -> String {
+        let claims = crate::b64(claims.to_string().as_bytes());
+        let r = self.post_form(
+            &format!("/test/sign?claims={claims}&typ={}", pct(typ)),
+            &[],
+            None,
+        );
+        assert_eq!(r.status, 200, "oidc: /test/sign: {}", body_text(&r));
+        body_text(&r)
+    }
+
     /// `url`'s path and query if it is on this provider, else `url` itself (a path).
     fn path_of<'a>(&self, url: &'a str) -> &'a str {
         match url.strip_prefix(self.issuer.as_str()) {

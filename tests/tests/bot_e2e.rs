@@ -229,6 +229,25 @@ fn chromium_solves_the_challenge_and_reaches_the_backend(engine: &str) {
         w.backend.hits.load(std::sync::atomic::Ordering::SeqCst),
         hits + 1
     );
+    // The clearance is the gateway's: the backend never sees it (no `[session]` here).
+    let cookies: Vec<String> = w
+        .backend
+        .last
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "cookie")
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert!(
+        !cookies
+            .iter()
+            .any(|c| c.contains(challenge::CLEARANCE_COOKIE)),
+        "the clearance cookie reached the backend: {cookies:?}"
+    );
 
     // A forged cookie is refused: the gateway shows the challenge again (and the browser,
     // solving it, earns a genuine cookie).

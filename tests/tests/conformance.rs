@@ -1024,3 +1024,151 @@ fn the_worker_answers_504_when_the_backend_is_too_slow() {
     assert_eq!(reason(&r), "backend_timeout");
     assert!(started.elapsed() < std::time::Duration::from_millis(2900));
 }
+
+// ---- What the edge runtimes cannot do yet, and how they refuse it ----------------------
+//
+// The bundle and the Worker have no shared state and make no provider calls (issue 17), so
+// DPoP proofs (replay check), challenge answers (one-time ids) and browser login are
+// refused there, closed, while the host engines serve the same requests. The Spin build
+// has no runtime here to run under (see the README's runtime table).
+
+fn edge_limits_config(keys: &KeyServer, eu: &str, us: &str) -> String {
+    let extra = format!(
+        r#"
+[[issuer]]
+name = "op"
+issuer = "{op}"
+discovery = true
+insecure_http_jwks = true
+audiences = ["unused-api"]
+algorithms = ["ES256"]
+
+[issuer.login]
+client_id = "gateway"
+client_secret_file = "client.secret"
+redirect_uri = "http://localhost:8080/_portcullis/callback"
+
+[session]
+[[session.key]]
+id = "k1"
+file = "session.key"
+
+[dpop]
+scheme = "http"
+max_age = "60s"
+
+[challenge]
+min_bits = 8
+max_bits = 10
+
+[[route]]
+path = "/app"
+login = ["op"]
+
+[[route]]
+path = "/api/dpop"
+issuers = ["main"]
+require_dpop = true
+
+[[route]]
+path = "/signup"
+auth = "public"
+risk = {{ checks = ["automation", "browser_headers"], challenge = 50, deny = 100 }}
+
+[identity]"#,
+        op = keys.server.url()
+    );
+    config(keys, eu, us).replace("[identity]", &extra)
+}
+
+fn edge_limits_files() -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("client.secret".to_owned(), b"secret".to_vec()),
+        ("session.key".to_owned(), "5a".repeat(32).into_bytes()),
+    ]
+}
+
+/// What one runtime answered: (status, reason) for a DPoP request with a valid proof, a
+/// solved challenge, and a browser navigation to a login route.
+#[derive(Debug, PartialEq)]
+struct EdgeAnswers {
+    dpop: (u16, String),
+    challenge_answer: (u16, String),
+    login: (u16, String),
+}
+
+fn edge_answers(gw: &Gateway) -> EdgeAnswers {
+    use portcullis_core::challenge;
+    use portcullis_tests::interop::tool;
+    let key: Value = serde_json::from_str(&tool(&["keys", "client-key"]).unwrap()).unwrap();
+    let private = key["private"].to_string();
+    let jkt = tool(&["thumbprint", &private]).unwrap();
+    let bound = token("ES256", json!({"cnf": {"jkt": jkt}}));
+    let url = format!("http://{}/api/dpop/1", gw.addr);
+    let proof = tool(&["dpop", &private, "GET", &url, &bound, "0"]).unwrap();
+    let auth = format!("DPoP {bound}");
+    let r = request(
+        gw.addr,
+        "GET",
+        "/api/dpop/1",
+        &[("authorization", &auth), ("dpop", &proof)],
+        b"",
+    )
+    .unwrap();
+    let dpop = (r.status, reason(&r));
+
+    let nav = [
+        ("user-agent", "test-agent/1"),
+        ("sec-fetch-mode", "navigate"),
+        ("accept", "text/html"),
+    ];
+    let page = request(gw.addr, "GET", "/signup/page", &nav, b"").unwrap();
+    assert_eq!(page.status, 403, "{}", String::from_utf8_lossy(&page.body));
+    let html = String::from_utf8(page.body).unwrap();
+    let attr = |name: &str| {
+        html.split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_else(|| panic!("{name} in the challenge page: {html}"))
+            .to_owned()
+    };
+    let challenge_token = attr("data-token");
+    let bits: u8 = attr("data-bits").parse().unwrap();
+    let nonce = challenge::solve(&challenge_token, bits);
+    let answer = format!(
+        "{}?token={challenge_token}&nonce={nonce}",
+        challenge::CHALLENGE_PATH
+    );
+    let r = request(gw.addr, "GET", &answer, &nav, b"").unwrap();
+    let challenge_answer = (r.status, reason(&r));
+
+    let r = request(gw.addr, "GET", "/app/home", &nav, b"").unwrap();
+    let login = (r.status, reason(&r));
+    EdgeAnswers {
+        dpop,
+        challenge_answer,
+        login,
+    }
+}
+
+#[test]
+fn the_host_serves_dpop_challenges_and_login_that_the_edge_runtimes_refuse() {
+    let w = world();
+    let text = edge_limits_config(&w._keys, &w.eu.server.url(), &w.us.server.url());
+    let files = edge_limits_files();
+    let native = portcullis_tests::host::start_engine_with(&text, "native", &files);
+    let host = edge_answers(&native);
+    assert_eq!(host.dpop.0, 200, "{host:?}");
+    assert_eq!(host.challenge_answer.0, 303, "{host:?}");
+    assert!([302, 303].contains(&host.login.0), "{host:?}");
+
+    let refused = EdgeAnswers {
+        dpop: (401, "dpop_proof_invalid".to_owned()),
+        challenge_answer: (503, "state_unavailable".to_owned()),
+        login: (503, "provider_unavailable".to_owned()),
+    };
+    let (bundle, _) = start_bundle(&text, &files);
+    assert_eq!(edge_answers(&bundle), refused, "bundle");
+    let worker = portcullis_tests::workerd::start_worker(&text, &files);
+    assert_eq!(edge_answers(&worker), refused, "worker");
+}

@@ -259,15 +259,21 @@ fn key_rotation_at_the_idp_is_followed_while_serving(engine: &str) {
     // The IdP retires the old key. Once the gateway next loads the set (here: the next
     // unknown kid after the 2 s interval), tokens of the old key are refused.
     *w.keys.jwks.lock().unwrap() = json!({"keys": [jwk]});
-    std::thread::sleep(Duration::from_millis(2100));
     let probe = idp.forge_es256(
         &json!({"alg": "ES256", "kid": "es-3"}),
         &live_claims(json!({})),
     );
-    assert_eq!(
-        reason(&get(&gw, "/api/orders", Some(&probe), &[])),
-        "key_not_found"
-    );
+    // Unknown kids until the gateway is granted its next refetch (one per 2 s).
+    let fetched = w.keys.jwks_fetches.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while w.keys.jwks_fetches.load(Ordering::SeqCst) == fetched {
+        assert!(Instant::now() < deadline, "no refetch for an unknown kid");
+        assert_eq!(
+            reason(&get(&gw, "/api/orders", Some(&probe), &[])),
+            "key_not_found"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let r = get(&gw, "/api/orders", Some(&old), &[]);
     assert_eq!(
         (r.status, reason(&r).as_str()),
@@ -277,24 +283,63 @@ fn key_rotation_at_the_idp_is_followed_while_serving(engine: &str) {
     assert_eq!(get(&gw, "/api/orders", Some(&new), &[]).status, 200);
 }
 
-fn an_idp_outage_keeps_cached_keys_and_random_kids_cannot_storm_it(engine: &str) {
+/// The IdP goes down and stays down past the key set's freshness (`max-age=1`): the
+/// gateway's refreshes fail (the key server counts them) and tokens keep verifying against
+/// the last good set — until `jwks_max_stale`, which the next test covers.
+fn an_idp_outage_past_a_due_refresh_is_served_from_the_last_good_set(engine: &str) {
+    let w = world();
+    w.keys.max_age.store(1, Ordering::SeqCst);
+    let text = config(&w.keys, &w.eu.server.url(), &w.us.server.url()).replace(
+        "jwks_refresh_min = \"1s\"",
+        "jwks_refresh_min = \"1s\"\njwks_refresh_max = \"1s\"\njwks_max_stale = \"1h\"",
+    );
+    let gw = start_engine(&text, engine);
+    let idp = TestIdp::shared();
+    let token = |i: usize| idp.sign("EdDSA", live_claims(json!({"sub": format!("u{i}")})));
+    assert_eq!(get(&gw, "/api/orders", Some(&token(0)), &[]).status, 200);
+    w.keys.down.store(true, Ordering::SeqCst);
+    // Two refused fetches: the refresh that fell due and its retry, so the set the gateway
+    // holds is past its freshness.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w.keys.refused.load(Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never tried to refresh"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 1..=5 {
+        let r = get(&gw, "/api/orders", Some(&token(i)), &[]);
+        assert_eq!(
+            r.status,
+            200,
+            "stale keys serve during the outage: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert!(w.keys.refused.load(Ordering::SeqCst) >= 2);
+}
+
+/// Tokens naming random unknown kids trigger at most one key-set fetch per
+/// `jwks_unknown_kid_interval` (30 s here).
+fn random_kids_cannot_storm_the_idp(engine: &str) {
     let w = world();
     let gw = start_engine(
         &config(&w.keys, &w.eu.server.url(), &w.us.server.url()),
         engine,
     );
     let idp = TestIdp::shared();
-    w.keys.down.store(true, Ordering::SeqCst);
+    assert_eq!(
+        get(
+            &gw,
+            "/api/orders",
+            Some(&idp.sign("ES256", live_claims(json!({})))),
+            &[]
+        )
+        .status,
+        200
+    );
     let before = w.keys.jwks_fetches.load(Ordering::SeqCst);
-    for i in 0..5 {
-        let t = idp.sign("EdDSA", live_claims(json!({"sub": format!("u{i}")})));
-        assert_eq!(
-            get(&gw, "/api/orders", Some(&t), &[]).status,
-            200,
-            "cached keys serve during the outage"
-        );
-    }
-    w.keys.down.store(false, Ordering::SeqCst);
     for i in 0..20 {
         let t = idp.forge_es256(
             &json!({"alg": "ES256", "kid": format!("random-{i}")}),
@@ -310,26 +355,67 @@ fn an_idp_outage_keeps_cached_keys_and_random_kids_cannot_storm_it(engine: &str)
     );
 }
 
+/// The EU region's only backend refuses connections and the region has no failover: the
+/// first request finds out (503 `backend_unavailable`) and ejects it; the next ones are
+/// refused before any connection (503 `residency_unavailable`), and never go to the US.
 fn a_down_regional_backend_gives_503_and_never_spills_to_another_region(engine: &str) {
     let w = world();
     // Port 1 is outside the ephemeral range, so no parallel test can be listening there.
     let dead = "http://127.0.0.1:1".to_owned();
     let gw = start_engine(&config(&w.keys, &dead, &w.us.server.url()), engine);
     let eu = TestIdp::shared().sign("ES256", live_claims(json!({})));
+    let mut seen = Vec::new();
     for _ in 0..3 {
         let r = get(&gw, "/api/orders", Some(&eu), &[]);
-        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
-        assert!(
-            ["backend_unavailable", "residency_unavailable"].contains(&reason(&r).as_str()),
-            "{}",
-            reason(&r)
-        );
+        seen.push((r.status, reason(&r)));
     }
+    let expected = |reason: &str| (503, reason.to_owned());
+    assert_eq!(
+        seen,
+        [
+            expected("backend_unavailable"),
+            expected("residency_unavailable"),
+            expected("residency_unavailable"),
+        ],
+        "the refused connection ejects the backend"
+    );
     assert_eq!(
         w.us.hits.load(Ordering::SeqCst),
         0,
         "the US backend received an EU resident's request"
     );
+}
+
+/// The EU region's backend is down and the region fails over to `eu2` (same jurisdiction):
+/// once the dead backend is ejected, EU residents are served from `eu2`, never from the US.
+fn a_down_region_fails_over_within_its_jurisdiction(engine: &str) {
+    let w = world();
+    let eu2 = Backend::start("eu2");
+    let dead = "http://127.0.0.1:1";
+    let text = config(&w.keys, dead, &w.us.server.url()).replace(
+        &format!("backends = [\"{dead}\"]\n"),
+        &format!(
+            "backends = [\"{dead}\"]\nfailover = [\"eu2\"]\n\n[region.eu2]\njurisdiction = \"EU\"\nbackends = [\"{}\"]\n",
+            eu2.server.url()
+        ),
+    );
+    assert!(text.contains("[region.eu2]"));
+    let gw = start_engine(&text, engine);
+    let eu = TestIdp::shared().sign("ES256", live_claims(json!({"sub": "eve"})));
+    let r = get(&gw, "/api/orders", Some(&eu), &[]);
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (503, "backend_unavailable")
+    );
+    for _ in 0..3 {
+        let r = get(&gw, "/api/orders", Some(&eu), &[]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let body = r.json_body();
+        assert_eq!(body["backend"], "eu2");
+        assert_eq!(body["headers"]["x-user-id"], "eve");
+    }
+    assert_eq!(eu2.hits.load(Ordering::SeqCst), 3);
+    assert_eq!(w.us.hits.load(Ordering::SeqCst), 0);
 }
 
 fn sigterm_drains_in_flight_requests(engine: &str) {
@@ -471,9 +557,11 @@ portcullis_tests::on_every_engine!(
     valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_ones,
     attacks_get_401_wrong_scope_403_and_public_routes_pass,
     key_rotation_at_the_idp_is_followed_while_serving,
-    an_idp_outage_keeps_cached_keys_and_random_kids_cannot_storm_it,
+    an_idp_outage_past_a_due_refresh_is_served_from_the_last_good_set,
+    random_kids_cannot_storm_the_idp,
     a_cached_token_is_refused_once_its_key_set_is_too_stale,
     a_down_regional_backend_gives_503_and_never_spills_to_another_region,
+    a_down_region_fails_over_within_its_jurisdiction,
     sigterm_drains_in_flight_requests,
     request_bodies_stream_to_the_backend_up_to_the_limit,
 );

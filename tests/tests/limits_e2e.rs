@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use jwt_simple::prelude::*;
 use portcullis_tests::host::{Gateway, get, reason, start_engine};
 use portcullis_tests::net::{Backend, KeyServer, Resp, request};
 use portcullis_tests::redis::Redis;
@@ -144,9 +145,25 @@ fn subject_limits_count_each_verified_user(engine: &str) {
     // Retry-After: one emission interval (30 minutes).
     assert_eq!(header(&r, "retry-after"), "1800");
     assert_eq!(get(&gw, "/per-user", Some(&bob), &[]).status, 200);
-    // A refused token is not a subject: 401, and it does not count.
+    // A refused token is not a subject: 401, and it does not count. Forged tokens claiming
+    // carol (signed by another key under the IdP's kid) would spend her budget if the
+    // limit counted claims before verification.
     let r = get(&gw, "/per-user", Some("not.a.token"), &[]);
-    assert_eq!(r.status, 401);
+    assert_eq!((r.status, reason(&r).as_str()), (401, "token_malformed"));
+    let forger = ES256KeyPair::generate().with_key_id("es-1");
+    for _ in 0..3 {
+        let forged = forger
+            .sign(raw_claims(live_claims(json!({"sub": "carol"}))))
+            .unwrap();
+        let r = get(&gw, "/per-user", Some(&forged), &[]);
+        assert_eq!((r.status, reason(&r).as_str()), (401, "signature_invalid"));
+    }
+    let carol = idp.sign("ES256", live_claims(json!({"sub": "carol"})));
+    for n in 1..=2 {
+        let r = get(&gw, "/per-user", Some(&carol), &[]);
+        assert_eq!(r.status, 200, "carol's request {n} of her burst of 2");
+    }
+    assert_eq!(get(&gw, "/per-user", Some(&carol), &[]).status, 429);
 }
 
 fn client_limits_count_each_oauth_client(engine: &str) {
@@ -203,18 +220,25 @@ fn two_gateways_sharing_redis_enforce_one_global_limit() {
     let b = Arc::new(start_engine(&text, "component"));
     let allowed = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let refused = Arc::new(AtomicUsize::new(0));
+    // Requests allowed after the first refusal: the bucket refilled (a rate, not a wall).
+    let refilled = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let run_for = Duration::from_secs(2);
     let threads: Vec<_> = (0..8)
         .map(|i| {
             let gw: Arc<Gateway> = if i % 2 == 0 { a.clone() } else { b.clone() };
-            let (allowed, refused) = (allowed.clone(), refused.clone());
+            let (allowed, refused, refilled) = (allowed.clone(), refused.clone(), refilled.clone());
             std::thread::spawn(move || {
                 while started.elapsed() < run_for {
                     let r = request(gw.addr, "GET", "/global", &[], b"").unwrap();
                     match r.status {
-                        200 => allowed[i % 2].fetch_add(1, Ordering::Relaxed),
-                        429 => refused.fetch_add(1, Ordering::Relaxed),
+                        200 => {
+                            if refused.load(Ordering::SeqCst) > 0 {
+                                refilled.fetch_add(1, Ordering::Relaxed);
+                            }
+                            allowed[i % 2].fetch_add(1, Ordering::Relaxed)
+                        }
+                        429 => refused.fetch_add(1, Ordering::SeqCst),
                         other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&r.body)),
                     };
                 }
@@ -236,10 +260,12 @@ fn two_gateways_sharing_redis_enforce_one_global_limit() {
         (total as f64) <= ceiling,
         "{total} allowed in {elapsed:.2}s, ceiling {ceiling:.1}"
     );
-    // And the limit is a rate, not a wall: most of the allowance was used.
+    // And the limit is a rate, not a wall: requests were allowed again after the burst was
+    // spent. (How many depends on how fast two busy cores send them, so no lower bound on
+    // the total: the ceiling above is the property.)
     assert!(
-        (total as f64) >= 10.0 + 20.0 * (elapsed - 0.5),
-        "only {total} allowed in {elapsed:.2}s"
+        refilled.load(Ordering::Relaxed) > 0,
+        "nothing allowed after the first refusal: {total} allowed in {elapsed:.2}s"
     );
     assert!(
         on_a > 0 && on_b > 0,
@@ -293,8 +319,10 @@ fn redis_outage_follows_on_unavailable_and_recovers() {
         let started = Instant::now();
         let r = get(&strict, "/per-ip", None, &[("x-forwarded-for", &ip(n))]);
         assert_eq!((r.status, reason(&r).as_str()), (503, "state_unavailable"));
+        // The state timeout is 100 ms; 2 s is twenty of them (room for two busy cores),
+        // and far below the seconds a connect or reconnect loop without a timeout takes.
         assert!(
-            started.elapsed() < Duration::from_secs(1),
+            started.elapsed() < Duration::from_secs(2),
             "refused promptly, not after a long wait: {:?}",
             started.elapsed()
         );
@@ -315,19 +343,28 @@ fn redis_outage_follows_on_unavailable_and_recovers() {
     );
 
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = get(&strict, "/per-ip", None, &[("x-forwarded-for", &ip(99))]);
-        if r.status == 200 {
-            break;
-        }
-        assert_eq!(reason(&r), "state_unavailable");
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not reconnect to Redis"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Redis answers again. A second later both gateways have reconnected (a failed
+    // connection attempt waits 250 ms before the next): the first request passes, and the
+    // lenient gateway counts again instead of letting everything through.
+    std::thread::sleep(Duration::from_secs(1));
+    let r = get(&strict, "/per-ip", None, &[("x-forwarded-for", &ip(99))]);
+    assert_eq!(
+        r.status,
+        200,
+        "not reconnected a second after Redis came back: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let lenient_from = |n| get(&lenient, "/per-ip", None, &[("x-forwarded-for", &ip(n))]).status;
+    assert_eq!(
+        [
+            lenient_from(60),
+            lenient_from(60),
+            lenient_from(60),
+            lenient_from(60)
+        ],
+        [200, 200, 200, 429],
+        "the lenient gateway limits again"
+    );
     // Limits hold again (the restarted Redis is empty: a fresh bucket of 3).
     let from = |n| get(&strict, "/per-ip", None, &[("x-forwarded-for", &ip(n))]).status;
     assert_eq!(

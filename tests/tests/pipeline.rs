@@ -492,6 +492,37 @@ fn authorization_is_removed_when_configured_not_to_forward_it() {
 }
 
 #[test]
+fn the_gateways_own_cookies_never_reach_a_backend_even_without_sessions() {
+    let h = Harness::new();
+    assert!(h.engine.config().session.is_none());
+    let t = h.idp.sign("ES256", claims(json!({})));
+    let d = h.get(
+        "/api/orders",
+        &[
+            ("authorization", &bearer(&t)),
+            (
+                "cookie",
+                "__Host-portcullis-clearance=c; app=1; __Host-portcullis-login-abc=l",
+            ),
+            ("cookie", "theme=dark"),
+        ],
+    );
+    let f = forward(&d);
+    assert_eq!(set_header(f, "cookie"), Some("app=1; theme=dark"));
+    // Only the gateway's cookies: the header is removed.
+    let d = h.get(
+        "/api/orders",
+        &[
+            ("authorization", &bearer(&t)),
+            ("cookie", "__Host-portcullis-clearance=c"),
+        ],
+    );
+    let f = forward(&d);
+    assert_eq!(set_header(f, "cookie"), None);
+    assert!(f.remove_headers.iter().any(|n| n == "cookie"));
+}
+
+#[test]
 fn claim_values_cannot_inject_header_lines() {
     let h = Harness::new();
     let t = h

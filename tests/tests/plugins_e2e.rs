@@ -624,3 +624,83 @@ portcullis_tests::on_every_engine!(
     credential_stuffing_blocks_a_burst_of_failed_logins_from_one_network,
     ip_reputation_refuses_listed_networks_and_asns_with_specific_allows,
 );
+
+/// `portcullis token verify --path` decides with the pipeline `serve` runs: the route's risk
+/// plugin scores the request (a high score is refused as `serve` would refuse it, not waved
+/// through), and the output names what an offline check cannot evaluate.
+#[test]
+fn token_verify_runs_the_routes_plugins_and_says_what_it_cannot_check() {
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let dir =
+        std::env::temp_dir().join(format!("portcullis-verify-plugins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("audit.key"), b64(&AUDIT_KEY)).unwrap();
+    let plugin = Path::new(env!("PORTCULLIS_PLUGIN_DIR")).join("fixture_plugin_trivial.wasm");
+    let config = format!(
+        r#"
+[[issuer]]
+name = "main"
+issuer = "{ISSUER}"
+jwks_uri = "{keys}/jwks.json"
+insecure_http_jwks = true
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+
+[region.eu]
+jurisdiction = "EU"
+backends = ["http://127.0.0.1:9"]
+
+[residency]
+missing = "eu"
+
+[plugin.trivial]
+path = "{plugin}"
+headers = ["x-risk"]
+
+[[route]]
+path = "/risky"
+risk = {{ plugins = ["trivial"], deny = 60 }}
+[[route.rate_limit]]
+key = "subject"
+rate = 1
+per = "1h"
+
+[audit]
+subject_key_file = "audit.key"
+"#,
+        keys = keys.server.url(),
+        plugin = plugin.display(),
+    );
+    let path = dir.join("gw.toml");
+    std::fs::write(&path, config).unwrap();
+    let token = TestIdp::shared().sign("ES256", live_claims(json!({"sub": "alice"})));
+    let verify = |risk: &str| {
+        let out = Command::new(binary())
+            .args(["token", "verify", "--config"])
+            .arg(&path)
+            .args([
+                "--path",
+                "/risky/x",
+                "--header",
+                &format!("x-risk: {risk}"),
+                &token,
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), format!("{stdout}{stderr}"))
+    };
+    let (ok, out) = verify("90");
+    assert!(!ok && out.starts_with("rejected: 403 risk_denied"), "{out}");
+    let (ok, out) = verify("10");
+    assert!(ok && out.starts_with("accepted: GET /risky/x"), "{out}");
+    for note in [
+        "offline: risk plugins: run on this one request",
+        "offline: rate limits: counted in an empty state as a first request",
+        "offline: backends: not contacted",
+    ] {
+        assert!(out.contains(note), "missing {note:?}:\n{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,7 +15,7 @@
     clippy::indexing_slicing
 )]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portcullis_tests::browser::Browser;
 use portcullis_tests::host::{Gateway, audit_records, reason, start_engine_on};
@@ -638,6 +638,123 @@ fn back_channel_logout_revokes_a_live_session(engine: &str) {
     )
     .unwrap();
     assert_eq!(r.status, 400, "a token not signed by the provider");
+    assert_eq!(reason(&r), "logout_token_invalid");
+
+    // Tokens signed with the provider's own key: frank signs in, then the checks of OIDC
+    // Back-Channel Logout §2.6 each refuse one token, and his session lives on until a
+    // valid one names only his `sub` (no `sid`: every session of his ends).
+    let frank = Browser::start();
+    frank.goto(&w.url("/app/frank"));
+    sign_in(&frank, "frank", None, &w.url("/app/frank"));
+    let frank_cookie = session_cookie_header(&frank);
+    let live = || {
+        w.raw(
+            "/app/frank",
+            &[("cookie", &frank_cookie), ("accept", "application/json")],
+        )
+        .status
+    };
+    assert_eq!(live(), 200);
+    let post = |token: &str| {
+        request(
+            w.gw.addr,
+            "POST",
+            "/_portcullis/backchannel-logout",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            format!("logout_token={token}").as_bytes(),
+        )
+        .unwrap()
+    };
+    let logout_claims = |jti: &str, extra: Value| {
+        let mut c = json!({"iss": w.op.issuer(), "aud": CLIENT, "iat": unix_now(),
+                           "exp": unix_now() + 60, "jti": jti, "sub": "frank",
+                           "events": {portcullis_core::login::BACKCHANNEL_EVENT: {}}});
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    };
+    let refused = |token: &str, why: &str| {
+        let r = post(token);
+        assert_eq!(
+            (r.status, reason(&r).as_str()),
+            (400, "logout_token_invalid"),
+            "{why}"
+        );
+        let detail = r.json_body()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(detail.contains(why), "refused for {why:?}, said {detail:?}");
+        assert_eq!(
+            live(),
+            200,
+            "a refused logout token ({why}) ended the session"
+        );
+    };
+    let op = &w.op;
+    refused(
+        &op.sign(
+            &logout_claims("no-events", json!({"events": null})),
+            "logout+jwt",
+        ),
+        "event",
+    );
+    refused(
+        &op.sign(
+            &logout_claims("other-event", json!({"events": {"urn:x": {}}})),
+            "logout+jwt",
+        ),
+        "event",
+    );
+    refused(
+        &op.sign(
+            &logout_claims("nonce", json!({"nonce": "n-1"})),
+            "logout+jwt",
+        ),
+        "nonce",
+    );
+    refused(
+        &op.sign(&logout_claims("no-jti", json!({"jti": null})), "logout+jwt"),
+        "jti",
+    );
+    refused(
+        &op.sign(
+            &logout_claims("no-subject", json!({"sub": null})),
+            "logout+jwt",
+        ),
+        "neither sid nor sub",
+    );
+    let valid = op.sign(&logout_claims("sub-only", json!({})), "logout+jwt");
+    let r = post(&valid);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let revoked = r.headers.iter().find(|(k, _)| k == "x-portcullis-revoked");
+    assert_eq!(
+        revoked.map(|(_, v)| v.as_str()),
+        Some("1"),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(
+        live(),
+        401,
+        "the sub-only logout token ended frank's session"
+    );
+    // The same token again is a replay.
+    let r = post(&valid);
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (400, "logout_token_invalid")
+    );
+    let detail = r.json_body()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("already used"), "{detail}");
 }
 
 fn two_parallel_logins_in_two_tabs_both_succeed(engine: &str) {
@@ -654,18 +771,22 @@ fn two_parallel_logins_in_two_tabs_both_succeed(engine: &str) {
     browser.wait_until(WAIT, "the second login form", |b| {
         b.exists("input[name=login]")
     });
-    let attempts = browser
-        .cookies()
-        .iter()
-        .filter(|c| {
-            c["name"]
-                .as_str()
-                .unwrap()
-                .starts_with("__Host-portcullis-login-")
-        })
-        .count();
-    // (cookies() lists the provider's cookies here: the gateway's are checked below.)
-    let _ = attempts;
+    // Each tab's login attempt has its own cookie on the gateway's host (`localhost`; the
+    // provider is 127.0.0.1), so neither overwrites the other.
+    let attempts = || -> Vec<String> {
+        let mut names: Vec<String> = browser
+            .all_cookies()
+            .iter()
+            .filter(|c| c["domain"] == "localhost")
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .filter(|n| n.starts_with("__Host-portcullis-login-"))
+            .collect();
+        names.sort();
+        names
+    };
+    let pending = attempts();
+    assert_eq!(pending.len(), 2, "one attempt cookie per tab: {pending:?}");
+    assert_ne!(pending[0], pending[1]);
     // The second tab finishes first, then the first.
     sign_in(&browser, "dave", None, &w.url("/app/two"));
     browser.switch_to(&first);
@@ -683,26 +804,55 @@ fn two_parallel_logins_in_two_tabs_both_succeed(engine: &str) {
         .collect();
     assert_eq!(callbacks.len(), 2, "{callbacks:?}");
     assert!(callbacks.iter().all(|r| r["decision"] == "redirect"));
+    // Each callback cleared its own attempt cookie.
+    assert_eq!(
+        attempts(),
+        Vec::<String>::new(),
+        "attempt cookies left behind"
+    );
 }
 
 fn an_expiring_access_token_is_refreshed_without_a_new_login(engine: &str) {
-    // Access tokens live 8 s; the gateway refreshes 5 s before expiry.
+    // Access tokens live 8 s; the gateway refreshes 4 s before expiry (`refresh_before` is
+    // 5 s, capped at half the lifetime).
     let w = World::start(engine, 8);
     let browser = Browser::start();
     browser.goto(&w.url("/app/r"));
+    let signed_in = unix_now();
     sign_in(&browser, "erin", None, &w.url("/app/r"));
     let first_token = page_json(&browser)["headers"]["authorization"].clone();
     let stale_cookie = session_cookie_header(&browser);
-    std::thread::sleep(Duration::from_secs(4));
 
-    browser.goto(&w.url("/app/r2"));
-    let seen = page_json(&browser);
-    assert_eq!(seen["path"], "/app/r2", "no new login");
-    let second_token = seen["headers"]["authorization"].clone();
-    assert_ne!(first_token, second_token, "a new access token");
-    let records = audit_records(&w.gw, |r| r.iter().any(|r| r["path"] == "/app/r2"));
-    let r2 = records.iter().find(|r| r["path"] == "/app/r2").unwrap();
-    assert_eq!(r2["session"], "refreshed", "{r2}");
+    // The browser keeps loading pages until the gateway has refreshed (polled, not slept:
+    // how long that takes depends on the clock, not on how fast this machine is).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let second_token = loop {
+        browser.goto(&w.url("/app/r2"));
+        let seen = page_json(&browser);
+        assert_eq!(seen["path"], "/app/r2", "no new login");
+        let token = seen["headers"]["authorization"].clone();
+        if token != first_token {
+            break token;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the access token was never refreshed"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        unix_now() >= signed_in + 3,
+        "refreshed before the refresh window opened"
+    );
+    let records = audit_records(&w.gw, |r| {
+        r.iter()
+            .any(|r| r["path"] == "/app/r2" && r["session"] == "refreshed")
+    });
+    let refreshed = records
+        .iter()
+        .filter(|r| r["path"] == "/app/r2" && r["session"] == "refreshed")
+        .count();
+    assert_eq!(refreshed, 1, "{records:?}");
 
     // A request still holding the old cookie (its refresh token was rotated away at the
     // provider) adopts the refreshed tokens instead of logging the user out.
@@ -724,10 +874,41 @@ fn an_expiring_access_token_is_refreshed_without_a_new_login(engine: &str) {
         "a response setting the session cookie is never stored by a shared cache"
     );
 
-    // The browser keeps working past the first token's lifetime.
-    std::thread::sleep(Duration::from_secs(5));
+    // The browser keeps working past the first token's lifetime (the clock decides when
+    // that is: 8 s after sign-in, plus a second for whole-second rounding).
+    while unix_now() <= signed_in + 9 {
+        std::thread::sleep(Duration::from_millis(250));
+    }
     browser.goto(&w.url("/app/r4"));
     assert_eq!(page_json(&browser)["path"], "/app/r4");
+}
+
+/// A provider whose access tokens live 4 s, no longer than `refresh_before` (5 s): requests
+/// right after sign-in do not each refresh (the window is capped at half the lifetime).
+fn short_lived_access_tokens_are_not_refreshed_on_every_request(engine: &str) {
+    let w = World::start(engine, 4);
+    let browser = Browser::start();
+    browser.goto(&w.url("/app/s"));
+    sign_in(&browser, "gina", None, &w.url("/app/s"));
+    // The browser keeps whatever cookies the gateway sets, as after a real refresh.
+    for i in 0..4 {
+        browser.goto(&w.url(&format!("/app/s{i}")));
+        assert_eq!(page_json(&browser)["path"], format!("/app/s{i}"));
+    }
+    let records = audit_records(&w.gw, |r| r.iter().any(|r| r["path"] == "/app/s3"));
+    let refreshes = records
+        .iter()
+        .filter(|r| {
+            r["path"].as_str().is_some_and(|p| p.starts_with("/app/s"))
+                && r["session"] == "refreshed"
+        })
+        .count();
+    // At most one: a new token lives 4 s and is not refreshed for its first 2 s, so a second
+    // refresh within these four requests would need a stall of over 2 s between them.
+    assert!(
+        refreshes <= 1,
+        "{refreshes} of 4 requests refreshed: {records:?}"
+    );
 }
 
 fn step_up_sends_the_browser_back_to_the_provider_and_scripts_get_rfc9470(engine: &str) {
@@ -787,6 +968,7 @@ on_every_engine!(
     back_channel_logout_revokes_a_live_session,
     two_parallel_logins_in_two_tabs_both_succeed,
     an_expiring_access_token_is_refreshed_without_a_new_login,
+    short_lived_access_tokens_are_not_refreshed_on_every_request,
     step_up_sends_the_browser_back_to_the_provider_and_scripts_get_rfc9470,
     a_route_with_two_providers_offers_a_choice,
 );

@@ -572,6 +572,7 @@ impl Flow<'_> {
             last_seen: now_s,
             access_token: tokens.access_token.clone(),
             access_expires: tokens.expires_in.map(|e| now_s.saturating_add(e)),
+            access_issued: Some(now_s),
             refresh_token: tokens.refresh_token.clone(),
             id_token: Some(id_token),
         };
@@ -840,6 +841,7 @@ impl Flow<'_> {
         {
             s.access_token = t.access_token;
             s.access_expires = t.access_expires;
+            s.access_issued = t.access_issued;
             s.refresh_token = t.refresh_token;
             if t.id_token.is_some() {
                 s.id_token = t.id_token;
@@ -886,12 +888,14 @@ impl Flow<'_> {
         let now_s = self.now.unix_secs();
         s.access_token = tokens.access_token.or(s.access_token.take());
         s.access_expires = tokens.expires_in.map(|e| now_s.saturating_add(e));
+        s.access_issued = Some(now_s);
         if tokens.refresh_token.is_some() {
             s.refresh_token = tokens.refresh_token;
         }
         let record = RefreshedTokens {
             access_token: s.access_token.clone(),
             access_expires: s.access_expires,
+            access_issued: s.access_issued,
             refresh_token: s.refresh_token.clone(),
             id_token: s.id_token.clone(),
         };
@@ -1126,6 +1130,8 @@ const PURPOSE_REFRESHED: &str = "refreshed";
 struct RefreshedTokens {
     access_token: Option<String>,
     access_expires: Option<u64>,
+    #[serde(default)]
+    access_issued: Option<u64>,
     refresh_token: Option<String>,
     id_token: Option<String>,
 }
@@ -1257,15 +1263,20 @@ fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// The `Cookie` header without the gateway's own cookies (session chunks, login attempts,
 /// challenge clearance), read with the same parser as every reader of them: `None` when
-/// nothing changes, `Some(None)` when nothing is left.
-pub fn strip_own_cookies(headers: &HeaderMap, session_base: &str) -> Option<Option<HeaderValue>> {
+/// nothing changes, `Some(None)` when nothing is left. `session_base` is `[session] cookie`
+/// (`None` without sessions: login and clearance cookies are still the gateway's).
+pub fn strip_own_cookies(
+    headers: &HeaderMap,
+    session_base: Option<&str>,
+) -> Option<Option<HeaderValue>> {
     let own = |name: &[u8]| {
         name.starts_with(LOGIN_COOKIE_PREFIX.as_bytes())
             || name == crate::challenge::CLEARANCE_COOKIE.as_bytes()
-            || name
-                .strip_prefix(session_base.as_bytes())
-                .and_then(|rest| rest.strip_prefix(b"-"))
-                .is_some_and(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit))
+            || session_base.is_some_and(|base| {
+                name.strip_prefix(base.as_bytes())
+                    .and_then(|rest| rest.strip_prefix(b"-"))
+                    .is_some_and(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit))
+            })
     };
     crate::cookies::without(headers, own)
 }
@@ -1396,7 +1407,7 @@ mod tests {
                 "__Host-portcullis-login-abc=z; __Host-portcullis-session-x=keep",
             ),
         );
-        let out = strip_own_cookies(&h, "__Host-portcullis-session")
+        let out = strip_own_cookies(&h, Some("__Host-portcullis-session"))
             .unwrap()
             .unwrap();
         assert_eq!(out, "a=1; b=2; __Host-portcullis-session-x=keep");
@@ -1406,12 +1417,15 @@ mod tests {
             HeaderValue::from_static("__Host-portcullis-session-0=x"),
         );
         assert_eq!(
-            strip_own_cookies(&only, "__Host-portcullis-session"),
+            strip_own_cookies(&only, Some("__Host-portcullis-session")),
             Some(None)
         );
         let mut none = HeaderMap::new();
         none.insert(http::header::COOKIE, HeaderValue::from_static("a=1"));
-        assert_eq!(strip_own_cookies(&none, "__Host-portcullis-session"), None);
+        assert_eq!(
+            strip_own_cookies(&none, Some("__Host-portcullis-session")),
+            None
+        );
     }
 
     #[test]

@@ -373,6 +373,9 @@ pub struct Session {
     /// When the access token expires.
     #[serde(default)]
     pub access_expires: Option<u64>,
+    /// When the access token was received (with `access_expires`, its lifetime).
+    #[serde(default)]
+    pub access_issued: Option<u64>,
     /// The provider's refresh token, if one was issued.
     #[serde(default)]
     pub refresh_token: Option<String>,
@@ -408,13 +411,21 @@ impl Session {
     }
 
     /// Whether to refresh now: a refresh token exists and the access token's known expiry is
-    /// within `skew` of `now` (or past). Without `access_expires` the expiry is unknown and
-    /// this is `false`.
-    pub fn needs_refresh(&self, now: Timestamp, skew: Duration) -> bool {
-        self.refresh_token.is_some()
-            && self
-                .access_expires
-                .is_some_and(|exp| now.saturating_add(skew).unix_secs() >= exp)
+    /// within the refresh window of `now` (or past). The window is `refresh_before`, but at
+    /// most half the token's lifetime when that is known, so a provider issuing tokens that
+    /// live no longer than `refresh_before` does not get a refresh on every request. Without
+    /// `access_expires` the expiry is unknown and this is `false`.
+    pub fn needs_refresh(&self, now: Timestamp, refresh_before: Duration) -> bool {
+        let (Some(_), Some(exp)) = (&self.refresh_token, self.access_expires) else {
+            return false;
+        };
+        let window = match self.access_issued {
+            Some(issued) if exp >= issued => {
+                refresh_before.min(Duration::from_secs((exp - issued) / 2))
+            }
+            _ => refresh_before,
+        };
+        now.saturating_add(window).unix_secs() >= exp
     }
 
     /// Rolling renewal: when `last_seen` is `renew_after` or more before `now`, sets it to
@@ -458,6 +469,7 @@ impl fmt::Debug for Session {
             .field("last_seen", &self.last_seen)
             .field("access_token", &redacted(&self.access_token))
             .field("access_expires", &self.access_expires)
+            .field("access_issued", &self.access_issued)
             .field("refresh_token", &redacted(&self.refresh_token))
             .field("id_token", &redacted(&self.id_token))
             .finish()
@@ -907,6 +919,7 @@ mod tests {
             last_seen: NOW.unix_secs(),
             access_token: Some("access-secret".into()),
             access_expires: Some(NOW.unix_secs() + 3600),
+            access_issued: Some(NOW.unix_secs()),
             refresh_token: Some("refresh-secret".into()),
             id_token: Some("id-token-secret".into()),
         }
@@ -1288,6 +1301,27 @@ mod tests {
         s.refresh_token = Some("r".into());
         s.access_expires = None;
         assert!(!s.needs_refresh(at(3540), skew), "unknown expiry");
+    }
+
+    #[test]
+    fn tokens_living_no_longer_than_refresh_before_refresh_at_half_their_life() {
+        // A 60 s token (oidc-provider's default) and the default `refresh_before` of 60 s:
+        // not on every request, but once half its life has passed.
+        let refresh_before = Duration::from_secs(60);
+        let mut s = session();
+        s.access_issued = Some(NOW.unix_secs());
+        s.access_expires = Some(NOW.unix_secs() + 60);
+        assert!(!s.needs_refresh(NOW, refresh_before));
+        assert!(!s.needs_refresh(at(29), refresh_before));
+        assert!(s.needs_refresh(at(30), refresh_before));
+        // A long-lived token still refreshes `refresh_before` ahead.
+        s.access_expires = Some(NOW.unix_secs() + 3600);
+        assert!(!s.needs_refresh(at(3539), refresh_before));
+        assert!(s.needs_refresh(at(3540), refresh_before));
+        // Sessions sealed before the lifetime was recorded keep the plain window.
+        s.access_issued = None;
+        s.access_expires = Some(NOW.unix_secs() + 60);
+        assert!(s.needs_refresh(NOW, refresh_before));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod listener;
 pub mod metrics;
 pub mod native;
 pub mod native_verifier;
+pub mod offline;
 pub mod plain;
 pub mod plugin_tool;
 pub mod plugins;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use portcullis_core::{AllHealthy, Outcome, RequestParts};
+use portcullis_core::Outcome;
 use portcullis_host::{ServeOptions, keys, load_config_file};
 
 #[derive(Parser)]
@@ -156,9 +156,14 @@ enum TokenCommand {
         /// The edge configuration.
         #[arg(long)]
         config: PathBuf,
-        /// Decide a GET of this path (route rules, residency) instead of only verifying.
+        /// Decide a GET of this path with the pipeline `serve` runs (route rules, risk
+        /// plugins, rate limits, residency) instead of only verifying.
         #[arg(long)]
         path: Option<String>,
+        /// A request header for `--path`, `NAME: VALUE` (repeatable; `Host` picks a
+        /// host-specific route, default `localhost`).
+        #[arg(long = "header", short = 'H', requires = "path")]
+        headers: Vec<String>,
         /// The token.
         token: String,
     },
@@ -383,9 +388,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 TokenCommand::Verify {
                     config,
                     path,
+                    headers,
                     token,
                 },
-        } => verify(config, path, token).await,
+        } => verify(config, path, &headers, token).await,
         Command::Demo { listen, admin } => {
             portcullis_host::demo::run(listen, admin).await?;
             Ok(ExitCode::SUCCESS)
@@ -393,7 +399,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn verify(config: PathBuf, path: Option<String>, token: String) -> anyhow::Result<ExitCode> {
+async fn verify(
+    config: PathBuf,
+    path: Option<String>,
+    extra_headers: &[String],
+    token: String,
+) -> anyhow::Result<ExitCode> {
     let loaded = match load_config_file(&config) {
         Ok(l) => l,
         Err(e) => {
@@ -401,9 +412,9 @@ async fn verify(config: PathBuf, path: Option<String>, token: String) -> anyhow:
             return Ok(ExitCode::FAILURE);
         }
     };
-    let service = keys::KeyService::new(loaded.config, 0);
-    service.refresh_due().await;
     let Some(path) = path else {
+        let service = keys::KeyService::new(loaded.config, 0);
+        service.refresh_due().await;
         return Ok(match service.authenticate(&token, &[]).await {
             Ok((issuer, claims)) => {
                 let name = service
@@ -420,37 +431,36 @@ async fn verify(config: PathBuf, path: Option<String>, token: String) -> anyhow:
             }
         });
     };
-    let uri: http::Uri = path.parse()?;
     let mut headers = http::HeaderMap::new();
+    for line in extra_headers {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--header {line:?}: expected `NAME: VALUE`"))?;
+        headers.append(
+            http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|e| anyhow::anyhow!("--header {line:?}: {e}"))?,
+            http::HeaderValue::from_str(value.trim())
+                .map_err(|e| anyhow::anyhow!("--header {line:?}: {e}"))?,
+        );
+    }
     headers.insert(
         http::header::AUTHORIZATION,
         format!("Bearer {token}").parse()?,
     );
     // Routes are matched for this host (routes without `host` match any).
-    headers.insert(
-        http::header::HOST,
-        http::HeaderValue::from_static("localhost"),
-    );
-    let req = RequestParts {
-        method: &http::Method::GET,
-        uri: &uri,
-        headers: &headers,
-        request_id: "cli",
-        peer: None,
-        body: &[],
-    };
-    let decision = service
-        .with_store(|store| {
-            service
-                .engine()
-                .decide(store, &req, keys::now(), &AllHealthy)
-        })
-        .ok_or_else(|| anyhow::anyhow!("key store unavailable"))?;
-    let audit = serde_json::to_string(&decision.audit)?;
-    Ok(match decision.outcome {
+    if !headers.contains_key(http::header::HOST) {
+        headers.insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("localhost"),
+        );
+    }
+    let offline =
+        portcullis_host::offline::decide(loaded, &http::Method::GET, &path, &headers).await?;
+    let audit = serde_json::to_string(&offline.decision.audit)?;
+    let code = match offline.decision.outcome {
         Outcome::Forward(f) => {
-            let backend = service
-                .config()
+            let backend = offline
+                .config
                 .regions
                 .get(f.backend.region.0)
                 .and_then(|r| r.backends.get(f.backend.index))
@@ -471,7 +481,11 @@ async fn verify(config: PathBuf, path: Option<String>, token: String) -> anyhow:
             );
             ExitCode::FAILURE
         }
-    })
+    };
+    for note in offline.notes {
+        println!("offline: {note}");
+    }
+    Ok(code)
 }
 
 /// Warns about routes that sign browsers in, which `target` cannot do (their browsers get

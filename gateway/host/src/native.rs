@@ -169,6 +169,17 @@ impl NativeEngine {
         respond(&response)
     }
 
+    /// Decides one request without carrying it out (`portcullis token verify --path`): the
+    /// pipeline and services of [`NativeEngine::handle`], with its unknown-`kid` refetch.
+    pub async fn decide_only(&self, parts: &RequestParts<'_>) -> portcullis_core::Decision {
+        let (decision, _) = decide_refetching(
+            || self.decide(parts),
+            async |issuer| self.shared.keys.refetch_for_unknown_kid(issuer).await,
+        )
+        .await;
+        decision
+    }
+
     /// Runs the core pipeline; returns the decision and what the plugins were shown.
     fn decide(
         &self,

@@ -186,7 +186,8 @@ pub struct SessionConfig {
     pub absolute_lifetime: Duration,
     /// The cookie is re-issued (rolling idle timeout) when older than this.
     pub renew_after: Duration,
-    /// The access token is refreshed this long before it expires.
+    /// The access token is refreshed this long before it expires (at most half its
+    /// lifetime before, see [`crate::session::Session::needs_refresh`]).
     pub refresh_before: Duration,
     /// How long a login attempt (its state cookie) may take.
     pub login_timeout: Duration,

@@ -53,12 +53,15 @@ pub fn run(
     }
     let mut set_headers = forward_set;
     set_headers.extend(identity_headers(scope, identity, region));
+    // The gateway's own cookies never reach a backend, whether or not sessions are
+    // configured (a challenge clearance exists without them).
+    let session_cookie = cfg.session.as_ref().map(|sc| sc.cookie.as_str());
+    match crate::login::strip_own_cookies(req.headers, session_cookie) {
+        None => {}
+        Some(Some(v)) => set_headers.push((COOKIE, v)),
+        Some(None) => remove_headers.push(COOKIE),
+    }
     if let Some(sc) = &cfg.session {
-        match crate::login::strip_own_cookies(req.headers, &sc.cookie) {
-            None => {}
-            Some(Some(v)) => set_headers.push((COOKIE, v)),
-            Some(None) => remove_headers.push(COOKIE),
-        }
         if sc.forward_access_token
             && let Some(v) = session
                 .access_token
