@@ -43,7 +43,7 @@ impl Authenticator for HostAuthenticator {
         verified(keys::authenticate(token, &issuers))
     }
 
-    fn first_use(&self, key: &str, ttl: std::time::Duration) -> bool {
+    fn first_use(&self, key: &str, ttl: std::time::Duration) -> Result<bool, String> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         state::first_use(key, ttl_ms)
     }
@@ -94,9 +94,13 @@ fn verified(
 pub struct HostLogin;
 
 impl portcullis_core::login::LoginServices for HostLogin {
-    fn endpoints(&self, issuer: IssuerId) -> Option<portcullis_core::keyset::ProviderEndpoints> {
-        let e = keys::endpoints(u32::try_from(issuer.0).ok()?)?;
-        Some(portcullis_core::keyset::ProviderEndpoints {
+    fn endpoints(
+        &self,
+        issuer: IssuerId,
+    ) -> Result<portcullis_core::keyset::ProviderEndpoints, String> {
+        let index = u32::try_from(issuer.0).map_err(|e| e.to_string())?;
+        let e = keys::endpoints(index)?;
+        Ok(portcullis_core::keyset::ProviderEndpoints {
             authorization: e.authorization,
             token: e.token,
             end_session: e.end_session,

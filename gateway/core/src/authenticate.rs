@@ -162,6 +162,9 @@ pub fn verify_signature<V: SignatureVerifier>(
     }
 }
 
+/// Why a runtime without shared state refuses what needs a one-time check.
+pub const NO_SHARED_STATE: &str = "this runtime keeps no shared state, so one-time values (DPoP proofs, challenge answers, sign-in answers, logout tokens) cannot be checked";
+
 /// Verifies bearer tokens for the pipeline. [`LocalAuthenticator`] does it in-process from a
 /// [`KeyStore`]; a wasm gateway asks its host (which may verify natively and cache).
 pub trait Authenticator {
@@ -187,12 +190,14 @@ pub trait Authenticator {
             .is_ok_and(|k| v.verify(alg, &k, message, signature))
     }
 
-    /// Records a one-time value (a DPoP proof's `jti`) for `ttl` in shared state; false when
-    /// it was seen before. Default: false — an adapter without shared state cannot rule out
-    /// replays, so it accepts no DPoP proof (fail closed).
-    fn first_use(&self, key: &str, ttl: std::time::Duration) -> bool {
+    /// Records a one-time value (a DPoP proof's `jti`, a challenge id, a logout token's
+    /// `jti`) for `ttl` in shared state: `Ok(true)` the first time, `Ok(false)` when it was
+    /// seen before, `Err` when the state cannot tell (unreachable, or none on this runtime).
+    /// Callers refuse on `Err` with 503 `state_unavailable` (fail closed). Default: `Err` —
+    /// an adapter without shared state cannot rule out replays.
+    fn first_use(&self, key: &str, ttl: std::time::Duration) -> Result<bool, String> {
         let _ = (key, ttl);
-        false
+        Err(NO_SHARED_STATE.to_owned())
     }
 
     /// Verifies a token `issuer` issued to the gateway itself as an OIDC client: an ID token

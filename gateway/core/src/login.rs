@@ -75,8 +75,9 @@ pub const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 /// What the login flow needs from its adapter: the provider's endpoints, one outbound form
 /// POST, randomness and the shared state.
 pub trait LoginServices {
-    /// The login endpoints `issuer`'s discovery document named, once loaded.
-    fn endpoints(&self, issuer: IssuerId) -> Option<ProviderEndpoints>;
+    /// The login endpoints `issuer`'s discovery document named, once loaded; otherwise
+    /// why not (not loaded yet, or this runtime cannot sign browsers in).
+    fn endpoints(&self, issuer: IssuerId) -> Result<ProviderEndpoints, String>;
     /// POSTs `body` (`application/x-www-form-urlencoded`) to `issuer`'s token endpoint
     /// (from discovery) with the `Authorization` header `authorization`; the status and at
     /// most [`MAX_TOKEN_RESPONSE`] bytes of body, or why the call failed.
@@ -96,13 +97,21 @@ pub trait LoginServices {
     fn delete(&self, key: &str) -> Result<(), String>;
 }
 
+/// Why a runtime without provider calls or shared state refuses browser login.
+pub const NO_BROWSER_LOGIN: &str = "this runtime cannot sign browsers in (no calls to \
+     identity providers, no shared state); bearer tokens still work";
+
+/// Why the provider's endpoints are not known yet on a runtime that fetches them.
+pub const NOT_DISCOVERED_YET: &str =
+    "its discovery document has not been loaded yet; try again shortly";
+
 /// An adapter without login support: every call fails, so login routes refuse (closed).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoLogin;
 
 impl LoginServices for NoLogin {
-    fn endpoints(&self, _: IssuerId) -> Option<ProviderEndpoints> {
-        None
+    fn endpoints(&self, _: IssuerId) -> Result<ProviderEndpoints, String> {
+        Err(NO_BROWSER_LOGIN.to_owned())
     }
     fn token_request(&self, _: IssuerId, _: &str, _: &str) -> Result<(u16, Vec<u8>), String> {
         Err("this adapter cannot call identity providers".into())
@@ -258,15 +267,18 @@ impl Flow<'_> {
                 &[],
             );
         };
-        let Some(endpoints) = self.services.endpoints(provider) else {
-            return self.refuse(
-                Reason::ProviderUnavailable,
-                &format!(
-                    "the sign-in provider `{}` has not been discovered yet; try again shortly",
-                    issuer.name
-                ),
-                Vec::new(),
-            );
+        let endpoints = match self.services.endpoints(provider) {
+            Ok(e) => e,
+            Err(why) => {
+                return self.refuse(
+                    Reason::ProviderUnavailable,
+                    &format!(
+                        "the sign-in provider `{}` is not available: {why}",
+                        issuer.name
+                    ),
+                    Vec::new(),
+                );
+            }
         };
         let random = match self.random::<96>() {
             Ok(r) => r,
@@ -473,15 +485,25 @@ impl Flow<'_> {
                 );
             }
         };
-        if !self.auth.first_use(
+        match self.auth.first_use(
             &format!("login/{}", digest_key(&attempt.state)),
             self.session.login_timeout.saturating_mul(2),
         ) {
-            return self.refuse(
-                Reason::LoginStateInvalid,
-                "this sign-in answer was already used",
-                clear_attempt,
-            );
+            Ok(true) => {}
+            Ok(false) => {
+                return self.refuse(
+                    Reason::LoginStateInvalid,
+                    "this sign-in answer was already used",
+                    clear_attempt,
+                );
+            }
+            Err(e) => {
+                return self.refuse(
+                    Reason::StateUnavailable,
+                    &format!("the sign-in answer cannot be checked for reuse: {e}"),
+                    clear_attempt,
+                );
+            }
         }
         if let Some(error) = self.query_param("error") {
             let description = self.query_param("error_description").unwrap_or_default();
@@ -853,10 +875,13 @@ impl Flow<'_> {
             s.sid,
             s.access_expires.unwrap_or_default()
         );
-        if !self.auth.first_use(&lock, REFRESH_LOCK) {
+        match self.auth.first_use(&lock, REFRESH_LOCK) {
+            Ok(true) => {}
             // Another request of this session is refreshing: carry on with the current
-            // tokens (they are still valid for `refresh_before`).
-            return Ok("valid");
+            // tokens (they are still valid for the refresh window).
+            Ok(false) => return Ok("valid"),
+            // No lock can be taken: no refresh now (a later request tries again).
+            Err(_) => return Ok("refresh_failed"),
         }
         let Some((_, client)) = self.issuer(provider) else {
             return Ok("refresh_failed");
@@ -930,7 +955,7 @@ impl Flow<'_> {
         let provider = self.issuer_named(&s.provider);
         let target = provider.and_then(|p| {
             let (_, client) = self.issuer(p)?;
-            let end = self.services.endpoints(p)?.end_session?;
+            let end = self.services.endpoints(p).ok()?.end_session?;
             let mut params = vec![("client_id", client.client_id.clone())];
             if let Some(hint) = &s.id_token {
                 params.push(("id_token_hint", hint.clone()));
@@ -1084,11 +1109,18 @@ impl Flow<'_> {
         if op_sid.is_none() && id.subject.is_none() {
             return Err(bad("the token names neither sid nor sub"));
         }
-        if !self.auth.first_use(
+        match self.auth.first_use(
             &format!("bcl/{}", digest_key(&format!("{iss}\n{jti}"))),
             Duration::from_secs(3600),
         ) {
-            return Err(bad("this logout token was already used"));
+            Ok(true) => {}
+            Ok(false) => return Err(bad("this logout token was already used")),
+            Err(e) => {
+                return Err((
+                    Reason::StateUnavailable,
+                    format!("the logout token cannot be checked for reuse: {e}"),
+                ));
+            }
         }
         let unavailable = |e: String| (Reason::StateUnavailable, e);
         let mut revoked = 0;

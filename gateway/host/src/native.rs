@@ -389,7 +389,7 @@ impl Authenticator for NativeAuth<'_> {
             .is_ok_and(|k| v.verify(alg, &k, message, signature))
     }
 
-    fn first_use(&self, key: &str, ttl: Duration) -> bool {
+    fn first_use(&self, key: &str, ttl: Duration) -> Result<bool, String> {
         self.shared
             .state
             .block(crate::runtime::first_use(self.shared, key, ttl))
@@ -412,8 +412,14 @@ impl Authenticator for NativeAuth<'_> {
 pub(crate) struct NativeLogin<'a>(pub(crate) &'a Shared);
 
 impl portcullis_core::login::LoginServices for NativeLogin<'_> {
-    fn endpoints(&self, issuer: IssuerId) -> Option<portcullis_core::keyset::ProviderEndpoints> {
-        self.0.keys.endpoints(issuer)
+    fn endpoints(
+        &self,
+        issuer: IssuerId,
+    ) -> Result<portcullis_core::keyset::ProviderEndpoints, String> {
+        self.0
+            .keys
+            .endpoints(issuer)
+            .ok_or_else(|| portcullis_core::login::NOT_DISCOVERED_YET.to_owned())
     }
 
     fn token_request(

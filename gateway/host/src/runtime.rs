@@ -191,7 +191,7 @@ impl keys::Host for StoreState {
         }
     }
 
-    fn endpoints(&mut self, issuer: u32) -> Option<keys::ProviderEndpoints> {
+    fn endpoints(&mut self, issuer: u32) -> Result<keys::ProviderEndpoints, String> {
         self.shared
             .keys
             .endpoints(IssuerId(issuer as usize))
@@ -200,6 +200,7 @@ impl keys::Host for StoreState {
                 token: e.token,
                 end_session: e.end_session,
             })
+            .ok_or_else(|| portcullis_core::login::NOT_DISCOVERED_YET.to_owned())
     }
 
     fn verify_issued(
@@ -283,7 +284,7 @@ impl state::Host for StoreState {
             .map_err(|e| e.to_string())
     }
 
-    async fn first_use(&mut self, key: String, ttl_ms: u64) -> bool {
+    async fn first_use(&mut self, key: String, ttl_ms: u64) -> Result<bool, String> {
         first_use(&self.shared, &key, Duration::from_millis(ttl_ms)).await
     }
 
@@ -318,13 +319,18 @@ impl state::Host for StoreState {
 }
 
 /// A replay-cache check against the shared state; while it is unreachable the
-/// configuration's `on_unavailable` answers.
-pub async fn first_use(shared: &Shared, key: &str, ttl: Duration) -> bool {
+/// configuration's `on_unavailable` answers: `"allow"` counts the value as new, `"deny"`
+/// returns the error (the core refuses with 503 `state_unavailable`).
+pub async fn first_use(shared: &Shared, key: &str, ttl: Duration) -> Result<bool, String> {
     match shared.state.first_use(key, ttl).await {
-        Ok(first) => first,
+        Ok(first) => Ok(first),
         Err(e) => {
             tracing::warn!(error = %e, "replay check failed: state unavailable");
-            shared.on_unavailable == portcullis_core::config::FailPolicy::Allow
+            if shared.on_unavailable == portcullis_core::config::FailPolicy::Allow {
+                Ok(true)
+            } else {
+                Err(e.to_string())
+            }
         }
     }
 }

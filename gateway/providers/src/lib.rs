@@ -138,10 +138,10 @@ impl keys::Guest for Providers {
         })
     }
 
-    fn endpoints(_issuer: u32) -> Option<keys::ProviderEndpoints> {
+    fn endpoints(_issuer: u32) -> Result<keys::ProviderEndpoints, String> {
         // Browser login needs the provider's discovery document and a token endpoint
         // call: not offered inside a bundle (login routes refuse with 503).
-        None
+        Err(portcullis_core::login::NO_BROWSER_LOGIN.to_owned())
     }
 
     fn verify_issued(
@@ -223,11 +223,11 @@ impl state::Guest for Providers {
         })
     }
 
-    fn first_use(_key: String, _ttl_ms: u64) -> bool {
+    fn first_use(_key: String, _ttl_ms: u64) -> Result<bool, String> {
         // Per-instance memory cannot rule out a replay on another instance (most hosts run
-        // one per request): no one-time value is ever "new" (DPoP proofs, challenge
-        // answers are refused — fail closed).
-        false
+        // one per request): no one-time value is ever known to be new, so DPoP proofs and
+        // challenge answers are refused with 503 `state_unavailable` (fail closed).
+        Err(portcullis_core::authenticate::NO_SHARED_STATE.to_owned())
     }
 
     fn rate_limit(_checks: Vec<state::LimitCheck>) -> Result<Vec<state::LimitStatus>, String> {

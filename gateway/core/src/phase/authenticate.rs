@@ -148,16 +148,25 @@ fn token_identity(
         })?;
     crate::dpop::check_binding(&id.claims, proof.as_ref())
         .map_err(|(reason, detail)| input.refuse(reason, detail))?;
-    if let Some(p) = &proof
-        && !auth.first_use(
+    if let Some(p) = &proof {
+        match auth.first_use(
             &format!("dpop/{}/{}", p.jkt, p.jti),
             cfg.dpop.max_age.saturating_mul(2),
-        )
-    {
-        return Err(input.refuse(
-            Reason::DpopProofInvalid,
-            "this DPoP proof was already used (replay)",
-        ));
+        ) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(input.refuse(
+                    Reason::DpopProofInvalid,
+                    "this DPoP proof was already used (replay)",
+                ));
+            }
+            Err(e) => {
+                return Err(input.refuse(
+                    Reason::StateUnavailable,
+                    &format!("the DPoP proof cannot be checked for replay: {e}"),
+                ));
+            }
+        }
     }
     Ok(id)
 }

@@ -76,11 +76,18 @@ fn challenge_answer(scope: &Scope<'_>) -> Response {
             }
         }
     };
-    if !services
+    match services
         .auth
         .first_use(&format!("challenge/{}", solved.id), cfg.ttl)
     {
-        return failed("this challenge was already used");
+        Ok(true) => {}
+        Ok(false) => return failed("this challenge was already used"),
+        Err(e) => {
+            return input.refuse(
+                Reason::StateUnavailable,
+                &format!("the answer cannot be checked for reuse: {e}"),
+            );
+        }
     }
     let cookie = pow::clearance(key, now, cfg.clearance_ttl, &binding);
     let mut headers = vec![
