@@ -444,3 +444,52 @@ fn plugin_state_is_shared_through_redis() {
     assert_eq!(login(&b, "192.0.2.10", "secret").status, 200);
     assert_eq!(login(&a, "192.0.2.11", "secret").status, 200);
 }
+
+/// A DPoP proof's replay check needs the shared state: while Redis is down (`"deny"`), a
+/// fresh proof gets 503 `state_unavailable` — not a 401 calling it a replay, which would
+/// send a client after the wrong fault — and passes again once Redis is back.
+fn dpop_proofs_while_redis_is_down_are_unavailable_not_replays(engine: &str) {
+    use portcullis_tests::interop::tool;
+    let mut redis = Redis::start();
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let backend = Backend::start("eu");
+    let text = format!(
+        "{}\n[dpop]\nscheme = \"http\"\nmax_age = \"60s\"\n\n[[route]]\npath = \"/dpop\"\nrequire_dpop = true\n",
+        redis_config(&keys, &backend.server.url(), &redis, "deny")
+    );
+    let gw = start_engine(&text, engine);
+    let key: serde_json::Value =
+        serde_json::from_str(&tool(&["keys", "client-key"]).unwrap()).unwrap();
+    let private = key["private"].to_string();
+    let jkt = tool(&["thumbprint", &private]).unwrap();
+    let bound = TestIdp::shared().sign("ES256", live_claims(json!({"cnf": {"jkt": jkt}})));
+    let url = format!("http://{}/dpop/1", gw.addr);
+    let send = || {
+        let proof = tool(&["dpop", &private, "GET", &url, &bound, "0"]).unwrap();
+        let auth = format!("DPoP {bound}");
+        request(
+            gw.addr,
+            "GET",
+            "/dpop/1",
+            &[("authorization", &auth), ("dpop", &proof)],
+            b"",
+        )
+        .unwrap()
+    };
+    let r = send();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    redis.kill();
+    let r = send();
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (503, "state_unavailable"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    redis.restart();
+    std::thread::sleep(Duration::from_secs(1));
+    let r = send();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+on_every_engine!(dpop_proofs_while_redis_is_down_are_unavailable_not_replays);
