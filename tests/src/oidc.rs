@@ -233,7 +233,7 @@ impl OpenIdProvider {
             None,
         );
         assert_eq!(r.status, 200, "oidc: /test/sign: {}", body_text(&r));
-        body_text(&r)
+        String::from_utf8_lossy(&r.body).trim().to_owned()
     }
 
     /// `url`'s path and query if it is on this provider, else `url` itself (a path).
