@@ -230,10 +230,13 @@ fn two_gateways_sharing_redis_enforce_one_global_limit() {
             let (allowed, refused, refilled) = (allowed.clone(), refused.clone(), refilled.clone());
             std::thread::spawn(move || {
                 while started.elapsed() < run_for {
+                    // Whether a refusal had been received before this request was sent: if
+                    // so and it is allowed, the bucket refilled in between.
+                    let after_a_refusal = refused.load(Ordering::SeqCst) > 0;
                     let r = request(gw.addr, "GET", "/global", &[], b"").unwrap();
                     match r.status {
                         200 => {
-                            if refused.load(Ordering::SeqCst) > 0 {
+                            if after_a_refusal {
                                 refilled.fetch_add(1, Ordering::Relaxed);
                             }
                             allowed[i % 2].fetch_add(1, Ordering::Relaxed)
