@@ -36,6 +36,7 @@ fn session(with_tokens: bool) -> Session {
         last_seen: 1_795_910_000,
         access_token: if with_tokens { token(1000) } else { None },
         access_expires: Some(1_795_913_600),
+        access_issued: Some(1_795_910_000),
         refresh_token: if with_tokens { token(64) } else { None },
         id_token: if with_tokens { token(1000) } else { None },
     }

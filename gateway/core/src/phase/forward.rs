@@ -61,16 +61,15 @@ pub fn run(
         Some(Some(v)) => set_headers.push((COOKIE, v)),
         Some(None) => remove_headers.push(COOKIE),
     }
-    if let Some(sc) = &cfg.session {
-        if sc.forward_access_token
-            && let Some(v) = session
-                .access_token
-                .as_deref()
-                .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
-        {
-            remove_headers.retain(|h| h != AUTHORIZATION);
-            set_headers.push((AUTHORIZATION, v));
-        }
+    if let Some(sc) = &cfg.session
+        && sc.forward_access_token
+        && let Some(v) = session
+            .access_token
+            .as_deref()
+            .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+    {
+        remove_headers.retain(|h| h != AUTHORIZATION);
+        set_headers.push((AUTHORIZATION, v));
     }
     if let (Some(gt), Some(id), Some(backend_cfg)) = (
         &cfg.gateway_token,
