@@ -353,7 +353,8 @@ def report(results, out_dir, smoke, meta):
 
 
 def update_readme(table):
-    readme = ROOT / "README.md"
+    """Rewrites the table between the load-results markers of benches/README.md."""
+    readme = ROOT / "benches" / "README.md"
     text = readme.read_text()
     start, end = "<!-- load-results:start -->", "<!-- load-results:end -->"
     if start in text and end in text:
