@@ -545,12 +545,142 @@ fn a_cached_token_is_refused_once_its_key_set_is_too_stale(engine: &str) {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!((r.status, reason(&r).as_str()), (503, "keys_unavailable"));
+    // Readiness names the issuer whose keys are unusable.
+    let ready = request(gw.admin, "GET", "/readyz", &[], b"").unwrap();
+    assert_eq!(ready.status, 503);
+    assert_eq!(
+        String::from_utf8_lossy(&ready.body),
+        "key set of issuer `main` not usable\n"
+    );
     w.keys.down.store(false, Ordering::SeqCst);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while get(&gw, "/api/orders", Some(&t), &[]).status != 200 {
         assert!(std::time::Instant::now() < deadline, "keys never came back");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let ready = request(gw.admin, "GET", "/readyz", &[], b"").unwrap();
+    assert_eq!(
+        (ready.status, ready.body.as_slice()),
+        (200, &b"ready\n"[..])
+    );
+}
+
+/// `/metrics` is a valid OpenMetrics document (the official Python client's strict parser
+/// and its Prometheus text parser both read it): one family per name with two issuers,
+/// decisions by reason, key-set age and usability per issuer, process and build metrics.
+fn metrics_parse_with_the_official_python_client(engine: &str) {
+    let w = world();
+    let second = format!(
+        "[[issuer]]\nname = \"second\"\nissuer = \"https://second.test\"\njwks_uri = \"{}/jwks.json\"\ninsecure_http_jwks = true\naudiences = [\"{AUDIENCE}\"]\nalgorithms = [\"ES256\"]\n\n[region.eu]",
+        w.keys.server.url()
+    );
+    let text =
+        config(&w.keys, &w.eu.server.url(), &w.us.server.url()).replacen("[region.eu]", &second, 1);
+    let gw = start_engine(&text, engine);
+    let idp = TestIdp::shared();
+    assert_eq!(
+        get(
+            &gw,
+            "/api/orders",
+            Some(&idp.sign("ES256", live_claims(json!({})))),
+            &[]
+        )
+        .status,
+        200
+    );
+    let forged = idp.forge_es256(
+        &json!({"alg": "ES256", "kid": "es-1"}),
+        &live_claims(json!({})),
+    );
+    let forged = format!("{}AAAA", &forged[..forged.len() - 4]);
+    assert_eq!(get(&gw, "/api/orders", Some(&forged), &[]).status, 401);
+    assert_eq!(get(&gw, "/public", None, &[]).status, 200);
+    let r = request(gw.admin, "GET", "/metrics", &[], b"").unwrap();
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/openmetrics-text")),
+        "{:?}",
+        r.headers
+    );
+    let file = gw.dir.join("metrics.txt");
+    std::fs::write(&file, &r.body).unwrap();
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/interop/metrics_parse.py"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the Python client refused the document: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&r.body)
+    );
+    let families: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let samples = |family: &str| -> Vec<Value> {
+        families[family]["samples"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no family {family}: {families}"))
+            .clone()
+    };
+    let value = |family: &str, labels: Value| -> f64 {
+        samples(family)
+            .iter()
+            .find(|s| {
+                labels
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .all(|(k, v)| s[1][k] == *v)
+            })
+            .unwrap_or_else(|| panic!("no {family} sample with {labels}: {families}"))[2]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(families["portcullis_requests"]["type"], "counter");
+    assert_eq!(
+        value(
+            "portcullis_requests",
+            json!({"decision": "deny", "reason": "signature_invalid"})
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("portcullis_requests", json!({"decision": "forward"})),
+        2.0
+    );
+    for issuer in ["main", "second"] {
+        assert_eq!(
+            value("portcullis_key_set_usable", json!({"issuer": issuer})),
+            1.0
+        );
+        let age = value("portcullis_key_set_age_seconds", json!({"issuer": issuer}));
+        assert!((0.0..60.0).contains(&age), "{issuer}: {age}");
+        let left = value(
+            "portcullis_key_set_usable_remaining_seconds",
+            json!({"issuer": issuer}),
+        );
+        assert!(
+            left > 86_000.0,
+            "{issuer}: {left} s left of the default day"
+        );
+        assert_eq!(
+            value("portcullis_key_set_refreshes", json!({"issuer": issuer})),
+            1.0
+        );
+    }
+    assert_eq!(
+        families["portcullis_request_duration_seconds"]["type"],
+        "histogram"
+    );
+    assert_eq!(
+        value(
+            "portcullis_build",
+            json!({"version": env!("CARGO_PKG_VERSION")})
+        ),
+        1.0
+    );
+    assert!(value("process_resident_memory_bytes", json!({})) > 1e6);
+    assert!(value("process_open_fds", json!({})) > 3.0);
 }
 
 portcullis_tests::on_every_engine!(
@@ -560,6 +690,7 @@ portcullis_tests::on_every_engine!(
     an_idp_outage_past_a_due_refresh_is_served_from_the_last_good_set,
     random_kids_cannot_storm_the_idp,
     a_cached_token_is_refused_once_its_key_set_is_too_stale,
+    metrics_parse_with_the_official_python_client,
     a_down_regional_backend_gives_503_and_never_spills_to_another_region,
     a_down_region_fails_over_within_its_jurisdiction,
     sigterm_drains_in_flight_requests,

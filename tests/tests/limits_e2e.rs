@@ -334,6 +334,11 @@ fn redis_outage_follows_on_unavailable_and_recovers() {
     }
     // Routes without limits never touch the state.
     assert_eq!(get(&strict, "/open", None, &[]).status, 200);
+    // Readiness says what is missing.
+    let ready = request(strict.admin, "GET", "/readyz", &[], b"").unwrap();
+    let said = String::from_utf8_lossy(&ready.body).into_owned();
+    assert_eq!(ready.status, 503, "{said}");
+    assert!(said.starts_with("shared state unreachable: "), "{said}");
     let errors = metric(&strict, "portcullis_state_errors_total");
     assert!(
         errors >= 5,
@@ -356,6 +361,11 @@ fn redis_outage_follows_on_unavailable_and_recovers() {
         200,
         "not reconnected a second after Redis came back: {}",
         String::from_utf8_lossy(&r.body)
+    );
+    let ready = request(strict.admin, "GET", "/readyz", &[], b"").unwrap();
+    assert_eq!(
+        (ready.status, ready.body.as_slice()),
+        (200, &b"ready\n"[..])
     );
     let lenient_from = |n| get(&lenient, "/per-ip", None, &[("x-forwarded-for", &ip(n))]).status;
     assert_eq!(

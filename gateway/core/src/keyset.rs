@@ -199,7 +199,21 @@ impl<K> KeySet<K> {
 #[derive(Debug)]
 struct Loaded<K> {
     set: KeySet<K>,
+    loaded_at: Timestamp,
     fresh_until: Timestamp,
+}
+
+/// When an issuer's key set was loaded and how long it stays fresh (for age and staleness
+/// metrics: alert before `jwks_max_stale` runs out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetAge {
+    /// When the set in use was loaded.
+    pub loaded_at: Timestamp,
+    /// Until when it is fresh; `None` for a fixed set, which never goes stale.
+    pub fresh_until: Option<Timestamp>,
+    /// Until when it may still be used without a successful refresh; `None` for a fixed
+    /// set.
+    pub usable_until: Option<Timestamp>,
 }
 
 /// Counters an adapter exports as metrics.
@@ -385,6 +399,19 @@ impl<K> KeyStore<K> {
         (0..self.issuers.len()).all(|i| self.keys(IssuerId(i), now).is_ok())
     }
 
+    /// When `issuer`'s key set in use was loaded and until when it is fresh and usable;
+    /// `None` before anything was loaded.
+    pub fn age(&self, issuer: IssuerId) -> Option<SetAge> {
+        let keys = self.issuers.get(issuer.0)?;
+        let loaded = keys.loaded.as_ref()?;
+        let remote = keys.remote.as_ref().filter(|_| !keys.static_set);
+        Some(SetAge {
+            loaded_at: loaded.loaded_at,
+            fresh_until: remote.map(|_| loaded.fresh_until),
+            usable_until: remote.map(|r| loaded.fresh_until.saturating_add(r.policy.max_stale)),
+        })
+    }
+
     /// Counters and the last error of `issuer`.
     pub fn stats(&self, issuer: IssuerId) -> Option<(KeyStats, Option<&str>)> {
         self.issuers
@@ -427,6 +454,7 @@ impl<K> IssuerKeys<K> {
                 keys.static_set = true;
                 keys.loaded = Some(Loaded {
                     set: KeySet::prepare(parsed.clone(), verifier),
+                    loaded_at: Timestamp::default(),
                     fresh_until: Timestamp::default(),
                 });
             }
@@ -538,6 +566,7 @@ impl<K> IssuerKeys<K> {
                 remote.next_attempt = now;
                 self.loaded = Some(Loaded {
                     set,
+                    loaded_at: now,
                     fresh_until: now.saturating_add(ttl),
                 });
                 self.last_error = None;

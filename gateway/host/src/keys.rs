@@ -84,9 +84,19 @@ impl KeyService {
         self.store.read().ok().map(|s| f(&s))
     }
 
-    /// True when every issuer has usable keys.
-    pub fn is_ready(&self) -> bool {
-        self.with_store(|s| s.is_ready(now())).unwrap_or(false)
+    /// The names of the issuers whose keys cannot be used now (never loaded, or too stale).
+    pub fn unusable_issuers(&self) -> Vec<String> {
+        let at = now();
+        let issuers = &self.engine.config().issuers;
+        self.with_store(|s| {
+            issuers
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| s.keys(IssuerId(*i), at).is_err())
+                .map(|(_, c)| c.name.clone())
+                .collect()
+        })
+        .unwrap_or_else(|| issuers.iter().map(|c| c.name.clone()).collect())
     }
 
     /// Fetches everything that is due, following discovery to the key set.
@@ -264,51 +274,100 @@ impl KeyService {
         )
     }
 
-    /// Prometheus lines for key sets and the token cache.
-    pub fn metrics_text(&self) -> String {
-        use std::fmt::Write as _;
+    /// Key-set and token-cache metrics for one scrape: per issuer the refresh counters,
+    /// the set's age, how long past its freshness it is, and how long it may still be used
+    /// if refreshes keep failing (alert on that before `jwks_max_stale` runs out).
+    pub fn add_metrics(&self, scrape: &mut crate::metrics::Scrape) {
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
         use std::sync::atomic::Ordering;
-        let mut out = String::from(
-            "# TYPE portcullis_key_set_refreshes_total counter\n# TYPE portcullis_key_set_failures_total counter\n# TYPE portcullis_unknown_kid_refetches_total counter\n",
-        );
+
+        type ByIssuer = Vec<(&'static str, String)>;
+        let refreshes = Family::<ByIssuer, Counter>::default();
+        let failures = Family::<ByIssuer, Counter>::default();
+        let refetches = Family::<ByIssuer, Counter>::default();
+        let throttled = Family::<ByIssuer, Counter>::default();
+        let usable = Family::<ByIssuer, Gauge>::default();
+        let age = Family::<ByIssuer, crate::metrics::SecondsGauge>::default();
+        let stale = Family::<ByIssuer, crate::metrics::SecondsGauge>::default();
+        let left = Family::<ByIssuer, crate::metrics::SecondsGauge>::default();
+        let at = now();
+        let seconds = |d: Duration| d.as_secs_f64();
         let _ = self.with_store(|s| {
             for (i, issuer) in self.engine.config().issuers.iter().enumerate() {
-                if let Some((stats, _)) = s.stats(IssuerId(i)) {
-                    let name = &issuer.name;
-                    let _ = writeln!(
-                        out,
-                        "portcullis_key_set_refreshes_total{{issuer=\"{name}\"}} {}",
-                        stats.refreshes
-                    );
-                    let _ = writeln!(
-                        out,
-                        "portcullis_key_set_failures_total{{issuer=\"{name}\"}} {}",
-                        stats.failures
-                    );
-                    let _ = writeln!(
-                        out,
-                        "portcullis_unknown_kid_refetches_total{{issuer=\"{name}\"}} {}",
-                        stats.unknown_kid_refetches
-                    );
-                    let _ = writeln!(
-                        out,
-                        "portcullis_unknown_kid_throttled_total{{issuer=\"{name}\"}} {}",
-                        stats.unknown_kid_throttled
-                    );
+                let id = IssuerId(i);
+                let labels = vec![("issuer", issuer.name.clone())];
+                if let Some((stats, _)) = s.stats(id) {
+                    refreshes.get_or_create(&labels).inc_by(stats.refreshes);
+                    failures.get_or_create(&labels).inc_by(stats.failures);
+                    refetches
+                        .get_or_create(&labels)
+                        .inc_by(stats.unknown_kid_refetches);
+                    throttled
+                        .get_or_create(&labels)
+                        .inc_by(stats.unknown_kid_throttled);
+                }
+                usable
+                    .get_or_create(&labels)
+                    .set(i64::from(s.keys(id, at).is_ok()));
+                if let Some(set) = s.age(id) {
+                    if let Some(until) = set.fresh_until {
+                        age.get_or_create(&labels)
+                            .set(seconds(at.saturating_since(set.loaded_at)));
+                        stale
+                            .get_or_create(&labels)
+                            .set(seconds(at.saturating_since(until)));
+                    }
+                    if let Some(until) = set.usable_until {
+                        left.get_or_create(&labels)
+                            .set(seconds(until.saturating_since(at)));
+                    }
                 }
             }
         });
-        let _ = writeln!(
-            out,
-            "# TYPE portcullis_token_cache_hits_total counter\nportcullis_token_cache_hits_total {}",
-            self.cache.hits.load(Ordering::Relaxed)
+        scrape.add(
+            "key_set_refreshes",
+            "Key-set loads that succeeded",
+            refreshes,
         );
-        let _ = writeln!(
-            out,
-            "# TYPE portcullis_token_cache_misses_total counter\nportcullis_token_cache_misses_total {}",
-            self.cache.misses.load(Ordering::Relaxed)
+        scrape.add("key_set_failures", "Key-set fetches that failed", failures);
+        scrape.add(
+            "unknown_kid_refetches",
+            "Key-set refetches for a token naming an unknown kid",
+            refetches,
         );
-        out
+        scrape.add(
+            "unknown_kid_throttled",
+            "Unknown-kid refetches refused by jwks_unknown_kid_interval",
+            throttled,
+        );
+        scrape.add(
+            "key_set_usable",
+            "1 while the issuer's tokens can be verified, 0 when its keys are unavailable",
+            usable,
+        );
+        scrape.add(
+            "key_set_age_seconds",
+            "Time since the key set in use was loaded (fetched sets only)",
+            age,
+        );
+        scrape.add(
+            "key_set_stale_seconds",
+            "Time the key set in use is past its freshness (0 while fresh)",
+            stale,
+        );
+        scrape.add(
+            "key_set_usable_remaining_seconds",
+            "Time left before the key set is too stale to use (jwks_max_stale) if refreshes keep failing",
+            left,
+        );
+        let hits = Counter::<u64>::default();
+        hits.inc_by(self.cache.hits.load(Ordering::Relaxed));
+        let misses = Counter::<u64>::default();
+        misses.inc_by(self.cache.misses.load(Ordering::Relaxed));
+        scrape.add("token_cache_hits", "Verified-token cache hits", hits);
+        scrape.add("token_cache_misses", "Verified-token cache misses", misses);
     }
 }
 impl DocumentSource for KeyService {

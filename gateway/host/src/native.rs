@@ -296,7 +296,7 @@ impl NativeEngine {
 /// Writes a decision's audit record and counts it (native decisions, and the host's own
 /// refusals in either engine).
 pub(crate) fn emit(shared: &Shared, a: AuditRecord) {
-    shared.metrics.decision(a.decision, a.reason);
+    shared.metrics.decision(a.decision, a.reason, a.session);
     shared.audit.write(&a);
 }
 

@@ -6,7 +6,6 @@
 //! plugin's `on_error`), logged and counted.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -350,52 +349,48 @@ impl PluginRuntime {
             .map_or(&[], |p| p.cfg.headers.as_slice())
     }
 
-    /// Prometheus lines.
-    pub fn metrics_text(&self) -> String {
-        let mut out = String::new();
+    /// Plugin metrics for one scrape: calls, time, instantiations and failures per plugin.
+    pub fn add_metrics(&self, scrape: &mut crate::metrics::Scrape) {
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
         if self.plugins.is_empty() {
-            return out;
+            return;
         }
-        out.push_str("# TYPE portcullis_plugin_calls_total counter\n");
+        type ByPlugin = Vec<(&'static str, String)>;
+        let calls = Family::<ByPlugin, Counter>::default();
+        let seconds = Family::<ByPlugin, crate::metrics::SecondsCounter>::default();
+        let instantiations = Family::<ByPlugin, Counter>::default();
+        let failures = Family::<ByPlugin, Counter>::default();
         for p in &self.plugins {
-            let _ = writeln!(
-                out,
-                "portcullis_plugin_calls_total{{plugin=\"{}\"}} {}",
-                p.cfg.name,
-                p.stats.calls.load(Ordering::Relaxed)
-            );
-        }
-        out.push_str("# TYPE portcullis_plugin_seconds_total counter\n");
-        for p in &self.plugins {
-            let _ = writeln!(
-                out,
-                "portcullis_plugin_seconds_total{{plugin=\"{}\"}} {}",
-                p.cfg.name,
-                p.stats.nanos.load(Ordering::Relaxed) as f64 / 1e9
-            );
-        }
-        out.push_str("# TYPE portcullis_plugin_instantiations_total counter\n");
-        for p in &self.plugins {
-            let _ = writeln!(
-                out,
-                "portcullis_plugin_instantiations_total{{plugin=\"{}\"}} {}",
-                p.cfg.name,
-                p.stats.instantiations.load(Ordering::Relaxed)
-            );
-        }
-        out.push_str("# HELP portcullis_plugin_failures_total Plugin failures by kind (on_error applied).\n# TYPE portcullis_plugin_failures_total counter\n");
-        for p in &self.plugins {
+            let labels = vec![("plugin", p.cfg.name.clone())];
+            calls
+                .get_or_create(&labels)
+                .inc_by(p.stats.calls.load(Ordering::Relaxed));
+            seconds
+                .get_or_create(&labels)
+                .inc_by(p.stats.nanos.load(Ordering::Relaxed) as f64 / 1e9);
+            instantiations
+                .get_or_create(&labels)
+                .inc_by(p.stats.instantiations.load(Ordering::Relaxed));
             if let Ok(f) = p.stats.failures.lock() {
                 for (kind, n) in f.iter() {
-                    let _ = writeln!(
-                        out,
-                        "portcullis_plugin_failures_total{{plugin=\"{}\",kind=\"{kind}\"}} {n}",
-                        p.cfg.name
-                    );
+                    let labels = vec![("plugin", p.cfg.name.clone()), ("kind", (*kind).to_owned())];
+                    failures.get_or_create(&labels).inc_by(*n);
                 }
             }
         }
-        out
+        scrape.add("plugin_calls", "Plugin calls", calls);
+        scrape.add("plugin_seconds", "Time spent in plugin calls", seconds);
+        scrape.add(
+            "plugin_instantiations",
+            "Plugin instances created",
+            instantiations,
+        );
+        scrape.add(
+            "plugin_failures",
+            "Plugin failures by kind (on_error applied)",
+            failures,
+        );
     }
 }
 

@@ -371,9 +371,11 @@ impl client::Host for StoreState {
 
 impl audit::Host for StoreState {
     fn emit(&mut self, record: audit::DecisionRecord) {
-        self.shared
-            .metrics
-            .decision(&record.decision, record.reason.as_deref());
+        self.shared.metrics.decision(
+            &record.decision,
+            record.reason.as_deref(),
+            record.session.as_deref(),
+        );
         self.shared.audit.write(&record);
     }
 }

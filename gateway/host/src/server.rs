@@ -187,10 +187,7 @@ impl Gateway {
         let response = match self.run(pre, peer, req).await {
             Ok(r) => r,
             Err(e) => {
-                self.shared
-                    .metrics
-                    .host_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.host_error();
                 tracing::error!(error = %e, "request failed in the gateway component");
                 let body = r#"{"title":"Gateway error","status":503,"reason":"gateway_error"}"#;
                 let mut r = Response::new(full_body(body));
@@ -310,7 +307,24 @@ pub async fn serve(
     }
 }
 
-/// Serves `/healthz`, `/readyz` and `/metrics`.
+/// What keeps the gateway from serving every route (`/readyz`): issuers whose keys cannot
+/// be used (never loaded, or too stale) and an unreachable shared state, one line each.
+async fn readiness(shared: &Shared) -> Result<(), String> {
+    let mut missing = String::new();
+    for issuer in shared.keys.unusable_issuers() {
+        missing.push_str(&format!("key set of issuer `{issuer}` not usable\n"));
+    }
+    if let Err(e) = shared.state.ping().await {
+        missing.push_str(&format!("shared state unreachable: {e}\n"));
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing)
+    }
+}
+
+/// Serves `/healthz`, `/readyz` (200 `ready`, or 503 naming what is not) and `/metrics`.
 pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -322,19 +336,18 @@ pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
             async move {
                 let (status, body, ctype) = match req.uri().path() {
                     "/healthz" => (200, "ok\n".to_owned(), "text/plain"),
-                    "/readyz" if shared.keys.is_ready() => {
-                        (200, "ready\n".to_owned(), "text/plain")
-                    }
-                    "/readyz" => (503, "key sets not loaded yet\n".to_owned(), "text/plain"),
+                    "/readyz" => match readiness(&shared).await {
+                        Ok(()) => (200, "ready\n".to_owned(), "text/plain"),
+                        Err(missing) => (503, missing, "text/plain"),
+                    },
                     "/metrics" => (
                         200,
-                        shared.metrics.render(&format!(
-                            "{}{}{}",
-                            shared.keys.metrics_text(),
-                            shared.plugins.metrics_text(),
-                            shared.state.metrics_text()
-                        )),
-                        "text/plain; version=0.0.4",
+                        shared.metrics.render(|scrape| {
+                            shared.keys.add_metrics(scrape);
+                            shared.plugins.add_metrics(scrape);
+                            shared.state.add_metrics(scrape);
+                        }),
+                        crate::metrics::CONTENT_TYPE,
                     ),
                     _ => (404, "not found\n".to_owned(), "text/plain"),
                 };

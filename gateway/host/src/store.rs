@@ -91,8 +91,10 @@ impl Store {
         }
     }
 
-    /// Prometheus lines for the state's counters.
-    pub fn metrics_text(&self) -> String {
+    /// The state's counters for one scrape, labelled with the backend.
+    pub fn add_metrics(&self, scrape: &mut crate::metrics::Scrape) {
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
         let (backend, ops, errors) = match self {
             Store::Memory(_) => ("memory", 0, 0),
             Store::Redis(r) => (
@@ -101,14 +103,21 @@ impl Store {
                 r.metrics.errors.load(Ordering::Relaxed),
             ),
         };
-        format!(
-            "# HELP portcullis_state_operations_total Shared-state operations that succeeded.\n\
-             # TYPE portcullis_state_operations_total counter\n\
-             portcullis_state_operations_total{{backend=\"{backend}\"}} {ops}\n\
-             # HELP portcullis_state_errors_total Shared-state operations that failed (unreachable, timeout).\n\
-             # TYPE portcullis_state_errors_total counter\n\
-             portcullis_state_errors_total{{backend=\"{backend}\"}} {errors}\n"
-        )
+        let labels = vec![("backend", backend)];
+        let operations = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        operations.get_or_create(&labels).inc_by(ops);
+        let failed = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        failed.get_or_create(&labels).inc_by(errors);
+        scrape.add(
+            "state_operations",
+            "Shared-state operations that succeeded",
+            operations,
+        );
+        scrape.add(
+            "state_errors",
+            "Shared-state operations that failed (unreachable, timeout)",
+            failed,
+        );
     }
 
     /// Runs a state future to completion from synchronous code on a runtime worker (the
@@ -121,6 +130,15 @@ impl Store {
                 Ok(handle) => tokio::task::block_in_place(|| handle.block_on(f)),
                 Err(_) => futures::executor::block_on(f),
             },
+        }
+    }
+
+    /// Whether the store answers (`/readyz`): memory always does; Redis must answer `PING`
+    /// within the configured timeout.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(r) => r.run::<String>(redis::cmd("PING")).await.map(|_| ()),
         }
     }
 
