@@ -379,6 +379,12 @@ fn a_down_regional_backend_gives_503_and_never_spills_to_another_region(engine: 
         ],
         "the refused connection ejects the backend"
     );
+    let m =
+        String::from_utf8(request(gw.admin, "GET", "/metrics", &[], b"").unwrap().body).unwrap();
+    assert!(
+        m.contains("portcullis_backend_failures_total{region=\"eu\",kind=\"connect\"} 1\n"),
+        "{m}"
+    );
     assert_eq!(
         w.us.hits.load(Ordering::SeqCst),
         0,
@@ -679,6 +685,17 @@ fn metrics_parse_with_the_official_python_client(engine: &str) {
         ),
         1.0
     );
+    // The EU token went to the EU backend, the anonymous request to the US one.
+    for region in ["eu", "us"] {
+        assert_eq!(
+            value(
+                "portcullis_backend_response_seconds",
+                json!({"region": region, "le": "+Inf"})
+            ),
+            1.0,
+            "{region}"
+        );
+    }
     assert!(value("process_resident_memory_bytes", json!({})) > 1e6);
     assert!(value("process_open_fds", json!({})) > 3.0);
 }

@@ -14,6 +14,7 @@ pub const EJECTION: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Health {
     by_origin: HashMap<String, BackendId>,
+    regions: Vec<String>,
     down_until: Mutex<HashMap<BackendId, Instant>>,
 }
 
@@ -34,6 +35,7 @@ impl Health {
         }
         Self {
             by_origin,
+            regions: config.regions.iter().map(|r| r.name.clone()).collect(),
             down_until: Mutex::new(HashMap::new()),
         }
     }
@@ -43,6 +45,11 @@ impl Health {
         self.by_origin
             .get(&format!("{scheme}://{authority}"))
             .copied()
+    }
+
+    /// The name of the backend's region (for metrics).
+    pub fn region_name(&self, b: BackendId) -> &str {
+        self.regions.get(b.region.0).map_or("?", String::as_str)
     }
 
     /// True unless the backend failed recently.

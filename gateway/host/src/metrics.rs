@@ -39,6 +39,23 @@ struct SessionEvent {
     event: String,
 }
 
+/// A backend region's label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Region {
+    region: String,
+}
+
+/// A failed backend call's labels: the region and `connect`, `timeout` or `other`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendFailure {
+    region: String,
+    kind: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
 /// A float counter (seconds).
 pub type SecondsCounter = Counter<f64, std::sync::atomic::AtomicU64>;
 /// A float gauge (seconds).
@@ -51,6 +68,8 @@ pub struct Metrics {
     sessions: Family<SessionEvent, Counter>,
     latency: Histogram,
     host_errors: Counter,
+    backend_latency: Family<Region, Histogram, fn() -> Histogram>,
+    backend_failures: Family<BackendFailure, Counter>,
 }
 
 impl Default for Metrics {
@@ -60,6 +79,8 @@ impl Default for Metrics {
             sessions: Family::default(),
             latency: Histogram::new(BUCKETS),
             host_errors: Counter::default(),
+            backend_latency: Family::new_with_constructor(latency_histogram),
+            backend_failures: Family::default(),
         }
     }
 }
@@ -106,6 +127,25 @@ impl Metrics {
         self.latency.observe(d.as_secs_f64());
     }
 
+    /// Records a backend's answer in `region`: the time until its response head.
+    pub fn backend_answered(&self, region: &str, d: Duration) {
+        self.backend_latency
+            .get_or_create(&Region {
+                region: region.to_owned(),
+            })
+            .observe(d.as_secs_f64());
+    }
+
+    /// Counts a backend call in `region` that failed: `connect`, `timeout` or `other`.
+    pub fn backend_failed(&self, region: &str, kind: &str) {
+        self.backend_failures
+            .get_or_create(&BackendFailure {
+                region: region.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
     /// Counts a request that failed inside the host (instantiation, traps).
     pub fn host_error(&self) {
         self.host_errors.inc();
@@ -131,6 +171,16 @@ impl Metrics {
             "sessions",
             "Requests with a browser session, by what happened to the session",
             self.sessions.clone(),
+        );
+        scrape.add(
+            "backend_response_seconds",
+            "Time from sending a request to a backend to its response head, by region",
+            self.backend_latency.clone(),
+        );
+        scrape.add(
+            "backend_failures",
+            "Backend calls that failed, by region and kind (connect, timeout, other)",
+            self.backend_failures.clone(),
         );
         scrape.add(
             "host_errors",

@@ -251,9 +251,13 @@ impl NativeEngine {
         let timeouts = cfg.timeouts;
         let deadline = tokio::time::Instant::now() + timeouts.total;
         let head_wait = timeouts.response.min(timeouts.total);
+        let started = std::time::Instant::now();
         let sent = tokio::time::timeout(head_wait, self.shared.backends.request(out)).await;
+        let region = self.shared.health.region_name(fwd.backend);
+        let metrics = &self.shared.metrics;
         let response = match sent {
             Err(_) => {
+                metrics.backend_failed(region, "timeout");
                 return Err(refuse(
                     Reason::BackendTimeout,
                     &format!("the backend did not answer within {head_wait:?}"),
@@ -267,7 +271,10 @@ impl NativeEngine {
             }
             Ok(Err(e)) => {
                 if e.is_connect() {
+                    metrics.backend_failed(region, "connect");
                     self.shared.health.mark_down(fwd.backend);
+                } else {
+                    metrics.backend_failed(region, "other");
                 }
                 return Err(refuse(
                     Reason::BackendUnavailable,
@@ -276,6 +283,7 @@ impl NativeEngine {
             }
             Ok(Ok(r)) => r,
         };
+        metrics.backend_answered(region, started.elapsed());
         self.shared.health.mark_up(fwd.backend);
         let (parts, body) = response.into_parts();
         // The total timeout covers the body too: past it the stream ends with an error

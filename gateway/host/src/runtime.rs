@@ -490,16 +490,26 @@ impl WasiHttpHooks for Outbound {
             let first_byte = options
                 .and_then(|o| o.first_byte_timeout)
                 .unwrap_or(Duration::from_secs(30));
+            let started = std::time::Instant::now();
             let sent = tokio::time::timeout(first_byte, shared.backends.request(request)).await;
+            let region = shared.health.region_name(backend);
             let response = match sent {
-                Err(_) => return Err(HttpError::ConnectionReadTimeout),
+                Err(_) => {
+                    shared.metrics.backend_failed(region, "timeout");
+                    return Err(HttpError::ConnectionReadTimeout);
+                }
                 Ok(Err(e)) if e.is_connect() => {
+                    shared.metrics.backend_failed(region, "connect");
                     shared.health.mark_down(backend);
                     return Err(HttpError::ConnectionRefused);
                 }
-                Ok(Err(e)) => return Err(HttpError::InternalError(Some(e.to_string()))),
+                Ok(Err(e)) => {
+                    shared.metrics.backend_failed(region, "other");
+                    return Err(HttpError::InternalError(Some(e.to_string())));
+                }
                 Ok(Ok(r)) => r,
             };
+            shared.metrics.backend_answered(region, started.elapsed());
             shared.health.mark_up(backend);
             let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());
             let done: ResponseFuture = Box::new(async { Ok(()) });
