@@ -35,6 +35,29 @@ fn check_accepts_the_shipped_configurations() {
 }
 
 #[test]
+fn check_accepts_the_minimal_configuration_with_its_audit_key() {
+    // minimal.toml names secrets/audit.key, which is not shipped: a user creates it first.
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-minimal-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    std::fs::copy(
+        repo_root().join("edge-config/minimal.toml"),
+        dir.join("minimal.toml"),
+    )
+    .unwrap();
+    let path = dir.join("minimal.toml");
+    let (ok, _, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("secrets/audit.key"), "{stderr}");
+    std::fs::write(dir.join("secrets/audit.key"), b64(&AUDIT_KEY)).unwrap();
+    let (ok, stdout, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(": ok (1 issuer(s), 1 region(s), 1 route(s), 0 plugin(s))"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn check_prints_every_problem_with_locations_and_fails() {
     let dir = std::env::temp_dir().join(format!("portcullis-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
