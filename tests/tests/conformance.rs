@@ -1030,7 +1030,7 @@ fn the_worker_answers_504_when_the_backend_is_too_slow() {
 // The bundle and the Worker have no shared state and make no provider calls (issue 17), so
 // DPoP proofs (replay check), challenge answers (one-time ids) and browser login are
 // refused there, closed, while the host engines serve the same requests. The Spin build
-// has no runtime here to run under (see the README's runtime table).
+// has no runtime here to run under (see the runtime table in docs/deploy.md).
 
 fn edge_limits_config(keys: &KeyServer, eu: &str, us: &str) -> String {
     let extra = format!(

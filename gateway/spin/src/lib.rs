@@ -17,7 +17,7 @@
 //!
 //! `edge-config/spin.toml` deploys it. No runtime on the build machine serves Spin's own
 //! imports, so the conformance suite runs the edge bundle under a plain wasi:http host in
-//! its place (see the README's "Spin" section).
+//! its place (see "Spin" in docs/deploy.md).
 #![deny(unsafe_code)]
 
 pub mod keycache;

@@ -19,8 +19,8 @@
 //!   (on Cloudflare the edge overwrites that header), unknown otherwise;
 //! - **audit**: one JSON line per decision on the console (Workers Logs / Logpush).
 //!
-//! Build: `worker-build --release` in this directory (see the README's "Cloudflare Workers"
-//! section); `edge-config/wrangler.toml` deploys it.
+//! Build: `worker-build --release` in this directory (see "Cloudflare Workers" in
+//! docs/deploy.md); `edge-config/wrangler.toml` deploys it.
 #![deny(unsafe_code)]
 
 pub mod headers;
