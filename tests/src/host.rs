@@ -1,7 +1,7 @@
 //! The `portcullis` binary as a child process: started on port 0 with a configuration in
 //! a fresh temporary directory, stopped (and the directory removed) on drop.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -91,6 +91,18 @@ pub fn start_engine_on(
     files: &[(String, Vec<u8>)],
     listen: &str,
 ) -> Gateway {
+    start_engine_args(config_text, engine, files, listen, |_| Vec::new())
+}
+
+/// As [`start_engine_on`], with extra `serve` arguments computed from the gateway's
+/// directory (an `--audit` among them replaces the default `DIR/audit.jsonl`).
+pub fn start_engine_args(
+    config_text: &str,
+    engine: &str,
+    files: &[(String, Vec<u8>)],
+    listen: &str,
+    extra: impl FnOnce(&Path) -> Vec<String>,
+) -> Gateway {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "portcullis-e2e-{}-{}",
@@ -105,6 +117,11 @@ pub fn start_engine_on(
     }
     let cache = repo_root().join("target/e2e-component-cache");
     let log = dir.join("gateway.log");
+    let mut extra = extra(&dir);
+    if !extra.iter().any(|a| a == "--audit") {
+        extra.push("--audit".into());
+        extra.push(dir.join("audit.jsonl").display().to_string());
+    }
     let child = Command::new(binary())
         .args(["serve", "--config"])
         .arg(dir.join("gateway.toml"))
@@ -119,9 +136,8 @@ pub fn start_engine_on(
             "20",
             "--engine",
             engine,
-            "--audit",
         ])
-        .arg(dir.join("audit.jsonl"))
+        .args(&extra)
         .env("XDG_CACHE_HOME", cache)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

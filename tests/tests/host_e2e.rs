@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use jwt_simple::prelude::*;
-use portcullis_tests::host::{audit_records, get, reason, start_engine};
+use portcullis_tests::host::{Gateway, audit_records, get, reason, start_engine};
 use portcullis_tests::net::{Backend, KeyServer, request};
 use portcullis_tests::*;
 use serde_json::{Value, json};
@@ -700,6 +700,122 @@ fn metrics_parse_with_the_official_python_client(engine: &str) {
     assert!(value("process_open_fds", json!({})) > 3.0);
 }
 
+/// A gateway whose audit destination is a FIFO nobody reads yet (the writer blocks), with
+/// a queue of 4 records.
+fn with_stuck_audit(w: &World, engine: &str, when_full: &str) -> (Gateway, std::path::PathBuf) {
+    let fifo = std::cell::RefCell::new(std::path::PathBuf::new());
+    let gw = portcullis_tests::host::start_engine_args(
+        &config(&w.keys, &w.eu.server.url(), &w.us.server.url()),
+        engine,
+        &[],
+        "127.0.0.1:0",
+        |dir| {
+            let path = dir.join("audit.fifo");
+            assert!(
+                Command::new("mkfifo")
+                    .arg(&path)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            *fifo.borrow_mut() = path.clone();
+            [
+                "--audit",
+                path.to_str().unwrap(),
+                "--audit-queue",
+                "4",
+                "--audit-when-full",
+                when_full,
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        },
+    );
+    (gw, fifo.into_inner())
+}
+
+/// Reads every line the FIFO delivers, from a thread (opening it unblocks the writer).
+fn drain(fifo: std::path::PathBuf) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let f = std::fs::File::open(fifo).unwrap();
+        for line in std::io::BufReader::new(f).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn admin_metric(gw: &Gateway, name: &str) -> u64 {
+    let m =
+        String::from_utf8(request(gw.admin, "GET", "/metrics", &[], b"").unwrap().body).unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {m}"))
+}
+
+/// `--audit-when-full drop`: a stuck audit destination never holds a request up; what does
+/// not fit the queue is counted as dropped, and the queued records arrive once the
+/// destination drains.
+fn a_stuck_audit_sink_drops_and_counts_instead_of_holding_requests(engine: &str) {
+    let w = world();
+    let (gw, fifo) = with_stuck_audit(&w, engine, "drop");
+    for _ in 0..20 {
+        assert_eq!(get(&gw, "/public", None, &[]).status, 200);
+    }
+    assert_eq!(admin_metric(&gw, "portcullis_audit_dropped_total"), 16);
+    assert_eq!(admin_metric(&gw, "portcullis_audit_queued"), 4);
+    let lines = drain(fifo);
+    for _ in 0..4 {
+        let line = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+        let record: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(record["path"], "/public");
+    }
+    assert_eq!(get(&gw, "/public", None, &[]).status, 200);
+    assert!(lines.recv_timeout(Duration::from_secs(10)).is_ok());
+    assert_eq!(admin_metric(&gw, "portcullis_audit_written_total"), 5);
+}
+
+/// `--audit-when-full block` (the default): once the queue is full no record is lost. The
+/// native engine writes the record before it answers, so the request waits for room; the
+/// component writes it after its response, so there the task waits (off the runtime's
+/// other work) and the client already has its answer.
+fn a_stuck_audit_sink_holds_requests_when_told_to_block(engine: &str) {
+    let w = world();
+    let (gw, fifo) = with_stuck_audit(&w, engine, "block");
+    for _ in 0..4 {
+        assert_eq!(get(&gw, "/public", None, &[]).status, 200);
+    }
+    let addr = gw.addr;
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = request(addr, "GET", "/public", &[], b"").unwrap();
+        let _ = done_tx.send(r.status);
+    });
+    if engine == "native" {
+        assert!(
+            done.recv_timeout(Duration::from_secs(1)).is_err(),
+            "the fifth request finished while its record had no room"
+        );
+    }
+    // The fifth record waits for room (the gateway keeps answering the admin listener).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin_metric(&gw, "portcullis_audit_queued") != 5 {
+        assert!(Instant::now() < deadline, "the fifth record never waited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = drain(fifo);
+    assert_eq!(done.recv_timeout(Duration::from_secs(10)).unwrap(), 200);
+    for _ in 0..5 {
+        lines.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+    assert_eq!(admin_metric(&gw, "portcullis_audit_dropped_total"), 0);
+}
+
 portcullis_tests::on_every_engine!(
     valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_ones,
     attacks_get_401_wrong_scope_403_and_public_routes_pass,
@@ -708,6 +824,8 @@ portcullis_tests::on_every_engine!(
     random_kids_cannot_storm_the_idp,
     a_cached_token_is_refused_once_its_key_set_is_too_stale,
     metrics_parse_with_the_official_python_client,
+    a_stuck_audit_sink_drops_and_counts_instead_of_holding_requests,
+    a_stuck_audit_sink_holds_requests_when_told_to_block,
     a_down_regional_backend_gives_503_and_never_spills_to_another_region,
     a_down_region_fails_over_within_its_jurisdiction,
     sigterm_drains_in_flight_requests,

@@ -113,6 +113,10 @@ pub fn load_config_file(path: &Path) -> Result<LoadedConfig, String> {
 pub struct ServeOptions {
     /// Where audit records go (`-` for standard output).
     pub audit: String,
+    /// Audit records that may wait for the writer.
+    pub audit_queue: usize,
+    /// What a full audit queue does.
+    pub audit_when_full: audit::WhenFull,
     /// Compiled-component cache directory (`None`: compile at every start).
     pub cache_dir: Option<PathBuf>,
     /// Concurrent gateway instances.
@@ -141,6 +145,8 @@ impl Default for ServeOptions {
     fn default() -> Self {
         Self {
             audit: "-".into(),
+            audit_queue: audit::DEFAULT_QUEUE,
+            audit_when_full: audit::WhenFull::default(),
             cache_dir: runtime::default_cache_dir(),
             max_instances: 256,
             request_timeout: Duration::from_secs(30),
@@ -166,7 +172,8 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
     let audit = if opts.audit.is_empty() {
         AuditSink::discard()
     } else {
-        AuditSink::open(&opts.audit).with_context(|| format!("audit sink {}", opts.audit))?
+        AuditSink::open(&opts.audit, opts.audit_queue, opts.audit_when_full)
+            .with_context(|| format!("audit sink {}", opts.audit))?
     };
     let health = Health::new(&loaded.config);
     let config_snapshot = loaded.config.to_snapshot();
@@ -260,6 +267,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
+    let shared = prepared.shared.clone();
     tokio::spawn(server::serve_admin(prepared.shared.clone(), admin));
     server::serve(
         prepared.gateway,
@@ -269,6 +277,11 @@ pub async fn serve(
         drain,
     )
     .await;
+    // The last requests' records reach the destination before the process exits.
+    let audit = tokio::task::spawn_blocking(move || shared.audit.flush(Duration::from_secs(5)));
+    if !audit.await.unwrap_or(false) {
+        tracing::warn!("audit records still queued at exit were not all written");
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -39,6 +39,14 @@ enum Command {
         /// Audit records: a file, or `-` for standard output.
         #[arg(long, default_value = "-")]
         audit: String,
+        /// Audit records that may wait for the writer thread.
+        #[arg(long, default_value_t = portcullis_host::audit::DEFAULT_QUEUE)]
+        audit_queue: usize,
+        /// What a full audit queue does: `block` (requests wait: no record is lost) or
+        /// `drop` (requests never wait; lost records are counted in
+        /// `portcullis_audit_dropped_total` and logged).
+        #[arg(long, value_enum, default_value_t = WhenFullArg::Block)]
+        audit_when_full: WhenFullArg,
         /// Compile the component at every start instead of caching it on disk.
         #[arg(long)]
         no_cache: bool,
@@ -119,6 +127,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WhenFullArg {
+    Block,
+    Drop,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -205,6 +219,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             admin,
             audit,
+            audit_queue,
+            audit_when_full,
             no_cache,
             max_instances,
             request_timeout,
@@ -221,6 +237,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let opts = ServeOptions {
                 audit,
+                audit_queue,
+                audit_when_full: match audit_when_full {
+                    WhenFullArg::Block => portcullis_host::audit::WhenFull::Block,
+                    WhenFullArg::Drop => portcullis_host::audit::WhenFull::Drop,
+                },
                 cache_dir: if no_cache {
                     None
                 } else {

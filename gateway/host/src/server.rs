@@ -346,6 +346,7 @@ pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
                             shared.keys.add_metrics(scrape);
                             shared.plugins.add_metrics(scrape);
                             shared.state.add_metrics(scrape);
+                            shared.audit.add_metrics(scrape);
                         }),
                         crate::metrics::CONTENT_TYPE,
                     ),
