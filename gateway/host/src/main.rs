@@ -16,25 +16,40 @@ use portcullis_host::{ServeOptions, keys, load_config_file};
     about = "Portcullis edge authentication gateway"
 )]
 struct Cli {
-    /// Log filter (tracing env-filter syntax), logs are JSON on stderr.
-    #[arg(long, global = true, default_value = "info")]
-    log: String,
+    /// Log filter (tracing env-filter syntax, e.g. `info,portcullis_host=debug`); default:
+    /// `RUST_LOG`, else `info`. A filter that does not parse is an error.
+    #[arg(long, global = true)]
+    log: Option<String>,
+    /// Log format on standard error: `json` (one object per line) or `text`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+/// `token verify`: the token was refused (as `check` and `plugin check` use 1).
+const EXIT_REJECTED: u8 = 1;
+/// The configuration does not load (`token verify`, `serve`, `bundle`, `snapshot`).
+const EXIT_CONFIG: u8 = 3;
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve the gateway.
     Serve {
         /// The edge configuration.
-        #[arg(long)]
+        #[arg(short = 'c', long, env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
         /// Gateway address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Admin address (/healthz, /readyz, /metrics).
-        #[arg(long, default_value = "127.0.0.1:9901")]
+        #[arg(long, env = "PORTCULLIS_ADMIN", default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
         /// Audit records: a file, or `-` for standard output.
         #[arg(long, default_value = "-")]
@@ -74,7 +89,7 @@ enum Command {
     /// and baked in). The result imports only `wasi:*`.
     Bundle {
         /// The edge configuration.
-        #[arg(long)]
+        #[arg(short = 'c', long, env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
         /// Where to write the bundle.
         #[arg(short = 'o', long)]
@@ -85,7 +100,7 @@ enum Command {
     /// not baked in: the worker fetches and rotates them itself.
     Snapshot {
         /// The edge configuration.
-        #[arg(long)]
+        #[arg(short = 'c', long, env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
         /// Where to write the snapshot (`-` for standard output).
         #[arg(short = 'o', long)]
@@ -99,13 +114,13 @@ enum Command {
         #[arg(long)]
         component: PathBuf,
         /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
     /// Validate a configuration and print every problem.
     Check {
         /// The edge configuration.
-        #[arg(long)]
+        #[arg(short = 'c', long, env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
     },
     /// Token tools.
@@ -121,10 +136,10 @@ enum Command {
     /// Run the demo: gateway, demo issuer and two regional echo backends on 127.0.0.1.
     Demo {
         /// Gateway address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Admin address.
-        #[arg(long, default_value = "127.0.0.1:9901")]
+        #[arg(long, env = "PORTCULLIS_ADMIN", default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
 }
@@ -168,7 +183,7 @@ enum TokenCommand {
     /// Verify a token offline (keys from the configured key sets) and explain the result.
     Verify {
         /// The edge configuration.
-        #[arg(long)]
+        #[arg(short = 'c', long, env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
         /// Decide a GET of this path with the pipeline `serve` runs (route rules, risk
         /// plugins, rate limits, residency) instead of only verifying.
@@ -178,21 +193,33 @@ enum TokenCommand {
         /// host-specific route, default `localhost`).
         #[arg(long = "header", short = 'H', requires = "path")]
         headers: Vec<String>,
-        /// The token.
+        /// The token, or `-` to read it from standard input (keeps it out of the shell
+        /// history and the process list).
         token: String,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .json()
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty()))
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("portcullis: log filter {filter:?} does not parse: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -232,7 +259,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("{e}");
-                    return Ok(ExitCode::FAILURE);
+                    return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             };
             let opts = ServeOptions {
@@ -275,7 +302,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("{e}");
-                    return Ok(ExitCode::FAILURE);
+                    return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             };
             warn_login_routes(&loaded.config, "the Worker and Spin cannot yet");
@@ -293,7 +320,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("{e}");
-                    return Ok(ExitCode::FAILURE);
+                    return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             };
             warn_login_routes(&loaded.config, "a bundle cannot");
@@ -430,8 +457,15 @@ async fn verify(
         Ok(l) => l,
         Err(e) => {
             eprintln!("{e}");
-            return Ok(ExitCode::FAILURE);
+            return Ok(ExitCode::from(EXIT_CONFIG));
         }
+    };
+    let token = if token == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        text.trim().to_owned()
+    } else {
+        token
     };
     let Some(path) = path else {
         let service = keys::KeyService::new(loaded.config, 0);
@@ -448,7 +482,7 @@ async fn verify(
             }
             Err(f) => {
                 println!("rejected: {} ({})", f.reason.code(), f.detail);
-                ExitCode::FAILURE
+                ExitCode::from(EXIT_REJECTED)
             }
         });
     };
@@ -500,7 +534,7 @@ async fn verify(
                 r.reason.code(),
                 String::from_utf8_lossy(&r.body)
             );
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_REJECTED)
         }
     };
     for note in offline.notes {

@@ -117,5 +117,59 @@ fn token_verify_explains_acceptance_and_rejection() {
         !ok && stdout.starts_with("rejected: 403 insufficient_scope"),
         "{stdout}"
     );
+
+    // Exit codes tell a rejected token (1) from a configuration that does not load (3);
+    // `-` reads the token from standard input; `PORTCULLIS_CONFIG` stands in for `--config`.
+    let run = |args: &[&str], env: &[(&str, &str)], stdin: &str| {
+        use std::io::Write as _;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, _) = run(
+        &["token", "verify", "-c", p, "-"],
+        &[],
+        &format!("{good}\n"),
+    );
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.starts_with("accepted: issuer main"), "{stdout}");
+    let (code, stdout, _) = run(
+        &["token", "verify", "-"],
+        &[("PORTCULLIS_CONFIG", p)],
+        &expired,
+    );
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.starts_with("rejected: token_expired"), "{stdout}");
+    let missing = dir.join("missing.toml");
+    let (code, _, stderr) = run(
+        &["token", "verify", "-c", missing.to_str().unwrap(), &good],
+        &[],
+        "",
+    );
+    assert_eq!(code, Some(3), "{stderr}");
+    // A log filter that does not parse is an error, from `--log` and from `RUST_LOG`.
+    let (code, _, stderr) = run(&["--log", "portcullis=loud", "check", "-c", p], &[], "");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("log filter"), "{stderr}");
+    let (code, _, stderr) = run(&["check", "-c", p], &[("RUST_LOG", "portcullis=loud")], "");
+    assert_eq!(code, Some(2), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
