@@ -166,7 +166,10 @@ fn bench(c: &mut Criterion) {
     group.bench_function("request/three_examples", |b| b.iter(|| call(&gw, "/three")));
     group.finish();
     // Instances are pooled: instantiations stay near the pool size however many calls ran.
-    eprintln!("{}", runtime.metrics_text());
+    eprintln!(
+        "{}",
+        portcullis_host::metrics::Metrics::default().render(|scrape| runtime.add_metrics(scrape))
+    );
 }
 
 criterion_group!(benches, bench);

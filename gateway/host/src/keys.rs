@@ -84,6 +84,54 @@ impl KeyService {
         self.store.read().ok().map(|s| f(&s))
     }
 
+    /// `check --online`: per issuer (by name) what its key set holds, or why it could not be
+    /// loaded (unreachable, a discovery document naming another issuer, no usable key),
+    /// and for login providers whether discovery named the login endpoints.
+    pub fn online_report(&self) -> Vec<(String, Result<String, String>)> {
+        let at = now();
+        let issuers = &self.engine.config().issuers;
+        self.with_store(|s| {
+            issuers
+                .iter()
+                .enumerate()
+                .map(|(i, cfg)| {
+                    let id = IssuerId(i);
+                    let error = || {
+                        s.stats(id)
+                            .and_then(|(_, e)| e.map(str::to_owned))
+                            .unwrap_or_else(|| "no key set loaded".to_owned())
+                    };
+                    let outcome = match s.keys(id, at) {
+                        Err(_) => Err(error()),
+                        Ok(set) => {
+                            let kids: Vec<&str> = set
+                                .entries()
+                                .iter()
+                                .map(|e| e.jwk.kid.as_deref().unwrap_or("(no kid)"))
+                                .collect();
+                            let mut summary = format!("{} key(s): {}", kids.len(), kids.join(", "));
+                            if !set.skipped().is_empty() {
+                                summary.push_str(&format!(
+                                    "; {} skipped (unsupported or unusable)",
+                                    set.skipped().len()
+                                ));
+                            }
+                            match (&cfg.login, s.endpoints(id)) {
+                                (Some(_), None) => Err(format!(
+                                    "{summary}; but discovery named no authorization and token endpoints for its login"
+                                )),
+                                (Some(_), Some(_)) => Ok(format!("{summary}; login endpoints found")),
+                                (None, _) => Ok(summary),
+                            }
+                        }
+                    };
+                    (cfg.name.clone(), outcome)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
     /// The names of the issuers whose keys cannot be used now (never loaded, or too stale).
     pub fn unusable_issuers(&self) -> Vec<String> {
         let at = now();

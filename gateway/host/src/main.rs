@@ -122,6 +122,10 @@ enum Command {
         /// The edge configuration.
         #[arg(short = 'c', long, env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
+        /// Also fetch every issuer's discovery document and key set, as `serve` would at
+        /// start, and report per issuer what was found or why it failed.
+        #[arg(long)]
+        online: bool,
     },
     /// Token tools.
     Token {
@@ -363,7 +367,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => match load_config_file(&config) {
+        Command::Check { config, online } => match load_config_file(&config) {
             Ok(l) => {
                 // Plugins are loaded and asked to accept their configuration, as at startup.
                 if !l.config.plugins.is_empty() {
@@ -386,7 +390,26 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     l.config.routes.len(),
                     l.config.plugins.len()
                 );
-                Ok(ExitCode::SUCCESS)
+                if !online {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let service = keys::KeyService::new(l.config, 0);
+                service.refresh_due().await;
+                let mut failed = false;
+                for (issuer, outcome) in service.online_report() {
+                    match outcome {
+                        Ok(summary) => println!("issuer {issuer}: ok, {summary}"),
+                        Err(why) => {
+                            failed = true;
+                            println!("issuer {issuer}: FAILED: {why}");
+                        }
+                    }
+                }
+                Ok(if failed {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                })
             }
             Err(e) => {
                 eprintln!("{e}");

@@ -173,3 +173,40 @@ fn token_verify_explains_acceptance_and_rejection() {
     assert_eq!(code, Some(2), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_online_fetches_every_issuer_and_names_what_failed() {
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-online-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("audit.key"), b64(&AUDIT_KEY)).unwrap();
+    std::fs::write(dir.join("client.secret"), "secret").unwrap();
+    std::fs::write(dir.join("session.key"), "5a".repeat(32)).unwrap();
+    let base = keys.server.url();
+    let issuer = |name: &str, url: &str| {
+        format!(
+            "[[issuer]]\nname = \"{name}\"\nissuer = \"{url}\"\ndiscovery = true\ninsecure_http_jwks = true\naudiences = [\"{AUDIENCE}\"]\nalgorithms = [\"ES256\"]\n\n"
+        )
+    };
+    let config = format!(
+        "{}[issuer.login]\nclient_id = \"gw\"\nclient_secret_file = \"client.secret\"\nredirect_uri = \"http://localhost:8080/_portcullis/callback\"\n\n{}[session]\n[[session.key]]\nid = \"k1\"\nfile = \"session.key\"\n\n[region.eu]\njurisdiction = \"EU\"\nbackends = [\"http://127.0.0.1:9\"]\n\n[residency]\nmissing = \"eu\"\n\n[[route]]\npath = \"/api\"\n\n[audit]\nsubject_key_file = \"audit.key\"\n",
+        issuer("good", &base),
+        // Port 1: nothing listens there.
+        issuer("gone", "http://127.0.0.1:1"),
+    );
+    let path = dir.join("gw.toml");
+    std::fs::write(&path, config).unwrap();
+    let p = path.to_str().unwrap();
+    let (ok, stdout, stderr) = portcullis(&["check", "--config", p]);
+    assert!(ok, "offline check: {stdout}{stderr}");
+    let (ok, stdout, stderr) = portcullis(&["check", "--config", p, "--online"]);
+    assert!(!ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("issuer good: ok, ")
+            && stdout.contains("es-1")
+            && stdout.contains("login endpoints found"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("issuer gone: FAILED: "), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
