@@ -47,6 +47,9 @@ fn run(command: &str) -> String {
 #[test]
 fn the_demo_starts_and_every_command_it_prints_answers_as_its_comment_says() {
     let (listen, admin) = (free_port(), free_port());
+    // The demo's issuer and backends listen on fixed ports (9000, 9101, 9201): a demo left
+    // running elsewhere makes this one exit, which the log below then says.
+    let log = std::env::temp_dir().join(format!("portcullis-demo-{}.log", std::process::id()));
     let mut child = Command::new(binary())
         .args([
             "demo",
@@ -56,7 +59,7 @@ fn the_demo_starts_and_every_command_it_prints_answers_as_its_comment_says() {
             &format!("127.0.0.1:{admin}"),
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -76,7 +79,12 @@ fn the_demo_starts_and_every_command_it_prints_answers_as_its_comment_says() {
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
-            .expect("the demo printed its suggestions");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the demo printed no suggestions ({e}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
         if line.starts_with("Ctrl-C stops everything") {
             break;
         }
