@@ -26,6 +26,23 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
+    // `portcullis --version` and the build-info metric name the WIT package and the
+    // wasmtime release this binary was built with.
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).expect("Cargo.lock");
+    let wasmtime = lock
+        .split("[[package]]")
+        .find(|p| p.contains("\nname = \"wasmtime\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or("unknown");
+    println!("cargo:rustc-env=PORTCULLIS_WASMTIME_VERSION={wasmtime}");
+    let wit = std::fs::read_to_string(root.join("wit/gateway/gateway.wit")).expect("gateway.wit");
+    let package = wit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("package "))
+        .and_then(|p| p.strip_suffix(';'))
+        .unwrap_or("unknown");
+    println!("cargo:rustc-env=PORTCULLIS_WIT_PACKAGE={package}");
     let built = target_dir.join("wasm32-wasip2/release");
     let outputs = [
         "portcullis_component.wasm",

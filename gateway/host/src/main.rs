@@ -12,7 +12,7 @@ use portcullis_host::{ServeOptions, keys, load_config_file};
 #[derive(Parser)]
 #[command(
     name = "portcullis",
-    version,
+    version = VERSION,
     about = "Portcullis edge authentication gateway"
 )]
 struct Cli {
@@ -26,6 +26,16 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// `--version`: the release, the WIT contract and the wasmtime it embeds.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (WIT ",
+    env!("PORTCULLIS_WIT_PACKAGE"),
+    ", wasmtime ",
+    env!("PORTCULLIS_WASMTIME_VERSION"),
+    ")"
+);
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
@@ -136,6 +146,12 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+    /// Print a shell completion script (e.g. `portcullis completions bash >
+    /// /etc/bash_completion.d/portcullis`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Run the demo: gateway, demo issuer and two regional echo backends on 127.0.0.1.
     Demo {
@@ -463,6 +479,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     token,
                 },
         } => verify(config, path, &headers, token).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "portcullis",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { listen, admin } => {
             portcullis_host::demo::run(listen, admin).await?;
             Ok(ExitCode::SUCCESS)

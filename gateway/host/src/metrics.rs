@@ -192,7 +192,8 @@ impl Metrics {
             "The running build",
             Info::new(vec![
                 ("version", env!("CARGO_PKG_VERSION")),
-                ("wit", "portcullis:gateway@0.1.0"),
+                ("wit", env!("PORTCULLIS_WIT_PACKAGE")),
+                ("wasmtime", env!("PORTCULLIS_WASMTIME_VERSION")),
             ]),
         );
         process(&mut scrape.registry);

@@ -210,3 +210,30 @@ fn check_online_fetches_every_issuer_and_names_what_failed() {
     assert!(stdout.contains("issuer gone: FAILED: "), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn version_names_the_wit_and_wasmtime_and_completions_cover_every_command() {
+    let (ok, stdout, _) = portcullis(&["--version"]);
+    let lock = std::fs::read_to_string(repo_root().join("Cargo.lock")).unwrap();
+    let wasmtime = lock
+        .split("[[package]]")
+        .find(|p| p.contains("\nname = \"wasmtime\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+        .unwrap()
+        .trim_end_matches('"');
+    assert!(ok, "{stdout}");
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "portcullis {} (WIT portcullis:gateway@0.1.0, wasmtime {wasmtime})",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let (ok, script, stderr) = portcullis(&["completions", shell]);
+        assert!(ok, "{shell}: {stderr}");
+        for command in ["serve", "check", "verify", "bundle", "serve-wasm", "demo"] {
+            assert!(script.contains(command), "{shell}: no {command}");
+        }
+    }
+}
