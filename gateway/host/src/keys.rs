@@ -84,67 +84,71 @@ impl KeyService {
         self.store.read().ok().map(|s| f(&s))
     }
 
+    /// `f` for every configured issuer, in configuration order, with the key store (`None`
+    /// while the store is poisoned).
+    fn each_issuer<T>(
+        &self,
+        f: impl Fn(&KeyStore<NativeKey>, IssuerId, &portcullis_core::config::IssuerConfig) -> T,
+    ) -> Option<Vec<T>> {
+        let issuers = &self.engine.config().issuers;
+        self.with_store(|s| {
+            issuers
+                .iter()
+                .enumerate()
+                .map(|(i, cfg)| f(s, IssuerId(i), cfg))
+                .collect()
+        })
+    }
+
     /// `check --online`: per issuer (by name) what its key set holds, or why it could not be
     /// loaded (unreachable, a discovery document naming another issuer, no usable key),
     /// and for login providers whether discovery named the login endpoints.
     pub fn online_report(&self) -> Vec<(String, Result<String, String>)> {
         let at = now();
-        let issuers = &self.engine.config().issuers;
-        self.with_store(|s| {
-            issuers
-                .iter()
-                .enumerate()
-                .map(|(i, cfg)| {
-                    let id = IssuerId(i);
-                    let error = || {
-                        s.stats(id)
-                            .and_then(|(_, e)| e.map(str::to_owned))
-                            .unwrap_or_else(|| "no key set loaded".to_owned())
-                    };
-                    let outcome = match s.keys(id, at) {
-                        Err(_) => Err(error()),
-                        Ok(set) => {
-                            let kids: Vec<&str> = set
-                                .entries()
-                                .iter()
-                                .map(|e| e.jwk.kid.as_deref().unwrap_or("(no kid)"))
-                                .collect();
-                            let mut summary = format!("{} key(s): {}", kids.len(), kids.join(", "));
-                            if !set.skipped().is_empty() {
-                                summary.push_str(&format!(
-                                    "; {} skipped (unsupported or unusable)",
-                                    set.skipped().len()
-                                ));
-                            }
-                            match (&cfg.login, s.endpoints(id)) {
-                                (Some(_), None) => Err(format!(
-                                    "{summary}; but discovery named no authorization and token endpoints for its login"
-                                )),
-                                (Some(_), Some(_)) => Ok(format!("{summary}; login endpoints found")),
-                                (None, _) => Ok(summary),
-                            }
-                        }
-                    };
-                    (cfg.name.clone(), outcome)
-                })
-                .collect()
+        self.each_issuer(|s, id, cfg| {
+            let outcome = match s.keys(id, at) {
+                Err(_) => Err(s
+                    .stats(id)
+                    .and_then(|(_, e)| e.map(str::to_owned))
+                    .unwrap_or_else(|| "no key set loaded".to_owned())),
+                Ok(set) => {
+                    let kids: Vec<&str> = set
+                        .entries()
+                        .iter()
+                        .map(|e| e.jwk.kid.as_deref().unwrap_or("(no kid)"))
+                        .collect();
+                    let mut summary = format!("{} key(s): {}", kids.len(), kids.join(", "));
+                    if !set.skipped().is_empty() {
+                        summary.push_str(&format!(
+                            "; {} skipped (unsupported or unusable)",
+                            set.skipped().len()
+                        ));
+                    }
+                    match (&cfg.login, s.endpoints(id)) {
+                        (Some(_), None) => Err(format!(
+                            "{summary}; but discovery named no authorization and token \
+                             endpoints for its login"
+                        )),
+                        (Some(_), Some(_)) => Ok(format!("{summary}; login endpoints found")),
+                        (None, _) => Ok(summary),
+                    }
+                }
+            };
+            (cfg.name.clone(), outcome)
         })
         .unwrap_or_default()
     }
 
-    /// The names of the issuers whose keys cannot be used now (never loaded, or too stale).
+    /// The names of the issuers whose keys cannot be used now (never loaded, or too stale);
+    /// all of them while the key store cannot be read.
     pub fn unusable_issuers(&self) -> Vec<String> {
         let at = now();
-        let issuers = &self.engine.config().issuers;
-        self.with_store(|s| {
-            issuers
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| s.keys(IssuerId(*i), at).is_err())
-                .map(|(_, c)| c.name.clone())
-                .collect()
-        })
-        .unwrap_or_else(|| issuers.iter().map(|c| c.name.clone()).collect())
+        self.each_issuer(|s, id, cfg| s.keys(id, at).is_err().then(|| cfg.name.clone()))
+            .map(|names| names.into_iter().flatten().collect())
+            .unwrap_or_else(|| {
+                let issuers = &self.engine.config().issuers;
+                issuers.iter().map(|c| c.name.clone()).collect()
+            })
     }
 
     /// Fetches everything that is due, following discovery to the key set.
