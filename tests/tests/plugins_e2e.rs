@@ -635,41 +635,12 @@ fn token_verify_runs_the_routes_plugins_and_says_what_it_cannot_check() {
         std::env::temp_dir().join(format!("portcullis-verify-plugins-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("audit.key"), b64(&AUDIT_KEY)).unwrap();
-    let plugin = Path::new(env!("PORTCULLIS_PLUGIN_DIR")).join("fixture_plugin_trivial.wasm");
+    // The suite's configuration (its `trivial` plugin scores `x-risk`), plus a route that
+    // denies at 60 and limits each subject.
+    let unused = "http://127.0.0.1:9";
     let config = format!(
-        r#"
-[[issuer]]
-name = "main"
-issuer = "{ISSUER}"
-jwks_uri = "{keys}/jwks.json"
-insecure_http_jwks = true
-audiences = ["{AUDIENCE}"]
-algorithms = ["ES256"]
-
-[region.eu]
-jurisdiction = "EU"
-backends = ["http://127.0.0.1:9"]
-
-[residency]
-missing = "eu"
-
-[plugin.trivial]
-path = "{plugin}"
-headers = ["x-risk"]
-
-[[route]]
-path = "/risky"
-risk = {{ plugins = ["trivial"], deny = 60 }}
-[[route.rate_limit]]
-key = "subject"
-rate = 1
-per = "1h"
-
-[audit]
-subject_key_file = "audit.key"
-"#,
-        keys = keys.server.url(),
-        plugin = plugin.display(),
+        "{}\n[[route]]\npath = \"/risky\"\nrisk = {{ plugins = [\"trivial\"], deny = 60 }}\n[[route.rate_limit]]\nkey = \"subject\"\nrate = 1\nper = \"1h\"\n",
+        config(&keys, unused, unused)
     );
     let path = dir.join("gw.toml");
     std::fs::write(&path, config).unwrap();

@@ -384,10 +384,9 @@ impl<K> KeyStore<K> {
         let Some(keys) = self.issuers.get(issuer.0) else {
             return Err(KeysUnavailable::NeverLoaded(None));
         };
-        match (&keys.loaded, &keys.remote) {
+        match (&keys.loaded, keys.usable_until()) {
             (None, _) => Err(KeysUnavailable::NeverLoaded(keys.last_error.clone())),
-            (Some(l), _) if keys.static_set => Ok(&l.set),
-            (Some(l), Some(r)) if now > l.fresh_until.saturating_add(r.policy.max_stale) => {
+            (Some(_), Some(until)) if now > until => {
                 Err(KeysUnavailable::TooStale(keys.last_error.clone()))
             }
             (Some(l), _) => Ok(&l.set),
@@ -404,11 +403,11 @@ impl<K> KeyStore<K> {
     pub fn age(&self, issuer: IssuerId) -> Option<SetAge> {
         let keys = self.issuers.get(issuer.0)?;
         let loaded = keys.loaded.as_ref()?;
-        let remote = keys.remote.as_ref().filter(|_| !keys.static_set);
+        let usable_until = keys.usable_until();
         Some(SetAge {
             loaded_at: loaded.loaded_at,
-            fresh_until: remote.map(|_| loaded.fresh_until),
-            usable_until: remote.map(|r| loaded.fresh_until.saturating_add(r.policy.max_stale)),
+            fresh_until: usable_until.map(|_| loaded.fresh_until),
+            usable_until,
         })
     }
 
@@ -426,6 +425,14 @@ impl<K> KeyStore<K> {
 }
 
 impl<K> IssuerKeys<K> {
+    /// Until when the loaded set may serve without a successful refresh: its freshness plus
+    /// `max_stale`; `None` for a fixed set (never stale) or before anything was loaded.
+    fn usable_until(&self) -> Option<Timestamp> {
+        let loaded = self.loaded.as_ref()?;
+        let remote = self.remote.as_ref().filter(|_| !self.static_set)?;
+        Some(loaded.fresh_until.saturating_add(remote.policy.max_stale))
+    }
+
     fn new<V: SignatureVerifier<Key = K>>(cfg: &IssuerConfig, verifier: &V) -> Self {
         let mut keys = IssuerKeys {
             issuer: cfg.issuer.clone(),

@@ -31,7 +31,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use crate::backends::full_body;
 use crate::keys;
 use crate::plugins::{self, PluginRuntime};
-use crate::runtime::Shared;
+use crate::runtime::{BackendOutcome, Shared};
 
 /// The native engine.
 pub struct NativeEngine {
@@ -253,11 +253,10 @@ impl NativeEngine {
         let head_wait = timeouts.response.min(timeouts.total);
         let started = std::time::Instant::now();
         let sent = tokio::time::timeout(head_wait, self.shared.backends.request(out)).await;
-        let region = self.shared.health.region_name(fwd.backend);
-        let metrics = &self.shared.metrics;
+        let done = |outcome| self.shared.backend_done(fwd.backend, started, outcome);
         let response = match sent {
             Err(_) => {
-                metrics.backend_failed(region, "timeout");
+                done(BackendOutcome::Timeout);
                 return Err(refuse(
                     Reason::BackendTimeout,
                     &format!("the backend did not answer within {head_wait:?}"),
@@ -270,12 +269,11 @@ impl NativeEngine {
                 ));
             }
             Ok(Err(e)) => {
-                if e.is_connect() {
-                    metrics.backend_failed(region, "connect");
-                    self.shared.health.mark_down(fwd.backend);
+                done(if e.is_connect() {
+                    BackendOutcome::Connect
                 } else {
-                    metrics.backend_failed(region, "other");
-                }
+                    BackendOutcome::Other
+                });
                 return Err(refuse(
                     Reason::BackendUnavailable,
                     &format!("the backend could not be reached: {e}"),
@@ -283,8 +281,7 @@ impl NativeEngine {
             }
             Ok(Ok(r)) => r,
         };
-        metrics.backend_answered(region, started.elapsed());
-        self.shared.health.mark_up(fwd.backend);
+        done(BackendOutcome::Answered);
         let (parts, body) = response.into_parts();
         // The total timeout covers the body too: past it the stream ends with an error
         // (the client sees a truncated response, never a silent hang).

@@ -66,6 +66,47 @@ pub struct Shared {
     pub backends: BackendClient,
 }
 
+/// How a call to a backend ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendOutcome {
+    /// Its response head arrived.
+    Answered,
+    /// No response head within the timeout.
+    Timeout,
+    /// The connection failed: nothing was sent.
+    Connect,
+    /// Any other failure.
+    Other,
+}
+
+impl Shared {
+    /// Records how a call to `backend` started at `started` ended, for both engines: a
+    /// failed connection ejects the backend (passive health), an answer restores it, and
+    /// the region's latency or failure metric counts it.
+    pub fn backend_done(
+        &self,
+        backend: portcullis_core::BackendId,
+        started: std::time::Instant,
+        outcome: BackendOutcome,
+    ) {
+        let region = self.health.region_name(backend);
+        let kind = match outcome {
+            BackendOutcome::Answered => {
+                self.metrics.backend_answered(region, started.elapsed());
+                self.health.mark_up(backend);
+                return;
+            }
+            BackendOutcome::Timeout => "timeout",
+            BackendOutcome::Connect => {
+                self.health.mark_down(backend);
+                "connect"
+            }
+            BackendOutcome::Other => "other",
+        };
+        self.metrics.backend_failed(region, kind);
+    }
+}
+
 /// Per-request store data.
 pub struct StoreState {
     wasi: WasiCtx,
@@ -492,25 +533,23 @@ impl WasiHttpHooks for Outbound {
                 .unwrap_or(Duration::from_secs(30));
             let started = std::time::Instant::now();
             let sent = tokio::time::timeout(first_byte, shared.backends.request(request)).await;
-            let region = shared.health.region_name(backend);
+            let done = |outcome| shared.backend_done(backend, started, outcome);
             let response = match sent {
                 Err(_) => {
-                    shared.metrics.backend_failed(region, "timeout");
+                    done(BackendOutcome::Timeout);
                     return Err(HttpError::ConnectionReadTimeout);
                 }
                 Ok(Err(e)) if e.is_connect() => {
-                    shared.metrics.backend_failed(region, "connect");
-                    shared.health.mark_down(backend);
+                    done(BackendOutcome::Connect);
                     return Err(HttpError::ConnectionRefused);
                 }
                 Ok(Err(e)) => {
-                    shared.metrics.backend_failed(region, "other");
+                    done(BackendOutcome::Other);
                     return Err(HttpError::InternalError(Some(e.to_string())));
                 }
                 Ok(Ok(r)) => r,
             };
-            shared.metrics.backend_answered(region, started.elapsed());
-            shared.health.mark_up(backend);
+            done(BackendOutcome::Answered);
             let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());
             let done: ResponseFuture = Box::new(async { Ok(()) });
             Ok((response, done))
