@@ -24,8 +24,9 @@ use serde_json::{Value, json};
 
 /// The W3C key under which an element reference is returned.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
-/// How long to wait for chromedriver's `/status` to report ready.
-const DRIVER_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long to wait for chromedriver's `/status` to report ready: a bound against a hang,
+/// generous because a loaded 2-core CI machine starts processes slowly.
+const DRIVER_READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Socket read timeout for a command: above the 30 s page-load and script timeouts.
 const COMMAND_READ_TIMEOUT: Duration = Duration::from_secs(90);
 /// Flags Chromium needs in this (network-closed, containerised) environment.

@@ -194,11 +194,11 @@ pub fn reason(r: &Resp) -> String {
         .to_owned()
 }
 
-/// The gateway's audit records, waiting up to 5 s until `ready` holds for them: a record is
+/// The gateway's audit records, waiting up to 30 s until `ready` holds for them: a record is
 /// written once its exchange is complete, which may be just after the client has the
 /// response.
 pub fn audit_records(gw: &Gateway, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let records: Vec<Value> = std::fs::read_to_string(gw.dir.join("audit.jsonl"))
             .unwrap_or_default()

@@ -62,7 +62,7 @@ impl Redis {
                 panic!("cannot start redis-server ({e}): apt-get install redis-server")
             });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while self.command("PING").as_deref() != Some("+PONG") {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
