@@ -420,6 +420,13 @@ impl KeyService {
         misses.inc_by(self.cache.misses.load(Ordering::Relaxed));
         scrape.add("token_cache_hits", "Verified-token cache hits", hits);
         scrape.add("token_cache_misses", "Verified-token cache misses", misses);
+        let entries = Gauge::<i64>::default();
+        entries.set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
+        scrape.add(
+            "token_cache_entries",
+            "Verified tokens held (bounded by --token-cache)",
+            entries,
+        );
     }
 }
 impl DocumentSource for KeyService {

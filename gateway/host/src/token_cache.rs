@@ -1,11 +1,17 @@
 //! A bounded cache of verified tokens, keyed by SHA-256 of the token. An entry serves until
 //! the token's expiry (plus the issuer's skew) and only while the key sets it was verified
 //! against are unchanged (a key-set change bumps the generation and invalidates it).
+//!
+//! Built on [`moka`]: lock-striped reads and writes, a TinyLFU admission policy (a burst of
+//! one-off tokens does not push out the tokens in steady use) and per-entry expiry, so a
+//! full cache never scans and an expired entry is gone without a lookup.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use moka::Expiry;
+use moka::sync::Cache;
 use portcullis_core::IssuerId;
 
 /// A verified token's outcome.
@@ -20,16 +26,41 @@ pub struct Cached {
     generation: u64,
 }
 
+/// Each entry lives until its token's `valid_until`.
+struct UntilValid;
+
+impl Expiry<[u8; 32], Cached> for UntilValid {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Cached,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        Some(Duration::from_secs_f64((value.valid_until - now).max(0.0)))
+    }
+}
+
 /// The cache.
-#[derive(Debug)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<[u8; 32], Cached>>,
-    capacity: usize,
+    entries: Option<Cache<[u8; 32], Cached>>,
     generation: AtomicU64,
     /// Hits, for metrics.
     pub hits: AtomicU64,
     /// Misses, for metrics.
     pub misses: AtomicU64,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("entries", &self.entries.as_ref().map(Cache::entry_count))
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The cache key of a token.
@@ -43,9 +74,14 @@ pub fn token_key(token: &str) -> [u8; 32] {
 impl TokenCache {
     /// A cache of at most `capacity` tokens (0 disables it).
     pub fn new(capacity: usize) -> Self {
+        let entries = (capacity > 0).then(|| {
+            Cache::builder()
+                .max_capacity(u64::try_from(capacity).unwrap_or(u64::MAX))
+                .expire_after(UntilValid)
+                .build()
+        });
         Self {
-            entries: Mutex::new(HashMap::with_capacity(capacity.min(1 << 16))),
-            capacity,
+            entries,
             generation: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -54,20 +90,12 @@ impl TokenCache {
 
     /// The cached outcome for `key` if still valid at `now` (Unix seconds).
     pub fn get(&self, key: &[u8; 32], now: f64) -> Option<Cached> {
-        if self.capacity == 0 {
-            return None;
-        }
+        let entries = self.entries.as_ref()?;
         let generation = self.generation.load(Ordering::Acquire);
-        let mut entries = self.entries.lock().ok()?;
-        let hit = match entries.get(key) {
-            Some(c) if c.generation == generation && now < c.valid_until => Some(c.clone()),
-            Some(_) => {
-                entries.remove(key);
-                None
-            }
-            None => None,
-        };
-        drop(entries);
+        // The expiry above runs on the cache's clock; `now` is the request's, which decides.
+        let hit = entries
+            .get(key)
+            .filter(|c| c.generation == generation && now < c.valid_until);
         let counter = if hit.is_some() {
             &self.hits
         } else {
@@ -85,7 +113,8 @@ impl TokenCache {
 
     /// Remembers a token verified against the key sets of `generation`; dropped when the
     /// key sets changed meanwhile (a rotation racing the verification must not leave a
-    /// token checked against the old keys tagged as checked against the new ones).
+    /// token checked against the old keys tagged as checked against the new ones: an entry
+    /// of an older generation never serves, see [`get`](Self::get)).
     pub fn insert(
         &self,
         key: [u8; 32],
@@ -94,25 +123,11 @@ impl TokenCache {
         valid_until: f64,
         generation: u64,
     ) {
-        if self.capacity == 0 {
-            return;
-        }
-        let Ok(mut entries) = self.entries.lock() else {
+        let Some(entries) = &self.entries else {
             return;
         };
-        // Under the lock: `invalidate` bumps the generation before it clears the map.
         if self.generation.load(Ordering::Acquire) != generation {
             return;
-        }
-        if entries.len() >= self.capacity {
-            // Evict expired or stale entries first, then an arbitrary one.
-            let now_gen = generation;
-            entries.retain(|_, c| c.generation == now_gen && c.valid_until > 0.0);
-            if entries.len() >= self.capacity
-                && let Some(victim) = entries.keys().next().copied()
-            {
-                entries.remove(&victim);
-            }
         }
         entries.insert(
             key,
@@ -128,14 +143,17 @@ impl TokenCache {
     /// Forgets everything (a key set changed).
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.clear();
+        if let Some(entries) = &self.entries {
+            entries.invalidate_all();
         }
     }
 
-    /// Number of entries.
+    /// Number of entries (after the cache's pending evictions have run).
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.entries.as_ref().map_or(0, |e| {
+            e.run_pending_tasks();
+            usize::try_from(e.entry_count()).unwrap_or(usize::MAX)
+        })
     }
 
     /// True when empty.
@@ -148,60 +166,104 @@ impl TokenCache {
 mod tests {
     use super::*;
 
+    /// Unix seconds now: entries expire on the cache's real clock.
+    fn unix_now() -> f64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    }
+
     #[test]
     fn entries_expire_are_bounded_and_invalidate_with_key_sets() {
         let cache = TokenCache::new(2);
         let claims: Arc<str> = Arc::from("{}");
+        let t = unix_now();
         cache.insert(
             token_key("a"),
             IssuerId(0),
             claims.clone(),
-            100.0,
+            t + 100.0,
             cache.generation(),
         );
-        assert!(cache.get(&token_key("a"), 99.0).is_some());
-        assert!(cache.get(&token_key("a"), 100.0).is_none(), "expired");
+        assert!(cache.get(&token_key("a"), t + 99.0).is_some());
+        assert!(cache.get(&token_key("a"), t + 100.0).is_none(), "expired");
         cache.insert(
             token_key("b"),
             IssuerId(0),
             claims.clone(),
-            100.0,
+            t + 100.0,
             cache.generation(),
         );
         cache.insert(
             token_key("c"),
             IssuerId(0),
             claims.clone(),
-            100.0,
+            t + 100.0,
             cache.generation(),
         );
         cache.insert(
             token_key("d"),
             IssuerId(0),
             claims.clone(),
-            100.0,
+            t + 100.0,
             cache.generation(),
         );
         assert!(cache.len() <= 2);
         cache.invalidate();
-        assert!(cache.get(&token_key("d"), 1.0).is_none());
+        assert!(cache.get(&token_key("d"), t).is_none());
     }
 
     #[test]
     fn a_verification_that_raced_a_key_set_change_is_not_cached() {
         let cache = TokenCache::new(8);
         let claims: Arc<str> = Arc::from("{}");
+        let t = unix_now();
         let before = cache.generation();
         cache.invalidate(); // the key set rotated while the token was being verified
-        cache.insert(token_key("a"), IssuerId(0), claims.clone(), 100.0, before);
-        assert!(cache.get(&token_key("a"), 1.0).is_none());
+        cache.insert(token_key("a"), IssuerId(0), claims.clone(), t + 100.0, before);
+        assert!(cache.get(&token_key("a"), t).is_none());
         cache.insert(
             token_key("a"),
             IssuerId(0),
             claims,
-            100.0,
+            t + 100.0,
             cache.generation(),
         );
-        assert!(cache.get(&token_key("a"), 1.0).is_some());
+        assert!(cache.get(&token_key("a"), t).is_some());
+    }
+
+    #[test]
+    fn a_burst_of_one_off_tokens_does_not_push_out_the_tokens_in_use() {
+        let cache = TokenCache::new(64);
+        let claims: Arc<str> = Arc::from("{}");
+        let hot = token_key("hot");
+        let t = unix_now();
+        cache.insert(hot, IssuerId(0), claims.clone(), t + 600.0, cache.generation());
+        for _ in 0..20 {
+            assert!(cache.get(&hot, t).is_some());
+        }
+        for i in 0..10_000 {
+            let key = token_key(&format!("one-off {i}"));
+            cache.insert(key, IssuerId(0), claims.clone(), t + 600.0, cache.generation());
+        }
+        assert!(cache.len() <= 64, "bounded: {}", cache.len());
+        assert!(cache.get(&hot, t).is_some(), "the token in use was evicted");
+    }
+
+    #[test]
+    fn an_entry_leaves_at_its_tokens_expiry_without_being_looked_up() {
+        let cache = TokenCache::new(8);
+        let now = unix_now();
+        let claims: Arc<str> = Arc::from("{}");
+        cache.insert(token_key("short"), IssuerId(0), claims.clone(), now + 0.1, 0);
+        cache.insert(token_key("long"), IssuerId(0), claims, now + 600.0, 0);
+        assert_eq!(cache.len(), 2);
+        // The cache's timer wheel has ~1 s buckets: wait for the sweep, bounded.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.len() > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(cache.len(), 1, "the expired entry is still held");
     }
 }

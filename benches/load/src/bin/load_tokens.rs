@@ -1,9 +1,11 @@
 //! Writes the key set and tokens the load harness needs into a directory:
 //! `jwks.json`, `repeated-es256.txt`, `repeated-rs256.txt` (one token each),
 //! `unique-es256.txt`, `unique-rs256.txt` (N distinct valid tokens each) and
-//! `invalid.txt` (N well-formed ES256 tokens with a valid key id but a wrong signature).
+//! `invalid.txt` (N well-formed ES256 tokens with a valid key id but a wrong signature) and
+//! `churn-es256.txt` (CHURN distinct valid tokens, default N: the verified-token cache's
+//! churn workload, where every request brings a token never seen before).
 //!
-//! `load-tokens DIR [N]`
+//! `load-tokens DIR [N [CHURN]]`
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::io::Write as _;
@@ -19,6 +21,10 @@ fn main() {
         .nth(2)
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    let churn: usize = std::env::args()
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n);
     std::fs::create_dir_all(&dir).expect("create the output directory");
     let idp = TestIdp::generate();
     std::fs::write(dir.join("jwks.json"), idp.jwks().to_string()).expect("write jwks");
@@ -65,5 +71,26 @@ fn main() {
             })
             .collect(),
     );
-    println!("wrote {} tokens per set to {}", n, dir.display());
+    // A million signatures: on every core, in order.
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let chunk = churn.div_ceil(cores).max(1);
+    let parts: Vec<Vec<String>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..churn)
+            .step_by(chunk)
+            .map(|start| {
+                let (idp, claims) = (&idp, &claims);
+                s.spawn(move || {
+                    (start..(start + chunk).min(churn))
+                        .map(|i| idp.sign("ES256", claims(n + i)))
+                        .collect()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    write("churn-es256.txt", parts.concat());
+    println!(
+        "wrote {n} tokens per set and {churn} churn tokens to {}",
+        dir.display()
+    );
 }
