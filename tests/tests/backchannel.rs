@@ -154,10 +154,6 @@ impl LoginServices for State {
     fn token_request(&self, _: IssuerId, _: &str, _: &str) -> Result<(u16, Vec<u8>), String> {
         Err("not needed here".into())
     }
-    fn random(&self, out: &mut [u8]) -> Result<(), String> {
-        out.fill(7);
-        Ok(())
-    }
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
         Ok(self.0.borrow().get(key).cloned())
     }

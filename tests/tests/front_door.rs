@@ -60,6 +60,8 @@ fn decide(h: &Harness, limiter: &dyn Limiter, path: &str, headers: &[(&str, &str
         sites: &portcullis_core::challenge::NoSiteVerifier,
         login: &portcullis_core::login::NoLogin,
         health: &AllHealthy,
+        entropy: &portcullis_core::NoEntropy,
+        clock: &portcullis_core::NoClock,
     };
     let req = RequestParts {
         method: &http::Method::GET,

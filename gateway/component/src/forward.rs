@@ -138,8 +138,9 @@ pub fn respond_error(out: ResponseOutparam, status: u16, detail: &str) {
     let _ = OutgoingBody::finish(out_body, None);
 }
 
-/// Forwards the request as decided, streaming both bodies. Returns the reason of the
-/// refusal it answered with when the forward could not complete.
+/// Forwards the request as decided, streaming both bodies. Returns the status relayed and
+/// how long the backend took to its response head, or the reason of the refusal it
+/// answered with when the forward could not complete.
 pub fn forward(
     config: &Config,
     request: IncomingRequest,
@@ -147,7 +148,7 @@ pub fn forward(
     fwd: &Forward,
     max_body: u64,
     out: ResponseOutparam,
-) -> Result<u16, Reason> {
+) -> Result<(u16, std::time::Duration), Reason> {
     let refuse = |out: ResponseOutparam, reason: Reason, detail: &str| {
         respond(out, &problem(reason, detail, &parts.request_id, &[]));
         Err(reason)
@@ -202,6 +203,7 @@ pub fn forward(
     let _ = options.set_connect_timeout(Some(duration_ns(timeouts.connect)));
     let _ = options.set_first_byte_timeout(Some(duration_ns(timeouts.response)));
     let _ = options.set_between_bytes_timeout(Some(duration_ns(timeouts.response)));
+    let sent = std::time::Instant::now();
     let pending = match outgoing_handler::handle(outgoing, Some(options)) {
         Ok(p) => p,
         Err(e) => return refuse(out, failure_reason(&e), &describe(&e)),
@@ -260,7 +262,8 @@ pub fn forward(
         Ok(Err(e)) => return refuse(out, failure_reason(&e), &describe(&e)),
         Err(()) => return refuse(out, Reason::BackendUnavailable, "response already taken"),
     };
-    Ok(relay(incoming, out, &fwd.response_headers))
+    let latency = sent.elapsed();
+    Ok((relay(incoming, out, &fwd.response_headers), latency))
 }
 
 /// Sends the backend's response on, streaming its body; returns the status sent.

@@ -71,6 +71,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
             forward::respond(response_out, &r);
             return;
         }
+        let clock = portcullis_driver::InstantClock::start();
         let now = Timestamp::from_duration(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -102,6 +103,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
             sites: &services::HostSites,
             login: &services::HostLogin,
             health: &services::HostHealth,
+            entropy: &portcullis_driver::SystemEntropy,
+            clock: &clock,
         };
         let decision = gateway.decide(&adapters, &parts.parts(&body), now);
         let mut audit = decision.audit;
@@ -120,7 +123,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                     limits.max_body_bytes,
                     response_out,
                 ) {
-                    Ok(status) => status,
+                    Ok((status, latency)) => {
+                        portcullis_driver::backend_answered(&mut audit, status, latency);
+                        status
+                    }
                     Err(reason) => {
                         portcullis_driver::refused_in_forward(&mut audit, reason);
                         reason.status().as_u16()

@@ -117,15 +117,6 @@ impl portcullis_core::login::LoginServices for HostLogin {
         crate::bindings::portcullis::gateway::client::token_request(index, authorization, body)
     }
 
-    fn random(&self, out: &mut [u8]) -> Result<(), String> {
-        let bytes = wasip2::random::random::get_random_bytes(out.len() as u64);
-        if bytes.len() != out.len() {
-            return Err("the random source returned too few bytes".into());
-        }
-        out.copy_from_slice(&bytes);
-        Ok(())
-    }
-
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
         Ok(state::get(key))
     }
@@ -221,6 +212,20 @@ pub fn emit_audit(a: AuditRecord) {
         actor: a.actor,
         risk: a.risk.and_then(|r| serde_json::to_string(&r).ok()),
         session: a.session.map(str::to_owned),
+        trace_id: a.trace_id,
+        span_id: a.span_id,
+        parent_span_id: a.parent_span_id,
+        backend_status: a.backend_status,
+        backend_us: a.backend_us,
+        phases: a
+            .phases
+            .into_iter()
+            .map(|p| audit::PhaseTime {
+                phase: p.phase.to_owned(),
+                start_us: p.start_us,
+                us: p.us,
+            })
+            .collect(),
     });
 }
 

@@ -59,6 +59,37 @@ pub struct AuditRecord {
     /// `adopted`, `refresh_failed`, or why there was none (`none`, `idle_expired`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<&'static str>,
+    /// The W3C trace this request belongs to (32 hex digits; the caller's, or one the
+    /// gateway started), when the adapter gives random ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The gateway's span for this request (16 hex digits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+    /// The caller's span, when its trace was continued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_span_id: Option<String>,
+    /// The backend's response status, once it answered (set by the adapter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_status: Option<u16>,
+    /// Microseconds from sending the request to the backend until its response head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_us: Option<u64>,
+    /// The phases that ran, in order, timed on the adapter's monotonic clock (none when it
+    /// has none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseTime>,
+}
+
+/// One phase of a decision, timed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PhaseTime {
+    /// The phase ([`crate::phase::NAMES`]).
+    pub phase: &'static str,
+    /// Microseconds from the decision's start to the phase's.
+    pub start_us: u64,
+    /// Microseconds the phase took.
+    pub us: u64,
 }
 
 /// The pseudonym of `subject` at `issuer` under `key`.

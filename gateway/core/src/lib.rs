@@ -68,15 +68,19 @@ pub mod residency;
 pub mod risk;
 pub mod session;
 pub mod time;
+pub mod trace;
 
-pub use audit::AuditRecord;
+pub use audit::{AuditRecord, PhaseTime};
 pub use authenticate::{AuthFailure, Authenticator};
 pub use claims::VerifiedIdentity;
 pub use config::{Config, ConfigError, ConfigFiles, MapFiles};
 pub use crypto::{Algorithm, KeyMaterial, PortableVerifier, SignatureVerifier};
 pub use decision::{Decision, Forward, Outcome, Response};
 pub use keyset::{FetchKind, FetchRequest, FetchResponse, KeyStore};
-pub use model::{AllHealthy, BackendHealth, BackendId, IssuerId, RequestParts};
+pub use model::{
+    AllHealthy, BackendHealth, BackendId, Entropy, IssuerId, MonotonicClock, NoClock, NoEntropy,
+    RequestParts,
+};
 pub use phase::Adapters;
 pub use pipeline::{Engine, Gateway};
 pub use reason::Reason;

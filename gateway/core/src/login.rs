@@ -73,7 +73,7 @@ const MAX_SESSIONS_PER_SUBJECT: usize = 32;
 pub const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 
 /// What the login flow needs from its adapter: the provider's endpoints, one outbound form
-/// POST, randomness and the shared state.
+/// POST and the shared state (random bytes come from [`crate::model::Entropy`]).
 pub trait LoginServices {
     /// The login endpoints `issuer`'s discovery document named, once loaded; otherwise
     /// why not (not loaded yet, or this runtime cannot sign browsers in).
@@ -87,8 +87,6 @@ pub trait LoginServices {
         authorization: &str,
         body: &str,
     ) -> Result<(u16, Vec<u8>), String>;
-    /// Fills `out` with cryptographically secure random bytes.
-    fn random(&self, out: &mut [u8]) -> Result<(), String>;
     /// The value of `key` in shared state (`Ok(None)` when absent).
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
     /// Stores `value` under `key` for `ttl`.
@@ -115,9 +113,6 @@ impl LoginServices for NoLogin {
     }
     fn token_request(&self, _: IssuerId, _: &str, _: &str) -> Result<(u16, Vec<u8>), String> {
         Err("this adapter cannot call identity providers".into())
-    }
-    fn random(&self, _: &mut [u8]) -> Result<(), String> {
-        Err("this adapter has no random source".into())
     }
     fn get(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
         Err("this adapter has no shared state".into())
@@ -165,6 +160,8 @@ pub struct Flow<'a> {
     pub keys: &'a SessionKeys,
     /// The adapter's services.
     pub services: &'a dyn LoginServices,
+    /// Random bytes (login state, session ids, sealing nonces).
+    pub entropy: &'a dyn crate::model::Entropy,
     /// Token verification and one-time values.
     pub auth: &'a dyn Authenticator,
     /// The request's method.
@@ -231,7 +228,7 @@ impl Flow<'_> {
 
     fn random<const N: usize>(&self) -> Result<[u8; N], Response> {
         let mut out = [0u8; N];
-        self.services.random(&mut out).map_err(|e| {
+        self.entropy.fill(&mut out).map_err(|e| {
             problem(
                 Reason::ProviderUnavailable,
                 &format!("no randomness: {e}"),

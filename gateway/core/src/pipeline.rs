@@ -9,15 +9,16 @@
 
 use http::Method;
 
-use crate::audit::AuditRecord;
+use crate::audit::{AuditRecord, PhaseTime};
 use crate::authenticate::LocalAuthenticator;
 use crate::config::Config;
 use crate::crypto::SignatureVerifier;
 use crate::decision::{Decision, Forward, Outcome, Response};
 use crate::keyset::KeyStore;
-use crate::model::{BackendHealth, RequestParts};
+use crate::model::{BackendHealth, MonotonicClock, RequestParts};
 use crate::phase::{self, Adapters, Ctx, Input, Prepared, Scope};
 use crate::time::Timestamp;
+use crate::trace::{Trace, hex};
 
 /// The decision pipeline over a validated configuration. Authentication is delegated to
 /// the adapters' [`crate::Authenticator`], so the same pipeline runs with local keys or
@@ -73,6 +74,7 @@ impl Gateway {
             req,
             now,
         };
+        let trace = Trace::begin(req.headers, services.entropy);
         let mut cx = Ctx {
             audit: AuditRecord {
                 time_ms: now.unix_millis(),
@@ -80,8 +82,12 @@ impl Gateway {
                 method: req.method.as_str().to_owned(),
                 path: req.uri.path().to_owned(),
                 decision: "deny",
+                trace_id: trace.map(|t| hex(&t.trace_id)),
+                span_id: trace.map(|t| hex(&t.span_id)),
+                parent_span_id: trace.and_then(|t| t.parent_id).map(|p| hex(&p)),
                 ..AuditRecord::default()
             },
+            trace,
             ..Ctx::default()
         };
         let (outcome, phase) = match run(input, &mut cx) {
@@ -99,22 +105,68 @@ impl Gateway {
 
 /// The phases in order. An `Err` is the gateway's own answer and the phase that gave it.
 fn run(input: Input<'_>, cx: &mut Ctx) -> Result<Forward, (&'static str, Response)> {
-    fn at(phase: &'static str) -> impl FnOnce(Response) -> (&'static str, Response) {
-        debug_assert!(phase::NAMES.contains(&phase), "unlisted phase {phase}");
-        move |r| (phase, r)
-    }
-    let norm = phase::normalize::run(&input, cx).map_err(at("normalize"))?;
+    let mut t = Timer::start(input.services.clock);
+    let norm = t.phase(cx, "normalize", |cx| phase::normalize::run(&input, cx))?;
     let scope = Scope::new(input, &norm);
-    phase::endpoints::run(&scope, cx).map_err(at("endpoints"))?;
-    let route = phase::route::run(&scope, cx).map_err(at("route"))?;
-    phase::limits::before_authentication(&scope, route, cx).map_err(at("limits"))?;
-    phase::authenticate::run(&scope, route, cx).map_err(at("authenticate"))?;
-    phase::delegate::run(&scope, route, cx).map_err(at("delegate"))?;
-    phase::limits::after_authentication(&scope, route, cx).map_err(at("limits"))?;
-    phase::risk::run(&scope, route, cx).map_err(at("risk"))?;
-    phase::authorize::run(&scope, route, cx).map_err(at("authorize"))?;
-    let (backend, region) = phase::residency::run(&scope, route, cx).map_err(at("residency"))?;
-    Ok(phase::forward::run(&scope, route, cx, backend, region))
+    t.phase(cx, "endpoints", |cx| phase::endpoints::run(&scope, cx))?;
+    let route = t.phase(cx, "route", |cx| phase::route::run(&scope, cx))?;
+    t.phase(cx, "limits", |cx| {
+        phase::limits::before_authentication(&scope, route, cx)
+    })?;
+    t.phase(cx, "authenticate", |cx| {
+        phase::authenticate::run(&scope, route, cx)
+    })?;
+    t.phase(cx, "delegate", |cx| phase::delegate::run(&scope, route, cx))?;
+    t.phase(cx, "limits", |cx| {
+        phase::limits::after_authentication(&scope, route, cx)
+    })?;
+    t.phase(cx, "risk", |cx| phase::risk::run(&scope, route, cx))?;
+    t.phase(cx, "authorize", |cx| {
+        phase::authorize::run(&scope, route, cx)
+    })?;
+    let (backend, region) = t.phase(cx, "residency", |cx| {
+        phase::residency::run(&scope, route, cx)
+    })?;
+    t.phase(cx, "forward", |cx| {
+        Ok(phase::forward::run(&scope, route, cx, backend, region))
+    })
+}
+
+/// Times the phases on the adapter's monotonic clock into the audit record.
+struct Timer<'a> {
+    clock: &'a dyn MonotonicClock,
+    origin: Option<u64>,
+}
+
+impl<'a> Timer<'a> {
+    fn start(clock: &'a dyn MonotonicClock) -> Self {
+        Self {
+            clock,
+            origin: clock.micros(),
+        }
+    }
+
+    /// Runs phase `name`; an `Err` becomes the gateway's answer from that phase.
+    fn phase<T>(
+        &mut self,
+        cx: &mut Ctx,
+        name: &'static str,
+        run: impl FnOnce(&mut Ctx) -> Result<T, Response>,
+    ) -> Result<T, (&'static str, Response)> {
+        debug_assert!(phase::NAMES.contains(&name), "unlisted phase {name}");
+        let started = self.clock.micros();
+        let result = run(cx);
+        if let (Some(origin), Some(started), Some(ended)) =
+            (self.origin, started, self.clock.micros())
+        {
+            cx.audit.phases.push(PhaseTime {
+                phase: name,
+                start_us: started.saturating_sub(origin),
+                us: ended.saturating_sub(started),
+            });
+        }
+        result.map_err(|r| (name, r))
+    }
 }
 
 /// A [`Gateway`] with a local signature verifier (native hosts, tests, benches).

@@ -14,6 +14,8 @@
 //! - [`relay_headers`]: the backend's response headers as the client gets them.
 //! - [`refused_in_forward`]: the audit record of a request the decision forwarded but the
 //!   forward refused (body too large, backend down or slow).
+//! - [`backend_answered`]: the backend's status and latency in the audit record.
+//! - [`SystemEntropy`], [`InstantClock`]: random ids and phase timings for the core.
 //! - [`audit::json_line`]: the audit line every runtime writes.
 #![forbid(unsafe_code)]
 
@@ -21,9 +23,11 @@ pub mod audit;
 mod head;
 pub mod keys;
 mod respond;
+mod runtime;
 
 pub use head::RequestHead;
-pub use respond::{early, refused_in_forward, relay_headers};
+pub use respond::{backend_answered, early, refused_in_forward, relay_headers};
+pub use runtime::{InstantClock, SystemEntropy};
 
 use portcullis_core::{Decision, IssuerId};
 

@@ -31,6 +31,13 @@ pub fn refused_in_forward(audit: &mut AuditRecord, reason: Reason) {
     audit.phase = Some("forward");
 }
 
+/// Records in `audit` that the backend answered with `status`, its response head
+/// `latency` after the request was sent.
+pub fn backend_answered(audit: &mut AuditRecord, status: u16, latency: std::time::Duration) {
+    audit.backend_status = Some(status);
+    audit.backend_us = Some(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+}
+
 /// The backend's response headers as the client gets them: hop-by-hop fields removed
 /// (the standard ones and those its `Connection` field lists, RFC 9110 §7.6.1), and the
 /// gateway's own `extra` headers (rate-limit fields, session cookies) added; the gateway's

@@ -25,7 +25,7 @@ use portcullis_core::{
     Adapters, AuditRecord, BackendHealth, BackendId, Config, Forward, Gateway, IssuerId, Outcome,
     Reason, RequestParts, Timestamp, VerifiedIdentity,
 };
-use portcullis_driver::{decide_refetching, refused_in_forward, relay_headers};
+use portcullis_driver::{backend_answered, decide_refetching, refused_in_forward, relay_headers};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::backends::full_body;
@@ -90,9 +90,10 @@ impl NativeEngine {
                 (respond(&r), status)
             }
             Outcome::Forward(fwd) => match self.forward(req, &fwd, request_id).await {
-                Ok(mut r) => {
+                Ok((mut r, latency)) => {
                     relay_headers(r.headers_mut(), &fwd.response_headers);
                     let status = r.status().as_u16();
+                    backend_answered(&mut audit, status, latency);
                     (r, status)
                 }
                 Err(refusal) => {
@@ -203,17 +204,21 @@ impl NativeEngine {
             sites: &NativeSites(&self.shared),
             login: &NativeLogin(&self.shared),
             health: &HostHealth(&self.shared),
+            entropy: &portcullis_driver::SystemEntropy,
+            clock: &portcullis_driver::InstantClock::start(),
         };
         let decision = self.gateway.decide(&adapters, parts, keys::now());
         (decision, risk.assessed.into_inner())
     }
 
+    /// Sends the request to the backend as decided: its response (the body streaming,
+    /// cut at the total deadline) and how long its head took, or the refusal to answer.
     async fn forward<B>(
         &self,
         req: Request<B>,
         fwd: &Forward,
         request_id: &str,
-    ) -> Result<Response<HyperOutgoingBody>, portcullis_core::Response>
+    ) -> Result<(Response<HyperOutgoingBody>, Duration), portcullis_core::Response>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -281,6 +286,7 @@ impl NativeEngine {
             }
             Ok(Ok(r)) => r,
         };
+        let latency = started.elapsed();
         done(BackendOutcome::Answered);
         let (parts, body) = response.into_parts();
         // The total timeout covers the body too: past it the stream ends with an error
@@ -290,7 +296,7 @@ impl NativeEngine {
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
         }
         .boxed_unsync();
-        Ok(Response::from_parts(parts, body))
+        Ok((Response::from_parts(parts, body), latency))
     }
 
     fn emit(&self, a: AuditRecord) {
@@ -413,7 +419,7 @@ impl Authenticator for NativeAuth<'_> {
 }
 
 /// The login flow's services: discovery from the key service, the token endpoint through
-/// the host's HTTP client, the OS random source and the shared state.
+/// the host's HTTP client and the shared state.
 pub(crate) struct NativeLogin<'a>(pub(crate) &'a Shared);
 
 impl portcullis_core::login::LoginServices for NativeLogin<'_> {
@@ -442,10 +448,6 @@ impl portcullis_core::login::LoginServices for NativeLogin<'_> {
         );
         let handle = tokio::runtime::Handle::current();
         tokio::task::block_in_place(|| handle.block_on(call))
-    }
-
-    fn random(&self, out: &mut [u8]) -> Result<(), String> {
-        getrandom::fill(out).map_err(|e| e.to_string())
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {

@@ -221,7 +221,13 @@ mod tests {
         let t = unix_now();
         let before = cache.generation();
         cache.invalidate(); // the key set rotated while the token was being verified
-        cache.insert(token_key("a"), IssuerId(0), claims.clone(), t + 100.0, before);
+        cache.insert(
+            token_key("a"),
+            IssuerId(0),
+            claims.clone(),
+            t + 100.0,
+            before,
+        );
         assert!(cache.get(&token_key("a"), t).is_none());
         cache.insert(
             token_key("a"),
@@ -239,13 +245,25 @@ mod tests {
         let claims: Arc<str> = Arc::from("{}");
         let hot = token_key("hot");
         let t = unix_now();
-        cache.insert(hot, IssuerId(0), claims.clone(), t + 600.0, cache.generation());
+        cache.insert(
+            hot,
+            IssuerId(0),
+            claims.clone(),
+            t + 600.0,
+            cache.generation(),
+        );
         for _ in 0..20 {
             assert!(cache.get(&hot, t).is_some());
         }
         for i in 0..10_000 {
             let key = token_key(&format!("one-off {i}"));
-            cache.insert(key, IssuerId(0), claims.clone(), t + 600.0, cache.generation());
+            cache.insert(
+                key,
+                IssuerId(0),
+                claims.clone(),
+                t + 600.0,
+                cache.generation(),
+            );
         }
         assert!(cache.len() <= 64, "bounded: {}", cache.len());
         assert!(cache.get(&hot, t).is_some(), "the token in use was evicted");
@@ -256,7 +274,13 @@ mod tests {
         let cache = TokenCache::new(8);
         let now = unix_now();
         let claims: Arc<str> = Arc::from("{}");
-        cache.insert(token_key("short"), IssuerId(0), claims.clone(), now + 0.1, 0);
+        cache.insert(
+            token_key("short"),
+            IssuerId(0),
+            claims.clone(),
+            now + 0.1,
+            0,
+        );
         cache.insert(token_key("long"), IssuerId(0), claims, now + 600.0, 0);
         assert_eq!(cache.len(), 2);
         // The cache's timer wheel has ~1 s buckets: wait for the sweep, bounded.

@@ -14,7 +14,10 @@ use portcullis_core::{
     Response as CoreResponse, Timestamp,
 };
 use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
-use portcullis_driver::{RequestHead, decide_refetching, early, refused_in_forward, relay_headers};
+use portcullis_driver::{
+    InstantClock, RequestHead, SystemEntropy, backend_answered, decide_refetching, early,
+    refused_in_forward, relay_headers,
+};
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{Error, IntoResponse, Request};
 use spin_sdk::http_service;
@@ -152,13 +155,13 @@ fn refusal(reason: Reason, detail: &str, request_id: &str) -> Result<types::Resp
 }
 
 /// Forwards to the chosen backend with the request body streamed; the response (its body
-/// streamed too) and its status.
+/// streamed too), its status and how long its head took.
 async fn forward(
     config: &Config,
     body: IncomingRequestBody,
     parts: &RequestHead,
     fwd: &portcullis_core::Forward,
-) -> Result<(types::Response, u16), (Reason, String)> {
+) -> Result<(types::Response, u16, std::time::Duration), (Reason, String)> {
     let backend = fwd.target(config)?;
     portcullis_core::decision::check_declared_length(&parts.headers, config.limits.max_body_bytes)?;
     let url = fwd.url(backend);
@@ -174,9 +177,11 @@ async fn forward(
             format!("cannot build a request to {url}: {e}"),
         )
     })?;
+    let sent = std::time::Instant::now();
     let resp = spin_sdk::http::send(outgoing)
         .await
         .map_err(|e| (Reason::BackendUnavailable, format!("backend error: {e:?}")))?;
+    let latency = sent.elapsed();
     let status = resp.status().as_u16();
     let (mut head, body) = resp.into_parts();
     relay_headers(&mut head.headers, &fwd.response_headers);
@@ -188,7 +193,7 @@ async fn forward(
                 format!("cannot relay the response: {e:?}"),
             )
         })?;
-    Ok((relayed, status))
+    Ok((relayed, status, latency))
 }
 
 /// The Spin entry point.
@@ -225,6 +230,7 @@ async fn handle(req: Request) -> Result<types::Response, Error> {
     }
     let now = now();
     refresh_keys(&instance, now).await;
+    let clock = InstantClock::start();
     let decide = || {
         let keys = instance.keys.borrow();
         let auth = LocalAuthenticator {
@@ -232,7 +238,12 @@ async fn handle(req: Request) -> Result<types::Response, Error> {
             keys: &keys,
             verifier: &PortableVerifier,
         };
-        gateway.decide(&Adapters::new(&auth, &AllHealthy), &parts.parts(&[]), now)
+        let adapters = Adapters {
+            entropy: &SystemEntropy,
+            clock: &clock,
+            ..Adapters::new(&auth, &AllHealthy)
+        };
+        gateway.decide(&adapters, &parts.parts(&[]), now)
     };
     let decision = decide_refetching(decide, async |issuer| {
         let granted = instance.keys.borrow_mut().request_refetch(issuer, now);
@@ -246,7 +257,10 @@ async fn handle(req: Request) -> Result<types::Response, Error> {
     let response = match decision.outcome {
         Outcome::Respond(r) => answer(&r)?,
         Outcome::Forward(fwd) => match forward(gateway.config(), body, &parts, &fwd).await {
-            Ok((r, _)) => r,
+            Ok((r, status, latency)) => {
+                backend_answered(&mut audit, status, latency);
+                r
+            }
             Err((reason, detail)) => {
                 refused_in_forward(&mut audit, reason);
                 refusal(reason, &detail, &parts.request_id)?

@@ -14,7 +14,10 @@ use portcullis_core::{
     Response as CoreResponse, Timestamp,
 };
 use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
-use portcullis_driver::{RequestHead, decide_refetching, early, refused_in_forward, relay_headers};
+use portcullis_driver::{
+    RequestHead, SystemEntropy, backend_answered, decide_refetching, early, refused_in_forward,
+    relay_headers,
+};
 use wasm_bindgen::JsValue;
 use worker::{Context, Env, Fetch, Request, Response, event};
 
@@ -225,13 +228,14 @@ fn refusal(reason: Reason, detail: &str, request_id: &str) -> worker::Result<Res
     answer(&problem(reason, detail, request_id, &[]))
 }
 
-/// Forwards to the chosen backend, streaming both bodies; the response and its status.
+/// Forwards to the chosen backend, streaming both bodies; the response, its status and how
+/// long its head took (millisecond clock: Workers advance time across I/O).
 async fn forward(
     config: &Config,
     req: &Request,
     parts: &RequestHead,
     fwd: &Forward,
-) -> Result<(Response, u16), (Reason, String)> {
+) -> Result<(Response, u16, std::time::Duration), (Reason, String)> {
     let backend = fwd.target(config)?;
     portcullis_core::decision::check_declared_length(&parts.headers, config.limits.max_body_bytes)?;
     let headers =
@@ -283,6 +287,8 @@ async fn forward(
                 (Reason::BackendUnavailable, format!("backend error: {e}"))
             }
         })?;
+    let latency =
+        std::time::Duration::from_secs_f64(((js_sys::Date::now() - started) / 1000.0).max(0.0));
     let status = resp.status_code();
     let upstream = web_sys::Response::from(resp);
     let out =
@@ -322,7 +328,7 @@ async fn forward(
                 "cannot relay the response".to_owned(),
             )
         })?;
-    Ok((Response::from(relayed), status))
+    Ok((Response::from(relayed), status, latency))
 }
 
 /// The Workers entry point.
@@ -375,8 +381,11 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
             keys: &keys,
             verifier: &isolate.verifier,
         };
+        // Ids for traces from `crypto.getRandomValues`; no phase timings: Workers stop the
+        // clock while code runs.
         let adapters = Adapters {
             risk: &isolate.plugins,
+            entropy: &SystemEntropy,
             ..Adapters::new(&auth, &AllHealthy)
         };
         gateway.decide(&adapters, &parts.parts(&body), now)
@@ -397,7 +406,10 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     let (response, status) = match decision.outcome {
         Outcome::Respond(r) => (answer(&r)?, r.status.as_u16()),
         Outcome::Forward(fwd) => match forward(gateway.config(), &req, &parts, &fwd).await {
-            Ok(done) => done,
+            Ok((response, status, latency)) => {
+                backend_answered(&mut audit, status, latency);
+                (response, status)
+            }
             Err((reason, detail)) => {
                 refused_in_forward(&mut audit, reason);
                 (

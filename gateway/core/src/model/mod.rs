@@ -5,8 +5,10 @@
 mod ids;
 mod request;
 pub mod reserved;
+mod runtime;
 mod verdict;
 
 pub use ids::{BackendId, IssuerId, PluginId, RegionId};
 pub use request::{AllHealthy, BackendHealth, RequestParts};
+pub use runtime::{Entropy, MonotonicClock, NoClock, NoEntropy};
 pub use verdict::{Action, Contribution, RiskVerdict};

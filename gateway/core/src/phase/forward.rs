@@ -2,8 +2,9 @@
 //! (client identity headers, `Authorization` unless forwarded, workload tokens, the
 //! gateway's own cookies, forwarding headers from untrusted peers); the verified identity,
 //! the forwarding headers of this hop and a short-lived gateway-signed token are set
-//! ([`crate::forwarding`], [`crate::gateway_token`]); the response gets the rate-limit and
-//! session headers.
+//! ([`crate::forwarding`], [`crate::gateway_token`]), and a `traceparent` naming the
+//! backend call's span ([`crate::trace`]); the response gets the rate-limit and session
+//! headers.
 
 use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, SET_COOKIE};
 use http::{HeaderName, HeaderValue};
@@ -15,6 +16,7 @@ use crate::config::{GatewayToken, IdentitySource, Region};
 use crate::decision::Forward;
 use crate::fnv::fnv1a;
 use crate::model::BackendId;
+use crate::trace::{TRACEPARENT, TRACESTATE};
 
 /// The forward instruction for `backend` in `region`.
 pub fn run(
@@ -79,6 +81,19 @@ pub fn run(
         let token = gateway_token(scope, gt, id, region, &backend_cfg.url);
         if let Some(v) = token.and_then(|t| HeaderValue::from_str(&t).ok()) {
             set_headers.push((gt.header.clone(), v));
+        }
+    }
+    // The backend call is a span of its own in the request's trace.
+    if let Some(trace) = &cx.trace
+        && let Some(span) = trace.child(input.services.entropy)
+    {
+        set_headers.push((
+            HeaderName::from_static(TRACEPARENT),
+            trace.traceparent(span),
+        ));
+        let state = HeaderName::from_static(TRACESTATE);
+        if !trace.continued() && req.headers.contains_key(&state) {
+            remove_headers.push(state);
         }
     }
     let mut response_headers = super::limits::headers(m.route, &cx.limited);

@@ -42,7 +42,9 @@ use crate::config::{Config, HeaderPattern, Route};
 use crate::decision::{Response, problem};
 use crate::limits::{LimitStatus, Limiter, NoLimiter};
 use crate::login::{Flow, LoginServices, NoLogin};
-use crate::model::{BackendHealth, IssuerId, RequestParts};
+use crate::model::{
+    BackendHealth, Entropy, IssuerId, MonotonicClock, NoClock, NoEntropy, RequestParts,
+};
 use crate::normalize::Normalized;
 use crate::reason::Reason;
 use crate::risk::{NoPlugins, RiskAssessor};
@@ -129,12 +131,17 @@ pub struct Adapters<'a> {
     pub login: &'a dyn LoginServices,
     /// Backend health.
     pub health: &'a dyn BackendHealth,
+    /// Random bytes: trace and span ids, login state.
+    pub entropy: &'a dyn Entropy,
+    /// A monotonic clock: phase timings.
+    pub clock: &'a dyn MonotonicClock,
 }
 
 impl<'a> Adapters<'a> {
     /// Token verification and backend health; everything else absent: routes with risk
     /// plugins apply each plugin's `on_error`, rate limits follow `[state] on_unavailable`,
-    /// site verification and browser login are refused.
+    /// site verification and browser login are refused, traces are not continued and
+    /// decisions carry no phase timings.
     pub fn new(auth: &'a dyn Authenticator, health: &'a dyn BackendHealth) -> Self {
         Self {
             auth,
@@ -143,6 +150,8 @@ impl<'a> Adapters<'a> {
             sites: &NoSiteVerifier,
             login: &NoLogin,
             health,
+            entropy: &NoEntropy,
+            clock: &NoClock,
         }
     }
 }
@@ -197,6 +206,7 @@ impl<'a> Scope<'a> {
                 session,
                 keys,
                 services: input.services.login,
+                entropy: input.services.entropy,
                 auth: input.services.auth,
                 method: req.method,
                 headers: req.headers,
@@ -241,6 +251,8 @@ pub struct Ctx {
     pub session: SessionUse,
     /// Request headers the delegate phase adds to the removal list (workload tokens).
     pub extra_strip: Vec<HeaderName>,
+    /// This request's place in its trace, when the adapter gives random ids.
+    pub trace: Option<crate::trace::Trace>,
 }
 
 /// What a browser session adds to a request.

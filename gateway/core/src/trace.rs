@@ -1,0 +1,230 @@
+//! W3C Trace Context (<https://www.w3.org/TR/trace-context/>): the gateway continues the
+//! caller's trace (or starts one), is one span in it, and hands the backend a `traceparent`
+//! naming the span of its call. Ids come from the adapter's [`Entropy`]; without one the
+//! request's trace headers pass through untouched.
+
+use http::{HeaderMap, HeaderValue};
+
+use crate::model::Entropy;
+
+/// The `traceparent` field.
+pub const TRACEPARENT: &str = "traceparent";
+/// The `tracestate` field.
+pub const TRACESTATE: &str = "tracestate";
+
+/// A parsed `traceparent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceParent {
+    /// The trace.
+    pub trace_id: [u8; 16],
+    /// The caller's span.
+    pub parent_id: [u8; 8],
+    /// Trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+/// This request's place in a trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trace {
+    /// The trace: the caller's, or a new one.
+    pub trace_id: [u8; 16],
+    /// The gateway's span for this request.
+    pub span_id: [u8; 8],
+    /// The caller's span, when the trace was continued.
+    pub parent_id: Option<[u8; 8]>,
+    /// Trace flags passed on (new traces are sampled).
+    pub flags: u8,
+}
+
+impl Trace {
+    /// Continues the trace of `headers`' `traceparent`, or starts one when it is absent,
+    /// repeated or invalid. `None` when `entropy` gives no bytes.
+    pub fn begin(headers: &HeaderMap, entropy: &dyn Entropy) -> Option<Self> {
+        let mut values = headers.get_all(TRACEPARENT).iter();
+        let incoming = match (values.next(), values.next()) {
+            (Some(v), None) => v.to_str().ok().and_then(parse),
+            _ => None,
+        };
+        match incoming {
+            Some(p) => Some(Self {
+                trace_id: p.trace_id,
+                span_id: nonzero(entropy)?,
+                parent_id: Some(p.parent_id),
+                flags: p.flags,
+            }),
+            None => {
+                let mut trace_id = [0u8; 16];
+                while trace_id == [0; 16] {
+                    entropy.fill(&mut trace_id).ok()?;
+                }
+                Some(Self {
+                    trace_id,
+                    span_id: nonzero(entropy)?,
+                    parent_id: None,
+                    flags: 0x01,
+                })
+            }
+        }
+    }
+
+    /// True when the caller's trace was continued (its `tracestate` goes on with it; a
+    /// restarted trace drops it, as the specification asks).
+    pub fn continued(&self) -> bool {
+        self.parent_id.is_some()
+    }
+
+    /// A new span id in this trace (the backend call's), `None` without entropy.
+    pub fn child(&self, entropy: &dyn Entropy) -> Option<[u8; 8]> {
+        nonzero(entropy)
+    }
+
+    /// The `traceparent` naming `span` in this trace (version 00).
+    pub fn traceparent(&self, span: [u8; 8]) -> HeaderValue {
+        let text = format!(
+            "00-{}-{}-{:02x}",
+            hex(&self.trace_id),
+            hex(&span),
+            self.flags
+        );
+        HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(""))
+    }
+}
+
+/// Eight random bytes, not all zero.
+fn nonzero(entropy: &dyn Entropy) -> Option<[u8; 8]> {
+    let mut id = [0u8; 8];
+    while id == [0; 8] {
+        entropy.fill(&mut id).ok()?;
+    }
+    Some(id)
+}
+
+/// Parses a `traceparent` value (§3.2): lowercase hex, version `ff` invalid, all-zero ids
+/// invalid; version 00 exactly 55 characters; a later version at least 55, its first four
+/// fields read and anything after a `-` ignored.
+pub fn parse(value: &str) -> Option<TraceParent> {
+    let b = value.as_bytes();
+    if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return None;
+    }
+    let version = unhex::<1>(&value[0..2])?[0];
+    match version {
+        0xff => return None,
+        0x00 if b.len() != 55 => return None,
+        _ if b.len() > 55 && b[55] != b'-' => return None,
+        _ => {}
+    }
+    let trace_id = unhex::<16>(&value[3..35])?;
+    let parent_id = unhex::<8>(&value[36..52])?;
+    let flags = unhex::<1>(&value[53..55])?[0];
+    if trace_id == [0; 16] || parent_id == [0; 8] {
+        return None;
+    }
+    Some(TraceParent {
+        trace_id,
+        parent_id,
+        flags,
+    })
+}
+
+/// Lowercase hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+/// `N` bytes from `2N` lowercase hex digits.
+fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let b = text.as_bytes();
+    if b.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = digit(b[2 * i])? << 4 | digit(b[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NoEntropy;
+    use std::cell::Cell;
+
+    /// Counts up from 1: ids are predictable and never zero.
+    struct Counter(Cell<u8>);
+    impl Entropy for Counter {
+        fn fill(&self, out: &mut [u8]) -> Result<(), String> {
+            for b in out {
+                self.0.set(self.0.get().wrapping_add(1));
+                *b = self.0.get();
+            }
+            Ok(())
+        }
+    }
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn the_specifications_examples_parse_and_invalid_values_do_not() {
+        let p = parse(VALID).unwrap();
+        assert_eq!(hex(&p.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&p.parent_id), "00f067aa0ba902b7");
+        assert_eq!(p.flags, 1);
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        // A later version: the first four fields, whatever follows a dash.
+        let future = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-ever";
+        assert_eq!(parse(future).unwrap().trace_id, p.trace_id);
+        assert_eq!(parse(&future.replace("01-what", "01what")), None);
+    }
+
+    #[test]
+    fn a_callers_trace_is_continued_and_a_missing_or_repeated_one_restarted() {
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static(VALID));
+        let t = Trace::begin(&headers, &Counter(Cell::new(0))).unwrap();
+        assert!(t.continued());
+        assert_eq!(hex(&t.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            t.parent_id.map(|p| hex(&p)).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert_eq!(hex(&t.span_id), "0102030405060708");
+        let out = t.traceparent(t.child(&Counter(Cell::new(8))).unwrap());
+        assert_eq!(
+            out.to_str().unwrap(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-090a0b0c0d0e0f10-01"
+        );
+
+        headers.append(TRACEPARENT, HeaderValue::from_static(VALID));
+        let t = Trace::begin(&headers, &Counter(Cell::new(0))).unwrap();
+        assert!(!t.continued(), "two traceparent fields are no trace");
+        assert_eq!(hex(&t.trace_id), "0102030405060708090a0b0c0d0e0f10");
+        assert_eq!(t.flags, 1);
+
+        assert_eq!(Trace::begin(&HeaderMap::new(), &NoEntropy), None);
+    }
+}
