@@ -25,6 +25,7 @@ pub mod site_verify;
 pub mod state;
 pub mod store;
 pub mod token_cache;
+pub mod traces;
 pub mod wasm;
 
 use std::cell::RefCell;
@@ -125,6 +126,8 @@ pub struct ServeOptions {
     pub request_timeout: Duration,
     /// Verified tokens cached.
     pub token_cache: usize,
+    /// The OTLP/HTTP collector spans are exported to (none: no export).
+    pub otlp_endpoint: Option<String>,
     /// How long shutdown waits for in-flight requests.
     pub drain: Duration,
     /// Where requests are decided.
@@ -151,6 +154,7 @@ impl Default for ServeOptions {
             max_instances: 256,
             request_timeout: Duration::from_secs(30),
             token_cache: 100_000,
+            otlp_endpoint: None,
             drain: Duration::from_secs(30),
             engine: EngineKind::default(),
         }
@@ -230,6 +234,14 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         client,
         audit,
         metrics: Metrics::default(),
+        traces: match &opts.otlp_endpoint {
+            Some(endpoint) => traces::Traces::otlp(
+                endpoint,
+                runtime::backend_client(core_config.timeouts.connect),
+                "portcullis",
+            )?,
+            None => traces::Traces::disabled(),
+        },
         backends: runtime::backend_client(core_config.timeouts.connect),
     });
     let gateway = match opts.engine {

@@ -92,6 +92,10 @@ enum Command {
         /// Verified tokens kept (0 turns the verified-token cache off).
         #[arg(long, default_value_t = 100_000)]
         token_cache: usize,
+        /// Export traces over OTLP/HTTP (protobuf) to this collector, e.g.
+        /// `http://127.0.0.1:4318` (`/v1/traces` is appended). Off when unset.
+        #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+        otlp_endpoint: Option<String>,
     },
     /// Compose a self-contained edge bundle for any wasi:http runtime: the gateway
     /// component, the portable providers, the configuration's risk plugins (chained in
@@ -274,6 +278,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             drain,
             engine,
             token_cache,
+            otlp_endpoint,
         } => {
             let loaded = match load_config_file(&config) {
                 Ok(l) => l,
@@ -298,6 +303,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 request_timeout: Duration::from_secs(request_timeout),
                 drain: Duration::from_secs(drain),
                 token_cache,
+                otlp_endpoint,
                 engine: match engine {
                     EngineArg::Component => portcullis_host::EngineKind::Component,
                     EngineArg::Native => portcullis_host::EngineKind::Native,

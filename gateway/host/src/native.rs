@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, Uri};
@@ -32,6 +32,7 @@ use crate::backends::full_body;
 use crate::keys;
 use crate::plugins::{self, PluginRuntime};
 use crate::runtime::{BackendOutcome, Shared};
+use crate::traces::{BackendCall, DecisionSpan};
 
 /// The native engine.
 pub struct NativeEngine {
@@ -62,11 +63,14 @@ impl NativeEngine {
         if let Some(r) = portcullis_driver::early(&self.gateway, req.uri().path()) {
             return respond(&r);
         }
+        let started = SystemTime::now();
         // The target as received (origin- or absolute-form): the core derives the
         // authority from it and the Host field (RFC 9112 §3.2).
         let uri = req.uri().clone();
         if self.gateway.wants_body(req.method(), uri.path()) {
-            return self.handle_with_body(peer, req, &uri, request_id).await;
+            return self
+                .handle_with_body(peer, req, &uri, request_id, started)
+                .await;
         }
         let (decision, assessed) = {
             let parts = RequestParts {
@@ -84,12 +88,13 @@ impl NativeEngine {
             .await
         };
         let mut audit = decision.audit;
+        let mut calls = Vec::new();
         let (response, status) = match decision.outcome {
             Outcome::Respond(r) => {
                 let status = r.status.as_u16();
                 (respond(&r), status)
             }
-            Outcome::Forward(fwd) => match self.forward(req, &fwd, request_id).await {
+            Outcome::Forward(fwd) => match self.forward(req, &fwd, request_id, &mut calls).await {
                 Ok((mut r, latency)) => {
                     relay_headers(r.headers_mut(), &fwd.response_headers);
                     let status = r.status().as_u16();
@@ -110,7 +115,7 @@ impl NativeEngine {
                 }
             });
         }
-        self.emit(audit);
+        emit(&self.shared, audit, Some(started), &calls);
         response
     }
 
@@ -122,6 +127,7 @@ impl NativeEngine {
         req: Request<B>,
         uri: &Uri,
         request_id: &str,
+        started: SystemTime,
     ) -> Response<HyperOutgoingBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -166,7 +172,7 @@ impl NativeEngine {
                 )
             }
         };
-        self.emit(audit);
+        emit(&self.shared, audit, Some(started), &[]);
         respond(&response)
     }
 
@@ -218,6 +224,7 @@ impl NativeEngine {
         req: Request<B>,
         fwd: &Forward,
         request_id: &str,
+        calls: &mut Vec<BackendCall>,
     ) -> Result<(Response<HyperOutgoingBody>, Duration), portcullis_core::Response>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -256,29 +263,45 @@ impl NativeEngine {
         let timeouts = cfg.timeouts;
         let deadline = tokio::time::Instant::now() + timeouts.total;
         let head_wait = timeouts.response.min(timeouts.total);
+        let mut call = self.shared.traces.enabled().then(|| {
+            BackendCall::new(
+                out.method().as_str(),
+                out.uri().authority().map_or("", |a| a.as_str()),
+                self.shared.health.region_name(fwd.backend),
+                out.headers(),
+            )
+        });
         let started = std::time::Instant::now();
         let sent = tokio::time::timeout(head_wait, self.shared.backends.request(out)).await;
-        let done = |outcome| self.shared.backend_done(fwd.backend, started, outcome);
+        let mut done = |outcome, status| {
+            self.shared.backend_done(fwd.backend, started, outcome);
+            if let Some(mut c) = call.take() {
+                c.finish(outcome, status);
+                calls.push(c);
+            }
+        };
         let response = match sent {
             Err(_) => {
-                done(BackendOutcome::Timeout);
+                done(BackendOutcome::Timeout, None);
                 return Err(refuse(
                     Reason::BackendTimeout,
                     &format!("the backend did not answer within {head_wait:?}"),
                 ));
             }
             Ok(Err(_)) if too_large.load(Ordering::Relaxed) => {
+                done(BackendOutcome::Other, None);
                 return Err(refuse(
                     Reason::BodyTooLarge,
                     &format!("the body exceeds {max_body} bytes"),
                 ));
             }
             Ok(Err(e)) => {
-                done(if e.is_connect() {
+                let outcome = if e.is_connect() {
                     BackendOutcome::Connect
                 } else {
                     BackendOutcome::Other
-                });
+                };
+                done(outcome, None);
                 return Err(refuse(
                     Reason::BackendUnavailable,
                     &format!("the backend could not be reached: {e}"),
@@ -287,7 +310,7 @@ impl NativeEngine {
             Ok(Ok(r)) => r,
         };
         let latency = started.elapsed();
-        done(BackendOutcome::Answered);
+        done(BackendOutcome::Answered, Some(response.status().as_u16()));
         let (parts, body) = response.into_parts();
         // The total timeout covers the body too: past it the stream ends with an error
         // (the client sees a truncated response, never a silent hang).
@@ -298,16 +321,25 @@ impl NativeEngine {
         .boxed_unsync();
         Ok((Response::from_parts(parts, body), latency))
     }
-
-    fn emit(&self, a: AuditRecord) {
-        emit(&self.shared, a);
-    }
 }
 
-/// Writes a decision's audit record and counts it (native decisions, and the host's own
-/// refusals in either engine).
-pub(crate) fn emit(shared: &Shared, a: AuditRecord) {
+/// Writes a decision's audit record, counts it and, when traces are exported, queues its
+/// spans with those of the backend `calls` made for it (native decisions, and the host's
+/// own refusals in either engine). `started` is when the request arrived.
+pub(crate) fn emit(
+    shared: &Shared,
+    a: AuditRecord,
+    started: Option<SystemTime>,
+    calls: &[BackendCall],
+) {
     shared.metrics.decision(a.decision, a.reason, a.session);
+    if shared.traces.enabled() {
+        let now = SystemTime::now();
+        let span = DecisionSpan::from(&a);
+        shared
+            .traces
+            .decision(&span, started.unwrap_or(now), now, calls);
+    }
     shared.audit.write(&a);
 }
 

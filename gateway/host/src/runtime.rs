@@ -64,6 +64,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Backend client.
     pub backends: BackendClient,
+    /// Span export (OTLP), when configured.
+    pub traces: crate::traces::Traces,
 }
 
 /// How a call to a backend ended.
@@ -122,6 +124,10 @@ pub struct StoreState {
     peer: IpAddr,
     /// The plugins that assessed this request and what they saw, for `observe`.
     assessed: Option<(Vec<usize>, Vec<plugins::RequestContext>)>,
+    /// When the request arrived (its span's start).
+    started: std::time::SystemTime,
+    /// The backend calls made for it, for its trace (only while traces are exported).
+    calls: Arc<std::sync::Mutex<Vec<crate::traces::BackendCall>>>,
 }
 
 impl StoreState {
@@ -132,11 +138,13 @@ impl StoreState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        let calls: Arc<std::sync::Mutex<Vec<crate::traces::BackendCall>>> = Arc::default();
         Self {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: Outbound {
+                calls: calls.clone(),
                 shared: shared.clone(),
             },
             shared,
@@ -147,6 +155,8 @@ impl StoreState {
             client,
             peer,
             assessed: None,
+            started: std::time::SystemTime::now(),
+            calls,
         }
     }
 }
@@ -417,6 +427,18 @@ impl audit::Host for StoreState {
             record.reason.as_deref(),
             record.session.as_deref(),
         );
+        if self.shared.traces.enabled() {
+            let calls = self
+                .calls
+                .lock()
+                .map(|mut c| std::mem::take(&mut *c))
+                .unwrap_or_default();
+            let span = crate::traces::DecisionSpan::from(&record);
+            let now = std::time::SystemTime::now();
+            self.shared
+                .traces
+                .decision(&span, self.started, now, &calls);
+        }
         self.shared.audit.write(&record);
     }
 }
@@ -500,6 +522,8 @@ pub use crate::bindings::DecisionRecord;
 /// The outbound hook: only configured backends, with pooling.
 struct Outbound {
     shared: Arc<Shared>,
+    /// The request's backend calls, for its trace.
+    calls: Arc<std::sync::Mutex<Vec<crate::traces::BackendCall>>>,
 }
 
 type ResponseFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
@@ -514,6 +538,7 @@ impl WasiHttpHooks for Outbound {
         dyn Future<Output = Result<(http::Response<WasiBody>, ResponseFuture), HttpError>> + Send,
     > {
         let shared = self.shared.clone();
+        let calls = self.calls.clone();
         Box::new(async move {
             let uri = request.uri();
             let backend = match (uri.scheme_str(), uri.authority()) {
@@ -531,25 +556,41 @@ impl WasiHttpHooks for Outbound {
             let first_byte = options
                 .and_then(|o| o.first_byte_timeout)
                 .unwrap_or(Duration::from_secs(30));
+            let mut call = shared.traces.enabled().then(|| {
+                crate::traces::BackendCall::new(
+                    request.method().as_str(),
+                    request.uri().authority().map_or("", |a| a.as_str()),
+                    shared.health.region_name(backend),
+                    request.headers(),
+                )
+            });
             let started = std::time::Instant::now();
             let sent = tokio::time::timeout(first_byte, shared.backends.request(request)).await;
-            let done = |outcome| shared.backend_done(backend, started, outcome);
+            let mut done = |outcome, status| {
+                shared.backend_done(backend, started, outcome);
+                if let Some(mut c) = call.take() {
+                    c.finish(outcome, status);
+                    if let Ok(mut calls) = calls.lock() {
+                        calls.push(c);
+                    }
+                }
+            };
             let response = match sent {
                 Err(_) => {
-                    done(BackendOutcome::Timeout);
+                    done(BackendOutcome::Timeout, None);
                     return Err(HttpError::ConnectionReadTimeout);
                 }
                 Ok(Err(e)) if e.is_connect() => {
-                    done(BackendOutcome::Connect);
+                    done(BackendOutcome::Connect, None);
                     return Err(HttpError::ConnectionRefused);
                 }
                 Ok(Err(e)) => {
-                    done(BackendOutcome::Other);
+                    done(BackendOutcome::Other, None);
                     return Err(HttpError::InternalError(Some(e.to_string())));
                 }
                 Ok(Ok(r)) => r,
             };
-            done(BackendOutcome::Answered);
+            done(BackendOutcome::Answered, Some(response.status().as_u16()));
             let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());
             let done: ResponseFuture = Box::new(async { Ok(()) });
             Ok((response, done))

@@ -223,6 +223,8 @@ impl Gateway {
                 reason: Some(refusal.reason.code()),
                 ..portcullis_core::AuditRecord::default()
             },
+            None,
+            &[],
         );
     }
 
@@ -347,6 +349,7 @@ pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
                             shared.plugins.add_metrics(scrape);
                             shared.state.add_metrics(scrape);
                             shared.audit.add_metrics(scrape);
+                            shared.traces.add_metrics(scrape);
                         }),
                         crate::metrics::CONTENT_TYPE,
                     ),
