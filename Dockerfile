@@ -1,6 +1,6 @@
 # The `portcullis` binary (gateway/host) in a slim Debian image.
 #
-#   docker build -t portcullis .
+#   docker build -t portcullis --build-arg PORTCULLIS_GIT_REV=$(git rev-parse --short=12 HEAD) .
 #   docker run --rm -p 8080:8080 -p 127.0.0.1:9901:9901 \
 #       -v /srv/portcullis:/etc/portcullis:ro portcullis
 #
@@ -18,6 +18,8 @@ WORKDIR /src
 COPY rust-toolchain.toml ./
 RUN rustup target add wasm32-wasip2 wasm32-unknown-unknown
 COPY . .
+# .git is not copied (.dockerignore): `portcullis --version` names the commit passed here.
+ARG PORTCULLIS_GIT_REV=unknown
 # The build command of docs/deploy.md (and CI's `--locked`): target/release/portcullis.
 RUN cargo build --release --locked -p portcullis
 

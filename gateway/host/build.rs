@@ -43,6 +43,7 @@ fn main() {
         .and_then(|p| p.strip_suffix(';'))
         .unwrap_or("unknown");
     println!("cargo:rustc-env=PORTCULLIS_WIT_PACKAGE={package}");
+    println!("cargo:rustc-env=PORTCULLIS_GIT_REV={}", git_revision(&root));
     let built = target_dir.join("wasm32-wasip2/release");
     let outputs = [
         "portcullis_component.wasm",
@@ -65,4 +66,36 @@ fn main() {
     for file in outputs {
         std::fs::copy(built.join(file), out_dir.join(file)).expect("copy a component");
     }
+}
+
+/// The commit this binary is built from: `PORTCULLIS_GIT_REV` when set (a build without the
+/// repository, such as the Docker image, passes it in), else `git rev-parse`, else
+/// `unknown`. The build reruns when `HEAD` moves.
+fn git_revision(root: &std::path::Path) -> String {
+    println!("cargo:rerun-if-env-changed=PORTCULLIS_GIT_REV");
+    if let Ok(rev) = std::env::var("PORTCULLIS_GIT_REV")
+        && !rev.trim().is_empty()
+    {
+        return rev.trim().to_owned();
+    }
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_owned())
+    };
+    // HEAD and the branch it points at (a commit moves the branch's ref, or packed-refs).
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        let dir = PathBuf::from(dir);
+        println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
+        println!("cargo:rerun-if-changed={}", dir.join("packed-refs").display());
+        if let Some(head) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={}", dir.join(head).display());
+        }
+    }
+    git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
 }

@@ -27,10 +27,12 @@ struct Cli {
     command: Command,
 }
 
-/// `--version`: the release, the WIT contract and the wasmtime it embeds.
+/// `--version`: the release, the commit, the WIT contract and the wasmtime it embeds.
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    " (WIT ",
+    " (rev ",
+    env!("PORTCULLIS_GIT_REV"),
+    ", WIT ",
     env!("PORTCULLIS_WIT_PACKAGE"),
     ", wasmtime ",
     env!("PORTCULLIS_WASMTIME_VERSION"),

@@ -192,6 +192,7 @@ impl Metrics {
             "The running build",
             Info::new(vec![
                 ("version", env!("CARGO_PKG_VERSION")),
+                ("revision", env!("PORTCULLIS_GIT_REV")),
                 ("wit", env!("PORTCULLIS_WIT_PACKAGE")),
                 ("wasmtime", env!("PORTCULLIS_WASMTIME_VERSION")),
             ]),

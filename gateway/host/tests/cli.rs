@@ -212,7 +212,7 @@ fn check_online_fetches_every_issuer_and_names_what_failed() {
 }
 
 #[test]
-fn version_names_the_wit_and_wasmtime_and_completions_cover_every_command() {
+fn version_names_the_commit_the_wit_and_wasmtime_and_completions_cover_every_command() {
     let (ok, stdout, _) = portcullis(&["--version"]);
     let lock = std::fs::read_to_string(repo_root().join("Cargo.lock")).unwrap();
     let wasmtime = lock
@@ -221,12 +221,19 @@ fn version_names_the_wit_and_wasmtime_and_completions_cover_every_command() {
         .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
         .unwrap()
         .trim_end_matches('"');
+    let git = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let rev = String::from_utf8(git.stdout).unwrap();
     assert!(ok, "{stdout}");
     assert_eq!(
         stdout.trim(),
         format!(
-            "portcullis {} (WIT portcullis:gateway@0.1.0, wasmtime {wasmtime})",
-            env!("CARGO_PKG_VERSION")
+            "portcullis {} (rev {}, WIT portcullis:gateway@0.1.0, wasmtime {wasmtime})",
+            env!("CARGO_PKG_VERSION"),
+            rev.trim()
         )
     );
     for shell in ["bash", "zsh", "fish"] {

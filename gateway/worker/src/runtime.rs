@@ -258,7 +258,8 @@ async fn forward(
     // the timeout is the response timeout (504 `backend_timeout`); connecting is the
     // platform's.
     let response_ms = u32::try_from(config.timeouts.response.as_millis()).unwrap_or(u32::MAX);
-    init.set_signal(Some(&web_sys::AbortSignal::timeout_with_u32(response_ms)));
+    let deadline = web_sys::AbortSignal::timeout_with_u32(response_ms);
+    init.set_signal(Some(&deadline));
     if !matches!(parts.method, Method::GET | Method::HEAD)
         && let Some(body) = req.inner().body()
     {
@@ -276,9 +277,10 @@ async fn forward(
         .send()
         .await
         .map_err(|e| {
-            // An aborted fetch rejects with a TimeoutError; its text differs by runtime, the
-            // elapsed time does not.
-            if js_sys::Date::now() - started >= f64::from(response_ms) {
+            // An aborted fetch rejects with a TimeoutError whose text differs by runtime: the
+            // signal itself says whether its timeout fired (the elapsed time on the
+            // platform's coarse clock can fall just short of it on a loaded machine).
+            if deadline.aborted() || js_sys::Date::now() - started >= f64::from(response_ms) {
                 (
                     Reason::BackendTimeout,
                     format!("the backend did not answer within {response_ms} ms"),
