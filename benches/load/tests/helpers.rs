@@ -9,9 +9,8 @@
 )]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use jwt_simple::prelude::*;
 
@@ -57,26 +56,24 @@ fn load_tokens_writes_tokens_the_key_set_verifies() {
 
 #[test]
 fn load_backend_answers() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Port 0 and the address it prints: no other test can take the port in between.
     let mut child = Command::new(env!("CARGO_BIN_EXE_load-backend"))
-        .arg(format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
+        .arg("127.0.0.1:0")
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    let mut stream = loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => break s,
-            Err(_) if started.elapsed() < Duration::from_secs(10) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => panic!("load-backend never listened: {e}"),
-        }
-    };
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let mut stream = TcpStream::connect(&addr).unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .unwrap();

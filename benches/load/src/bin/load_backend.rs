@@ -1,7 +1,8 @@
 //! A fast HTTP/1.1 backend for load tests: answers every request with a small fixed body,
 //! on one thread (it shares a core with the gateway under test).
 //!
-//! `load-backend 127.0.0.1:PORT`
+//! `load-backend 127.0.0.1:PORT` (port 0: any free port); prints `listening on ADDR` once
+//! bound.
 #![allow(clippy::expect_used)]
 
 use std::convert::Infallible;
@@ -21,6 +22,8 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .expect("bind the backend address");
+    let bound = listener.local_addr().expect("the bound address");
+    println!("listening on {bound}");
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
