@@ -115,7 +115,10 @@ fn valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_one
                 .is_some_and(|s| !s.is_empty())
         );
         assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1");
-        assert_eq!(body["headers"]["traceparent"], trace);
+        // The trace goes on, with the gateway's backend-call span as the backend's parent.
+        let sent = body["headers"]["traceparent"].as_str().unwrap();
+        assert_eq!(sent.split('-').nth(1), trace.split('-').nth(1), "{sent}");
+        assert_ne!(sent, trace);
         let us = idp.sign(alg, live_claims(json!({"residency": "us"})));
         assert_eq!(
             get(&gw, "/api/orders", Some(&us), &[]).json_body()["backend"],
