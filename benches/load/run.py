@@ -426,11 +426,11 @@ def report(results, out_dir, smoke, meta):
     return table
 
 
-def update_readme(table):
-    """Rewrites the table between the load-results markers of benches/README.md."""
+def update_readme(table, marker="load-results"):
+    """Rewrites the table between the `marker` markers of benches/README.md."""
     readme = ROOT / "benches" / "README.md"
     text = readme.read_text()
-    start, end = "<!-- load-results:start -->", "<!-- load-results:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start in text and end in text:
         before, rest = text.split(start, 1)
         _, after = rest.split(end, 1)
@@ -527,7 +527,8 @@ def main():
         print(churn_table)
         (args.out / "churn.md").write_text(churn_table)
         (args.out / "churn.json").write_text(json.dumps(churn, indent=1))
-        table += "\n" + churn_table
+        if not args.smoke:
+            update_readme(churn_table, "churn-results")
     if not args.smoke and not args.only:
         update_readme(table)
     shutil.rmtree(work, ignore_errors=True)

@@ -58,6 +58,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "challenge",
             "session",
             "login",
+            "trace",
             "delegation",
             "dpop",
             "gateway_token",

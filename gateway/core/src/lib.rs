@@ -23,7 +23,7 @@
 //! | model | `model` (ids, request, reserved paths, risk verdict), the configuration model, `audit`, `decision` |
 //! | configuration | `config` (loading and validation) |
 //! | keys | `keyset`, `claims`, `authenticate` |
-//! | features | `client`, `forwarding`, `normalize`, `policy`, `residency`, `limits`, `bot`, `risk`, `challenge`, `session`, `login`, `delegation`, `dpop`, `gateway_token` |
+//! | features | `client`, `forwarding`, `normalize`, `policy`, `residency`, `limits`, `bot`, `risk`, `challenge`, `session`, `login`, `delegation`, `dpop`, `gateway_token`, `trace` |
 //! | phases | `phase` |
 //! | pipeline | `pipeline` |
 //!

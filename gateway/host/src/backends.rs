@@ -29,6 +29,19 @@ pub fn backend_client(connect_timeout: Duration) -> BackendClient {
         .build(https)
 }
 
+/// How a call to a backend ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendOutcome {
+    /// Its response head arrived.
+    Answered,
+    /// No response head within the timeout.
+    Timeout,
+    /// The connection failed: nothing was sent.
+    Connect,
+    /// Any other failure.
+    Other,
+}
+
 /// Bytes of a body, for host-generated responses.
 pub fn full_body(bytes: impl Into<Bytes>) -> wasmtime_wasi_http::p2::body::HyperOutgoingBody {
     http_body_util::Full::new(bytes.into())

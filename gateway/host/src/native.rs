@@ -28,10 +28,11 @@ use portcullis_core::{
 use portcullis_driver::{backend_answered, decide_refetching, refused_in_forward, relay_headers};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::backends::BackendOutcome;
 use crate::backends::full_body;
 use crate::keys;
 use crate::plugins::{self, PluginRuntime};
-use crate::runtime::{BackendOutcome, Shared};
+use crate::runtime::Shared;
 use crate::traces::{BackendCall, DecisionSpan};
 
 /// The native engine.

@@ -30,7 +30,7 @@ use crate::store::Store;
 use portcullis_core::client::ClientInfo;
 use portcullis_core::config::ClientConfig;
 
-pub use crate::backends::{BackendClient, backend_client, full_body};
+pub use crate::backends::{BackendClient, BackendOutcome, backend_client, full_body};
 use crate::bindings::portcullis::gateway::{audit, client, config, health, keys, risk, state};
 pub use crate::wasm::{
     COMPONENT, EPOCH_TICK, INSTANCE_MEMORY, default_cache_dir, engine, load_component,
@@ -66,19 +66,6 @@ pub struct Shared {
     pub backends: BackendClient,
     /// Span export (OTLP), when configured.
     pub traces: crate::traces::Traces,
-}
-
-/// How a call to a backend ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendOutcome {
-    /// Its response head arrived.
-    Answered,
-    /// No response head within the timeout.
-    Timeout,
-    /// The connection failed: nothing was sent.
-    Connect,
-    /// Any other failure.
-    Other,
 }
 
 impl Shared {

@@ -29,8 +29,7 @@ use portcullis_core::trace::{TRACEPARENT, parse};
 use prost::Message as _;
 use tokio::sync::mpsc;
 
-use crate::backends::BackendClient;
-use crate::runtime::BackendOutcome;
+use crate::backends::{BackendClient, BackendOutcome};
 
 /// Spans per export request at most.
 pub const BATCH: usize = 512;
