@@ -104,19 +104,20 @@ fn nonzero(entropy: &dyn Entropy) -> Option<[u8; 8]> {
 /// fields read and anything after a `-` ignored.
 pub fn parse(value: &str) -> Option<TraceParent> {
     let b = value.as_bytes();
-    if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+    let dash = |i: usize| b.get(i) == Some(&b'-');
+    if b.len() < 55 || !dash(2) || !dash(35) || !dash(52) {
         return None;
     }
-    let version = unhex::<1>(&value[0..2])?[0];
+    let [version] = unhex::<1>(b.get(0..2)?)?;
     match version {
         0xff => return None,
         0x00 if b.len() != 55 => return None,
-        _ if b.len() > 55 && b[55] != b'-' => return None,
+        _ if b.len() > 55 && !dash(55) => return None,
         _ => {}
     }
-    let trace_id = unhex::<16>(&value[3..35])?;
-    let parent_id = unhex::<8>(&value[36..52])?;
-    let flags = unhex::<1>(&value[53..55])?[0];
+    let trace_id = unhex::<16>(b.get(3..35)?)?;
+    let parent_id = unhex::<8>(b.get(36..52)?)?;
+    let [flags] = unhex::<1>(b.get(53..55)?)?;
     if trace_id == [0; 16] || parent_id == [0; 8] {
         return None;
     }
@@ -129,29 +130,28 @@ pub fn parse(value: &str) -> Option<TraceParent> {
 
 /// Lowercase hexadecimal.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// `N` bytes from `2N` lowercase hex digits.
-fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     let digit = |c: u8| match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),
         _ => None,
     };
-    let b = text.as_bytes();
-    if b.len() != 2 * N {
+    if text.len() != 2 * N {
         return None;
     }
     let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = digit(b[2 * i])? << 4 | digit(b[2 * i + 1])?;
+    for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        if let [hi, lo] = pair {
+            *o = digit(*hi)? << 4 | digit(*lo)?;
+        }
     }
     Some(out)
 }
@@ -199,6 +199,8 @@ mod tests {
         let future = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-ever";
         assert_eq!(parse(future).unwrap().trace_id, p.trace_id);
         assert_eq!(parse(&future.replace("01-what", "01what")), None);
+        // Not ASCII where the fields are: refused, never a panic on a char boundary.
+        assert_eq!(parse(&VALID.replace("4b", "é")), None);
     }
 
     #[test]
