@@ -169,13 +169,8 @@ impl AuditSink {
 
     /// Audit metrics for one scrape.
     pub fn add_metrics(&self, scrape: &mut crate::metrics::Scrape) {
-        use prometheus_client::metrics::counter::Counter;
         use prometheus_client::metrics::gauge::Gauge;
-        let counter = |n: &AtomicU64| {
-            let c = Counter::<u64>::default();
-            c.inc_by(n.load(Ordering::Relaxed));
-            c
-        };
+        let counter = crate::metrics::counter_of;
         let c = &self.counters;
         let queued = Gauge::<i64>::default();
         queued.set(i64::try_from(c.queued.load(Ordering::Relaxed)).unwrap_or(i64::MAX));

@@ -333,7 +333,6 @@ impl KeyService {
         use prometheus_client::metrics::counter::Counter;
         use prometheus_client::metrics::family::Family;
         use prometheus_client::metrics::gauge::Gauge;
-        use std::sync::atomic::Ordering;
 
         type ByIssuer = Vec<(&'static str, String)>;
         let refreshes = Family::<ByIssuer, Counter>::default();
@@ -414,12 +413,17 @@ impl KeyService {
             "Time left before the key set is too stale to use (jwks_max_stale) if refreshes keep failing",
             left,
         );
-        let hits = Counter::<u64>::default();
-        hits.inc_by(self.cache.hits.load(Ordering::Relaxed));
-        let misses = Counter::<u64>::default();
-        misses.inc_by(self.cache.misses.load(Ordering::Relaxed));
-        scrape.add("token_cache_hits", "Verified-token cache hits", hits);
-        scrape.add("token_cache_misses", "Verified-token cache misses", misses);
+        let counter = crate::metrics::counter_of;
+        scrape.add(
+            "token_cache_hits",
+            "Verified-token cache hits",
+            counter(&self.cache.hits),
+        );
+        scrape.add(
+            "token_cache_misses",
+            "Verified-token cache misses",
+            counter(&self.cache.misses),
+        );
         let entries = Gauge::<i64>::default();
         entries.set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
         scrape.add(

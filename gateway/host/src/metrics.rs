@@ -85,6 +85,13 @@ impl Default for Metrics {
     }
 }
 
+/// A counter for one scrape, from a service's own atomic count.
+pub fn counter_of(n: &std::sync::atomic::AtomicU64) -> Counter {
+    let c = Counter::<u64>::default();
+    c.inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
+    c
+}
+
 /// One scrape's registry, for services to add their snapshot to.
 pub struct Scrape {
     registry: Registry,

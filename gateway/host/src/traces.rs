@@ -347,12 +347,7 @@ impl Traces {
 
     /// Export metrics for one scrape.
     pub fn add_metrics(&self, scrape: &mut crate::metrics::Scrape) {
-        use prometheus_client::metrics::counter::Counter;
-        let counter = |n: &AtomicU64| {
-            let c = Counter::<u64>::default();
-            c.inc_by(n.load(Ordering::Relaxed));
-            c
-        };
+        let counter = crate::metrics::counter_of;
         let c = &self.counters;
         scrape.add(
             "spans_exported",
