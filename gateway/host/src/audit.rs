@@ -26,8 +26,20 @@ pub enum WhenFull {
     Drop,
 }
 
+/// A record waiting for the writer thread, which turns it into its JSON line: the request's
+/// thread only moves it into the queue.
+trait Record: Send {
+    fn line(&self) -> String;
+}
+
+impl<T: serde::Serialize + Send> Record for T {
+    fn line(&self) -> String {
+        portcullis_driver::audit::json_line(self)
+    }
+}
+
 enum Message {
-    Line(String),
+    Record(Box<dyn Record>),
     Flush(std::sync::mpsc::Sender<()>),
 }
 
@@ -98,12 +110,14 @@ impl AuditSink {
         }
     }
 
-    /// Queues one record (a JSON line, see [`portcullis_driver::audit::json_line`]).
-    pub fn write(&self, record: &impl serde::Serialize) {
+    /// Queues one record; the writer thread serializes it (one JSON line, see
+    /// [`portcullis_driver::audit::json_line`]), so the caller pays for a move, not for
+    /// the serialization.
+    pub fn write(&self, record: impl serde::Serialize + Send + 'static) {
         let Some(queue) = &self.queue else {
             return;
         };
-        let line = Message::Line(portcullis_driver::audit::json_line(record));
+        let line = Message::Record(Box::new(record));
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
         let sent = match self.when_full {
             WhenFull::Block => match queue.try_send(line) {
@@ -215,8 +229,9 @@ fn write_all(
         let mut next = Some(message);
         while let Some(message) = next.take() {
             match message {
-                Message::Line(line) => {
+                Message::Record(record) => {
                     counters.queued.fetch_sub(1, Ordering::Relaxed);
+                    let line = record.line();
                     let ok = out.as_mut().is_some_and(|o| writeln!(o, "{line}").is_ok());
                     let n = if ok {
                         &counters.written
@@ -253,7 +268,7 @@ mod tests {
         let path = dir.join("audit.jsonl");
         let sink = AuditSink::open(path.to_str().unwrap(), 4, WhenFull::Block).unwrap();
         for i in 0..100 {
-            sink.write(&serde_json::json!({ "n": i }));
+            sink.write(serde_json::json!({ "n": i }));
         }
         assert!(sink.flush(Duration::from_secs(5)));
         let text = std::fs::read_to_string(&path).unwrap();

@@ -341,7 +341,7 @@ pub(crate) fn emit(
             .traces
             .decision(&span, started.unwrap_or(now), now, calls);
     }
-    shared.audit.write(&a);
+    shared.audit.write(a);
 }
 
 /// A backend response body cut off at the request's total deadline.

@@ -426,7 +426,7 @@ impl audit::Host for StoreState {
                 .traces
                 .decision(&span, self.started, now, &calls);
         }
-        self.shared.audit.write(&record);
+        self.shared.audit.write(record);
     }
 }
 
