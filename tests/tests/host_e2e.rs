@@ -780,6 +780,11 @@ fn a_stuck_audit_sink_drops_and_counts_instead_of_holding_requests(engine: &str)
     }
     assert_eq!(get(&gw, "/public", None, &[]).status, 200);
     assert!(lines.recv_timeout(Duration::from_secs(10)).is_ok());
+    // The writer counts a record after writing it: the reader may see the line first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin_metric(&gw, "portcullis_audit_written_total") < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(admin_metric(&gw, "portcullis_audit_written_total"), 5);
 }
 

@@ -48,18 +48,15 @@ impl Trace {
         match incoming {
             Some(p) => Some(Self {
                 trace_id: p.trace_id,
-                span_id: nonzero(entropy)?,
+                span_id: nonzero::<8>(entropy)?,
                 parent_id: Some(p.parent_id),
                 flags: p.flags,
             }),
             None => {
-                let mut trace_id = [0u8; 16];
-                while trace_id == [0; 16] {
-                    entropy.fill(&mut trace_id).ok()?;
-                }
+                let trace_id = nonzero::<16>(entropy)?;
                 Some(Self {
                     trace_id,
-                    span_id: nonzero(entropy)?,
+                    span_id: nonzero::<8>(entropy)?,
                     parent_id: None,
                     flags: 0x01,
                 })
@@ -75,7 +72,7 @@ impl Trace {
 
     /// A new span id in this trace (the backend call's), `None` without entropy.
     pub fn child(&self, entropy: &dyn Entropy) -> Option<[u8; 8]> {
-        nonzero(entropy)
+        nonzero::<8>(entropy)
     }
 
     /// The `traceparent` naming `span` in this trace (version 00).
@@ -90,13 +87,17 @@ impl Trace {
     }
 }
 
-/// Eight random bytes, not all zero.
-fn nonzero(entropy: &dyn Entropy) -> Option<[u8; 8]> {
-    let mut id = [0u8; 8];
-    while id == [0; 8] {
+/// `N` random bytes, not all zero (an invalid id); `None` when the source fails or keeps
+/// answering zeros (a broken source must not hang the request).
+fn nonzero<const N: usize>(entropy: &dyn Entropy) -> Option<[u8; N]> {
+    let mut id = [0u8; N];
+    for _ in 0..3 {
         entropy.fill(&mut id).ok()?;
+        if id != [0; N] {
+            return Some(id);
+        }
     }
-    Some(id)
+    None
 }
 
 /// Parses a `traceparent` value (§3.2): lowercase hex, version `ff` invalid, all-zero ids
@@ -176,6 +177,15 @@ mod tests {
         }
     }
 
+    /// A broken source: always zeros.
+    struct Zeros;
+    impl Entropy for Zeros {
+        fn fill(&self, out: &mut [u8]) -> Result<(), String> {
+            out.fill(0);
+            Ok(())
+        }
+    }
+
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     #[test]
@@ -230,5 +240,7 @@ mod tests {
         assert_eq!(t.flags, 1);
 
         assert_eq!(Trace::begin(&HeaderMap::new(), &NoEntropy), None);
+        // A source that only answers zeros gives no trace, and does not hang.
+        assert_eq!(Trace::begin(&headers, &Zeros), None);
     }
 }

@@ -6,13 +6,14 @@ use serde_json::Value;
 
 /// The JSON line of an audit record: the core's [`AuditRecord`](portcullis_core::AuditRecord),
 /// or the `decision-record` a gateway component sends its host (whose `risk` is JSON text,
-/// written here as the object it is). Absent (`null`) fields are left out, so every runtime
-/// writes the same line for the same decision.
+/// written here as the object it is). Absent (`null`) fields and empty lists (a WIT
+/// `phases` without timings) are left out, so every runtime writes the same line for the
+/// same decision.
 pub fn json_line(record: &impl Serialize) -> String {
     let Ok(Value::Object(mut fields)) = serde_json::to_value(record) else {
         return String::from("{}");
     };
-    fields.retain(|_, v| !v.is_null());
+    fields.retain(|_, v| !(v.is_null() || v.as_array().is_some_and(Vec::is_empty)));
     if let Some(risk) = fields.get_mut("risk")
         && let Some(text) = risk.as_str()
     {
@@ -58,6 +59,7 @@ mod tests {
             decision: String,
             status: Option<u16>,
             risk: Option<String>,
+            phases: Vec<u64>,
         }
         let wit = Wit {
             time_ms: 0,
@@ -67,6 +69,7 @@ mod tests {
             decision: "forward".into(),
             status: None,
             risk: None,
+            phases: Vec::new(),
         };
         assert_eq!(json_line(&core), json_line(&wit));
     }

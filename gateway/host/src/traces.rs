@@ -464,10 +464,9 @@ fn nanos(t: SystemTime) -> u64 {
 /// A random span id for a phase span (never all zero).
 fn fresh_span_id() -> [u8; 8] {
     let mut id = [0u8; 8];
-    while id == [0; 8] {
-        if getrandom::fill(&mut id).is_err() {
-            id = [1; 8];
-        }
+    if getrandom::fill(&mut id).is_err() || id == [0; 8] {
+        // A failing OS source: a fixed, valid id rather than no span.
+        id = [1; 8];
     }
     id
 }
