@@ -140,6 +140,12 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// An id of `N` bytes from its `2N` lowercase hex digits (as [`hex`] writes them, in audit
+/// records); `None` for anything else.
+pub fn id_from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    unhex(text.as_bytes())
+}
+
 /// `N` bytes from `2N` lowercase hex digits.
 fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     let digit = |c: u8| match c {

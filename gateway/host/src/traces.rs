@@ -25,7 +25,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
-use portcullis_core::trace::{TRACEPARENT, parse};
+use portcullis_core::trace::{TRACEPARENT, id_from_hex, parse};
 use prost::Message as _;
 use tokio::sync::mpsc;
 
@@ -241,12 +241,12 @@ impl Traces {
             return;
         };
         let (Some(trace_id), Some(span_id)) = (
-            d.trace_id.and_then(unhex::<16>),
-            d.span_id.and_then(unhex::<8>),
+            d.trace_id.and_then(id_from_hex::<16>),
+            d.span_id.and_then(id_from_hex::<8>),
         ) else {
             return;
         };
-        let parent = d.parent_span_id.and_then(unhex::<8>);
+        let parent = d.parent_span_id.and_then(id_from_hex::<8>);
         let status = d.backend_status.or(d.status);
         let mut attributes = vec![
             kv("http.request.method", text(d.method)),
@@ -469,16 +469,4 @@ fn fresh_span_id() -> [u8; 8] {
         id = [1; 8];
     }
     id
-}
-
-/// `N` bytes from hex digits.
-fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
