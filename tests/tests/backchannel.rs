@@ -13,15 +13,15 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use portcullis_core::authenticate::{AuthFailure, Authenticator, IssuedKind, LocalAuthenticator};
-use portcullis_core::keyset::{FetchResponse, ProviderEndpoints};
-use portcullis_core::login::{BACKCHANNEL_EVENT, BACKCHANNEL_PATH, LoginServices};
+use portcullis_core::keyset::FetchResponse;
+use portcullis_core::login::{BACKCHANNEL_EVENT, BACKCHANNEL_PATH};
 use portcullis_core::{
     Adapters, AllHealthy, Decision, Engine, FetchKind, IssuerId, KeyStore, MapFiles, Outcome,
     PortableVerifier, RequestParts, Timestamp, VerifiedIdentity,
 };
+use portcullis_core::{StateAnswer, StateOp, StateResult};
 use portcullis_tests::*;
 use serde_json::{Value, json};
 
@@ -109,10 +109,9 @@ fn engine() -> (
     (engine, keys)
 }
 
-/// Token checks of the engine, and one-time values in memory (or no state at all).
+/// Token checks of the engine.
 struct Auth<'a> {
     local: LocalAuthenticator<'a, PortableVerifier>,
-    seen: Option<RefCell<HashSet<String>>>,
 }
 
 impl Authenticator for Auth<'_> {
@@ -123,12 +122,6 @@ impl Authenticator for Auth<'_> {
         now: Timestamp,
     ) -> Result<VerifiedIdentity, AuthFailure> {
         self.local.authenticate(token, route_issuers, now)
-    }
-    fn first_use(&self, key: &str, _: Duration) -> Result<bool, String> {
-        match &self.seen {
-            Some(seen) => Ok(seen.borrow_mut().insert(key.to_owned())),
-            None => Err("no shared state here".to_owned()),
-        }
     }
     fn verify_issued(
         &self,
@@ -147,23 +140,31 @@ impl Authenticator for Auth<'_> {
 #[derive(Default)]
 struct State(RefCell<HashMap<String, Vec<u8>>>);
 
-impl LoginServices for State {
-    fn endpoints(&self, _: IssuerId) -> Result<ProviderEndpoints, String> {
-        Err("not needed here".into())
-    }
-    fn token_request(&self, _: IssuerId, _: &str, _: &str) -> Result<(u16, Vec<u8>), String> {
-        Err("not needed here".into())
-    }
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        Ok(self.0.borrow().get(key).cloned())
-    }
-    fn set(&self, key: &str, value: &[u8], _: Duration) -> Result<(), String> {
-        self.0.borrow_mut().insert(key.to_owned(), value.to_vec());
-        Ok(())
-    }
-    fn delete(&self, key: &str) -> Result<(), String> {
-        self.0.borrow_mut().remove(key);
-        Ok(())
+/// The state port: the map, and one-time values in memory (or none at all).
+struct Port<'a> {
+    map: &'a State,
+    seen: Option<RefCell<HashSet<String>>>,
+}
+
+impl portcullis_core::State for Port<'_> {
+    fn now(&self, op: &StateOp) -> Option<StateResult> {
+        let map = &self.map.0;
+        Some(match op {
+            StateOp::FirstUse { key, .. } => match &self.seen {
+                Some(seen) => Ok(StateAnswer::FirstUse(seen.borrow_mut().insert(key.clone()))),
+                None => Err("no shared state here".to_owned()),
+            },
+            StateOp::Get { key } => Ok(StateAnswer::Value(map.borrow().get(key).cloned())),
+            StateOp::Set { key, value, .. } => {
+                map.borrow_mut().insert(key.clone(), value.clone());
+                Ok(StateAnswer::Done)
+            }
+            StateOp::Delete { key } => {
+                map.borrow_mut().remove(key);
+                Ok(StateAnswer::Done)
+            }
+            StateOp::RateLimit { .. } => Err("not needed here".to_owned()),
+        })
     }
 }
 
@@ -193,12 +194,13 @@ impl World {
             keys: &self.keys,
             verifier: self.engine.verifier(),
         };
-        let auth = Auth {
-            local,
+        let auth = Auth { local };
+        let port = Port {
+            map: &self.state,
             seen: state.then(|| RefCell::new(self.seen.borrow().clone())),
         };
         let adapters = Adapters {
-            login: &self.state,
+            state: &port,
             ..Adapters::new(&auth, &AllHealthy)
         };
         let mut headers = http::HeaderMap::new();
@@ -221,7 +223,7 @@ impl World {
             .engine
             .gateway()
             .decide(&adapters, &req, Timestamp::from_unix_secs(NOW + 1));
-        if let Some(seen) = auth.seen {
+        if let Some(seen) = port.seen {
             *self.seen.borrow_mut() = seen.into_inner();
         }
         d

@@ -15,8 +15,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use portcullis_core::authenticate::LocalAuthenticator;
-use portcullis_core::limits::{LimitCheck, LimitStatus, Limiter};
-use portcullis_core::{Adapters, AllHealthy, Decision, Outcome, RequestParts, Timestamp};
+use portcullis_core::{
+    Adapters, AllHealthy, Decision, NoState, Outcome, RequestParts, State, StateAnswer, StateOp,
+    StateResult, Timestamp,
+};
 use portcullis_tests::*;
 use serde_json::json;
 
@@ -24,8 +26,11 @@ use serde_json::json;
 #[derive(Default)]
 struct MapLimiter(RefCell<HashMap<String, u64>>);
 
-impl Limiter for MapLimiter {
-    fn check(&self, checks: &[LimitCheck], now: Timestamp) -> Result<Vec<LimitStatus>, String> {
+impl State for MapLimiter {
+    fn now(&self, op: &StateOp) -> Option<StateResult> {
+        let StateOp::RateLimit { checks, now } = op else {
+            return NoState.now(op);
+        };
         let mut map = self.0.borrow_mut();
         let tats: Vec<Option<u64>> = checks.iter().map(|c| map.get(&c.key).copied()).collect();
         let (statuses, next) = portcullis_core::limits::gcra_all(&tats, now.unix_micros(), checks);
@@ -34,11 +39,11 @@ impl Limiter for MapLimiter {
                 map.insert(c.key.clone(), t);
             }
         }
-        Ok(statuses)
+        Some(Ok(StateAnswer::Limits(statuses)))
     }
 }
 
-fn decide(h: &Harness, limiter: &dyn Limiter, path: &str, headers: &[(&str, &str)]) -> Decision {
+fn decide(h: &Harness, limiter: &dyn State, path: &str, headers: &[(&str, &str)]) -> Decision {
     let mut map = http::HeaderMap::new();
     map.insert("host", "gw.test".parse().unwrap());
     for (k, v) in headers {
@@ -56,9 +61,8 @@ fn decide(h: &Harness, limiter: &dyn Limiter, path: &str, headers: &[(&str, &str
     let adapters = Adapters {
         auth: &auth,
         risk: &portcullis_core::risk::NoPlugins,
-        limiter,
-        sites: &portcullis_core::challenge::NoSiteVerifier,
-        login: &portcullis_core::login::NoLogin,
+        state: limiter,
+        client: &portcullis_core::NoClient,
         health: &AllHealthy,
         entropy: &portcullis_core::NoEntropy,
         clock: &portcullis_core::NoClock,

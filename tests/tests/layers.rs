@@ -44,6 +44,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("configuration", &["config/"]),
     ("keys", &["keyset", "claims", "authenticate"]),
+    ("ports", &["ports/"]),
     (
         "features",
         &[

@@ -99,9 +99,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
         let adapters = portcullis_core::Adapters {
             auth: &services::HostAuthenticator,
             risk: &services::HostRisk,
-            limiter: &services::HostLimiter,
-            sites: &services::HostSites,
-            login: &services::HostLogin,
+            state: &services::HostState,
+            client: &services::HostClient,
             health: &services::HostHealth,
             entropy: &portcullis_driver::SystemEntropy,
             clock: &clock,

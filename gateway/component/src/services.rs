@@ -13,9 +13,12 @@ use portcullis_core::{
 use portcullis_core::config::PluginId;
 use portcullis_core::risk::{Action, Assessment, PluginAnswer, RiskAssessor, RiskContext};
 
-use portcullis_core::limits::{LimitCheck, LimitStatus, Limiter};
+use portcullis_core::ports::{
+    CallAnswer, CallOp, CallResult, Client, LimitCheck, LimitStatus, State, StateAnswer, StateOp,
+    StateResult,
+};
 
-use crate::bindings::portcullis::gateway::{audit, config, health, keys, risk, state};
+use crate::bindings::portcullis::gateway::{audit, client, config, health, keys, risk, state};
 
 /// Files named by the configuration, read through the host.
 pub struct HostFiles;
@@ -43,9 +46,17 @@ impl Authenticator for HostAuthenticator {
         verified(keys::authenticate(token, &issuers))
     }
 
-    fn first_use(&self, key: &str, ttl: std::time::Duration) -> Result<bool, String> {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        state::first_use(key, ttl_ms)
+    fn endpoints(
+        &self,
+        issuer: IssuerId,
+    ) -> Result<portcullis_core::keyset::ProviderEndpoints, String> {
+        let index = u32::try_from(issuer.0).map_err(|e| e.to_string())?;
+        let e = keys::endpoints(index)?;
+        Ok(portcullis_core::keyset::ProviderEndpoints {
+            authorization: e.authorization,
+            token: e.token,
+            end_session: e.end_session,
+        })
     }
 
     fn verify_issued(
@@ -89,92 +100,74 @@ fn verified(
     }
 }
 
-/// The login flow's services: discovery and the token endpoint through the host, the
-/// WASI random source, the host's shared state.
-pub struct HostLogin;
+/// Outbound calls through the host: a provider's token endpoint, site verification. Host
+/// calls are synchronous from the guest's side, so the answer is there at once.
+pub struct HostClient;
 
-impl portcullis_core::login::LoginServices for HostLogin {
-    fn endpoints(
-        &self,
-        issuer: IssuerId,
-    ) -> Result<portcullis_core::keyset::ProviderEndpoints, String> {
-        let index = u32::try_from(issuer.0).map_err(|e| e.to_string())?;
-        let e = keys::endpoints(index)?;
-        Ok(portcullis_core::keyset::ProviderEndpoints {
-            authorization: e.authorization,
-            token: e.token,
-            end_session: e.end_session,
+impl Client for HostClient {
+    fn now(&self, op: &CallOp) -> Option<CallResult> {
+        Some(match op {
+            CallOp::Token {
+                issuer,
+                authorization,
+                body,
+            } => u32::try_from(issuer.0)
+                .map_err(|e| e.to_string())
+                .and_then(|index| client::token_request(index, authorization, body))
+                .map(|(status, body)| CallAnswer::Token { status, body }),
+            CallOp::SiteVerify {
+                site_token,
+                remote_ip,
+                ..
+            } => {
+                client::verify_site_token(site_token, remote_ip.map(|ip| ip.to_string()).as_deref())
+                    .map(CallAnswer::SiteVerified)
+            }
         })
-    }
-
-    fn token_request(
-        &self,
-        issuer: IssuerId,
-        authorization: &str,
-        body: &str,
-    ) -> Result<(u16, Vec<u8>), String> {
-        let index = u32::try_from(issuer.0).map_err(|e| e.to_string())?;
-        crate::bindings::portcullis::gateway::client::token_request(index, authorization, body)
-    }
-
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        Ok(state::get(key))
-    }
-
-    fn set(&self, key: &str, value: &[u8], ttl: std::time::Duration) -> Result<(), String> {
-        state::set(
-            key,
-            value,
-            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
-        );
-        Ok(())
-    }
-
-    fn delete(&self, key: &str) -> Result<(), String> {
-        state::delete(key)
     }
 }
 
-/// Site tokens verified by the host (an outbound call to the configured service).
-pub struct HostSites;
+/// The host's shared state (memory or Redis behind the host), synchronous from the
+/// guest's side.
+pub struct HostState;
 
-impl portcullis_core::challenge::SiteVerifier for HostSites {
-    fn verify_site_token(
-        &self,
-        _site: &portcullis_core::config::SiteVerify,
-        site_token: &str,
-        remote_ip: Option<std::net::IpAddr>,
-    ) -> Result<bool, String> {
-        crate::bindings::portcullis::gateway::client::verify_site_token(
-            site_token,
-            remote_ip.map(|ip| ip.to_string()).as_deref(),
-        )
+impl State for HostState {
+    fn now(&self, op: &StateOp) -> Option<StateResult> {
+        let ms = |ttl: &std::time::Duration| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        Some(match op {
+            StateOp::Get { key } => Ok(StateAnswer::Value(state::get(key))),
+            StateOp::Set { key, value, ttl } => {
+                state::set(key, value, ms(ttl));
+                Ok(StateAnswer::Done)
+            }
+            StateOp::Delete { key } => state::delete(key).map(|()| StateAnswer::Done),
+            StateOp::FirstUse { key, ttl } => {
+                state::first_use(key, ms(ttl)).map(StateAnswer::FirstUse)
+            }
+            StateOp::RateLimit { checks, .. } => rate_limit(checks).map(StateAnswer::Limits),
+        })
     }
 }
 
 /// Rate limits checked in the host's shared state.
-pub struct HostLimiter;
-
-impl Limiter for HostLimiter {
-    fn check(&self, checks: &[LimitCheck], _now: Timestamp) -> Result<Vec<LimitStatus>, String> {
-        let wit: Vec<state::LimitCheck> = checks
-            .iter()
-            .map(|c| state::LimitCheck {
-                key: c.key.clone(),
-                interval_us: c.interval_us,
-                burst: c.burst,
-            })
-            .collect();
-        Ok(state::rate_limit(&wit)?
-            .into_iter()
-            .map(|s| LimitStatus {
-                allowed: s.allowed,
-                remaining: s.remaining,
-                retry_after_us: s.retry_after_us,
-                reset_us: s.reset_us,
-            })
-            .collect())
-    }
+fn rate_limit(checks: &[LimitCheck]) -> Result<Vec<LimitStatus>, String> {
+    let wit: Vec<state::LimitCheck> = checks
+        .iter()
+        .map(|c| state::LimitCheck {
+            key: c.key.clone(),
+            interval_us: c.interval_us,
+            burst: c.burst,
+        })
+        .collect();
+    Ok(state::rate_limit(&wit)?
+        .into_iter()
+        .map(|s| LimitStatus {
+            allowed: s.allowed,
+            remaining: s.remaining,
+            retry_after_us: s.retry_after_us,
+            reset_us: s.reset_us,
+        })
+        .collect())
 }
 
 /// Backend health as the host sees it.

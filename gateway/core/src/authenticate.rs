@@ -162,8 +162,13 @@ pub fn verify_signature<V: SignatureVerifier>(
     }
 }
 
-/// Why a runtime without shared state refuses what needs a one-time check.
-pub const NO_SHARED_STATE: &str = "this runtime keeps no shared state, so one-time values (DPoP proofs, challenge answers, sign-in answers, logout tokens) cannot be checked";
+/// Why a runtime without provider calls or shared state refuses browser login.
+pub const NO_BROWSER_LOGIN: &str = "this runtime cannot sign browsers in (no calls to \
+     identity providers, no shared state); bearer tokens still work";
+
+/// Why the provider's endpoints are not known yet on a runtime that fetches them.
+pub const NOT_DISCOVERED_YET: &str =
+    "its discovery document has not been loaded yet; try again shortly";
 
 /// Verifies bearer tokens for the pipeline. [`LocalAuthenticator`] does it in-process from a
 /// [`KeyStore`]; a wasm gateway asks its host (which may verify natively and cache).
@@ -190,14 +195,12 @@ pub trait Authenticator {
             .is_ok_and(|k| v.verify(alg, &k, message, signature))
     }
 
-    /// Records a one-time value (a DPoP proof's `jti`, a challenge id, a logout token's
-    /// `jti`) for `ttl` in shared state: `Ok(true)` the first time, `Ok(false)` when it was
-    /// seen before, `Err` when the state cannot tell (unreachable, or none on this runtime).
-    /// Callers refuse on `Err` with 503 `state_unavailable` (fail closed). Default: `Err` —
-    /// an adapter without shared state cannot rule out replays.
-    fn first_use(&self, key: &str, ttl: std::time::Duration) -> Result<bool, String> {
-        let _ = (key, ttl);
-        Err(NO_SHARED_STATE.to_owned())
+    /// The login endpoints `issuer`'s discovery document named, once loaded; otherwise
+    /// why not (not loaded yet, or this runtime cannot sign browsers in). Default: none —
+    /// an adapter without key sets cannot sign browsers in.
+    fn endpoints(&self, issuer: IssuerId) -> Result<crate::keyset::ProviderEndpoints, String> {
+        let _ = issuer;
+        Err(NO_BROWSER_LOGIN.to_owned())
     }
 
     /// Verifies a token `issuer` issued to the gateway itself as an OIDC client: an ID token

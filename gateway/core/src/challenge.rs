@@ -564,35 +564,6 @@ pub fn site_page(
     (html, page_headers(csp))
 }
 
-/// Asks a Turnstile-compatible service whether a site token is genuine: an outbound call,
-/// so the adapter's job.
-pub trait SiteVerifier {
-    /// `Ok(true)` when the service accepts `site_token` (for a client at `remote_ip`),
-    /// `Ok(false)` when it refuses it, `Err` when it could not be asked (the challenge then
-    /// fails: closed).
-    fn verify_site_token(
-        &self,
-        site: &crate::config::SiteVerify,
-        site_token: &str,
-        remote_ip: Option<std::net::IpAddr>,
-    ) -> Result<bool, String>;
-}
-
-/// An adapter that cannot call out: every site token is unverifiable.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoSiteVerifier;
-
-impl SiteVerifier for NoSiteVerifier {
-    fn verify_site_token(
-        &self,
-        _: &crate::config::SiteVerify,
-        _: &str,
-        _: Option<std::net::IpAddr>,
-    ) -> Result<bool, String> {
-        Err("this adapter makes no outbound calls".into())
-    }
-}
-
 /// The `application/x-www-form-urlencoded` body of a `siteverify` request.
 pub fn siteverify_body(
     secret: &str,

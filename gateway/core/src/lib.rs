@@ -23,6 +23,7 @@
 //! | model | `model` (ids, request, reserved paths, risk verdict), the configuration model, `audit`, `decision` |
 //! | configuration | `config` (loading and validation) |
 //! | keys | `keyset`, `claims`, `authenticate` |
+//! | ports | `ports` (state, client, and the decision's resumable exchange with them) |
 //! | features | `client`, `forwarding`, `normalize`, `policy`, `residency`, `limits`, `bot`, `risk`, `challenge`, `session`, `login`, `delegation`, `dpop`, `gateway_token`, `trace` |
 //! | phases | `phase` |
 //! | pipeline | `pipeline` |
@@ -63,6 +64,7 @@ pub mod normalize;
 pub mod phase;
 pub mod pipeline;
 pub mod policy;
+pub mod ports;
 pub mod reason;
 pub mod residency;
 pub mod risk;
@@ -82,6 +84,10 @@ pub use model::{
     RequestParts,
 };
 pub use phase::Adapters;
-pub use pipeline::{Engine, Gateway};
+pub use pipeline::{Engine, Gateway, Progress};
+pub use ports::{
+    Answer, CallAnswer, CallOp, CallResult, Client, Need, NoClient, NoState, State, StateAnswer,
+    StateOp, StateResult, Suspended,
+};
 pub use reason::Reason;
 pub use time::Timestamp;

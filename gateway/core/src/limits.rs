@@ -6,55 +6,13 @@
 //! TAT to `max(TAT, now) + T`. So `burst` requests may arrive at once and then one per `T`:
 //! over any window `D` at most `burst + D/T` requests pass, however many gateways share the
 //! state. The arithmetic lives here; storing the TAT atomically is the adapter's job
-//! ([`Limiter`]: in memory, or a Redis script that runs [the same steps](gcra) on the
+//! ([`crate::ports::State`]: in memory, or a Redis script that runs [the same steps](gcra) on the
 //! server's clock).
 
 use http::{HeaderName, HeaderValue};
 
 use crate::config::RateLimit;
-use crate::time::Timestamp;
-
-/// One limit to check for one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LimitCheck {
-    /// The state key (route, limit name and what is counted).
-    pub key: String,
-    /// Emission interval in microseconds.
-    pub interval_us: u64,
-    /// Bucket depth.
-    pub burst: u32,
-}
-
-/// The state of one limit after a check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LimitStatus {
-    /// This request may pass (as far as this limit goes).
-    pub allowed: bool,
-    /// Requests that could still pass right now.
-    pub remaining: u32,
-    /// When refused: how long until a request would pass, in microseconds.
-    pub retry_after_us: u64,
-    /// How long until the bucket is full again, in microseconds.
-    pub reset_us: u64,
-}
-
-/// Runs checks against the shared state (the adapter's side).
-pub trait Limiter {
-    /// Checks every limit in `checks` as one atomic step: the request counts against all of
-    /// them only if all allow it. One status per check, in order. `Err` when the state is
-    /// unreachable (the configuration's `on_unavailable` then decides).
-    fn check(&self, checks: &[LimitCheck], now: Timestamp) -> Result<Vec<LimitStatus>, String>;
-}
-
-/// An adapter without shared state: every check fails, so `on_unavailable` decides.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoLimiter;
-
-impl Limiter for NoLimiter {
-    fn check(&self, _: &[LimitCheck], _: Timestamp) -> Result<Vec<LimitStatus>, String> {
-        Err("this adapter has no shared state for rate limits".into())
-    }
-}
+pub use crate::ports::{LimitCheck, LimitStatus};
 
 /// One GCRA step for a key whose stored TAT is `tat_us` (absent: a full bucket). Returns
 /// the status and, when allowed, the TAT to store (for [`LimitStatus::reset_us`]).

@@ -1,6 +1,6 @@
 //! Browser sessions through the gateway's own OpenID Connect login (authorization code flow
 //! with PKCE S256, `state` and `nonce`), as pure functions of the request, the clock and
-//! the adapter's [`LoginServices`].
+//! the adapter's ports (shared state, provider calls and random bytes through [`Io`]).
 //!
 //! - **Login**: a navigation without a session on a `login` route gets a 302 to the
 //!   provider's authorization endpoint (from discovery); the attempt's `state`, `nonce` and
@@ -31,8 +31,8 @@ use crate::challenge::{form_encode, page_headers, percent_decode, safe_return_pa
 use crate::claims::VerifiedIdentity;
 use crate::config::{Config, IssuerConfig, LoginClient, SessionConfig};
 use crate::decision::{Response, problem};
-use crate::keyset::ProviderEndpoints;
-use crate::model::IssuerId;
+use crate::model::{Entropy as _, IssuerId};
+use crate::ports::Io;
 use crate::reason::Reason;
 use crate::session::{
     self, CookieAttrs, LOGIN_COOKIE_PREFIX, LoginState, Session, SessionKeys, login_cookie_name,
@@ -69,61 +69,8 @@ const TOKEN_CLAIMS: [&str; 12] = [
 const REFRESH_LOCK: Duration = Duration::from_secs(30);
 /// Most sessions remembered per subject for back-channel logout by `sub`.
 const MAX_SESSIONS_PER_SUBJECT: usize = 32;
-/// Longest token-endpoint answer read.
-pub const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
-
-/// What the login flow needs from its adapter: the provider's endpoints, one outbound form
-/// POST and the shared state (random bytes come from [`crate::model::Entropy`]).
-pub trait LoginServices {
-    /// The login endpoints `issuer`'s discovery document named, once loaded; otherwise
-    /// why not (not loaded yet, or this runtime cannot sign browsers in).
-    fn endpoints(&self, issuer: IssuerId) -> Result<ProviderEndpoints, String>;
-    /// POSTs `body` (`application/x-www-form-urlencoded`) to `issuer`'s token endpoint
-    /// (from discovery) with the `Authorization` header `authorization`; the status and at
-    /// most [`MAX_TOKEN_RESPONSE`] bytes of body, or why the call failed.
-    fn token_request(
-        &self,
-        issuer: IssuerId,
-        authorization: &str,
-        body: &str,
-    ) -> Result<(u16, Vec<u8>), String>;
-    /// The value of `key` in shared state (`Ok(None)` when absent).
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
-    /// Stores `value` under `key` for `ttl`.
-    fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), String>;
-    /// Removes `key`.
-    fn delete(&self, key: &str) -> Result<(), String>;
-}
-
-/// Why a runtime without provider calls or shared state refuses browser login.
-pub const NO_BROWSER_LOGIN: &str = "this runtime cannot sign browsers in (no calls to \
-     identity providers, no shared state); bearer tokens still work";
-
-/// Why the provider's endpoints are not known yet on a runtime that fetches them.
-pub const NOT_DISCOVERED_YET: &str =
-    "its discovery document has not been loaded yet; try again shortly";
-
-/// An adapter without login support: every call fails, so login routes refuse (closed).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoLogin;
-
-impl LoginServices for NoLogin {
-    fn endpoints(&self, _: IssuerId) -> Result<ProviderEndpoints, String> {
-        Err(NO_BROWSER_LOGIN.to_owned())
-    }
-    fn token_request(&self, _: IssuerId, _: &str, _: &str) -> Result<(u16, Vec<u8>), String> {
-        Err("this adapter cannot call identity providers".into())
-    }
-    fn get(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
-        Err("this adapter has no shared state".into())
-    }
-    fn set(&self, _: &str, _: &[u8], _: Duration) -> Result<(), String> {
-        Err("this adapter has no shared state".into())
-    }
-    fn delete(&self, _: &str) -> Result<(), String> {
-        Err("this adapter has no shared state".into())
-    }
-}
+pub use crate::authenticate::{NO_BROWSER_LOGIN, NOT_DISCOVERED_YET};
+pub use crate::ports::client::MAX_TOKEN_RESPONSE;
 
 /// Step-up parameters for the authorization request (RFC 9470 §4).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -158,11 +105,10 @@ pub struct Flow<'a> {
     pub session: &'a SessionConfig,
     /// The cookie keys.
     pub keys: &'a SessionKeys,
-    /// The adapter's services.
-    pub services: &'a dyn LoginServices,
-    /// Random bytes (login state, session ids, sealing nonces).
-    pub entropy: &'a dyn crate::model::Entropy,
-    /// Token verification and one-time values.
+    /// The decision's state, provider calls and random bytes (login state, session ids,
+    /// sealing nonces).
+    pub io: &'a Io<'a>,
+    /// Token verification and the providers' endpoints.
     pub auth: &'a dyn Authenticator,
     /// The request's method.
     pub method: &'a Method,
@@ -228,7 +174,7 @@ impl Flow<'_> {
 
     fn random<const N: usize>(&self) -> Result<[u8; N], Response> {
         let mut out = [0u8; N];
-        self.entropy.fill(&mut out).map_err(|e| {
+        self.io.fill(&mut out).map_err(|e| {
             problem(
                 Reason::ProviderUnavailable,
                 &format!("no randomness: {e}"),
@@ -264,7 +210,7 @@ impl Flow<'_> {
                 &[],
             );
         };
-        let endpoints = match self.services.endpoints(provider) {
+        let endpoints = match self.auth.endpoints(provider) {
             Ok(e) => e,
             Err(why) => {
                 return self.refuse(
@@ -482,7 +428,7 @@ impl Flow<'_> {
                 );
             }
         };
-        match self.auth.first_use(
+        match self.io.first_use(
             &format!("login/{}", digest_key(&attempt.state)),
             self.session.login_timeout.saturating_mul(2),
         ) {
@@ -615,10 +561,9 @@ impl Flow<'_> {
     /// the subject's session list (for back-channel logout).
     fn register(&self, session: &Session, op_sid: Option<&str>) -> Result<(), String> {
         let ttl = self.session.absolute_lifetime;
-        self.services
-            .set(&format!("sess/{}", session.sid), b"1", ttl)?;
+        self.io.set(&format!("sess/{}", session.sid), b"1", ttl)?;
         if let Some(op_sid) = op_sid {
-            self.services.set(
+            self.io.set(
                 &format!(
                     "opsid/{}",
                     digest_key(&format!("{}\n{op_sid}", session.iss))
@@ -629,7 +574,7 @@ impl Flow<'_> {
         }
         let key = subject_key(&session.iss, &session.sub);
         let mut sids: Vec<String> = self
-            .services
+            .io
             .get(&key)
             .ok()
             .flatten()
@@ -639,7 +584,7 @@ impl Flow<'_> {
         let excess = sids.len().saturating_sub(MAX_SESSIONS_PER_SUBJECT);
         sids.drain(..excess);
         let list = serde_json::to_vec(&sids).map_err(|e| e.to_string())?;
-        self.services.set(&key, &list, ttl)
+        self.io.set(&key, &list, ttl)
     }
 
     fn session_cookies(&self, session: &Session) -> Result<Vec<HeaderValue>, String> {
@@ -682,7 +627,7 @@ impl Flow<'_> {
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, basic)
         );
         let (status, body) = self
-            .services
+            .io
             .token_request(provider, &authorization, &encode_form(form))
             .map_err(|e| {
                 (
@@ -796,7 +741,7 @@ impl Flow<'_> {
                 why: "other_provider",
             };
         }
-        match self.services.get(&format!("sess/{}", s.sid)) {
+        match self.io.get(&format!("sess/{}", s.sid)) {
             Ok(Some(_)) => {}
             Ok(None) => return absent("revoked"),
             Err(e) if !on_unavailable_allow => {
@@ -818,7 +763,7 @@ impl Flow<'_> {
                     changed = e != "valid";
                 }
                 Err(RefreshRefused) => {
-                    let _ = self.services.delete(&format!("sess/{}", s.sid));
+                    let _ = self.io.delete(&format!("sess/{}", s.sid));
                     return absent("refresh_refused");
                 }
             }
@@ -852,7 +797,7 @@ impl Flow<'_> {
     /// when the provider refused the refresh token (the session is over).
     fn refresh(&self, provider: IssuerId, s: &mut Session) -> Result<&'static str, RefreshRefused> {
         let key = format!("refreshed/{}", s.sid);
-        if let Ok(Some(sealed)) = self.services.get(&key)
+        if let Ok(Some(sealed)) = self.io.get(&key)
             && let Ok(text) = std::str::from_utf8(&sealed)
             && let Ok(json) = session::open(self.keys, PURPOSE_REFRESHED, text)
             && let Ok(t) = serde_json::from_slice::<RefreshedTokens>(&json)
@@ -872,7 +817,7 @@ impl Flow<'_> {
             s.sid,
             s.access_expires.unwrap_or_default()
         );
-        match self.auth.first_use(&lock, REFRESH_LOCK) {
+        match self.io.first_use(&lock, REFRESH_LOCK) {
             Ok(true) => {}
             // Another request of this session is refreshing: carry on with the current
             // tokens (they are still valid for the refresh window).
@@ -925,7 +870,7 @@ impl Flow<'_> {
             && let Ok(sealed) = session::seal(self.keys, PURPOSE_REFRESHED, &json, nonce)
         {
             let _ = self
-                .services
+                .io
                 .set(&key, sealed.as_bytes(), self.session.idle_timeout);
         }
         Ok("refreshed")
@@ -947,12 +892,12 @@ impl Flow<'_> {
         let Some(s) = session else {
             return redirect(StatusCode::SEE_OTHER, "/", cookies);
         };
-        let _ = self.services.delete(&format!("sess/{}", s.sid));
-        let _ = self.services.delete(&format!("refreshed/{}", s.sid));
+        let _ = self.io.delete(&format!("sess/{}", s.sid));
+        let _ = self.io.delete(&format!("refreshed/{}", s.sid));
         let provider = self.issuer_named(&s.provider);
         let target = provider.and_then(|p| {
             let (_, client) = self.issuer(p)?;
-            let end = self.services.endpoints(p).ok()?.end_session?;
+            let end = self.auth.endpoints(p).ok()?.end_session?;
             let mut params = vec![("client_id", client.client_id.clone())];
             if let Some(hint) = &s.id_token {
                 params.push(("id_token_hint", hint.clone()));
@@ -1106,7 +1051,7 @@ impl Flow<'_> {
         if op_sid.is_none() && id.subject.is_none() {
             return Err(bad("the token names neither sid nor sub"));
         }
-        match self.auth.first_use(
+        match self.io.first_use(
             &format!("bcl/{}", digest_key(&format!("{iss}\n{jti}"))),
             Duration::from_secs(3600),
         ) {
@@ -1123,24 +1068,24 @@ impl Flow<'_> {
         let mut revoked = 0;
         if let Some(op_sid) = op_sid {
             let key = format!("opsid/{}", digest_key(&format!("{iss}\n{op_sid}")));
-            if let Some(sid) = self.services.get(&key).map_err(unavailable)? {
+            if let Some(sid) = self.io.get(&key).map_err(unavailable)? {
                 let sid = String::from_utf8_lossy(&sid).into_owned();
-                self.services
+                self.io
                     .delete(&format!("sess/{sid}"))
                     .map_err(unavailable)?;
                 revoked += 1;
             }
         } else if let Some(sub) = &id.subject {
             let key = subject_key(iss, sub);
-            if let Some(list) = self.services.get(&key).map_err(unavailable)? {
+            if let Some(list) = self.io.get(&key).map_err(unavailable)? {
                 let sids: Vec<String> = serde_json::from_slice(&list).unwrap_or_default();
                 for sid in sids {
-                    self.services
+                    self.io
                         .delete(&format!("sess/{sid}"))
                         .map_err(unavailable)?;
                     revoked += 1;
                 }
-                self.services.delete(&key).map_err(unavailable)?;
+                self.io.delete(&key).map_err(unavailable)?;
             }
         }
         Ok(revoked)

@@ -13,10 +13,13 @@ use crate::audit::{AuditRecord, PhaseTime};
 use crate::authenticate::LocalAuthenticator;
 use crate::config::Config;
 use crate::crypto::SignatureVerifier;
-use crate::decision::{Decision, Forward, Outcome, Response};
+use crate::decision::{Decision, Forward, Outcome, Response, problem};
 use crate::keyset::KeyStore;
 use crate::model::{BackendHealth, MonotonicClock, RequestParts};
 use crate::phase::{self, Adapters, Ctx, Input, Prepared, Scope};
+use crate::ports::io::Entry;
+use crate::ports::{Answer, Io, Suspended};
+use crate::reason::Reason;
 use crate::time::Timestamp;
 use crate::trace::{Trace, hex};
 
@@ -61,20 +64,88 @@ impl Gateway {
         }
     }
 
-    /// Decides what to do with a request with the adapter's services.
+    /// Decides a request with ports that answer at once (see [`crate::ports`]): an
+    /// operation a port could only perform by waiting fails (closed). Adapters whose ports
+    /// wait use [`Gateway::start`] and [`Gateway::resume`].
     pub fn decide(
         &self,
         services: &Adapters<'_>,
         req: &RequestParts<'_>,
         now: Timestamp,
     ) -> Decision {
+        let mut progress = self.start(services, req, now);
+        loop {
+            match progress {
+                Progress::Decided(d) => return d,
+                Progress::Waiting(w) => {
+                    let answer = Answer::failed(w.need(), "this adapter cannot wait for it");
+                    progress = self.resume(services, req, w, answer);
+                }
+            }
+        }
+    }
+
+    /// Starts deciding a request: the decision, or the operation it waits for.
+    pub fn start(
+        &self,
+        services: &Adapters<'_>,
+        req: &RequestParts<'_>,
+        now: Timestamp,
+    ) -> Progress {
+        self.run_from(services, req, Resume::start(now, services.clock))
+    }
+
+    /// Resumes a decision that waited, with the answer to what it needed. `services` and
+    /// `req` are those it was started with.
+    pub fn resume(
+        &self,
+        services: &Adapters<'_>,
+        req: &RequestParts<'_>,
+        waiting: Suspended,
+        answer: Answer,
+    ) -> Progress {
+        let Suspended {
+            mut log,
+            need,
+            now,
+            origin,
+            waits,
+        } = waiting;
+        log.push(Entry::Io(need, answer));
+        self.run_from(
+            services,
+            req,
+            Resume {
+                log,
+                now,
+                origin,
+                waits,
+            },
+        )
+    }
+
+    fn run_from(&self, services: &Adapters<'_>, req: &RequestParts<'_>, from: Resume) -> Progress {
+        let Resume {
+            log,
+            now,
+            origin,
+            waits,
+        } = from;
+        let io = Io::new(
+            services.state,
+            services.client,
+            services.entropy,
+            log,
+            waits < MAX_WAITS,
+        );
         let input = Input {
             prep: &self.prep,
             services,
+            io: &io,
             req,
             now,
         };
-        let trace = Trace::begin(req.headers, services.entropy);
+        let trace = Trace::begin(req.headers, &io);
         let mut cx = Ctx {
             audit: AuditRecord {
                 time_ms: now.unix_millis(),
@@ -90,44 +161,110 @@ impl Gateway {
             trace,
             ..Ctx::default()
         };
-        let (outcome, phase) = match run(input, &mut cx) {
+        let mut timer = Timer {
+            clock: services.clock,
+            origin,
+        };
+        let (outcome, phase) = match run(input, &mut cx, &mut timer) {
             Ok(forward) => (Outcome::Forward(forward), None),
-            Err((phase, response)) => (Outcome::Respond(response), Some(phase)),
+            Err(Stop::Answer(phase, response)) => (Outcome::Respond(response), Some(phase)),
+            Err(Stop::Wait) => {
+                if let Some((log, need)) = io.suspend() {
+                    return Progress::Waiting(Suspended {
+                        log,
+                        need,
+                        now,
+                        origin: timer.origin,
+                        waits: waits + 1,
+                    });
+                }
+                // Unreachable: the pipeline stops to wait only when the exchange waits.
+                let r = problem(
+                    Reason::StateUnavailable,
+                    "the decision lost its wait",
+                    req.request_id,
+                    &[],
+                );
+                (Outcome::Respond(r), None)
+            }
         };
         phase::record::finish(&mut cx.audit, &outcome, phase);
-        Decision {
+        Progress::Decided(Decision {
             outcome,
             audit: cx.audit,
             refetch: cx.refetch,
+        })
+    }
+}
+
+/// How often one decision may wait before its ports must answer at once (a back-channel
+/// logout revoking a subject's sessions waits once per session).
+const MAX_WAITS: u32 = 256;
+
+/// Where a run of the pipeline starts: fresh, or replaying a decision's log.
+struct Resume {
+    log: Vec<Entry>,
+    now: Timestamp,
+    origin: Option<u64>,
+    waits: u32,
+}
+
+impl Resume {
+    fn start(now: Timestamp, clock: &dyn MonotonicClock) -> Self {
+        Self {
+            log: Vec::new(),
+            now,
+            origin: clock.micros(),
+            waits: 0,
         }
     }
 }
 
-/// The phases in order. An `Err` is the gateway's own answer and the phase that gave it.
-fn run(input: Input<'_>, cx: &mut Ctx) -> Result<Forward, (&'static str, Response)> {
-    let mut t = Timer::start(input.services.clock);
-    let norm = t.phase(cx, "normalize", |cx| phase::normalize::run(&input, cx))?;
+/// A decision made, or waiting for its adapter to perform an operation.
+#[derive(Debug)]
+pub enum Progress {
+    /// Decided.
+    Decided(Decision),
+    /// Waiting: perform [`Suspended::need`], then [`Gateway::resume`].
+    Waiting(Suspended),
+}
+
+/// Why the phases stopped before forwarding.
+enum Stop {
+    /// The gateway's own answer, and the phase that gave it.
+    Answer(&'static str, Response),
+    /// A port must be waited for.
+    Wait,
+}
+
+/// The phases in order. An `Err` is the gateway's own answer and the phase that gave it,
+/// or a wait.
+fn run(input: Input<'_>, cx: &mut Ctx, t: &mut Timer<'_>) -> Result<Forward, Stop> {
+    let io = input.io;
+    let norm = t.phase(io, cx, "normalize", |cx| phase::normalize::run(&input, cx))?;
     let scope = Scope::new(input, &norm);
-    t.phase(cx, "endpoints", |cx| phase::endpoints::run(&scope, cx))?;
-    let route = t.phase(cx, "route", |cx| phase::route::run(&scope, cx))?;
-    t.phase(cx, "limits", |cx| {
+    t.phase(io, cx, "endpoints", |cx| phase::endpoints::run(&scope, cx))?;
+    let route = t.phase(io, cx, "route", |cx| phase::route::run(&scope, cx))?;
+    t.phase(io, cx, "limits", |cx| {
         phase::limits::before_authentication(&scope, route, cx)
     })?;
-    t.phase(cx, "authenticate", |cx| {
+    t.phase(io, cx, "authenticate", |cx| {
         phase::authenticate::run(&scope, route, cx)
     })?;
-    t.phase(cx, "delegate", |cx| phase::delegate::run(&scope, route, cx))?;
-    t.phase(cx, "limits", |cx| {
+    t.phase(io, cx, "delegate", |cx| {
+        phase::delegate::run(&scope, route, cx)
+    })?;
+    t.phase(io, cx, "limits", |cx| {
         phase::limits::after_authentication(&scope, route, cx)
     })?;
-    t.phase(cx, "risk", |cx| phase::risk::run(&scope, route, cx))?;
-    t.phase(cx, "authorize", |cx| {
+    t.phase(io, cx, "risk", |cx| phase::risk::run(&scope, route, cx))?;
+    t.phase(io, cx, "authorize", |cx| {
         phase::authorize::run(&scope, route, cx)
     })?;
-    let (backend, region) = t.phase(cx, "residency", |cx| {
+    let (backend, region) = t.phase(io, cx, "residency", |cx| {
         phase::residency::run(&scope, route, cx)
     })?;
-    t.phase(cx, "forward", |cx| {
+    t.phase(io, cx, "forward", |cx| {
         Ok(phase::forward::run(&scope, route, cx, backend, region))
     })
 }
@@ -135,27 +272,26 @@ fn run(input: Input<'_>, cx: &mut Ctx) -> Result<Forward, (&'static str, Respons
 /// Times the phases on the adapter's monotonic clock into the audit record.
 struct Timer<'a> {
     clock: &'a dyn MonotonicClock,
+    /// When the decision started (its first run, when it waited).
     origin: Option<u64>,
 }
 
-impl<'a> Timer<'a> {
-    fn start(clock: &'a dyn MonotonicClock) -> Self {
-        Self {
-            clock,
-            origin: clock.micros(),
-        }
-    }
-
-    /// Runs phase `name`; an `Err` becomes the gateway's answer from that phase.
+impl Timer<'_> {
+    /// Runs phase `name`; an `Err` becomes the gateway's answer from that phase. A phase
+    /// whose exchange began to wait stops the run, whatever it returned.
     fn phase<T>(
         &mut self,
+        io: &Io<'_>,
         cx: &mut Ctx,
         name: &'static str,
         run: impl FnOnce(&mut Ctx) -> Result<T, Response>,
-    ) -> Result<T, (&'static str, Response)> {
+    ) -> Result<T, Stop> {
         debug_assert!(phase::NAMES.contains(&name), "unlisted phase {name}");
         let started = self.clock.micros();
         let result = run(cx);
+        if io.waiting() {
+            return Err(Stop::Wait);
+        }
         if let (Some(origin), Some(started), Some(ended)) =
             (self.origin, started, self.clock.micros())
         {
@@ -165,7 +301,7 @@ impl<'a> Timer<'a> {
                 us: ended.saturating_sub(started),
             });
         }
-        result.map_err(|r| (name, r))
+        result.map_err(|r| Stop::Answer(name, r))
     }
 }
 

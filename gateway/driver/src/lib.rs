@@ -9,6 +9,7 @@
 //! - [`early`]: what is answered before deciding (the gateway's own key set).
 //! - [`decide_refetching`]: decide; when a token names a key its issuer's set lacks, one
 //!   rate-limited refetch and a second decision.
+//! - [`decide_resuming`]: the decide → perform → resume loop for ports that wait.
 //! - [`keys::refresh`]: every due key-set document fetched through the runtime's
 //!   [`keys::DocumentSource`], discovery first, applied to the key store.
 //! - [`relay_headers`]: the backend's response headers as the client gets them.
@@ -29,7 +30,7 @@ pub use head::RequestHead;
 pub use respond::{backend_answered, early, refused_in_forward, relay_headers};
 pub use runtime::{InstantClock, SystemEntropy};
 
-use portcullis_core::{Decision, IssuerId};
+use portcullis_core::{Answer, Decision, IssuerId, Need, Suspended};
 
 /// A decision, alone or with what the adapter learned while it was made (the native host
 /// keeps what its plugins were shown, for `observe`).
@@ -53,13 +54,42 @@ impl<T> Decided for (Decision, T) {
 /// Decides with `decide`; when the decision asks for a key-set refetch (a token named a
 /// `kid` its issuer's set lacks), asks `refetch` — which requests the refetch from the key
 /// store (rate-limited there) and performs it — and, when it did, decides again.
-pub async fn decide_refetching<D: Decided>(
-    decide: impl Fn() -> D,
-    refetch: impl AsyncFnOnce(IssuerId) -> bool,
+pub async fn decide_refetching<D: Decided, F: Future<Output = D>, R: Future<Output = bool>>(
+    decide: impl Fn() -> F,
+    refetch: impl FnOnce(IssuerId) -> R,
 ) -> D {
-    let decided = decide();
+    let decided = decide().await;
     match decided.decision().refetch {
-        Some(issuer) if refetch(issuer).await => decide(),
+        Some(issuer) if refetch(issuer).await => decide().await,
         _ => decided,
+    }
+}
+
+/// One run of a decision: decided (with whatever the adapter keeps beside it), or waiting.
+pub enum Step<D> {
+    /// Decided.
+    Decided(D),
+    /// Waiting for the adapter to perform what it needs.
+    Waiting(Suspended),
+}
+
+/// Decides a request whose ports may wait (the decide → perform → resume loop): `step`
+/// starts the decision (`None`) or resumes it with the answer to what it waited for, and
+/// `perform` carries out a [`Need`] the way the platform does (awaiting Redis, an HTTP
+/// client). `step` builds the ports afresh on each call, so nothing it borrows is held
+/// across a wait.
+pub async fn decide_resuming<D, P: Future<Output = Answer>>(
+    step: impl Fn(Option<(Suspended, Answer)>) -> Step<D>,
+    perform: impl Fn(Need) -> P,
+) -> D {
+    let mut resume = None;
+    loop {
+        match step(resume.take()) {
+            Step::Decided(d) => return d,
+            Step::Waiting(w) => {
+                let answer = perform(w.need().clone()).await;
+                resume = Some((w, answer));
+            }
+        }
     }
 }

@@ -19,13 +19,18 @@ use portcullis_core::claims::identity_from_claims;
 use portcullis_core::config::PluginId;
 use portcullis_core::decision::{check_declared_length, problem};
 use portcullis_core::jws::parse_object;
-use portcullis_core::limits::{LimitCheck, LimitStatus, Limiter};
+use portcullis_core::ports::{
+    Answer, CallAnswer, CallOp, CallResult, Client, Need, State, StateAnswer, StateOp, StateResult,
+    Suspended,
+};
 use portcullis_core::risk::{PluginAnswer, RiskAssessor, RiskContext};
 use portcullis_core::{
     Adapters, AuditRecord, BackendHealth, BackendId, Config, Forward, Gateway, IssuerId, Outcome,
-    Reason, RequestParts, Timestamp, VerifiedIdentity,
+    Progress, Reason, RequestParts, Timestamp, VerifiedIdentity,
 };
-use portcullis_driver::{backend_answered, decide_refetching, refused_in_forward, relay_headers};
+use portcullis_driver::{
+    Step, backend_answered, decide_refetching, decide_resuming, refused_in_forward, relay_headers,
+};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::backends::BackendOutcome;
@@ -84,7 +89,7 @@ impl NativeEngine {
             };
             decide_refetching(
                 || self.decide(&parts),
-                async |issuer| self.shared.keys.refetch_for_unknown_kid(issuer).await,
+                |issuer| self.shared.keys.refetch_for_unknown_kid(issuer),
             )
             .await
         };
@@ -157,7 +162,7 @@ impl NativeEngine {
             peer: Some(peer.ip()),
             body: &body,
         };
-        let (decision, _) = self.decide(&request);
+        let (decision, _) = self.decide(&request).await;
         let mut audit = decision.audit;
         let response = match decision.outcome {
             Outcome::Respond(r) => r,
@@ -182,40 +187,50 @@ impl NativeEngine {
     pub async fn decide_only(&self, parts: &RequestParts<'_>) -> portcullis_core::Decision {
         let (decision, _) = decide_refetching(
             || self.decide(parts),
-            async |issuer| self.shared.keys.refetch_for_unknown_kid(issuer).await,
+            |issuer| self.shared.keys.refetch_for_unknown_kid(issuer),
         )
         .await;
         decision
     }
 
-    /// Runs the core pipeline; returns the decision and what the plugins were shown.
-    fn decide(
+    /// Runs the core pipeline; returns the decision and what the plugins were shown. What
+    /// the decision waits for (Redis, a provider's token endpoint, site verification) is
+    /// awaited here, and the decision resumed: no worker thread is parked.
+    async fn decide(
         &self,
         parts: &RequestParts<'_>,
     ) -> (
         portcullis_core::Decision,
         Vec<(usize, plugins::RequestContext)>,
     ) {
-        let auth = NativeAuth {
-            keys: &self.shared.keys,
-            shared: &self.shared,
+        let now = keys::now();
+        let clock = portcullis_driver::InstantClock::start();
+        let shared = &self.shared;
+        let step = |resume: Option<(Suspended, Answer)>| {
+            let auth = NativeAuth { keys: &shared.keys };
+            let risk = NativeRisk {
+                shared,
+                assessed: RefCell::new(Vec::new()),
+            };
+            let adapters = Adapters {
+                auth: &auth,
+                risk: &risk,
+                state: &NativeState(shared),
+                client: &NativeClient,
+                health: &HostHealth(shared),
+                entropy: &portcullis_driver::SystemEntropy,
+                clock: &clock,
+            };
+            let progress = match resume {
+                None => self.gateway.start(&adapters, parts, now),
+                Some((waiting, answer)) => self.gateway.resume(&adapters, parts, waiting, answer),
+            };
+            match progress {
+                Progress::Decided(d) => Step::Decided((d, risk.assessed.into_inner())),
+                Progress::Waiting(w) => Step::Waiting(w),
+            }
         };
-        let risk = NativeRisk {
-            shared: &self.shared,
-            assessed: RefCell::new(Vec::new()),
-        };
-        let adapters = Adapters {
-            auth: &auth,
-            risk: &risk,
-            limiter: &NativeLimiter(&self.shared),
-            sites: &NativeSites(&self.shared),
-            login: &NativeLogin(&self.shared),
-            health: &HostHealth(&self.shared),
-            entropy: &portcullis_driver::SystemEntropy,
-            clock: &portcullis_driver::InstantClock::start(),
-        };
-        let decision = self.gateway.decide(&adapters, parts, keys::now());
-        (decision, risk.assessed.into_inner())
+        decide_resuming(step, |need| perform(shared, need)).await
     }
 
     /// Sends the request to the backend as decided: its response (the body streaming,
@@ -402,7 +417,6 @@ pub(crate) fn respond(r: &portcullis_core::Response) -> Response<HyperOutgoingBo
 /// Tokens verified by the host's key service (cache, then native crypto).
 struct NativeAuth<'a> {
     keys: &'a keys::KeyService,
-    shared: &'a Shared,
 }
 
 impl Authenticator for NativeAuth<'_> {
@@ -433,10 +447,13 @@ impl Authenticator for NativeAuth<'_> {
             .is_ok_and(|k| v.verify(alg, &k, message, signature))
     }
 
-    fn first_use(&self, key: &str, ttl: Duration) -> Result<bool, String> {
-        self.shared
-            .state
-            .block(crate::runtime::first_use(self.shared, key, ttl))
+    fn endpoints(
+        &self,
+        issuer: IssuerId,
+    ) -> Result<portcullis_core::keyset::ProviderEndpoints, String> {
+        self.keys
+            .endpoints(issuer)
+            .ok_or_else(|| portcullis_core::login::NOT_DISCOVERED_YET.to_owned())
     }
 
     fn verify_issued(
@@ -451,53 +468,73 @@ impl Authenticator for NativeAuth<'_> {
     }
 }
 
-/// The login flow's services: discovery from the key service, the token endpoint through
-/// the host's HTTP client and the shared state.
-pub(crate) struct NativeLogin<'a>(pub(crate) &'a Shared);
+/// The host's shared state as the core's state port: memory answers at once, Redis is
+/// awaited by [`perform`] while the decision waits.
+struct NativeState<'a>(&'a Shared);
 
-impl portcullis_core::login::LoginServices for NativeLogin<'_> {
-    fn endpoints(
-        &self,
-        issuer: IssuerId,
-    ) -> Result<portcullis_core::keyset::ProviderEndpoints, String> {
-        self.0
-            .keys
-            .endpoints(issuer)
-            .ok_or_else(|| portcullis_core::login::NOT_DISCOVERED_YET.to_owned())
+impl State for NativeState<'_> {
+    fn now(&self, op: &StateOp) -> Option<StateResult> {
+        let answer = self.0.state.try_now(op)?;
+        Some(state_answer(self.0, op, answer))
     }
+}
 
-    fn token_request(
-        &self,
-        issuer: IssuerId,
-        authorization: &str,
-        body: &str,
-    ) -> Result<(u16, Vec<u8>), String> {
-        let call = crate::site_verify::token_request(
-            &self.0.keys,
-            &self.0.backends,
+/// Outbound calls through the host's HTTP client: always awaited by [`perform`].
+struct NativeClient;
+
+impl Client for NativeClient {
+    fn now(&self, _: &CallOp) -> Option<CallResult> {
+        None
+    }
+}
+
+/// A store answer as the core reads it. A replay check the store cannot answer follows
+/// `[state] on_unavailable` (see [`crate::runtime::replay_policy`]).
+fn state_answer(
+    shared: &Shared,
+    op: &StateOp,
+    answer: Result<StateAnswer, crate::store::StoreError>,
+) -> StateResult {
+    match (op, answer) {
+        (_, Ok(a)) => Ok(a),
+        (StateOp::FirstUse { .. }, Err(e)) => {
+            crate::runtime::replay_policy(shared, Err(e)).map(StateAnswer::FirstUse)
+        }
+        (_, Err(e)) => Err(e.to_string()),
+    }
+}
+
+/// Performs what a decision waits for: a Redis operation, a call to a provider's token
+/// endpoint or to a site-verification service.
+async fn perform(shared: &Shared, need: Need) -> Answer {
+    match need {
+        Need::State(op) => {
+            Answer::State(state_answer(shared, &op, shared.state.perform(&op).await))
+        }
+        Need::Call(CallOp::Token {
             issuer,
             authorization,
             body,
-        );
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::block_in_place(|| handle.block_on(call))
-    }
-
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        let state = &self.0.state;
-        state.block(state.get(key)).map_err(|e| e.to_string())
-    }
-
-    fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), String> {
-        let state = &self.0.state;
-        state
-            .block(state.set(key, value.to_vec(), ttl))
-            .map_err(|e| e.to_string())
-    }
-
-    fn delete(&self, key: &str) -> Result<(), String> {
-        let state = &self.0.state;
-        state.block(state.delete(key)).map_err(|e| e.to_string())
+        }) => Answer::Call(
+            crate::site_verify::token_request(
+                &shared.keys,
+                &shared.backends,
+                issuer,
+                &authorization,
+                &body,
+            )
+            .await
+            .map(|(status, body)| CallAnswer::Token { status, body }),
+        ),
+        Need::Call(CallOp::SiteVerify {
+            site,
+            site_token,
+            remote_ip,
+        }) => Answer::Call(
+            crate::site_verify::verify(&shared.backends, &site, &site_token, remote_ip)
+                .await
+                .map(CallAnswer::SiteVerified),
+        ),
     }
 }
 
@@ -526,34 +563,6 @@ impl RiskAssessor for NativeRisk<'_> {
             self.assessed.borrow_mut().push((id.0, ctx));
         }
         answers
-    }
-}
-
-/// Rate limits checked against the host's shared state.
-struct NativeLimiter<'a>(&'a Shared);
-
-impl Limiter for NativeLimiter<'_> {
-    fn check(&self, checks: &[LimitCheck], now: Timestamp) -> Result<Vec<LimitStatus>, String> {
-        let state = &self.0.state;
-        state
-            .block(state.rate_limit(checks, now))
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// Site tokens verified with the host's HTTP client.
-struct NativeSites<'a>(&'a Shared);
-
-impl portcullis_core::challenge::SiteVerifier for NativeSites<'_> {
-    fn verify_site_token(
-        &self,
-        site: &portcullis_core::config::SiteVerify,
-        site_token: &str,
-        remote_ip: Option<std::net::IpAddr>,
-    ) -> Result<bool, String> {
-        let call = crate::site_verify::verify(&self.0.backends, site, site_token, remote_ip);
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::block_in_place(|| handle.block_on(call))
     }
 }
 

@@ -360,7 +360,16 @@ impl state::Host for StoreState {
 /// configuration's `on_unavailable` answers: `"allow"` counts the value as new, `"deny"`
 /// returns the error (the core refuses with 503 `state_unavailable`).
 pub async fn first_use(shared: &Shared, key: &str, ttl: Duration) -> Result<bool, String> {
-    match shared.state.first_use(key, ttl).await {
+    replay_policy(shared, shared.state.first_use(key, ttl).await)
+}
+
+/// A replay check's answer under `[state] on_unavailable`: an unreachable store counts the
+/// value as new under `"allow"` and is an error under `"deny"`.
+pub fn replay_policy(
+    shared: &Shared,
+    answer: Result<bool, crate::store::StoreError>,
+) -> Result<bool, String> {
+    match answer {
         Ok(first) => Ok(first),
         Err(e) => {
             tracing::warn!(error = %e, "replay check failed: state unavailable");

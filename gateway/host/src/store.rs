@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use portcullis_core::Timestamp;
 use portcullis_core::config::{StateBackend, StateConfig};
 use portcullis_core::limits::{LimitCheck, LimitStatus};
+use portcullis_core::ports::{StateAnswer, StateOp};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::state::MemoryState;
@@ -131,6 +132,38 @@ impl Store {
                 Err(_) => futures::executor::block_on(f),
             },
         }
+    }
+
+    /// Performs a core state operation at once when the store is in this process; `None`
+    /// for Redis, whose operations are awaited ([`Store::perform`]) while the decision
+    /// waits.
+    pub fn try_now(&self, op: &StateOp) -> Option<Result<StateAnswer, StoreError>> {
+        match self {
+            // Memory operations never wait: the future is ready when first polled.
+            Store::Memory(_) => Some(futures::executor::block_on(self.perform(op))),
+            Store::Redis(_) => None,
+        }
+    }
+
+    /// Performs a core state operation.
+    pub async fn perform(&self, op: &StateOp) -> Result<StateAnswer, StoreError> {
+        Ok(match op {
+            StateOp::Get { key } => StateAnswer::Value(self.get(key).await?),
+            StateOp::Set { key, value, ttl } => {
+                self.set(key, value.clone(), *ttl).await?;
+                StateAnswer::Done
+            }
+            StateOp::Delete { key } => {
+                self.delete(key).await?;
+                StateAnswer::Done
+            }
+            StateOp::FirstUse { key, ttl } => {
+                StateAnswer::FirstUse(self.first_use(key, *ttl).await?)
+            }
+            StateOp::RateLimit { checks, now } => {
+                StateAnswer::Limits(self.rate_limit(checks, *now).await?)
+            }
+        })
     }
 
     /// Whether the store answers (`/readyz`): memory always does; Redis must answer `PING`

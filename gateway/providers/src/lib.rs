@@ -227,7 +227,7 @@ impl state::Guest for Providers {
         // Per-instance memory cannot rule out a replay on another instance (most hosts run
         // one per request): no one-time value is ever known to be new, so DPoP proofs and
         // challenge answers are refused with 503 `state_unavailable` (fail closed).
-        Err(portcullis_core::authenticate::NO_SHARED_STATE.to_owned())
+        Err(portcullis_core::ports::NO_SHARED_STATE.to_owned())
     }
 
     fn rate_limit(_checks: Vec<state::LimitCheck>) -> Result<Vec<state::LimitStatus>, String> {

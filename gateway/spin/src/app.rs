@@ -245,13 +245,16 @@ async fn handle(req: Request) -> Result<types::Response, Error> {
         };
         gateway.decide(&adapters, &parts.parts(&[]), now)
     };
-    let decision = decide_refetching(decide, async |issuer| {
-        let granted = instance.keys.borrow_mut().request_refetch(issuer, now);
-        if granted {
-            refresh_keys(&instance, now).await;
-        }
-        granted
-    })
+    let decision = decide_refetching(
+        || std::future::ready(decide()),
+        async |issuer| {
+            let granted = instance.keys.borrow_mut().request_refetch(issuer, now);
+            if granted {
+                refresh_keys(&instance, now).await;
+            }
+            granted
+        },
+    )
     .await;
     let mut audit = decision.audit;
     let response = match decision.outcome {

@@ -393,14 +393,17 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
         gateway.decide(&adapters, &parts.parts(&body), now)
     };
     // A token that names a key the set lacks: one rate-limited refetch, then decide again.
-    let decision = decide_refetching(decide, async |issuer| {
-        let granted = isolate.keys.borrow_mut().request_refetch(issuer, now);
-        if granted {
-            refresh_keys(&isolate, now).await;
-            preverify(&isolate, &parts.headers, now).await;
-        }
-        granted
-    })
+    let decision = decide_refetching(
+        || std::future::ready(decide()),
+        async |issuer| {
+            let granted = isolate.keys.borrow_mut().request_refetch(issuer, now);
+            if granted {
+                refresh_keys(&isolate, now).await;
+                preverify(&isolate, &parts.headers, now).await;
+            }
+            granted
+        },
+    )
     .await;
     let signature_check = isolate.verifier.used();
     isolate.verifier.clear();

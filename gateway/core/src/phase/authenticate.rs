@@ -149,7 +149,7 @@ fn token_identity(
     crate::dpop::check_binding(&id.claims, proof.as_ref())
         .map_err(|(reason, detail)| input.refuse(reason, detail))?;
     if let Some(p) = &proof {
-        match auth.first_use(
+        match input.io.first_use(
             &format!("dpop/{}/{}", p.jkt, p.jti),
             cfg.dpop.max_age.saturating_mul(2),
         ) {

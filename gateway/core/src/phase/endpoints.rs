@@ -36,7 +36,7 @@ pub fn run(scope: &Scope<'_>, _cx: &mut Ctx) -> Step {
 /// cookie and a redirect back to where the browser was going.
 fn challenge_answer(scope: &Scope<'_>) -> Response {
     let input = &scope.input;
-    let (req, now, services) = (input.req, input.now, input.services);
+    let (req, now, io) = (input.req, input.now, input.io);
     let failed = |detail: &str| input.refuse(Reason::ChallengeFailed, detail);
     let cfg = &input.config().challenge;
     let key = &input.prep.challenge_key;
@@ -64,10 +64,7 @@ fn challenge_answer(scope: &Scope<'_>) -> Response {
                 Ok(s) => s,
                 Err(e) => return failed(&e.to_string()),
             };
-            match services
-                .sites
-                .verify_site_token(site, &site_token, scope.client.ip)
-            {
+            match io.verify_site_token(site, &site_token, scope.client.ip) {
                 Ok(true) => solved,
                 Ok(false) => {
                     return failed("the site verification service refused the token");
@@ -76,10 +73,7 @@ fn challenge_answer(scope: &Scope<'_>) -> Response {
             }
         }
     };
-    match services
-        .auth
-        .first_use(&format!("challenge/{}", solved.id), cfg.ttl)
-    {
+    match io.first_use(&format!("challenge/{}", solved.id), cfg.ttl) {
         Ok(true) => {}
         Ok(false) => return failed("this challenge was already used"),
         Err(e) => {

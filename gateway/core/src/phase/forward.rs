@@ -85,7 +85,7 @@ pub fn run(
     }
     // The backend call is a span of its own in the request's trace.
     if let Some(trace) = &cx.trace
-        && let Some(span) = trace.child(input.services.entropy)
+        && let Some(span) = trace.child(input.io)
     {
         set_headers.push((
             HeaderName::from_static(TRACEPARENT),

@@ -72,8 +72,9 @@ fn check(scope: &Scope<'_>, m: Matched<'_>, before: bool, cx: &mut Ctx) -> Step 
     if checks.is_empty() {
         return Ok(());
     }
-    let statuses = match input.services.limiter.check(&checks, input.now) {
-        Ok(s) if s.len() == checks.len() => s,
+    let count = checks.len();
+    let statuses = match input.io.rate_limit(checks, input.now) {
+        Ok(s) if s.len() == count => s,
         Ok(_) | Err(_) if cfg.state.on_unavailable == FailPolicy::Allow => return Ok(()),
         Ok(_) => {
             return Err(input.refuse(

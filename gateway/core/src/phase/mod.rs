@@ -35,17 +35,17 @@ use http::{HeaderName, HeaderValue};
 
 use crate::audit::AuditRecord;
 use crate::authenticate::Authenticator;
-use crate::challenge::{NoSiteVerifier, SiteVerifier};
 use crate::claims::VerifiedIdentity;
 use crate::client::ClientInfo;
 use crate::config::{Config, HeaderPattern, Route};
 use crate::decision::{Response, problem};
-use crate::limits::{LimitStatus, Limiter, NoLimiter};
-use crate::login::{Flow, LoginServices, NoLogin};
+use crate::limits::LimitStatus;
+use crate::login::Flow;
 use crate::model::{
     BackendHealth, Entropy, IssuerId, MonotonicClock, NoClock, NoEntropy, RequestParts,
 };
 use crate::normalize::Normalized;
+use crate::ports::{Client, Io, NoClient, NoState, State};
 use crate::reason::Reason;
 use crate::risk::{NoPlugins, RiskAssessor};
 use crate::session::SessionKeys;
@@ -115,20 +115,19 @@ impl Prepared {
     }
 }
 
-/// The adapter's services for one decision. [`Adapters::new`] gives the fail-closed
-/// defaults (no plugins, no shared state, no provider calls); an adapter sets what it has.
+/// The adapter's ports for one decision, by capability (see [`crate::ports`]).
+/// [`Adapters::new`] gives the fail-closed defaults (no plugins, no shared state, no
+/// outbound calls); an adapter sets what it has.
 #[derive(Clone, Copy)]
 pub struct Adapters<'a> {
-    /// Token verification and one-time values.
+    /// Keys: token verification, the providers' endpoints.
     pub auth: &'a dyn Authenticator,
     /// Risk plugins.
     pub risk: &'a dyn RiskAssessor,
-    /// Rate-limit state.
-    pub limiter: &'a dyn Limiter,
-    /// Site-token verification (Turnstile-compatible challenges).
-    pub sites: &'a dyn SiteVerifier,
-    /// The login flow's provider calls, randomness and session state.
-    pub login: &'a dyn LoginServices,
+    /// The shared state: rate limits, one-time values, sessions, login attempts.
+    pub state: &'a dyn State,
+    /// Outbound calls: token endpoints, site verification.
+    pub client: &'a dyn Client,
     /// Backend health.
     pub health: &'a dyn BackendHealth,
     /// Random bytes: trace and span ids, login state.
@@ -146,9 +145,8 @@ impl<'a> Adapters<'a> {
         Self {
             auth,
             risk: &NoPlugins,
-            limiter: &NoLimiter,
-            sites: &NoSiteVerifier,
-            login: &NoLogin,
+            state: &NoState,
+            client: &NoClient,
             health,
             entropy: &NoEntropy,
             clock: &NoClock,
@@ -161,8 +159,11 @@ impl<'a> Adapters<'a> {
 pub struct Input<'a> {
     /// The pipeline's fixed state.
     pub prep: &'a Prepared,
-    /// The adapter's services.
+    /// The adapter's ports.
     pub services: &'a Adapters<'a>,
+    /// The decision's exchange with the state and client ports and the random source
+    /// (logged, so that a decision that waited can be resumed).
+    pub io: &'a Io<'a>,
     /// The request.
     pub req: &'a RequestParts<'a>,
     /// Now.
@@ -205,8 +206,7 @@ impl<'a> Scope<'a> {
                 config: cfg,
                 session,
                 keys,
-                services: input.services.login,
-                entropy: input.services.entropy,
+                io: input.io,
                 auth: input.services.auth,
                 method: req.method,
                 headers: req.headers,

@@ -1,0 +1,32 @@
+//! The ports layer: what the core asks of its adapter, cut by capability as the
+//! `wit/gateway` interfaces are.
+//!
+//! | port | trait | what it answers |
+//! |---|---|---|
+//! | keys | [`crate::Authenticator`] | tokens verified with the issuers' key sets; the providers' endpoints |
+//! | state | [`State`] | get, set, delete, one-time use and rate limits in the shared state |
+//! | client | [`Client`] | outbound calls: a provider's token endpoint, a site-verification service |
+//! | risk | [`crate::risk::RiskAssessor`] | risk plugins |
+//! | health | [`crate::BackendHealth`] | which backends answer |
+//!
+//! The state and client ports are the ones that may need to wait. Their adapters answer
+//! an operation at once when they can (memory, a host call) and otherwise say so; the
+//! decision then stops and hands the adapter the operation it needs ([`Need`], inside a
+//! [`Suspended`] decision). The adapter performs it however its platform does (awaiting
+//! Redis, an HTTP client, a Durable Object) and resumes the decision with the [`Answer`],
+//! as rustls asks its caller for bytes. No adapter blocks a thread for the core.
+//!
+//! Resuming replays the pure steps before the wait from a log ([`io`]): every state answer,
+//! call answer and random byte the decision saw is given back in order, so nothing is
+//! performed twice and no phase state has to be saved; a replay that asks for something
+//! other than what the log holds fails closed.
+
+pub mod client;
+pub mod io;
+pub mod state;
+
+pub use client::{CallAnswer, CallOp, CallResult, Client, NoClient};
+pub use io::{Answer, Io, Need, Suspended};
+pub use state::{
+    LimitCheck, LimitStatus, NO_SHARED_STATE, NoState, State, StateAnswer, StateOp, StateResult,
+};
