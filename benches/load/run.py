@@ -253,7 +253,7 @@ def start_gateway(kind, name, opts, work, bins, backend_port):
     port, admin = free_port(), free_port()
     if kind == "portcullis":
         cmd = ["taskset", "-c", "0", str(bins / "portcullis"), "serve",
-               "--config", str(work / "portcullis.toml"),
+               "--config", str(opts.get("config", work / "portcullis.toml")),
                "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}",
                "--audit", "", "--engine", opts["engine"],
                "--token-cache", str(opts.get("token_cache", 100000)), "--log", "warn"]
@@ -288,6 +288,113 @@ def metric_value(admin, name):
             if line.startswith(name + " "):
                 return float(line.split()[1])
     return None
+
+
+def state_config(work, backend_port, backend, redis_port=None):
+    """A public route with an address limit that never refuses (the cost of checking it is
+    what is measured), its state in this process or in Redis."""
+    state = ('[state]\nbackend = "redis"\n'
+             f'url = "redis://127.0.0.1:{redis_port}/0"\ntimeout = "1s"\n') if backend == "redis" else ""
+    text = f"""
+[[issuer]]
+name = "main"
+issuer = "{ISSUER}"
+jwks_file = "jwks.json"
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+
+[region.local]
+jurisdiction = "XX"
+backends = ["http://127.0.0.1:{backend_port}"]
+
+[residency]
+missing = "local"
+anonymous = "local"
+
+[[route]]
+path = "/"
+auth = "public"
+
+[[route.rate_limit]]
+key = "ip"
+rate = 1000000
+per = "1s"
+burst = 1000000
+
+{state}
+[audit]
+subject_key_file = "audit.key"
+"""
+    path = work / f"portcullis-state-{backend}.toml"
+    path.write_text(text)
+    return path
+
+
+def run_state(work, bins, backend_port, lua, args):
+    """The same rate-limited public route with its state in memory and in Redis (a
+    `redis-server` pinned to core 1 with the load generator: the shared state of a
+    deployment runs beside the gateways, not on their cores). A Redis check is one round
+    trip the decision waits for; the native engine awaits it instead of parking a worker,
+    so other requests keep the core busy meanwhile."""
+    rows = []
+    redis_port = free_port()
+    redis = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(redis_port),
+                              "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", redis_port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline or redis.poll() is not None:
+                    sys.exit("redis-server did not start (apt-get install redis-server)")
+                time.sleep(0.1)
+        for backend in ("memory", "redis"):
+            cfg = state_config(work, backend_port, backend, redis_port)
+            name = f"portcullis-limit-{backend}"
+            proc, port = start_gateway("portcullis", name, {"engine": "native", "config": cfg},
+                                       work, bins, backend_port)
+            try:
+                run_wrk(port, None, args.warmup, args.connections, lua)
+                before = cpu_seconds(proc.pid)
+                r = run_wrk(port, None, args.seconds, args.connections, lua)
+                cpu = cpu_seconds(proc.pid) - before
+                ops = metric_value(proc.admin, 'portcullis_state_operations_total{backend="redis"}')
+            finally:
+                stop(proc)
+            row = {"state": backend, "rps": r["rps"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                   "requests": r["requests"], "non_2xx": r["non_2xx"], "redis_operations": ops,
+                   "cpu_us_per_req": (cpu * 1e6 / r["requests"]) if r["requests"] else None}
+            rows.append(row)
+            print(f"limit in {backend:7} {r['rps']:9.0f} req/s  p50 {fmt(r['p50_ms'], '.2f')} ms  "
+                  f"p99 {fmt(r['p99_ms'], '.2f')} ms  cpu {fmt(row['cpu_us_per_req'], '.1f')} µs/req  "
+                  f"redis ops {fmt(ops, '.0f')}  non-2xx {r['non_2xx']}", flush=True)
+    finally:
+        stop(redis)
+    return rows
+
+
+def state_report(rows, args):
+    """The state table, and whether the Redis route fell below --state-floor of memory."""
+    lines = ["| state | req/s | p50 ms | p99 ms | gateway CPU µs/req | Redis operations | non-2xx |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['state']} | {r['rps']:.0f} | {fmt(r['p50_ms'], '.2f')} | {fmt(r['p99_ms'], '.2f')} | "
+                     f"{fmt(r['cpu_us_per_req'], '.1f')} | {fmt(r['redis_operations'], '.0f')} | {r['non_2xx']} |")
+    by = {r["state"]: r for r in rows}
+    floor, broken = None, None
+    if "memory" in by and "redis" in by and by["memory"]["rps"]:
+        ratio = by["redis"]["rps"] / by["memory"]["rps"]
+        lines.append("")
+        lines.append(f"Redis / memory req/s: {ratio:.2f} (floor {args.state_floor})")
+        if ratio < args.state_floor:
+            floor = f"the Redis-limited route ran at {ratio:.2f}x the memory-limited one (floor {args.state_floor})"
+        redis_ops = by["redis"]["redis_operations"] or 0
+        if redis_ops < by["redis"]["requests"]:
+            broken = f"fewer Redis operations ({redis_ops:.0f}) than requests ({by['redis']['requests']}): the limit was not checked in Redis"
+    return "\n".join(lines) + "\n", floor, broken
 
 
 def run_churn(work, bins, backend_port, lua, args):
@@ -444,12 +551,14 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=10000)
-    ap.add_argument("--only", help="comma-separated variants to run (and `churn`)")
+    ap.add_argument("--only", help="comma-separated variants to run (and `churn`, `state`)")
     ap.add_argument("--churn", type=int, default=1_000_000, help="distinct tokens of the churn workload")
     ap.add_argument("--churn-cache", type=int, default=100_000, help="token cache entries in the churn run")
     ap.add_argument("--churn-windows", type=int, default=6)
     ap.add_argument("--cliff", type=float, default=0.8,
                     help="fail a full run when a full-cache churn window runs below this share of the filling rate")
+    ap.add_argument("--state-floor", type=float, default=0.8,
+                    help="fail a full run when the Redis-limited route runs below this share of the memory-limited one")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     started = time.time()
@@ -473,7 +582,9 @@ def main():
     bins = ROOT / "target" / ("debug" if args.smoke else "release")
 
     work = Path(tempfile.mkdtemp(prefix="portcullis-load-"))
-    subprocess.run([str(bins / "load-tokens"), str(work), str(args.tokens), str(args.churn)], check=True)
+    only = set(args.only.split(",")) if args.only else None
+    churn_tokens = args.churn if not only or "churn" in only else 0
+    subprocess.run([str(bins / "load-tokens"), str(work), str(args.tokens), str(churn_tokens)], check=True)
     lua = work / "tokens.lua"
     lua.write_text(LUA)
     backend_port = free_port()
@@ -481,7 +592,6 @@ def main():
                                 f"127.0.0.1:{backend_port}"])
     portcullis_config(work, backend_port)
     results = []
-    only = set(args.only.split(",")) if args.only else None
     try:
         time.sleep(0.3)
         for name, kind, opts, workloads in VARIANTS:
@@ -511,6 +621,7 @@ def main():
             finally:
                 stop(proc)
         churn = run_churn(work, bins, backend_port, lua, args) if not only or "churn" in only else []
+        state = run_state(work, bins, backend_port, lua, args) if not only or "state" in only else []
     finally:
         stop(backend)
     meta = {
@@ -529,11 +640,27 @@ def main():
         (args.out / "churn.json").write_text(json.dumps(churn, indent=1))
         if not args.smoke:
             update_readme(churn_table, "churn-results")
+    state_floor = state_broken = None
+    if state:
+        state_table, state_floor, state_broken = state_report(state, args)
+        print(state_table)
+        (args.out / "state.md").write_text(state_table)
+        (args.out / "state.json").write_text(json.dumps(state, indent=1))
+        if not args.smoke:
+            update_readme(state_table, "state-results")
     if not args.smoke and not args.only:
         update_readme(table)
     shutil.rmtree(work, ignore_errors=True)
     bad = [r for r in results if not r["status_ok"]]
     bad += [("churn", w["window"]) for w in churn if w["non_2xx"]]
+    bad += [("state", r["state"]) for r in state if r["non_2xx"]]
+    if state_broken:
+        print(state_broken)
+        bad.append(("state", state_broken))
+    if state_floor:
+        print(state_floor)
+        if not args.smoke:
+            bad.append(("state", state_floor))
     if cliff:
         # A speed figure: it fails a full run; the smoke run (a loaded CI machine) reports it.
         print(cliff)

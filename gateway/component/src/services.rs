@@ -226,7 +226,14 @@ pub fn emit_audit(a: AuditRecord) {
 pub struct HostRisk;
 
 impl RiskAssessor for HostRisk {
-    fn assess(&self, plugins: &[PluginId], ctx: &RiskContext) -> Vec<PluginAnswer> {
+    fn now(&self, plugins: &[PluginId], ctx: &RiskContext) -> Option<Vec<PluginAnswer>> {
+        Some(self.run(plugins, ctx))
+    }
+}
+
+impl HostRisk {
+    /// Runs `plugins` in order on `ctx` (synchronous: the answer is there at once).
+    fn run(&self, plugins: &[PluginId], ctx: &RiskContext) -> Vec<PluginAnswer> {
         let ids: Vec<u32> = plugins
             .iter()
             .map(|p| u32::try_from(p.0).unwrap_or(u32::MAX))

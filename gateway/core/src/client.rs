@@ -79,16 +79,7 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// What is known about the client.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClientInfo {
-    /// The client's address.
-    pub ip: Option<IpAddr>,
-    /// ISO 3166-1 alpha-2 country, uppercase.
-    pub country: Option<String>,
-    /// Autonomous system number.
-    pub asn: Option<u32>,
-}
+pub use crate::model::ClientInfo;
 
 /// Resolves the client from the connection's `peer` and, when the peer is a trusted proxy,
 /// the configured headers. In an address list (`X-Forwarded-For`) the right-most address

@@ -134,6 +134,7 @@ impl Gateway {
         let io = Io::new(
             services.state,
             services.client,
+            services.risk,
             services.entropy,
             log,
             waits < MAX_WAITS,

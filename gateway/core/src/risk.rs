@@ -4,116 +4,12 @@
 //! their answers mean is decided here, the same on every runtime.
 
 use crate::bot::Signal;
-use crate::claims::VerifiedIdentity;
-use crate::config::{Combine, Config, FailPolicy, PluginId, RouteRisk};
+use crate::config::{Combine, Config, FailPolicy, RouteRisk};
 pub use crate::model::{Action, Contribution, RiskVerdict};
 
-/// The verified identity as plugins see it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RiskIdentity {
-    /// `sub` (empty when absent).
-    pub subject: String,
-    /// `iss`.
-    pub issuer: String,
-    /// Scopes.
-    pub scopes: Vec<String>,
-    /// `acr`.
-    pub acr: Option<String>,
-    /// `amr`.
-    pub amr: Vec<String>,
-    /// `act.sub`.
-    pub actor: Option<String>,
-    /// `sid`.
-    pub session_id: Option<String>,
-    /// `client_id`, else `azp`.
-    pub client_id: Option<String>,
-}
-
-impl RiskIdentity {
-    /// Projects a verified identity.
-    pub fn of(id: &VerifiedIdentity, issuer: &str) -> Self {
-        let text = |name: &str| {
-            id.claims
-                .get(name)
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        };
-        Self {
-            subject: id.subject.clone().unwrap_or_default(),
-            issuer: issuer.to_owned(),
-            scopes: id.scopes.clone(),
-            acr: id.acr.clone(),
-            amr: id.amr.clone(),
-            actor: id
-                .claims
-                .get("act")
-                .and_then(|a| a.get("sub"))
-                .and_then(|s| s.as_str())
-                .map(str::to_owned),
-            session_id: text("sid"),
-            client_id: text("client_id").or_else(|| text("azp")),
-        }
-    }
-}
-
-/// What plugins are given about a request.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RiskContext {
-    /// Request id.
-    pub request_id: String,
-    /// The matched route's path prefix.
-    pub route: String,
-    /// Method.
-    pub method: String,
-    /// Normalised path.
-    pub path: String,
-    /// Query without `?`.
-    pub query: Option<String>,
-    /// Host, lowercase, no port.
-    pub host: Option<String>,
-    /// The headers any of the route's plugins asked for (the adapter passes each plugin
-    /// only its own).
-    pub headers: Vec<(String, String)>,
-    /// The verified identity.
-    pub identity: Option<RiskIdentity>,
-    /// The client as resolved through `[client]` (address, CDN country and ASN).
-    pub client: crate::client::ClientInfo,
-}
-
-/// One plugin's assessment.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Assessment {
-    /// 0..=100.
-    pub score: u8,
-    /// Labels.
-    pub labels: Vec<String>,
-    /// Suggested action.
-    pub action: Action,
-    /// Why.
-    pub reason: String,
-}
-
-/// One plugin's answer: an assessment, or why it has none.
-pub type PluginAnswer = Result<Assessment, String>;
-
-/// Runs plugins (the adapter's side).
-pub trait RiskAssessor {
-    /// Runs `plugins` in order on `ctx`; one answer per plugin, in the same order.
-    fn assess(&self, plugins: &[PluginId], ctx: &RiskContext) -> Vec<PluginAnswer>;
-}
-
-/// An adapter without a plugin runtime: every plugin "fails", so `on_error` decides.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoPlugins;
-
-impl RiskAssessor for NoPlugins {
-    fn assess(&self, plugins: &[PluginId], _: &RiskContext) -> Vec<PluginAnswer> {
-        plugins
-            .iter()
-            .map(|_| Err("this adapter has no plugin runtime".to_owned()))
-            .collect()
-    }
-}
+pub use crate::ports::risk::{
+    Assessment, NoPlugins, PluginAnswer, RiskAssessor, RiskContext, RiskIdentity,
+};
 
 /// Combines `answers` (one per plugin of `risk`, in order) under the route's rules; the
 /// same as [`combine_with`] without bot signals.
@@ -223,7 +119,7 @@ pub fn combine_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BotCheck, PluginConfig};
+    use crate::config::{BotCheck, PluginConfig, PluginId};
     use std::time::Duration;
 
     fn config(policies: &[(f64, FailPolicy)]) -> Config {

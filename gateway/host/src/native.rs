@@ -7,8 +7,8 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -230,7 +230,13 @@ impl NativeEngine {
                 Progress::Waiting(w) => Step::Waiting(w),
             }
         };
-        decide_resuming(step, |need| perform(shared, need)).await
+        let shown = Mutex::new(Vec::new());
+        let (decision, mut assessed) =
+            decide_resuming(step, |need| perform(shared, need, &shown)).await;
+        if let Ok(mut s) = shown.into_inner() {
+            assessed.append(&mut s);
+        }
+        (decision, assessed)
     }
 
     /// Sends the request to the backend as decided: its response (the body streaming,
@@ -505,9 +511,17 @@ fn state_answer(
 }
 
 /// Performs what a decision waits for: a Redis operation, a call to a provider's token
-/// endpoint or to a site-verification service.
-async fn perform(shared: &Shared, need: Need) -> Answer {
+/// endpoint or to a site-verification service, risk plugins (what they were shown goes to
+/// `shown`).
+async fn perform(shared: &Shared, need: Need, shown: &Mutex<Shown>) -> Answer {
     match need {
+        Need::Risk { plugins, ctx } => {
+            let (answers, seen) = run_plugins(shared, &plugins, &ctx).await;
+            if let Ok(mut s) = shown.lock() {
+                s.extend(seen);
+            }
+            Answer::Risk(answers)
+        }
         Need::State(op) => {
             Answer::State(state_answer(shared, &op, shared.state.perform(&op).await))
         }
@@ -538,32 +552,47 @@ async fn perform(shared: &Shared, need: Need) -> Answer {
     }
 }
 
-/// Risk plugins run by the host's plugin runtime, synchronously from the core's point of
-/// view (a plugin call never waits on I/O; its deadline is enforced by the epoch thread).
+/// What the plugins were shown, per plugin (for `observe` once the backend answered).
+type Shown = Vec<(usize, plugins::RequestContext)>;
+
+/// Risk plugins run by the host's plugin runtime. With the state in memory a plugin never
+/// waits on I/O (its deadline is enforced by the epoch thread), so they run at once; with
+/// Redis their state operations are round trips, so the decision waits and [`perform`]
+/// runs them.
 struct NativeRisk<'a> {
     shared: &'a Shared,
-    assessed: RefCell<Vec<(usize, plugins::RequestContext)>>,
+    assessed: RefCell<Shown>,
 }
 
 impl RiskAssessor for NativeRisk<'_> {
-    fn assess(&self, ids: &[PluginId], ctx: &RiskContext) -> Vec<PluginAnswer> {
-        let base = plugins::context(ctx, &ctx.client);
-        let mut answers = Vec::with_capacity(ids.len());
-        for id in ids {
-            let mut ctx = base.clone();
-            let plugins: &PluginRuntime = &self.shared.plugins;
-            let wanted = plugins.headers(id.0);
-            ctx.headers.retain(|(n, _)| wanted.contains(n));
-            let answer = self
-                .shared
-                .state
-                .block(plugins.assess(id.0, &ctx))
-                .map(plugins::to_core);
-            answers.push(answer);
-            self.assessed.borrow_mut().push((id.0, ctx));
+    fn now(&self, ids: &[PluginId], ctx: &RiskContext) -> Option<Vec<PluginAnswer>> {
+        if !matches!(*self.shared.state, crate::store::Store::Memory(_)) {
+            return None;
         }
-        answers
+        let (answers, shown) = futures::executor::block_on(run_plugins(self.shared, ids, ctx));
+        self.assessed.borrow_mut().extend(shown);
+        Some(answers)
     }
+}
+
+/// Runs `ids` in order on `ctx`, each shown only the headers it asked for.
+async fn run_plugins(
+    shared: &Shared,
+    ids: &[PluginId],
+    ctx: &RiskContext,
+) -> (Vec<PluginAnswer>, Shown) {
+    let base = plugins::context(ctx, &ctx.client);
+    let plugins: &PluginRuntime = &shared.plugins;
+    let mut answers = Vec::with_capacity(ids.len());
+    let mut shown = Vec::with_capacity(ids.len());
+    for id in ids {
+        let mut ctx = base.clone();
+        let wanted = plugins.headers(id.0);
+        ctx.headers.retain(|(n, _)| wanted.contains(n));
+        answers.push(plugins.assess(id.0, &ctx).await.map(plugins::to_core));
+        shown.push((id.0, ctx));
+    }
+    (answers, shown)
 }
 
 /// Backend health as the host observes it.

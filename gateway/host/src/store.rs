@@ -8,7 +8,6 @@
 //! `on_unavailable` policy (rate limits), the plugin's `on_error` policy (plugin state) or
 //! a fail-closed refusal (DPoP replay checks under `on_unavailable = "deny"`) decides.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -119,19 +118,6 @@ impl Store {
             "Shared-state operations that failed (unreachable, timeout)",
             failed,
         );
-    }
-
-    /// Runs a state future to completion from synchronous code on a runtime worker (the
-    /// core's decisions are synchronous). Memory operations are ready at once; Redis ones
-    /// park this worker while other workers carry on.
-    pub fn block<F: Future>(&self, f: F) -> F::Output {
-        match self {
-            Store::Memory(_) => futures::executor::block_on(f),
-            Store::Redis(_) => match tokio::runtime::Handle::try_current() {
-                Ok(handle) => tokio::task::block_in_place(|| handle.block_on(f)),
-                Err(_) => futures::executor::block_on(f),
-            },
-        }
     }
 
     /// Performs a core state operation at once when the store is in this process; `None`

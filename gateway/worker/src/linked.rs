@@ -338,7 +338,14 @@ fn core_assessment(a: portcullis_plugin::Assessment) -> Assessment {
 }
 
 impl RiskAssessor for LinkedPlugins {
-    fn assess(&self, plugins: &[PluginId], ctx: &RiskContext) -> Vec<PluginAnswer> {
+    fn now(&self, plugins: &[PluginId], ctx: &RiskContext) -> Option<Vec<PluginAnswer>> {
+        Some(self.run(plugins, ctx))
+    }
+}
+
+impl LinkedPlugins {
+    /// Runs `plugins` in order on `ctx` (synchronous: the answer is there at once).
+    fn run(&self, plugins: &[PluginId], ctx: &RiskContext) -> Vec<PluginAnswer> {
         plugins
             .iter()
             .map(|id| {

@@ -41,3 +41,14 @@ impl BackendHealth for AllHealthy {
         true
     }
 }
+
+/// What is known about the client.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client's address.
+    pub ip: Option<IpAddr>,
+    /// ISO 3166-1 alpha-2 country, uppercase.
+    pub country: Option<String>,
+    /// Autonomous system number.
+    pub asn: Option<u32>,
+}

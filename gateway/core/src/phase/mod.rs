@@ -46,8 +46,8 @@ use crate::model::{
 };
 use crate::normalize::Normalized;
 use crate::ports::{Client, Io, NoClient, NoState, State};
+use crate::ports::{NoPlugins, RiskAssessor};
 use crate::reason::Reason;
-use crate::risk::{NoPlugins, RiskAssessor};
 use crate::session::SessionKeys;
 use crate::time::Timestamp;
 

@@ -32,7 +32,7 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
         Vec::new()
     } else {
         let ctx = context(scope, m.route, cx.identity.as_ref());
-        input.services.risk.assess(&risk.plugins, &ctx)
+        input.io.assess(&risk.plugins, ctx)
     };
     let mut verdict = combine_with(cfg, risk, signals, answers);
     let refusal = match verdict.action {

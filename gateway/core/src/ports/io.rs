@@ -1,4 +1,4 @@
-//! One decision's exchange with the ports that may wait, and the log that makes the
+//! One decision's exchange with the ports that may wait (state, client, risk), and the log that makes the
 //! decision resumable.
 //!
 //! Every state operation, outbound call and random draw of a decision goes through its
@@ -17,8 +17,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::client::{CallOp, CallResult, Client};
+use super::risk::{PluginAnswer, RiskAssessor, RiskContext, failed};
 use super::state::{LimitCheck, LimitStatus, State, StateOp, StateResult};
-use crate::config::SiteVerify;
+use crate::config::{PluginId, SiteVerify};
 use crate::model::{Entropy, IssuerId};
 use crate::time::Timestamp;
 
@@ -29,6 +30,13 @@ pub enum Need {
     State(StateOp),
     /// An outbound call.
     Call(CallOp),
+    /// Risk plugins run on a request.
+    Risk {
+        /// The plugins, in order.
+        plugins: Vec<PluginId>,
+        /// What they are told.
+        ctx: Box<RiskContext>,
+    },
 }
 
 /// The adapter's answer to a [`Need`].
@@ -38,6 +46,8 @@ pub enum Answer {
     State(StateResult),
     /// To an outbound call.
     Call(CallResult),
+    /// The plugins' answers, one per plugin in order.
+    Risk(Vec<PluginAnswer>),
 }
 
 impl Answer {
@@ -47,6 +57,7 @@ impl Answer {
         match need {
             Need::State(_) => Answer::State(Err(why.into())),
             Need::Call(_) => Answer::Call(Err(why.into())),
+            Need::Risk { plugins, .. } => Answer::Risk(failed(plugins, &why.into())),
         }
     }
 }
@@ -95,6 +106,7 @@ const DIVERGED: &str = "the decision's inputs changed while it waited for an ope
 pub struct Io<'a> {
     state: &'a dyn State,
     client: &'a dyn Client,
+    risk: &'a dyn RiskAssessor,
     entropy: &'a dyn Entropy,
     log: RefCell<Vec<Entry>>,
     cursor: Cell<usize>,
@@ -107,6 +119,7 @@ impl<'a> Io<'a> {
     pub(crate) fn new(
         state: &'a dyn State,
         client: &'a dyn Client,
+        risk: &'a dyn RiskAssessor,
         entropy: &'a dyn Entropy,
         log: Vec<Entry>,
         may_wait: bool,
@@ -114,6 +127,7 @@ impl<'a> Io<'a> {
         Self {
             state,
             client,
+            risk,
             entropy,
             log: RefCell::new(log),
             cursor: Cell::new(0),
@@ -126,7 +140,7 @@ impl<'a> Io<'a> {
     pub fn state(&self, op: StateOp) -> StateResult {
         match self.ask(Need::State(op))? {
             Answer::State(r) => r,
-            Answer::Call(_) => Err(DIVERGED.to_owned()),
+            _ => Err(DIVERGED.to_owned()),
         }
     }
 
@@ -134,7 +148,21 @@ impl<'a> Io<'a> {
     pub fn call(&self, op: CallOp) -> CallResult {
         match self.ask(Need::Call(op))? {
             Answer::Call(r) => r,
-            Answer::State(_) => Err(DIVERGED.to_owned()),
+            _ => Err(DIVERGED.to_owned()),
+        }
+    }
+
+    /// Runs risk plugins (or replays their logged answers): one answer per plugin, in
+    /// order; a failure for each when they cannot run (their `on_error` decides).
+    pub fn assess(&self, plugins: &[PluginId], ctx: RiskContext) -> Vec<PluginAnswer> {
+        let need = Need::Risk {
+            plugins: plugins.to_vec(),
+            ctx: Box::new(ctx),
+        };
+        match self.ask(need) {
+            Ok(Answer::Risk(answers)) if answers.len() == plugins.len() => answers,
+            Ok(_) => failed(plugins, DIVERGED),
+            Err(why) => failed(plugins, &why),
         }
     }
 
@@ -245,6 +273,7 @@ impl<'a> Io<'a> {
         let now = match &need {
             Need::State(op) => self.state.now(op).map(Answer::State),
             Need::Call(op) => self.client.now(op).map(Answer::Call),
+            Need::Risk { plugins, ctx } => self.risk.now(plugins, ctx).map(Answer::Risk),
         };
         let answer = match now {
             Some(a) => a,

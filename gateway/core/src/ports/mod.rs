@@ -6,10 +6,10 @@
 //! | keys | [`crate::Authenticator`] | tokens verified with the issuers' key sets; the providers' endpoints |
 //! | state | [`State`] | get, set, delete, one-time use and rate limits in the shared state |
 //! | client | [`Client`] | outbound calls: a provider's token endpoint, a site-verification service |
-//! | risk | [`crate::risk::RiskAssessor`] | risk plugins |
+//! | risk | [`RiskAssessor`] | risk plugins |
 //! | health | [`crate::BackendHealth`] | which backends answer |
 //!
-//! The state and client ports are the ones that may need to wait. Their adapters answer
+//! The state, client and risk ports are the ones that may need to wait. Their adapters answer
 //! an operation at once when they can (memory, a host call) and otherwise say so; the
 //! decision then stops and hands the adapter the operation it needs ([`Need`], inside a
 //! [`Suspended`] decision). The adapter performs it however its platform does (awaiting
@@ -23,10 +23,12 @@
 
 pub mod client;
 pub mod io;
+pub mod risk;
 pub mod state;
 
 pub use client::{CallAnswer, CallOp, CallResult, Client, NoClient};
 pub use io::{Answer, Io, Need, Suspended};
+pub use risk::{Assessment, NoPlugins, PluginAnswer, RiskAssessor, RiskContext, RiskIdentity};
 pub use state::{
     LimitCheck, LimitStatus, NO_SHARED_STATE, NoState, State, StateAnswer, StateOp, StateResult,
 };
