@@ -631,7 +631,8 @@ def main():
         "seconds": args.seconds, "warmup": args.warmup, "connections": args.connections,
         "tokens": args.tokens, "smoke": args.smoke, "elapsed_s": round(time.time() - started),
     }
-    table = report(results, args.out, args.smoke, meta)
+    # `--only churn` / `--only state` run no gateway variant: the main table stays as it is.
+    table = report(results, args.out, args.smoke, meta) if results else None
     cliff = None
     if churn:
         churn_table, cliff = churn_report(churn, args)
