@@ -157,9 +157,10 @@ def run_wrk(port, token_file, seconds, connections, lua_path, offset=0):
     return result
 
 
-def portcullis_config(work, backend_port):
-    (work / "audit.key").write_text("Y2hhbmdlLW1lLWNoYW5nZS1tZS1jaGFuZ2UtbWUtY2hhbmdlLW1l")
-    text = f"""
+def head(backend_port):
+    """The issuer, the one region with the load backend, and residency: what every
+    Portcullis configuration of the harness starts with."""
+    return f"""
 [[issuer]]
 name = "main"
 issuer = "{ISSUER}"
@@ -174,7 +175,12 @@ backends = ["http://127.0.0.1:{backend_port}"]
 [residency]
 missing = "local"
 anonymous = "local"
+"""
 
+
+def portcullis_config(work, backend_port):
+    (work / "audit.key").write_text("Y2hhbmdlLW1lLWNoYW5nZS1tZS1jaGFuZ2UtbWUtY2hhbmdlLW1l")
+    text = head(backend_port) + f"""
 [[route]]
 path = "/"
 
@@ -295,22 +301,7 @@ def state_config(work, backend_port, backend, redis_port=None):
     what is measured), its state in this process or in Redis."""
     state = ('[state]\nbackend = "redis"\n'
              f'url = "redis://127.0.0.1:{redis_port}/0"\ntimeout = "1s"\n') if backend == "redis" else ""
-    text = f"""
-[[issuer]]
-name = "main"
-issuer = "{ISSUER}"
-jwks_file = "jwks.json"
-audiences = ["{AUDIENCE}"]
-algorithms = ["ES256"]
-
-[region.local]
-jurisdiction = "XX"
-backends = ["http://127.0.0.1:{backend_port}"]
-
-[residency]
-missing = "local"
-anonymous = "local"
-
+    text = head(backend_port) + f"""
 [[route]]
 path = "/"
 auth = "public"
@@ -559,6 +550,9 @@ def main():
                     help="fail a full run when a full-cache churn window runs below this share of the filling rate")
     ap.add_argument("--state-floor", type=float, default=0.8,
                     help="fail a full run when the Redis-limited route runs below this share of the memory-limited one")
+    ap.add_argument("--bins", type=Path,
+                    help="use the portcullis, load-backend and load-tokens binaries in this directory "
+                         "instead of building them (to compare two builds)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     started = time.time()
@@ -572,14 +566,16 @@ def main():
             sys.exit(f"{tool} not found (Debian: apt-get install wrk util-linux)")
     envoy_binary()
 
-    if args.smoke:
+    if args.bins:
+        pass
+    elif args.smoke:
         # The test build's `portcullis` and load helpers (benches/load/tests builds them): the
         # same feature set as `cargo test --workspace`, so CI compiles nothing a second time.
         subprocess.run(["cargo", "test", "--workspace", "--locked", "--no-run"], cwd=ROOT, check=True)
     else:
         subprocess.run(["cargo", "build", "--locked", "--release", "-p", "portcullis", "-p", "portcullis-load"],
                        cwd=ROOT, check=True)
-    bins = ROOT / "target" / ("debug" if args.smoke else "release")
+    bins = args.bins or ROOT / "target" / ("debug" if args.smoke else "release")
 
     work = Path(tempfile.mkdtemp(prefix="portcullis-load-"))
     only = set(args.only.split(",")) if args.only else None

@@ -189,11 +189,7 @@ impl World {
     /// POSTs `logout_token=token` to the back-channel endpoint; `state` false: a runtime
     /// without one-time values.
     fn logout(&self, token: &str, state: bool) -> Decision {
-        let local = LocalAuthenticator {
-            config: self.engine.config(),
-            keys: &self.keys,
-            verifier: self.engine.verifier(),
-        };
+        let local = self.engine.authenticator(&self.keys);
         let auth = Auth { local };
         let port = Port {
             map: &self.state,

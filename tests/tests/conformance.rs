@@ -789,7 +789,7 @@ fn the_matrix_holds_in_the_cloudflare_worker_under_workerd() {
     );
 }
 
-/// The worker's two signature paths — WebCrypto ahead of the decision (the default) and pure
+/// The worker's two signature paths — WebCrypto, which the decision waits for (the default), and pure
 /// Rust in wasm (`PORTCULLIS_VERIFY = "portable"`) — give the same answers, and each audit
 /// record says which one checked the token.
 #[test]

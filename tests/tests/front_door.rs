@@ -14,7 +14,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use portcullis_core::authenticate::LocalAuthenticator;
 use portcullis_core::{
     Adapters, AllHealthy, Decision, NoState, Outcome, RequestParts, State, StateAnswer, StateOp,
     StateResult, Timestamp,
@@ -53,11 +52,7 @@ fn decide(h: &Harness, limiter: &dyn State, path: &str, headers: &[(&str, &str)]
         );
     }
     let uri: http::Uri = path.parse().unwrap();
-    let auth = LocalAuthenticator {
-        config: h.engine.config(),
-        keys: &h.keys,
-        verifier: h.engine.verifier(),
-    };
+    let auth = h.engine.authenticator(&h.keys);
     let adapters = Adapters {
         auth: &auth,
         risk: &portcullis_core::risk::NoPlugins,

@@ -14,10 +14,9 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use portcullis_core::authenticate::LocalAuthenticator;
 use portcullis_core::{
     Adapters, AllHealthy, Answer, Decision, Entropy, Need, NoState, Progress, RequestParts, State,
-    StateAnswer, StateOp, StateResult, Timestamp,
+    SignatureCheck, StateAnswer, StateOp, StateResult, Timestamp,
 };
 use portcullis_tests::*;
 
@@ -157,11 +156,7 @@ fn drive(
     memory: &Memory,
     req: &Request,
 ) -> (Decision, Vec<Need>) {
-    let auth = LocalAuthenticator {
-        config: h.engine.config(),
-        keys: &h.keys,
-        verifier: h.engine.verifier(),
-    };
+    let auth = h.engine.authenticator(&h.keys);
     let adapters = Adapters {
         state,
         entropy,
@@ -256,11 +251,7 @@ fn a_decision_that_waited_equals_the_one_that_did_not() {
 fn a_resume_that_no_longer_matches_what_was_asked_fails_closed() {
     let h = harness();
     let memory = Memory::default();
-    let auth = LocalAuthenticator {
-        config: h.engine.config(),
-        keys: &h.keys,
-        verifier: h.engine.verifier(),
-    };
+    let auth = h.engine.authenticator(&h.keys);
     let adapters = Adapters {
         state: &Later,
         ..Adapters::new(&auth, &AllHealthy)
@@ -287,11 +278,7 @@ fn a_resume_that_no_longer_matches_what_was_asked_fails_closed() {
 #[test]
 fn an_adapter_that_cannot_wait_fails_closed() {
     let h = harness();
-    let auth = LocalAuthenticator {
-        config: h.engine.config(),
-        keys: &h.keys,
-        verifier: h.engine.verifier(),
-    };
+    let auth = h.engine.authenticator(&h.keys);
     let adapters = Adapters {
         state: &Later,
         ..Adapters::new(&auth, &AllHealthy)
@@ -302,4 +289,88 @@ fn an_adapter_that_cannot_wait_fails_closed() {
         .gateway()
         .decide(&adapters, &req.parts(), Timestamp::from_unix_secs(NOW));
     assert_eq!(verdict(&d), "state_unavailable");
+}
+
+/// A keys port whose platform checks signatures itself (as the Worker's WebCrypto does):
+/// it names a check for every token and takes the platform's verdict.
+struct PlatformChecked<'a> {
+    local: portcullis_core::authenticate::LocalAuthenticator<'a, portcullis_core::PortableVerifier>,
+    verdict: Cell<Option<bool>>,
+}
+
+impl portcullis_core::Authenticator for PlatformChecked<'_> {
+    fn authenticate(
+        &self,
+        token: &str,
+        route_issuers: &[portcullis_core::IssuerId],
+        now: Timestamp,
+    ) -> Result<portcullis_core::VerifiedIdentity, portcullis_core::AuthFailure> {
+        if self.verdict.get() == Some(false) {
+            return Err(portcullis_core::AuthFailure::new(
+                portcullis_core::Reason::SignatureInvalid,
+                "the platform refused the signature",
+            ));
+        }
+        self.local.authenticate(token, route_issuers, now)
+    }
+
+    fn signature_check(
+        &self,
+        token: &str,
+        _: &[portcullis_core::IssuerId],
+        _: Timestamp,
+    ) -> Option<SignatureCheck> {
+        Some(SignatureCheck {
+            alg: portcullis_core::Algorithm::ES256,
+            material: portcullis_core::KeyMaterial::Symmetric {
+                secret: b"key".to_vec(),
+            },
+            message: token.as_bytes().to_vec(),
+            signature: Vec::new(),
+        })
+    }
+
+    fn checked(&self, _: &SignatureCheck, valid: bool) {
+        self.verdict.set(Some(valid));
+    }
+}
+
+#[test]
+fn a_platform_signature_check_is_waited_for_and_its_verdict_used() {
+    let h = harness();
+    let bearer = format!("Bearer {}", token(&h, "user-9"));
+    let req = Request::new("/api/orders", "198.51.100.9", &[("authorization", &bearer)]);
+    let gateway = h.engine.gateway();
+    let now = Timestamp::from_unix_secs(NOW);
+    for (valid, expected) in [(true, "forward:eu"), (false, "signature_invalid")] {
+        let auth = PlatformChecked {
+            local: h.engine.authenticator(&h.keys),
+            verdict: Cell::new(None),
+        };
+        let adapters = Adapters::new(&auth, &AllHealthy);
+        let Progress::Waiting(w) = gateway.start(&adapters, &req.parts(), now) else {
+            panic!("the decision waits for the platform's check");
+        };
+        let Need::Verify(check) = w.need() else {
+            panic!("{:?}", w.need());
+        };
+        assert_eq!(check.message, token_of(&bearer).as_bytes());
+        let answer = Answer::Verified(Some(valid));
+        let Progress::Decided(d) = gateway.resume(&adapters, &req.parts(), w, answer) else {
+            panic!("decided once the verdict is in");
+        };
+        assert_eq!(verdict(&d), expected);
+    }
+    // An adapter that cannot wait has no verdict: the token is verified as usual.
+    let auth = PlatformChecked {
+        local: h.engine.authenticator(&h.keys),
+        verdict: Cell::new(None),
+    };
+    let d = gateway.decide(&Adapters::new(&auth, &AllHealthy), &req.parts(), now);
+    assert_eq!(verdict(&d), "forward:eu");
+    assert_eq!(auth.verdict.get(), None);
+}
+
+fn token_of(bearer: &str) -> &str {
+    bearer.trim_start_matches("Bearer ")
 }

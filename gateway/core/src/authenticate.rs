@@ -203,6 +203,26 @@ pub trait Authenticator {
         Err(NO_BROWSER_LOGIN.to_owned())
     }
 
+    /// The signature check this adapter's platform should make, asynchronously, before
+    /// `token` is authenticated (the Workers runtime's WebCrypto); the decision waits for
+    /// it and hands the verdict to [`Authenticator::checked`]. Default: none — verification
+    /// happens inside [`Authenticator::authenticate`].
+    fn signature_check(
+        &self,
+        token: &str,
+        route_issuers: &[IssuerId],
+        now: Timestamp,
+    ) -> Option<crate::crypto::SignatureCheck> {
+        let _ = (token, route_issuers, now);
+        None
+    }
+
+    /// The platform's verdict on a [`Authenticator::signature_check`] (`authenticate` uses
+    /// it instead of checking the signature again). Default: ignored.
+    fn checked(&self, check: &crate::crypto::SignatureCheck, valid: bool) {
+        let _ = (check, valid);
+    }
+
     /// Verifies a token `issuer` issued to the gateway itself as an OIDC client: an ID token
     /// or a back-channel logout token, with `aud` = `client_id` (see [`verify_issued`]).
     /// Default: refused — an adapter without key sets cannot sign browsers in.

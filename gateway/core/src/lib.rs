@@ -76,7 +76,7 @@ pub use audit::{AuditRecord, PhaseTime};
 pub use authenticate::{AuthFailure, Authenticator};
 pub use claims::VerifiedIdentity;
 pub use config::{Config, ConfigError, ConfigFiles, MapFiles};
-pub use crypto::{Algorithm, KeyMaterial, PortableVerifier, SignatureVerifier};
+pub use crypto::{Algorithm, KeyMaterial, PortableVerifier, SignatureCheck, SignatureVerifier};
 pub use decision::{Decision, Forward, Outcome, Response};
 pub use keyset::{FetchKind, FetchRequest, FetchResponse, KeyStore};
 pub use model::{

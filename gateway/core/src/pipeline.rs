@@ -337,6 +337,15 @@ impl<V: SignatureVerifier> Engine<V> {
         &self.verifier
     }
 
+    /// Token verification with `keys` and this engine's verifier (the adapters' keys port).
+    pub fn authenticator<'a>(&'a self, keys: &'a KeyStore<V::Key>) -> LocalAuthenticator<'a, V> {
+        LocalAuthenticator {
+            config: self.gateway.config(),
+            keys,
+            verifier: &self.verifier,
+        }
+    }
+
     /// A key store for this configuration (static keys prepared, remote ones due).
     pub fn new_key_store(&self) -> KeyStore<V::Key> {
         KeyStore::new(self.gateway.config(), &self.verifier)
@@ -351,11 +360,7 @@ impl<V: SignatureVerifier> Engine<V> {
         now: Timestamp,
         health: &dyn BackendHealth,
     ) -> Decision {
-        let auth = LocalAuthenticator {
-            config: self.gateway.config(),
-            keys,
-            verifier: &self.verifier,
-        };
+        let auth = self.authenticator(keys);
         self.gateway.decide(&Adapters::new(&auth, health), req, now)
     }
 }

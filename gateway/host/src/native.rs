@@ -232,7 +232,9 @@ impl NativeEngine {
         };
         let shown = Mutex::new(Vec::new());
         let (decision, mut assessed) =
-            decide_resuming(step, |need| perform(shared, need, &shown)).await;
+            // Boxed: a wait is the rare path, and its future (a Redis script, an HTTP call, a
+            // plugin instance) is large; inline it would grow every request's future.
+            decide_resuming(step, |need| Box::pin(perform(shared, need, &shown))).await;
         if let Ok(mut s) = shown.into_inner() {
             assessed.append(&mut s);
         }
@@ -515,6 +517,8 @@ fn state_answer(
 /// `shown`).
 async fn perform(shared: &Shared, need: Need, shown: &Mutex<Shown>) -> Answer {
     match need {
+        // Signatures are checked natively inside `authenticate`: never asked for here.
+        Need::Verify(_) => Answer::Verified(None),
         Need::Risk { plugins, ctx } => {
             let (answers, seen) = run_plugins(shared, &plugins, &ctx).await;
             if let Ok(mut s) = shown.lock() {

@@ -10,7 +10,8 @@
 //!   state machine (freshness from `Cache-Control`, back-off, max staleness, one
 //!   rate-limited refetch for an unknown `kid`), kept in the isolate;
 //! - **signatures**: checked with the runtime's WebCrypto (`crypto.subtle.verify`, native
-//!   code) ahead of the decision ([`verifier`]); anything else falls back to pure Rust;
+//!   code): the decision waits for the check and is resumed with its verdict
+//!   ([`verifier`]); anything else falls back to pure Rust;
 //! - **risk plugins**: plugin crates linked in behind cargo features ([`linked`]);
 //! - **shared state**: none yet. Rate limits answer as the configuration's `[state]
 //!   on_unavailable` says, DPoP proofs are refused (no replay check), browser login answers

@@ -1,22 +1,24 @@
 //! The Workers fetch handler: one isolate-wide gateway (configuration, key sets, imported
-//! WebCrypto keys, linked plugins), and per request: key sets refreshed when due, the token's
-//! signature checked with WebCrypto, the core's decision, and the forward or the answer.
+//! WebCrypto keys, linked plugins), and per request: key sets refreshed when due, the core's
+//! decision (which waits while WebCrypto checks the token's signature), and the forward or
+//! the answer.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
-use portcullis_core::authenticate::LocalAuthenticator;
+use portcullis_core::authenticate::{AuthFailure, Authenticator, IssuedKind, LocalAuthenticator};
 use portcullis_core::decision::problem;
 use portcullis_core::keyset::FetchRequest;
 use portcullis_core::{
-    Adapters, AllHealthy, Config, Forward, Gateway, KeyStore, Outcome, Reason,
-    Response as CoreResponse, Timestamp,
+    Adapters, AllHealthy, Answer, Config, Forward, Gateway, IssuerId, KeyStore, Need, Outcome,
+    Progress, Reason, Response as CoreResponse, SignatureCheck, Suspended, Timestamp,
+    VerifiedIdentity,
 };
 use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
 use portcullis_driver::{
-    RequestHead, SystemEntropy, backend_answered, decide_refetching, early, refused_in_forward,
-    relay_headers,
+    RequestHead, Step, SystemEntropy, backend_answered, decide_refetching, decide_resuming, early,
+    refused_in_forward, relay_headers,
 };
 use wasm_bindgen::JsValue;
 use worker::{Context, Env, Fetch, Request, Response, event};
@@ -140,21 +142,61 @@ async fn refresh_keys(isolate: &Isolate, now: Timestamp) {
         .await;
 }
 
-/// Checks the request token's signature with WebCrypto, ahead of the decision.
-async fn preverify(isolate: &Isolate, headers: &HeaderMap, now: Timestamp) {
-    if !isolate.webcrypto {
-        return;
+/// The worker's keys port: tokens verified from the isolate's key sets, their signatures by
+/// WebCrypto. The decision asks for the check the token needs and waits; the worker runs
+/// it through WebCrypto and resumes the decision with the verdict, which the verifier then
+/// answers with.
+struct WorkerAuth<'a> {
+    local: LocalAuthenticator<'a, WorkerVerifier>,
+    webcrypto: bool,
+}
+
+impl Authenticator for WorkerAuth<'_> {
+    fn authenticate(
+        &self,
+        token: &str,
+        route_issuers: &[IssuerId],
+        now: Timestamp,
+    ) -> Result<VerifiedIdentity, AuthFailure> {
+        self.local.authenticate(token, route_issuers, now)
     }
-    let check = pending_check(
-        isolate.gateway.config(),
-        &isolate.keys.borrow(),
-        headers,
-        now,
-    );
-    if let Some(check) = check
-        && let Some(valid) = isolate.imported.verify(&check).await
-    {
-        isolate.verifier.record(&check, valid);
+
+    fn signature_check(
+        &self,
+        token: &str,
+        _route_issuers: &[IssuerId],
+        now: Timestamp,
+    ) -> Option<SignatureCheck> {
+        if !self.webcrypto {
+            return None;
+        }
+        pending_check(self.local.config, self.local.keys, token, now)
+    }
+
+    fn checked(&self, check: &SignatureCheck, valid: bool) {
+        self.local.verifier.record(check, valid);
+    }
+
+    fn verify_issued(
+        &self,
+        token: &str,
+        issuer: IssuerId,
+        client_id: &str,
+        kind: IssuedKind,
+        now: Timestamp,
+    ) -> Result<VerifiedIdentity, AuthFailure> {
+        self.local
+            .verify_issued(token, issuer, client_id, kind, now)
+    }
+}
+
+/// Performs what a decision waits for on a Worker: a WebCrypto signature check. (State,
+/// outbound calls and plugins answer at once here: the worker has no shared state yet and
+/// its plugins are linked in.)
+async fn perform(isolate: &Isolate, need: Need) -> Answer {
+    match need {
+        Need::Verify(check) => Answer::Verified(isolate.imported.verify(&check).await),
+        other => Answer::failed(&other, "this worker cannot wait for it"),
     }
 }
 
@@ -375,35 +417,44 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     let now = now();
     isolate.plugins.set_now_ms(now.unix_millis());
     refresh_keys(&isolate, now).await;
-    preverify(&isolate, &parts.headers, now).await;
+    let request = parts.parts(&body);
     let decide = || {
-        let keys = isolate.keys.borrow();
-        let auth = LocalAuthenticator {
-            config: gateway.config(),
-            keys: &keys,
-            verifier: &isolate.verifier,
+        let step = |resume: Option<(Suspended, Answer)>| {
+            let keys = isolate.keys.borrow();
+            let auth = WorkerAuth {
+                local: LocalAuthenticator {
+                    config: gateway.config(),
+                    keys: &keys,
+                    verifier: &isolate.verifier,
+                },
+                webcrypto: isolate.webcrypto,
+            };
+            // Ids for traces from `crypto.getRandomValues`; no phase timings: Workers stop
+            // the clock while code runs.
+            let adapters = Adapters {
+                risk: &isolate.plugins,
+                entropy: &SystemEntropy,
+                ..Adapters::new(&auth, &AllHealthy)
+            };
+            let progress = match resume {
+                None => gateway.start(&adapters, &request, now),
+                Some((waiting, answer)) => gateway.resume(&adapters, &request, waiting, answer),
+            };
+            match progress {
+                Progress::Decided(d) => Step::Decided(d),
+                Progress::Waiting(w) => Step::Waiting(w),
+            }
         };
-        // Ids for traces from `crypto.getRandomValues`; no phase timings: Workers stop the
-        // clock while code runs.
-        let adapters = Adapters {
-            risk: &isolate.plugins,
-            entropy: &SystemEntropy,
-            ..Adapters::new(&auth, &AllHealthy)
-        };
-        gateway.decide(&adapters, &parts.parts(&body), now)
+        decide_resuming(step, |need| perform(&isolate, need))
     };
     // A token that names a key the set lacks: one rate-limited refetch, then decide again.
-    let decision = decide_refetching(
-        || std::future::ready(decide()),
-        async |issuer| {
-            let granted = isolate.keys.borrow_mut().request_refetch(issuer, now);
-            if granted {
-                refresh_keys(&isolate, now).await;
-                preverify(&isolate, &parts.headers, now).await;
-            }
-            granted
-        },
-    )
+    let decision = decide_refetching(decide, async |issuer| {
+        let granted = isolate.keys.borrow_mut().request_refetch(issuer, now);
+        if granted {
+            refresh_keys(&isolate, now).await;
+        }
+        granted
+    })
     .await;
     let signature_check = isolate.verifier.used();
     isolate.verifier.clear();

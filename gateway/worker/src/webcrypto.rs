@@ -1,26 +1,25 @@
 //! Signature checks through the Workers runtime's WebCrypto (`crypto.subtle`), natively
 //! implemented (BoringSSL) instead of pure Rust compiled to wasm. Imported keys are kept
-//! per isolate, by key serial and algorithm.
+//! per isolate, by key material and algorithm.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use js_sys::{Array, Object, Promise, Reflect};
 use portcullis_core::crypto::Curve;
-use portcullis_core::{Algorithm, KeyMaterial};
+use portcullis_core::{Algorithm, KeyMaterial, SignatureCheck};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{CryptoKey, SubtleCrypto};
 
-use crate::verifier::PendingCheck;
 
 /// Imported keys of this isolate.
 #[derive(Default)]
 pub struct KeyCache {
-    keys: RefCell<HashMap<(u64, Algorithm), CryptoKey>>,
+    keys: RefCell<HashMap<(KeyMaterial, Algorithm), CryptoKey>>,
 }
 
-/// At most this many imported keys are kept (key sets rotate; serials only grow).
+/// At most this many imported keys are kept (key sets rotate).
 const MAX_IMPORTED: usize = 256;
 
 fn subtle() -> Option<SubtleCrypto> {
@@ -105,10 +104,11 @@ impl KeyCache {
     async fn key(
         &self,
         subtle: &SubtleCrypto,
-        check: &PendingCheck,
+        check: &SignatureCheck,
         import: &Object,
     ) -> Option<CryptoKey> {
-        if let Some(k) = self.keys.borrow().get(&(check.serial, check.alg)) {
+        let id = (check.material.clone(), check.alg);
+        if let Some(k) = self.keys.borrow().get(&id) {
             return Some(k.clone());
         }
         let jwk = json(&jwk(&check.material)?)?;
@@ -123,14 +123,14 @@ impl KeyCache {
         if keys.len() >= MAX_IMPORTED {
             keys.clear();
         }
-        keys.insert((check.serial, check.alg), key.clone());
+        keys.insert(id, key.clone());
         Some(key)
     }
 
     /// Checks the signature with WebCrypto: `Some(valid)`, or `None` when WebCrypto cannot
     /// (algorithm or key it does not support, import refused): the caller then leaves the
     /// check to the pure-Rust verifier.
-    pub async fn verify(&self, check: &PendingCheck) -> Option<bool> {
+    pub async fn verify(&self, check: &SignatureCheck) -> Option<bool> {
         let subtle = subtle()?;
         let (import, verify) = params(check.alg)?;
         let import = json(&import)?;

@@ -40,7 +40,7 @@ pub enum KeyFamily {
 }
 
 /// Elliptic curves for ECDSA.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Curve {
     /// NIST P-256 (`ES256`).
     P256,
@@ -145,7 +145,7 @@ impl fmt::Display for Algorithm {
 }
 
 /// Public key material as it arrives in a JWK, before any verifier has prepared it.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum KeyMaterial {
     /// RSA modulus and public exponent, big-endian.
     Rsa {
@@ -185,6 +185,21 @@ impl KeyMaterial {
             KeyMaterial::Symmetric { .. } => KeyFamily::Symmetric,
         }
     }
+}
+
+/// One signature check an adapter's platform makes itself, asynchronously (the Workers
+/// runtime's WebCrypto): the decision asks for it and is resumed with the verdict (see
+/// [`crate::ports`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignatureCheck {
+    /// The algorithm.
+    pub alg: Algorithm,
+    /// The public key.
+    pub material: KeyMaterial,
+    /// The signing input.
+    pub message: Vec<u8>,
+    /// The signature.
+    pub signature: Vec<u8>,
 }
 
 impl fmt::Debug for KeyMaterial {

@@ -135,6 +135,16 @@ fn token_identity(
     } else {
         None
     };
+    if let Some(check) = auth.signature_check(token, &m.route.issuers, now) {
+        let verdict = input.io.verify(check.clone());
+        if input.io.waiting() {
+            // The platform checks it first; this run's answer is discarded.
+            return Err(input.refuse(Reason::KeysUnavailable, "waiting for the signature check"));
+        }
+        if let Some(valid) = verdict {
+            auth.checked(&check, valid);
+        }
+    }
     let id = auth
         .authenticate(token, &m.route.issuers, now)
         .map_err(|f| {

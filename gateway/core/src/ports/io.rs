@@ -20,6 +20,7 @@ use super::client::{CallOp, CallResult, Client};
 use super::risk::{PluginAnswer, RiskAssessor, RiskContext, failed};
 use super::state::{LimitCheck, LimitStatus, State, StateOp, StateResult};
 use crate::config::{PluginId, SiteVerify};
+use crate::crypto::SignatureCheck;
 use crate::model::{Entropy, IssuerId};
 use crate::time::Timestamp;
 
@@ -30,6 +31,8 @@ pub enum Need {
     State(StateOp),
     /// An outbound call.
     Call(CallOp),
+    /// A signature checked by the platform's own, asynchronous crypto.
+    Verify(SignatureCheck),
     /// Risk plugins run on a request.
     Risk {
         /// The plugins, in order.
@@ -46,6 +49,9 @@ pub enum Answer {
     State(StateResult),
     /// To an outbound call.
     Call(CallResult),
+    /// The platform's verdict: `None` when it cannot check this one (the portable
+    /// verifier then does).
+    Verified(Option<bool>),
     /// The plugins' answers, one per plugin in order.
     Risk(Vec<PluginAnswer>),
 }
@@ -57,6 +63,7 @@ impl Answer {
         match need {
             Need::State(_) => Answer::State(Err(why.into())),
             Need::Call(_) => Answer::Call(Err(why.into())),
+            Need::Verify(_) => Answer::Verified(None),
             Need::Risk { plugins, .. } => Answer::Risk(failed(plugins, &why.into())),
         }
     }
@@ -152,6 +159,15 @@ impl<'a> Io<'a> {
         }
     }
 
+    /// Has the platform check a signature (or replays its logged verdict): `None` when it
+    /// cannot, or the decision is waiting for it.
+    pub fn verify(&self, check: SignatureCheck) -> Option<bool> {
+        match self.ask(Need::Verify(check)) {
+            Ok(Answer::Verified(v)) => v,
+            _ => None,
+        }
+    }
+
     /// Runs risk plugins (or replays their logged answers): one answer per plugin, in
     /// order; a failure for each when they cannot run (their `on_error` decides).
     pub fn assess(&self, plugins: &[PluginId], ctx: RiskContext) -> Vec<PluginAnswer> {
@@ -241,8 +257,9 @@ impl<'a> Io<'a> {
         .site_verified()
     }
 
-    /// What the decision waits for, once a port could not answer at once.
-    pub(crate) fn waiting(&self) -> bool {
+    /// True once a port could not answer at once: the phase should stop (the pipeline
+    /// discards what it returns and waits).
+    pub fn waiting(&self) -> bool {
         self.waiting.borrow().is_some()
     }
 
@@ -274,6 +291,8 @@ impl<'a> Io<'a> {
             Need::State(op) => self.state.now(op).map(Answer::State),
             Need::Call(op) => self.client.now(op).map(Answer::Call),
             Need::Risk { plugins, ctx } => self.risk.now(plugins, ctx).map(Answer::Risk),
+            // Platform crypto is asynchronous by nature: always awaited.
+            Need::Verify(_) => None,
         };
         let answer = match now {
             Some(a) => a,
