@@ -635,17 +635,18 @@ def main():
         print(churn_table)
         (args.out / "churn.md").write_text(churn_table)
         (args.out / "churn.json").write_text(json.dumps(churn, indent=1))
-        if not args.smoke:
+        if not args.smoke and not args.bins:
             update_readme(churn_table, "churn-results")
     state_floor = state_broken = None
+    args.out.mkdir(parents=True, exist_ok=True)
     if state:
         state_table, state_floor, state_broken = state_report(state, args)
         print(state_table)
         (args.out / "state.md").write_text(state_table)
         (args.out / "state.json").write_text(json.dumps(state, indent=1))
-        if not args.smoke:
+        if not args.smoke and not args.bins:
             update_readme(state_table, "state-results")
-    if not args.smoke and not args.only:
+    if not args.smoke and not args.only and not args.bins:
         update_readme(table)
     shutil.rmtree(work, ignore_errors=True)
     bad = [r for r in results if not r["status_ok"]]

@@ -15,8 +15,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use portcullis_core::{
-    Adapters, AllHealthy, Answer, Decision, Entropy, Need, NoState, Progress, RequestParts, State,
-    SignatureCheck, StateAnswer, StateOp, StateResult, Timestamp,
+    Adapters, AllHealthy, Answer, Decision, Entropy, Need, NoState, Progress, RequestParts,
+    SignatureCheck, State, StateAnswer, StateOp, StateResult, Timestamp,
 };
 use portcullis_tests::*;
 

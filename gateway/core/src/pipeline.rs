@@ -222,6 +222,8 @@ impl Resume {
 }
 
 /// A decision made, or waiting for its adapter to perform an operation.
+// Decided is the common case: boxing it would allocate on every request to save a copy.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Progress {
     /// Decided.

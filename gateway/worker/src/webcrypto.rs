@@ -12,7 +12,6 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{CryptoKey, SubtleCrypto};
 
-
 /// Imported keys of this isolate.
 #[derive(Default)]
 pub struct KeyCache {
