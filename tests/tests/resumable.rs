@@ -14,9 +14,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
+use portcullis_core::authenticate::LocalAuthenticator;
+use portcullis_core::crypto::{KeyError, PortableKey};
 use portcullis_core::{
-    Adapters, AllHealthy, Answer, Decision, Entropy, Need, NoState, Progress, RequestParts,
-    SignatureCheck, State, StateAnswer, StateOp, StateResult, Timestamp,
+    Adapters, Algorithm, AllHealthy, Answer, Decision, Entropy, KeyMaterial, KeyStore, Need,
+    NoState, PortableVerifier, Progress, RequestParts, SignatureCheck, SignatureVerifier, State,
+    StateAnswer, StateOp, StateResult, Timestamp,
 };
 use portcullis_tests::*;
 
@@ -291,61 +294,56 @@ fn an_adapter_that_cannot_wait_fails_closed() {
     assert_eq!(verdict(&d), "state_unavailable");
 }
 
-/// A keys port whose platform checks signatures itself (as the Worker's WebCrypto does):
-/// it names a check for every token and takes the platform's verdict.
-struct PlatformChecked<'a> {
-    local: portcullis_core::authenticate::LocalAuthenticator<'a, portcullis_core::PortableVerifier>,
-    verdict: Cell<Option<bool>>,
+/// A verifier whose platform checks signatures itself (as the Worker's WebCrypto does): it
+/// asks for every key and answers with the platform's verdict once it has one.
+#[derive(Default)]
+struct PlatformVerifier {
+    verdicts: std::sync::Mutex<Vec<(SignatureCheck, bool)>>,
 }
 
-impl portcullis_core::Authenticator for PlatformChecked<'_> {
-    fn authenticate(
-        &self,
-        token: &str,
-        route_issuers: &[portcullis_core::IssuerId],
-        now: Timestamp,
-    ) -> Result<portcullis_core::VerifiedIdentity, portcullis_core::AuthFailure> {
-        if self.verdict.get() == Some(false) {
-            return Err(portcullis_core::AuthFailure::new(
-                portcullis_core::Reason::SignatureInvalid,
-                "the platform refused the signature",
-            ));
+impl SignatureVerifier for PlatformVerifier {
+    type Key = (KeyMaterial, PortableKey);
+
+    fn prepare(&self, material: &KeyMaterial) -> Result<Self::Key, KeyError> {
+        Ok((material.clone(), PortableVerifier.prepare(material)?))
+    }
+
+    fn verify(&self, alg: Algorithm, key: &Self::Key, message: &[u8], signature: &[u8]) -> bool {
+        let verdicts = self.verdicts.lock().unwrap();
+        let recorded = verdicts.iter().find(|(c, _)| {
+            c.alg == alg && c.material == key.0 && c.message == message && c.signature == signature
+        });
+        match recorded {
+            Some((_, valid)) => *valid,
+            None => PortableVerifier.verify(alg, &key.1, message, signature),
         }
-        self.local.authenticate(token, route_issuers, now)
     }
 
-    fn signature_check(
-        &self,
-        token: &str,
-        _: &[portcullis_core::IssuerId],
-        _: Timestamp,
-    ) -> Option<SignatureCheck> {
-        Some(SignatureCheck {
-            alg: portcullis_core::Algorithm::ES256,
-            material: portcullis_core::KeyMaterial::Symmetric {
-                secret: b"key".to_vec(),
-            },
-            message: token.as_bytes().to_vec(),
-            signature: Vec::new(),
-        })
+    fn platform_check(&self, key: &Self::Key, _: Algorithm) -> Option<KeyMaterial> {
+        Some(key.0.clone())
     }
 
-    fn checked(&self, _: &SignatureCheck, valid: bool) {
-        self.verdict.set(Some(valid));
+    fn record(&self, check: &SignatureCheck, valid: bool) {
+        self.verdicts.lock().unwrap().push((check.clone(), valid));
     }
 }
 
 #[test]
 fn a_platform_signature_check_is_waited_for_and_its_verdict_used() {
     let h = harness();
-    let bearer = format!("Bearer {}", token(&h, "user-9"));
+    let token = token(&h, "user-9");
+    let bearer = format!("Bearer {token}");
     let req = Request::new("/api/orders", "198.51.100.9", &[("authorization", &bearer)]);
     let gateway = h.engine.gateway();
     let now = Timestamp::from_unix_secs(NOW);
+    let signing_input = token.rsplit_once('.').unwrap().0;
     for (valid, expected) in [(true, "forward:eu"), (false, "signature_invalid")] {
-        let auth = PlatformChecked {
-            local: h.engine.authenticator(&h.keys),
-            verdict: Cell::new(None),
+        let verifier = PlatformVerifier::default();
+        let keys = KeyStore::new(h.engine.config(), &verifier);
+        let auth = LocalAuthenticator {
+            config: h.engine.config(),
+            keys: &keys,
+            verifier: &verifier,
         };
         let adapters = Adapters::new(&auth, &AllHealthy);
         let Progress::Waiting(w) = gateway.start(&adapters, &req.parts(), now) else {
@@ -354,23 +352,23 @@ fn a_platform_signature_check_is_waited_for_and_its_verdict_used() {
         let Need::Verify(check) = w.need() else {
             panic!("{:?}", w.need());
         };
-        assert_eq!(check.message, token_of(&bearer).as_bytes());
+        assert_eq!(check.message, signing_input.as_bytes());
+        assert_eq!(check.alg, Algorithm::ES256);
         let answer = Answer::Verified(Some(valid));
         let Progress::Decided(d) = gateway.resume(&adapters, &req.parts(), w, answer) else {
             panic!("decided once the verdict is in");
         };
         assert_eq!(verdict(&d), expected);
     }
-    // An adapter that cannot wait has no verdict: the token is verified as usual.
-    let auth = PlatformChecked {
-        local: h.engine.authenticator(&h.keys),
-        verdict: Cell::new(None),
+    // An adapter that cannot wait has no verdict: the portable verifier checks the token.
+    let verifier = PlatformVerifier::default();
+    let keys = KeyStore::new(h.engine.config(), &verifier);
+    let auth = LocalAuthenticator {
+        config: h.engine.config(),
+        keys: &keys,
+        verifier: &verifier,
     };
     let d = gateway.decide(&Adapters::new(&auth, &AllHealthy), &req.parts(), now);
     assert_eq!(verdict(&d), "forward:eu");
-    assert_eq!(auth.verdict.get(), None);
-}
-
-fn token_of(bearer: &str) -> &str {
-    bearer.trim_start_matches("Bearer ")
+    assert!(verifier.verdicts.lock().unwrap().is_empty());
 }

@@ -351,6 +351,26 @@ impl<V: SignatureVerifier> Authenticator for LocalAuthenticator<'_, V> {
         )
     }
 
+    fn signature_check(
+        &self,
+        token: &str,
+        route_issuers: &[IssuerId],
+        now: Timestamp,
+    ) -> Option<crate::crypto::SignatureCheck> {
+        platform_check(
+            token,
+            self.config,
+            self.keys,
+            self.verifier,
+            route_issuers,
+            now,
+        )
+    }
+
+    fn checked(&self, check: &crate::crypto::SignatureCheck, valid: bool) {
+        self.verifier.record(check, valid);
+    }
+
     fn verify_issued(
         &self,
         token: &str,
@@ -370,6 +390,44 @@ impl<V: SignatureVerifier> Authenticator for LocalAuthenticator<'_, V> {
             now,
         )
     }
+}
+
+/// The signature check `token` will need from the platform, when `verifier` has the
+/// platform check signatures ([`SignatureVerifier::platform_check`]): the token parses,
+/// names an issuer the route accepts whose keys are loaded, an allowed algorithm, and a key
+/// the set selects for it. Anything else is left to [`authenticate`], which refuses with the
+/// precise reason.
+pub fn platform_check<V: SignatureVerifier>(
+    token: &str,
+    config: &Config,
+    keys: &KeyStore<V::Key>,
+    verifier: &V,
+    route_issuers: &[IssuerId],
+    now: Timestamp,
+) -> Option<crate::crypto::SignatureCheck> {
+    let jws = parse_compact(token, config.limits.max_token_bytes).ok()?;
+    let claims = parse_object(&jws.payload).ok()?;
+    let iss = claims.get("iss")?.as_str()?;
+    let id = IssuerId(config.issuers.iter().position(|i| i.issuer == iss)?);
+    if !route_issuers.is_empty() && !route_issuers.contains(&id) {
+        return None;
+    }
+    if !config
+        .issuers
+        .get(id.0)?
+        .algorithms
+        .contains(&jws.header.alg)
+    {
+        return None;
+    }
+    let set = keys.keys(id, now).ok()?;
+    let entry = set.select(jws.header.kid.as_deref(), jws.header.alg).ok()?;
+    Some(crate::crypto::SignatureCheck {
+        material: verifier.platform_check(&entry.key, jws.header.alg)?,
+        alg: jws.header.alg,
+        message: jws.signing_input.as_bytes().to_vec(),
+        signature: jws.signature,
+    })
 }
 
 /// Authenticates `token` against the configured issuers (restricted to `route_issuers`

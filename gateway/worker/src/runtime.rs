@@ -7,13 +7,12 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
-use portcullis_core::authenticate::{AuthFailure, Authenticator, IssuedKind, LocalAuthenticator};
+use portcullis_core::authenticate::LocalAuthenticator;
 use portcullis_core::decision::problem;
 use portcullis_core::keyset::FetchRequest;
 use portcullis_core::{
-    Adapters, AllHealthy, Answer, Config, Forward, Gateway, IssuerId, KeyStore, Need, Outcome,
-    Progress, Reason, Response as CoreResponse, SignatureCheck, Suspended, Timestamp,
-    VerifiedIdentity,
+    Adapters, AllHealthy, Answer, Config, Forward, Gateway, KeyStore, Need, Outcome, Progress,
+    Reason, Response as CoreResponse, Suspended, Timestamp,
 };
 use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
 use portcullis_driver::{
@@ -24,7 +23,7 @@ use wasm_bindgen::JsValue;
 use worker::{Context, Env, Fetch, Request, Response, event};
 
 use crate::linked::{LinkedPlugins, Unusable};
-use crate::verifier::{WebKey, WorkerVerifier, pending_check};
+use crate::verifier::{WebKey, WorkerVerifier};
 use crate::webcrypto::KeyCache;
 
 /// The binding that holds the configuration snapshot (`portcullis snapshot`), base64url.
@@ -36,7 +35,6 @@ pub const VERIFY_BINDING: &str = "PORTCULLIS_VERIFY";
 
 /// Everything an isolate keeps between requests.
 struct Isolate {
-    webcrypto: bool,
     gateway: Gateway,
     verifier: WorkerVerifier,
     keys: RefCell<KeyStore<WebKey>>,
@@ -63,8 +61,6 @@ fn load(env: &Env) -> Result<Rc<Isolate>, String> {
     let bytes = portcullis_core::b64::decode(text.trim())
         .ok_or_else(|| format!("`{SNAPSHOT_BINDING}` is not base64url"))?;
     let config = Config::from_snapshot(&bytes)?;
-    let verifier = WorkerVerifier::default();
-    let keys = KeyStore::new(&config, &verifier);
     let plugins = LinkedPlugins::new(&config);
     // A plugin whose configuration its crate refuses stops the gateway, as at host
     // start-up; one that is merely not linked answers with failures (`on_error` decides).
@@ -84,8 +80,9 @@ fn load(env: &Env) -> Result<Rc<Isolate>, String> {
             ));
         }
     };
+    let verifier = WorkerVerifier::new(webcrypto);
+    let keys = KeyStore::new(&config, &verifier);
     let isolate = Rc::new(Isolate {
-        webcrypto,
         gateway: Gateway::new(config),
         verifier,
         keys: RefCell::new(keys),
@@ -140,54 +137,6 @@ async fn refresh_keys(isolate: &Isolate, now: Timestamp) {
     let source = FetchDocuments { now };
     portcullis_driver::keys::refresh(&isolate.keys, &isolate.verifier, &source, || now, report)
         .await;
-}
-
-/// The worker's keys port: tokens verified from the isolate's key sets, their signatures by
-/// WebCrypto. The decision asks for the check the token needs and waits; the worker runs
-/// it through WebCrypto and resumes the decision with the verdict, which the verifier then
-/// answers with.
-struct WorkerAuth<'a> {
-    local: LocalAuthenticator<'a, WorkerVerifier>,
-    webcrypto: bool,
-}
-
-impl Authenticator for WorkerAuth<'_> {
-    fn authenticate(
-        &self,
-        token: &str,
-        route_issuers: &[IssuerId],
-        now: Timestamp,
-    ) -> Result<VerifiedIdentity, AuthFailure> {
-        self.local.authenticate(token, route_issuers, now)
-    }
-
-    fn signature_check(
-        &self,
-        token: &str,
-        _route_issuers: &[IssuerId],
-        now: Timestamp,
-    ) -> Option<SignatureCheck> {
-        if !self.webcrypto {
-            return None;
-        }
-        pending_check(self.local.config, self.local.keys, token, now)
-    }
-
-    fn checked(&self, check: &SignatureCheck, valid: bool) {
-        self.local.verifier.record(check, valid);
-    }
-
-    fn verify_issued(
-        &self,
-        token: &str,
-        issuer: IssuerId,
-        client_id: &str,
-        kind: IssuedKind,
-        now: Timestamp,
-    ) -> Result<VerifiedIdentity, AuthFailure> {
-        self.local
-            .verify_issued(token, issuer, client_id, kind, now)
-    }
 }
 
 /// Performs what a decision waits for on a Worker: a WebCrypto signature check. (State,
@@ -421,13 +370,11 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     let decide = || {
         let step = |resume: Option<(Suspended, Answer)>| {
             let keys = isolate.keys.borrow();
-            let auth = WorkerAuth {
-                local: LocalAuthenticator {
-                    config: gateway.config(),
-                    keys: &keys,
-                    verifier: &isolate.verifier,
-                },
-                webcrypto: isolate.webcrypto,
+            // The verifier has WebCrypto check what it can: the decision waits for it.
+            let auth = LocalAuthenticator {
+                config: gateway.config(),
+                keys: &keys,
+                verifier: &isolate.verifier,
             };
             // Ids for traces from `crypto.getRandomValues`; no phase timings: Workers stop
             // the clock while code runs.

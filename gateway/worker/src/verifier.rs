@@ -1,8 +1,9 @@
 //! Signature checks for the worker: the runtime's WebCrypto (`crypto.subtle.verify`) is
 //! asynchronous, so the decision asks for it like any other operation it must wait for: the
-//! worker's keys port names the check the request's token needs ([`pending_check`]: which
-//! key, algorithm and bytes), the decision waits, the worker runs it through WebCrypto and
-//! resumes the decision with the verdict, which the [`WorkerVerifier`] then answers with.
+//! verifier says which keys WebCrypto checks ([`SignatureVerifier::platform_check`]), the
+//! core names the check the request's token needs (key, algorithm and bytes), the decision
+//! waits, the worker runs it through WebCrypto and resumes the decision with the verdict,
+//! which the [`WorkerVerifier`] then answers with.
 //! Anything not checked that way (a DPoP proof, an algorithm WebCrypto lacks) is checked by
 //! the core's pure-Rust verifier, so the decision never depends on which path ran.
 
@@ -11,9 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use portcullis_core::crypto::{KeyError, PortableKey};
 use portcullis_core::{
-    Algorithm, Config, KeyMaterial, KeyStore, PortableVerifier, SignatureCheck, SignatureVerifier,
+    Algorithm, KeyMaterial, PortableVerifier, SignatureCheck, SignatureVerifier,
 };
-use portcullis_core::{IssuerId, Timestamp};
 
 /// A prepared key: the portable form, plus what WebCrypto needs to import it.
 #[derive(Debug)]
@@ -34,19 +34,19 @@ struct Checked {
 /// The worker's verifier: answers from the platform's checks, else pure Rust.
 #[derive(Debug, Default)]
 pub struct WorkerVerifier {
+    /// Whether signatures go to WebCrypto (`PORTCULLIS_VERIFY`).
+    webcrypto: bool,
     checked: Mutex<Vec<Checked>>,
     fallbacks: AtomicU64,
     used: Mutex<Option<&'static str>>,
 }
 
 impl WorkerVerifier {
-    /// Records the platform's verdict on a signature check.
-    pub fn record(&self, check: &SignatureCheck, valid: bool) {
-        if let Ok(mut c) = self.checked.lock() {
-            c.push(Checked {
-                check: check.clone(),
-                valid,
-            });
+    /// A verifier that has WebCrypto check what it can (`webcrypto`), or pure Rust only.
+    pub fn new(webcrypto: bool) -> Self {
+        Self {
+            webcrypto,
+            ..Self::default()
         }
     }
 
@@ -109,33 +109,21 @@ impl SignatureVerifier for WorkerVerifier {
         }
         valid
     }
-}
 
-/// The signature check `token` will need, if it will need one: it parses, names a
-/// configured issuer whose keys are loaded, an allowed algorithm, and a key the set selects
-/// for it. Anything else is left to the pipeline, which refuses with the precise reason.
-pub fn pending_check(
-    config: &Config,
-    keys: &KeyStore<WebKey>,
-    token: &str,
-    now: Timestamp,
-) -> Option<SignatureCheck> {
-    let jws = portcullis_core::jws::parse_compact(token, config.limits.max_token_bytes).ok()?;
-    let claims = portcullis_core::jws::parse_object(&jws.payload).ok()?;
-    let iss = claims.get("iss")?.as_str()?;
-    let index = config.issuers.iter().position(|i| i.issuer == iss)?;
-    let issuer = config.issuers.get(index)?;
-    if !issuer.algorithms.contains(&jws.header.alg) {
-        return None;
+    fn platform_check(&self, key: &WebKey, alg: Algorithm) -> Option<KeyMaterial> {
+        // WebCrypto's HMAC keys are secrets imported raw: those stay in pure Rust.
+        let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+        (self.webcrypto && !hmac).then(|| key.material.clone())
     }
-    let set = keys.keys(IssuerId(index), now).ok()?;
-    let entry = set.select(jws.header.kid.as_deref(), jws.header.alg).ok()?;
-    Some(SignatureCheck {
-        material: entry.key.material.clone(),
-        alg: jws.header.alg,
-        message: jws.signing_input.as_bytes().to_vec(),
-        signature: jws.signature,
-    })
+
+    fn record(&self, check: &SignatureCheck, valid: bool) {
+        if let Ok(mut c) = self.checked.lock() {
+            c.push(Checked {
+                check: check.clone(),
+                valid,
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -152,7 +140,7 @@ mod tests {
     fn recorded_answers_are_used_for_exactly_that_key_and_input() {
         let (material, kp) = ed25519(7);
         let (other_material, other_kp) = ed25519(8);
-        let v = WorkerVerifier::default();
+        let v = WorkerVerifier::new(true);
         let key = v.prepare(&material).unwrap();
         let other = v.prepare(&other_material).unwrap();
         let sig = kp.sk.sign(b"msg", None).to_vec();

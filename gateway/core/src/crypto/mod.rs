@@ -240,4 +240,19 @@ pub trait SignatureVerifier: Send + Sync {
 
     /// True when `signature` is a valid `alg` signature of `message` under `key`.
     fn verify(&self, alg: Algorithm, key: &Self::Key, message: &[u8], signature: &[u8]) -> bool;
+
+    /// The material of `key` when this verifier has the platform check `alg` signatures
+    /// under it first, asynchronously (the Workers runtime's WebCrypto): the decision then
+    /// waits for a [`SignatureCheck`] and hands the verdict to [`SignatureVerifier::record`].
+    /// Default: `None` — [`SignatureVerifier::verify`] checks it.
+    fn platform_check(&self, key: &Self::Key, alg: Algorithm) -> Option<KeyMaterial> {
+        let _ = (key, alg);
+        None
+    }
+
+    /// The platform's verdict on a [`SignatureCheck`], for `verify` to answer with. Default:
+    /// ignored.
+    fn record(&self, check: &SignatureCheck, valid: bool) {
+        let _ = (check, valid);
+    }
 }

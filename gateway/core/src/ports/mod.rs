@@ -9,7 +9,10 @@
 //! | risk | [`RiskAssessor`] | risk plugins |
 //! | health | [`crate::BackendHealth`] | which backends answer |
 //!
-//! The state, client and risk ports are the ones that may need to wait. Their adapters answer
+//! The state, client and risk ports are the ones that may need to wait, and so is a
+//! signature check the platform makes with its own asynchronous crypto (a verifier that
+//! asks for one through [`crate::SignatureVerifier::platform_check`]: the Workers
+//! runtime's WebCrypto). Their adapters answer
 //! an operation at once when they can (memory, a host call) and otherwise say so; the
 //! decision then stops and hands the adapter the operation it needs ([`Need`], inside a
 //! [`Suspended`] decision). The adapter performs it however its platform does (awaiting
