@@ -319,6 +319,10 @@ impl SignatureVerifier for PlatformVerifier {
         }
     }
 
+    fn platform_checks(&self) -> bool {
+        true
+    }
+
     fn platform_check(&self, key: &Self::Key, _: Algorithm) -> Option<KeyMaterial> {
         Some(key.0.clone())
     }

@@ -110,6 +110,10 @@ impl SignatureVerifier for WorkerVerifier {
         valid
     }
 
+    fn platform_checks(&self) -> bool {
+        self.webcrypto
+    }
+
     fn platform_check(&self, key: &WebKey, alg: Algorithm) -> Option<KeyMaterial> {
         // WebCrypto's HMAC keys are secrets imported raw: those stay in pure Rust.
         let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);

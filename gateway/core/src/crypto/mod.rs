@@ -241,6 +241,13 @@ pub trait SignatureVerifier: Send + Sync {
     /// True when `signature` is a valid `alg` signature of `message` under `key`.
     fn verify(&self, alg: Algorithm, key: &Self::Key, message: &[u8], signature: &[u8]) -> bool;
 
+    /// True when this verifier has the platform check some signatures itself (see
+    /// [`SignatureVerifier::platform_check`]); false spares every other verifier the work
+    /// of finding the token's key twice. Default: false.
+    fn platform_checks(&self) -> bool {
+        false
+    }
+
     /// The material of `key` when this verifier has the platform check `alg` signatures
     /// under it first, asynchronously (the Workers runtime's WebCrypto): the decision then
     /// waits for a [`SignatureCheck`] and hands the verdict to [`SignatureVerifier::record`].
