@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Empty};
-use portcullis_host::{LoadedConfig, ServeOptions, prepare, server::Gateway};
+use portcullis_host::{LoadedConfig, ServeOptions, prepare, serve::server::Gateway};
 use portcullis_tests::net::Backend;
 use portcullis_tests::*;
 use serde_json::json;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Empty};
-use portcullis_host::plugins::RequestContext;
+use portcullis_host::risk::RequestContext;
 use portcullis_host::{Prepared, ServeOptions, prepare};
 use portcullis_tests::*;
 use serde_json::json;
@@ -127,7 +127,7 @@ fn bench(c: &mut Criterion) {
     let gw = prepared.gateway.clone();
     let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let token = TestIdp::shared().sign("ES256", live_claims(json!({"exp": unix_now() + 86_400})));
-    let call = |gw: &Arc<portcullis_host::server::Gateway>, path: &str| {
+    let call = |gw: &Arc<portcullis_host::serve::server::Gateway>, path: &str| {
         rt.block_on(async {
             let resp = gw.handle(peer, request(path, &token)).await;
             let status = resp.status().as_u16();
@@ -143,7 +143,7 @@ fn bench(c: &mut Criterion) {
     }
 
     let mut group = c.benchmark_group("plugins");
-    let runtime = &prepared.shared.plugins;
+    let runtime = &prepared.shared.risk;
     let ctx = RequestContext {
         request_id: "bench".into(),
         route: "/one".into(),

@@ -12,7 +12,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis_core::limits::LimitCheck;
 use portcullis_core::{StateAnswer, StateOp, Timestamp};
-use portcullis_host::store::Store;
+use portcullis_host::state::Store;
 use portcullis_tests::redis::Redis;
 
 fn checks(i: u64, n: usize) -> Vec<LimitCheck> {
@@ -60,7 +60,7 @@ fn rate_limits(c: &mut Criterion) {
 
     let server = Redis::start();
     let redis = Store::Redis(Box::new(
-        portcullis_host::store::RedisStore::new(
+        portcullis_host::state::RedisStore::new(
             &server.url(),
             None,
             4,

@@ -18,6 +18,7 @@ fn main() {
         "gateway/component",
         "gateway/providers",
         "gateway/plugin-link",
+        "gateway/driver",
         "gateway/core/src",
         "gateway/core/Cargo.toml",
         "wit",

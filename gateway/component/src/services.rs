@@ -238,38 +238,14 @@ impl HostRisk {
             .iter()
             .map(|p| u32::try_from(p.0).unwrap_or(u32::MAX))
             .collect();
-        let wit_ctx = risk::RequestContext {
-            request_id: ctx.request_id.clone(),
-            route: ctx.route.clone(),
-            method: ctx.method.clone(),
-            path: ctx.path.clone(),
-            query: ctx.query.clone(),
-            host: ctx.host.clone(),
+        let wit_ctx = portcullis_driver::risk_context!(ctx => risk::RequestContext, risk::Identity;
             headers: ctx.headers.clone(),
-            identity: ctx.identity.as_ref().map(|i| risk::Identity {
-                subject: i.subject.clone(),
-                issuer: i.issuer.clone(),
-                scopes: i.scopes.clone(),
-                acr: i.acr.clone(),
-                amr: i.amr.clone(),
-                actor: i.actor.clone(),
-                session_id: i.session_id.clone(),
-                client_id: i.client_id.clone(),
-            }),
-        };
+        );
         risk::assess(&ids, &wit_ctx)
             .into_iter()
             .map(|answer| {
-                answer.map(|a| Assessment {
-                    score: a.score,
-                    labels: a.labels,
-                    action: match a.action {
-                        risk::Action::Allow => Action::Allow,
-                        risk::Action::StepUp => Action::StepUp,
-                        risk::Action::Challenge => Action::Challenge,
-                        risk::Action::Deny => Action::Deny,
-                    },
-                    reason: a.reason,
+                answer.map(|a| {
+                    portcullis_driver::risk_assessment!(a => Assessment, risk::Action => Action)
                 })
             })
             .collect()

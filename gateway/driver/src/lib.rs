@@ -18,11 +18,14 @@
 //! - [`backend_answered`]: the backend's status and latency in the audit record.
 //! - [`SystemEntropy`], [`InstantClock`]: random ids and phase timings for the core.
 //! - [`audit::json_line`]: the audit line every runtime writes.
+//! - [`risk_context!`], [`risk_assessment!`], [`risk_action!`]: the risk-plugin records
+//!   copied between the core's, the WIT bindings' and the plugin SDK's types.
 #![forbid(unsafe_code)]
 
 pub mod audit;
 mod head;
 pub mod keys;
+mod records;
 mod respond;
 mod runtime;
 

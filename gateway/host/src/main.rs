@@ -299,7 +299,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 cache_dir: if no_cache {
                     None
                 } else {
-                    portcullis_host::runtime::default_cache_dir()
+                    portcullis_host::wasm::default_cache_dir()
                 },
                 max_instances,
                 request_timeout: Duration::from_secs(request_timeout),
@@ -359,9 +359,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     anyhow::anyhow!("plugin `{}`: {}: {e}", p.name, path.display())
                 })?);
             }
-            let baked = portcullis_host::bundle::bake_keys(&mut loaded.config).await?;
-            let bundle = portcullis_host::bundle::compose(
-                portcullis_host::runtime::COMPONENT,
+            let baked = portcullis_host::tools::bundle::bake_keys(&mut loaded.config).await?;
+            let bundle = portcullis_host::tools::bundle::compose(
+                portcullis_host::wasm::COMPONENT,
                 &loaded.config,
                 &plugins,
             )?;
@@ -384,7 +384,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let wasm = std::fs::read(&component)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", component.display()))?;
             let listener = tokio::net::TcpListener::bind(listen).await?;
-            let server = portcullis_host::plain::PlainServer::new(&wasm)?;
+            let server = portcullis_host::serve::plain::PlainServer::new(&wasm)?;
             tracing::info!(listen = %listener.local_addr()?, admin = %listener.local_addr()?, "portcullis serving");
             server
                 .serve(listener, portcullis_host::shutdown_signal())
@@ -395,9 +395,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(l) => {
                 // Plugins are loaded and asked to accept their configuration, as at startup.
                 if !l.config.plugins.is_empty() {
-                    let engine = portcullis_host::runtime::engine(64, false)?;
-                    let state = std::sync::Arc::new(portcullis_host::store::Store::memory(16));
-                    if let Err(e) = portcullis_host::plugins::PluginRuntime::load(
+                    let engine = portcullis_host::wasm::engine(64, false)?;
+                    let state = std::sync::Arc::new(portcullis_host::state::Store::memory(16));
+                    if let Err(e) = portcullis_host::risk::PluginRuntime::load(
                         &engine, &l.config, &l.base, state, None,
                     )
                     .await
@@ -444,13 +444,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             command: PluginCommand::New { name, dir, sdk },
         } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            let Some(sdk) = sdk.or_else(portcullis_host::plugin_tool::default_sdk_path) else {
+            let Some(sdk) = sdk.or_else(portcullis_host::tools::plugin::default_sdk_path) else {
                 eprintln!(
                     "portcullis: the plugin SDK was not found; pass --sdk PATH/TO/plugins/sdk"
                 );
                 return Ok(ExitCode::FAILURE);
             };
-            portcullis_host::plugin_tool::scaffold(&name, &dir, &sdk)?;
+            portcullis_host::tools::plugin::scaffold(&name, &dir, &sdk)?;
             println!(
                 "created {}\n  cd {}\n  cargo test\n  cargo build --release --target wasm32-wasip2",
                 dir.display(),
@@ -463,7 +463,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let wasm =
                 std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            match portcullis_host::plugin_tool::check(&wasm) {
+            match portcullis_host::tools::plugin::check(&wasm) {
                 Ok(report) => {
                     print!("{}", report.render(&file.display().to_string()));
                     Ok(if report.ok() {
@@ -498,7 +498,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { listen, admin } => {
-            portcullis_host::demo::run(listen, admin).await?;
+            portcullis_host::tools::demo::run(listen, admin).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -567,7 +567,8 @@ async fn verify(
         );
     }
     let offline =
-        portcullis_host::offline::decide(loaded, &http::Method::GET, &path, &headers).await?;
+        portcullis_host::tools::offline::decide(loaded, &http::Method::GET, &path, &headers)
+            .await?;
     let audit = serde_json::to_string(&offline.decision.audit)?;
     let code = match offline.decision.outcome {
         Outcome::Forward(f) => {

@@ -96,3 +96,47 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .map(|d| d.join("portcullis"))
 }
+
+/// Runs one request through a fresh instance of a `wasi:http` proxy component in `store`
+/// (both servers: the gateway component and `serve-wasm`'s bundles). The instance keeps
+/// running after the response head is sent (streaming bodies).
+pub async fn handle<T, B>(
+    pre: &wasmtime_wasi_http::p2::bindings::ProxyPre<T>,
+    mut store: wasmtime::Store<T>,
+    req: http::Request<B>,
+) -> anyhow::Result<http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>>
+where
+    T: wasmtime_wasi_http::WasiHttpView + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let wreq = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, req)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let out = store
+        .data_mut()
+        .http()
+        .new_response_outparam(sender)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pre = pre.clone();
+    let task = tokio::spawn(async move {
+        let proxy = pre.instantiate_async(&mut store).await?;
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, wreq, out)
+            .await
+    });
+    match receiver.await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => anyhow::bail!("component answered with error {e:?}"),
+        Err(_) => match task.await {
+            Ok(Ok(())) => anyhow::bail!("component never answered"),
+            Ok(Err(e)) => anyhow::bail!("component failed: {e:?}"),
+            Err(e) => anyhow::bail!("component task: {e}"),
+        },
+    }
+}

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use portcullis_core::config::KeySource;
-use portcullis_host::bundle::{self, Section};
+use portcullis_host::tools::bundle::{self, Section};
 use portcullis_tests::net::KeyServer;
 use portcullis_tests::*;
 
@@ -50,7 +50,7 @@ fn the_bundle_imports_only_wasi_and_carries_the_baked_key_sets() {
     assert_eq!(baked, ["main"]);
     assert!(matches!(cfg.issuers[0].keys, KeySource::Static(_)));
 
-    let b = bundle::compose(portcullis_host::runtime::COMPONENT, &cfg, &[]).unwrap();
+    let b = bundle::compose(portcullis_host::wasm::COMPONENT, &cfg, &[]).unwrap();
     assert!(
         b.imports.iter().all(|i| i.starts_with("wasi:")),
         "{:?}",
@@ -72,7 +72,7 @@ fn the_bundle_imports_only_wasi_and_carries_the_baked_key_sets() {
     );
     // The gateway component alone imports the host services: the bundle satisfied them.
     let gateway_imports =
-        bundle::component_names(portcullis_host::runtime::COMPONENT, Section::Imports).unwrap();
+        bundle::component_names(portcullis_host::wasm::COMPONENT, Section::Imports).unwrap();
     for service in bundle::SERVICES {
         assert!(
             gateway_imports

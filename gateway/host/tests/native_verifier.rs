@@ -8,7 +8,7 @@
 )]
 
 use portcullis_core::SignatureVerifier;
-use portcullis_host::native_verifier::NativeVerifier;
+use portcullis_host::keys::verifier::NativeVerifier;
 use portcullis_tests::wycheproof::run_all_signature_suites;
 
 #[test]

@@ -37,30 +37,11 @@ thread_local! {
 /// The exported chain link.
 struct Link;
 
-fn identity(id: &exported::Identity) -> plugin::Identity {
-    plugin::Identity {
-        subject: id.subject.clone(),
-        issuer: id.issuer.clone(),
-        scopes: id.scopes.clone(),
-        acr: id.acr.clone(),
-        amr: id.amr.clone(),
-        actor: id.actor.clone(),
-        session_id: id.session_id.clone(),
-        client_id: id.client_id.clone(),
-    }
-}
-
 /// The context the plugin sees: only the headers it asked for; no client address (wasi:http
 /// does not give one).
 fn plugin_context(ctx: &exported::RequestContext) -> plugin::RequestContext {
     let wanted = slot::headers();
-    plugin::RequestContext {
-        request_id: ctx.request_id.clone(),
-        route: ctx.route.clone(),
-        method: ctx.method.clone(),
-        path: ctx.path.clone(),
-        query: ctx.query.clone(),
-        host: ctx.host.clone(),
+    portcullis_driver::risk_context!(ctx => plugin::RequestContext, plugin::Identity;
         headers: ctx
             .headers
             .iter()
@@ -70,54 +51,18 @@ fn plugin_context(ctx: &exported::RequestContext) -> plugin::RequestContext {
         client_ip: None,
         country: None,
         asn: None,
-        identity: ctx.identity.as_ref().map(identity),
-    }
+    )
 }
 
 /// The same context for the next link.
 fn next_context(ctx: &exported::RequestContext) -> next::RequestContext {
-    next::RequestContext {
-        request_id: ctx.request_id.clone(),
-        route: ctx.route.clone(),
-        method: ctx.method.clone(),
-        path: ctx.path.clone(),
-        query: ctx.query.clone(),
-        host: ctx.host.clone(),
+    portcullis_driver::risk_context!(ctx => next::RequestContext, next::Identity;
         headers: ctx.headers.clone(),
-        identity: ctx.identity.as_ref().map(|id| next::Identity {
-            subject: id.subject.clone(),
-            issuer: id.issuer.clone(),
-            scopes: id.scopes.clone(),
-            acr: id.acr.clone(),
-            amr: id.amr.clone(),
-            actor: id.actor.clone(),
-            session_id: id.session_id.clone(),
-            client_id: id.client_id.clone(),
-        }),
-    }
-}
-
-fn action(a: plugin::Action) -> exported::Action {
-    match a {
-        plugin::Action::Allow => exported::Action::Allow,
-        plugin::Action::StepUp => exported::Action::StepUp,
-        plugin::Action::Challenge => exported::Action::Challenge,
-        plugin::Action::Deny => exported::Action::Deny,
-    }
+    )
 }
 
 fn from_next(a: next::Assessment) -> exported::Assessment {
-    exported::Assessment {
-        score: a.score,
-        labels: a.labels,
-        action: match a.action {
-            next::Action::Allow => exported::Action::Allow,
-            next::Action::StepUp => exported::Action::StepUp,
-            next::Action::Challenge => exported::Action::Challenge,
-            next::Action::Deny => exported::Action::Deny,
-        },
-        reason: a.reason,
-    }
+    portcullis_driver::risk_assessment!(a => exported::Assessment, next::Action => exported::Action)
 }
 
 /// This link's plugin on `ctx`.
@@ -127,12 +72,9 @@ fn mine(ctx: &exported::RequestContext) -> Result<exported::Assessment, String> 
     let seen = plugin_context(ctx);
     let a = plugin::assess(&seen);
     SEEN.with(|s| *s.borrow_mut() = Some(seen));
-    Ok(exported::Assessment {
-        score: a.score,
-        labels: a.labels,
-        action: action(a.action),
-        reason: a.reason,
-    })
+    Ok(
+        portcullis_driver::risk_assessment!(a => exported::Assessment, plugin::Action => exported::Action),
+    )
 }
 
 impl exported::Guest for Link {

@@ -294,13 +294,7 @@ impl LinkedPlugins {
 
 /// The SDK's view of a request, with only the headers this plugin asked for.
 pub fn sdk_context(ctx: &RiskContext, wanted: &[String]) -> Context {
-    Context {
-        request_id: ctx.request_id.clone(),
-        route: ctx.route.clone(),
-        method: ctx.method.clone(),
-        path: ctx.path.clone(),
-        query: ctx.query.clone(),
-        host: ctx.host.clone(),
+    portcullis_driver::risk_context!(ctx => Context, Identity;
         headers: ctx
             .headers
             .iter()
@@ -310,31 +304,13 @@ pub fn sdk_context(ctx: &RiskContext, wanted: &[String]) -> Context {
         client_ip: ctx.client.ip,
         country: ctx.client.country.clone(),
         asn: ctx.client.asn,
-        identity: ctx.identity.as_ref().map(|i| Identity {
-            subject: i.subject.clone(),
-            issuer: i.issuer.clone(),
-            scopes: i.scopes.clone(),
-            acr: i.acr.clone(),
-            amr: i.amr.clone(),
-            actor: i.actor.clone(),
-            session_id: i.session_id.clone(),
-            client_id: i.client_id.clone(),
-        }),
-    }
+    )
 }
 
-fn core_assessment(a: portcullis_plugin::Assessment) -> Assessment {
-    Assessment {
-        score: a.score.min(100),
-        labels: a.labels,
-        action: match a.action {
-            portcullis_plugin::Action::Allow => Action::Allow,
-            portcullis_plugin::Action::StepUp => Action::StepUp,
-            portcullis_plugin::Action::Challenge => Action::Challenge,
-            portcullis_plugin::Action::Deny => Action::Deny,
-        },
-        reason: a.reason,
-    }
+/// A plugin's assessment in the core's terms (a score above 100 counts as 100).
+fn core_assessment(mut a: portcullis_plugin::Assessment) -> Assessment {
+    a.score = a.score.min(100);
+    portcullis_driver::risk_assessment!(a => Assessment, portcullis_plugin::Action => Action)
 }
 
 impl RiskAssessor for LinkedPlugins {

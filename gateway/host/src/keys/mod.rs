@@ -1,6 +1,10 @@
 //! The host's `keys` service: key sets fetched in the background by the core's state
 //! machine, tokens verified natively and cached.
 
+pub mod token_cache;
+pub mod verifier;
+mod wit;
+
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,8 +20,10 @@ use portcullis_core::{Engine, FetchKind, IssuerId, KeyStore, Reason, Timestamp};
 use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
 use tracing::{info, warn};
 
-use crate::native_verifier::{NativeKey, NativeVerifier};
-use crate::token_cache::{TokenCache, token_key};
+use token_cache::{TokenCache, token_key};
+use verifier::{NativeKey, NativeVerifier};
+
+pub use wit::KeysHost;
 
 /// Largest key-set or discovery document accepted.
 const MAX_DOCUMENT: usize = 1024 * 1024;

@@ -1,5 +1,9 @@
 //! Passive backend health: a backend that fails a connection is avoided for a while.
 
+mod wit;
+
+pub use wit::HealthHost;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -5,8 +5,9 @@
 use portcullis_core::config::StateBackend;
 use portcullis_core::{Config, Decision, RequestParts};
 
-use crate::native::NativeEngine;
-use crate::{EngineKind, LoadedConfig, ServeOptions};
+use crate::config::LoadedConfig;
+use crate::serve::native::NativeEngine;
+use crate::serve::{EngineKind, ServeOptions};
 
 /// A decision made offline and the limits of what it could evaluate.
 pub struct OfflineDecision {
@@ -35,7 +36,7 @@ pub async fn decide(
         engine: EngineKind::Native,
         ..ServeOptions::default()
     };
-    let prepared = crate::prepare(loaded, &options).await?;
+    let prepared = crate::serve::prepare(loaded, &options).await?;
     let engine = NativeEngine::new(prepared.shared.clone(), config.clone());
     let uri: http::Uri = path.parse()?;
     let parts = RequestParts {

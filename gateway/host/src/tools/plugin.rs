@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::plugins::{WIT_VERSION, disallowed_imports};
+use crate::risk::{WIT_VERSION, disallowed_imports};
 use wasmtime::component::Component;
 use wasmtime::{Config as WasmConfig, Engine};
 
@@ -75,7 +75,7 @@ pub fn check(wasm: &[u8]) -> anyhow::Result<CheckReport> {
             "does not export portcullis:plugin/risk@{WIT_VERSION} (build it with the portcullis-plugin SDK and export_plugin!)"
         ));
     } else if report.disallowed.is_empty()
-        && let Err(e) = crate::plugins::link_only(&engine, &component)
+        && let Err(e) = crate::risk::link_only(&engine, &component)
     {
         report.link_error = Some(format!("{e:#}"));
     }

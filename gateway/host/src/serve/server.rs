@@ -16,13 +16,14 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use wasmtime::Store;
-use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::native::NativeEngine;
-use crate::runtime::{EPOCH_TICK, Shared, StoreState, full_body};
+use crate::client::full_body;
+use crate::serve::Shared;
+use crate::serve::component::StoreState;
+use crate::serve::native::NativeEngine;
+use crate::wasm::EPOCH_TICK;
 
 /// The gateway server.
 pub struct Gateway {
@@ -159,7 +160,7 @@ impl Gateway {
                                 &[],
                             );
                             self.refused(&refusal, &id, method, path);
-                            crate::native::respond(&refusal)
+                            crate::serve::native::respond(&refusal)
                         }
                     };
                 self.shared.metrics.latency(started.elapsed());
@@ -174,7 +175,7 @@ impl Gateway {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        if let Some(refusal) = crate::native::host_refusal(&req, id) {
+        if let Some(refusal) = crate::serve::native::host_refusal(&req, id) {
             self.refused(
                 &refusal,
                 id,
@@ -182,7 +183,7 @@ impl Gateway {
                 req.uri().path().to_owned(),
             );
             self.shared.metrics.latency(started.elapsed());
-            return crate::native::respond(&refusal);
+            return crate::serve::native::respond(&refusal);
         }
         let response = match self.run(pre, peer, req).await {
             Ok(r) => r,
@@ -211,8 +212,7 @@ impl Gateway {
         method: String,
         path: String,
     ) {
-        crate::native::emit(
-            &self.shared,
+        self.shared.audit.emit(
             portcullis_core::AuditRecord {
                 time_ms: crate::keys::now().unix_millis(),
                 request_id: request_id.to_owned(),
@@ -239,48 +239,20 @@ impl Gateway {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let client = portcullis_core::client::client_info(
-            &self.shared.client,
+            &self.shared.client.proxies,
             Some(peer.ip()),
             req.headers(),
         );
         let mut store = Store::new(
             pre.engine(),
-            StoreState::new(self.shared.clone(), peer.ip(), client),
+            StoreState::new(&self.shared, peer.ip(), client),
         );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks);
-        if self.shared.plugins.fuel_enabled() {
+        if self.shared.risk.fuel_enabled() {
             let _ = store.set_fuel(u64::MAX);
         }
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let wreq = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, req)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let out = store
-            .data_mut()
-            .http()
-            .new_response_outparam(sender)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let pre = pre.clone();
-        // The instance keeps running after the response head is sent (streaming bodies).
-        let task = tokio::spawn(async move {
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, wreq, out)
-                .await
-        });
-        match receiver.await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => anyhow::bail!("component answered with error {e:?}"),
-            Err(_) => match task.await {
-                Ok(Ok(())) => anyhow::bail!("component never answered"),
-                Ok(Err(e)) => anyhow::bail!("component failed: {e:?}"),
-                Err(e) => anyhow::bail!("component task: {e}"),
-            },
-        }
+        crate::wasm::handle(pre, store, req).await
     }
 }
 
@@ -294,7 +266,7 @@ pub async fn serve(
     drain: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    crate::listener::serve(listener, limits, shutdown, &graceful, |peer| {
+    crate::serve::listener::serve(listener, limits, shutdown, &graceful, |peer| {
         let gw = gateway.clone();
         service_fn(move |req| {
             let gw = gw.clone();
@@ -316,7 +288,7 @@ async fn readiness(shared: &Shared) -> Result<(), String> {
     for issuer in shared.keys.unusable_issuers() {
         missing.push_str(&format!("key set of issuer `{issuer}` not usable\n"));
     }
-    if let Err(e) = shared.state.ping().await {
+    if let Err(e) = shared.state.store.ping().await {
         missing.push_str(&format!("shared state unreachable: {e}\n"));
     }
     if missing.is_empty() {
@@ -346,10 +318,10 @@ pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
                         200,
                         shared.metrics.render(|scrape| {
                             shared.keys.add_metrics(scrape);
-                            shared.plugins.add_metrics(scrape);
-                            shared.state.add_metrics(scrape);
-                            shared.audit.add_metrics(scrape);
-                            shared.traces.add_metrics(scrape);
+                            shared.risk.add_metrics(scrape);
+                            shared.state.store.add_metrics(scrape);
+                            shared.audit.sink.add_metrics(scrape);
+                            shared.audit.traces.add_metrics(scrape);
                         }),
                         crate::metrics::CONTENT_TYPE,
                     ),

@@ -25,20 +25,20 @@ use portcullis_core::ports::{
 };
 use portcullis_core::risk::{PluginAnswer, RiskAssessor, RiskContext};
 use portcullis_core::{
-    Adapters, AuditRecord, BackendHealth, BackendId, Config, Forward, Gateway, IssuerId, Outcome,
-    Progress, Reason, RequestParts, Timestamp, VerifiedIdentity,
+    Adapters, BackendHealth, BackendId, Config, Forward, Gateway, IssuerId, Outcome, Progress,
+    Reason, RequestParts, Timestamp, VerifiedIdentity,
 };
 use portcullis_driver::{
     Step, backend_answered, decide_refetching, decide_resuming, refused_in_forward, relay_headers,
 };
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::backends::BackendOutcome;
-use crate::backends::full_body;
+use crate::audit::traces::BackendCall;
+use crate::client::backends::BackendOutcome;
+use crate::client::backends::full_body;
 use crate::keys;
-use crate::plugins::{self, PluginRuntime};
-use crate::runtime::Shared;
-use crate::traces::{BackendCall, DecisionSpan};
+use crate::risk;
+use crate::serve::Shared;
 
 /// The native engine.
 pub struct NativeEngine {
@@ -117,11 +117,11 @@ impl NativeEngine {
             let shared = self.shared.clone();
             tokio::spawn(async move {
                 for (id, ctx) in assessed {
-                    shared.plugins.observe(id, &ctx, status).await;
+                    shared.risk.observe(id, &ctx, status).await;
                 }
             });
         }
-        emit(&self.shared, audit, Some(started), &calls);
+        self.shared.audit.emit(audit, Some(started), &calls);
         response
     }
 
@@ -178,7 +178,7 @@ impl NativeEngine {
                 )
             }
         };
-        emit(&self.shared, audit, Some(started), &[]);
+        self.shared.audit.emit(audit, Some(started), &[]);
         respond(&response)
     }
 
@@ -201,7 +201,7 @@ impl NativeEngine {
         parts: &RequestParts<'_>,
     ) -> (
         portcullis_core::Decision,
-        Vec<(usize, plugins::RequestContext)>,
+        Vec<(usize, risk::RequestContext)>,
     ) {
         let now = keys::now();
         let clock = portcullis_driver::InstantClock::start();
@@ -287,7 +287,7 @@ impl NativeEngine {
         let timeouts = cfg.timeouts;
         let deadline = tokio::time::Instant::now() + timeouts.total;
         let head_wait = timeouts.response.min(timeouts.total);
-        let mut call = self.shared.traces.enabled().then(|| {
+        let mut call = self.shared.audit.traces.enabled().then(|| {
             BackendCall::new(
                 out.method().as_str(),
                 out.uri().authority().map_or("", |a| a.as_str()),
@@ -296,7 +296,7 @@ impl NativeEngine {
             )
         });
         let started = std::time::Instant::now();
-        let sent = tokio::time::timeout(head_wait, self.shared.backends.request(out)).await;
+        let sent = tokio::time::timeout(head_wait, self.shared.client.backends.request(out)).await;
         let mut done = |outcome, status| {
             self.shared.backend_done(fwd.backend, started, outcome);
             if let Some(mut c) = call.take() {
@@ -345,26 +345,6 @@ impl NativeEngine {
         .boxed_unsync();
         Ok((Response::from_parts(parts, body), latency))
     }
-}
-
-/// Writes a decision's audit record, counts it and, when traces are exported, queues its
-/// spans with those of the backend `calls` made for it (native decisions, and the host's
-/// own refusals in either engine). `started` is when the request arrived.
-pub(crate) fn emit(
-    shared: &Shared,
-    a: AuditRecord,
-    started: Option<SystemTime>,
-    calls: &[BackendCall],
-) {
-    shared.metrics.decision(a.decision, a.reason, a.session);
-    if shared.traces.enabled() {
-        let now = SystemTime::now();
-        let span = DecisionSpan::from(&a);
-        shared
-            .traces
-            .decision(&span, started.unwrap_or(now), now, calls);
-    }
-    shared.audit.write(a);
 }
 
 /// A backend response body cut off at the request's total deadline.
@@ -450,7 +430,7 @@ impl Authenticator for NativeAuth<'_> {
         signature: &[u8],
     ) -> bool {
         use portcullis_core::SignatureVerifier as _;
-        let v = crate::native_verifier::NativeVerifier;
+        let v = crate::keys::verifier::NativeVerifier;
         v.prepare(material)
             .is_ok_and(|k| v.verify(alg, &k, message, signature))
     }
@@ -482,7 +462,7 @@ struct NativeState<'a>(&'a Shared);
 
 impl State for NativeState<'_> {
     fn now(&self, op: &StateOp) -> Option<StateResult> {
-        let answer = self.0.state.try_now(op)?;
+        let answer = self.0.state.store.try_now(op)?;
         Some(state_answer(self.0, op, answer))
     }
 }
@@ -497,17 +477,18 @@ impl Client for NativeClient {
 }
 
 /// A store answer as the core reads it. A replay check the store cannot answer follows
-/// `[state] on_unavailable` (see [`crate::runtime::replay_policy`]).
+/// `[state] on_unavailable` (see [`StateService::replay_policy`](crate::state::StateService::replay_policy)).
 fn state_answer(
     shared: &Shared,
     op: &StateOp,
-    answer: Result<StateAnswer, crate::store::StoreError>,
+    answer: Result<StateAnswer, crate::state::StoreError>,
 ) -> StateResult {
     match (op, answer) {
         (_, Ok(a)) => Ok(a),
-        (StateOp::FirstUse { .. }, Err(e)) => {
-            crate::runtime::replay_policy(shared, Err(e)).map(StateAnswer::FirstUse)
-        }
+        (StateOp::FirstUse { .. }, Err(e)) => shared
+            .state
+            .replay_policy(Err(e))
+            .map(StateAnswer::FirstUse),
         (_, Err(e)) => Err(e.to_string()),
     }
 }
@@ -526,30 +507,28 @@ async fn perform(shared: &Shared, need: Need, shown: &Mutex<Shown>) -> Answer {
             }
             Answer::Risk(answers)
         }
-        Need::State(op) => {
-            Answer::State(state_answer(shared, &op, shared.state.perform(&op).await))
-        }
+        Need::State(op) => Answer::State(state_answer(
+            shared,
+            &op,
+            shared.state.store.perform(&op).await,
+        )),
         Need::Call(CallOp::Token {
             issuer,
             authorization,
             body,
         }) => Answer::Call(
-            crate::site_verify::token_request(
-                &shared.keys,
-                &shared.backends,
-                issuer,
-                &authorization,
-                &body,
-            )
-            .await
-            .map(|(status, body)| CallAnswer::Token { status, body }),
+            shared
+                .client
+                .token_request(&shared.keys, issuer, &authorization, &body)
+                .await
+                .map(|(status, body)| CallAnswer::Token { status, body }),
         ),
         Need::Call(CallOp::SiteVerify {
             site,
             site_token,
             remote_ip,
         }) => Answer::Call(
-            crate::site_verify::verify(&shared.backends, &site, &site_token, remote_ip)
+            crate::client::forms::verify(&shared.client.backends, &site, &site_token, remote_ip)
                 .await
                 .map(CallAnswer::SiteVerified),
         ),
@@ -557,7 +536,7 @@ async fn perform(shared: &Shared, need: Need, shown: &Mutex<Shown>) -> Answer {
 }
 
 /// What the plugins were shown, per plugin (for `observe` once the backend answered).
-type Shown = Vec<(usize, plugins::RequestContext)>;
+type Shown = Vec<(usize, risk::RequestContext)>;
 
 /// Risk plugins run by the host's plugin runtime. With the state in memory a plugin never
 /// waits on I/O (its deadline is enforced by the epoch thread), so they run at once; with
@@ -570,7 +549,7 @@ struct NativeRisk<'a> {
 
 impl RiskAssessor for NativeRisk<'_> {
     fn now(&self, ids: &[PluginId], ctx: &RiskContext) -> Option<Vec<PluginAnswer>> {
-        if !matches!(*self.shared.state, crate::store::Store::Memory(_)) {
+        if !matches!(*self.shared.state.store, crate::state::Store::Memory(_)) {
             return None;
         }
         let (answers, shown) = futures::executor::block_on(run_plugins(self.shared, ids, ctx));
@@ -585,18 +564,12 @@ async fn run_plugins(
     ids: &[PluginId],
     ctx: &RiskContext,
 ) -> (Vec<PluginAnswer>, Shown) {
-    let base = plugins::context(ctx, &ctx.client);
-    let plugins: &PluginRuntime = &shared.plugins;
-    let mut answers = Vec::with_capacity(ids.len());
-    let mut shown = Vec::with_capacity(ids.len());
-    for id in ids {
-        let mut ctx = base.clone();
-        let wanted = plugins.headers(id.0);
-        ctx.headers.retain(|(n, _)| wanted.contains(n));
-        answers.push(plugins.assess(id.0, &ctx).await.map(plugins::to_core));
-        shown.push((id.0, ctx));
-    }
-    (answers, shown)
+    let base = risk::context(ctx, &ctx.client);
+    let ids: Vec<usize> = ids.iter().map(|id| id.0).collect();
+    let runs = shared.risk.run(&ids, &base).await;
+    runs.into_iter()
+        .map(|(answer, shown)| (answer.map(risk::to_core), shown))
+        .unzip()
 }
 
 /// Backend health as the host observes it.

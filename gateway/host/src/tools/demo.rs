@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 /// The demo configuration.
-pub const DEMO_CONFIG: &str = include_str!("../../../edge-config/demo.toml");
-const DEMO_AUDIT_KEY: &[u8] = include_bytes!("../../../edge-config/secrets/demo-audit.key");
+pub const DEMO_CONFIG: &str = include_str!("../../../../edge-config/demo.toml");
+const DEMO_AUDIT_KEY: &[u8] = include_bytes!("../../../../edge-config/secrets/demo-audit.key");
 /// Where the demo issuer listens.
 pub const ISSUER_ADDR: &str = "127.0.0.1:9000";
 /// The EU and US echo backends.
@@ -158,17 +158,17 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let map = portcullis_core::MapFiles(files.clone());
     let config = portcullis_core::config::load(DEMO_CONFIG, "edge-config/demo.toml", &map)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let loaded = crate::LoadedConfig {
+    let loaded = crate::config::LoadedConfig {
         config,
         source: DEMO_CONFIG.to_owned(),
         files,
         base: std::path::PathBuf::from("."),
     };
-    let opts = crate::ServeOptions {
+    let opts = crate::serve::ServeOptions {
         audit: "-".into(),
-        ..crate::ServeOptions::default()
+        ..crate::serve::ServeOptions::default()
     };
-    let prepared = crate::prepare(loaded, &opts).await?;
+    let prepared = crate::serve::prepare(loaded, &opts).await?;
     let listener = TcpListener::bind(listen).await?;
     let admin_listener = TcpListener::bind(admin).await?;
 
@@ -199,11 +199,11 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
          curl -s http://{admin}/metrics | grep portcullis_requests_total\n\n\
          Ctrl-C stops everything.\n"
     );
-    crate::serve(
+    crate::serve::serve(
         prepared,
         listener,
         admin_listener,
-        crate::shutdown_signal(),
+        crate::serve::shutdown_signal(),
         opts.drain,
     )
     .await;

@@ -18,7 +18,11 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::store::Store as SharedState;
+mod wit;
+
+pub use wit::RiskHost;
+
+use crate::state::Store as SharedState;
 use crate::wasm::EPOCH_TICK;
 
 #[allow(missing_docs, clippy::all)]
@@ -311,6 +315,23 @@ impl PluginRuntime {
         }
     }
 
+    /// Runs the plugins `ids` in order on `base`, each shown only the headers it asked for:
+    /// each plugin's answer, and what it was shown (kept for `observe`).
+    pub async fn run(
+        &self,
+        ids: &[usize],
+        base: &RequestContext,
+    ) -> Vec<(Result<Assessment, String>, (usize, RequestContext))> {
+        let mut runs = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let mut ctx = base.clone();
+            let wanted = self.headers(id);
+            ctx.headers.retain(|(n, _)| wanted.contains(n));
+            runs.push((self.assess(id, &ctx).await, (id, ctx)));
+        }
+        runs
+    }
+
     /// Tells plugin `id` how the request ended.
     pub async fn observe(&self, id: usize, ctx: &RequestContext, status: u16) {
         let Some(p) = self.plugins.get(id) else {
@@ -400,44 +421,17 @@ pub fn context(
     ctx: &portcullis_core::risk::RiskContext,
     client: &portcullis_core::client::ClientInfo,
 ) -> RequestContext {
-    RequestContext {
-        request_id: ctx.request_id.clone(),
-        route: ctx.route.clone(),
-        method: ctx.method.clone(),
-        path: ctx.path.clone(),
-        query: ctx.query.clone(),
-        host: ctx.host.clone(),
+    portcullis_driver::risk_context!(ctx => RequestContext, Identity;
         headers: ctx.headers.clone(),
         client_ip: client.ip.map(|ip| ip.to_string()),
         country: client.country.clone(),
         asn: client.asn,
-        identity: ctx.identity.as_ref().map(|i| Identity {
-            subject: i.subject.clone(),
-            issuer: i.issuer.clone(),
-            scopes: i.scopes.clone(),
-            acr: i.acr.clone(),
-            amr: i.amr.clone(),
-            actor: i.actor.clone(),
-            session_id: i.session_id.clone(),
-            client_id: i.client_id.clone(),
-        }),
-    }
+    )
 }
 
 /// A plugin's assessment in the core's terms.
 pub fn to_core(a: Assessment) -> portcullis_core::risk::Assessment {
-    use portcullis_core::risk::Action as Core;
-    portcullis_core::risk::Assessment {
-        score: a.score,
-        labels: a.labels,
-        action: match a.action {
-            Action::Allow => Core::Allow,
-            Action::StepUp => Core::StepUp,
-            Action::Challenge => Core::Challenge,
-            Action::Deny => Core::Deny,
-        },
-        reason: a.reason,
-    }
+    portcullis_driver::risk_assessment!(a => portcullis_core::risk::Assessment, Action => portcullis_core::risk::Action)
 }
 
 /// Whether any plugin sets a fuel budget (fuel is engine-wide).
@@ -502,7 +496,7 @@ fn link(engine: &Engine, component: &Component) -> anyhow::Result<RiskPluginPre<
 }
 
 /// A plugin's state operation failed: the call traps, so the plugin's `on_error` decides.
-fn unavailable(e: crate::store::StoreError) -> wasmtime::Error {
+fn unavailable(e: crate::state::StoreError) -> wasmtime::Error {
     wasmtime::Error::msg(format!("shared state unavailable: {e}"))
 }
 

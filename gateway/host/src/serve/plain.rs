@@ -16,14 +16,13 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{
     Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
     WasiHttpView,
 };
 
-use crate::runtime::{BackendClient, backend_client, full_body};
+use crate::client::{BackendClient, backend_client, full_body};
 
 /// Per-request store data of a plain wasi:http guest.
 pub struct PlainState {
@@ -97,7 +96,7 @@ impl PlainServer {
     /// Compiles and links `wasm` against WASI and wasi:http only (a component importing
     /// anything else is refused here, as an edge runtime would).
     pub fn new(wasm: &[u8]) -> anyhow::Result<Arc<Self>> {
-        let engine = crate::runtime::engine(256, false)?;
+        let engine = crate::wasm::engine(256, false)?;
         let component = Component::new(&engine, wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
         Self::with_component(&engine, &component)
     }
@@ -114,7 +113,7 @@ impl PlainServer {
         let ticker = engine.clone();
         std::thread::spawn(move || {
             loop {
-                std::thread::sleep(crate::runtime::EPOCH_TICK);
+                std::thread::sleep(crate::wasm::EPOCH_TICK);
                 ticker.increment_epoch();
             }
         });
@@ -130,8 +129,8 @@ impl PlainServer {
     ) -> anyhow::Result<Response<HyperOutgoingBody>> {
         // Like any HTTP/1.1 server (RFC 9112 §3.2): 400 for a missing, repeated or invalid
         // Host, before a wasi:http request (which needs an authority) is made of it.
-        if let Some(refusal) = crate::native::host_refusal(&req, "") {
-            return Ok(crate::native::respond(&refusal));
+        if let Some(refusal) = crate::serve::native::host_refusal(&req, "") {
+            return Ok(crate::serve::native::respond(&refusal));
         }
         let mut wasi = WasiCtx::builder();
         wasi.inherit_stderr()
@@ -151,41 +150,14 @@ impl PlainServer {
         );
         // 30 s of 1 ms epoch ticks.
         store.set_epoch_deadline(30_000);
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let wreq = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, req)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let out = store
-            .data_mut()
-            .http()
-            .new_response_outparam(sender)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let pre = self.pre.clone();
-        let task = tokio::spawn(async move {
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, wreq, out)
-                .await
-        });
-        match receiver.await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => anyhow::bail!("component answered with error {e:?}"),
-            Err(_) => match task.await {
-                Ok(Ok(())) => anyhow::bail!("component never answered"),
-                Ok(Err(e)) => anyhow::bail!("component failed: {e:?}"),
-                Err(e) => anyhow::bail!("component task: {e}"),
-            },
-        }
+        crate::wasm::handle(&self.pre, store, req).await
     }
 
     /// Serves on `listener` until `shutdown` resolves.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let limits = portcullis_core::config::ServerLimits::default();
-        crate::listener::serve(listener, limits, shutdown, &graceful, |_peer| {
+        crate::serve::listener::serve(listener, limits, shutdown, &graceful, |_peer| {
             let server = self.clone();
             service_fn(move |req| {
                 let server = server.clone();

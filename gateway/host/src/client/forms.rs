@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Limited};
 use portcullis_core::challenge::{siteverify_body, siteverify_result};
 use portcullis_core::config::SiteVerify;
 
-use crate::backends::BackendClient;
+use crate::client::backends::BackendClient;
 
 /// Longest a verification may take.
 const TIMEOUT: Duration = Duration::from_secs(5);

@@ -29,7 +29,7 @@ use portcullis_core::trace::{TRACEPARENT, id_from_hex, parse};
 use prost::Message as _;
 use tokio::sync::mpsc;
 
-use crate::backends::{BackendClient, BackendOutcome};
+use crate::client::backends::{BackendClient, BackendOutcome};
 
 /// Spans per export request at most.
 pub const BATCH: usize = 512;
@@ -72,51 +72,46 @@ pub struct DecisionSpan<'a> {
     pub phases: Vec<(&'a str, u64, u64)>,
 }
 
-impl<'a> From<&'a portcullis_core::AuditRecord> for DecisionSpan<'a> {
-    fn from(a: &'a portcullis_core::AuditRecord) -> Self {
-        Self {
+/// A [`DecisionSpan`] of either audit record: the two have the same fields, the core's with
+/// static names and the component's with owned strings.
+macro_rules! decision_span {
+    ($a:expr) => {{
+        let a = $a;
+        DecisionSpan {
             trace_id: a.trace_id.as_deref(),
             span_id: a.span_id.as_deref(),
             parent_span_id: a.parent_span_id.as_deref(),
             method: &a.method,
             path: &a.path,
             route: a.route.as_deref(),
-            decision: a.decision,
+            decision: as_str(&a.decision),
             status: a.status,
-            reason: a.reason,
-            phase: a.phase,
+            reason: a.reason.as_ref().map(as_str),
+            phase: a.phase.as_ref().map(as_str),
             region: a.region.as_deref(),
             backend_status: a.backend_status,
             phases: a
                 .phases
                 .iter()
-                .map(|p| (p.phase, p.start_us, p.us))
+                .map(|p| (as_str(&p.phase), p.start_us, p.us))
                 .collect(),
         }
+    }};
+}
+
+fn as_str<S: AsRef<str> + ?Sized>(s: &S) -> &str {
+    s.as_ref()
+}
+
+impl<'a> From<&'a portcullis_core::AuditRecord> for DecisionSpan<'a> {
+    fn from(a: &'a portcullis_core::AuditRecord) -> Self {
+        decision_span!(a)
     }
 }
 
 impl<'a> From<&'a crate::bindings::DecisionRecord> for DecisionSpan<'a> {
     fn from(a: &'a crate::bindings::DecisionRecord) -> Self {
-        Self {
-            trace_id: a.trace_id.as_deref(),
-            span_id: a.span_id.as_deref(),
-            parent_span_id: a.parent_span_id.as_deref(),
-            method: &a.method,
-            path: &a.path,
-            route: a.route.as_deref(),
-            decision: &a.decision,
-            status: a.status,
-            reason: a.reason.as_deref(),
-            phase: a.phase.as_deref(),
-            region: a.region.as_deref(),
-            backend_status: a.backend_status,
-            phases: a
-                .phases
-                .iter()
-                .map(|p| (p.phase.as_str(), p.start_us, p.us))
-                .collect(),
-        }
+        decision_span!(a)
     }
 }
 
@@ -418,7 +413,7 @@ async fn export_loop(
 async fn post(client: &BackendClient, uri: &http::Uri, body: Vec<u8>) -> Result<(), String> {
     let request = http::Request::post(uri.clone())
         .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-        .body(crate::backends::full_body(body))
+        .body(crate::client::backends::full_body(body))
         .map_err(|e| e.to_string())?;
     let call = async {
         let response = client.request(request).await.map_err(|e| e.to_string())?;

@@ -1,0 +1,67 @@
+//! The risk-plugin records, copied between the types that hold them. The core's
+//! [`RiskContext`](portcullis_core::risk::RiskContext), the WIT `request-context` of
+//! `portcullis:gateway/risk` and of `portcullis:plugin/risk` (as each runtime's bindings
+//! generate it) and the plugin SDK's context have the same fields under the same names, so
+//! one copy written as a macro serves every pair; each runtime names only the fields one
+//! side lacks (the plugin's view adds the client's address, country and ASN) and which
+//! headers it passes.
+
+/// Builds the request-context record `$Target` (with identity record `$Identity`) from
+/// `$from`, a reference to any record of the same shape: the request's id, route, method,
+/// path, query, host and verified identity are cloned; the remaining fields (at least
+/// `headers`) are given as `name: value` after the `;`.
+#[macro_export]
+macro_rules! risk_context {
+    ($from:expr => $($Target:ident)::+, $($Identity:ident)::+; $($field:ident : $value:expr),* $(,)?) => {{
+        let from = $from;
+        $($Target)::+ {
+            request_id: from.request_id.clone(),
+            route: from.route.clone(),
+            method: from.method.clone(),
+            path: from.path.clone(),
+            query: from.query.clone(),
+            host: from.host.clone(),
+            identity: from.identity.as_ref().map(|i| $($Identity)::+ {
+                subject: i.subject.clone(),
+                issuer: i.issuer.clone(),
+                scopes: i.scopes.clone(),
+                acr: i.acr.clone(),
+                amr: i.amr.clone(),
+                actor: i.actor.clone(),
+                session_id: i.session_id.clone(),
+                client_id: i.client_id.clone(),
+            }),
+            $($field: $value,)*
+        }
+    }};
+}
+
+/// Maps a plugin action between two enums of the WIT `action` (`allow`, `step-up`,
+/// `challenge`, `deny`): `risk_action!(a, from::Action => to::Action)`.
+#[macro_export]
+macro_rules! risk_action {
+    ($a:expr, $($from:ident)::+ => $($to:ident)::+) => {
+        match $a {
+            $($from)::+::Allow => $($to)::+::Allow,
+            $($from)::+::StepUp => $($to)::+::StepUp,
+            $($from)::+::Challenge => $($to)::+::Challenge,
+            $($from)::+::Deny => $($to)::+::Deny,
+        }
+    };
+}
+
+/// Moves an assessment (score, labels, action, reason) into the assessment record
+/// `$Target`, mapping its action: `risk_assessment!(a => Target, from::Action =>
+/// to::Action)`.
+#[macro_export]
+macro_rules! risk_assessment {
+    ($a:expr => $($Target:ident)::+, $($from:ident)::+ => $($to:ident)::+) => {{
+        let a = $a;
+        $($Target)::+ {
+            score: a.score,
+            labels: a.labels,
+            action: $crate::risk_action!(a.action, $($from)::+ => $($to)::+),
+            reason: a.reason,
+        }
+    }};
+}

@@ -1,0 +1,300 @@
+//! Serving: preparing every capability from a loaded configuration, the gateway and admin
+//! listeners, the two engines that decide (native and component), and `serve-wasm`, the
+//! plain `wasi:http` runtime for edge bundles.
+
+pub mod component;
+pub mod listener;
+pub mod native;
+pub mod plain;
+pub mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::audit::traces::Traces;
+use crate::audit::{self, AuditService, AuditSink};
+use crate::client::{BackendOutcome, ClientService, backend_client};
+use crate::config::{ConfigService, LoadedConfig};
+use crate::health::Health;
+use crate::keys::KeyService;
+use crate::metrics::Metrics;
+use crate::risk::PluginRuntime;
+use crate::state::{StateService, Store};
+
+/// How to run the gateway.
+pub struct ServeOptions {
+    /// Where audit records go (`-` for standard output).
+    pub audit: String,
+    /// Audit records that may wait for the writer.
+    pub audit_queue: usize,
+    /// What a full audit queue does.
+    pub audit_when_full: audit::WhenFull,
+    /// Compiled-component cache directory (`None`: compile at every start).
+    pub cache_dir: Option<PathBuf>,
+    /// Concurrent gateway instances.
+    pub max_instances: u32,
+    /// Longest a request may run inside the component.
+    pub request_timeout: Duration,
+    /// Verified tokens cached.
+    pub token_cache: usize,
+    /// The OTLP/HTTP collector spans are exported to (none: no export).
+    pub otlp_endpoint: Option<String>,
+    /// How long shutdown waits for in-flight requests.
+    pub drain: Duration,
+    /// Where requests are decided.
+    pub engine: EngineKind,
+}
+
+/// Where requests are decided: both run the same `portcullis-core` decision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// In a fresh instance of the gateway component per request (what edge runtimes run).
+    Component,
+    /// Natively in the host (the fast path: no per-request instance). The default.
+    #[default]
+    Native,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            audit: "-".into(),
+            audit_queue: audit::DEFAULT_QUEUE,
+            audit_when_full: audit::WhenFull::default(),
+            cache_dir: crate::wasm::default_cache_dir(),
+            max_instances: 256,
+            request_timeout: Duration::from_secs(30),
+            token_cache: 100_000,
+            otlp_endpoint: None,
+            drain: Duration::from_secs(30),
+            engine: EngineKind::default(),
+        }
+    }
+}
+
+/// State shared by every request: one slice per capability.
+pub struct Shared {
+    /// The configuration as the component asks for it.
+    pub config: Arc<ConfigService>,
+    /// Keys and token verification.
+    pub keys: Arc<KeyService>,
+    /// Shared state (the gateway's and, namespaced, the plugins') and its policy.
+    pub state: Arc<StateService>,
+    /// Outbound calls and the trusted proxies.
+    pub client: Arc<ClientService>,
+    /// Backend health and allow-list.
+    pub health: Arc<Health>,
+    /// Audit records, decision counters and span export.
+    pub audit: Arc<AuditService>,
+    /// Risk plugins.
+    pub risk: Arc<PluginRuntime>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// Records how a call to `backend` started at `started` ended, for both engines: a
+    /// failed connection ejects the backend (passive health), an answer restores it, and
+    /// the region's latency or failure metric counts it.
+    pub fn backend_done(
+        &self,
+        backend: portcullis_core::BackendId,
+        started: std::time::Instant,
+        outcome: BackendOutcome,
+    ) {
+        let region = self.health.region_name(backend);
+        let kind = match outcome {
+            BackendOutcome::Answered => {
+                self.metrics.backend_answered(region, started.elapsed());
+                self.health.mark_up(backend);
+                return;
+            }
+            BackendOutcome::Timeout => "timeout",
+            BackendOutcome::Connect => {
+                self.health.mark_down(backend);
+                "connect"
+            }
+            BackendOutcome::Other => "other",
+        };
+        self.metrics.backend_failed(region, kind);
+    }
+}
+
+/// Everything the gateway needs, ready to serve.
+pub struct Prepared {
+    /// The server.
+    pub gateway: Arc<server::Gateway>,
+    /// Shared state (keys, metrics).
+    pub shared: Arc<Shared>,
+    /// The listener's connection limits (`[server]`).
+    pub server_limits: portcullis_core::config::ServerLimits,
+}
+
+/// Builds every capability, the engine and (for the component engine) the pre-instantiated
+/// component; starts the background key refresh.
+pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Result<Prepared> {
+    let metrics = Arc::new(Metrics::default());
+    let sink = if opts.audit.is_empty() {
+        AuditSink::discard()
+    } else {
+        AuditSink::open(&opts.audit, opts.audit_queue, opts.audit_when_full)
+            .with_context(|| format!("audit sink {}", opts.audit))?
+    };
+    let config = Arc::new(ConfigService::new(&loaded));
+    let health = Arc::new(Health::new(&loaded.config));
+    let plugin_slots = u32::try_from(loaded.config.plugins.len() * (crate::risk::POOL_MAX + 1))
+        .unwrap_or(u32::MAX);
+    let engine = crate::wasm::engine(
+        opts.max_instances.saturating_add(plugin_slots),
+        crate::risk::engine_uses_fuel(&loaded.config),
+    )?;
+    let store = Arc::new(Store::from_config(&loaded.config.state)?);
+    if let Store::Memory(_) = store.as_ref() {
+        sweep_expired(&store);
+    }
+    let state = Arc::new(StateService {
+        store: store.clone(),
+        on_unavailable: loaded.config.state.on_unavailable,
+    });
+    let risk = Arc::new(
+        PluginRuntime::load(
+            &engine,
+            &loaded.config,
+            &loaded.base,
+            store,
+            opts.cache_dir.as_deref(),
+        )
+        .await?,
+    );
+    let core_config = loaded.config.clone();
+    let connect = core_config.timeouts.connect;
+    let client = Arc::new(ClientService {
+        backends: backend_client(connect),
+        site_verify: core_config.challenge.site_verify.clone(),
+        proxies: core_config.client.clone(),
+    });
+    let traces = match &opts.otlp_endpoint {
+        Some(endpoint) => Traces::otlp(endpoint, backend_client(connect), "portcullis")?,
+        None => Traces::disabled(),
+    };
+    let audit = Arc::new(AuditService {
+        sink,
+        traces,
+        metrics: metrics.clone(),
+    });
+    let keys = Arc::new(KeyService::new(loaded.config, opts.token_cache));
+    keys.refresh_due().await;
+    tokio::spawn(keys.clone().run());
+    let shared = Arc::new(Shared {
+        config,
+        keys,
+        state,
+        client,
+        health,
+        audit,
+        risk,
+        metrics,
+    });
+    let server_limits = core_config.server;
+    let gateway = match opts.engine {
+        EngineKind::Component => {
+            let component = crate::wasm::load_component(
+                &engine,
+                crate::wasm::COMPONENT,
+                opts.cache_dir.as_deref(),
+            )?;
+            let pre = component::pre_instantiate(&engine, &component)?;
+            server::Gateway::new(pre, shared.clone(), opts.request_timeout)
+        }
+        EngineKind::Native => server::Gateway::native(
+            engine,
+            native::NativeEngine::new(shared.clone(), core_config),
+            shared.clone(),
+            opts.request_timeout,
+        ),
+    };
+    let gateway = Arc::new(gateway);
+    // Epochs bound wasm execution; a native engine without plugins runs none.
+    if opts.engine == EngineKind::Component || !shared.risk.is_empty() {
+        gateway.start_epoch_ticker();
+    }
+    Ok(Prepared {
+        gateway,
+        shared,
+        server_limits,
+    })
+}
+
+/// Expired entries leave memory even when nothing writes to their shard: a sweep every
+/// 30 s while the store lives.
+fn sweep_expired(store: &Arc<Store>) {
+    let swept = Arc::downgrade(store);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            match swept.upgrade() {
+                Some(s) => {
+                    if let Store::Memory(m) = s.as_ref() {
+                        m.sweep();
+                    }
+                }
+                None => break,
+            }
+        }
+    });
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    prepared: Prepared,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let shared = prepared.shared.clone();
+    tokio::spawn(server::serve_admin(prepared.shared.clone(), admin));
+    server::serve(
+        prepared.gateway,
+        listener,
+        prepared.server_limits,
+        shutdown,
+        drain,
+    )
+    .await;
+    // The last requests' records reach the destination before the process exits.
+    let audit =
+        tokio::task::spawn_blocking(move || shared.audit.sink.flush(Duration::from_secs(5)));
+    if !audit.await.unwrap_or(false) {
+        tracing::warn!("audit records still queued at exit were not all written");
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            () = term => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

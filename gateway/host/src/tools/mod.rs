@@ -1,0 +1,7 @@
+//! The CLI's commands besides serving: the demo, edge bundles, offline decisions and the
+//! plugin author's tools.
+
+pub mod bundle;
+pub mod demo;
+pub mod offline;
+pub mod plugin;
