@@ -31,7 +31,7 @@ fn record() -> AuditRecord {
         backend_status: Some(200),
         backend_us: Some(1_250),
         // Every phase of a forwarded request, as the pipeline records them.
-        phases: portcullis_core::phase::NAMES
+        phases: portcullis_core::PHASE_NAMES
             .iter()
             .filter(|p| !matches!(**p, "record"))
             .enumerate()

@@ -12,7 +12,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use portcullis_core::Timestamp;
-use portcullis_core::session::{self, CookieAttrs, Session, SessionKeys};
+use portcullis_core::internal::session::{self, CookieAttrs, Session, SessionKeys};
 
 const BASE: &str = "__Host-portcullis-session";
 

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use portcullis_core::Timestamp;
-use portcullis_core::challenge::{self, Binding};
+use portcullis_core::internal::challenge::{self, Binding};
 use portcullis_tests::browser::Browser;
 use portcullis_tests::host::{Gateway, audit_records, reason, start_engine};
 use portcullis_tests::net::{Backend, KeyServer, request};

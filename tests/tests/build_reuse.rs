@@ -18,7 +18,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
 
-use portcullis_core::fnv::fnv1a;
+use portcullis_core::internal::fnv1a;
 use portcullis_tests::repo_root;
 use serde_json::Value;
 

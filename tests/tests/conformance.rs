@@ -1123,7 +1123,7 @@ fn refusal(r: &Resp) -> (u16, String, String) {
 }
 
 fn edge_answers(gw: &Gateway) -> EdgeAnswers {
-    use portcullis_core::challenge;
+    use portcullis_core::internal::challenge;
     use portcullis_tests::interop::tool;
     let key: Value = serde_json::from_str(&tool(&["keys", "client-key"]).unwrap()).unwrap();
     let private = key["private"].to_string();

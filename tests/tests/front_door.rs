@@ -229,15 +229,15 @@ proptest::proptest! {
         )
     ) {
         let raw = format!("/{}", segments.join("/"));
-        let options = portcullis_core::canonical::PathOptions { allow_semicolons: false };
+        let options = portcullis_core::internal::canonical::PathOptions { allow_semicolons: false };
         let h = Harness::new();
         let routes = &h.engine.config().routes;
-        match portcullis_core::canonical::canonical_path(&raw, options) {
+        match portcullis_core::internal::canonical::canonical_path(&raw, options) {
             Err(_) => {} // refused with 400: nothing reaches a backend
             Ok(canonical) => {
-                let decoded = portcullis_core::canonical::decoded_path(&canonical);
-                let on_raw = portcullis_core::policy::match_route(routes, "gw.test", &canonical, true);
-                let on_decoded = portcullis_core::policy::match_route(routes, "gw.test", &decoded, true);
+                let decoded = portcullis_core::internal::canonical::decoded_path(&canonical);
+                let on_raw = portcullis_core::internal::policy::match_route(routes, "gw.test", &canonical, true);
+                let on_decoded = portcullis_core::internal::policy::match_route(routes, "gw.test", &decoded, true);
                 proptest::prop_assert_eq!(on_raw, on_decoded, "{} → {} → {}", raw, canonical, decoded);
             }
         }

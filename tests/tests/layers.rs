@@ -1,5 +1,6 @@
 //! The architecture, checked: the core's modules form layers (the table in
-//! `gateway/core/src/lib.rs`) — a module imports only from its own layer or those below —
+//! `gateway/core/src/lib.rs`), and so do the host's capability folders (the table in
+//! `gateway/host/src/lib.rs`) — a module imports only from its own layer or those below —
 //! and no two files of the core or of the host import each other, directly or in a circle.
 //! This test reads the sources the way a reviewer would: every `crate::…` path (in `use`
 //! trees, inline, and through `use`d module aliases) and every `super::…` path, outside
@@ -67,6 +68,21 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("phases", &["phase/"]),
     ("pipeline", &["pipeline", "lib"]),
+];
+
+/// The host's layers from the bottom: one folder per capability, each importing only the
+/// capabilities below it; `serve/` composes them and `tools/` drive `serve/`.
+const HOST_LAYERS: &[(&str, &[&str])] = &[
+    (
+        "leaves",
+        &["metrics", "wasm", "bindings", "config/", "health/"],
+    ),
+    ("keys", &["keys/"]),
+    ("calls and state", &["client/", "state/"]),
+    ("audit and risk", &["audit/", "risk/"]),
+    ("serving", &["serve/"]),
+    ("tools", &["tools/"]),
+    ("crate", &["lib", "main"]),
 ];
 
 /// Files that are only test code (`#[cfg(test)] #[path = …] mod …`).
@@ -368,8 +384,15 @@ fn reexports_only(source: &Source, name: &str) -> bool {
 }
 
 fn layer_of(module: &str) -> Option<(usize, &'static str)> {
+    layer_in(LAYERS, module)
+}
+
+fn layer_in(
+    layers: &'static [(&'static str, &'static [&'static str])],
+    module: &str,
+) -> Option<(usize, &'static str)> {
     let mut best: Option<(usize, &'static str, usize)> = None;
-    for (i, (name, members)) in LAYERS.iter().enumerate() {
+    for (i, (name, members)) in layers.iter().enumerate() {
         for m in *members {
             let hit = match m.strip_suffix('/') {
                 Some(folder) => module == folder || module.starts_with(&format!("{folder}/")),
@@ -429,14 +452,36 @@ fn every_module_has_a_layer() {
 
 #[test]
 fn no_module_imports_from_a_layer_above_it() {
-    let modules = load(&core_src());
+    assert_layered(&core_src(), LAYERS);
+}
+
+#[test]
+fn every_host_module_has_a_layer() {
+    let modules = load(&host_src());
+    let missing: Vec<&String> = modules
+        .keys()
+        .filter(|m| layer_in(HOST_LAYERS, m).is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "host modules without a layer in HOST_LAYERS: {missing:?}"
+    );
+}
+
+#[test]
+fn no_host_capability_imports_from_a_layer_above_it() {
+    assert_layered(&host_src(), HOST_LAYERS);
+}
+
+fn assert_layered(root: &Path, layers: &'static [(&'static str, &'static [&'static str])]) {
+    let modules = load(root);
     let mut wrong = Vec::new();
     for (m, deps) in edges(&modules) {
-        let Some((mine, my_name)) = layer_of(&m) else {
+        let Some((mine, my_name)) = layer_in(layers, &m) else {
             continue;
         };
         for d in deps {
-            if let Some((theirs, their_name)) = layer_of(&d)
+            if let Some((theirs, their_name)) = layer_in(layers, &d)
                 && theirs > mine
             {
                 wrong.push(format!("{m} ({my_name}) imports {d} ({their_name})"));

@@ -699,13 +699,27 @@ fn the_shipped_secret_placeholder_does_not_load() {
     );
 }
 
-/// `audit.flush(Duration::from_secs(N))` in the host's `serve`: how long shutdown writes
-/// out queued audit records.
+/// `audit.sink.flush(Duration::from_secs(N))` in the host's `serve`: how long shutdown
+/// writes out queued audit records.
 fn audit_flush_seconds() -> u64 {
-    let lib = read("gateway/host/src/lib.rs");
-    let needle = "audit.flush(Duration::from_secs(";
+    let lib = read("gateway/host/src/serve/mod.rs");
+    let needle = "audit.sink.flush(Duration::from_secs(";
     let at = lib.find(needle).expect("serve flushes the audit queue") + needle.len();
     lib[at..at + lib[at..].find(')').unwrap()].parse().unwrap()
+}
+
+/// Every `.rs` file under `dir`, at any depth.
+fn rust_sources(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// `--drain` as `args` sets it, else the binary's default.
@@ -857,9 +871,9 @@ fn the_systemd_unit_matches_the_binarys_command_line_and_exit_codes() {
         .unwrap();
     assert_eq!(exec[config + 1], "/etc/portcullis/portcullis.toml");
     // The service manager is not told when the gateway is up: no sd_notify in the host.
-    let notifies = std::fs::read_dir(repo_root().join("gateway/host/src"))
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+    let notifies = rust_sources(&repo_root().join("gateway/host/src"))
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
         .any(|src| src.contains("NOTIFY_SOCKET") || src.contains("sd_notify"));
     assert_eq!(unit.one("Type"), if notifies { "notify" } else { "simple" });
     let prevent: BTreeSet<i32> = unit

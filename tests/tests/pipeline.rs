@@ -446,7 +446,7 @@ fn audit_records_pseudonymise_the_subject_and_name_the_decision() {
     let d = h.get_with_token("/api/orders/7?email=alice@example.com", &t);
     let json = serde_json::to_string(&d.audit).unwrap();
     assert!(!json.contains("alice"), "{json}");
-    let expected = portcullis_core::audit::pseudonymize(&AUDIT_KEY, ISSUER, "alice@example.com");
+    let expected = portcullis_core::internal::pseudonymize(&AUDIT_KEY, ISSUER, "alice@example.com");
     assert_eq!(d.audit.subject.as_deref(), Some(expected.as_str()));
     assert_eq!(d.audit.route.as_deref(), Some("/api/orders"));
     assert_eq!(d.audit.region.as_deref(), Some("eu"));

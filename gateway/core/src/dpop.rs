@@ -201,8 +201,6 @@ pub fn thumbprint(m: &KeyMaterial) -> Option<String> {
     Some(b64::encode(&Sha256::digest(canonical.as_bytes())))
 }
 
-pub use crate::model::reserved::PROOF_ALGORITHMS;
-
 /// Checks the request's single `DPoP` proof header against the request and `token`.
 /// `url` is the request's canonical URL (default port left out, RFC 9449 §4.3).
 pub fn request_proof(

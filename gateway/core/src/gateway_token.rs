@@ -12,8 +12,6 @@ use crate::time::Timestamp;
 
 pub use crate::model::reserved::JWKS_PATH;
 
-pub use crate::jwk::okp_thumbprint;
-
 fn public_jwk(k: &GatewayKey) -> Value {
     json!({
         "kty": "OKP",
@@ -55,6 +53,7 @@ pub fn mint(cfg: &GatewayToken, mut claims: Map<String, Value>, now: Timestamp) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jwk::okp_thumbprint;
     use std::time::Duration;
 
     fn key(seed: u8) -> GatewayKey {

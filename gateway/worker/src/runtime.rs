@@ -169,12 +169,13 @@ fn head(req: &Request, serial: u64) -> Result<RequestHead, (Reason, String)> {
     }
     // workerd builds the URL from the Host field (joining repeated ones): when it does not
     // parse, the core's authority rule says why, with the core's answer (`host_invalid`).
-    let uri: Uri = req.inner().url().parse().map_err(|_| {
-        match portcullis_core::normalize::authority(&Uri::from_static("/"), &headers) {
-            Err(detail) => (Reason::HostInvalid, detail),
-            Ok(_) => invalid("request target is not a valid URI".to_owned()),
-        }
-    })?;
+    let uri: Uri =
+        req.inner().url().parse().map_err(|_| {
+            match portcullis_core::request_authority(&Uri::from_static("/"), &headers) {
+                Err(detail) => (Reason::HostInvalid, detail),
+                Ok(_) => invalid("request target is not a valid URI".to_owned()),
+            }
+        })?;
     let request_id = headers
         .get("x-request-id")
         .or_else(|| headers.get("cf-ray"))

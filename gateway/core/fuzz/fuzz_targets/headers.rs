@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_core::canonical::Authority;
+use portcullis_core::Authority;
 use portcullis_core::config::{ClientConfig, IpNet};
 
 fuzz_target!(|data: &[u8]| {
@@ -14,18 +14,18 @@ fuzz_target!(|data: &[u8]| {
     // Cookies: every pair the reader sees by a name is gone after stripping that name.
     let mut cookies = http::HeaderMap::new();
     cookies.insert(http::header::COOKIE, value.clone());
-    let names: Vec<Vec<u8>> = portcullis_core::cookies::pairs(&cookies)
+    let names: Vec<Vec<u8>> = portcullis_core::internal::cookies::pairs(&cookies)
         .filter(|p| !p.name.is_empty())
         .map(|p| p.name.to_vec())
         .collect();
     if let Some(first) = names.first() {
-        let stripped = portcullis_core::cookies::without(&cookies, |n| n == first.as_slice());
+        let stripped = portcullis_core::internal::cookies::without(&cookies, |n| n == first.as_slice());
         let mut after = http::HeaderMap::new();
         if let Some(Some(v)) = stripped {
             after.insert(http::header::COOKIE, v);
         }
         assert!(
-            portcullis_core::cookies::pairs(&after).all(|p| p.name != first.as_slice()),
+            portcullis_core::internal::cookies::pairs(&after).all(|p| p.name != first.as_slice()),
             "a stripped cookie is still readable"
         );
     }
@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     headers.insert("x-forwarded-proto", value.clone());
     headers.insert("forwarded", value);
     let uri = http::Uri::from_static("/");
-    let authority = portcullis_core::normalize::authority(&uri, &headers);
+    let authority = portcullis_core::request_authority(&uri, &headers);
     let cfg = ClientConfig {
         trusted_proxies: vec![IpNet {
             addr: std::net::IpAddr::from([10, 0, 0, 0]),
@@ -51,9 +51,9 @@ fuzz_target!(|data: &[u8]| {
         host: "gw.test".into(),
         port: None,
     });
-    let (_, set) = portcullis_core::forwarding::headers(
+    let (_, set) = portcullis_core::internal::forwarding::headers(
         &cfg,
-        &portcullis_core::forwarding::Hop {
+        &portcullis_core::internal::forwarding::Hop {
             peer,
             authority: &authority,
             scheme: "http",

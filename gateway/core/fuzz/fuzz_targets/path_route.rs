@@ -6,8 +6,8 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_core::canonical::{PathOptions, canonical_path, decoded_path};
-use portcullis_core::policy::match_route;
+use portcullis_core::internal::canonical::{PathOptions, canonical_path, decoded_path};
+use portcullis_core::internal::policy::match_route;
 use portcullis_core::{AllHealthy, Engine, PortableVerifier, RequestParts, Timestamp};
 
 fuzz_target!(|data: &[u8]| {

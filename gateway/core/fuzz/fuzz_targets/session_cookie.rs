@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_core::session::{self, Session, SessionKeys};
+use portcullis_core::internal::session::{self, Session, SessionKeys};
 
 const BASE: &str = "__Host-portcullis-session";
 

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Limited};
-use portcullis_core::challenge::{siteverify_body, siteverify_result};
 use portcullis_core::config::SiteVerify;
+use portcullis_core::{siteverify_body, siteverify_result};
 
 use crate::client::backends::BackendClient;
 

@@ -387,7 +387,7 @@ pub(crate) fn host_refusal<B>(
     req: &Request<B>,
     request_id: &str,
 ) -> Option<portcullis_core::Response> {
-    portcullis_core::normalize::authority(req.uri(), req.headers())
+    portcullis_core::request_authority(req.uri(), req.headers())
         .err()
         .map(|detail| problem(Reason::HostInvalid, &detail, request_id, &[]))
 }

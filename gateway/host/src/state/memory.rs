@@ -7,6 +7,7 @@
 //! a replay through.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,10 @@ impl std::fmt::Display for Full {
 pub struct MemoryState {
     shards: Vec<Shard>,
     per_shard: usize,
+    /// Keyed per process (SipHash with random keys): which shard a key lands in cannot be
+    /// predicted from outside, so a client choosing keys (addresses, subjects) cannot fill
+    /// one shard — and make the state unavailable — while the others stay empty.
+    spread: RandomState,
 }
 
 impl MemoryState {
@@ -41,6 +46,7 @@ impl MemoryState {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             per_shard: (capacity / SHARDS).max(1),
+            spread: RandomState::new(),
         }
     }
 
@@ -167,7 +173,7 @@ impl MemoryState {
     }
 
     fn shard_index(&self, key: &str) -> usize {
-        usize::try_from(portcullis_core::fnv::fnv1a(key) % SHARDS as u64).unwrap_or(0)
+        usize::try_from(self.spread.hash_one(key) % SHARDS as u64).unwrap_or(0)
     }
 
     /// Removes `key`.
