@@ -894,10 +894,12 @@ fn short_lived_access_tokens_are_not_refreshed_on_every_request(engine: &str) {
     // The browser keeps whatever cookies the gateway sets, as after a real refresh. A token
     // issued at T (T >= signed_in) is refreshed from T + 3 s on (a window of 2 s of its 5),
     // so nothing refreshes before signed_in + 3, and a second refresh cannot come before
-    // signed_in + 6, however fast or slow the requests are sent. (Without the cap, the
-    // first page after sign-in already refreshes.)
+    // signed_in + 6, however fast or slow the requests are sent. Requests are sent until
+    // signed_in + 5: a second apart from that boundary (`unix_now` counts whole seconds, and
+    // a request sent just before it is decided just after). (Without the cap, the first
+    // page after sign-in already refreshes.)
     let mut sent = 0;
-    while unix_now() < signed_in + 6 {
+    while unix_now() < signed_in + 5 {
         browser.goto(&w.url(&format!("/app/s{sent}")));
         assert_eq!(page_json(&browser)["path"], format!("/app/s{sent}"));
         sent += 1;

@@ -140,3 +140,46 @@ where
         },
     }
 }
+
+/// One request's WASI and `wasi:http` context, sandboxed as both servers run components:
+/// stderr inherited, no sockets, no name lookups, no files; outbound HTTP through `hooks`.
+pub struct WasiRequest<H> {
+    wasi: wasmtime_wasi::WasiCtx,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    table: wasmtime::component::ResourceTable,
+    hooks: H,
+}
+
+impl<H: wasmtime_wasi_http::WasiHttpHooks> WasiRequest<H> {
+    /// A fresh context whose outbound requests go through `hooks`.
+    pub fn new(hooks: H) -> Self {
+        let mut wasi = wasmtime_wasi::WasiCtx::builder();
+        wasi.inherit_stderr()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        Self {
+            wasi: wasi.build(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            table: wasmtime::component::ResourceTable::new(),
+            hooks,
+        }
+    }
+
+    /// The WASI view of it.
+    pub fn wasi(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+
+    /// The `wasi:http` view of it.
+    pub fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}

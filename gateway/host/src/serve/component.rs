@@ -10,13 +10,12 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use http_body_util::BodyExt;
 use portcullis_core::client::ClientInfo;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{
-    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
-    WasiHttpView,
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
 use crate::audit::AuditHost;
@@ -29,7 +28,7 @@ use crate::keys::KeysHost;
 use crate::risk::RiskHost;
 use crate::serve::Shared;
 use crate::state::StateHost;
-use crate::wasm::INSTANCE_MEMORY;
+use crate::wasm::{INSTANCE_MEMORY, WasiRequest};
 
 /// The backend calls made for one request, for its trace.
 type Calls = Arc<Mutex<Vec<BackendCall>>>;
@@ -37,10 +36,7 @@ type Calls = Arc<Mutex<Vec<BackendCall>>>;
 /// Per-request store data: WASI, wasi:http, and one host per `portcullis:gateway`
 /// interface.
 pub struct StoreState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    hooks: Outbound,
+    io: WasiRequest<Outbound>,
     /// Memory limits.
     pub limits: StoreLimits,
     config: ConfigHost,
@@ -55,20 +51,12 @@ pub struct StoreState {
 impl StoreState {
     /// Fresh state for one request from `peer`, whose client is `client`.
     pub fn new(shared: &Arc<Shared>, peer: IpAddr, client: ClientInfo) -> Self {
-        let mut wasi = WasiCtx::builder();
-        wasi.inherit_stderr()
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
         let calls: Calls = Arc::default();
         Self {
-            wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-            hooks: Outbound {
+            io: WasiRequest::new(Outbound {
                 calls: calls.clone(),
                 shared: shared.clone(),
-            },
+            }),
             limits: StoreLimitsBuilder::new()
                 .memory_size(INSTANCE_MEMORY)
                 .instances(32)
@@ -98,20 +86,13 @@ impl StoreState {
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        self.io.wasi()
     }
 }
 
 impl WasiHttpView for StoreState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
+        self.io.http()
     }
 }
 

@@ -12,42 +12,30 @@ use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use tokio::net::TcpListener;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{
-    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
-    WasiHttpView,
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
 use crate::client::{BackendClient, backend_client, full_body};
+use crate::wasm::WasiRequest;
 
 /// Per-request store data of a plain wasi:http guest.
-pub struct PlainState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    hooks: AnyOutbound,
-}
+pub struct PlainState(WasiRequest<AnyOutbound>);
 
 impl WasiView for PlainState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        self.0.wasi()
     }
 }
 
 impl WasiHttpView for PlainState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
+        self.0.http()
     }
 }
 
@@ -132,21 +120,11 @@ impl PlainServer {
         if let Some(refusal) = crate::serve::native::host_refusal(&req, "") {
             return Ok(crate::serve::native::respond(&refusal));
         }
-        let mut wasi = WasiCtx::builder();
-        wasi.inherit_stderr()
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
         let mut store = Store::new(
             self.pre.engine(),
-            PlainState {
-                wasi: wasi.build(),
-                http: WasiHttpCtx::new(),
-                table: ResourceTable::new(),
-                hooks: AnyOutbound {
-                    client: self.client.clone(),
-                },
-            },
+            PlainState(WasiRequest::new(AnyOutbound {
+                client: self.client.clone(),
+            })),
         );
         // 30 s of 1 ms epoch ticks.
         store.set_epoch_deadline(30_000);
