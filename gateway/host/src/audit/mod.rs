@@ -8,4 +8,4 @@ pub mod traces;
 mod wit;
 
 pub use sink::{AuditSink, DEFAULT_QUEUE, WhenFull};
-pub use wit::{AuditHost, AuditService, Decided};
+pub use wit::{AuditHost, AuditService, Audited};

@@ -24,7 +24,7 @@ impl AuditService {
     /// Writes a decision's record, counts it and, when traces are exported, queues its
     /// spans with those of the backend `calls` made for it. `started` is when the request
     /// arrived (now, when unknown).
-    pub fn emit<R: Decided>(&self, record: R, started: Option<SystemTime>, calls: &[BackendCall]) {
+    pub fn emit<R: Audited>(&self, record: R, started: Option<SystemTime>, calls: &[BackendCall]) {
         let (decision, reason, session) = record.counted();
         self.metrics.decision(decision, reason, session);
         if self.traces.enabled() {
@@ -37,14 +37,14 @@ impl AuditService {
 }
 
 /// An audit record either engine emits: the core's (native) or the component's.
-pub trait Decided: serde::Serialize + Send + 'static {
+pub trait Audited: serde::Serialize + Send + 'static {
     /// What the decision counters count: decision, reason, session event.
     fn counted(&self) -> (&str, Option<&str>, Option<&str>);
     /// The record as the request span sees it.
     fn span(&self) -> DecisionSpan<'_>;
 }
 
-impl Decided for portcullis_core::AuditRecord {
+impl Audited for portcullis_core::AuditRecord {
     fn counted(&self) -> (&str, Option<&str>, Option<&str>) {
         (self.decision, self.reason, self.session)
     }
@@ -54,7 +54,7 @@ impl Decided for portcullis_core::AuditRecord {
     }
 }
 
-impl Decided for audit::DecisionRecord {
+impl Audited for audit::DecisionRecord {
     fn counted(&self) -> (&str, Option<&str>, Option<&str>) {
         (
             &self.decision,
