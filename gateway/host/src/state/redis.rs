@@ -223,7 +223,7 @@ impl RedisStore {
     /// A live connection from the pool: the calling thread's own slot (see
     /// [`THREAD_SLOT`]); when it is down, the next connected one, and at most one connection
     /// attempt per call (slots that failed to connect wait [`RECONNECT_BACKOFF`]).
-    async fn connection(&self) -> Result<(usize, ConnectionManager), StoreError> {
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
         let n = self.slots.len();
         let start = THREAD_SLOT.with(|slot| *slot) % n;
         let mut attempted = false;
@@ -233,7 +233,7 @@ impl RedisStore {
                 continue; // another request is connecting this slot
             };
             if let Some(c) = &slot.conn {
-                return Ok((i, c.clone()));
+                return Ok(c.clone());
             }
             if attempted || slot.retry_at.is_some_and(|t| Instant::now() < t) {
                 continue;
@@ -243,7 +243,7 @@ impl RedisStore {
                 Ok(c) => {
                     slot.conn = Some(c.clone());
                     slot.retry_at = None;
-                    return Ok((i, c));
+                    return Ok(c);
                 }
                 Err(e) => {
                     slot.retry_at = Some(Instant::now() + RECONNECT_BACKOFF);
@@ -272,25 +272,36 @@ impl RedisStore {
         }
     }
 
-    /// A command failed on slot `i`: when the connection itself is gone, the slot is
-    /// emptied so the next use connects afresh (instead of each pooled connection failing
-    /// once more after the server is back).
-    fn failed(&self, i: usize, e: &redis::RedisError) -> StoreError {
-        if (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
-            && let Some(Ok(mut slot)) = self.slots.get(i).map(|s| s.try_lock())
-        {
-            slot.conn = None;
+    /// A command failed: when the connection itself is gone, every slot is emptied (see
+    /// [`RedisStore::reset`]).
+    fn failed(&self, e: &redis::RedisError) -> StoreError {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            self.reset();
         }
         StoreError(format!("redis {}: {e}", self.url))
+    }
+
+    /// Empties every slot so the next use of each connects afresh. Called when a
+    /// connection dropped or an answer did not come in time: the server went away (restart,
+    /// failover, network) or cannot be trusted to answer on that connection, and the other
+    /// pooled connections to it are as dead even if idle — without this, each would fail
+    /// one more request after the server is back, on the threads that had not used theirs
+    /// meanwhile. (A slot being connected by another request is left to it.)
+    fn reset(&self) {
+        for slot in &self.slots {
+            if let Ok(mut slot) = slot.try_lock() {
+                slot.conn = None;
+            }
+        }
     }
 
     /// Runs one command within the timeout.
     async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
         let outcome = async {
-            let (i, mut conn) = self.connection().await?;
+            let mut conn = self.connection().await?;
             cmd.query_async::<T>(&mut conn)
                 .await
-                .map_err(|e| self.failed(i, &e))
+                .map_err(|e| self.failed(&e))
         };
         self.count(tokio::time::timeout(self.timeout, outcome).await)
     }
@@ -301,10 +312,10 @@ impl RedisStore {
         inv: &mut redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let outcome = async {
-            let (i, mut conn) = self.connection().await?;
+            let mut conn = self.connection().await?;
             inv.invoke_async::<T>(&mut conn)
                 .await
-                .map_err(|e| self.failed(i, &e))
+                .map_err(|e| self.failed(&e))
         };
         self.count(tokio::time::timeout(self.timeout, outcome).await)
     }
@@ -314,6 +325,7 @@ impl RedisStore {
         r: Result<Result<T, StoreError>, tokio::time::error::Elapsed>,
     ) -> Result<T, StoreError> {
         let r = r.unwrap_or_else(|_| {
+            self.reset();
             Err(StoreError(format!(
                 "redis {}: no answer within {:?}",
                 self.url, self.timeout
