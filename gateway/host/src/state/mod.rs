@@ -8,7 +8,6 @@
 //! `on_unavailable` policy (rate limits), the plugin's `on_error` policy (plugin state) or
 //! a fail-closed refusal (DPoP replay checks under `on_unavailable = "deny"`) decides.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -86,14 +85,6 @@ impl Store {
     /// An in-memory store (tests, tools).
     pub fn memory(capacity: usize) -> Self {
         Store::Memory(MemoryState::new(capacity))
-    }
-
-    /// Counters (Redis only; memory operations cannot fail).
-    pub fn metrics(&self) -> Option<&StoreMetrics> {
-        match self {
-            Store::Memory(_) => None,
-            Store::Redis(r) => Some(&r.metrics),
-        }
     }
 
     /// The state's counters for one scrape, labelled with the backend.
@@ -245,9 +236,6 @@ fn memory_answer(m: &MemoryState, op: &StateOp) -> Result<StateAnswer, StoreErro
 fn first_in_memory(m: &MemoryState, key: &str, ttl: Duration) -> Result<bool, StoreError> {
     m.increment(key, 1, ttl).map(|n| n == 1).map_err(full)
 }
-
-/// The store shared by the host's services.
-pub type SharedStore = Arc<Store>;
 
 /// A full in-memory state is unavailable state: `on_unavailable` decides.
 fn full(e: crate::state::memory::Full) -> StoreError {
