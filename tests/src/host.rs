@@ -212,29 +212,48 @@ pub fn audit_records(gw: &Gateway, ready: impl Fn(&[Value]) -> bool) -> Vec<Valu
     }
 }
 
-/// Bundles `config_text` (with `audit.key` and `files` beside it) with `portcullis bundle`
-/// and serves the bundle with `portcullis serve-wasm` (a plain wasi:http host: no
-/// Portcullis host services) on a free port. The bundle's audit lines go to `gateway.log`.
-/// Also returns what `portcullis bundle` printed.
-pub fn start_bundle(config_text: &str, files: &[(String, Vec<u8>)]) -> (Gateway, String) {
+/// A bundle made by `portcullis bundle` in a directory of its own (removed on drop).
+pub struct Bundled {
+    /// The bundle's directory (configuration, files, the bundle).
+    pub dir: PathBuf,
+    /// The bundle.
+    pub wasm: PathBuf,
+    /// What `portcullis bundle` printed.
+    pub printed: String,
+}
+
+impl Drop for Bundled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A fresh directory for one test process's `what`.
+fn scratch(what: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "portcullis-bundle-{}-{}",
+        "portcullis-{what}-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     ));
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Bundles `config_text` (with `audit.key` and `files` beside it) with `portcullis bundle`.
+pub fn bundle(config_text: &str, files: &[(String, Vec<u8>)]) -> Bundled {
+    let dir = scratch("bundle");
     std::fs::write(dir.join("gateway.toml"), config_text).unwrap();
     std::fs::write(dir.join("audit.key"), b64(&AUDIT_KEY)).unwrap();
     for (name, bytes) in files {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
-    let bundle = dir.join("edge.wasm");
+    let wasm = dir.join("edge.wasm");
     let out = Command::new(binary())
         .args(["bundle", "--config"])
         .arg(dir.join("gateway.toml"))
         .arg("-o")
-        .arg(&bundle)
+        .arg(&wasm)
         .output()
         .unwrap();
     let printed = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -244,11 +263,20 @@ pub fn start_bundle(config_text: &str, files: &[(String, Vec<u8>)]) -> (Gateway,
         printed,
         String::from_utf8_lossy(&out.stderr)
     );
+    Bundled { dir, wasm, printed }
+}
+
+/// Serves `wasm` with `portcullis serve-wasm` (a plain wasi:http host: WASI, wasi:http and
+/// wasi:keyvalue only) on a free port, with `args` added (`--state redis://…`). Its log,
+/// the bundle's audit lines among it, goes to `gateway.log` in the gateway's directory.
+pub fn serve_wasm(wasm: &Path, args: &[&str]) -> Gateway {
+    let dir = scratch("serve-wasm");
     let log = dir.join("gateway.log");
     let child = Command::new(binary())
         .args(["serve-wasm", "--component"])
-        .arg(&bundle)
+        .arg(wasm)
         .args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -266,15 +294,20 @@ pub fn start_bundle(config_text: &str, files: &[(String, Vec<u8>)]) -> (Gateway,
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    (
-        Gateway {
-            child,
-            addr,
-            admin: addr,
-            dir,
-        },
-        printed,
-    )
+    Gateway {
+        child,
+        addr,
+        admin: addr,
+        dir,
+    }
+}
+
+/// Bundles `config_text` ([`bundle`]) and serves the bundle ([`serve_wasm`], state in
+/// its memory). Also returns what `portcullis bundle` printed.
+pub fn start_bundle(config_text: &str, files: &[(String, Vec<u8>)]) -> (Gateway, String) {
+    let b = bundle(config_text, files);
+    let gw = serve_wasm(&b.wasm, &[]);
+    (gw, b.printed.clone())
 }
 
 /// The audit records a bundle wrote (JSON lines among `gateway.log`'s).

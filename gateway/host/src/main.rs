@@ -123,8 +123,9 @@ enum Command {
         output: PathBuf,
     },
     /// Serve any wasi:http component (an edge bundle) the way a plain wasi:http host
-    /// does: WASI and wasi:http only, no Portcullis host services, a fresh instance per
-    /// request, outbound requests to any loopback or public address.
+    /// does: WASI, wasi:http and the standard wasi:keyvalue only, no Portcullis host
+    /// services, a fresh instance per request, outbound requests to any loopback or public
+    /// address.
     ServeWasm {
         /// The component.
         #[arg(long)]
@@ -132,6 +133,20 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where wasi:keyvalue keeps its data: `memory` (every instance of this process)
+        /// or a `redis://` / `rediss://` URL (every process using that server).
+        #[arg(long, env = "PORTCULLIS_STATE", default_value = "memory")]
+        state: String,
+        /// Most entries kept in memory (a full store refuses new keys: fail closed).
+        #[arg(long, default_value_t = portcullis_core::config::DEFAULT_STATE_CAPACITY)]
+        state_capacity: usize,
+        /// Key prefix in Redis.
+        #[arg(long, default_value = "portcullis:")]
+        state_prefix: String,
+        /// How long a value without an edge bundle's expiry tag lives after its last
+        /// write (wasi:keyvalue has no expiry of its own).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        state_retention: std::time::Duration,
     },
     /// Validate a configuration and print every problem.
     Check {
@@ -223,6 +238,11 @@ enum TokenCommand {
         /// history and the process list).
         token: String,
     },
+}
+
+/// A duration flag (`30s`, `24h`, …).
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    portcullis_core::config::parse_duration(text)
 }
 
 fn main() -> ExitCode {
@@ -380,11 +400,38 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::ServeWasm { component, listen } => {
+        Command::ServeWasm {
+            component,
+            listen,
+            state,
+            state_capacity,
+            state_prefix,
+            state_retention,
+        } => {
             let wasm = std::fs::read(&component)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", component.display()))?;
+            let store = if state == "memory" {
+                portcullis_host::state::Store::memory(state_capacity)
+            } else if state.starts_with("redis://") || state.starts_with("rediss://") {
+                let r = portcullis_host::state::RedisStore::new(
+                    &state,
+                    None,
+                    4,
+                    std::time::Duration::from_millis(50),
+                    &state_prefix,
+                )?;
+                portcullis_host::state::Store::Redis(Box::new(r))
+            } else {
+                anyhow::bail!("--state {state:?}: use `memory` or a redis:// URL");
+            };
+            let store = std::sync::Arc::new(store);
+            portcullis_host::serve::sweep_expired(&store);
+            let keyvalue = std::sync::Arc::new(portcullis_host::state::keyvalue::KeyValue {
+                store,
+                retention: state_retention,
+            });
             let listener = tokio::net::TcpListener::bind(listen).await?;
-            let server = portcullis_host::serve::plain::PlainServer::new(&wasm)?;
+            let server = portcullis_host::serve::plain::PlainServer::new(&wasm, keyvalue)?;
             tracing::info!(listen = %listener.local_addr()?, admin = %listener.local_addr()?, "portcullis serving");
             server
                 .serve(listener, portcullis_host::shutdown_signal())

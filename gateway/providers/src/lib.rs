@@ -5,9 +5,10 @@
 //! - `config`: the snapshot fixed at bundle time (from the generated `embedded` component);
 //! - `keys`: signatures checked in the guest with the pure-Rust verifier against key sets
 //!   baked in at bundle time;
-//! - `state`: per-instance, in memory (most `wasi:http` hosts create an instance per
-//!   request): plain values work within a request; replay checks never see a value as new
-//!   and rate limits report the state unreachable, so both fail closed;
+//! - `state`: the runtime's standard `wasi:keyvalue` store ([`kv`]), shared by every
+//!   instance the runtime connects to it: rate limits, one-time values (DPoP proofs,
+//!   challenge answers), sessions and login state; a store that cannot be opened or
+//!   answers with errors is unavailable state (`on_unavailable`, fail closed);
 //! - `health`: every backend healthy; `client`: no peer address, no outbound calls
 //!   (site verification and browser login are refused: fail closed);
 //! - `audit`: one JSON line per decision on stderr;
@@ -15,8 +16,10 @@
 //!   links in front of it (`gateway/plugin-link`); any plugin that reaches this point is not
 //!   in the bundle and answers with a failure, so its `on_error` policy decides;
 //! - the plugins' own host services (`portcullis:plugin/state`, `log`, `clock`): the same
-//!   per-instance memory, stderr, the wall clock.
+//!   key-value store, stderr, the wall clock.
 #![deny(unsafe_code)]
+
+mod kv;
 
 mod bindings {
     //! The `portcullis:gateway/providers` world.
@@ -26,11 +29,12 @@ mod bindings {
         world: "providers",
         generate_all,
         additional_derives: [serde::Serialize],
+        // Holds a resource handle (not serializable).
+        additional_derives_ignore: ["cas-error"],
     });
 }
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use bindings::exports::portcullis::gateway::{audit, client, config, health, keys, risk, state};
 use bindings::exports::portcullis::plugin::{
@@ -49,7 +53,6 @@ struct Loaded {
 
 thread_local! {
     static LOADED: RefCell<Option<Result<std::rc::Rc<Loaded>, String>>> = const { RefCell::new(None) };
-    static STATE: RefCell<HashMap<String, (Vec<u8>, u64)>> = RefCell::new(HashMap::new());
 }
 
 fn loaded() -> Result<std::rc::Rc<Loaded>, String> {
@@ -179,61 +182,71 @@ impl health::Guest for Providers {
     }
 }
 
-/// The live value of `key`, dropping it when expired.
-fn live(map: &mut HashMap<String, (Vec<u8>, u64)>, key: &str, now: u64) -> Option<Vec<u8>> {
-    match map.get(key) {
-        Some((v, expires)) if *expires > now => Some(v.clone()),
-        Some(_) => {
-            map.remove(key);
-            None
-        }
-        None => None,
+/// A replay check's answer under `[state] on_unavailable`, as the native host gives it: an
+/// unreachable store counts the value as new under `"allow"` and is an error under
+/// `"deny"` (the core refuses with 503 `state_unavailable`).
+fn replay_policy(answer: Result<bool, String>) -> Result<bool, String> {
+    match answer {
+        Ok(first) => Ok(first),
+        Err(e) => match loaded() {
+            Ok(l)
+                if l.config.state.on_unavailable == portcullis_core::config::FailPolicy::Allow =>
+            {
+                Ok(true)
+            }
+            _ => Err(e),
+        },
     }
 }
 
 impl state::Guest for Providers {
     fn get(key: String) -> Option<Vec<u8>> {
-        let now = now_ms();
-        STATE.with(|s| live(&mut s.borrow_mut(), &key, now))
-    }
-
-    fn delete(key: String) -> Result<(), String> {
-        STATE.with(|s| s.borrow_mut().remove(&key));
-        Ok(())
-    }
-
-    fn set(key: String, value: Vec<u8>, ttl_ms: u64) {
-        let expires = now_ms().saturating_add(ttl_ms);
-        STATE.with(|s| s.borrow_mut().insert(key, (value, expires)));
-    }
-
-    fn increment(key: String, delta: i64, ttl_ms: u64) -> i64 {
-        let now = now_ms();
-        STATE.with(|s| {
-            let mut map = s.borrow_mut();
-            let current = live(&mut map, &key, now)
-                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-                .map_or(0, i64::from_be_bytes);
-            let next = current.saturating_add(delta);
-            let expires = map
-                .get(&key)
-                .map_or(now.saturating_add(ttl_ms), |(_, e)| *e);
-            map.insert(key, (next.to_be_bytes().to_vec(), expires));
-            next
+        kv::get(&key, now_ms()).unwrap_or_else(|e| {
+            eprintln!("{}", serde_json::json!({"state_error": e, "op": "get"}));
+            None
         })
     }
 
-    fn first_use(_key: String, _ttl_ms: u64) -> Result<bool, String> {
-        // Per-instance memory cannot rule out a replay on another instance (most hosts run
-        // one per request): no one-time value is ever known to be new, so DPoP proofs and
-        // challenge answers are refused with 503 `state_unavailable` (fail closed).
-        Err(portcullis_core::ports::NO_SHARED_STATE.to_owned())
+    fn delete(key: String) -> Result<(), String> {
+        kv::delete(&key)
     }
 
-    fn rate_limit(_checks: Vec<state::LimitCheck>) -> Result<Vec<state::LimitStatus>, String> {
-        // A per-instance bucket would never fill: report the state unreachable, so the
-        // configuration's `on_unavailable` decides (deny by default).
-        Err("an edge bundle has no shared state for rate limits".into())
+    fn set(key: String, value: Vec<u8>, ttl_ms: u64) {
+        if let Err(e) = kv::set(&key, &value, now_ms(), ttl_ms) {
+            eprintln!("{}", serde_json::json!({"state_error": e, "op": "set"}));
+        }
+    }
+
+    fn increment(key: String, delta: i64, ttl_ms: u64) -> i64 {
+        // An unreachable store reads as "seen very often": callers counting towards a
+        // limit then refuse rather than allow.
+        kv::increment(&key, delta, now_ms(), ttl_ms).unwrap_or(i64::MAX)
+    }
+
+    fn first_use(key: String, ttl_ms: u64) -> Result<bool, String> {
+        replay_policy(kv::first_use(&key, now_ms(), ttl_ms))
+    }
+
+    fn rate_limit(checks: Vec<state::LimitCheck>) -> Result<Vec<state::LimitStatus>, String> {
+        let checks: Vec<portcullis_core::limits::LimitCheck> = checks
+            .into_iter()
+            .map(|c| portcullis_core::limits::LimitCheck {
+                key: c.key,
+                interval_us: c.interval_us,
+                burst: c.burst,
+            })
+            .collect();
+        let now_us = now().unix_micros();
+        let statuses = kv::rate_limit(&checks, now_us)?;
+        Ok(statuses
+            .into_iter()
+            .map(|s| state::LimitStatus {
+                allowed: s.allowed,
+                remaining: s.remaining,
+                retry_after_us: s.retry_after_us,
+                reset_us: s.reset_us,
+            })
+            .collect())
     }
 }
 
@@ -276,7 +289,7 @@ impl plugin_state::Guest for Providers {
     }
 
     fn delete(key: String) {
-        STATE.with(|s| s.borrow_mut().remove(&key));
+        let _ = kv::delete(&key);
     }
 }
 

@@ -18,6 +18,8 @@ mod serde_forms;
 pub mod snapshot;
 mod validate;
 
+/// Durations as the configuration writes them (`250ms`, `30s`, `24h`, `7d`).
+pub use crate::duration::parse_duration;
 pub use model::*;
 
 use std::collections::BTreeMap;

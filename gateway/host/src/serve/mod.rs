@@ -231,7 +231,7 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
 
 /// Expired entries leave memory even when nothing writes to their shard: a sweep every
 /// 30 s while the store lives.
-fn sweep_expired(store: &Arc<Store>) {
+pub fn sweep_expired(store: &Arc<Store>) {
     let swept = Arc::downgrade(store);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));

@@ -1,8 +1,10 @@
 //! `portcullis serve-wasm`: the host as a plain `wasi:http` runtime, for edge bundles. It
-//! links WASI and `wasi:http` only — no Portcullis host service — so a component that runs
-//! here needs nothing an edge runtime lacks. A fresh instance per request (as Spin, Fastly
-//! and `wasmtime serve` do), stderr inherited (the bundle's audit lines), no sockets, no
-//! files, outbound HTTP to any address.
+//! links WASI, `wasi:http` and the standard `wasi:keyvalue` (over the host's shared state:
+//! in memory for every instance of the process, or in Redis for every process) — no
+//! Portcullis host service — so a component that runs here needs nothing an edge runtime
+//! lacks. A fresh instance per request (as Spin, Fastly and `wasmtime serve` do), stderr
+//! inherited (the bundle's audit lines), no sockets, no files, outbound HTTP to any
+//! address.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,20 +24,24 @@ use wasmtime_wasi_http::{
 };
 
 use crate::client::{BackendClient, backend_client, full_body};
+use crate::state::keyvalue::{self, KeyValue, KeyValueHost};
 use crate::wasm::WasiRequest;
 
 /// Per-request store data of a plain wasi:http guest.
-pub struct PlainState(WasiRequest<AnyOutbound>);
+pub struct PlainState {
+    request: WasiRequest<AnyOutbound>,
+    keyvalue: KeyValueHost,
+}
 
 impl WasiView for PlainState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        self.0.wasi()
+        self.request.wasi()
     }
 }
 
 impl WasiHttpView for PlainState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        self.0.http()
+        self.request.http()
     }
 }
 
@@ -78,25 +84,33 @@ impl WasiHttpHooks for AnyOutbound {
 pub struct PlainServer {
     pre: ProxyPre<PlainState>,
     client: BackendClient,
+    keyvalue: Arc<KeyValue>,
 }
 
 impl PlainServer {
-    /// Compiles and links `wasm` against WASI and wasi:http only (a component importing
-    /// anything else is refused here, as an edge runtime would).
-    pub fn new(wasm: &[u8]) -> anyhow::Result<Arc<Self>> {
+    /// Compiles and links `wasm` against WASI, wasi:http and wasi:keyvalue (over
+    /// `keyvalue`) only: a component importing anything else is refused here, as an edge
+    /// runtime would.
+    pub fn new(wasm: &[u8], keyvalue: Arc<KeyValue>) -> anyhow::Result<Arc<Self>> {
         let engine = crate::wasm::engine(256, false)?;
         let component = Component::new(&engine, wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Self::with_component(&engine, &component)
+        Self::with_component(&engine, &component, keyvalue)
     }
 
-    fn with_component(engine: &Engine, component: &Component) -> anyhow::Result<Arc<Self>> {
+    fn with_component(
+        engine: &Engine,
+        component: &Component,
+        keyvalue: Arc<KeyValue>,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut linker: Linker<PlainState> = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let pre = linker
-            .instantiate_pre(component)
-            .map_err(|e| anyhow::anyhow!("link the component with WASI and wasi:http only: {e}"))?;
+        keyvalue::add_to_linker(&mut linker, |s: &mut PlainState| &mut s.keyvalue)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pre = linker.instantiate_pre(component).map_err(|e| {
+            anyhow::anyhow!("link the component with WASI, wasi:http and wasi:keyvalue only: {e}")
+        })?;
         let pre = ProxyPre::new(pre).map_err(|e| anyhow::anyhow!("{e}"))?;
         let ticker = engine.clone();
         std::thread::spawn(move || {
@@ -108,6 +122,7 @@ impl PlainServer {
         Ok(Arc::new(Self {
             pre,
             client: backend_client(portcullis_core::config::BackendTimeouts::default().connect),
+            keyvalue,
         }))
     }
 
@@ -122,9 +137,12 @@ impl PlainServer {
         }
         let mut store = Store::new(
             self.pre.engine(),
-            PlainState(WasiRequest::new(AnyOutbound {
-                client: self.client.clone(),
-            })),
+            PlainState {
+                request: WasiRequest::new(AnyOutbound {
+                    client: self.client.clone(),
+                }),
+                keyvalue: KeyValueHost::new(self.keyvalue.clone()),
+            },
         );
         // 30 s of 1 ms epoch ticks.
         store.set_epoch_deadline(30_000);

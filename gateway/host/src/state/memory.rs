@@ -94,6 +94,51 @@ impl MemoryState {
         Ok(next)
     }
 
+    /// Stores `value` for `ttl` only when the live value of `key` is `expected` (`None`:
+    /// absent); true when stored.
+    pub fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, Full> {
+        let shard = self.shard(key).ok_or(Full)?;
+        let mut map = shard.lock().map_err(|_| Full)?;
+        let now = Instant::now();
+        let current = map
+            .get(key)
+            .filter(|(_, exp)| now < *exp)
+            .map(|(v, _)| v.as_slice());
+        if current != expected {
+            return Ok(false);
+        }
+        make_room(&mut map, key, self.per_shard, now)?;
+        map.insert(key.to_owned(), (value, now + ttl));
+        Ok(true)
+    }
+
+    /// Up to `limit` live keys starting with `prefix` and sorting after `after`, in order.
+    pub fn keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<String> {
+        let now = Instant::now();
+        let mut keys: Vec<String> = self
+            .shards
+            .iter()
+            .filter_map(|s| s.lock().ok())
+            .flat_map(|map| {
+                map.iter()
+                    .filter(|(k, (_, exp))| {
+                        now < *exp && k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a)
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.truncate(limit);
+        keys
+    }
+
     /// GCRA over `checks`, all or nothing, on the gateway's clock: the shards involved are
     /// locked together (in index order, so concurrent checks cannot deadlock).
     pub fn gcra(

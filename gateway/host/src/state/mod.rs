@@ -16,6 +16,7 @@ use portcullis_core::config::{StateBackend, StateConfig};
 use portcullis_core::limits::{LimitCheck, LimitStatus};
 use portcullis_core::ports::{StateAnswer, StateOp};
 
+pub mod keyvalue;
 pub mod memory;
 mod redis;
 mod wit;
@@ -189,6 +190,39 @@ impl Store {
                 Ok(())
             }
             Store::Redis(r) => r.delete(key).await,
+        }
+    }
+
+    /// Stores `value` under `key` for `ttl` only when the live value is `expected`
+    /// (`None`: absent), atomically; true when stored.
+    pub async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(m) => m.compare_and_swap(key, expected, value, ttl).map_err(full),
+            Store::Redis(r) => r.compare_and_swap(key, expected, value, ttl).await,
+        }
+    }
+
+    /// One page of the live keys starting with `prefix`, from `cursor` (`None` to start):
+    /// the keys and the cursor of the next page, `None` at the end.
+    pub async fn keys(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        const PAGE: usize = 1000;
+        match self {
+            Store::Memory(m) => {
+                let keys = m.keys(prefix, cursor, PAGE);
+                let next = (keys.len() == PAGE).then(|| keys.last().cloned()).flatten();
+                Ok((keys, next))
+            }
+            Store::Redis(r) => r.keys(prefix, cursor).await,
         }
     }
 

@@ -90,6 +90,19 @@ end
 return n
 ";
 
+/// Compare-and-swap: `SET` with a lifetime only when the value is the expected one
+/// (`ARGV[1]` = "0": expected absent).
+const CAS_SCRIPT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if ARGV[1] == '0' then
+  if v then return 0 end
+elseif v ~= ARGV[2] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return 1
+";
+
 /// A Redis server shared by gateway instances.
 pub struct RedisStore {
     pub(super) url: String,
@@ -99,6 +112,7 @@ pub struct RedisStore {
     prefix: String,
     gcra: redis::Script,
     increment: redis::Script,
+    cas: redis::Script,
     /// Counters.
     pub metrics: StoreMetrics,
 }
@@ -153,6 +167,7 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             gcra: redis::Script::new(GCRA_SCRIPT),
             increment: redis::Script::new(INCREMENT_SCRIPT),
+            cas: redis::Script::new(CAS_SCRIPT),
             metrics: StoreMetrics::default(),
         })
     }
@@ -200,6 +215,47 @@ impl RedisStore {
             .arg(ttl_ms(ttl));
         let set: Option<String> = self.run(cmd).await?;
         Ok(set.is_some())
+    }
+
+    /// Stores `value` for `ttl` only when the value of `key` is `expected` (`None`:
+    /// absent), in one script; true when stored.
+    pub async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.cas.key(self.key(key));
+        match expected {
+            None => inv.arg("0").arg(""),
+            Some(e) => inv.arg("1").arg(e),
+        };
+        inv.arg(value).arg(ttl_ms(ttl));
+        let stored: i64 = self.script(&mut inv).await?;
+        Ok(stored == 1)
+    }
+
+    /// One page of the keys starting with `prefix` (without the store's own prefix), from
+    /// `cursor` (a `SCAN` cursor; `None` to start): the keys and the next cursor, `None`
+    /// at the end.
+    pub async fn keys(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor.unwrap_or("0"))
+            .arg("MATCH")
+            .arg(format!("{}*", glob_escape(&self.key(prefix))))
+            .arg("COUNT")
+            .arg(1000);
+        let (next, keys): (String, Vec<String>) = self.run(cmd).await?;
+        let keys = keys
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_owned))
+            .collect();
+        Ok((keys, (next != "0").then_some(next)))
     }
 
     /// GCRA over every check, all or nothing, on the server's clock.
@@ -337,6 +393,18 @@ impl RedisStore {
         };
         r
     }
+}
+
+/// `text` matched literally by a Redis glob pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,276 @@
+//! Stateful conformance on the edge bundle: its shared state is the runtime's standard
+//! `wasi:keyvalue` store, which `portcullis serve-wasm` provides in its memory (every
+//! instance of the process: each request runs in a fresh one) or in Redis (every process
+//! pointed at the server). Rate limits, DPoP replay checks and their fail-closed answers
+//! match the native engine's over real sockets.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use portcullis_tests::host::{Gateway, bundle, reason, serve_wasm, start_engine};
+use portcullis_tests::interop::tool;
+use portcullis_tests::net::{Backend, KeyServer, Resp, raw_request, request};
+use portcullis_tests::redis::Redis;
+use portcullis_tests::*;
+use serde_json::json;
+
+/// The authority DPoP proofs name (sent as `Host` to every instance).
+const AUTHORITY: &str = "edge.test";
+
+/// A limited route (3 requests, then one per 20 s), a per-address one (2, then one an
+/// hour), a DPoP route, and `[state] on_unavailable = policy`.
+fn config(keys: &KeyServer, backend: &str, policy: &str) -> String {
+    format!(
+        r#"
+[[issuer]]
+name = "main"
+issuer = "{ISSUER}"
+jwks_uri = "{keys}/jwks.json"
+insecure_http_jwks = true
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+
+[region.eu]
+jurisdiction = "EU"
+backends = ["{backend}"]
+
+[residency]
+missing = "eu"
+anonymous = "eu"
+
+[client]
+trusted_proxies = ["127.0.0.0/8"]
+ip_header = "x-forwarded-for"
+
+[dpop]
+scheme = "http"
+max_age = "60s"
+
+[state]
+on_unavailable = "{policy}"
+
+[audit]
+subject_key_file = "audit.key"
+
+[[route]]
+path = "/limited"
+auth = "public"
+[[route.rate_limit]]
+key = "route"
+rate = 3
+per = "1m"
+
+[[route]]
+path = "/per-ip"
+auth = "public"
+[[route.rate_limit]]
+key = "ip"
+rate = 2
+per = "1h"
+
+[[route]]
+path = "/dpop"
+issuers = ["main"]
+require_dpop = true
+"#,
+        keys = keys.server.url()
+    )
+}
+
+struct World {
+    _keys: KeyServer,
+    _backend: Backend,
+    text: String,
+}
+
+fn world(policy: &str) -> World {
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let backend = Backend::start("eu");
+    let text = config(&keys, &backend.server.url(), policy);
+    World {
+        _keys: keys,
+        _backend: backend,
+        text,
+    }
+}
+
+fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Resp {
+    request(gw.addr, "GET", path, headers, b"").unwrap()
+}
+
+/// A DPoP-bound token and a maker of proofs for `GET http://edge.test/dpop/1`.
+struct DpopClient {
+    private: String,
+    bound: String,
+}
+
+impl DpopClient {
+    fn new() -> Self {
+        let key: serde_json::Value =
+            serde_json::from_str(&tool(&["keys", "client-key"]).unwrap()).unwrap();
+        let private = key["private"].to_string();
+        let jkt = tool(&["thumbprint", &private]).unwrap();
+        let bound = TestIdp::shared().sign("ES256", live_claims(json!({"cnf": {"jkt": jkt}})));
+        Self { private, bound }
+    }
+
+    fn proof(&self) -> String {
+        let url = format!("http://{AUTHORITY}/dpop/1");
+        tool(&["dpop", &self.private, "GET", &url, &self.bound, "0"]).unwrap()
+    }
+
+    /// Sends `proof` to `gw` with `Host: edge.test`.
+    fn send(&self, gw: &Gateway, proof: &str) -> Resp {
+        let wire = format!(
+            "GET /dpop/1 HTTP/1.1\r\nhost: {AUTHORITY}\r\nconnection: close\r\nauthorization: DPoP {}\r\ndpop: {proof}\r\n\r\n",
+            self.bound
+        );
+        raw_request(gw.addr, wire.as_bytes()).unwrap()
+    }
+}
+
+/// (status, reason) of each of `n` requests.
+fn run(gw: &Gateway, path: &str, headers: &[(&str, &str)], n: usize) -> Vec<(u16, String)> {
+    (0..n)
+        .map(|_| {
+            let r = get(gw, path, headers);
+            (r.status, reason(&r))
+        })
+        .collect()
+}
+
+fn ok() -> (u16, String) {
+    (200, String::new())
+}
+
+fn limited() -> (u16, String) {
+    (429, "rate_limited".to_owned())
+}
+
+/// Every request to a bundle runs in a fresh instance; the limit holds across them, and
+/// the answers (429 `rate_limited`, `Retry-After`, the `RateLimit` headers) are the native
+/// engine's.
+#[test]
+fn a_bundle_keeps_its_rate_limits_across_instances_like_the_native_engine() {
+    let w = world("deny");
+    let b = bundle(&w.text, &[]);
+    let edge = serve_wasm(&b.wasm, &[]);
+    let native = start_engine(&w.text, "native");
+    for (name, gw) in [("native", &native), ("bundle", &edge)] {
+        assert_eq!(
+            run(gw, "/limited/x", &[], 4),
+            [ok(), ok(), ok(), limited()],
+            "{name}"
+        );
+        let r = get(gw, "/limited/x", &[]);
+        assert_eq!(r.status, 429, "{name}");
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=20).contains(&retry), "{name}: retry-after {retry}");
+        assert!(
+            r.header("ratelimit-policy").is_some(),
+            "{name}: {:?}",
+            r.headers
+        );
+        // Per-address limits: a second address has a bucket of its own where the client's
+        // address is known. wasi:http does not tell a component who is connected, so the
+        // bundle counts every client of a per-address limit in one bucket (tighter, never
+        // looser).
+        let one = [("x-forwarded-for", "192.0.2.1")];
+        let two = [("x-forwarded-for", "192.0.2.2")];
+        assert_eq!(
+            run(gw, "/per-ip/x", &one, 3),
+            [ok(), ok(), limited()],
+            "{name}"
+        );
+        let other = if name == "native" { ok() } else { limited() };
+        assert_eq!(run(gw, "/per-ip/x", &two, 1), [other], "{name}");
+    }
+}
+
+/// Two `serve-wasm` processes running the same bundle on one Redis server share one limit
+/// and one replay cache: a DPoP proof accepted at one is refused at the other.
+#[test]
+fn two_bundle_processes_on_one_redis_share_limits_and_replay_checks() {
+    let redis = Redis::start();
+    let w = world("deny");
+    let b = bundle(&w.text, &[]);
+    let url = redis.url();
+    let one = serve_wasm(&b.wasm, &["--state", &url]);
+    let two = serve_wasm(&b.wasm, &["--state", &url]);
+    let answers: Vec<(u16, String)> = [&one, &two, &one, &two]
+        .iter()
+        .map(|gw| {
+            let r = get(gw, "/limited/x", &[]);
+            (r.status, reason(&r))
+        })
+        .collect();
+    assert_eq!(answers, [ok(), ok(), ok(), limited()]);
+
+    let client = DpopClient::new();
+    let proof = client.proof();
+    let first = client.send(&one, &proof);
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let replayed = client.send(&two, &proof);
+    assert_eq!(
+        (replayed.status, reason(&replayed).as_str()),
+        (401, "dpop_proof_invalid"),
+        "{}",
+        String::from_utf8_lossy(&replayed.body)
+    );
+    // A fresh proof passes at either.
+    let fresh = client.send(&two, &client.proof());
+    assert_eq!(
+        fresh.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&fresh.body)
+    );
+    // The state is in Redis, under serve-wasm's prefix and the store's name.
+    // (the limit's bucket and the proof's `jti` at least: the reply starts `*<count>`).
+    let listed = redis.command("KEYS portcullis:kv/default/*").unwrap();
+    let count: usize = listed.trim_start_matches('*').parse().unwrap();
+    assert!(count >= 2, "{listed}");
+}
+
+/// A bundle whose store is unreachable follows `on_unavailable` as the native engine does:
+/// `"deny"` refuses limited routes and DPoP proofs with 503 `state_unavailable` (never a
+/// 401 calling a fresh proof a replay); `"allow"` lets both through.
+#[test]
+fn a_bundle_whose_store_is_unreachable_follows_on_unavailable() {
+    let closed = format!("redis://127.0.0.1:{}/0", portcullis_tests::net::free_port());
+    let client = DpopClient::new();
+    for (policy, limited_answer, dpop_answer) in [
+        (
+            "deny",
+            (503, "state_unavailable"),
+            (503, "state_unavailable"),
+        ),
+        ("allow", (200, ""), (200, "")),
+    ] {
+        let w = world(policy);
+        let b = bundle(&w.text, &[]);
+        let gw = serve_wasm(&b.wasm, &["--state", &closed]);
+        let r = get(&gw, "/limited/x", &[]);
+        assert_eq!(
+            (r.status, reason(&r).as_str()),
+            limited_answer,
+            "{policy}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let r = client.send(&gw, &client.proof());
+        assert_eq!(
+            (r.status, reason(&r).as_str()),
+            dpop_answer,
+            "{policy}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+}
