@@ -67,6 +67,30 @@ macro_rules! on_every_engine {
     };
 }
 
+/// Runs each test on both engines of the host and on the edge bundle under `serve-wasm`
+/// (`start_engine*` with engine `"bundle"`; its audit records come from its log).
+#[macro_export]
+macro_rules! on_every_runtime {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn component() {
+                    super::$name("component")
+                }
+                #[test]
+                fn native() {
+                    super::$name("native")
+                }
+                #[test]
+                fn bundle() {
+                    super::$name("bundle")
+                }
+            }
+        )*
+    };
+}
+
 /// Starts a gateway (component engine) on `config_text` and waits until ready.
 pub fn start(config_text: &str) -> Gateway {
     start_engine(config_text, "component")
@@ -103,6 +127,13 @@ pub fn start_engine_args(
     listen: &str,
     extra: impl FnOnce(&Path) -> Vec<String>,
 ) -> Gateway {
+    if engine == "bundle" {
+        // `extra` gives serve-wasm's arguments (`--state redis://…`).
+        let b = bundle(config_text, files);
+        let args = extra(&b.dir);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        return serve_wasm_on(&b.wasm, listen, &args);
+    }
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "portcullis-e2e-{}-{}",
@@ -200,11 +231,14 @@ pub fn reason(r: &Resp) -> String {
 pub fn audit_records(gw: &Gateway, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let records: Vec<Value> = std::fs::read_to_string(gw.dir.join("audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
+        // A bundle writes its records among its log lines.
+        let records: Vec<Value> = match std::fs::read_to_string(gw.dir.join("audit.jsonl")) {
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect(),
+            Err(_) => bundle_audit(gw),
+        };
         if ready(&records) || Instant::now() > deadline {
             return records;
         }
@@ -242,6 +276,11 @@ fn scratch(what: &str) -> PathBuf {
 
 /// Bundles `config_text` (with `audit.key` and `files` beside it) with `portcullis bundle`.
 pub fn bundle(config_text: &str, files: &[(String, Vec<u8>)]) -> Bundled {
+    bundle_with(config_text, files, &[])
+}
+
+/// [`bundle`] with `args` added (`--bake-keys`).
+pub fn bundle_with(config_text: &str, files: &[(String, Vec<u8>)], args: &[&str]) -> Bundled {
     let dir = scratch("bundle");
     std::fs::write(dir.join("gateway.toml"), config_text).unwrap();
     std::fs::write(dir.join("audit.key"), b64(&AUDIT_KEY)).unwrap();
@@ -254,6 +293,7 @@ pub fn bundle(config_text: &str, files: &[(String, Vec<u8>)]) -> Bundled {
         .arg(dir.join("gateway.toml"))
         .arg("-o")
         .arg(&wasm)
+        .args(args)
         .output()
         .unwrap();
     let printed = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -270,12 +310,17 @@ pub fn bundle(config_text: &str, files: &[(String, Vec<u8>)]) -> Bundled {
 /// wasi:keyvalue only) on a free port, with `args` added (`--state redis://…`). Its log,
 /// the bundle's audit lines among it, goes to `gateway.log` in the gateway's directory.
 pub fn serve_wasm(wasm: &Path, args: &[&str]) -> Gateway {
+    serve_wasm_on(wasm, "127.0.0.1:0", args)
+}
+
+/// [`serve_wasm`] listening on `listen`.
+pub fn serve_wasm_on(wasm: &Path, listen: &str, args: &[&str]) -> Gateway {
     let dir = scratch("serve-wasm");
     let log = dir.join("gateway.log");
     let child = Command::new(binary())
         .args(["serve-wasm", "--component"])
         .arg(wasm)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", listen])
         .args(args)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

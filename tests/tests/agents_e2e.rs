@@ -458,9 +458,11 @@ fn dpop_server_nonces_are_issued_and_required(engine: &str) {
     assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
 }
 
+portcullis_tests::on_every_runtime!(
+    dpop_proofs_from_another_library_are_accepted_and_replays_refused
+);
 portcullis_tests::on_every_engine!(
     dpop_server_nonces_are_issued_and_required,
-    dpop_proofs_from_another_library_are_accepted_and_replays_refused,
     delegated_agents_get_intersected_scopes_and_over_privileged_ones_are_refused,
     backends_verify_the_gateway_token_through_the_served_key_set_across_a_rotation,
 );

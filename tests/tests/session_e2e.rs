@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portcullis_tests::browser::Browser;
-use portcullis_tests::host::{Gateway, audit_records, reason, start_engine_on};
+use portcullis_tests::host::{Gateway, audit_records, reason, start_engine_args};
 use portcullis_tests::net::{Backend, KeyServer, Resp, free_port, request};
 use portcullis_tests::oidc::{OpenIdProvider, form_value};
 use portcullis_tests::*;
@@ -76,10 +76,17 @@ struct World {
     backend: Backend,
     gw: Gateway,
     port: u16,
+    config: String,
+    files: Vec<(String, Vec<u8>)>,
 }
 
 impl World {
     fn start(engine: &str, access_token_ttl: u64) -> Self {
+        Self::start_with(engine, access_token_ttl, &[])
+    }
+
+    /// [`World::start`] with extra arguments for the server (`serve` or `serve-wasm`).
+    fn start_with(engine: &str, access_token_ttl: u64, args: &[String]) -> Self {
         let port = free_port();
         let op = OpenIdProvider::start(op_config(port, access_token_ttl));
         let op2 = OpenIdProvider::start(op_config(port, access_token_ttl));
@@ -145,7 +152,13 @@ subject_key_file = "audit.key"
             ("client.secret".to_owned(), SECRET.as_bytes().to_vec()),
             ("session.key".to_owned(), "5a".repeat(32).into_bytes()),
         ];
-        let gw = start_engine_on(&config, engine, &files, &format!("127.0.0.1:{port}"));
+        let gw = start_engine_args(
+            &config,
+            engine,
+            &files,
+            &format!("127.0.0.1:{port}"),
+            |_| args.to_vec(),
+        );
         World {
             op,
             op2,
@@ -153,6 +166,8 @@ subject_key_file = "audit.key"
             backend,
             gw,
             port,
+            config,
+            files,
         }
     }
 
@@ -977,7 +992,43 @@ fn a_route_with_two_providers_offers_a_choice(engine: &str) {
     });
 }
 
-on_every_engine!(
+/// Two `serve-wasm` processes running one bundle on one Redis server: a browser session
+/// made at one is valid at the other (same identity to the backend), and once the user
+/// logs out at the first, the second refuses the cookie.
+#[test]
+fn a_session_ended_at_one_bundle_process_is_refused_at_another_on_one_redis() {
+    let redis = portcullis_tests::redis::Redis::start();
+    let w = World::start_with("bundle", 600, &["--state".to_owned(), redis.url()]);
+    let b = portcullis_tests::host::bundle(&w.config, &w.files);
+    let other = portcullis_tests::host::serve_wasm(&b.wasm, &["--state", &redis.url()]);
+    let browser = Browser::start();
+    let wanted = w.url("/app/orders");
+    browser.goto(&wanted);
+    sign_in(&browser, "alice", None, &wanted);
+    let cookie = session_cookie_header(&browser);
+    let at_other = |cookie: &str| request(other.addr, "GET", "/app/x", &[("cookie", cookie)], b"");
+    let r = at_other(&cookie).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json_body()["headers"]["x-user-id"], "alice");
+
+    browser.goto(&w.url("/_portcullis/logout"));
+    browser.wait_until(WAIT, "the post-logout redirect", |b| {
+        if b.exists("button[name=logout][value=yes]") {
+            b.click("button[name=logout][value=yes]");
+        }
+        b.url() == w.url("/")
+    });
+    // As on the host: an ended session is no session (the script is asked to sign in).
+    let r = at_other(&cookie).unwrap();
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (401, "authentication_required"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+on_every_runtime!(
     browser_signs_in_reloads_logs_out_and_is_sent_to_login_again,
     scripts_get_401_json_and_bearer_tokens_keep_working,
     tampered_truncated_and_replayed_cookies_and_states_get_a_clear_page,

@@ -24,6 +24,7 @@
 
 pub mod audit;
 mod head;
+pub mod keycache;
 pub mod keys;
 mod records;
 mod respond;

@@ -101,8 +101,9 @@ enum Command {
     },
     /// Compose a self-contained edge bundle for any wasi:http runtime: the gateway
     /// component, the portable providers, the configuration's risk plugins (chained in
-    /// configuration order) and the validated configuration (remote key sets fetched now
-    /// and baked in). The result imports only `wasi:*`.
+    /// configuration order) and the validated configuration. The result imports only
+    /// `wasi:*`: wasi:http (requests, backends, key sets, the provider's token endpoint)
+    /// and wasi:keyvalue (the shared state, key sets shared between instances).
     Bundle {
         /// The edge configuration.
         #[arg(short = 'c', long, env = "PORTCULLIS_CONFIG")]
@@ -110,6 +111,11 @@ enum Command {
         /// Where to write the bundle.
         #[arg(short = 'o', long)]
         output: PathBuf,
+        /// Fetch remote key sets now and bake them in (an offline bundle: nothing is
+        /// fetched at run time, and a key rotated at the issuer needs a new bundle).
+        /// Without it the bundle fetches key sets itself and follows rotation.
+        #[arg(long)]
+        bake_keys: bool,
     },
     /// Write the validated configuration as a snapshot for the Cloudflare Worker
     /// (`gateway/worker`): base64url text for its `PORTCULLIS_SNAPSHOT` secret. Key sets are
@@ -363,7 +369,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bundle { config, output } => {
+        Command::Bundle {
+            config,
+            output,
+            bake_keys,
+        } => {
             let mut loaded = match load_config_file(&config) {
                 Ok(l) => l,
                 Err(e) => {
@@ -371,7 +381,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             };
-            warn_login_routes(&loaded.config, "a bundle cannot");
             let mut plugins = Vec::with_capacity(loaded.config.plugins.len());
             for p in &loaded.config.plugins {
                 let path = loaded.base.join(&p.path);
@@ -379,7 +388,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     anyhow::anyhow!("plugin `{}`: {}: {e}", p.name, path.display())
                 })?);
             }
-            let baked = portcullis_host::tools::bundle::bake_keys(&mut loaded.config).await?;
+            let baked = if bake_keys {
+                portcullis_host::tools::bundle::bake_keys(&mut loaded.config).await?
+            } else {
+                Vec::new()
+            };
             let bundle = portcullis_host::tools::bundle::compose(
                 portcullis_host::wasm::COMPONENT,
                 &loaded.config,
@@ -387,7 +400,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             )?;
             std::fs::write(&output, &bundle.wasm)?;
             println!(
-                "{}: {} KB, {} plugin(s), imports {} (all wasi:*); key sets baked in: {}",
+                "{}: {} KB, {} plugin(s), imports {} (all wasi:*); key sets baked in: {} (others fetched at run time)",
                 output.display(),
                 bundle.wasm.len().div_ceil(1024),
                 plugins.len(),

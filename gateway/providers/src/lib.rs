@@ -3,14 +3,16 @@
 //! component that imports only `wasi:*` and runs on any `wasi:http` host.
 //!
 //! - `config`: the snapshot fixed at bundle time (from the generated `embedded` component);
-//! - `keys`: signatures checked in the guest with the pure-Rust verifier against key sets
-//!   baked in at bundle time;
+//! - `keys`: signatures checked in the guest with the pure-Rust verifier; remote key sets
+//!   and discovery documents fetched at run time over `wasi:http` and shared between
+//!   instances through the key-value store ([`keysets`]), or baked in at bundle time;
 //! - `state`: the runtime's standard `wasi:keyvalue` store ([`kv`]), shared by every
 //!   instance the runtime connects to it: rate limits, one-time values (DPoP proofs,
 //!   challenge answers), sessions and login state; a store that cannot be opened or
 //!   answers with errors is unavailable state (`on_unavailable`, fail closed);
-//! - `health`: every backend healthy; `client`: no peer address, no outbound calls
-//!   (site verification and browser login are refused: fail closed);
+//! - `health`: every backend healthy; `client`: no peer address (wasi:http does not say
+//!   who is connected); the provider's token endpoint and site verification over
+//!   `wasi:http` ([`fetch`]);
 //! - `audit`: one JSON line per decision on stderr;
 //! - `risk`: the end of the plugin chain — plugins composed into the bundle answer in the
 //!   links in front of it (`gateway/plugin-link`); any plugin that reaches this point is not
@@ -19,6 +21,8 @@
 //!   key-value store, stderr, the wall clock.
 #![deny(unsafe_code)]
 
+mod fetch;
+mod keysets;
 mod kv;
 
 mod bindings {
@@ -34,48 +38,14 @@ mod bindings {
     });
 }
 
-use std::cell::RefCell;
-
 use bindings::exports::portcullis::gateway::{audit, client, config, health, keys, risk, state};
 use bindings::exports::portcullis::plugin::{
     clock as plugin_clock, log as plugin_log, state as plugin_state,
 };
 use bindings::portcullis::bundle::embedded;
+use keysets::{loaded, now};
 use portcullis_core::authenticate::{AuthFailure, IssuedKind};
-use portcullis_core::crypto::PortableKey;
-use portcullis_core::{Config, IssuerId, KeyStore, PortableVerifier, Timestamp};
-
-/// The configuration and key sets of this instance, restored once.
-struct Loaded {
-    config: Config,
-    keys: KeyStore<PortableKey>,
-}
-
-thread_local! {
-    static LOADED: RefCell<Option<Result<std::rc::Rc<Loaded>, String>>> = const { RefCell::new(None) };
-}
-
-fn loaded() -> Result<std::rc::Rc<Loaded>, String> {
-    LOADED.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            let restored = Config::from_snapshot(&embedded::snapshot())
-                .map_err(|e| format!("embedded configuration: {e}"))
-                .map(|config| {
-                    let keys = KeyStore::new(&config, &PortableVerifier);
-                    std::rc::Rc::new(Loaded { config, keys })
-                });
-            *slot = Some(restored);
-        }
-        slot.clone()
-            .unwrap_or_else(|| Err("configuration unavailable".into()))
-    })
-}
-
-fn now() -> Timestamp {
-    let t = wasip2::clocks::wall_clock::now();
-    Timestamp::from_duration(std::time::Duration::new(t.seconds, t.nanoseconds))
-}
+use portcullis_core::{IssuerId, VerifiedIdentity};
 
 fn now_ms() -> u64 {
     now().unix_millis()
@@ -116,6 +86,13 @@ impl config::Guest for Providers {
     }
 }
 
+fn verified(id: VerifiedIdentity) -> keys::Verified {
+    keys::Verified {
+        issuer: u32::try_from(id.issuer.0).unwrap_or(u32::MAX),
+        claims: serde_json::Value::Object(id.claims).to_string(),
+    }
+}
+
 impl keys::Guest for Providers {
     fn authenticate(
         token: String,
@@ -126,25 +103,18 @@ impl keys::Guest for Providers {
             .iter()
             .map(|i| IssuerId(*i as usize))
             .collect();
-        let id = portcullis_core::authenticate::authenticate(
-            &token,
-            &l.config,
-            &l.keys,
-            &PortableVerifier,
-            &issuers,
-            now(),
-        )
-        .map_err(failure)?;
-        Ok(keys::Verified {
-            issuer: u32::try_from(id.issuer.0).unwrap_or(u32::MAX),
-            claims: serde_json::Value::Object(id.claims).to_string(),
-        })
+        l.authenticate(&token, &issuers)
+            .map(verified)
+            .map_err(failure)
     }
 
-    fn endpoints(_issuer: u32) -> Result<keys::ProviderEndpoints, String> {
-        // Browser login needs the provider's discovery document and a token endpoint
-        // call: not offered inside a bundle (login routes refuse with 503).
-        Err(portcullis_core::login::NO_BROWSER_LOGIN.to_owned())
+    fn endpoints(issuer: u32) -> Result<keys::ProviderEndpoints, String> {
+        let e = loaded()?.endpoints(IssuerId(issuer as usize))?;
+        Ok(keys::ProviderEndpoints {
+            authorization: e.authorization,
+            token: e.token,
+            end_session: e.end_session,
+        })
     }
 
     fn verify_issued(
@@ -158,21 +128,9 @@ impl keys::Guest for Providers {
             keys::IssuedKind::IdToken => IssuedKind::IdToken,
             keys::IssuedKind::LogoutToken => IssuedKind::LogoutToken,
         };
-        let id = portcullis_core::authenticate::verify_issued(
-            &token,
-            &l.config,
-            &l.keys,
-            &PortableVerifier,
-            IssuerId(issuer as usize),
-            &client_id,
-            kind,
-            now(),
-        )
-        .map_err(failure)?;
-        Ok(keys::Verified {
-            issuer,
-            claims: serde_json::Value::Object(id.claims).to_string(),
-        })
+        l.verify_issued(&token, IssuerId(issuer as usize), &client_id, kind)
+            .map(verified)
+            .map_err(failure)
     }
 }
 
@@ -256,18 +214,56 @@ impl client::Guest for Providers {
         None
     }
 
-    fn verify_site_token(_site_token: String, _remote_ip: Option<String>) -> Result<bool, String> {
-        Err("site verification is not available inside an edge bundle".into())
+    fn verify_site_token(site_token: String, remote_ip: Option<String>) -> Result<bool, String> {
+        let l = loaded()?;
+        let site = l
+            .config
+            .challenge
+            .site_verify
+            .as_ref()
+            .ok_or("no site-verification service is configured")?;
+        let ip = remote_ip.and_then(|ip| ip.parse().ok());
+        let body = portcullis_core::siteverify_body(&site.secret, &site_token, ip);
+        let got = fetch::send(&fetch::Call {
+            post: true,
+            url: &site.verify_url,
+            headers: &[("content-type", "application/x-www-form-urlencoded")],
+            body: body.as_bytes(),
+            timeout: FORM_TIMEOUT,
+            max_body: MAX_SITEVERIFY_ANSWER,
+        })?;
+        if !(200..300).contains(&got.status) {
+            return Err(format!("{} answered {}", site.verify_url, got.status));
+        }
+        portcullis_core::siteverify_result(&got.body)
     }
 
     fn token_request(
-        _issuer: u32,
-        _authorization: String,
-        _body: String,
+        issuer: u32,
+        authorization: String,
+        body: String,
     ) -> Result<(u16, Vec<u8>), String> {
-        Err("browser login is not available inside an edge bundle".into())
+        let endpoints = loaded()?.endpoints(IssuerId(issuer as usize))?;
+        let got = fetch::send(&fetch::Call {
+            post: true,
+            url: &endpoints.token,
+            headers: &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("accept", "application/json"),
+                ("authorization", &authorization),
+            ],
+            body: body.as_bytes(),
+            timeout: FORM_TIMEOUT,
+            max_body: portcullis_core::login::MAX_TOKEN_RESPONSE,
+        })?;
+        Ok((got.status, got.body))
     }
 }
+
+/// Longest a form POST (token endpoint, site verification) may take, as on the host.
+const FORM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Largest site-verification answer read, as on the host.
+const MAX_SITEVERIFY_ANSWER: usize = 64 << 10;
 
 impl audit::Guest for Providers {
     fn emit(r: audit::DecisionRecord) {

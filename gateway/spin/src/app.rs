@@ -25,7 +25,7 @@ use spin_sdk::key_value::Store;
 use spin_sdk::wasip3::http::types;
 use spin_sdk::wasip3::http_compat::IncomingRequestBody;
 
-use crate::keycache::{StoredDocument, store_key};
+use portcullis_driver::keycache::{StoredDocument, store_key};
 
 /// The Spin variable holding the configuration snapshot (`portcullis snapshot`).
 const SNAPSHOT_VARIABLE: &str = "portcullis_snapshot";

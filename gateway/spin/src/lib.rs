@@ -20,7 +20,5 @@
 //! its place (see "Spin" in docs/deploy.md).
 #![deny(unsafe_code)]
 
-pub mod keycache;
-
 #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod app;

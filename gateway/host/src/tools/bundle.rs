@@ -1,7 +1,7 @@
 //! `portcullis bundle`: one self-contained component for any `wasi:http` runtime.
 //!
-//! The configuration is validated, its remote key sets are fetched and baked in, and its
-//! snapshot is wrapped in a small generated component (`portcullis:gateway/embedded`). The
+//! The configuration is validated (its remote key sets baked in with `--bake-keys`;
+//! otherwise the bundle fetches them at run time), and its snapshot is wrapped in a small generated component (`portcullis:gateway/embedded`). The
 //! bytecode alliance's composition graph (`wac-graph`) then plugs that into the portable
 //! providers (`gateway/providers`), and the providers into every `portcullis:gateway`
 //! import of the gateway component. What is left imports only `wasi:*` and exports
@@ -45,8 +45,8 @@ pub struct Bundle {
     pub imports: Vec<String>,
 }
 
-/// Fetches every remote key set of `config` and makes it static (the bundle cannot fetch
-/// keys on its own yet; rotating keys means bundling again).
+/// Fetches every remote key set of `config` and makes it static (`bundle --bake-keys`: an
+/// offline bundle; rotating keys means bundling again).
 pub async fn bake_keys(config: &mut Config) -> anyhow::Result<Vec<String>> {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);

@@ -1,5 +1,6 @@
-//! Key-set documents shared between instances through a key-value store: what is stored,
-//! and when a stored copy may stand in for a fetch.
+//! Key-set documents shared between instances through a key-value store (Spin key-value,
+//! the edge bundle's `wasi:keyvalue`): what is stored, and when a stored copy may stand in
+//! for a fetch.
 
 use portcullis_core::config::JwksPolicy;
 use portcullis_core::keyset::{FetchReason, freshness};
@@ -52,8 +53,8 @@ impl StoredDocument {
 
     /// The document as the key store takes it; its freshness counts from when it was
     /// fetched, by whichever instance fetched it.
-    pub fn into_document(self) -> portcullis_driver::keys::Document {
-        portcullis_driver::keys::Document {
+    pub fn into_document(self) -> crate::keys::Document {
+        crate::keys::Document {
             status: self.status,
             cache_control: self.cache_control,
             body: self.body,

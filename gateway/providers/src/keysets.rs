@@ -1,0 +1,233 @@
+//! The configuration and key sets of an edge bundle's instance: the configuration restored
+//! once from the embedded snapshot; remote key sets (and discovery documents) fetched at
+//! run time over `wasi:http` when due, and shared between instances through the
+//! `wasi:keyvalue` store with the time they were fetched, so an instance uses a copy another
+//! one stored while it is fresh by its own `Cache-Control`. A token naming an unknown `kid`
+//! makes one refetch from the issuer, at most once per `jwks_unknown_kid_interval` across
+//! all instances (a one-time key in the store). Key sets baked in at bundle time
+//! (`portcullis bundle --bake-keys`) are static: nothing is fetched for them.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use portcullis_core::authenticate::{AuthFailure, IssuedKind};
+use portcullis_core::crypto::PortableKey;
+use portcullis_core::keyset::{FetchRequest, ProviderEndpoints, freshness};
+use portcullis_core::{Config, IssuerId, KeyStore, PortableVerifier, Timestamp, VerifiedIdentity};
+use portcullis_driver::keycache::{StoredDocument, store_key};
+use portcullis_driver::keys::{Document, DocumentSource, Refreshed, refresh};
+
+use crate::bindings::portcullis::bundle::embedded;
+use crate::{fetch, kv};
+
+/// Longest a document fetch may take (as the native host).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest key set or discovery document read (as the native host).
+const MAX_DOCUMENT: usize = 1 << 20;
+
+/// The configuration and key sets of this instance.
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    keys: RefCell<KeyStore<PortableKey>>,
+}
+
+thread_local! {
+    static LOADED: RefCell<Option<Result<Rc<Loaded>, String>>> = const { RefCell::new(None) };
+}
+
+/// The instance's configuration and key sets, restored on first use.
+pub fn loaded() -> Result<Rc<Loaded>, String> {
+    LOADED.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let restored = Config::from_snapshot(&embedded::snapshot())
+                .map_err(|e| format!("embedded configuration: {e}"))
+                .map(|config| {
+                    let keys = RefCell::new(KeyStore::new(&config, &PortableVerifier));
+                    Rc::new(Loaded { config, keys })
+                });
+            *slot = Some(restored);
+        }
+        slot.clone()
+            .unwrap_or_else(|| Err("configuration unavailable".into()))
+    })
+}
+
+/// The wall clock.
+pub fn now() -> Timestamp {
+    let t = wasip2::clocks::wall_clock::now();
+    Timestamp::from_duration(Duration::new(t.seconds, t.nanoseconds))
+}
+
+/// Runs a future that never waits (every step of the refresh below is a blocking WASI
+/// call) to its end; `None` if it did wait.
+fn run_ready<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Documents from the shared store while fresh, else from the issuer (then stored).
+struct SharedDocuments<'a> {
+    config: &'a Config,
+}
+
+impl DocumentSource for SharedDocuments<'_> {
+    async fn fetch(&self, request: &FetchRequest) -> Result<Document, String> {
+        let now_ms = now().unix_millis();
+        let policy = self
+            .config
+            .issuers
+            .get(request.issuer.0)
+            .map(|i| i.jwks_policy)
+            .unwrap_or_default();
+        let key = store_key(&request.url);
+        if let Ok(Some(bytes)) = kv::get(&key, now_ms)
+            && let Some(stored) = StoredDocument::from_bytes(&bytes)
+                .filter(|d| d.usable(request.reason, &policy, now_ms))
+        {
+            return Ok(stored.into_document());
+        }
+        let got = fetch::send(&fetch::Call {
+            post: false,
+            url: &request.url,
+            headers: &[("accept", "application/json")],
+            body: &[],
+            timeout: FETCH_TIMEOUT,
+            max_body: MAX_DOCUMENT,
+        })?;
+        let stored = StoredDocument {
+            fetched_ms: now_ms,
+            status: got.status,
+            cache_control: got.cache_control,
+            body: got.body,
+        };
+        if stored.status == 200 {
+            let fresh = freshness(stored.cache_control.as_deref(), &policy);
+            let ttl_ms = u64::try_from(fresh.as_millis()).unwrap_or(u64::MAX);
+            // Shared with the other instances; a failed write only costs them a fetch.
+            let _ = kv::set(&key, &stored.to_bytes(), now_ms, ttl_ms);
+        }
+        Ok(stored.into_document())
+    }
+}
+
+impl Loaded {
+    /// Fetches every document that is due (none for baked or static key sets).
+    fn refresh(&self) {
+        let source = SharedDocuments {
+            config: &self.config,
+        };
+        let report = |request: &FetchRequest, outcome: &Refreshed| match outcome {
+            Refreshed::Loaded => {}
+            Refreshed::Rejected(e) => eprintln!(
+                "{}",
+                serde_json::json!({"keyset_error": e, "url": request.url})
+            ),
+            Refreshed::Unreachable(e) => {
+                eprintln!("{}", serde_json::json!({"keyset_error": e}));
+            }
+        };
+        let done = run_ready(refresh(&self.keys, &PortableVerifier, &source, now, report));
+        if done.is_none() {
+            eprintln!(
+                "{}",
+                serde_json::json!({"keyset_error": "the key-set refresh did not finish"})
+            );
+        }
+    }
+
+    /// After a token named a `kid` that `issuer`'s set lacks: fetches the set again from the
+    /// issuer, at most once per `jwks_unknown_kid_interval` across every instance sharing
+    /// the store. True when a fetch was made.
+    fn refetch_for_unknown_kid(&self, issuer: IssuerId) -> bool {
+        let t = now();
+        let interval = self
+            .config
+            .issuers
+            .get(issuer.0)
+            .map_or(Duration::from_secs(60), |i| {
+                i.jwks_policy.unknown_kid_interval
+            });
+        let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        let granted_here = self.keys.borrow_mut().request_refetch(issuer, t);
+        if !granted_here {
+            return false;
+        }
+        // Fails closed: an unreachable store grants no refetch.
+        let key = format!("portcullis/keyset-refetch/{}", issuer.0);
+        if !kv::first_use(&key, t.unix_millis(), interval_ms).unwrap_or(false) {
+            return false;
+        }
+        self.refresh();
+        true
+    }
+
+    /// Verifies an access token with one rate-limited refetch for an unknown `kid`.
+    pub fn authenticate(
+        &self,
+        token: &str,
+        route_issuers: &[IssuerId],
+    ) -> Result<VerifiedIdentity, AuthFailure> {
+        self.refresh();
+        let verify = || {
+            portcullis_core::authenticate::authenticate(
+                token,
+                &self.config,
+                &self.keys.borrow(),
+                &PortableVerifier,
+                route_issuers,
+                now(),
+            )
+        };
+        match verify() {
+            Err(f) if f.unknown_kid => match f.issuer {
+                Some(issuer) if self.refetch_for_unknown_kid(issuer) => verify(),
+                _ => Err(f),
+            },
+            other => other,
+        }
+    }
+
+    /// Verifies an ID token or logout token `issuer` issued to `client_id`.
+    pub fn verify_issued(
+        &self,
+        token: &str,
+        issuer: IssuerId,
+        client_id: &str,
+        kind: IssuedKind,
+    ) -> Result<VerifiedIdentity, AuthFailure> {
+        self.refresh();
+        let verify = || {
+            portcullis_core::authenticate::verify_issued(
+                token,
+                &self.config,
+                &self.keys.borrow(),
+                &PortableVerifier,
+                issuer,
+                client_id,
+                kind,
+                now(),
+            )
+        };
+        match verify() {
+            Err(f) if f.unknown_kid && self.refetch_for_unknown_kid(issuer) => verify(),
+            other => other,
+        }
+    }
+
+    /// The login endpoints from `issuer`'s discovery document.
+    pub fn endpoints(&self, issuer: IssuerId) -> Result<ProviderEndpoints, String> {
+        self.refresh();
+        self.keys
+            .borrow()
+            .endpoints(issuer)
+            .cloned()
+            .ok_or_else(|| "the provider's discovery document is not loaded".to_owned())
+    }
+}
