@@ -67,8 +67,9 @@ macro_rules! on_every_engine {
     };
 }
 
-/// Runs each test on both engines of the host and on the edge bundle under `serve-wasm`
-/// (`start_engine*` with engine `"bundle"`; its audit records come from its log).
+/// Runs each test on both engines of the host, on the edge bundle under `serve-wasm` and on
+/// the Cloudflare Worker under workerd (`start_engine*` with engine `"bundle"` or
+/// `"worker"`; their audit records come from their logs).
 #[macro_export]
 macro_rules! on_every_runtime {
     ($($name:ident),* $(,)?) => {
@@ -85,6 +86,10 @@ macro_rules! on_every_runtime {
                 #[test]
                 fn bundle() {
                     super::$name("bundle")
+                }
+                #[test]
+                fn worker() {
+                    super::$name("worker")
                 }
             }
         )*
@@ -127,6 +132,14 @@ pub fn start_engine_args(
     listen: &str,
     extra: impl FnOnce(&Path) -> Vec<String>,
 ) -> Gateway {
+    if engine == "worker" {
+        let port = listen
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .filter(|p| *p != 0)
+            .unwrap_or_else(crate::net::free_port);
+        return crate::workerd::start_worker_on(config_text, files, port);
+    }
     if engine == "bundle" {
         // `extra` gives serve-wasm's arguments (`--state redis://…`).
         let b = bundle(config_text, files);
@@ -237,7 +250,7 @@ pub fn audit_records(gw: &Gateway, ready: impl Fn(&[Value]) -> bool) -> Vec<Valu
                 .lines()
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .collect(),
-            Err(_) => bundle_audit(gw),
+            Err(_) => runtime_audit(gw),
         };
         if ready(&records) || Instant::now() > deadline {
             return records;
@@ -353,6 +366,17 @@ pub fn start_bundle(config_text: &str, files: &[(String, Vec<u8>)]) -> (Gateway,
     let b = bundle(config_text, files);
     let gw = serve_wasm(&b.wasm, &[]);
     (gw, b.printed.clone())
+}
+
+/// The audit records a bundle or a worker wrote among its log lines (`gateway.log`, and
+/// workerd's `stdout.log`), in order.
+fn runtime_audit(gw: &Gateway) -> Vec<Value> {
+    let mut text = std::fs::read_to_string(gw.dir.join("gateway.log")).unwrap_or_default();
+    text.push_str(&std::fs::read_to_string(gw.dir.join("stdout.log")).unwrap_or_default());
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.get(l.find('{')?..)?).ok())
+        .filter(|v| v.get("decision").is_some())
+        .collect()
 }
 
 /// The audit records a bundle wrote (JSON lines among `gateway.log`'s).

@@ -93,35 +93,85 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The workerd configuration: the worker's two modules, its snapshot binding, and an
-/// outbound network that may reach loopback backends and key servers. A request with a
-/// `cf-blob` header gets that JSON as its `cf` object, as behind Cloudflare's edge.
-fn capnp(snapshot: &str, vars: &[(&str, &str)], port: u16) -> String {
+/// What a workerd process serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// One worker with its Durable Object namespace for the shared state.
+    Stateful,
+    /// One worker without the namespace (no shared state).
+    Stateless,
+    /// Two workers (two isolates, two ports) bound to one Durable Object namespace.
+    Pair,
+}
+
+/// The workerd configuration: the worker's two modules, its snapshot binding, its shared
+/// state in Durable Objects (in memory), and an outbound network that may reach loopback
+/// backends and key servers. A request with a `cf-blob` header gets that JSON as its `cf`
+/// object, as behind Cloudflare's edge. With [`Shape::Pair`] a second worker on
+/// `second_port` binds the first one's namespace.
+fn capnp(
+    snapshot: &str,
+    vars: &[(&str, &str)],
+    port: u16,
+    shape: Shape,
+    second_port: u16,
+) -> String {
     let vars: String = vars
         .iter()
         .map(|(k, v)| format!(", (name = \"{k}\", text = \"{v}\")"))
         .collect();
+    let modules = r#"modules = [
+    (name = "index.js", esModule = embed "index.js"),
+    (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
+  ],
+  compatibilityDate = "2026-11-01","#;
+    let (state_binding, namespaces) = match shape {
+        Shape::Stateless => (String::new(), String::new()),
+        Shape::Stateful | Shape::Pair => (
+            r#", (name = "PORTCULLIS_STATE", durableObjectNamespace = "StateObject")"#.to_owned(),
+            r#"durableObjectNamespaces = [ (className = "StateObject", uniqueKey = "portcullis-state") ],
+  durableObjectStorage = (inMemory = void),"#
+                .to_owned(),
+        ),
+    };
+    let (second_service, second_socket, second_worker) = if shape == Shape::Pair {
+        (
+            r#"(name = "second", worker = .second),"#.to_owned(),
+            format!(
+                r#", (name = "http2", address = "127.0.0.1:{second_port}", http = (cfBlobHeader = "cf-blob"), service = "second")"#
+            ),
+            format!(
+                r#"
+const second :Workerd.Worker = (
+  {modules}
+  bindings = [ (name = "PORTCULLIS_SNAPSHOT", text = "{snapshot}"){vars}, (name = "PORTCULLIS_STATE", durableObjectNamespace = (serviceName = "main", className = "StateObject")) ],
+  globalOutbound = "outbound",
+);
+"#
+            ),
+        )
+    } else {
+        (String::new(), String::new(), String::new())
+    };
     format!(
         r#"using Workerd = import "/workerd/workerd.capnp";
 
 const config :Workerd.Config = (
   services = [
     (name = "main", worker = .portcullis),
+    {second_service}
     (name = "outbound", network = (allow = ["public", "private", "local"])),
   ],
-  sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (cfBlobHeader = "cf-blob"), service = "main") ],
+  sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (cfBlobHeader = "cf-blob"), service = "main"){second_socket} ],
 );
 
 const portcullis :Workerd.Worker = (
-  modules = [
-    (name = "index.js", esModule = embed "index.js"),
-    (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
-  ],
-  compatibilityDate = "2026-11-01",
-  bindings = [ (name = "PORTCULLIS_SNAPSHOT", text = "{snapshot}"){vars} ],
+  {modules}
+  bindings = [ (name = "PORTCULLIS_SNAPSHOT", text = "{snapshot}"){vars}{state_binding} ],
+  {namespaces}
   globalOutbound = "outbound",
 );
-"#
+{second_worker}"#
     )
 }
 
@@ -137,6 +187,38 @@ pub fn start_worker_with(
     files: &[(String, Vec<u8>)],
     vars: &[(&str, &str)],
 ) -> Gateway {
+    start_worker_shaped(config_text, files, vars, Shape::Stateful, None).0
+}
+
+/// As [`start_worker`], listening on 127.0.0.1:`port` (for configurations that must know
+/// the gateway's own URL in advance, such as an OIDC redirect URI).
+pub fn start_worker_on(config_text: &str, files: &[(String, Vec<u8>)], port: u16) -> Gateway {
+    start_worker_shaped(config_text, files, &[], Shape::Stateful, Some(port)).0
+}
+
+/// As [`start_worker`], without the Durable Object namespace: no shared state.
+pub fn start_stateless_worker(config_text: &str, files: &[(String, Vec<u8>)]) -> Gateway {
+    start_worker_shaped(config_text, files, &[], Shape::Stateless, None).0
+}
+
+/// Two workers (two isolates) in one workerd sharing one Durable Object namespace: the
+/// process (serving the first) and the second one's address.
+pub fn start_worker_pair(
+    config_text: &str,
+    files: &[(String, Vec<u8>)],
+) -> (Gateway, std::net::SocketAddr) {
+    let (gw, second) = start_worker_shaped(config_text, files, &[], Shape::Pair, None);
+    (gw, second.unwrap_or_else(|| panic!("no second worker")))
+}
+
+/// Starts workerd serving `shape`; the gateway and, for a pair, the second address.
+fn start_worker_shaped(
+    config_text: &str,
+    files: &[(String, Vec<u8>)],
+    vars: &[(&str, &str)],
+    shape: Shape,
+    fixed_port: Option<u16>,
+) -> (Gateway, Option<std::net::SocketAddr>) {
     static N: AtomicUsize = AtomicUsize::new(0);
     let build = build();
     let dir = std::env::temp_dir().join(format!(
@@ -169,8 +251,13 @@ pub fn start_worker_with(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let port = free_port();
-        std::fs::write(dir.join("config.capnp"), capnp(&snapshot, vars, port)).unwrap();
+        let port = fixed_port.unwrap_or_else(free_port);
+        let second_port = free_port();
+        std::fs::write(
+            dir.join("config.capnp"),
+            capnp(&snapshot, vars, port, shape, second_port),
+        )
+        .unwrap();
         let log = dir.join("gateway.log");
         let child = Command::new(workerd())
             .arg("serve")
@@ -189,9 +276,12 @@ pub fn start_worker_with(
             dir: dir.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
+        let second: std::net::SocketAddr = format!("127.0.0.1:{second_port}").parse().unwrap();
         loop {
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return gw;
+            let up = std::net::TcpStream::connect(addr).is_ok()
+                && (shape != Shape::Pair || std::net::TcpStream::connect(second).is_ok());
+            if up {
+                return (gw, (shape == Shape::Pair).then_some(second));
             }
             if let Ok(Some(_)) = gw.child.try_wait() {
                 break;

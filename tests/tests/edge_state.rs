@@ -14,6 +14,7 @@ use portcullis_tests::host::{Gateway, bundle, reason, serve_wasm, start_engine};
 use portcullis_tests::interop::tool;
 use portcullis_tests::net::{Backend, KeyServer, Resp, raw_request, request};
 use portcullis_tests::redis::Redis;
+use portcullis_tests::workerd::{start_worker, start_worker_pair};
 use portcullis_tests::*;
 use serde_json::json;
 
@@ -122,13 +123,13 @@ impl DpopClient {
         tool(&["dpop", &self.private, "GET", &url, &self.bound, "0"]).unwrap()
     }
 
-    /// Sends `proof` to `gw` with `Host: edge.test`.
-    fn send(&self, gw: &Gateway, proof: &str) -> Resp {
+    /// Sends `proof` to `addr` with `Host: edge.test`.
+    fn send(&self, addr: std::net::SocketAddr, proof: &str) -> Resp {
         let wire = format!(
             "GET /dpop/1 HTTP/1.1\r\nhost: {AUTHORITY}\r\nconnection: close\r\nauthorization: DPoP {}\r\ndpop: {proof}\r\n\r\n",
             self.bound
         );
-        raw_request(gw.addr, wire.as_bytes()).unwrap()
+        raw_request(addr, wire.as_bytes()).unwrap()
     }
 }
 
@@ -150,16 +151,17 @@ fn limited() -> (u16, String) {
     (429, "rate_limited".to_owned())
 }
 
-/// Every request to a bundle runs in a fresh instance; the limit holds across them, and
-/// the answers (429 `rate_limited`, `Retry-After`, the `RateLimit` headers) are the native
-/// engine's.
+/// Every request to a bundle runs in a fresh instance, and a worker keeps its buckets in
+/// Durable Objects; the limit holds, and the answers (429 `rate_limited`, `Retry-After`,
+/// the `RateLimit` headers) are the native engine's.
 #[test]
-fn a_bundle_keeps_its_rate_limits_across_instances_like_the_native_engine() {
+fn edge_runtimes_keep_rate_limits_like_the_native_engine() {
     let w = world("deny");
     let b = bundle(&w.text, &[]);
     let edge = serve_wasm(&b.wasm, &[]);
     let native = start_engine(&w.text, "native");
-    for (name, gw) in [("native", &native), ("bundle", &edge)] {
+    let worker = start_worker(&w.text, &[]);
+    for (name, gw) in [("native", &native), ("bundle", &edge), ("worker", &worker)] {
         assert_eq!(
             run(gw, "/limited/x", &[], 4),
             [ok(), ok(), ok(), limited()],
@@ -175,8 +177,9 @@ fn a_bundle_keeps_its_rate_limits_across_instances_like_the_native_engine() {
             r.headers
         );
         // Per-address limits: a second address has a bucket of its own where the client's
-        // address is known. wasi:http does not tell a component who is connected, so the
-        // bundle counts every client of a per-address limit in one bucket (tighter, never
+        // address is known. wasi:http does not tell a component who is connected, and a
+        // worker outside Cloudflare has no `cf` object to trust CF-Connecting-IP by, so
+        // those count every client of a per-address limit in one bucket (tighter, never
         // looser).
         let one = [("x-forwarded-for", "192.0.2.1")];
         let two = [("x-forwarded-for", "192.0.2.2")];
@@ -211,14 +214,14 @@ fn two_bundle_processes_on_one_redis_share_limits_and_replay_checks() {
 
     let client = DpopClient::new();
     let proof = client.proof();
-    let first = client.send(&one, &proof);
+    let first = client.send(one.addr, &proof);
     assert_eq!(
         first.status,
         200,
         "{}",
         String::from_utf8_lossy(&first.body)
     );
-    let replayed = client.send(&two, &proof);
+    let replayed = client.send(two.addr, &proof);
     assert_eq!(
         (replayed.status, reason(&replayed).as_str()),
         (401, "dpop_proof_invalid"),
@@ -226,7 +229,7 @@ fn two_bundle_processes_on_one_redis_share_limits_and_replay_checks() {
         String::from_utf8_lossy(&replayed.body)
     );
     // A fresh proof passes at either.
-    let fresh = client.send(&two, &client.proof());
+    let fresh = client.send(two.addr, &client.proof());
     assert_eq!(
         fresh.status,
         200,
@@ -238,6 +241,38 @@ fn two_bundle_processes_on_one_redis_share_limits_and_replay_checks() {
     let listed = redis.command("KEYS portcullis:kv/default/*").unwrap();
     let count: usize = listed.trim_start_matches('*').parse().unwrap();
     assert!(count >= 2, "{listed}");
+}
+
+/// Two worker isolates (two workers in one workerd) bound to one Durable Object namespace
+/// share one limit and one replay cache.
+#[test]
+fn two_worker_isolates_on_one_durable_object_namespace_share_limits_and_replay_checks() {
+    let w = world("deny");
+    let (one, second) = start_worker_pair(&w.text, &[]);
+    let answers: Vec<(u16, String)> = [&one.addr, &second, &one.addr, &second]
+        .iter()
+        .map(|addr| {
+            let r = request(**addr, "GET", "/limited/x", &[], b"").unwrap();
+            (r.status, reason(&r))
+        })
+        .collect();
+    assert_eq!(answers, [ok(), ok(), ok(), limited()]);
+    let client = DpopClient::new();
+    let proof = client.proof();
+    let first = client.send(one.addr, &proof);
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let replayed = client.send(second, &proof);
+    assert_eq!(
+        (replayed.status, reason(&replayed).as_str()),
+        (401, "dpop_proof_invalid"),
+        "{}",
+        String::from_utf8_lossy(&replayed.body)
+    );
 }
 
 /// A bundle whose store is unreachable follows `on_unavailable` as the native engine does:
@@ -265,7 +300,7 @@ fn a_bundle_whose_store_is_unreachable_follows_on_unavailable() {
             "{policy}: {}",
             String::from_utf8_lossy(&r.body)
         );
-        let r = client.send(&gw, &client.proof());
+        let r = client.send(gw.addr, &client.proof());
         assert_eq!(
             (r.status, reason(&r).as_str()),
             dpop_answer,

@@ -371,6 +371,13 @@ impl<V: SignatureVerifier> Authenticator for LocalAuthenticator<'_, V> {
         self.verifier.record(check, valid);
     }
 
+    fn endpoints(&self, issuer: IssuerId) -> Result<crate::keyset::ProviderEndpoints, String> {
+        self.keys
+            .endpoints(issuer)
+            .cloned()
+            .ok_or_else(|| NOT_DISCOVERED_YET.to_owned())
+    }
+
     fn verify_issued(
         &self,
         token: &str,

@@ -13,9 +13,12 @@
 //!   code): the decision waits for the check and is resumed with its verdict
 //!   ([`verifier`]); anything else falls back to pure Rust;
 //! - **risk plugins**: plugin crates linked in behind cargo features ([`linked`]);
-//! - **shared state**: none yet. Rate limits answer as the configuration's `[state]
-//!   on_unavailable` says, DPoP proofs are refused (no replay check), browser login answers
-//!   `provider_unavailable` — all fail closed;
+//! - **shared state**: Durable Objects, one per state key ([`durable`]), bound as
+//!   `PORTCULLIS_STATE`: rate limits, DPoP and challenge one-time values, sessions and login
+//!   state shared by every isolate. Without the binding, rate limits answer as `[state]
+//!   on_unavailable` says and what needs a one-time check is refused (fail closed);
+//! - **outbound calls**: the provider's token endpoint (browser sign-in, refresh) and site
+//!   verification with the Fetch API;
 //! - **client address**: `CF-Connecting-IP` when the request carries Cloudflare's `cf` object
 //!   (on Cloudflare the edge overwrites that header), unknown otherwise;
 //! - **audit**: one JSON line per decision on the console (Workers Logs / Logpush).
@@ -24,10 +27,15 @@
 //! docs/deploy.md); `edge-config/wrangler.toml` deploys it.
 #![deny(unsafe_code)]
 
+pub mod durable;
 pub mod headers;
 pub mod linked;
 pub mod verifier;
 
+#[cfg(target_arch = "wasm32")]
+mod calls;
+#[cfg(target_arch = "wasm32")]
+mod objects;
 #[cfg(target_arch = "wasm32")]
 mod runtime;
 #[cfg(target_arch = "wasm32")]

@@ -8,8 +8,12 @@ use std::rc::Rc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use portcullis_core::authenticate::LocalAuthenticator;
+use portcullis_core::config::FailPolicy;
 use portcullis_core::decision::problem;
 use portcullis_core::keyset::FetchRequest;
+use portcullis_core::ports::{
+    CallOp, CallResult, Client, State, StateAnswer, StateOp, StateResult,
+};
 use portcullis_core::{
     Adapters, AllHealthy, Answer, Config, Forward, Gateway, KeyStore, Need, Outcome, Progress,
     Reason, Response as CoreResponse, Suspended, Timestamp,
@@ -41,6 +45,8 @@ struct Isolate {
     imported: KeyCache,
     plugins: LinkedPlugins,
     requests: std::cell::Cell<u64>,
+    /// The Durable Object namespace for the shared state is bound.
+    shared_state: bool,
 }
 
 thread_local! {
@@ -89,6 +95,7 @@ fn load(env: &Env) -> Result<Rc<Isolate>, String> {
         imported: KeyCache::default(),
         plugins,
         requests: std::cell::Cell::new(0),
+        shared_state: env.durable_object(crate::durable::STATE_BINDING).is_ok(),
     });
     ISOLATE.with(|c| *c.borrow_mut() = Some(isolate.clone()));
     Ok(isolate)
@@ -139,13 +146,44 @@ async fn refresh_keys(isolate: &Isolate, now: Timestamp) {
         .await;
 }
 
-/// Performs what a decision waits for on a Worker: a WebCrypto signature check. (State,
-/// outbound calls and plugins answer at once here: the worker has no shared state yet and
-/// its plugins are linked in.)
-async fn perform(isolate: &Isolate, need: Need) -> Answer {
+/// Performs what a decision waits for on a Worker: a WebCrypto signature check, a
+/// shared-state operation on the Durable Objects, an outbound call with the Fetch API.
+/// (Plugins answer at once: they are linked in.)
+async fn perform(isolate: &Isolate, env: &Env, need: Need) -> Answer {
     match need {
         Need::Verify(check) => Answer::Verified(isolate.imported.verify(&check).await),
+        Need::State(op) => {
+            let first_use = matches!(op, StateOp::FirstUse { .. });
+            let answer = crate::objects::perform(env, op).await;
+            // A replay check while the objects cannot be reached: `[state] on_unavailable`
+            // decides, as on the host (under "allow" the value counts as new).
+            let allow = isolate.gateway.config().state.on_unavailable == FailPolicy::Allow;
+            Answer::State(match answer {
+                Err(e) if first_use && allow => {
+                    worker::console_warn!("replay check failed: state unavailable: {e}");
+                    Ok(StateAnswer::FirstUse(true))
+                }
+                other => other,
+            })
+        }
+        Need::Call(op) => Answer::Call(crate::calls::perform(&isolate.keys, op).await),
         other => Answer::failed(&other, "this worker cannot wait for it"),
+    }
+}
+
+/// The ports the worker answers asynchronously: every operation waits (the decision
+/// suspends and [`perform`] carries it out).
+struct Awaited;
+
+impl State for Awaited {
+    fn now(&self, _op: &StateOp) -> Option<StateResult> {
+        None
+    }
+}
+
+impl Client for Awaited {
+    fn now(&self, _op: &CallOp) -> Option<CallResult> {
+        None
     }
 }
 
@@ -379,11 +417,17 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
             };
             // Ids for traces from `crypto.getRandomValues`; no phase timings: Workers stop
             // the clock while code runs.
-            let adapters = Adapters {
+            let mut adapters = Adapters {
                 risk: &isolate.plugins,
                 entropy: &SystemEntropy,
+                client: &Awaited,
                 ..Adapters::new(&auth, &AllHealthy)
             };
+            // Without the Durable Object binding there is no shared state: what needs it
+            // fails closed.
+            if isolate.shared_state {
+                adapters.state = &Awaited;
+            }
             let progress = match resume {
                 None => gateway.start(&adapters, &request, now),
                 Some((waiting, answer)) => gateway.resume(&adapters, &request, waiting, answer),
@@ -393,7 +437,7 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
                 Progress::Waiting(w) => Step::Waiting(w),
             }
         };
-        decide_resuming(step, |need| perform(&isolate, need))
+        decide_resuming(step, |need| perform(&isolate, &env, need))
     };
     // A token that names a key the set lacks: one rate-limited refetch, then decide again.
     let decision = decide_refetching(decide, async |issuer| {
