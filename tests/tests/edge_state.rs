@@ -244,7 +244,7 @@ fn two_bundle_processes_on_one_redis_share_limits_and_replay_checks() {
 }
 
 /// Two worker isolates (two workers in one workerd) bound to one Durable Object namespace
-/// share one limit and one replay cache.
+/// share one limit, one replay cache and the fetched key set.
 #[test]
 fn two_worker_isolates_on_one_durable_object_namespace_share_limits_and_replay_checks() {
     let w = world("deny");
@@ -273,6 +273,12 @@ fn two_worker_isolates_on_one_durable_object_namespace_share_limits_and_replay_c
         "{}",
         String::from_utf8_lossy(&replayed.body)
     );
+    // The second isolate used the key set the first one fetched and stored.
+    let fetched = w
+        ._keys
+        .jwks_fetches
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(fetched, 1, "one key-set fetch for both isolates");
 }
 
 /// A bundle whose store is unreachable follows `on_unavailable` as the native engine does:

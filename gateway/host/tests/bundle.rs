@@ -104,57 +104,58 @@ fn an_unreachable_key_set_fails_the_bundle_with_a_clear_error() {
     assert!(format!("{err:#}").contains("/jwks.json"), "{err:#}");
 }
 
-/// The Spin build (`gateway/spin`, spin-sdk 7) is a WASI 0.3 component that exports the
-/// 0.3 HTTP handler and imports only WASI and Spin's own interfaces. No runtime here serves
-/// Spin's imports, so this is what can be checked of it locally (its decisions are the
-/// core's; the conformance suite runs the edge bundle in its place).
+/// Spin runs the bundle (`edge-config/spin.toml`): it must import only interfaces Spin 3
+/// provides — wasi:http 0.2, wasi:keyvalue 0.2.0-draft2 (`store`, `atomics`) and WASI 0.2
+/// `cli`/`io`/`clocks`/`random` — and the manifest must give it the key-value store it
+/// opens and build it with `portcullis bundle`.
 #[test]
-fn the_spin_component_exports_the_wasi_0_3_handler_and_imports_only_wasi_and_spin() {
-    let root = repo_root();
-    let target = root.join("target/component");
-    let out = std::process::Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "portcullis-spin",
-            "--target",
-            "wasm32-wasip2",
-        ])
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let wasm = std::fs::read(target.join("wasm32-wasip2/release/portcullis_spin.wasm")).unwrap();
-    let exports = bundle::component_names(&wasm, Section::Exports).unwrap();
-    assert!(
-        exports
-            .iter()
-            .any(|e| e.starts_with("wasi:http/handler@0.3")),
-        "{exports:?}"
-    );
-    let imports = bundle::component_names(&wasm, Section::Imports).unwrap();
-    let foreign: Vec<&String> = imports
+fn spin_runs_the_bundle_which_imports_only_what_spin_provides() {
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let files = portcullis_core::MapFiles::default().with("audit.key", b64(&AUDIT_KEY));
+    let cfg = portcullis_core::config::load(&config(&keys), "edge.toml", &files).unwrap();
+    let b = bundle::compose(portcullis_host::wasm::COMPONENT, &cfg, &[]).unwrap();
+    let spin_provides = [
+        "wasi:http/types@0.2.",
+        "wasi:http/outgoing-handler@0.2.",
+        "wasi:keyvalue/store@0.2.0-draft2",
+        "wasi:keyvalue/atomics@0.2.0-draft2",
+        "wasi:cli/",
+        "wasi:io/",
+        "wasi:clocks/",
+        "wasi:random/",
+    ];
+    let foreign: Vec<&String> = b
+        .imports
         .iter()
-        .filter(|i| {
-            !(i.starts_with("wasi:") || i.starts_with("spin:") || i.starts_with("fermyon:spin/"))
-        })
+        .filter(|i| !spin_provides.iter().any(|p| i.starts_with(p)))
         .collect();
-    assert!(foreign.is_empty(), "{foreign:?} of {imports:?}");
-    for needed in ["key-value", "variables"] {
-        assert!(
-            imports.iter().any(|i| i.contains(needed)),
-            "Spin {needed} is used: {imports:?}"
-        );
-    }
-    println!(
-        "spin component: {} KB, imports {imports:?}",
-        wasm.len().div_ceil(1024)
+    assert!(foreign.is_empty(), "{foreign:?} of {:?}", b.imports);
+    assert!(
+        b.imports
+            .iter()
+            .any(|i| i.starts_with("wasi:keyvalue/atomics@0.2.0-draft2")),
+        "{:?}",
+        b.imports
+    );
+
+    let manifest: toml::Value = toml::from_str(
+        &std::fs::read_to_string(repo_root().join("edge-config/spin.toml")).unwrap(),
+    )
+    .unwrap();
+    let component = &manifest["component"]["portcullis"];
+    assert_eq!(component["source"].as_str(), Some("edge.wasm"));
+    let stores: Vec<&str> = component["key_value_stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(toml::Value::as_str)
+        .collect();
+    // The store the providers open (`gateway/providers/src/kv.rs`: Spin's default).
+    assert_eq!(stores, ["default"]);
+    let build = component["build"]["command"].as_str().unwrap();
+    assert!(build.starts_with("portcullis bundle "), "{build}");
+    assert!(
+        manifest.get("variables").is_none(),
+        "the bundle reads no Spin variables"
     );
 }

@@ -11,6 +11,7 @@ use portcullis_core::authenticate::LocalAuthenticator;
 use portcullis_core::config::FailPolicy;
 use portcullis_core::decision::problem;
 use portcullis_core::keyset::FetchRequest;
+use portcullis_core::keyset::freshness;
 use portcullis_core::ports::{
     CallOp, CallResult, Client, State, StateAnswer, StateOp, StateResult,
 };
@@ -18,6 +19,7 @@ use portcullis_core::{
     Adapters, AllHealthy, Answer, Config, Forward, Gateway, KeyStore, Need, Outcome, Progress,
     Reason, Response as CoreResponse, Suspended, Timestamp,
 };
+use portcullis_driver::keycache::{StoredDocument, store_key};
 use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
 use portcullis_driver::{
     RequestHead, Step, SystemEntropy, backend_answered, decide_refetching, decide_resuming, early,
@@ -107,13 +109,34 @@ fn now() -> Timestamp {
     Timestamp::from_duration(std::time::Duration::from_millis(ms))
 }
 
-/// Key-set documents over the Fetch API.
-struct FetchDocuments {
+/// Key-set documents over the Fetch API, shared between isolates through the state's
+/// Durable Objects when bound: an isolate uses a copy another one stored while it is fresh
+/// by its own `Cache-Control` (a refetch for an unknown `kid` always asks the issuer).
+struct FetchDocuments<'a> {
     now: Timestamp,
+    /// The environment, when the shared state is bound.
+    shared: Option<&'a Env>,
+    config: &'a Config,
 }
 
-impl DocumentSource for FetchDocuments {
+impl DocumentSource for FetchDocuments<'_> {
     async fn fetch(&self, request: &FetchRequest) -> Result<Document, String> {
+        let now_ms = self.now.unix_millis();
+        let policy = self
+            .config
+            .issuers
+            .get(request.issuer.0)
+            .map(|i| i.jwks_policy)
+            .unwrap_or_default();
+        let key = store_key(&request.url);
+        if let Some(env) = self.shared
+            && let Ok(StateAnswer::Value(Some(bytes))) =
+                crate::objects::perform(env, StateOp::Get { key: key.clone() }).await
+            && let Some(stored) = StoredDocument::from_bytes(&bytes)
+                .filter(|d| d.usable(request.reason, &policy, now_ms))
+        {
+            return Ok(stored.into_document());
+        }
         let url = worker::Url::parse(&request.url).map_err(|e| format!("{}: {e}", request.url))?;
         let mut resp = Fetch::Url(url)
             .send()
@@ -125,23 +148,40 @@ impl DocumentSource for FetchDocuments {
             .bytes()
             .await
             .map_err(|e| format!("reading {}: {e}", request.url))?;
-        Ok(Document {
+        let stored = StoredDocument {
+            fetched_ms: now_ms,
             status,
             cache_control,
             body,
-            fetched_at: self.now,
-        })
+        };
+        if let Some(env) = self.shared
+            && status == 200
+        {
+            let ttl = freshness(stored.cache_control.as_deref(), &policy);
+            let op = StateOp::Set {
+                key,
+                value: stored.to_bytes(),
+                ttl,
+            };
+            // Shared with the other isolates; a failed write only costs them a fetch.
+            let _ = crate::objects::perform(env, op).await;
+        }
+        Ok(stored.into_document())
     }
 }
 
 /// Fetches every key-set document that is due (discovery first, then its `jwks_uri`).
-async fn refresh_keys(isolate: &Isolate, now: Timestamp) {
+async fn refresh_keys(isolate: &Isolate, env: &Env, now: Timestamp) {
     let report = |request: &FetchRequest, outcome: &Refreshed| match outcome {
         Refreshed::Loaded => {}
         Refreshed::Rejected(e) => worker::console_warn!("key set {}: {e}", request.url),
         Refreshed::Unreachable(e) => worker::console_warn!("key set: {e}"),
     };
-    let source = FetchDocuments { now };
+    let source = FetchDocuments {
+        now,
+        shared: isolate.shared_state.then_some(env),
+        config: isolate.gateway.config(),
+    };
     portcullis_driver::keys::refresh(&isolate.keys, &isolate.verifier, &source, || now, report)
         .await;
 }
@@ -404,7 +444,7 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     };
     let now = now();
     isolate.plugins.set_now_ms(now.unix_millis());
-    refresh_keys(&isolate, now).await;
+    refresh_keys(&isolate, &env, now).await;
     let request = parts.parts(&body);
     let decide = || {
         let step = |resume: Option<(Suspended, Answer)>| {
@@ -439,13 +479,29 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
         };
         decide_resuming(step, |need| perform(&isolate, &env, need))
     };
-    // A token that names a key the set lacks: one rate-limited refetch, then decide again.
+    // A token that names a key the set lacks: one refetch, then decide again — at most
+    // once per `jwks_unknown_kid_interval` in this isolate, and across isolates too when
+    // the shared state is bound (a one-time key per issuer).
     let decision = decide_refetching(decide, async |issuer| {
         let granted = isolate.keys.borrow_mut().request_refetch(issuer, now);
-        if granted {
-            refresh_keys(&isolate, now).await;
+        if !granted {
+            return false;
         }
-        granted
+        if isolate.shared_state {
+            let ttl = gateway
+                .config()
+                .issuers
+                .get(issuer.0)
+                .map(|i| i.jwks_policy.unknown_kid_interval)
+                .unwrap_or_default();
+            let key = format!("portcullis/keyset-refetch/{}", issuer.0);
+            let first = crate::objects::perform(&env, StateOp::FirstUse { key, ttl }).await;
+            if !matches!(first, Ok(StateAnswer::FirstUse(true))) {
+                return false;
+            }
+        }
+        refresh_keys(&isolate, &env, now).await;
+        true
     })
     .await;
     let signature_check = isolate.verifier.used();
