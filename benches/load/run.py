@@ -406,6 +406,150 @@ def state_report(rows, args):
     return "\n".join(lines) + "\n", floor, broken
 
 
+WORKERD_CAPNP = """using Workerd = import "/workerd/workerd.capnp";
+
+const config :Workerd.Config = (
+  services = [
+    (name = "main", worker = .portcullis),
+    (name = "outbound", network = (allow = ["public", "private", "local"])),
+  ],
+  sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), service = "main") ],
+);
+
+const portcullis :Workerd.Worker = (
+  modules = [
+    (name = "index.js", esModule = embed "index.js"),
+    (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
+  ],
+  compatibilityDate = "2026-11-01",
+  bindings = [ (name = "PORTCULLIS_SNAPSHOT", text = "{snapshot}"),
+               (name = "PORTCULLIS_STATE", durableObjectNamespace = "StateObject") ],
+  durableObjectNamespaces = [ (className = "StateObject", uniqueKey = "portcullis-state") ],
+  durableObjectStorage = (inMemory = void),
+  globalOutbound = "outbound",
+);
+"""
+
+
+def edge_state_config(work, backend_port, limited, redis_port=None):
+    """A public route, with a route-wide limit that never refuses when `limited` (what
+    checking it costs is measured: runtimes without a client address count every client
+    in one bucket, so the key is the route), its state in Redis when `redis_port`."""
+    limit = ('[[route.rate_limit]]\nkey = "route"\nrate = 1000000\nper = "1s"\n'
+             'burst = 1000000\n') if limited else ""
+    state = ('[state]\nbackend = "redis"\n'
+             f'url = "redis://127.0.0.1:{redis_port}/0"\ntimeout = "1s"\n') if redis_port else ""
+    text = head(backend_port) + f"""
+[[route]]
+path = "/"
+auth = "public"
+{limit}
+{state}
+[audit]
+subject_key_file = "audit.key"
+"""
+    path = work / f"edge-state-{'limited' if limited else 'open'}-{'redis' if redis_port else 'local'}.toml"
+    path.write_text(text)
+    return path
+
+
+def worker_build_dir():
+    """gateway/worker built by worker-build (release, as the tests build it)."""
+    out = ROOT / "gateway/worker/build"
+    subprocess.run(["worker-build", "--release", "--no-opt", "--out-dir", "build"],
+                   cwd=ROOT / "gateway/worker", check=True,
+                   env=dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target/component"),
+                            WASM_BINDGEN_BIN=shutil.which("wasm-bindgen") or "wasm-bindgen"))
+    return out
+
+
+def start_edge(runtime, cfg, work, bins, redis_port):
+    """Starts one edge runtime on `cfg`: the bundle under serve-wasm (its wasi:keyvalue in
+    memory or in Redis) or the worker under workerd (Durable Objects in memory)."""
+    port = free_port()
+    name = f"{runtime}-{cfg.stem}"
+    log = open(work / f"{name}.log", "w")
+    if runtime == "bundle":
+        wasm = work / f"{cfg.stem}.wasm"
+        subprocess.run([str(bins / "portcullis"), "bundle", "--config", str(cfg), "-o", str(wasm)],
+                       check=True, stdout=subprocess.DEVNULL)
+        cmd = ["taskset", "-c", "0", str(bins / "portcullis"), "serve-wasm", "--component", str(wasm),
+               "--listen", f"127.0.0.1:{port}", "--log", "warn"]
+        if redis_port:
+            cmd += ["--state", f"redis://127.0.0.1:{redis_port}/0"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    else:
+        build = worker_build_dir()
+        wdir = work / name
+        wdir.mkdir()
+        snap = subprocess.run([str(bins / "portcullis"), "snapshot", "--config", str(cfg), "-o", "-"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        for module in ("index.js", "index_bg.wasm"):
+            shutil.copy(build / module, wdir / module)
+        (wdir / "config.capnp").write_text(WORKERD_CAPNP.format(port=port, snapshot=snap))
+        workerd = ROOT / "tests/workerd/node_modules/.bin/workerd"
+        proc = subprocess.Popen(["taskset", "-c", "0", str(workerd), "serve", str(wdir / "config.capnp")],
+                                stdout=subprocess.DEVNULL, stderr=log)
+    wait_http(f"http://127.0.0.1:{port}/x", 180, proc)
+    return proc, port
+
+
+def run_edge_state(work, bins, backend_port, lua, args):
+    """What one state operation costs on each runtime: the same public route without and
+    with a route-wide rate limit, one connection at a time (no queueing), p50 latency and
+    the gateway's CPU per request; the cost is the difference. Native engine (memory,
+    Redis), the bundle under serve-wasm (wasi:keyvalue in memory, in Redis) and the worker
+    under workerd (a Durable Object per key)."""
+    rows = []
+    redis_port = free_port()
+    redis = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(redis_port),
+                              "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    setups = [("native", "memory", None), ("native", "redis", redis_port),
+              ("bundle", "memory", None), ("bundle", "redis", redis_port),
+              ("worker", "durable-object", None)]
+    try:
+        for runtime, state, rport in setups:
+            row = {"runtime": runtime, "state": state}
+            for limited in (False, True):
+                cfg = edge_state_config(work, backend_port, limited, rport)
+                if runtime == "native":
+                    proc, port = start_gateway("portcullis", f"edge-{state}", {"engine": "native", "config": cfg},
+                                               work, bins, backend_port)
+                else:
+                    proc, port = start_edge(runtime, cfg, work, bins, rport if runtime == "bundle" else None)
+                try:
+                    run_wrk(port, None, args.warmup, 1, lua)
+                    before = cpu_seconds(proc.pid)
+                    r = run_wrk(port, None, args.seconds, 1, lua)
+                    cpu = cpu_seconds(proc.pid) - before
+                finally:
+                    stop(proc)
+                key = "limited" if limited else "open"
+                row[f"{key}_p50_us"] = (r["p50_ms"] or 0) * 1000
+                row[f"{key}_cpu_us"] = (cpu * 1e6 / r["requests"]) if r["requests"] else None
+                row[f"{key}_non_2xx"] = r["non_2xx"]
+            row["state_op_us"] = row["limited_p50_us"] - row["open_p50_us"]
+            row["state_op_cpu_us"] = ((row["limited_cpu_us"] or 0) - (row["open_cpu_us"] or 0))
+            rows.append(row)
+            print(f"{runtime:7} {state:15} open p50 {row['open_p50_us']:8.0f} µs  limited p50 "
+                  f"{row['limited_p50_us']:8.0f} µs  state op {row['state_op_us']:7.0f} µs  "
+                  f"(CPU {fmt(row['open_cpu_us'], '.0f')} → {fmt(row['limited_cpu_us'], '.0f')} µs/req)", flush=True)
+    finally:
+        stop(redis)
+    return rows
+
+
+def edge_state_report(rows):
+    lines = ["| runtime | state | p50 µs, no limit | p50 µs, limited | one state operation, µs | gateway CPU µs/req, no limit → limited |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['runtime']} | {r['state']} | {r['open_p50_us']:.0f} | {r['limited_p50_us']:.0f} | "
+                     f"{r['state_op_us']:.0f} | {fmt(r['open_cpu_us'], '.0f')} → {fmt(r['limited_cpu_us'], '.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
 def run_churn(work, bins, backend_port, lua, args):
     """The verified-token cache under churn: every request brings a token never seen before
     (`churn-es256.txt`, 1,000,000 distinct tokens in a full run), in consecutive windows
@@ -542,9 +686,8 @@ def report(results, out_dir, smoke, meta):
     return table
 
 
-def update_readme(table, marker="load-results"):
-    """Rewrites the table between the `marker` markers of benches/README.md."""
-    readme = ROOT / "benches" / "README.md"
+def update_readme(table, marker="load-results", readme=ROOT / "benches" / "README.md"):
+    """Rewrites the table between the `marker` markers of `readme` (benches/README.md)."""
     text = readme.read_text()
     start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start in text and end in text:
@@ -560,7 +703,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=10000)
-    ap.add_argument("--only", help="comma-separated variants to run (and `churn`, `state`)")
+    ap.add_argument("--only", help="comma-separated variants to run (and `churn`, `state`, `edge-state`)")
     ap.add_argument("--churn", type=int, default=1_000_000, help="distinct tokens of the churn workload")
     ap.add_argument("--churn-cache", type=int, default=100_000, help="token cache entries in the churn run")
     ap.add_argument("--churn-windows", type=int, default=6)
@@ -639,6 +782,8 @@ def main():
                 stop(proc)
         churn = run_churn(work, bins, backend_port, lua, args) if not only or "churn" in only else []
         state = run_state(work, bins, backend_port, lua, args) if not only or "state" in only else []
+        edge_state = (run_edge_state(work, bins, backend_port, lua, args)
+                      if not only or "edge-state" in only else [])
     finally:
         stop(backend)
     meta = {
@@ -667,12 +812,21 @@ def main():
         (args.out / "state.json").write_text(json.dumps(state, indent=1))
         if not args.smoke and not args.bins:
             update_readme(state_table, "state-results")
+    if edge_state:
+        edge_table = edge_state_report(edge_state)
+        print(edge_table)
+        (args.out / "edge-state.md").write_text(edge_table)
+        (args.out / "edge-state.json").write_text(json.dumps(edge_state, indent=1))
+        if not args.smoke and not args.bins:
+            update_readme(edge_table, "edge-state-results", ROOT / "README.md")
     if not args.smoke and not args.only and not args.bins:
         update_readme(table)
     shutil.rmtree(work, ignore_errors=True)
     bad = [r for r in results if not r["status_ok"]]
     bad += [("churn", w["window"]) for w in churn if w["non_2xx"]]
     bad += [("state", r["state"]) for r in state if r["non_2xx"]]
+    bad += [("edge-state", f"{r['runtime']}/{r['state']}") for r in edge_state
+            if r["open_non_2xx"] or r["limited_non_2xx"]]
     if state_broken:
         print(state_broken)
         bad.append(("state", state_broken))

@@ -82,11 +82,12 @@ struct World {
 
 impl World {
     fn start(engine: &str, access_token_ttl: u64) -> Self {
-        Self::start_with(engine, access_token_ttl, &[])
+        Self::start_with(engine, access_token_ttl, None)
     }
 
-    /// [`World::start`] with extra arguments for the server (`serve` or `serve-wasm`).
-    fn start_with(engine: &str, access_token_ttl: u64, args: &[String]) -> Self {
+    /// [`World::start`] with the shared state in Redis at `redis` when given (the host's
+    /// `[state]`, `serve-wasm --state` for a bundle).
+    fn start_with(engine: &str, access_token_ttl: u64, redis: Option<&str>) -> Self {
         let port = free_port();
         let op = OpenIdProvider::start(op_config(port, access_token_ttl));
         let op2 = OpenIdProvider::start(op_config(port, access_token_ttl));
@@ -142,7 +143,16 @@ auth = "public"
 
 [audit]
 subject_key_file = "audit.key"
+{state}
 "#,
+            state = match redis {
+                Some(url) if engine != "bundle" => {
+                    format!(
+                        "\n[state]\nbackend = \"redis\"\nurl = \"{url}\"\ntimeout = \"200ms\"\n"
+                    )
+                }
+                _ => String::new(),
+            },
             keys = keys.server.url(),
             backend = backend.server.url(),
             p1 = provider_block("op", "Example ID", &op, port),
@@ -152,12 +162,16 @@ subject_key_file = "audit.key"
             ("client.secret".to_owned(), SECRET.as_bytes().to_vec()),
             ("session.key".to_owned(), "5a".repeat(32).into_bytes()),
         ];
+        let args: Vec<String> = match redis {
+            Some(url) if engine == "bundle" => vec!["--state".to_owned(), url.to_owned()],
+            _ => Vec::new(),
+        };
         let gw = start_engine_args(
             &config,
             engine,
             &files,
             &format!("127.0.0.1:{port}"),
-            |_| args.to_vec(),
+            |_| args,
         );
         World {
             op,
@@ -992,15 +1006,19 @@ fn a_route_with_two_providers_offers_a_choice(engine: &str) {
     });
 }
 
-/// Two `serve-wasm` processes running one bundle on one Redis server: a browser session
-/// made at one is valid at the other (same identity to the backend), and once the user
-/// logs out at the first, the second refuses the cookie.
-#[test]
-fn a_session_ended_at_one_bundle_process_is_refused_at_another_on_one_redis() {
+/// Two gateway processes sharing one Redis server (two native `serve` processes, two
+/// `serve-wasm` processes running one bundle): a browser session made at one is valid at
+/// the other (same identity to the backend), and once the user logs out at the first, the
+/// second refuses the cookie.
+fn a_session_ended_at_one_process_is_refused_at_another_on_one_redis(engine: &str) {
     let redis = portcullis_tests::redis::Redis::start();
-    let w = World::start_with("bundle", 600, &["--state".to_owned(), redis.url()]);
-    let b = portcullis_tests::host::bundle(&w.config, &w.files);
-    let other = portcullis_tests::host::serve_wasm(&b.wasm, &["--state", &redis.url()]);
+    let w = World::start_with(engine, 600, Some(&redis.url()));
+    let other = if engine == "bundle" {
+        let b = portcullis_tests::host::bundle(&w.config, &w.files);
+        portcullis_tests::host::serve_wasm(&b.wasm, &["--state", &redis.url()])
+    } else {
+        start_engine_args(&w.config, engine, &w.files, "127.0.0.1:0", |_| Vec::new())
+    };
     let browser = Browser::start();
     let wanted = w.url("/app/orders");
     browser.goto(&wanted);
@@ -1026,6 +1044,16 @@ fn a_session_ended_at_one_bundle_process_is_refused_at_another_on_one_redis() {
         "{}",
         String::from_utf8_lossy(&r.body)
     );
+}
+
+#[test]
+fn a_session_ended_at_one_native_process_is_refused_at_another_on_one_redis() {
+    a_session_ended_at_one_process_is_refused_at_another_on_one_redis("native");
+}
+
+#[test]
+fn a_session_ended_at_one_bundle_process_is_refused_at_another_on_one_redis() {
+    a_session_ended_at_one_process_is_refused_at_another_on_one_redis("bundle");
 }
 
 on_every_runtime!(
