@@ -454,9 +454,11 @@ subject_key_file = "audit.key"
 
 
 def worker_build_dir():
-    """gateway/worker built by worker-build (release, as the tests build it)."""
+    """gateway/worker built by worker-build (release, with the plugins the tests link: the
+    same build as theirs, so neither rebuilds the other's)."""
     out = ROOT / "gateway/worker/build"
-    subprocess.run(["worker-build", "--release", "--no-opt", "--out-dir", "build"],
+    subprocess.run(["worker-build", "--release", "--no-opt", "--out-dir", "build",
+                    "--features", "impossible-travel,credential-stuffing,ip-reputation"],
                    cwd=ROOT / "gateway/worker", check=True,
                    env=dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target/component"),
                             WASM_BINDGEN_BIN=shutil.which("wasm-bindgen") or "wasm-bindgen"))

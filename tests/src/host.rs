@@ -132,13 +132,19 @@ pub fn start_engine_args(
     listen: &str,
     extra: impl FnOnce(&Path) -> Vec<String>,
 ) -> Gateway {
-    if engine == "worker" {
+    if engine == "worker" || engine == "worker-pair" {
         let port = listen
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse::<u16>().ok())
             .filter(|p| *p != 0)
             .unwrap_or_else(crate::net::free_port);
-        return crate::workerd::start_worker_on(config_text, files, port);
+        if engine == "worker" {
+            return crate::workerd::start_worker_on(config_text, files, port);
+        }
+        // Two isolates on one Durable Object namespace: `admin` is the second one's address.
+        let (mut gw, second) = crate::workerd::start_worker_pair_on(config_text, files, Some(port));
+        gw.admin = second;
+        return gw;
     }
     if engine == "bundle" {
         // `extra` gives serve-wasm's arguments (`--state redis://…`).

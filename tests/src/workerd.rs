@@ -207,7 +207,16 @@ pub fn start_worker_pair(
     config_text: &str,
     files: &[(String, Vec<u8>)],
 ) -> (Gateway, std::net::SocketAddr) {
-    let (gw, second) = start_worker_shaped(config_text, files, &[], Shape::Pair, None);
+    start_worker_pair_on(config_text, files, None)
+}
+
+/// As [`start_worker_pair`], the first worker listening on 127.0.0.1:`port` when given.
+pub fn start_worker_pair_on(
+    config_text: &str,
+    files: &[(String, Vec<u8>)],
+    port: Option<u16>,
+) -> (Gateway, std::net::SocketAddr) {
+    let (gw, second) = start_worker_shaped(config_text, files, &[], Shape::Pair, port);
     (gw, second.unwrap_or_else(|| panic!("no second worker")))
 }
 

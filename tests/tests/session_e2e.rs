@@ -1006,25 +1006,38 @@ fn a_route_with_two_providers_offers_a_choice(engine: &str) {
     });
 }
 
-/// Two gateway processes sharing one Redis server (two native `serve` processes, two
-/// `serve-wasm` processes running one bundle): a browser session made at one is valid at
-/// the other (same identity to the backend), and once the user logs out at the first, the
-/// second refuses the cookie.
+/// Two gateways sharing one state (two native `serve` processes or two `serve-wasm`
+/// processes running one bundle on one Redis server; two worker isolates on one Durable
+/// Object namespace): a browser session made at one is valid at the other (same identity
+/// to the backend), and once the user logs out at the first, the second refuses the cookie.
 fn a_session_ended_at_one_process_is_refused_at_another_on_one_redis(engine: &str) {
     let redis = portcullis_tests::redis::Redis::start();
     let w = World::start_with(engine, 600, Some(&redis.url()));
-    let other = if engine == "bundle" {
-        let b = portcullis_tests::host::bundle(&w.config, &w.files);
-        portcullis_tests::host::serve_wasm(&b.wasm, &["--state", &redis.url()])
-    } else {
-        start_engine_args(&w.config, engine, &w.files, "127.0.0.1:0", |_| Vec::new())
+    let second = match engine {
+        "bundle" => {
+            let b = portcullis_tests::host::bundle(&w.config, &w.files);
+            Some(portcullis_tests::host::serve_wasm(
+                &b.wasm,
+                &["--state", &redis.url()],
+            ))
+        }
+        // The second isolate of the pair World started (its own port).
+        "worker-pair" => None,
+        _ => Some(start_engine_args(
+            &w.config,
+            engine,
+            &w.files,
+            "127.0.0.1:0",
+            |_| Vec::new(),
+        )),
     };
+    let other = second.as_ref().map_or(w.gw.admin, |g| g.addr);
     let browser = Browser::start();
     let wanted = w.url("/app/orders");
     browser.goto(&wanted);
     sign_in(&browser, "alice", None, &wanted);
     let cookie = session_cookie_header(&browser);
-    let at_other = |cookie: &str| request(other.addr, "GET", "/app/x", &[("cookie", cookie)], b"");
+    let at_other = |cookie: &str| request(other, "GET", "/app/x", &[("cookie", cookie)], b"");
     let r = at_other(&cookie).unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json_body()["headers"]["x-user-id"], "alice");
@@ -1054,6 +1067,11 @@ fn a_session_ended_at_one_native_process_is_refused_at_another_on_one_redis() {
 #[test]
 fn a_session_ended_at_one_bundle_process_is_refused_at_another_on_one_redis() {
     a_session_ended_at_one_process_is_refused_at_another_on_one_redis("bundle");
+}
+
+#[test]
+fn a_session_ended_at_one_worker_isolate_is_refused_at_another_on_one_namespace() {
+    a_session_ended_at_one_process_is_refused_at_another_on_one_redis("worker-pair");
 }
 
 on_every_runtime!(
