@@ -193,6 +193,43 @@ fn edge_runtimes_keep_rate_limits_like_the_native_engine() {
     }
 }
 
+/// Two instances `one` and `two` sharing one state: one limit of 3 (alternating between
+/// them, the fourth request is refused) and one replay cache (a DPoP proof accepted at
+/// `one` is refused at `two`; a fresh proof passes there).
+fn share_limits_and_replay_checks(one: std::net::SocketAddr, two: std::net::SocketAddr) {
+    let answers: Vec<(u16, String)> = [one, two, one, two]
+        .into_iter()
+        .map(|addr| {
+            let r = request(addr, "GET", "/limited/x", &[], b"").unwrap();
+            (r.status, reason(&r))
+        })
+        .collect();
+    assert_eq!(answers, [ok(), ok(), ok(), limited()]);
+    let client = DpopClient::new();
+    let proof = client.proof();
+    let first = client.send(one, &proof);
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let replayed = client.send(two, &proof);
+    assert_eq!(
+        (replayed.status, reason(&replayed).as_str()),
+        (401, "dpop_proof_invalid"),
+        "{}",
+        String::from_utf8_lossy(&replayed.body)
+    );
+    let fresh = client.send(two, &client.proof());
+    assert_eq!(
+        fresh.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&fresh.body)
+    );
+}
+
 /// Two `serve-wasm` processes running the same bundle on one Redis server share one limit
 /// and one replay cache: a DPoP proof accepted at one is refused at the other.
 #[test]
@@ -203,39 +240,7 @@ fn two_bundle_processes_on_one_redis_share_limits_and_replay_checks() {
     let url = redis.url();
     let one = serve_wasm(&b.wasm, &["--state", &url]);
     let two = serve_wasm(&b.wasm, &["--state", &url]);
-    let answers: Vec<(u16, String)> = [&one, &two, &one, &two]
-        .iter()
-        .map(|gw| {
-            let r = get(gw, "/limited/x", &[]);
-            (r.status, reason(&r))
-        })
-        .collect();
-    assert_eq!(answers, [ok(), ok(), ok(), limited()]);
-
-    let client = DpopClient::new();
-    let proof = client.proof();
-    let first = client.send(one.addr, &proof);
-    assert_eq!(
-        first.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&first.body)
-    );
-    let replayed = client.send(two.addr, &proof);
-    assert_eq!(
-        (replayed.status, reason(&replayed).as_str()),
-        (401, "dpop_proof_invalid"),
-        "{}",
-        String::from_utf8_lossy(&replayed.body)
-    );
-    // A fresh proof passes at either.
-    let fresh = client.send(two.addr, &client.proof());
-    assert_eq!(
-        fresh.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&fresh.body)
-    );
+    share_limits_and_replay_checks(one.addr, two.addr);
     // The state is in Redis, under serve-wasm's prefix and the store's name.
     // (the limit's bucket and the proof's `jti` at least: the reply starts `*<count>`).
     let listed = redis.command("KEYS portcullis:kv/default/*").unwrap();
@@ -249,30 +254,7 @@ fn two_bundle_processes_on_one_redis_share_limits_and_replay_checks() {
 fn two_worker_isolates_on_one_durable_object_namespace_share_limits_and_replay_checks() {
     let w = world("deny");
     let (one, second) = start_worker_pair(&w.text, &[]);
-    let answers: Vec<(u16, String)> = [&one.addr, &second, &one.addr, &second]
-        .iter()
-        .map(|addr| {
-            let r = request(**addr, "GET", "/limited/x", &[], b"").unwrap();
-            (r.status, reason(&r))
-        })
-        .collect();
-    assert_eq!(answers, [ok(), ok(), ok(), limited()]);
-    let client = DpopClient::new();
-    let proof = client.proof();
-    let first = client.send(one.addr, &proof);
-    assert_eq!(
-        first.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&first.body)
-    );
-    let replayed = client.send(second, &proof);
-    assert_eq!(
-        (replayed.status, reason(&replayed).as_str()),
-        (401, "dpop_proof_invalid"),
-        "{}",
-        String::from_utf8_lossy(&replayed.body)
-    );
+    share_limits_and_replay_checks(one.addr, second);
     // The second isolate used the key set the first one fetched and stored.
     let fetched = w
         ._keys
@@ -314,4 +296,41 @@ fn a_bundle_whose_store_is_unreachable_follows_on_unavailable() {
             String::from_utf8_lossy(&r.body)
         );
     }
+}
+
+/// The edge runtimes keep no backend health: a region whose backend is down is refused
+/// (502/503 `backend_unavailable`, as the native engine answers a first failure), and the
+/// request never spills to a backend of another jurisdiction.
+#[test]
+fn a_down_backend_is_refused_on_every_runtime_and_never_spills_to_another_region() {
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let us = Backend::start("us");
+    let down = format!("http://127.0.0.1:{}", portcullis_tests::net::free_port());
+    let text = config(&keys, &down, "deny").replace(
+        "[residency]",
+        &format!(
+            "[region.us]\njurisdiction = \"US\"\nbackends = [\"{}\"]\n\n[residency]",
+            us.server.url()
+        ),
+    );
+    let b = bundle(&text, &[]);
+    let edge = serve_wasm(&b.wasm, &[]);
+    let native = start_engine(&text, "native");
+    let worker = start_worker(&text, &[]);
+    let mut answers = Vec::new();
+    for (name, gw) in [("native", &native), ("bundle", &edge), ("worker", &worker)] {
+        let r = get(gw, "/limited/x", &[]);
+        assert!(
+            [502, 503].contains(&r.status) && reason(&r) == "backend_unavailable",
+            "{name}: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+        answers.push((name, r.status));
+    }
+    assert_eq!(
+        us.hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the other jurisdiction: {answers:?}"
+    );
 }

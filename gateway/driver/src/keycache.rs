@@ -2,8 +2,11 @@
 //! the edge bundle's `wasi:keyvalue`): what is stored, and when a stored copy may stand in
 //! for a fetch.
 
+use std::time::Duration;
+
+use portcullis_core::Config;
 use portcullis_core::config::JwksPolicy;
-use portcullis_core::keyset::{FetchReason, freshness};
+use portcullis_core::keyset::{FetchReason, FetchRequest, freshness};
 use serde_json::{Value, json};
 
 /// The store key of the document at `url`.
@@ -74,6 +77,36 @@ impl StoredDocument {
             && reason != FetchReason::UnknownKid
             && now_ms >= self.fetched_ms
             && now_ms - self.fetched_ms < ttl_ms
+    }
+}
+
+/// The key-set policy of the issuer `request` is for.
+pub fn policy(config: &Config, request: &FetchRequest) -> JwksPolicy {
+    config
+        .issuers
+        .get(request.issuer.0)
+        .map(|i| i.jwks_policy)
+        .unwrap_or_default()
+}
+
+/// A stored copy (`bytes`, as [`StoredDocument::to_bytes`] wrote it) that may stand in for
+/// `request` at `now_ms` under `policy` (see [`StoredDocument::usable`]).
+pub fn usable_copy(
+    bytes: &[u8],
+    request: &FetchRequest,
+    policy: &JwksPolicy,
+    now_ms: u64,
+) -> Option<crate::keys::Document> {
+    StoredDocument::from_bytes(bytes)
+        .filter(|d| d.usable(request.reason, policy, now_ms))
+        .map(StoredDocument::into_document)
+}
+
+impl StoredDocument {
+    /// How long a copy is worth storing for the other instances: while it is fresh (a
+    /// failed fetch is not stored: `None`).
+    pub fn shared_for(&self, policy: &JwksPolicy) -> Option<Duration> {
+        (self.status == 200).then(|| freshness(self.cache_control.as_deref(), policy))
     }
 }
 

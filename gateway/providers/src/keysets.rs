@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use portcullis_core::authenticate::{AuthFailure, IssuedKind};
 use portcullis_core::crypto::PortableKey;
-use portcullis_core::keyset::{FetchRequest, ProviderEndpoints, freshness};
+use portcullis_core::keyset::{FetchRequest, ProviderEndpoints};
 use portcullis_core::{Config, IssuerId, KeyStore, PortableVerifier, Timestamp, VerifiedIdentity};
-use portcullis_driver::keycache::{StoredDocument, store_key};
+use portcullis_driver::keycache::{self, StoredDocument, store_key};
 use portcullis_driver::keys::{Document, DocumentSource, Refreshed, refresh};
 
 use crate::bindings::portcullis::bundle::embedded;
@@ -80,18 +80,12 @@ struct SharedDocuments<'a> {
 impl DocumentSource for SharedDocuments<'_> {
     async fn fetch(&self, request: &FetchRequest) -> Result<Document, String> {
         let now_ms = now().unix_millis();
-        let policy = self
-            .config
-            .issuers
-            .get(request.issuer.0)
-            .map(|i| i.jwks_policy)
-            .unwrap_or_default();
+        let policy = keycache::policy(self.config, request);
         let key = store_key(&request.url);
         if let Ok(Some(bytes)) = kv::get(&key, now_ms)
-            && let Some(stored) = StoredDocument::from_bytes(&bytes)
-                .filter(|d| d.usable(request.reason, &policy, now_ms))
+            && let Some(copy) = keycache::usable_copy(&bytes, request, &policy, now_ms)
         {
-            return Ok(stored.into_document());
+            return Ok(copy);
         }
         let got = fetch::send(&fetch::Call {
             post: false,
@@ -107,8 +101,7 @@ impl DocumentSource for SharedDocuments<'_> {
             cache_control: got.cache_control,
             body: got.body,
         };
-        if stored.status == 200 {
-            let fresh = freshness(stored.cache_control.as_deref(), &policy);
+        if let Some(fresh) = stored.shared_for(&policy) {
             let ttl_ms = u64::try_from(fresh.as_millis()).unwrap_or(u64::MAX);
             // Shared with the other instances; a failed write only costs them a fetch.
             let _ = kv::set(&key, &stored.to_bytes(), now_ms, ttl_ms);

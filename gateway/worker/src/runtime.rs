@@ -11,7 +11,7 @@ use portcullis_core::authenticate::LocalAuthenticator;
 use portcullis_core::config::FailPolicy;
 use portcullis_core::decision::problem;
 use portcullis_core::keyset::FetchRequest;
-use portcullis_core::keyset::freshness;
+
 use portcullis_core::ports::{
     CallOp, CallResult, Client, State, StateAnswer, StateOp, StateResult,
 };
@@ -19,7 +19,7 @@ use portcullis_core::{
     Adapters, AllHealthy, Answer, Config, Forward, Gateway, KeyStore, Need, Outcome, Progress,
     Reason, Response as CoreResponse, Suspended, Timestamp,
 };
-use portcullis_driver::keycache::{StoredDocument, store_key};
+use portcullis_driver::keycache::{self, StoredDocument, store_key};
 use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
 use portcullis_driver::{
     RequestHead, Step, SystemEntropy, backend_answered, decide_refetching, decide_resuming, early,
@@ -122,20 +122,14 @@ struct FetchDocuments<'a> {
 impl DocumentSource for FetchDocuments<'_> {
     async fn fetch(&self, request: &FetchRequest) -> Result<Document, String> {
         let now_ms = self.now.unix_millis();
-        let policy = self
-            .config
-            .issuers
-            .get(request.issuer.0)
-            .map(|i| i.jwks_policy)
-            .unwrap_or_default();
+        let policy = keycache::policy(self.config, request);
         let key = store_key(&request.url);
         if let Some(env) = self.shared
             && let Ok(StateAnswer::Value(Some(bytes))) =
                 crate::objects::perform(env, StateOp::Get { key: key.clone() }).await
-            && let Some(stored) = StoredDocument::from_bytes(&bytes)
-                .filter(|d| d.usable(request.reason, &policy, now_ms))
+            && let Some(copy) = keycache::usable_copy(&bytes, request, &policy, now_ms)
         {
-            return Ok(stored.into_document());
+            return Ok(copy);
         }
         let url = worker::Url::parse(&request.url).map_err(|e| format!("{}: {e}", request.url))?;
         let mut resp = Fetch::Url(url)
@@ -155,9 +149,8 @@ impl DocumentSource for FetchDocuments<'_> {
             body,
         };
         if let Some(env) = self.shared
-            && status == 200
+            && let Some(ttl) = stored.shared_for(&policy)
         {
-            let ttl = freshness(stored.cache_control.as_deref(), &policy);
             let op = StateOp::Set {
                 key,
                 value: stored.to_bytes(),
