@@ -25,18 +25,7 @@ mod fetch;
 mod keysets;
 mod kv;
 
-mod bindings {
-    //! The `portcullis:gateway/providers` world.
-    #![allow(missing_docs, unsafe_code, clippy::all)]
-    wit_bindgen::generate!({
-        path: "../../wit/bundle",
-        world: "providers",
-        generate_all,
-        additional_derives: [serde::Serialize],
-        // Holds a resource handle (not serializable).
-        additional_derives_ignore: ["cas-error"],
-    });
-}
+mod bindings;
 
 use bindings::exports::portcullis::gateway::{audit, client, config, health, keys, risk, state};
 use bindings::exports::portcullis::plugin::{
