@@ -159,9 +159,22 @@ fn edge_runtimes_keep_rate_limits_like_the_native_engine() {
     let w = world("deny");
     let b = bundle(&w.text, &[]);
     let edge = serve_wasm(&b.wasm, &[]);
+    // The same bundle told that its runtime names the connecting address in
+    // `spin-client-addr` (Spin and serve-wasm do).
+    let spin_like = w.text.replace(
+        "[client]\n",
+        "[client]\npeer_header = \"spin-client-addr\"\n",
+    );
+    let with_peer = bundle(&spin_like, &[]);
+    let edge_with_peer = serve_wasm(&with_peer.wasm, &[]);
     let native = start_engine(&w.text, "native");
     let worker = start_worker(&w.text, &[]);
-    for (name, gw) in [("native", &native), ("bundle", &edge), ("worker", &worker)] {
+    for (name, gw) in [
+        ("native", &native),
+        ("bundle", &edge),
+        ("bundle+peer_header", &edge_with_peer),
+        ("worker", &worker),
+    ] {
         assert_eq!(
             run(gw, "/limited/x", &[], 4),
             [ok(), ok(), ok(), limited()],
@@ -177,10 +190,10 @@ fn edge_runtimes_keep_rate_limits_like_the_native_engine() {
             r.headers
         );
         // Per-address limits: a second address has a bucket of its own where the client's
-        // address is known. wasi:http does not tell a component who is connected, and a
-        // worker outside Cloudflare has no `cf` object to trust CF-Connecting-IP by, so
-        // those count every client of a per-address limit in one bucket (tighter, never
-        // looser).
+        // address is known. wasi:http does not tell a component who is connected (unless
+        // the runtime's own header is named: `peer_header`), and a worker outside
+        // Cloudflare has no `cf` object to trust CF-Connecting-IP by, so those count every
+        // client of a per-address limit in one bucket (tighter, never looser).
         let one = [("x-forwarded-for", "192.0.2.1")];
         let two = [("x-forwarded-for", "192.0.2.2")];
         assert_eq!(
@@ -188,9 +201,32 @@ fn edge_runtimes_keep_rate_limits_like_the_native_engine() {
             [ok(), ok(), limited()],
             "{name}"
         );
-        let other = if name == "native" { ok() } else { limited() };
+        let known = matches!(name, "native" | "bundle+peer_header");
+        let other = if known { ok() } else { limited() };
         assert_eq!(run(gw, "/per-ip/x", &two, 1), [other], "{name}");
     }
+    // serve-wasm replaces a `spin-client-addr` the client sends: a client claiming an
+    // untrusted peer (which would make its own X-Forwarded-For ignored and each claim a
+    // bucket of its own) still counts as the address its trusted proxy named.
+    let spoofed = |n: u8| {
+        let claim = format!("198.51.100.{n}:1");
+        let r = request(
+            edge_with_peer.addr,
+            "GET",
+            "/per-ip/x",
+            &[
+                ("x-forwarded-for", "192.0.2.60"),
+                ("spin-client-addr", &claim),
+            ],
+            b"",
+        )
+        .unwrap();
+        (r.status, reason(&r))
+    };
+    assert_eq!(
+        [spoofed(1), spoofed(2), spoofed(3)],
+        [ok(), ok(), limited()]
+    );
 }
 
 /// Two instances `one` and `two` sharing one state: one limit of 3 (alternating between

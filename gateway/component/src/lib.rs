@@ -50,7 +50,7 @@ pub struct Handler;
 impl wasip2::exports::http::incoming_handler::Guest for Handler {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let peer = bindings::portcullis::gateway::client::peer().and_then(|p| p.parse().ok());
-        let parts = match forward::request_head(&request, peer) {
+        let mut parts = match forward::request_head(&request, peer) {
             Ok(p) => p,
             Err(detail) => {
                 forward::respond(
@@ -67,6 +67,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                 return;
             }
         };
+        // A host that gives no peer (an edge bundle's runtime) may set it in a header of
+        // its own (`[client] peer_header`).
+        if parts.peer.is_none() {
+            parts.peer =
+                portcullis_core::client::peer_from_header(&gateway.config().client, &parts.headers);
+        }
         if let Some(r) = portcullis_driver::early(gateway, parts.uri.path()) {
             forward::respond(response_out, &r);
             return;

@@ -81,6 +81,24 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 
 pub use crate::model::ClientInfo;
 
+/// The connecting address an edge runtime put in `cfg.peer_header` (`spin-client-addr`:
+/// `ip:port`, `[v6]:port` or a bare address), for runtimes that give it no other way; `None`
+/// when unset, absent, repeated or unparsable (the peer is then unknown).
+pub fn peer_from_header(cfg: &ClientConfig, headers: &HeaderMap) -> Option<IpAddr> {
+    let name = cfg.peer_header.as_deref()?;
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?.to_str().ok()?.trim();
+    if values.next().is_some() {
+        return None;
+    }
+    value
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| value.parse::<IpAddr>())
+        .ok()
+        .map(canonical)
+}
+
 /// Resolves the client from the connection's `peer` and, when the peer is a trusted proxy,
 /// the configured headers. In an address list (`X-Forwarded-For`) the right-most address
 /// that is not itself a trusted proxy is the client: entries left of it are client-chosen.
@@ -182,7 +200,39 @@ mod tests {
             ip_header: Some("x-forwarded-for".into()),
             country_header: Some("cf-ipcountry".into()),
             asn_header: Some("x-asn".into()),
+            peer_header: Some("spin-client-addr".into()),
         }
+    }
+
+    #[test]
+    fn a_runtime_peer_header_names_the_peer_once_or_not_at_all() {
+        let peer = |pairs: &[(&'static str, &str)]| peer_from_header(&cfg(), &headers(pairs));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(peer(&[("spin-client-addr", "192.0.2.7:53124")]), Some(v4));
+        assert_eq!(peer(&[("spin-client-addr", "192.0.2.7")]), Some(v4));
+        assert_eq!(
+            peer(&[("spin-client-addr", "[2001:db8::1]:443")]),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        // An IPv4-mapped address is the IPv4 one.
+        assert_eq!(
+            peer(&[("spin-client-addr", "[::ffff:192.0.2.7]:1")]),
+            Some(v4)
+        );
+        assert_eq!(peer(&[]), None);
+        assert_eq!(peer(&[("spin-client-addr", "nonsense")]), None);
+        assert_eq!(
+            peer(&[
+                ("spin-client-addr", "192.0.2.7:1"),
+                ("spin-client-addr", "192.0.2.8:1")
+            ]),
+            None
+        );
+        let unset = ClientConfig::default();
+        assert_eq!(
+            peer_from_header(&unset, &headers(&[("spin-client-addr", "192.0.2.7:1")])),
+            None
+        );
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

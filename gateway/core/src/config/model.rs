@@ -643,6 +643,9 @@ pub struct ClientConfig {
     pub country_header: Option<String>,
     /// Header carrying the client's autonomous system number.
     pub asn_header: Option<String>,
+    /// Edge bundles: the header the runtime itself sets to the connecting address (Spin's
+    /// `spin-client-addr`), read as the peer where wasi:http gives none.
+    pub peer_header: Option<String>,
 }
 
 /// What agents acting for a user (tokens with an RFC 8693 `act` claim) may do on a route.

@@ -320,6 +320,7 @@ pub(super) fn read_client(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> ClientC
     client.ip_header = header(&mut t, d, "ip_header");
     client.country_header = header(&mut t, d, "country_header");
     client.asn_header = header(&mut t, d, "asn_header");
+    client.peer_header = header(&mut t, d, "peer_header");
     let span = t.span.clone();
     t.finish(d);
     let uses_headers = client.ip_header.is_some()

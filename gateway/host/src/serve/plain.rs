@@ -2,9 +2,9 @@
 //! links WASI, `wasi:http` and the standard `wasi:keyvalue` (over the host's shared state:
 //! in memory for every instance of the process, or in Redis for every process) — no
 //! Portcullis host service — so a component that runs here needs nothing an edge runtime
-//! lacks. A fresh instance per request (as Spin, Fastly and `wasmtime serve` do), stderr
-//! inherited (the bundle's audit lines), no sockets, no files, outbound HTTP to any
-//! address.
+//! lacks. A fresh instance per request (as Spin, Fastly and `wasmtime serve` do), the
+//! connecting address in `spin-client-addr` (as Spin sets it), stderr inherited (the
+//! bundle's audit lines), no sockets, no files, outbound HTTP to any address.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,6 +26,9 @@ use wasmtime_wasi_http::{
 use crate::client::{BackendClient, backend_client, full_body};
 use crate::state::keyvalue::{self, KeyValue, KeyValueHost};
 use crate::wasm::WasiRequest;
+
+/// The header that carries the connecting address to the component, as Spin sets it.
+pub const PEER_HEADER: &str = "spin-client-addr";
 
 /// Per-request store data of a plain wasi:http guest.
 pub struct PlainState {
@@ -128,8 +131,15 @@ impl PlainServer {
 
     async fn handle(
         &self,
-        req: Request<hyper::body::Incoming>,
+        mut req: Request<hyper::body::Incoming>,
+        peer: std::net::SocketAddr,
     ) -> anyhow::Result<Response<HyperOutgoingBody>> {
+        // As Spin does: the connecting address in `spin-client-addr`, replacing any value
+        // the client sent (a bundle reads it with `[client] peer_header`).
+        req.headers_mut().remove(PEER_HEADER);
+        if let Ok(v) = http::HeaderValue::from_str(&peer.to_string()) {
+            req.headers_mut().insert(PEER_HEADER, v);
+        }
         // Like any HTTP/1.1 server (RFC 9112 §3.2): 400 for a missing, repeated or invalid
         // Host, before a wasi:http request (which needs an authority) is made of it.
         if let Some(refusal) = crate::serve::native::host_refusal(&req, "") {
@@ -153,12 +163,12 @@ impl PlainServer {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let limits = portcullis_core::config::ServerLimits::default();
-        crate::serve::listener::serve(listener, limits, shutdown, &graceful, |_peer| {
+        crate::serve::listener::serve(listener, limits, shutdown, &graceful, |peer| {
             let server = self.clone();
             service_fn(move |req| {
                 let server = server.clone();
                 async move {
-                    let response = match server.handle(req).await {
+                    let response = match server.handle(req, peer).await {
                         Ok(r) => r,
                         Err(e) => {
                             tracing::warn!(error = %e, "request failed in the component");
