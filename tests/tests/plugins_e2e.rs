@@ -675,3 +675,98 @@ fn token_verify_runs_the_routes_plugins_and_says_what_it_cannot_check() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `portcullis plugin test` runs a built component against a scenario under `serve`'s
+/// sandbox: time steps reach the plugin's clock (impossible travel within five minutes,
+/// not within two days), a trap is a failure the scenario can expect, and a broken
+/// expectation fails the run (exit 1) naming the request and what differed.
+#[test]
+fn plugin_test_runs_a_scenario_and_fails_on_a_broken_expectation() {
+    let dir = temp_dir("scenario");
+    let travel = r#"
+[plugin]
+config = { action = "step-up", score = 80 }
+
+[[request]]
+name = "alice in Germany"
+path = "/api/account"
+country = "DE"
+identity = { subject = "alice" }
+expect = { action = "allow", score = 0 }
+
+[[request]]
+name = "alice in Australia five minutes later"
+path = "/api/account"
+country = "AU"
+after = "5m"
+identity = { subject = "alice" }
+expect = { action = "step-up", score_min = 80, labels = ["impossible-travel"] }
+
+[[request]]
+name = "alice back in Germany two days later"
+path = "/api/account"
+country = "DE"
+after = "48h"
+identity = { subject = "alice" }
+expect = { action = "allow" }
+"#;
+    std::fs::write(dir.join("travel.toml"), travel).unwrap();
+    let test = |wasm: &str, scenario: &str| {
+        let out = Command::new(binary())
+            .args(["plugin", "test", wasm, "--scenario"])
+            .arg(dir.join(scenario))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = test(&plugin("impossible-travel"), "travel.toml");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("DE→AU 12,565 km in 0.08 h"), "{out}");
+    assert!(out.contains("every expectation held"), "{out}");
+
+    // The same trip two days apart is no longer flagged: the expectation breaks.
+    std::fs::write(
+        dir.join("wrong.toml"),
+        travel.replace("after = \"5m\"", "after = \"48h\""),
+    )
+    .unwrap();
+    let (code, out) = test(&plugin("impossible-travel"), "wrong.toml");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(
+            "request 2 (alice in Australia five minutes later): action allow (expected step-up)"
+        ),
+        "{out}"
+    );
+
+    // A trap is a failure (its `on_error` decides in `serve`), which a scenario can expect.
+    let faulty = r#"
+[plugin]
+config = { mode = "panic" }
+headers = ["x-fault"]
+
+[[request]]
+path = "/"
+headers = { "x-fault" = "yes" }
+expect = { failure = true }
+"#;
+    std::fs::write(dir.join("faulty.toml"), faulty).unwrap();
+    let (code, out) = test(&plugin("fixture-plugin-faulty"), "faulty.toml");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("FAILED"), "{out}");
+
+    // A scenario with a typo is refused before anything runs (exit 3, as a bad
+    // configuration).
+    std::fs::write(
+        dir.join("typo.toml"),
+        "[[request]]\npath = \"/\"\nexpct = {}\n",
+    )
+    .unwrap();
+    let (code, out) = test(&plugin("impossible-travel"), "typo.toml");
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("expct"), "{out}");
+}

@@ -223,6 +223,17 @@ enum PluginCommand {
         /// The component (`.wasm`).
         file: PathBuf,
     },
+    /// Run a plugin component, under the sandbox limits `serve` applies, against a
+    /// scenario of requests (TOML: `[plugin]` configuration and limits, `[[request]]`
+    /// steps with identity, client, time steps, backend outcomes and expectations); print
+    /// each assessment. Exit status 1 when an expectation does not hold.
+    Test {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// The scenario file.
+        #[arg(long)]
+        scenario: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -536,6 +547,39 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     println!("{}: {e:#}", file.display());
                     Ok(ExitCode::FAILURE)
                 }
+            }
+        }
+        Command::Plugin {
+            command: PluginCommand::Test { file, scenario },
+        } => {
+            let text = std::fs::read_to_string(&scenario)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", scenario.display()))?;
+            let parsed = match portcullis_host::tools::scenario::parse(&text) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{}: {e:#}", scenario.display());
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            let report = portcullis_host::tools::scenario::run(&file, &parsed).await?;
+            print!("{}", report.text);
+            if report.failed.is_empty() {
+                println!(
+                    "{}: {} request(s), every expectation held",
+                    scenario.display(),
+                    parsed.requests.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!(
+                    "{}: {} expectation(s) not met:",
+                    scenario.display(),
+                    report.failed.len()
+                );
+                for f in &report.failed {
+                    println!("  {f}");
+                }
+                Ok(ExitCode::FAILURE)
             }
         }
         Command::Token {

@@ -77,6 +77,17 @@ struct PluginEnv {
     prefix: String,
     config_json: String,
     state: Arc<SharedState>,
+    clock: PluginClock,
+}
+
+/// What a plugin's `clock` says.
+#[derive(Clone, Debug, Default)]
+pub enum PluginClock {
+    /// The wall clock (`serve`).
+    #[default]
+    Wall,
+    /// A clock the caller sets, in Unix milliseconds (`plugin test` steps through time).
+    Set(Arc<AtomicU64>),
 }
 
 /// A live instance with its store.
@@ -141,8 +152,32 @@ impl PluginRuntime {
         state: Arc<SharedState>,
         cache_dir: Option<&Path>,
     ) -> anyhow::Result<Self> {
+        let fuel = engine_uses_fuel(config);
+        Self::load_plugins(
+            engine,
+            &config.plugins,
+            fuel,
+            base,
+            state,
+            cache_dir,
+            PluginClock::Wall,
+        )
+        .await
+    }
+
+    /// [`PluginRuntime::load`] for `plugins` (fuel metered when `fuel`; the engine must
+    /// agree), their clock `clock`.
+    pub async fn load_plugins(
+        engine: &Engine,
+        configs: &[PluginConfig],
+        fuel: bool,
+        base: &Path,
+        state: Arc<SharedState>,
+        cache_dir: Option<&Path>,
+        clock: PluginClock,
+    ) -> anyhow::Result<Self> {
         let mut plugins = Vec::new();
-        for cfg in &config.plugins {
+        for cfg in configs {
             let path = base.join(&cfg.path);
             let wasm = std::fs::read(&path)
                 .with_context(|| format!("plugin `{}`: {}", cfg.name, path.display()))?;
@@ -155,6 +190,7 @@ impl PluginRuntime {
                 prefix: format!("plugin/{}/", cfg.name),
                 config_json: cfg.config_json.clone(),
                 state: state.clone(),
+                clock: clock.clone(),
             });
             plugins.push(Loaded {
                 cfg: cfg.clone(),
@@ -165,7 +201,7 @@ impl PluginRuntime {
             });
         }
         let runtime = Self {
-            fuel_enabled: engine_uses_fuel(config),
+            fuel_enabled: fuel,
             plugins,
         };
         for (i, p) in runtime.plugins.iter().enumerate() {
@@ -553,10 +589,13 @@ impl config::Host for PluginState {
 
 impl clock::Host for PluginState {
     async fn now_ms(&mut self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
+        match &self.env.clock {
+            PluginClock::Set(ms) => ms.load(Ordering::Relaxed),
+            PluginClock::Wall => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+        }
     }
 }
 /// Imports a plugin may have: the plugin world's own interfaces, and the WASI interfaces

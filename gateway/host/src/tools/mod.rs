@@ -5,3 +5,4 @@ pub mod bundle;
 pub mod demo;
 pub mod offline;
 pub mod plugin;
+pub mod scenario;
