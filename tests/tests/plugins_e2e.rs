@@ -581,15 +581,45 @@ subject_key_file = "audit.key"
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `plugin new` writes a crate that needs nothing of this repository: it carries its own
+/// copy of the SDK (sources and WIT). Scaffolded, then moved elsewhere (no path back into
+/// the repository or to where it was made), it tests, builds for wasm32-wasip2, passes
+/// `plugin check` and its own scenario under `plugin test`.
 #[test]
-fn plugin_new_scaffolds_a_crate_that_tests_builds_and_checks() {
+fn plugin_new_scaffolds_a_crate_that_tests_builds_checks_and_runs_on_its_own() {
     let dir = temp_dir("scaffold");
-    let crate_dir = dir.join("geo-fence");
+    let made = dir.join("made/geo-fence");
     let (ok, text) = run(Command::new(binary())
         .args(["plugin", "new", "geo-fence", "--dir"])
-        .arg(&crate_dir));
+        .arg(&made));
     assert!(ok, "{text}");
-    // Reuse the workspace's resolved versions and a persistent target directory.
+    assert!(
+        text.contains("cargo build --release --target wasm32-wasip2"),
+        "{text}"
+    );
+    let crate_dir = dir.join("elsewhere/geo-fence");
+    std::fs::create_dir_all(crate_dir.parent().unwrap()).unwrap();
+    std::fs::rename(&made, &crate_dir).unwrap();
+    std::fs::remove_dir_all(dir.join("made")).unwrap();
+    let root = repo_root().display().to_string();
+    for manifest in ["Cargo.toml", "vendor/portcullis-plugin/Cargo.toml"] {
+        let text = std::fs::read_to_string(crate_dir.join(manifest)).unwrap();
+        assert!(
+            !text.contains(&root),
+            "{manifest} points into the repository: {text}"
+        );
+        assert!(
+            !text.contains("path = \"/"),
+            "{manifest} has an absolute path: {text}"
+        );
+    }
+    // The vendored SDK is the SDK.
+    assert_eq!(
+        std::fs::read_to_string(crate_dir.join("vendor/portcullis-plugin/src/lib.rs")).unwrap(),
+        std::fs::read_to_string(repo_root().join("plugins/sdk/src/lib.rs")).unwrap()
+    );
+    // Reuse the workspace's resolved versions and a persistent target directory (offline:
+    // every crate the scaffold needs is one this workspace already uses).
     std::fs::copy(repo_root().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
     let target = repo_root().join("target/scaffold");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -597,6 +627,7 @@ fn plugin_new_scaffolds_a_crate_that_tests_builds_and_checks() {
         let mut c = Command::new(&cargo);
         c.current_dir(&crate_dir)
             .args(args)
+            .arg("--offline")
             .env("CARGO_TARGET_DIR", &target)
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS");
@@ -614,6 +645,12 @@ fn plugin_new_scaffolds_a_crate_that_tests_builds_and_checks() {
     let wasm = target.join("wasm32-wasip2/release/geo_fence.wasm");
     let (ok, text) = run(Command::new(binary()).arg("plugin").arg("check").arg(&wasm));
     assert!(ok, "{text}");
+    let (ok, text) = run(Command::new(binary())
+        .args(["plugin", "test"])
+        .arg(&wasm)
+        .arg("--scenario")
+        .arg(crate_dir.join("scenario.toml")));
+    assert!(ok && text.contains("every expectation held"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -769,4 +806,72 @@ expect = { failure = true }
     let (code, out) = test(&plugin("impossible-travel"), "typo.toml");
     assert_eq!(code, Some(3), "{out}");
     assert!(out.contains("expct"), "{out}");
+}
+
+/// The SDK packages as a crate of its own (`cargo package`: its WIT inside it, no path back
+/// into the repository), and a plugin builds against the packaged crate alone; the WIT it
+/// carries is the host's.
+#[test]
+fn the_sdk_packages_on_its_own_and_a_plugin_builds_against_the_package() {
+    assert_eq!(
+        std::fs::read_to_string(repo_root().join("plugins/sdk/wit/plugin.wit")).unwrap(),
+        std::fs::read_to_string(repo_root().join("wit/plugin/plugin.wit")).unwrap(),
+        "plugins/sdk/wit/plugin.wit must be wit/plugin/plugin.wit"
+    );
+    let dir = temp_dir("sdk-package");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let package_target = repo_root().join("target/sdk-package");
+    let (ok, text) = run(Command::new(&cargo)
+        .current_dir(repo_root())
+        .args([
+            "package",
+            "-p",
+            "portcullis-plugin",
+            "--offline",
+            "--allow-dirty",
+            "--no-verify",
+        ])
+        .env("CARGO_TARGET_DIR", &package_target));
+    assert!(ok, "{text}");
+    let crate_file = package_target.join(format!(
+        "package/portcullis-plugin-{}.crate",
+        env!("CARGO_PKG_VERSION")
+    ));
+    let (ok, text) = run(Command::new("tar")
+        .arg("xzf")
+        .arg(&crate_file)
+        .arg("-C")
+        .arg(&dir));
+    assert!(ok, "{text}");
+    let sdk = dir.join(format!("portcullis-plugin-{}", env!("CARGO_PKG_VERSION")));
+    assert!(
+        sdk.join("wit/plugin.wit").exists(),
+        "the WIT is in the package"
+    );
+    let crate_dir = dir.join("packaged-fence");
+    let (ok, text) = run(Command::new(binary())
+        .args(["plugin", "new", "packaged-fence", "--dir"])
+        .arg(&crate_dir)
+        .arg("--sdk")
+        .arg(&sdk));
+    assert!(ok, "{text}");
+    std::fs::copy(repo_root().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
+    let target = repo_root().join("target/scaffold");
+    let (ok, text) = run(Command::new(&cargo)
+        .current_dir(&crate_dir)
+        .args([
+            "build",
+            "--offline",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS"));
+    assert!(ok, "{text}");
+    let wasm = target.join("wasm32-wasip2/release/packaged_fence.wasm");
+    let (ok, text) = run(Command::new(binary()).arg("plugin").arg("check").arg(&wasm));
+    assert!(ok, "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -213,7 +213,8 @@ enum PluginCommand {
         /// Where to create it (default: ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// The portcullis-plugin SDK crate (default: the one this binary was built with).
+        /// Depend on this portcullis-plugin SDK checkout instead of the copy `plugin new`
+        /// writes into the crate (`vendor/portcullis-plugin`).
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
@@ -514,18 +515,32 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plugin {
             command: PluginCommand::New { name, dir, sdk },
         } => {
+            use portcullis_host::tools::plugin::{PLUGIN_TARGET, plugin_target_installed};
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            let Some(sdk) = sdk.or_else(portcullis_host::tools::plugin::default_sdk_path) else {
-                eprintln!(
-                    "portcullis: the plugin SDK was not found; pass --sdk PATH/TO/plugins/sdk"
-                );
-                return Ok(ExitCode::FAILURE);
-            };
-            portcullis_host::tools::plugin::scaffold(&name, &dir, &sdk)?;
+            portcullis_host::tools::plugin::scaffold(&name, &dir, sdk.as_deref())?;
+            println!("created {}", dir.display());
+            // Plugins build for wasm32-wasip2: add the target when rustup can.
+            match plugin_target_installed() {
+                Some(true) => {}
+                Some(false) => {
+                    println!(
+                        "adding the {PLUGIN_TARGET} target: rustup target add {PLUGIN_TARGET}"
+                    );
+                    let added = std::process::Command::new("rustup")
+                        .args(["target", "add", PLUGIN_TARGET])
+                        .status();
+                    if !added.is_ok_and(|s| s.success()) {
+                        println!("  that failed: run `rustup target add {PLUGIN_TARGET}` yourself");
+                    }
+                }
+                None => println!(
+                    "  no rustup: give your toolchain the {PLUGIN_TARGET} target (its standard library)"
+                ),
+            }
             println!(
-                "created {}\n  cd {}\n  cargo test\n  cargo build --release --target wasm32-wasip2",
+                "  cd {}\n  cargo test\n  cargo build --release --target {PLUGIN_TARGET}\n  portcullis plugin check target/{PLUGIN_TARGET}/release/{}.wasm",
                 dir.display(),
-                dir.display()
+                name.replace('-', "_")
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -10,7 +10,7 @@ use crate::{Action, Assessment, Context, Host, Identity, Level, Outcome, RiskPlu
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/plugin",
+        path: "wit",
         world: "risk-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_risk_plugin",

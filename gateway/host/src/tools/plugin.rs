@@ -2,7 +2,7 @@
 //! whether a file is a plugin component this host can run.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 
@@ -82,15 +82,86 @@ pub fn check(wasm: &[u8]) -> anyhow::Result<CheckReport> {
     Ok(report)
 }
 
-/// The SDK this binary was built next to, if it is still there.
-pub fn default_sdk_path() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/sdk");
-    p.canonicalize().ok()
+/// Where a scaffold keeps its copy of the SDK.
+pub const VENDORED_SDK: &str = "vendor/portcullis-plugin";
+
+/// The SDK's sources and WIT, built into this binary: every scaffold gets its own copy, so
+/// it builds without this repository (or a registry release of the SDK) anywhere.
+const SDK_FILES: [(&str, &str); 4] = [
+    (
+        "src/lib.rs",
+        include_str!("../../../../plugins/sdk/src/lib.rs"),
+    ),
+    (
+        "src/testing.rs",
+        include_str!("../../../../plugins/sdk/src/testing.rs"),
+    ),
+    (
+        "src/wasm.rs",
+        include_str!("../../../../plugins/sdk/src/wasm.rs"),
+    ),
+    (
+        "wit/plugin.wit",
+        include_str!("../../../../plugins/sdk/wit/plugin.wit"),
+    ),
+];
+
+/// The vendored SDK's manifest: `plugins/sdk/Cargo.toml` with the workspace's values
+/// written out.
+fn sdk_manifest() -> String {
+    format!(
+        r#"[package]
+name = "portcullis-plugin"
+description = "Write Portcullis risk plugins: one trait, one export macro, a native test harness"
+version = "{version}"
+edition = "2024"
+license = "Apache-2.0"
+publish = false
+
+[dependencies]
+serde = {{ version = "1.0.228", features = ["derive"] }}
+serde_json = "1.0.145"
+
+[target.'cfg(all(target_arch = "wasm32", target_os = "wasi"))'.dependencies]
+wit-bindgen = {{ version = "0.63", default-features = false, features = ["macros", "realloc"] }}
+"#,
+        version = env!("CARGO_PKG_VERSION")
+    )
 }
 
-/// Creates a plugin crate `name` in `dir` (which must not exist) depending on the SDK at
-/// `sdk`.
-pub fn scaffold(name: &str, dir: &Path, sdk: &Path) -> anyhow::Result<()> {
+/// Writes the SDK into `dir` (a scaffold's [`VENDORED_SDK`]).
+fn vendor_sdk(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join("src"))?;
+    std::fs::create_dir_all(dir.join("wit"))?;
+    std::fs::write(dir.join("Cargo.toml"), sdk_manifest())?;
+    for (file, text) in SDK_FILES {
+        std::fs::write(dir.join(file), text)?;
+    }
+    Ok(())
+}
+
+/// The target plugins are built for.
+pub const PLUGIN_TARGET: &str = "wasm32-wasip2";
+
+/// Whether the active toolchain has [`PLUGIN_TARGET`]: `Some(true)` / `Some(false)` per
+/// rustup, `None` without rustup.
+pub fn plugin_target_installed() -> Option<bool> {
+    let out = std::process::Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == PLUGIN_TARGET),
+    )
+}
+
+/// Creates a plugin crate `name` in `dir` (which must not exist), depending on the SDK at
+/// `sdk` (an SDK checkout, for SDK development), or by default on its own copy of the SDK
+/// this binary carries (in [`VENDORED_SDK`]).
+pub fn scaffold(name: &str, dir: &Path, sdk: Option<&Path>) -> anyhow::Result<()> {
     if name.is_empty()
         || !name
             .bytes()
@@ -112,7 +183,13 @@ pub fn scaffold(name: &str, dir: &Path, sdk: &Path) -> anyhow::Result<()> {
         })
         .collect();
     std::fs::create_dir_all(dir.join("src"))?;
-    let sdk = sdk.display().to_string().replace('\\', "/");
+    let sdk = match sdk {
+        Some(path) => path.display().to_string().replace('\\', "/"),
+        None => {
+            vendor_sdk(&dir.join(VENDORED_SDK))?;
+            VENDORED_SDK.to_owned()
+        }
+    };
     std::fs::write(
         dir.join("Cargo.toml"),
         format!(
@@ -140,6 +217,30 @@ opt-level = "s"
 lto = true
 codegen-units = 1
 "#
+        ),
+    )?;
+    std::fs::write(
+        dir.join("scenario.toml"),
+        format!(
+            r#"# `portcullis plugin test target/wasm32-wasip2/release/{file}.wasm --scenario scenario.toml`:
+# the built component under serve's sandbox, on these requests; exit 1 if an expectation
+# does not hold.
+[plugin]
+config = {{ score = 40 }}
+headers = ["user-agent"]
+
+[[request]]
+name = "a browser"
+path = "/"
+headers = {{ "user-agent" = "Mozilla/5.0" }}
+expect = {{ action = "allow", score = 0 }}
+
+[[request]]
+name = "no User-Agent"
+path = "/"
+expect = {{ score = 40, labels = ["no-user-agent"] }}
+"#,
+            file = name.replace('-', "_"),
         ),
     )?;
     std::fs::write(
