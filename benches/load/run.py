@@ -453,15 +453,26 @@ subject_key_file = "audit.key"
     return path
 
 
+def cargo_tool(name):
+    """A cargo-installed tool: ~/.cargo/bin first (as the tests look), then PATH."""
+    home = Path.home() / ".cargo" / "bin" / name
+    if home.exists():
+        return str(home)
+    found = shutil.which(name)
+    if not found:
+        sys.exit(f"{name} not found (.ci/run installs it with cargo install)")
+    return found
+
+
 def worker_build_dir():
     """gateway/worker built by worker-build (release, with the plugins the tests link: the
     same build as theirs, so neither rebuilds the other's)."""
     out = ROOT / "gateway/worker/build"
-    subprocess.run(["worker-build", "--release", "--no-opt", "--out-dir", "build",
+    subprocess.run([cargo_tool("worker-build"), "--release", "--no-opt", "--out-dir", "build",
                     "--features", "impossible-travel,credential-stuffing,ip-reputation"],
                    cwd=ROOT / "gateway/worker", check=True,
                    env=dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target/component"),
-                            WASM_BINDGEN_BIN=shutil.which("wasm-bindgen") or "wasm-bindgen"))
+                            WASM_BINDGEN_BIN=cargo_tool("wasm-bindgen")))
     return out
 
 
