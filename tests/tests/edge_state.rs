@@ -370,3 +370,58 @@ fn a_down_backend_is_refused_on_every_runtime_and_never_spills_to_another_region
         "nothing reached the other jurisdiction: {answers:?}"
     );
 }
+
+/// Risk plugins composed into a bundle keep their state in the runtime's store too, apart
+/// from the gateway's keys (under `plugin/`): impossible travel is caught across instances
+/// (a fresh one per request) and across two processes on one Redis.
+#[test]
+fn bundled_plugins_keep_state_in_the_store_apart_from_the_gateways_keys() {
+    let redis = Redis::start();
+    let w = world("deny");
+    let plugin = std::path::Path::new(env!("PORTCULLIS_PLUGIN_DIR")).join("impossible_travel.wasm");
+    let text = w.text.replace(
+        "[client]\n",
+        "[client]\npeer_header = \"spin-client-addr\"\ncountry_header = \"cf-ipcountry\"\n",
+    ) + &format!(
+        r#"
+[plugin.impossible-travel]
+path = "{}"
+config = {{ action = "deny", score = 100 }}
+
+[[route]]
+path = "/travel"
+issuers = ["main"]
+risk = {{ plugins = ["impossible-travel"], deny = 90 }}
+"#,
+        plugin.display()
+    );
+    let b = bundle(&text, &[]);
+    let url = redis.url();
+    let one = serve_wasm(&b.wasm, &["--state", &url]);
+    let two = serve_wasm(&b.wasm, &["--state", &url]);
+    let alice = TestIdp::shared().sign("ES256", live_claims(json!({"sub": "alice"})));
+    let auth = format!("Bearer {alice}");
+    let from = |gw: &Gateway, country: &str| {
+        let r = get(
+            gw,
+            "/travel/x",
+            &[("authorization", &auth), ("cf-ipcountry", country)],
+        );
+        (r.status, reason(&r))
+    };
+    assert_eq!(from(&one, "DE"), ok());
+    assert_eq!(
+        from(&two, "AU"),
+        (403, "risk_denied".to_owned()),
+        "{:?}",
+        portcullis_tests::host::bundle_audit(&two)
+    );
+    let listed = redis
+        .command("KEYS portcullis:kv/default/plugin/*")
+        .unwrap();
+    let count: usize = listed.trim_start_matches('*').parse().unwrap();
+    assert!(
+        count >= 1,
+        "the plugin's sighting is under plugin/: {listed}"
+    );
+}

@@ -240,6 +240,9 @@ impl HostRisk {
             .collect();
         let wit_ctx = portcullis_driver::risk_context!(ctx => risk::RequestContext, risk::Identity;
             headers: ctx.headers.clone(),
+            client_ip: ctx.client.ip.map(|ip| ip.to_string()),
+            country: ctx.client.country.clone(),
+            asn: ctx.client.asn,
         );
         risk::assess(&ids, &wit_ctx)
             .into_iter()

@@ -37,8 +37,8 @@ thread_local! {
 /// The exported chain link.
 struct Link;
 
-/// The context the plugin sees: only the headers it asked for; no client address (wasi:http
-/// does not give one).
+/// The context the plugin sees: only the headers it asked for, and the client as the
+/// gateway resolved it.
 fn plugin_context(ctx: &exported::RequestContext) -> plugin::RequestContext {
     let wanted = slot::headers();
     portcullis_driver::risk_context!(ctx => plugin::RequestContext, plugin::Identity;
@@ -48,9 +48,9 @@ fn plugin_context(ctx: &exported::RequestContext) -> plugin::RequestContext {
             .filter(|(name, _)| wanted.iter().any(|w| w.eq_ignore_ascii_case(name)))
             .cloned()
             .collect(),
-        client_ip: None,
-        country: None,
-        asn: None,
+        client_ip: ctx.client_ip.clone(),
+        country: ctx.country.clone(),
+        asn: ctx.asn,
     )
 }
 
@@ -58,6 +58,9 @@ fn plugin_context(ctx: &exported::RequestContext) -> plugin::RequestContext {
 fn next_context(ctx: &exported::RequestContext) -> next::RequestContext {
     portcullis_driver::risk_context!(ctx => next::RequestContext, next::Identity;
         headers: ctx.headers.clone(),
+        client_ip: ctx.client_ip.clone(),
+        country: ctx.country.clone(),
+        asn: ctx.asn,
     )
 }
 

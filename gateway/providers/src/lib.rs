@@ -260,21 +260,29 @@ impl audit::Guest for Providers {
     }
 }
 
+/// Where plugins' keys live in the store: apart from the gateway's own (sessions, limits,
+/// one-time values), which no plugin may read or change. (The plugins of one bundle share
+/// this namespace: they are composed against one instance of these providers, which cannot
+/// tell them apart.)
+fn plugin_key(key: &str) -> String {
+    format!("plugin/{key}")
+}
+
 impl plugin_state::Guest for Providers {
     fn get(key: String) -> Option<Vec<u8>> {
-        <Providers as state::Guest>::get(key)
+        <Providers as state::Guest>::get(plugin_key(&key))
     }
 
     fn set(key: String, value: Vec<u8>, ttl_ms: u64) {
-        <Providers as state::Guest>::set(key, value, ttl_ms);
+        <Providers as state::Guest>::set(plugin_key(&key), value, ttl_ms);
     }
 
     fn increment(key: String, delta: i64, ttl_ms: u64) -> i64 {
-        <Providers as state::Guest>::increment(key, delta, ttl_ms)
+        <Providers as state::Guest>::increment(plugin_key(&key), delta, ttl_ms)
     }
 
     fn delete(key: String) {
-        let _ = kv::delete(&key);
+        let _ = kv::delete(&plugin_key(&key));
     }
 }
 
