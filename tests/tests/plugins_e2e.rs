@@ -236,6 +236,16 @@ fn plugin_scores_choose_allow_challenge_or_deny_through_route_thresholds(engine:
         "portcullis_plugin_calls_total{plugin=\"trivial\"}",
     );
     assert_eq!(before, after);
+    // Each call is in the plugin's latency histogram too.
+    let text = metrics(&w.gw);
+    assert_eq!(
+        metric(
+            &text,
+            "portcullis_plugin_call_seconds_count{plugin=\"trivial\"}"
+        ),
+        after,
+        "{text}"
+    );
     drop(w.eu);
 }
 
@@ -549,6 +559,23 @@ subject_key_file = "audit.key"
             "{table}: {text}"
         );
     }
+    // A good one: `check` names the WIT version each plugin was built against.
+    std::fs::write(
+        dir.join("gateway.toml"),
+        base(&format!(
+            "[plugin.p]\npath = \"{}\"\nconfig = {{ deny = [\"10.0.0.0/8\"] }}",
+            plugin("ip-reputation")
+        )),
+    )
+    .unwrap();
+    let (ok, text) = run(Command::new(binary())
+        .arg("check")
+        .arg("--config")
+        .arg(dir.join("gateway.toml")));
+    assert!(
+        ok && text.contains("plugin p: built for portcullis:plugin@0.1.0; this host speaks 0.1.0"),
+        "{text}"
+    );
     // `plugin check` says what is wrong with each file.
     let (ok, text) = run(Command::new(binary()).args([
         "plugin",
@@ -574,7 +601,10 @@ subject_key_file = "audit.key"
     ] {
         let (ok, text) = run(Command::new(binary()).args(["plugin", "check", &plugin(good)]));
         assert!(
-            ok && text.contains("ok: a portcullis:plugin@0.1.0 risk plugin"),
+            ok && text.contains("ok: a portcullis:plugin@0.1.0 risk plugin")
+                && text.contains(
+                    "built for portcullis:plugin@0.1.0; this host speaks 0.1.0: compatible"
+                ),
             "{text}"
         );
     }

@@ -477,6 +477,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         eprintln!("{}: {e:#}", config.display());
                         return Ok(ExitCode::FAILURE);
                     }
+                    // Each plugin's WIT version (loading it already proved it compatible).
+                    for p in &l.config.plugins {
+                        let wasm = std::fs::read(l.base.join(&p.path))?;
+                        let report = portcullis_host::tools::plugin::check(&wasm)?;
+                        println!(
+                            "plugin {}: built for portcullis:plugin@{}; this host speaks {}",
+                            p.name,
+                            report.built_for.as_deref().unwrap_or("?"),
+                            portcullis_host::risk::WIT_VERSION
+                        );
+                    }
                 }
                 println!(
                     "{}: ok ({} issuer(s), {} region(s), {} route(s), {} plugin(s))",

@@ -52,7 +52,8 @@ struct BackendFailure {
     kind: String,
 }
 
-fn latency_histogram() -> Histogram {
+/// A histogram over the latency buckets (seconds, 100 µs to 1 s).
+pub fn latency_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 

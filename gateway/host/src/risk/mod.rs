@@ -8,6 +8,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -115,10 +118,15 @@ struct Loaded {
     stats: Stats,
 }
 
+/// A plugin's metric labels.
+type ByPlugin = Vec<(&'static str, String)>;
+
 /// Every configured plugin, ready to run.
 pub struct PluginRuntime {
     plugins: Vec<Loaded>,
     fuel_enabled: bool,
+    /// How long each call took, per plugin (failed calls included).
+    latency: Family<ByPlugin, Histogram, fn() -> Histogram>,
 }
 
 /// Why a call failed, for metrics.
@@ -139,6 +147,7 @@ impl PluginRuntime {
         Self {
             plugins: Vec::new(),
             fuel_enabled: false,
+            latency: Family::new_with_constructor(crate::metrics::latency_histogram),
         }
     }
 
@@ -203,6 +212,7 @@ impl PluginRuntime {
         let runtime = Self {
             fuel_enabled: fuel,
             plugins,
+            latency: Family::new_with_constructor(crate::metrics::latency_histogram),
         };
         for (i, p) in runtime.plugins.iter().enumerate() {
             let live = runtime
@@ -326,10 +336,14 @@ impl PluginRuntime {
             .portcullis_plugin_risk()
             .call_assess(&mut live.store, ctx)
             .await;
+        let took = started.elapsed();
         p.stats.nanos.fetch_add(
-            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        self.latency
+            .get_or_create(&vec![("plugin", p.cfg.name.clone())])
+            .observe(took.as_secs_f64());
         match result {
             Ok(a) if a.score <= 100 => {
                 self.give_back(id, live);
@@ -409,11 +423,9 @@ impl PluginRuntime {
     /// Plugin metrics for one scrape: calls, time, instantiations and failures per plugin.
     pub fn add_metrics(&self, scrape: &mut crate::metrics::Scrape) {
         use prometheus_client::metrics::counter::Counter;
-        use prometheus_client::metrics::family::Family;
         if self.plugins.is_empty() {
             return;
         }
-        type ByPlugin = Vec<(&'static str, String)>;
         let calls = Family::<ByPlugin, Counter>::default();
         let seconds = Family::<ByPlugin, crate::metrics::SecondsCounter>::default();
         let instantiations = Family::<ByPlugin, Counter>::default();
@@ -438,6 +450,11 @@ impl PluginRuntime {
         }
         scrape.add("plugin_calls", "Plugin calls", calls);
         scrape.add("plugin_seconds", "Time spent in plugin calls", seconds);
+        scrape.add(
+            "plugin_call_seconds",
+            "How long each plugin call took (failed calls included)",
+            self.latency.clone(),
+        );
         scrape.add(
             "plugin_instantiations",
             "Plugin instances created",

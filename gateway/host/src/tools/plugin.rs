@@ -21,6 +21,35 @@ pub struct CheckReport {
     pub exports: Vec<String>,
     /// Why the component cannot be run as a plugin, if it cannot.
     pub link_error: Option<String>,
+    /// The `portcullis:plugin` version it was built against (from its `risk` export).
+    pub built_for: Option<String>,
+}
+
+/// Whether a plugin built against `portcullis:plugin@built` runs on a host that speaks
+/// `host`. The rule (the component model's own for versioned interfaces, as semver's
+/// caret): a minor release only adds, so within one major version a host serves plugins
+/// built for the same or an older minor version; before 1.0 each minor version is its own
+/// major one. Patch versions never matter.
+pub fn compatible(built: &str, host: &str) -> bool {
+    fn parts(v: &str) -> Option<(u64, u64)> {
+        let mut it = v.split('.');
+        let major = it.next()?.parse().ok()?;
+        let minor = it.next()?.parse().ok()?;
+        Some((major, minor))
+    }
+    match (parts(built), parts(host)) {
+        (Some((0, b)), Some((0, h))) => b == h,
+        (Some((bm, b)), Some((hm, h))) => bm == hm && b <= h,
+        _ => false,
+    }
+}
+
+/// The version of the `portcullis:plugin/risk@…` export among `exports`.
+pub fn built_for(exports: &[String]) -> Option<String> {
+    exports
+        .iter()
+        .find_map(|e| e.strip_prefix("portcullis:plugin/risk@"))
+        .map(str::to_owned)
 }
 
 impl CheckReport {
@@ -35,6 +64,17 @@ impl CheckReport {
         let _ = writeln!(out, "{file}:");
         let _ = writeln!(out, "  exports: {}", self.exports.join(", "));
         let _ = writeln!(out, "  imports: {}", self.imports.join(", "));
+        if let Some(v) = &self.built_for {
+            let verdict = if compatible(v, WIT_VERSION) {
+                "compatible"
+            } else {
+                "NOT compatible"
+            };
+            let _ = writeln!(
+                out,
+                "  built for portcullis:plugin@{v}; this host speaks {WIT_VERSION}: {verdict}"
+            );
+        }
         for d in &self.disallowed {
             let _ = writeln!(out, "  NOT ALLOWED: imports {d}");
         }
@@ -65,12 +105,18 @@ pub fn check(wasm: &[u8]) -> anyhow::Result<CheckReport> {
         exports: ty.exports(&engine).map(|(n, _)| n.to_owned()).collect(),
         disallowed: disallowed_imports(&engine, &component),
         link_error: None,
+        built_for: None,
     };
+    report.built_for = built_for(&report.exports);
     let exports_risk = report
-        .exports
-        .iter()
-        .any(|e| e.starts_with("portcullis:plugin/risk@0.1"));
-    if !exports_risk {
+        .built_for
+        .as_deref()
+        .is_some_and(|v| compatible(v, WIT_VERSION));
+    if let (false, Some(v)) = (exports_risk, &report.built_for) {
+        report.link_error = Some(format!(
+            "built for portcullis:plugin@{v}, which this host ({WIT_VERSION}) does not speak: rebuild it with an SDK for {WIT_VERSION}"
+        ));
+    } else if !exports_risk {
         report.link_error = Some(format!(
             "does not export portcullis:plugin/risk@{WIT_VERSION} (build it with the portcullis-plugin SDK and export_plugin!)"
         ));
@@ -329,4 +375,23 @@ mod tests {{
         ),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_compatible_within_a_major_version_and_one_zero_minor() {
+        assert!(compatible("0.1.0", "0.1.0"));
+        assert!(compatible("0.1.3", "0.1.0"));
+        assert!(!compatible("0.2.0", "0.1.0"));
+        assert!(!compatible("0.1.0", "0.2.0"));
+        assert!(compatible("1.2.0", "1.3.0"));
+        assert!(!compatible("1.4.0", "1.3.0"));
+        assert!(!compatible("2.0.0", "1.9.0"));
+        assert!(!compatible("x", "0.1.0"));
+        let exports = vec!["portcullis:plugin/risk@0.1.0".to_owned()];
+        assert_eq!(built_for(&exports).as_deref(), Some("0.1.0"));
+    }
 }
