@@ -65,6 +65,8 @@ anonymous = "us"
 
 [client]
 trusted_proxies = ["127.0.0.0/8"]
+# Read by an edge bundle only (serve-wasm sets it to the connecting address, as Spin does).
+peer_header = "spin-client-addr"
 ip_header = "x-forwarded-for"
 country_header = "cf-ipcountry"
 asn_header = "x-asn"
@@ -682,6 +684,14 @@ fn plugin_new_scaffolds_a_crate_that_tests_builds_checks_and_runs_on_its_own() {
         .arg(crate_dir.join("scenario.toml")));
     assert!(ok && text.contains("every expectation held"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same ip-reputation component composed into an edge bundle answers as on the host:
+/// the bundle reads the client from serve-wasm's `spin-client-addr` (`peer_header`) and
+/// the trusted proxy's headers, and hands it to the plugin.
+#[test]
+fn ip_reputation_in_a_bundle_refuses_listed_networks_and_asns_like_the_host() {
+    ip_reputation_refuses_listed_networks_and_asns_with_specific_allows("bundle");
 }
 
 portcullis_tests::on_every_engine!(
