@@ -438,6 +438,21 @@ fn credential_stuffing_blocks_a_burst_of_failed_logins_from_one_network(engine: 
     for i in 1..=3 {
         assert_eq!(login(&format!("198.51.100.{i}"), "guess").status, 401);
     }
+    // The plugin hears each outcome after the response went out: wait until it has heard
+    // all three (a busy machine may take a moment).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(
+        &metrics(&w.gw),
+        "portcullis_plugin_observations_total{plugin=\"stuffing\"}",
+    ) < 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plugin never heard the three outcomes: {}",
+            metrics(&w.gw)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // Now the network is refused before the backend sees the attempt, right password or not.
     let blocked = login("198.51.100.200", "secret");
     assert_eq!(

@@ -104,6 +104,8 @@ struct Live {
 #[derive(Debug, Default)]
 struct Stats {
     calls: AtomicU64,
+    /// `observe` calls that completed.
+    observations: AtomicU64,
     nanos: AtomicU64,
     instantiations: AtomicU64,
     failures: Mutex<BTreeMap<&'static str, u64>>,
@@ -404,7 +406,10 @@ impl PluginRuntime {
             .call_observe(&mut live.store, ctx, Outcome { status })
             .await
         {
-            Ok(()) => self.give_back(id, live),
+            Ok(()) => {
+                p.stats.observations.fetch_add(1, Ordering::Relaxed);
+                self.give_back(id, live);
+            }
             Err(e) => {
                 let kind = failure_kind(&e);
                 let detail = describe(&e, &live.stderr);
@@ -427,6 +432,7 @@ impl PluginRuntime {
             return;
         }
         let calls = Family::<ByPlugin, Counter>::default();
+        let observations = Family::<ByPlugin, Counter>::default();
         let seconds = Family::<ByPlugin, crate::metrics::SecondsCounter>::default();
         let instantiations = Family::<ByPlugin, Counter>::default();
         let failures = Family::<ByPlugin, Counter>::default();
@@ -435,6 +441,9 @@ impl PluginRuntime {
             calls
                 .get_or_create(&labels)
                 .inc_by(p.stats.calls.load(Ordering::Relaxed));
+            observations
+                .get_or_create(&labels)
+                .inc_by(p.stats.observations.load(Ordering::Relaxed));
             seconds
                 .get_or_create(&labels)
                 .inc_by(p.stats.nanos.load(Ordering::Relaxed) as f64 / 1e9);
@@ -449,6 +458,11 @@ impl PluginRuntime {
             }
         }
         scrape.add("plugin_calls", "Plugin calls", calls);
+        scrape.add(
+            "plugin_observations",
+            "Outcomes told to plugins (observe calls completed; made after the response)",
+            observations,
+        );
         scrape.add("plugin_seconds", "Time spent in plugin calls", seconds);
         scrape.add(
             "plugin_call_seconds",
