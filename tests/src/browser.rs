@@ -13,7 +13,7 @@
 //! Methods panic with a message naming the failed command and the driver's error JSON.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -118,7 +118,7 @@ impl Browser {
         let mut attempt = 0;
         let (mut browser, log) = loop {
             attempt += 1;
-            let port = free_port();
+            let port = crate::net::free_port();
             let log = dir.join(format!("chromedriver-{attempt}.log"));
             let mut cmd = Command::new(&chromedriver);
             cmd.arg(format!("--port={port}"))
@@ -674,13 +674,6 @@ fn read_response(stream: &mut impl Read) -> std::io::Result<Response> {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("browser: cannot find a free 127.0.0.1 port: {e}"))
 }
 
 /// `$ENV`, else `/usr/bin/<name>`, else the first `<name>` on `PATH`; panics with an install

@@ -1,7 +1,7 @@
 //! Minimal real HTTP/1.1 servers and a client over std sockets, for end-to-end tests:
 //! a key-set server that can rotate keys and go down, echo backends that count requests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -345,10 +345,56 @@ impl Backend {
     }
 }
 
-/// A free loopback port (bound and released).
+/// A free loopback port (bound and released), never one this test process handed out
+/// before: parallel tests in one binary otherwise can be given the same port between its
+/// release and the server that binds it (a collision that looks like the wrong server
+/// answering).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..64 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if port != 0 && given.insert(port) {
+            return port;
+        }
+    }
+    0
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux `/proc`): a
+/// server started on a fixed port is only ready when it, not another process that took the
+/// port in between, accepts connections there.
+pub fn listening_pid_owns(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    // Lines: `sl local_address rem_address st … uid timeout inode`; 0A is LISTEN.
+    let wanted = [
+        format!("0100007F:{port:04X}"),
+        format!("00000000:{port:04X}"),
+    ];
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = *fields.get(1)?;
+            (wanted.iter().any(|w| w == local) && fields.get(3) == Some(&"0A"))
+                .then(|| fields.get(9).map(|i| format!("socket:[{i}]")))
+                .flatten()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::host::{Gateway, binary};
+use crate::net::{free_port, listening_pid_owns};
 use crate::{AUDIT_KEY, b64, repo_root};
 
 /// The plugin crates linked into the worker the tests run.
@@ -83,14 +84,6 @@ pub fn workerd() -> PathBuf {
         bin.display()
     );
     bin
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// What a workerd process serves.
@@ -287,8 +280,11 @@ fn start_worker_shaped(
         let deadline = Instant::now() + Duration::from_secs(60);
         let second: std::net::SocketAddr = format!("127.0.0.1:{second_port}").parse().unwrap();
         loop {
-            let up = std::net::TcpStream::connect(addr).is_ok()
-                && (shape != Shape::Pair || std::net::TcpStream::connect(second).is_ok());
+            // Listening, and by this workerd: another test's server may have taken a fixed
+            // port first, and would answer in the gateway's place.
+            let pid = gw.child.id();
+            let up = listening_pid_owns(pid, port)
+                && (shape != Shape::Pair || listening_pid_owns(pid, second_port));
             if up {
                 return (gw, (shape == Shape::Pair).then_some(second));
             }

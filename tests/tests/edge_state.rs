@@ -425,3 +425,25 @@ risk = {{ plugins = ["impossible-travel"], deny = 90 }}
         "the plugin's sighting is under plugin/: {listed}"
     );
 }
+
+/// The harness itself: a worker asked for a port another server already listens on does
+/// not count that server as the worker (it answered in the worker's place once, a "Not
+/// Found" page in a login test); starting fails instead.
+#[test]
+fn a_worker_on_a_taken_port_is_never_mistaken_for_the_server_there() {
+    let w = world("deny");
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let started =
+        std::panic::catch_unwind(|| portcullis_tests::workerd::start_worker_on(&w.text, &[], port));
+    let message = match started {
+        Ok(gw) => panic!("a worker 'started' on a port it does not hold: {}", gw.addr),
+        Err(e) => e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default(),
+    };
+    assert!(message.contains("workerd exited"), "{message}");
+    drop(squatter);
+}
