@@ -59,6 +59,9 @@ VARIANTS = [
     # request, as edge hosts run it) and the worker under workerd (WebCrypto).
     ("portcullis-bundle", "bundle", {}, ["repeated-es256", "unique-es256", "invalid"]),
     ("portcullis-worker", "worker", {}, ["repeated-es256", "unique-es256", "invalid"]),
+    # The anchor for the worker: what a Workers user would write instead, a minimal worker
+    # verifying the same tokens with the `jose` npm package (benches/load/jose-worker).
+    ("jose-worker", "jose-worker", {}, ["repeated-es256", "unique-es256", "invalid"]),
     ("envoy", "envoy", {"jwt": True, "cache": False},
      ["repeated-es256", "repeated-rs256", "unique-es256", "unique-rs256", "invalid"]),
     ("envoy-cache", "envoy", {"jwt": True, "cache": True},
@@ -268,6 +271,8 @@ def envoy_config(work, name, port, admin_port, backend_port, jwt, cache):
 
 
 def start_gateway(kind, name, opts, work, bins, backend_port):
+    if kind == "jose-worker":
+        return start_jose_worker(work, backend_port)
     if kind in ("bundle", "worker"):
         return start_edge(kind, opts.get("config", work / "portcullis.toml"), work, bins, None)
     port, admin = free_port(), free_port()
@@ -489,6 +494,56 @@ def worker_build_dir():
     return out
 
 
+JOSE_CAPNP = """using Workerd = import "/workerd/workerd.capnp";
+
+const config :Workerd.Config = (
+  services = [
+    (name = "main", worker = .jose),
+    (name = "outbound", network = (allow = ["public", "private", "local"])),
+  ],
+  sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), service = "main") ],
+);
+
+const jose :Workerd.Worker = (
+  modules = [
+    (name = "worker.js", esModule = embed "worker.js"),
+{modules}
+  ],
+  compatibilityDate = "2026-11-01",
+  bindings = [ (name = "JWKS", text = {jwks}),
+               (name = "ISSUER", text = "{issuer}"),
+               (name = "AUDIENCE", text = "{audience}"),
+               (name = "BACKEND", text = "http://127.0.0.1:{backend_port}") ],
+  globalOutbound = "outbound",
+);
+"""
+
+
+def start_jose_worker(work, backend_port):
+    """The jose anchor under the same workerd: `worker.js` and the package's WebCrypto
+    build as ES modules (`npm ci --prefix benches/load/jose-worker` installs it)."""
+    src = HERE / "jose-worker"
+    dist = src / "node_modules" / "jose" / "dist" / "webapi"
+    if not dist.exists():
+        sys.exit(f"{dist} is missing: npm ci --prefix benches/load/jose-worker (as .ci/run does)")
+    port = free_port()
+    wdir = work / "jose-worker"
+    shutil.copytree(dist, wdir / "jose")
+    shutil.copy(src / "worker.js", wdir / "worker.js")
+    modules = ",\n".join(
+        f'    (name = "{p.relative_to(wdir).as_posix()}", esModule = embed "{p.relative_to(wdir).as_posix()}")'
+        for p in sorted((wdir / "jose").rglob("*.js")))
+    jwks = json.dumps((work / "jwks.json").read_text())
+    (wdir / "config.capnp").write_text(JOSE_CAPNP.format(
+        port=port, modules=modules, jwks=jwks, issuer=ISSUER, audience=AUDIENCE,
+        backend_port=backend_port))
+    workerd = ROOT / "tests/workerd/node_modules/.bin/workerd"
+    proc = subprocess.Popen(["taskset", "-c", "0", str(workerd), "serve", str(wdir / "config.capnp")],
+                            stdout=subprocess.DEVNULL, stderr=open(work / "jose-worker.log", "w"))
+    wait_http(f"http://127.0.0.1:{port}/x", 180, proc, any_status=True)
+    return proc, port
+
+
 def start_edge(runtime, cfg, work, bins, redis_port):
     """Starts one edge runtime on `cfg`: the bundle under serve-wasm (its wasi:keyvalue in
     memory or in Redis) or the worker under workerd (Durable Objects in memory)."""
@@ -677,6 +732,7 @@ def report(results, out_dir, smoke, meta):
             f"{fmt(ratio(p['p99_ms'], e['p99_ms']), '.2f')} | "
             f"{fmt(ratio(p['cpu_us_per_req'], e['cpu_us_per_req']), '.2f')} | "
             f"{fmt(ratio(p['peak_rss_kib'], e['peak_rss_kib']), '.2f')} |")
+    lines += edge_targets(by)
     table = "\n".join(lines) + "\n"
     (out_dir / "results.md").write_text(table)
     print(table)
@@ -710,6 +766,38 @@ def report(results, out_dir, smoke, meta):
     except ImportError:
         print("matplotlib not installed: no chart (pip install matplotlib)")
     return table
+
+
+# Issue 18's targets for the edge rows: (variant, workload, metric, anchor variant, anchor
+# workload, highest ratio).
+EDGE_TARGETS = [
+    ("portcullis-bundle", "unique-es256", "cpu_us_per_req", "envoy", "unique-es256", 1.0),
+    ("portcullis-bundle", "repeated-es256", "cpu_us_per_req", "envoy", "repeated-es256", 0.5),
+    ("portcullis-component", "unique-es256", "cpu_us_per_req", "envoy", "unique-es256", 0.5),
+    ("portcullis-component", "repeated-es256", "cpu_us_per_req", "envoy", "repeated-es256", 0.5),
+    ("portcullis-bundle", "unique-es256", "peak_rss_kib", "envoy", "unique-es256", 1.0),
+    ("portcullis-component", "unique-es256", "peak_rss_kib", "envoy", "unique-es256", 1.0),
+    ("portcullis-worker", "unique-es256", "cpu_us_per_req", "jose-worker", "unique-es256", 1.0),
+    ("portcullis-worker", "repeated-es256", "cpu_us_per_req", "jose-worker", "repeated-es256", 1.0),
+]
+
+
+def edge_targets(by):
+    """The edge rows against their anchors (Envoy jwt_authn without a cache; the jose
+    worker): the ratio, the target and whether it is met, for every pair this run has."""
+    lines = ["", "Edge runtimes against their anchors (issue 18's targets; ratio = row / anchor):", "",
+             "| row | workload | metric | anchor | ratio | target | met |", "|---|---|---|---|---:|---:|---|"]
+    shown = False
+    for variant, workload, metric, anchor, anchor_workload, target in EDGE_TARGETS:
+        r, a = by.get((variant, workload)), by.get((anchor, anchor_workload))
+        if not r or not a or not a.get(metric) or r.get(metric) is None:
+            continue
+        shown = True
+        ratio = r[metric] / a[metric]
+        name = "CPU µs/req" if metric == "cpu_us_per_req" else "peak RSS"
+        lines.append(f"| {variant} | {workload} | {name} | {anchor} | {ratio:.2f} | ≤ {target:g} | "
+                     f"{'yes' if ratio <= target else 'no'} |")
+    return lines if shown else []
 
 
 def update_readme(table, marker="load-results", readme=ROOT / "benches" / "README.md"):
