@@ -58,6 +58,9 @@ VARIANTS = [
     # The edge runtimes (issue 18): the bundle under serve-wasm (a fresh instance per
     # request, as edge hosts run it) and the worker under workerd (WebCrypto).
     ("portcullis-bundle", "bundle", {}, ["repeated-es256", "unique-es256", "invalid"]),
+    # The same bundle built with `--wide-arithmetic` (128-bit multiplies in the signature
+    # checks; serve-wasm enables the proposal).
+    ("portcullis-bundle-wide", "bundle", {"wide": True}, ["repeated-es256", "unique-es256", "invalid"]),
     ("portcullis-worker", "worker", {}, ["repeated-es256", "unique-es256", "invalid"]),
     # The anchor for the worker: what a Workers user would write instead, a minimal worker
     # verifying the same tokens with the `jose` npm package (benches/load/jose-worker).
@@ -274,7 +277,8 @@ def start_gateway(kind, name, opts, work, bins, backend_port):
     if kind == "jose-worker":
         return start_jose_worker(work, backend_port)
     if kind in ("bundle", "worker"):
-        return start_edge(kind, opts.get("config", work / "portcullis.toml"), work, bins, None)
+        return start_edge(kind, opts.get("config", work / "portcullis.toml"), work, bins, None,
+                          opts.get("wide", False))
     port, admin = free_port(), free_port()
     if kind == "portcullis":
         cmd = ["taskset", "-c", "0", str(bins / "portcullis"), "serve",
@@ -544,15 +548,16 @@ def start_jose_worker(work, backend_port):
     return proc, port
 
 
-def start_edge(runtime, cfg, work, bins, redis_port):
+def start_edge(runtime, cfg, work, bins, redis_port, wide=False):
     """Starts one edge runtime on `cfg`: the bundle under serve-wasm (its wasi:keyvalue in
     memory or in Redis) or the worker under workerd (Durable Objects in memory)."""
     port = free_port()
     name = f"{runtime}-{cfg.stem}"
     log = open(work / f"{name}.log", "w")
     if runtime == "bundle":
-        wasm = work / f"{cfg.stem}.wasm"
-        subprocess.run([str(bins / "portcullis"), "bundle", "--config", str(cfg), "-o", str(wasm)],
+        wasm = work / f"{cfg.stem}{'-wide' if wide else ''}.wasm"
+        subprocess.run([str(bins / "portcullis"), "bundle", "--config", str(cfg), "-o", str(wasm)]
+                       + (["--wide-arithmetic"] if wide else []),
                        check=True, stdout=subprocess.DEVNULL)
         cmd = ["taskset", "-c", "0", str(bins / "portcullis"), "serve-wasm", "--component", str(wasm),
                "--listen", f"127.0.0.1:{port}", "--log", "warn"]
@@ -773,6 +778,8 @@ def report(results, out_dir, smoke, meta):
 EDGE_TARGETS = [
     ("portcullis-bundle", "unique-es256", "cpu_us_per_req", "envoy", "unique-es256", 1.0),
     ("portcullis-bundle", "repeated-es256", "cpu_us_per_req", "envoy", "repeated-es256", 0.5),
+    ("portcullis-bundle-wide", "unique-es256", "cpu_us_per_req", "envoy", "unique-es256", 1.0),
+    ("portcullis-bundle-wide", "repeated-es256", "cpu_us_per_req", "envoy", "repeated-es256", 0.5),
     ("portcullis-component", "unique-es256", "cpu_us_per_req", "envoy", "unique-es256", 0.5),
     ("portcullis-component", "repeated-es256", "cpu_us_per_req", "envoy", "repeated-es256", 0.5),
     ("portcullis-bundle", "unique-es256", "peak_rss_kib", "envoy", "unique-es256", 1.0),

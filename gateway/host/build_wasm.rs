@@ -47,9 +47,22 @@ fn ensure_target(target: &str, tty: &mut Option<std::fs::File>) {
 /// returns the directory holding the `.wasm` files. On a terminal, the nested cargo's own
 /// progress is shown (it would otherwise be minutes of silence on a first build).
 fn build_wasm(root: &std::path::Path, packages: &[&str]) -> std::path::PathBuf {
+    build_wasm_with(root, packages, "target/component", None)
+}
+
+/// As [`build_wasm`], into `target_dir` (relative to `root`) with `features` as the wasm
+/// target features when given (`+wide-arithmetic`: a second build of the providers for
+/// runtimes with 128-bit multiplies).
+#[allow(dead_code)]
+fn build_wasm_with(
+    root: &std::path::Path,
+    packages: &[&str],
+    target_dir: &str,
+    features: Option<&str>,
+) -> std::path::PathBuf {
     let mut tty = terminal();
     ensure_target("wasm32-wasip2", &mut tty);
-    let target_dir = root.join("target/component");
+    let target_dir = root.join(target_dir);
     let out = target_dir.join("wasm32-wasip2/release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
@@ -73,11 +86,22 @@ fn build_wasm(root: &std::path::Path, packages: &[&str]) -> std::path::PathBuf {
     ] {
         cmd.env_remove(var);
     }
+    if let Some(features) = features {
+        cmd.env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("-Ctarget-feature={features}"),
+        );
+    }
     if let Some(t) = tty.as_ref().and_then(|t| t.try_clone().ok()) {
         say(
             &mut tty,
             "Building",
-            &format!("{} for wasm32-wasip2 (nested cargo, target/component)", packages.join(", ")),
+            &format!(
+                "{} for wasm32-wasip2 (nested cargo, {}{})",
+                packages.join(", "),
+                target_dir.strip_prefix(root).unwrap_or(&target_dir).display(),
+                features.map(|f| format!(", {f}")).unwrap_or_default()
+            ),
         );
         cmd.stderr(t).env("CARGO_TERM_PROGRESS_WHEN", "never");
     }

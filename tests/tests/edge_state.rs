@@ -10,7 +10,7 @@
     clippy::indexing_slicing
 )]
 
-use portcullis_tests::host::{Gateway, bundle, reason, serve_wasm, start_engine};
+use portcullis_tests::host::{Gateway, bundle, bundle_with, reason, serve_wasm, start_engine};
 use portcullis_tests::interop::tool;
 use portcullis_tests::net::{Backend, KeyServer, Resp, raw_request, request};
 use portcullis_tests::redis::Redis;
@@ -424,6 +424,66 @@ risk = {{ plugins = ["impossible-travel"], deny = 90 }}
         count >= 1,
         "the plugin's sighting is under plugin/: {listed}"
     );
+}
+
+/// `portcullis bundle --wide-arithmetic` (providers built with 128-bit multiplies) gives
+/// the default bundle's answers for every signature algorithm, its key set fetched at run
+/// time: valid tokens pass, a signature made by another key or over another payload is
+/// refused, and an RSA key is built when a token first needs it (the lazy form) without
+/// changing what it accepts.
+#[test]
+fn a_wide_arithmetic_bundle_gives_the_default_bundles_answers() {
+    let w = world("deny");
+    let text = w.text.replace(
+        "algorithms = [\"ES256\"]",
+        "algorithms = [\"ES256\", \"ES384\", \"RS256\", \"PS256\", \"EdDSA\"]",
+    );
+    assert_ne!(text, w.text);
+    let text = text.replace(
+        "[[route]]\npath = \"/dpop\"",
+        "[[route]]\npath = \"/api\"\n[[route]]\npath = \"/dpop\"",
+    );
+    let plain = bundle(&text, &[]);
+    let wide = bundle_with(&text, &[], &["--wide-arithmetic"]);
+    assert!(wide.printed.contains("wide arithmetic"), "{}", wide.printed);
+    let plain_gw = serve_wasm(&plain.wasm, &[]);
+    let wide_gw = serve_wasm(&wide.wasm, &[]);
+    let idp = TestIdp::shared();
+    let other = TestIdp::generate();
+    let mut cases: Vec<(String, String, (u16, &str))> = Vec::new();
+    for alg in ["ES256", "ES384", "RS256", "PS256", "EdDSA"] {
+        let good = idp.sign(alg, live_claims(json!({})));
+        cases.push((format!("{alg} valid"), good.clone(), (200, "")));
+        // Signed by another key with the same kid.
+        let forged = other.sign(alg, live_claims(json!({})));
+        cases.push((
+            format!("{alg} other key"),
+            forged,
+            (401, "signature_invalid"),
+        ));
+        // The signature of another payload.
+        let other_payload = idp.sign(alg, live_claims(json!({"sub": "someone-else"})));
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let sig = other_payload.rsplit('.').next().unwrap();
+        parts[2] = sig;
+        cases.push((
+            format!("{alg} swapped signature"),
+            parts.join("."),
+            (401, "signature_invalid"),
+        ));
+    }
+    for (name, token, (status, why)) in &cases {
+        let auth = format!("Bearer {token}");
+        for (gw_name, gw) in [("default", &plain_gw), ("wide", &wide_gw)] {
+            let r = get(gw, "/api/orders", &[("authorization", &auth)]);
+            assert_eq!(
+                (r.status, reason(&r).as_str()),
+                (*status, *why),
+                "{gw_name} bundle, {name}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+    }
 }
 
 /// The harness itself: a worker asked for a port another server already listens on does

@@ -40,6 +40,20 @@ pub fn engine(max_instances: u32, fuel: bool) -> anyhow::Result<Engine> {
         .wasm_wide_arithmetic(true)
         .consume_fuel(fuel)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // `PORTCULLIS_WASM_PROFILER=perfmap` (or `jitdump`) names compiled wasm functions for
+    // `perf` (benches/README.md: profiling a component's request path).
+    match std::env::var("PORTCULLIS_WASM_PROFILER").as_deref() {
+        Ok("perfmap") => {
+            cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
+        Ok("jitdump") => {
+            cfg.profiler(wasmtime::ProfilingStrategy::JitDump);
+        }
+        Ok(other) if !other.is_empty() => {
+            anyhow::bail!("PORTCULLIS_WASM_PROFILER={other}: expected perfmap or jitdump")
+        }
+        _ => {}
+    }
     Engine::new(&cfg).map_err(|e| anyhow::anyhow!("{e}"))
 }
 

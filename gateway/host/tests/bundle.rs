@@ -159,3 +159,43 @@ fn spin_runs_the_bundle_which_imports_only_what_spin_provides() {
         "the bundle reads no Spin variables"
     );
 }
+
+/// `portcullis bundle --wide-arithmetic` swaps in providers built with 128-bit multiplies:
+/// an engine without the wide-arithmetic proposal refuses that bundle when loading it
+/// (never a half-working instance), while the default bundle needs no proposal beyond the
+/// component model and loads there.
+#[test]
+fn a_wide_arithmetic_bundle_loads_only_where_the_proposal_is_enabled() {
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let files = portcullis_core::MapFiles::default().with("audit.key", b64(&AUDIT_KEY));
+    let cfg = portcullis_core::config::load(&config(&keys), "edge.toml", &files).unwrap();
+    let plain = bundle::compose(portcullis_host::wasm::COMPONENT, &cfg, &[]).unwrap();
+    let wide = bundle::compose_with(
+        portcullis_host::wasm::COMPONENT,
+        bundle::PROVIDERS_WIDE,
+        &cfg,
+        &[],
+    )
+    .unwrap();
+    assert_ne!(bundle::PROVIDERS, bundle::PROVIDERS_WIDE);
+
+    let mut without = wasmtime::Config::new();
+    without
+        .wasm_component_model(true)
+        .wasm_wide_arithmetic(false);
+    let without = wasmtime::Engine::new(&without).unwrap();
+    wasmtime::component::Component::new(&without, &plain.wasm)
+        .expect("the default bundle needs no wide arithmetic");
+    let Err(refused) = wasmtime::component::Component::new(&without, &wide.wasm) else {
+        panic!("a wide-arithmetic bundle loaded without the proposal");
+    };
+    assert!(
+        format!("{refused:#}").contains("wide arithmetic")
+            || format!("{refused:#}").contains("wide-arithmetic"),
+        "{refused:#}"
+    );
+
+    // serve-wasm's engine enables it.
+    let with = portcullis_host::wasm::engine(4, false).unwrap();
+    wasmtime::component::Component::new(&with, &wide.wasm).unwrap();
+}

@@ -12,8 +12,8 @@ use crate::jwk::{check_rsa_public, strip_leading_zeros};
 /// A key prepared by [`PortableVerifier`].
 #[derive(Clone, Debug)]
 pub enum PortableKey {
-    /// An RSA public key.
-    Rsa(PublicKey),
+    /// An RSA public key: checked when prepared, its Montgomery form built on first use.
+    Rsa(LazyRsa),
     /// A P-256 ECDSA key.
     P256(p256::ecdsa::VerifyingKey),
     /// A P-384 ECDSA key.
@@ -22,6 +22,27 @@ pub enum PortableKey {
     Ed25519(ed25519_compact::PublicKey),
     /// An HMAC secret.
     Hmac(Vec<u8>),
+}
+
+/// An RSA public key whose expensive form (`rsa::PublicKey`, Montgomery parameters of the
+/// modulus) is built the first time it verifies a signature. An edge bundle prepares every
+/// key of its sets in each instance, one per request, while a token names only one: building
+/// them all dominated the cost of RSA keys in a set (issue 18). The key policy
+/// ([`check_rsa_public`]) still runs when the key is prepared.
+#[derive(Clone, Debug)]
+pub struct LazyRsa {
+    n: BoxedUint,
+    e: BoxedUint,
+    built: std::sync::OnceLock<Option<PublicKey>>,
+}
+
+impl LazyRsa {
+    /// The key; `None` if the `rsa` crate refuses it (then nothing verifies: fail closed).
+    fn key(&self) -> Option<&PublicKey> {
+        self.built
+            .get_or_init(|| PublicKey::new(self.n.clone(), self.e.clone()).ok())
+            .as_ref()
+    }
 }
 
 /// Pure-Rust verifier; the default wherever the host offers nothing faster.
@@ -97,15 +118,21 @@ impl SignatureVerifier for PortableVerifier {
                 &Sha512::digest(message),
                 signature,
             ),
-            (Algorithm::PS256, PortableKey::Rsa(k)) => Pss::<Sha256>::new()
-                .verify(k, &Sha256::digest(message), signature)
-                .is_ok(),
-            (Algorithm::PS384, PortableKey::Rsa(k)) => Pss::<Sha384>::new()
-                .verify(k, &Sha384::digest(message), signature)
-                .is_ok(),
-            (Algorithm::PS512, PortableKey::Rsa(k)) => Pss::<Sha512>::new()
-                .verify(k, &Sha512::digest(message), signature)
-                .is_ok(),
+            (Algorithm::PS256, PortableKey::Rsa(k)) => k.key().is_some_and(|k| {
+                Pss::<Sha256>::new()
+                    .verify(k, &Sha256::digest(message), signature)
+                    .is_ok()
+            }),
+            (Algorithm::PS384, PortableKey::Rsa(k)) => k.key().is_some_and(|k| {
+                Pss::<Sha384>::new()
+                    .verify(k, &Sha384::digest(message), signature)
+                    .is_ok()
+            }),
+            (Algorithm::PS512, PortableKey::Rsa(k)) => k.key().is_some_and(|k| {
+                Pss::<Sha512>::new()
+                    .verify(k, &Sha512::digest(message), signature)
+                    .is_ok()
+            }),
             (Algorithm::ES256, PortableKey::P256(k)) => {
                 use p256::ecdsa::signature::Verifier as _;
                 // Exactly r‖s (JWS uses IEEE P1363, not DER); r = 0 or s = 0 is refused here.
@@ -138,13 +165,16 @@ fn prepare_rsa(n: &[u8], e: &[u8]) -> Result<PortableKey, KeyError> {
         u32::try_from(e.len().max(1) * 8).map_err(|_| KeyError("exponent too large".into()))?;
     let e = BoxedUint::from_be_slice(e, e_bits)
         .map_err(|_| KeyError("RSA exponent is not a valid integer".into()))?;
-    PublicKey::new(n, e)
-        .map(PortableKey::Rsa)
-        .map_err(|err| KeyError(format!("RSA key rejected: {err}")))
+    Ok(PortableKey::Rsa(LazyRsa {
+        n,
+        e,
+        built: std::sync::OnceLock::new(),
+    }))
 }
 
-fn pkcs1_ok(key: &PublicKey, scheme: Pkcs1v15Sign, hashed: &[u8], signature: &[u8]) -> bool {
-    scheme.verify(key, hashed, signature).is_ok()
+fn pkcs1_ok(key: &LazyRsa, scheme: Pkcs1v15Sign, hashed: &[u8], signature: &[u8]) -> bool {
+    key.key()
+        .is_some_and(|k| scheme.verify(k, hashed, signature).is_ok())
 }
 
 fn hmac_ok<M: Mac + KeyInit>(key: &[u8], message: &[u8], tag: &[u8]) -> bool {

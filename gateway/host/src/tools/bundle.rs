@@ -21,6 +21,12 @@ use wac_graph::{CompositionGraph, EncodeOptions};
 /// The portable providers component, built by this crate's build script.
 pub const PROVIDERS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_providers.wasm"));
 
+/// The portable providers built with `+wide-arithmetic` (`portcullis bundle
+/// --wide-arithmetic`): 128-bit multiplies as single instructions, for runtimes that
+/// support the wide-arithmetic proposal.
+pub const PROVIDERS_WIDE: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_providers_wide.wasm"));
+
 /// The plugin-link component (one instance per bundled plugin), built by the build script.
 pub const PLUGIN_LINK: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_plugin_link.wasm"));
@@ -206,6 +212,16 @@ pub fn compose(
     config: &Config,
     plugins: &[Vec<u8>],
 ) -> anyhow::Result<Bundle> {
+    compose_with(gateway_bytes, PROVIDERS, config, plugins)
+}
+
+/// As [`compose`], with these providers ([`PROVIDERS`] or [`PROVIDERS_WIDE`]).
+pub fn compose_with(
+    gateway_bytes: &[u8],
+    providers_bytes: &[u8],
+    config: &Config,
+    plugins: &[Vec<u8>],
+) -> anyhow::Result<Bundle> {
     if plugins.len() != config.plugins.len() {
         bail!(
             "{} plugin component(s) for {} configured plugin(s)",
@@ -224,7 +240,7 @@ pub fn compose(
             .with_context(|| format!("register the {name} component"))
     };
     let embedded = register(&mut graph, "portcullis:embedded", &embedded)?;
-    let providers = register(&mut graph, "portcullis:providers", PROVIDERS)?;
+    let providers = register(&mut graph, "portcullis:providers", providers_bytes)?;
     let gateway = register(&mut graph, "portcullis:gateway-component", gateway_bytes)?;
 
     let embedded = graph.instantiate(embedded);
