@@ -69,6 +69,62 @@ impl Redis {
         }
     }
 
+    /// The value at `key` (binary-safe `GET`); `None` when absent or unreachable.
+    pub fn get_bytes(&self, key: &str) -> Option<Vec<u8>> {
+        let reply = self.send(&[b"GET", key.as_bytes()])?;
+        let rest = reply.strip_prefix(b"$")?;
+        let end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let len: usize = std::str::from_utf8(rest.get(..end)?).ok()?.parse().ok()?;
+        rest.get(end + 2..end + 2 + len).map(<[u8]>::to_vec)
+    }
+
+    /// Sets `key` to `value` (binary-safe `SET`); true when Redis said OK.
+    pub fn set_bytes(&self, key: &str, value: &[u8]) -> bool {
+        self.send(&[b"SET", key.as_bytes(), value])
+            .is_some_and(|r| r.starts_with(b"+OK"))
+    }
+
+    /// Sends one command as RESP bulk strings; the raw reply (one read, up to 64 KiB).
+    fn send(&self, args: &[&[u8]]) -> Option<Vec<u8>> {
+        let mut wire = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            wire.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            wire.extend_from_slice(a);
+            wire.extend_from_slice(b"\r\n");
+        }
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(&wire).ok()?;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut n = 0;
+        // Read until the reply is whole (a bulk string's length is in its first line).
+        loop {
+            let got = s.read(buf.get_mut(n..)?).ok()?;
+            if got == 0 {
+                break;
+            }
+            n += got;
+            let so_far = buf.get(..n)?;
+            let whole = match so_far.strip_prefix(b"$") {
+                Some(rest) => rest
+                    .windows(2)
+                    .position(|w| w == b"\r\n")
+                    .is_some_and(|end| {
+                        std::str::from_utf8(rest.get(..end).unwrap_or_default())
+                            .ok()
+                            .and_then(|l| l.parse::<i64>().ok())
+                            .is_some_and(|len| len < 0 || rest.len() >= end + 2 + len as usize + 2)
+                    }),
+                None => so_far.ends_with(b"\r\n"),
+            };
+            if whole {
+                break;
+            }
+        }
+        buf.truncate(n);
+        Some(buf)
+    }
+
     /// Sends one inline command; the first reply line.
     pub fn command(&self, cmd: &str) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;

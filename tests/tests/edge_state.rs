@@ -486,6 +486,150 @@ fn a_wide_arithmetic_bundle_gives_the_default_bundles_answers() {
     }
 }
 
+/// The store key serve-wasm gives a bundle's `wasi:keyvalue` key in Redis.
+fn redis_key(key: &str) -> String {
+    format!("portcullis:kv/default/{key}")
+}
+
+/// A value as the bundle's store envelope holds it: `pcx1`, the expiry (Unix ms), the value.
+fn envelope(expires_ms: u64, value: &[u8]) -> Vec<u8> {
+    let mut out = b"pcx1".to_vec();
+    out.extend_from_slice(&expires_ms.to_be_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// Edge bundle instances (one per request) share verified tokens through the store: an
+/// entry is believed only when sealed with the configuration's key (here minted by the test,
+/// which holds the audit secret and the configuration, to show the path is taken), never
+/// when a byte of it was changed by whoever can write the store, and never after the
+/// issuer's key set changed. `verified_token_cache = false` shares nothing.
+#[test]
+fn bundle_instances_share_verified_tokens_sealed_and_tied_to_the_key_set() {
+    use portcullis_core::verified::{self, Entry, SealKey};
+    let redis = Redis::start();
+    let w = world("deny");
+    let text = format!(
+        "{}\n[identity]\nheaders = {{ \"x-user-id\" = \"sub\" }}\n",
+        w.text.replace(
+            "[[route]]\npath = \"/dpop\"",
+            "[[route]]\npath = \"/api\"\n[[route]]\npath = \"/dpop\""
+        )
+    );
+    let b = bundle(&text, &[]);
+    let url = redis.url();
+    let gw = serve_wasm(&b.wasm, &["--state", &url]);
+    let idp = TestIdp::shared();
+    let user_seen = |token: &str| -> String {
+        let r = get(
+            &gw,
+            "/api/me",
+            &[("authorization", &format!("Bearer {token}"))],
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let last = w._backend.last.lock().unwrap().clone().unwrap();
+        last.headers
+            .iter()
+            .find(|(k, _)| k == "x-user-id")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+
+    // A verified token leaves a sealed entry under its hash.
+    let alice = idp.sign("ES256", live_claims(json!({"sub": "alice"})));
+    assert_eq!(user_seen(&alice), "alice");
+    let stored = redis
+        .get_bytes(&redis_key(&verified::store_key(&alice)))
+        .expect("an entry for the verified token");
+    assert!(stored.starts_with(b"pcx1"), "{stored:?}");
+    assert_eq!(stored.get(12..16), Some(b"pvt1".as_slice()));
+
+    // An entry sealed with this configuration's key is what an instance believes: the
+    // key is derived from the audit secret and the configuration snapshot.
+    let snapshot = String::from_utf8(
+        std::process::Command::new(portcullis_tests::host::binary())
+            .args(["snapshot", "--config"])
+            .arg(b.dir.join("gateway.toml"))
+            .args(["-o", "-"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let snapshot = portcullis_core::b64::decode(snapshot.trim()).unwrap();
+    let files = portcullis_core::MapFiles::default().with("audit.key", b64(&AUDIT_KEY));
+    let cfg = portcullis_core::config::load(&text, "edge.toml", &files).unwrap();
+    let seal = SealKey::derive(&cfg.audit.subject_key, &snapshot).unwrap();
+    let set = |jwks: &serde_json::Value| {
+        let parsed = portcullis_core::jwk::parse_jwks(jwks.to_string().as_bytes()).unwrap();
+        portcullis_core::keyset::KeySet::prepare(parsed, &portcullis_core::PortableVerifier)
+            .fingerprint()
+    };
+    let now_ms = unix_now() * 1000;
+    let mint = |token: &str, sub: &str, key_set: [u8; 32]| -> Vec<u8> {
+        let entry = Entry {
+            issuer: portcullis_core::IssuerId(0),
+            valid_until_ms: now_ms + 120_000,
+            key_set,
+            claims: live_claims(json!({"sub": sub})).to_string(),
+        };
+        envelope(
+            now_ms + 120_000,
+            &verified::seal(&seal, token, &entry).unwrap(),
+        )
+    };
+    let bob = idp.sign("ES256", live_claims(json!({"sub": "bob"})));
+    let bob_key = redis_key(&verified::store_key(&bob));
+    let before = set(&idp.jwks());
+    assert!(redis.set_bytes(&bob_key, &mint(&bob, "minted", before)));
+    assert_eq!(user_seen(&bob), "minted", "the shared entry is used");
+
+    // One byte changed anywhere in the sealed part: not believed, the token is checked.
+    let mut tampered = mint(&bob, "minted", before);
+    let last = tampered.len() - 40;
+    tampered[last] ^= 1;
+    assert!(redis.set_bytes(&bob_key, &tampered));
+    assert_eq!(user_seen(&bob), "bob");
+    // Alice's genuine entry moved under Bob's key: not believed either.
+    assert!(redis.set_bytes(&bob_key, &stored));
+    assert_eq!(user_seen(&bob), "bob");
+
+    // The issuer's key set changes (a new key appears, found through an unknown `kid`):
+    // entries made under the old set are dropped.
+    assert!(redis.set_bytes(&bob_key, &mint(&bob, "minted", before)));
+    assert_eq!(user_seen(&bob), "minted");
+    let other = TestIdp::generate();
+    let mut rotated = idp.jwks();
+    let mut new_key = public_jwk(&other.es256.public_key().to_jwk(), "ES256");
+    new_key["kid"] = json!("es-2");
+    rotated["keys"].as_array_mut().unwrap().push(new_key);
+    *w._keys.jwks.lock().unwrap() = rotated.clone();
+    let carol = other.forge_es256(
+        &json!({"alg": "ES256", "kid": "es-2", "typ": "JWT"}),
+        &live_claims(json!({"sub": "carol"})),
+    );
+    assert_eq!(user_seen(&carol), "carol");
+    assert_ne!(set(&rotated), before);
+    assert_eq!(user_seen(&bob), "bob", "an entry from the old key set");
+
+    // Turned off: nothing is shared.
+    let off = text.replace("[state]\n", "[state]\nverified_token_cache = false\n");
+    assert_ne!(off, text);
+    let b_off = bundle(&off, &[]);
+    let gw_off = serve_wasm(&b_off.wasm, &["--state", &url]);
+    let dave = idp.sign("ES256", live_claims(json!({"sub": "dave"})));
+    let r = get(
+        &gw_off,
+        "/api/me",
+        &[("authorization", &format!("Bearer {dave}"))],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        redis.get_bytes(&redis_key(&verified::store_key(&dave))),
+        None
+    );
+}
+
 /// The harness itself: a worker asked for a port another server already listens on does
 /// not count that server as the worker (it answered in the worker's place once, a "Not
 /// Found" page in a login test); starting fails instead.

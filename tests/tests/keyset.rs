@@ -401,3 +401,30 @@ fn a_lost_fetch_is_handed_out_again_after_the_timeout() {
     assert!(only(h.keys.poll(at(30)), MAIN).is_some());
     assert!(h.keys.next_poll_at().is_some());
 }
+
+/// A key set's fingerprint (what shared verified-token entries name) is the same for the
+/// same keys loaded again, whatever the document's other members, and differs as soon as a
+/// key is added, removed or changed.
+#[test]
+fn a_key_set_fingerprint_follows_its_keys() {
+    use portcullis_core::PortableVerifier;
+    use portcullis_core::jwk::parse_jwks;
+    use portcullis_core::keyset::KeySet;
+    let fp = |doc: &str| {
+        KeySet::prepare(parse_jwks(doc.as_bytes()).unwrap(), &PortableVerifier).fingerprint()
+    };
+    let (a, b) = (
+        ES256KeyPair::generate().with_key_id("a"),
+        ES256KeyPair::generate().with_key_id("b"),
+    );
+    let one = jwks_of(&[&a]);
+    let both = jwks_of(&[&a, &b]);
+    assert_eq!(fp(&one), fp(&one));
+    let mut extra: Value = serde_json::from_str(&one).unwrap();
+    extra["note"] = json!("members other than keys do not count");
+    assert_eq!(fp(&extra.to_string()), fp(&one));
+    assert_ne!(fp(&one), fp(&both), "a key added");
+    assert_ne!(fp(&both), fp(&jwks_of(&[&b])), "a key removed");
+    let a_again = ES256KeyPair::generate().with_key_id("a");
+    assert_ne!(fp(&one), fp(&jwks_of(&[&a_again])), "same kid, another key");
+}

@@ -122,6 +122,21 @@ impl<K> KeySet<K> {
         Self { entries, skipped }
     }
 
+    /// SHA-256 over the usable keys in order (each one's `kid`, metadata and material, as
+    /// postcard): the same keys loaded again give the same fingerprint, any key added,
+    /// removed or changed gives another. What a shared verified-token entry names
+    /// ([`crate::verified`]).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut hash = sha2::Sha256::new();
+        for entry in &self.entries {
+            let bytes = postcard::to_allocvec(&entry.jwk).unwrap_or_default();
+            hash.update(u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_be_bytes());
+            hash.update(&bytes);
+        }
+        hash.finalize().into()
+    }
+
     /// The usable keys.
     pub fn entries(&self) -> &[KeyEntry<K>] {
         &self.entries

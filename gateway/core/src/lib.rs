@@ -69,6 +69,7 @@ pub mod login;
 pub mod ports;
 pub mod risk;
 pub mod trace;
+pub mod verified;
 
 // The implementation: reached through the re-exports below.
 mod audit;

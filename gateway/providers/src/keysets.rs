@@ -14,7 +14,10 @@ use std::time::Duration;
 use portcullis_core::authenticate::{AuthFailure, IssuedKind};
 use portcullis_core::crypto::PortableKey;
 use portcullis_core::keyset::{FetchRequest, ProviderEndpoints};
-use portcullis_core::{Config, IssuerId, KeyStore, PortableVerifier, Timestamp, VerifiedIdentity};
+use portcullis_core::verified::{self, SealKey};
+use portcullis_core::{
+    Config, IssuerId, KeyStore, PortableVerifier, Reason, Timestamp, VerifiedIdentity,
+};
 use portcullis_driver::keycache::{self, StoredDocument, store_key};
 use portcullis_driver::keys::{Document, DocumentSource, Refreshed, refresh};
 
@@ -31,7 +34,12 @@ pub struct Loaded {
     /// The configuration.
     pub config: Config,
     keys: RefCell<KeyStore<PortableKey>>,
+    /// The key verified tokens are shared under (`[state] verified_token_cache`).
+    seal: Option<SealKey>,
 }
+
+/// Longest a shared verified token is believed, whatever its `exp`.
+const MAX_SHARED_VERIFIED: Duration = Duration::from_secs(3600);
 
 thread_local! {
     static LOADED: RefCell<Option<Result<Rc<Loaded>, String>>> = const { RefCell::new(None) };
@@ -42,11 +50,17 @@ pub fn loaded() -> Result<Rc<Loaded>, String> {
     LOADED.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            let restored = Config::from_snapshot(&embedded::snapshot())
+            let snapshot = embedded::snapshot();
+            let restored = Config::from_snapshot(&snapshot)
                 .map_err(|e| format!("embedded configuration: {e}"))
                 .map(|config| {
                     let keys = RefCell::new(KeyStore::new(&config, &PortableVerifier));
-                    Rc::new(Loaded { config, keys })
+                    let seal = config
+                        .state
+                        .verified_token_cache
+                        .then(|| SealKey::derive(&config.audit.subject_key, &snapshot))
+                        .flatten();
+                    Rc::new(Loaded { config, keys, seal })
                 });
             *slot = Some(restored);
         }
@@ -161,13 +175,109 @@ impl Loaded {
         true
     }
 
-    /// Verifies an access token with one rate-limited refetch for an unknown `kid`.
+    /// Verifies an access token — from a verified-token entry another instance shared, or
+    /// by its signature with one rate-limited refetch for an unknown `kid` (then shares
+    /// it): the issuer and the claims (a JSON object).
     pub fn authenticate(
         &self,
         token: &str,
         route_issuers: &[IssuerId],
-    ) -> Result<VerifiedIdentity, AuthFailure> {
+    ) -> Result<(IssuerId, String), AuthFailure> {
         self.refresh();
+        let t = now();
+        if let Some(seal) = &self.seal
+            && let Some(shared) = self.shared_verified(seal, token, route_issuers, t)
+        {
+            return shared;
+        }
+        let id = self.verify_token(token, route_issuers)?;
+        let claims = serde_json::Value::Object(id.claims).to_string();
+        if let Some(seal) = &self.seal {
+            self.share_verified(seal, token, id.issuer, id.expires_at, &claims, t);
+        }
+        Ok((id.issuer, claims))
+    }
+
+    /// The entry another instance left for `token`, when it is sealed with this
+    /// configuration's key, live, and made under the issuer's current (usable) key set.
+    fn shared_verified(
+        &self,
+        seal: &SealKey,
+        token: &str,
+        route_issuers: &[IssuerId],
+        t: Timestamp,
+    ) -> Option<Result<(IssuerId, String), AuthFailure>> {
+        let now_ms = t.unix_millis();
+        let bytes = kv::get(&verified::store_key(token), now_ms)
+            .ok()
+            .flatten()?;
+        let entry = verified::open(seal, token, &bytes, now_ms)?;
+        let current = self.keys.borrow().keys(entry.issuer, t).ok()?.fingerprint();
+        if current != entry.key_set {
+            return None;
+        }
+        if !route_issuers.is_empty() && !route_issuers.contains(&entry.issuer) {
+            return Some(Err(AuthFailure::new(
+                Reason::IssuerUnknown,
+                "the token's issuer is not accepted on this route",
+            )
+            .at(entry.issuer)));
+        }
+        Some(Ok((entry.issuer, entry.claims)))
+    }
+
+    /// Leaves a sealed entry for `token` (just verified) for the other instances, until its
+    /// `exp` plus the issuer's skew and at most [`MAX_SHARED_VERIFIED`]. A failed write only
+    /// costs them a signature check.
+    fn share_verified(
+        &self,
+        seal: &SealKey,
+        token: &str,
+        issuer: IssuerId,
+        expires_at: f64,
+        claims: &str,
+        t: Timestamp,
+    ) {
+        let now_ms = t.unix_millis();
+        let skew = self
+            .config
+            .issuers
+            .get(issuer.0)
+            .map_or(Duration::ZERO, |i| i.clock_skew);
+        let until_ms = ((expires_at + skew.as_secs_f64()) * 1000.0).max(0.0);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let until_ms = until_ms.min(u64::MAX as f64) as u64;
+        let cap_ms = u64::try_from(MAX_SHARED_VERIFIED.as_millis()).unwrap_or(u64::MAX);
+        let until_ms = until_ms.min(now_ms.saturating_add(cap_ms));
+        if until_ms <= now_ms {
+            return;
+        }
+        let Ok(set) = self.keys.borrow().keys(issuer, t).map(|s| s.fingerprint()) else {
+            return;
+        };
+        let entry = verified::Entry {
+            issuer,
+            valid_until_ms: until_ms,
+            key_set: set,
+            claims: claims.to_owned(),
+        };
+        if let Some(sealed) = verified::seal(seal, token, &entry) {
+            let _ = kv::set(
+                &verified::store_key(token),
+                &sealed,
+                now_ms,
+                until_ms - now_ms,
+            );
+        }
+    }
+
+    /// Verifies an access token's signature and claims, with one rate-limited refetch for
+    /// an unknown `kid`.
+    fn verify_token(
+        &self,
+        token: &str,
+        route_issuers: &[IssuerId],
+    ) -> Result<VerifiedIdentity, AuthFailure> {
         let verify = || {
             portcullis_core::authenticate::authenticate(
                 token,

@@ -93,7 +93,10 @@ impl keys::Guest for Providers {
             .map(|i| IssuerId(*i as usize))
             .collect();
         l.authenticate(&token, &issuers)
-            .map(verified)
+            .map(|(issuer, claims)| keys::Verified {
+                issuer: u32::try_from(issuer.0).unwrap_or(u32::MAX),
+                claims,
+            })
             .map_err(failure)
     }
 

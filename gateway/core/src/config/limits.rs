@@ -152,6 +152,9 @@ pub(super) fn read_state(
             ),
         }
     }
+    if let Some((share, _)) = t.boolean(d, "verified_token_cache") {
+        cfg.verified_token_cache = share;
+    }
     let capacity = match t.integer(d, "capacity") {
         None => DEFAULT_STATE_CAPACITY,
         Some((n, span)) => match usize::try_from(n) {

@@ -800,6 +800,9 @@ pub struct StateConfig {
     pub backend: StateBackend,
     /// What requests that need the state get while it is unreachable.
     pub on_unavailable: FailPolicy,
+    /// Runtimes whose instances keep nothing between requests (the edge bundle) share
+    /// verified tokens through the store, sealed ([`crate::verified`]).
+    pub verified_token_cache: bool,
 }
 
 impl Default for StateConfig {
@@ -809,6 +812,7 @@ impl Default for StateConfig {
                 capacity: DEFAULT_STATE_CAPACITY,
             },
             on_unavailable: FailPolicy::Deny,
+            verified_token_cache: true,
         }
     }
 }
