@@ -92,6 +92,12 @@ end
 """
 
 
+def token_count(path):
+    """Lines (tokens) in a token file."""
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -717,9 +723,13 @@ def report(results, out_dir, smoke, meta):
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         lines.append(
-            f"| {r['variant']} | {r['workload']} | {r['rps']:.0f} | {fmt(r['p50_ms'], '.2f')} | "
+            f"| {r['variant']} | {r['workload']}{' †' if r.get('tokens_repeated') else ''} | {r['rps']:.0f} | {fmt(r['p50_ms'], '.2f')} | "
             f"{fmt(r['p99_ms'], '.2f')} | {fmt(r['cpu_us_per_req'], '.1f')} | "
             f"{r['peak_rss_kib'] / 1024:.1f} | {r['non_2xx']} |")
+    if any(r.get("tokens_repeated") for r in results):
+        lines.append("")
+        lines.append("† the token file ran out during the run: some tokens were sent twice, so a "
+                     "gateway's verified-token cache answered for them (`--unique-tokens` / `--tokens`).")
     lines.append("")
     lines.append("Portcullis (native engine) / Envoy, same workload:")
     lines.append("")
@@ -739,6 +749,7 @@ def report(results, out_dir, smoke, meta):
             f"{fmt(ratio(p['peak_rss_kib'], e['peak_rss_kib']), '.2f')} |")
     lines += edge_targets(by)
     table = "\n".join(lines) + "\n"
+    (out_dir / "edge-cost.md").write_text(edge_cost_table(by, meta))
     (out_dir / "results.md").write_text(table)
     print(table)
     try:
@@ -807,6 +818,29 @@ def edge_targets(by):
     return lines if shown else []
 
 
+EDGE_ROWS = ["portcullis", "portcullis-component", "portcullis-bundle", "portcullis-bundle-wide",
+             "portcullis-worker", "jose-worker", "envoy"]
+
+
+def edge_cost_table(by, meta):
+    """The README's edge-cost table: each runtime's CPU per request and peak RSS on the
+    ES256 workloads beside Envoy jwt_authn (no cache) and the jose worker, then the
+    targets."""
+    lines = [f"Load run {meta['date']} ({meta['seconds']} s per workload, {meta['connections']} connections, "
+             "gateway on core 0, wrk on core 1; `python3 benches/load/run.py`):", "",
+             "| gateway | ES256 repeated: CPU µs/req | ES256 unique: CPU µs/req | invalid: CPU µs/req | peak RSS MiB |",
+             "|---|---:|---:|---:|---:|"]
+    for v in EDGE_ROWS:
+        rows = {w: by.get((v, w)) for w in ("repeated-es256", "unique-es256", "invalid")}
+        if not any(rows.values()):
+            continue
+        cpu = lambda w: fmt(rows[w]["cpu_us_per_req"], ".0f") if rows[w] else "—"
+        rss = max((r["peak_rss_kib"] for r in rows.values() if r), default=0) / 1024
+        lines.append(f"| {v} | {cpu('repeated-es256')} | {cpu('unique-es256')} | {cpu('invalid')} | {rss:.0f} |")
+    lines += edge_targets(by)
+    return "\n".join(lines) + "\n"
+
+
 def update_readme(table, marker="load-results", readme=ROOT / "benches" / "README.md"):
     """Rewrites the table between the `marker` markers of `readme` (benches/README.md)."""
     text = readme.read_text()
@@ -823,7 +857,11 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--tokens", type=int, default=10000)
+    ap.add_argument("--tokens", type=int, default=10000,
+                    help="tokens of the unique RS256 and invalid sets (RS256 signing is slow)")
+    ap.add_argument("--unique-tokens", type=int, default=150000,
+                    help="tokens of the unique ES256 set: more than any gateway sends in a warm-up "
+                         "and a run, so none is sent to it twice")
     ap.add_argument("--only", help="comma-separated variants to run (and `churn`, `state`, `edge-state`)")
     ap.add_argument("--churn", type=int, default=1_000_000, help="distinct tokens of the churn workload")
     ap.add_argument("--churn-cache", type=int, default=100_000, help="token cache entries in the churn run")
@@ -841,7 +879,7 @@ def main():
     args = ap.parse_args()
     started = time.time()
     if args.smoke:
-        args.seconds, args.warmup, args.tokens = 2, 1, 200
+        args.seconds, args.warmup, args.tokens, args.unique_tokens = 2, 1, 200, 2000
         args.state_rounds = 1
         args.churn, args.churn_cache, args.churn_windows = 3000, 500, 3
         if args.out == HERE / "results":
@@ -865,7 +903,8 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="portcullis-load-"))
     only = set(args.only.split(",")) if args.only else None
     churn_tokens = args.churn if not only or "churn" in only else 0
-    subprocess.run([str(bins / "load-tokens"), str(work), str(args.tokens), str(churn_tokens)], check=True)
+    subprocess.run([str(bins / "load-tokens"), str(work), str(args.tokens), str(churn_tokens),
+                    str(args.unique_tokens)], check=True)
     lua = work / "tokens.lua"
     lua.write_text(LUA)
     backend_port = free_port()
@@ -883,10 +922,17 @@ def main():
                 for workload in workloads:
                     token_name, expected = WORKLOADS[workload]
                     token_file = work / token_name if token_name else None
-                    run_wrk(port, token_file, args.warmup, args.connections, lua)
+                    warm = run_wrk(port, token_file, args.warmup, args.connections, lua)
+                    # A unique workload continues after the warm-up's tokens (wrk may send a
+                    # few more than it counts): no gateway is given a token twice, as long
+                    # as the file is long enough (else the row is marked).
+                    offset = warm["requests"] + 4 * args.connections if workload.startswith("unique") else 0
                     before = cpu_seconds(proc.pid)
-                    r = run_wrk(port, token_file, args.seconds, args.connections, lua)
+                    r = run_wrk(port, token_file, args.seconds, args.connections, lua, offset)
                     cpu = cpu_seconds(proc.pid) - before
+                    available = token_count(token_file) if token_file else 0
+                    r["tokens_repeated"] = bool(workload.startswith("unique")
+                                                and offset + r["requests"] > available)
                     r.update({
                         "variant": name, "workload": workload, "expected_status": expected,
                         "cpu_us_per_req": (cpu * 1e6 / r["requests"]) if r["requests"] else None,
@@ -896,7 +942,9 @@ def main():
                     r["status_ok"] = ok
                     print(f"{name:22} {workload:15} {r['rps']:9.0f} req/s  p99 {fmt(r['p99_ms'], '.2f')} ms  "
                           f"cpu {fmt(r['cpu_us_per_req'], '.1f')} µs/req  non-2xx {r['non_2xx']}"
-                          + ("" if ok else "  UNEXPECTED STATUSES"), flush=True)
+                          + ("" if ok else "  UNEXPECTED STATUSES")
+                          + ("  (tokens repeated: the file is too short)" if r["tokens_repeated"] else ""),
+                          flush=True)
                     del r["raw"]
                     results.append(r)
             finally:
@@ -942,6 +990,7 @@ def main():
             update_readme(edge_table, "edge-state-results", ROOT / "README.md")
     if not args.smoke and not args.only and not args.bins:
         update_readme(table)
+        update_readme((args.out / "edge-cost.md").read_text(), "edge-cost-results", ROOT / "README.md")
     shutil.rmtree(work, ignore_errors=True)
     bad = [r for r in results if not r["status_ok"]]
     bad += [("churn", w["window"]) for w in churn if w["non_2xx"]]

@@ -27,10 +27,12 @@ pub fn engine(max_instances: u32, fuel: bool) -> anyhow::Result<Engine> {
         .total_memories(max_instances * 4)
         .total_tables(max_instances * 8)
         .max_memory_size(INSTANCE_MEMORY)
-        // Reset reused slots with memset instead of madvise for the first pages: a gateway
-        // instance touches ~1-2 MiB, and re-faulting those pages per request dominated the
-        // per-request cost.
-        .linear_memory_keep_resident(4 << 20)
+        // Linear memories are reset by returning their dirty pages (wasmtime finds them
+        // through the page map), not kept resident and cleared with memset: measured on the
+        // load harness (2026-12-05, wasmtime 48), keeping 4 MiB resident cost the same CPU
+        // per request or more and 35-60 MiB more peak RSS in the component engine and
+        // serve-wasm (issue 18).
+        .linear_memory_keep_resident(0)
         .table_keep_resident(64 << 10);
     let mut cfg = WasmConfig::new();
     cfg.wasm_component_model(true)

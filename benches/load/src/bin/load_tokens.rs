@@ -5,7 +5,10 @@
 //! `churn-es256.txt` (CHURN distinct valid tokens, default N: the verified-token cache's
 //! churn workload, where every request brings a token never seen before).
 //!
-//! `load-tokens DIR [N [CHURN]]`
+//! `unique-es256.txt` holds UNIQUE tokens (default N): enough that no token of a unique
+//! workload is sent twice to one gateway, warm-up included.
+//!
+//! `load-tokens DIR [N [CHURN [UNIQUE]]]`
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::io::Write as _;
@@ -23,6 +26,10 @@ fn main() {
         .unwrap_or(10_000);
     let churn: usize = std::env::args()
         .nth(3)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n);
+    let unique: usize = std::env::args()
+        .nth(4)
         .and_then(|v| v.parse().ok())
         .unwrap_or(n);
     std::fs::create_dir_all(&dir).expect("create the output directory");
@@ -51,10 +58,27 @@ fn main() {
     };
     write("repeated-es256.txt", vec![idp.sign("ES256", claims(0))]);
     write("repeated-rs256.txt", vec![idp.sign("RS256", claims(0))]);
-    write(
-        "unique-es256.txt",
-        (0..n).map(|i| idp.sign("ES256", claims(i))).collect(),
-    );
+    // Signed on every core, in order: `first..first + count` users.
+    let signed = |first: usize, count: usize| -> Vec<String> {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let chunk = count.div_ceil(cores).max(1);
+        let parts: Vec<Vec<String>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..count)
+                .step_by(chunk)
+                .map(|start| {
+                    let (idp, claims) = (&idp, &claims);
+                    s.spawn(move || {
+                        (start..(start + chunk).min(count))
+                            .map(|i| idp.sign("ES256", claims(first + i)))
+                            .collect()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        parts.concat()
+    };
+    write("unique-es256.txt", signed(0, unique));
     write(
         "unique-rs256.txt",
         (0..n).map(|i| idp.sign("RS256", claims(i))).collect(),
@@ -71,26 +95,10 @@ fn main() {
             })
             .collect(),
     );
-    // A million signatures: on every core, in order.
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    let chunk = churn.div_ceil(cores).max(1);
-    let parts: Vec<Vec<String>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..churn)
-            .step_by(chunk)
-            .map(|start| {
-                let (idp, claims) = (&idp, &claims);
-                s.spawn(move || {
-                    (start..(start + chunk).min(churn))
-                        .map(|i| idp.sign("ES256", claims(n + i)))
-                        .collect()
-                })
-            })
-            .collect();
-        workers.into_iter().map(|w| w.join().unwrap()).collect()
-    });
-    write("churn-es256.txt", parts.concat());
+    // A million signatures for the churn workload, users after the unique ones.
+    write("churn-es256.txt", signed(unique.max(n), churn));
     println!(
-        "wrote {n} tokens per set and {churn} churn tokens to {}",
+        "wrote {unique} unique ES256 tokens, {n} per other set and {churn} churn tokens to {}",
         dir.display()
     );
 }
