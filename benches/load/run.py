@@ -717,7 +717,9 @@ def report(results, out_dir, smoke, meta):
                  f"wrk (1 thread, {meta['connections']} connections) on core 1, "
                  f"{meta['seconds']} s per workload after a {meta['warmup']} s warm-up. "
                  "CPU is the gateway's own (all threads) per request; RSS is its peak. "
-                 "Neither gateway writes per-request logs.")
+                 "Envoy, the native and component engines and the jose worker write no per-request logs; "
+                 "the bundle and the Portcullis worker write their audit line per request (stderr, console.log), "
+                 "as they do in production.")
     lines.append("")
     lines.append("| gateway | workload | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | non-2xx |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|")

@@ -44,7 +44,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("configuration", &["config/"]),
-    ("keys", &["keyset", "claims", "authenticate"]),
+    ("keys", &["keyset", "claims", "authenticate", "verified"]),
     ("ports", &["ports/"]),
     (
         "features",
