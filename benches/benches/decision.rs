@@ -73,6 +73,7 @@ fn decision(c: &mut Criterion) {
             headers: &headers,
             request_id: "bench-1",
             peer: None,
+            peer_hints: Default::default(),
             body: &[],
         };
         let d = h.engine.decide(&h.keys, &req, now, &AllHealthy);

@@ -375,6 +375,7 @@ impl Harness {
             headers: &map,
             request_id: "req-1",
             peer: None,
+            peer_hints: Default::default(),
             body: &[],
         };
         self.engine.decide(

@@ -108,16 +108,24 @@ fn capnp(
     port: u16,
     shape: Shape,
     second_port: u16,
+    module_files: &[String],
 ) -> String {
     let vars: String = vars
         .iter()
         .map(|(k, v)| format!(", (name = \"{k}\", text = \"{v}\")"))
         .collect();
-    let modules = r#"modules = [
-    (name = "index.js", esModule = embed "index.js"),
-    (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
-  ],
-  compatibilityDate = "2026-11-01","#;
+    let list: String = module_files
+        .iter()
+        .map(|m| {
+            let kind = if m.ends_with(".wasm") {
+                "wasm"
+            } else {
+                "esModule"
+            };
+            format!("    (name = \"{m}\", {kind} = embed \"{m}\"),\n")
+        })
+        .collect();
+    let modules = format!("modules = [\n{list}  ],\n  compatibilityDate = \"2026-11-01\",");
     let (state_binding, namespaces) = match shape {
         Shape::Stateless => (String::new(), String::new()),
         Shape::Stateful | Shape::Pair => (
@@ -169,9 +177,16 @@ const portcullis :Workerd.Worker = (
 }
 
 /// Starts the worker under workerd on `config_text` (plus `files` beside it); waits until it
-/// answers.
+/// answers. The configuration's plugin components are deployed with it (`portcullis
+/// worker-plugins`), as an operator deploys them.
 pub fn start_worker(config_text: &str, files: &[(String, Vec<u8>)]) -> Gateway {
     start_worker_with(config_text, files, &[])
+}
+
+/// As [`start_worker`], without deploying plugin components: only the plugin crates linked
+/// into the worker ([`LINKED_PLUGINS`]) can serve the configuration's plugins.
+pub fn start_worker_linked(config_text: &str, files: &[(String, Vec<u8>)]) -> Gateway {
+    start_worker_deployed(config_text, files, &[], Shape::Stateful, None, false).0
 }
 
 /// As [`start_worker`], with extra text bindings (`PORTCULLIS_VERIFY`, …).
@@ -221,6 +236,52 @@ fn start_worker_shaped(
     shape: Shape,
     fixed_port: Option<u16>,
 ) -> (Gateway, Option<std::net::SocketAddr>) {
+    let deploy = config_text.contains("[plugin.");
+    start_worker_deployed(config_text, files, vars, shape, fixed_port, deploy)
+}
+
+/// Runs `portcullis worker-plugins` for the configuration in `dir` into `dir`: the module
+/// files to list after the entry (`main.js`), relative to `dir`.
+fn deploy_plugins(dir: &Path) -> Vec<String> {
+    let out = Command::new(binary())
+        .args(["worker-plugins", "--config"])
+        .arg(dir.join("gateway.toml"))
+        .arg("-o")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "portcullis worker-plugins failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut modules = vec![
+        "portcullis-plugins.js".to_owned(),
+        "portcullis-plugin-host.js".to_owned(),
+    ];
+    for plugin in std::fs::read_dir(dir.join("plugins")).unwrap() {
+        let plugin = plugin.unwrap();
+        for file in std::fs::read_dir(plugin.path()).unwrap() {
+            let file = file.unwrap();
+            modules.push(format!(
+                "plugins/{}/{}",
+                plugin.file_name().to_string_lossy(),
+                file.file_name().to_string_lossy()
+            ));
+        }
+    }
+    modules
+}
+
+/// As [`start_worker_shaped`]; `deploy`: deploy the configuration's plugin components.
+fn start_worker_deployed(
+    config_text: &str,
+    files: &[(String, Vec<u8>)],
+    vars: &[(&str, &str)],
+    shape: Shape,
+    fixed_port: Option<u16>,
+    deploy: bool,
+) -> (Gateway, Option<std::net::SocketAddr>) {
     static N: AtomicUsize = AtomicUsize::new(0);
     let build = build();
     let dir = std::env::temp_dir().join(format!(
@@ -250,6 +311,15 @@ fn start_worker_shaped(
     for module in ["index.js", "index_bg.wasm"] {
         std::fs::copy(build.join(module), dir.join(module)).unwrap();
     }
+    let module_files: Vec<String> = if deploy {
+        ["main.js", "index.js", "index_bg.wasm"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(deploy_plugins(&dir))
+            .collect()
+    } else {
+        vec!["index.js".to_owned(), "index_bg.wasm".to_owned()]
+    };
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -257,7 +327,7 @@ fn start_worker_shaped(
         let second_port = free_port();
         std::fs::write(
             dir.join("config.capnp"),
-            capnp(&snapshot, vars, port, shape, second_port),
+            capnp(&snapshot, vars, port, shape, second_port, &module_files),
         )
         .unwrap();
         let log = dir.join("gateway.log");

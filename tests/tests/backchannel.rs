@@ -213,6 +213,7 @@ impl World {
             headers: &headers,
             request_id: "bcl",
             peer: None,
+            peer_hints: Default::default(),
             body: body.as_bytes(),
         };
         let d = self

@@ -806,8 +806,8 @@ fn the_workers_pure_rust_path_agrees_and_audits_name_the_path() {
 }
 
 /// Plugin crates linked into the worker (cargo features) score with state kept in the
-/// isolate across requests; a configured plugin no linked crate serves fails, and its
-/// `on_error` decides.
+/// isolate across requests when no component is deployed for them; a configured plugin
+/// nothing serves fails, and its `on_error` decides.
 #[test]
 fn plugins_linked_into_the_worker_keep_state_and_unlinked_ones_fail_closed() {
     let w = world();
@@ -837,7 +837,7 @@ risk = {{ plugins = ["trivial"] }}
             trivial = plugin("fixture-plugin-trivial"),
         ),
     );
-    let gw = portcullis_tests::workerd::start_worker(&text, &[]);
+    let gw = portcullis_tests::workerd::start_worker_linked(&text, &[]);
     let login = |user: &str| {
         request(
             gw.addr,
@@ -856,10 +856,199 @@ risk = {{ plugins = ["trivial"] }}
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(reason(&r), "risk_denied");
     assert_eq!(login("alice").status, 200);
-    // `trivial` is a component, not a linked crate: it fails, on_error = "deny" refuses.
+    // `trivial` is a component not deployed with this worker, and no crate is linked for it:
+    // it fails, on_error = "deny" refuses.
     let r = request(gw.addr, "GET", "/scored/x", &[], b"").unwrap();
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(reason(&r), "risk_check_failed");
+}
+
+/// The configuration of [`one_plugin_file_scores_alike_on_every_runtime`]: the ip-reputation
+/// example twice (two entries, one file): `blocklist` denies a network (score 95), `asns`
+/// flags an AS (score 70, challenge). Clients are named by a trusted proxy's headers
+/// (native; the bundle's peer is serve-wasm's `spin-client-addr`).
+fn same_plugin_config(w: &World) -> String {
+    let file = plugin("ip-reputation");
+    config(&w._keys, &w.eu.server.url(), &w.us.server.url()).replace(
+        "[identity]",
+        &format!(
+            r#"[client]
+trusted_proxies = ["127.0.0.1/32"]
+ip_header = "x-forwarded-for"
+asn_header = "x-asn"
+peer_header = "spin-client-addr"
+
+[plugin.blocklist]
+path = "{file}"
+config = {{ deny = ["203.0.113.0/24"], allow = ["203.0.113.10"], deny_score = 95 }}
+
+[plugin.asns]
+path = "{file}"
+config = {{ deny_asns = [64496], deny_score = 70, deny_action = "challenge" }}
+
+[[route]]
+path = "/shop"
+auth = "public"
+risk = {{ plugins = ["blocklist", "asns"], challenge = 60, deny = 90 }}
+
+[identity]"#
+        ),
+    )
+}
+
+/// One plugin file, the ip-reputation example, loaded unchanged by the native host, the
+/// edge bundle and the Worker (transpiled by `portcullis worker-plugins`, its SHA-256
+/// checked against the snapshot's): the same statuses, and the same per-plugin scores and
+/// labels in each runtime's audit record, on the same requests.
+#[test]
+fn one_plugin_file_scores_alike_on_every_runtime() {
+    let w = world();
+    let text = same_plugin_config(&w);
+    let native = start_engine(&text, "native");
+    let (bundle, printed) = start_bundle(&text, &[]);
+    assert!(printed.contains("2 plugin(s)"), "{printed}");
+    let worker = portcullis_tests::workerd::start_worker(&text, &[]);
+    // (client address, AS number) → status, reason, [blocklist score, asns score].
+    let cases: [(&str, u32, u16, &str, [u64; 2]); 4] = [
+        ("198.51.100.7", 64500, 200, "", [0, 0]),
+        ("203.0.113.9", 64500, 403, "risk_denied", [95, 0]),
+        ("203.0.113.10", 64500, 200, "", [0, 0]),
+        ("198.51.100.7", 64496, 403, "challenge_required", [0, 70]),
+    ];
+    for (runtime, gw) in [
+        ("native", &native),
+        ("bundle", &bundle),
+        ("worker", &worker),
+    ] {
+        for (i, (ip, asn, status, code, scores)) in cases.iter().enumerate() {
+            let asn_text = asn.to_string();
+            let blob = format!(r#"{{"country":"NL","asn":{asn}}}"#);
+            // Behind a trusted proxy; the worker behind Cloudflare (its `cf` object).
+            let headers: Vec<(&str, &str)> = if runtime == "worker" {
+                vec![("cf-connecting-ip", ip), ("cf-blob", &blob)]
+            } else {
+                vec![("x-forwarded-for", ip), ("x-asn", &asn_text)]
+            };
+            let path = format!("/shop/case-{i}");
+            let r = request(gw.addr, "GET", &path, &headers, b"").unwrap();
+            assert_eq!(
+                r.status,
+                *status,
+                "{runtime} {ip} AS{asn}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            if !code.is_empty() {
+                assert_eq!(reason(&r), *code, "{runtime} {ip} AS{asn}");
+            }
+            let records = portcullis_tests::host::audit_records(gw, |rs| {
+                rs.iter().any(|r| r["path"] == path.as_str())
+            });
+            let record = records
+                .iter()
+                .find(|r| r["path"] == path.as_str())
+                .unwrap_or_else(|| panic!("{runtime}: no audit record for {path}: {records:?}"));
+            let plugins = record["risk"]["plugins"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{runtime}: no plugin contributions in {record}"));
+            let got: Vec<(String, u64)> = plugins
+                .iter()
+                .map(|c| {
+                    (
+                        c["plugin"].as_str().unwrap_or_default().to_owned(),
+                        c["score"].as_u64().unwrap_or(999),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    ("blocklist".to_owned(), scores[0]),
+                    ("asns".to_owned(), scores[1])
+                ],
+                "{runtime} {ip} AS{asn}: {record}"
+            );
+        }
+    }
+}
+
+/// A plugin component deployed with the worker runs in its own instances: a panic in it
+/// fails only its call (its `on_error` decides: 503 under "deny", served under "allow"),
+/// unlike a bundle, where a trap fails the request; the next request gets a fresh
+/// instance. A component refusing its configuration stops the worker.
+#[test]
+fn a_plugin_component_in_the_worker_fails_alone_and_must_be_the_configured_file() {
+    let w = world();
+    let faulty = plugin("fixture-plugin-faulty");
+    let text = config(&w._keys, &w.eu.server.url(), &w.us.server.url()).replace(
+        "[identity]",
+        &format!(
+            r#"[plugin.strict]
+path = "{faulty}"
+headers = ["x-fault"]
+on_error = "deny"
+config = {{ mode = "panic" }}
+
+[plugin.lenient]
+path = "{faulty}"
+headers = ["x-fault"]
+on_error = "allow"
+config = {{ mode = "panic" }}
+
+[[route]]
+path = "/strict"
+auth = "public"
+risk = {{ plugins = ["strict"] }}
+
+[[route]]
+path = "/lenient"
+auth = "public"
+risk = {{ plugins = ["lenient"] }}
+
+[identity]"#
+        ),
+    );
+    let gw = portcullis_tests::workerd::start_worker(&text, &[]);
+    let fault = [("x-fault", "yes")];
+    let r = request(gw.addr, "GET", "/strict/x", &fault, b"").unwrap();
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(reason(&r), "risk_check_failed");
+    let r = request(gw.addr, "GET", "/lenient/x", &fault, b"").unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // A fresh instance after the trap: the same plugin serves the next request.
+    let r = request(gw.addr, "GET", "/strict/y", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The trap is in the audit record, as the plugin's failure; the panic message the
+    // plugin wrote to its standard error is in the log, tagged with the plugin.
+    let records = portcullis_tests::host::audit_records(&gw, |rs| {
+        rs.iter().any(|r| r["path"] == "/strict/x")
+    });
+    let failed = records.iter().find(|r| r["path"] == "/strict/x").unwrap();
+    assert_eq!(failed["risk"]["plugins"][0]["plugin"], "strict", "{failed}");
+    let error = failed["risk"]["plugins"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("trap: "), "{failed}");
+    let log = std::fs::read_to_string(gw.dir.join("gateway.log")).unwrap_or_default()
+        + &std::fs::read_to_string(gw.dir.join("stdout.log")).unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l.contains(r#""plugin":"strict""#)
+            && l.contains("fault injected: panic on /strict/x")),
+        "{log}"
+    );
+
+    // Refusing its configuration stops the worker: every request is refused, naming why.
+    let refusing = text.replace(
+        r#"config = { mode = "panic" }"#,
+        r#"config = { mode = "refuse" }"#,
+    );
+    let gw = portcullis_tests::workerd::start_worker(&refusing, &[]);
+    let r = request(gw.addr, "GET", "/public/x", &[], b"").unwrap();
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, 500, "{body}");
+    assert!(
+        body.contains("gateway configuration: plugin ")
+            && body.contains(": init: mode")
+            && body.contains("refuses to start"),
+        "{body}"
+    );
 }
 
 /// A runtime that fetches key sets itself follows rotation: one fetch at first, a token
@@ -995,16 +1184,19 @@ fn the_worker_trusts_cf_connecting_ip_only_behind_cloudflare() {
     let w = world();
     let text = config(&w._keys, &w.eu.server.url(), &w.us.server.url()).replace(
         "[identity]",
-        r#"[plugin.ip-reputation]
-path = "plugins/ip_reputation.wasm"
-config = { deny = ["203.0.113.0/24"] }
+        &format!(
+            r#"[plugin.ip-reputation]
+path = "{}"
+config = {{ deny = ["203.0.113.0/24"] }}
 
 [[route]]
 path = "/shop"
 auth = "public"
-risk = { plugins = ["ip-reputation"] }
+risk = {{ plugins = ["ip-reputation"] }}
 
 [identity]"#,
+            plugin("ip-reputation")
+        ),
     );
     let gw = portcullis_tests::workerd::start_worker(&text, &[]);
     let denied_ip = [("cf-connecting-ip", "203.0.113.9")];

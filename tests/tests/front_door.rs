@@ -68,6 +68,7 @@ fn decide(h: &Harness, limiter: &dyn State, path: &str, headers: &[(&str, &str)]
         headers: &map,
         request_id: "fd",
         peer: Some("203.0.113.7".parse().unwrap()),
+        peer_hints: Default::default(),
         body: &[],
     };
     h.engine

@@ -386,6 +386,7 @@ fn decide_with(h: &Harness, token: &str, health: &dyn BackendHealth, request_id:
         headers: &headers,
         request_id,
         peer: None,
+        peer_hints: Default::default(),
         body: &[],
     };
     h.engine
@@ -598,6 +599,7 @@ fn a_configuration_snapshot_decides_exactly_like_the_original() {
                 headers: &headers,
                 request_id: "s",
                 peer: None,
+                peer_hints: Default::default(),
                 body: &[],
             };
             let now = Timestamp::from_unix_secs(NOW);

@@ -159,7 +159,7 @@ proptest! {
         headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
         headers.insert("host", "gw.test".parse().unwrap());
         let uri: http::Uri = "/anything".parse().unwrap();
-        let req = RequestParts { method: &http::Method::GET, uri: &uri, headers: &headers, request_id: "p", peer: None, body: &[] };
+        let req = RequestParts { method: &http::Method::GET, uri: &uri, headers: &headers, request_id: "p", peer: None, peer_hints: Default::default(), body: &[] };
         let health = Health(&case.down, &case.regions);
         let d = engine.decide(&keys, &req, Timestamp::from_unix_secs(NOW), &health);
         let cfg = engine.config();

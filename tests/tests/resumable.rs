@@ -145,6 +145,7 @@ impl Request {
             headers: &self.headers,
             request_id: "resume-1",
             peer: Some(self.peer),
+            peer_hints: Default::default(),
             body: &[],
         }
     }

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 
 use crate::config::{ClientConfig, IpNet};
+use crate::model::PeerHints;
 
 impl IpNet {
     /// Parses `addr/prefix` or a bare address (a host network). Host bits must be zero.
@@ -161,6 +162,31 @@ pub fn client_info(cfg: &ClientConfig, peer: Option<IpAddr>, headers: &HeaderMap
     }
 }
 
+/// `client` completed with what the runtime vouches for about the peer (`hints`), when the
+/// client is that peer (no trusted proxy named another address) and no configured header
+/// gave the country or the AS number.
+pub fn with_peer_hints(
+    mut client: ClientInfo,
+    peer: Option<IpAddr>,
+    hints: PeerHints,
+) -> ClientInfo {
+    if client.ip.is_none() || client.ip != peer.map(canonical) {
+        return client;
+    }
+    if client.country.is_none() {
+        client.country = hints
+            .country
+            .filter(|c| c.iter().all(u8::is_ascii_alphabetic))
+            .map(|c| String::from_utf8_lossy(&c).to_ascii_uppercase())
+            // Cloudflare's "unknown" and "Tor" markers are not countries.
+            .filter(|c| c != "XX" && c != "T1");
+    }
+    if client.asn.is_none() {
+        client.asn = hints.asn;
+    }
+    client
+}
+
 /// An address from a forwarding-list entry (`1.2.3.4`, `1.2.3.4:80`, `[::1]:80`, `::1`).
 fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
     let e = entry.trim();
@@ -287,6 +313,37 @@ mod tests {
         assert_eq!(proxied.ip, Some("6.6.6.6".parse().unwrap()));
         assert_eq!(proxied.country.as_deref(), Some("DE"));
         assert_eq!(proxied.asn, Some(3320));
+    }
+
+    #[test]
+    fn peer_hints_describe_only_the_peer_and_never_override_headers() {
+        let hints = PeerHints {
+            country: Some(*b"nl"),
+            asn: Some(64500),
+        };
+        let peer: IpAddr = "198.51.100.9".parse().unwrap();
+        let direct = client_info(&cfg(), Some(peer), &headers(&[]));
+        let c = with_peer_hints(direct, Some(peer), hints);
+        assert_eq!((c.country.as_deref(), c.asn), (Some("NL"), Some(64500)));
+        // Behind a trusted proxy the client is another address: the peer's hints are not its.
+        let h = headers(&[("x-forwarded-for", "6.6.6.6")]);
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        let c = with_peer_hints(client_info(&cfg(), Some(proxy), &h), Some(proxy), hints);
+        assert_eq!((c.country, c.asn), (None, None));
+        // A trusted proxy's own headers win; Cloudflare's markers are not countries.
+        let h = headers(&[("cf-ipcountry", "de"), ("x-asn", "AS3320")]);
+        let c = with_peer_hints(client_info(&cfg(), Some(proxy), &h), Some(proxy), hints);
+        assert_eq!((c.country.as_deref(), c.asn), (Some("DE"), Some(3320)));
+        let tor = PeerHints {
+            country: Some(*b"T1"),
+            asn: None,
+        };
+        let c = with_peer_hints(
+            client_info(&cfg(), Some(peer), &headers(&[])),
+            Some(peer),
+            tor,
+        );
+        assert_eq!(c.country, None);
     }
 
     #[test]

@@ -140,7 +140,7 @@ pub use decision::{Decision, Forward, Outcome, Response};
 pub use keyset::{FetchKind, FetchRequest, FetchResponse, KeyStore};
 pub use model::{
     AllHealthy, BackendHealth, BackendId, Entropy, IssuerId, MonotonicClock, NoClock, NoEntropy,
-    RequestParts,
+    PeerHints, RequestParts,
 };
 pub use phase::Adapters;
 pub use pipeline::{Engine, Gateway, Progress};

@@ -160,6 +160,7 @@ subject_key_file = "k"
                 weight: *weight,
                 headers: Vec::new(),
                 config_json: "{}".into(),
+                component_sha256: None,
             })
             .collect();
         cfg

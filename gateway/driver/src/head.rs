@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use http::{HeaderMap, Method, Uri};
-use portcullis_core::RequestParts;
+use portcullis_core::{PeerHints, RequestParts};
 
 /// The header an upstream proxy or the host sets to correlate a request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -22,6 +22,9 @@ pub struct RequestHead {
     pub request_id: String,
     /// The connecting peer, when the runtime knows it.
     pub peer: Option<IpAddr>,
+    /// What the runtime vouches for about the peer besides its address (Cloudflare's
+    /// `cf` object), none elsewhere.
+    pub peer_hints: PeerHints,
 }
 
 impl RequestHead {
@@ -38,6 +41,7 @@ impl RequestHead {
             headers,
             request_id,
             peer,
+            peer_hints: PeerHints::default(),
         }
     }
 
@@ -50,6 +54,7 @@ impl RequestHead {
             headers: &self.headers,
             request_id: &self.request_id,
             peer: self.peer,
+            peer_hints: self.peer_hints,
             body,
         }
     }

@@ -134,6 +134,20 @@ enum Command {
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
+    /// Make the configuration's risk-plugin components loadable by the Cloudflare Worker
+    /// without rebuilding it: each is transpiled (jco's generator) into JavaScript and core
+    /// modules under OUT/plugins/, with a registry, the shared plugin host and `main.js`,
+    /// the entry module to deploy. OUT is the worker's build directory (beside its
+    /// `index.js`). The worker refuses components whose SHA-256 differs from the one its
+    /// snapshot (`portcullis snapshot`) names.
+    WorkerPlugins {
+        /// The edge configuration.
+        #[arg(short = 'c', long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+        /// The worker's build directory (worker-build's `--out-dir`).
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
     /// Serve any wasi:http component (an edge bundle) the way a plain wasi:http host
     /// does: WASI, wasi:http and the standard wasi:keyvalue only, no Portcullis host
     /// services, a fresh instance per request, outbound requests to any loopback or public
@@ -378,6 +392,25 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             warn_login_routes(&loaded.config, "the Worker and Spin cannot yet");
+            let mut loaded = loaded;
+            // The worker runs the plugin components deployed beside it (`worker-plugins`)
+            // only when they are the files this configuration names. A file that cannot be
+            // read leaves no hash: only a plugin crate linked into the worker can serve it.
+            for p in &mut loaded.config.plugins {
+                let path = loaded.base.join(&p.path);
+                match std::fs::read(&path) {
+                    Ok(wasm) => {
+                        p.component_sha256 = Some(
+                            portcullis_host::tools::worker_plugins::component_sha256(&wasm),
+                        );
+                    }
+                    Err(e) => eprintln!(
+                        "warning: plugin `{}`: {}: {e}; the worker will refuse a component deployed for it (a linked plugin crate can still serve it)",
+                        p.name,
+                        path.display()
+                    ),
+                }
+            }
             let text = portcullis_core::b64::encode(&loaded.config.to_snapshot());
             if output.as_os_str() == "-" {
                 println!("{text}");
@@ -385,6 +418,30 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 std::fs::write(&output, &text)?;
                 eprintln!("{}: {} bytes of base64url", output.display(), text.len());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::WorkerPlugins { config, output } => {
+            let loaded = match load_config_file(&config) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            let written = portcullis_host::tools::worker_plugins::write(&loaded, &output)?;
+            for w in &written {
+                let bytes: usize = w.files.iter().map(|(_, n)| n).sum();
+                eprintln!(
+                    "plugin `{}` (sha256 {}): {} files, {bytes} bytes",
+                    w.name,
+                    w.sha256,
+                    w.files.len()
+                );
+            }
+            eprintln!(
+                "{}: deploy main.js as the worker's entry module",
+                output.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Bundle {

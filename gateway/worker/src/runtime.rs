@@ -1,5 +1,5 @@
 //! The Workers fetch handler: one isolate-wide gateway (configuration, key sets, imported
-//! WebCrypto keys, linked plugins), and per request: key sets refreshed when due, the core's
+//! WebCrypto keys, risk plugins), and per request: key sets refreshed when due, the core's
 //! decision (which waits while WebCrypto checks the token's signature), and the forward or
 //! the answer.
 
@@ -16,8 +16,8 @@ use portcullis_core::ports::{
     CallOp, CallResult, Client, State, StateAnswer, StateOp, StateResult,
 };
 use portcullis_core::{
-    Adapters, AllHealthy, Answer, Config, Forward, Gateway, KeyStore, Need, Outcome, Progress,
-    Reason, Response as CoreResponse, Suspended, Timestamp,
+    Adapters, AllHealthy, Answer, Config, Forward, Gateway, KeyStore, Need, Outcome, PeerHints,
+    Progress, Reason, Response as CoreResponse, Suspended, Timestamp,
 };
 use portcullis_driver::keycache::{self, StoredDocument, store_key};
 use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
@@ -28,7 +28,7 @@ use portcullis_driver::{
 use wasm_bindgen::JsValue;
 use worker::{Context, Env, Fetch, Request, Response, event};
 
-use crate::linked::{LinkedPlugins, Unusable};
+use crate::plugins::{Unusable, WorkerPlugins};
 use crate::verifier::{WebKey, WorkerVerifier};
 use crate::webcrypto::KeyCache;
 
@@ -45,7 +45,7 @@ struct Isolate {
     verifier: WorkerVerifier,
     keys: RefCell<KeyStore<WebKey>>,
     imported: KeyCache,
-    plugins: LinkedPlugins,
+    plugins: WorkerPlugins,
     requests: std::cell::Cell<u64>,
     /// The Durable Object namespace for the shared state is bound.
     shared_state: bool,
@@ -69,9 +69,10 @@ fn load(env: &Env) -> Result<Rc<Isolate>, String> {
     let bytes = portcullis_core::b64::decode(text.trim())
         .ok_or_else(|| format!("`{SNAPSHOT_BINDING}` is not base64url"))?;
     let config = Config::from_snapshot(&bytes)?;
-    let plugins = LinkedPlugins::new(&config);
-    // A plugin whose configuration its crate refuses stops the gateway, as at host
-    // start-up; one that is merely not linked answers with failures (`on_error` decides).
+    let plugins = WorkerPlugins::new(&config);
+    // A plugin that refuses its configuration, or whose deployed component is not the
+    // configured file, stops the gateway, as at host start-up; one that nothing serves
+    // answers with failures (`on_error` decides).
     for (name, why) in plugins.unusable() {
         match why {
             Unusable::Refused(why) => return Err(format!("plugin {name}: {why}")),
@@ -181,7 +182,7 @@ async fn refresh_keys(isolate: &Isolate, env: &Env, now: Timestamp) {
 
 /// Performs what a decision waits for on a Worker: a WebCrypto signature check, a
 /// shared-state operation on the Durable Objects, an outbound call with the Fetch API.
-/// (Plugins answer at once: they are linked in.)
+/// (Plugins answer at once: linked crates and deployed components are both synchronous.)
 async fn perform(isolate: &Isolate, env: &Env, need: Need) -> Answer {
     match need {
         Need::Verify(check) => Answer::Verified(isolate.imported.verify(&check).await),
@@ -260,13 +261,39 @@ fn head(req: &Request, serial: u64) -> Result<RequestHead, (Reason, String)> {
         .and_then(|_| headers.get("cf-connecting-ip"))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
+    let peer_hints = if peer.is_some() {
+        cf_hints(req)
+    } else {
+        PeerHints::default()
+    };
     Ok(RequestHead {
         method,
         uri,
         headers,
         request_id,
         peer,
+        peer_hints,
     })
+}
+
+/// Cloudflare's own country and AS number of the connecting client (`request.cf.country`,
+/// `request.cf.asn`), read field by field: a missing or ill-typed one is simply unknown.
+fn cf_hints(req: &Request) -> PeerHints {
+    let Ok(cf) = js_sys::Reflect::get(req.inner(), &JsValue::from_str("cf")) else {
+        return PeerHints::default();
+    };
+    if !cf.is_object() {
+        return PeerHints::default();
+    }
+    let field = |name: &str| js_sys::Reflect::get(&cf, &JsValue::from_str(name)).ok();
+    let country = field("country")
+        .and_then(|v| v.as_string())
+        .and_then(|c| <[u8; 2]>::try_from(c.as_bytes()).ok());
+    let asn = field("asn")
+        .and_then(|v| v.as_f64())
+        .filter(|n| n.fract() == 0.0 && *n >= 0.0 && *n <= f64::from(u32::MAX))
+        .map(|n| n as u32);
+    PeerHints { country, asn }
 }
 
 fn answer(response: &CoreResponse) -> worker::Result<Response> {

@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         headers: &headers,
         request_id: "fuzz",
         peer: None,
+        peer_hints: Default::default(),
         body: &[],
     };
     let _ = engine.decide(

@@ -511,6 +511,10 @@ pub struct PluginConfig {
     pub headers: Vec<String>,
     /// The plugin's own `config` table, as a JSON object.
     pub config_json: String,
+    /// The SHA-256 (lowercase hex) of the component file, when the configuration was
+    /// packed for a runtime that loads plugins deployed beside it (the Worker's snapshot):
+    /// that runtime refuses a plugin whose deployed copy has another hash.
+    pub component_sha256: Option<String>,
 }
 
 /// Default plugin deadline.

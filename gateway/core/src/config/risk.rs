@@ -153,6 +153,7 @@ pub(super) fn read_plugins(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Vec<Pl
             weight,
             headers,
             config_json,
+            component_sha256: None,
         });
     }
     plugins

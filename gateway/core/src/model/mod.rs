@@ -9,6 +9,6 @@ mod runtime;
 mod verdict;
 
 pub use ids::{BackendId, IssuerId, PluginId, RegionId};
-pub use request::{AllHealthy, BackendHealth, ClientInfo, RequestParts};
+pub use request::{AllHealthy, BackendHealth, ClientInfo, PeerHints, RequestParts};
 pub use runtime::{Entropy, MonotonicClock, NoClock, NoEntropy};
 pub use verdict::{Action, Contribution, RiskVerdict};

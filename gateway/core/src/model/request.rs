@@ -21,9 +21,21 @@ pub struct RequestParts<'a> {
     /// The connecting peer's address, when the adapter knows it (the client's address is
     /// taken from proxy headers only when this peer is a trusted proxy).
     pub peer: Option<IpAddr>,
+    /// What the runtime itself vouches for about the peer besides its address (Cloudflare's
+    /// `cf.country` and `cf.asn`): used when the peer is the client, not a trusted proxy.
+    pub peer_hints: PeerHints,
     /// The request body, read by the adapter only where [`Gateway::wants_body`] says so
     /// (the back-channel logout endpoint); empty otherwise.
     pub body: &'a [u8],
+}
+
+/// What a runtime vouches for about the connecting peer besides its address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerHints {
+    /// ISO 3166-1 alpha-2 country (ASCII letters; upper-cased when used).
+    pub country: Option<[u8; 2]>,
+    /// Autonomous system number.
+    pub asn: Option<u32>,
 }
 
 /// Backend health as the adapter knows it (health checks, circuit breakers).

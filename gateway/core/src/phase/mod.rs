@@ -200,7 +200,11 @@ impl<'a> Scope<'a> {
     pub fn new(input: Input<'a>, norm: &'a Normalized) -> Self {
         let cfg = input.config();
         let req = input.req;
-        let client = crate::client::client_info(&cfg.client, req.peer, req.headers);
+        let client = crate::client::with_peer_hints(
+            crate::client::client_info(&cfg.client, req.peer, req.headers),
+            req.peer,
+            req.peer_hints,
+        );
         let flow = match (&cfg.session, &input.prep.session_keys) {
             (Some(session), Some(keys)) => Some(Flow {
                 config: cfg,

@@ -85,6 +85,7 @@ impl NativeEngine {
                 headers: req.headers(),
                 request_id,
                 peer: Some(peer.ip()),
+                peer_hints: Default::default(),
                 body: &[],
             };
             decide_refetching(
@@ -160,6 +161,7 @@ impl NativeEngine {
             headers: &parts.headers,
             request_id,
             peer: Some(peer.ip()),
+            peer_hints: Default::default(),
             body: &body,
         };
         let (decision, _) = self.decide(&request).await;

@@ -6,3 +6,4 @@ pub mod demo;
 pub mod offline;
 pub mod plugin;
 pub mod scenario;
+pub mod worker_plugins;

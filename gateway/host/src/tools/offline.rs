@@ -45,6 +45,7 @@ pub async fn decide(
         headers,
         request_id: "cli",
         peer: None,
+        peer_hints: Default::default(),
         body: &[],
     };
     let decision = engine.decide_only(&parts).await;

@@ -208,6 +208,7 @@ fn plugin_config(section: &PluginSection) -> anyhow::Result<PluginConfig> {
             .map(|h| h.to_ascii_lowercase())
             .collect(),
         config_json,
+        component_sha256: None,
     })
 }
 

@@ -1,26 +1,38 @@
-//! Risk plugins linked into the worker as Rust crates. Workers cannot host WebAssembly
-//! components, so each plugin crate is compiled in behind a cargo feature and driven through
-//! the SDK's own [`RiskPlugin`] trait — the same code that the gateway runs sandboxed as a
-//! component elsewhere. A `[plugin.*]` entry is served by the linked crate named by its
-//! `name` or by its `path`'s file stem (`-` and `_` alike); an entry no linked crate serves
-//! answers with a failure, so its `on_error` policy decides (fail closed under `deny`).
+//! Risk plugins in the worker, from either of two sources:
 //!
-//! Unlike in the sandboxed host, a linked plugin shares the worker's isolate: a panic in it
-//! aborts the request (Workers answer 500), it has no deadline or memory cap of its own, and
-//! its state lives in the isolate's memory (per isolate, not shared between them).
+//! - **deployed components** ([`crate::components`]): the same `.wasm` files every other
+//!   runtime loads, transpiled for JavaScript hosts by `portcullis worker-plugins` and
+//!   deployed beside the worker; each runs in its own WebAssembly instances (a trap fails
+//!   only that plugin's call, and its `on_error` decides). A `[plugin.*]` entry is served by
+//!   the deployed component of the same name, and only when its SHA-256 is the one the
+//!   snapshot names (otherwise the worker does not start).
+//! - **linked crates**: plugin crates compiled into the worker behind cargo features and
+//!   driven through the SDK's own [`RiskPlugin`] trait, for an entry no deployed component
+//!   serves: served by the linked crate named by its `name` or by its `path`'s file stem
+//!   (`-` and `_` alike). A linked plugin shares the worker's instance: a panic in it aborts
+//!   the request (Workers answer 500).
+//!
+//! An entry neither serves answers with a failure, so its `on_error` policy decides (fail
+//! closed under `deny`). Plugin state lives in the isolate's memory (per isolate, not
+//! shared between isolates), namespaced per plugin.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use portcullis_core::Config;
 use portcullis_core::config::PluginId;
 use portcullis_core::risk::{Action, Assessment, PluginAnswer, RiskAssessor, RiskContext};
 use portcullis_plugin::{Context, Host, Identity, Level, Outcome, RiskPlugin};
 
-/// A linked plugin, type-erased.
+/// A plugin the worker can run (a linked crate or a deployed component), type-erased.
 pub trait Linked {
-    /// Assesses a request.
-    fn assess(&self, ctx: &Context, host: &mut dyn Host) -> portcullis_plugin::Assessment;
+    /// Assesses a request; `Err` when the call failed (a trap, a malformed answer).
+    fn assess(
+        &self,
+        ctx: &Context,
+        host: &mut dyn Host,
+    ) -> Result<portcullis_plugin::Assessment, String>;
     /// Learns how a request ended.
     fn observe(&self, ctx: &Context, outcome: Outcome, host: &mut dyn Host);
 }
@@ -36,8 +48,12 @@ pub trait Linked {
 struct Instance<P>(P);
 
 impl<P: RiskPlugin> Linked for Instance<P> {
-    fn assess(&self, ctx: &Context, host: &mut dyn Host) -> portcullis_plugin::Assessment {
-        self.0.assess(ctx, host)
+    fn assess(
+        &self,
+        ctx: &Context,
+        host: &mut dyn Host,
+    ) -> Result<portcullis_plugin::Assessment, String> {
+        Ok(self.0.assess(ctx, host))
     }
     fn observe(&self, ctx: &Context, outcome: Outcome, host: &mut dyn Host) {
         self.0.observe(ctx, outcome, host);
@@ -146,13 +162,16 @@ impl MemoryState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct StateFull;
 
+/// Why a call that had a write refused failed.
+pub(crate) const STATE_FULL: &str = "the isolate's plugin state is full of live entries";
+
 /// A plugin's view of the isolate state (keys prefixed with its namespace).
-struct PluginHost<'a> {
-    namespace: &'a str,
-    state: &'a RefCell<MemoryState>,
-    now_ms: u64,
+pub(crate) struct PluginHost<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) state: &'a RefCell<MemoryState>,
+    pub(crate) now_ms: u64,
     /// A write was refused during this call: the call counts as failed.
-    full: bool,
+    pub(crate) full: bool,
 }
 
 impl PluginHost<'_> {
@@ -208,57 +227,73 @@ impl Host for PluginHost<'_> {
 }
 
 /// Writes a log line (the console in a worker, stderr natively).
-fn log_line(line: &str) {
+pub(crate) fn log_line(line: &str) {
     #[cfg(target_arch = "wasm32")]
     worker::console_log!("{line}");
     #[cfg(not(target_arch = "wasm32"))]
     eprintln!("{line}");
 }
 
-/// Why a configured plugin has no linked instance.
+/// Why a configured plugin has no instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Unusable {
-    /// No linked crate serves it: it answers with failures, its `on_error` decides.
+    /// No deployed component and no linked crate serves it: it answers with failures, its
+    /// `on_error` decides.
     NotLinked(String),
-    /// Its crate refused its configuration: the gateway must not start.
+    /// It refused its configuration, or its deployed component is not the configured file
+    /// or does not start: the gateway must not start.
     Refused(String),
 }
 
-/// One configured plugin: its name (state namespace), the headers it sees, and the linked
-/// crate serving it or why there is none.
+/// One configured plugin: its name (state namespace), the headers it sees, and what
+/// serves it or why nothing does.
 type Entry = (String, Vec<String>, Result<Box<dyn Linked>, Unusable>);
 
-/// The configuration's plugins, each served by a linked crate or failing.
-pub struct LinkedPlugins {
-    plugins: Vec<Entry>,
-    state: RefCell<MemoryState>,
-    assessed: RefCell<Vec<(usize, Context)>>,
-    now_ms: std::cell::Cell<u64>,
+/// The state and clock every plugin of an isolate shares.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Plugin state (namespaced per plugin).
+    pub(crate) state: RefCell<MemoryState>,
+    /// The current request's time, Unix milliseconds.
+    pub(crate) now_ms: std::cell::Cell<u64>,
 }
 
-impl LinkedPlugins {
-    /// Links every `[plugin.*]` of `config`, in order.
+/// The configuration's plugins, each served by a deployed component, a linked crate, or
+/// failing.
+pub struct WorkerPlugins {
+    plugins: Vec<Entry>,
+    shared: Rc<Shared>,
+    assessed: RefCell<Vec<(usize, Context)>>,
+}
+
+impl WorkerPlugins {
+    /// Loads every `[plugin.*]` of `config`, in order: the deployed component of that name
+    /// when there is one, else the linked crate.
     pub fn new(config: &Config) -> Self {
+        let shared = Rc::new(Shared::default());
         let plugins = config
             .plugins
             .iter()
             .map(|p| {
-                let linked = match crate_for(&p.name, &p.path).and_then(|c| link(c, &p.config_json)) {
+                let deployed = crate::components::deployed(p, &shared);
+                let served = match deployed.or_else(|| {
+                    crate_for(&p.name, &p.path).and_then(|c| link(c, &p.config_json))
+                }) {
                     Some(built) => built.map_err(Unusable::Refused),
                     None => Err(Unusable::NotLinked(format!(
-                        "no plugin crate for `{}` is linked into this worker (linked: {:?}); build it with the crate's cargo feature",
+                        "no component for `{}` is deployed with this worker (`portcullis worker-plugins`; deployed: {:?}) and no plugin crate for it is linked in (linked: {:?})",
                         p.name,
+                        crate::components::names(),
                         available()
                     ))),
                 };
-                (p.name.clone(), p.headers.clone(), linked)
+                (p.name.clone(), p.headers.clone(), served)
             })
             .collect();
         Self {
             plugins,
-            state: RefCell::new(MemoryState::default()),
+            shared,
             assessed: RefCell::new(Vec::new()),
-            now_ms: std::cell::Cell::new(0),
         }
     }
 
@@ -272,7 +307,7 @@ impl LinkedPlugins {
 
     /// Sets the clock for the next request.
     pub fn set_now_ms(&self, now_ms: u64) {
-        self.now_ms.set(now_ms);
+        self.shared.now_ms.set(now_ms);
     }
 
     /// Tells the plugins that assessed the last request how it ended.
@@ -282,8 +317,8 @@ impl LinkedPlugins {
             if let Some((name, _, Ok(plugin))) = self.plugins.get(index) {
                 let mut host = PluginHost {
                     namespace: name,
-                    state: &self.state,
-                    now_ms: self.now_ms.get(),
+                    state: &self.shared.state,
+                    now_ms: self.shared.now_ms.get(),
                     full: false,
                 };
                 plugin.observe(&ctx, Outcome { status }, &mut host);
@@ -313,13 +348,13 @@ fn core_assessment(mut a: portcullis_plugin::Assessment) -> Assessment {
     portcullis_driver::risk_assessment!(a => Assessment, portcullis_plugin::Action => Action)
 }
 
-impl RiskAssessor for LinkedPlugins {
+impl RiskAssessor for WorkerPlugins {
     fn now(&self, plugins: &[PluginId], ctx: &RiskContext) -> Option<Vec<PluginAnswer>> {
         Some(self.run(plugins, ctx))
     }
 }
 
-impl LinkedPlugins {
+impl WorkerPlugins {
     /// Runs `plugins` in order on `ctx` (synchronous: the answer is there at once).
     fn run(&self, plugins: &[PluginId], ctx: &RiskContext) -> Vec<PluginAnswer> {
         plugins
@@ -334,16 +369,16 @@ impl LinkedPlugins {
                 let sdk = sdk_context(ctx, headers);
                 let mut host = PluginHost {
                     namespace: name,
-                    state: &self.state,
-                    now_ms: self.now_ms.get(),
+                    state: &self.shared.state,
+                    now_ms: self.shared.now_ms.get(),
                     full: false,
                 };
                 let answer = plugin.assess(&sdk, &mut host);
                 self.assessed.borrow_mut().push((id.0, sdk));
                 if host.full {
-                    return Err("the isolate's plugin state is full of live entries".to_owned());
+                    return Err(STATE_FULL.to_owned());
                 }
-                Ok(core_assessment(answer))
+                Ok(core_assessment(answer?))
             })
             .collect()
     }
