@@ -446,8 +446,7 @@ const config :Workerd.Config = (
 
 const portcullis :Workerd.Worker = (
   modules = [
-    (name = "index.js", esModule = embed "index.js"),
-    (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
+{modules}
   ],
   compatibilityDate = "2026-11-01",
   bindings = [ (name = "PORTCULLIS_SNAPSHOT", text = "{snapshot}"),
@@ -578,12 +577,105 @@ def start_edge(runtime, cfg, work, bins, redis_port, wide=False):
                               check=True, capture_output=True, text=True).stdout.strip()
         for module in ("index.js", "index_bg.wasm"):
             shutil.copy(build / module, wdir / module)
-        (wdir / "config.capnp").write_text(WORKERD_CAPNP.format(port=port, snapshot=snap))
+        modules = ["index.js", "index_bg.wasm"]
+        if "[plugin." in cfg.read_text():
+            # The plugin components deployed beside the worker, as an operator does.
+            subprocess.run([str(bins / "portcullis"), "worker-plugins", "--config", str(cfg),
+                            "-o", str(wdir)], check=True, capture_output=True)
+            modules = (["main.js"] + modules + ["portcullis-plugins.js", "portcullis-plugin-host.js"]
+                       + sorted(p.relative_to(wdir).as_posix() for p in (wdir / "plugins").rglob("*.*")))
+        listed = ",\n".join(
+            f'    (name = "{m}", {"wasm" if m.endswith(".wasm") else "esModule"} = embed "{m}")'
+            for m in modules)
+        (wdir / "config.capnp").write_text(WORKERD_CAPNP.format(port=port, snapshot=snap, modules=listed))
         workerd = ROOT / "tests/workerd/node_modules/.bin/workerd"
         proc = subprocess.Popen(["taskset", "-c", "0", str(workerd), "serve", str(wdir / "config.capnp")],
                                 stdout=subprocess.DEVNULL, stderr=log)
     wait_http(f"http://127.0.0.1:{port}/x", 180, proc, any_status=True)
     return proc, port
+
+
+def start_runtime(runtime, state, cfg, work, bins, backend_port, redis_port=None):
+    """One gateway of `runtime` (native or component engine, bundle, worker) on `cfg`."""
+    if runtime in ("native", "component"):
+        return start_gateway("portcullis", f"{runtime}-{cfg.stem}", {"engine": runtime, "config": cfg},
+                             work, bins, backend_port)
+    return start_edge(runtime, cfg, work, bins, redis_port if runtime == "bundle" else None)
+
+
+def measure_serial(proc, port, lua, args):
+    """One connection at a time (no queueing) on a public route: p50 µs, the gateway's CPU
+    µs per request, non-2xx answers."""
+    run_wrk(port, None, args.warmup, 1, lua)
+    before = cpu_seconds(proc.pid)
+    r = run_wrk(port, None, args.seconds, 1, lua)
+    cpu = cpu_seconds(proc.pid) - before
+    return ((r["p50_ms"] or 0) * 1000, (cpu * 1e6 / r["requests"]) if r["requests"] else None,
+            r["non_2xx"])
+
+
+def edge_plugin_config(work, backend_port, with_plugin):
+    """A public route, with the ip-reputation example plugin on it when `with_plugin` (a
+    deny list the load's 127.0.0.1 is not on: every call runs the lookup and allows)."""
+    wasm = ROOT / "target/component/wasm32-wasip2/release/ip_reputation.wasm"
+    if with_plugin and not wasm.exists():
+        sys.exit(f"{wasm} is missing: `cargo build -p portcullis` builds the example plugins")
+    plugin = (f'[plugin.ip-reputation]\npath = "{wasm}"\n'
+              'config = { deny = ["203.0.113.0/24", "2001:db8:bad::/48"], deny_asns = [64496] }\n'
+              ) if with_plugin else ""
+    risk = 'risk = { plugins = ["ip-reputation"] }\n' if with_plugin else ""
+    text = head(backend_port) + f"""
+[client]
+peer_header = "spin-client-addr"
+
+{plugin}
+[[route]]
+path = "/"
+auth = "public"
+{risk}
+[audit]
+subject_key_file = "audit.key"
+"""
+    path = work / f"edge-plugin-{'with' if with_plugin else 'without'}.toml"
+    path.write_text(text)
+    return path
+
+
+def run_edge_plugin(work, bins, backend_port, lua, args):
+    """What one plugin call costs on each runtime: the same public route without and with
+    the ip-reputation example (one `.wasm`, loaded unchanged everywhere; the worker runs
+    it transpiled by `portcullis worker-plugins`), one connection at a time; the cost is
+    the difference in gateway CPU per request and in p50 latency."""
+    rows = []
+    for runtime in ("native", "component", "bundle", "worker"):
+        row = {"runtime": runtime}
+        for with_plugin in (False, True):
+            cfg = edge_plugin_config(work, backend_port, with_plugin)
+            proc, port = start_runtime(runtime, "memory", cfg, work, bins, backend_port)
+            try:
+                p50, cpu, non_2xx = measure_serial(proc, port, lua, args)
+            finally:
+                stop(proc)
+            key = "with" if with_plugin else "without"
+            row.update({f"{key}_p50_us": p50, f"{key}_cpu_us": cpu, f"{key}_non_2xx": non_2xx})
+        row["call_p50_us"] = row["with_p50_us"] - row["without_p50_us"]
+        row["call_cpu_us"] = (row["with_cpu_us"] or 0) - (row["without_cpu_us"] or 0)
+        rows.append(row)
+        print(f"{runtime:9} plugin call: CPU {fmt(row['without_cpu_us'], '.0f')} → "
+              f"{fmt(row['with_cpu_us'], '.0f')} µs/req ({row['call_cpu_us']:+.0f}), p50 "
+              f"{row['without_p50_us']:.0f} → {row['with_p50_us']:.0f} µs ({row['call_p50_us']:+.0f})",
+              flush=True)
+    return rows
+
+
+def edge_plugin_report(rows):
+    lines = ["| runtime | gateway CPU µs/req, no plugin → plugin | one plugin call, CPU µs | p50 µs, no plugin → plugin | one plugin call, p50 µs |",
+             "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['runtime']} | {fmt(r['without_cpu_us'], '.0f')} → {fmt(r['with_cpu_us'], '.0f')} | "
+                     f"{r['call_cpu_us']:.0f} | {r['without_p50_us']:.0f} → {r['with_p50_us']:.0f} | "
+                     f"{r['call_p50_us']:.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 def run_edge_state(work, bins, backend_port, lua, args):
@@ -606,22 +698,13 @@ def run_edge_state(work, bins, backend_port, lua, args):
             row = {"runtime": runtime, "state": state}
             for limited in (False, True):
                 cfg = edge_state_config(work, backend_port, limited, rport)
-                if runtime == "native":
-                    proc, port = start_gateway("portcullis", f"edge-{state}", {"engine": "native", "config": cfg},
-                                               work, bins, backend_port)
-                else:
-                    proc, port = start_edge(runtime, cfg, work, bins, rport if runtime == "bundle" else None)
+                proc, port = start_runtime(runtime, state, cfg, work, bins, backend_port, rport)
                 try:
-                    run_wrk(port, None, args.warmup, 1, lua)
-                    before = cpu_seconds(proc.pid)
-                    r = run_wrk(port, None, args.seconds, 1, lua)
-                    cpu = cpu_seconds(proc.pid) - before
+                    p50, cpu, non_2xx = measure_serial(proc, port, lua, args)
                 finally:
                     stop(proc)
                 key = "limited" if limited else "open"
-                row[f"{key}_p50_us"] = (r["p50_ms"] or 0) * 1000
-                row[f"{key}_cpu_us"] = (cpu * 1e6 / r["requests"]) if r["requests"] else None
-                row[f"{key}_non_2xx"] = r["non_2xx"]
+                row[f"{key}_p50_us"], row[f"{key}_cpu_us"], row[f"{key}_non_2xx"] = p50, cpu, non_2xx
             row["state_op_us"] = row["limited_p50_us"] - row["open_p50_us"]
             row["state_op_cpu_us"] = ((row["limited_cpu_us"] or 0) - (row["open_cpu_us"] or 0))
             rows.append(row)
@@ -864,7 +947,7 @@ def main():
     ap.add_argument("--unique-tokens", type=int, default=150000,
                     help="tokens of the unique ES256 set: more than any gateway sends in a warm-up "
                          "and a run, so none is sent to it twice")
-    ap.add_argument("--only", help="comma-separated variants to run (and `churn`, `state`, `edge-state`)")
+    ap.add_argument("--only", help="comma-separated variants to run (and `churn`, `state`, `edge-state`, `edge-plugin`)")
     ap.add_argument("--churn", type=int, default=1_000_000, help="distinct tokens of the churn workload")
     ap.add_argument("--churn-cache", type=int, default=100_000, help="token cache entries in the churn run")
     ap.add_argument("--churn-windows", type=int, default=6)
@@ -955,6 +1038,8 @@ def main():
         state = run_state(work, bins, backend_port, lua, args) if not only or "state" in only else []
         edge_state = (run_edge_state(work, bins, backend_port, lua, args)
                       if not only or "edge-state" in only else [])
+        edge_plugin = (run_edge_plugin(work, bins, backend_port, lua, args)
+                       if not only or "edge-plugin" in only else [])
     finally:
         stop(backend)
     meta = {
@@ -990,6 +1075,13 @@ def main():
         (args.out / "edge-state.json").write_text(json.dumps(edge_state, indent=1))
         if not args.smoke and not args.bins:
             update_readme(edge_table, "edge-state-results", ROOT / "README.md")
+    if edge_plugin:
+        plugin_table = edge_plugin_report(edge_plugin)
+        print(plugin_table)
+        (args.out / "edge-plugin.md").write_text(plugin_table)
+        (args.out / "edge-plugin.json").write_text(json.dumps(edge_plugin, indent=1))
+        if not args.smoke and not args.bins:
+            update_readme(plugin_table, "edge-plugin-results", ROOT / "README.md")
     if not args.smoke and not args.only and not args.bins:
         update_readme(table)
         update_readme((args.out / "edge-cost.md").read_text(), "edge-cost-results", ROOT / "README.md")
@@ -999,6 +1091,8 @@ def main():
     bad += [("state", r["state"]) for r in state if r["non_2xx"]]
     bad += [("edge-state", f"{r['runtime']}/{r['state']}") for r in edge_state
             if r["open_non_2xx"] or r["limited_non_2xx"]]
+    bad += [("edge-plugin", r["runtime"]) for r in edge_plugin
+            if r["without_non_2xx"] or r["with_non_2xx"]]
     if state_broken:
         print(state_broken)
         bad.append(("state", state_broken))
