@@ -1024,7 +1024,9 @@ risk = {{ plugins = ["lenient"] }}
     });
     let failed = records.iter().find(|r| r["path"] == "/strict/x").unwrap();
     assert_eq!(failed["risk"]["plugins"][0]["plugin"], "strict", "{failed}");
-    let error = failed["risk"]["plugins"][0]["error"].as_str().unwrap_or_default();
+    let error = failed["risk"]["plugins"][0]["error"]
+        .as_str()
+        .unwrap_or_default();
     assert!(error.starts_with("trap: "), "{failed}");
     let log = std::fs::read_to_string(gw.dir.join("gateway.log")).unwrap_or_default()
         + &std::fs::read_to_string(gw.dir.join("stdout.log")).unwrap_or_default();
