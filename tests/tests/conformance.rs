@@ -915,6 +915,8 @@ fn one_plugin_file_scores_alike_on_every_runtime() {
         ("203.0.113.10", 64500, 200, "", [0, 0]),
         ("198.51.100.7", 64496, 403, "challenge_required", [0, 70]),
     ];
+    // Per case, each runtime's plugin contributions (score, action, labels, reason).
+    let mut seen: Vec<Vec<(&str, Value)>> = vec![Vec::new(); cases.len()];
     for (runtime, gw) in [
         ("native", &native),
         ("bundle", &bundle),
@@ -967,8 +969,24 @@ fn one_plugin_file_scores_alike_on_every_runtime() {
                 ],
                 "{runtime} {ip} AS{asn}: {record}"
             );
+            seen[i].push((runtime, record["risk"]["plugins"].clone()));
         }
     }
+    // The whole contributions agree, labels and reasons included (e.g. `ip-deny`, "client in
+    // 203.0.113.0/24 (deny list)").
+    for (i, answers) in seen.iter().enumerate() {
+        let (_, first) = &answers[0];
+        for (runtime, answer) in answers {
+            assert_eq!(answer, first, "case {i}: {runtime} vs native");
+        }
+    }
+    assert_eq!(
+        seen[1][2].1[0]["labels"],
+        json!(["ip-deny"]),
+        "{:?}",
+        seen[1]
+    );
+    assert_eq!(seen[3][2].1[1]["action"], "challenge", "{:?}", seen[3]);
 }
 
 /// A plugin component deployed with the worker runs in its own instances: a panic in it
