@@ -631,7 +631,8 @@ subject_key_file = "audit.key"
 /// `plugin new` writes a crate that needs nothing of this repository: it carries its own
 /// copy of the SDK (sources and WIT). Scaffolded, then moved elsewhere (no path back into
 /// the repository or to where it was made), it tests, builds for wasm32-wasip2, passes
-/// `plugin check` and its own scenario under `plugin test`.
+/// `plugin check` and its own scenario under `plugin test`, and the built file scores alike
+/// on the native host, in a bundle and in the Worker.
 #[test]
 fn plugin_new_scaffolds_a_crate_that_tests_builds_checks_and_runs_on_its_own() {
     let dir = temp_dir("scaffold");
@@ -698,6 +699,72 @@ fn plugin_new_scaffolds_a_crate_that_tests_builds_checks_and_runs_on_its_own() {
         .arg("--scenario")
         .arg(crate_dir.join("scenario.toml")));
     assert!(ok && text.contains("every expectation held"), "{text}");
+
+    // Deployed unchanged on every runtime: the scaffold scores a request without a
+    // User-Agent 40, which this route's threshold turns into a challenge. (It imports no
+    // state: the bundle plugs in only the interfaces a plugin imports.)
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let eu = Backend::start("eu");
+    let text = format!(
+        r#"
+[[issuer]]
+name = "main"
+issuer = "{ISSUER}"
+jwks_uri = "{keys}/jwks.json"
+insecure_http_jwks = true
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+
+[region.eu]
+jurisdiction = "EU"
+backends = ["{eu}"]
+
+[residency]
+missing = "eu"
+anonymous = "eu"
+
+[plugin.geo-fence]
+path = "{wasm}"
+headers = ["user-agent"]
+
+[[route]]
+path = "/"
+auth = "public"
+risk = {{ plugins = ["geo-fence"], challenge = 30 }}
+
+[audit]
+subject_key_file = "audit.key"
+"#,
+        keys = keys.server.url(),
+        eu = eu.server.url(),
+        wasm = wasm.display()
+    );
+    let native = start_engine(&text, "native");
+    let (bundle, printed) = portcullis_tests::host::start_bundle(&text, &[]);
+    assert!(printed.contains("1 plugin(s)"), "{printed}");
+    let worker = portcullis_tests::workerd::start_worker(&text, &[]);
+    for (runtime, gw) in [
+        ("native", &native),
+        ("bundle", &bundle),
+        ("worker", &worker),
+    ] {
+        let r = request(gw.addr, "GET", "/shop", &[], b"").unwrap();
+        assert_eq!(
+            r.status,
+            403,
+            "{runtime}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(reason(&r), "challenge_required", "{runtime}");
+        let browser = [("user-agent", "Mozilla/5.0 (X11; Linux x86_64)")];
+        let r = request(gw.addr, "GET", "/shop", &browser, b"").unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "{runtime}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

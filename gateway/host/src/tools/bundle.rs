@@ -278,15 +278,24 @@ pub fn compose_with(
             )?;
             let slot = register(&mut graph, &format!("portcullis:slot-{index}"), &slot)?;
             let slot = graph.instantiate(slot);
-            let plugin = register(&mut graph, &format!("plugin:{}", cfg.name), wasm)?;
-            let plugin = graph.instantiate(plugin);
-            let config_export = graph
-                .alias_instance_export(slot, &plugin_name("config"))
-                .context("the slot's config export")?;
-            graph
-                .set_instantiation_argument(plugin, &plugin_name("config"), config_export)
-                .with_context(|| format!("plugin `{}`: config", cfg.name))?;
-            for service in ["state", "log", "clock"] {
+            let package = register(&mut graph, &format!("plugin:{}", cfg.name), wasm)?;
+            // A plugin imports only the interfaces it uses (one without state has no
+            // `state` import): plug in just those.
+            let imports = &graph.types()[graph[package].ty()].imports;
+            let uses: Vec<&str> = ["config", "state", "log", "clock"]
+                .into_iter()
+                .filter(|service| imports.contains_key(&plugin_name(service)))
+                .collect();
+            let plugin = graph.instantiate(package);
+            if uses.contains(&"config") {
+                let config_export = graph
+                    .alias_instance_export(slot, &plugin_name("config"))
+                    .context("the slot's config export")?;
+                graph
+                    .set_instantiation_argument(plugin, &plugin_name("config"), config_export)
+                    .with_context(|| format!("plugin `{}`: config", cfg.name))?;
+            }
+            for service in uses.into_iter().filter(|s| *s != "config") {
                 let export = graph
                     .alias_instance_export(providers, &plugin_name(service))
                     .with_context(|| format!("the providers' plugin {service} export"))?;
