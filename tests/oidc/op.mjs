@@ -25,6 +25,9 @@
 // own logout-token code) to each client's backchannel_logout_uri, grants revoked, sessions
 // destroyed. Answers {"sessions": n, "notified": [client_id...], "errors": [...]}.
 //
+// Test endpoint: GET /test/token-requests lists how each token request authenticated the
+// client: [{"status", "basic", "client_secret_in_body", "client_assertion_type"}].
+//
 // Test endpoint: POST /test/sign?claims=B64URL_JSON&typ=TYP answers a compact JWS of those
 // claims signed with the provider's own ES256 key (kid op-es256), so tests can send the
 // gateway logout tokens the provider would never issue (no events, a nonce, a replayed jti).
@@ -315,6 +318,28 @@ provider.use(async (ctx, next) => {
   });
   ctx.status = 303;
   ctx.redirect(returnTo);
+  return undefined;
+});
+
+// GET /test/token-requests: how each token request so far authenticated the client (the
+// provider itself takes a secret by HTTP Basic or in the body alike).
+const tokenRequests = [];
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/test/token-requests') {
+    ctx.type = 'json';
+    ctx.body = tokenRequests;
+    return undefined;
+  }
+  await next();
+  if (ctx.method === 'POST' && ctx.path === '/token') {
+    const params = ctx.oidc?.params ?? {};
+    tokenRequests.push({
+      status: ctx.status,
+      basic: /^basic /i.test(ctx.headers.authorization ?? ''),
+      client_secret_in_body: Boolean(params.client_secret),
+      client_assertion_type: params.client_assertion_type ?? null,
+    });
+  }
   return undefined;
 });
 

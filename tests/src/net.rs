@@ -345,23 +345,47 @@ impl Backend {
     }
 }
 
-/// A free loopback port (bound and released), never one this test process handed out
-/// before: parallel tests in one binary otherwise can be given the same port between its
-/// release and the server that binds it (a collision that looks like the wrong server
-/// answering).
+/// A free loopback port for a server started later on it (bound and released), never one
+/// this test process handed out before, and below the kernel's ephemeral range: a port
+/// from `bind(0)` (any server a test starts on port 0, workerd, node, Chromium) is always
+/// taken from that range, so none of them can be handed this port between its release and
+/// the server that binds it. (Both collisions happened: the wrong server answering, and a
+/// gateway failing with "address in use".)
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    for _ in 0..64 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
+    let (low, high) = fixed_port_range();
+    let span = u32::from(high - low) + 1;
+    // A start that differs between processes and calls; then every port of the range once.
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if port != 0 && given.insert(port) {
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for i in 0..span {
+        let port =
+            low + u16::try_from((seed.wrapping_add(i.wrapping_mul(7919))) % span).unwrap_or(0);
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
     0
+}
+
+/// Ports for servers started on a chosen port: the 12,000 below the kernel's ephemeral
+/// range (`/proc/sys/net/ipv4/ip_local_port_range`; 20000–32767 when unreadable).
+fn fixed_port_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|low| *low > 2048)
+        .unwrap_or(32768);
+    let high = ephemeral_low - 1;
+    (high.saturating_sub(12_000).max(1024), high)
 }
 
 /// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux `/proc`): a
@@ -397,4 +421,27 @@ pub fn listening_pid_owns(pid: u32, port: u16) -> bool {
         std::fs::read_link(fd.path())
             .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_for_later_servers_are_never_repeated_nor_ephemeral() {
+        let (low, high) = fixed_port_range();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        assert!(ports.iter().all(|p| (low..=high).contains(p)), "{ports:?}");
+        // A server binding port 0 gets an ephemeral port: never one of these.
+        let ephemeral = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(ephemeral > high, "{ephemeral} is in {low}..={high}");
+        // Each was free when handed out.
+        assert!(TcpListener::bind(("127.0.0.1", ports[0])).is_ok());
+    }
 }

@@ -728,3 +728,61 @@ redirect_uri = \"https://app.example/_portcullis/callback\"
     let d = find(&diags, "issuer `main` has [issuer.login] but no discovery");
     assert!(d.hint.unwrap().contains("discovery = true"));
 }
+
+/// `[issuer.login]` client authentication and authorize parameters: each misuse is an
+/// error at its own line, with the way out.
+#[test]
+fn login_client_authentication_and_authorize_params_are_checked() {
+    let login = |extra: &str| {
+        format!(
+            "{MINIMAL}
+[[issuer]]
+name = \"accounts\"
+issuer = \"https://accounts.test\"
+discovery = true
+audiences = [\"api://shop\"]
+algorithms = [\"ES256\"]
+[issuer.login]
+client_id = \"gw\"
+redirect_uri = \"https://app.example/_portcullis/callback\"
+{extra}
+"
+        )
+    };
+    // An unknown method names the three.
+    let text = login("client_secret_file = \"audit.key\"\nclient_auth = \"tls_client_auth\"");
+    let d = find(&errors(&text), "unknown client_auth \"tls_client_auth\"");
+    assert!(d.hint.unwrap().contains("private_key_jwt"));
+    assert_eq!(d.line, line_of(&text, "tls_client_auth"));
+    // private_key_jwt needs a key, and a key that is a private JWK.
+    let text = login("client_auth = \"private_key_jwt\"");
+    find(&errors(&text), "needs client_key_file");
+    let text = login("client_auth = \"private_key_jwt\"\nclient_key_file = \"main.jwks.json\"");
+    let d = find(&errors(&text), "client key \"main.jwks.json\"");
+    assert_eq!(d.line, line_of(&text, "client_key_file"));
+    // A secret with a key, or a key without private_key_jwt, is a mistake.
+    let text = login(
+        "client_auth = \"private_key_jwt\"\nclient_key_file = \"main.jwks.json\"\nclient_secret_file = \"audit.key\"",
+    );
+    find(&errors(&text), "client_secret_file is not used with");
+    let text = login("client_secret_file = \"audit.key\"\nclient_key_file = \"audit.key\"");
+    find(&errors(&text), "client_key_file is used only with");
+    // Parameters the gateway sets itself cannot be overridden; values are strings.
+    let text = login(
+        "client_secret_file = \"audit.key\"\nauthorize_params = { redirect_uri = \"https://evil.example/\", audience = 3 }",
+    );
+    let diags = errors(&text);
+    find(&diags, "authorize_params may not set `redirect_uri`");
+    find(&diags, "authorize parameter `audience` must be a string");
+    // And a correct one loads.
+    let text = login(
+        "client_secret_file = \"audit.key\"\nclient_auth = \"client_secret_post\"\nauthorize_params = { audience = \"https://api.example\" }",
+    );
+    let loaded = config::load(&text, "edge.toml", &files()).unwrap();
+    let client = loaded.issuers[1].login.as_ref().unwrap();
+    assert_eq!(client.client_auth.name(), "client_secret_post");
+    assert_eq!(
+        client.authorize_params,
+        vec![("audience".to_owned(), "https://api.example".to_owned())]
+    );
+}

@@ -32,7 +32,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "reason",
         ],
     ),
-    ("JOSE", &["crypto/", "jwk", "jws"]),
+    ("JOSE", &["crypto/", "jwk", "jws", "client_auth"]),
     (
         "model",
         &[

@@ -58,6 +58,7 @@ pub mod authenticate;
 pub mod b64;
 pub mod claims;
 pub mod client;
+pub mod client_auth;
 pub mod config;
 pub mod crypto;
 pub mod decision;

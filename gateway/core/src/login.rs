@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use crate::authenticate::{Authenticator, IssuedKind};
 use crate::challenge::{form_encode, page_headers, percent_decode, safe_return_path};
 use crate::claims::VerifiedIdentity;
+use crate::client_auth::ClientAuth;
 use crate::config::{Config, IssuerConfig, LoginClient, SessionConfig};
 use crate::decision::{Response, problem};
 use crate::model::{Entropy as _, IssuerId};
@@ -265,6 +266,9 @@ impl Flow<'_> {
             ),
             ("code_challenge_method", "S256".to_owned()),
         ];
+        for (name, value) in &client.authorize_params {
+            params.push((name.as_str(), value.clone()));
+        }
         if let Some(acr) = &step_up.acr_values {
             params.push(("acr_values", acr.clone()));
         }
@@ -610,25 +614,66 @@ impl Flow<'_> {
         session::clear_cookies(&self.session.cookie, present).unwrap_or_default()
     }
 
-    /// Calls `provider`'s token endpoint with `form` (client authentication: HTTP Basic).
+    /// Calls `provider`'s token endpoint with `form`, the client authenticated as its
+    /// `client_auth` says: HTTP Basic, the secret in the body, or a signed client assertion
+    /// (for the token endpoint, valid for a minute, a fresh `jti` each time).
     fn token_request(
         &self,
         provider: IssuerId,
         client: &LoginClient,
         form: &[(&'static str, String)],
     ) -> Result<TokenResponse, (Reason, String)> {
-        let basic = format!(
-            "{}:{}",
-            form_encode(&client.client_id),
-            form_encode(&client.client_secret)
-        );
-        let authorization = format!(
-            "Basic {}",
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, basic)
-        );
+        let mut form = form.to_vec();
+        let authorization = match &client.client_auth {
+            ClientAuth::SecretBasic => {
+                let basic = format!(
+                    "{}:{}",
+                    form_encode(&client.client_id),
+                    form_encode(&client.client_secret)
+                );
+                format!(
+                    "Basic {}",
+                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, basic)
+                )
+            }
+            ClientAuth::SecretPost => {
+                form.push(("client_id", client.client_id.clone()));
+                form.push(("client_secret", client.client_secret.clone()));
+                String::new()
+            }
+            ClientAuth::PrivateKeyJwt(key) => {
+                let endpoints = self.auth.endpoints(provider).map_err(|e| {
+                    (
+                        Reason::ProviderUnavailable,
+                        format!("the provider's endpoints are unknown: {e}"),
+                    )
+                })?;
+                let jti = self.random::<16>().map_err(|_| {
+                    (
+                        Reason::LoginFailed,
+                        "no randomness for the client assertion".to_owned(),
+                    )
+                })?;
+                let signed = crate::client_auth::assertion(
+                    key,
+                    &client.client_id,
+                    &endpoints.token,
+                    &jti,
+                    self.now,
+                )
+                .map_err(|e| (Reason::LoginFailed, format!("client assertion: {e}")))?;
+                form.push(("client_id", client.client_id.clone()));
+                form.push((
+                    "client_assertion_type",
+                    crate::client_auth::ASSERTION_TYPE.to_owned(),
+                ));
+                form.push(("client_assertion", signed));
+                String::new()
+            }
+        };
         let (status, body) = self
             .io
-            .token_request(provider, &authorization, &encode_form(form))
+            .token_request(provider, &authorization, &encode_form(&form))
             .map_err(|e| {
                 (
                     Reason::ProviderUnavailable,
@@ -1279,7 +1324,7 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
         .and_then(|(_, v)| percent_decode(&v.replace('+', " ")))
 }
 
-fn encode_form(params: &[(&'static str, String)]) -> String {
+fn encode_form(params: &[(&str, String)]) -> String {
     params
         .iter()
         .map(|(k, v)| format!("{k}={}", form_encode(v)))

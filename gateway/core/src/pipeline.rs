@@ -54,11 +54,29 @@ impl Gateway {
     }
 
     /// What the gateway itself serves at `path` (its public key set for gateway-signed
-    /// tokens), as `(content type, body)`. Adapters answer these before deciding.
+    /// tokens; its login clients' keys for `private_key_jwt`), as `(content type, body)`.
+    /// Adapters answer these before deciding.
     pub fn well_known(&self, path: &str) -> Option<(&'static str, String)> {
-        match (&self.prep.config.gateway_token, path) {
+        let config = &self.prep.config;
+        match (&config.gateway_token, path) {
             (Some(gt), crate::gateway_token::JWKS_PATH) => {
                 Some(("application/jwk-set+json", crate::gateway_token::jwks(gt)))
+            }
+            (_, crate::client_auth::CLIENT_JWKS_PATH) => {
+                let methods = || {
+                    config
+                        .issuers
+                        .iter()
+                        .filter_map(|i| i.login.as_ref().map(|l| &l.client_auth))
+                };
+                methods()
+                    .any(|m| matches!(m, crate::client_auth::ClientAuth::PrivateKeyJwt(_)))
+                    .then(|| {
+                        (
+                            "application/jwk-set+json",
+                            crate::client_auth::jwks(methods()),
+                        )
+                    })
             }
             _ => None,
         }

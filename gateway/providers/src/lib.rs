@@ -236,14 +236,21 @@ impl client::Guest for Providers {
         body: String,
     ) -> Result<(u16, Vec<u8>), String> {
         let endpoints = loaded()?.endpoints(IssuerId(issuer as usize))?;
+        // An empty `authorization`: the client authenticates in the body.
+        let all = [
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("accept", "application/json"),
+            ("authorization", authorization.as_str()),
+        ];
+        let headers = if authorization.is_empty() {
+            &all[..2]
+        } else {
+            &all[..]
+        };
         let got = fetch::send(&fetch::Call {
             post: true,
             url: &endpoints.token,
-            headers: &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("accept", "application/json"),
-                ("authorization", &authorization),
-            ],
+            headers,
             body: body.as_bytes(),
             timeout: FORM_TIMEOUT,
             max_body: portcullis_core::login::MAX_TOKEN_RESPONSE,

@@ -59,11 +59,17 @@ pub async fn perform<K>(keys: &std::cell::RefCell<KeyStore<K>>, op: CallOp) -> C
                 .endpoints(issuer)
                 .map(|e| e.token.clone())
                 .ok_or("the provider has not been discovered yet")?;
-            let headers = [
+            let all = [
                 ("accept", "application/json"),
                 ("authorization", authorization.as_str()),
             ];
-            let (status, body) = post_form(&endpoint, &headers, &body, MAX_TOKEN_RESPONSE).await?;
+            // An empty `authorization`: the client authenticates in the body.
+            let headers = if authorization.is_empty() {
+                &all[..1]
+            } else {
+                &all[..]
+            };
+            let (status, body) = post_form(&endpoint, headers, &body, MAX_TOKEN_RESPONSE).await?;
             Ok(CallAnswer::Token { status, body })
         }
         CallOp::SiteVerify {

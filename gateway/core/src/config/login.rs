@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::ConfigFiles;
 use super::model::{AuthMode, IssuerConfig, KeySource, LoginClient, Route, SessionConfig};
 use super::reader::{Diags, Span, Table};
+use crate::client_auth::{ClientAuth, ClientKey};
 
 /// Default scopes of a login client.
 const DEFAULT_SCOPES: [&str; 3] = ["openid", "profile", "email"];
@@ -23,9 +24,65 @@ pub(super) fn read_login_client(
         "client_id",
         Some("the client id registered at the provider"),
     );
-    let secret = match lt.string(d, "client_secret_file") {
-        Some((path, span)) => read_text_secret(d, files, &path, &span),
-        None => {
+    let method = lt.string(d, "client_auth");
+    let key_file = lt.string(d, "client_key_file");
+    let secret_file = lt.string(d, "client_secret_file");
+    let client_auth = match method.as_ref().map(|(m, span)| (m.as_str(), span)) {
+        None | Some(("client_secret_basic", _)) => Some(ClientAuth::SecretBasic),
+        Some(("client_secret_post", _)) => Some(ClientAuth::SecretPost),
+        Some(("private_key_jwt", span)) => match &key_file {
+            Some((path, key_span)) => read_bytes(d, files, path, key_span).and_then(|bytes| {
+                ClientKey::from_private_jwk(&bytes)
+                    .map_err(|e| {
+                        d.error(
+                            key_span,
+                            format!("client key {path:?}: {e}"),
+                            Some(
+                                "a private JWK: RSA (with p and q), EC P-256 or OKP Ed25519".into(),
+                            ),
+                        )
+                    })
+                    .ok()
+                    .map(ClientAuth::PrivateKeyJwt)
+            }),
+            None => {
+                d.error(
+                    span,
+                    "client_auth = \"private_key_jwt\" needs client_key_file",
+                    Some("a file holding the client's private JWK".into()),
+                );
+                None
+            }
+        },
+        Some((other, span)) => {
+            d.error(
+                span,
+                format!("unknown client_auth {other:?}"),
+                Some("client_secret_basic (default), client_secret_post or private_key_jwt".into()),
+            );
+            None
+        }
+    };
+    let signs = matches!(&method, Some((m, _)) if m == "private_key_jwt");
+    if let (false, Some((_, span))) = (signs, &key_file) {
+        d.error(
+            span,
+            "client_key_file is used only with client_auth = \"private_key_jwt\"",
+            None,
+        );
+    }
+    let secret = match (&secret_file, signs) {
+        (Some((path, span)), false) => read_text_secret(d, files, path, span),
+        (Some((_, span)), true) => {
+            d.error(
+                span,
+                "client_secret_file is not used with client_auth = \"private_key_jwt\"",
+                Some("remove it: the client authenticates with its key".into()),
+            );
+            None
+        }
+        (None, true) => Some(String::new()),
+        (None, false) => {
             lt.missing(
                 d,
                 "client_secret_file",
@@ -34,6 +91,7 @@ pub(super) fn read_login_client(
             None
         }
     };
+    let authorize_params = read_authorize_params(&mut lt, d);
     let redirect_uri = lt.req_string(
         d,
         "redirect_uri",
@@ -92,6 +150,8 @@ pub(super) fn read_login_client(
     Some(LoginClient {
         client_id: client_id?.0,
         client_secret: secret?,
+        client_auth: client_auth?,
+        authorize_params,
         redirect_uri: redirect_uri?.0,
         post_logout_redirect_uri,
         scopes,
@@ -332,6 +392,58 @@ fn read_bytes(
             None
         }
     }
+}
+
+/// Parameters the gateway sets itself in every authorization request: an extra value for
+/// one of them would change the protocol, not add to it.
+const OWN_AUTHORIZE_PARAMS: [&str; 12] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "response_mode",
+    "request",
+    "request_uri",
+    "prompt",
+];
+
+/// `authorize_params = { audience = "…", access_type = "offline" }`: names and string values.
+fn read_authorize_params(lt: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Vec<(String, String)> {
+    let Some(table) = lt.table(d, "authorize_params") else {
+        return Vec::new();
+    };
+    let mut params = Vec::new();
+    for ((name, span), value) in table.entries() {
+        if OWN_AUTHORIZE_PARAMS.contains(&name) {
+            d.error(
+                &span,
+                format!("authorize_params may not set `{name}`: the gateway sets it"),
+                Some("scopes go in `scopes`; step-up sets prompt=login itself".into()),
+            );
+            continue;
+        }
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            d.error(&span, format!("`{name}` is not a parameter name"), None);
+            continue;
+        }
+        match value.get_ref().as_str() {
+            Some(v) => params.push((name.to_owned(), v.to_owned())),
+            None => d.error(
+                &value.span(),
+                format!("authorize parameter `{name}` must be a string"),
+                None,
+            ),
+        }
+    }
+    params
 }
 
 fn read_text_secret(

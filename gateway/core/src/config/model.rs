@@ -148,8 +148,13 @@ pub struct IssuerConfig {
 pub struct LoginClient {
     /// The client id registered at the provider (the ID token's `aud`).
     pub client_id: String,
-    /// The client secret (sent with HTTP Basic authentication to the token endpoint).
+    /// The client secret (empty with `private_key_jwt`).
     pub client_secret: String,
+    /// How the gateway authenticates at the token endpoint.
+    pub client_auth: crate::client_auth::ClientAuth,
+    /// Extra parameters of every authorization request (Auth0's `audience`, Google's
+    /// `access_type`), in configuration order.
+    pub authorize_params: Vec<(String, String)>,
     /// The gateway's callback URL as registered (ends in `/_portcullis/callback`).
     pub redirect_uri: String,
     /// Where the provider sends the browser after RP-initiated logout.
@@ -165,6 +170,8 @@ impl std::fmt::Debug for LoginClient {
         f.debug_struct("LoginClient")
             .field("client_id", &self.client_id)
             .field("client_secret", &"<redacted>")
+            .field("client_auth", &self.client_auth)
+            .field("authorize_params", &self.authorize_params)
             .field("redirect_uri", &self.redirect_uri)
             .field("post_logout_redirect_uri", &self.post_logout_redirect_uri)
             .field("scopes", &self.scopes)

@@ -23,6 +23,9 @@ pub const BACKCHANNEL_PATH: &str = "/_portcullis/backchannel-logout";
 /// Where the gateway's public keys are served.
 pub const JWKS_PATH: &str = "/.well-known/portcullis/jwks.json";
 
+// The login clients' public keys (`private_key_jwt`) are served at
+// `crate::client_auth::CLIENT_JWKS_PATH`.
+
 /// The longest session-key id.
 pub const MAX_KID_LEN: usize = 16;
 

@@ -18,7 +18,8 @@ pub enum CallOp {
     Token {
         /// The provider.
         issuer: IssuerId,
-        /// The `Authorization` header (client authentication).
+        /// The `Authorization` header (client authentication); empty: send none (the client
+        /// authenticates in the body: `client_secret_post`, `private_key_jwt`).
         authorization: String,
         /// The form body.
         body: String,

@@ -75,7 +75,7 @@ pub async fn token_request(
 }
 
 /// POSTs a form to `url` (an OIDC token endpoint) with the `Authorization` header
-/// `authorization`: the status and at most [`portcullis_core::login::MAX_TOKEN_RESPONSE`]
+/// `authorization` (none when it is empty): the status and at most [`portcullis_core::login::MAX_TOKEN_RESPONSE`]
 /// bytes of body.
 pub async fn post_form(
     client: &BackendClient,
@@ -83,13 +83,17 @@ pub async fn post_form(
     authorization: &str,
     body: &str,
 ) -> Result<(u16, Vec<u8>), String> {
-    let request = http::Request::post(url)
+    let mut request = http::Request::post(url)
         .header(
             http::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
         )
-        .header(http::header::ACCEPT, "application/json")
-        .header(http::header::AUTHORIZATION, authorization)
+        .header(http::header::ACCEPT, "application/json");
+    // An empty `authorization`: the client authenticates in the body.
+    if !authorization.is_empty() {
+        request = request.header(http::header::AUTHORIZATION, authorization);
+    }
+    let request = request
         .body(
             http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))
                 .map_err(|never| match never {})
