@@ -786,3 +786,50 @@ redirect_uri = \"https://app.example/_portcullis/callback\"
         vec![("audience".to_owned(), "https://api.example".to_owned())]
     );
 }
+
+/// Claim paths in route rules, identity headers and an issuer's `scopes_claim` are parsed
+/// at load: a malformed one is an error at its line, saying what is wrong.
+#[test]
+fn claim_paths_are_checked_where_they_are_written() {
+    let text = format!(
+        "{MINIMAL}
+[[route]]
+path = \"/admin\"
+claims = [{{ path = \"realm_access..roles\", contains = \"admin\" }}]
+
+[[route]]
+path = \"/both\"
+claims = [{{ name = \"a\", path = \"b.c\", equals = true }}]
+
+[identity]
+headers = {{ \"x-roles\" = {{ path = \"groups[x]\" }}, \"x-other\" = {{ name = \"sub\" }} }}
+"
+    )
+    .replace(
+        "algorithms = [\"ES256\"]",
+        "algorithms = [\"ES256\"]\nscopes_claim = \"[0]\"",
+    );
+    let diags = errors(&text);
+    let d = find(
+        &diags,
+        "claim path \"realm_access..roles\": an empty member name",
+    );
+    assert_eq!(d.line, line_of(&text, "realm_access..roles"));
+    find(
+        &diags,
+        "exactly one of `name` (a top-level claim) or `path`",
+    );
+    find(
+        &diags,
+        "identity header `x-roles`: claim path: `[x]` is not an array index",
+    );
+    find(
+        &diags,
+        "identity header `x-other`: a table names a nested claim with `path` only",
+    );
+    let d = find(
+        &diags,
+        "scopes_claim \"[0]\": a claim path starts with a member name",
+    );
+    assert_eq!(d.line, line_of(&text, "scopes_claim"));
+}

@@ -45,6 +45,21 @@ fn client_jwk() -> (String, &'static str) {
     (jwk.to_string(), "gw-client-1")
 }
 
+/// How a test sets the provider and the gateway up.
+#[derive(Default)]
+struct Setup<'a> {
+    /// Client metadata merged over the defaults at the provider.
+    op_client: Value,
+    /// Lines added to the gateway's `[issuer.login]`.
+    login_extra: &'a str,
+    /// Extra claims per login name at the provider.
+    accounts: Value,
+    /// Lines added to the provider's `[[issuer]]` table.
+    issuer_extra: &'a str,
+    /// Routes added before the public catch-all.
+    routes: &'a str,
+}
+
 struct World {
     op: OpenIdProvider,
     backend: Backend,
@@ -62,6 +77,20 @@ impl World {
 
     /// As [`World::start`], the gateway on 127.0.0.1:`port`.
     fn start_on(engine: &str, port: u16, op_client: Value, login_extra: &str) -> Self {
+        Self::set_up(
+            engine,
+            port,
+            &Setup {
+                op_client,
+                login_extra,
+                ..Setup::default()
+            },
+        )
+    }
+
+    /// The provider and the gateway (on 127.0.0.1:`port`) as `setup` says.
+    fn set_up(engine: &str, port: u16, setup: &Setup<'_>) -> Self {
+        let (op_client, login_extra) = (&setup.op_client, setup.login_extra);
         let mut client = json!({
             "client_id": CLIENT,
             "redirect_uris": [format!("http://localhost:{port}/_portcullis/callback")],
@@ -71,7 +100,12 @@ impl World {
         for (k, v) in op_client.as_object().unwrap() {
             client[k] = v.clone();
         }
-        let op = OpenIdProvider::start(json!({ "clients": [client] }));
+        let accounts = if setup.accounts.is_null() {
+            json!({})
+        } else {
+            setup.accounts.clone()
+        };
+        let op = OpenIdProvider::start(json!({ "clients": [client], "accounts": accounts }));
         let keys = KeyServer::start(TestIdp::shared().jwks());
         let backend = Backend::start("eu");
         let config = format!(
@@ -91,6 +125,7 @@ discovery = true
 insecure_http_jwks = true
 audiences = ["unused-api"]
 algorithms = ["ES256", "RS256"]
+{issuer_extra}
 
 [issuer.login]
 client_id = "{CLIENT}"
@@ -106,7 +141,7 @@ missing = "eu"
 anonymous = "eu"
 
 [identity]
-headers = {{ "x-user-id" = "sub", "x-user-issuer" = "issuer" }}
+headers = {{ "x-user-id" = "sub", "x-user-issuer" = "issuer", "x-user-scopes" = "scope", "x-roles" = {{ path = "realm_access.roles" }}, "x-shop-roles" = {{ path = 'resource_access["shop.app"].roles' }} }}
 
 [session]
 idle_timeout = "10m"
@@ -118,7 +153,7 @@ file = "session.key"
 [[route]]
 path = "/app"
 login = ["op"]
-
+{routes}
 [[route]]
 path = "/"
 auth = "public"
@@ -129,6 +164,8 @@ subject_key_file = "audit.key"
             keys = keys.server.url(),
             iss = op.issuer(),
             backend = backend.server.url(),
+            issuer_extra = setup.issuer_extra,
+            routes = setup.routes,
         );
         let (jwk, _) = client_jwk();
         let files = vec![
@@ -158,8 +195,13 @@ subject_key_file = "audit.key"
 
     /// Signs `login` in with Chromium from `/app/…`: the page the browser lands on.
     fn browser_login(&self, login: &str) -> (Browser, String) {
+        self.browser_login_at(login, "/app/orders")
+    }
+
+    /// Signs `login` in with Chromium from `path`: the page the browser lands on.
+    fn browser_login_at(&self, login: &str, path: &str) -> (Browser, String) {
         let browser = Browser::start();
-        let wanted = self.url("/app/orders");
+        let wanted = self.url(path);
         browser.goto(&wanted);
         assert!(
             browser.url().starts_with(self.op.issuer()),
@@ -318,7 +360,64 @@ fn extra_authorize_parameters_are_sent_to_the_provider(engine: &str) {
     w.signs_in("authorize_params");
 }
 
+/// Keycloak puts roles at `realm_access.roles` and per client at
+/// `resource_access.<client>.roles`: a claim path reaches them in route rules, the issuer's
+/// `scopes_claim` makes realm roles its scopes, and identity headers carry them on.
+fn nested_role_claims_decide_routes_and_reach_the_backend(engine: &str) {
+    let w = World::set_up(
+        engine,
+        free_port(),
+        &Setup {
+            op_client: json!({"client_secret": SECRET}),
+            login_extra: "client_secret_file = \"client.secret\"",
+            accounts: json!({
+                "alice": {
+                    "realm_access": {"roles": ["admin", "user"]},
+                    "resource_access": {"shop.app": {"roles": ["buyer"]}},
+                },
+                "bob": {
+                    "realm_access": {"roles": ["user"]},
+                    "resource_access": {"shop.app": {"roles": []}},
+                },
+            }),
+            issuer_extra: "scopes_claim = \"realm_access.roles\"",
+            routes: r#"
+[[route]]
+path = "/admin"
+login = ["op"]
+scopes_all = ["admin"]
+
+[[route]]
+path = "/shop"
+login = ["op"]
+claims = [{ path = 'resource_access["shop.app"].roles', contains = "buyer" }]
+"#,
+        },
+    );
+    // alice: an admin (realm role as scope) and a buyer (client role).
+    let (browser, text) = w.browser_login_at("alice", "/admin/panel");
+    let seen: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(seen["path"], "/admin/panel", "{seen}");
+    assert_eq!(seen["headers"]["x-roles"], r#"["admin","user"]"#, "{seen}");
+    assert_eq!(seen["headers"]["x-user-scopes"], "admin user", "{seen}");
+    browser.goto(&w.url("/shop/cart"));
+    let seen: Value = serde_json::from_str(&browser.text()).unwrap();
+    assert_eq!(seen["headers"]["x-shop-roles"], r#"["buyer"]"#, "{seen}");
+    // bob: neither (the refusal is the problem document, its detail naming the path).
+    let (browser, text) = w.browser_login_at("bob", "/admin/panel");
+    let problem: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(problem["reason"], "insufficient_scope", "{problem}");
+    browser.goto(&w.url("/shop/cart"));
+    let problem: Value = serde_json::from_str(&browser.text()).unwrap();
+    assert_eq!(problem["reason"], "claim_mismatch", "{problem}");
+    assert_eq!(
+        problem["detail"], r#"claim `resource_access["shop.app"].roles` must contain "buyer""#,
+        "{problem}"
+    );
+}
+
 on_every_runtime!(
+    nested_role_claims_decide_routes_and_reach_the_backend,
     a_provider_accepting_only_client_secret_post_signs_browsers_in,
     a_provider_accepting_only_private_key_jwt_signs_browsers_in_with_the_published_key,
     a_client_using_another_method_than_the_providers_is_refused_precisely,

@@ -200,6 +200,29 @@ fn check_audience(claims: &Map<String, Value>, accepted: &[String]) -> Result<()
     }
 }
 
+/// The scopes an issuer's `scopes_claim` holds: an array of strings or a space-separated
+/// string; absent is none. Any other shape is refused (it cannot be read as scopes).
+pub fn scopes_at(
+    path: &crate::model::ClaimPath,
+    claims: &Map<String, Value>,
+) -> Result<Vec<String>, String> {
+    match path.get(claims) {
+        None => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(s
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()),
+        Some(v @ Value::Array(_)) => string_array(v)
+            .ok_or_else(|| format!("the scopes claim `{}` must hold strings", path.text)),
+        Some(other) => Err(format!(
+            "the scopes claim `{}` must be an array of strings or a string, found {}",
+            path.text,
+            json_type(other)
+        )),
+    }
+}
+
 fn scopes(claims: &Map<String, Value>) -> Result<Vec<String>, ClaimError> {
     let mut out = Vec::new();
     match claims.get("scope") {

@@ -140,8 +140,8 @@ pub use crypto::{Algorithm, KeyMaterial, PortableVerifier, SignatureCheck, Signa
 pub use decision::{Decision, Forward, Outcome, Response};
 pub use keyset::{FetchKind, FetchRequest, FetchResponse, KeyStore};
 pub use model::{
-    AllHealthy, BackendHealth, BackendId, Entropy, IssuerId, MonotonicClock, NoClock, NoEntropy,
-    PeerHints, RequestParts,
+    AllHealthy, BackendHealth, BackendId, ClaimPath, ClaimSegment, Entropy, IssuerId,
+    MonotonicClock, NoClock, NoEntropy, PeerHints, RequestParts,
 };
 pub use phase::Adapters;
 pub use pipeline::{Engine, Gateway, Progress};

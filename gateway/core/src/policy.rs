@@ -83,7 +83,7 @@ pub fn authorize(route: &Route, id: &VerifiedIdentity, now: Timestamp) -> Result
         ));
     }
     for rule in &route.claims {
-        let value = id.claims.get(&rule.name);
+        let value = rule.path.get(&id.claims);
         let ok = match (&rule.test, value) {
             (ClaimTest::Equals(want), Some(have)) => want == have,
             (ClaimTest::Contains(want), Some(Value::Array(items))) => {
@@ -94,8 +94,10 @@ pub fn authorize(route: &Route, id: &VerifiedIdentity, now: Timestamp) -> Result
         };
         if !ok {
             let detail = match &rule.test {
-                ClaimTest::Equals(want) => format!("claim `{}` must equal {want}", rule.name),
-                ClaimTest::Contains(want) => format!("claim `{}` must contain {want:?}", rule.name),
+                ClaimTest::Equals(want) => format!("claim `{}` must equal {want}", rule.path.text),
+                ClaimTest::Contains(want) => {
+                    format!("claim `{}` must contain {want:?}", rule.path.text)
+                }
             };
             return Err(Refusal {
                 reason: Reason::ClaimMismatch,

@@ -141,6 +141,9 @@ pub struct IssuerConfig {
     /// The gateway's login client at this provider (`[issuer.login]`), if browsers sign in
     /// through it.
     pub login: Option<LoginClient>,
+    /// Where this issuer's tokens carry their scopes, when not in `scope` / `scp` (Keycloak:
+    /// `realm_access.roles`): an array of strings or a space-separated string.
+    pub scopes_claim: Option<crate::model::ClaimPath>,
 }
 
 /// The gateway as an OpenID Connect relying party of one provider (`[issuer.login]`).
@@ -344,8 +347,8 @@ pub enum ClaimTest {
 /// A route rule on a claim.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClaimRule {
-    /// The claim name.
-    pub name: String,
+    /// The claim: a top-level name (`name = …`) or a path into nested claims (`path = …`).
+    pub path: crate::model::ClaimPath,
     /// The test.
     pub test: ClaimTest,
 }
@@ -445,6 +448,8 @@ pub enum IdentitySource {
     Actor,
     /// A claim (`sub`, `email`, … or `claims.<name>` for a claim named like a keyword above).
     Claim(String),
+    /// A value inside nested claims (`{ path = "realm_access.roles" }`).
+    ClaimPath(crate::model::ClaimPath),
 }
 
 /// Identity headers.

@@ -14,6 +14,7 @@ use crate::b64;
 use crate::crypto::Algorithm;
 use crate::jwk::{ParsedJwks, hmac_secret_jwk, parse_jwks};
 use crate::jws::{DEFAULT_MAX_TOKEN_BYTES, normalize_media_type};
+use crate::model::ClaimPath;
 use crate::model::IssuerId;
 
 const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit], [limits], [plugin.NAME], [client], [bot], [gateway_token], [dpop], [state], [challenge], [session], [paths], [server] and [timeouts]";
@@ -238,6 +239,11 @@ fn read_issuer(
             .collect()
     });
     let jwks_policy = read_jwks_policy(&mut t, d);
+    let scopes_claim = t.string(d, "scopes_claim").and_then(|(p, span)| {
+        ClaimPath::parse(&p)
+            .map_err(|e| d.error(&span, format!("scopes_claim {p:?}: {e}"), None))
+            .ok()
+    });
     let login = super::login::read_login_client(
         &mut t,
         d,
@@ -265,6 +271,7 @@ fn read_issuer(
         jwks_policy,
         insecure_http_jwks,
         login,
+        scopes_claim,
     })
 }
 
@@ -828,8 +835,37 @@ fn read_route(
     Some((route, span))
 }
 
+/// Headers that can never carry identity (they mean something to the hop or the backend).
+fn reserved_identity_header(header: &HeaderName) -> bool {
+    matches!(
+        header.as_str(),
+        "authorization" | "host" | "cookie" | "content-length" | "transfer-encoding" | "connection"
+    )
+}
+
 fn read_claim_rule(mut t: Table<'_, '_>, d: &mut Diags<'_>) -> Option<ClaimRule> {
-    let name = t.req_string(d, "name", Some("the claim to test"));
+    let name = t.string(d, "name");
+    let path = t.string(d, "path");
+    let path = match (name, path) {
+        (Some((n, _)), None) => Some(ClaimPath::member(&n)),
+        (None, Some((p, span))) => ClaimPath::parse(&p)
+            .map_err(|e| {
+                d.error(
+                    &span,
+                    format!("claim path {p:?}: {e}"),
+                    Some("e.g. \"realm_access.roles\", \"resource_access[\\\"app\\\"].roles\", \"groups[0]\"".into()),
+                )
+            })
+            .ok(),
+        _ => {
+            d.error(
+                &t.span,
+                "a claim rule names its claim with exactly one of `name` (a top-level claim) or `path` (nested)",
+                None,
+            );
+            None
+        }
+    };
     let equals = t.get("equals").and_then(|v| {
         toml_to_json(v.get_ref()).or_else(|| {
             d.error(
@@ -855,10 +891,7 @@ fn read_claim_rule(mut t: Table<'_, '_>, d: &mut Diags<'_>) -> Option<ClaimRule>
             return None;
         }
     };
-    Some(ClaimRule {
-        name: name?.0,
-        test,
-    })
+    Some(ClaimRule { path: path?, test })
 }
 
 fn toml_to_json(v: &DeValue<'_>) -> Option<Value> {
@@ -928,11 +961,47 @@ fn read_identity(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Option<Identity>
                 ok = false;
                 continue;
             };
+            // `{ path = "realm_access.roles" }`: a value inside nested claims.
+            if let DeValue::Table(table) = value.get_ref() {
+                let path = table
+                    .get("path")
+                    .filter(|_| table.len() == 1)
+                    .and_then(|p| p.get_ref().as_str());
+                match path.map(ClaimPath::parse) {
+                    Some(Ok(path)) => {
+                        if reserved_identity_header(&header) {
+                            d.error(&span, format!("`{name}` cannot carry identity"), None);
+                            ok = false;
+                        } else {
+                            identity
+                                .headers
+                                .push((header, IdentitySource::ClaimPath(path)));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        d.error(
+                            &value.span(),
+                            format!("identity header `{name}`: claim path: {e}"),
+                            None,
+                        );
+                        ok = false;
+                    }
+                    None => {
+                        d.error(
+                            &value.span(),
+                            format!("identity header `{name}`: a table names a nested claim with `path` only"),
+                            Some("e.g. { path = \"realm_access.roles\" }".into()),
+                        );
+                        ok = false;
+                    }
+                }
+                continue;
+            }
             let Some(source) = value.get_ref().as_str() else {
                 d.error(
                     &value.span(),
                     format!("identity header `{name}` must name a claim as a string"),
-                    Some("e.g. \"sub\", \"scope\", \"region\", \"email\"".into()),
+                    Some("e.g. \"sub\", \"scope\", \"region\", \"email\", or { path = \"realm_access.roles\" }".into()),
                 );
                 ok = false;
                 continue;
@@ -957,15 +1026,7 @@ fn read_identity(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Option<Identity>
                     _ => IdentitySource::Claim(other.to_owned()),
                 },
             };
-            if matches!(
-                header.as_str(),
-                "authorization"
-                    | "host"
-                    | "cookie"
-                    | "content-length"
-                    | "transfer-encoding"
-                    | "connection"
-            ) {
+            if reserved_identity_header(&header) {
                 d.error(
                     &span,
                     format!("`{name}` cannot carry identity"),

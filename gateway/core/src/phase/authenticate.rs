@@ -43,6 +43,16 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
         }
         Some((scheme, token)) => Some(token_identity(scope, m, scheme, token, cx)?),
     };
+    let mut identity = identity;
+    if let Some(id) = identity.as_mut()
+        && let Some(path) = cfg
+            .issuers
+            .get(id.issuer.0)
+            .and_then(|i| i.scopes_claim.as_ref())
+    {
+        id.scopes = crate::claims::scopes_at(path, &id.claims)
+            .map_err(|e| input.refuse(Reason::ClaimInvalid, &e))?;
+    }
     if let Some(id) = &identity {
         let issuer = cfg.issuers.get(id.issuer.0);
         cx.audit.issuer = issuer.map(|c| c.name.clone());

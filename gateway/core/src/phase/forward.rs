@@ -176,6 +176,7 @@ fn identity_headers(
                 cfg.issuers.get(id.issuer.0).map(|i| i.name.clone())
             }
             (IdentitySource::Claim(claim), Some(id)) => id.claims.get(claim).map(claim_text),
+            (IdentitySource::ClaimPath(path), Some(id)) => path.get(&id.claims).map(claim_text),
             (_, None) => None,
         };
         if let Some(value) = text.and_then(|t| HeaderValue::from_str(&header_safe(&t)).ok()) {
