@@ -774,6 +774,10 @@ redirect_uri = \"https://app.example/_portcullis/callback\"
     let diags = errors(&text);
     find(&diags, "authorize_params may not set `redirect_uri`");
     find(&diags, "authorize parameter `audience` must be a string");
+    // response_mode is query or form_post.
+    let text = login("client_secret_file = \"audit.key\"\nresponse_mode = \"fragment\"");
+    let d = find(&errors(&text), "unknown response_mode \"fragment\"");
+    assert!(d.hint.unwrap().contains("form_post"));
     // And a correct one loads.
     let text = login(
         "client_secret_file = \"audit.key\"\nclient_auth = \"client_secret_post\"\nauthorize_params = { audience = \"https://api.example\" }",

@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use portcullis_tests::browser::Browser;
-use portcullis_tests::host::{Gateway, start_engine_args};
+use portcullis_tests::host::{Gateway, reason, start_engine_args};
 use portcullis_tests::net::{Backend, KeyServer, free_port, request};
 use portcullis_tests::oidc::{OpenIdProvider, form_value};
 use portcullis_tests::*;
@@ -416,7 +416,78 @@ claims = [{ path = 'resource_access["shop.app"].roles', contains = "buyer" }]
     );
 }
 
+/// Apple's requirement: the provider answers with a form POST (`response_mode=form_post`),
+/// cross-site from the provider's origin to the gateway's; the login-attempt cookie comes
+/// along (`SameSite=None`), and the sign-in completes. A posted answer naming another
+/// issuer, or an answer arriving in the query instead, is refused precisely.
+fn a_provider_answering_with_a_form_post_signs_browsers_in(engine: &str) {
+    let w = World::start(
+        engine,
+        json!({"client_secret": SECRET}),
+        "client_secret_file = \"client.secret\"\nresponse_mode = \"form_post\"",
+    );
+    w.signs_in("form_post");
+
+    // A login attempt started by hand: its state and its cookie.
+    let navigate = [
+        ("sec-fetch-mode", "navigate"),
+        ("accept", "text/html,application/xhtml+xml"),
+    ];
+    let start = || {
+        let r = request(w.gw.addr, "GET", "/app/x", &navigate, b"").unwrap();
+        assert_eq!(r.status, 302, "{}", String::from_utf8_lossy(&r.body));
+        let location = r.header("location").unwrap().to_owned();
+        let query = location.split_once('?').unwrap().1.to_owned();
+        assert_eq!(
+            form_value(&query, "response_mode").as_deref(),
+            Some("form_post")
+        );
+        let set_cookie = r.header("set-cookie").unwrap().to_owned();
+        assert!(set_cookie.contains("SameSite=None"), "{set_cookie}");
+        let cookie = set_cookie.split(';').next().unwrap().to_owned();
+        (form_value(&query, "state").unwrap(), cookie)
+    };
+    let (state, cookie) = start();
+    let body = format!("code=any&state={state}&iss=https%3A%2F%2Fevil.example");
+    let r = request(
+        w.gw.addr,
+        "POST",
+        "/_portcullis/callback",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("cookie", &cookie),
+        ],
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        reason(&r),
+        "login_failed",
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(String::from_utf8_lossy(&r.body).contains("iss mismatch"));
+    // The same kind of answer in the query: not how this provider answers.
+    let (state, cookie) = start();
+    let r = request(
+        w.gw.addr,
+        "GET",
+        &format!("/_portcullis/callback?code=any&state={state}"),
+        &[("cookie", &cookie)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(
+        reason(&r),
+        "login_state_invalid",
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(String::from_utf8_lossy(&r.body).contains("form POST"));
+}
+
 on_every_runtime!(
+    a_provider_answering_with_a_form_post_signs_browsers_in,
     nested_role_claims_decide_routes_and_reach_the_backend,
     a_provider_accepting_only_client_secret_post_signs_browsers_in,
     a_provider_accepting_only_private_key_jwt_signs_browsers_in_with_the_published_key,

@@ -48,7 +48,7 @@ pub use crate::model::reserved::LOGOUT_PATH;
 pub const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 /// Most login attempts (tabs signing in at once) a browser keeps cookies for.
 pub const MAX_LOGIN_ATTEMPTS: usize = 4;
-/// Largest form body accepted at [`BACKCHANNEL_PATH`].
+/// Largest form body accepted at [`BACKCHANNEL_PATH`] and a form-POST [`CALLBACK_PATH`].
 pub const MAX_FORM_BODY: usize = 16 * 1024;
 
 /// Claims of the ID token that describe the token rather than the user; not kept.
@@ -117,7 +117,8 @@ pub struct Flow<'a> {
     pub headers: &'a HeaderMap,
     /// The request's query, if any.
     pub query: Option<&'a str>,
-    /// The request body (read by the adapter for [`BACKCHANNEL_PATH`] only).
+    /// The request body (read by the adapter for [`BACKCHANNEL_PATH`] and a POSTed
+    /// [`CALLBACK_PATH`] only).
     pub body: &'a [u8],
     /// The request id.
     pub request_id: &'a str,
@@ -190,6 +191,16 @@ impl Flow<'_> {
         query_param(self.query?, name)
     }
 
+    /// A parameter of the provider's answer at the callback: from the form body of a POST
+    /// (`response_mode=form_post`), else from the query.
+    fn answer_param(&self, name: &str) -> Option<String> {
+        if self.method == Method::POST {
+            query_param(std::str::from_utf8(self.body).ok()?, name)
+        } else {
+            self.query_param(name)
+        }
+    }
+
     /// A page for people (HTML) or problem details for scripts, with `reason`'s status.
     fn refuse(&self, reason: Reason, detail: &str, extra: Vec<HeaderValue>) -> Response {
         let mut r = if is_navigation(self.method, self.headers) {
@@ -239,6 +250,7 @@ impl Flow<'_> {
                 &sealed,
                 &CookieAttrs {
                     max_age: Some(self.session.login_timeout),
+                    cross_site_post: client.form_post,
                 },
             )
         });
@@ -266,6 +278,9 @@ impl Flow<'_> {
             ),
             ("code_challenge_method", "S256".to_owned()),
         ];
+        if client.form_post {
+            params.push(("response_mode", "form_post".to_owned()));
+        }
         for (name, value) in &client.authorize_params {
             params.push((name.as_str(), value.clone()));
         }
@@ -398,7 +413,7 @@ impl Flow<'_> {
     /// [`CALLBACK_PATH`]: checks the attempt, exchanges the code, validates the ID token and
     /// starts the session.
     pub fn callback(&self) -> Response {
-        let Some(state) = self.query_param("state").filter(|s| !s.is_empty()) else {
+        let Some(state) = self.answer_param("state").filter(|s| !s.is_empty()) else {
             return self.refuse(
                 Reason::LoginStateInvalid,
                 "the sign-in answer has no state",
@@ -452,8 +467,8 @@ impl Flow<'_> {
                 );
             }
         }
-        if let Some(error) = self.query_param("error") {
-            let description = self.query_param("error_description").unwrap_or_default();
+        if let Some(error) = self.answer_param("error") {
+            let description = self.answer_param("error_description").unwrap_or_default();
             return self.refuse(
                 Reason::LoginFailed,
                 &format!("the provider refused the sign-in: {error} {description}"),
@@ -470,8 +485,18 @@ impl Flow<'_> {
         let Some((issuer, client)) = self.issuer(provider) else {
             return self.refuse(Reason::LoginStateInvalid, "no such provider", clear_attempt);
         };
+        // The answer comes the way this provider was asked to send it, and nothing else.
+        let posted = self.method == Method::POST;
+        if posted != client.form_post {
+            let why = if posted {
+                "the answer came as a form POST, but this provider answers in the query"
+            } else {
+                "this provider answers with a form POST (response_mode = \"form_post\"), not in the query"
+            };
+            return self.refuse(Reason::LoginStateInvalid, why, clear_attempt);
+        }
         // RFC 9207: when the provider names itself, it must be the one we sent the user to.
-        if let Some(iss) = self.query_param("iss")
+        if let Some(iss) = self.answer_param("iss")
             && iss != issuer.issuer
         {
             return self.refuse(
@@ -480,7 +505,7 @@ impl Flow<'_> {
                 clear_attempt,
             );
         }
-        let Some(code) = self.query_param("code").filter(|c| !c.is_empty()) else {
+        let Some(code) = self.answer_param("code").filter(|c| !c.is_empty()) else {
             return self.refuse(
                 Reason::LoginStateInvalid,
                 "the sign-in answer has no code",
@@ -603,6 +628,7 @@ impl Flow<'_> {
             &sealed,
             &CookieAttrs {
                 max_age: Some(self.session.absolute_lifetime),
+                cross_site_post: false,
             },
             session::chunks_present(self.headers, &self.session.cookie),
         )

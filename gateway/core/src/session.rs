@@ -494,14 +494,22 @@ fn elapsed(now: Timestamp, since_secs: u64) -> Duration {
 pub struct CookieAttrs {
     /// `Max-Age` in whole seconds, if any.
     pub max_age: Option<Duration>,
+    /// `SameSite=None` instead of `Lax`: the cookie must come along on a cross-site POST
+    /// (a login attempt answered with `response_mode=form_post`).
+    pub cross_site_post: bool,
 }
 
 impl CookieAttrs {
     /// The attribute text, e.g. `Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=3600`.
     pub fn render(&self) -> String {
+        let base = if self.cross_site_post {
+            COOKIE_ATTRIBUTES.replace("SameSite=Lax", "SameSite=None")
+        } else {
+            COOKIE_ATTRIBUTES.to_owned()
+        };
         match self.max_age {
-            Some(age) => format!("{COOKIE_ATTRIBUTES}; Max-Age={}", age.as_secs()),
-            None => COOKIE_ATTRIBUTES.to_owned(),
+            Some(age) => format!("{base}; Max-Age={}", age.as_secs()),
+            None => base,
         }
     }
 }
@@ -928,6 +936,18 @@ mod tests {
     // ---- seal / open ----
 
     #[test]
+    fn a_cookie_for_a_cross_site_post_is_samesite_none() {
+        let attrs = CookieAttrs {
+            max_age: Some(Duration::from_secs(600)),
+            cross_site_post: true,
+        };
+        assert_eq!(
+            attrs.render(),
+            "Path=/; Secure; HttpOnly; SameSite=None; Max-Age=600"
+        );
+    }
+
+    #[test]
     fn seal_and_open_round_trip_in_the_documented_format() {
         let text = seal(&keys(), PURPOSE_SESSION, b"hello", N1).unwrap();
         assert!(text.starts_with("v1.k1."), "{text}");
@@ -1348,6 +1368,7 @@ mod tests {
             "Path=/; Secure; HttpOnly; SameSite=Lax"
         );
         let attrs = CookieAttrs {
+            cross_site_post: false,
             max_age: Some(Duration::from_secs(3600)),
         };
         assert_eq!(
@@ -1374,6 +1395,7 @@ mod tests {
     #[test]
     fn chunked_cookies_round_trip_at_one_three_and_four_chunks() {
         let attrs = CookieAttrs {
+            cross_site_post: false,
             max_age: Some(Duration::from_secs(86400)),
         };
         for (len, chunks) in [
@@ -1580,6 +1602,7 @@ mod tests {
     #[test]
     fn single_cookies_are_set_and_deleted() {
         let attrs = CookieAttrs {
+            cross_site_post: false,
             max_age: Some(Duration::from_secs(600)),
         };
         let name = login_cookie_name("abcdefghijklmnop");

@@ -92,6 +92,19 @@ pub(super) fn read_login_client(
         }
     };
     let authorize_params = read_authorize_params(&mut lt, d);
+    let form_post = match lt.string(d, "response_mode") {
+        None => false,
+        Some((m, _)) if m == "query" => false,
+        Some((m, _)) if m == "form_post" => true,
+        Some((m, span)) => {
+            d.error(
+                &span,
+                format!("unknown response_mode {m:?}"),
+                Some("query (default) or form_post".into()),
+            );
+            false
+        }
+    };
     let redirect_uri = lt.req_string(
         d,
         "redirect_uri",
@@ -152,6 +165,7 @@ pub(super) fn read_login_client(
         client_secret: secret?,
         client_auth: client_auth?,
         authorize_params,
+        form_post,
         redirect_uri: redirect_uri?.0,
         post_logout_redirect_uri,
         scopes,

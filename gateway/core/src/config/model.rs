@@ -158,6 +158,9 @@ pub struct LoginClient {
     /// Extra parameters of every authorization request (Auth0's `audience`, Google's
     /// `access_type`), in configuration order.
     pub authorize_params: Vec<(String, String)>,
+    /// How the provider sends the answer back: in the callback's query, or as a form POST
+    /// (`response_mode=form_post`, which Apple requires for scopes beyond `openid`).
+    pub form_post: bool,
     /// The gateway's callback URL as registered (ends in `/_portcullis/callback`).
     pub redirect_uri: String,
     /// Where the provider sends the browser after RP-initiated logout.
@@ -175,6 +178,7 @@ impl std::fmt::Debug for LoginClient {
             .field("client_secret", &"<redacted>")
             .field("client_auth", &self.client_auth)
             .field("authorize_params", &self.authorize_params)
+            .field("form_post", &self.form_post)
             .field("redirect_uri", &self.redirect_uri)
             .field("post_logout_redirect_uri", &self.post_logout_redirect_uri)
             .field("scopes", &self.scopes)
