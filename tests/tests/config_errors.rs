@@ -837,3 +837,50 @@ headers = {{ \"x-roles\" = {{ path = \"groups[x]\" }}, \"x-other\" = {{ name = \
     );
     assert_eq!(d.line, line_of(&text, "scopes_claim"));
 }
+
+/// A multi-tenant issuer (`{tenantid}` in `issuer`) needs its allowed tenants, and its
+/// discovery the tenant segment of the shared document; both are refused elsewhere.
+#[test]
+fn multi_tenant_issuers_name_their_tenants() {
+    let entra = |extra: &str| {
+        format!(
+            "{MINIMAL}
+[[issuer]]
+name = \"entra\"
+issuer = \"https://login.example.test/{{tenantid}}/v2.0\"
+audiences = [\"api://shop\"]
+algorithms = [\"RS256\"]
+{extra}
+"
+        )
+    };
+    let text = entra("discovery = true");
+    let diags = errors(&text);
+    find(&diags, "needs `tenants`, the tenants it accepts");
+    find(&diags, "needs `discovery_tenant`");
+    let text = entra("discovery = true\ntenants = []\ndiscovery_tenant = \"common\"");
+    find(&errors(&text), "`tenants` is empty");
+    let text = entra("discovery = true\ntenants = [\"a/b\"]\ndiscovery_tenant = \"common\"");
+    find(&errors(&text), "\"a/b\" is not a tenant id");
+    // On a plain issuer both keys are mistakes.
+    let text = MINIMAL.replace(
+        "jwks_file = \"main.jwks.json\"",
+        "jwks_file = \"main.jwks.json\"\ntenants = [\"x\"]\ndiscovery_tenant = \"common\"",
+    );
+    let diags = errors(&text);
+    find(&diags, "`tenants` is for a multi-tenant issuer");
+    find(&diags, "`discovery_tenant` is for discovery of a multi-tenant issuer");
+    // A correct one loads, its discovery document at the shared tenant.
+    let text = entra("discovery = true\ntenants = [\"contoso\"]\ndiscovery_tenant = \"common\"");
+    let loaded = config::load(&text, "edge.toml", &files()).unwrap();
+    let issuer = &loaded.issuers[1];
+    assert_eq!(issuer.tenants, vec!["contoso".to_owned()]);
+    assert!(matches!(
+        &issuer.keys,
+        config::KeySource::Discovery(url)
+            if url == "https://login.example.test/common/v2.0/.well-known/openid-configuration"
+    ));
+    assert!(issuer.matches_iss("https://login.example.test/contoso/v2.0"));
+    assert!(!issuer.matches_iss("https://login.example.test/common/v2.0"));
+    assert!(!issuer.matches_iss("https://login.example.test/contoso/x/v2.0"));
+}

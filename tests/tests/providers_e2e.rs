@@ -486,7 +486,78 @@ fn a_provider_answering_with_a_form_post_signs_browsers_in(engine: &str) {
     assert!(String::from_utf8_lossy(&r.body).contains("form POST"));
 }
 
+/// Microsoft Entra's multi-tenant issuer: `iss` is a template with the tenant in it. Tokens
+/// of an allowed tenant pass; another tenant's, a `tid` that contradicts `iss`, and an
+/// `iss` that smuggles extra path segments into the tenant's place are refused.
+fn a_multi_tenant_issuer_accepts_only_its_allowed_tenants(engine: &str) {
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let backend = Backend::start("eu");
+    let template = "https://login.example.test/{tenantid}/v2.0";
+    let config = format!(
+        r#"
+[[issuer]]
+name = "entra"
+issuer = "{template}"
+tenants = ["contoso-1", "fabrikam-2"]
+jwks_uri = "{keys}/jwks.json"
+insecure_http_jwks = true
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+
+[region.eu]
+jurisdiction = "EU"
+backends = ["{backend}"]
+
+[residency]
+missing = "eu"
+
+[identity]
+headers = {{ "x-user-id" = "sub", "x-tenant" = "tid" }}
+
+[[route]]
+path = "/"
+
+[audit]
+subject_key_file = "audit.key"
+"#,
+        keys = keys.server.url(),
+        backend = backend.server.url(),
+    );
+    let gw = start_engine_args(&config, engine, &[], "127.0.0.1:0", |_| Vec::new());
+    let call = |tenant_iss: &str, extra: Value| {
+        let mut c = live_claims(extra);
+        c["iss"] = json!(tenant_iss);
+        let token = TestIdp::shared().sign("ES256", c);
+        request(
+            gw.addr,
+            "GET",
+            "/orders",
+            &[("authorization", &format!("Bearer {token}"))],
+            b"",
+        )
+        .unwrap()
+    };
+    let iss = |tenant: &str| template.replace("{tenantid}", tenant);
+    let r = call(&iss("contoso-1"), json!({"tid": "contoso-1"}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let seen: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(seen["headers"]["x-tenant"], "contoso-1");
+    let r = call(&iss("fabrikam-2"), json!({}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = call(&iss("evil-3"), json!({"tid": "evil-3"}));
+    assert_eq!(r.status, 401);
+    assert_eq!(reason(&r), "issuer_unknown");
+    let r = call(&iss("contoso-1"), json!({"tid": "fabrikam-2"}));
+    assert_eq!(r.status, 401);
+    assert_eq!(reason(&r), "claim_invalid");
+    let r = call(&iss("contoso-1/x/../evil-3"), json!({}));
+    assert_eq!(reason(&r), "issuer_unknown");
+    let r = call(template, json!({}));
+    assert_eq!(reason(&r), "issuer_unknown");
+}
+
 on_every_runtime!(
+    a_multi_tenant_issuer_accepts_only_its_allowed_tenants,
     a_provider_answering_with_a_form_post_signs_browsers_in,
     nested_role_claims_decide_routes_and_reach_the_backend,
     a_provider_accepting_only_client_secret_post_signs_browsers_in,

@@ -418,7 +418,7 @@ pub fn platform_check<V: SignatureVerifier>(
     let jws = parse_compact(token, config.limits.max_token_bytes).ok()?;
     let claims = parse_object(&jws.payload).ok()?;
     let iss = claims.get("iss")?.as_str()?;
-    let id = IssuerId(config.issuers.iter().position(|i| i.issuer == iss)?);
+    let id = IssuerId(config.issuers.iter().position(|i| i.matches_iss(iss))?);
     if !route_issuers.is_empty() && !route_issuers.contains(&id) {
         return None;
     }
@@ -472,7 +472,7 @@ pub fn authenticate<V: SignatureVerifier>(
             ));
         }
     };
-    let Some(index) = config.issuers.iter().position(|i| i.issuer == iss) else {
+    let Some(index) = config.issuers.iter().position(|i| i.matches_iss(iss)) else {
         return Err(AuthFailure::new(
             Reason::IssuerUnknown,
             format!("issuer {iss:?} is not configured"),

@@ -60,10 +60,22 @@ pub fn validate(
     let now_s = now.unix_millis() as f64 / 1000.0;
     let skew = issuer.clock_skew.as_secs_f64();
 
-    if claims.get("iss").and_then(Value::as_str) != Some(issuer.issuer.as_str()) {
+    let iss = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !issuer.matches_iss(iss) {
         return Err(ClaimError::Invalid(
             "`iss` does not match the issuer".into(),
         ));
+    }
+    // A multi-tenant issuer's token names its tenant twice: in `iss` and (Entra) in `tid`.
+    if let (Some(tenant), Some(tid)) = (issuer.tenant_of(iss), claims.get("tid"))
+        && tid.as_str() != Some(tenant)
+    {
+        return Err(ClaimError::Invalid(format!(
+            "`tid` {tid} is not the tenant {tenant:?} of `iss`"
+        )));
     }
     let exp = numeric_date(&claims, "exp")?
         .ok_or_else(|| ClaimError::Invalid("`exp` is required".into()))?;

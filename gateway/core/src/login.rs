@@ -497,7 +497,7 @@ impl Flow<'_> {
         }
         // RFC 9207: when the provider names itself, it must be the one we sent the user to.
         if let Some(iss) = self.answer_param("iss")
-            && iss != issuer.issuer
+            && !issuer.matches_iss(&iss)
         {
             return self.refuse(
                 Reason::LoginFailed,
@@ -1087,7 +1087,7 @@ impl Flow<'_> {
             .config
             .issuers
             .iter()
-            .position(|i| i.issuer == iss && i.login.is_some())
+            .position(|i| i.matches_iss(iss) && i.login.is_some())
             .map(IssuerId)
             .ok_or_else(|| bad("the token is not from a login provider"))?;
         let (_, client) = self

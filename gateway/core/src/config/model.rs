@@ -144,6 +144,36 @@ pub struct IssuerConfig {
     /// Where this issuer's tokens carry their scopes, when not in `scope` / `scp` (Keycloak:
     /// `realm_access.roles`): an array of strings or a space-separated string.
     pub scopes_claim: Option<crate::model::ClaimPath>,
+    /// A multi-tenant issuer (`issuer` holds [`TENANT_PLACEHOLDER`]): the tenants whose
+    /// tokens are accepted. Empty for a plain issuer.
+    pub tenants: Vec<String>,
+}
+
+/// The placeholder of a multi-tenant issuer (Microsoft Entra's
+/// `https://login.microsoftonline.com/{tenantid}/v2.0`).
+pub const TENANT_PLACEHOLDER: &str = "{tenantid}";
+
+impl IssuerConfig {
+    /// The tenant an `iss` value names, when this is a multi-tenant issuer and `iss` is the
+    /// template with one allowed tenant (a single path segment) in the placeholder's place.
+    pub fn tenant_of<'a>(&self, iss: &'a str) -> Option<&'a str> {
+        let (before, after) = self.issuer.split_once(TENANT_PLACEHOLDER)?;
+        let tenant = iss.strip_prefix(before)?.strip_suffix(after)?;
+        (!tenant.is_empty()
+            && !tenant.contains(['/', '?', '#'])
+            && self.tenants.iter().any(|t| t == tenant))
+        .then_some(tenant)
+    }
+
+    /// True when tokens whose `iss` is `iss` are this issuer's: the exact value, or for a
+    /// multi-tenant issuer the template with an allowed tenant.
+    pub fn matches_iss(&self, iss: &str) -> bool {
+        if self.tenants.is_empty() {
+            self.issuer == iss
+        } else {
+            self.tenant_of(iss).is_some()
+        }
+    }
 }
 
 /// The gateway as an OpenID Connect relying party of one provider (`[issuer.login]`).

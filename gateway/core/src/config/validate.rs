@@ -239,6 +239,7 @@ fn read_issuer(
             .collect()
     });
     let jwks_policy = read_jwks_policy(&mut t, d);
+    let tenants = read_tenants(&mut t, d, issuer.as_ref());
     let scopes_claim = t.string(d, "scopes_claim").and_then(|(p, span)| {
         ClaimPath::parse(&p)
             .map_err(|e| d.error(&span, format!("scopes_claim {p:?}: {e}"), None))
@@ -272,7 +273,66 @@ fn read_issuer(
         insecure_http_jwks,
         login,
         scopes_claim,
+        tenants,
     })
+}
+
+/// `tenants` of a multi-tenant issuer (one whose `issuer` holds `{tenantid}`): required
+/// there, refused elsewhere; each a tenant id (letters, digits, `-`, `.`, `_`).
+fn read_tenants(
+    t: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    issuer: Option<&At<String>>,
+) -> Vec<String> {
+    let templated = issuer.is_some_and(|(i, _)| i.contains(TENANT_PLACEHOLDER));
+    let list = t.strings(d, "tenants");
+    match (templated, list) {
+        (true, Some((list, span))) if list.is_empty() => {
+            d.error(
+                &span,
+                "`tenants` is empty: no token could be accepted",
+                None,
+            );
+            Vec::new()
+        }
+        (true, Some((list, _))) => list
+            .into_iter()
+            .filter_map(|(tenant, span)| {
+                let ok = !tenant.is_empty()
+                    && tenant
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                if !ok {
+                    d.error(&span, format!("{tenant:?} is not a tenant id"), None);
+                }
+                ok.then_some(tenant)
+            })
+            .collect(),
+        (true, None) => {
+            if let Some((i, span)) = issuer {
+                d.error(
+                    span,
+                    format!(
+                        "the multi-tenant issuer {i:?} needs `tenants`, the tenants it accepts"
+                    ),
+                    Some(
+                        "tenants = [\"<tenant id>\", …]: a token from any other tenant is refused"
+                            .into(),
+                    ),
+                );
+            }
+            Vec::new()
+        }
+        (false, Some((_, span))) => {
+            d.error(
+                &span,
+                format!("`tenants` is for a multi-tenant issuer, whose `issuer` holds {TENANT_PLACEHOLDER}"),
+                None,
+            );
+            Vec::new()
+        }
+        (false, None) => Vec::new(),
+    }
 }
 
 fn read_algorithms(t: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Option<Vec<Algorithm>> {
@@ -372,6 +432,20 @@ fn read_key_source(
 ) -> Option<KeySource> {
     let jwks_uri = t.string(d, "jwks_uri");
     let discovery = t.boolean(d, "discovery").filter(|(b, _)| *b);
+    let discovery_tenant = t.string(d, "discovery_tenant");
+    let discovery_tenant = discovery_tenant
+        .as_ref()
+        .map(|(s, span)| (s.as_str(), span));
+    let templated = issuer.is_some_and(|(i, _)| i.contains(TENANT_PLACEHOLDER));
+    if let Some((_, span)) = discovery_tenant
+        && !(templated && discovery.is_some())
+    {
+        d.error(
+            span,
+            "`discovery_tenant` is for discovery of a multi-tenant issuer (its `issuer` holds {tenantid})",
+            None,
+        );
+    }
     let jwks_file = t.string(d, "jwks_file");
     let secret_file = t.string(d, "hmac_secret_file");
     let given = [
@@ -435,9 +509,23 @@ fn read_key_source(
     }
     if let Some((_, span)) = discovery {
         let (iss, _) = issuer?;
+        // A multi-tenant issuer publishes one document for all its tenants, at the
+        // template with `discovery_tenant` (Entra: "common" or "organizations").
+        let base = match discovery_tenant {
+            Some((tenant, _)) => iss.replace(TENANT_PLACEHOLDER, tenant),
+            None => iss.to_owned(),
+        };
+        if base.contains(TENANT_PLACEHOLDER) {
+            d.error(
+                &span,
+                format!("discovery for the multi-tenant issuer {iss:?} needs `discovery_tenant`"),
+                Some("the tenant segment of its shared discovery document, e.g. \"common\" or \"organizations\" (Microsoft Entra)".into()),
+            );
+            return None;
+        }
         let url = format!(
             "{}/.well-known/openid-configuration",
-            iss.trim_end_matches('/')
+            base.trim_end_matches('/')
         );
         return check_http(d, &url, &span, "discovery (from issuer)")
             .then_some(KeySource::Discovery(url));

@@ -57,7 +57,15 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
         let issuer = cfg.issuers.get(id.issuer.0);
         cx.audit.issuer = issuer.map(|c| c.name.clone());
         cx.audit.subject = match (issuer, &id.subject) {
-            (Some(i), Some(sub)) => Some(pseudonymize(&cfg.audit.subject_key, &i.issuer, sub)),
+            // The token's own `iss`: a multi-tenant issuer's subjects are per tenant.
+            (Some(i), Some(sub)) => {
+                let iss = id.claims.get("iss").and_then(serde_json::Value::as_str);
+                Some(pseudonymize(
+                    &cfg.audit.subject_key,
+                    iss.filter(|iss| i.matches_iss(iss)).unwrap_or(&i.issuer),
+                    sub,
+                ))
+            }
             _ => None,
         };
     }
