@@ -28,6 +28,10 @@
 // Test endpoint: GET /test/token-requests lists how each token request authenticated the
 // client: [{"status", "basic", "client_secret_in_body", "client_assertion_type"}].
 //
+// Test endpoint: GET /test/pushed-requests lists the pushed authorization requests (RFC
+// 9126, POST /request): [{"status", "basic", "has_state", "has_code_challenge",
+// "response_mode"}].
+//
 // Test endpoint: POST /test/sign?claims=B64URL_JSON&typ=TYP answers a compact JWS of those
 // claims signed with the provider's own ES256 key (kid op-es256), so tests can send the
 // gateway logout tokens the provider would never issue (no events, a nonce, a replayed jti).
@@ -324,13 +328,29 @@ provider.use(async (ctx, next) => {
 // GET /test/token-requests: how each token request so far authenticated the client (the
 // provider itself takes a secret by HTTP Basic or in the body alike).
 const tokenRequests = [];
+const pushedRequests = [];
 provider.use(async (ctx, next) => {
   if (ctx.path === '/test/token-requests') {
     ctx.type = 'json';
     ctx.body = tokenRequests;
     return undefined;
   }
+  if (ctx.path === '/test/pushed-requests') {
+    ctx.type = 'json';
+    ctx.body = pushedRequests;
+    return undefined;
+  }
   await next();
+  if (ctx.method === 'POST' && ctx.path === '/request') {
+    const params = ctx.oidc?.params ?? {};
+    pushedRequests.push({
+      status: ctx.status,
+      basic: /^basic /i.test(ctx.headers.authorization ?? ''),
+      has_state: Boolean(params.state),
+      has_code_challenge: Boolean(params.code_challenge),
+      response_mode: params.response_mode ?? null,
+    });
+  }
   if (ctx.method === 'POST' && ctx.path === '/token') {
     const params = ctx.oidc?.params ?? {};
     tokenRequests.push({

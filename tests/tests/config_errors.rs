@@ -869,7 +869,10 @@ algorithms = [\"RS256\"]
     );
     let diags = errors(&text);
     find(&diags, "`tenants` is for a multi-tenant issuer");
-    find(&diags, "`discovery_tenant` is for discovery of a multi-tenant issuer");
+    find(
+        &diags,
+        "`discovery_tenant` is for discovery of a multi-tenant issuer",
+    );
     // A correct one loads, its discovery document at the shared tenant.
     let text = entra("discovery = true\ntenants = [\"contoso\"]\ndiscovery_tenant = \"common\"");
     let loaded = config::load(&text, "edge.toml", &files()).unwrap();

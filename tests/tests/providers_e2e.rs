@@ -215,6 +215,10 @@ subject_key_file = "audit.key"
         browser.type_into("input[name=password]", "any password");
         browser.click("form#login button[type=submit]");
         browser.wait_until(WAIT, "back at the gateway", |b| {
+            // (A consent screen, when the request asks for one: grant it.)
+            if b.exists("form#consent button[type=submit]") {
+                b.click("form#consent button[type=submit]");
+            }
             b.url().starts_with(&self.url("/"))
         });
         browser.wait_until(WAIT, "an answer", |b| !b.text().is_empty());
@@ -306,32 +310,56 @@ fn a_provider_accepting_only_private_key_jwt_signs_browsers_in_with_the_publishe
 
 fn a_client_using_another_method_than_the_providers_is_refused_precisely(engine: &str) {
     // The provider wants a signed client assertion; the gateway sends a secret with HTTP
-    // Basic.
-    let port = free_port();
-    let jwks_uri = format!("http://127.0.0.1:{port}/.well-known/portcullis/client-jwks.json");
-    let w = World::start_on(
-        engine,
-        port,
-        json!({"token_endpoint_auth_method": "private_key_jwt", "jwks_uri": jwks_uri}),
-        "client_secret_file = \"client.secret\"",
-    );
-    let (browser, _) = w.browser_login("alice");
-    let source = browser.source();
-    assert!(
-        source.contains("<code id=\"reason\">login_failed</code>"),
-        "{source}"
-    );
-    assert!(source.contains("invalid_client"), "{source}");
-    let seen = w.token_requests();
-    assert_eq!(seen.len(), 1, "{seen:?}");
-    assert_eq!(
-        (&seen[0]["status"], &seen[0]["basic"]),
-        (&json!(401), &json!(true))
-    );
-    assert!(
-        w.backend.last.lock().unwrap().is_none(),
-        "nothing reached the backend"
-    );
+    // Basic. With pushed authorization requests (the default) the provider refuses the
+    // client before the browser is sent anywhere; without them, at the code exchange.
+    for par in [true, false] {
+        let port = free_port();
+        let jwks_uri = format!("http://127.0.0.1:{port}/.well-known/portcullis/client-jwks.json");
+        let w = World::start_on(
+            engine,
+            port,
+            json!({"token_endpoint_auth_method": "private_key_jwt", "jwks_uri": jwks_uri}),
+            &format!("client_secret_file = \"client.secret\"\npar = {par}"),
+        );
+        let source = if par {
+            let browser = Browser::start();
+            browser.goto(&w.url("/app/orders"));
+            browser.wait_until(WAIT, "an answer", |b| !b.text().is_empty());
+            assert!(browser.url().starts_with(&w.url("/")), "{}", browser.url());
+            let source = browser.source();
+            assert!(
+                source.contains("pushed-authorization endpoint answered 401"),
+                "{source}"
+            );
+            let pushed: Vec<Value> =
+                serde_json::from_slice(&w.op.get("/test/pushed-requests").body).unwrap();
+            assert_eq!(pushed.len(), 1, "{pushed:?}");
+            assert_eq!(
+                (&pushed[0]["status"], &pushed[0]["basic"]),
+                (&json!(401), &json!(true))
+            );
+            assert!(w.token_requests().is_empty());
+            source
+        } else {
+            let (browser, _) = w.browser_login("alice");
+            let seen = w.token_requests();
+            assert_eq!(seen.len(), 1, "{seen:?}");
+            assert_eq!(
+                (&seen[0]["status"], &seen[0]["basic"]),
+                (&json!(401), &json!(true))
+            );
+            browser.source()
+        };
+        assert!(
+            source.contains("<code id=\"reason\">login_failed</code>"),
+            "par {par}: {source}"
+        );
+        assert!(source.contains("invalid_client"), "par {par}: {source}");
+        assert!(
+            w.backend.last.lock().unwrap().is_none(),
+            "nothing reached the backend"
+        );
+    }
 }
 
 /// Extra authorization parameters reach the provider in the authorization request, after
@@ -340,7 +368,7 @@ fn extra_authorize_parameters_are_sent_to_the_provider(engine: &str) {
     let w = World::start(
         engine,
         json!({"client_secret": SECRET, "token_endpoint_auth_method": "client_secret_basic"}),
-        "client_secret_file = \"client.secret\"\nauthorize_params = { audience = \"https://api.example\", access_type = \"offline\" }",
+        "client_secret_file = \"client.secret\"\npar = false\nauthorize_params = { audience = \"https://api.example\", access_type = \"offline\", prompt = \"consent\" }",
     );
     let navigate = [
         ("sec-fetch-mode", "navigate"),
@@ -355,6 +383,7 @@ fn extra_authorize_parameters_are_sent_to_the_provider(engine: &str) {
         Some("https://api.example")
     );
     assert_eq!(form_value(query, "access_type").as_deref(), Some("offline"));
+    assert_eq!(form_value(query, "prompt").as_deref(), Some("consent"));
     assert_eq!(form_value(query, "client_id").as_deref(), Some(CLIENT));
     // And the sign-in still completes.
     w.signs_in("authorize_params");
@@ -428,7 +457,13 @@ fn a_provider_answering_with_a_form_post_signs_browsers_in(engine: &str) {
     );
     w.signs_in("form_post");
 
-    // A login attempt started by hand: its state and its cookie.
+    // A login attempt started by hand (the request in the URL: no pushed request), its
+    // state and its cookie.
+    let w = World::start(
+        engine,
+        json!({"client_secret": SECRET}),
+        "client_secret_file = \"client.secret\"\nresponse_mode = \"form_post\"\npar = false",
+    );
     let navigate = [
         ("sec-fetch-mode", "navigate"),
         ("accept", "text/html,application/xhtml+xml"),
@@ -556,7 +591,48 @@ subject_key_file = "audit.key"
     assert_eq!(reason(&r), "issuer_unknown");
 }
 
+/// RFC 9126: a provider that offers pushed authorization requests gets the request at its
+/// endpoint (client authenticated, state and PKCE inside); the browser carries only
+/// `client_id` and the `request_uri`, and the sign-in completes.
+fn pushed_authorization_requests_are_used_when_the_provider_offers_them(engine: &str) {
+    let w = World::start(
+        engine,
+        json!({"client_secret": SECRET, "token_endpoint_auth_method": "client_secret_post"}),
+        "client_secret_file = \"client.secret\"\nclient_auth = \"client_secret_post\"",
+    );
+    let navigate = [
+        ("sec-fetch-mode", "navigate"),
+        ("accept", "text/html,application/xhtml+xml"),
+    ];
+    let r = request(w.gw.addr, "GET", "/app/x", &navigate, b"").unwrap();
+    assert_eq!(r.status, 302, "{}", String::from_utf8_lossy(&r.body));
+    let location = r.header("location").unwrap().to_owned();
+    let query = location.split_once('?').unwrap().1;
+    let names: Vec<String> = portcullis_tests::oidc::form_decode(query)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(names, ["client_id", "request_uri"], "{location}");
+    assert!(
+        form_value(query, "request_uri")
+            .unwrap()
+            .starts_with("urn:ietf:params:oauth:request_uri:"),
+        "{location}"
+    );
+    w.signs_in("pushed authorization request");
+    let pushed: Vec<Value> =
+        serde_json::from_slice(&w.op.get("/test/pushed-requests").body).unwrap();
+    assert_eq!(pushed.len(), 2, "{pushed:?}");
+    for p in &pushed {
+        assert_eq!(
+            p,
+            &json!({"status": 201, "basic": false, "has_state": true, "has_code_challenge": true, "response_mode": null})
+        );
+    }
+}
+
 on_every_runtime!(
+    pushed_authorization_requests_are_used_when_the_provider_offers_them,
     a_multi_tenant_issuer_accepts_only_its_allowed_tenants,
     a_provider_answering_with_a_form_post_signs_browsers_in,
     nested_role_claims_decide_routes_and_reach_the_backend,

@@ -64,6 +64,9 @@ client_secret_file = "client.secret"
 redirect_uri = "http://localhost:{port}/_portcullis/callback"
 post_logout_redirect_uri = "http://localhost:{port}/"
 label = "{label}"
+# The authorization request in the URL, where these tests read it (pushed requests:
+# providers_e2e.rs).
+par = false
 "#,
         iss = op.issuer()
     )

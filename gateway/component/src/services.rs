@@ -14,8 +14,8 @@ use portcullis_core::config::PluginId;
 use portcullis_core::risk::{Action, Assessment, PluginAnswer, RiskAssessor, RiskContext};
 
 use portcullis_core::ports::{
-    CallAnswer, CallOp, CallResult, Client, LimitCheck, LimitStatus, State, StateAnswer, StateOp,
-    StateResult,
+    CallAnswer, CallOp, CallResult, Client, FormEndpoint, LimitCheck, LimitStatus, State,
+    StateAnswer, StateOp, StateResult,
 };
 
 use crate::bindings::portcullis::gateway::{audit, client, config, health, keys, risk, state};
@@ -56,6 +56,7 @@ impl Authenticator for HostAuthenticator {
             authorization: e.authorization,
             token: e.token,
             end_session: e.end_session,
+            pushed_authorization: e.pushed_authorization,
         })
     }
 
@@ -109,11 +110,20 @@ impl Client for HostClient {
         Some(match op {
             CallOp::Token {
                 issuer,
+                endpoint,
                 authorization,
                 body,
             } => u32::try_from(issuer.0)
                 .map_err(|e| e.to_string())
-                .and_then(|index| client::token_request(index, authorization, body))
+                .and_then(|index| {
+                    let endpoint = match endpoint {
+                        FormEndpoint::Token => client::FormEndpoint::Token,
+                        FormEndpoint::PushedAuthorization => {
+                            client::FormEndpoint::PushedAuthorization
+                        }
+                    };
+                    client::token_request(index, endpoint, authorization, body)
+                })
                 .map(|(status, body)| CallAnswer::Token { status, body }),
             CallOp::SiteVerify {
                 site_token,

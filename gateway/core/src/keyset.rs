@@ -280,6 +280,8 @@ pub struct ProviderEndpoints {
     pub token: String,
     /// `end_session_endpoint` (RP-initiated logout), if offered.
     pub end_session: Option<String>,
+    /// `pushed_authorization_request_endpoint` (RFC 9126), if offered.
+    pub pushed_authorization: Option<String>,
 }
 
 /// Reads the login endpoints of a discovery document: each must be https (or http when
@@ -296,6 +298,7 @@ pub fn parse_endpoints(body: &[u8], allow_http: bool) -> Option<ProviderEndpoint
         authorization: url("authorization_endpoint")?,
         token: url("token_endpoint")?,
         end_session: url("end_session_endpoint"),
+        pushed_authorization: url("pushed_authorization_request_endpoint"),
     })
 }
 

@@ -33,6 +33,7 @@ use crate::client_auth::ClientAuth;
 use crate::config::{Config, IssuerConfig, LoginClient, SessionConfig};
 use crate::decision::{Response, problem};
 use crate::model::{Entropy as _, IssuerId};
+use crate::ports::FormEndpoint;
 use crate::ports::Io;
 use crate::reason::Reason;
 use crate::session::{
@@ -293,7 +294,21 @@ impl Flow<'_> {
         // A step-up must re-authenticate even while the provider's session is alive
         // (acr_values alone is only a wish: the provider may answer from its session).
         if step_up.acr_values.is_some() || step_up.max_age.is_some() {
+            // (In place of a configured `prompt`, such as Google's `consent`.)
+            params.retain(|(k, _)| *k != "prompt");
             params.push(("prompt", "login".to_owned()));
+        }
+        // RFC 9126: where the provider offers it, the request goes to it directly and the
+        // browser carries only a reference (nothing to tamper with or leak in the URL).
+        if client.par && endpoints.pushed_authorization.is_some() {
+            let request_uri = match self.push_authorization(provider, client, &params) {
+                Ok(uri) => uri,
+                Err((reason, detail)) => return self.refuse(reason, &detail, Vec::new()),
+            };
+            params = vec![
+                ("client_id", client.client_id.clone()),
+                ("request_uri", request_uri),
+            ];
         }
         let separator = if endpoints.authorization.contains('?') {
             '&'
@@ -640,15 +655,36 @@ impl Flow<'_> {
         session::clear_cookies(&self.session.cookie, present).unwrap_or_default()
     }
 
-    /// Calls `provider`'s token endpoint with `form`, the client authenticated as its
-    /// `client_auth` says: HTTP Basic, the secret in the body, or a signed client assertion
-    /// (for the token endpoint, valid for a minute, a fresh `jti` each time).
+    /// Calls `provider`'s token endpoint with `form` ([`authenticated_form`](Self::authenticated_form)).
     fn token_request(
         &self,
         provider: IssuerId,
         client: &LoginClient,
-        form: &[(&'static str, String)],
+        form: &[(&str, String)],
     ) -> Result<TokenResponse, (Reason, String)> {
+        let (authorization, body) = self.authenticated_form(provider, client, form)?;
+        let (status, body) = self
+            .io
+            .token_request(provider, FormEndpoint::Token, &authorization, &body)
+            .map_err(|e| {
+                (
+                    Reason::ProviderUnavailable,
+                    format!("the token endpoint cannot be reached: {e}"),
+                )
+            })?;
+        TokenResponse::parse(status, &body)
+    }
+
+    /// `form` with the client authenticated as its `client_auth` says, as the
+    /// `Authorization` header (empty when the body carries it) and the encoded body: HTTP
+    /// Basic, the secret in the body, or a signed client assertion (for the provider's
+    /// token endpoint, valid for a minute, a fresh `jti` each time).
+    fn authenticated_form(
+        &self,
+        provider: IssuerId,
+        client: &LoginClient,
+        form: &[(&str, String)],
+    ) -> Result<(String, String), (Reason, String)> {
         let mut form = form.to_vec();
         let authorization = match &client.client_auth {
             ClientAuth::SecretBasic => {
@@ -663,7 +699,6 @@ impl Flow<'_> {
                 )
             }
             ClientAuth::SecretPost => {
-                form.push(("client_id", client.client_id.clone()));
                 form.push(("client_secret", client.client_secret.clone()));
                 String::new()
             }
@@ -688,7 +723,6 @@ impl Flow<'_> {
                     self.now,
                 )
                 .map_err(|e| (Reason::LoginFailed, format!("client assertion: {e}")))?;
-                form.push(("client_id", client.client_id.clone()));
                 form.push((
                     "client_assertion_type",
                     crate::client_auth::ASSERTION_TYPE.to_owned(),
@@ -697,16 +731,65 @@ impl Flow<'_> {
                 String::new()
             }
         };
+        // The body names the client when it authenticates there (a pushed request already
+        // does: once is enough).
+        if authorization.is_empty() && !form.iter().any(|(k, _)| *k == "client_id") {
+            form.push(("client_id", client.client_id.clone()));
+        }
+        Ok((authorization, encode_form(&form)))
+    }
+
+    /// Pushes the authorization request `params` to `provider` (RFC 9126): the
+    /// `request_uri` the browser is then sent with.
+    fn push_authorization(
+        &self,
+        provider: IssuerId,
+        client: &LoginClient,
+        params: &[(&str, String)],
+    ) -> Result<String, (Reason, String)> {
+        // The client id is in `params` already (PAR needs it there even with HTTP Basic).
+        let (authorization, body) = self.authenticated_form(provider, client, params)?;
         let (status, body) = self
             .io
-            .token_request(provider, &authorization, &encode_form(&form))
+            .token_request(
+                provider,
+                FormEndpoint::PushedAuthorization,
+                &authorization,
+                &body,
+            )
             .map_err(|e| {
                 (
                     Reason::ProviderUnavailable,
-                    format!("the token endpoint cannot be reached: {e}"),
+                    format!("the pushed-authorization endpoint cannot be reached: {e}"),
                 )
             })?;
-        TokenResponse::parse(status, &body)
+        let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if status != 201 {
+            let error = answer
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no error code");
+            let reason = if status >= 500 {
+                Reason::ProviderUnavailable
+            } else {
+                Reason::LoginFailed
+            };
+            return Err((
+                reason,
+                format!("the pushed-authorization endpoint answered {status}: {error}"),
+            ));
+        }
+        answer
+            .get("request_uri")
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                (
+                    Reason::LoginFailed,
+                    "the pushed-authorization answer has no request_uri".to_owned(),
+                )
+            })
     }
 
     /// Verifies an ID token for `client`: signature and standard claims through the

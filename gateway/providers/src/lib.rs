@@ -106,6 +106,7 @@ impl keys::Guest for Providers {
             authorization: e.authorization,
             token: e.token,
             end_session: e.end_session,
+            pushed_authorization: e.pushed_authorization,
         })
     }
 
@@ -232,10 +233,16 @@ impl client::Guest for Providers {
 
     fn token_request(
         issuer: u32,
+        endpoint: client::FormEndpoint,
         authorization: String,
         body: String,
     ) -> Result<(u16, Vec<u8>), String> {
         let endpoints = loaded()?.endpoints(IssuerId(issuer as usize))?;
+        let url = match endpoint {
+            client::FormEndpoint::Token => Some(endpoints.token.as_str()),
+            client::FormEndpoint::PushedAuthorization => endpoints.pushed_authorization.as_deref(),
+        }
+        .ok_or("the provider offers no such endpoint")?;
         // An empty `authorization`: the client authenticates in the body.
         let all = [
             ("content-type", "application/x-www-form-urlencoded"),
@@ -249,7 +256,7 @@ impl client::Guest for Providers {
         };
         let got = fetch::send(&fetch::Call {
             post: true,
-            url: &endpoints.token,
+            url,
             headers,
             body: body.as_bytes(),
             timeout: FORM_TIMEOUT,

@@ -51,14 +51,20 @@ pub async fn perform<K>(keys: &std::cell::RefCell<KeyStore<K>>, op: CallOp) -> C
     match op {
         CallOp::Token {
             issuer,
+            endpoint,
             authorization,
             body,
         } => {
-            let endpoint = keys
-                .borrow()
-                .endpoints(issuer)
-                .map(|e| e.token.clone())
-                .ok_or("the provider has not been discovered yet")?;
+            let endpoint = {
+                let keys = keys.borrow();
+                let endpoints = keys
+                    .endpoints(issuer)
+                    .ok_or("the provider has not been discovered yet")?;
+                endpoint
+                    .url(endpoints)
+                    .ok_or("the provider offers no such endpoint")?
+                    .to_owned()
+            };
             let all = [
                 ("accept", "application/json"),
                 ("authorization", authorization.as_str()),

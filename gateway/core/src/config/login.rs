@@ -92,6 +92,7 @@ pub(super) fn read_login_client(
         }
     };
     let authorize_params = read_authorize_params(&mut lt, d);
+    let par = lt.boolean(d, "par").is_none_or(|(b, _)| b);
     let form_post = match lt.string(d, "response_mode") {
         None => false,
         Some((m, _)) if m == "query" => false,
@@ -166,6 +167,7 @@ pub(super) fn read_login_client(
         client_auth: client_auth?,
         authorize_params,
         form_post,
+        par,
         redirect_uri: redirect_uri?.0,
         post_logout_redirect_uri,
         scopes,
@@ -410,7 +412,7 @@ fn read_bytes(
 
 /// Parameters the gateway sets itself in every authorization request: an extra value for
 /// one of them would change the protocol, not add to it.
-const OWN_AUTHORIZE_PARAMS: [&str; 12] = [
+const OWN_AUTHORIZE_PARAMS: [&str; 11] = [
     "response_type",
     "client_id",
     "redirect_uri",
@@ -422,7 +424,6 @@ const OWN_AUTHORIZE_PARAMS: [&str; 12] = [
     "response_mode",
     "request",
     "request_uri",
-    "prompt",
 ];
 
 /// `authorize_params = { audience = "…", access_type = "offline" }`: names and string values.
@@ -436,7 +437,7 @@ fn read_authorize_params(lt: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Vec<(Stri
             d.error(
                 &span,
                 format!("authorize_params may not set `{name}`: the gateway sets it"),
-                Some("scopes go in `scopes`; step-up sets prompt=login itself".into()),
+                Some("scopes go in `scopes`".into()),
             );
             continue;
         }

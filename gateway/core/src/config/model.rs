@@ -191,6 +191,8 @@ pub struct LoginClient {
     /// How the provider sends the answer back: in the callback's query, or as a form POST
     /// (`response_mode=form_post`, which Apple requires for scopes beyond `openid`).
     pub form_post: bool,
+    /// Push authorization requests (RFC 9126) when the provider offers it.
+    pub par: bool,
     /// The gateway's callback URL as registered (ends in `/_portcullis/callback`).
     pub redirect_uri: String,
     /// Where the provider sends the browser after RP-initiated logout.
@@ -209,6 +211,7 @@ impl std::fmt::Debug for LoginClient {
             .field("client_auth", &self.client_auth)
             .field("authorize_params", &self.authorize_params)
             .field("form_post", &self.form_post)
+            .field("par", &self.par)
             .field("redirect_uri", &self.redirect_uri)
             .field("post_logout_redirect_uri", &self.post_logout_redirect_uri)
             .field("scopes", &self.scopes)

@@ -18,6 +18,8 @@ pub enum CallOp {
     Token {
         /// The provider.
         issuer: IssuerId,
+        /// Which of its endpoints.
+        endpoint: FormEndpoint,
         /// The `Authorization` header (client authentication); empty: send none (the client
         /// authenticates in the body: `client_secret_post`, `private_key_jwt`).
         authorization: String,
@@ -91,6 +93,25 @@ impl CallAnswer {
             CallAnswer::Token { .. } => {
                 Err("a token endpoint answered a site verification".to_owned())
             }
+        }
+    }
+}
+
+/// The provider endpoints a login form goes to ([`CallOp::Token`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FormEndpoint {
+    /// `token_endpoint`: code exchange and refresh.
+    Token,
+    /// `pushed_authorization_request_endpoint` (RFC 9126).
+    PushedAuthorization,
+}
+
+impl FormEndpoint {
+    /// Its URL among `endpoints`, if the provider offers it.
+    pub fn url(self, endpoints: &crate::keyset::ProviderEndpoints) -> Option<&str> {
+        match self {
+            Self::Token => Some(endpoints.token.as_str()),
+            Self::PushedAuthorization => endpoints.pushed_authorization.as_deref(),
         }
     }
 }

@@ -227,15 +227,17 @@ impl<'a> Io<'a> {
         self.state(StateOp::RateLimit { checks, now })?.limits()
     }
 
-    /// POSTs a form to `issuer`'s token endpoint (see [`CallOp::Token`]).
+    /// POSTs a form to `issuer`'s `endpoint` (see [`CallOp::Token`]).
     pub fn token_request(
         &self,
         issuer: IssuerId,
+        endpoint: super::FormEndpoint,
         authorization: &str,
         body: &str,
     ) -> Result<(u16, Vec<u8>), String> {
         self.call(CallOp::Token {
             issuer,
+            endpoint,
             authorization: authorization.to_owned(),
             body: body.to_owned(),
         })?

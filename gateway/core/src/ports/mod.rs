@@ -29,7 +29,7 @@ pub mod io;
 pub mod risk;
 pub mod state;
 
-pub use client::{CallAnswer, CallOp, CallResult, Client, NoClient};
+pub use client::{CallAnswer, CallOp, CallResult, Client, FormEndpoint, NoClient};
 pub use io::{Answer, Io, Need, Suspended};
 pub use risk::{Assessment, NoPlugins, PluginAnswer, RiskAssessor, RiskContext, RiskIdentity};
 pub use state::{

@@ -59,19 +59,24 @@ pub async fn verify(
         .unwrap_or_else(|_| Err(format!("{} did not answer in {TIMEOUT:?}", site.verify_url)))
 }
 
-/// POSTs a form to `issuer`'s token endpoint (from its discovery document) for the login
-/// flow of either engine.
+/// POSTs a form to `issuer`'s `endpoint` (from its discovery document) for the login flow
+/// of either engine.
 pub async fn token_request(
     keys: &crate::keys::KeyService,
     client: &BackendClient,
     issuer: portcullis_core::IssuerId,
+    endpoint: portcullis_core::ports::FormEndpoint,
     authorization: &str,
     body: &str,
 ) -> Result<(u16, Vec<u8>), String> {
     let endpoints = keys
         .endpoints(issuer)
         .ok_or("the provider has not been discovered yet")?;
-    post_form(client, &endpoints.token, authorization, body).await
+    let url = endpoint
+        .url(&endpoints)
+        .ok_or("the provider offers no such endpoint")?
+        .to_owned();
+    post_form(client, &url, authorization, body).await
 }
 
 /// POSTs a form to `url` (an OIDC token endpoint) with the `Authorization` header

@@ -40,14 +40,15 @@ impl ClientService {
         forms::verify(&self.backends, site, site_token, remote_ip).await
     }
 
-    /// POSTs a login-flow form to `issuer`'s token endpoint.
+    /// POSTs a login-flow form to `issuer`'s `endpoint`.
     pub async fn token_request(
         &self,
         keys: &KeyService,
         issuer: IssuerId,
+        endpoint: portcullis_core::ports::FormEndpoint,
         authorization: &str,
         body: &str,
     ) -> Result<(u16, Vec<u8>), String> {
-        forms::token_request(keys, &self.backends, issuer, authorization, body).await
+        forms::token_request(keys, &self.backends, issuer, endpoint, authorization, body).await
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use portcullis_core::IssuerId;
 
 use crate::bindings::portcullis::gateway::client;
+use crate::bindings::portcullis::gateway::client::FormEndpoint;
 use crate::client::ClientService;
 use crate::keys::KeyService;
 
@@ -37,11 +38,24 @@ impl client::Host for ClientHost {
     async fn token_request(
         &mut self,
         issuer: u32,
+        endpoint: FormEndpoint,
         authorization: String,
         body: String,
     ) -> Result<(u16, Vec<u8>), String> {
+        let endpoint = match endpoint {
+            FormEndpoint::Token => portcullis_core::ports::FormEndpoint::Token,
+            FormEndpoint::PushedAuthorization => {
+                portcullis_core::ports::FormEndpoint::PushedAuthorization
+            }
+        };
         self.service
-            .token_request(&self.keys, IssuerId(issuer as usize), &authorization, &body)
+            .token_request(
+                &self.keys,
+                IssuerId(issuer as usize),
+                endpoint,
+                &authorization,
+                &body,
+            )
             .await
     }
 }

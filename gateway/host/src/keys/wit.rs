@@ -51,6 +51,7 @@ impl keys::Host for KeysHost {
                 authorization: e.authorization,
                 token: e.token,
                 end_session: e.end_session,
+                pushed_authorization: e.pushed_authorization,
             })
             .ok_or_else(|| portcullis_core::login::NOT_DISCOVERED_YET.to_owned())
     }

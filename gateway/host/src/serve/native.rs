@@ -516,12 +516,13 @@ async fn perform(shared: &Shared, need: Need, shown: &Mutex<Shown>) -> Answer {
         )),
         Need::Call(CallOp::Token {
             issuer,
+            endpoint,
             authorization,
             body,
         }) => Answer::Call(
             shared
                 .client
-                .token_request(&shared.keys, issuer, &authorization, &body)
+                .token_request(&shared.keys, issuer, endpoint, &authorization, &body)
                 .await
                 .map(|(status, body)| CallAnswer::Token { status, body }),
         ),
