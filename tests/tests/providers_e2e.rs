@@ -193,6 +193,15 @@ subject_key_file = "audit.key"
         format!("http://localhost:{}{path}", self.port)
     }
 
+    /// A browser navigation to a login route, by hand: the gateway's redirect.
+    fn start_login(&self) -> portcullis_tests::net::Resp {
+        let navigate = [
+            ("sec-fetch-mode", "navigate"),
+            ("accept", "text/html,application/xhtml+xml"),
+        ];
+        request(self.gw.addr, "GET", "/app/x", &navigate, b"").unwrap()
+    }
+
     /// Signs `login` in with Chromium from `/app/…`: the page the browser lands on.
     fn browser_login(&self, login: &str) -> (Browser, String) {
         self.browser_login_at(login, "/app/orders")
@@ -370,11 +379,7 @@ fn extra_authorize_parameters_are_sent_to_the_provider(engine: &str) {
         json!({"client_secret": SECRET, "token_endpoint_auth_method": "client_secret_basic"}),
         "client_secret_file = \"client.secret\"\npar = false\nauthorize_params = { audience = \"https://api.example\", access_type = \"offline\", prompt = \"consent\" }",
     );
-    let navigate = [
-        ("sec-fetch-mode", "navigate"),
-        ("accept", "text/html,application/xhtml+xml"),
-    ];
-    let r = request(w.gw.addr, "GET", "/app/x", &navigate, b"").unwrap();
+    let r = w.start_login();
     assert_eq!(r.status, 302, "{}", String::from_utf8_lossy(&r.body));
     let location = r.header("location").unwrap().to_owned();
     let query = location.split_once('?').unwrap().1;
@@ -464,12 +469,8 @@ fn a_provider_answering_with_a_form_post_signs_browsers_in(engine: &str) {
         json!({"client_secret": SECRET}),
         "client_secret_file = \"client.secret\"\nresponse_mode = \"form_post\"\npar = false",
     );
-    let navigate = [
-        ("sec-fetch-mode", "navigate"),
-        ("accept", "text/html,application/xhtml+xml"),
-    ];
     let start = || {
-        let r = request(w.gw.addr, "GET", "/app/x", &navigate, b"").unwrap();
+        let r = w.start_login();
         assert_eq!(r.status, 302, "{}", String::from_utf8_lossy(&r.body));
         let location = r.header("location").unwrap().to_owned();
         let query = location.split_once('?').unwrap().1.to_owned();
@@ -600,11 +601,7 @@ fn pushed_authorization_requests_are_used_when_the_provider_offers_them(engine: 
         json!({"client_secret": SECRET, "token_endpoint_auth_method": "client_secret_post"}),
         "client_secret_file = \"client.secret\"\nclient_auth = \"client_secret_post\"",
     );
-    let navigate = [
-        ("sec-fetch-mode", "navigate"),
-        ("accept", "text/html,application/xhtml+xml"),
-    ];
-    let r = request(w.gw.addr, "GET", "/app/x", &navigate, b"").unwrap();
+    let r = w.start_login();
     assert_eq!(r.status, 302, "{}", String::from_utf8_lossy(&r.body));
     let location = r.header("location").unwrap().to_owned();
     let query = location.split_once('?').unwrap().1;

@@ -662,17 +662,32 @@ impl Flow<'_> {
         client: &LoginClient,
         form: &[(&str, String)],
     ) -> Result<TokenResponse, (Reason, String)> {
+        let (status, body) = self.post_form(provider, client, FormEndpoint::Token, form)?;
+        TokenResponse::parse(status, &body)
+    }
+
+    /// POSTs `form`, the client authenticated, to `provider`'s `endpoint`: its status and
+    /// body, or [`Reason::ProviderUnavailable`] when it cannot be reached.
+    fn post_form(
+        &self,
+        provider: IssuerId,
+        client: &LoginClient,
+        endpoint: FormEndpoint,
+        form: &[(&str, String)],
+    ) -> Result<(u16, Vec<u8>), (Reason, String)> {
         let (authorization, body) = self.authenticated_form(provider, client, form)?;
-        let (status, body) = self
-            .io
-            .token_request(provider, FormEndpoint::Token, &authorization, &body)
+        self.io
+            .token_request(provider, endpoint, &authorization, &body)
             .map_err(|e| {
+                let name = match endpoint {
+                    FormEndpoint::Token => "token",
+                    FormEndpoint::PushedAuthorization => "pushed-authorization",
+                };
                 (
                     Reason::ProviderUnavailable,
-                    format!("the token endpoint cannot be reached: {e}"),
+                    format!("the {name} endpoint cannot be reached: {e}"),
                 )
-            })?;
-        TokenResponse::parse(status, &body)
+            })
     }
 
     /// `form` with the client authenticated as its `client_auth` says, as the
@@ -748,21 +763,8 @@ impl Flow<'_> {
         params: &[(&str, String)],
     ) -> Result<String, (Reason, String)> {
         // The client id is in `params` already (PAR needs it there even with HTTP Basic).
-        let (authorization, body) = self.authenticated_form(provider, client, params)?;
-        let (status, body) = self
-            .io
-            .token_request(
-                provider,
-                FormEndpoint::PushedAuthorization,
-                &authorization,
-                &body,
-            )
-            .map_err(|e| {
-                (
-                    Reason::ProviderUnavailable,
-                    format!("the pushed-authorization endpoint cannot be reached: {e}"),
-                )
-            })?;
+        let (status, body) =
+            self.post_form(provider, client, FormEndpoint::PushedAuthorization, params)?;
         let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if status != 201 {
             let error = answer
