@@ -1071,6 +1071,54 @@ risk = {{ plugins = ["lenient"] }}
     );
 }
 
+/// A stateful plugin component in the worker: impossible-travel keeps what it saw of a
+/// subject in the isolate's plugin state through the worker's answers to its `state`
+/// imports, and the Cloudflare `cf` country reaches it. A trip DE → AU minutes apart is
+/// stepped up; another subject is not.
+#[test]
+fn a_stateful_plugin_component_keeps_its_state_in_the_worker() {
+    let w = world();
+    let text = config(&w._keys, &w.eu.server.url(), &w.us.server.url()).replace(
+        "[identity]",
+        &format!(
+            r#"[plugin.travel]
+path = "{travel}"
+on_error = "deny"
+
+[[route]]
+path = "/api/account"
+risk = {{ plugins = ["travel"], step_up = 50, step_up_acr = ["mfa"] }}
+
+[identity]"#,
+            travel = plugin("impossible-travel"),
+        ),
+    );
+    let gw = portcullis_tests::workerd::start_worker(&text, &[]);
+    let call = |sub: &str, country: &str| {
+        let blob = format!(r#"{{"country":"{country}","asn":64500}}"#);
+        let t = token("ES256", json!({"sub": sub}));
+        request(
+            gw.addr,
+            "GET",
+            "/api/account",
+            &[
+                ("authorization", &format!("Bearer {t}")),
+                ("cf-connecting-ip", "198.51.100.7"),
+                ("cf-blob", &blob),
+            ],
+            b"",
+        )
+        .unwrap()
+    };
+    let r = call("alice", "DE");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = call("alice", "AU");
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(reason(&r), "insufficient_user_authentication");
+    let r = call("bob", "AU");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
 /// A runtime that fetches key sets itself follows rotation: one fetch at first, a token
 /// naming a new `kid` gets one refetch, and random kids cause no refetch storm (one per
 /// interval).
