@@ -170,17 +170,8 @@ fn exhausted_descriptors_do_not_spin_the_accept_loop() {
     let backend = Backend::start("us");
     let gw = start(&backend.server.url(), "", "native");
     let pid = gw.child.id();
-    // Leave the gateway a handful of descriptors above what it holds now.
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count();
-    let limit = open + 4;
-    let status = std::process::Command::new("prlimit")
-        .arg(format!("--pid={pid}"))
-        .arg(format!("--nofile={limit}:{limit}"))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    // Leave the gateway a handful of free descriptors.
+    leave_free_descriptors(pid, 4);
     let conns: Vec<TcpStream> = (0..32)
         .filter_map(|_| TcpStream::connect(gw.addr).ok())
         .collect();
@@ -206,6 +197,63 @@ fn exhausted_descriptors_do_not_spin_the_accept_loop() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(r.status, 200);
+}
+
+/// Lowers the open-files limit of process `pid` so that exactly `n` descriptors are free:
+/// the limit bounds descriptor numbers, so it is set to the `n + 1`-th lowest unused one
+/// (a process may hold high-numbered descriptors, such as an inherited jobserver pipe).
+fn leave_free_descriptors(pid: u32, n: usize) {
+    let used: std::collections::BTreeSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let limit = (0..).filter(|fd| !used.contains(fd)).nth(n).unwrap();
+    limit_descriptors(pid, limit);
+}
+
+/// Sets the (soft) open-files limit of process `pid` to `limit`.
+fn limit_descriptors(pid: u32, limit: usize) {
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A backend the gateway could not connect to because the gateway itself was out of
+/// descriptors did nothing wrong: it is not ejected (passive health would otherwise keep
+/// refusing its requests for 10 s after the shortage ended).
+#[test]
+fn the_gateways_own_descriptor_shortage_does_not_eject_the_backend() {
+    for engine in ["native", "component"] {
+        let backend = Backend::start("us");
+        let gw = start(&backend.server.url(), "", engine);
+        let pid = gw.child.id();
+        // Let the start-up probe's connection close, then leave one descriptor: the next
+        // request's client connection is accepted, its backend connection cannot be opened.
+        std::thread::sleep(Duration::from_millis(500));
+        leave_free_descriptors(pid, 1);
+        let r = request(gw.addr, "GET", "/x", &[], b"").unwrap();
+        assert_eq!(
+            (r.status, reason(&r).as_str()),
+            (503, "backend_unavailable"),
+            "{engine}"
+        );
+        assert_eq!(
+            backend.hits.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "{engine}"
+        );
+        limit_descriptors(pid, 1024);
+        let r = request(gw.addr, "GET", "/x", &[], b"").unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "{engine}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
 }
 
 #[test]

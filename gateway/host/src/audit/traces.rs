@@ -313,6 +313,7 @@ impl Traces {
                     text(match call.outcome {
                         BackendOutcome::Timeout => "timeout",
                         BackendOutcome::Connect => "connect",
+                        BackendOutcome::Local => "local",
                         _ => "other",
                     }),
                 ));

@@ -38,6 +38,9 @@ pub enum BackendOutcome {
     Timeout,
     /// The connection failed: nothing was sent.
     Connect,
+    /// This host could not open a connection (out of descriptors, buffers or memory):
+    /// nothing was sent, and the backend is not to blame.
+    Local,
     /// Any other failure.
     Other,
 }
@@ -47,4 +50,25 @@ pub fn full_body(bytes: impl Into<Bytes>) -> wasmtime_wasi_http::p2::body::Hyper
     http_body_util::Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// How a call that failed before any answer ended: `Local` when this host could not open a
+/// socket (EMFILE, ENFILE, ENOBUFS, ENOMEM anywhere in the error's chain), `Connect` for any
+/// other connection failure, `Other` otherwise.
+pub fn failure_outcome(e: &hyper_util::client::legacy::Error) -> BackendOutcome {
+    if !e.is_connect() {
+        return BackendOutcome::Other;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && io.raw_os_error().is_some_and(|code| {
+                [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM].contains(&code)
+            })
+        {
+            return BackendOutcome::Local;
+        }
+        cause = c.source();
+    }
+    BackendOutcome::Connect
 }

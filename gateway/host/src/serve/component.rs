@@ -187,7 +187,7 @@ impl WasiHttpHooks for Outbound {
                     return Err(HttpError::ConnectionReadTimeout);
                 }
                 Ok(Err(e)) if e.is_connect() => {
-                    done(BackendOutcome::Connect, None);
+                    done(crate::client::backends::failure_outcome(&e), None);
                     return Err(HttpError::ConnectionRefused);
                 }
                 Ok(Err(e)) => {

@@ -118,6 +118,8 @@ impl Shared {
                 self.health.mark_down(backend);
                 "connect"
             }
+            // Out of descriptors here says nothing about the backend: it stays in rotation.
+            BackendOutcome::Local => "local",
             BackendOutcome::Other => "other",
         };
         self.metrics.backend_failed(region, kind);

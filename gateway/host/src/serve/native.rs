@@ -322,12 +322,7 @@ impl NativeEngine {
                 ));
             }
             Ok(Err(e)) => {
-                let outcome = if e.is_connect() {
-                    BackendOutcome::Connect
-                } else {
-                    BackendOutcome::Other
-                };
-                done(outcome, None);
+                done(crate::client::backends::failure_outcome(&e), None);
                 return Err(refuse(
                     Reason::BackendUnavailable,
                     &format!("the backend could not be reached: {e}"),
