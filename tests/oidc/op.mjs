@@ -7,8 +7,17 @@
 //                 "backchannel_logout_uri", "token_endpoint_auth_method", ...any other
 //                 client metadata, e.g. "id_token_signed_response_alg": "ES256" }],
 //   "access_token_ttl": 60,              // seconds, optional (default 600)
-//   "accounts": { "alice": { "residency": "eu" } }  // optional extra claims per login name
+//   "accounts": { "alice": { "residency": "eu" } },  // optional extra claims per login name
+//   "resource": { "audience": "https://api.test", "scope": "orders:read orders:write" }
+//                                        // optional: an API (RFC 8707 resource indicator,
+//                                        // the default one) whose access tokens are opaque
+//                                        // and carry `aud`; introspect them (RFC 7662)
+//   "purposes": ["order-history", ...]   // optional: consent purposes; asking for the scope
+//                                        // "purpose:NAME" grants NAME, released as the
+//                                        // `purposes` claim (an array) in the ID token
 // }
+//
+// The client_credentials grant is enabled (for clients that list it in grant_types).
 //
 // Login: any login name and password. `sub` = the login name, `email` = <login>@example.test,
 // `name` = the login name; a login ending in `-mfa`, or with the optional one-time code field
@@ -30,7 +39,13 @@
 //
 // Test endpoint: GET /test/pushed-requests lists the pushed authorization requests (RFC
 // 9126, POST /request): [{"status", "basic", "has_state", "has_code_challenge",
-// "response_mode"}].
+// "response_mode", "prompt", "scope"}].
+//
+// Test endpoint: GET /test/introspections lists the introspection requests: [{"status",
+// "basic", "client_assertion_type", "active"}]. POST /test/introspection-fault?mode=M makes
+// the endpoint answer garbage ("garbage": 200 with text), "inactive-shape" (200 with JSON
+// lacking `active`), "other-iss" (an active answer naming another issuer) or 500
+// ("error"), and "none" restores it.
 //
 // Test endpoint: POST /test/sign?claims=B64URL_JSON&typ=TYP answers a compact JWS of those
 // claims signed with the provider's own ES256 key (kid op-es256), so tests can send the
@@ -155,6 +170,7 @@ const provider = new Provider(issuer, {
     sid: null,
     // ...but acr, amr and auth_time are always in the ID token (under the openid scope).
     openid: ['sub', 'acr', 'amr', 'auth_time', ...extraClaimNames],
+    ...Object.fromEntries((config.purposes ?? []).map((p) => [`purpose:${p}`, ['purposes']])),
     email: ['email', 'email_verified'],
     profile: ['name'],
   },
@@ -175,12 +191,16 @@ const provider = new Provider(issuer, {
   async findAccount(_ctx, sub) {
     return {
       accountId: sub,
-      async claims() {
+      async claims(_use, scope) {
+        // The purposes the user granted: those whose scope this grant holds.
+        const granted = String(scope ?? '').split(' ')
+          .filter((s) => s.startsWith('purpose:')).map((s) => s.slice('purpose:'.length));
         return {
           sub,
           email: `${sub}@example.test`,
           email_verified: true,
           name: sub,
+          ...(config.purposes ? { purposes: granted } : {}),
           ...(accounts[sub] ?? {}),
         };
       },
@@ -230,6 +250,20 @@ const provider = new Provider(issuer, {
         || token.clientId === client.clientId,
     },
     claimsParameter: { enabled: true },
+    clientCredentials: { enabled: true },
+    resourceIndicators: {
+      enabled: Boolean(config.resource),
+      defaultResource: () => config.resource?.audience,
+      useGrantedResource: () => true,
+      getResourceServerInfo(_ctx, indicator) {
+        if (indicator !== config.resource?.audience) throw new errors.InvalidTarget();
+        return {
+          scope: config.resource.scope,
+          audience: config.resource.audience,
+          accessTokenFormat: 'opaque',
+        };
+      },
+    },
   },
   renderError(ctx, out, error) {
     console.error(`op.mjs: error page: ${JSON.stringify(out)} ${error?.stack ?? ''}`);
@@ -329,7 +363,40 @@ provider.use(async (ctx, next) => {
 // provider itself takes a secret by HTTP Basic or in the body alike).
 const tokenRequests = [];
 const pushedRequests = [];
+const introspections = [];
+let introspectionFault = 'none';
 provider.use(async (ctx, next) => {
+  if (ctx.path === '/test/introspections') {
+    ctx.type = 'json';
+    ctx.body = introspections;
+    return undefined;
+  }
+  if (ctx.path === '/test/introspection-fault' && ctx.method === 'POST') {
+    introspectionFault = String(ctx.query.mode ?? 'none');
+    ctx.body = introspectionFault;
+    return undefined;
+  }
+  if (ctx.method === 'POST' && ctx.path === '/token/introspection' && introspectionFault !== 'none') {
+    introspections.push({ status: 0, fault: introspectionFault });
+    if (introspectionFault === 'garbage') {
+      ctx.type = 'text';
+      ctx.body = '<html>maintenance</html>';
+    } else if (introspectionFault === 'inactive-shape') {
+      ctx.type = 'json';
+      ctx.body = { valid: true, sub: 'mallory' };
+    } else if (introspectionFault === 'other-iss') {
+      const now = Math.floor(Date.now() / 1000);
+      ctx.type = 'json';
+      ctx.body = {
+        active: true, iss: 'https://evil.test', aud: config.resource?.audience,
+        scope: 'orders:read', exp: now + 300, iat: now, token_type: 'Bearer',
+      };
+    } else {
+      ctx.status = 500;
+      ctx.body = 'error';
+    }
+    return undefined;
+  }
   if (ctx.path === '/test/token-requests') {
     ctx.type = 'json';
     ctx.body = tokenRequests;
@@ -349,6 +416,17 @@ provider.use(async (ctx, next) => {
       has_state: Boolean(params.state),
       has_code_challenge: Boolean(params.code_challenge),
       response_mode: params.response_mode ?? null,
+      prompt: params.prompt ?? null,
+      scope: params.scope ?? null,
+    });
+  }
+  if (ctx.method === 'POST' && ctx.path === '/token/introspection') {
+    const params = ctx.oidc?.params ?? {};
+    introspections.push({
+      status: ctx.status,
+      basic: /^basic /i.test(ctx.headers.authorization ?? ''),
+      client_assertion_type: params.client_assertion_type ?? null,
+      active: ctx.body?.active ?? null,
     });
   }
   if (ctx.method === 'POST' && ctx.path === '/token') {

@@ -887,3 +887,109 @@ algorithms = [\"RS256\"]
     assert!(!issuer.matches_iss("https://login.example.test/common/v2.0"));
     assert!(!issuer.matches_iss("https://login.example.test/contoso/x/v2.0"));
 }
+
+/// `[issuer.introspection]` needs discovery, bounded cache lifetimes and a client; a route
+/// may take opaque tokens from one introspecting issuer at most.
+#[test]
+fn introspection_sections_are_checked() {
+    let issuer = |name: &str, extra: &str| {
+        format!(
+            "
+[[issuer]]
+name = \"{name}\"
+issuer = \"https://{name}.test\"
+discovery = true
+audiences = [\"api://shop\"]
+algorithms = [\"ES256\"]
+{extra}
+"
+        )
+    };
+    let intro = "[issuer.introspection]\nclient_id = \"rs\"\nclient_secret_file = \"audit.key\"";
+    // One introspecting issuer loads, with its defaults.
+    let text = format!("{MINIMAL}{}", issuer("okta", intro));
+    let loaded = config::load(&text, "edge.toml", &files()).unwrap();
+    let i = loaded.issuers[1].introspection.as_ref().unwrap();
+    assert_eq!(i.client_id, "rs");
+    assert_eq!(i.client_auth.name(), "client_secret_basic");
+    assert_eq!(i.cache_ttl, std::time::Duration::from_secs(60));
+    // Two on the catch-all route: an opaque token would not say which to ask.
+    let text = format!("{MINIMAL}{}{}", issuer("okta", intro), issuer("kc", intro));
+    let d = find(&errors(&text), "introspecting issuers (okta, kc)");
+    assert!(d.hint.unwrap().contains("issuers"));
+    // ...but a route naming one of them is fine.
+    let text = format!(
+        "{}{}{}",
+        MINIMAL.replace("path = \"/\"", "path = \"/\"\nissuers = [\"okta\"]"),
+        issuer("okta", intro),
+        issuer("kc", intro)
+    );
+    config::load(&text, "edge.toml", &files()).unwrap();
+    // No discovery, a missing secret, an unbounded cache.
+    let text = format!(
+        "{MINIMAL}{}",
+        issuer("okta", intro).replace("discovery = true", "jwks_file = \"main.jwks.json\"")
+    );
+    find(
+        &errors(&text),
+        "has [issuer.introspection] but no discovery",
+    );
+    let text = format!(
+        "{MINIMAL}{}",
+        issuer("okta", "[issuer.introspection]\nclient_id = \"rs\"")
+    );
+    find(&errors(&text), "client_secret_file");
+    let text = format!(
+        "{MINIMAL}{}",
+        issuer("okta", &format!("{intro}\ncache_ttl = \"2h\""))
+    );
+    let d = find(&errors(&text), "`introspection.cache_ttl`");
+    assert_eq!(d.line, line_of(&text, "cache_ttl"));
+}
+
+/// A route's `consent` needs a non-public route and issuers that record consent.
+#[test]
+fn consent_routes_are_checked() {
+    let consent_issuer = "
+[[issuer]]
+name = \"accounts\"
+issuer = \"https://accounts.test\"
+discovery = true
+audiences = [\"api://shop\"]
+algorithms = [\"ES256\"]
+[issuer.consent]
+claim = \"consents.granted\"
+scopes = { order-history = \"consent:orders\" }
+";
+    let route = |extra: &str| format!("\n[[route]]\npath = \"/history\"\n{extra}\n");
+    // The route accepts `main` too, which records no consent.
+    let text = format!(
+        "{MINIMAL}{consent_issuer}{}",
+        route("consent = [\"order-history\"]")
+    );
+    let d = find(&errors(&text), "issuer(s) main record none");
+    // (At the route's table: its last `[[route]]`.)
+    let lines: Vec<&str> = text.lines().collect();
+    let table = lines.iter().rposition(|l| *l == "[[route]]").unwrap() + 1;
+    assert_eq!(d.line, table);
+    let text = format!(
+        "{MINIMAL}{consent_issuer}{}",
+        route("issuers = [\"accounts\"]\nconsent = [\"order-history\"]")
+    );
+    let loaded = config::load(&text, "edge.toml", &files()).unwrap();
+    let c = loaded.issuers[1].consent.as_ref().unwrap();
+    assert_eq!(c.scope_for("order-history"), "consent:orders");
+    assert_eq!(c.scope_for("marketing"), "marketing");
+    let history = loaded.routes.iter().find(|r| r.path == "/history").unwrap();
+    assert_eq!(history.consent, ["order-history"]);
+    let text = format!(
+        "{MINIMAL}{consent_issuer}{}",
+        route("auth = \"public\"\nconsent = [\"order-history\"]")
+    );
+    find(&errors(&text), "has `consent`");
+    let text = format!(
+        "{MINIMAL}{consent_issuer}{}",
+        route("issuers = [\"accounts\"]\nconsent = [\"order history\"]")
+    );
+    find(&errors(&text), "consent purpose \"order history\"");
+}

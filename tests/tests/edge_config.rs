@@ -100,6 +100,8 @@ const PROBE: &str = "zzzz_probe_key";
 const PROBED_TABLES: &[(&str, &[&str])] = &[
     ("issuer", &["issuer", "0"]),
     ("issuer.login", &["issuer", "0", "login"]),
+    ("issuer.introspection", &["issuer", "0", "introspection"]),
+    ("issuer.consent", &["issuer", "0", "consent"]),
     ("region.NAME", &["region", "eu"]),
     ("residency", &["residency"]),
     ("route", &["route", "0"]),
@@ -157,6 +159,14 @@ fn every_table() -> (toml::Table, MapFiles) {
     let state = cfg["state"].as_table_mut().unwrap();
     state.insert("backend".into(), "redis".into());
     state.insert("url".into(), "redis://127.0.0.1:6379/0".into());
+    let issuer = cfg["issuer"][0].as_table_mut().unwrap();
+    let introspection: toml::Table =
+        "client_id = \"rs\"\nclient_secret_file = \"secrets/turnstile.secret\""
+            .parse()
+            .unwrap();
+    issuer.insert("introspection".into(), introspection.into());
+    let consent: toml::Table = "claim = \"consents\"".parse().unwrap();
+    issuer.insert("consent".into(), consent.into());
     let agents: toml::Table = "scopes = [\"orders:read\"]".parse().unwrap();
     cfg["route"][0]
         .as_table_mut()

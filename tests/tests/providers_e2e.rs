@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use portcullis_tests::browser::Browser;
-use portcullis_tests::host::{Gateway, reason, start_engine_args};
+use portcullis_tests::host::{Gateway, audit_records, reason, start_engine_args};
 use portcullis_tests::net::{Backend, KeyServer, free_port, request};
 use portcullis_tests::oidc::{OpenIdProvider, form_value};
 use portcullis_tests::*;
@@ -58,6 +58,11 @@ struct Setup<'a> {
     issuer_extra: &'a str,
     /// Routes added before the public catch-all.
     routes: &'a str,
+    /// The provider issuer's `audiences` (default: one no token names).
+    audience: &'a str,
+    /// The provider's configuration beyond clients and accounts (`resource`, `purposes`);
+    /// `extra_clients` are registered beside the gateway's client.
+    op_config: Value,
 }
 
 struct World {
@@ -105,7 +110,18 @@ impl World {
         } else {
             setup.accounts.clone()
         };
-        let op = OpenIdProvider::start(json!({ "clients": [client], "accounts": accounts }));
+        let mut op_config = json!({ "clients": [client], "accounts": accounts });
+        if let Some(extra) = setup.op_config.as_object() {
+            for (k, v) in extra {
+                if k == "extra_clients" {
+                    let clients = op_config["clients"].as_array_mut().unwrap();
+                    clients.extend(v.as_array().unwrap().iter().cloned());
+                } else {
+                    op_config[k] = v.clone();
+                }
+            }
+        }
+        let op = OpenIdProvider::start(op_config);
         let keys = KeyServer::start(TestIdp::shared().jwks());
         let backend = Backend::start("eu");
         let config = format!(
@@ -123,7 +139,7 @@ name = "op"
 issuer = "{iss}"
 discovery = true
 insecure_http_jwks = true
-audiences = ["unused-api"]
+audiences = ["{audience}"]
 algorithms = ["ES256", "RS256"]
 {issuer_extra}
 
@@ -166,6 +182,11 @@ subject_key_file = "audit.key"
             backend = backend.server.url(),
             issuer_extra = setup.issuer_extra,
             routes = setup.routes,
+            audience = if setup.audience.is_empty() {
+                "unused-api"
+            } else {
+                setup.audience
+            },
         );
         let (jwk, _) = client_jwk();
         let files = vec![
@@ -426,6 +447,7 @@ path = "/shop"
 login = ["op"]
 claims = [{ path = 'resource_access["shop.app"].roles', contains = "buyer" }]
 "#,
+            ..Setup::default()
         },
     );
     // alice: an admin (realm role as scope) and a buyer (client role).
@@ -623,12 +645,282 @@ fn pushed_authorization_requests_are_used_when_the_provider_offers_them(engine: 
     for p in &pushed {
         assert_eq!(
             p,
-            &json!({"status": 201, "basic": false, "has_state": true, "has_code_challenge": true, "response_mode": null})
+            &json!({"status": 201, "basic": false, "has_state": true, "has_code_challenge": true, "response_mode": null, "prompt": null, "scope": "openid profile email"})
         );
     }
 }
 
+/// The API whose access tokens the provider issues opaque (RFC 8707 resource indicator).
+const API: &str = "https://api.test";
+/// A second client of the provider: an API client with the client-credentials grant.
+const APP: (&str, &str) = (
+    "shop-app",
+    "a-long-enough-shop-app-client-secret-0123456789",
+);
+
+/// A provider issuing opaque access tokens for [`API`], the gateway introspecting them as
+/// its own client, and `/api` accepting them with `orders:read`.
+fn introspecting_world(engine: &str) -> World {
+    World::set_up(
+        engine,
+        free_port(),
+        &Setup {
+            op_client: json!({"client_secret": SECRET}),
+            login_extra: "client_secret_file = \"client.secret\"",
+            audience: API,
+            op_config: json!({
+                "resource": {"audience": API, "scope": "orders:read orders:write"},
+                "extra_clients": [{
+                    "client_id": APP.0, "client_secret": APP.1,
+                    "grant_types": ["client_credentials"], "redirect_uris": [], "response_types": [],
+                }],
+            }),
+            issuer_extra: "[issuer.introspection]\nclient_id = \"portcullis\"\nclient_secret_file = \"client.secret\"\ncache_ttl = \"2s\"\nnegative_ttl = \"1m\"\n",
+            routes: "[[route]]\npath = \"/api\"\nissuers = [\"op\"]\nscopes_all = [\"orders:read\"]\n",
+            ..Setup::default()
+        },
+    )
+}
+
+/// An opaque access token for [`API`] with `scope`, from the client-credentials grant.
+fn opaque_token(op: &OpenIdProvider, scope: &str) -> String {
+    let r = op.token_request(
+        APP,
+        &[
+            ("grant_type", "client_credentials"),
+            ("scope", scope),
+            ("resource", API),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let token = r.json_body()["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(
+        token.split('.').count(),
+        3,
+        "a JWT, not an opaque token: {token}"
+    );
+    token
+}
+
+/// The provider's log of introspection requests.
+fn introspections(op: &OpenIdProvider) -> Vec<Value> {
+    serde_json::from_slice(&op.get("/test/introspections").body).unwrap()
+}
+
+fn opaque_tokens_are_introspected_once_cached_and_refused_when_inactive(engine: &str) {
+    let w = introspecting_world(engine);
+    let token = opaque_token(&w.op, "orders:read");
+    let bearer = format!("Bearer {token}");
+    let call = |auth: &str| {
+        request(
+            w.gw.addr,
+            "GET",
+            "/api/orders",
+            &[("authorization", auth)],
+            b"",
+        )
+        .unwrap()
+    };
+    let r = call(&bearer);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let seen = r.json_body();
+    assert_eq!(seen["headers"]["x-user-issuer"], "op", "{seen}");
+    assert_eq!(seen["headers"]["x-user-scopes"], "orders:read", "{seen}");
+    // The gateway authenticated as its own client, by HTTP Basic; the provider said active.
+    let asked = introspections(&w.op);
+    assert_eq!(
+        asked,
+        [json!({"status": 200, "basic": true, "client_assertion_type": null, "active": true})]
+    );
+    // Within cache_ttl the answer is reused: the provider is not asked again.
+    assert_eq!(call(&bearer).status, 200);
+    assert_eq!(introspections(&w.op).len(), 1);
+    // Revoked at the provider: refused once the cached answer has expired (≤ cache_ttl).
+    let revoked = w.op.post_form(
+        &w.op.endpoint("revocation_endpoint"),
+        &[
+            ("token", token.as_str()),
+            ("token_type_hint", "access_token"),
+        ],
+        Some(APP),
+    );
+    assert_eq!(revoked.status, 200);
+    std::thread::sleep(Duration::from_millis(2_200));
+    let r = call(&bearer);
+    assert_eq!((r.status, reason(&r)), (401, "token_inactive".to_owned()));
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\""),
+        "{:?}",
+        r.headers
+    );
+    let asked = introspections(&w.op);
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert_eq!(asked[1]["active"], false);
+    // The inactive answer is kept for negative_ttl: refused again without asking.
+    assert_eq!(call(&bearer).status, 401);
+    assert_eq!(introspections(&w.op).len(), 2);
+    // A token the provider never issued is inactive; one without the route's scope is 403.
+    let r = call("Bearer 2YotnFZFEjr1zCsicMWpAA");
+    assert_eq!((r.status, reason(&r)), (401, "token_inactive".to_owned()));
+    let r = call(&format!("Bearer {}", opaque_token(&w.op, "orders:write")));
+    assert_eq!(
+        (r.status, reason(&r)),
+        (403, "insufficient_scope".to_owned())
+    );
+    assert_eq!(w.backend.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let records = audit_records(&w.gw, |r| r.len() >= 6);
+    let inactive = records
+        .iter()
+        .find(|r| r["reason"] == "token_inactive")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(inactive["issuer"], "op", "{inactive}");
+}
+
+fn a_broken_or_unreachable_introspection_endpoint_refuses_precisely(engine: &str) {
+    let w = introspecting_world(engine);
+    let call = |token: &str| {
+        let r = request(
+            w.gw.addr,
+            "GET",
+            "/api/orders",
+            &[("authorization", &format!("Bearer {token}"))],
+            b"",
+        )
+        .unwrap();
+        (r.status, reason(&r))
+    };
+    let fault = |mode: &str| {
+        let r =
+            w.op.post_form(&format!("/test/introspection-fault?mode={mode}"), &[], None);
+        assert_eq!(r.status, 200);
+    };
+    for (mode, want) in [
+        ("garbage", (502, "introspection_invalid")),
+        ("inactive-shape", (502, "introspection_invalid")),
+        ("other-iss", (401, "claim_invalid")),
+        ("error", (503, "introspection_unavailable")),
+    ] {
+        fault(mode);
+        let got = call(&opaque_token(&w.op, "orders:read"));
+        assert_eq!(got, (want.0, want.1.to_owned()), "{mode}");
+    }
+    // Nothing was cached from those answers: restored, the provider is asked and answers.
+    fault("none");
+    let token = opaque_token(&w.op, "orders:read");
+    assert_eq!(call(&token).0, 200);
+    // The provider down: a token not seen before is refused, never let through.
+    let fresh = opaque_token(&w.op, "orders:read");
+    let World {
+        op, backend, gw, ..
+    } = w;
+    drop(op);
+    let r = request(
+        gw.addr,
+        "GET",
+        "/api/orders",
+        &[("authorization", &format!("Bearer {fresh}"))],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, reason(&r)),
+        (503, "introspection_unavailable".to_owned())
+    );
+    assert_eq!(backend.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+fn a_route_needing_consent_sends_browsers_to_grant_it_and_refuses_api_clients(engine: &str) {
+    let w = World::set_up(
+        engine,
+        free_port(),
+        &Setup {
+            op_client: json!({"client_secret": SECRET}),
+            login_extra: "client_secret_file = \"client.secret\"",
+            op_config: json!({"purposes": ["order-history"]}),
+            issuer_extra: "[issuer.consent]\nclaim = \"purposes\"\nscopes = { order-history = \"purpose:order-history\" }\n",
+            routes: "[[route]]\npath = \"/app/history\"\nissuers = [\"op\"]\nlogin = [\"op\"]\nconsent = [\"order-history\"]\n",
+            ..Setup::default()
+        },
+    );
+    // Signed in without the purpose: /app is served, /app/history is not yet.
+    let (browser, _) = w.browser_login("alice");
+    assert_eq!(browser.url(), w.url("/app/orders"));
+    let pushed_before =
+        serde_json::from_slice::<Vec<Value>>(&w.op.get("/test/pushed-requests").body)
+            .unwrap()
+            .len();
+    // The navigation goes to the provider's consent screen for the purpose's scope...
+    browser.goto(&w.url("/app/history"));
+    browser.wait_until(WAIT, "back from the consent screen", |b| {
+        if b.exists("form#consent button[type=submit]") {
+            b.click("form#consent button[type=submit]");
+        }
+        b.url() == w.url("/app/history") && !b.text().is_empty()
+    });
+    let text = browser.text();
+    let seen: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(seen["path"], "/app/history", "{seen}");
+    assert_eq!(seen["headers"]["x-user-id"], "alice", "{seen}");
+    let pushed: Vec<Value> =
+        serde_json::from_slice(&w.op.get("/test/pushed-requests").body).unwrap();
+    let asked = &pushed[pushed_before];
+    assert_eq!(asked["prompt"], "consent", "{pushed:?}");
+    assert!(
+        asked["scope"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .any(|s| s == "purpose:order-history"),
+        "{pushed:?}"
+    );
+    // API clients: a provider-signed token without the purpose is 403, with it 200.
+    let token = |purposes: Value| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        w.op.sign(
+            &json!({"iss": w.op.issuer(), "aud": "unused-api", "sub": "bob", "exp": now + 300, "iat": now, "purposes": purposes}),
+            "at+jwt",
+        )
+    };
+    let call = |t: &str| {
+        request(
+            w.gw.addr,
+            "GET",
+            "/app/history",
+            &[("authorization", &format!("Bearer {t}"))],
+            b"",
+        )
+        .unwrap()
+    };
+    let r = call(&token(json!([])));
+    assert_eq!((r.status, reason(&r)), (403, "consent_required".to_owned()));
+    assert!(
+        r.json_body()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("order-history"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(call(&token(json!(["order-history"]))).status, 200);
+    let records = audit_records(&w.gw, |r| {
+        r.iter().any(|x| x["reason"] == "consent_required")
+    });
+    let refused = records
+        .iter()
+        .find(|r| r["reason"] == "consent_required")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(refused["consent"], json!(["order-history"]), "{refused}");
+}
+
 on_every_runtime!(
+    opaque_tokens_are_introspected_once_cached_and_refused_when_inactive,
+    a_broken_or_unreachable_introspection_endpoint_refuses_precisely,
+    a_route_needing_consent_sends_browsers_to_grant_it_and_refuses_api_clients,
     pushed_authorization_requests_are_used_when_the_provider_offers_them,
     a_multi_tenant_issuer_accepts_only_its_allowed_tenants,
     a_provider_answering_with_a_form_post_signs_browsers_in,

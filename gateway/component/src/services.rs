@@ -57,6 +57,7 @@ impl Authenticator for HostAuthenticator {
             token: e.token,
             end_session: e.end_session,
             pushed_authorization: e.pushed_authorization,
+            introspection: e.introspection,
         })
     }
 
@@ -121,6 +122,7 @@ impl Client for HostClient {
                         FormEndpoint::PushedAuthorization => {
                             client::FormEndpoint::PushedAuthorization
                         }
+                        FormEndpoint::Introspection => client::FormEndpoint::Introspection,
                     };
                     client::token_request(index, endpoint, authorization, body)
                 })
@@ -215,6 +217,7 @@ pub fn emit_audit(a: AuditRecord) {
         actor: a.actor,
         risk: a.risk.and_then(|r| serde_json::to_string(&r).ok()),
         session: a.session.map(str::to_owned),
+        consent: a.consent,
         trace_id: a.trace_id,
         span_id: a.span_id,
         parent_span_id: a.parent_span_id,

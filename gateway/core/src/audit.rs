@@ -59,6 +59,10 @@ pub struct AuditRecord {
     /// `adopted`, `refresh_failed`, or why there was none (`none`, `idle_expired`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<&'static str>,
+    /// The purposes the route needs consent for, checked on this request (granted, or the
+    /// reason is `consent_required`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub consent: Vec<String>,
     /// The W3C trace this request belongs to (32 hex digits; the caller's, or one the
     /// gateway started), when the adapter gives random ids.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -312,16 +312,7 @@ pub fn verify_issued<V: SignatureVerifier>(
     verify_signature(&jws, set, &cfg.algorithms, verifier).map_err(|f| f.at(issuer))?;
     let mut as_client = cfg.clone();
     as_client.audiences = vec![client_id.to_owned()];
-    validate(claims, issuer, &as_client, now).map_err(|e| {
-        let (reason, detail) = match e {
-            ClaimError::Expired(d) => (Reason::TokenExpired, d),
-            ClaimError::NotYetValid(d) => (Reason::TokenNotYetValid, d),
-            ClaimError::IssuedInFuture(d) => (Reason::TokenIssuedInFuture, d),
-            ClaimError::AudienceMismatch(d) => (Reason::AudienceMismatch, d),
-            ClaimError::Invalid(d) => (Reason::ClaimInvalid, d),
-        };
-        AuthFailure::new(reason, detail).at(issuer)
-    })
+    validate(claims, issuer, &as_client, now).map_err(|e| claim_failure(e).at(issuer))
 }
 
 /// Authentication from a local key store and verifier.
@@ -499,16 +490,19 @@ pub fn authenticate<V: SignatureVerifier>(
         .at(id)
     })?;
     verify_signature(&jws, set, &issuer.algorithms, verifier).map_err(|f| f.at(id))?;
-    validate(claims, id, issuer, now).map_err(|e| {
-        let (reason, detail) = match e {
-            ClaimError::Expired(d) => (Reason::TokenExpired, d),
-            ClaimError::NotYetValid(d) => (Reason::TokenNotYetValid, d),
-            ClaimError::IssuedInFuture(d) => (Reason::TokenIssuedInFuture, d),
-            ClaimError::AudienceMismatch(d) => (Reason::AudienceMismatch, d),
-            ClaimError::Invalid(d) => (Reason::ClaimInvalid, d),
-        };
-        AuthFailure::new(reason, detail).at(id)
-    })
+    validate(claims, id, issuer, now).map_err(|e| claim_failure(e).at(id))
+}
+
+/// The refusal for claims that are not acceptable.
+pub(crate) fn claim_failure(e: ClaimError) -> AuthFailure {
+    let (reason, detail) = match e {
+        ClaimError::Expired(d) => (Reason::TokenExpired, d),
+        ClaimError::NotYetValid(d) => (Reason::TokenNotYetValid, d),
+        ClaimError::IssuedInFuture(d) => (Reason::TokenIssuedInFuture, d),
+        ClaimError::AudienceMismatch(d) => (Reason::AudienceMismatch, d),
+        ClaimError::Invalid(d) => (Reason::ClaimInvalid, d),
+    };
+    AuthFailure::new(reason, detail)
 }
 
 fn check_type(jws: &CompactJws<'_>, issuer: &IssuerConfig) -> Result<(), AuthFailure> {

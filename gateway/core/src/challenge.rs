@@ -572,12 +572,12 @@ pub fn siteverify_body(
 ) -> String {
     let mut body = format!(
         "secret={}&response={}",
-        form_encode(secret),
-        form_encode(site_token)
+        crate::forms::encode_component(secret),
+        crate::forms::encode_component(site_token)
     );
     if let Some(ip) = remote_ip {
         body.push_str("&remoteip=");
-        body.push_str(&form_encode(&ip.to_string()));
+        body.push_str(&crate::forms::encode_component(&ip.to_string()));
     }
     body
 }
@@ -590,18 +590,6 @@ pub fn siteverify_result(body: &[u8]) -> Result<bool, String> {
         Some(ok) => Ok(ok),
         None => Err("the verification service's answer has no boolean `success`".into()),
     }
-}
-
-pub(crate) fn form_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 pub use crate::canonical::url_origin;

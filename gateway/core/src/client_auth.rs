@@ -25,13 +25,13 @@ pub const ASSERTION_TTL_SECS: u64 = 60;
 /// The client-assertion type of RFC 7523.
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
-/// How the gateway authenticates at the token endpoint.
+/// How the gateway authenticates at the provider's token (or introspection) endpoint.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientAuth {
     /// `client_secret_basic`: HTTP Basic with the client id and secret (the default).
-    SecretBasic,
+    SecretBasic(ClientSecret),
     /// `client_secret_post`: `client_id` and `client_secret` in the form body.
-    SecretPost,
+    SecretPost(ClientSecret),
     /// `private_key_jwt`: a signed client assertion in the form body.
     PrivateKeyJwt(ClientKey),
 }
@@ -40,10 +40,16 @@ impl ClientAuth {
     /// The method's registered name (RFC 8414 `token_endpoint_auth_method`).
     pub fn name(&self) -> &'static str {
         match self {
-            Self::SecretBasic => "client_secret_basic",
-            Self::SecretPost => "client_secret_post",
+            Self::SecretBasic(_) => "client_secret_basic",
+            Self::SecretPost(_) => "client_secret_post",
             Self::PrivateKeyJwt(_) => "private_key_jwt",
         }
+    }
+
+    /// True when requests carry a signed client assertion (its audience and `jti` must be
+    /// given to [`authenticate_form`]).
+    pub fn signs(&self) -> bool {
+        matches!(self, Self::PrivateKeyJwt(_))
     }
 }
 
@@ -54,6 +60,75 @@ impl std::fmt::Debug for ClientAuth {
             other => f.write_str(other.name()),
         }
     }
+}
+
+/// A client secret (never printed).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClientSecret(pub String);
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// What a signed client assertion needs from the caller: its audience (the provider's
+/// token endpoint) and random bytes for its `jti`.
+#[derive(Clone, Copy, Debug)]
+pub struct AssertionInputs<'a> {
+    /// The `aud` of the assertion.
+    pub audience: &'a str,
+    /// Fresh random bytes (the `jti`).
+    pub jti: &'a [u8],
+}
+
+/// `form` with the client `client_id` authenticated as `auth` says: the `Authorization`
+/// header (empty when the body carries the authentication) and the encoded body. HTTP
+/// Basic, the secret in the body, or a signed client assertion (valid for
+/// [`ASSERTION_TTL_SECS`]; `assertion` must then be given).
+pub fn authenticate_form(
+    client_id: &str,
+    auth: &ClientAuth,
+    form: &[(&str, String)],
+    assertion: Option<AssertionInputs<'_>>,
+    now: Timestamp,
+) -> Result<(String, String), String> {
+    let mut form = form.to_vec();
+    let authorization = match auth {
+        ClientAuth::SecretBasic(secret) => {
+            // RFC 6749 §2.3.1: both parts form-encoded before Basic encoding.
+            let basic = format!(
+                "{}:{}",
+                crate::forms::encode_component(client_id),
+                crate::forms::encode_component(&secret.0)
+            );
+            format!(
+                "Basic {}",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, basic)
+            )
+        }
+        ClientAuth::SecretPost(secret) => {
+            form.push(("client_secret", secret.0.clone()));
+            String::new()
+        }
+        ClientAuth::PrivateKeyJwt(key) => {
+            let inputs = assertion.ok_or_else(|| {
+                "a client assertion needs its audience and random bytes".to_owned()
+            })?;
+            let signed =
+                crate::client_auth::assertion(key, client_id, inputs.audience, inputs.jti, now)?;
+            form.push(("client_assertion_type", ASSERTION_TYPE.to_owned()));
+            form.push(("client_assertion", signed));
+            String::new()
+        }
+    };
+    // The body names the client when it authenticates there (a pushed request already
+    // does: once is enough).
+    if authorization.is_empty() && !form.iter().any(|(k, _)| *k == "client_id") {
+        form.push(("client_id", client_id.to_owned()));
+    }
+    Ok((authorization, crate::forms::encode(&form)))
 }
 
 /// A client's private key (from a private JWK), with the `kid` it is published under.

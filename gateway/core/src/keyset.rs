@@ -282,6 +282,8 @@ pub struct ProviderEndpoints {
     pub end_session: Option<String>,
     /// `pushed_authorization_request_endpoint` (RFC 9126), if offered.
     pub pushed_authorization: Option<String>,
+    /// `introspection_endpoint` (RFC 7662, RFC 8414), if offered.
+    pub introspection: Option<String>,
 }
 
 /// Reads the login endpoints of a discovery document: each must be https (or http when
@@ -299,6 +301,7 @@ pub fn parse_endpoints(body: &[u8], allow_http: bool) -> Option<ProviderEndpoint
         token: url("token_endpoint")?,
         end_session: url("end_session_endpoint"),
         pushed_authorization: url("pushed_authorization_request_endpoint"),
+        introspection: url("introspection_endpoint"),
     })
 }
 

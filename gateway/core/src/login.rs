@@ -27,11 +27,12 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::authenticate::{Authenticator, IssuedKind};
-use crate::challenge::{form_encode, page_headers, percent_decode, safe_return_path};
+use crate::challenge::{page_headers, percent_decode, safe_return_path};
 use crate::claims::VerifiedIdentity;
-use crate::client_auth::ClientAuth;
+use crate::client_auth::{AssertionInputs, ClientAuth};
 use crate::config::{Config, IssuerConfig, LoginClient, SessionConfig};
 use crate::decision::{Response, problem};
+use crate::forms::{encode as encode_form, encode_component as form_encode};
 use crate::model::{Entropy as _, IssuerId};
 use crate::ports::FormEndpoint;
 use crate::ports::Io;
@@ -81,6 +82,9 @@ pub struct StepUp {
     pub acr_values: Option<String>,
     /// `max_age` in seconds.
     pub max_age: Option<String>,
+    /// Scopes to ask for on the provider's consent screen (`prompt=consent`), for purposes
+    /// a route needs (space-separated).
+    pub consent_scopes: Option<String>,
 }
 
 impl StepUp {
@@ -95,6 +99,19 @@ impl StepUp {
         Self {
             acr_values: find("acr_values"),
             max_age: find("max_age"),
+            consent_scopes: None,
+        }
+    }
+
+    /// A login that asks for the consent a `consent_required` refusal names (its `scope`
+    /// challenge parameter).
+    pub fn consent(challenge: &[(&'static str, String)]) -> Self {
+        Self {
+            consent_scopes: challenge
+                .iter()
+                .find(|(n, _)| *n == "scope")
+                .map(|(_, v)| v.clone()),
+            ..Self::default()
         }
     }
 }
@@ -270,7 +287,10 @@ impl Flow<'_> {
             ("response_type", "code".to_owned()),
             ("client_id", client.client_id.clone()),
             ("redirect_uri", client.redirect_uri.clone()),
-            ("scope", client.scopes.join(" ")),
+            (
+                "scope",
+                scopes_with(&client.scopes, step_up.consent_scopes.as_deref()),
+            ),
             ("state", attempt.state.clone()),
             ("nonce", attempt.nonce.clone()),
             (
@@ -293,10 +313,18 @@ impl Flow<'_> {
         }
         // A step-up must re-authenticate even while the provider's session is alive
         // (acr_values alone is only a wish: the provider may answer from its session).
-        if step_up.acr_values.is_some() || step_up.max_age.is_some() {
+        let login = step_up.acr_values.is_some() || step_up.max_age.is_some();
+        // ...and asking for consent must show the consent screen (OIDC Core §3.1.2.1).
+        let consent = step_up.consent_scopes.is_some();
+        if login || consent {
             // (In place of a configured `prompt`, such as Google's `consent`.)
             params.retain(|(k, _)| *k != "prompt");
-            params.push(("prompt", "login".to_owned()));
+            let prompt = match (login, consent) {
+                (true, true) => "login consent",
+                (true, false) => "login",
+                _ => "consent",
+            };
+            params.push(("prompt", prompt.to_owned()));
         }
         // RFC 9126: where the provider offers it, the request goes to it directly and the
         // browser carries only a reference (nothing to tamper with or leak in the URL).
@@ -679,10 +707,7 @@ impl Flow<'_> {
         self.io
             .token_request(provider, endpoint, &authorization, &body)
             .map_err(|e| {
-                let name = match endpoint {
-                    FormEndpoint::Token => "token",
-                    FormEndpoint::PushedAuthorization => "pushed-authorization",
-                };
+                let name = endpoint.name();
                 (
                     Reason::ProviderUnavailable,
                     format!("the {name} endpoint cannot be reached: {e}"),
@@ -690,68 +715,24 @@ impl Flow<'_> {
             })
     }
 
-    /// `form` with the client authenticated as its `client_auth` says, as the
-    /// `Authorization` header (empty when the body carries it) and the encoded body: HTTP
-    /// Basic, the secret in the body, or a signed client assertion (for the provider's
-    /// token endpoint, valid for a minute, a fresh `jti` each time).
+    /// `form` with the client authenticated as its `client_auth` says (see
+    /// [`crate::client_auth::authenticate_form`]): a client assertion is for the provider's
+    /// token endpoint, with a fresh `jti`.
     fn authenticated_form(
         &self,
         provider: IssuerId,
         client: &LoginClient,
         form: &[(&str, String)],
     ) -> Result<(String, String), (Reason, String)> {
-        let mut form = form.to_vec();
-        let authorization = match &client.client_auth {
-            ClientAuth::SecretBasic => {
-                let basic = format!(
-                    "{}:{}",
-                    form_encode(&client.client_id),
-                    form_encode(&client.client_secret)
-                );
-                format!(
-                    "Basic {}",
-                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, basic)
-                )
-            }
-            ClientAuth::SecretPost => {
-                form.push(("client_secret", client.client_secret.clone()));
-                String::new()
-            }
-            ClientAuth::PrivateKeyJwt(key) => {
-                let endpoints = self.auth.endpoints(provider).map_err(|e| {
-                    (
-                        Reason::ProviderUnavailable,
-                        format!("the provider's endpoints are unknown: {e}"),
-                    )
-                })?;
-                let jti = self.random::<16>().map_err(|_| {
-                    (
-                        Reason::LoginFailed,
-                        "no randomness for the client assertion".to_owned(),
-                    )
-                })?;
-                let signed = crate::client_auth::assertion(
-                    key,
-                    &client.client_id,
-                    &endpoints.token,
-                    &jti,
-                    self.now,
-                )
-                .map_err(|e| (Reason::LoginFailed, format!("client assertion: {e}")))?;
-                form.push((
-                    "client_assertion_type",
-                    crate::client_auth::ASSERTION_TYPE.to_owned(),
-                ));
-                form.push(("client_assertion", signed));
-                String::new()
-            }
-        };
-        // The body names the client when it authenticates there (a pushed request already
-        // does: once is enough).
-        if authorization.is_empty() && !form.iter().any(|(k, _)| *k == "client_id") {
-            form.push(("client_id", client.client_id.clone()));
-        }
-        Ok((authorization, encode_form(&form)))
+        client_form(
+            self.io,
+            self.auth,
+            provider,
+            &client.client_id,
+            &client.client_auth,
+            form,
+            self.now,
+        )
     }
 
     /// Pushes the authorization request `params` to `provider` (RFC 9126): the
@@ -1435,14 +1416,6 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
         .and_then(|(_, v)| percent_decode(&v.replace('+', " ")))
 }
 
-fn encode_form(params: &[(&str, String)]) -> String {
-    params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", form_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 fn html_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -1516,11 +1489,70 @@ fn page(reason: Reason, detail: &str, request_id: &str) -> Response {
     }
 }
 
+/// `form` with the client `client_id` authenticated at `provider` as `auth` says: the
+/// `Authorization` header (empty when the body carries it) and the encoded body. A client
+/// assertion is for the provider's token endpoint (RFC 7523 §3), with a fresh `jti`.
+pub(crate) fn client_form(
+    io: &Io<'_>,
+    auth: &dyn Authenticator,
+    provider: IssuerId,
+    client_id: &str,
+    method: &ClientAuth,
+    form: &[(&str, String)],
+    now: Timestamp,
+) -> Result<(String, String), (Reason, String)> {
+    let mut jti = [0u8; 16];
+    let endpoints = if method.signs() {
+        let endpoints = auth.endpoints(provider).map_err(|e| {
+            (
+                Reason::ProviderUnavailable,
+                format!("the provider's endpoints are unknown: {e}"),
+            )
+        })?;
+        crate::model::Entropy::fill(io, &mut jti).map_err(|_| {
+            (
+                Reason::LoginFailed,
+                "no randomness for the client assertion".to_owned(),
+            )
+        })?;
+        Some(endpoints)
+    } else {
+        None
+    };
+    let assertion = endpoints.as_ref().map(|e| AssertionInputs {
+        audience: &e.token,
+        jti: &jti,
+    });
+    crate::client_auth::authenticate_form(client_id, method, form, assertion, now)
+        .map_err(|e| (Reason::LoginFailed, format!("client authentication: {e}")))
+}
+
+/// The login client's scopes plus `extra` (space-separated), each once.
+fn scopes_with(scopes: &[String], extra: Option<&str>) -> String {
+    let mut all: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    for s in extra.unwrap_or_default().split(' ') {
+        if !s.is_empty() && !all.contains(&s) {
+            all.push(s);
+        }
+    }
+    all.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
+
+    #[test]
+    fn consent_scopes_are_added_to_the_login_scopes_once() {
+        let base = ["openid".to_owned(), "profile".to_owned()];
+        assert_eq!(scopes_with(&base, None), "openid profile");
+        assert_eq!(
+            scopes_with(&base, Some("consent:orders profile  consent:ads")),
+            "openid profile consent:orders consent:ads"
+        );
+    }
 
     #[test]
     fn own_cookies_are_stripped_and_others_kept() {

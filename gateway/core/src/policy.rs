@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::claims::VerifiedIdentity;
-use crate::config::{ClaimTest, Route};
+use crate::config::{ClaimTest, ConsentConfig, Route};
 use crate::reason::Reason;
 use crate::time::Timestamp;
 
@@ -62,9 +62,15 @@ pub struct Refusal {
     pub challenge: Vec<(&'static str, String)>,
 }
 
-/// Applies `route`'s rules to a verified identity. Scope and claim rules come first
-/// (stepping up cannot fix them), then authentication strength.
-pub fn authorize(route: &Route, id: &VerifiedIdentity, now: Timestamp) -> Result<(), Refusal> {
+/// Applies `route`'s rules to a verified identity (whose issuer records consent as
+/// `consent` says). Scope and claim rules come first (neither consent nor stepping up can
+/// fix them), then consent, then authentication strength.
+pub fn authorize(
+    route: &Route,
+    id: &VerifiedIdentity,
+    consent: Option<&ConsentConfig>,
+    now: Timestamp,
+) -> Result<(), Refusal> {
     let scope_refusal = |detail: String, wanted: &[String]| Refusal {
         reason: Reason::InsufficientScope,
         detail,
@@ -103,6 +109,26 @@ pub fn authorize(route: &Route, id: &VerifiedIdentity, now: Timestamp) -> Result
                 reason: Reason::ClaimMismatch,
                 detail,
                 challenge: Vec::new(),
+            });
+        }
+    }
+    if !route.consent.is_empty() {
+        let granted = consent.map(|c| c.granted(&id.claims)).unwrap_or_default();
+        let missing: Vec<&str> = route
+            .consent
+            .iter()
+            .map(String::as_str)
+            .filter(|p| !granted.contains(p))
+            .collect();
+        if !missing.is_empty() {
+            let scopes: Vec<&str> = missing
+                .iter()
+                .map(|p| consent.map_or(*p, |c| c.scope_for(p)))
+                .collect();
+            return Err(Refusal {
+                reason: Reason::ConsentRequired,
+                detail: format!("the user has not consented to {missing:?}"),
+                challenge: vec![("scope", scopes.join(" "))],
             });
         }
     }

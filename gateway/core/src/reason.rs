@@ -104,6 +104,14 @@ pub enum Reason {
     ProviderUnavailable,
     /// A back-channel logout token is invalid, replayed or lacks `sid` and `sub`.
     LogoutTokenInvalid,
+    /// The issuer's introspection endpoint says the opaque token is not active (RFC 7662).
+    TokenInactive,
+    /// The issuer's introspection endpoint cannot be reached (or its address is unknown).
+    IntrospectionUnavailable,
+    /// The issuer's introspection endpoint answered, but not with a valid RFC 7662 answer.
+    IntrospectionInvalid,
+    /// The user has not granted a purpose the route needs (consent).
+    ConsentRequired,
 }
 
 impl Reason {
@@ -158,11 +166,15 @@ impl Reason {
             Reason::LoginFailed => "login_failed",
             Reason::ProviderUnavailable => "provider_unavailable",
             Reason::LogoutTokenInvalid => "logout_token_invalid",
+            Reason::TokenInactive => "token_inactive",
+            Reason::IntrospectionUnavailable => "introspection_unavailable",
+            Reason::IntrospectionInvalid => "introspection_invalid",
+            Reason::ConsentRequired => "consent_required",
         }
     }
 
     /// Every reason, for lookups and metrics.
-    pub const ALL: [Reason; 48] = [
+    pub const ALL: [Reason; 52] = [
         Reason::InvalidRequest,
         Reason::PathInvalid,
         Reason::HostInvalid,
@@ -211,6 +223,10 @@ impl Reason {
         Reason::LoginFailed,
         Reason::ProviderUnavailable,
         Reason::LogoutTokenInvalid,
+        Reason::TokenInactive,
+        Reason::IntrospectionUnavailable,
+        Reason::IntrospectionInvalid,
+        Reason::ConsentRequired,
     ];
 
     /// The reason with this code.
@@ -238,14 +254,17 @@ impl Reason {
             | Reason::AgentScopeExceeded
             | Reason::ActorMismatch
             | Reason::ClearanceInvalid
-            | Reason::ChallengeFailed => StatusCode::FORBIDDEN,
+            | Reason::ChallengeFailed
+            | Reason::ConsentRequired => StatusCode::FORBIDDEN,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::KeysUnavailable
             | Reason::ResidencyUnavailable
             | Reason::BackendUnavailable
             | Reason::RiskCheckFailed
             | Reason::StateUnavailable
-            | Reason::ProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Reason::ProviderUnavailable
+            | Reason::IntrospectionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::IntrospectionInvalid => StatusCode::BAD_GATEWAY,
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::UNAUTHORIZED,
@@ -305,6 +324,12 @@ impl Reason {
             Reason::LoginFailed => "The sign-in at the identity provider failed",
             Reason::ProviderUnavailable => "The identity provider is unavailable",
             Reason::LogoutTokenInvalid => "The logout token is invalid",
+            Reason::TokenInactive => "The access token is not active",
+            Reason::IntrospectionUnavailable => {
+                "The issuer's introspection endpoint is unavailable"
+            }
+            Reason::IntrospectionInvalid => "The issuer's introspection answer is invalid",
+            Reason::ConsentRequired => "The user has not consented to this use",
         }
     }
 
@@ -355,6 +380,10 @@ mod tests {
         assert_eq!(status(Reason::RateLimited), 429);
         assert_eq!(status(Reason::StateUnavailable), 503);
         assert_eq!(status(Reason::TokenExpired), 401);
+        assert_eq!(status(Reason::TokenInactive), 401);
+        assert_eq!(status(Reason::IntrospectionUnavailable), 503);
+        assert_eq!(status(Reason::IntrospectionInvalid), 502);
+        assert_eq!(status(Reason::ConsentRequired), 403);
         // Only 401s about tokens and the scope refusal carry a bearer error (a bad session
         // cookie or a failed browser login is no token error).
         for r in Reason::ALL {

@@ -34,6 +34,7 @@ use bindings::exports::portcullis::plugin::{
 use bindings::portcullis::bundle::embedded;
 use keysets::{loaded, now};
 use portcullis_core::authenticate::{AuthFailure, IssuedKind};
+use portcullis_core::ports::FormEndpoint;
 use portcullis_core::{IssuerId, VerifiedIdentity};
 
 fn now_ms() -> u64 {
@@ -107,6 +108,7 @@ impl keys::Guest for Providers {
             token: e.token,
             end_session: e.end_session,
             pushed_authorization: e.pushed_authorization,
+            introspection: e.introspection,
         })
     }
 
@@ -238,11 +240,14 @@ impl client::Guest for Providers {
         body: String,
     ) -> Result<(u16, Vec<u8>), String> {
         let endpoints = loaded()?.endpoints(IssuerId(issuer as usize))?;
-        let url = match endpoint {
-            client::FormEndpoint::Token => Some(endpoints.token.as_str()),
-            client::FormEndpoint::PushedAuthorization => endpoints.pushed_authorization.as_deref(),
-        }
-        .ok_or("the provider offers no such endpoint")?;
+        let endpoint = match endpoint {
+            client::FormEndpoint::Token => FormEndpoint::Token,
+            client::FormEndpoint::PushedAuthorization => FormEndpoint::PushedAuthorization,
+            client::FormEndpoint::Introspection => FormEndpoint::Introspection,
+        };
+        let url = endpoint
+            .url(&endpoints)
+            .ok_or_else(|| format!("the provider offers no {} endpoint", endpoint.name()))?;
         // An empty `authorization`: the client authenticates in the body.
         let all = [
             ("content-type", "application/x-www-form-urlencoded"),

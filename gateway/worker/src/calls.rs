@@ -62,7 +62,7 @@ pub async fn perform<K>(keys: &std::cell::RefCell<KeyStore<K>>, op: CallOp) -> C
                     .ok_or("the provider has not been discovered yet")?;
                 endpoint
                     .url(endpoints)
-                    .ok_or("the provider offers no such endpoint")?
+                    .ok_or_else(|| format!("the provider offers no {} endpoint", endpoint.name()))?
                     .to_owned()
             };
             let all = [

@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use super::ConfigFiles;
-use super::model::{AuthMode, IssuerConfig, KeySource, LoginClient, Route, SessionConfig};
+use super::model::{
+    AuthMode, Introspection, IssuerConfig, KeySource, LoginClient, Route, SessionConfig,
+};
 use super::reader::{Diags, Span, Table};
-use crate::client_auth::{ClientAuth, ClientKey};
+use crate::client_auth::{ClientAuth, ClientKey, ClientSecret};
 
 /// Default scopes of a login client.
 const DEFAULT_SCOPES: [&str; 3] = ["openid", "profile", "email"];
@@ -19,78 +21,7 @@ pub(super) fn read_login_client(
     allow_http: bool,
 ) -> Option<LoginClient> {
     let mut lt = t.table(d, "login")?;
-    let client_id = lt.req_string(
-        d,
-        "client_id",
-        Some("the client id registered at the provider"),
-    );
-    let method = lt.string(d, "client_auth");
-    let key_file = lt.string(d, "client_key_file");
-    let secret_file = lt.string(d, "client_secret_file");
-    let client_auth = match method.as_ref().map(|(m, span)| (m.as_str(), span)) {
-        None | Some(("client_secret_basic", _)) => Some(ClientAuth::SecretBasic),
-        Some(("client_secret_post", _)) => Some(ClientAuth::SecretPost),
-        Some(("private_key_jwt", span)) => match &key_file {
-            Some((path, key_span)) => read_bytes(d, files, path, key_span).and_then(|bytes| {
-                ClientKey::from_private_jwk(&bytes)
-                    .map_err(|e| {
-                        d.error(
-                            key_span,
-                            format!("client key {path:?}: {e}"),
-                            Some(
-                                "a private JWK: RSA (with p and q), EC P-256 or OKP Ed25519".into(),
-                            ),
-                        )
-                    })
-                    .ok()
-                    .map(ClientAuth::PrivateKeyJwt)
-            }),
-            None => {
-                d.error(
-                    span,
-                    "client_auth = \"private_key_jwt\" needs client_key_file",
-                    Some("a file holding the client's private JWK".into()),
-                );
-                None
-            }
-        },
-        Some((other, span)) => {
-            d.error(
-                span,
-                format!("unknown client_auth {other:?}"),
-                Some("client_secret_basic (default), client_secret_post or private_key_jwt".into()),
-            );
-            None
-        }
-    };
-    let signs = matches!(&method, Some((m, _)) if m == "private_key_jwt");
-    if let (false, Some((_, span))) = (signs, &key_file) {
-        d.error(
-            span,
-            "client_key_file is used only with client_auth = \"private_key_jwt\"",
-            None,
-        );
-    }
-    let secret = match (&secret_file, signs) {
-        (Some((path, span)), false) => read_text_secret(d, files, path, span),
-        (Some((_, span)), true) => {
-            d.error(
-                span,
-                "client_secret_file is not used with client_auth = \"private_key_jwt\"",
-                Some("remove it: the client authenticates with its key".into()),
-            );
-            None
-        }
-        (None, true) => Some(String::new()),
-        (None, false) => {
-            lt.missing(
-                d,
-                "client_secret_file",
-                Some("a file holding the client secret (kept out of the configuration)".into()),
-            );
-            None
-        }
-    };
+    let (client_id, client_auth) = read_client(&mut lt, d, files);
     let authorize_params = read_authorize_params(&mut lt, d);
     let par = lt.boolean(d, "par").is_none_or(|(b, _)| b);
     let form_post = match lt.string(d, "response_mode") {
@@ -162,8 +93,7 @@ pub(super) fn read_login_client(
         .map_or_else(|| issuer_name.to_owned(), |(l, _)| l);
     lt.finish(d);
     Some(LoginClient {
-        client_id: client_id?.0,
-        client_secret: secret?,
+        client_id: client_id?,
         client_auth: client_auth?,
         authorize_params,
         form_post,
@@ -173,6 +103,168 @@ pub(super) fn read_login_client(
         scopes,
         label,
     })
+}
+
+/// A provider client's id and authentication (`[issuer.login]`, `[issuer.introspection]`):
+/// `client_id`, `client_auth` and the secret or key file it needs.
+pub(super) fn read_client(
+    lt: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    files: &dyn ConfigFiles,
+) -> (Option<String>, Option<ClientAuth>) {
+    let client_id = lt.req_string(
+        d,
+        "client_id",
+        Some("the client id registered at the provider"),
+    );
+    let method = lt.string(d, "client_auth");
+    let key_file = lt.string(d, "client_key_file");
+    let secret_file = lt.string(d, "client_secret_file");
+    let signs = matches!(&method, Some((m, _)) if m == "private_key_jwt");
+    if let (false, Some((_, span))) = (signs, &key_file) {
+        d.error(
+            span,
+            "client_key_file is used only with client_auth = \"private_key_jwt\"",
+            None,
+        );
+    }
+    let secret = |lt: &Table<'_, '_>, d: &mut Diags<'_>| match &secret_file {
+        Some((path, span)) => read_text_secret(d, files, path, span).map(ClientSecret),
+        None => {
+            lt.missing(
+                d,
+                "client_secret_file",
+                Some("a file holding the client secret (kept out of the configuration)".into()),
+            );
+            None
+        }
+    };
+    let client_auth = match method.as_ref().map(|(m, span)| (m.as_str(), span)) {
+        None | Some(("client_secret_basic", _)) => secret(lt, d).map(ClientAuth::SecretBasic),
+        Some(("client_secret_post", _)) => secret(lt, d).map(ClientAuth::SecretPost),
+        Some(("private_key_jwt", span)) => {
+            if let Some((_, span)) = &secret_file {
+                d.error(
+                    span,
+                    "client_secret_file is not used with client_auth = \"private_key_jwt\"",
+                    Some("remove it: the client authenticates with its key".into()),
+                );
+            }
+            match &key_file {
+                Some((path, key_span)) => read_bytes(d, files, path, key_span).and_then(|bytes| {
+                    ClientKey::from_private_jwk(&bytes)
+                        .map_err(|e| {
+                            d.error(
+                                key_span,
+                                format!("client key {path:?}: {e}"),
+                                Some(
+                                    "a private JWK: RSA (with p and q), EC P-256 or OKP Ed25519"
+                                        .into(),
+                                ),
+                            )
+                        })
+                        .ok()
+                        .map(ClientAuth::PrivateKeyJwt)
+                }),
+                None => {
+                    d.error(
+                        span,
+                        "client_auth = \"private_key_jwt\" needs client_key_file",
+                        Some("a file holding the client's private JWK".into()),
+                    );
+                    None
+                }
+            }
+        }
+        Some((other, span)) => {
+            d.error(
+                span,
+                format!("unknown client_auth {other:?}"),
+                Some("client_secret_basic (default), client_secret_post or private_key_jwt".into()),
+            );
+            None
+        }
+    };
+    (client_id.map(|(id, _)| id), client_auth)
+}
+
+/// `[issuer.introspection]`: the client that asks the issuer about opaque tokens, and how
+/// long answers are reused.
+pub(super) fn read_introspection(
+    t: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    files: &dyn ConfigFiles,
+) -> Option<Introspection> {
+    let mut it = t.table(d, "introspection")?;
+    let (client_id, client_auth) = read_client(&mut it, d, files);
+    let mut ttl = |it: &mut Table<'_, '_>, key: &'static str, default: u64, max: u64| match it
+        .duration(d, key)
+    {
+        Some((v, span)) if v > Duration::from_secs(max) => {
+            d.error(
+                &span,
+                format!("`introspection.{key}` {v:?} is more than {max}s"),
+                Some("a revoked token stays usable for as long as its answer is reused".into()),
+            );
+            v
+        }
+        Some((v, _)) => v,
+        None => Duration::from_secs(default),
+    };
+    let cache_ttl = ttl(&mut it, "cache_ttl", 60, 3_600);
+    let negative_ttl = ttl(&mut it, "negative_ttl", 10, 300);
+    it.finish(d);
+    Some(Introspection {
+        client_id: client_id?,
+        client_auth: client_auth?,
+        cache_ttl,
+        negative_ttl,
+    })
+}
+
+/// An issuer with `[issuer.introspection]` needs discovery (its `introspection_endpoint`),
+/// and a route may accept opaque tokens from one introspecting issuer at most: an opaque
+/// token names no issuer, and it must never be shown to another one.
+pub(super) fn check_introspection(
+    d: &mut Diags<'_>,
+    issuers: &[IssuerConfig],
+    routes: &[(Route, Span)],
+) {
+    for issuer in issuers {
+        if issuer.introspection.is_some() && !matches!(issuer.keys, KeySource::Discovery(_)) {
+            d.error(
+                &(0..0),
+                format!(
+                    "issuer `{}` has [issuer.introspection] but no discovery",
+                    issuer.name
+                ),
+                Some("set discovery = true: the introspection endpoint comes from the provider's discovery document".into()),
+            );
+        }
+    }
+    for (route, span) in routes {
+        if route.auth == AuthMode::Public {
+            continue;
+        }
+        let introspecting: Vec<&str> = issuers
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| c.introspection.is_some() && route.accepts(crate::model::IssuerId(*i)))
+            .map(|(_, c)| c.name.as_str())
+            .collect();
+        if introspecting.len() > 1 {
+            d.error(
+                span,
+                format!(
+                    "route {:?} would accept opaque tokens from {} introspecting issuers ({})",
+                    route.path,
+                    introspecting.len(),
+                    introspecting.join(", ")
+                ),
+                Some("an opaque token names no issuer: list at most one introspecting issuer in the route's `issuers`".into()),
+            );
+        }
+    }
 }
 
 /// Routes with `login` need `[session]`, a non-public `auth`, and providers with

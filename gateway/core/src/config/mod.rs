@@ -8,6 +8,7 @@
 
 mod agents;
 mod bot;
+mod consent;
 mod front;
 mod limits;
 mod login;

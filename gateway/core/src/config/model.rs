@@ -147,6 +147,65 @@ pub struct IssuerConfig {
     /// A multi-tenant issuer (`issuer` holds [`TENANT_PLACEHOLDER`]): the tenants whose
     /// tokens are accepted. Empty for a plain issuer.
     pub tenants: Vec<String>,
+    /// Opaque access tokens of this issuer are checked at its RFC 7662 introspection
+    /// endpoint (`[issuer.introspection]`).
+    pub introspection: Option<Introspection>,
+    /// Where this issuer's tokens carry the purposes the user consented to
+    /// (`[issuer.consent]`), for routes with `consent`.
+    pub consent: Option<ConsentConfig>,
+}
+
+/// Where an issuer's tokens (and ID tokens) list the purposes a user granted, and the scope
+/// that asks the provider for each (`[issuer.consent]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentConfig {
+    /// The claim holding the granted purposes: an array of strings or a space-separated
+    /// string.
+    pub claim: crate::model::ClaimPath,
+    /// Purpose → the scope a browser asks the provider for to grant it (default: the
+    /// purpose itself).
+    pub scopes: Vec<(String, String)>,
+}
+
+impl ConsentConfig {
+    /// The scope that asks for `purpose`.
+    pub fn scope_for<'a>(&'a self, purpose: &'a str) -> &'a str {
+        self.scopes
+            .iter()
+            .find(|(p, _)| p == purpose)
+            .map_or(purpose, |(_, s)| s.as_str())
+    }
+
+    /// The purposes `claims` say were granted (none when the claim is absent or of
+    /// another shape).
+    pub fn granted<'a>(
+        &self,
+        claims: &'a serde_json::Map<String, serde_json::Value>,
+    ) -> Vec<&'a str> {
+        match self.claim.get(claims) {
+            Some(serde_json::Value::Array(items)) => {
+                items.iter().filter_map(serde_json::Value::as_str).collect()
+            }
+            Some(serde_json::Value::String(s)) => s.split(' ').filter(|p| !p.is_empty()).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The gateway as an RFC 7662 introspection client of one issuer (`[issuer.introspection]`):
+/// opaque (non-JWT) access tokens are sent to the `introspection_endpoint` its discovery
+/// document names, and the answers are cached in the shared state by token hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Introspection {
+    /// The client id the gateway authenticates as (often the API's resource-server client).
+    pub client_id: String,
+    /// How it authenticates (with its secret or key).
+    pub client_auth: crate::client_auth::ClientAuth,
+    /// The longest an active answer is reused (never past the token's `exp`).
+    pub cache_ttl: Duration,
+    /// How long an inactive answer is reused (a refused token is not asked about again
+    /// within it).
+    pub negative_ttl: Duration,
 }
 
 /// The placeholder of a multi-tenant issuer (Microsoft Entra's
@@ -181,9 +240,7 @@ impl IssuerConfig {
 pub struct LoginClient {
     /// The client id registered at the provider (the ID token's `aud`).
     pub client_id: String,
-    /// The client secret (empty with `private_key_jwt`).
-    pub client_secret: String,
-    /// How the gateway authenticates at the token endpoint.
+    /// How the gateway authenticates at the token endpoint (with its secret or key).
     pub client_auth: crate::client_auth::ClientAuth,
     /// Extra parameters of every authorization request (Auth0's `audience`, Google's
     /// `access_type`), in configuration order.
@@ -207,7 +264,6 @@ impl std::fmt::Debug for LoginClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoginClient")
             .field("client_id", &self.client_id)
-            .field("client_secret", &"<redacted>")
             .field("client_auth", &self.client_auth)
             .field("authorize_params", &self.authorize_params)
             .field("form_post", &self.form_post)
@@ -426,9 +482,17 @@ pub struct Route {
     /// Providers browsers may sign in with (`login = [...]`): requests without a token use
     /// the session cookie; navigations without a session are sent to log in.
     pub login: Vec<IssuerId>,
+    /// Purposes the user must have consented to (`consent = [...]`): 403
+    /// `consent_required` otherwise; browsers go back to the provider to grant them.
+    pub consent: Vec<String>,
 }
 
 impl Route {
+    /// True when the route accepts tokens of `issuer` (every issuer when it lists none).
+    pub fn accepts(&self, issuer: IssuerId) -> bool {
+        self.issuers.is_empty() || self.issuers.contains(&issuer)
+    }
+
     /// True when the route has any authorization rule beyond a valid token.
     pub fn has_rules(&self) -> bool {
         !(self.scopes_any.is_empty()
@@ -436,7 +500,8 @@ impl Route {
             && self.claims.is_empty()
             && self.acr_values.is_empty()
             && self.amr.is_empty()
-            && self.max_auth_age.is_none())
+            && self.max_auth_age.is_none()
+            && self.consent.is_empty())
     }
 }
 

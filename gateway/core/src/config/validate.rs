@@ -138,6 +138,8 @@ fn read_config(
     let issuers: Vec<IssuerConfig> = issuers.into_iter().collect::<Option<Vec<_>>>()?;
     let routes: Vec<(Route, Span)> = routes.into_iter().collect::<Option<Vec<_>>>()?;
     super::login::check_login_routes(d, &issuers, &routes, session.as_ref());
+    super::login::check_introspection(d, &issuers, &routes);
+    super::consent::check_consent_routes(d, &issuers, &routes);
 
     Some(Config {
         issuers,
@@ -252,6 +254,8 @@ fn read_issuer(
         name.as_ref().map_or("", |n| n.0.as_str()),
         insecure_http_jwks,
     );
+    let introspection = super::login::read_introspection(&mut t, d, files);
+    let consent = super::consent::read_issuer_consent(&mut t, d);
     let keys = read_key_source(
         &mut t,
         d,
@@ -274,6 +278,8 @@ fn read_issuer(
         login,
         scopes_claim,
         tenants,
+        introspection,
+        consent,
     })
 }
 
@@ -888,6 +894,7 @@ fn read_route(
             }
         }
     }
+    let consent = super::consent::read_route_consent(&mut t, d);
     t.finish(d);
     let route = Route {
         path: path?.0,
@@ -906,6 +913,7 @@ fn read_route(
         require_dpop,
         rate_limits,
         login,
+        consent,
     };
     if route.auth == AuthMode::Public {
         if route.has_rules() || !route.issuers.is_empty() {

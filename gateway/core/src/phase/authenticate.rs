@@ -153,27 +153,13 @@ fn token_identity(
     } else {
         None
     };
-    if let Some(check) = auth.signature_check(token, &m.route.issuers, now) {
-        let verdict = input.io.verify(check.clone());
-        if input.io.waiting() {
-            // The platform checks it first; this run's answer is discarded.
-            return Err(input.refuse(Reason::KeysUnavailable, "waiting for the signature check"));
+    let id = match crate::introspect::issuer_for(cfg, &m.route.issuers) {
+        Some(issuer) if !crate::introspect::looks_like_jwt(token) => {
+            crate::introspect::identify(input.io, auth, cfg, issuer, token, now)
+                .map_err(|f| token_refusal(scope, f, cx))?
         }
-        if let Some(valid) = verdict {
-            auth.checked(&check, valid);
-        }
-    }
-    let id = auth
-        .authenticate(token, &m.route.issuers, now)
-        .map_err(|f| {
-            if let Some(i) = f.issuer {
-                cx.audit.issuer = cfg.issuers.get(i.0).map(|c| c.name.clone());
-            }
-            if f.unknown_kid {
-                cx.refetch = f.issuer;
-            }
-            input.refuse(f.reason, &f.detail)
-        })?;
+        _ => jwt_identity(scope, m, token, cx)?,
+    };
     crate::dpop::check_binding(&id.claims, proof.as_ref())
         .map_err(|(reason, detail)| input.refuse(reason, detail))?;
     if let Some(p) = &proof {
@@ -197,4 +183,45 @@ fn token_identity(
         }
     }
     Ok(id)
+}
+
+/// A JWT access token: the platform's signature check first (where the platform checks
+/// signatures), then the token verified against its issuer's keys.
+fn jwt_identity(
+    scope: &Scope<'_>,
+    m: Matched<'_>,
+    token: &str,
+    cx: &mut Ctx,
+) -> Step<VerifiedIdentity> {
+    let input = &scope.input;
+    let (now, auth) = (input.now, input.services.auth);
+    if let Some(check) = auth.signature_check(token, &m.route.issuers, now) {
+        let verdict = input.io.verify(check.clone());
+        if input.io.waiting() {
+            // The platform checks it first; this run's answer is discarded.
+            return Err(input.refuse(Reason::KeysUnavailable, "waiting for the signature check"));
+        }
+        if let Some(valid) = verdict {
+            auth.checked(&check, valid);
+        }
+    }
+    auth.authenticate(token, &m.route.issuers, now)
+        .map_err(|f| token_refusal(scope, f, cx))
+}
+
+/// The refusal of a token: the issuer it named goes into the audit record, and an unknown
+/// `kid` asks for the issuer's keys to be fetched again.
+fn token_refusal(
+    scope: &Scope<'_>,
+    f: crate::authenticate::AuthFailure,
+    cx: &mut Ctx,
+) -> crate::decision::Response {
+    let input = &scope.input;
+    if let Some(i) = f.issuer {
+        cx.audit.issuer = input.config().issuers.get(i.0).map(|c| c.name.clone());
+    }
+    if f.unknown_kid {
+        cx.refetch = f.issuer;
+    }
+    input.refuse(f.reason, &f.detail)
 }

@@ -104,6 +104,8 @@ pub enum FormEndpoint {
     Token,
     /// `pushed_authorization_request_endpoint` (RFC 9126).
     PushedAuthorization,
+    /// `introspection_endpoint` (RFC 7662).
+    Introspection,
 }
 
 impl FormEndpoint {
@@ -112,6 +114,16 @@ impl FormEndpoint {
         match self {
             Self::Token => Some(endpoints.token.as_str()),
             Self::PushedAuthorization => endpoints.pushed_authorization.as_deref(),
+            Self::Introspection => endpoints.introspection.as_deref(),
+        }
+    }
+
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::PushedAuthorization => "pushed-authorization",
+            Self::Introspection => "introspection",
         }
     }
 }

@@ -74,7 +74,7 @@ pub async fn token_request(
         .ok_or("the provider has not been discovered yet")?;
     let url = endpoint
         .url(&endpoints)
-        .ok_or("the provider offers no such endpoint")?
+        .ok_or_else(|| format!("the provider offers no {} endpoint", endpoint.name()))?
         .to_owned();
     post_form(client, &url, authorization, body).await
 }

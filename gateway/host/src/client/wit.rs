@@ -47,6 +47,7 @@ impl client::Host for ClientHost {
             FormEndpoint::PushedAuthorization => {
                 portcullis_core::ports::FormEndpoint::PushedAuthorization
             }
+            FormEndpoint::Introspection => portcullis_core::ports::FormEndpoint::Introspection,
         };
         self.service
             .token_request(

@@ -52,6 +52,7 @@ impl keys::Host for KeysHost {
                 token: e.token,
                 end_session: e.end_session,
                 pushed_authorization: e.pushed_authorization,
+                introspection: e.introspection,
             })
             .ok_or_else(|| portcullis_core::login::NOT_DISCOVERED_YET.to_owned())
     }
