@@ -132,6 +132,29 @@ pub fn start_engine_args(
     listen: &str,
     extra: impl FnOnce(&Path) -> Vec<String>,
 ) -> Gateway {
+    start_engine_inner(config_text, engine, files, listen, extra, true)
+}
+
+/// As [`start_engine_args`], returning once the gateway serves, ready or not (the native
+/// and component engines are not ready until every key set has loaded: a test of an
+/// issuer that never loads uses this).
+pub fn start_engine_unready(
+    config_text: &str,
+    engine: &str,
+    files: &[(String, Vec<u8>)],
+    listen: &str,
+) -> Gateway {
+    start_engine_inner(config_text, engine, files, listen, |_| Vec::new(), false)
+}
+
+fn start_engine_inner(
+    config_text: &str,
+    engine: &str,
+    files: &[(String, Vec<u8>)],
+    listen: &str,
+    extra: impl FnOnce(&Path) -> Vec<String>,
+    wait_ready: bool,
+) -> Gateway {
     if engine == "worker" || engine == "worker-pair" {
         let port = listen
             .rsplit_once(':')
@@ -214,7 +237,9 @@ pub fn start_engine_args(
         dir,
     };
     loop {
-        if request(gw.admin, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200) {
+        if !wait_ready
+            || request(gw.admin, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200)
+        {
             return gw;
         }
         assert!(

@@ -21,8 +21,10 @@
 use std::time::Duration;
 
 use portcullis_tests::browser::Browser;
-use portcullis_tests::host::{Gateway, audit_records, reason, start_engine_args};
-use portcullis_tests::net::{Backend, KeyServer, free_port, request};
+use portcullis_tests::host::{
+    Gateway, audit_records, reason, start_engine_args, start_engine_unready,
+};
+use portcullis_tests::net::{Backend, KeyServer, Resp, Server, free_port, request};
 use portcullis_tests::oidc::{OpenIdProvider, form_value};
 use portcullis_tests::*;
 use serde_json::{Value, json};
@@ -63,6 +65,10 @@ struct Setup<'a> {
     /// The provider's configuration beyond clients and accounts (`resource`, `purposes`);
     /// `extra_clients` are registered beside the gateway's client.
     op_config: Value,
+    /// The `issuer` the gateway is given for the provider (default: the provider's own).
+    issuer: String,
+    /// Do not wait for the gateway to be ready (its key sets may never load).
+    unready: bool,
 }
 
 struct World {
@@ -178,7 +184,11 @@ auth = "public"
 subject_key_file = "audit.key"
 "#,
             keys = keys.server.url(),
-            iss = op.issuer(),
+            iss = if setup.issuer.is_empty() {
+                op.issuer()
+            } else {
+                &setup.issuer
+            },
             backend = backend.server.url(),
             issuer_extra = setup.issuer_extra,
             routes = setup.routes,
@@ -194,13 +204,12 @@ subject_key_file = "audit.key"
             ("client.jwk".to_owned(), jwk.into_bytes()),
             ("session.key".to_owned(), "3c".repeat(32).into_bytes()),
         ];
-        let gw = start_engine_args(
-            &config,
-            engine,
-            &files,
-            &format!("127.0.0.1:{port}"),
-            |_| Vec::new(),
-        );
+        let listen = format!("127.0.0.1:{port}");
+        let gw = if setup.unready {
+            start_engine_unready(&config, engine, &files, &listen)
+        } else {
+            start_engine_args(&config, engine, &files, &listen, |_| Vec::new())
+        };
         World {
             op,
             backend,
@@ -917,7 +926,77 @@ fn a_route_needing_consent_sends_browsers_to_grant_it_and_refuses_api_clients(en
     assert_eq!(refused["consent"], json!(["order-history"]), "{refused}");
 }
 
+/// A provider whose discovery document names another issuer (a misconfigured or spoofed
+/// provider, OIDC Discovery §4.3) is never trusted: its browsers are not sent to log in,
+/// its tokens are not accepted, nothing reaches the backend.
+fn a_provider_whose_discovery_names_another_issuer_is_never_trusted(engine: &str) {
+    let evil = Server::start(|req| {
+        let host = req
+            .headers
+            .iter()
+            .find(|(k, _)| k == "host")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let me = format!("http://{host}");
+        match req.path.as_str() {
+            "/.well-known/openid-configuration" => Resp::json(
+                200,
+                &json!({
+                    "issuer": "https://someone-else.test",
+                    "jwks_uri": format!("{me}/jwks"),
+                    "authorization_endpoint": format!("{me}/authorize"),
+                    "token_endpoint": format!("{me}/token"),
+                }),
+            ),
+            "/jwks" => Resp::json(200, &TestIdp::shared().jwks()),
+            _ => Resp::json(404, &json!({})),
+        }
+    });
+    // (The World's own provider stays unused.)
+    let w = World::set_up(
+        engine,
+        free_port(),
+        &Setup {
+            op_client: json!({"client_secret": SECRET}),
+            login_extra: "client_secret_file = \"client.secret\"",
+            audience: AUDIENCE,
+            issuer: evil.url(),
+            unready: true,
+            ..Setup::default()
+        },
+    );
+    let (gw, backend) = (&w.gw, &w.backend);
+    if matches!(engine, "native" | "component") {
+        // Never ready: a load balancer keeps traffic away.
+        let r = request(gw.admin, "GET", "/readyz", &[], b"").unwrap();
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let navigate = [
+        ("sec-fetch-mode", "navigate"),
+        ("accept", "text/html,application/xhtml+xml"),
+    ];
+    let r = request(gw.addr, "GET", "/app/x", &navigate, b"").unwrap();
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("location"), None);
+    // A token signed with the keys its document points to, naming the configured issuer.
+    let token = TestIdp::shared().sign(
+        "ES256",
+        json!({"iss": evil.url(), "aud": AUDIENCE, "sub": "mallory", "exp": unix_now() + 300}),
+    );
+    let r = request(
+        gw.addr,
+        "GET",
+        "/app/x",
+        &[("authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+    .unwrap();
+    assert_eq!((r.status, reason(&r)), (503, "keys_unavailable".to_owned()));
+    assert_eq!(backend.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
 on_every_runtime!(
+    a_provider_whose_discovery_names_another_issuer_is_never_trusted,
     opaque_tokens_are_introspected_once_cached_and_refused_when_inactive,
     a_broken_or_unreachable_introspection_endpoint_refuses_precisely,
     a_route_needing_consent_sends_browsers_to_grant_it_and_refuses_api_clients,
