@@ -19,7 +19,7 @@ use portcullis_core::config::PluginConfig;
 use portcullis_plugin::{Action, Assessment, Context};
 use serde_json::{Value, json};
 
-use crate::plugins::{Linked, Shared};
+use crate::plugin_host::{Linked, Shared};
 
 /// The global under which `portcullis-plugin-host.js` registers the deployed plugins.
 pub const REGISTRY: &str = "__portcullis_plugins";
@@ -149,7 +149,7 @@ mod js {
     use wasm_bindgen::prelude::*;
 
     use super::{REGISTRY, assessment_from_json, context_json, hash_mismatch};
-    use crate::plugins::{Linked, PluginHost, STATE_FULL, Shared, log_line};
+    use crate::plugin_host::{Linked, PluginHost, STATE_FULL, Shared, log_line};
 
     #[wasm_bindgen]
     extern "C" {

@@ -33,6 +33,7 @@
 pub mod components;
 pub mod durable;
 pub mod headers;
+mod plugin_host;
 pub mod plugins;
 pub mod verifier;
 
