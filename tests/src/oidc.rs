@@ -37,7 +37,7 @@ use crate::net::{self, Resp};
 /// How long the provider may take to print its listening line. A bound against a hang, not
 /// a speed check: on a 2-core CI machine running Chromium-driven suites beside it, node's
 /// start (loading oidc-provider's modules) once took over 20 s.
-const START_TIMEOUT: Duration = Duration::from_secs(120);
+const START_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// A running `oidc-provider`; killed on drop.
 pub struct OpenIdProvider {
@@ -62,11 +62,17 @@ impl OpenIdProvider {
             dir.display()
         );
         let mut last = String::new();
-        for _ in 0..3 {
+        for attempt in 1..=3 {
             match Self::try_start(&dir, &config) {
                 Ok(op) => return op,
                 // Lost the race for the port: another try with another one.
                 Err(e) if e.contains("EADDRINUSE") => last = e,
+                // Alive but silent (once seen in CI: a node process that had loaded
+                // oidc-provider never listened in 120 s): killed, and another try.
+                Err(e) if e.contains("did not report listening") => {
+                    eprintln!("[oidc-provider] start attempt {attempt} failed: {e}");
+                    last = e;
+                }
                 Err(e) => panic!("{e}"),
             }
         }
@@ -132,9 +138,20 @@ impl OpenIdProvider {
             Err(e) => {
                 // Give the stderr reader a moment to collect the reason.
                 let _ = op.wait_exit(Duration::from_secs(2));
+                // What the process is doing, for the next one to read this.
+                let pid = op.child.id();
+                let proc_file = |f: &str| {
+                    std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default()
+                };
+                let state = proc_file("status")
+                    .lines()
+                    .find(|l| l.starts_with("State:"))
+                    .map(str::to_owned)
+                    .unwrap_or_default();
                 return Err(format!(
                     "oidc: the provider did not report listening within {START_TIMEOUT:?} \
-                     ({e}); stderr:\n{}",
+                     ({e}; {state}, wchan {:?}); stderr:\n{}",
+                    proc_file("wchan"),
                     op.stderr_log()
                 ));
             }
