@@ -39,6 +39,7 @@ fn session(with_tokens: bool) -> Session {
         access_issued: Some(1_795_910_000),
         refresh_token: if with_tokens { token(64) } else { None },
         id_token: if with_tokens { token(1000) } else { None },
+        consent_asked: None,
     }
 }
 

@@ -998,7 +998,51 @@ fn a_provider_whose_discovery_names_another_issuer_is_never_trusted(engine: &str
     assert_eq!(backend.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
+/// A provider that shows its consent screen but never puts the purpose into the ID token
+/// (here: the purpose's scope releases no purposes claim) is asked once: the browser comes
+/// back to a 403 `consent_required`, not to the consent screen again and again.
+fn a_consent_the_provider_does_not_grant_is_asked_for_once(engine: &str) {
+    let w = World::with_secret(
+        engine,
+        Setup {
+            issuer_extra: "[issuer.consent]\nclaim = \"purposes\"\nscopes = { order-history = \"email\" }\n",
+            routes: "[[route]]\npath = \"/app/history\"\nissuers = [\"op\"]\nlogin = [\"op\"]\nconsent = [\"order-history\"]\n",
+            ..Setup::default()
+        },
+    );
+    let pushed = || {
+        serde_json::from_slice::<Vec<Value>>(&w.op.get("/test/pushed-requests").body)
+            .unwrap()
+            .len()
+    };
+    let (browser, _) = w.browser_login("alice");
+    let before = pushed();
+    browser.goto(&w.url("/app/history"));
+    browser.wait_until(WAIT, "back from the consent screen", |b| {
+        if b.exists("form#consent button[type=submit]") {
+            b.click("form#consent button[type=submit]");
+        }
+        b.url() == w.url("/app/history") && b.text().contains("consent_required")
+    });
+    assert!(
+        browser
+            .text()
+            .contains("this sign-in asked the provider for it"),
+        "{}",
+        browser.text()
+    );
+    assert_eq!(pushed(), before + 1, "asked once");
+    // Later navigations are refused at once, the provider not asked again.
+    browser.goto(&w.url("/app/history"));
+    browser.wait_until(WAIT, "the refusal", |b| {
+        b.text().contains("consent_required")
+    });
+    assert_eq!(browser.url(), w.url("/app/history"));
+    assert_eq!(pushed(), before + 1);
+}
+
 on_every_runtime!(
+    a_consent_the_provider_does_not_grant_is_asked_for_once,
     a_provider_whose_discovery_names_another_issuer_is_never_trusted,
     opaque_tokens_are_introspected_once_cached_and_refused_when_inactive,
     a_broken_or_unreachable_introspection_endpoint_refuses_precisely,

@@ -159,6 +159,8 @@ pub struct Resolved {
     pub access_token: Option<String>,
     /// What happened: `valid`, `renewed`, `refreshed`, `adopted`, `refresh_failed`.
     pub event: &'static str,
+    /// The scopes its sign-in asked the consent screen for, if it was a consent login.
+    pub consent_asked: Option<String>,
 }
 
 /// The outcome of looking for a session.
@@ -261,7 +263,8 @@ impl Flow<'_> {
             Ok(r) => r,
             Err(r) => return r,
         };
-        let attempt = LoginState::new(&random, &issuer.name, return_to, self.now);
+        let mut attempt = LoginState::new(&random, &issuer.name, return_to, self.now);
+        attempt.consent_scopes.clone_from(&step_up.consent_scopes);
         let cookie = attempt.seal(self.keys, seal_nonce).and_then(|sealed| {
             session::set_cookie(
                 &attempt.cookie_name(),
@@ -612,6 +615,7 @@ impl Flow<'_> {
             access_issued: Some(now_s),
             refresh_token: tokens.refresh_token.clone(),
             id_token: Some(id_token),
+            consent_asked: attempt.consent_scopes.clone(),
         };
         let op_sid = id.claims.get("sid").and_then(Value::as_str);
         if let Err(e) = self.register(&session, op_sid) {
@@ -926,6 +930,7 @@ impl Flow<'_> {
             set_cookies,
             access_token: s.access_token.clone(),
             event,
+            consent_asked: s.consent_asked.clone(),
         }))
     }
 

@@ -382,6 +382,11 @@ pub struct Session {
     /// The ID token, kept for `id_token_hint` at logout.
     #[serde(default)]
     pub id_token: Option<String>,
+    /// The scopes this sign-in asked the provider's consent screen for (space-separated),
+    /// when it was a consent login: a purpose still missing after it is refused, not asked
+    /// for again (no consent loop).
+    #[serde(default)]
+    pub consent_asked: Option<String>,
 }
 
 /// Whether a session may still be used ([`Session::state`]).
@@ -472,6 +477,7 @@ impl fmt::Debug for Session {
             .field("access_issued", &self.access_issued)
             .field("refresh_token", &redacted(&self.refresh_token))
             .field("id_token", &redacted(&self.id_token))
+            .field("consent_asked", &self.consent_asked)
             .finish()
     }
 }
@@ -749,6 +755,9 @@ pub struct LoginState {
     pub provider: String,
     /// When the attempt started, Unix seconds.
     pub created: u64,
+    /// The scopes this attempt asks the consent screen for, when it is a consent login.
+    #[serde(default)]
+    pub consent_scopes: Option<String>,
 }
 
 impl LoginState {
@@ -768,6 +777,7 @@ impl LoginState {
             return_to: safe_return_path(return_to).unwrap_or("/").to_owned(),
             provider: provider.to_owned(),
             created: now.unix_secs(),
+            consent_scopes: None,
         }
     }
 
@@ -816,6 +826,7 @@ impl fmt::Debug for LoginState {
             .field("return_to", &self.return_to)
             .field("provider", &self.provider)
             .field("created", &self.created)
+            .field("consent_scopes", &self.consent_scopes)
             .finish()
     }
 }
@@ -930,6 +941,7 @@ mod tests {
             access_issued: Some(NOW.unix_secs()),
             refresh_token: Some("refresh-secret".into()),
             id_token: Some("id-token-secret".into()),
+            consent_asked: None,
         }
     }
 

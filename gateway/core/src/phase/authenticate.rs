@@ -88,6 +88,7 @@ fn session(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step<Option<Verif
             cx.session.cookies = found.set_cookies;
             cx.session.access_token = found.access_token;
             cx.session.provider = Some(found.provider);
+            cx.session.consent_asked = found.consent_asked;
             Ok(Some(found.identity))
         }
         Lookup::Refuse(r) => Err(r),

@@ -41,7 +41,13 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
     // (RFC 9470 §4), or the consent screen for the missing purposes' scopes.
     let step_up = match refusal.reason {
         Reason::InsufficientUserAuthentication => Some(StepUp::from_challenge(&refusal.challenge)),
-        Reason::ConsentRequired => Some(StepUp::consent(&refusal.challenge)),
+        // ...unless this session's sign-in already asked for exactly that: the provider
+        // did not grant it (or does not say so), and asking again would loop.
+        Reason::ConsentRequired
+            if !already_asked(cx.session.consent_asked.as_deref(), &refusal.challenge) =>
+        {
+            Some(StepUp::consent(&refusal.challenge))
+        }
         _ => None,
     };
     if let (Some(provider), Some(step_up)) = (cx.session.provider, step_up)
@@ -50,10 +56,45 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
     {
         return Err(flow.begin(provider, &scope.norm.path_and_query, &step_up));
     }
+    let mut detail = refusal.detail;
+    if refusal.reason == Reason::ConsentRequired
+        && already_asked(cx.session.consent_asked.as_deref(), &refusal.challenge)
+    {
+        detail.push_str("; this sign-in asked the provider for it, and it was not granted");
+    }
     Err(problem(
         refusal.reason,
-        &refusal.detail,
+        &detail,
         input.req.request_id,
         &refusal.challenge,
     ))
+}
+
+/// True when `asked` (the scopes a consent login asked for) holds every scope of the
+/// refusal's `scope` challenge.
+fn already_asked(asked: Option<&str>, challenge: &[(&'static str, String)]) -> bool {
+    let Some(asked) = asked else {
+        return false;
+    };
+    challenge
+        .iter()
+        .filter(|(n, _)| *n == "scope")
+        .flat_map(|(_, v)| v.split(' '))
+        .all(|s| asked.split(' ').any(|a| a == s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consent_already_asked_for_is_not_asked_again() {
+        let challenge = [("scope", "consent:a consent:b".to_owned())];
+        assert!(!already_asked(None, &challenge));
+        assert!(!already_asked(Some("openid consent:a"), &challenge));
+        assert!(already_asked(
+            Some("consent:b openid consent:a"),
+            &challenge
+        ));
+    }
 }

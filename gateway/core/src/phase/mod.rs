@@ -268,4 +268,7 @@ pub struct SessionUse {
     pub access_token: Option<String>,
     /// The provider the session came from (for step-up logins).
     pub provider: Option<IssuerId>,
+    /// The scopes the session's sign-in asked the consent screen for, if it was a consent
+    /// login.
+    pub consent_asked: Option<String>,
 }
