@@ -130,10 +130,7 @@ pub fn identify(
     let judged = judge(answer.clone(), issuer, cfg, now);
     // Only answers that decide are kept: an active token that passed, or an inactive one.
     let ttl = match &judged {
-        Ok(id) => {
-            let left = id.expires_at - now.unix_millis() as f64 / 1000.0;
-            Some(client.cache_ttl.min(Duration::from_secs_f64(left.max(0.0))))
-        }
+        Ok(id) => Some(positive_ttl(id.expires_at, now, client.cache_ttl)),
         Err(f) if f.reason == Reason::TokenInactive => Some(client.negative_ttl),
         Err(_) => None,
     };
@@ -147,6 +144,14 @@ pub fn identify(
         let _ = io.set(&key, kept.as_bytes(), ttl);
     }
     judged
+}
+
+/// How long an active answer for a token expiring at `expires_at` (Unix seconds) is kept:
+/// until then, at most `cache_ttl` (an absurd `exp` such as 1e300 included).
+fn positive_ttl(expires_at: f64, now: Timestamp, cache_ttl: Duration) -> Duration {
+    let left = expires_at - now.unix_millis() as f64 / 1000.0;
+    let left = if left.is_nan() { 0.0 } else { left };
+    Duration::try_from_secs_f64(left.clamp(0.0, cache_ttl.as_secs_f64())).unwrap_or(cache_ttl)
 }
 
 /// The shared-state key of `token`'s answer at issuer `name`.
@@ -218,6 +223,16 @@ mod tests {
         assert!(!looks_like_jwt("2YotnFZFEjr1zCsicMWpAA"));
         assert!(!looks_like_jwt(&format!("{header}.a.b.c.d")));
         assert!(!looks_like_jwt("abc.def.ghi"));
+    }
+
+    #[test]
+    fn answers_are_kept_until_exp_at_most_cache_ttl() {
+        let now = Timestamp::from_unix_millis(1_000_000);
+        let ttl = Duration::from_secs(60);
+        assert_eq!(positive_ttl(1_030.0, now, ttl), Duration::from_secs(30));
+        assert_eq!(positive_ttl(5_000.0, now, ttl), ttl);
+        assert_eq!(positive_ttl(1e300, now, ttl), ttl);
+        assert_eq!(positive_ttl(10.0, now, ttl), Duration::ZERO);
     }
 
     #[test]

@@ -26,7 +26,12 @@ pub struct Cached {
     generation: u64,
 }
 
-/// Each entry lives until its token's `valid_until`.
+/// Each entry lives until its token's `valid_until`, and at most this long: an absurd `exp`
+/// (a signed token may carry 1e300) must neither overflow the expiry arithmetic nor pin an
+/// entry forever.
+const MAX_ENTRY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Each entry lives until its token's `valid_until` (at most [`MAX_ENTRY_LIFETIME`]).
 struct UntilValid;
 
 impl Expiry<[u8; 32], Cached> for UntilValid {
@@ -40,7 +45,8 @@ impl Expiry<[u8; 32], Cached> for UntilValid {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        Some(Duration::from_secs_f64((value.valid_until - now).max(0.0)))
+        let left = (value.valid_until - now).clamp(0.0, MAX_ENTRY_LIFETIME.as_secs_f64());
+        Some(Duration::try_from_secs_f64(left).unwrap_or(MAX_ENTRY_LIFETIME))
     }
 }
 
@@ -172,6 +178,20 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs_f64()
+    }
+
+    #[test]
+    fn a_far_future_exp_is_cached_without_overflow() {
+        let cache = TokenCache::new(2);
+        let t = unix_now();
+        cache.insert(
+            token_key("far"),
+            IssuerId(0),
+            Arc::from("{}"),
+            1e300,
+            cache.generation(),
+        );
+        assert!(cache.get(&token_key("far"), t).is_some());
     }
 
     #[test]
