@@ -14,6 +14,7 @@ pub mod interop;
 pub mod net;
 pub mod oidc;
 pub mod redis;
+pub mod tls;
 pub mod workerd;
 pub mod wycheproof;
 

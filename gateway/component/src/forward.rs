@@ -39,8 +39,13 @@ pub fn request_head(
         }
     };
     let path = request.path_with_query().unwrap_or_else(|| "/".to_owned());
+    // The connection's scheme as the platform reports it (https where it terminated TLS).
+    let scheme = match request.scheme() {
+        Some(Scheme::Https) => "https",
+        _ => "http",
+    };
     let uri: Uri = match request.authority() {
-        Some(authority) if !authority.is_empty() => format!("http://{authority}{path}").parse(),
+        Some(authority) if !authority.is_empty() => format!("{scheme}://{authority}{path}").parse(),
         _ => path.parse(),
     }
     .map_err(|_| "request target is not a valid URI".to_owned())?;

@@ -564,6 +564,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         );
                     }
                 }
+                // The listener's certificates load as at startup.
+                if let Some(tls) = &l.config.tls {
+                    if let Err(e) = portcullis_host::serve::tls::TlsFront::load(tls, &l.base) {
+                        eprintln!("{}: {e:#}", config.display());
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    println!(
+                        "tls: {} certificate(s), HTTP/2 {}",
+                        tls.certificates.len(),
+                        if tls.http2 { "offered" } else { "off" }
+                    );
+                }
                 println!(
                     "{}: ok ({} issuer(s), {} region(s), {} route(s), {} plugin(s))",
                     config.display(),

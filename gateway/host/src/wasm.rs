@@ -128,10 +128,16 @@ where
 {
     use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
     let (sender, receiver) = tokio::sync::oneshot::channel();
+    // The listener set the target's scheme to the connection's.
+    let scheme = if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
     let wreq = store
         .data_mut()
         .http()
-        .new_incoming_request(Scheme::Http, req)
+        .new_incoming_request(scheme, req)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let out = store
         .data_mut()

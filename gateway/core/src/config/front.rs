@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::model::{BackendTimeouts, PathRules, ServerLimits};
+use super::model::{BackendTimeouts, PathRules, ServerLimits, ServerTls, TlsCertificate};
 use super::reader::{Diags, Table};
 
 pub(super) fn read_paths(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> PathRules {
@@ -31,10 +31,13 @@ pub(super) fn read_paths(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> PathRule
     rules
 }
 
-pub(super) fn read_server(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> ServerLimits {
+pub(super) fn read_server(
+    top: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+) -> (ServerLimits, Option<ServerTls>) {
     let mut limits = ServerLimits::default();
     let Some(mut t) = top.table(d, "server") else {
-        return limits;
+        return (limits, None);
     };
     if let Some(v) = bounded(&mut t, d, "header_timeout", (1, 300)) {
         limits.header_timeout = v;
@@ -52,8 +55,50 @@ pub(super) fn read_server(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> ServerL
             ),
         }
     }
+    let tls = t.table(d, "tls").and_then(|tls| read_tls(tls, d));
     t.finish(d);
-    limits
+    (limits, tls)
+}
+
+/// `[server.tls]`: at least one certificate, each a `cert` and a `key` file.
+fn read_tls(mut t: Table<'_, '_>, d: &mut Diags<'_>) -> Option<ServerTls> {
+    let mut certificates = Vec::new();
+    let listed = t.tables(d, "certificates");
+    let none_listed = listed.is_empty();
+    for mut c in listed {
+        let cert = c.req_string(d, "cert", Some("the PEM certificate chain, leaf first"));
+        let key = c.req_string(d, "key", Some("the PEM private key of the leaf"));
+        c.finish(d);
+        if let (Some((cert, _)), Some((key, _))) = (cert, key) {
+            certificates.push(TlsCertificate { cert, key });
+        }
+    }
+    if none_listed {
+        t.missing(
+            d,
+            "certificates",
+            Some("certificates = [{ cert = \"tls/site.pem\", key = \"tls/site.key\" }]".into()),
+        );
+    }
+    let mut watch = Duration::from_secs(5);
+    if let Some((v, span)) = t.duration(d, "watch") {
+        if v < Duration::from_millis(100) || v > Duration::from_secs(3600) {
+            d.error(
+                &span,
+                format!("`server.tls.watch` {v:?} is outside 100ms..=1h"),
+                None,
+            );
+        } else {
+            watch = v;
+        }
+    }
+    let http2 = t.boolean(d, "http2").is_none_or(|(b, _)| b);
+    t.finish(d);
+    (!certificates.is_empty()).then_some(ServerTls {
+        certificates,
+        watch,
+        http2,
+    })
 }
 
 pub(super) fn read_timeouts(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> BackendTimeouts {

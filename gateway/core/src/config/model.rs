@@ -47,6 +47,8 @@ pub struct Config {
     pub paths: PathRules,
     /// Connection limits of the gateway's own listener (`[server]`).
     pub server: ServerLimits,
+    /// TLS on the gateway's own listener (`[server.tls]`), if configured.
+    pub tls: Option<ServerTls>,
     /// How long a backend may take (`[timeouts]`).
     pub timeouts: BackendTimeouts,
 }
@@ -92,6 +94,30 @@ impl Default for ServerLimits {
             max_connections: 10_000,
         }
     }
+}
+
+/// TLS on the gateway's own listener (`[server.tls]`): `portcullis serve` terminates TLS
+/// itself, offering HTTP/2 and HTTP/1.1 by ALPN. The files are read (and re-read when they
+/// change) by the host; edge platforms terminate TLS before the gateway and ignore this.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerTls {
+    /// The certificates, in order: a client's SNI name picks the first one valid for it;
+    /// a client without SNI, or naming a host none covers, gets the first.
+    pub certificates: Vec<TlsCertificate>,
+    /// How often the files are checked for change (a changed file is loaded for new
+    /// connections; a file that does not load keeps the previous certificates).
+    pub watch: Duration,
+    /// Offer HTTP/2 by ALPN (`h2`) besides HTTP/1.1.
+    pub http2: bool,
+}
+
+/// One certificate of `[server.tls]`: PEM files, relative to the configuration's directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsCertificate {
+    /// The certificate chain, leaf first.
+    pub cert: String,
+    /// The leaf's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
 }
 
 /// How long a backend may take (`[timeouts]`); past them the client gets 504

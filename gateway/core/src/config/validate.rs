@@ -133,7 +133,7 @@ fn read_config(
     let challenge = super::limits::read_challenge(top, d, files);
     let session = super::login::read_session(top, d, files);
     let paths = super::front::read_paths(top, d);
-    let server = super::front::read_server(top, d);
+    let (server, tls) = super::front::read_server(top, d);
     let timeouts = super::front::read_timeouts(top, d);
     let issuers: Vec<IssuerConfig> = issuers.into_iter().collect::<Option<Vec<_>>>()?;
     let routes: Vec<(Route, Span)> = routes.into_iter().collect::<Option<Vec<_>>>()?;
@@ -159,6 +159,7 @@ fn read_config(
         session,
         paths,
         server,
+        tls,
         timeouts,
     })
 }

@@ -1,4 +1,5 @@
-//! The front-door listener both servers (`serve`, `serve-wasm`) use: bounded connections,
+//! The front-door listener both servers (`serve`, `serve-wasm`) use: plain HTTP/1.1 or TLS
+//! with HTTP/2 and HTTP/1.1 by ALPN, bounded connections,
 //! a header-read timeout (slow-loris), an idle timeout for keep-alive connections, and an
 //! accept loop that backs off when `accept()` fails (descriptors exhausted) instead of
 //! spinning a core.
@@ -11,33 +12,38 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use portcullis_core::config::ServerLimits;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use super::tls::TlsFront;
+
 /// The longest pause between failed `accept()` calls.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// The first pause after a failed `accept()`.
 const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 
-/// Serves HTTP/1.1 connections from `listener` until `shutdown` resolves: at most
+/// Serves connections from `listener` until `shutdown` resolves: at most
 /// `limits.max_connections` at once (further clients wait in the kernel's backlog), each
-/// closed when its request headers take longer than `limits.header_timeout` or when it
-/// sits idle (no request in flight, no bytes either way) for `limits.idle_timeout`.
+/// closed when its request headers (or, with `tls`, its handshake) take longer than
+/// `limits.header_timeout` or when it sits idle (no request in flight, no bytes either
+/// way) for `limits.idle_timeout`. Without `tls` it speaks HTTP/1.1; with it, HTTP/2 or
+/// HTTP/1.1 as ALPN chose. `make_service(peer, secure)` makes each connection's service.
 /// Connections are registered with `graceful` for draining.
 pub async fn serve<S, F, B>(
     listener: TcpListener,
     limits: ServerLimits,
+    tls: Option<Arc<TlsFront>>,
     shutdown: impl Future<Output = ()>,
     graceful: &GracefulShutdown,
     make_service: F,
 ) where
-    F: Fn(SocketAddr) -> S,
+    F: Fn(SocketAddr, bool) -> S,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -47,6 +53,9 @@ pub async fn serve<S, F, B>(
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut backoff = FIRST_ACCEPT_BACKOFF;
+    if let Some(tls) = &tls {
+        tls.start_watching();
+    }
     tokio::pin!(shutdown);
     loop {
         let next = async {
@@ -76,35 +85,120 @@ pub async fn serve<S, F, B>(
         };
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Tracked {
+        let tracked = Tracked {
             inner: stream,
             activity: activity.clone(),
-        });
-        let service = Counted {
-            inner: make_service(peer),
-            activity: activity.clone(),
         };
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .keep_alive(true)
-            .serve_connection(io, service);
-        let watched = graceful.watch(conn);
-        let idle = limits.idle_timeout;
+        let service = Counted {
+            inner: make_service(peer, tls.is_some()),
+            activity: activity.clone(),
+            secure: tls.is_some(),
+        };
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let served = async {
+                let Some(tls) = tls else {
+                    return watcher
+                        .watch(http1(limits).serve_connection(TokioIo::new(tracked), service))
+                        .await;
+                };
+                let accepted =
+                    tokio::time::timeout(limits.header_timeout, tls.acceptor().accept(tracked))
+                        .await;
+                let stream = match accepted {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return Ok(());
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return Ok(());
+                    }
+                };
+                if stream.get_ref().1.alpn_protocol() == Some(super::tls::H2) {
+                    let conn = http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .max_concurrent_streams(MAX_H2_STREAMS)
+                        .serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                } else {
+                    watcher
+                        .watch(http1(limits).serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+            };
             tokio::select! {
-                ended = watched => {
+                ended = served => {
                     if let Err(e) = ended {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 }
-                () = activity.idle_for(idle) => {
+                () = activity.idle_for(limits.idle_timeout) => {
                     tracing::debug!(%peer, "idle connection closed");
                 }
             }
         });
     }
+}
+
+/// Streams one HTTP/2 client may have open at once.
+const MAX_H2_STREAMS: u32 = 128;
+
+/// The HTTP/1.1 connection settings: the header-read timeout, keep-alive.
+fn http1(limits: ServerLimits) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    b
+}
+
+/// The request as the connection carried it: its target's scheme is the connection's
+/// (`https` over TLS, `http` otherwise), whatever an absolute-form target or an HTTP/2
+/// `:scheme` claimed; an origin-form target over TLS becomes absolute-form with the `Host`
+/// field's authority when that is a valid one (otherwise it stays, and the core refuses
+/// the Host as it would without TLS).
+pub fn with_connection_scheme<B>(mut req: Request<B>, secure: bool) -> Request<B> {
+    let scheme = if secure {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    };
+    let uri = req.uri();
+    if uri.scheme() == Some(&scheme) {
+        return req;
+    }
+    let authority = match uri.authority() {
+        Some(a) => Some(a.clone()),
+        None if secure => {
+            let mut hosts = req.headers().get_all(http::header::HOST).iter();
+            match (hosts.next(), hosts.next()) {
+                (Some(h), None) => h
+                    .to_str()
+                    .ok()
+                    .filter(|h| portcullis_core::Authority::parse(h).is_ok())
+                    .and_then(|h| http::uri::Authority::try_from(h).ok()),
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    let Some(authority) = authority else {
+        return req;
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    req
 }
 
 /// When a connection last moved bytes, and how many of its requests are in flight.
@@ -186,10 +280,11 @@ impl AsyncWrite for Tracked {
 }
 
 /// A service that counts its requests in flight (a connection waiting on a slow backend
-/// is not idle).
+/// is not idle) and gives each request its connection's scheme.
 struct Counted<S> {
     inner: S,
     activity: Arc<Activity>,
+    secure: bool,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for Counted<S>
@@ -204,7 +299,7 @@ where
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let activity = self.activity.clone();
-        let fut = self.inner.call(req);
+        let fut = self.inner.call(with_connection_scheme(req, self.secure));
         Box::pin(async move {
             let out = fut.await;
             activity.touch();

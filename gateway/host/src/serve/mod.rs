@@ -7,6 +7,7 @@ pub mod listener;
 pub mod native;
 pub mod plain;
 pub mod server;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,6 +95,8 @@ pub struct Shared {
     pub risk: Arc<PluginRuntime>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// TLS on the gateway listener (`[server.tls]`), if configured.
+    pub tls: Option<Arc<tls::TlsFront>>,
 }
 
 impl Shared {
@@ -172,6 +175,10 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         )
         .await?,
     );
+    let tls = match &loaded.config.tls {
+        Some(cfg) => Some(Arc::new(tls::TlsFront::load(cfg, &loaded.base)?)),
+        None => None,
+    };
     let core_config = loaded.config.clone();
     let connect = core_config.timeouts.connect;
     let client = Arc::new(ClientService {
@@ -200,6 +207,7 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         audit,
         risk,
         metrics,
+        tls,
     });
     let server_limits = core_config.server;
     let gateway = match opts.engine {
@@ -265,6 +273,7 @@ pub async fn serve(
         prepared.gateway,
         listener,
         prepared.server_limits,
+        shared.tls.clone(),
         shutdown,
         drain,
     )

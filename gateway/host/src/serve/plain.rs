@@ -163,7 +163,7 @@ impl PlainServer {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let limits = portcullis_core::config::ServerLimits::default();
-        crate::serve::listener::serve(listener, limits, shutdown, &graceful, |peer| {
+        crate::serve::listener::serve(listener, limits, None, shutdown, &graceful, |peer, _| {
             let server = self.clone();
             service_fn(move |req| {
                 let server = server.clone();

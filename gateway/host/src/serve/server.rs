@@ -262,11 +262,12 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     limits: portcullis_core::config::ServerLimits,
+    tls: Option<Arc<crate::serve::tls::TlsFront>>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    crate::serve::listener::serve(listener, limits, shutdown, &graceful, |peer| {
+    crate::serve::listener::serve(listener, limits, tls, shutdown, &graceful, |peer, _| {
         let gw = gateway.clone();
         service_fn(move |req| {
             let gw = gw.clone();
@@ -322,6 +323,9 @@ pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
                             shared.state.store.add_metrics(scrape);
                             shared.audit.sink.add_metrics(scrape);
                             shared.audit.traces.add_metrics(scrape);
+                            if let Some(tls) = &shared.tls {
+                                tls.add_metrics(scrape);
+                            }
                         }),
                         crate::metrics::CONTENT_TYPE,
                     ),
