@@ -126,6 +126,8 @@ const PROBED_TABLES: &[(&str, &[&str])] = &[
     ("dpop", &["dpop"]),
     ("paths", &["paths"]),
     ("server", &["server"]),
+    ("server.tls", &["server", "tls"]),
+    ("server.tls.certificates", &["server", "tls", "certificates", "0"]),
     ("timeouts", &["timeouts"]),
 ];
 
@@ -141,7 +143,8 @@ fn every_table() -> (toml::Table, MapFiles) {
         key_files = ["secrets/gw.key"]
         [dpop]
         [paths]
-        [server]
+        [server.tls]
+        certificates = [{ cert = "tls/site.pem", key = "tls/site.key" }]
         [timeouts]
     "#
     .parse()
