@@ -13,6 +13,7 @@ pub mod host;
 pub mod interop;
 pub mod net;
 pub mod oidc;
+pub mod proxies;
 pub mod redis;
 pub mod tls;
 pub mod workerd;

@@ -127,7 +127,10 @@ const PROBED_TABLES: &[(&str, &[&str])] = &[
     ("paths", &["paths"]),
     ("server", &["server"]),
     ("server.tls", &["server", "tls"]),
-    ("server.tls.certificates", &["server", "tls", "certificates", "0"]),
+    (
+        "server.tls.certificates",
+        &["server", "tls", "certificates", "0"],
+    ),
     ("timeouts", &["timeouts"]),
 ];
 

@@ -155,7 +155,7 @@ fn tls_serves_http2_and_http1_and_picks_certificates_by_sni(engine: &str) {
     // Plain HTTP on the TLS port is not served.
     assert!(
         !matches!(
-            request(gw.addr, "GET", "/hello", &[("host", "www.test")], b""),
+            request(gw.addr, "GET", "/hello", &[], b""),
             Ok(r) if r.status == 200
         ),
         "a cleartext request on the TLS listener must not be served"

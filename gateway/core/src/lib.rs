@@ -83,6 +83,7 @@ mod dpop;
 mod duration;
 mod fnv;
 mod forms;
+mod forward_auth;
 mod forwarding;
 mod gateway_token;
 mod introspect;

@@ -143,6 +143,20 @@ impl Gateway {
     }
 
     fn run_from(&self, services: &Adapters<'_>, req: &RequestParts<'_>, from: Resume) -> Progress {
+        // A trusted proxy's forward-auth call is decided as the request it describes.
+        let original = match crate::forward_auth::described(&self.prep.config, req) {
+            None => None,
+            Some(Ok(original)) => Some(original),
+            Some(Err(refusal)) => return self.refused_call(req, &from, refusal),
+        };
+        let described;
+        let req = match &original {
+            Some(o) => {
+                described = o.parts(req);
+                &described
+            }
+            None => req,
+        };
         let Resume {
             log,
             now,
@@ -208,10 +222,36 @@ impl Gateway {
             }
         };
         phase::record::finish(&mut cx.audit, &outcome, phase);
+        let outcome = match (outcome, &self.prep.config.forward_auth) {
+            (Outcome::Forward(fwd), Some(fa)) if original.is_some() => {
+                Outcome::Respond(crate::forward_auth::answer(&self.prep.config, fa, fwd))
+            }
+            (outcome, _) => outcome,
+        };
         Progress::Decided(Decision {
             outcome,
             audit: cx.audit,
             refetch: cx.refetch,
+        })
+    }
+}
+
+impl Gateway {
+    /// The decision on a forward-auth call refused before its request was described.
+    fn refused_call(&self, req: &RequestParts<'_>, from: &Resume, refusal: Response) -> Progress {
+        let mut audit = AuditRecord {
+            time_ms: from.now.unix_millis(),
+            request_id: req.request_id.to_owned(),
+            method: req.method.as_str().to_owned(),
+            path: req.uri.path().to_owned(),
+            ..AuditRecord::default()
+        };
+        let outcome = Outcome::Respond(refusal);
+        phase::record::finish(&mut audit, &outcome, Some("normalize"));
+        Progress::Decided(Decision {
+            outcome,
+            audit,
+            refetch: None,
         })
     }
 }

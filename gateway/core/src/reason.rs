@@ -18,6 +18,11 @@ pub enum Reason {
     AuthenticationRequired,
     /// The token is not a well-formed compact JWS or its payload is not a JSON object.
     TokenMalformed,
+    /// A forward-auth call came from a peer that is not a trusted proxy.
+    ForwardAuthUntrusted,
+    /// A forward-auth call does not describe a request (missing or repeated target,
+    /// method, host or scheme).
+    ForwardAuthInvalid,
     /// The token exceeds the size limit.
     TokenTooLarge,
     /// `alg` is `none`, unsupported, or not allowed for the issuer.
@@ -170,11 +175,13 @@ impl Reason {
             Reason::IntrospectionUnavailable => "introspection_unavailable",
             Reason::IntrospectionInvalid => "introspection_invalid",
             Reason::ConsentRequired => "consent_required",
+            Reason::ForwardAuthUntrusted => "forward_auth_untrusted",
+            Reason::ForwardAuthInvalid => "forward_auth_invalid",
         }
     }
 
     /// Every reason, for lookups and metrics.
-    pub const ALL: [Reason; 52] = [
+    pub const ALL: [Reason; 54] = [
         Reason::InvalidRequest,
         Reason::PathInvalid,
         Reason::HostInvalid,
@@ -227,6 +234,8 @@ impl Reason {
         Reason::IntrospectionUnavailable,
         Reason::IntrospectionInvalid,
         Reason::ConsentRequired,
+        Reason::ForwardAuthUntrusted,
+        Reason::ForwardAuthInvalid,
     ];
 
     /// The reason with this code.
@@ -240,6 +249,7 @@ impl Reason {
             Reason::InvalidRequest
             | Reason::PathInvalid
             | Reason::HostInvalid
+            | Reason::ForwardAuthInvalid
             | Reason::LoginStateInvalid
             | Reason::LogoutTokenInvalid => StatusCode::BAD_REQUEST,
             Reason::RouteNotFound => StatusCode::NOT_FOUND,
@@ -255,7 +265,8 @@ impl Reason {
             | Reason::ActorMismatch
             | Reason::ClearanceInvalid
             | Reason::ChallengeFailed
-            | Reason::ConsentRequired => StatusCode::FORBIDDEN,
+            | Reason::ConsentRequired
+            | Reason::ForwardAuthUntrusted => StatusCode::FORBIDDEN,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::KeysUnavailable
             | Reason::ResidencyUnavailable
@@ -277,6 +288,8 @@ impl Reason {
             Reason::InvalidRequest => "The request is malformed",
             Reason::PathInvalid => "The request path is ambiguous",
             Reason::HostInvalid => "The request's host is missing or invalid",
+            Reason::ForwardAuthUntrusted => "Only a trusted proxy may ask for this decision",
+            Reason::ForwardAuthInvalid => "The forward-auth call does not describe a request",
             Reason::RouteNotFound => "No route matches this request",
             Reason::AuthenticationRequired => "Authentication is required",
             Reason::TokenMalformed => "The access token is malformed",

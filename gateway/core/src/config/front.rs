@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::model::{BackendTimeouts, PathRules, ServerLimits, ServerTls, TlsCertificate};
+use super::model::{
+    BackendTimeouts, ClientConfig, ForwardAuth, PathRules, ServerLimits, ServerTls, TlsCertificate,
+};
 use super::reader::{Diags, Table};
 
 pub(super) fn read_paths(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> PathRules {
@@ -99,6 +101,26 @@ fn read_tls(mut t: Table<'_, '_>, d: &mut Diags<'_>) -> Option<ServerTls> {
         watch,
         http2,
     })
+}
+
+/// `[forward_auth]`: only with trusted proxies to ask.
+pub(super) fn read_forward_auth(
+    top: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    client: &ClientConfig,
+) -> Option<ForwardAuth> {
+    let mut t = top.table(d, "forward_auth")?;
+    let routing_headers = t.boolean(d, "routing_headers").is_none_or(|(b, _)| b);
+    if client.trusted_proxies.is_empty() {
+        let span = t.span.clone();
+        d.error(
+            &span,
+            "`[forward_auth]` needs `[client] trusted_proxies`: only those proxies may ask the gateway to decide a request".to_owned(),
+            Some("trusted_proxies = [\"10.0.0.0/8\"] (the addresses your proxies connect from)".into()),
+        );
+    }
+    t.finish(d);
+    Some(ForwardAuth { routing_headers })
 }
 
 pub(super) fn read_timeouts(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> BackendTimeouts {

@@ -49,6 +49,9 @@ pub struct Config {
     pub server: ServerLimits,
     /// TLS on the gateway's own listener (`[server.tls]`), if configured.
     pub tls: Option<ServerTls>,
+    /// Forward-auth mode (`[forward_auth]`): trusted proxies may ask the gateway to decide
+    /// a request they will forward themselves.
+    pub forward_auth: Option<ForwardAuth>,
     /// How long a backend may take (`[timeouts]`).
     pub timeouts: BackendTimeouts,
 }
@@ -94,6 +97,18 @@ impl Default for ServerLimits {
             max_connections: 10_000,
         }
     }
+}
+
+/// Forward-auth mode (`[forward_auth]`): a proxy in front of the gateway (nginx
+/// `auth_request`, Traefik ForwardAuth, Caddy `forward_auth`, Envoy `ext_authz`) asks
+/// `/_portcullis/authz` whether to forward a request, describing it in its own headers;
+/// the gateway decides it as if it had received it, and answers 200 with the identity
+/// headers to set or its usual refusal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardAuth {
+    /// Answer `X-Portcullis-Backend` and `X-Portcullis-Region`: the backend the residency
+    /// rules chose, for the proxy to forward to.
+    pub routing_headers: bool,
 }
 
 /// TLS on the gateway's own listener (`[server.tls]`): `portcullis serve` terminates TLS

@@ -17,7 +17,7 @@ use crate::jws::{DEFAULT_MAX_TOKEN_BYTES, normalize_media_type};
 use crate::model::ClaimPath;
 use crate::model::IssuerId;
 
-const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit], [limits], [plugin.NAME], [client], [bot], [gateway_token], [dpop], [state], [challenge], [session], [paths], [server] and [timeouts]";
+const TOP_LEVEL_HINT: &str = "a configuration has [[issuer]], [region.NAME], [residency], [[route]], [identity], [audit], [limits], [plugin.NAME], [client], [bot], [gateway_token], [dpop], [state], [challenge], [session], [paths], [server], [timeouts] and [forward_auth]";
 
 pub(super) fn load(
     source: &str,
@@ -135,6 +135,7 @@ fn read_config(
     let paths = super::front::read_paths(top, d);
     let (server, tls) = super::front::read_server(top, d);
     let timeouts = super::front::read_timeouts(top, d);
+    let forward_auth = super::front::read_forward_auth(top, d, &client);
     let issuers: Vec<IssuerConfig> = issuers.into_iter().collect::<Option<Vec<_>>>()?;
     let routes: Vec<(Route, Span)> = routes.into_iter().collect::<Option<Vec<_>>>()?;
     super::login::check_login_routes(d, &issuers, &routes, session.as_ref());
@@ -160,6 +161,7 @@ fn read_config(
         paths,
         server,
         tls,
+        forward_auth,
         timeouts,
     })
 }
