@@ -132,6 +132,7 @@ const PROBED_TABLES: &[(&str, &[&str])] = &[
         &["server", "tls", "certificates", "0"],
     ),
     ("timeouts", &["timeouts"]),
+    ("forward_auth", &["forward_auth"]),
 ];
 
 /// `edge-config/example.toml` with every table it leaves out, and the files they name.
@@ -149,6 +150,7 @@ fn every_table() -> (toml::Table, MapFiles) {
         [server.tls]
         certificates = [{ cert = "tls/site.pem", key = "tls/site.key" }]
         [timeouts]
+        [forward_auth]
     "#
     .parse()
     .unwrap();
