@@ -12,14 +12,15 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use portcullis_core::config::ServerLimits;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::tls::TlsFront;
 
@@ -89,10 +90,16 @@ pub async fn serve<S, F, B>(
             inner: stream,
             activity: activity.clone(),
         };
+        let permit = Arc::new(permit);
         let service = Counted {
             inner: make_service(peer, tls.is_some()),
             activity: activity.clone(),
             secure: tls.is_some(),
+            slot: ConnectionSlot {
+                activity: activity.clone(),
+                _permit: permit.clone(),
+                idle: limits.idle_timeout,
+            },
         };
         let watcher = graceful.watcher();
         let tls = tls.clone();
@@ -100,9 +107,7 @@ pub async fn serve<S, F, B>(
             let _permit = permit;
             let served = async {
                 let Some(tls) = tls else {
-                    return watcher
-                        .watch(http1(limits).serve_connection(TokioIo::new(tracked), service))
-                        .await;
+                    return serve_io(tracked, false, limits, service, watcher).await;
                 };
                 let accepted =
                     tokio::time::timeout(limits.header_timeout, tls.acceptor().accept(tracked))
@@ -118,17 +123,8 @@ pub async fn serve<S, F, B>(
                         return Ok(());
                     }
                 };
-                if stream.get_ref().1.alpn_protocol() == Some(super::tls::H2) {
-                    let conn = http2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .max_concurrent_streams(MAX_H2_STREAMS)
-                        .serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
-                } else {
-                    watcher
-                        .watch(http1(limits).serve_connection(TokioIo::new(stream), service))
-                        .await
-                }
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(super::tls::H2);
+                serve_io(stream, h2, limits, service, watcher).await
             };
             tokio::select! {
                 ended = served => {
@@ -147,13 +143,58 @@ pub async fn serve<S, F, B>(
 /// Streams one HTTP/2 client may have open at once.
 const MAX_H2_STREAMS: u32 = 128;
 
-/// The HTTP/1.1 connection settings: the header-read timeout, keep-alive.
-fn http1(limits: ServerLimits) -> http1::Builder {
-    let mut b = http1::Builder::new();
-    b.timer(TokioTimer::new())
+/// Serves one connection: HTTP/2 when `h2` (ALPN chose it), else HTTP/1.1 with the
+/// header-read timeout and keep-alive; upgrades (WebSocket) are handed to the service.
+async fn serve_io<I, S, B>(
+    io: I,
+    h2: bool,
+    limits: ServerLimits,
+    service: Counted<S>,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
-    b
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS);
+    let builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
+    watcher
+        .watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service))
+        .await
+}
+
+/// What a request that upgrades its connection (WebSocket) keeps of it once the tunnel
+/// runs: the connection's slot among `max_connections`, and its idle timeout.
+#[derive(Clone)]
+pub struct ConnectionSlot {
+    activity: Arc<Activity>,
+    _permit: Arc<Option<OwnedSemaphorePermit>>,
+    idle: Duration,
+}
+
+impl ConnectionSlot {
+    /// Resolves once no byte has moved on the client's connection for the idle timeout.
+    pub async fn idle(&self) {
+        self.activity.idle_for(self.idle).await;
+    }
 }
 
 /// The request as the connection carried it: its target's scheme is the connection's
@@ -285,6 +326,7 @@ struct Counted<S> {
     inner: S,
     activity: Arc<Activity>,
     secure: bool,
+    slot: ConnectionSlot,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for Counted<S>
@@ -299,7 +341,11 @@ where
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let activity = self.activity.clone();
-        let fut = self.inner.call(with_connection_scheme(req, self.secure));
+        let mut req = with_connection_scheme(req, self.secure);
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut().insert(self.slot.clone());
+        }
+        let fut = self.inner.call(req);
         Box::pin(async move {
             let out = fut.await;
             activity.touch();

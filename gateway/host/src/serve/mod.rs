@@ -8,6 +8,7 @@ pub mod native;
 pub mod plain;
 pub mod server;
 pub mod tls;
+pub mod upgrade;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -104,6 +104,9 @@ impl NativeEngine {
             Outcome::Forward(fwd) => match self.forward(req, &fwd, request_id, &mut calls).await {
                 Ok((mut r, latency)) => {
                     relay_headers(r.headers_mut(), &fwd.response_headers);
+                    if r.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        crate::serve::upgrade::set_fields(r.headers_mut());
+                    }
                     let status = r.status().as_u16();
                     backend_answered(&mut audit, status, latency);
                     (r, status)
@@ -266,10 +269,16 @@ impl NativeEngine {
             .parse()
             .map_err(|_| refuse(Reason::InvalidRequest, "request target cannot be forwarded"))?;
 
+        let mut req = req;
+        let upgrade = crate::serve::upgrade::websocket(req.method(), req.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + fwd.set_headers.len());
         for (name, value) in fwd.backend_headers(&parts.headers) {
             headers.append(name.clone(), value.clone());
+        }
+        if upgrade.is_some() {
+            crate::serve::upgrade::set_fields(&mut headers);
         }
         let too_large = Arc::new(AtomicBool::new(false));
         let flag = too_large.clone();
@@ -332,6 +341,24 @@ impl NativeEngine {
         };
         let latency = started.elapsed();
         done(BackendOutcome::Answered, Some(response.status().as_u16()));
+        let mut response = response;
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // A switch only the client asked for: the two connections are joined.
+            let Some(client) = client_upgrade else {
+                return Err(refuse(
+                    Reason::BackendUnavailable,
+                    "the backend switched protocols unasked",
+                ));
+            };
+            let backend = hyper::upgrade::on(&mut response);
+            let slot = parts
+                .extensions
+                .get::<crate::serve::listener::ConnectionSlot>()
+                .cloned();
+            crate::serve::upgrade::tunnel(client, backend, slot);
+            let (head, _) = response.into_parts();
+            return Ok((Response::from_parts(head, full_body(Bytes::new())), latency));
+        }
         let (parts, body) = response.into_parts();
         // The total timeout covers the body too: past it the stream ends with an error
         // (the client sees a truncated response, never a silent hang).

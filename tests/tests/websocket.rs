@@ -1,0 +1,258 @@
+//! Issue 19: WebSockets pass through the native engine on authorized routes — the decision
+//! is made on the opening handshake (a refused one never reaches the backend), the backend
+//! gets the verified identity headers, then messages flow both ways; only `websocket`
+//! upgrades pass (`h2c` is dropped), and a tunnel idle past `[server] idle_timeout` is
+//! closed. The component engine cannot upgrade (wasi:http has no upgrades): the handshake
+//! fails there and the backend sees a plain GET. Real sockets, tungstenite on both ends.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portcullis_tests::host::{Gateway, reason};
+use portcullis_tests::net::request;
+use portcullis_tests::{INTERNAL_SECRET, b64, forge, hs256, unix_now};
+use serde_json::json;
+use tungstenite::Message;
+use tungstenite::handshake::server::{Request, Response};
+
+/// A WebSocket echo server: the handshake requests it accepted (headers, lowercase names)
+/// and the plain requests it refused.
+struct Echo {
+    addr: SocketAddr,
+    handshakes: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    refused: Arc<Mutex<usize>>,
+}
+
+impl Echo {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(0));
+        let (h, r) = (handshakes.clone(), refused.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (h, r) = (h.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let seen = Arc::new(Mutex::new(Vec::new()));
+                    let s = seen.clone();
+                    let callback = move |req: &Request, resp: Response| {
+                        *s.lock().unwrap() = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| {
+                                (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                            })
+                            .collect();
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tungstenite::accept_hdr(stream, callback) else {
+                        *r.lock().unwrap() += 1;
+                        return;
+                    };
+                    h.lock().unwrap().push(seen.lock().unwrap().clone());
+                    while let Ok(msg) = ws.read() {
+                        if msg.is_text() || msg.is_binary() {
+                            if ws.send(msg).is_err() {
+                                break;
+                            }
+                        } else if msg.is_close() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Echo {
+            addr,
+            handshakes,
+            refused,
+        }
+    }
+}
+
+fn start(echo: &Echo, engine: &str) -> Gateway {
+    start_for(&echo.addr.to_string(), engine)
+}
+
+fn start_for(backend: &str, engine: &str) -> Gateway {
+    let config = format!(
+        r#"
+[[issuer]]
+name = "internal"
+issuer = "https://auth.internal"
+hmac_secret_file = "hs.key"
+audiences = ["api://shop"]
+algorithms = ["HS256"]
+
+[region.eu]
+jurisdiction = "EU"
+backends = ["http://{backend}"]
+
+[residency]
+missing = "eu"
+anonymous = "eu"
+
+[[route]]
+path = "/ws"
+auth = "required"
+scopes_any = ["chat"]
+
+[identity]
+strip = ["x-user-*"]
+headers = {{ "x-user-id" = "sub" }}
+
+[server]
+idle_timeout = "1s"
+
+[audit]
+subject_key_file = "audit.key"
+"#
+    );
+    portcullis_tests::host::start_engine_with(
+        &config,
+        engine,
+        &[("hs.key".into(), b64(&INTERNAL_SECRET).into_bytes())],
+    )
+}
+
+fn token(scope: &str) -> String {
+    let now = unix_now();
+    forge(
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({
+            "iss": "https://auth.internal", "sub": "user-1", "aud": "api://shop",
+            "iat": now - 5, "exp": now + 600, "scope": scope,
+        }),
+        hs256(&INTERNAL_SECRET),
+    )
+}
+
+/// Opens a WebSocket to `/ws` through the gateway with `token`.
+fn open(
+    gw: &Gateway,
+    token: Option<&str>,
+) -> Result<tungstenite::WebSocket<TcpStream>, tungstenite::Error> {
+    let mut req =
+        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{}/ws", gw.addr))
+            .unwrap();
+    req.headers_mut()
+        .insert("x-user-id", "admin".parse().unwrap());
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let stream = TcpStream::connect(gw.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    match tungstenite::client(req, stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => panic!("blocking socket"),
+    }
+}
+
+fn status_of(e: &tungstenite::Error) -> u16 {
+    match e {
+        tungstenite::Error::Http(r) => r.status().as_u16(),
+        other => panic!("not an HTTP refusal: {other}"),
+    }
+}
+
+#[test]
+fn websockets_pass_on_authorized_routes_only() {
+    let echo = Echo::start();
+    let gw = start(&echo, "native");
+
+    // Refused handshakes never reach the backend.
+    assert_eq!(status_of(&open(&gw, None).unwrap_err()), 401);
+    assert_eq!(
+        status_of(&open(&gw, Some(&token("profile"))).unwrap_err()),
+        403
+    );
+    assert!(echo.handshakes.lock().unwrap().is_empty());
+
+    // An authorized one is joined to the backend: messages both ways.
+    let mut ws = open(&gw, Some(&token("chat"))).unwrap();
+    for text in ["hello", "second message"] {
+        ws.send(Message::text(text)).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::text(text));
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::binary(vec![0u8, 1, 2, 255]));
+    let seen = echo.handshakes.lock().unwrap()[0].clone();
+    let header = |n: &str| seen.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    assert_eq!(header("x-user-id"), Some("user-1"), "{seen:?}");
+    assert_eq!(header("upgrade"), Some("websocket"));
+    assert!(header("sec-websocket-key").is_some());
+
+    // Idle past `[server] idle_timeout` (1 s): the gateway closes the tunnel.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after_idle = ws.send(Message::text("late")).and_then(|()| ws.read());
+    assert!(after_idle.is_err(), "{after_idle:?}");
+
+    // The audit record of the handshake.
+    let records = portcullis_tests::host::audit_records(&gw, |r| {
+        r.iter().any(|x| x["backend_status"] == 101)
+    });
+    assert!(
+        records.iter().any(|x| x["path"] == "/ws"
+            && x["backend_status"] == 101
+            && x["decision"] == "forward")
+    );
+}
+
+#[test]
+fn only_websocket_upgrades_pass() {
+    let backend = portcullis_tests::net::Backend::start("plain");
+    let gw = start_for(backend.server.url().trim_start_matches("http://"), "native");
+    let t = format!("Bearer {}", token("chat"));
+    // An h2c upgrade on an authorized route: the backend gets a plain GET.
+    let r = request(
+        gw.addr,
+        "GET",
+        "/ws",
+        &[
+            ("authorization", &t),
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let seen = backend.last.lock().unwrap().clone().unwrap();
+    for name in ["upgrade", "connection", "http2-settings"] {
+        assert!(
+            seen.headers.iter().all(|(k, _)| k != name),
+            "{name} reached the backend: {:?}",
+            seen.headers
+        );
+    }
+}
+
+#[test]
+fn the_component_engine_refuses_to_tunnel() {
+    let echo = Echo::start();
+    let gw = start(&echo, "component");
+    let refused = open(&gw, Some(&token("chat"))).unwrap_err();
+    let status = status_of(&refused);
+    assert_ne!(status, 101);
+    assert!(echo.handshakes.lock().unwrap().is_empty());
+    // And the decision still ran: without a token, 401.
+    let r = request(gw.addr, "GET", "/ws", &[("upgrade", "websocket")], b"").unwrap();
+    assert_eq!(
+        (r.status, reason(&r)),
+        (401, "authentication_required".into())
+    );
+}
