@@ -213,7 +213,8 @@ impl<K> KeySet<K> {
 
 #[derive(Debug)]
 struct Loaded<K> {
-    set: KeySet<K>,
+    /// Shared with a reloaded configuration's store ([`KeyStore::carry_over`]).
+    set: std::sync::Arc<KeySet<K>>,
     loaded_at: Timestamp,
     fresh_until: Timestamp,
 }
@@ -254,7 +255,7 @@ struct IssuerKeys<K> {
     stats: KeyStats,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Remote {
     discovery_url: Option<String>,
     jwks_uri: Option<String>,
@@ -329,6 +330,37 @@ impl<K> KeyStore<K> {
             .map(|cfg| IssuerKeys::new(cfg, verifier))
             .collect();
         Self { issuers }
+    }
+
+    /// Takes what `old` learned — fetched key sets (shared, not copied), discovery
+    /// endpoints, back-off — for each remote issuer of this store that
+    /// `unchanged(new_index, old_index)` says is configured as before (a reloaded
+    /// configuration), so it is not fetched again; `old` keeps serving meanwhile. A fetch
+    /// `old` had in flight is not carried: this store asks again when it is due.
+    pub fn carry_over(&mut self, old: &KeyStore<K>, unchanged: impl Fn(usize, usize) -> bool) {
+        for (i, keys) in self.issuers.iter_mut().enumerate() {
+            if keys.static_set {
+                continue;
+            }
+            let found = old.issuers.iter().position(|o| o.issuer == keys.issuer);
+            let Some(kept) = found
+                .filter(|j| unchanged(i, *j))
+                .and_then(|j| old.issuers.get(j))
+            else {
+                continue;
+            };
+            keys.remote.clone_from(&kept.remote);
+            if let Some(remote) = keys.remote.as_mut() {
+                remote.in_flight = None;
+            }
+            keys.loaded = kept.loaded.as_ref().map(|l| Loaded {
+                set: l.set.clone(),
+                loaded_at: l.loaded_at,
+                fresh_until: l.fresh_until,
+            });
+            keys.last_error.clone_from(&kept.last_error);
+            keys.stats = kept.stats;
+        }
     }
 
     /// Every fetch that is due at `now`; each is marked in flight until reported back.
@@ -410,7 +442,7 @@ impl<K> KeyStore<K> {
             (Some(_), Some(until)) if now > until => {
                 Err(KeysUnavailable::TooStale(keys.last_error.clone()))
             }
-            (Some(l), _) => Ok(&l.set),
+            (Some(l), _) => Ok(l.set.as_ref()),
         }
     }
 
@@ -481,7 +513,7 @@ impl<K> IssuerKeys<K> {
             KeySource::Static(parsed) => {
                 keys.static_set = true;
                 keys.loaded = Some(Loaded {
-                    set: KeySet::prepare(parsed.clone(), verifier),
+                    set: std::sync::Arc::new(KeySet::prepare(parsed.clone(), verifier)),
                     loaded_at: Timestamp::default(),
                     fresh_until: Timestamp::default(),
                 });
@@ -593,7 +625,7 @@ impl<K> IssuerKeys<K> {
                 remote.failures = 0;
                 remote.next_attempt = now;
                 self.loaded = Some(Loaded {
-                    set,
+                    set: std::sync::Arc::new(set),
                     loaded_at: now,
                     fresh_until: now.saturating_add(ttl),
                 });

@@ -98,6 +98,10 @@ enum Command {
         /// `http://127.0.0.1:4318` (`/v1/traces` is appended). Off when unset.
         #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
         otlp_endpoint: Option<String>,
+        /// How often the configuration file is checked for change, seconds (a change
+        /// reloads it; so do SIGHUP and `POST /reload` on the admin listener). 0: no watch.
+        #[arg(long, default_value_t = 2.0)]
+        watch_config: f64,
     },
     /// Compose a self-contained edge bundle for any wasi:http runtime: the gateway
     /// component, the portable providers, the configuration's risk plugins (chained in
@@ -339,6 +343,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             engine,
             token_cache,
             otlp_endpoint,
+            watch_config,
         } => {
             let loaded = match load_config_file(&config) {
                 Ok(l) => l,
@@ -373,12 +378,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             let admin_listener = tokio::net::TcpListener::bind(admin).await?;
             tracing::info!(listen = %listener.local_addr()?, admin = %admin_listener.local_addr()?, "portcullis serving");
+            let watch = (watch_config.is_finite() && watch_config > 0.0)
+                .then(|| Duration::from_secs_f64(watch_config.clamp(0.05, 3600.0)));
             portcullis_host::serve(
                 prepared,
                 listener,
                 admin_listener,
                 portcullis_host::shutdown_signal(),
-                opts.drain,
+                portcullis_host::serve::reload::Reload {
+                    source: Some(config),
+                    opts,
+                    watch,
+                },
             )
             .await;
             Ok(ExitCode::SUCCESS)

@@ -41,7 +41,12 @@ impl<T: serde::Serialize + Send> Record for T {
 enum Message {
     Record(Box<dyn Record>),
     Flush(std::sync::mpsc::Sender<()>),
+    /// Close the destination and open it again (logrotate moved the file).
+    Reopen,
 }
+
+/// Opens the destination; called again at every reopen.
+type Opener = Box<dyn Fn() -> std::io::Result<Box<dyn Write>> + Send>;
 
 /// Where audit records go.
 pub struct AuditSink {
@@ -64,7 +69,7 @@ impl AuditSink {
     /// open, such as a FIFO without a reader, blocks only the writer), or standard output
     /// for `-`; at most `queue` records wait.
     pub fn open(path: &str, queue: usize, when_full: WhenFull) -> std::io::Result<Self> {
-        let open: Box<dyn FnOnce() -> std::io::Result<Box<dyn Write>> + Send> = if path == "-" {
+        let open: Opener = if path == "-" {
             Box::new(|| Ok(Box::new(std::io::stdout()) as Box<dyn Write>))
         } else {
             // Fail at startup on a path that cannot be written (a missing directory).
@@ -159,6 +164,14 @@ impl AuditSink {
         }
     }
 
+    /// Closes the destination file and opens it again after the records already queued
+    /// (SIGHUP: logrotate moved it). Waits for room in the queue.
+    pub fn reopen(&self) {
+        if let Some(queue) = &self.queue {
+            let _ = queue.send(Message::Reopen);
+        }
+    }
+
     /// Waits up to `timeout` until every record queued so far is written (shutdown).
     pub fn flush(&self, timeout: Duration) -> bool {
         let Some(queue) = &self.queue else {
@@ -213,11 +226,7 @@ impl AuditSink {
 
 /// The writer thread: opens the destination, writes lines as they come, flushes whenever
 /// the queue runs empty.
-fn write_all(
-    open: Box<dyn FnOnce() -> std::io::Result<Box<dyn Write>> + Send>,
-    rx: &Receiver<Message>,
-    counters: &Counters,
-) {
+fn write_all(open: Opener, rx: &Receiver<Message>, counters: &Counters) {
     let mut out = match open() {
         Ok(out) => Some(out),
         Err(e) => {
@@ -245,6 +254,18 @@ fn write_all(
                         let _ = o.flush();
                     }
                     let _ = done.send(());
+                }
+                Message::Reopen => {
+                    if let Some(o) = out.as_mut() {
+                        let _ = o.flush();
+                    }
+                    out = match open() {
+                        Ok(o) => Some(o),
+                        Err(e) => {
+                            tracing::error!(error = %e, "audit destination cannot be reopened: records are counted as failed");
+                            None
+                        }
+                    };
                 }
             }
             next = rx.try_recv().ok();

@@ -188,12 +188,32 @@ impl KeyService {
             .await;
     }
 
-    /// Refreshes in the background, forever.
+    /// Refreshes in the background while the service is in use (a reload retires it).
     pub async fn run(self: Arc<Self>) {
+        let service = Arc::downgrade(&self);
+        drop(self);
         loop {
-            self.refresh_due().await;
+            match service.upgrade() {
+                Some(s) => s.refresh_due().await,
+                None => break,
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// Takes over what `previous` (the service of the configuration this one replaces)
+    /// learned about every issuer configured exactly as before: its key sets are not
+    /// fetched again.
+    pub fn carry_over_from(&self, previous: &KeyService) {
+        let fingerprint =
+            |c: &Config, i: usize| c.issuers.get(i).and_then(|i| serde_json::to_vec(i).ok());
+        let (new_cfg, old_cfg) = (self.config(), previous.config());
+        let (Ok(old), Ok(mut store)) = (previous.store.read(), self.store.write()) else {
+            return;
+        };
+        store.carry_over(&old, |i, j| {
+            fingerprint(new_cfg, i).is_some_and(|f| Some(f) == fingerprint(old_cfg, j))
+        });
     }
 
     /// Verifies `token`: from the verified-token cache, or natively against the current key

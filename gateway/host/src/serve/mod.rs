@@ -6,6 +6,7 @@ pub mod component;
 pub mod listener;
 pub mod native;
 pub mod plain;
+pub mod reload;
 pub mod server;
 pub mod tls;
 pub mod upgrade;
@@ -28,6 +29,7 @@ use crate::risk::PluginRuntime;
 use crate::state::{StateService, Store};
 
 /// How to run the gateway.
+#[derive(Clone)]
 pub struct ServeOptions {
     /// Where audit records go (`-` for standard output).
     pub audit: String,
@@ -143,13 +145,34 @@ pub struct Prepared {
 /// Builds every capability, the engine and (for the component engine) the pre-instantiated
 /// component; starts the background key refresh.
 pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Result<Prepared> {
-    let metrics = Arc::new(Metrics::default());
-    let sink = if opts.audit.is_empty() {
-        AuditSink::discard()
-    } else {
-        AuditSink::open(&opts.audit, opts.audit_queue, opts.audit_when_full)
-            .with_context(|| format!("audit sink {}", opts.audit))?
-    };
+    build(loaded, opts, None).await
+}
+
+/// Prepares `loaded` to replace the running configuration whose services are `previous`
+/// (a reload): the metrics, the audit sink, the shared state, the listener's TLS and every
+/// key set of an issuer configured as before carry over. A change to `[state]` or
+/// `[server]` needs a restart and is refused.
+pub async fn prepare_next(
+    loaded: LoadedConfig,
+    opts: &ServeOptions,
+    previous: &Shared,
+) -> anyhow::Result<Prepared> {
+    let old = previous.keys.config();
+    if serde_json::to_vec(&loaded.config.state)? != serde_json::to_vec(&old.state)? {
+        anyhow::bail!("`[state]` changed: switching the shared state needs a restart");
+    }
+    if loaded.config.server != old.server || loaded.config.tls != old.tls {
+        anyhow::bail!("`[server]` changed: listener settings need a restart");
+    }
+    build(loaded, opts, Some(previous)).await
+}
+
+async fn build(
+    loaded: LoadedConfig,
+    opts: &ServeOptions,
+    previous: Option<&Shared>,
+) -> anyhow::Result<Prepared> {
+    let metrics = previous.map_or_else(|| Arc::new(Metrics::default()), |p| p.metrics.clone());
     let config = Arc::new(ConfigService::new(&loaded));
     let health = Arc::new(Health::new(&loaded.config));
     let plugin_slots = u32::try_from(loaded.config.plugins.len() * (crate::risk::POOL_MAX + 1))
@@ -158,10 +181,16 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         opts.max_instances.saturating_add(plugin_slots),
         crate::risk::engine_uses_fuel(&loaded.config),
     )?;
-    let store = Arc::new(Store::from_config(&loaded.config.state)?);
-    if let Store::Memory(_) = store.as_ref() {
-        sweep_expired(&store);
-    }
+    let store = match previous {
+        Some(p) => p.state.store.clone(),
+        None => {
+            let store = Arc::new(Store::from_config(&loaded.config.state)?);
+            if let Store::Memory(_) = store.as_ref() {
+                sweep_expired(&store);
+            }
+            store
+        }
+    };
     let state = Arc::new(StateService {
         store: store.clone(),
         on_unavailable: loaded.config.state.on_unavailable,
@@ -176,9 +205,10 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         )
         .await?,
     );
-    let tls = match &loaded.config.tls {
-        Some(cfg) => Some(Arc::new(tls::TlsFront::load(cfg, &loaded.base)?)),
-        None => None,
+    let tls = match (previous, &loaded.config.tls) {
+        (Some(p), _) => p.tls.clone(),
+        (None, Some(cfg)) => Some(Arc::new(tls::TlsFront::load(cfg, &loaded.base)?)),
+        (None, None) => None,
     };
     let core_config = loaded.config.clone();
     let connect = core_config.timeouts.connect;
@@ -187,16 +217,30 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
         site_verify: core_config.challenge.site_verify.clone(),
         proxies: core_config.client.clone(),
     });
-    let traces = match &opts.otlp_endpoint {
-        Some(endpoint) => Traces::otlp(endpoint, backend_client(connect), "portcullis")?,
-        None => Traces::disabled(),
+    let audit = match previous {
+        Some(p) => p.audit.clone(),
+        None => {
+            let sink = if opts.audit.is_empty() {
+                AuditSink::discard()
+            } else {
+                AuditSink::open(&opts.audit, opts.audit_queue, opts.audit_when_full)
+                    .with_context(|| format!("audit sink {}", opts.audit))?
+            };
+            let traces = match &opts.otlp_endpoint {
+                Some(endpoint) => Traces::otlp(endpoint, backend_client(connect), "portcullis")?,
+                None => Traces::disabled(),
+            };
+            Arc::new(AuditService {
+                sink,
+                traces,
+                metrics: metrics.clone(),
+            })
+        }
     };
-    let audit = Arc::new(AuditService {
-        sink,
-        traces,
-        metrics: metrics.clone(),
-    });
     let keys = Arc::new(KeyService::new(loaded.config, opts.token_cache));
+    if let Some(p) = previous {
+        keys.carry_over_from(&p.keys);
+    }
     keys.refresh_due().await;
     tokio::spawn(keys.clone().run());
     let shared = Arc::new(Shared {
@@ -260,26 +304,24 @@ pub fn sweep_expired(store: &Arc<Store>) {
     });
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves; `reload` says where a reload reads the configuration
+/// from (SIGHUP, `POST /reload` on the admin listener, and the file watch).
 pub async fn serve(
     prepared: Prepared,
     listener: TcpListener,
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
-    drain: Duration,
+    reload: reload::Reload,
 ) {
-    let shared = prepared.shared.clone();
-    tokio::spawn(server::serve_admin(prepared.shared.clone(), admin));
-    server::serve(
-        prepared.gateway,
-        listener,
-        prepared.server_limits,
-        shared.tls.clone(),
-        shutdown,
-        drain,
-    )
-    .await;
+    let drain = reload.opts.drain;
+    let limits = prepared.server_limits;
+    let tls = prepared.shared.tls.clone();
+    let live = reload::Live::new(prepared.gateway, reload);
+    live.start_triggers();
+    tokio::spawn(server::serve_admin(live.clone(), admin));
+    server::serve(live.clone(), listener, limits, tls, shutdown, drain).await;
     // The last requests' records reach the destination before the process exits.
+    let shared = live.current().shared().clone();
     let audit =
         tokio::task::spawn_blocking(move || shared.audit.sink.flush(Duration::from_secs(5)));
     if !audit.await.unwrap_or(false) {

@@ -259,7 +259,7 @@ impl Gateway {
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains in-flight
 /// requests for at most `drain`.
 pub async fn serve(
-    gateway: Arc<Gateway>,
+    live: Arc<crate::serve::reload::Live>,
     listener: TcpListener,
     limits: portcullis_core::config::ServerLimits,
     tls: Option<Arc<crate::serve::tls::TlsFront>>,
@@ -268,9 +268,10 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     crate::serve::listener::serve(listener, limits, tls, shutdown, &graceful, |peer, _| {
-        let gw = gateway.clone();
+        let live = live.clone();
         service_fn(move |req| {
-            let gw = gw.clone();
+            // Each request is decided by the configuration current when it arrives.
+            let gw = live.current();
             async move { Ok::<_, Infallible>(gw.handle(peer, req).await) }
         })
     })
@@ -299,37 +300,55 @@ async fn readiness(shared: &Shared) -> Result<(), String> {
     }
 }
 
-/// Serves `/healthz`, `/readyz` (200 `ready`, or 503 naming what is not) and `/metrics`.
-pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
+/// Serves `/healthz`, `/readyz` (200 `ready`, or 503 naming what is not), `/metrics`
+/// and `POST /reload` (200 with the new generation, or 422 with why the running
+/// configuration stays).
+pub async fn serve_admin(live: Arc<crate::serve::reload::Live>, listener: TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let shared = shared.clone();
+        let live = live.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let shared = shared.clone();
+            let live = live.clone();
             async move {
-                let (status, body, ctype) = match req.uri().path() {
-                    "/healthz" => (200, "ok\n".to_owned(), "text/plain"),
-                    "/readyz" => match readiness(&shared).await {
-                        Ok(()) => (200, "ready\n".to_owned(), "text/plain"),
-                        Err(missing) => (503, missing, "text/plain"),
+                let shared = live.current().shared().clone();
+                let (status, body, ctype) = match (req.method(), req.uri().path()) {
+                    (&http::Method::POST, "/reload") => match live.reload("admin").await {
+                        Ok(generation) => (
+                            200,
+                            format!("reloaded: generation {generation}\n"),
+                            "text/plain",
+                        ),
+                        Err(why) => (
+                            422,
+                            format!("configuration refused; the running one stays:\n{why}\n"),
+                            "text/plain",
+                        ),
                     },
-                    "/metrics" => (
-                        200,
-                        shared.metrics.render(|scrape| {
-                            shared.keys.add_metrics(scrape);
-                            shared.risk.add_metrics(scrape);
-                            shared.state.store.add_metrics(scrape);
-                            shared.audit.sink.add_metrics(scrape);
-                            shared.audit.traces.add_metrics(scrape);
-                            if let Some(tls) = &shared.tls {
-                                tls.add_metrics(scrape);
-                            }
-                        }),
-                        crate::metrics::CONTENT_TYPE,
-                    ),
-                    _ => (404, "not found\n".to_owned(), "text/plain"),
+                    (_, path) => match path {
+                        "/healthz" => (200, "ok\n".to_owned(), "text/plain"),
+                        "/readyz" => match readiness(&shared).await {
+                            Ok(()) => (200, "ready\n".to_owned(), "text/plain"),
+                            Err(missing) => (503, missing, "text/plain"),
+                        },
+                        "/metrics" => (
+                            200,
+                            shared.metrics.render(|scrape| {
+                                shared.keys.add_metrics(scrape);
+                                shared.risk.add_metrics(scrape);
+                                shared.state.store.add_metrics(scrape);
+                                shared.audit.sink.add_metrics(scrape);
+                                shared.audit.traces.add_metrics(scrape);
+                                if let Some(tls) = &shared.tls {
+                                    tls.add_metrics(scrape);
+                                }
+                                live.add_metrics(scrape);
+                            }),
+                            crate::metrics::CONTENT_TYPE,
+                        ),
+                        _ => (404, "not found\n".to_owned(), "text/plain"),
+                    },
                 };
                 let mut r = Response::new(full_body(body));
                 *r.status_mut() =

@@ -204,7 +204,11 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
         listener,
         admin_listener,
         crate::serve::shutdown_signal(),
-        opts.drain,
+        crate::serve::reload::Reload {
+            source: None,
+            opts,
+            watch: None,
+        },
     )
     .await;
     Ok(())

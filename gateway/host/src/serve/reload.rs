@@ -1,0 +1,158 @@
+//! Hot reload: SIGHUP, `POST /reload` on the admin listener, and a watch of the
+//! configuration file load the configuration again, validate it completely (every located
+//! problem, plugins accepting their configuration, key files), prepare it beside the running
+//! one — metrics, audit sink, shared state, listener TLS and unchanged issuers' key sets
+//! carry over — and swap it in atomically: each request is decided by the configuration
+//! current when it arrived, and requests in flight finish on theirs. A configuration that
+//! does not load leaves the running one in place and says why (log, metric, admin answer).
+//! SIGHUP also reopens the audit file (logrotate).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use crate::serve::ServeOptions;
+use crate::serve::server::Gateway;
+
+/// Where reloads come from.
+pub struct Reload {
+    /// The configuration file (`None`: an embedded configuration, never reloaded).
+    pub source: Option<PathBuf>,
+    /// How the running configuration was served (reloads prepare the same way).
+    pub opts: ServeOptions,
+    /// How often the file is checked for change (`None`: no watch).
+    pub watch: Option<Duration>,
+}
+
+/// The configuration in use, and reloading it.
+pub struct Live {
+    current: ArcSwap<Gateway>,
+    reload: Reload,
+    /// One reload at a time.
+    busy: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+    loaded: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Live {
+    /// Serving `first`, reloading from `reload`.
+    pub fn new(first: Arc<Gateway>, reload: Reload) -> Arc<Self> {
+        Arc::new(Self {
+            current: ArcSwap::new(first),
+            reload,
+            busy: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(1),
+            loaded: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// The gateway of the current configuration.
+    pub fn current(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Loads the configuration file again and, if it is valid, swaps it in: the new
+    /// generation's number, or every reason it was refused (the running one stays).
+    pub async fn reload(&self, trigger: &str) -> Result<u64, String> {
+        let _one = self.busy.lock().await;
+        let outcome = self.load_next().await;
+        match &outcome {
+            Ok(generation) => {
+                self.loaded.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(trigger, generation, "configuration reloaded");
+            }
+            Err(why) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(trigger, error = %why, "configuration reload refused; the running configuration stays");
+            }
+        }
+        outcome
+    }
+
+    async fn load_next(&self) -> Result<u64, String> {
+        let Some(path) = &self.reload.source else {
+            return Err("the gateway runs an embedded configuration: nothing to reload".into());
+        };
+        let loaded = crate::config::load_config_file(path)?;
+        let running = self.current();
+        let prepared = crate::serve::prepare_next(loaded, &self.reload.opts, running.shared())
+            .await
+            .map_err(|e| format!("{}: {e:#}", path.display()))?;
+        self.current.store(prepared.gateway);
+        Ok(self.generation.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// Starts the triggers: SIGHUP (reload, and reopen the audit file) and the file watch.
+    pub fn start_triggers(self: &Arc<Self>) {
+        #[cfg(unix)]
+        {
+            let live = Arc::downgrade(self);
+            tokio::spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                    tracing::warn!("SIGHUP cannot be handled: reload with POST /reload");
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    let Some(live) = live.upgrade() else { break };
+                    let shared = live.current().shared().clone();
+                    let _ = tokio::task::spawn_blocking(move || shared.audit.sink.reopen()).await;
+                    let _ = live.reload("sighup").await;
+                }
+            });
+        }
+        if let (Some(every), Some(path)) = (self.reload.watch, self.reload.source.clone()) {
+            let live = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let stamp = |p: &PathBuf| {
+                    std::fs::metadata(p)
+                        .ok()
+                        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+                };
+                let mut seen = stamp(&path);
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(live) = live.upgrade() else { break };
+                    let now = stamp(&path);
+                    if now != seen && now.is_some() {
+                        seen = now;
+                        let _ = live.reload("watch").await;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Adds the reload counters to a metrics scrape.
+    pub fn add_metrics(&self, scrape: &mut crate::metrics::Scrape) {
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        let reloads = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        reloads
+            .get_or_create(&vec![("result", "loaded")])
+            .inc_by(self.loaded.load(Ordering::Relaxed));
+        reloads
+            .get_or_create(&vec![("result", "refused")])
+            .inc_by(self.refused.load(Ordering::Relaxed));
+        scrape.add(
+            "config_reloads",
+            "Configuration reloads (SIGHUP, POST /reload, file watch), by result",
+            reloads,
+        );
+        let generation = Gauge::<i64>::default();
+        generation.set(i64::try_from(self.generation.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        scrape.add(
+            "config_generation",
+            "The configuration in use: 1 at start, one more at every reload",
+            generation,
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! Issue 19: hot reload. `POST /reload`, SIGHUP and the file watch load the configuration
+//! again; a valid one is swapped in (new routes decide the next request), an invalid one is
+//! refused with its located errors and the running one stays; key sets of unchanged
+//! issuers are not fetched again, rate-limit state carries over, a `[state]` change is
+//! refused, and SIGHUP reopens the audit file. Both engines, the real binary.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use portcullis_tests::host::{Gateway, get, reason};
+use portcullis_tests::net::{Backend, KeyServer, request};
+use portcullis_tests::{AUDIENCE, ISSUER, TestIdp, live_claims, on_every_engine};
+
+fn config(keys: &KeyServer, backend: &Backend, routes: &str, state: &str) -> String {
+    format!(
+        r#"
+[[issuer]]
+name = "main"
+issuer = "{ISSUER}"
+jwks_uri = "{keys}/jwks.json"
+insecure_http_jwks = true
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+
+[region.eu]
+jurisdiction = "EU"
+backends = ["{backend}"]
+
+[residency]
+missing = "eu"
+anonymous = "eu"
+
+[[route]]
+path = "/api"
+auth = "required"
+
+[[route]]
+path = "/limited"
+auth = "public"
+[[route.rate_limit]]
+key = "route"
+rate = 2
+per = "1m"
+burst = 2
+
+{routes}
+
+{state}
+
+[audit]
+subject_key_file = "audit.key"
+"#,
+        keys = keys.server.url(),
+        backend = backend.server.url(),
+    )
+}
+
+fn start(text: &str, engine: &str, watch: &str) -> Gateway {
+    let watch = watch.to_owned();
+    portcullis_tests::host::start_engine_args(text, engine, &[], "127.0.0.1:0", move |_| {
+        vec!["--watch-config".into(), watch]
+    })
+}
+
+fn reload(gw: &Gateway) -> (u16, String) {
+    let r = request(gw.admin, "POST", "/reload", &[], b"").unwrap();
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+fn metric(gw: &Gateway, line: &str) -> u64 {
+    let r = request(gw.admin, "GET", "/metrics", &[], b"").unwrap();
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .find_map(|l| l.strip_prefix(line))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn a_reload_swaps_in_a_valid_configuration_and_refuses_a_broken_one(engine: &str) {
+    let idp = TestIdp::shared();
+    let keys = KeyServer::start(idp.jwks());
+    let backend = Backend::start("eu");
+    let gw = start(&config(&keys, &backend, "", ""), engine, "0");
+    let token = idp.sign("ES256", live_claims(serde_json::json!({})));
+    assert_eq!(get(&gw, "/api/x", Some(&token), &[]).status, 200);
+    assert_eq!(get(&gw, "/new/x", None, &[]).status, 404);
+    let fetched = keys.jwks_fetches.load(Ordering::SeqCst);
+    // Two requests of the burst of 2 used before the reload.
+    assert_eq!(get(&gw, "/limited", None, &[]).status, 200);
+    assert_eq!(get(&gw, "/limited", None, &[]).status, 200);
+
+    // A valid change: the new route decides the next request.
+    let file = gw.dir.join("gateway.toml");
+    let added = "[[route]]\npath = \"/new\"\nauth = \"public\"\n";
+    std::fs::write(&file, config(&keys, &backend, added, "")).unwrap();
+    assert_eq!(reload(&gw), (200, "reloaded: generation 2\n".into()));
+    assert_eq!(get(&gw, "/new/x", None, &[]).status, 200);
+    // The unchanged issuer's key set came along: no fetch, the token still verifies.
+    assert_eq!(get(&gw, "/api/x", Some(&token), &[]).status, 200);
+    assert_eq!(keys.jwks_fetches.load(Ordering::SeqCst), fetched);
+    // The rate-limit state came along: the burst is spent.
+    let limited = get(&gw, "/limited", None, &[]);
+    assert_eq!(
+        (limited.status, reason(&limited)),
+        (429, "rate_limited".into())
+    );
+
+    // A broken one: refused with its location; the running configuration stays.
+    let broken = config(&keys, &backend, &format!("{added}color = \"blue\"\n"), "");
+    std::fs::write(&file, broken).unwrap();
+    let (status, body) = reload(&gw);
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("gateway.toml:") && body.contains("color"),
+        "{body}"
+    );
+    assert_eq!(get(&gw, "/new/x", None, &[]).status, 200);
+    assert_eq!(
+        metric(&gw, "portcullis_config_reloads_total{result=\"loaded\"} "),
+        1
+    );
+    assert_eq!(
+        metric(&gw, "portcullis_config_reloads_total{result=\"refused\"} "),
+        1
+    );
+    assert_eq!(metric(&gw, "portcullis_config_generation "), 2);
+    let log = std::fs::read_to_string(gw.dir.join("gateway.log")).unwrap();
+    assert!(log.contains("configuration reload refused"), "{log}");
+
+    // Switching the shared state needs a restart.
+    let redis = "[state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:1/0\"\n";
+    std::fs::write(&file, config(&keys, &backend, added, redis)).unwrap();
+    let (status, body) = reload(&gw);
+    assert_eq!(status, 422);
+    assert!(
+        body.contains("[state]") && body.contains("restart"),
+        "{body}"
+    );
+    assert_eq!(get(&gw, "/new/x", None, &[]).status, 200);
+}
+
+fn sighup_and_the_file_watch_reload_and_sighup_reopens_the_audit_file(engine: &str) {
+    let idp = TestIdp::shared();
+    let keys = KeyServer::start(idp.jwks());
+    let backend = Backend::start("eu");
+    let gw = start(&config(&keys, &backend, "", ""), engine, "0.1");
+    let file = gw.dir.join("gateway.toml");
+
+    // The watch: a changed file is loaded without being asked.
+    let a = "[[route]]\npath = \"/a\"\nauth = \"public\"\n";
+    std::fs::write(&file, config(&keys, &backend, a, "")).unwrap();
+    wait_for("the watch never loaded the change", || {
+        get(&gw, "/a/x", None, &[]).status == 200
+    });
+
+    // SIGHUP: the audit file moved away (logrotate) is reopened, and the file reloaded.
+    let audit = gw.dir.join("audit.jsonl");
+    let rotated = gw.dir.join("audit.jsonl.1");
+    std::fs::rename(&audit, &rotated).unwrap();
+    let b = "[[route]]\npath = \"/b\"\nauth = \"public\"\n";
+    // Written before the signal: the watch may load it first; either way it is loaded.
+    std::fs::write(&file, config(&keys, &backend, b, "")).unwrap();
+    let pid = gw.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for("SIGHUP did not reload", || {
+        get(&gw, "/b/x", None, &[]).status == 200
+    });
+    assert_eq!(get(&gw, "/a/x", None, &[]).status, 404);
+    wait_for("the audit file was not reopened", || {
+        std::fs::read_to_string(&audit).is_ok_and(|t| t.contains("\"/b/x\""))
+    });
+    assert!(
+        std::fs::read_to_string(&rotated)
+            .unwrap()
+            .contains("\"/a/x\"")
+    );
+}
+
+on_every_engine!(
+    a_reload_swaps_in_a_valid_configuration_and_refuses_a_broken_one,
+    sighup_and_the_file_watch_reload_and_sighup_reopens_the_audit_file,
+);
