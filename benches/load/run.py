@@ -160,9 +160,13 @@ def parse_duration_ms(text):
     return {"us": v / 1000, "ms": v, "s": v * 1000, "m": v * 60000}[unit]
 
 
-def run_wrk(port, token_file, seconds, connections, lua_path, offset=0):
+def run_wrk(port, token_file, seconds, connections, lua_path, offset=0, scheme="http", close=False):
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-           "--latency", "-s", str(lua_path), f"http://127.0.0.1:{port}"]
+           "--latency", "-s", str(lua_path)]
+    if close:
+        # A new connection (and, over TLS, a full handshake) for every request.
+        cmd += ["-H", "Connection: close"]
+    cmd.append(f"{scheme}://127.0.0.1:{port}")
     if token_file:
         cmd += ["--", str(token_file), str(offset)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -178,6 +182,9 @@ def run_wrk(port, token_file, seconds, connections, lua_path, offset=0):
     result["non_2xx"] = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: (.*)", out)
     result["socket_errors"] = m.group(1).strip() if m else ""
+    # connect, read, write and timeout errors, summed (wrk counts a closed connection
+    # after `Connection: close` as none of these)
+    result["socket_error_count"] = sum(int(n) for n in re.findall(r"\d+", result["socket_errors"]))
     return result
 
 
@@ -220,7 +227,7 @@ subject_key_file = "audit.key"
     return path
 
 
-def envoy_config(work, name, port, admin_port, backend_port, jwt, cache):
+def envoy_config(work, name, port, admin_port, backend_port, jwt, cache, tls=None):
     jwks = work / "jwks.json"
     provider = {
         "issuer": ISSUER,
@@ -262,7 +269,17 @@ def envoy_config(work, name, port, admin_port, backend_port, jwt, cache):
                         }]},
                         "http_filters": filters,
                     },
-                }]}],
+                }]} | ({"transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                        "common_tls_context": {
+                            "tls_certificates": [{"certificate_chain": {"filename": str(tls[0])},
+                                                  "private_key": {"filename": str(tls[1])}}],
+                            "alpn_protocols": ["h2", "http/1.1"],
+                        },
+                    },
+                }} if tls else {})],
             }],
             "clusters": [{
                 "name": "backend",
@@ -291,14 +308,16 @@ def start_gateway(kind, name, opts, work, bins, backend_port):
                "--config", str(opts.get("config", work / "portcullis.toml")),
                "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}",
                "--audit", "", "--engine", opts["engine"],
-               "--token-cache", str(opts.get("token_cache", 100000)), "--log", "warn"]
+               "--token-cache", str(opts.get("token_cache", 100000)), "--log", "warn",
+               "--watch-config", "0"]
         env = dict(os.environ, XDG_CACHE_HOME=str(ROOT / "target/load-cache"))
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                                 stderr=open(work / f"{name}.log", "w"), env=env)
         wait_http(f"http://127.0.0.1:{admin}/readyz", 180, proc)
         proc.admin = admin
     else:
-        cfg = envoy_config(work, name, port, admin, backend_port, opts["jwt"], opts["cache"])
+        cfg = envoy_config(work, name, port, admin, backend_port, opts["jwt"], opts["cache"],
+                           opts.get("tls"))
         cmd = ["taskset", "-c", "0", envoy_binary(), "-c", str(cfg), "--concurrency", "1",
                "--log-level", "warn", "--base-id", str(free_port())]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.log", "w"))
@@ -787,6 +806,159 @@ def churn_report(windows, args):
     return "\n".join(lines) + "\n", cliff
 
 
+RELOAD_ROUTES = ["", '[[route]]\npath = "/reloaded"\nauth = "public"\n']
+
+
+def run_reload(work, bins, backend_port, lua, args):
+    """Hot reload under load (issue 19): 50 connections of repeated-token load, once with
+    no reload and once while the configuration is rewritten and reloaded (`POST /reload`)
+    every 200 ms; both engines. Every reload must answer 200 and every request 2xx."""
+    base = (work / "portcullis.toml").read_text()
+    token_file = work / "repeated-es256.txt"
+    rows = []
+    for engine in ("native", "component"):
+        cfg = work / f"reload-{engine}.toml"
+        cfg.write_text(base)
+        proc, port = start_gateway("portcullis", f"portcullis-reload-{engine}",
+                                   {"engine": engine, "config": cfg}, work, bins, backend_port)
+        try:
+            run_wrk(port, token_file, args.warmup, 50, lua)
+            for phase in ("steady", "reloading"):
+                stop_flag, answers = [], []
+
+                def reloader():
+                    n = 0
+                    while not stop_flag:
+                        n += 1
+                        cfg.write_text(base + RELOAD_ROUTES[n % 2])
+                        req = urllib.request.Request(f"http://127.0.0.1:{proc.admin}/reload",
+                                                     method="POST")
+                        try:
+                            with urllib.request.urlopen(req, timeout=10) as r:
+                                answers.append(r.status)
+                        except urllib.error.HTTPError as e:
+                            answers.append(e.code)
+                        except OSError:
+                            answers.append(0)
+                        time.sleep(0.2)
+
+                import threading
+                worker = threading.Thread(target=reloader) if phase == "reloading" else None
+                before = cpu_seconds(proc.pid)
+                if worker:
+                    worker.start()
+                r = run_wrk(port, token_file, args.seconds, 50, lua)
+                stop_flag.append(True)
+                if worker:
+                    worker.join()
+                cpu = cpu_seconds(proc.pid) - before
+                row = {
+                    "engine": engine, "phase": phase, "rps": r["rps"], "requests": r["requests"],
+                    "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "non_2xx": r["non_2xx"],
+                    "socket_errors": r["socket_error_count"],
+                    "reloads": len(answers), "reloads_failed": sum(1 for a in answers if a != 200),
+                    "cpu_us_per_req": (cpu * 1e6 / r["requests"]) if r["requests"] else None,
+                    "peak_rss_kib": peak_rss_kib(proc.pid),
+                }
+                rows.append(row)
+                print(f"reload {engine:9} {phase:9} {r['rps']:8.0f} req/s  p99 {fmt(r['p99_ms'], '.2f')} ms  "
+                      f"non-2xx {r['non_2xx']}  socket errors {row['socket_errors']}  "
+                      f"reloads {row['reloads']} (failed {row['reloads_failed']})", flush=True)
+        finally:
+            stop(proc)
+    return rows
+
+
+def reload_report(rows):
+    lines = ["| engine | configuration | req/s | p50 ms | p99 ms | failed or non-2xx | reloads (refused) | peak RSS MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        what = "steady" if r["phase"] == "steady" else "reloaded every 200 ms"
+        lines.append(f"| {r['engine']} | {what} | {r['rps']:.0f} | {fmt(r['p50_ms'], '.2f')} | "
+                     f"{fmt(r['p99_ms'], '.2f')} | {r['non_2xx'] + r['socket_errors']} | "
+                     f"{r['reloads']} ({r['reloads_failed']}) | {r['peak_rss_kib'] / 1024:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def self_signed(work):
+    """An ECDSA P-256 certificate for 127.0.0.1 (PyPI cryptography, jwcrypto's dependency)."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "load.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("load.test"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .sign(key, hashes.SHA256()))
+    (work / "tls.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (work / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                     serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+    return work / "tls.pem", work / "tls.key"
+
+
+def run_tls(work, bins, backend_port, lua, args):
+    """TLS at the front door (issue 19): Portcullis (native engine, a public route: no token
+    work) and Envoy (a plain proxy hop), each without and with TLS (ECDSA P-256, TLS 1.3
+    by default on both), with keep-alive connections and with a new connection — a full
+    handshake — per request."""
+    cert, key = self_signed(work)
+    plain = head(backend_port) + '\n[[route]]\npath = "/"\nauth = "public"\n\n[audit]\nsubject_key_file = "audit.key"\n'
+    (work / "tls-plain.toml").write_text(plain)
+    (work / "tls-on.toml").write_text(plain + f'\n[server.tls]\ncertificates = [{{ cert = "{cert}", key = "{key}" }}]\n')
+    gateways = [
+        ("portcullis", "portcullis", {"engine": "native", "config": work / "tls-plain.toml"}, "http"),
+        ("portcullis", "portcullis", {"engine": "native", "config": work / "tls-on.toml"}, "https"),
+        ("envoy", "envoy", {"jwt": False, "cache": False}, "http"),
+        ("envoy", "envoy", {"jwt": False, "cache": False, "tls": (cert, key)}, "https"),
+    ]
+    rows = []
+    for gateway, kind, opts, scheme in gateways:
+        proc, port = start_gateway(kind, f"{gateway}-{scheme}", opts, work, bins, backend_port)
+        try:
+            for close in (False, True):
+                run_wrk(port, None, args.warmup, args.connections, lua, scheme=scheme, close=close)
+                before = cpu_seconds(proc.pid)
+                r = run_wrk(port, None, args.seconds, args.connections, lua, scheme=scheme, close=close)
+                cpu = cpu_seconds(proc.pid) - before
+                row = {"gateway": gateway, "scheme": scheme, "connection": "new" if close else "keep-alive",
+                       "rps": r["rps"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                       "non_2xx": r["non_2xx"], "socket_errors": r["socket_error_count"],
+                       "cpu_us_per_req": (cpu * 1e6 / r["requests"]) if r["requests"] else None}
+                rows.append(row)
+                print(f"tls {gateway:10} {scheme:5} {row['connection']:10} {r['rps']:8.0f} req/s  "
+                      f"cpu {fmt(row['cpu_us_per_req'], '.1f')} µs/req  non-2xx {r['non_2xx']}", flush=True)
+        finally:
+            stop(proc)
+    return rows
+
+
+def tls_report(rows):
+    by = {(r["gateway"], r["scheme"], r["connection"]): r for r in rows}
+    lines = ["| gateway | connections | req/s http | req/s https | CPU µs/req http | CPU µs/req https | TLS CPU µs/req |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for gateway in ("portcullis", "envoy"):
+        for conn in ("keep-alive", "new"):
+            h, t = by.get((gateway, "http", conn)), by.get((gateway, "https", conn))
+            if not (h and t):
+                continue
+            extra = (t["cpu_us_per_req"] - h["cpu_us_per_req"]
+                     if t["cpu_us_per_req"] is not None and h["cpu_us_per_req"] is not None else None)
+            label = "keep-alive" if conn == "keep-alive" else "new per request (full handshake)"
+            lines.append(f"| {gateway} | {label} | {h['rps']:.0f} | {t['rps']:.0f} | "
+                         f"{fmt(h['cpu_us_per_req'], '.1f')} | {fmt(t['cpu_us_per_req'], '.1f')} | {fmt(extra, '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
 def fmt(v, spec):
     return "—" if v is None else format(v, spec)
 
@@ -947,7 +1119,7 @@ def main():
     ap.add_argument("--unique-tokens", type=int, default=150000,
                     help="tokens of the unique ES256 set: more than any gateway sends in a warm-up "
                          "and a run, so none is sent to it twice")
-    ap.add_argument("--only", help="comma-separated variants to run (and `churn`, `state`, `edge-state`, `edge-plugin`)")
+    ap.add_argument("--only", help="comma-separated variants to run (and `churn`, `state`, `edge-state`, `edge-plugin`, `reload`, `tls`)")
     ap.add_argument("--churn", type=int, default=1_000_000, help="distinct tokens of the churn workload")
     ap.add_argument("--churn-cache", type=int, default=100_000, help="token cache entries in the churn run")
     ap.add_argument("--churn-windows", type=int, default=6)
@@ -1040,6 +1212,8 @@ def main():
                       if not only or "edge-state" in only else [])
         edge_plugin = (run_edge_plugin(work, bins, backend_port, lua, args)
                        if not only or "edge-plugin" in only else [])
+        reload_rows = run_reload(work, bins, backend_port, lua, args) if not only or "reload" in only else []
+        tls_rows = run_tls(work, bins, backend_port, lua, args) if not only or "tls" in only else []
     finally:
         stop(backend)
     meta = {
@@ -1082,6 +1256,20 @@ def main():
         (args.out / "edge-plugin.json").write_text(json.dumps(edge_plugin, indent=1))
         if not args.smoke and not args.bins:
             update_readme(plugin_table, "edge-plugin-results", ROOT / "README.md")
+    if reload_rows:
+        reload_table = reload_report(reload_rows)
+        print(reload_table)
+        (args.out / "reload.md").write_text(reload_table)
+        (args.out / "reload.json").write_text(json.dumps(reload_rows, indent=1))
+        if not args.smoke and not args.bins:
+            update_readme(reload_table, "reload-results")
+    if tls_rows:
+        tls_table = tls_report(tls_rows)
+        print(tls_table)
+        (args.out / "tls.md").write_text(tls_table)
+        (args.out / "tls.json").write_text(json.dumps(tls_rows, indent=1))
+        if not args.smoke and not args.bins:
+            update_readme(tls_table, "tls-results")
     if not args.smoke and not args.only and not args.bins:
         update_readme(table)
         update_readme((args.out / "edge-cost.md").read_text(), "edge-cost-results", ROOT / "README.md")
@@ -1093,6 +1281,10 @@ def main():
             if r["open_non_2xx"] or r["limited_non_2xx"]]
     bad += [("edge-plugin", r["runtime"]) for r in edge_plugin
             if r["without_non_2xx"] or r["with_non_2xx"]]
+    bad += [("reload", f"{r['engine']}/{r['phase']}") for r in reload_rows
+            if r["non_2xx"] or r["socket_errors"] or r["reloads_failed"]]
+    bad += [("tls", f"{r['gateway']}/{r['scheme']}/{r['connection']}") for r in tls_rows
+            if r["non_2xx"] or (r["connection"] == "keep-alive" and r["socket_errors"])]
     if state_broken:
         print(state_broken)
         bad.append(("state", state_broken))
