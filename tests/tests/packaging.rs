@@ -951,7 +951,10 @@ fn the_unit_reloads_with_sighup_which_the_binary_survives_and_reloads_on() {
         if log.contains("configuration reloaded") && log.contains("sighup") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no reload logged: {log}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload logged: {log}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -356,13 +356,16 @@ fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// 504 `backend_timeout` for a backend that took too long, 503 `backend_unavailable` for
-/// one that could not be reached or failed.
+/// 504 `backend_timeout` for a backend that took too long, 502 `backend_identity_mismatch`
+/// for one whose certificate the host refused, 503 `backend_unavailable` for one that could
+/// not be reached or failed.
 fn failure_reason(e: &ErrorCode) -> Reason {
     match e {
         ErrorCode::ConnectionReadTimeout
         | ErrorCode::HttpResponseTimeout
         | ErrorCode::ConnectionWriteTimeout => Reason::BackendTimeout,
+        // The host refused the backend's certificate ([region.NAME.tls]).
+        ErrorCode::TlsCertificateError => Reason::BackendIdentityMismatch,
         _ => Reason::BackendUnavailable,
     }
 }

@@ -18,6 +18,9 @@ pub enum Reason {
     AuthenticationRequired,
     /// The token is not a well-formed compact JWS or its payload is not a JSON object.
     TokenMalformed,
+    /// The backend's certificate is not the identity its region requires
+    /// (`[region.NAME.tls]`): nothing was sent to it.
+    BackendIdentityMismatch,
     /// A forward-auth call came from a peer that is not a trusted proxy.
     ForwardAuthUntrusted,
     /// A forward-auth call does not describe a request (missing or repeated target,
@@ -177,11 +180,12 @@ impl Reason {
             Reason::ConsentRequired => "consent_required",
             Reason::ForwardAuthUntrusted => "forward_auth_untrusted",
             Reason::ForwardAuthInvalid => "forward_auth_invalid",
+            Reason::BackendIdentityMismatch => "backend_identity_mismatch",
         }
     }
 
     /// Every reason, for lookups and metrics.
-    pub const ALL: [Reason; 54] = [
+    pub const ALL: [Reason; 55] = [
         Reason::InvalidRequest,
         Reason::PathInvalid,
         Reason::HostInvalid,
@@ -236,6 +240,7 @@ impl Reason {
         Reason::ConsentRequired,
         Reason::ForwardAuthUntrusted,
         Reason::ForwardAuthInvalid,
+        Reason::BackendIdentityMismatch,
     ];
 
     /// The reason with this code.
@@ -275,7 +280,9 @@ impl Reason {
             | Reason::StateUnavailable
             | Reason::ProviderUnavailable
             | Reason::IntrospectionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Reason::IntrospectionInvalid => StatusCode::BAD_GATEWAY,
+            Reason::IntrospectionInvalid | Reason::BackendIdentityMismatch => {
+                StatusCode::BAD_GATEWAY
+            }
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::UNAUTHORIZED,
@@ -290,6 +297,7 @@ impl Reason {
             Reason::HostInvalid => "The request's host is missing or invalid",
             Reason::ForwardAuthUntrusted => "Only a trusted proxy may ask for this decision",
             Reason::ForwardAuthInvalid => "The forward-auth call does not describe a request",
+            Reason::BackendIdentityMismatch => "The backend could not prove its identity",
             Reason::RouteNotFound => "No route matches this request",
             Reason::AuthenticationRequired => "Authentication is required",
             Reason::TokenMalformed => "The access token is malformed",

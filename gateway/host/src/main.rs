@@ -402,6 +402,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             };
+            if let Err(e) = platform_connects(&loaded.config, "the Worker's fetch") {
+                eprintln!("{}: {e}", config.display());
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
             warn_login_routes(&loaded.config, "the Worker and Spin cannot yet");
             let mut loaded = loaded;
             // The worker runs the plugin components deployed beside it (`worker-plugins`)
@@ -468,6 +472,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             };
+            if let Err(e) = platform_connects(&loaded.config, "a bundle's wasi:http host") {
+                eprintln!("{}: {e}", config.display());
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
             let mut plugins = Vec::with_capacity(loaded.config.plugins.len());
             for p in &loaded.config.plugins {
                 let path = loaded.base.join(&p.path);
@@ -831,6 +839,19 @@ async fn verify(
 
 /// Warns about routes that sign browsers in, which `target` cannot do (their browsers get
 /// 503 `provider_unavailable`; bearer tokens still work).
+/// Refuses backend identity checks (`[region.NAME.tls]`) where `platform` makes the backend
+/// connections: it could not check them, and a silent skip would send customer data to a
+/// backend nobody verified.
+fn platform_connects(config: &portcullis_core::Config, platform: &str) -> Result<(), String> {
+    match config.regions.iter().find(|r| r.tls.is_some()) {
+        Some(r) => Err(format!(
+            "[region.{}.tls]: {platform} makes the backend connections and cannot check a backend's identity or present a client certificate; run `portcullis serve` for such regions",
+            r.name
+        )),
+        None => Ok(()),
+    }
+}
+
 fn warn_login_routes(config: &portcullis_core::Config, target: &str) {
     for route in config.routes.iter().filter(|r| !r.login.is_empty()) {
         eprintln!(

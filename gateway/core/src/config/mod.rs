@@ -7,6 +7,7 @@
 //! [`ConfigFiles`], so the core itself never touches a file system.
 
 mod agents;
+mod backend_tls;
 mod bot;
 mod consent;
 mod front;

@@ -425,6 +425,36 @@ pub struct Region {
     pub backends: Vec<Backend>,
     /// Regions (same jurisdiction, checked at load) to use when none of ours is healthy.
     pub failover: Vec<RegionId>,
+    /// How this region's backends must prove who they are (`[region.NAME.tls]`), if set.
+    pub tls: Option<BackendTls>,
+}
+
+/// What a region's TLS backends must prove before a request is sent to them
+/// (`[region.NAME.tls]`), and the certificate the gateway presents. The host reads the
+/// files; runtimes whose platform makes the connection (the bundle, the Worker) cannot
+/// check this and refuse such a configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendTls {
+    /// PEM trust anchors (a private CA); `None`: the public web roots.
+    pub ca: Option<String>,
+    /// The identity the backend's certificate must carry.
+    pub identity: BackendIdentity,
+    /// SHA-256 digests of accepted SubjectPublicKeyInfos (the leaf's key must be one);
+    /// empty: any key.
+    pub pins: Vec<[u8; 32]>,
+    /// The gateway's client certificate chain and key (mTLS), PEM files.
+    pub client: Option<(String, String)>,
+}
+
+/// The identity a backend's certificate must carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackendIdentity {
+    /// The host of the backend's URL (a DNS name or IP address SAN), as any https client.
+    UrlHost,
+    /// This DNS name instead (a backend reached by address, or behind a shared front).
+    DnsName(String),
+    /// This SPIFFE ID as the URI SAN of an X.509-SVID (its DNS names are not checked).
+    Spiffe(String),
 }
 
 /// A backend origin.

@@ -643,6 +643,13 @@ fn read_regions(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Vec<Region> {
             }
         };
         let failover = t.strings(d, "failover").map(|(l, _)| l).unwrap_or_default();
+        let tls = t.table(d, "tls").and_then(|tls| {
+            let plain = backends
+                .iter()
+                .flatten()
+                .any(|b: &crate::config::model::Backend| b.scheme != "https");
+            super::backend_tls::read(tls, d, name, plain)
+        });
         t.finish(d);
         if let (Some(jurisdiction), Some(backends)) = (jurisdiction, backends) {
             regions.push(Region {
@@ -650,6 +657,7 @@ fn read_regions(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Vec<Region> {
                 jurisdiction,
                 backends,
                 failover: Vec::new(),
+                tls,
             });
             failovers.push(failover);
         }

@@ -314,6 +314,7 @@ impl Traces {
                         BackendOutcome::Timeout => "timeout",
                         BackendOutcome::Connect => "connect",
                         BackendOutcome::Local => "local",
+                        BackendOutcome::Identity => "identity",
                         _ => "other",
                     }),
                 ));

@@ -41,6 +41,9 @@ pub enum BackendOutcome {
     /// This host could not open a connection (out of descriptors, buffers or memory):
     /// nothing was sent, and the backend is not to blame.
     Local,
+    /// The backend's certificate failed the region's checks (`[region.NAME.tls]`): nothing
+    /// was sent.
+    Identity,
     /// Any other failure.
     Other,
 }
@@ -52,12 +55,16 @@ pub fn full_body(bytes: impl Into<Bytes>) -> wasmtime_wasi_http::p2::body::Hyper
         .boxed_unsync()
 }
 
-/// How a call that failed before any answer ended: `Local` when this host could not open a
+/// How a call that failed before any answer ended: `Identity` when the backend's
+/// certificate failed its region's checks, `Local` when this host could not open a
 /// socket (EMFILE, ENFILE, ENOBUFS, ENOMEM anywhere in the error's chain), `Connect` for any
 /// other connection failure, `Other` otherwise.
 pub fn failure_outcome(e: &hyper_util::client::legacy::Error) -> BackendOutcome {
     if !e.is_connect() {
         return BackendOutcome::Other;
+    }
+    if crate::client::attest::is_identity_failure(e) {
+        return BackendOutcome::Identity;
     }
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(c) = cause {

@@ -3,14 +3,15 @@
 //! ([`ClientService`]); and the WIT `client` interface the gateway component asks them
 //! through ([`ClientHost`]), which also tells it the connecting peer.
 
+pub mod attest;
 pub mod backends;
 pub mod forms;
 mod wit;
 
 use std::net::IpAddr;
 
-use portcullis_core::IssuerId;
 use portcullis_core::config::{ClientConfig, SiteVerify};
+use portcullis_core::{BackendId, IssuerId};
 
 pub use backends::{BackendClient, BackendOutcome, backend_client, full_body};
 pub use wit::ClientHost;
@@ -21,6 +22,9 @@ use crate::keys::KeyService;
 pub struct ClientService {
     /// The pooled client for backends, token endpoints and site verification.
     pub backends: BackendClient,
+    /// The clients of regions whose backends must prove who they are
+    /// (`[region.NAME.tls]`), by region index.
+    pub regions: Vec<Option<BackendClient>>,
     /// The Turnstile-compatible challenge service, if configured.
     pub site_verify: Option<SiteVerify>,
     /// Trusted proxies and client headers (`[client]`).
@@ -28,6 +32,14 @@ pub struct ClientService {
 }
 
 impl ClientService {
+    /// The client that reaches `backend`: its region's own, or the shared one.
+    pub fn for_backend(&self, backend: BackendId) -> &BackendClient {
+        self.regions
+            .get(backend.region.0)
+            .and_then(Option::as_ref)
+            .unwrap_or(&self.backends)
+    }
+
     /// Asks the site-verification service whether `site_token` is genuine.
     pub async fn verify_site_token(
         &self,

@@ -170,8 +170,11 @@ impl WasiHttpHooks for Outbound {
                 )
             });
             let started = std::time::Instant::now();
-            let sent =
-                tokio::time::timeout(first_byte, shared.client.backends.request(request)).await;
+            let sent = tokio::time::timeout(
+                first_byte,
+                shared.client.for_backend(backend).request(request),
+            )
+            .await;
             let mut done = |outcome, status| {
                 shared.backend_done(backend, started, outcome);
                 if let Some(mut c) = call.take() {
@@ -187,7 +190,11 @@ impl WasiHttpHooks for Outbound {
                     return Err(HttpError::ConnectionReadTimeout);
                 }
                 Ok(Err(e)) if e.is_connect() => {
-                    done(crate::client::backends::failure_outcome(&e), None);
+                    let outcome = crate::client::backends::failure_outcome(&e);
+                    done(outcome, None);
+                    if outcome == BackendOutcome::Identity {
+                        return Err(HttpError::TlsCertificateError);
+                    }
                     return Err(HttpError::ConnectionRefused);
                 }
                 Ok(Err(e)) => {

@@ -124,6 +124,12 @@ impl Shared {
                 self.health.mark_down(backend);
                 "connect"
             }
+            // A backend that is not who it must be is out of rotation too (failover stays
+            // within the jurisdiction).
+            BackendOutcome::Identity => {
+                self.health.mark_down(backend);
+                "identity"
+            }
             // Out of descriptors here says nothing about the backend: it stays in rotation.
             BackendOutcome::Local => "local",
             BackendOutcome::Other => "other",
@@ -214,6 +220,7 @@ async fn build(
     let connect = core_config.timeouts.connect;
     let client = Arc::new(ClientService {
         backends: backend_client(connect),
+        regions: crate::client::attest::region_clients(&core_config, &loaded.base, connect)?,
         site_verify: core_config.challenge.site_verify.clone(),
         proxies: core_config.client.clone(),
     });

@@ -307,7 +307,11 @@ impl NativeEngine {
             )
         });
         let started = std::time::Instant::now();
-        let sent = tokio::time::timeout(head_wait, self.shared.client.backends.request(out)).await;
+        let sent = tokio::time::timeout(
+            head_wait,
+            self.shared.client.for_backend(fwd.backend).request(out),
+        )
+        .await;
         let mut done = |outcome, status| {
             self.shared.backend_done(fwd.backend, started, outcome);
             if let Some(mut c) = call.take() {
@@ -331,7 +335,14 @@ impl NativeEngine {
                 ));
             }
             Ok(Err(e)) => {
-                done(crate::client::backends::failure_outcome(&e), None);
+                let outcome = crate::client::backends::failure_outcome(&e);
+                done(outcome, None);
+                if outcome == BackendOutcome::Identity {
+                    return Err(refuse(
+                        Reason::BackendIdentityMismatch,
+                        "the backend's certificate is not the identity its region requires",
+                    ));
+                }
                 return Err(refuse(
                     Reason::BackendUnavailable,
                     &format!("the backend could not be reached: {e}"),
