@@ -103,6 +103,7 @@ const PROBED_TABLES: &[(&str, &[&str])] = &[
     ("issuer.introspection", &["issuer", "0", "introspection"]),
     ("issuer.consent", &["issuer", "0", "consent"]),
     ("region.NAME", &["region", "eu"]),
+    ("region.NAME.tls", &["region", "eu", "tls"]),
     ("residency", &["residency"]),
     ("route", &["route", "0"]),
     ("route.claims", &["route", "1", "claims", "0"]),
@@ -164,6 +165,11 @@ fn every_table() -> (toml::Table, MapFiles) {
         .unwrap();
     let challenge = cfg["challenge"].as_table_mut().unwrap();
     challenge.insert("turnstile".into(), turnstile.into());
+    let region_tls: toml::Table = "ca = \"tls/ca.pem\"".parse().unwrap();
+    cfg["region"]["eu"]
+        .as_table_mut()
+        .unwrap()
+        .insert("tls".into(), region_tls.into());
     let state = cfg["state"].as_table_mut().unwrap();
     state.insert("backend".into(), "redis".into());
     state.insert("url".into(), "redis://127.0.0.1:6379/0".into());

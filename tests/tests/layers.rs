@@ -66,6 +66,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "dpop",
             "gateway_token",
             "introspect",
+            "forward_auth",
         ],
     ),
     ("phases", &["phase/"]),

@@ -4,7 +4,8 @@
 //! the public roots), carries the expected identity (the URL's host, a configured DNS name,
 //! or a SPIFFE ID as its URI SAN) and, with `pins`, holds one of the pinned keys. The
 //! gateway presents the region's client certificate (mTLS) when one is configured. A
-//! failed check is [`BackendOutcome::Identity`]: 502 `backend_identity_mismatch`.
+//! failed check is [`BackendOutcome::Identity`]: 502 `backend_identity_mismatch`
+//! ([`super::backends::failure_outcome`] tells it).
 //!
 //! [`BackendOutcome::Identity`]: crate::client::BackendOutcome::Identity
 
@@ -220,22 +221,3 @@ impl std::fmt::Display for Mismatch {
 }
 
 impl std::error::Error for Mismatch {}
-
-/// Whether `e` (anywhere in its chain) is a certificate the verifier refused.
-pub fn is_identity_failure(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if let Some(Error::InvalidCertificate(_)) = c.downcast_ref::<Error>() {
-            return true;
-        }
-        if let Some(inner) = c
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            && is_identity_failure(inner)
-        {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
-}

@@ -63,7 +63,7 @@ pub fn failure_outcome(e: &hyper_util::client::legacy::Error) -> BackendOutcome 
     if !e.is_connect() {
         return BackendOutcome::Other;
     }
-    if crate::client::attest::is_identity_failure(e) {
+    if is_identity_failure(e) {
         return BackendOutcome::Identity;
     }
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -78,4 +78,26 @@ pub fn failure_outcome(e: &hyper_util::client::legacy::Error) -> BackendOutcome 
         cause = c.source();
     }
     BackendOutcome::Connect
+}
+
+/// Whether `e` (anywhere in its chain, inside `io::Error`s too) is a certificate a TLS
+/// verifier refused (`[region.NAME.tls]`, see [`super::attest`]).
+fn is_identity_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(tokio_rustls::rustls::Error::InvalidCertificate(_)) =
+            c.downcast_ref::<tokio_rustls::rustls::Error>()
+        {
+            return true;
+        }
+        if let Some(inner) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && is_identity_failure(inner)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }

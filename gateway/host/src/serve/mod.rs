@@ -2,6 +2,7 @@
 //! listeners, the two engines that decide (native and component), and `serve-wasm`, the
 //! plain `wasi:http` runtime for edge bundles.
 
+pub mod admin;
 pub mod component;
 pub mod listener;
 pub mod native;
@@ -325,8 +326,12 @@ pub async fn serve(
     let tls = prepared.shared.tls.clone();
     let live = reload::Live::new(prepared.gateway, reload);
     live.start_triggers();
-    tokio::spawn(server::serve_admin(live.clone(), admin));
-    server::serve(live.clone(), listener, limits, tls, shutdown, drain).await;
+    tokio::spawn(admin::serve_admin(live.clone(), admin));
+    let current = {
+        let live = live.clone();
+        Arc::new(move || live.current())
+    };
+    server::serve(current, listener, limits, tls, shutdown, drain).await;
     // The last requests' records reach the destination before the process exits.
     let shared = live.current().shared().clone();
     let audit =
