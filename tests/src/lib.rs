@@ -211,6 +211,46 @@ pub const INTERNAL_SECRET: [u8; 48] = [7; 48];
 /// The audit pseudonymisation key.
 pub const AUDIT_KEY: [u8; 32] = [9; 32];
 
+/// An HS256 issuer `internal` (`https://auth.internal`, audience `api://shop`) whose
+/// secret, [`INTERNAL_SECRET`], is the file `hs.key` ([`internal_key_file`]): the issuer of
+/// end-to-end configurations that only need some valid token.
+pub const INTERNAL_ISSUER_TABLE: &str = r#"
+[[issuer]]
+name = "internal"
+issuer = "https://auth.internal"
+hmac_secret_file = "hs.key"
+audiences = ["api://shop"]
+algorithms = ["HS256"]
+"#;
+
+/// The file [`INTERNAL_ISSUER_TABLE`] names: (`hs.key`, its contents).
+pub fn internal_key_file() -> (String, Vec<u8>) {
+    ("hs.key".into(), b64(&INTERNAL_SECRET).into_bytes())
+}
+
+/// A token of [`INTERNAL_ISSUER_TABLE`] valid now for `user-1`, with `extra` claims set over
+/// the defaults (`scope` `orders:read`, `residency` `eu`).
+pub fn internal_token(extra: Value) -> String {
+    let now = unix_now();
+    let mut claims = json!({
+        "iss": INTERNAL_ISSUER,
+        "sub": "user-1",
+        "aud": AUDIENCE,
+        "iat": now - 5,
+        "exp": now + 600,
+        "scope": "orders:read",
+        "residency": "eu",
+    });
+    if let (Some(c), Value::Object(e)) = (claims.as_object_mut(), extra) {
+        c.extend(e);
+    }
+    forge(
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &claims,
+        hs256(&INTERNAL_SECRET),
+    )
+}
+
 /// The standard test configuration: main (ES256, ES384, RS256, PS256, EdDSA from a static
 /// key set), internal (HS256), partner (ES256 with its own keys), regions eu/eu2 (EU) and
 /// us (US), routes for orders, admin, step-up, public and optional access.

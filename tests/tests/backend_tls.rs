@@ -14,8 +14,8 @@
 
 use portcullis_tests::host::{Gateway, get, reason};
 use portcullis_tests::net::Backend;
-use portcullis_tests::on_every_engine;
 use portcullis_tests::tls::{Leaf, TestCa, TlsBackend};
+use portcullis_tests::{INTERNAL_ISSUER_TABLE, internal_key_file, on_every_engine};
 
 const SVID: &str = "spiffe://prod.test/ns/orders/sa/api";
 
@@ -39,14 +39,7 @@ fn pki() -> Pki {
 /// `eu2` (EU) at `eu2`, and a region `us` (US) at `us`.
 fn start(pki: &Pki, engine: &str, backend: &str, tls: &str, eu2: &str, us: &str) -> Gateway {
     let config = format!(
-        r#"
-[[issuer]]
-name = "internal"
-issuer = "https://auth.internal"
-hmac_secret_file = "hs.key"
-audiences = ["api://shop"]
-algorithms = ["HS256"]
-
+        r#"{INTERNAL_ISSUER_TABLE}
 [region.eu]
 jurisdiction = "EU"
 backends = ["{backend}"]
@@ -80,10 +73,7 @@ subject_key_file = "audit.key"
         &config,
         engine,
         &[
-            (
-                "hs.key".into(),
-                portcullis_tests::b64(&portcullis_tests::INTERNAL_SECRET).into_bytes(),
-            ),
+            internal_key_file(),
             ("ca.pem".into(), pki.ca.pem().into_bytes()),
             ("gw.pem".into(), pki.gateway.cert.clone().into_bytes()),
             ("gw.key".into(), pki.gateway.key.clone().into_bytes()),
@@ -229,14 +219,7 @@ fn the_bundle_refuses_backend_identity_checks() {
     let dir = std::env::temp_dir().join(format!("portcullis-attest-bundle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = format!(
-        r#"
-[[issuer]]
-name = "internal"
-issuer = "https://auth.internal"
-hmac_secret_file = "hs.key"
-audiences = ["api://shop"]
-algorithms = ["HS256"]
-
+        r#"{INTERNAL_ISSUER_TABLE}
 [region.eu]
 jurisdiction = "EU"
 backends = ["https://127.0.0.1:9"]

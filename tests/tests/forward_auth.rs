@@ -14,19 +14,15 @@
 use portcullis_tests::host::{Gateway, reason};
 use portcullis_tests::net::{Backend, Resp, request};
 use portcullis_tests::proxies::{Proxy, envoy, nginx};
-use portcullis_tests::{INTERNAL_SECRET, b64, forge, hs256, on_every_engine, unix_now};
+use portcullis_tests::{
+    INTERNAL_ISSUER_TABLE, INTERNAL_SECRET, b64, internal_key_file, internal_token,
+    on_every_engine, unix_now,
+};
 use serde_json::{Value, json};
 
 fn config(eu: &str, us: &str, trusted: &str) -> String {
     format!(
-        r#"
-[[issuer]]
-name = "internal"
-issuer = "https://auth.internal"
-hmac_secret_file = "hs.key"
-audiences = ["api://shop"]
-algorithms = ["HS256"]
-
+        r#"{INTERNAL_ISSUER_TABLE}
 [region.eu]
 jurisdiction = "EU"
 backends = ["{eu}"]
@@ -76,30 +72,13 @@ fn world(engine: &str, trusted: &str) -> World {
     let gw = portcullis_tests::host::start_engine_with(
         &config(&eu.server.url(), &us.server.url(), trusted),
         engine,
-        &[("hs.key".into(), b64(&INTERNAL_SECRET).into_bytes())],
+        &[internal_key_file()],
     );
     World { eu, us, gw }
 }
 
 fn token(extra: Value) -> String {
-    let now = unix_now();
-    let mut claims = json!({
-        "iss": "https://auth.internal",
-        "sub": "user-1",
-        "aud": "api://shop",
-        "iat": now - 5,
-        "exp": now + 600,
-        "scope": "orders:read",
-        "residency": "eu",
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        claims[k] = v.clone();
-    }
-    forge(
-        &json!({"alg": "HS256", "typ": "JWT"}),
-        &claims,
-        hs256(&INTERNAL_SECRET),
-    )
+    internal_token(extra)
 }
 
 /// One case: what the client sends.

@@ -15,19 +15,12 @@ use std::time::{Duration, Instant};
 
 use portcullis_tests::host::Gateway;
 use portcullis_tests::net::{Backend, raw_request, request};
-use portcullis_tests::on_every_engine;
 use portcullis_tests::tls::{Leaf, TestCa, curl, served_cn};
+use portcullis_tests::{INTERNAL_ISSUER_TABLE, internal_key_file, on_every_engine};
 
 fn config(backend: &str, tls: &str) -> String {
     format!(
-        r#"
-[[issuer]]
-name = "main"
-issuer = "https://idp.test"
-hmac_secret_file = "hs.key"
-audiences = ["api://shop"]
-algorithms = ["HS256"]
-
+        r#"{INTERNAL_ISSUER_TABLE}
 [region.us]
 jurisdiction = "US"
 backends = ["{backend}"]
@@ -59,10 +52,7 @@ certificates = [
 
 fn start(backend: &str, tls: &str, engine: &str, files: Vec<(String, Vec<u8>)>) -> Gateway {
     let mut files = files;
-    files.push((
-        "hs.key".into(),
-        portcullis_tests::b64(&portcullis_tests::INTERNAL_SECRET).into_bytes(),
-    ));
+    files.push(internal_key_file());
     portcullis_tests::host::start_engine_with(&config(backend, tls), engine, &files)
 }
 
@@ -322,4 +312,39 @@ fn certificates_that_do_not_load_are_startup_errors() {
         "{text}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Chromium over TLS: the page comes over HTTP/2 from a secure context, with the test CA's
+/// certificate trusted by its key (`--ignore-certificate-errors-spki-list`) and the name
+/// mapped to loopback.
+#[test]
+fn chromium_gets_the_page_over_http2() {
+    let backend = Backend::start("tls");
+    let ca = TestCa::new("Portcullis test CA");
+    let www = ca.leaf("www", &["www.test"]);
+    let mut files = Vec::new();
+    files.extend(leaf_files("www", &www));
+    files.extend(leaf_files("api", &ca.leaf("api", &["api.test"])));
+    let gw = start(&backend.server.url(), TWO_CERTS, "native", files);
+    let spki = www.pin.strip_prefix("sha256/").unwrap();
+    let browser = portcullis_tests::browser::Browser::start_with_args(&[
+        &format!("--ignore-certificate-errors-spki-list={spki}"),
+        "--host-resolver-rules=MAP www.test 127.0.0.1",
+    ]);
+    browser.goto(&format!("https://www.test:{}/hello", gw.addr.port()));
+    assert!(browser.text().contains("\"backend\""), "{}", browser.text());
+    let seen = browser.execute(
+        "const nav = performance.getEntriesByType('navigation')[0];\
+         return [nav.nextHopProtocol, window.isSecureContext, location.protocol];",
+        vec![],
+    );
+    assert_eq!(seen, serde_json::json!(["h2", true, "https:"]));
+    let last = backend.last.lock().unwrap().clone().unwrap();
+    assert!(
+        last.headers
+            .iter()
+            .any(|(k, v)| k == "x-forwarded-proto" && v == "https"),
+        "{:?}",
+        last.headers
+    );
 }

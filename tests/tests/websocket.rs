@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use portcullis_tests::host::{Gateway, reason};
 use portcullis_tests::net::request;
-use portcullis_tests::{INTERNAL_SECRET, b64, forge, hs256, unix_now};
+use portcullis_tests::{INTERNAL_ISSUER_TABLE, internal_key_file, internal_token};
 use serde_json::json;
 use tungstenite::Message;
 use tungstenite::handshake::server::{Request, Response};
@@ -82,14 +82,7 @@ fn start(echo: &Echo, engine: &str) -> Gateway {
 
 fn start_for(backend: &str, engine: &str) -> Gateway {
     let config = format!(
-        r#"
-[[issuer]]
-name = "internal"
-issuer = "https://auth.internal"
-hmac_secret_file = "hs.key"
-audiences = ["api://shop"]
-algorithms = ["HS256"]
-
+        r#"{INTERNAL_ISSUER_TABLE}
 [region.eu]
 jurisdiction = "EU"
 backends = ["http://{backend}"]
@@ -114,23 +107,11 @@ idle_timeout = "1s"
 subject_key_file = "audit.key"
 "#
     );
-    portcullis_tests::host::start_engine_with(
-        &config,
-        engine,
-        &[("hs.key".into(), b64(&INTERNAL_SECRET).into_bytes())],
-    )
+    portcullis_tests::host::start_engine_with(&config, engine, &[internal_key_file()])
 }
 
 fn token(scope: &str) -> String {
-    let now = unix_now();
-    forge(
-        &json!({"alg": "HS256", "typ": "JWT"}),
-        &json!({
-            "iss": "https://auth.internal", "sub": "user-1", "aud": "api://shop",
-            "iat": now - 5, "exp": now + 600, "scope": scope,
-        }),
-        hs256(&INTERNAL_SECRET),
-    )
+    internal_token(json!({ "scope": scope }))
 }
 
 /// Opens a WebSocket to `/ws` through the gateway with `token`.
