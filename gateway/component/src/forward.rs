@@ -311,9 +311,38 @@ fn relay(
         drop(dst);
         drop(src);
     }
-    let _ = IncomingBody::finish(in_body);
-    let _ = OutgoingBody::finish(body, None);
+    // The backend's trailers (gRPC's status) follow the body to the client. A gRPC
+    // "trailers-only" answer (its status in the only header block) cannot stay one here:
+    // wasi:http sends the headers before it knows the body is empty, and gRPC clients then
+    // look for the status in trailers, so it is repeated there.
+    let trailers = trailers_of(in_body).or_else(|| grpc_status_trailers(&headers));
+    let _ = OutgoingBody::finish(body, trailers);
     status
+}
+
+/// gRPC's status fields of a trailers-only answer's headers, as trailers.
+fn grpc_status_trailers(headers: &HeaderMap) -> Option<Fields> {
+    headers.get("grpc-status")?;
+    let entries: Vec<(String, Vec<u8>)> =
+        ["grpc-status", "grpc-message", "grpc-status-details-bin"]
+            .iter()
+            .filter_map(|n| {
+                headers
+                    .get(*n)
+                    .map(|v| ((*n).to_owned(), v.as_bytes().to_vec()))
+            })
+            .collect();
+    Fields::from_list(&entries).ok()
+}
+
+/// The trailers after a body that has been read to its end, if it had any.
+fn trailers_of(body: IncomingBody) -> Option<Fields> {
+    let future = IncomingBody::finish(body);
+    future.subscribe().block();
+    match future.get() {
+        Some(Ok(Ok(trailers))) => trailers,
+        _ => None,
+    }
 }
 
 enum SpliceError {

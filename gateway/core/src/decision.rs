@@ -62,8 +62,8 @@ impl Forward {
 
     /// The client's request headers that go on to the backend, in order, followed by the
     /// headers the decision sets: every field except the hop-by-hop ones ([`HOP_BY_HOP`]
-    /// and any the client's `Connection` lists), the ones the decision removes, and the
-    /// ones it replaces. Adapters add their own forwarding headers (`X-Forwarded-*`).
+    /// and any the client's `Connection` lists, but `TE: trailers`), the ones the decision
+    /// removes, and the ones it replaces. Adapters add their own forwarding headers (`X-Forwarded-*`).
     pub fn backend_headers<'a>(
         &'a self,
         client: &'a http::HeaderMap,
@@ -71,12 +71,19 @@ impl Forward {
         let listed = connection_listed(client);
         let mut out: Vec<(&HeaderName, &HeaderValue)> = client
             .iter()
-            .filter(|(name, _)| {
+            .filter(|(name, value)| {
                 let n = name.as_str();
-                !(HOP_BY_HOP.contains(&n)
-                    || listed.iter().any(|c| c == n)
-                    || self.remove_headers.contains(name)
-                    || self.set_headers.iter().any(|(s, _)| s == *name))
+                // `TE: trailers` says the client takes trailers; the gateway relays them, so
+                // it says so to the backend too (gRPC needs it; RFC 9113 §8.2.2).
+                let trailers = n == "te"
+                    && value
+                        .to_str()
+                        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("trailers"));
+                trailers
+                    || !(HOP_BY_HOP.contains(&n)
+                        || listed.iter().any(|c| c == n)
+                        || self.remove_headers.contains(name)
+                        || self.set_headers.iter().any(|(s, _)| s == *name))
             })
             .collect();
         out.extend(self.set_headers.iter().map(|(n, v)| (n, v)));
@@ -283,7 +290,21 @@ mod forward_tests {
             .into_iter()
             .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
             .collect();
-        assert_eq!(names, [("accept", "text/html"), ("x-user-region", "eu")]);
+        assert_eq!(
+            names,
+            [
+                ("accept", "text/html"),
+                ("te", "trailers"),
+                ("x-user-region", "eu")
+            ]
+        );
+        // Any other TE is hop-by-hop.
+        client.insert(http::header::TE, HeaderValue::from_static("gzip"));
+        assert!(
+            fwd.backend_headers(&client)
+                .iter()
+                .all(|(n, _)| n.as_str() != "te")
+        );
         assert!(check_declared_length(&client, 10).is_ok());
         client.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("11"));
         assert_eq!(

@@ -21,7 +21,8 @@ pub fn backend_client(connect_timeout: Duration) -> BackendClient {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
-        .enable_http1()
+        // HTTP/2 where a TLS backend offers it by ALPN (gRPC); HTTP/1.1 otherwise.
+        .enable_all_versions()
         .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
