@@ -142,3 +142,56 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// A `redis-server` that speaks only TLS (no plain port), with the certificate and key
+/// given (PEM), on a free 127.0.0.1 port; stopped on drop.
+pub struct TlsRedis {
+    /// Its TLS port.
+    pub port: u16,
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl TlsRedis {
+    /// Starts it serving `cert` / `key`, issued by `ca` (all PEM).
+    pub fn start(cert: &str, key: &str, ca: &str) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("portcullis-tls-redis-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in [("redis.pem", cert), ("redis.key", key), ("ca.pem", ca)] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--tls-cert-file")
+            .arg(dir.join("redis.pem"))
+            .arg("--tls-key-file")
+            .arg(dir.join("redis.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(dir.join("ca.pem"))
+            .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server ({e})"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server (TLS) did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TlsRedis { port, child, dir }
+    }
+
+    /// `rediss://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -520,7 +520,8 @@ key = \"ip\"
 
 [state]
 backend = \"redis\"
-url = \"rediss://cache:6380\"
+url = \"memcached://cache:6380\"
+ca = \"ca.pem\"
 pool = 0
 timeout = \"10s\"
 on_unavailable = \"maybe\"
@@ -543,8 +544,9 @@ clearance_ttl = \"2d\"
     find(&diags, "`route[1].rate_limit[3].burst` = 0 is outside");
     let missing = find(&diags, "`route[1].rate_limit[4].rate` is required");
     assert!(missing.hint.is_some());
-    let tls = find(&diags, "is not a redis:// URL");
-    assert!(tls.hint.unwrap().contains("TLS"));
+    let scheme = find(&diags, "is not a redis:// or rediss:// URL");
+    assert!(scheme.hint.unwrap().contains("rediss://"));
+    find(&diags, "`state.ca` needs a rediss:// url");
     find(&diags, "`state.pool` = 0 is outside 1..=64");
     find(&diags, "state timeout 10s is outside 1ms..=5s");
     find(&diags, "unknown on_unavailable policy `maybe`");

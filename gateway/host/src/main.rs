@@ -535,6 +535,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 let r = portcullis_host::state::RedisStore::new(
                     &state,
                     None,
+                    None,
                     4,
                     std::time::Duration::from_millis(50),
                     &state_prefix,

@@ -180,20 +180,39 @@ pub(super) fn read_state(
                 "url",
                 Some("the Redis server, e.g. url = \"redis://10.0.0.5:6379/0\""),
             );
+            let tls = url.as_ref().is_some_and(|(u, _)| u.starts_with("rediss://"));
             if let Some((u, span)) = &url
-                && !u.starts_with("redis://")
+                && !(tls || u.starts_with("redis://"))
             {
-                let hint = if u.starts_with("rediss://") {
-                    "TLS to Redis is not built in: reach it over a private network or a local TLS tunnel"
-                } else {
-                    "use redis://host:port/db"
-                };
                 d.error(
                     span,
-                    format!("state url {u:?} is not a redis:// URL"),
-                    Some(hint.into()),
+                    format!("state url {u:?} is not a redis:// or rediss:// URL"),
+                    Some("use redis://host:port/db, or rediss://host:port/db for TLS".into()),
                 );
             }
+            let ca = t.string(d, "ca").and_then(|(path, span)| {
+                if !tls {
+                    d.error(
+                        &span,
+                        "`state.ca` needs a rediss:// url: it is the CA of the server's TLS certificate",
+                        None,
+                    );
+                    return None;
+                }
+                match files.read(&path) {
+                    Ok(pem) if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => {
+                        Some(pem)
+                    }
+                    Ok(_) => {
+                        d.error(&span, format!("{path:?} holds no PEM certificate"), None);
+                        None
+                    }
+                    Err(e) => {
+                        d.error(&span, format!("cannot read {path:?}: {e}"), None);
+                        None
+                    }
+                }
+            });
             let password =
                 t.string(d, "password_file")
                     .and_then(|(path, span)| match files.read(&path) {
@@ -238,6 +257,7 @@ pub(super) fn read_state(
             if let Some((url, _)) = url {
                 cfg.backend = StateBackend::Redis {
                     url,
+                    ca,
                     password,
                     pool,
                     timeout,

@@ -969,8 +969,11 @@ pub enum StateBackend {
     },
     /// A Redis server shared by every gateway instance.
     Redis {
-        /// `redis://host:port/db`.
+        /// `redis://host:port/db`, or `rediss://…` for TLS.
         url: String,
+        /// With `rediss://`: the CA certificates (PEM) the server's certificate must chain
+        /// to (`ca`); `None`: the system's trust store.
+        ca: Option<Vec<u8>>,
         /// The password (from `password_file`), if any.
         password: Option<String>,
         /// Connections kept open (each multiplexed).

@@ -69,12 +69,14 @@ impl Store {
             StateBackend::Memory { capacity } => Store::Memory(MemoryState::new(*capacity)),
             StateBackend::Redis {
                 url,
+                ca,
                 password,
                 pool,
                 timeout,
                 prefix,
             } => Store::Redis(Box::new(RedisStore::new(
                 url,
+                ca.as_deref(),
                 password.as_deref(),
                 *pool,
                 *timeout,

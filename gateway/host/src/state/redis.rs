@@ -141,9 +141,11 @@ thread_local! {
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
 
 impl RedisStore {
-    /// A store for `url` (no connection is made yet).
+    /// A store for `url` (no connection is made yet); a `rediss://` url connects over TLS,
+    /// trusting `ca` (PEM) or, without it, the system's trust store.
     pub fn new(
         url: &str,
+        ca: Option<&[u8]>,
         password: Option<&str>,
         pool: usize,
         timeout: Duration,
@@ -155,8 +157,17 @@ impl RedisStore {
             let settings = info.redis_settings().clone().set_password(p);
             info = info.set_redis_settings(settings);
         }
-        let client =
-            redis::Client::open(info).map_err(|e| anyhow::anyhow!("state url {url:?}: {e}"))?;
+        let client = match ca {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| anyhow::anyhow!("state url {url:?}: {e}"))?;
         Ok(Self {
             url: url.to_owned(),
             client,
