@@ -63,6 +63,7 @@ fn rate_limits(c: &mut Criterion) {
         portcullis_host::state::RedisStore::new(
             &server.url(),
             None,
+            None,
             4,
             std::time::Duration::from_millis(200),
             "bench:",

@@ -162,21 +162,38 @@ impl TlsRedis {
             std::fs::write(dir.join(name), text).unwrap();
         }
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
             .arg("--tls-cert-file")
             .arg(dir.join("redis.pem"))
             .arg("--tls-key-file")
             .arg(dir.join("redis.key"))
             .arg("--tls-ca-cert-file")
             .arg(dir.join("ca.pem"))
-            .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "no"])
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start redis-server ({e})"));
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server (TLS) did not start");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (TLS) did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         TlsRedis { port, child, dir }

@@ -180,7 +180,9 @@ pub(super) fn read_state(
                 "url",
                 Some("the Redis server, e.g. url = \"redis://10.0.0.5:6379/0\""),
             );
-            let tls = url.as_ref().is_some_and(|(u, _)| u.starts_with("rediss://"));
+            let tls = url
+                .as_ref()
+                .is_some_and(|(u, _)| u.starts_with("rediss://"));
             if let Some((u, span)) = &url
                 && !(tls || u.starts_with("redis://"))
             {
