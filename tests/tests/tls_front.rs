@@ -241,7 +241,53 @@ fn a_cleartext_target_claiming_https_is_forwarded_as_http(engine: &str) {
     assert_eq!(proto.as_deref(), Some("http"), "{:?}", seen.headers);
 }
 
+/// A configuration reload changes the certificate list of the running listener: a name
+/// added gets its certificate on the next handshake, with no restart; turning HTTP/2 off
+/// needs a restart and is refused.
+fn a_reload_changes_the_certificate_list(engine: &str) {
+    let backend = Backend::start("tls");
+    let ca = TestCa::new("Portcullis test CA");
+    let mut files = Vec::new();
+    files.extend(leaf_files("www", &ca.leaf("www", &["www.test"])));
+    files.extend(leaf_files("api", &ca.leaf("api", &["api.test"])));
+    files.push(("ca.pem".into(), ca.pem().into_bytes()));
+    let one = "[server.tls]\nwatch = \"100ms\"\ncertificates = [{ cert = \"www.pem\", key = \"www.key\" }]\n";
+    let gw = start(&backend.server.url(), one, engine, files);
+    let ca_file = gw.dir.join("ca.pem");
+    let before = curl(&ca_file, "api.test", gw.addr.port(), "/hello", &[]);
+    assert!(!before.status.success(), "api.test has no certificate yet");
+    assert_eq!(served_cn(&before).as_deref(), Some("www"));
+
+    std::fs::write(
+        gw.dir.join("gateway.toml"),
+        config(&backend.server.url(), TWO_CERTS),
+    )
+    .unwrap();
+    let r = request(gw.admin, "POST", "/reload", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        fetch(&ca_file, &gw, "api.test", &[]),
+        ("200 2".into(), Some("api".into()))
+    );
+    assert_eq!(
+        fetch(&ca_file, &gw, "www.test", &[]).1.as_deref(),
+        Some("www")
+    );
+
+    let no_h2 = TWO_CERTS.replace("watch = \"100ms\"", "watch = \"100ms\"\nhttp2 = false");
+    std::fs::write(
+        gw.dir.join("gateway.toml"),
+        config(&backend.server.url(), &no_h2),
+    )
+    .unwrap();
+    let r = request(gw.admin, "POST", "/reload", &[], b"").unwrap();
+    assert_eq!(r.status, 422);
+    assert!(String::from_utf8_lossy(&r.body).contains("restart"));
+    assert_eq!(fetch(&ca_file, &gw, "api.test", &[]).0, "200 2");
+}
+
 on_every_engine!(
+    a_reload_changes_the_certificate_list,
     grpc_passes_through_with_its_trailers,
     tls_serves_http2_and_http1_and_picks_certificates_by_sni,
     a_renewed_certificate_is_served_without_restart_and_a_broken_one_keeps_the_last,

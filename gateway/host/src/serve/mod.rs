@@ -147,6 +147,8 @@ pub struct Prepared {
     pub shared: Arc<Shared>,
     /// The listener's connection limits (`[server]`).
     pub server_limits: portcullis_core::config::ServerLimits,
+    /// A reload's `[server.tls]` certificates, for the running listener once it swaps in.
+    pub staged_tls: Option<tls::Staged>,
 }
 
 /// Builds every capability, the engine and (for the component engine) the pre-instantiated
@@ -156,9 +158,10 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
 }
 
 /// Prepares `loaded` to replace the running configuration whose services are `previous`
-/// (a reload): the metrics, the audit sink, the shared state, the listener's TLS and every
-/// key set of an issuer configured as before carry over. A change to `[state]` or
-/// `[server]` needs a restart and is refused.
+/// (a reload): the metrics, the audit sink, the shared state, the listener's TLS (with the
+/// new certificate list, staged) and every key set of an issuer configured as before carry
+/// over. A change to `[state]`, to `[server]` limits, or to `[server.tls]` beyond its
+/// certificates needs a restart and is refused.
 pub async fn prepare_next(
     loaded: LoadedConfig,
     opts: &ServeOptions,
@@ -168,10 +171,21 @@ pub async fn prepare_next(
     if serde_json::to_vec(&loaded.config.state)? != serde_json::to_vec(&old.state)? {
         anyhow::bail!("`[state]` changed: switching the shared state needs a restart");
     }
-    if loaded.config.server != old.server || loaded.config.tls != old.tls {
+    // The listener keeps running: its limits, whether it speaks TLS and its ALPN stay;
+    // only the certificate list may change.
+    let staged_tls = match (&loaded.config.tls, &previous.tls) {
+        (Some(new), Some(front)) if front.accepts(new) => Some(front.stage(new, &loaded.base)?),
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "`[server.tls]` changed beyond its certificates: TLS on or off, `http2` or `watch` need a restart"
+        ),
+    };
+    if loaded.config.server != old.server {
         anyhow::bail!("`[server]` changed: listener settings need a restart");
     }
-    build(loaded, opts, Some(previous)).await
+    let mut prepared = build(loaded, opts, Some(previous)).await?;
+    prepared.staged_tls = staged_tls;
+    Ok(prepared)
 }
 
 async fn build(
@@ -289,6 +303,7 @@ async fn build(
         gateway,
         shared,
         server_limits,
+        staged_tls: None,
     })
 }
 

@@ -83,6 +83,9 @@ impl Live {
         let prepared = crate::serve::prepare_next(loaded, &self.reload.opts, running.shared())
             .await
             .map_err(|e| format!("{}: {e:#}", path.display()))?;
+        if let (Some(staged), Some(front)) = (prepared.staged_tls, &running.shared().tls) {
+            front.install(staged);
+        }
         self.current.store(prepared.gateway);
         Ok(self.generation.fetch_add(1, Ordering::Relaxed) + 1)
     }

@@ -29,25 +29,27 @@ pub struct TlsFront {
     acceptor: TlsAcceptor,
     certs: Arc<Certificates>,
     watch: Duration,
+    http2: bool,
+}
+
+/// Certificates loaded from a reloaded configuration's `[server.tls]`, ready to replace the
+/// ones in use ([`TlsFront::install`]): every file was read, so a configuration whose
+/// certificates do not load is refused before anything changes.
+pub struct Staged {
+    files: Vec<Pair>,
+    loaded: Vec<Loaded>,
 }
 
 impl TlsFront {
     /// Loads every certificate of `cfg` (paths relative to `base`): any that does not
     /// load is an error naming its entry.
     pub fn load(cfg: &ServerTls, base: &Path) -> anyhow::Result<Self> {
-        let files: Vec<Pair> = cfg
-            .certificates
-            .iter()
-            .map(|c| Pair {
-                cert: base.join(&c.cert),
-                key: base.join(&c.key),
-            })
-            .collect();
+        let files = pairs(cfg, base);
         let provider = Arc::new(ring::default_provider());
         let loaded = load_all(&files, &provider)?;
         let certs = Arc::new(Certificates {
             stamps: RwLock::new(stamps(&files)),
-            files,
+            files: RwLock::new(files),
             current: RwLock::new(Arc::new(loaded)),
             provider: provider.clone(),
             reloads: AtomicU64::new(0),
@@ -67,7 +69,35 @@ impl TlsFront {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             certs,
             watch: cfg.watch,
+            http2: cfg.http2,
         })
+    }
+
+    /// Whether `cfg` differs from this listener's only in its certificates (`http2` and
+    /// `watch` are fixed while it runs).
+    pub fn accepts(&self, cfg: &ServerTls) -> bool {
+        cfg.http2 == self.http2 && cfg.watch == self.watch
+    }
+
+    /// Loads the certificates of `cfg` (a reloaded configuration) without using them yet.
+    pub fn stage(&self, cfg: &ServerTls, base: &Path) -> anyhow::Result<Staged> {
+        let files = pairs(cfg, base);
+        let loaded = load_all(&files, &self.certs.provider)?;
+        Ok(Staged { files, loaded })
+    }
+
+    /// Serves `staged` to new connections from now on, and watches its files.
+    pub fn install(&self, staged: Staged) {
+        let now = stamps(&staged.files);
+        if let (Ok(mut files), Ok(mut seen), Ok(mut current)) = (
+            self.certs.files.write(),
+            self.certs.stamps.write(),
+            self.certs.current.write(),
+        ) {
+            *files = staged.files;
+            *seen = now;
+            *current = Arc::new(staged.loaded);
+        }
     }
 
     /// The acceptor for new connections.
@@ -139,7 +169,7 @@ type Stamp = Option<(SystemTime, u64)>;
 /// The certificates in use and the files they came from.
 #[derive(Debug)]
 struct Certificates {
-    files: Vec<Pair>,
+    files: RwLock<Vec<Pair>>,
     stamps: RwLock<Vec<(Stamp, Stamp)>>,
     current: RwLock<Arc<Vec<Loaded>>>,
     provider: Arc<CryptoProvider>,
@@ -149,7 +179,10 @@ struct Certificates {
 
 impl Certificates {
     fn reload_if_changed(&self) {
-        let now = stamps(&self.files);
+        let Ok(files) = self.files.read() else {
+            return;
+        };
+        let now = stamps(&files);
         let changed = self.stamps.read().map(|s| *s != now).unwrap_or(true);
         if !changed {
             return;
@@ -159,13 +192,13 @@ impl Certificates {
         if let Ok(mut s) = self.stamps.write() {
             *s = now;
         }
-        match load_all(&self.files, &self.provider) {
+        match load_all(&files, &self.provider) {
             Ok(loaded) => {
                 if let Ok(mut current) = self.current.write() {
                     *current = Arc::new(loaded);
                 }
                 self.reloads.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(certificates = self.files.len(), "TLS certificates reloaded");
+                tracing::info!(certificates = files.len(), "TLS certificates reloaded");
             }
             Err(e) => {
                 self.failed_reloads.fetch_add(1, Ordering::Relaxed);
@@ -196,6 +229,16 @@ impl ResolvesServerCert for Certificates {
         };
         Some(current.iter().find(covers).unwrap_or(first).key.clone())
     }
+}
+
+fn pairs(cfg: &ServerTls, base: &Path) -> Vec<Pair> {
+    cfg.certificates
+        .iter()
+        .map(|c| Pair {
+            cert: base.join(&c.cert),
+            key: base.join(&c.key),
+        })
+        .collect()
 }
 
 fn stamps(files: &[Pair]) -> Vec<(Stamp, Stamp)> {
