@@ -62,8 +62,6 @@ fn rate_limits(c: &mut Criterion) {
     let redis = Store::Redis(Box::new(
         portcullis_host::state::RedisStore::new(
             &server.url(),
-            None,
-            None,
             4,
             std::time::Duration::from_millis(200),
             "bench:",

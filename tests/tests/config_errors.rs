@@ -546,7 +546,7 @@ clearance_ttl = \"2d\"
     assert!(missing.hint.is_some());
     let scheme = find(&diags, "is not a redis:// or rediss:// URL");
     assert!(scheme.hint.unwrap().contains("rediss://"));
-    find(&diags, "`state.ca` needs a rediss:// url");
+    find(&diags, "`state.ca` needs rediss:// servers");
     find(&diags, "`state.pool` = 0 is outside 1..=64");
     find(&diags, "state timeout 10s is outside 1ms..=5s");
     find(&diags, "unknown on_unavailable policy `maybe`");
@@ -621,6 +621,78 @@ url = \"redis://127.0.0.1:6379/0\"
     let restored = config::Config::from_snapshot(&cfg.to_snapshot()).unwrap();
     assert_eq!(restored.routes[1].rate_limits, cfg.routes[1].rate_limits);
     assert_eq!(restored.state, cfg.state);
+}
+
+/// Redis is reached one way: one server (`url`), a cluster (`cluster`) or Sentinel
+/// (`sentinels` + `service`); each is checked where it is written.
+#[test]
+fn redis_servers_are_one_server_a_cluster_or_sentinel() {
+    let state = |keys: &str| errors(&format!("{MINIMAL}\n[state]\nbackend = \"redis\"\n{keys}"));
+    let none = state("");
+    let hint = find(&none, "`backend = \"redis\"` needs its servers").hint;
+    assert!(hint.unwrap().contains("sentinels"));
+    find(
+        &state("url = \"redis://a:6379/0\"\ncluster = [\"redis://b:7000\"]\n"),
+        "`state.cluster` beside `state.url`: give only one way to the servers",
+    );
+    let cluster = state(
+        "cluster = [\"redis://b:7000/2\", \"rediss://c:7000\", \"http://d:7000\"]\nprefix = \"{gw}:\"\n",
+    );
+    find(
+        &cluster,
+        "names database 2: a Redis Cluster has only database 0",
+    );
+    find(
+        &cluster,
+        "`state.cluster` mixes redis:// and rediss:// nodes",
+    );
+    find(
+        &cluster,
+        "\"http://d:7000\" is not a redis:// or rediss:// URL",
+    );
+    find(&cluster, "state prefix \"{gw}:\" holds a brace");
+    find(&state("cluster = []\n"), "`state.cluster` names no node");
+    find(
+        &state("sentinels = [\"redis://s:26379\"]\n"),
+        "`state.service` is required",
+    );
+    let tls_sentinel =
+        state("sentinels = [\"rediss://s:26379\"]\nservice = \"gw\"\nca = \"ca.pem\"\n");
+    find(&tls_sentinel, "Sentinel over TLS is not built in");
+    find(&tls_sentinel, "`state.ca` needs rediss:// servers");
+    find(
+        &state("url = \"redis://a:6379/0\"\nservice = \"gw\"\n"),
+        "`state.service` is the name Sentinel watches: it needs `sentinels`",
+    );
+
+    for (keys, servers) in [
+        (
+            "cluster = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]\n",
+            config::RedisServers::Cluster {
+                nodes: vec![
+                    "redis://10.0.0.1:7000".into(),
+                    "redis://10.0.0.2:7000".into(),
+                ],
+            },
+        ),
+        (
+            "sentinels = [\"redis://10.0.0.1:26379\"]\nservice = \"gw\"\n",
+            config::RedisServers::Sentinel {
+                sentinels: vec!["redis://10.0.0.1:26379".into()],
+                service: "gw".into(),
+            },
+        ),
+    ] {
+        let text = format!("{MINIMAL}\n[state]\nbackend = \"redis\"\n{keys}");
+        let cfg = config::load(&text, "edge.toml", &files()).unwrap();
+        assert!(
+            matches!(&cfg.state.backend, config::StateBackend::Redis { servers: s, .. } if *s == servers),
+            "{:?}",
+            cfg.state.backend
+        );
+        let restored = config::Config::from_snapshot(&cfg.to_snapshot()).unwrap();
+        assert_eq!(restored.state, cfg.state);
+    }
 }
 
 #[test]

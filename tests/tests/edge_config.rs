@@ -713,11 +713,6 @@ fn the_schema_accepts_every_configuration_and_refuses_broken_ones() {
             // (jsonschema reports a `false` schema at the parent's path.)
             &["False schema does not allow 'redis://127.0.0.1:6379/0'"],
         ),
-        (
-            "redis without url",
-            format!("{minimal}\n[state]\nbackend = \"redis\"\n"),
-            &["/state [required]: 'url' is a required property"],
-        ),
     ];
     let mut documents: BTreeMap<String, (String, bool)> = BTreeMap::new();
     let configurations = edge_configurations();

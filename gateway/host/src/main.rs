@@ -534,8 +534,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else if state.starts_with("redis://") || state.starts_with("rediss://") {
                 let r = portcullis_host::state::RedisStore::new(
                     &state,
-                    None,
-                    None,
                     4,
                     std::time::Duration::from_millis(50),
                     &state_prefix,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::ConfigFiles;
 use super::model::*;
-use super::reader::{Diags, Table};
+use super::reader::{Diags, Span, Table};
 
 /// The keys a rate limit can count by.
 const LIMIT_KEYS: [LimitKey; 4] = [
@@ -174,29 +174,13 @@ pub(super) fn read_state(
         None | Some(("memory", _)) => {
             cfg.backend = StateBackend::Memory { capacity };
         }
-        Some(("redis", _)) => {
-            let url = t.req_string(
-                d,
-                "url",
-                Some("the Redis server, e.g. url = \"redis://10.0.0.5:6379/0\""),
-            );
-            let tls = url
-                .as_ref()
-                .is_some_and(|(u, _)| u.starts_with("rediss://"));
-            if let Some((u, span)) = &url
-                && !(tls || u.starts_with("redis://"))
-            {
-                d.error(
-                    span,
-                    format!("state url {u:?} is not a redis:// or rediss:// URL"),
-                    Some("use redis://host:port/db, or rediss://host:port/db for TLS".into()),
-                );
-            }
+        Some(("redis", backend_span)) => {
+            let (servers, tls) = read_redis_servers(&mut t, d, &backend_span);
             let ca = t.string(d, "ca").and_then(|(path, span)| {
                 if !tls {
                     d.error(
                         &span,
-                        "`state.ca` needs a rediss:// url: it is the CA of the server's TLS certificate",
+                        "`state.ca` needs rediss:// servers: it is the CA of their TLS certificates",
                         None,
                     );
                     return None;
@@ -253,12 +237,28 @@ pub(super) fn read_state(
                     v
                 }
             };
-            let prefix = t
-                .string(d, "prefix")
-                .map_or_else(|| "portcullis:".to_owned(), |(p, _)| p);
-            if let Some((url, _)) = url {
+            let prefix = match t.string(d, "prefix") {
+                None => "portcullis:".to_owned(),
+                Some((p, span)) => {
+                    if matches!(servers, Some(RedisServers::Cluster { .. }))
+                        && p.contains(['{', '}'])
+                    {
+                        d.error(
+                            &span,
+                            format!("state prefix {p:?} holds a brace"),
+                            Some(
+                                "in a cluster a {…} part of a key picks its slot: a braced prefix \
+                                 would put every key on one node"
+                                    .into(),
+                            ),
+                        );
+                    }
+                    p
+                }
+            };
+            if let Some(servers) = servers {
                 cfg.backend = StateBackend::Redis {
-                    url,
+                    servers,
                     ca,
                     password,
                     pool,
@@ -275,6 +275,133 @@ pub(super) fn read_state(
     }
     t.finish(d);
     cfg
+}
+
+/// `redis://` (false) or `rediss://` (true); `None` (with an error) for anything else.
+fn redis_scheme(d: &mut Diags<'_>, url: &str, span: &Span) -> Option<bool> {
+    if url.starts_with("rediss://") {
+        Some(true)
+    } else if url.starts_with("redis://") {
+        Some(false)
+    } else {
+        d.error(
+            span,
+            format!("state url {url:?} is not a redis:// or rediss:// URL"),
+            Some("use redis://host:port/db, or rediss://host:port/db for TLS".into()),
+        );
+        None
+    }
+}
+
+/// The database number a Redis URL names (`/N` after the address), 0 without one.
+fn redis_database(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.split_once('/').map(|(_, p)| p)?;
+    let db = path.split(['?', '#']).next().unwrap_or_default();
+    (!db.is_empty() && db != "0").then_some(db)
+}
+
+/// Exactly one of `url` (one server), `cluster` (seed nodes) and `sentinels` (with
+/// `service`); whether they are reached over TLS.
+fn read_redis_servers(
+    t: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    backend: &Span,
+) -> (Option<RedisServers>, bool) {
+    let url = t.string(d, "url");
+    let cluster = t.strings(d, "cluster");
+    let sentinels = t.strings(d, "sentinels");
+    let service = t.string(d, "service");
+    let given = [
+        url.as_ref().map(|(_, s)| ("url", s.clone())),
+        cluster.as_ref().map(|(_, s)| ("cluster", s.clone())),
+        sentinels.as_ref().map(|(_, s)| ("sentinels", s.clone())),
+    ];
+    let mut given = given.into_iter().flatten();
+    let Some((first, _)) = given.next() else {
+        d.error(
+            backend,
+            "`backend = \"redis\"` needs its servers",
+            Some(
+                "give one of url = \"redis://10.0.0.5:6379/0\" (one server), cluster = [seed \
+                 nodes] (Redis Cluster) or sentinels = [addresses] with service = \"name\" \
+                 (Sentinel)"
+                    .into(),
+            ),
+        );
+        return (None, false);
+    };
+    if let Some((second, span)) = given.next() {
+        d.error(
+            &span,
+            format!("`state.{second}` beside `state.{first}`: give only one way to the servers"),
+            None,
+        );
+        return (None, false);
+    }
+    if let (Some((_, span)), None) = (&service, &sentinels) {
+        d.error(
+            span,
+            "`state.service` is the name Sentinel watches: it needs `sentinels`",
+            None,
+        );
+    }
+    if let Some((url, span)) = url {
+        let tls = redis_scheme(d, &url, &span).unwrap_or(false);
+        return (Some(RedisServers::Single { url }), tls);
+    }
+    if let Some((nodes, span)) = cluster {
+        if nodes.is_empty() {
+            d.error(&span, "`state.cluster` names no node", None);
+            return (None, false);
+        }
+        let mut schemes = Vec::new();
+        for (node, node_span) in &nodes {
+            schemes.extend(redis_scheme(d, node, node_span));
+            if let Some(db) = redis_database(node) {
+                d.error(
+                    node_span,
+                    format!("{node:?} names database {db}: a Redis Cluster has only database 0"),
+                    None,
+                );
+            }
+        }
+        let tls = schemes.first().copied().unwrap_or(false);
+        if schemes.iter().any(|s| *s != tls) {
+            d.error(
+                &span,
+                "`state.cluster` mixes redis:// and rediss:// nodes",
+                Some("a cluster is reached over TLS or not at all".into()),
+            );
+        }
+        let nodes = nodes.into_iter().map(|(n, _)| n).collect();
+        return (Some(RedisServers::Cluster { nodes }), tls);
+    }
+    let Some((list, span)) = sentinels else {
+        return (None, false);
+    };
+    if list.is_empty() {
+        d.error(&span, "`state.sentinels` names no sentinel", None);
+    }
+    for (s, s_span) in &list {
+        if redis_scheme(d, s, s_span) == Some(true) {
+            d.error(
+                s_span,
+                "Sentinel over TLS is not built in",
+                Some("use plain redis:// sentinels, a single rediss:// url, or a cluster".into()),
+            );
+        }
+    }
+    let Some((service, _)) = service else {
+        t.missing(
+            d,
+            "service",
+            Some("the name the sentinels watch, e.g. service = \"portcullis\"".into()),
+        );
+        return (None, false);
+    };
+    let sentinels = list.into_iter().map(|(s, _)| s).collect();
+    (Some(RedisServers::Sentinel { sentinels, service }), false)
 }
 
 pub(super) fn read_challenge(

@@ -967,12 +967,13 @@ pub enum StateBackend {
         /// Most entries kept.
         capacity: usize,
     },
-    /// A Redis server shared by every gateway instance.
+    /// Redis shared by every gateway instance: one server, a cluster, or a primary
+    /// watched by Sentinel.
     Redis {
-        /// `redis://host:port/db`, or `rediss://…` for TLS.
-        url: String,
-        /// With `rediss://`: the CA certificates (PEM) the server's certificate must chain
-        /// to (`ca`); `None`: the system's trust store.
+        /// Where the servers are.
+        servers: RedisServers,
+        /// With `rediss://`: the CA certificates (PEM) the servers' certificates must
+        /// chain to (`ca`); `None`: the system's trust store.
         ca: Option<Vec<u8>>,
         /// The password (from `password_file`), if any.
         password: Option<String>,
@@ -983,6 +984,46 @@ pub enum StateBackend {
         /// Prefix of every key this gateway writes.
         prefix: String,
     },
+}
+
+/// The Redis servers holding the shared state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RedisServers {
+    /// One server (`url`): `redis://host:port/db`, or `rediss://…` for TLS.
+    Single {
+        /// Its URL.
+        url: String,
+    },
+    /// A Redis Cluster (`cluster`), found from these seed nodes (`redis://host:port`, or
+    /// `rediss://…`); the rest of its nodes and its slot map are learned from them.
+    Cluster {
+        /// The seed nodes.
+        nodes: Vec<String>,
+    },
+    /// A primary with replicas watched by Redis Sentinel (`sentinels`, `service`): the
+    /// sentinels name the current primary, and name another after a failover.
+    Sentinel {
+        /// The sentinels (`redis://host:port`).
+        sentinels: Vec<String>,
+        /// The name of the primary the sentinels watch (`sentinel monitor NAME …`).
+        service: String,
+    },
+}
+
+impl RedisServers {
+    /// How logs and errors name them: the URL, or the kind and the first address.
+    pub fn describe(&self) -> String {
+        match self {
+            RedisServers::Single { url } => url.clone(),
+            RedisServers::Cluster { nodes } => {
+                format!("cluster {}", nodes.first().map_or("", String::as_str))
+            }
+            RedisServers::Sentinel { sentinels, service } => format!(
+                "sentinel service {service:?} via {}",
+                sentinels.first().map_or("", String::as_str)
+            ),
+        }
+    }
 }
 
 /// Shared state: rate limits, replay caches, plugin state.

@@ -33,6 +33,12 @@ fn check(scope: &Scope<'_>, m: Matched<'_>, before: bool, cx: &mut Ctx) -> Step 
     let identity = cx.identity.as_ref();
     let mut which = Vec::new();
     let mut checks = Vec::new();
+    let mut kinds = route
+        .rate_limits
+        .iter()
+        .filter(|l| l.key.before_authentication() == before)
+        .map(|l| l.key);
+    let uniform = kinds.next().is_none_or(|first| kinds.all(|k| k == first));
     for (i, limit) in route.rate_limits.iter().enumerate() {
         if limit.key.before_authentication() != before {
             continue;
@@ -63,7 +69,7 @@ fn check(scope: &Scope<'_>, m: Matched<'_>, before: bool, cx: &mut Ctx) -> Step 
         if let Some(counted) = counted {
             which.push(i);
             checks.push(LimitCheck {
-                key: format!("rl:{}:{}:{counted}", m.index, limit.name),
+                key: counter_key(m.index, &limit.name, &counted, uniform),
                 interval_us: limit.interval_us(),
                 burst: limit.burst,
             });
@@ -114,6 +120,20 @@ fn check(scope: &Scope<'_>, m: Matched<'_>, before: bool, cx: &mut Ctx) -> Step 
     Err(r)
 }
 
+/// The state key of one limit's counter. The part in braces is a Redis Cluster hash tag:
+/// every counter of one step is checked by one all-or-nothing script, which must touch a
+/// single slot, so they all share it. When the step's limits all count the same thing
+/// (`uniform`: one limit, or several windows per address) the tag holds the counted value
+/// and a route's counters spread over the cluster's nodes by client; otherwise it is the
+/// route alone, and that route's counters of the step share one node.
+fn counter_key(route_index: usize, name: &str, counted: &str, uniform: bool) -> String {
+    if uniform {
+        format!("rl:{{{route_index}:{counted}}}:{name}")
+    } else {
+        format!("rl:{{{route_index}}}:{name}:{counted}")
+    }
+}
+
 /// What an address limit counts: the IPv4 address, or the IPv6 /64.
 fn limit_address(ip: IpAddr) -> String {
     match crate::client::canonical(ip) {
@@ -142,4 +162,38 @@ pub fn headers(route: &Route, checked: &[(usize, LimitStatus)]) -> Vec<(HeaderNa
         out.extend(crate::limits::status_header(&l.name, s));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counter_key;
+
+    /// The slot-deciding part of a key, as Redis Cluster reads it: the text between the
+    /// first `{` and the next `}` when not empty, else the whole key.
+    fn hash_tag(key: &str) -> &str {
+        key.split_once('{')
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map(|(tag, _)| tag)
+            .filter(|tag| !tag.is_empty())
+            .unwrap_or(key)
+    }
+
+    #[test]
+    fn the_counters_checked_together_share_one_hash_tag() {
+        // Limits counting the same thing: tagged by route and value, so clients spread.
+        let a = counter_key(3, "burst", "ip:192.0.2.1", true);
+        let b = counter_key(3, "hourly", "ip:192.0.2.1", true);
+        let other_client = counter_key(3, "burst", "ip:192.0.2.2", true);
+        assert_eq!(hash_tag(&a), hash_tag(&b));
+        assert_ne!(hash_tag(&a), hash_tag(&other_client));
+        assert_ne!(a, b);
+        // Mixed kinds: the route alone, whatever the values.
+        let ip = counter_key(3, "per-ip", "ip:192.0.2.1", false);
+        let all = counter_key(3, "global", "all", false);
+        assert_eq!(hash_tag(&ip), hash_tag(&all));
+        assert_ne!(
+            hash_tag(&ip),
+            hash_tag(&counter_key(4, "per-ip", "ip:192.0.2.1", false))
+        );
+    }
 }

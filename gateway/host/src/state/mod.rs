@@ -56,7 +56,7 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Store::Memory(_) => f.write_str("Store::Memory"),
-            Store::Redis(r) => write!(f, "Store::Redis({})", r.url),
+            Store::Redis(r) => write!(f, "Store::Redis({})", r.name),
         }
     }
 }
@@ -68,14 +68,14 @@ impl Store {
         Ok(match &cfg.backend {
             StateBackend::Memory { capacity } => Store::Memory(MemoryState::new(*capacity)),
             StateBackend::Redis {
-                url,
+                servers,
                 ca,
                 password,
                 pool,
                 timeout,
                 prefix,
-            } => Store::Redis(Box::new(RedisStore::new(
-                url,
+            } => Store::Redis(Box::new(RedisStore::with_servers(
+                servers,
                 ca.as_deref(),
                 password.as_deref(),
                 *pool,

@@ -1,13 +1,19 @@
-//! The shared state in a Redis server shared by every gateway instance: every operation is
-//! one command or one Lua script (atomic on the server), runs on a small pool of
-//! multiplexed connections that reconnect by themselves, and is bounded by the configured
-//! timeout.
+//! The shared state in Redis shared by every gateway instance — one server, a Redis
+//! Cluster, or a primary watched by Sentinel: every operation is one command or one Lua
+//! script (atomic on the server; in a cluster each touches one slot, see the hash tags of
+//! the rate-limit keys), runs on a small pool of multiplexed connections that reconnect by
+//! themselves, and is bounded by the configured timeout.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use portcullis_core::config::RedisServers;
 use portcullis_core::limits::{LimitCheck, LimitStatus};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{FromRedisValue, RedisFuture, Value};
 
 use super::{StoreError, StoreMetrics};
 
@@ -103,10 +109,11 @@ redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 return 1
 ";
 
-/// A Redis server shared by gateway instances.
+/// Redis shared by gateway instances.
 pub struct RedisStore {
-    pub(super) url: String,
-    client: redis::Client,
+    /// How logs and errors name the servers.
+    pub(super) name: String,
+    servers: Servers,
     slots: Vec<tokio::sync::Mutex<Slot>>,
     timeout: Duration,
     prefix: String,
@@ -117,10 +124,58 @@ pub struct RedisStore {
     pub metrics: StoreMetrics,
 }
 
+/// How the store reaches its servers.
+enum Servers {
+    /// One server.
+    Single(redis::Client),
+    /// The primary the sentinels name, asked again at every (re)connection.
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    /// A cluster: each connection routes by slot, follows redirections and learns the
+    /// topology by itself.
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// One live multiplexed connection.
+#[derive(Clone)]
+enum Conn {
+    /// To one server (or the current primary).
+    Server(ConnectionManager),
+    /// To every primary of a cluster.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Server(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// One pooled connection, connected lazily, with a back-off after failed attempts.
 #[derive(Default)]
 struct Slot {
-    conn: Option<ConnectionManager>,
+    conn: Option<Conn>,
     retry_at: Option<Instant>,
 }
 
@@ -140,37 +195,85 @@ thread_local! {
 /// How long a failed connection attempt keeps a slot from trying again.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
 
+/// The TLS roots of `rediss://` servers: `ca` (PEM), or the system's without it.
+fn certificates(ca: Option<&[u8]>) -> Option<redis::TlsCertificates> {
+    ca.map(|pem| redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    })
+}
+
 impl RedisStore {
-    /// A store for `url` (no connection is made yet); a `rediss://` url connects over TLS,
-    /// trusting `ca` (PEM) or, without it, the system's trust store.
-    pub fn new(
-        url: &str,
+    /// A store for one server at `url` (no connection is made yet).
+    pub fn new(url: &str, pool: usize, timeout: Duration, prefix: &str) -> anyhow::Result<Self> {
+        let servers = RedisServers::Single {
+            url: url.to_owned(),
+        };
+        Self::with_servers(&servers, None, None, pool, timeout, prefix)
+    }
+
+    /// A store for `servers` (no connection is made yet); `rediss://` servers are reached
+    /// over TLS, trusting `ca` (PEM) or, without it, the system's trust store.
+    pub fn with_servers(
+        servers: &RedisServers,
         ca: Option<&[u8]>,
         password: Option<&str>,
         pool: usize,
         timeout: Duration,
         prefix: &str,
     ) -> anyhow::Result<Self> {
-        let mut info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(|e| anyhow::anyhow!("state url {url:?}: {e}"))?;
-        if let Some(p) = password {
-            let settings = info.redis_settings().clone().set_password(p);
-            info = info.set_redis_settings(settings);
-        }
-        let client = match ca {
-            Some(pem) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.to_vec()),
-                },
-            ),
-            None => redis::Client::open(info),
-        }
-        .map_err(|e| anyhow::anyhow!("state url {url:?}: {e}"))?;
+        let name = servers.describe();
+        let bad = |e: redis::RedisError| anyhow::anyhow!("state {name}: {e}");
+        let connect = match servers {
+            RedisServers::Single { url } => {
+                let mut info: redis::ConnectionInfo =
+                    redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(bad)?;
+                if let Some(p) = password {
+                    let settings = info.redis_settings().clone().set_password(p);
+                    info = info.set_redis_settings(settings);
+                }
+                Servers::Single(
+                    match certificates(ca) {
+                        Some(certs) => redis::Client::build_with_tls(info, certs),
+                        None => redis::Client::open(info),
+                    }
+                    .map_err(bad)?,
+                )
+            }
+            RedisServers::Cluster { nodes } => {
+                let mut b =
+                    redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                        .connection_timeout(timeout)
+                        .response_timeout(timeout)
+                        .retries(1);
+                if let Some(p) = password {
+                    b = b.password(p);
+                }
+                if let Some(certs) = certificates(ca) {
+                    b = b.certs(certs);
+                }
+                Servers::Cluster(b.build().map_err(bad)?)
+            }
+            RedisServers::Sentinel { sentinels, service } => {
+                let addrs = sentinels
+                    .iter()
+                    .map(|s| {
+                        redis::IntoConnectionInfo::into_connection_info(s.as_str())
+                            .map(|i| i.addr().clone())
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                let mut b = SentinelClientBuilder::new(addrs, service, SentinelServerType::Master)
+                    .map_err(bad)?;
+                if let Some(p) = password {
+                    b = b.set_client_to_redis_password(p);
+                }
+                Servers::Sentinel(tokio::sync::Mutex::new(b.build().map_err(bad)?))
+            }
+        };
         Ok(Self {
-            url: url.to_owned(),
-            client,
+            name,
+            servers: connect,
             slots: (0..pool.max(1))
                 .map(|_| tokio::sync::Mutex::new(Slot::default()))
                 .collect(),
@@ -248,25 +351,92 @@ impl RedisStore {
     }
 
     /// One page of the keys starting with `prefix` (without the store's own prefix), from
-    /// `cursor` (a `SCAN` cursor; `None` to start): the keys and the next cursor, `None`
-    /// at the end.
+    /// `cursor` (`None` to start): the keys and the next cursor, `None` at the end. On one
+    /// server the cursor is `SCAN`'s; a cluster is scanned primary by primary (the cursor
+    /// names each primary not yet finished and its own `SCAN` cursor), so a key moved
+    /// between primaries meanwhile may be missed or listed twice.
     pub async fn keys(
         &self,
         prefix: &str,
         cursor: Option<&str>,
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
-        let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor.unwrap_or("0"))
-            .arg("MATCH")
-            .arg(format!("{}*", glob_escape(&self.key(prefix))))
-            .arg("COUNT")
-            .arg(1000);
-        let (next, keys): (String, Vec<String>) = self.run(cmd).await?;
-        let keys = keys
-            .into_iter()
-            .filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_owned))
-            .collect();
-        Ok((keys, (next != "0").then_some(next)))
+        let mut scan = redis::cmd("SCAN");
+        let pattern = format!("{}*", glob_escape(&self.key(prefix)));
+        let own = |keys: Vec<String>| -> Vec<String> {
+            keys.into_iter()
+                .filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_owned))
+                .collect()
+        };
+        if !matches!(self.servers, Servers::Cluster(_)) {
+            scan.arg(cursor.unwrap_or("0"))
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (String, Vec<String>) = self.run(scan).await?;
+            return Ok((own(keys), (next != "0").then_some(next)));
+        }
+        let (keys, pending) = match cursor {
+            // The first page: every primary at once.
+            None => {
+                scan.arg("0")
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let answers = self.routed(scan, all).await?;
+                let Value::Map(answers) = answers else {
+                    return Err(self.malformed("SCAN of every primary"));
+                };
+                let mut keys = Vec::new();
+                let mut pending = Vec::new();
+                for (node, page) in answers {
+                    let node = String::from_redis_value(node)
+                        .map_err(|_| self.malformed("SCAN of every primary"))?;
+                    let (next, page): (String, Vec<String>) =
+                        FromRedisValue::from_redis_value(page).map_err(|e| {
+                            StoreError(format!("redis {}: SCAN on {node}: {e}", self.name))
+                        })?;
+                    keys.extend(page);
+                    if next != "0" {
+                        pending.push(format!("{node}@{next}"));
+                    }
+                }
+                (keys, pending)
+            }
+            // Then the first unfinished primary, from its cursor.
+            Some(cursor) => {
+                let mut pending: Vec<String> = cursor.split(' ').map(str::to_owned).collect();
+                let first = pending.remove(0);
+                let bad = || {
+                    StoreError(format!(
+                        "redis {}: bad key-list cursor {cursor:?}",
+                        self.name
+                    ))
+                };
+                let (node, at) = first.rsplit_once('@').ok_or_else(bad)?;
+                let (host, port) = node.rsplit_once(':').ok_or_else(bad)?;
+                let port = port.parse::<u16>().map_err(|_| bad())?;
+                scan.arg(at)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let there = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.to_owned(),
+                    port,
+                });
+                let answer = self.routed(scan, there).await?;
+                let (next, page): (String, Vec<String>) = FromRedisValue::from_redis_value(answer)
+                    .map_err(|e| StoreError(format!("redis {}: SCAN on {node}: {e}", self.name)))?;
+                if next != "0" {
+                    pending.insert(0, format!("{node}@{next}"));
+                }
+                (page, pending)
+            }
+        };
+        Ok((own(keys), (!pending.is_empty()).then(|| pending.join(" "))))
     }
 
     /// GCRA over every check, all or nothing, on the server's clock.
@@ -290,7 +460,7 @@ impl RedisStore {
     /// A live connection from the pool: the calling thread's own slot (see
     /// [`THREAD_SLOT`]); when it is down, the next connected one, and at most one connection
     /// attempt per call (slots that failed to connect wait [`RECONNECT_BACKOFF`]).
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    async fn connection(&self) -> Result<Conn, StoreError> {
         let n = self.slots.len();
         let start = THREAD_SLOT.with(|slot| *slot) % n;
         let mut attempted = false;
@@ -318,34 +488,57 @@ impl RedisStore {
                 }
             }
         }
-        Err(StoreError(format!("redis {} is unreachable", self.url)))
+        Err(StoreError(format!("redis {} is unreachable", self.name)))
     }
 
-    async fn connect(&self) -> Result<ConnectionManager, StoreError> {
+    async fn connect(&self) -> Result<Conn, StoreError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        match tokio::time::timeout(
-            self.timeout,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        {
+        let attempt = async {
+            Ok::<_, redis::RedisError>(match &self.servers {
+                Servers::Single(client) => {
+                    Conn::Server(ConnectionManager::new_with_config(client.clone(), config).await?)
+                }
+                // Sentinel names the primary anew at every connection: after a failover
+                // the next connection goes to the promoted replica.
+                Servers::Sentinel(sentinel) => {
+                    let client = sentinel.lock().await.async_get_client().await?;
+                    Conn::Server(ConnectionManager::new_with_config(client, config).await?)
+                }
+                Servers::Cluster(cluster) => Conn::Cluster(cluster.get_async_connection().await?),
+            })
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(StoreError(format!("redis {}: {e}", self.url))),
-            Err(_) => Err(StoreError(format!("redis {}: connect timed out", self.url))),
+            Ok(Err(e)) => Err(StoreError(format!("redis {}: {}", self.name, e))),
+            Err(_) => Err(StoreError(format!(
+                "redis {}: connect timed out",
+                self.name
+            ))),
         }
     }
 
-    /// A command failed: when the connection itself is gone, every slot is emptied (see
-    /// [`RedisStore::reset`]).
+    /// A command failed: when the connection itself is gone, or the server it reaches is
+    /// no longer a writable primary (a replica after a failover, or one that lost its
+    /// primary), every slot is emptied (see [`RedisStore::reset`]).
     fn failed(&self, e: &redis::RedisError) -> StoreError {
-        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        use redis::{ErrorKind, ServerErrorKind};
+        let not_primary = matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        );
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || not_primary
+        {
             self.reset();
         }
-        StoreError(format!("redis {}: {e}", self.url))
+        StoreError(format!("redis {}: {e}", self.name))
+    }
+
+    fn malformed(&self, what: &str) -> StoreError {
+        StoreError(format!("redis {}: malformed answer to {what}", self.name))
     }
 
     /// Empties every slot so the next use of each connects afresh. Called when a
@@ -373,6 +566,24 @@ impl RedisStore {
         self.count(tokio::time::timeout(self.timeout, outcome).await)
     }
 
+    /// Runs one command on the cluster nodes `routing` names, within the timeout (a single
+    /// server has no routing: callers check for a cluster first).
+    async fn routed(&self, cmd: redis::Cmd, routing: RoutingInfo) -> Result<Value, StoreError> {
+        let outcome = async {
+            match self.connection().await? {
+                Conn::Cluster(mut c) => c
+                    .route_command(cmd, routing)
+                    .await
+                    .map_err(|e| self.failed(&e)),
+                Conn::Server(_) => Err(StoreError(format!(
+                    "redis {}: routed command without a cluster",
+                    self.name
+                ))),
+            }
+        };
+        self.count(tokio::time::timeout(self.timeout, outcome).await)
+    }
+
     /// Runs a script (EVALSHA, loading it on first use) within the timeout.
     async fn script<T: redis::FromRedisValue>(
         &self,
@@ -395,7 +606,7 @@ impl RedisStore {
             self.reset();
             Err(StoreError(format!(
                 "redis {}: no answer within {:?}",
-                self.url, self.timeout
+                self.name, self.timeout
             )))
         });
         match &r {
