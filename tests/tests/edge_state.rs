@@ -13,7 +13,7 @@
 use portcullis_tests::host::{Gateway, bundle, bundle_with, reason, serve_wasm, start_engine};
 use portcullis_tests::interop::tool;
 use portcullis_tests::net::{Backend, KeyServer, Resp, raw_request, request};
-use portcullis_tests::redis::Redis;
+use portcullis_tests::redis::{Redis, RedisCluster};
 use portcullis_tests::workerd::{start_worker, start_worker_pair};
 use portcullis_tests::*;
 use serde_json::json;
@@ -282,6 +282,62 @@ fn two_bundle_processes_on_one_redis_share_limits_and_replay_checks() {
     let listed = redis.command("KEYS portcullis:kv/default/*").unwrap();
     let count: usize = listed.trim_start_matches('*').parse().unwrap();
     assert!(count >= 2, "{listed}");
+}
+
+/// `serve-wasm --state-config` takes a `[state]` table with a gateway configuration's keys
+/// and checks: two processes on a 3-primary Redis Cluster share one limit and one replay
+/// cache; a file with a mistake is refused at startup, located.
+#[test]
+fn two_bundle_processes_on_a_redis_cluster_share_limits_and_replay_checks() {
+    let cluster = RedisCluster::start(3);
+    let w = world("deny");
+    let b = bundle(&w.text, &[]);
+    let dir =
+        std::env::temp_dir().join(format!("portcullis-state-config-{}", cluster.nodes[0].port));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("state.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[state]\nbackend = \"redis\"\ncluster = {}\ntimeout = \"1s\"\n",
+            cluster.seeds()
+        ),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let one = serve_wasm(&b.wasm, &["--state-config", path]);
+    let two = serve_wasm(&b.wasm, &["--state-config", path]);
+    share_limits_and_replay_checks(one.addr, two.addr);
+    let stored: usize = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.keys()
+                .iter()
+                .filter(|k| k.starts_with("portcullis:kv/default/"))
+                .count()
+        })
+        .sum();
+    assert!(stored >= 2, "{stored}");
+
+    std::fs::write(
+        &file,
+        "[state]\nbackend = \"redis\"\nsentinels = [\"redis://127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(portcullis_tests::host::binary())
+        .args(["serve-wasm", "--listen", "127.0.0.1:0", "--component"])
+        .arg(&b.wasm)
+        .args(["--state-config", path])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("state.toml:1:1") && err.contains("`state.service` is required"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Two worker isolates (two workers in one workerd) bound to one Durable Object namespace

@@ -177,7 +177,7 @@ fn a_limit_holds_through_a_sentinel_failover(engine: &str) {
         .iter()
         .filter(|(at, s, _)| *at < killed_at && *s == 200)
         .count();
-    assert!(before_kill >= 8 && before_kill < BURST, "{before_kill}");
+    assert!((8..BURST).contains(&before_kill), "{before_kill}");
     eprintln!(
         "{engine}: primary killed after {before_kill} admitted; {recovered} requests refused \
          503 over {outage:?} until the promoted replica answered; {total} admitted in all"

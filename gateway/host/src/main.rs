@@ -167,6 +167,11 @@ enum Command {
         /// or a `redis://` / `rediss://` URL (every process using that server).
         #[arg(long, env = "PORTCULLIS_STATE", default_value = "memory")]
         state: String,
+        /// Instead of `--state`: a TOML file holding a `[state]` table with the keys of a
+        /// gateway configuration's (a Redis Cluster, Sentinel, `rediss://` with a private
+        /// CA, a password file, pool, timeout, prefix; files relative to it).
+        #[arg(long, conflicts_with_all = ["state", "state_capacity", "state_prefix"])]
+        state_config: Option<PathBuf>,
         /// Most entries kept in memory (a full store refuses new keys: fail closed).
         #[arg(long, default_value_t = portcullis_core::config::DEFAULT_STATE_CAPACITY)]
         state_capacity: usize,
@@ -523,13 +528,26 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             component,
             listen,
             state,
+            state_config,
             state_capacity,
             state_prefix,
             state_retention,
         } => {
             let wasm = std::fs::read(&component)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", component.display()))?;
-            let store = if state == "memory" {
+            let store = if let Some(path) = state_config {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                let base = path
+                    .parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default();
+                let files = portcullis_host::config::RecordingFiles::new(base);
+                let cfg =
+                    portcullis_core::config::load_state(&text, &path.display().to_string(), &files)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                portcullis_host::state::Store::from_config(&cfg)?
+            } else if state == "memory" {
                 portcullis_host::state::Store::memory(state_capacity)
             } else if state.starts_with("redis://") || state.starts_with("rediss://") {
                 let r = portcullis_host::state::RedisStore::new(

@@ -107,6 +107,16 @@ impl ConfigFiles for MapFiles {
     }
 }
 
+/// Parses and validates a file holding only a `[state]` table, with the keys and checks of
+/// a configuration's. `file` names the source in diagnostics.
+pub fn load_state(
+    source: &str,
+    file: &str,
+    files: &dyn ConfigFiles,
+) -> Result<StateConfig, ConfigError> {
+    validate::load_state(source, file, files)
+}
+
 /// Parses and validates a configuration. `file` names the source in diagnostics.
 pub fn load(source: &str, file: &str, files: &dyn ConfigFiles) -> Result<Config, ConfigError> {
     validate::load(source, file, files)

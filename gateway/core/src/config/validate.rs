@@ -49,6 +49,43 @@ pub(super) fn load(
     }
 }
 
+/// Parses and validates a file holding only a `[state]` table (a host that runs
+/// components without a gateway configuration, `serve-wasm`, keeps its store there).
+pub(super) fn load_state(
+    source: &str,
+    file: &str,
+    files: &dyn ConfigFiles,
+) -> Result<StateConfig, ConfigError> {
+    let mut d = Diags::new(file, source);
+    let (root, parse_errors) = DeTable::parse_recoverable(source);
+    for e in &parse_errors {
+        let span = e.span().unwrap_or(0..0);
+        d.error(&span, format!("TOML syntax: {}", e.message().trim()), None);
+    }
+    let mut state = None;
+    if parse_errors.is_empty() {
+        let mut top = Table::from_map(root.get_ref(), root.span(), String::new());
+        if top.get("state").is_none() {
+            d.error(
+                &(0..0),
+                "no [state] table",
+                Some("this file holds the store's [state] table only".into()),
+            );
+        }
+        state = Some(super::limits::read_state(&mut top, &mut d, files));
+        top.finish(&mut d);
+    }
+    match state {
+        Some(s) if d.list.is_empty() => Ok(s),
+        _ => {
+            d.list.sort_by_key(|(offset, _)| *offset);
+            Err(ConfigError {
+                diagnostics: d.list.into_iter().map(|(_, diag)| diag).collect(),
+            })
+        }
+    }
+}
+
 fn finish_top(top: Table<'_, '_>, d: &mut Diags<'_>) {
     // At the top level, list the sections rather than the keys asked for.
     let before = d.list.len();
