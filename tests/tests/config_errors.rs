@@ -695,6 +695,42 @@ fn redis_servers_are_one_server_a_cluster_or_sentinel() {
     }
 }
 
+/// The `session_anomaly` check and the `revoke` threshold are about browser sessions: a
+/// route without `login` cannot have them; the weights are 0..=100.
+#[test]
+fn session_anomaly_needs_sessions_and_weights_in_range() {
+    let text = format!(
+        "{MINIMAL}
+[session.anomaly]
+agent = 101
+
+[[route]]
+path = \"/api\"
+[route.risk]
+checks = [\"session_anomaly\"]
+step_up = 40
+step_up_acr = [\"mfa\"]
+
+[[route]]
+path = \"/other\"
+[route.risk]
+checks = [\"automation\"]
+revoke = 90
+"
+    );
+    let diags = errors(&text);
+    find(&diags, "`session.anomaly.agent` = 101 is outside 0..=100");
+    let anomaly = find(
+        &diags,
+        "route \"/api\" has check `session_anomaly` but no `login`",
+    );
+    assert!(anomaly.hint.unwrap().contains("login = ["));
+    find(
+        &diags,
+        "route \"/other\" has a `revoke` threshold but no `login`",
+    );
+}
+
 #[test]
 fn session_and_login_sections_are_checked() {
     let text = format!(

@@ -115,6 +115,7 @@ const PROBED_TABLES: &[(&str, &[&str])] = &[
     ("limits", &["limits"]),
     ("session", &["session"]),
     ("session.key", &["session", "key", "0"]),
+    ("session.anomaly", &["session", "anomaly"]),
     ("client", &["client"]),
     ("bot", &["bot"]),
     ("bot.list", &["bot", "list", "0"]),
@@ -186,6 +187,11 @@ fn every_table() -> (toml::Table, MapFiles) {
         .as_table_mut()
         .unwrap()
         .insert("agents".into(), agents.into());
+    let anomaly: toml::Table = "agent = 70".parse().unwrap();
+    cfg["session"]
+        .as_table_mut()
+        .unwrap()
+        .insert("anomaly".into(), anomaly.into());
     let mut files = MapFiles::default()
         .with("secrets/gw.key", b64(&[3; 32]))
         .with("secrets/turnstile.secret", "probe-secret");

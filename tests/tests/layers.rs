@@ -51,6 +51,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "features",
         &[
             "client",
+            "client_signals",
             "forwarding",
             "normalize",
             "policy",

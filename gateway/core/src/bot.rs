@@ -33,6 +33,7 @@
 //! | `ip_lists` | client address in a list's `cidrs`, or its ASN in the list's `asns` | `list:NAME` | the highest matching list's `score` |
 //! | `verified_bots` | User-Agent contains a verified bot's `user_agent` and the address is in its `cidrs` | `verified:NAME` | [`VERIFIED`] = 0, and every other signal is forced to 0 |
 //! | `verified_bots` | User-Agent claims a verified bot, address outside its `cidrs` or unknown | `impersonation:NAME` | [`IMPERSONATION`] = 100 |
+//! | `session_anomaly` | a browser session's request from another network (/24, /64), AS, country, browser family or major version, or hinted platform than its sign-in's ([`crate::client_signals`]) | `changed:<what>` | the sum of `[session.anomaly]` weights, at most 100; 0 without a session |
 //!
 //! # Assumptions
 //!
@@ -54,7 +55,8 @@ use std::net::IpAddr;
 
 use http::HeaderMap;
 
-use crate::config::{BotCheck, BotConfig};
+use crate::client_signals::{Change, ClientSignals};
+use crate::config::{AnomalyWeights, BotCheck, BotConfig};
 
 /// `automation`: a User-Agent naming an HTTP library or automation tool.
 pub const AUTOMATION_AGENT: u8 = 80;
@@ -121,6 +123,20 @@ pub struct BotInput<'a> {
     pub client_ip: Option<IpAddr>,
     /// The client's autonomous system number, when a trusted proxy supplies it.
     pub asn: Option<u32>,
+    /// A browser session's request: its sign-in's client and this one (`session_anomaly`).
+    pub session: Option<SessionView<'a>>,
+}
+
+/// A browser session's request, as `session_anomaly` compares it.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionView<'a> {
+    /// What the sign-in's request showed (`None`: a session signed in before they were
+    /// kept).
+    pub login: Option<&'a ClientSignals>,
+    /// What this request shows.
+    pub now: &'a ClientSignals,
+    /// What each change scores.
+    pub weights: &'a AnomalyWeights,
 }
 
 /// One check's result; becomes a `bot.<check>` contribution in the risk verdict.
@@ -155,6 +171,7 @@ pub fn evaluate(cfg: &BotConfig, checks: &[BotCheck], input: &BotInput<'_>) -> V
                 }
                 signal
             }
+            BotCheck::SessionAnomaly => session_anomaly(input.session),
         })
         .collect();
     if let Some(name) = verified_as {
@@ -170,6 +187,61 @@ pub fn evaluate(cfg: &BotConfig, checks: &[BotCheck], input: &BotInput<'_>) -> V
         }
     }
     signals
+}
+
+/// `session_anomaly`: the sum of the weights of what changed since the sign-in (at most
+/// 100), one `changed:<what>` label each. Scores 0 for a request without a session (a
+/// token caller) and for a session that kept no sign-in signals.
+fn session_anomaly(view: Option<SessionView<'_>>) -> Signal {
+    let check = BotCheck::SessionAnomaly;
+    let Some(view) = view else {
+        return signal(check, 0, Vec::new(), "not a browser session".into());
+    };
+    let Some(login) = view.login else {
+        return signal(
+            check,
+            0,
+            vec!["no_signals".into()],
+            "the session kept no sign-in signals".into(),
+        );
+    };
+    let changes = login.changes(view.now);
+    if changes.is_empty() {
+        return signal(check, 0, Vec::new(), "the client that signed in".into());
+    }
+    let score: u32 = changes
+        .iter()
+        .map(|c| u32::from(c.weight(view.weights)))
+        .sum();
+    let shown = |s: &ClientSignals, c: Change| -> String {
+        match c {
+            Change::Network => s.network.clone().unwrap_or_default(),
+            Change::Asn => s.asn.map(|a| format!("AS{a}")).unwrap_or_default(),
+            Change::Country => s.country.clone().unwrap_or_default(),
+            Change::Agent => s.agent.clone().unwrap_or_default(),
+            Change::Platform => s.platform.clone().unwrap_or_default(),
+        }
+    };
+    let found: Vec<String> = changes
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} -> {}",
+                c.name(),
+                shown(login, *c),
+                shown(view.now, *c)
+            )
+        })
+        .collect();
+    signal(
+        check,
+        u8::try_from(score.min(100)).unwrap_or(100),
+        changes
+            .iter()
+            .map(|c| format!("changed:{}", c.name()))
+            .collect(),
+        format!("since sign-in: {}", found.join(", ")),
+    )
 }
 
 /// A header's values, lossily decoded and joined with `, ` (`None` when absent).
@@ -679,6 +751,7 @@ mod tests {
             headers: h,
             client_ip: ip.map(|i| i.parse().unwrap()),
             asn,
+            session: None,
         };
         let mut s = evaluate(&cfg(), &[check], &input);
         assert_eq!(s.len(), 1);
@@ -815,9 +888,10 @@ mod tests {
                 headers: &h,
                 client_ip: None,
                 asn: None,
+                session: None,
             },
         );
-        assert_eq!(s.len(), 4);
+        assert_eq!(s.len(), BotCheck::ALL.len());
         assert!(s[1].labels.iter().any(|l| l == "automation:curl"), "{s:?}");
         for odd in ["", ",", ";", "\"", "\"a\";v", "\"a\";v=\"1\",", "\"\\"] {
             let _ = brands(odd);
@@ -1024,6 +1098,7 @@ mod tests {
             headers: &h,
             client_ip: Some("66.249.66.1".parse().unwrap()),
             asn: Some(64496),
+            session: None,
         };
         let checks = [
             BotCheck::BrowserHeaders,
@@ -1076,6 +1151,7 @@ mod tests {
                 headers: &headers(&[("user-agent", "curl/8.0 Googlebot")]),
                 client_ip: Some("203.0.113.9".parse().unwrap()),
                 asn: None,
+                session: None,
             },
         );
         assert_eq!(
@@ -1091,7 +1167,79 @@ mod tests {
             headers: &h,
             client_ip: None,
             asn: None,
+            session: None,
         };
         assert!(evaluate(&cfg(), &[], &input).is_empty());
+    }
+
+    #[test]
+    fn session_anomaly_sums_the_weights_of_what_changed() {
+        let h = HeaderMap::new();
+        let weights = AnomalyWeights::default();
+        let login = ClientSignals {
+            network: Some("192.0.2.0/24".into()),
+            agent: Some("Chrome/131".into()),
+            platform: Some("Windows".into()),
+            ..ClientSignals::default()
+        };
+        let run = |session: Option<SessionView<'_>>| {
+            let input = BotInput {
+                headers: &h,
+                client_ip: None,
+                asn: None,
+                session,
+            };
+            evaluate(&BotConfig::default(), &[BotCheck::SessionAnomaly], &input).remove(0)
+        };
+        let same = run(Some(SessionView {
+            login: Some(&login),
+            now: &login,
+            weights: &weights,
+        }));
+        assert_eq!((same.score, same.labels.len()), (0, 0));
+        let moved = ClientSignals {
+            network: Some("198.51.100.0/24".into()),
+            ..login.clone()
+        };
+        let s = run(Some(SessionView {
+            login: Some(&login),
+            now: &moved,
+            weights: &weights,
+        }));
+        assert_eq!(
+            (s.score, s.labels.clone()),
+            (20, vec!["changed:network".to_owned()])
+        );
+        assert!(
+            s.reason.contains("192.0.2.0/24 -> 198.51.100.0/24"),
+            "{}",
+            s.reason
+        );
+        let copied = ClientSignals {
+            agent: Some("curl/8".into()),
+            platform: Some("Linux".into()),
+            ..moved.clone()
+        };
+        let s = run(Some(SessionView {
+            login: Some(&login),
+            now: &copied,
+            weights: &weights,
+        }));
+        // 20 + 60 + 60, capped.
+        assert_eq!(s.score, 100);
+        assert_eq!(
+            s.labels,
+            ["changed:network", "changed:agent", "changed:platform"]
+        );
+        assert_eq!(run(None).score, 0);
+        let old = run(Some(SessionView {
+            login: None,
+            now: &copied,
+            weights: &weights,
+        }));
+        assert_eq!(
+            (old.score, old.labels.clone()),
+            (0, vec!["no_signals".to_owned()])
+        );
     }
 }

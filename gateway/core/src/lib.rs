@@ -59,6 +59,7 @@ pub mod b64;
 pub mod claims;
 pub mod client;
 pub mod client_auth;
+pub mod client_signals;
 pub mod config;
 pub mod crypto;
 pub mod decision;

@@ -30,6 +30,7 @@ use crate::authenticate::{Authenticator, IssuedKind};
 use crate::challenge::{page_headers, percent_decode, safe_return_path};
 use crate::claims::VerifiedIdentity;
 use crate::client_auth::{AssertionInputs, ClientAuth};
+use crate::client_signals::ClientSignals;
 use crate::config::{Config, IssuerConfig, LoginClient, SessionConfig};
 use crate::decision::{Response, problem};
 use crate::forms::{encode as encode_form, encode_component as form_encode};
@@ -144,6 +145,9 @@ pub struct Flow<'a> {
     pub now: Timestamp,
     /// The request's canonical authority (for same-origin checks).
     pub authority: &'a crate::canonical::Authority,
+    /// The client as resolved through `[client]` (a new session keeps what it shows, for
+    /// the `session_anomaly` check).
+    pub client: crate::model::ClientInfo,
 }
 
 /// A session found on a request.
@@ -161,6 +165,12 @@ pub struct Resolved {
     pub event: &'static str,
     /// The scopes its sign-in asked the consent screen for, if it was a consent login.
     pub consent_asked: Option<String>,
+    /// The session id (its revocation key).
+    pub sid: String,
+    /// When it signed in (unix seconds).
+    pub created: u64,
+    /// What its sign-in showed of the client.
+    pub signals: Option<ClientSignals>,
 }
 
 /// The outcome of looking for a session.
@@ -230,6 +240,24 @@ impl Flow<'_> {
         };
         r.headers.extend(extra.into_iter().map(|v| (SET_COOKIE, v)));
         r
+    }
+
+    /// Ends the session `sid` — its live marker in the shared state is deleted, so every
+    /// copy of its cookie is refused from now on — and answers 401 `session_revoked` with
+    /// the cookies cleared (a page for browsers). The refusal stands when the state cannot
+    /// be reached; the detail says so.
+    pub fn revoke(&self, sid: &str, detail: &str) -> Response {
+        let detail = match self.io.delete(&format!("sess/{sid}")) {
+            Ok(()) => format!("{detail}; the session was ended: sign in again"),
+            Err(e) => format!(
+                "{detail}; the session could not be ended in the shared state ({e}): sign in again"
+            ),
+        };
+        self.refuse(
+            Reason::SessionRevoked,
+            &detail,
+            self.clear_session_cookies(),
+        )
     }
 
     /// Sends the browser to `provider` to log in, then back to `return_to`.
@@ -616,6 +644,7 @@ impl Flow<'_> {
             refresh_token: tokens.refresh_token.clone(),
             id_token: Some(id_token),
             consent_asked: attempt.consent_scopes.clone(),
+            signals: Some(ClientSignals::observe(&self.client, self.headers)),
         };
         let op_sid = id.claims.get("sid").and_then(Value::as_str);
         if let Err(e) = self.register(&session, op_sid) {
@@ -931,6 +960,9 @@ impl Flow<'_> {
             access_token: s.access_token.clone(),
             event,
             consent_asked: s.consent_asked.clone(),
+            sid: s.sid.clone(),
+            created: s.created,
+            signals: s.signals.clone(),
         }))
     }
 

@@ -103,6 +103,9 @@ pub enum Reason {
     DpopNonceRequired,
     /// The session cookie is tampered with, truncated, or sealed with an unknown key.
     SessionInvalid,
+    /// The session was ended because its requests' risk reached the route's `revoke`
+    /// threshold (e.g. its cookie used from another client): every copy of it is refused.
+    SessionRevoked,
     /// A login callback's `state` or its login-attempt cookie is missing, tampered with,
     /// expired or already used.
     LoginStateInvalid,
@@ -170,6 +173,7 @@ impl Reason {
             Reason::ClearanceInvalid => "clearance_invalid",
             Reason::ChallengeFailed => "challenge_failed",
             Reason::SessionInvalid => "session_invalid",
+            Reason::SessionRevoked => "session_revoked",
             Reason::LoginStateInvalid => "login_state_invalid",
             Reason::LoginFailed => "login_failed",
             Reason::ProviderUnavailable => "provider_unavailable",
@@ -185,7 +189,7 @@ impl Reason {
     }
 
     /// Every reason, for lookups and metrics.
-    pub const ALL: [Reason; 55] = [
+    pub const ALL: [Reason; 56] = [
         Reason::InvalidRequest,
         Reason::PathInvalid,
         Reason::HostInvalid,
@@ -230,6 +234,7 @@ impl Reason {
         Reason::ClearanceInvalid,
         Reason::ChallengeFailed,
         Reason::SessionInvalid,
+        Reason::SessionRevoked,
         Reason::LoginStateInvalid,
         Reason::LoginFailed,
         Reason::ProviderUnavailable,
@@ -341,6 +346,7 @@ impl Reason {
             Reason::ClearanceInvalid => "The challenge clearance is invalid",
             Reason::ChallengeFailed => "The challenge was not solved",
             Reason::SessionInvalid => "The session cookie is invalid",
+            Reason::SessionRevoked => "The session was ended: sign in again",
             Reason::LoginStateInvalid => "The sign-in attempt is invalid or expired",
             Reason::LoginFailed => "The sign-in at the identity provider failed",
             Reason::ProviderUnavailable => "The identity provider is unavailable",
@@ -362,7 +368,7 @@ impl Reason {
             | Reason::DpopProofInvalid
             | Reason::DpopNonceRequired => None,
             Reason::InvalidRequest => Some("invalid_request"),
-            Reason::SessionInvalid | Reason::LoginFailed => None,
+            Reason::SessionInvalid | Reason::SessionRevoked | Reason::LoginFailed => None,
             Reason::InsufficientScope => Some("insufficient_scope"),
             Reason::InsufficientUserAuthentication => Some("insufficient_user_authentication"),
             r if r.status() == StatusCode::UNAUTHORIZED => Some("invalid_token"),
@@ -419,6 +425,7 @@ mod tests {
                             | Reason::DpopProofInvalid
                             | Reason::DpopNonceRequired
                             | Reason::SessionInvalid
+                            | Reason::SessionRevoked
                             | Reason::LoginFailed
                     )
                     || r == Reason::InsufficientScope

@@ -173,6 +173,7 @@ subject_key_file = "k"
             step_up: Some(40),
             challenge: Some(60),
             deny: Some(90),
+            revoke: None,
             step_up_acr: vec!["mfa".into()],
             plugin_actions: true,
             checks: Vec::new(),

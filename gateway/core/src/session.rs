@@ -387,6 +387,10 @@ pub struct Session {
     /// for again (no consent loop).
     #[serde(default)]
     pub consent_asked: Option<String>,
+    /// What the sign-in's request showed of the client, for the `session_anomaly` check
+    /// (`None` in sessions sealed before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<crate::client_signals::ClientSignals>,
 }
 
 /// Whether a session may still be used ([`Session::state`]).
@@ -942,6 +946,7 @@ mod tests {
             refresh_token: Some("refresh-secret".into()),
             id_token: Some("id-token-secret".into()),
             consent_asked: None,
+            signals: None,
         }
     }
 

@@ -361,7 +361,7 @@ challenge = 60
         assert_eq!(tor.asns, [64496]);
         assert_eq!(cfg.bot.verified[0].user_agent, "Googlebot");
         let risk = cfg.routes[0].risk.as_ref().unwrap();
-        assert_eq!(risk.checks, BotCheck::ALL);
+        assert_eq!(risk.checks, BotCheck::ALL[..4]);
         assert!(
             risk.plugins.is_empty(),
             "checks alone make a valid risk phase"

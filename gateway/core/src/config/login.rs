@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::ConfigFiles;
 use super::model::{
-    AuthMode, Introspection, IssuerConfig, KeySource, LoginClient, Route, SessionConfig,
+    AuthMode, BotCheck, Introspection, IssuerConfig, KeySource, LoginClient, Route, SessionConfig,
 };
 use super::reader::{Diags, Span, Table};
 use crate::client_auth::{ClientAuth, ClientKey, ClientSecret};
@@ -285,6 +285,24 @@ pub(super) fn check_login_routes(
         }
     }
     for (route, span) in routes {
+        let risk = route.risk.as_ref();
+        let anomaly = risk.is_some_and(|r| r.checks.contains(&BotCheck::SessionAnomaly));
+        let revoke = risk.is_some_and(|r| r.revoke.is_some());
+        if (anomaly || revoke) && route.login.is_empty() {
+            d.error(
+                span,
+                format!(
+                    "route {:?} has {} but no `login`: it has no browser sessions",
+                    route.path,
+                    if anomaly {
+                        "check `session_anomaly`"
+                    } else {
+                        "a `revoke` threshold"
+                    }
+                ),
+                Some("add login = [\"provider\"], or remove it".into()),
+            );
+        }
         if route.login.is_empty() {
             continue;
         }
@@ -479,6 +497,28 @@ pub(super) fn read_session(
         }
     }
     cfg.forward_access_token = t.boolean(d, "forward_access_token").is_some_and(|(b, _)| b);
+    if let Some(mut a) = t.table(d, "anomaly") {
+        let w = &mut cfg.anomaly;
+        for (key, into) in [
+            ("network", &mut w.network),
+            ("asn", &mut w.asn),
+            ("country", &mut w.country),
+            ("agent", &mut w.agent),
+            ("platform", &mut w.platform),
+        ] {
+            if let Some((n, span)) = a.integer(d, key) {
+                match u8::try_from(n) {
+                    Ok(n) if n <= 100 => *into = n,
+                    _ => d.error(
+                        &span,
+                        format!("`session.anomaly.{key}` = {n} is outside 0..=100"),
+                        None,
+                    ),
+                }
+            }
+        }
+        a.finish(d);
+    }
     t.finish(d);
     Some(cfg)
 }

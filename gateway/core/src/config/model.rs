@@ -337,6 +337,37 @@ pub struct SessionConfig {
     pub login_timeout: Duration,
     /// Send the session's access token to the backend as `Authorization: Bearer`.
     pub forward_access_token: bool,
+    /// What each difference from the sign-in's client scores (`[session.anomaly]`).
+    pub anomaly: AnomalyWeights,
+}
+
+/// The score of each way a session's request differs from its sign-in
+/// (`[session.anomaly]`, the `session_anomaly` check); the check scores their sum, at most
+/// 100.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnomalyWeights {
+    /// Another /24 or /64.
+    pub network: u8,
+    /// Another autonomous system.
+    pub asn: u8,
+    /// Another country.
+    pub country: u8,
+    /// Another browser family or major version.
+    pub agent: u8,
+    /// Another platform.
+    pub platform: u8,
+}
+
+impl Default for AnomalyWeights {
+    fn default() -> Self {
+        Self {
+            network: 20,
+            asn: 30,
+            country: 50,
+            agent: 60,
+            platform: 60,
+        }
+    }
 }
 
 impl Default for SessionConfig {
@@ -350,6 +381,7 @@ impl Default for SessionConfig {
             refresh_before: Duration::from_secs(60),
             login_timeout: Duration::from_secs(600),
             forward_access_token: false,
+            anomaly: AnomalyWeights::default(),
         }
     }
 }
@@ -729,6 +761,10 @@ pub struct RouteRisk {
     pub challenge: Option<u8>,
     /// Score at or above which the request is refused.
     pub deny: Option<u8>,
+    /// Score at or above which a browser session is ended: revoked in the shared state,
+    /// its cookies cleared, 401 `session_revoked` (callers with a token get the other
+    /// thresholds' answers).
+    pub revoke: Option<u8>,
     /// `acr` values that satisfy a step-up (a caller already at one of them passes).
     pub step_up_acr: Vec<String>,
     /// Whether plugins' suggested actions count (otherwise only the thresholds decide).
@@ -749,15 +785,19 @@ pub enum BotCheck {
     IpLists,
     /// `verified_bots`: a `[[bot.verified]]` crawler, verified or impersonated.
     VerifiedBots,
+    /// `session_anomaly`: a browser session used from a client unlike the one that signed
+    /// in (weights in `[session.anomaly]`, [`crate::client_signals`]).
+    SessionAnomaly,
 }
 
 impl BotCheck {
     /// Every check, in documentation order.
-    pub const ALL: [BotCheck; 4] = [
+    pub const ALL: [BotCheck; 5] = [
         BotCheck::BrowserHeaders,
         BotCheck::Automation,
         BotCheck::IpLists,
         BotCheck::VerifiedBots,
+        BotCheck::SessionAnomaly,
     ];
 
     /// The name used in configuration, contributions (`bot.<name>`) and audit records.
@@ -767,6 +807,7 @@ impl BotCheck {
             BotCheck::Automation => "automation",
             BotCheck::IpLists => "ip_lists",
             BotCheck::VerifiedBots => "verified_bots",
+            BotCheck::SessionAnomaly => "session_anomaly",
         }
     }
 

@@ -246,6 +246,7 @@ pub(super) fn read_route_risk(
     let step_up = threshold(&mut t, d, "step_up");
     let challenge = threshold(&mut t, d, "challenge");
     let deny = threshold(&mut t, d, "deny");
+    let revoke = threshold(&mut t, d, "revoke");
     let step_up_acr: Vec<String> = t
         .strings(d, "step_up_acr")
         .map(|(l, _)| l.into_iter().map(|(s, _)| s).collect())
@@ -286,6 +287,7 @@ pub(super) fn read_route_risk(
         step_up,
         challenge,
         deny,
+        revoke,
         step_up_acr,
         plugin_actions,
         checks,

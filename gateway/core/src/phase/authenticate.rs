@@ -89,6 +89,8 @@ fn session(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step<Option<Verif
             cx.session.access_token = found.access_token;
             cx.session.provider = Some(found.provider);
             cx.session.consent_asked = found.consent_asked;
+            cx.session.sid = Some(found.sid);
+            cx.session.signals = found.signals;
             Ok(Some(found.identity))
         }
         Lookup::Refuse(r) => Err(r),

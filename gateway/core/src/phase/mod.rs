@@ -219,6 +219,7 @@ impl<'a> Scope<'a> {
                 request_id: req.request_id,
                 now: input.now,
                 authority: &norm.authority,
+                client: client.clone(),
             }),
             _ => None,
         };
@@ -271,4 +272,8 @@ pub struct SessionUse {
     /// The scopes the session's sign-in asked the consent screen for, if it was a consent
     /// login.
     pub consent_asked: Option<String>,
+    /// The session id (to revoke it).
+    pub sid: Option<String>,
+    /// What the session's sign-in showed of the client.
+    pub signals: Option<crate::client_signals::ClientSignals>,
 }

@@ -4,10 +4,13 @@
 //! valid clearance cookie, [`crate::challenge`]) or deny.
 
 use super::{Ctx, Matched, Scope, Step};
+use crate::bot::SessionView;
 use crate::challenge::{self as pow, Binding, Clearance};
 use crate::claims::VerifiedIdentity;
-use crate::config::{Route, RouteRisk};
+use crate::client_signals::ClientSignals;
+use crate::config::{BotCheck, Route, RouteRisk};
 use crate::decision::{Response, problem};
+use crate::login::StepUp;
 use crate::reason::Reason;
 use crate::risk::{Action, RiskContext, RiskIdentity, RiskVerdict, combine_with};
 
@@ -19,6 +22,18 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
     let Some(risk) = &m.route.risk else {
         return Ok(());
     };
+    // A browser session's request, for `session_anomaly`: its sign-in against this one.
+    let now = (cx.session.sid.is_some() && risk.checks.contains(&BotCheck::SessionAnomaly))
+        .then(|| ClientSignals::observe(&scope.client, input.req.headers));
+    let weights = cfg.session.as_ref().map(|s| &s.anomaly);
+    let session = match (&now, weights) {
+        (Some(now), Some(weights)) => Some(SessionView {
+            login: cx.session.signals.as_ref(),
+            now,
+            weights,
+        }),
+        _ => None,
+    };
     let signals = crate::bot::evaluate(
         &cfg.bot,
         &risk.checks,
@@ -26,6 +41,7 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
             headers: input.req.headers,
             client_ip: scope.client.ip,
             asn: scope.client.asn,
+            session,
         },
     );
     let answers = if risk.plugins.is_empty() {
@@ -35,11 +51,38 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
         input.io.assess(&risk.plugins, ctx)
     };
     let mut verdict = combine_with(cfg, risk, signals, answers);
+    // A browser session whose risk reached `revoke` ends here: every copy of its cookie.
+    if let (Some(threshold), Some(sid), Some(flow)) = (risk.revoke, &cx.session.sid, &scope.flow)
+        && verdict.score >= threshold
+    {
+        let response = flow.revoke(sid, &verdict.detail());
+        cx.audit.session = Some("revoked");
+        cx.audit.risk = Some(verdict);
+        return Err(response);
+    }
     let refusal = match verdict.action {
         Action::Challenge if verdict.failed.is_none() => {
             let (refusal, clearance) = challenge(scope, &verdict, risk);
             verdict.clearance = clearance;
             refusal
+        }
+        // A browser session steps up at its provider: a fresh sign-in (`prompt=login`) at
+        // the acr the route asks for, which also records this client as the session's.
+        Action::StepUp
+            if verdict.failed.is_none()
+                && !reached(&verdict, risk, cx.identity.as_ref())
+                && crate::login::is_navigation(input.req.method, input.req.headers) =>
+        {
+            match (cx.session.provider, &scope.flow) {
+                (Some(provider), Some(flow)) => {
+                    let step_up = StepUp {
+                        acr_values: Some(risk.step_up_acr.join(" ")),
+                        ..StepUp::default()
+                    };
+                    Some(flow.begin(provider, &scope.norm.path_and_query, &step_up))
+                }
+                _ => refusal(&verdict, risk, cx.identity.as_ref(), input.req.request_id),
+            }
         }
         _ => refusal(&verdict, risk, cx.identity.as_ref(), input.req.request_id),
     };
@@ -144,6 +187,19 @@ fn challenge(
     (Some(page), clearance)
 }
 
+/// Whether the caller already has the strength a step-up asks for: an `acr` in the route's
+/// `step_up_acr` — unless the session itself looks moved to another client, which only a
+/// fresh sign-in from this one settles.
+fn reached(verdict: &RiskVerdict, risk: &RouteRisk, identity: Option<&VerifiedIdentity>) -> bool {
+    let moved = verdict.plugins.iter().any(|c| {
+        c.plugin == format!("bot.{}", BotCheck::SessionAnomaly.name()) && c.score.unwrap_or(0) > 0
+    });
+    !moved
+        && identity
+            .and_then(|id| id.acr.as_deref())
+            .is_some_and(|acr| risk.step_up_acr.iter().any(|a| a == acr))
+}
+
 /// The response for a verdict that does not let the request through.
 fn refusal(
     verdict: &RiskVerdict,
@@ -160,10 +216,7 @@ fn refusal(
         Action::Deny => Some(problem(Reason::RiskDenied, &detail, request_id, &[])),
         Action::Challenge => Some(problem(Reason::ChallengeRequired, &detail, request_id, &[])),
         Action::StepUp => {
-            let reached = identity
-                .and_then(|id| id.acr.as_deref())
-                .is_some_and(|acr| risk.step_up_acr.iter().any(|a| a == acr));
-            if reached {
+            if reached(verdict, risk, identity) {
                 return None;
             }
             let (reason, challenge) = match identity {
