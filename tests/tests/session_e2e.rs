@@ -140,9 +140,42 @@ acr_values = ["mfa"]
 path = "/both"
 login = ["op", "op2"]
 
+# Session anomaly (issue 22): one route per action on the same check.
+[[route]]
+path = "/watch"
+login = ["op"]
+[route.risk]
+checks = ["session_anomaly"]
+
+[[route]]
+path = "/stepup"
+login = ["op"]
+[route.risk]
+checks = ["session_anomaly"]
+step_up = 50
+step_up_acr = ["mfa"]
+
+[[route]]
+path = "/challenged"
+login = ["op"]
+[route.risk]
+checks = ["session_anomaly"]
+challenge = 50
+
+[[route]]
+path = "/guarded"
+login = ["op"]
+[route.risk]
+checks = ["session_anomaly"]
+revoke = 50
+
 [[route]]
 path = "/"
 auth = "public"
+
+[client]
+trusted_proxies = ["127.0.0.0/8"]
+ip_header = "x-forwarded-for"
 
 [audit]
 subject_key_file = "audit.key"
@@ -1077,7 +1110,179 @@ fn a_session_ended_at_one_worker_isolate_is_refused_at_another_on_one_namespace(
     a_session_ended_at_one_process_is_refused_at_another_on_one_redis("worker-pair");
 }
 
+/// The `session_anomaly` contribution (score, labels) of the last audit record for `path`.
+fn anomaly(gw: &Gateway, path: &str) -> (u64, Vec<String>) {
+    let records = audit_records(gw, |r| r.iter().any(|r| r["path"] == path));
+    let record = records
+        .iter()
+        .rev()
+        .find(|r| r["path"] == path)
+        .unwrap_or_else(|| panic!("no audit record for {path}: {records:?}"));
+    let c = record["risk"]["plugins"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["plugin"] == "bot.session_anomaly"))
+        .unwrap_or_else(|| panic!("no session_anomaly in {record}"));
+    let labels = c["labels"]
+        .as_array()
+        .map(|l| l.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default();
+    (c["score"].as_u64().unwrap(), labels)
+}
+
+/// Issue 22: a browser session copied to another client. The browser that signed in meets
+/// no anomaly; its cookie sent by a script with another User-Agent (weight 60) is recorded
+/// on a watching route, stepped up (a browser with that copy signs in again at `mfa` and
+/// gets a session of its own), challenged, and finally revoked: every copy of the session
+/// is refused from then on, the original browser's too. From another network alone
+/// (weight 20, where the runtime knows client addresses) nothing but the record happens.
+fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &str) {
+    let w = World::start(engine, 600);
+    let browser = Browser::start();
+    browser.goto(&w.url("/watch/home"));
+    sign_in(&browser, "grace", None, &w.url("/watch/home"));
+    for path in ["/stepup/a", "/challenged/a", "/guarded/a"] {
+        browser.goto(&w.url(path));
+        browser.wait_until(WAIT, path, |b| b.text().contains("\"backend\""));
+        assert_eq!(anomaly(&w.gw, path).0, 0, "{path}");
+    }
+    let cookie = session_cookie_header(&browser);
+    let ua = browser.user_agent();
+    let copy = |path: &str, extra: &[(&str, &str)]| {
+        let mut h = vec![("cookie", cookie.as_str())];
+        h.extend_from_slice(extra);
+        w.raw(path, &h)
+    };
+    let json = ("accept", "application/json");
+    let curl = ("user-agent", "curl/8.5.0");
+
+    // The same browser from another network: recorded, below every threshold.
+    if matches!(engine, "native" | "component") {
+        let away = ("x-forwarded-for", "203.0.113.9");
+        for path in ["/stepup/net", "/guarded/net"] {
+            let r = copy(path, &[("user-agent", &ua), json, away]);
+            assert_eq!(
+                r.status,
+                200,
+                "{path}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            assert_eq!(
+                anomaly(&w.gw, path),
+                (20, vec!["changed:network".to_owned()])
+            );
+        }
+    }
+
+    // Another client: recorded where the route only watches.
+    let r = copy("/watch/x", &[curl, json]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        anomaly(&w.gw, "/watch/x"),
+        (60, vec!["changed:agent".to_owned()])
+    );
+    // Stepped up: scripts get RFC 9470, navigations go to the provider for a fresh sign-in.
+    let r = copy("/stepup/x", &[curl, json]);
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (401, "insufficient_user_authentication")
+    );
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .contains("acr_values=\"mfa\"")
+    );
+    let r = copy("/stepup/x", &[curl, NAVIGATE[0], NAVIGATE[1]]);
+    assert_eq!(r.status, 302);
+    let location = r.header("location").unwrap();
+    assert!(
+        location.starts_with(&w.op.endpoint("authorization_endpoint")),
+        "{location}"
+    );
+    let query = location.split_once('?').unwrap().1;
+    assert_eq!(form_value(query, "prompt").as_deref(), Some("login"));
+    assert_eq!(form_value(query, "acr_values").as_deref(), Some("mfa"));
+    // Challenged.
+    let r = copy("/challenged/x", &[curl, json]);
+    assert_eq!((r.status, reason(&r).as_str()), (403, "challenge_required"));
+
+    // A browser holding the copy (another User-Agent) is sent to sign in again, does so at
+    // mfa, and then has a session of its own: no anomaly, even on the revoking route.
+    let other = Browser::start_with_args(&[
+        "--user-agent=Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    ]);
+    other.goto(&w.url("/"));
+    let value = cookie.split_once('=').unwrap().1;
+    other.add_cookie(json!({
+        "name": SESSION_COOKIE, "value": value, "path": "/", "secure": true, "httpOnly": true,
+    }));
+    other.goto(&w.url("/stepup/b"));
+    sign_in(&other, "grace", Some("123456"), &w.url("/stepup/b"));
+    assert_eq!(page_json(&other)["headers"]["x-user-acr"], "mfa");
+    other.goto(&w.url("/guarded/b"));
+    other.wait_until(WAIT, "the guarded page", |b| {
+        b.text().contains("\"backend\"")
+    });
+    assert_eq!(anomaly(&w.gw, "/guarded/b").0, 0);
+    // That session is at mfa, yet a copy of it elsewhere still steps up: only a fresh
+    // sign-in from the new client settles an anomaly.
+    let strong = format!(
+        "{SESSION_COOKIE}={}",
+        other.cookie(SESSION_COOKIE).unwrap()["value"]
+            .as_str()
+            .unwrap()
+    );
+    let r = w.raw("/stepup/c", &[("cookie", &strong), curl, json]);
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (401, "insufficient_user_authentication")
+    );
+
+    // Revoked: the copy ends the session, for every holder of it.
+    let r = copy("/guarded/x", &[curl, json]);
+    assert_eq!((r.status, reason(&r).as_str()), (401, "session_revoked"));
+    assert!(
+        r.headers.iter().any(|(k, v)| k == "set-cookie"
+            && v.starts_with(SESSION_COOKIE)
+            && v.contains("Max-Age=0")),
+        "{:?}",
+        r.headers
+    );
+    let records = audit_records(&w.gw, |r| r.iter().any(|r| r["path"] == "/guarded/x"));
+    let revoked = records
+        .iter()
+        .rev()
+        .find(|r| r["path"] == "/guarded/x")
+        .unwrap();
+    assert_eq!(revoked["session"], "revoked");
+    let r = copy("/watch/y", &[("user-agent", &ua), json]);
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (401, "authentication_required")
+    );
+    // The original browser's session is over too: it goes through its provider again (the
+    // provider's own session signs it straight back in) and comes back with a new one.
+    let callbacks = |records: &[Value]| {
+        records
+            .iter()
+            .filter(|r| r["path"] == "/_portcullis/callback")
+            .count()
+    };
+    let before = callbacks(&audit_records(&w.gw, |_| true));
+    browser.goto(&w.url("/watch/after"));
+    browser.wait_until(WAIT, "the page after signing in again", |b| {
+        b.url() == w.url("/watch/after") && b.text().contains("\"backend\"")
+    });
+    let records = audit_records(&w.gw, |r| callbacks(r) > before);
+    assert_eq!(callbacks(&records), before + 1, "{records:?}");
+    let refused = records
+        .iter()
+        .find(|r| r["path"] == "/watch/after")
+        .unwrap();
+    assert_eq!(refused["session"], "revoked", "{refused}");
+}
+
 on_every_runtime!(
+    a_copied_session_is_stepped_up_challenged_or_revoked_as_configured,
     browser_signs_in_reloads_logs_out_and_is_sent_to_login_again,
     scripts_get_401_json_and_bearer_tokens_keep_working,
     tampered_truncated_and_replayed_cookies_and_states_get_a_clear_page,
