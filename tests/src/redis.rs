@@ -372,19 +372,29 @@ impl SentinelSet {
     /// Starts them and waits until the replica is in sync and every sentinel knows the
     /// replica and the two other sentinels.
     pub fn start(service: &str) -> Self {
-        let primary = Redis::start();
-        let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        // Replication writes an RDB file (even with `--save ""`): into a scratch directory,
+        // never the working directory.
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-sentinel-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(dir.join("primary")).unwrap();
+        std::fs::create_dir_all(dir.join("replica")).unwrap();
+        let in_dir = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+        let primary = Redis::start_with(&["--dir", &in_dir("primary")]);
+        let replica = Redis::start_with(&[
+            "--dir",
+            &in_dir("replica"),
+            "--replicaof",
+            "127.0.0.1",
+            &primary.port.to_string(),
+        ]);
         wait_until("the replica is in sync", || {
             replica
                 .text(&["INFO", "replication"])
                 .is_some_and(|t| t.contains("master_link_status:up"))
         });
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-sentinel-{}-{}",
-            std::process::id(),
-            primary.port
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
         let sentinels = (0..3)
             .map(|i| {
                 let port = free_port();
