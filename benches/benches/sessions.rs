@@ -5,13 +5,20 @@
 //! * `renew/*`: seal the session again and split it into `Set-Cookie` chunks — paid at most
 //!   once per `renew_after` (or after a token refresh).
 //!
+//! * `anomaly`: what the `session_anomaly` check adds on a request: observe the client
+//!   (network, AS, country, browser family from `User-Agent`, platform hint) and compare it
+//!   with the sign-in's signals sealed in the session.
+//!
 //! `small` holds the claims and no provider tokens (about 0.4 KB sealed); `tokens` holds a
-//! 1 KB access token, a refresh token and a 1 KB ID token (two cookie chunks).
+//! 1 KB access token, a refresh token and a 1 KB ID token (two cookie chunks). Both carry
+//! the sign-in's client signals.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use portcullis_core::Timestamp;
+use portcullis_core::client::ClientInfo;
+use portcullis_core::client_signals::ClientSignals;
 use portcullis_core::internal::session::{self, CookieAttrs, Session, SessionKeys};
 
 const BASE: &str = "__Host-portcullis-session";
@@ -40,8 +47,22 @@ fn session(with_tokens: bool) -> Session {
         refresh_token: if with_tokens { token(64) } else { None },
         id_token: if with_tokens { token(1000) } else { None },
         consent_asked: None,
+        signals: Some(signed_in()),
     }
 }
+
+/// The sign-in's client: a desktop Chrome behind a CDN that sends country and AS.
+fn signed_in() -> ClientSignals {
+    ClientSignals {
+        network: Some("198.51.100.0/24".into()),
+        asn: Some(64496),
+        country: Some("DE".into()),
+        agent: Some("Chrome/131".into()),
+        platform: Some("Windows".into()),
+    }
+}
+
+const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 
 fn cookie_header(keys: &SessionKeys, s: &Session) -> HeaderMap {
     let sealed = s.seal(keys, [7; 24]).unwrap();
@@ -89,6 +110,34 @@ fn sessions(c: &mut Criterion) {
         });
         g.finish();
     }
+    let login = signed_in();
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::USER_AGENT, HeaderValue::from_static(CHROME));
+    headers.insert(
+        "sec-ch-ua-platform",
+        HeaderValue::from_static("\"Windows\""),
+    );
+    let mut g = c.benchmark_group("session/anomaly");
+    for (name, ip) in [
+        ("same_client", "198.51.100.7"),
+        ("other_network", "203.0.113.7"),
+    ] {
+        let client = ClientInfo {
+            ip: Some(ip.parse().unwrap()),
+            country: Some("DE".into()),
+            asn: Some(64496),
+        };
+        let expected = usize::from(name == "other_network");
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let now = ClientSignals::observe(&client, &headers);
+                let changes = login.changes(&now);
+                assert_eq!(changes.len(), expected);
+                changes
+            })
+        });
+    }
+    g.finish();
 }
 
 criterion_group!(benches, sessions);
