@@ -9,7 +9,12 @@
 //!
 //! Each iteration checks a fresh client key among 10 000 (so buckets are mostly allowing,
 //! as in normal traffic) against one or three limits.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis_core::limits::LimitCheck;

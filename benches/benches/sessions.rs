@@ -48,6 +48,7 @@ fn session(with_tokens: bool) -> Session {
         id_token: if with_tokens { token(1000) } else { None },
         consent_asked: None,
         signals: Some(signed_in()),
+        op_sid: Some("op-session-1".into()),
     }
 }
 

@@ -35,8 +35,9 @@ fn config() -> portcullis_core::Config {
 name = "op"
 issuer = "{OP}"
 discovery = true
-audiences = ["unused-api"]
+audiences = ["api"]
 algorithms = ["ES256"]
+session_bound_tokens = true
 
 [issuer.login]
 client_id = "{CLIENT}"
@@ -58,6 +59,9 @@ missing = "eu"
 [[route]]
 path = "/app"
 login = ["op"]
+
+[[route]]
+path = "/api"
 
 [audit]
 subject_key_file = "audit.key"
@@ -224,6 +228,79 @@ impl World {
             *self.seen.borrow_mut() = seen.into_inner();
         }
         d
+    }
+}
+
+impl World {
+    /// GET /api/x with `Authorization: Bearer token`.
+    fn call(&self, token: &str) -> Decision {
+        let local = self.engine.authenticator(&self.keys);
+        let auth = Auth { local };
+        let port = Port {
+            map: &self.state,
+            seen: None,
+        };
+        let adapters = Adapters {
+            state: &port,
+            ..Adapters::new(&auth, &AllHealthy)
+        };
+        let mut headers = http::HeaderMap::new();
+        headers.insert("host", "gw.test".parse().unwrap());
+        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let uri: http::Uri = "/api/x".parse().unwrap();
+        let req = RequestParts {
+            method: &http::Method::GET,
+            uri: &uri,
+            headers: &headers,
+            request_id: "api",
+            peer: None,
+            peer_hints: Default::default(),
+            body: b"",
+        };
+        self.engine
+            .gateway()
+            .decide(&adapters, &req, Timestamp::from_unix_secs(NOW + 2))
+    }
+}
+
+/// An access token of the provider for `sub` frank, with `extra` claims.
+fn access_token(extra: Value) -> String {
+    let mut claims = json!({
+        "iss": OP, "aud": "api", "iat": NOW, "exp": NOW + 600, "sub": "frank",
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    TestIdp::shared().sign("ES256", claims)
+}
+
+/// Issue 22, across channels: an app's access token that names the provider session
+/// (`sid`) it came from ends with that session. After a back-channel logout for `op-sid-1`,
+/// its tokens are refused (401 `token_inactive`) while another session's tokens, and tokens
+/// naming none, still pass (`session_bound_tokens`).
+#[test]
+fn a_back_channel_logout_ends_the_access_tokens_of_its_provider_session() {
+    let w = World::new();
+    let forwarded = |d: &Decision| matches!(d.outcome, Outcome::Forward(_));
+    let same = access_token(json!({"sid": "op-sid-1"}));
+    let other = access_token(json!({"sid": "op-sid-2"}));
+    let none = access_token(json!({}));
+    for t in [&same, &other, &none] {
+        let d = w.call(t);
+        assert!(forwarded(&d), "{d:?}");
+    }
+    let logout = answer(&w.logout(&token(json!({"jti": "j-end", "sid": "op-sid-1"})), true));
+    assert_eq!(logout.0, 200, "{logout:?}");
+    let (status, reason, detail, _) = answer(&w.call(&same));
+    assert_eq!(
+        (status, reason.as_str()),
+        (401, "token_inactive"),
+        "{detail}"
+    );
+    assert!(detail.contains("provider session"), "{detail}");
+    for t in [&other, &none] {
+        let d = w.call(t);
+        assert!(forwarded(&d), "{d:?}");
     }
 }
 

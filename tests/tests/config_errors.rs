@@ -729,6 +729,12 @@ revoke = 90
         &diags,
         "route \"/other\" has a `revoke` threshold but no `login`",
     );
+    let bound =
+        errors(&MINIMAL.replace("[[issuer]]\n", "[[issuer]]\nsession_bound_tokens = true\n"));
+    find(
+        &bound,
+        "`issuer[0].session_bound_tokens` needs [issuer.login]",
+    );
 }
 
 #[test]

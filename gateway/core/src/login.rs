@@ -171,6 +171,8 @@ pub struct Resolved {
     pub created: u64,
     /// What its sign-in showed of the client.
     pub signals: Option<ClientSignals>,
+    /// The provider's session id, if it sent one.
+    pub op_sid: Option<String>,
 }
 
 /// The outcome of looking for a session.
@@ -246,8 +248,20 @@ impl Flow<'_> {
     /// copy of its cookie is refused from now on — and answers 401 `session_revoked` with
     /// the cookies cleared (a page for browsers). The refusal stands when the state cannot
     /// be reached; the detail says so.
-    pub fn revoke(&self, sid: &str, detail: &str) -> Response {
-        let detail = match self.io.delete(&format!("sess/{sid}")) {
+    pub fn revoke(
+        &self,
+        sid: &str,
+        op_session: Option<(IssuerId, &str)>,
+        detail: &str,
+    ) -> Response {
+        let ended = self.io.delete(&format!("sess/{sid}")).and_then(|()| {
+            // Its provider session ends for that provider's session-bound access tokens.
+            match op_session {
+                Some((provider, op_sid)) => self.end_provider_session(provider, None, op_sid),
+                None => Ok(()),
+            }
+        });
+        let detail = match ended {
             Ok(()) => format!("{detail}; the session was ended: sign in again"),
             Err(e) => format!(
                 "{detail}; the session could not be ended in the shared state ({e}): sign in again"
@@ -258,6 +272,24 @@ impl Flow<'_> {
             &detail,
             self.clear_session_cookies(),
         )
+    }
+
+    /// Marks `provider`'s session `op_sid` (of `iss`, the configured issuer without one) as
+    /// ended for its access tokens, when the issuer has `session_bound_tokens`.
+    fn end_provider_session(
+        &self,
+        provider: IssuerId,
+        iss: Option<&str>,
+        op_sid: &str,
+    ) -> Result<(), String> {
+        let Some(issuer) = self.config.issuers.get(provider.0) else {
+            return Ok(());
+        };
+        if !issuer.session_bound_tokens {
+            return Ok(());
+        }
+        let key = ended_session_key(iss.unwrap_or(&issuer.issuer), op_sid);
+        self.io.set(&key, b"1", ENDED_SESSION_TTL)
     }
 
     /// Sends the browser to `provider` to log in, then back to `return_to`.
@@ -645,8 +677,13 @@ impl Flow<'_> {
             id_token: Some(id_token),
             consent_asked: attempt.consent_scopes.clone(),
             signals: Some(ClientSignals::observe(&self.client, self.headers)),
+            op_sid: id
+                .claims
+                .get("sid")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         };
-        let op_sid = id.claims.get("sid").and_then(Value::as_str);
+        let op_sid = session.op_sid.as_deref();
         if let Err(e) = self.register(&session, op_sid) {
             return self.refuse(
                 Reason::StateUnavailable,
@@ -963,6 +1000,7 @@ impl Flow<'_> {
             sid: s.sid.clone(),
             created: s.created,
             signals: s.signals.clone(),
+            op_sid: s.op_sid.clone(),
         }))
     }
 
@@ -1241,6 +1279,8 @@ impl Flow<'_> {
         let unavailable = |e: String| (Reason::StateUnavailable, e);
         let mut revoked = 0;
         if let Some(op_sid) = op_sid {
+            self.end_provider_session(provider, Some(iss), op_sid)
+                .map_err(unavailable)?;
             let key = format!("opsid/{}", digest_key(&format!("{iss}\n{op_sid}")));
             if let Some(sid) = self.io.get(&key).map_err(unavailable)? {
                 let sid = String::from_utf8_lossy(&sid).into_owned();
@@ -1385,6 +1425,15 @@ fn user_claims(claims: &Map<String, Value>) -> Map<String, Value> {
 }
 
 /// A short, fixed-length state key for arbitrary text.
+/// How long a provider session stays marked as ended for its access tokens
+/// (`session_bound_tokens`): longer than any access token should live.
+pub const ENDED_SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The shared-state key marking provider session `sid` of `iss` as ended.
+pub fn ended_session_key(iss: &str, sid: &str) -> String {
+    format!("opsid-ended/{}", digest_key(&format!("{iss}\n{sid}")))
+}
+
 fn digest_key(text: &str) -> String {
     let d = Sha256::digest(text.as_bytes());
     crate::b64::encode(d.get(..18).unwrap_or(&d))

@@ -391,6 +391,10 @@ pub struct Session {
     /// (`None` in sessions sealed before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signals: Option<crate::client_signals::ClientSignals>,
+    /// The provider's session id (the ID token's `sid`), if it sent one: a revocation here
+    /// ends that provider session for its access tokens too (`session_bound_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_sid: Option<String>,
 }
 
 /// Whether a session may still be used ([`Session::state`]).
@@ -947,6 +951,7 @@ mod tests {
             id_token: Some("id-token-secret".into()),
             consent_asked: None,
             signals: None,
+            op_sid: None,
         }
     }
 

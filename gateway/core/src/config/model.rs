@@ -194,6 +194,11 @@ pub struct IssuerConfig {
     /// Where this issuer's tokens carry the purposes the user consented to
     /// (`[issuer.consent]`), for routes with `consent`.
     pub consent: Option<ConsentConfig>,
+    /// Access tokens carrying a `sid` end with that provider session: once a back-channel
+    /// logout names it, or the gateway revoked a browser session signed in through it
+    /// (`revoke`), they are refused (`session_bound_tokens`, needs `[issuer.login]`).
+    #[serde(default)]
+    pub session_bound_tokens: bool,
 }
 
 /// Where an issuer's tokens (and ID tokens) list the purposes a user granted, and the scope

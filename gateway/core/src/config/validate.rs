@@ -294,6 +294,19 @@ fn read_issuer(
         name.as_ref().map_or("", |n| n.0.as_str()),
         insecure_http_jwks,
     );
+    let session_bound = t.boolean(d, "session_bound_tokens");
+    if let Some((true, span)) = &session_bound
+        && login.is_none()
+    {
+        d.error(
+            span,
+            format!(
+                "`{}.session_bound_tokens` needs [issuer.login]: the provider's sessions end through its back-channel logout",
+                t.name
+            ),
+            None,
+        );
+    }
     let introspection = super::login::read_introspection(&mut t, d, files);
     let consent = super::consent::read_issuer_consent(&mut t, d);
     let keys = read_key_source(
@@ -320,6 +333,7 @@ fn read_issuer(
         tenants,
         introspection,
         consent,
+        session_bound_tokens: session_bound.is_some_and(|(b, _)| b),
     })
 }
 

@@ -91,6 +91,7 @@ fn session(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step<Option<Verif
             cx.session.consent_asked = found.consent_asked;
             cx.session.sid = Some(found.sid);
             cx.session.signals = found.signals;
+            cx.session.op_sid = found.op_sid;
             Ok(Some(found.identity))
         }
         Lookup::Refuse(r) => Err(r),
@@ -165,6 +166,7 @@ fn token_identity(
     };
     crate::dpop::check_binding(&id.claims, proof.as_ref())
         .map_err(|(reason, detail)| input.refuse(reason, detail))?;
+    provider_session_live(scope, &id)?;
     if let Some(p) = &proof {
         match input.io.first_use(
             &format!("dpop/{}/{}", p.jkt, p.jti),
@@ -186,6 +188,39 @@ fn token_identity(
         }
     }
     Ok(id)
+}
+
+/// An access token of a `session_bound_tokens` issuer that names its provider session
+/// (`sid`) is refused once that session ended (a back-channel logout, or a browser session
+/// of it the gateway revoked): 401 `token_inactive`. One shared-state lookup; while the
+/// state is unreachable, `on_unavailable` decides.
+fn provider_session_live(scope: &Scope<'_>, id: &VerifiedIdentity) -> Step {
+    let input = &scope.input;
+    let cfg = input.config();
+    let Some(issuer) = cfg.issuers.get(id.issuer.0) else {
+        return Ok(());
+    };
+    let sid = id.claims.get("sid").and_then(serde_json::Value::as_str);
+    let (true, Some(sid)) = (issuer.session_bound_tokens, sid) else {
+        return Ok(());
+    };
+    let iss = id
+        .claims
+        .get("iss")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or(&issuer.issuer);
+    match input.io.get(&crate::login::ended_session_key(iss, sid)) {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => Err(input.refuse(
+            Reason::TokenInactive,
+            "the provider session this token belongs to has ended",
+        )),
+        Err(_) if cfg.state.on_unavailable == FailPolicy::Allow => Ok(()),
+        Err(e) => Err(input.refuse(
+            Reason::StateUnavailable,
+            &format!("the token's provider session cannot be checked: {e}"),
+        )),
+    }
 }
 
 /// A JWT access token: the platform's signature check first (where the platform checks

@@ -276,4 +276,6 @@ pub struct SessionUse {
     pub sid: Option<String>,
     /// What the session's sign-in showed of the client.
     pub signals: Option<crate::client_signals::ClientSignals>,
+    /// The provider's session id.
+    pub op_sid: Option<String>,
 }

@@ -55,7 +55,8 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
     if let (Some(threshold), Some(sid), Some(flow)) = (risk.revoke, &cx.session.sid, &scope.flow)
         && verdict.score >= threshold
     {
-        let response = flow.revoke(sid, &verdict.detail());
+        let op_session = cx.session.provider.zip(cx.session.op_sid.as_deref());
+        let response = flow.revoke(sid, op_session, &verdict.detail());
         cx.audit.session = Some("revoked");
         cx.audit.risk = Some(verdict);
         return Err(response);
