@@ -47,6 +47,10 @@
 // lacking `active`), "other-iss" (an active answer naming another issuer) or 500
 // ("error"), and "none" restores it.
 //
+// Test endpoint: GET /test/sessions?sub=NAME lists that account's live sessions as the
+// clients know them: [{"client_id", "sid"}] (the `sid` each client's ID tokens and logout
+// tokens carry), so a test can give an app the access token this session would hold.
+//
 // Test endpoint: POST /test/sign?claims=B64URL_JSON&typ=TYP answers a compact JWS of those
 // claims signed with the provider's own ES256 key (kid op-es256), so tests can send the
 // gateway logout tokens the provider would never issue (no events, a nonce, a replayed jti).
@@ -460,6 +464,24 @@ provider.use(async (ctx, next) => {
   });
   ctx.type = 'text';
   ctx.body = `${input}.${signature.toString('base64url')}`;
+  return undefined;
+});
+
+// GET /test/sessions?sub=NAME: the live sessions of an account, per client.
+provider.use(async (ctx, next) => {
+  if (ctx.path !== '/test/sessions') return next();
+  const sub = ctx.query.sub;
+  if (!sub) ctx.throw(400, 'sub is required');
+  const out = [];
+  for (const [key, entry] of store) {
+    if (key.startsWith('Session:') && entry.payload.accountId === sub && live(key)) {
+      for (const [clientId, { sid }] of Object.entries(entry.payload.authorizations ?? {})) {
+        out.push({ client_id: clientId, sid });
+      }
+    }
+  }
+  ctx.type = 'json';
+  ctx.body = out;
   return undefined;
 });
 

@@ -242,6 +242,19 @@ impl OpenIdProvider {
         r.json_body()
     }
 
+    /// The `sid` the provider gave `client_id` in the live session of account `sub` (what
+    /// its ID and logout tokens carry), if there is one.
+    pub fn session_sid(&self, sub: &str, client_id: &str) -> Option<String> {
+        let r = self.get(&format!("/test/sessions?sub={}", pct(sub)));
+        assert_eq!(r.status, 200, "oidc: /test/sessions: {}", body_text(&r));
+        r.json_body()
+            .as_array()?
+            .iter()
+            .find(|s| s["client_id"] == client_id)
+            .and_then(|s| s["sid"].as_str())
+            .map(str::to_owned)
+    }
+
     /// A compact JWS of `claims` with header `typ`, signed with the provider's own ES256
     /// key (`op-es256`): tokens the provider would never issue, trusted like its own.
     pub fn sign(&self, claims: &Value, typ: &str) -> String {

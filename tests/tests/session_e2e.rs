@@ -55,8 +55,9 @@ name = "{name}"
 issuer = "{iss}"
 discovery = true
 insecure_http_jwks = true
-audiences = ["unused-api"]
+audiences = ["api://app"]
 algorithms = ["ES256", "RS256"]
+session_bound_tokens = true
 
 [issuer.login]
 client_id = "{CLIENT}"
@@ -140,6 +141,12 @@ acr_values = ["mfa"]
 path = "/both"
 login = ["op", "op2"]
 
+# The native app's API (issue 22): DPoP-bound access tokens of the provider.
+[[route]]
+path = "/mobile"
+issuers = ["op"]
+require_dpop = true
+
 # Session anomaly (issue 22): one route per action on the same check.
 [[route]]
 path = "/watch"
@@ -176,6 +183,10 @@ auth = "public"
 [client]
 trusted_proxies = ["127.0.0.0/8"]
 ip_header = "x-forwarded-for"
+
+# (The tests' origin is plain http.)
+[dpop]
+scheme = "http"
 
 [audit]
 subject_key_file = "audit.key"
@@ -1110,6 +1121,75 @@ fn a_session_ended_at_one_worker_isolate_is_refused_at_another_on_one_namespace(
     a_session_ended_at_one_process_is_refused_at_another_on_one_redis("worker-pair");
 }
 
+/// Issue 22, across channels: a browser session and a native app's DPoP-bound access token
+/// from the same provider session (the app's token names the provider's `sid` for it, as
+/// Keycloak's do; signed with the provider's own key) are ended together by one
+/// back-channel logout: the browser goes through its provider again, the app's token is
+/// refused 401 `token_inactive`, and a token of another provider session still works.
+fn one_back_channel_logout_ends_the_web_session_and_the_apps_tokens(engine: &str) {
+    let w = World::start(engine, 600);
+    let browser = Browser::start();
+    browser.goto(&w.url("/app/home"));
+    sign_in(&browser, "heidi", None, &w.url("/app/home"));
+    let sid =
+        w.op.session_sid("heidi", CLIENT)
+            .expect("the provider's session of heidi");
+
+    // The app: its own DPoP key (a Python JOSE library), a token bound to it.
+    let key: Value =
+        serde_json::from_str(&interop::tool(&["keys", "client-key"]).unwrap()).unwrap();
+    let private = key["private"].to_string();
+    let jkt = interop::tool(&["thumbprint", &private]).unwrap();
+    let now = unix_now();
+    let app_token = |sid: &str| {
+        w.op.sign(
+            &json!({
+                "iss": w.op.issuer(), "sub": "heidi", "aud": "api://app", "iat": now,
+                "exp": now + 600, "sid": sid, "cnf": {"jkt": jkt}, "scope": "openid",
+            }),
+            "at+jwt",
+        )
+    };
+    let same = app_token(&sid);
+    let other = app_token("another-provider-session");
+    let call = |token: &str| {
+        let url = format!("http://{}/mobile/orders", w.gw.addr);
+        let proof = interop::tool(&["dpop", &private, "GET", &url, token, "0"]).unwrap();
+        let auth = format!("DPoP {token}");
+        w.raw(
+            "/mobile/orders",
+            &[("authorization", &auth), ("dpop", &proof)],
+        )
+    };
+    for token in [&same, &other] {
+        let r = call(token);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(w.backend_headers()["x-user-id"], "heidi");
+    }
+
+    // The provider ends heidi's session and tells the gateway on the back channel.
+    let notified = w.op.logout_account("heidi");
+    assert_eq!(notified["notified"], json!([CLIENT]), "{notified}");
+    let r = call(&same);
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (401, "token_inactive"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .contains("invalid_token")
+    );
+    let r = call(&other);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    browser.goto(&w.url("/app/after"));
+    browser.wait_until(WAIT, "the login form again", |b| {
+        b.url().starts_with(w.op.issuer()) && b.exists("input[name=login]")
+    });
+}
+
 /// The `session_anomaly` contribution (score, labels) of the last audit record for `path`.
 fn anomaly(gw: &Gateway, path: &str) -> (u64, Vec<String>) {
     let records = audit_records(gw, |r| r.iter().any(|r| r["path"] == path));
@@ -1282,6 +1362,7 @@ fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &s
 }
 
 on_every_runtime!(
+    one_back_channel_logout_ends_the_web_session_and_the_apps_tokens,
     a_copied_session_is_stepped_up_challenged_or_revoked_as_configured,
     browser_signs_in_reloads_logs_out_and_is_sent_to_login_again,
     scripts_get_401_json_and_bearer_tokens_keep_working,
