@@ -695,15 +695,14 @@ fn redis_servers_are_one_server_a_cluster_or_sentinel() {
     }
 }
 
-/// The `session_anomaly` check and the `revoke` threshold are about browser sessions: a
-/// route without `login` cannot have them; the weights are 0..=100.
+/// The `session_anomaly` check and the `revoke` threshold need `[session]` (its weights,
+/// the sessions they end); the weights are 0..=100.
 #[test]
 fn session_anomaly_needs_sessions_and_weights_in_range() {
+    let weights = errors(&format!("{MINIMAL}\n[session.anomaly]\nagent = 101\n"));
+    find(&weights, "`session.anomaly.agent` = 101 is outside 0..=100");
     let text = format!(
         "{MINIMAL}
-[session.anomaly]
-agent = 101
-
 [[route]]
 path = \"/api\"
 [route.risk]
@@ -719,15 +718,14 @@ revoke = 90
 "
     );
     let diags = errors(&text);
-    find(&diags, "`session.anomaly.agent` = 101 is outside 0..=100");
     let anomaly = find(
         &diags,
-        "route \"/api\" has check `session_anomaly` but no `login`",
+        "route \"/api\" has check `session_anomaly` but there is no [session]",
     );
-    assert!(anomaly.hint.unwrap().contains("login = ["));
+    assert!(anomaly.hint.unwrap().contains("[session.anomaly]"));
     find(
         &diags,
-        "route \"/other\" has a `revoke` threshold but no `login`",
+        "route \"/other\" has a `revoke` threshold but there is no [session]",
     );
     let bound =
         errors(&MINIMAL.replace("[[issuer]]\n", "[[issuer]]\nsession_bound_tokens = true\n"));

@@ -147,6 +147,23 @@ path = "/mobile"
 issuers = ["op"]
 require_dpop = true
 
+[[route]]
+path = "/mobile-stepup"
+issuers = ["op"]
+require_dpop = true
+[route.risk]
+checks = ["session_anomaly"]
+step_up = 50
+step_up_acr = ["mfa"]
+
+[[route]]
+path = "/mobile-guarded"
+issuers = ["op"]
+require_dpop = true
+[route.risk]
+checks = ["session_anomaly"]
+revoke = 50
+
 # Session anomaly (issue 22): one route per action on the same check.
 [[route]]
 path = "/watch"
@@ -1190,6 +1207,97 @@ fn one_back_channel_logout_ends_the_web_session_and_the_apps_tokens(engine: &str
     });
 }
 
+/// Issue 22, the app channel: a DPoP-bound app token is compared with the first request
+/// its key made. Used from another client (its token and key taken elsewhere) it is
+/// stepped up (RFC 9470), then — the user's second anomaly, counted across channels —
+/// revoked: its provider session ends, so the token is refused from its own app as well,
+/// and the browser session signed in through the same provider session ends with it.
+fn an_app_token_used_from_another_client_is_stepped_up_then_revoked_with_the_web_session(
+    engine: &str,
+) {
+    let w = World::start(engine, 600);
+    let browser = Browser::start();
+    browser.goto(&w.url("/app/home"));
+    sign_in(&browser, "ivan", None, &w.url("/app/home"));
+    let sid = w.op.session_sid("ivan", CLIENT).unwrap();
+    let key: Value =
+        serde_json::from_str(&interop::tool(&["keys", "client-key"]).unwrap()).unwrap();
+    let private = key["private"].to_string();
+    let jkt = interop::tool(&["thumbprint", &private]).unwrap();
+    let now = unix_now();
+    let token = w.op.sign(
+        &json!({
+            "iss": w.op.issuer(), "sub": "ivan", "aud": "api://app", "iat": now,
+            "exp": now + 600, "sid": sid, "cnf": {"jkt": jkt},
+        }),
+        "at+jwt",
+    );
+    let call = |path: &str, agent: &str| {
+        let url = format!("http://{}{path}", w.gw.addr);
+        let proof = interop::tool(&["dpop", &private, "GET", &url, &token, "0"]).unwrap();
+        let auth = format!("DPoP {token}");
+        w.raw(
+            path,
+            &[
+                ("authorization", &auth),
+                ("dpop", &proof),
+                ("user-agent", agent),
+            ],
+        )
+    };
+    let app = "ShopApp/2.1 (Android 15)";
+    // Its first request is the app's client; the same client again meets no anomaly.
+    for path in ["/mobile-stepup/a", "/mobile-guarded/a"] {
+        let r = call(path, app);
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(anomaly(&w.gw, path).0, 0, "{path}");
+    }
+    // Another client with the same token and key: stepped up.
+    let r = call("/mobile-stepup/b", "curl/8.5.0");
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (401, "insufficient_user_authentication")
+    );
+    assert_eq!(
+        anomaly(&w.gw, "/mobile-stepup/b"),
+        (60, vec!["changed:agent".to_owned()])
+    );
+    // Again: the user's second anomaly within the hour adds up, and the route revokes.
+    let r = call("/mobile-guarded/b", "curl/8.5.0");
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (401, "token_inactive"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let (score, labels) = anomaly(&w.gw, "/mobile-guarded/b");
+    assert_eq!(
+        (score, labels),
+        (
+            80,
+            vec!["changed:agent".to_owned(), "repeated:1".to_owned()]
+        )
+    );
+    // The provider session is over for the token everywhere, its own app included...
+    let r = call("/mobile/orders", app);
+    assert_eq!((r.status, reason(&r).as_str()), (401, "token_inactive"));
+    // ...and for the browser session signed in through it.
+    let cookie = session_cookie_header(&browser);
+    let r = w.raw(
+        "/app/z",
+        &[("cookie", &cookie), ("accept", "application/json")],
+    );
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (401, "authentication_required")
+    );
+}
+
 /// The `session_anomaly` contribution (score, labels) of the last audit record for `path`.
 fn anomaly(gw: &Gateway, path: &str) -> (u64, Vec<String>) {
     let records = audit_records(gw, |r| r.iter().any(|r| r["path"] == path));
@@ -1362,6 +1470,7 @@ fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &s
 }
 
 on_every_runtime!(
+    an_app_token_used_from_another_client_is_stepped_up_then_revoked_with_the_web_session,
     one_back_channel_logout_ends_the_web_session_and_the_apps_tokens,
     a_copied_session_is_stepped_up_challenged_or_revoked_as_configured,
     browser_signs_in_reloads_logs_out_and_is_sent_to_login_again,

@@ -282,14 +282,7 @@ impl Flow<'_> {
         iss: Option<&str>,
         op_sid: &str,
     ) -> Result<(), String> {
-        let Some(issuer) = self.config.issuers.get(provider.0) else {
-            return Ok(());
-        };
-        if !issuer.session_bound_tokens {
-            return Ok(());
-        }
-        let key = ended_session_key(iss.unwrap_or(&issuer.issuer), op_sid);
-        self.io.set(&key, b"1", ENDED_SESSION_TTL)
+        end_provider_session(self.config, self.io, provider, iss, op_sid)
     }
 
     /// Sends the browser to `provider` to log in, then back to `return_to`.
@@ -1281,12 +1274,7 @@ impl Flow<'_> {
         if let Some(op_sid) = op_sid {
             self.end_provider_session(provider, Some(iss), op_sid)
                 .map_err(unavailable)?;
-            let key = format!("opsid/{}", digest_key(&format!("{iss}\n{op_sid}")));
-            if let Some(sid) = self.io.get(&key).map_err(unavailable)? {
-                let sid = String::from_utf8_lossy(&sid).into_owned();
-                self.io
-                    .delete(&format!("sess/{sid}"))
-                    .map_err(unavailable)?;
+            if end_browser_session_of(self.io, iss, op_sid).map_err(unavailable)? {
                 revoked += 1;
             }
         } else if let Some(sub) = &id.subject {
@@ -1425,6 +1413,38 @@ fn user_claims(claims: &Map<String, Value>) -> Map<String, Value> {
 }
 
 /// A short, fixed-length state key for arbitrary text.
+/// Marks `provider`'s session `op_sid` (of `iss`, the configured issuer without one) as
+/// ended for its access tokens, when the issuer has `session_bound_tokens`.
+pub fn end_provider_session(
+    config: &Config,
+    io: &Io<'_>,
+    provider: IssuerId,
+    iss: Option<&str>,
+    op_sid: &str,
+) -> Result<(), String> {
+    let Some(issuer) = config.issuers.get(provider.0) else {
+        return Ok(());
+    };
+    if !issuer.session_bound_tokens {
+        return Ok(());
+    }
+    let key = ended_session_key(iss.unwrap_or(&issuer.issuer), op_sid);
+    io.set(&key, b"1", ENDED_SESSION_TTL)
+}
+
+/// Ends the browser session signed in through provider session `op_sid` of `iss`, if one
+/// is live (the index `register` keeps): true when one was.
+pub fn end_browser_session_of(io: &Io<'_>, iss: &str, op_sid: &str) -> Result<bool, String> {
+    let key = format!("opsid/{}", digest_key(&format!("{iss}\n{op_sid}")));
+    match io.get(&key)? {
+        Some(sid) => {
+            io.delete(&format!("sess/{}", String::from_utf8_lossy(&sid)))?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 /// How long a provider session stays marked as ended for its access tokens
 /// (`session_bound_tokens`): longer than any access token should live.
 pub const ENDED_SESSION_TTL: Duration = Duration::from_secs(24 * 3600);

@@ -288,11 +288,11 @@ pub(super) fn check_login_routes(
         let risk = route.risk.as_ref();
         let anomaly = risk.is_some_and(|r| r.checks.contains(&BotCheck::SessionAnomaly));
         let revoke = risk.is_some_and(|r| r.revoke.is_some());
-        if (anomaly || revoke) && route.login.is_empty() {
+        if (anomaly || revoke) && session.is_none() {
             d.error(
                 span,
                 format!(
-                    "route {:?} has {} but no `login`: it has no browser sessions",
+                    "route {:?} has {} but there is no [session]",
                     route.path,
                     if anomaly {
                         "check `session_anomaly`"
@@ -300,7 +300,10 @@ pub(super) fn check_login_routes(
                         "a `revoke` threshold"
                     }
                 ),
-                Some("add login = [\"provider\"], or remove it".into()),
+                Some(
+                    "add [session] (browser sessions, and [session.anomaly] weights), or remove it"
+                        .into(),
+                ),
             );
         }
         if route.login.is_empty() {
@@ -505,6 +508,7 @@ pub(super) fn read_session(
             ("country", &mut w.country),
             ("agent", &mut w.agent),
             ("platform", &mut w.platform),
+            ("repeated", &mut w.repeated),
         ] {
             if let Some((n, span)) = a.integer(d, key) {
                 match u8::try_from(n) {

@@ -361,6 +361,8 @@ pub struct AnomalyWeights {
     pub agent: u8,
     /// Another platform.
     pub platform: u8,
+    /// Added per other anomaly of the same user (any channel) within the hour.
+    pub repeated: u8,
 }
 
 impl Default for AnomalyWeights {
@@ -371,6 +373,7 @@ impl Default for AnomalyWeights {
             country: 50,
             agent: 60,
             platform: 60,
+            repeated: 20,
         }
     }
 }

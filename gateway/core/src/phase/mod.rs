@@ -19,6 +19,7 @@
 //! | `forward` | [`forward`] | strip spoofable headers, inject verified identity and a gateway-signed token |
 //! | `record` | [`record`] | the audit record's outcome |
 
+mod anomaly;
 pub mod authenticate;
 pub mod authorize;
 pub mod delegate;

@@ -7,7 +7,6 @@ use super::{Ctx, Matched, Scope, Step};
 use crate::bot::SessionView;
 use crate::challenge::{self as pow, Binding, Clearance};
 use crate::claims::VerifiedIdentity;
-use crate::client_signals::ClientSignals;
 use crate::config::{BotCheck, Route, RouteRisk};
 use crate::decision::{Response, problem};
 use crate::login::StepUp;
@@ -22,19 +21,19 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
     let Some(risk) = &m.route.risk else {
         return Ok(());
     };
-    // A browser session's request, for `session_anomaly`: its sign-in against this one.
-    let now = (cx.session.sid.is_some() && risk.checks.contains(&BotCheck::SessionAnomaly))
-        .then(|| ClientSignals::observe(&scope.client, input.req.headers));
+    // `session_anomaly`: a browser session's sign-in, or an app key's first request,
+    // against this one.
+    let base = super::anomaly::baseline(scope, cx, risk)?;
     let weights = cfg.session.as_ref().map(|s| &s.anomaly);
-    let session = match (&now, weights) {
-        (Some(now), Some(weights)) => Some(SessionView {
-            login: cx.session.signals.as_ref(),
-            now,
+    let session = match (&base, weights) {
+        (Some(b), Some(weights)) => Some(SessionView {
+            login: b.then.as_ref(),
+            now: &b.now,
             weights,
         }),
         _ => None,
     };
-    let signals = crate::bot::evaluate(
+    let mut signals = crate::bot::evaluate(
         &cfg.bot,
         &risk.checks,
         &crate::bot::BotInput {
@@ -44,6 +43,9 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
             session,
         },
     );
+    if let Some(weights) = weights {
+        super::anomaly::count_per_user(scope, cx, weights, &mut signals);
+    }
     let answers = if risk.plugins.is_empty() {
         Vec::new()
     } else {
@@ -58,6 +60,14 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
         let op_session = cx.session.provider.zip(cx.session.op_sid.as_deref());
         let response = flow.revoke(sid, op_session, &verdict.detail());
         cx.audit.session = Some("revoked");
+        cx.audit.risk = Some(verdict);
+        return Err(response);
+    }
+    // ...and an app's token, the provider session it names (with its browser session).
+    if let (Some(threshold), None, Some(id)) = (risk.revoke, &cx.session.sid, &cx.identity)
+        && verdict.score >= threshold
+        && let Some(response) = super::anomaly::revoke_token(scope, id, &verdict.detail())
+    {
         cx.audit.risk = Some(verdict);
         return Err(response);
     }
