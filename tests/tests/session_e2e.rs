@@ -1328,6 +1328,8 @@ fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &s
     let browser = Browser::start();
     browser.goto(&w.url("/watch/home"));
     sign_in(&browser, "grace", None, &w.url("/watch/home"));
+    // (Before another browser signs grace in at the provider: this session's sid.)
+    let grace_sid = w.op.session_sid("grace", CLIENT).unwrap();
     for path in ["/stepup/a", "/challenged/a", "/guarded/a"] {
         browser.goto(&w.url(path));
         browser.wait_until(WAIT, path, |b| b.text().contains("\"backend\""));
@@ -1343,7 +1345,9 @@ fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &s
     let json = ("accept", "application/json");
     let curl = ("user-agent", "curl/8.5.0");
 
-    // The same browser from another network: recorded, below every threshold.
+    // The same browser from another network: recorded, below every threshold. The
+    // user's anomalies add up (`repeated` 20 per earlier one within the hour).
+    let mut earlier = 0u64;
     if matches!(engine, "native" | "component") {
         let away = ("x-forwarded-for", "203.0.113.9");
         for path in ["/stepup/net", "/guarded/net"] {
@@ -1354,19 +1358,25 @@ fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &s
                 "{path}: {}",
                 String::from_utf8_lossy(&r.body)
             );
-            assert_eq!(
-                anomaly(&w.gw, path),
-                (20, vec!["changed:network".to_owned()])
-            );
+            let mut labels = vec!["changed:network".to_owned()];
+            if earlier > 0 {
+                labels.push(format!("repeated:{earlier}"));
+            }
+            assert_eq!(anomaly(&w.gw, path), (20 + 20 * earlier, labels));
+            earlier += 1;
         }
     }
 
     // Another client: recorded where the route only watches.
     let r = copy("/watch/x", &[curl, json]);
     assert_eq!(r.status, 200);
+    let mut labels = vec!["changed:agent".to_owned()];
+    if earlier > 0 {
+        labels.push(format!("repeated:{earlier}"));
+    }
     assert_eq!(
         anomaly(&w.gw, "/watch/x"),
-        (60, vec!["changed:agent".to_owned()])
+        ((60 + 20 * earlier).min(100), labels)
     );
     // Stepped up: scripts get RFC 9470, navigations go to the provider for a fresh sign-in.
     let r = copy("/stepup/x", &[curl, json]);
@@ -1425,6 +1435,31 @@ fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &s
         (401, "insufficient_user_authentication")
     );
 
+    // The app holding a token of the same provider session (session-bound tokens).
+    let key: Value =
+        serde_json::from_str(&interop::tool(&["keys", "client-key"]).unwrap()).unwrap();
+    let private = key["private"].to_string();
+    let jkt = interop::tool(&["thumbprint", &private]).unwrap();
+    let now = unix_now();
+    let app_token = w.op.sign(
+        &json!({
+            "iss": w.op.issuer(), "sub": "grace", "aud": "api://app", "iat": now,
+            "exp": now + 600, "sid": grace_sid,
+            "cnf": {"jkt": jkt},
+        }),
+        "at+jwt",
+    );
+    let app = || {
+        let url = format!("http://{}/mobile/orders", w.gw.addr);
+        let proof = interop::tool(&["dpop", &private, "GET", &url, &app_token, "0"]).unwrap();
+        let auth = format!("DPoP {app_token}");
+        w.raw(
+            "/mobile/orders",
+            &[("authorization", &auth), ("dpop", &proof)],
+        )
+    };
+    assert_eq!(app().status, 200);
+
     // Revoked: the copy ends the session, for every holder of it.
     let r = copy("/guarded/x", &[curl, json]);
     assert_eq!((r.status, reason(&r).as_str()), (401, "session_revoked"));
@@ -1447,6 +1482,9 @@ fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &s
         (r.status, reason(&r).as_str()),
         (401, "authentication_required")
     );
+    // ...and for the app channel of the same provider session.
+    let r = app();
+    assert_eq!((r.status, reason(&r).as_str()), (401, "token_inactive"));
     // The original browser's session is over too: it goes through its provider again (the
     // provider's own session signs it straight back in) and comes back with a new one.
     let callbacks = |records: &[Value]| {
