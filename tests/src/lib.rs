@@ -223,6 +223,26 @@ audiences = ["api://shop"]
 algorithms = ["HS256"]
 "#;
 
+/// One EU region whose only backend is `backend`, where every user lives (residency
+/// `missing` and `anonymous` both `eu`), and the audit table: the rest of a minimal
+/// end-to-end configuration beside [`INTERNAL_ISSUER_TABLE`] and its routes.
+pub fn eu_only(backend: &str) -> String {
+    format!(
+        r#"
+[region.eu]
+jurisdiction = "EU"
+backends = ["{backend}"]
+
+[residency]
+missing = "eu"
+anonymous = "eu"
+
+[audit]
+subject_key_file = "audit.key"
+"#
+    )
+}
+
 /// The file [`INTERNAL_ISSUER_TABLE`] names: (`hs.key`, its contents).
 pub fn internal_key_file() -> (String, Vec<u8>) {
     ("hs.key".into(), b64(&INTERNAL_SECRET).into_bytes())

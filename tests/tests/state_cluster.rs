@@ -18,19 +18,12 @@ use portcullis_host::state::{RedisStore, Store};
 use portcullis_tests::host::{get, reason, start_engine_with};
 use portcullis_tests::net::{Backend, Resp};
 use portcullis_tests::redis::RedisCluster;
-use portcullis_tests::{INTERNAL_ISSUER_TABLE, internal_key_file, on_every_engine};
+use portcullis_tests::{INTERNAL_ISSUER_TABLE, eu_only, internal_key_file, on_every_engine};
 
 fn config(backend: &str, seeds: &str) -> String {
     format!(
         r#"{INTERNAL_ISSUER_TABLE}
-[region.eu]
-jurisdiction = "EU"
-backends = ["{backend}"]
-
-[residency]
-missing = "eu"
-anonymous = "eu"
-
+{eu}
 [client]
 trusted_proxies = ["127.0.0.0/8"]
 ip_header = "x-forwarded-for"
@@ -72,10 +65,8 @@ burst = 5
 backend = "redis"
 cluster = {seeds}
 timeout = "1s"
-
-[audit]
-subject_key_file = "audit.key"
-"#
+"#,
+        eu = eu_only(backend)
     )
 }
 

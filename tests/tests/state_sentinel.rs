@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use portcullis_tests::host::{get, reason, start_engine_with};
 use portcullis_tests::net::Backend;
 use portcullis_tests::redis::{Redis, SentinelSet};
-use portcullis_tests::{INTERNAL_ISSUER_TABLE, internal_key_file, on_every_engine};
+use portcullis_tests::{INTERNAL_ISSUER_TABLE, eu_only, internal_key_file, on_every_engine};
 
 /// The limit: no refill during the test, so exactly `BURST` requests may pass in all.
 const BURST: usize = 40;
@@ -24,14 +24,7 @@ const BURST: usize = 40;
 fn config(backend: &str, sentinels: &str, service: &str) -> String {
     format!(
         r#"{INTERNAL_ISSUER_TABLE}
-[region.eu]
-jurisdiction = "EU"
-backends = ["{backend}"]
-
-[residency]
-missing = "eu"
-anonymous = "eu"
-
+{eu}
 [[route]]
 path = "/limited"
 auth = "public"
@@ -48,10 +41,8 @@ sentinels = {sentinels}
 service = "{service}"
 on_unavailable = "deny"
 timeout = "300ms"
-
-[audit]
-subject_key_file = "audit.key"
-"#
+"#,
+        eu = eu_only(backend)
     )
 }
 

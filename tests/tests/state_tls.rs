@@ -13,19 +13,12 @@ use portcullis_tests::host::{get, reason};
 use portcullis_tests::net::{Backend, request};
 use portcullis_tests::redis::TlsRedis;
 use portcullis_tests::tls::TestCa;
-use portcullis_tests::{INTERNAL_ISSUER_TABLE, internal_key_file, on_every_engine};
+use portcullis_tests::{INTERNAL_ISSUER_TABLE, eu_only, internal_key_file, on_every_engine};
 
 fn config(backend: &str, url: &str) -> String {
     format!(
         r#"{INTERNAL_ISSUER_TABLE}
-[region.eu]
-jurisdiction = "EU"
-backends = ["{backend}"]
-
-[residency]
-missing = "eu"
-anonymous = "eu"
-
+{eu}
 [[route]]
 path = "/limited"
 auth = "public"
@@ -40,10 +33,8 @@ backend = "redis"
 url = "{url}"
 ca = "redis-ca.pem"
 timeout = "1s"
-
-[audit]
-subject_key_file = "audit.key"
-"#
+"#,
+        eu = eu_only(backend)
     )
 }
 

@@ -24,29 +24,7 @@ pub(super) fn load(
     file: &str,
     files: &dyn ConfigFiles,
 ) -> Result<Config, ConfigError> {
-    let mut d = Diags::new(file, source);
-    let (root, parse_errors) = DeTable::parse_recoverable(source);
-    for e in &parse_errors {
-        let span = e.span().unwrap_or(0..0);
-        d.error(&span, format!("TOML syntax: {}", e.message().trim()), None);
-    }
-    let config = if parse_errors.is_empty() {
-        let mut top = Table::from_map(root.get_ref(), root.span(), String::new());
-        let config = read_config(&mut top, &mut d, files);
-        finish_top(top, &mut d);
-        config
-    } else {
-        None
-    };
-    match config {
-        Some(c) if d.list.is_empty() => Ok(c),
-        _ => {
-            d.list.sort_by_key(|(offset, _)| *offset);
-            Err(ConfigError {
-                diagnostics: d.list.into_iter().map(|(_, diag)| diag).collect(),
-            })
-        }
-    }
+    parse(source, file, |top, d| read_config(top, d, files))
 }
 
 /// Parses and validates a file holding only a `[state]` table (a host that runs
@@ -56,15 +34,7 @@ pub(super) fn load_state(
     file: &str,
     files: &dyn ConfigFiles,
 ) -> Result<StateConfig, ConfigError> {
-    let mut d = Diags::new(file, source);
-    let (root, parse_errors) = DeTable::parse_recoverable(source);
-    for e in &parse_errors {
-        let span = e.span().unwrap_or(0..0);
-        d.error(&span, format!("TOML syntax: {}", e.message().trim()), None);
-    }
-    let mut state = None;
-    if parse_errors.is_empty() {
-        let mut top = Table::from_map(root.get_ref(), root.span(), String::new());
+    parse(source, file, |top, d| {
         if top.get("state").is_none() {
             d.error(
                 &(0..0),
@@ -72,11 +42,34 @@ pub(super) fn load_state(
                 Some("this file holds the store's [state] table only".into()),
             );
         }
-        state = Some(super::limits::read_state(&mut top, &mut d, files));
-        top.finish(&mut d);
+        Some(super::limits::read_state(top, d, files))
+    })
+}
+
+/// Parses `source` (named `file`) as TOML and reads it with `read` from its top table, which
+/// is then finished (unknown tables reported); every diagnostic, in source order, when
+/// anything was wrong.
+fn parse<T>(
+    source: &str,
+    file: &str,
+    read: impl FnOnce(&mut Table<'_, '_>, &mut Diags<'_>) -> Option<T>,
+) -> Result<T, ConfigError> {
+    let mut d = Diags::new(file, source);
+    let (root, parse_errors) = DeTable::parse_recoverable(source);
+    for e in &parse_errors {
+        let span = e.span().unwrap_or(0..0);
+        d.error(&span, format!("TOML syntax: {}", e.message().trim()), None);
     }
-    match state {
-        Some(s) if d.list.is_empty() => Ok(s),
+    let read = if parse_errors.is_empty() {
+        let mut top = Table::from_map(root.get_ref(), root.span(), String::new());
+        let read = read(&mut top, &mut d);
+        finish_top(top, &mut d);
+        read
+    } else {
+        None
+    };
+    match read {
+        Some(r) if d.list.is_empty() => Ok(r),
         _ => {
             d.list.sort_by_key(|(offset, _)| *offset);
             Err(ConfigError {
