@@ -1138,6 +1138,53 @@ fn a_session_ended_at_one_worker_isolate_is_refused_at_another_on_one_namespace(
     a_session_ended_at_one_process_is_refused_at_another_on_one_redis("worker-pair");
 }
 
+/// A native app of the provider's user `sub`: its own DPoP key (a Python JOSE library) and
+/// access tokens bound to it that name a provider session — signed with the provider's own
+/// key, for the gateway's `api://app` audience.
+struct App {
+    private: String,
+    jkt: String,
+    sub: String,
+}
+
+impl App {
+    fn new(sub: &str) -> Self {
+        let key: Value =
+            serde_json::from_str(&interop::tool(&["keys", "client-key"]).unwrap()).unwrap();
+        let private = key["private"].to_string();
+        let jkt = interop::tool(&["thumbprint", &private]).unwrap();
+        Self {
+            private,
+            jkt,
+            sub: sub.to_owned(),
+        }
+    }
+
+    /// A token of provider session `sid`, bound to this app's key.
+    fn token(&self, w: &World, sid: &str) -> String {
+        let now = unix_now();
+        w.op.sign(
+            &json!({
+                "iss": w.op.issuer(), "sub": self.sub, "aud": "api://app", "iat": now,
+                "exp": now + 600, "sid": sid, "cnf": {"jkt": self.jkt},
+            }),
+            "at+jwt",
+        )
+    }
+
+    /// GET `path` with `token` and a fresh proof, as `agent` when given.
+    fn call(&self, w: &World, path: &str, token: &str, agent: Option<&str>) -> Resp {
+        let url = format!("http://{}{path}", w.gw.addr);
+        let proof = interop::tool(&["dpop", &self.private, "GET", &url, token, "0"]).unwrap();
+        let auth = format!("DPoP {token}");
+        let mut headers = vec![("authorization", auth.as_str()), ("dpop", proof.as_str())];
+        if let Some(a) = agent {
+            headers.push(("user-agent", a));
+        }
+        w.raw(path, &headers)
+    }
+}
+
 /// Issue 22, across channels: a browser session and a native app's DPoP-bound access token
 /// from the same provider session (the app's token names the provider's `sid` for it, as
 /// Keycloak's do; signed with the provider's own key) are ended together by one
@@ -1152,32 +1199,11 @@ fn one_back_channel_logout_ends_the_web_session_and_the_apps_tokens(engine: &str
         w.op.session_sid("heidi", CLIENT)
             .expect("the provider's session of heidi");
 
-    // The app: its own DPoP key (a Python JOSE library), a token bound to it.
-    let key: Value =
-        serde_json::from_str(&interop::tool(&["keys", "client-key"]).unwrap()).unwrap();
-    let private = key["private"].to_string();
-    let jkt = interop::tool(&["thumbprint", &private]).unwrap();
-    let now = unix_now();
-    let app_token = |sid: &str| {
-        w.op.sign(
-            &json!({
-                "iss": w.op.issuer(), "sub": "heidi", "aud": "api://app", "iat": now,
-                "exp": now + 600, "sid": sid, "cnf": {"jkt": jkt}, "scope": "openid",
-            }),
-            "at+jwt",
-        )
-    };
-    let same = app_token(&sid);
-    let other = app_token("another-provider-session");
-    let call = |token: &str| {
-        let url = format!("http://{}/mobile/orders", w.gw.addr);
-        let proof = interop::tool(&["dpop", &private, "GET", &url, token, "0"]).unwrap();
-        let auth = format!("DPoP {token}");
-        w.raw(
-            "/mobile/orders",
-            &[("authorization", &auth), ("dpop", &proof)],
-        )
-    };
+    // The app, with a token of this provider session and one of another.
+    let app = App::new("heidi");
+    let same = app.token(&w, &sid);
+    let other = app.token(&w, "another-provider-session");
+    let call = |token: &str| app.call(&w, "/mobile/orders", token, None);
     for token in [&same, &other] {
         let r = call(token);
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -1220,31 +1246,9 @@ fn an_app_token_used_from_another_client_is_stepped_up_then_revoked_with_the_web
     browser.goto(&w.url("/app/home"));
     sign_in(&browser, "ivan", None, &w.url("/app/home"));
     let sid = w.op.session_sid("ivan", CLIENT).unwrap();
-    let key: Value =
-        serde_json::from_str(&interop::tool(&["keys", "client-key"]).unwrap()).unwrap();
-    let private = key["private"].to_string();
-    let jkt = interop::tool(&["thumbprint", &private]).unwrap();
-    let now = unix_now();
-    let token = w.op.sign(
-        &json!({
-            "iss": w.op.issuer(), "sub": "ivan", "aud": "api://app", "iat": now,
-            "exp": now + 600, "sid": sid, "cnf": {"jkt": jkt},
-        }),
-        "at+jwt",
-    );
-    let call = |path: &str, agent: &str| {
-        let url = format!("http://{}{path}", w.gw.addr);
-        let proof = interop::tool(&["dpop", &private, "GET", &url, &token, "0"]).unwrap();
-        let auth = format!("DPoP {token}");
-        w.raw(
-            path,
-            &[
-                ("authorization", &auth),
-                ("dpop", &proof),
-                ("user-agent", agent),
-            ],
-        )
-    };
+    let client = App::new("ivan");
+    let token = client.token(&w, &sid);
+    let call = |path: &str, agent: &str| client.call(&w, path, &token, Some(agent));
     let app = "ShopApp/2.1 (Android 15)";
     // Its first request is the app's client; the same client again meets no anomaly.
     for path in ["/mobile-stepup/a", "/mobile-guarded/a"] {
@@ -1436,28 +1440,9 @@ fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &s
     );
 
     // The app holding a token of the same provider session (session-bound tokens).
-    let key: Value =
-        serde_json::from_str(&interop::tool(&["keys", "client-key"]).unwrap()).unwrap();
-    let private = key["private"].to_string();
-    let jkt = interop::tool(&["thumbprint", &private]).unwrap();
-    let now = unix_now();
-    let app_token = w.op.sign(
-        &json!({
-            "iss": w.op.issuer(), "sub": "grace", "aud": "api://app", "iat": now,
-            "exp": now + 600, "sid": grace_sid,
-            "cnf": {"jkt": jkt},
-        }),
-        "at+jwt",
-    );
-    let app = || {
-        let url = format!("http://{}/mobile/orders", w.gw.addr);
-        let proof = interop::tool(&["dpop", &private, "GET", &url, &app_token, "0"]).unwrap();
-        let auth = format!("DPoP {app_token}");
-        w.raw(
-            "/mobile/orders",
-            &[("authorization", &auth), ("dpop", &proof)],
-        )
-    };
+    let mobile = App::new("grace");
+    let app_token = mobile.token(&w, &grace_sid);
+    let app = || mobile.call(&w, "/mobile/orders", &app_token, None);
     assert_eq!(app().status, 200);
 
     // Revoked: the copy ends the session, for every holder of it.
