@@ -77,11 +77,14 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
             verdict.clearance = clearance;
             refusal
         }
-        // A browser session steps up at its provider: a fresh sign-in (`prompt=login`) at
-        // the acr the route asks for, which also records this client as the session's.
+        // A browser session that looks moved to another client steps up at its provider:
+        // a fresh sign-in (`prompt=login`) at the acr the route asks for, which records
+        // this client as the session's, so the anomaly that asked for it is gone after it
+        // (other step-ups keep the RFC 9470 answer: a provider that never grants the acr
+        // would send the browser round in a loop).
         Action::StepUp
             if verdict.failed.is_none()
-                && !reached(&verdict, risk, cx.identity.as_ref())
+                && moved(&verdict)
                 && crate::login::is_navigation(input.req.method, input.req.headers) =>
         {
             match (cx.session.provider, &scope.flow) {
@@ -202,13 +205,18 @@ fn challenge(
 /// `step_up_acr` — unless the session itself looks moved to another client, which only a
 /// fresh sign-in from this one settles.
 fn reached(verdict: &RiskVerdict, risk: &RouteRisk, identity: Option<&VerifiedIdentity>) -> bool {
-    let moved = verdict.plugins.iter().any(|c| {
-        c.plugin == format!("bot.{}", BotCheck::SessionAnomaly.name()) && c.score.unwrap_or(0) > 0
-    });
-    !moved
+    !moved(verdict)
         && identity
             .and_then(|id| id.acr.as_deref())
             .is_some_and(|acr| risk.step_up_acr.iter().any(|a| a == acr))
+}
+
+/// Whether `session_anomaly` found the caller's client changed.
+fn moved(verdict: &RiskVerdict) -> bool {
+    verdict.plugins.iter().any(|c| {
+        c.plugin.strip_prefix("bot.") == Some(BotCheck::SessionAnomaly.name())
+            && c.score.unwrap_or(0) > 0
+    })
 }
 
 /// The response for a verdict that does not let the request through.
