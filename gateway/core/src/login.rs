@@ -1412,7 +1412,6 @@ fn user_claims(claims: &Map<String, Value>) -> Map<String, Value> {
         .collect()
 }
 
-/// A short, fixed-length state key for arbitrary text.
 /// Marks `provider`'s session `op_sid` (of `iss`, the configured issuer without one) as
 /// ended for its access tokens, when the issuer has `session_bound_tokens`.
 pub fn end_provider_session(
@@ -1454,6 +1453,7 @@ pub fn ended_session_key(iss: &str, sid: &str) -> String {
     format!("opsid-ended/{}", digest_key(&format!("{iss}\n{sid}")))
 }
 
+/// A short, fixed-length state key for arbitrary text.
 fn digest_key(text: &str) -> String {
     let d = Sha256::digest(text.as_bytes());
     crate::b64::encode(d.get(..18).unwrap_or(&d))
