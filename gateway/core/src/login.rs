@@ -145,9 +145,6 @@ pub struct Flow<'a> {
     pub now: Timestamp,
     /// The request's canonical authority (for same-origin checks).
     pub authority: &'a crate::canonical::Authority,
-    /// The client as resolved through `[client]` (a new session keeps what it shows, for
-    /// the `session_anomaly` check).
-    pub client: crate::model::ClientInfo,
 }
 
 /// A session found on a request.
@@ -167,8 +164,6 @@ pub struct Resolved {
     pub consent_asked: Option<String>,
     /// The session id (its revocation key).
     pub sid: String,
-    /// When it signed in (unix seconds).
-    pub created: u64,
     /// What its sign-in showed of the client.
     pub signals: Option<ClientSignals>,
     /// The provider's session id, if it sent one.
@@ -510,8 +505,9 @@ impl Flow<'_> {
     }
 
     /// [`CALLBACK_PATH`]: checks the attempt, exchanges the code, validates the ID token and
-    /// starts the session.
-    pub fn callback(&self) -> Response {
+    /// starts the session, which keeps what `caller` (the client resolved through
+    /// `[client]`) and the request show of it, for the `session_anomaly` check.
+    pub fn callback(&self, caller: &crate::model::ClientInfo) -> Response {
         let Some(state) = self.answer_param("state").filter(|s| !s.is_empty()) else {
             return self.refuse(
                 Reason::LoginStateInvalid,
@@ -669,7 +665,7 @@ impl Flow<'_> {
             refresh_token: tokens.refresh_token.clone(),
             id_token: Some(id_token),
             consent_asked: attempt.consent_scopes.clone(),
-            signals: Some(ClientSignals::observe(&self.client, self.headers)),
+            signals: Some(ClientSignals::observe(caller, self.headers)),
             op_sid: id
                 .claims
                 .get("sid")
@@ -991,7 +987,6 @@ impl Flow<'_> {
             event,
             consent_asked: s.consent_asked.clone(),
             sid: s.sid.clone(),
-            created: s.created,
             signals: s.signals.clone(),
             op_sid: s.op_sid.clone(),
         }))

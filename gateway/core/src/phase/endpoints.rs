@@ -19,7 +19,7 @@ pub fn run(scope: &Scope<'_>, _cx: &mut Ctx) -> Step {
     }
     if let Some(flow) = &scope.flow {
         let answer = match path {
-            CALLBACK_PATH => Some(flow.callback()),
+            CALLBACK_PATH => Some(flow.callback(&scope.client)),
             LOGIN_PATH => Some(flow.start()),
             LOGOUT_PATH => Some(flow.logout()),
             BACKCHANNEL_PATH => Some(flow.backchannel()),

@@ -220,7 +220,6 @@ impl<'a> Scope<'a> {
                 request_id: req.request_id,
                 now: input.now,
                 authority: &norm.authority,
-                client: client.clone(),
             }),
             _ => None,
         };

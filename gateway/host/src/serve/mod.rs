@@ -168,7 +168,7 @@ pub async fn prepare_next(
     previous: &Shared,
 ) -> anyhow::Result<Prepared> {
     let old = previous.keys.config();
-    if serde_json::to_vec(&loaded.config.state)? != serde_json::to_vec(&old.state)? {
+    if loaded.config.state != old.state {
         anyhow::bail!("`[state]` changed: switching the shared state needs a restart");
     }
     // The listener keeps running: its limits, whether it speaks TLS and its ALPN stay;
