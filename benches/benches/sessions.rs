@@ -127,6 +127,7 @@ fn sessions(c: &mut Criterion) {
             ip: Some(ip.parse().unwrap()),
             country: Some("DE".into()),
             asn: Some(64496),
+            location: None,
         };
         let expected = usize::from(name == "other_network");
         g.bench_function(name, |b| {

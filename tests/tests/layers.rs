@@ -31,6 +31,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "canonical",
             "cookies",
             "reason",
+            "geo",
         ],
     ),
     ("JOSE", &["crypto/", "jwk", "jws", "client_auth"]),
@@ -52,6 +53,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "client",
             "client_signals",
+            "recent_uses",
             "forwarding",
             "normalize",
             "policy",

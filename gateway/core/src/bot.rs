@@ -135,6 +135,8 @@ pub struct SessionView<'a> {
     pub login: Option<&'a ClientSignals>,
     /// What this request shows.
     pub now: &'a ClientSignals,
+    /// What the recent uses show (impossible travel, concurrent use).
+    pub uses: &'a [crate::recent_uses::UseFinding],
     /// What each change scores.
     pub weights: &'a AnomalyWeights,
 }
@@ -189,30 +191,16 @@ pub fn evaluate(cfg: &BotConfig, checks: &[BotCheck], input: &BotInput<'_>) -> V
     signals
 }
 
-/// `session_anomaly`: the sum of the weights of what changed since the sign-in (at most
-/// 100), one `changed:<what>` label each. Scores 0 for a request without a session (a
-/// token caller) and for a session that kept no sign-in signals.
+/// `session_anomaly`: the sum of the weights of what changed since the sign-in and of what
+/// the recent uses show (at most 100), one `changed:<what>` label per change and one
+/// `impossible_travel` / `concurrent_use` label per use finding. Scores 0 for a request
+/// without a session (a token caller); a session that kept no sign-in signals is labelled
+/// `no_signals` and judged on its uses alone.
 fn session_anomaly(view: Option<SessionView<'_>>) -> Signal {
     let check = BotCheck::SessionAnomaly;
     let Some(view) = view else {
         return signal(check, 0, Vec::new(), "not a browser session".into());
     };
-    let Some(login) = view.login else {
-        return signal(
-            check,
-            0,
-            vec!["no_signals".into()],
-            "the session kept no sign-in signals".into(),
-        );
-    };
-    let changes = login.changes(view.now);
-    if changes.is_empty() {
-        return signal(check, 0, Vec::new(), "the client that signed in".into());
-    }
-    let score: u32 = changes
-        .iter()
-        .map(|c| u32::from(c.weight(view.weights)))
-        .sum();
     let shown = |s: &ClientSignals, c: Change| -> String {
         match c {
             Change::Network => s.network.clone().unwrap_or_default(),
@@ -222,25 +210,47 @@ fn session_anomaly(view: Option<SessionView<'_>>) -> Signal {
             Change::Platform => s.platform.clone().unwrap_or_default(),
         }
     };
-    let found: Vec<String> = changes
-        .iter()
-        .map(|c| {
-            format!(
-                "{} {} -> {}",
-                c.name(),
-                shown(login, *c),
-                shown(view.now, *c)
-            )
-        })
-        .collect();
+    let (mut score, mut labels, mut found) = (0u32, Vec::new(), Vec::new());
+    match view.login {
+        Some(login) => {
+            let changes = login.changes(view.now);
+            if !changes.is_empty() {
+                let list: Vec<String> = changes
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {} -> {}",
+                            c.name(),
+                            shown(login, *c),
+                            shown(view.now, *c)
+                        )
+                    })
+                    .collect();
+                found.push(format!("since sign-in: {}", list.join(", ")));
+            }
+            for c in changes {
+                score += u32::from(c.weight(view.weights));
+                labels.push(format!("changed:{}", c.name()));
+            }
+        }
+        None => {
+            labels.push("no_signals".into());
+            found.push("the session kept no sign-in signals".into());
+        }
+    }
+    for u in view.uses {
+        score += u32::from(u.weight(view.weights));
+        labels.push(u.label().into());
+        found.push(u.describe());
+    }
+    if score == 0 && view.login.is_some() {
+        return signal(check, 0, labels, "the client that signed in".into());
+    }
     signal(
         check,
         u8::try_from(score.min(100)).unwrap_or(100),
-        changes
-            .iter()
-            .map(|c| format!("changed:{}", c.name()))
-            .collect(),
-        format!("since sign-in: {}", found.join(", ")),
+        labels,
+        found.join("; "),
     )
 }
 
@@ -1194,6 +1204,7 @@ mod tests {
         let same = run(Some(SessionView {
             login: Some(&login),
             now: &login,
+            uses: &[],
             weights: &weights,
         }));
         assert_eq!((same.score, same.labels.len()), (0, 0));
@@ -1204,6 +1215,7 @@ mod tests {
         let s = run(Some(SessionView {
             login: Some(&login),
             now: &moved,
+            uses: &[],
             weights: &weights,
         }));
         assert_eq!(
@@ -1223,6 +1235,7 @@ mod tests {
         let s = run(Some(SessionView {
             login: Some(&login),
             now: &copied,
+            uses: &[],
             weights: &weights,
         }));
         // 20 + 60 + 60, capped.
@@ -1235,11 +1248,49 @@ mod tests {
         let old = run(Some(SessionView {
             login: None,
             now: &copied,
+            uses: &[],
             weights: &weights,
         }));
         assert_eq!(
             (old.score, old.labels.clone()),
             (0, vec!["no_signals".to_owned()])
+        );
+        // What the recent uses show adds up with the changes, even without sign-in signals.
+        let travel = crate::recent_uses::UseFinding::ImpossibleTravel {
+            from: "192.0.2.0/24".into(),
+            km: 16_960.0,
+            secs: 7_200,
+        };
+        let s = run(Some(SessionView {
+            login: Some(&login),
+            now: &moved,
+            uses: std::slice::from_ref(&travel),
+            weights: &weights,
+        }));
+        assert_eq!(
+            (s.score, s.labels.clone()),
+            (
+                90,
+                vec!["changed:network".to_owned(), "impossible_travel".to_owned()]
+            )
+        );
+        assert!(
+            s.reason.contains("impossible travel: 16960 km"),
+            "{}",
+            s.reason
+        );
+        let s = run(Some(SessionView {
+            login: None,
+            now: &moved,
+            uses: std::slice::from_ref(&travel),
+            weights: &weights,
+        }));
+        assert_eq!(
+            (s.score, s.labels),
+            (
+                70,
+                vec!["no_signals".to_owned(), "impossible_travel".to_owned()]
+            )
         );
     }
 }

@@ -155,10 +155,14 @@ pub fn client_info(cfg: &ClientConfig, peer: Option<IpAddr>, headers: &HeaderMap
             .parse()
             .ok()
     });
+    let location = single(&cfg.latitude_header)
+        .zip(single(&cfg.longitude_header))
+        .and_then(|(lat, lon)| crate::geo::GeoPoint::parse(&lat, &lon));
     ClientInfo {
         ip: Some(ip),
         country,
         asn,
+        location,
     }
 }
 
@@ -183,6 +187,9 @@ pub fn with_peer_hints(
     }
     if client.asn.is_none() {
         client.asn = hints.asn;
+    }
+    if client.location.is_none() {
+        client.location = hints.location;
     }
     client
 }
@@ -227,6 +234,8 @@ mod tests {
             country_header: Some("cf-ipcountry".into()),
             asn_header: Some("x-asn".into()),
             peer_header: Some("spin-client-addr".into()),
+            latitude_header: Some("x-lat".into()),
+            longitude_header: Some("x-lon".into()),
         }
     }
 
@@ -305,38 +314,51 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6"),
             ("cf-ipcountry", "de"),
             ("x-asn", "AS3320"),
+            ("x-lat", "52.52"),
+            ("x-lon", "13.4050"),
         ]);
         let direct = client_info(&cfg(), Some("198.51.100.9".parse().unwrap()), &h);
         assert_eq!(direct.ip, Some("198.51.100.9".parse().unwrap()));
-        assert_eq!(direct.country, None);
+        assert_eq!((direct.country, direct.location), (None, None));
         let proxied = client_info(&cfg(), Some("10.1.2.3".parse().unwrap()), &h);
         assert_eq!(proxied.ip, Some("6.6.6.6".parse().unwrap()));
         assert_eq!(proxied.country.as_deref(), Some("DE"));
         assert_eq!(proxied.asn, Some(3320));
+        assert_eq!(
+            proxied.location.map(|p| p.to_string()).as_deref(),
+            Some("52.52,13.40")
+        );
+        // One coordinate alone is no location.
+        let h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-lat", "52.52")]);
+        let half = client_info(&cfg(), Some("10.1.2.3".parse().unwrap()), &h);
+        assert_eq!(half.location, None);
     }
 
     #[test]
     fn peer_hints_describe_only_the_peer_and_never_override_headers() {
+        let amsterdam = crate::geo::GeoPoint::parse("52.37", "4.89");
         let hints = PeerHints {
             country: Some(*b"nl"),
             asn: Some(64500),
+            location: amsterdam,
         };
         let peer: IpAddr = "198.51.100.9".parse().unwrap();
         let direct = client_info(&cfg(), Some(peer), &headers(&[]));
         let c = with_peer_hints(direct, Some(peer), hints);
         assert_eq!((c.country.as_deref(), c.asn), (Some("NL"), Some(64500)));
+        assert_eq!(c.location, amsterdam);
         // Behind a trusted proxy the client is another address: the peer's hints are not its.
         let h = headers(&[("x-forwarded-for", "6.6.6.6")]);
         let proxy: IpAddr = "10.1.2.3".parse().unwrap();
         let c = with_peer_hints(client_info(&cfg(), Some(proxy), &h), Some(proxy), hints);
-        assert_eq!((c.country, c.asn), (None, None));
+        assert_eq!((c.country, c.asn, c.location), (None, None, None));
         // A trusted proxy's own headers win; Cloudflare's markers are not countries.
         let h = headers(&[("cf-ipcountry", "de"), ("x-asn", "AS3320")]);
         let c = with_peer_hints(client_info(&cfg(), Some(proxy), &h), Some(proxy), hints);
         assert_eq!((c.country.as_deref(), c.asn), (Some("DE"), Some(3320)));
         let tor = PeerHints {
             country: Some(*b"T1"),
-            asn: None,
+            ..PeerHints::default()
         };
         let c = with_peer_hints(
             client_info(&cfg(), Some(peer), &headers(&[])),

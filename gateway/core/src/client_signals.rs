@@ -31,6 +31,10 @@ pub struct ClientSignals {
     /// The platform the browser hints (`Sec-CH-UA-Platform`: `Windows`, `Android`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
+    /// Where a trusted CDN or proxy geolocates the client (compared with the recent uses,
+    /// [`crate::recent_uses`], not with the sign-in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<crate::geo::GeoPoint>,
 }
 
 /// One way a request's client differs from the session's sign-in.
@@ -98,6 +102,7 @@ impl ClientSignals {
             platform: text("sec-ch-ua-platform")
                 .map(|p| p.trim().trim_matches('"').to_owned())
                 .filter(|p| !p.is_empty() && p.len() <= MAX_PLATFORM),
+            location: client.location,
         }
     }
 
@@ -204,6 +209,7 @@ mod tests {
             country: None,
             agent: Some("Chrome/131".into()),
             platform: Some("Windows".into()),
+            location: None,
         };
         assert!(login.changes(&login).is_empty());
         let now = ClientSignals {
@@ -212,6 +218,7 @@ mod tests {
             country: Some("FR".into()),
             agent: Some("curl/8".into()),
             platform: Some("Windows".into()),
+            location: crate::geo::GeoPoint::parse("48.85", "2.35"),
         };
         assert_eq!(login.changes(&now), [Change::Network, Change::Agent]);
     }
@@ -225,6 +232,7 @@ mod tests {
             ip: Some("2001:db8:1:2:3:4:5:6".parse().unwrap()),
             country: Some("DE".into()),
             asn: Some(3320),
+            location: None,
         };
         let s = ClientSignals::observe(&client, &headers);
         assert_eq!(s.network.as_deref(), Some("2001:db8:1:2::/64"));

@@ -168,6 +168,8 @@ pub struct Resolved {
     pub signals: Option<ClientSignals>,
     /// The provider's session id, if it sent one.
     pub op_sid: Option<String>,
+    /// When it signed in (Unix seconds).
+    pub created: u64,
 }
 
 /// The outcome of looking for a session.
@@ -989,6 +991,7 @@ impl Flow<'_> {
             sid: s.sid.clone(),
             signals: s.signals.clone(),
             op_sid: s.op_sid.clone(),
+            created: s.created,
         }))
     }
 

@@ -276,8 +276,9 @@ fn head(req: &Request, serial: u64) -> Result<RequestHead, (Reason, String)> {
     })
 }
 
-/// Cloudflare's own country and AS number of the connecting client (`request.cf.country`,
-/// `request.cf.asn`), read field by field: a missing or ill-typed one is simply unknown.
+/// Cloudflare's own country, AS number and location of the connecting client
+/// (`request.cf.country`, `asn`, `latitude`, `longitude`), read field by field: a missing
+/// or ill-typed one is simply unknown.
 fn cf_hints(req: &Request) -> PeerHints {
     let Ok(cf) = js_sys::Reflect::get(req.inner(), &JsValue::from_str("cf")) else {
         return PeerHints::default();
@@ -293,7 +294,16 @@ fn cf_hints(req: &Request) -> PeerHints {
         .and_then(|v| v.as_f64())
         .filter(|n| n.fract() == 0.0 && *n >= 0.0 && *n <= f64::from(u32::MAX))
         .map(|n| n as u32);
-    PeerHints { country, asn }
+    // Strings in `cf` (`"48.86010"`), as Cloudflare documents them.
+    let location = field("latitude")
+        .and_then(|v| v.as_string())
+        .zip(field("longitude").and_then(|v| v.as_string()))
+        .and_then(|(lat, lon)| portcullis_core::geo::GeoPoint::parse(&lat, &lon));
+    PeerHints {
+        country,
+        asn,
+        location,
+    }
 }
 
 fn answer(response: &CoreResponse) -> worker::Result<Response> {

@@ -509,6 +509,8 @@ pub(super) fn read_session(
             ("agent", &mut w.agent),
             ("platform", &mut w.platform),
             ("repeated", &mut w.repeated),
+            ("travel", &mut w.travel),
+            ("concurrent", &mut w.concurrent),
         ] {
             if let Some((n, span)) = a.integer(d, key) {
                 match u8::try_from(n) {
@@ -519,6 +521,32 @@ pub(super) fn read_session(
                         None,
                     ),
                 }
+            }
+        }
+        for (key, min, max, into) in [
+            ("max_speed_kmh", 100, 20_000, &mut w.max_speed_kmh),
+            ("distant_km", 10, 20_000, &mut w.distant_km),
+        ] {
+            if let Some((n, span)) = a.integer(d, key) {
+                match u32::try_from(n) {
+                    Ok(n) if (min..=max).contains(&n) => *into = n,
+                    _ => d.error(
+                        &span,
+                        format!("`session.anomaly.{key}` = {n} is outside {min}..={max}"),
+                        None,
+                    ),
+                }
+            }
+        }
+        if let Some((v, span)) = a.duration(d, "concurrent_window") {
+            if v < Duration::from_secs(10) || v > Duration::from_secs(3_600) {
+                d.error(
+                    &span,
+                    format!("`session.anomaly.concurrent_window` {v:?} is outside 10s..=3600s"),
+                    None,
+                );
+            } else {
+                w.concurrent_window = v;
             }
         }
         a.finish(d);

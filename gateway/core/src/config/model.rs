@@ -346,9 +346,9 @@ pub struct SessionConfig {
     pub anomaly: AnomalyWeights,
 }
 
-/// The score of each way a session's request differs from its sign-in
-/// (`[session.anomaly]`, the `session_anomaly` check); the check scores their sum, at most
-/// 100.
+/// The score of each way a session's request differs from its sign-in or its recent uses
+/// (`[session.anomaly]`, the `session_anomaly` check), and the limits of the use rules; the
+/// check scores the sum, at most 100.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnomalyWeights {
     /// Another /24 or /64.
@@ -363,6 +363,18 @@ pub struct AnomalyWeights {
     pub platform: u8,
     /// Added per other anomaly of the same user (any channel) within the hour.
     pub repeated: u8,
+    /// Impossible travel since the last use on another network (both located).
+    pub travel: u8,
+    /// Concurrent use: a distant network used between two uses from this one, within
+    /// `concurrent_window`.
+    pub concurrent: u8,
+    /// Faster than this between two uses is impossible travel, km/h.
+    pub max_speed_kmh: u32,
+    /// How recent the other network's use must be to count as concurrent.
+    pub concurrent_window: Duration,
+    /// Two located networks at least this far apart are distant, km (unlocated ones are
+    /// distant when their autonomous systems differ).
+    pub distant_km: u32,
 }
 
 impl Default for AnomalyWeights {
@@ -374,6 +386,11 @@ impl Default for AnomalyWeights {
             agent: 60,
             platform: 60,
             repeated: 20,
+            travel: 70,
+            concurrent: 50,
+            max_speed_kmh: 1000,
+            concurrent_window: Duration::from_secs(300),
+            distant_km: 300,
         }
     }
 }
@@ -881,6 +898,13 @@ pub struct ClientConfig {
     pub country_header: Option<String>,
     /// Header carrying the client's autonomous system number.
     pub asn_header: Option<String>,
+    /// Headers carrying where the CDN geolocates the client, in decimal degrees (both or
+    /// neither).
+    #[serde(default)]
+    pub latitude_header: Option<String>,
+    /// See `latitude_header`.
+    #[serde(default)]
+    pub longitude_header: Option<String>,
     /// Edge bundles: the header the runtime itself sets to the connecting address (Spin's
     /// `spin-client-addr`), read as the peer where wasi:http gives none.
     pub peer_header: Option<String>,

@@ -324,11 +324,21 @@ pub(super) fn read_client(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> ClientC
     client.country_header = header(&mut t, d, "country_header");
     client.asn_header = header(&mut t, d, "asn_header");
     client.peer_header = header(&mut t, d, "peer_header");
+    client.latitude_header = header(&mut t, d, "latitude_header");
+    client.longitude_header = header(&mut t, d, "longitude_header");
     let span = t.span.clone();
     t.finish(d);
+    if client.latitude_header.is_some() != client.longitude_header.is_some() {
+        d.error(
+            &span,
+            "[client] names one of latitude_header and longitude_header: give both or neither",
+            Some("e.g. latitude_header = \"cloudfront-viewer-latitude\", longitude_header = \"cloudfront-viewer-longitude\"".into()),
+        );
+    }
     let uses_headers = client.ip_header.is_some()
         || client.country_header.is_some()
-        || client.asn_header.is_some();
+        || client.asn_header.is_some()
+        || client.latitude_header.is_some();
     if uses_headers && client.trusted_proxies.is_empty() {
         d.error(
             &span,

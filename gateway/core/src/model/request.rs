@@ -36,6 +36,8 @@ pub struct PeerHints {
     pub country: Option<[u8; 2]>,
     /// Autonomous system number.
     pub asn: Option<u32>,
+    /// Where the runtime geolocates the peer (Cloudflare's `cf.latitude` / `longitude`).
+    pub location: Option<crate::geo::GeoPoint>,
 }
 
 /// Backend health as the adapter knows it (health checks, circuit breakers).
@@ -63,4 +65,6 @@ pub struct ClientInfo {
     pub country: Option<String>,
     /// Autonomous system number.
     pub asn: Option<u32>,
+    /// Where a trusted CDN or proxy geolocates the client.
+    pub location: Option<crate::geo::GeoPoint>,
 }

@@ -1,8 +1,9 @@
 //! The `session_anomaly` check's inputs and what it does beyond its score, for the `risk`
 //! phase ([`super::risk`]): whose client a request is compared with — a browser session's
 //! sign-in (sealed in the session), or the first request a DPoP-bound app key made (kept in
-//! the shared state) — anomalies counted per user across channels, and ending a provider
-//! session from the app channel.
+//! the shared state) — and with its recent uses (impossible travel, concurrent use,
+//! [`crate::recent_uses`]); anomalies counted per user across channels, and ending a
+//! provider session from the app channel.
 
 use std::time::Duration;
 
@@ -13,58 +14,107 @@ use crate::client_signals::ClientSignals;
 use crate::config::{AnomalyWeights, BotCheck, FailPolicy, RouteRisk};
 use crate::decision::Response;
 use crate::reason::Reason;
+use crate::recent_uses::{HISTORY_TTL, RecentUses, UseFinding};
 
 /// How long the first request of a DPoP key stays its app's baseline.
 const APP_BASELINE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The window in which a user's anomalies (any channel) add up.
 const REPEAT_WINDOW: Duration = Duration::from_secs(3600);
 
-/// This request's client and the one it is compared with (`None`: nothing to compare).
+/// This request's client and what it is compared with (`None`: nothing to compare).
 pub(super) struct Baseline {
     /// What this request shows.
     pub now: ClientSignals,
     /// The sign-in's, or the app key's first request's.
     pub then: Option<ClientSignals>,
+    /// What the recent uses show (impossible travel, concurrent use).
+    pub uses: Vec<UseFinding>,
 }
 
 /// The comparison for this request: `None` when the route does not run `session_anomaly`,
 /// or the caller is neither a browser session nor a DPoP-bound token. A DPoP key seen for
-/// the first time records this request as its app's baseline.
+/// the first time records this request as its app's baseline; every request is compared
+/// with the session's (or key's) recent uses and recorded among them.
 pub(super) fn baseline(scope: &Scope<'_>, cx: &Ctx, risk: &RouteRisk) -> Step<Option<Baseline>> {
     if !risk.checks.contains(&BotCheck::SessionAnomaly) {
         return Ok(None);
     }
     let input = &scope.input;
-    let now = || ClientSignals::observe(&scope.client, input.req.headers);
-    if cx.session.sid.is_some() {
-        return Ok(Some(Baseline {
-            now: now(),
-            then: cx.session.signals.clone(),
-        }));
-    }
-    let Some(key) = cx.identity.as_ref().and_then(|id| app_key(scope, id)) else {
-        return Ok(None);
+    let now = ClientSignals::observe(&scope.client, input.req.headers);
+    let unavailable = |what: &str, e: &dyn std::fmt::Display| -> Step<()> {
+        if input.config().state.on_unavailable == FailPolicy::Allow {
+            Ok(())
+        } else {
+            Err(input.refuse(Reason::StateUnavailable, &format!("{what}: {e}")))
+        }
     };
-    let now = now();
-    let then = match input.io.get(&key) {
-        Ok(Some(stored)) => serde_json::from_slice(&stored).ok(),
-        Ok(None) => {
-            // This key's first request: the app's client from now on. (Not storable: this
-            // request is compared with itself.)
-            if let Ok(json) = serde_json::to_vec(&now) {
-                let _ = input.io.set(&key, &json, APP_BASELINE_TTL);
+    let (then, uses_key, signed_in) = if let Some(sid) = &cx.session.sid {
+        let signed_in = cx.session.signals.clone().zip(cx.session.created);
+        (
+            cx.session.signals.clone(),
+            format!("uses/s/{sid}"),
+            signed_in,
+        )
+    } else {
+        let Some(key) = cx.identity.as_ref().and_then(|id| app_key(scope, id)) else {
+            return Ok(None);
+        };
+        let then = match input.io.get(&key) {
+            Ok(Some(stored)) => serde_json::from_slice(&stored).ok(),
+            Ok(None) => {
+                // This key's first request: the app's client from now on. (Not storable:
+                // this request is compared with itself.)
+                if let Ok(json) = serde_json::to_vec(&now) {
+                    let _ = input.io.set(&key, &json, APP_BASELINE_TTL);
+                }
+                Some(now.clone())
             }
-            Some(now.clone())
-        }
-        Err(_) if input.config().state.on_unavailable == FailPolicy::Allow => None,
+            Err(e) => {
+                unavailable("the app's client cannot be compared", &e)?;
+                None
+            }
+        };
+        (then, format!("uses/{key}"), None)
+    };
+    let uses = recent_uses(scope, &now, &uses_key, signed_in, &unavailable)?;
+    Ok(Some(Baseline { now, then, uses }))
+}
+
+/// What the recent uses under `key` show about `now`, recording it among them. A session
+/// without a history starts from its sign-in (`signed_in`: its signals and time). Costs
+/// one state read, and a write when the client moved (or a while after the last one); not
+/// looked up at all when both use rules weigh 0.
+fn recent_uses(
+    scope: &Scope<'_>,
+    now: &ClientSignals,
+    key: &str,
+    signed_in: Option<(ClientSignals, u64)>,
+    unavailable: &dyn Fn(&str, &dyn std::fmt::Display) -> Step<()>,
+) -> Step<Vec<UseFinding>> {
+    let input = &scope.input;
+    let Some(w) = input.config().session.as_ref().map(|s| &s.anomaly) else {
+        return Ok(Vec::new());
+    };
+    if (w.travel == 0 && w.concurrent == 0) || now.network.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut history = match input.io.get(key) {
+        Ok(stored) => stored
+            .as_deref()
+            .and_then(RecentUses::from_stored)
+            .or_else(|| signed_in.map(|(s, at)| RecentUses::signed_in(&s, at)))
+            .unwrap_or_default(),
         Err(e) => {
-            return Err(input.refuse(
-                Reason::StateUnavailable,
-                &format!("the app's client cannot be compared: {e}"),
-            ));
+            unavailable("the recent uses cannot be compared", &e)?;
+            return Ok(Vec::new());
         }
     };
-    Ok(Some(Baseline { now, then }))
+    let at = input.now.unix_secs();
+    let found = history.assess(now, at, w);
+    if history.record(now, at) {
+        let _ = input.io.set(key, &history.to_stored(), HISTORY_TTL);
+    }
+    Ok(found)
 }
 
 /// The shared-state key of a DPoP-bound token's app: its issuer and key thumbprint.

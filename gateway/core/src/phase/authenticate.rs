@@ -92,6 +92,7 @@ fn session(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step<Option<Verif
             cx.session.sid = Some(found.sid);
             cx.session.signals = found.signals;
             cx.session.op_sid = found.op_sid;
+            cx.session.created = Some(found.created);
             Ok(Some(found.identity))
         }
         Lookup::Refuse(r) => Err(r),

@@ -278,4 +278,6 @@ pub struct SessionUse {
     pub signals: Option<crate::client_signals::ClientSignals>,
     /// The provider's session id.
     pub op_sid: Option<String>,
+    /// When the session signed in (Unix seconds).
+    pub created: Option<u64>,
 }

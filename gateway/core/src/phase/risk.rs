@@ -29,6 +29,7 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
         (Some(b), Some(weights)) => Some(SessionView {
             login: b.then.as_ref(),
             now: &b.now,
+            uses: &b.uses,
             weights,
         }),
         _ => None,
