@@ -200,6 +200,10 @@ auth = "public"
 [client]
 trusted_proxies = ["127.0.0.0/8"]
 ip_header = "x-forwarded-for"
+latitude_header = "x-geo-lat"
+longitude_header = "x-geo-lon"
+# (serve-wasm's own header for a bundle's peer; the engines know theirs.)
+peer_header = "spin-client-addr"
 
 # (The tests' origin is plain http.)
 [dpop]
@@ -1174,15 +1178,157 @@ impl App {
 
     /// GET `path` with `token` and a fresh proof, as `agent` when given.
     fn call(&self, w: &World, path: &str, token: &str, agent: Option<&str>) -> Resp {
+        let agent: Vec<(&str, &str)> = agent.map(|a| ("user-agent", a)).into_iter().collect();
+        self.call_with(w, path, token, &agent)
+    }
+
+    /// [`App::call`] with `extra` headers.
+    fn call_with(&self, w: &World, path: &str, token: &str, extra: &[(&str, &str)]) -> Resp {
         let url = format!("http://{}{path}", w.gw.addr);
         let proof = interop::tool(&["dpop", &self.private, "GET", &url, token, "0"]).unwrap();
         let auth = format!("DPoP {token}");
         let mut headers = vec![("authorization", auth.as_str()), ("dpop", proof.as_str())];
-        if let Some(a) = agent {
-            headers.push(("user-agent", a));
-        }
+        headers.extend_from_slice(extra);
         w.raw(path, &headers)
     }
+}
+
+/// A client at `ip` in `place` (latitude, longitude) as each runtime learns it: from the
+/// trusted proxy's `x-forwarded-for` and `[client]` location headers (the engines, and the
+/// bundle through serve-wasm's peer header), or from Cloudflare's `cf` object and
+/// `cf-connecting-ip` (the worker; workerd's `cf-blob`).
+fn located(ip: &str, place: (&str, &str)) -> Vec<(&'static str, String)> {
+    let blob = json!({"latitude": place.0, "longitude": place.1}).to_string();
+    vec![
+        ("x-forwarded-for", ip.to_owned()),
+        ("x-geo-lat", place.0.to_owned()),
+        ("x-geo-lon", place.1.to_owned()),
+        ("cf-connecting-ip", ip.to_owned()),
+        ("cf-blob", blob),
+    ]
+}
+
+const PARIS: (&str, &str) = ("48.8566", "2.3522");
+const SYDNEY: (&str, &str) = ("-33.8688", "151.2093");
+
+/// Issue 22, the rules on recent uses. A browser session's cookie used from Paris, then
+/// seconds later from Sydney, is impossible travel (weight 70: stepped up); back in Paris a
+/// moment later it is travel again and concurrent use (two clients taking turns, 50), and
+/// the revoking route ends the session. An app's DPoP-bound token is judged the same way
+/// from its first request. Every runtime gives the same findings; the worker under workerd
+/// knows no address for the browser's own sign-in (no `cf` object), so there the copy's
+/// first request is no network change.
+fn a_session_used_from_far_away_or_by_two_clients_in_turn_is_stepped_up_and_revoked(engine: &str) {
+    let w = World::start(engine, 600);
+    let browser = Browser::start();
+    browser.goto(&w.url("/watch/home"));
+    sign_in(&browser, "judy", None, &w.url("/watch/home"));
+    let cookie = session_cookie_header(&browser);
+    let ua = browser.user_agent();
+    let from = |path: &str, ip: &str, place: (&str, &str)| {
+        let located = located(ip, place);
+        let mut h: Vec<(&str, &str)> = located.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        h.extend([
+            ("cookie", cookie.as_str()),
+            ("user-agent", ua.as_str()),
+            ("accept", "application/json"),
+        ]);
+        w.raw(path, &h)
+    };
+    let labels = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let moved = engine != "worker";
+
+    // From Paris: the first located use (the sign-in had no location).
+    let r = from("/watch/paris", "192.0.2.10", PARIS);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let (score, found) = anomaly(&w.gw, "/watch/paris");
+    if moved {
+        assert_eq!((score, found), (20, labels(&["changed:network"])));
+    } else {
+        assert_eq!((score, found), (0, labels(&[])));
+    }
+    let earlier = u64::from(moved);
+    // Seconds later from Sydney: ~17,000 km, impossible; stepped up.
+    let r = from("/stepup/sydney", "198.51.100.10", SYDNEY);
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (401, "insufficient_user_authentication"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let (score, found) = anomaly(&w.gw, "/stepup/sydney");
+    let mut want = if moved {
+        labels(&["changed:network", "impossible_travel"])
+    } else {
+        labels(&["impossible_travel"])
+    };
+    if earlier > 0 {
+        want.push(format!("repeated:{earlier}"));
+    }
+    assert_eq!(found, want);
+    assert_eq!(score, (70 + 20 * earlier * 2).min(100));
+    let records = audit_records(&w.gw, |r| r.iter().any(|r| r["path"] == "/stepup/sydney"));
+    let record = records
+        .iter()
+        .rev()
+        .find(|r| r["path"] == "/stepup/sydney")
+        .unwrap();
+    let reason_text = record["risk"]["plugins"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["plugin"] == "bot.session_anomaly"))
+        .map(|c| c["reason"].to_string())
+        .unwrap();
+    assert!(
+        reason_text.contains("km from 192.0.2.0/24"),
+        "{reason_text}"
+    );
+    // Back in Paris a moment later: travel again, and the two networks taking turns.
+    let r = from("/guarded/paris", "192.0.2.11", PARIS);
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (401, "session_revoked"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let (score, found) = anomaly(&w.gw, "/guarded/paris");
+    assert_eq!(score, 100);
+    let uses: Vec<&str> = found
+        .iter()
+        .map(String::as_str)
+        .filter(|l| matches!(*l, "impossible_travel" | "concurrent_use"))
+        .collect();
+    assert_eq!(uses, ["impossible_travel", "concurrent_use"]);
+    let r = w.raw(
+        "/watch/after",
+        &[("cookie", &cookie), ("accept", "application/json")],
+    );
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (401, "authentication_required")
+    );
+
+    // An app's token, from its first request in Paris, then Sydney: stepped up.
+    let app = App::new("judy-app");
+    let token = app.token(&w, "app-session");
+    let call = |path: &str, ip: &str, place: (&str, &str)| {
+        let located = located(ip, place);
+        let h: Vec<(&str, &str)> = located.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        app.call_with(&w, path, &token, &h)
+    };
+    let r = call("/mobile-stepup/paris", "192.0.2.10", PARIS);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(anomaly(&w.gw, "/mobile-stepup/paris").0, 0);
+    let r = call("/mobile-stepup/paris2", "192.0.2.10", PARIS);
+    assert_eq!(r.status, 200);
+    let r = call("/mobile-stepup/sydney", "198.51.100.10", SYDNEY);
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (401, "insufficient_user_authentication")
+    );
+    assert_eq!(
+        anomaly(&w.gw, "/mobile-stepup/sydney"),
+        (90, labels(&["changed:network", "impossible_travel"]))
+    );
 }
 
 /// Issue 22, across channels: a browser session and a native app's DPoP-bound access token
@@ -1326,7 +1472,8 @@ fn anomaly(gw: &Gateway, path: &str) -> (u64, Vec<String>) {
 /// on a watching route, stepped up (a browser with that copy signs in again at `mfa` and
 /// gets a session of its own), challenged, and finally revoked: every copy of the session
 /// is refused from then on, the original browser's too. From another network alone
-/// (weight 20, where the runtime knows client addresses) nothing but the record happens.
+/// (weight 20, where the runtime knows client addresses: not the worker under workerd
+/// without a `cf` object) nothing but the record happens.
 fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &str) {
     let w = World::start(engine, 600);
     let browser = Browser::start();
@@ -1352,7 +1499,7 @@ fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &s
     // The same browser from another network: recorded, below every threshold. The
     // user's anomalies add up (`repeated` 20 per earlier one within the hour).
     let mut earlier = 0u64;
-    if matches!(engine, "native" | "component") {
+    if engine != "worker" {
         let away = ("x-forwarded-for", "203.0.113.9");
         for path in ["/stepup/net", "/guarded/net"] {
             let r = copy(path, &[("user-agent", &ua), json, away]);
@@ -1376,6 +1523,8 @@ fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &s
     assert_eq!(r.status, 200);
     let mut labels = vec!["changed:agent".to_owned()];
     if earlier > 0 {
+        // Back on the sign-in's network after the other one: two clients taking turns.
+        labels.push("concurrent_use".to_owned());
         labels.push(format!("repeated:{earlier}"));
     }
     assert_eq!(
@@ -1493,6 +1642,7 @@ fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &s
 }
 
 on_every_runtime!(
+    a_session_used_from_far_away_or_by_two_clients_in_turn_is_stepped_up_and_revoked,
     an_app_token_used_from_another_client_is_stepped_up_then_revoked_with_the_web_session,
     one_back_channel_logout_ends_the_web_session_and_the_apps_tokens,
     a_copied_session_is_stepped_up_challenged_or_revoked_as_configured,

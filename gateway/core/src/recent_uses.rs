@@ -150,15 +150,14 @@ impl RecentUses {
                 });
             }
         }
-        // Concurrent use: a distant network used after this one's last use, lately.
+        // Concurrent use: a distant network used since this one last was (later in the
+        // list, whatever the clock's resolution), lately.
         if w.concurrent > 0
-            && let Some(mine) = self.uses.iter().find(|u| &u.network == network)
-            && let Some(other) = self.uses.iter().rev().find(|u| {
-                &u.network != network
-                    && u.last > mine.last
-                    && since(u) <= w.concurrent_window.as_secs()
-                    && distant(now, u, w)
-            })
+            && let Some(mine) = self.uses.iter().position(|u| &u.network == network)
+            && let Some(other) = self.uses[mine + 1..]
+                .iter()
+                .rev()
+                .find(|u| since(u) <= w.concurrent_window.as_secs() && distant(now, u, w))
         {
             found.push(UseFinding::ConcurrentUse {
                 other: other.network.clone(),
@@ -281,6 +280,10 @@ mod tests {
                 secs: 40
             }
         );
+        // Within one second too: the order of the uses decides, not their times.
+        let mut quick = RecentUses::signed_in(&home, 1_000);
+        quick.record(&mobile, 1_000);
+        assert_eq!(labels(&quick.assess(&home, 1_000, &w)), ["concurrent_use"]);
         // After the window, a return is no longer concurrent.
         let late = 1_060 + w.concurrent_window.as_secs() + 1;
         assert!(h.assess(&home, late, &w).is_empty());
