@@ -696,11 +696,34 @@ fn redis_servers_are_one_server_a_cluster_or_sentinel() {
 }
 
 /// The `session_anomaly` check and the `revoke` threshold need `[session]` (its weights,
-/// the sessions they end); the weights are 0..=100.
+/// the sessions they end); the weights are 0..=100 and the use rules' limits bounded; a
+/// client location needs both coordinate headers.
 #[test]
 fn session_anomaly_needs_sessions_and_weights_in_range() {
-    let weights = errors(&format!("{MINIMAL}\n[session.anomaly]\nagent = 101\n"));
+    let weights = errors(&format!(
+        "{MINIMAL}\n[session.anomaly]\nagent = 101\ntravel = 101\nmax_speed_kmh = 50\n\
+         distant_km = 30000\nconcurrent_window = \"2h\"\n"
+    ));
     find(&weights, "`session.anomaly.agent` = 101 is outside 0..=100");
+    find(&weights, "`session.anomaly.travel` = 101 is outside 0..=100");
+    find(&weights, "`session.anomaly.max_speed_kmh` = 50 is outside 100..=20000");
+    find(&weights, "`session.anomaly.distant_km` = 30000 is outside 10..=20000");
+    find(&weights, "`session.anomaly.concurrent_window` 7200s is outside 10s..=3600s");
+    // A location needs both coordinates, from a trusted proxy.
+    let half = errors(&format!(
+        "{MINIMAL}\n[client]\ntrusted_proxies = [\"10.0.0.0/8\"]\nlatitude_header = \"x-lat\"\n"
+    ));
+    find(
+        &half,
+        "[client] names one of latitude_header and longitude_header: give both or neither",
+    );
+    let untrusted = errors(&format!(
+        "{MINIMAL}\n[client]\nlatitude_header = \"x-lat\"\nlongitude_header = \"x-lon\"\n"
+    ));
+    find(
+        &untrusted,
+        "client headers are set but no trusted_proxies: they would never be believed",
+    );
     let text = format!(
         "{MINIMAL}
 [[route]]
