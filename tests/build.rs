@@ -7,13 +7,14 @@ use std::path::PathBuf;
 include!("../gateway/host/build_wasm.rs");
 
 /// Every plugin the tests load.
-const PLUGINS: [&str; 6] = [
+const PLUGINS: [&str; 7] = [
     "impossible-travel",
     "credential-stuffing",
     "ip-reputation",
     "fixture-plugin-trivial",
     "fixture-plugin-faulty",
     "fixture-plugin-wrong-world",
+    "fixture-plugin-0-1",
 ];
 
 fn main() {

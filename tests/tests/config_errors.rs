@@ -705,10 +705,22 @@ fn session_anomaly_needs_sessions_and_weights_in_range() {
          distant_km = 30000\nconcurrent_window = \"2h\"\n"
     ));
     find(&weights, "`session.anomaly.agent` = 101 is outside 0..=100");
-    find(&weights, "`session.anomaly.travel` = 101 is outside 0..=100");
-    find(&weights, "`session.anomaly.max_speed_kmh` = 50 is outside 100..=20000");
-    find(&weights, "`session.anomaly.distant_km` = 30000 is outside 10..=20000");
-    find(&weights, "`session.anomaly.concurrent_window` 7200s is outside 10s..=3600s");
+    find(
+        &weights,
+        "`session.anomaly.travel` = 101 is outside 0..=100",
+    );
+    find(
+        &weights,
+        "`session.anomaly.max_speed_kmh` = 50 is outside 100..=20000",
+    );
+    find(
+        &weights,
+        "`session.anomaly.distant_km` = 30000 is outside 10..=20000",
+    );
+    find(
+        &weights,
+        "`session.anomaly.concurrent_window` 7200s is outside 10s..=3600s",
+    );
     // A location needs both coordinates, from a trusted proxy.
     let half = errors(&format!(
         "{MINIMAL}\n[client]\ntrusted_proxies = [\"10.0.0.0/8\"]\nlatitude_header = \"x-lat\"\n"

@@ -550,6 +550,10 @@ subject_key_file = "audit.key"
             "does not have export `init`",
         ),
         (
+            format!("[plugin.p]\npath = \"{}\"", plugin("fixture-plugin-0-1")),
+            "built for portcullis:plugin@0.1.0, which this host (0.2.0) does not speak: rebuild it with an SDK for 0.2.0",
+        ),
+        (
             format!(
                 "[plugin.p]\npath = \"{}\"\nconfig = {{ mode = \"refuse\" }}",
                 plugin("fixture-plugin-faulty")
@@ -590,7 +594,7 @@ subject_key_file = "audit.key"
         .arg("--config")
         .arg(dir.join("gateway.toml")));
     assert!(
-        ok && text.contains("plugin p: built for portcullis:plugin@0.1.0; this host speaks 0.1.0"),
+        ok && text.contains("plugin p: built for portcullis:plugin@0.2.0; this host speaks 0.2.0"),
         "{text}"
     );
     // `plugin check` says what is wrong with each file.
@@ -618,9 +622,9 @@ subject_key_file = "audit.key"
     ] {
         let (ok, text) = run(Command::new(binary()).args(["plugin", "check", &plugin(good)]));
         assert!(
-            ok && text.contains("ok: a portcullis:plugin@0.1.0 risk plugin")
+            ok && text.contains("ok: a portcullis:plugin@0.2.0 risk plugin")
                 && text.contains(
-                    "built for portcullis:plugin@0.1.0; this host speaks 0.1.0: compatible"
+                    "built for portcullis:plugin@0.2.0; this host speaks 0.2.0: compatible"
                 ),
             "{text}"
         );

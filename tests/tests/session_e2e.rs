@@ -193,6 +193,24 @@ login = ["op"]
 checks = ["session_anomaly"]
 revoke = 50
 
+# Issue 22: a plugin told the session (the trivial fixture echoes it in labels).
+[plugin.echo]
+path = "{echo}"
+headers = ["x-echo-session"]
+
+[[route]]
+path = "/echo"
+login = ["op"]
+[route.risk]
+plugins = ["echo"]
+
+[[route]]
+path = "/mobile-echo"
+issuers = ["op"]
+require_dpop = true
+[route.risk]
+plugins = ["echo"]
+
 [[route]]
 path = "/"
 auth = "public"
@@ -222,6 +240,9 @@ subject_key_file = "audit.key"
                 _ => String::new(),
             },
             keys = keys.server.url(),
+            echo = std::path::Path::new(env!("PORTCULLIS_PLUGIN_DIR"))
+                .join("fixture_plugin_trivial.wasm")
+                .display(),
             backend = backend.server.url(),
             p1 = provider_block("op", "Example ID", &op, port),
             p2 = provider_block("op2", "Other ID", &op2, port),
@@ -1448,6 +1469,97 @@ fn an_app_token_used_from_another_client_is_stepped_up_then_revoked_with_the_web
     );
 }
 
+/// Issue 22, plugins: a risk plugin is told the session a request belongs to — a browser
+/// session's pseudonymous id, its provider session, its age and what its sign-in showed of
+/// the client; for an app's token, the provider session it names, under the same
+/// pseudonym as the browser session signed in through it (one user's channels linked), and
+/// never the raw ids.
+fn plugins_are_told_the_session_its_age_and_sign_in(engine: &str) {
+    let w = World::start(engine, 600);
+    let browser = Browser::start();
+    browser.goto(&w.url("/watch/home"));
+    sign_in(&browser, "karl", None, &w.url("/watch/home"));
+    let sid = w.op.session_sid("karl", CLIENT).unwrap();
+    let cookie = session_cookie_header(&browser);
+    let echo = ("x-echo-session", "1");
+    let r = w.raw(
+        "/echo/web",
+        &[("cookie", &cookie), ("accept", "application/json"), echo],
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let web = plugin_labels(&w.gw, "/echo/web", "echo");
+    let value = |labels: &[String], name: &str| {
+        labels
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")).map(str::to_owned))
+    };
+    assert_eq!(
+        value(&web, "session").as_deref(),
+        Some("browser"),
+        "{web:?}"
+    );
+    let id = value(&web, "id").unwrap();
+    let provider = value(&web, "provider-session").expect("the provider's session");
+    assert_ne!(id, provider);
+    for raw in [sid.as_str(), cookie.as_str()] {
+        assert!(!web.iter().any(|l| l.contains(raw)), "{raw} in {web:?}");
+    }
+    let age: u64 = value(&web, "age").unwrap().parse().unwrap();
+    assert!(age < 120, "{age}");
+    let agent = value(&web, "sign-in-agent").unwrap();
+    assert!(agent.starts_with("HeadlessChrome/"), "{agent}");
+    // (The worker under workerd knows no address for the browser.)
+    let network = value(&web, "sign-in-network");
+    if engine == "worker" {
+        assert_eq!(network, None);
+    } else {
+        assert_eq!(network.as_deref(), Some("127.0.0.0/24"));
+    }
+    // The same session on the next request: the same pseudonym.
+    w.raw("/echo/again", &[("cookie", &cookie), echo]);
+    assert_eq!(
+        value(&plugin_labels(&w.gw, "/echo/again", "echo"), "id"),
+        Some(id)
+    );
+
+    // The app's token of the same provider session: linked under the same pseudonym.
+    let app = App::new("karl");
+    let token = app.token(&w, &sid);
+    let r = app.call_with(&w, "/mobile-echo/orders", &token, &[echo]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mobile = plugin_labels(&w.gw, "/mobile-echo/orders", "echo");
+    assert_eq!(
+        value(&mobile, "session").as_deref(),
+        Some("token"),
+        "{mobile:?}"
+    );
+    assert_eq!(value(&mobile, "provider-session"), Some(provider.clone()));
+    assert_eq!(value(&mobile, "age"), None, "no auth_time in the token");
+    // Another provider session is another pseudonym.
+    let other = app.token(&w, "another-provider-session");
+    app.call_with(&w, "/mobile-echo/other", &other, &[echo]);
+    let labels = plugin_labels(&w.gw, "/mobile-echo/other", "echo");
+    assert_ne!(value(&labels, "provider-session"), Some(provider));
+}
+
+/// The labels plugin `plugin` gave the last audit record for `path`.
+fn plugin_labels(gw: &Gateway, path: &str, plugin: &str) -> Vec<String> {
+    let records = audit_records(gw, |r| r.iter().any(|r| r["path"] == path));
+    let record = records
+        .iter()
+        .rev()
+        .find(|r| r["path"] == path)
+        .unwrap_or_else(|| panic!("no audit record for {path}: {records:?}"));
+    record["risk"]["plugins"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["plugin"] == plugin))
+        .and_then(|c| c["labels"].as_array())
+        .unwrap_or_else(|| panic!("no {plugin} labels in {record}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// The `session_anomaly` contribution (score, labels) of the last audit record for `path`.
 fn anomaly(gw: &Gateway, path: &str) -> (u64, Vec<String>) {
     let records = audit_records(gw, |r| r.iter().any(|r| r["path"] == path));
@@ -1642,6 +1754,7 @@ fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &s
 }
 
 on_every_runtime!(
+    plugins_are_told_the_session_its_age_and_sign_in,
     a_session_used_from_far_away_or_by_two_clients_in_turn_is_stepped_up_and_revoked,
     an_app_token_used_from_another_client_is_stepped_up_then_revoked_with_the_web_session,
     one_back_channel_logout_ends_the_web_session_and_the_apps_tokens,

@@ -251,7 +251,7 @@ impl HostRisk {
             .iter()
             .map(|p| u32::try_from(p.0).unwrap_or(u32::MAX))
             .collect();
-        let wit_ctx = portcullis_driver::risk_context!(ctx => risk::RequestContext, risk::Identity;
+        let wit_ctx = portcullis_driver::risk_context!(ctx => risk::RequestContext, risk::Identity, risk::Session, risk::ClientSignals;
             headers: ctx.headers.clone(),
             client_ip: ctx.client.ip.map(|ip| ip.to_string()),
             country: ctx.client.country.clone(),

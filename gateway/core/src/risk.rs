@@ -8,7 +8,7 @@ use crate::config::{Combine, Config, FailPolicy, RouteRisk};
 pub use crate::model::{Action, Contribution, RiskVerdict};
 
 pub use crate::ports::risk::{
-    Assessment, NoPlugins, PluginAnswer, RiskAssessor, RiskContext, RiskIdentity,
+    Assessment, NoPlugins, PluginAnswer, RiskAssessor, RiskContext, RiskIdentity, RiskSession,
 };
 
 /// Combines `answers` (one per plugin of `risk`, in order) under the route's rules; the

@@ -6,13 +6,14 @@
 //! side lacks (the plugin's view adds the client's address, country and ASN) and which
 //! headers it passes.
 
-/// Builds the request-context record `$Target` (with identity record `$Identity`) from
-/// `$from`, a reference to any record of the same shape: the request's id, route, method,
-/// path, query, host and verified identity are cloned; the remaining fields (at least
+/// Builds the request-context record `$Target` (with identity record `$Identity`, session
+/// record `$Session` and its sign-in's client-signals record `$Signals`) from `$from`, a
+/// reference to any record of the same shape: the request's id, route, method, path,
+/// query, host, verified identity and session are cloned; the remaining fields (at least
 /// `headers`) are given as `name: value` after the `;`.
 #[macro_export]
 macro_rules! risk_context {
-    ($from:expr => $($Target:ident)::+, $($Identity:ident)::+; $($field:ident : $value:expr),* $(,)?) => {{
+    ($from:expr => $($Target:ident)::+, $($Identity:ident)::+, $($Session:ident)::+, $($Signals:ident)::+; $($field:ident : $value:expr),* $(,)?) => {{
         let from = $from;
         $($Target)::+ {
             request_id: from.request_id.clone(),
@@ -30,6 +31,19 @@ macro_rules! risk_context {
                 actor: i.actor.clone(),
                 session_id: i.session_id.clone(),
                 client_id: i.client_id.clone(),
+            }),
+            session: from.session.as_ref().map(|s| $($Session)::+ {
+                id: s.id.clone(),
+                provider_session: s.provider_session.clone(),
+                browser: s.browser,
+                age_secs: s.age_secs,
+                sign_in: s.sign_in.as_ref().map(|c| $($Signals)::+ {
+                    network: c.network.clone(),
+                    asn: c.asn,
+                    country: c.country.clone(),
+                    agent: c.agent.clone(),
+                    platform: c.platform.clone(),
+                }),
             }),
             $($field: $value,)*
         }

@@ -41,7 +41,7 @@ struct Link;
 /// gateway resolved it.
 fn plugin_context(ctx: &exported::RequestContext) -> plugin::RequestContext {
     let wanted = slot::headers();
-    portcullis_driver::risk_context!(ctx => plugin::RequestContext, plugin::Identity;
+    portcullis_driver::risk_context!(ctx => plugin::RequestContext, plugin::Identity, plugin::Session, plugin::ClientSignals;
         headers: ctx
             .headers
             .iter()
@@ -56,7 +56,7 @@ fn plugin_context(ctx: &exported::RequestContext) -> plugin::RequestContext {
 
 /// The same context for the next link.
 fn next_context(ctx: &exported::RequestContext) -> next::RequestContext {
-    portcullis_driver::risk_context!(ctx => next::RequestContext, next::Identity;
+    portcullis_driver::risk_context!(ctx => next::RequestContext, next::Identity, next::Session, next::ClientSignals;
         headers: ctx.headers.clone(),
         client_ip: ctx.client_ip.clone(),
         country: ctx.country.clone(),

@@ -50,6 +50,19 @@ pub fn context_json(ctx: &Context) -> String {
         "country": ctx.country,
         "asn": ctx.asn,
         "identity": identity,
+        "session": ctx.session.as_ref().map(|s| json!({
+            "id": s.id,
+            "providerSession": s.provider_session,
+            "browser": s.browser,
+            "ageSecs": s.age_secs,
+            "signIn": s.sign_in.as_ref().map(|c| json!({
+                "network": c.network,
+                "asn": c.asn,
+                "country": c.country,
+                "agent": c.agent,
+                "platform": c.platform,
+            })),
+        })),
     })
     .to_string()
 }

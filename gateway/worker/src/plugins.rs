@@ -201,7 +201,7 @@ impl WorkerPlugins {
 
 /// The SDK's view of a request, with only the headers this plugin asked for.
 pub fn sdk_context(ctx: &RiskContext, wanted: &[String]) -> Context {
-    portcullis_driver::risk_context!(ctx => Context, Identity;
+    portcullis_driver::risk_context!(ctx => Context, Identity, portcullis_plugin::Session, portcullis_plugin::ClientSignals;
         headers: ctx
             .headers
             .iter()

@@ -49,7 +49,7 @@ pub mod testing;
 pub mod wasm;
 
 /// The WIT package version this SDK implements.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// A risk plugin.
 ///
@@ -124,6 +124,39 @@ pub struct Identity {
     pub client_id: Option<String>,
 }
 
+/// What one request showed of its client (a browser session's sign-in).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientSignals {
+    /// The IPv4 /24 or IPv6 /64 of the client address.
+    pub network: Option<String>,
+    /// Autonomous system number, from a trusted CDN or proxy.
+    pub asn: Option<u32>,
+    /// ISO 3166-1 alpha-2 country, from a trusted CDN or proxy.
+    pub country: Option<String>,
+    /// Browser family and major version (`Chrome/131`), or another client's first product
+    /// (`curl/8`).
+    pub agent: Option<String>,
+    /// The platform the browser hints (`Sec-CH-UA-Platform`).
+    pub platform: Option<String>,
+}
+
+/// The session a request belongs to. Ids are pseudonyms: stable, they link requests, and
+/// they cannot resume a session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Session {
+    /// This session: the gateway's browser session, or the provider session a token names.
+    pub id: String,
+    /// The provider's session behind it, if named: the same for a browser session and the
+    /// app tokens of one sign-in.
+    pub provider_session: Option<String>,
+    /// True for the gateway's browser session (its cookie); false for a token's.
+    pub browser: bool,
+    /// Seconds since the user signed in, when known.
+    pub age_secs: Option<u32>,
+    /// What the sign-in's request showed of the client (browser sessions).
+    pub sign_in: Option<ClientSignals>,
+}
+
 /// A request as a plugin sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Context {
@@ -149,6 +182,8 @@ pub struct Context {
     pub asn: Option<u32>,
     /// The verified identity, if any.
     pub identity: Option<Identity>,
+    /// The session the request belongs to, if any.
+    pub session: Option<Session>,
 }
 
 impl Context {
@@ -238,6 +273,12 @@ impl Context {
     /// With a full identity.
     pub fn with_identity(mut self, identity: Identity) -> Self {
         self.identity = Some(identity);
+        self
+    }
+
+    /// With a session.
+    pub fn with_session(mut self, session: Session) -> Self {
+        self.session = Some(session);
         self
     }
 }

@@ -5,7 +5,9 @@
 use std::marker::PhantomData;
 use std::sync::OnceLock;
 
-use crate::{Action, Assessment, Context, Host, Identity, Level, Outcome, RiskPlugin};
+use crate::{
+    Action, Assessment, ClientSignals, Context, Host, Identity, Level, Outcome, RiskPlugin, Session,
+};
 
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
@@ -120,6 +122,19 @@ fn context(c: wit::RequestContext) -> Context {
             actor: i.actor,
             session_id: i.session_id,
             client_id: i.client_id,
+        }),
+        session: c.session.map(|s| Session {
+            id: s.id,
+            provider_session: s.provider_session,
+            browser: s.browser,
+            age_secs: s.age_secs,
+            sign_in: s.sign_in.map(|c| ClientSignals {
+                network: c.network,
+                asn: c.asn,
+                country: c.country,
+                agent: c.agent,
+                platform: c.platform,
+            }),
         }),
     }
 }

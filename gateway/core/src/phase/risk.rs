@@ -11,7 +11,7 @@ use crate::config::{BotCheck, Route, RouteRisk};
 use crate::decision::{Response, problem};
 use crate::login::StepUp;
 use crate::reason::Reason;
-use crate::risk::{Action, RiskContext, RiskIdentity, RiskVerdict, combine_with};
+use crate::risk::{Action, RiskContext, RiskIdentity, RiskSession, RiskVerdict, combine_with};
 
 /// Assesses the request when the route has risk rules; the verdict goes into the audit
 /// record whatever it is.
@@ -50,7 +50,7 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
     let answers = if risk.plugins.is_empty() {
         Vec::new()
     } else {
-        let ctx = context(scope, m.route, cx.identity.as_ref());
+        let ctx = context(scope, m.route, cx);
         input.io.assess(&risk.plugins, ctx)
     };
     let mut verdict = combine_with(cfg, risk, signals, answers);
@@ -109,8 +109,9 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
 }
 
 /// What the route's plugins are told about the request: the headers they asked for, the
-/// canonical path, the client and the effective identity.
-fn context(scope: &Scope<'_>, route: &Route, identity: Option<&VerifiedIdentity>) -> RiskContext {
+/// canonical path, the client, the effective identity and its session.
+fn context(scope: &Scope<'_>, route: &Route, cx: &Ctx) -> RiskContext {
+    let identity = cx.identity.as_ref();
     let input = &scope.input;
     let (cfg, req) = (input.config(), input.req);
     let mut headers = Vec::new();
@@ -147,7 +148,55 @@ fn context(scope: &Scope<'_>, route: &Route, identity: Option<&VerifiedIdentity>
             RiskIdentity::of(id, issuer)
         }),
         client: scope.client.clone(),
+        session: session(scope, cx),
     }
+}
+
+/// The request's session for plugins: the browser session (its sign-in's client and time),
+/// else the provider session a token names (`sid`, aged by `auth_time`). Ids are keyed
+/// pseudonyms: the gateway's session id is the key of its revocation marker, and a
+/// provider's `sid` is the provider's to keep.
+fn session(scope: &Scope<'_>, cx: &Ctx) -> Option<RiskSession> {
+    let input = &scope.input;
+    let cfg = input.config();
+    let key = &cfg.audit.subject_key;
+    let now = input.now.unix_secs();
+    let age = |at: u64| u32::try_from(now.saturating_sub(at)).ok();
+    let iss_of =
+        |id: crate::model::IssuerId| cfg.issuers.get(id.0).map_or("", |i| i.issuer.as_str());
+    if let Some(sid) = &cx.session.sid {
+        let provider = cx.session.provider.map(iss_of).unwrap_or_default();
+        return Some(RiskSession {
+            id: crate::audit::pseudonymize(key, "portcullis/session", sid),
+            provider_session: cx
+                .session
+                .op_sid
+                .as_deref()
+                .map(|op| crate::audit::pseudonymize(key, provider, op)),
+            browser: true,
+            age_secs: cx.session.created.and_then(age),
+            sign_in: cx.session.signals.clone(),
+        });
+    }
+    let id = cx.identity.as_ref()?;
+    let sid = id.claims.get("sid")?.as_str()?;
+    let iss = id
+        .claims
+        .get("iss")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_else(|| iss_of(id.issuer));
+    let provider_session = crate::audit::pseudonymize(key, iss, sid);
+    Some(RiskSession {
+        id: provider_session.clone(),
+        provider_session: Some(provider_session),
+        browser: false,
+        age_secs: id
+            .claims
+            .get("auth_time")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(age),
+        sign_in: None,
+    })
 }
 
 /// The verdict chose "challenge": a valid clearance cookie lets the request through;

@@ -74,6 +74,25 @@ pub struct RiskContext {
     pub identity: Option<RiskIdentity>,
     /// The client as resolved through `[client]` (address, CDN country and ASN).
     pub client: ClientInfo,
+    /// The session the request belongs to, if any.
+    pub session: Option<RiskSession>,
+}
+
+/// The session a request belongs to, as plugins see it: pseudonymous ids (keyed with the
+/// audit key: stable, linkable, useless for resuming anything), its age and its sign-in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RiskSession {
+    /// The gateway's browser session, or the provider session a token names (`sid`).
+    pub id: String,
+    /// The provider's session behind it (one for a browser session and the app tokens of
+    /// one sign-in).
+    pub provider_session: Option<String>,
+    /// True for the gateway's browser session.
+    pub browser: bool,
+    /// Seconds since the sign-in (a browser session's, or a token's `auth_time`).
+    pub age_secs: Option<u32>,
+    /// What the sign-in showed of the client (browser sessions).
+    pub sign_in: Option<crate::client_signals::ClientSignals>,
 }
 
 /// One plugin's assessment.

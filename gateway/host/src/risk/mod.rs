@@ -45,7 +45,7 @@ mod bindings {
 }
 
 pub use bindings::exports::portcullis::plugin::risk::{
-    Action, Assessment, Identity, Outcome, RequestContext,
+    Action, Assessment, ClientSignals, Identity, Outcome, RequestContext, Session,
 };
 use bindings::portcullis::plugin::{clock, config, log, state};
 use bindings::{RiskPlugin, RiskPluginPre};
@@ -488,7 +488,7 @@ pub fn context(
     ctx: &portcullis_core::risk::RiskContext,
     client: &portcullis_core::client::ClientInfo,
 ) -> RequestContext {
-    portcullis_driver::risk_context!(ctx => RequestContext, Identity;
+    portcullis_driver::risk_context!(ctx => RequestContext, Identity, Session, ClientSignals;
         headers: ctx.headers.clone(),
         client_ip: client.ip.map(|ip| ip.to_string()),
         country: client.country.clone(),
@@ -540,6 +540,14 @@ pub fn link_only(engine: &Engine, component: &Component) -> anyhow::Result<()> {
 /// Links WASI (locked down: no files, sockets, environment) and the plugin interfaces.
 /// Components importing anything beyond the allowed set are refused.
 fn link(engine: &Engine, component: &Component) -> anyhow::Result<RiskPluginPre<PluginState>> {
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    if let Some(v) = built_for(&exports).filter(|v| !compatible(v, WIT_VERSION)) {
+        anyhow::bail!("{}", other_version(&v));
+    }
     let extra = disallowed_imports(engine, component);
     if !extra.is_empty() {
         anyhow::bail!(
@@ -633,20 +641,54 @@ impl clock::Host for PluginState {
 /// Rust's standard library links (served locked down: no directories, sockets or
 /// environment).
 const ALLOWED_IMPORTS: [&str; 10] = [
-    "portcullis:plugin/state@0.1",
-    "portcullis:plugin/log@0.1",
-    "portcullis:plugin/config@0.1",
-    "portcullis:plugin/clock@0.1",
+    "portcullis:plugin/state@0.2",
+    "portcullis:plugin/log@0.2",
+    "portcullis:plugin/config@0.2",
+    "portcullis:plugin/clock@0.2",
     "wasi:io/",
     "wasi:clocks/",
     "wasi:random/",
     "wasi:cli/",
     "wasi:filesystem/",
-    "portcullis:plugin/risk@0.1",
+    "portcullis:plugin/risk@0.2",
 ];
 
 /// The `portcullis:plugin` version this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
+
+/// Whether a plugin built against `portcullis:plugin@built` runs on a host that speaks
+/// `host`. The rule (the component model's own for versioned interfaces, as semver's
+/// caret): a minor release only adds, so within one major version a host serves plugins
+/// built for the same or an older minor version; before 1.0 each minor version is its own
+/// major one. Patch versions never matter.
+pub fn compatible(built: &str, host: &str) -> bool {
+    fn parts(v: &str) -> Option<(u64, u64)> {
+        let mut it = v.split('.');
+        let major = it.next()?.parse().ok()?;
+        let minor = it.next()?.parse().ok()?;
+        Some((major, minor))
+    }
+    match (parts(built), parts(host)) {
+        (Some((0, b)), Some((0, h))) => b == h,
+        (Some((bm, b)), Some((hm, h))) => bm == hm && b <= h,
+        _ => false,
+    }
+}
+
+/// The version of the `portcullis:plugin/risk@…` export among `exports`.
+pub fn built_for(exports: &[String]) -> Option<String> {
+    exports
+        .iter()
+        .find_map(|e| e.strip_prefix("portcullis:plugin/risk@"))
+        .map(str::to_owned)
+}
+
+/// Why a plugin built for `portcullis:plugin@built` (incompatible) is refused.
+pub fn other_version(built: &str) -> String {
+    format!(
+        "built for portcullis:plugin@{built}, which this host ({WIT_VERSION}) does not speak: rebuild it with an SDK for {WIT_VERSION}"
+    )
+}
 
 /// The imports of `component` outside the allowed set.
 pub fn disallowed_imports(engine: &Engine, component: &Component) -> Vec<String> {

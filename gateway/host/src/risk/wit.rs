@@ -53,7 +53,7 @@ impl risk::Host for RiskHost {
 /// The plugin's view of a request: the gateway's context plus what the host knows of the
 /// client.
 fn plugin_context(ctx: risk::RequestContext, client: &ClientInfo) -> plugins::RequestContext {
-    portcullis_driver::risk_context!(&ctx => plugins::RequestContext, plugins::Identity;
+    portcullis_driver::risk_context!(&ctx => plugins::RequestContext, plugins::Identity, plugins::Session, plugins::ClientSignals;
         headers: ctx.headers.clone(),
         client_ip: client.ip.map(|ip| ip.to_string()),
         country: client.country.clone(),

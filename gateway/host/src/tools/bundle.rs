@@ -31,8 +31,10 @@ pub const PROVIDERS_WIDE: &[u8] =
 pub const PLUGIN_LINK: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_plugin_link.wasm"));
 
-/// The version of the `portcullis:gateway` package.
+/// The version of the `portcullis:gateway` and `portcullis:bundle` packages.
 const PACKAGE_VERSION: &str = "0.1.0";
+/// The version of the `portcullis:plugin` package.
+const PLUGIN_VERSION: &str = crate::risk::WIT_VERSION;
 
 /// The host services the gateway imports and the providers export.
 pub const SERVICES: [&str; 7] = [
@@ -195,7 +197,7 @@ pub fn slot_component(
   (func $index (result u32) (canon lift (core func $i "index")))
   (instance $config (export "get" (func $get)))
   (instance $slot (export "index" (func $index)) (export "headers" (func $headers)))
-  (export "portcullis:plugin/config@{PACKAGE_VERSION}" (instance $config))
+  (export "portcullis:plugin/config@{PLUGIN_VERSION}" (instance $config))
   (export "portcullis:bundle/slot@{PACKAGE_VERSION}" (instance $slot)))"#,
         header = wat_bytes(&header),
         data = wat_bytes(&data),
@@ -248,7 +250,7 @@ pub fn compose_with(
     let gateway = graph.instantiate(gateway);
     let name = |service: &str| format!("portcullis:gateway/{service}@{PACKAGE_VERSION}");
     let bundle_name = |interface: &str| format!("portcullis:bundle/{interface}@{PACKAGE_VERSION}");
-    let plugin_name = |interface: &str| format!("portcullis:plugin/{interface}@{PACKAGE_VERSION}");
+    let plugin_name = |interface: &str| format!("portcullis:plugin/{interface}@{PLUGIN_VERSION}");
     let snapshot_export = graph
         .alias_instance_export(embedded, &bundle_name("embedded"))
         .context("the embedded component's export")?;

@@ -25,32 +25,7 @@ pub struct CheckReport {
     pub built_for: Option<String>,
 }
 
-/// Whether a plugin built against `portcullis:plugin@built` runs on a host that speaks
-/// `host`. The rule (the component model's own for versioned interfaces, as semver's
-/// caret): a minor release only adds, so within one major version a host serves plugins
-/// built for the same or an older minor version; before 1.0 each minor version is its own
-/// major one. Patch versions never matter.
-pub fn compatible(built: &str, host: &str) -> bool {
-    fn parts(v: &str) -> Option<(u64, u64)> {
-        let mut it = v.split('.');
-        let major = it.next()?.parse().ok()?;
-        let minor = it.next()?.parse().ok()?;
-        Some((major, minor))
-    }
-    match (parts(built), parts(host)) {
-        (Some((0, b)), Some((0, h))) => b == h,
-        (Some((bm, b)), Some((hm, h))) => bm == hm && b <= h,
-        _ => false,
-    }
-}
-
-/// The version of the `portcullis:plugin/risk@…` export among `exports`.
-pub fn built_for(exports: &[String]) -> Option<String> {
-    exports
-        .iter()
-        .find_map(|e| e.strip_prefix("portcullis:plugin/risk@"))
-        .map(str::to_owned)
-}
+pub use crate::risk::{built_for, compatible};
 
 impl CheckReport {
     /// True when the host would load the component.
@@ -113,9 +88,7 @@ pub fn check(wasm: &[u8]) -> anyhow::Result<CheckReport> {
         .as_deref()
         .is_some_and(|v| compatible(v, WIT_VERSION));
     if let (false, Some(v)) = (exports_risk, &report.built_for) {
-        report.link_error = Some(format!(
-            "built for portcullis:plugin@{v}, which this host ({WIT_VERSION}) does not speak: rebuild it with an SDK for {WIT_VERSION}"
-        ));
+        report.link_error = Some(crate::risk::other_version(v));
     } else if !exports_risk {
         report.link_error = Some(format!(
             "does not export portcullis:plugin/risk@{WIT_VERSION} (build it with the portcullis-plugin SDK and export_plugin!)"

@@ -35,7 +35,10 @@ use portcullis_core::config::{
 };
 use serde::Deserialize;
 
-use crate::risk::{Action, Assessment, Identity, PluginClock, PluginRuntime, RequestContext};
+use crate::risk::{
+    Action, Assessment, ClientSignals, Identity, PluginClock, PluginRuntime, RequestContext,
+    Session,
+};
 
 /// A scenario file.
 #[derive(Debug, Deserialize)]
@@ -95,6 +98,8 @@ pub struct Step {
     pub asn: Option<u32>,
     /// The verified identity.
     pub identity: Option<IdentitySection>,
+    /// The session the request belongs to.
+    pub session: Option<SessionSection>,
     /// Advance the plugin's clock by this much before the request (`30s`, `2h`).
     pub after: Option<String>,
     /// The status the client got, told to the plugin after its assessment (`observe`).
@@ -130,6 +135,43 @@ pub struct IdentitySection {
     pub session_id: Option<String>,
     /// `client_id`.
     pub client_id: Option<String>,
+}
+
+/// The session a request belongs to (`[requests.session]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSection {
+    /// Its pseudonymous id.
+    pub id: String,
+    /// The provider session's pseudonymous id.
+    pub provider_session: Option<String>,
+    /// A browser session (default), or a token's provider session.
+    #[serde(default = "yes")]
+    pub browser: bool,
+    /// Seconds since the sign-in.
+    pub age_secs: Option<u32>,
+    /// What the sign-in showed of the client.
+    pub sign_in: Option<SignInSection>,
+}
+
+/// What a sign-in showed of the client (`[requests.session.sign_in]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignInSection {
+    /// The /24 or /64.
+    pub network: Option<String>,
+    /// The autonomous system.
+    pub asn: Option<u32>,
+    /// The country.
+    pub country: Option<String>,
+    /// Browser family and major version (`Chrome/131`).
+    pub agent: Option<String>,
+    /// The platform hint.
+    pub platform: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn issuer() -> String {
@@ -237,6 +279,19 @@ fn context(step: &Step, index: usize) -> RequestContext {
             actor: i.actor.clone(),
             session_id: i.session_id.clone(),
             client_id: i.client_id.clone(),
+        }),
+        session: step.session.as_ref().map(|s| Session {
+            id: s.id.clone(),
+            provider_session: s.provider_session.clone(),
+            browser: s.browser,
+            age_secs: s.age_secs,
+            sign_in: s.sign_in.as_ref().map(|c| ClientSignals {
+                network: c.network.clone(),
+                asn: c.asn,
+                country: c.country.clone(),
+                agent: c.agent.clone(),
+                platform: c.platform.clone(),
+            }),
         }),
     }
 }
