@@ -431,6 +431,23 @@ mod tests {
     }
 
     #[test]
+    fn a_request_carries_its_session_to_the_plugin() {
+        let scenario = parse(
+            "[[request]]\npath = \"/\"\n[request.session]\nid = \"s1\"\nage_secs = 30\n\
+             [request.session.sign_in]\ncountry = \"DE\"\nagent = \"Chrome/131\"\n",
+        )
+        .unwrap();
+        let ctx = context(&scenario.requests[0], 0);
+        let session = ctx.session.unwrap();
+        assert_eq!((session.id.as_str(), session.browser), ("s1", true));
+        assert_eq!(session.age_secs, Some(30));
+        let sign_in = session.sign_in.unwrap();
+        assert_eq!(sign_in.country.as_deref(), Some("DE"));
+        assert_eq!(sign_in.agent.as_deref(), Some("Chrome/131"));
+        assert!(parse("[[request]]\npath = \"/\"\n[request.session]\nidd = \"s1\"\n").is_err());
+    }
+
+    #[test]
     fn expectations_name_what_broke() {
         let a = Ok(Assessment {
             score: 40,
