@@ -762,6 +762,23 @@ revoke = 90
         &diags,
         "route \"/other\" has a `revoke` threshold but there is no [session]",
     );
+    // A route's own weights: checked as the session's, and only with the check.
+    let text = format!(
+        "{MINIMAL}
+[[route]]
+path = \"/api\"
+[route.risk]
+checks = [\"automation\"]
+[route.risk.anomaly]
+travel = 120
+"
+    );
+    let diags = errors(&text);
+    find(&diags, "`risk.anomaly.travel` = 120 is outside 0..=100");
+    find(
+        &diags,
+        "`[route.risk.anomaly]` weighs the `session_anomaly` check, which the route does not run",
+    );
     let bound =
         errors(&MINIMAL.replace("[[issuer]]\n", "[[issuer]]\nsession_bound_tokens = true\n"));
     find(

@@ -109,6 +109,7 @@ const PROBED_TABLES: &[(&str, &[&str])] = &[
     ("route.claims", &["route", "1", "claims", "0"]),
     ("route.rate_limit", &["route", "5", "rate_limit", "0"]),
     ("route.risk", &["route", "5", "risk"]),
+    ("route.risk.anomaly", &["route", "5", "risk", "anomaly"]),
     ("route.agents", &["route", "0", "agents"]),
     ("identity", &["identity"]),
     ("audit", &["audit"]),
@@ -187,6 +188,13 @@ fn every_table() -> (toml::Table, MapFiles) {
         .as_table_mut()
         .unwrap()
         .insert("agents".into(), agents.into());
+    let risk = cfg["route"][5]["risk"].as_table_mut().unwrap();
+    risk["checks"]
+        .as_array_mut()
+        .unwrap()
+        .push("session_anomaly".into());
+    let route_anomaly: toml::Table = "travel = 0".parse().unwrap();
+    risk.insert("anomaly".into(), route_anomaly.into());
     let anomaly: toml::Table = "agent = 70".parse().unwrap();
     cfg["session"]
         .as_table_mut()

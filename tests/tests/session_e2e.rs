@@ -193,6 +193,17 @@ login = ["op"]
 checks = ["session_anomaly"]
 revoke = 50
 
+# The same check with this route's own weights: no travel rule, a network change nearly free.
+[[route]]
+path = "/lenient"
+login = ["op"]
+[route.risk]
+checks = ["session_anomaly"]
+revoke = 50
+[route.risk.anomaly]
+travel = 0
+network = 5
+
 # Issue 22: a plugin told the session (the trivial fixture echoes it in labels).
 [plugin.echo]
 path = "{echo}"
@@ -1303,6 +1314,20 @@ fn a_session_used_from_far_away_or_by_two_clients_in_turn_is_stepped_up_and_revo
         reason_text.contains("km from 192.0.2.0/24"),
         "{reason_text}"
     );
+    // A route that weighs travel 0 (`[route.risk.anomaly]`) lets the same request through.
+    let r = from("/lenient/sydney", "198.51.100.10", SYDNEY);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let (score, found) = anomaly(&w.gw, "/lenient/sydney");
+    assert!(
+        !found.contains(&"impossible_travel".to_owned()),
+        "{found:?}"
+    );
+    if moved {
+        assert_eq!(found[0], "changed:network");
+        assert_eq!(score, 5 + 20 * 2);
+    } else {
+        assert_eq!((score, found), (0, labels(&[])));
+    }
     // Back in Paris a moment later: travel again, and the two networks taking turns.
     let r = from("/guarded/paris", "192.0.2.11", PARIS);
     assert_eq!(

@@ -177,6 +177,7 @@ subject_key_file = "k"
             step_up_acr: vec!["mfa".into()],
             plugin_actions: true,
             checks: Vec::new(),
+            anomaly: None,
         }
     }
 

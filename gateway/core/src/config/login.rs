@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::ConfigFiles;
 use super::model::{
-    AuthMode, BotCheck, Introspection, IssuerConfig, KeySource, LoginClient, Route, SessionConfig,
+    AnomalyWeights, AuthMode, BotCheck, Introspection, IssuerConfig, KeySource, LoginClient, Route,
+    SessionConfig,
 };
 use super::reader::{Diags, Span, Table};
 use crate::client_auth::{ClientAuth, ClientKey, ClientSecret};
@@ -501,58 +502,69 @@ pub(super) fn read_session(
     }
     cfg.forward_access_token = t.boolean(d, "forward_access_token").is_some_and(|(b, _)| b);
     if let Some(mut a) = t.table(d, "anomaly") {
-        let w = &mut cfg.anomaly;
-        for (key, into) in [
-            ("network", &mut w.network),
-            ("asn", &mut w.asn),
-            ("country", &mut w.country),
-            ("agent", &mut w.agent),
-            ("platform", &mut w.platform),
-            ("repeated", &mut w.repeated),
-            ("travel", &mut w.travel),
-            ("concurrent", &mut w.concurrent),
-        ] {
-            if let Some((n, span)) = a.integer(d, key) {
-                match u8::try_from(n) {
-                    Ok(n) if n <= 100 => *into = n,
-                    _ => d.error(
-                        &span,
-                        format!("`session.anomaly.{key}` = {n} is outside 0..=100"),
-                        None,
-                    ),
-                }
-            }
-        }
-        for (key, min, max, into) in [
-            ("max_speed_kmh", 100, 20_000, &mut w.max_speed_kmh),
-            ("distant_km", 10, 20_000, &mut w.distant_km),
-        ] {
-            if let Some((n, span)) = a.integer(d, key) {
-                match u32::try_from(n) {
-                    Ok(n) if (min..=max).contains(&n) => *into = n,
-                    _ => d.error(
-                        &span,
-                        format!("`session.anomaly.{key}` = {n} is outside {min}..={max}"),
-                        None,
-                    ),
-                }
-            }
-        }
-        if let Some((v, span)) = a.duration(d, "concurrent_window") {
-            if v < Duration::from_secs(10) || v > Duration::from_secs(3_600) {
-                d.error(
-                    &span,
-                    format!("`session.anomaly.concurrent_window` {v:?} is outside 10s..=3600s"),
-                    None,
-                );
-            } else {
-                w.concurrent_window = v;
-            }
-        }
+        read_anomaly(&mut a, d, "session.anomaly", &mut cfg.anomaly);
         a.finish(d);
     }
     t.finish(d);
     Some(cfg)
+}
+
+/// The keys of an anomaly table (`[session.anomaly]`, or a route's `[route.risk.anomaly]`
+/// named `prefix` in errors) over `w`: the weights are 0..=100, the use rules' limits
+/// bounded.
+pub(super) fn read_anomaly(
+    a: &mut Table<'_, '_>,
+    d: &mut Diags<'_>,
+    prefix: &str,
+    w: &mut AnomalyWeights,
+) {
+    for (key, into) in [
+        ("network", &mut w.network),
+        ("asn", &mut w.asn),
+        ("country", &mut w.country),
+        ("agent", &mut w.agent),
+        ("platform", &mut w.platform),
+        ("repeated", &mut w.repeated),
+        ("travel", &mut w.travel),
+        ("concurrent", &mut w.concurrent),
+    ] {
+        if let Some((n, span)) = a.integer(d, key) {
+            match u8::try_from(n) {
+                Ok(n) if n <= 100 => *into = n,
+                _ => d.error(
+                    &span,
+                    format!("`{prefix}.{key}` = {n} is outside 0..=100"),
+                    None,
+                ),
+            }
+        }
+    }
+    for (key, min, max, into) in [
+        ("max_speed_kmh", 100, 20_000, &mut w.max_speed_kmh),
+        ("distant_km", 10, 20_000, &mut w.distant_km),
+    ] {
+        if let Some((n, span)) = a.integer(d, key) {
+            match u32::try_from(n) {
+                Ok(n) if (min..=max).contains(&n) => *into = n,
+                _ => d.error(
+                    &span,
+                    format!("`{prefix}.{key}` = {n} is outside {min}..={max}"),
+                    None,
+                ),
+            }
+        }
+    }
+    if let Some((v, span)) = a.duration(d, "concurrent_window") {
+        if v < Duration::from_secs(10) || v > Duration::from_secs(3_600) {
+            d.error(
+                &span,
+                format!("`{prefix}.concurrent_window` {v:?} is outside 10s..=3600s"),
+                None,
+            );
+        } else {
+            w.concurrent_window = v;
+        }
+    }
 }
 
 fn read_bytes(

@@ -796,6 +796,10 @@ pub struct RouteRisk {
     pub plugin_actions: bool,
     /// Built-in bot checks run on this route, in order (see [`crate::bot`]).
     pub checks: Vec<BotCheck>,
+    /// `[route.risk.anomaly]`: this route's `session_anomaly` weights (`[session.anomaly]`
+    /// with the route's overrides); `None`: the session's.
+    #[serde(default)]
+    pub anomaly: Option<AnomalyWeights>,
 }
 
 /// A built-in bot check a route switches on with `[route.risk] checks = [...]`; what each

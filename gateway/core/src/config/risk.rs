@@ -190,12 +190,22 @@ fn toml_to_json(v: &DeValue<'_>) -> Value {
     }
 }
 
+/// What a route's `[route.risk]` is read against.
+pub(super) struct RiskEnv<'a> {
+    /// The configured plugins.
+    pub plugins: &'a [PluginConfig],
+    /// `[bot]`: the lists and verified bots `checks` need.
+    pub bot: &'a BotConfig,
+    /// `[session.anomaly]`: what `[route.risk.anomaly]` overrides.
+    pub anomaly: &'a AnomalyWeights,
+}
+
 pub(super) fn read_route_risk(
     route: &mut Table<'_, '_>,
     d: &mut Diags<'_>,
-    plugins: &[PluginConfig],
-    bot: &BotConfig,
+    env: &RiskEnv<'_>,
 ) -> Option<RouteRisk> {
+    let (plugins, bot) = (env.plugins, env.bot);
     let mut t = route.table(d, "risk")?;
     let span = t.span.clone();
     let mut ids = Vec::new();
@@ -253,6 +263,19 @@ pub(super) fn read_route_risk(
         .unwrap_or_default();
     let plugin_actions = t.boolean(d, "plugin_actions").is_none_or(|b| b.0);
     let checks = super::bot::read_checks(&mut t, d, bot);
+    let anomaly = t.table(d, "anomaly").map(|mut a| {
+        let mut weights = env.anomaly.clone();
+        super::login::read_anomaly(&mut a, d, "risk.anomaly", &mut weights);
+        a.finish(d);
+        weights
+    });
+    if anomaly.is_some() && !checks.contains(&BotCheck::SessionAnomaly) {
+        d.error(
+            &span,
+            "`[route.risk.anomaly]` weighs the `session_anomaly` check, which the route does not run",
+            Some("add \"session_anomaly\" to checks, or remove the table".into()),
+        );
+    }
     t.finish(d);
     // Either kind of scorer makes a risk phase; built-in checks need no plugin.
     if ids.is_empty() && checks.is_empty() {
@@ -291,6 +314,7 @@ pub(super) fn read_route_risk(
         step_up_acr,
         plugin_actions,
         checks,
+        anomaly,
     })
 }
 

@@ -128,8 +128,16 @@ fn read_config(
         .map(|i| i.as_ref().map(|i| i.name.clone()).unwrap_or_default())
         .collect();
     let plugins = super::risk::read_plugins(top, d);
-    // Before routes: their `checks` need the lists and verified bots.
+    // Before routes: their `checks` need the lists and verified bots, and their
+    // `[route.risk.anomaly]` the session's weights.
     let bot = super::bot::read_bot(top, d);
+    let session = super::login::read_session(top, d, files);
+    let default_weights = AnomalyWeights::default();
+    let risk_env = super::risk::RiskEnv {
+        plugins: &plugins,
+        bot: &bot,
+        anomaly: session.as_ref().map_or(&default_weights, |s| &s.anomaly),
+    };
     let route_tables = top.tables(d, "route");
     if route_tables.is_empty() {
         d.error(
@@ -140,17 +148,7 @@ fn read_config(
     }
     let routes: Vec<Option<(Route, Span)>> = route_tables
         .into_iter()
-        .map(|t| {
-            read_route(
-                t,
-                d,
-                &issuer_names,
-                &names,
-                residency.as_ref(),
-                &plugins,
-                &bot,
-            )
-        })
+        .map(|t| read_route(t, d, &issuer_names, &names, residency.as_ref(), &risk_env))
         .collect();
     check_duplicate_routes(d, routes.iter().flatten());
     let identity = read_identity(top, d);
@@ -161,7 +159,6 @@ fn read_config(
     let dpop = super::agents::read_dpop(top, d);
     let state = super::limits::read_state(top, d, files);
     let challenge = super::limits::read_challenge(top, d, files);
-    let session = super::login::read_session(top, d, files);
     let paths = super::front::read_paths(top, d);
     let (server, tls) = super::front::read_server(top, d);
     let timeouts = super::front::read_timeouts(top, d);
@@ -827,8 +824,7 @@ fn read_route(
     issuer_names: &[String],
     regions: &[(String, RegionId)],
     residency: Option<&Residency>,
-    plugins: &[PluginConfig],
-    bot: &BotConfig,
+    risk_env: &super::risk::RiskEnv<'_>,
 ) -> Option<(Route, Span)> {
     let span = t.span.clone();
     let path = t.req_string(d, "path", Some("a path prefix such as \"/api/orders\""));
@@ -934,7 +930,7 @@ fn read_route(
             }
         }
     }
-    let risk = super::risk::read_route_risk(&mut t, d, plugins, bot);
+    let risk = super::risk::read_route_risk(&mut t, d, risk_env);
     let agents = super::agents::read_route_agents(&mut t, d);
     let require_dpop = t.boolean(d, "require_dpop").is_some_and(|b| b.0);
     let rate_limits = super::limits::read_rate_limits(&mut t, d, auth == Some(AuthMode::Public));

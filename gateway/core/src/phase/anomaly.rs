@@ -35,7 +35,12 @@ pub(super) struct Baseline {
 /// or the caller is neither a browser session nor a DPoP-bound token. A DPoP key seen for
 /// the first time records this request as its app's baseline; every request is compared
 /// with the session's (or key's) recent uses and recorded among them.
-pub(super) fn baseline(scope: &Scope<'_>, cx: &Ctx, risk: &RouteRisk) -> Step<Option<Baseline>> {
+pub(super) fn baseline(
+    scope: &Scope<'_>,
+    cx: &Ctx,
+    risk: &RouteRisk,
+    weights: Option<&AnomalyWeights>,
+) -> Step<Option<Baseline>> {
     if !risk.checks.contains(&BotCheck::SessionAnomaly) {
         return Ok(None);
     }
@@ -76,7 +81,10 @@ pub(super) fn baseline(scope: &Scope<'_>, cx: &Ctx, risk: &RouteRisk) -> Step<Op
         };
         (then, format!("uses/{key}"), None)
     };
-    let uses = recent_uses(scope, &now, &uses_key, signed_in, &unavailable)?;
+    let uses = match weights {
+        Some(w) => recent_uses(scope, w, &now, &uses_key, signed_in, &unavailable)?,
+        None => Vec::new(),
+    };
     Ok(Some(Baseline { now, then, uses }))
 }
 
@@ -86,15 +94,13 @@ pub(super) fn baseline(scope: &Scope<'_>, cx: &Ctx, risk: &RouteRisk) -> Step<Op
 /// looked up at all when both use rules weigh 0.
 fn recent_uses(
     scope: &Scope<'_>,
+    w: &AnomalyWeights,
     now: &ClientSignals,
     key: &str,
     signed_in: Option<(ClientSignals, u64)>,
     unavailable: &dyn Fn(&str, &dyn std::fmt::Display) -> Step<()>,
 ) -> Step<Vec<UseFinding>> {
     let input = &scope.input;
-    let Some(w) = input.config().session.as_ref().map(|s| &s.anomaly) else {
-        return Ok(Vec::new());
-    };
     if (w.travel == 0 && w.concurrent == 0) || now.network.is_none() {
         return Ok(Vec::new());
     }

@@ -23,8 +23,11 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
     };
     // `session_anomaly`: a browser session's sign-in, or an app key's first request,
     // against this one.
-    let base = super::anomaly::baseline(scope, cx, risk)?;
-    let weights = cfg.session.as_ref().map(|s| &s.anomaly);
+    let weights = risk
+        .anomaly
+        .as_ref()
+        .or(cfg.session.as_ref().map(|s| &s.anomaly));
+    let base = super::anomaly::baseline(scope, cx, risk, weights)?;
     let session = match (&base, weights) {
         (Some(b), Some(weights)) => Some(SessionView {
             login: b.then.as_ref(),
