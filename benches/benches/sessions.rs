@@ -19,7 +19,10 @@ use http::{HeaderMap, HeaderValue};
 use portcullis_core::Timestamp;
 use portcullis_core::client::ClientInfo;
 use portcullis_core::client_signals::ClientSignals;
+use portcullis_core::config::AnomalyWeights;
+use portcullis_core::geo::GeoPoint;
 use portcullis_core::internal::session::{self, CookieAttrs, Session, SessionKeys};
+use portcullis_core::recent_uses::RecentUses;
 
 const BASE: &str = "__Host-portcullis-session";
 
@@ -60,6 +63,7 @@ fn signed_in() -> ClientSignals {
         country: Some("DE".into()),
         agent: Some("Chrome/131".into()),
         platform: Some("Windows".into()),
+        location: None,
     }
 }
 
@@ -139,6 +143,30 @@ fn sessions(c: &mut Criterion) {
             })
         });
     }
+    // The recent-use rules: the stored history (three networks, located) read, this
+    // request assessed against it and recorded, and written back — what a request on a
+    // `session_anomaly` route adds besides the state round trip.
+    let weights = AnomalyWeights::default();
+    let located = |net: &str, lat: &str, lon: &str| ClientSignals {
+        network: Some(net.into()),
+        asn: Some(64496),
+        location: GeoPoint::parse(lat, lon),
+        ..ClientSignals::default()
+    };
+    let mut history = RecentUses::signed_in(&located("192.0.2.0/24", "48.85", "2.35"), 1_000);
+    history.record(&located("198.51.100.0/24", "52.52", "13.40"), 2_000);
+    history.record(&located("203.0.113.0/24", "40.71", "-74.00"), 3_000);
+    let stored = history.to_stored();
+    let here = located("192.0.2.0/24", "48.85", "2.35");
+    g.bench_function("recent_uses", |b| {
+        b.iter(|| {
+            let mut h = RecentUses::from_stored(&stored).unwrap();
+            let found = h.assess(&here, 3_010, &weights);
+            assert_eq!(found.len(), 2);
+            assert!(h.record(&here, 3_010));
+            h.to_stored()
+        })
+    });
     g.finish();
 }
 
