@@ -156,6 +156,7 @@ fn bench(c: &mut Criterion) {
         country: Some("DE".into()),
         asn: None,
         identity: None,
+        session: None,
     };
     // Plugins are in name order: reputation 0, stuffing 1, travel 2, trivial 3.
     group.bench_function("runtime/trivial", |b| {

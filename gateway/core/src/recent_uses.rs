@@ -154,8 +154,10 @@ impl RecentUses {
         // list, whatever the clock's resolution), lately.
         if w.concurrent > 0
             && let Some(mine) = self.uses.iter().position(|u| &u.network == network)
-            && let Some(other) = self.uses[mine + 1..]
+            && let Some(other) = self
+                .uses
                 .iter()
+                .skip(mine + 1)
                 .rev()
                 .find(|u| since(u) <= w.concurrent_window.as_secs() && distant(now, u, w))
         {
