@@ -54,7 +54,7 @@ pub(super) fn baseline(
         }
     };
     let (then, uses_key, signed_in) = if let Some(sid) = &cx.session.sid {
-        let signed_in = cx.session.signals.clone().zip(cx.session.created);
+        let signed_in = cx.session.signals.as_ref().zip(cx.session.created);
         (
             cx.session.signals.clone(),
             format!("uses/s/{sid}"),
@@ -97,7 +97,7 @@ fn recent_uses(
     w: &AnomalyWeights,
     now: &ClientSignals,
     key: &str,
-    signed_in: Option<(ClientSignals, u64)>,
+    signed_in: Option<(&ClientSignals, u64)>,
     unavailable: &dyn Fn(&str, &dyn std::fmt::Display) -> Step<()>,
 ) -> Step<Vec<UseFinding>> {
     let input = &scope.input;
@@ -108,7 +108,7 @@ fn recent_uses(
         Ok(stored) => stored
             .as_deref()
             .and_then(RecentUses::from_stored)
-            .or_else(|| signed_in.map(|(s, at)| RecentUses::signed_in(&s, at)))
+            .or_else(|| signed_in.map(|(s, at)| RecentUses::signed_in(s, at)))
             .unwrap_or_default(),
         Err(e) => {
             unavailable("the recent uses cannot be compared", &e)?;

@@ -21,8 +21,8 @@ pub fn run(scope: &Scope<'_>, m: Matched<'_>, cx: &mut Ctx) -> Step {
     let Some(risk) = &m.route.risk else {
         return Ok(());
     };
-    // `session_anomaly`: a browser session's sign-in, or an app key's first request,
-    // against this one.
+    // `session_anomaly`: this request against a browser session's sign-in or an app key's
+    // first request, and against the recent uses.
     let weights = risk
         .anomaly
         .as_ref()
@@ -158,40 +158,38 @@ fn context(scope: &Scope<'_>, route: &Route, cx: &Ctx) -> RiskContext {
 /// The request's session for plugins: the browser session (its sign-in's client and time),
 /// else the provider session a token names (`sid`, aged by `auth_time`). Ids are keyed
 /// pseudonyms: the gateway's session id is the key of its revocation marker, and a
-/// provider's `sid` is the provider's to keep.
+/// provider's `sid` is the provider's to keep. A provider session has one pseudonym in
+/// both channels (keyed by the identity's `iss`, as the ID token and the access tokens
+/// name it).
 fn session(scope: &Scope<'_>, cx: &Ctx) -> Option<RiskSession> {
     let input = &scope.input;
     let cfg = input.config();
     let key = &cfg.audit.subject_key;
     let now = input.now.unix_secs();
     let age = |at: u64| u32::try_from(now.saturating_sub(at)).ok();
-    let iss_of =
-        |id: crate::model::IssuerId| cfg.issuers.get(id.0).map_or("", |i| i.issuer.as_str());
+    let identity = cx.identity.as_ref();
+    let iss = identity
+        .and_then(|id| id.claims.get("iss").and_then(serde_json::Value::as_str))
+        .or_else(|| {
+            let issuer = identity.map(|id| id.issuer).or(cx.session.provider)?;
+            cfg.issuers.get(issuer.0).map(|i| i.issuer.as_str())
+        })
+        .unwrap_or_default();
+    let provider_session = |sid: &str| crate::audit::pseudonymize(key, iss, sid);
     if let Some(sid) = &cx.session.sid {
-        let provider = cx.session.provider.map(iss_of).unwrap_or_default();
         return Some(RiskSession {
             id: crate::audit::pseudonymize(key, "portcullis/session", sid),
-            provider_session: cx
-                .session
-                .op_sid
-                .as_deref()
-                .map(|op| crate::audit::pseudonymize(key, provider, op)),
+            provider_session: cx.session.op_sid.as_deref().map(provider_session),
             browser: true,
             age_secs: cx.session.created.and_then(age),
             sign_in: cx.session.signals.clone(),
         });
     }
-    let id = cx.identity.as_ref()?;
+    let id = identity?;
     let sid = id.claims.get("sid")?.as_str()?;
-    let iss = id
-        .claims
-        .get("iss")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or_else(|| iss_of(id.issuer));
-    let provider_session = crate::audit::pseudonymize(key, iss, sid);
     Some(RiskSession {
-        id: provider_session.clone(),
-        provider_session: Some(provider_session),
+        id: provider_session(sid),
+        provider_session: Some(provider_session(sid)),
         browser: false,
         age_secs: id
             .claims
