@@ -290,6 +290,17 @@ pub fn audit_records(gw: &Gateway, ready: impl Fn(&[Value]) -> bool) -> Vec<Valu
     }
 }
 
+/// The last audit record for `path` (waiting for one, as [`audit_records`] does).
+pub fn last_audit_record(gw: &Gateway, path: &str) -> Value {
+    let records = audit_records(gw, |r| r.iter().any(|r| r["path"] == path));
+    records
+        .iter()
+        .rev()
+        .find(|r| r["path"] == path)
+        .cloned()
+        .unwrap_or_else(|| panic!("no audit record for {path}: {records:?}"))
+}
+
 /// A bundle made by `portcullis bundle` in a directory of its own (removed on drop).
 pub struct Bundled {
     /// The bundle's directory (configuration, files, the bundle).

@@ -15,7 +15,7 @@ use std::time::Duration;
 use portcullis_core::Timestamp;
 use portcullis_core::internal::challenge::{self, Binding};
 use portcullis_tests::browser::Browser;
-use portcullis_tests::host::{Gateway, audit_records, reason, start_engine};
+use portcullis_tests::host::{Gateway, audit_records, last_audit_record, reason, start_engine};
 use portcullis_tests::net::{Backend, KeyServer, request};
 use portcullis_tests::*;
 use serde_json::Value;
@@ -80,12 +80,7 @@ fn world(engine: &str) -> World {
 
 /// The `bot.<check>` contributions of the last audit record for `path`.
 fn scores(gw: &Gateway, path: &str) -> Vec<(String, u64, Vec<String>)> {
-    let records = audit_records(gw, |r| r.iter().any(|r| r["path"] == path));
-    let record = records
-        .iter()
-        .rev()
-        .find(|r| r["path"] == path)
-        .unwrap_or_else(|| panic!("no audit record for {path}: {records:?}"));
+    let record = last_audit_record(gw, path);
     record["risk"]["plugins"]
         .as_array()
         .unwrap()

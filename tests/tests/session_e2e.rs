@@ -18,7 +18,9 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portcullis_tests::browser::Browser;
-use portcullis_tests::host::{Gateway, audit_records, reason, start_engine_args};
+use portcullis_tests::host::{
+    Gateway, audit_records, last_audit_record, reason, start_engine_args,
+};
 use portcullis_tests::net::{Backend, KeyServer, Resp, free_port, request};
 use portcullis_tests::oidc::{OpenIdProvider, form_value};
 use portcullis_tests::*;
@@ -1299,12 +1301,7 @@ fn a_session_used_from_far_away_or_by_two_clients_in_turn_is_stepped_up_and_revo
     }
     assert_eq!(found, want);
     assert_eq!(score, (70 + 20 * earlier * 2).min(100));
-    let records = audit_records(&w.gw, |r| r.iter().any(|r| r["path"] == "/stepup/sydney"));
-    let record = records
-        .iter()
-        .rev()
-        .find(|r| r["path"] == "/stepup/sydney")
-        .unwrap();
+    let record = last_audit_record(&w.gw, "/stepup/sydney");
     let reason_text = record["risk"]["plugins"]
         .as_array()
         .and_then(|l| l.iter().find(|c| c["plugin"] == "bot.session_anomaly"))
@@ -1569,12 +1566,7 @@ fn plugins_are_told_the_session_its_age_and_sign_in(engine: &str) {
 
 /// The labels plugin `plugin` gave the last audit record for `path`.
 fn plugin_labels(gw: &Gateway, path: &str, plugin: &str) -> Vec<String> {
-    let records = audit_records(gw, |r| r.iter().any(|r| r["path"] == path));
-    let record = records
-        .iter()
-        .rev()
-        .find(|r| r["path"] == path)
-        .unwrap_or_else(|| panic!("no audit record for {path}: {records:?}"));
+    let record = last_audit_record(gw, path);
     record["risk"]["plugins"]
         .as_array()
         .and_then(|l| l.iter().find(|c| c["plugin"] == plugin))
@@ -1587,12 +1579,7 @@ fn plugin_labels(gw: &Gateway, path: &str, plugin: &str) -> Vec<String> {
 
 /// The `session_anomaly` contribution (score, labels) of the last audit record for `path`.
 fn anomaly(gw: &Gateway, path: &str) -> (u64, Vec<String>) {
-    let records = audit_records(gw, |r| r.iter().any(|r| r["path"] == path));
-    let record = records
-        .iter()
-        .rev()
-        .find(|r| r["path"] == path)
-        .unwrap_or_else(|| panic!("no audit record for {path}: {records:?}"));
+    let record = last_audit_record(gw, path);
     let c = record["risk"]["plugins"]
         .as_array()
         .and_then(|l| l.iter().find(|c| c["plugin"] == "bot.session_anomaly"))
@@ -1741,12 +1728,7 @@ fn a_copied_session_is_stepped_up_challenged_or_revoked_as_configured(engine: &s
         "{:?}",
         r.headers
     );
-    let records = audit_records(&w.gw, |r| r.iter().any(|r| r["path"] == "/guarded/x"));
-    let revoked = records
-        .iter()
-        .rev()
-        .find(|r| r["path"] == "/guarded/x")
-        .unwrap();
+    let revoked = last_audit_record(&w.gw, "/guarded/x");
     assert_eq!(revoked["session"], "revoked");
     let r = copy("/watch/y", &[("user-agent", &ua), json]);
     assert_eq!(
