@@ -770,6 +770,15 @@ fn a_stuck_audit_sink_drops_and_counts_instead_of_holding_requests(engine: &str)
     for _ in 0..20 {
         assert_eq!(get(&gw, "/public", None, &[]).status, 200);
     }
+    // The component writes a record after its response: wait until all 20 are counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counted = || {
+        admin_metric(&gw, "portcullis_audit_dropped_total")
+            + admin_metric(&gw, "portcullis_audit_queued")
+    };
+    while counted() < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(admin_metric(&gw, "portcullis_audit_dropped_total"), 16);
     assert_eq!(admin_metric(&gw, "portcullis_audit_queued"), 4);
     let lines = drain(fifo);

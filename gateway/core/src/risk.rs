@@ -9,6 +9,7 @@ pub use crate::model::{Action, Contribution, RiskVerdict};
 
 pub use crate::ports::risk::{
     Assessment, NoPlugins, PluginAnswer, RiskAssessor, RiskContext, RiskIdentity, RiskSession,
+    RiskSignals,
 };
 
 /// Combines `answers` (one per plugin of `risk`, in order) under the route's rules; the

@@ -11,7 +11,9 @@ use crate::config::{BotCheck, Route, RouteRisk};
 use crate::decision::{Response, problem};
 use crate::login::StepUp;
 use crate::reason::Reason;
-use crate::risk::{Action, RiskContext, RiskIdentity, RiskSession, RiskVerdict, combine_with};
+use crate::risk::{
+    Action, RiskContext, RiskIdentity, RiskSession, RiskSignals, RiskVerdict, combine_with,
+};
 
 /// Assesses the request when the route has risk rules; the verdict goes into the audit
 /// record whatever it is.
@@ -182,7 +184,13 @@ fn session(scope: &Scope<'_>, cx: &Ctx) -> Option<RiskSession> {
             provider_session: cx.session.op_sid.as_deref().map(provider_session),
             browser: true,
             age_secs: cx.session.created.and_then(age),
-            sign_in: cx.session.signals.clone(),
+            sign_in: cx.session.signals.as_ref().map(|c| RiskSignals {
+                network: c.network.clone(),
+                asn: c.asn,
+                country: c.country.clone(),
+                agent: c.agent.clone(),
+                platform: c.platform.clone(),
+            }),
         });
     }
     let id = identity?;

@@ -92,7 +92,22 @@ pub struct RiskSession {
     /// Seconds since the sign-in (a browser session's, or a token's `auth_time`).
     pub age_secs: Option<u32>,
     /// What the sign-in showed of the client (browser sessions).
-    pub sign_in: Option<crate::client_signals::ClientSignals>,
+    pub sign_in: Option<RiskSignals>,
+}
+
+/// What a request showed of its client, as plugins see it (a browser session's sign-in).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RiskSignals {
+    /// The IPv4 /24 or IPv6 /64.
+    pub network: Option<String>,
+    /// Autonomous system number.
+    pub asn: Option<u32>,
+    /// ISO 3166-1 alpha-2 country.
+    pub country: Option<String>,
+    /// Browser family and major version (`Chrome/131`).
+    pub agent: Option<String>,
+    /// The `Sec-CH-UA-Platform` hint.
+    pub platform: Option<String>,
 }
 
 /// One plugin's assessment.
