@@ -213,24 +213,19 @@ fn session_anomaly(view: Option<SessionView<'_>>) -> Signal {
     let (mut score, mut labels, mut found) = (0u32, Vec::new(), Vec::new());
     match view.login {
         Some(login) => {
-            let changes = login.changes(view.now);
-            if !changes.is_empty() {
-                let list: Vec<String> = changes
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "{} {} -> {}",
-                            c.name(),
-                            shown(login, *c),
-                            shown(view.now, *c)
-                        )
-                    })
-                    .collect();
-                found.push(format!("since sign-in: {}", list.join(", ")));
-            }
-            for c in changes {
+            let mut list = Vec::new();
+            for c in login.changes(view.now) {
                 score += u32::from(c.weight(view.weights));
                 labels.push(format!("changed:{}", c.name()));
+                list.push(format!(
+                    "{} {} -> {}",
+                    c.name(),
+                    shown(login, c),
+                    shown(view.now, c)
+                ));
+            }
+            if !list.is_empty() {
+                found.push(format!("since sign-in: {}", list.join(", ")));
             }
         }
         None => {

@@ -194,10 +194,10 @@ fn session(scope: &Scope<'_>, cx: &Ctx) -> Option<RiskSession> {
         });
     }
     let id = identity?;
-    let sid = id.claims.get("sid")?.as_str()?;
+    let pseudonym = provider_session(id.claims.get("sid")?.as_str()?);
     Some(RiskSession {
-        id: provider_session(sid),
-        provider_session: Some(provider_session(sid)),
+        id: pseudonym.clone(),
+        provider_session: Some(pseudonym),
         browser: false,
         age_secs: id
             .claims

@@ -25,7 +25,7 @@ pub struct CheckReport {
     pub built_for: Option<String>,
 }
 
-pub use crate::risk::{built_for, compatible};
+use crate::risk::{built_for, compatible};
 
 impl CheckReport {
     /// True when the host would load the component.

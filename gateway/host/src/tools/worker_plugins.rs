@@ -28,8 +28,8 @@ use js_component_bindgen::{InstantiationMode, TranspileOpts};
 use sha2::{Digest, Sha256};
 
 use crate::config::LoadedConfig;
-use crate::risk::WIT_VERSION;
-use crate::tools::plugin::{check, compatible};
+use crate::risk::{WIT_VERSION, compatible};
+use crate::tools::plugin::check;
 
 /// The host side of transpiled plugins (a fixed file, written beside the registry).
 pub const PLUGIN_HOST_JS: &str = include_str!("../../../worker/js/portcullis-plugin-host.js");
