@@ -55,6 +55,10 @@ VARIANTS = [
      ["unique-es256", "unique-rs256"]),
     ("portcullis-component", "portcullis", {"engine": "component"},
      ["repeated-es256", "unique-es256", "invalid"]),
+    # The component engine keeping instances for 1,000 requests each (`--instance-reuse`):
+    # the configuration restored once per instance, no instantiation per request.
+    ("portcullis-component-reuse", "portcullis", {"engine": "component", "reuse": 1000},
+     ["repeated-es256", "unique-es256", "invalid"]),
     # The edge runtimes (issue 18): the bundle under serve-wasm (a fresh instance per
     # request, as edge hosts run it) and the worker under workerd (WebCrypto).
     ("portcullis-bundle", "bundle", {}, ["repeated-es256", "unique-es256", "invalid"]),
@@ -310,6 +314,8 @@ def start_gateway(kind, name, opts, work, bins, backend_port):
                "--audit", "", "--engine", opts["engine"],
                "--token-cache", str(opts.get("token_cache", 100000)), "--log", "warn",
                "--watch-config", "0"]
+        if opts.get("reuse"):
+            cmd += ["--instance-reuse", str(opts["reuse"])]
         env = dict(os.environ, XDG_CACHE_HOME=str(ROOT / "target/load-cache"))
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                                 stderr=open(work / f"{name}.log", "w"), env=env)

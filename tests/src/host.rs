@@ -96,6 +96,10 @@ macro_rules! on_every_runtime {
     };
 }
 
+/// Requests each instance serves under the engine `component-reuse` (the component engine
+/// with `--instance-reuse`).
+pub const REUSE: u32 = 8;
+
 /// Starts a gateway (component engine) on `config_text` and waits until ready.
 pub fn start(config_text: &str) -> Gateway {
     start_engine(config_text, "component")
@@ -195,6 +199,17 @@ fn start_engine_inner(
         extra.push("--audit".into());
         extra.push(dir.join("audit.jsonl").display().to_string());
     }
+    // `component-reuse`: the component engine keeping each instance for 8 requests.
+    let (engine, reuse) = match engine {
+        "component-reuse" => ("component", Some(REUSE)),
+        other => (other, None),
+    };
+    if let Some(n) = reuse {
+        extra.extend(["--instance-reuse".to_owned(), n.to_string()]);
+    }
+    if !extra.iter().any(|a| a == "--request-timeout") {
+        extra.extend(["--request-timeout".to_owned(), "20".to_owned()]);
+    }
     let child = Command::new(binary())
         .args(["serve", "--config"])
         .arg(dir.join("gateway.toml"))
@@ -205,8 +220,6 @@ fn start_engine_inner(
             "127.0.0.1:0",
             "--drain",
             "10",
-            "--request-timeout",
-            "20",
             "--engine",
             engine,
         ])

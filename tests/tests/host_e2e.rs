@@ -833,6 +833,92 @@ fn a_stuck_audit_sink_holds_requests_when_told_to_block(engine: &str) {
     assert_eq!(admin_metric(&gw, "portcullis_audit_dropped_total"), 0);
 }
 
+/// `--instance-reuse`: the component engine keeps an instance whose request returned
+/// cleanly for the next requests (the configuration restored once), answers each request
+/// as its own (identity, region, refusals), drops an instance that overran the request
+/// deadline, and a reload brings instances of the new configuration.
+#[test]
+fn kept_instances_answer_each_request_as_its_own_and_are_dropped_on_a_deadline_or_reload() {
+    let w = world();
+    let text = config(&w.keys, &w.eu.server.url(), &w.us.server.url());
+    let gw = portcullis_tests::host::start_engine_args(
+        &text,
+        "component-reuse",
+        &[],
+        "127.0.0.1:0",
+        |_| vec!["--request-timeout".into(), "1".into()],
+    );
+    let instances = || admin_metric(&gw, "portcullis_gateway_instances_total");
+    let idp = TestIdp::shared();
+    let eu = idp.sign("ES256", live_claims(json!({"sub": "alice"})));
+    let us = idp.sign(
+        "ES256",
+        live_claims(json!({"sub": "bob", "residency": "us"})),
+    );
+    // One request at a time: every one runs in the same instance, and each is answered by
+    // its own token and headers only.
+    for round in 0..2 {
+        let r = get(&gw, "/api/orders/1", Some(&eu), &[("x-user-id", "mallory")]);
+        assert_eq!(
+            r.status,
+            200,
+            "round {round}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let body = r.json_body();
+        assert_eq!(
+            (
+                body["backend"].as_str(),
+                body["headers"]["x-user-id"].as_str()
+            ),
+            (Some("eu"), Some("alice"))
+        );
+        let r = get(&gw, "/api/orders/2", Some(&us), &[]);
+        let body = r.json_body();
+        assert_eq!(
+            (
+                body["backend"].as_str(),
+                body["headers"]["x-user-id"].as_str()
+            ),
+            (Some("us"), Some("bob")),
+            "round {round}"
+        );
+        let r = get(&gw, "/api/orders/3", None, &[("x-user-id", "alice")]);
+        assert_eq!(
+            (r.status, reason(&r).as_str()),
+            (401, "authentication_required")
+        );
+        let r = get(&gw, "/public", None, &[("x-user-id", "alice")]);
+        assert_eq!(r.status, 200);
+        assert!(
+            r.json_body()["headers"].get("x-user-id").is_none(),
+            "round {round}"
+        );
+    }
+    assert_eq!(
+        instances(),
+        1,
+        "eight requests one after another, one instance"
+    );
+    // The ninth request needs a new instance: each serves eight at most.
+    assert_eq!(get(&gw, "/public", None, &[]).status, 200);
+    assert_eq!(instances(), 2);
+    // The backend answers after 1.5 s, past the 1 s request deadline: the instance traps
+    // when it runs again, and is dropped instead of kept.
+    let r = get(&gw, "/public/slow", None, &[]);
+    assert_eq!((r.status, reason(&r).as_str()), (503, "gateway_error"));
+    assert_eq!(get(&gw, "/public", None, &[]).status, 200);
+    assert_eq!(instances(), 3, "the instance past its deadline was kept");
+    // A reload: the kept instances hold the old configuration, new requests get new ones.
+    let moved = text.replace("path = \"/public\"", "path = \"/open\"");
+    std::fs::write(gw.dir.join("gateway.toml"), moved).unwrap();
+    let r = request(gw.admin, "POST", "/reload", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(get(&gw, "/open", None, &[]).status, 200);
+    assert_eq!(get(&gw, "/public", None, &[]).status, 404);
+    assert_eq!(instances(), 4);
+}
+
 portcullis_tests::on_every_engine!(
     valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_ones,
     attacks_get_401_wrong_scope_403_and_public_routes_pass,

@@ -788,6 +788,34 @@ portcullis_tests::on_every_engine!(
     ip_reputation_refuses_listed_networks_and_asns_with_specific_allows,
 );
 
+/// The same tests on the component engine keeping instances (`--instance-reuse`): the
+/// plugins see each request's own client, and a request after a refused one is answered
+/// on its own.
+mod kept_instances {
+    #[test]
+    fn ip_reputation_refuses_listed_networks_and_asns_with_specific_allows() {
+        super::ip_reputation_refuses_listed_networks_and_asns_with_specific_allows(
+            "component-reuse",
+        );
+    }
+    #[test]
+    fn plugin_scores_choose_allow_challenge_or_deny_through_route_thresholds() {
+        super::plugin_scores_choose_allow_challenge_or_deny_through_route_thresholds(
+            "component-reuse",
+        );
+    }
+    #[test]
+    fn faulty_plugins_are_contained_by_on_error_while_other_requests_are_served() {
+        super::faulty_plugins_are_contained_by_on_error_while_other_requests_are_served(
+            "component-reuse",
+        );
+    }
+    #[test]
+    fn impossible_travel_steps_up_a_subject_seen_in_de_then_au() {
+        super::impossible_travel_steps_up_a_subject_seen_in_de_then_au("component-reuse");
+    }
+}
+
 /// `portcullis token verify --path` decides with the pipeline `serve` runs: the route's risk
 /// plugin scores the request (a high score is refused as `serve` would refuse it, not waved
 /// through), and the output names what an offline check cannot evaluate.

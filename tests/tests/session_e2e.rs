@@ -1776,3 +1776,19 @@ on_every_runtime!(
     step_up_sends_the_browser_back_to_the_provider_and_scripts_get_rfc9470,
     a_route_with_two_providers_offers_a_choice,
 );
+
+/// Session tests on the component engine keeping instances (`--instance-reuse`): a kept
+/// instance tells each request's plugins that request's session only, and the anomaly rules
+/// see each request's client.
+mod kept_instances {
+    #[test]
+    fn plugins_are_told_the_session_its_age_and_sign_in() {
+        super::plugins_are_told_the_session_its_age_and_sign_in("component-reuse");
+    }
+    #[test]
+    fn a_session_used_from_far_away_or_by_two_clients_in_turn_is_stepped_up_and_revoked() {
+        super::a_session_used_from_far_away_or_by_two_clients_in_turn_is_stepped_up_and_revoked(
+            "component-reuse",
+        );
+    }
+}

@@ -69,6 +69,7 @@ pub struct Metrics {
     sessions: Family<SessionEvent, Counter>,
     latency: Histogram,
     host_errors: Counter,
+    instances: Counter,
     backend_latency: Family<Region, Histogram, fn() -> Histogram>,
     backend_failures: Family<BackendFailure, Counter>,
 }
@@ -80,6 +81,7 @@ impl Default for Metrics {
             sessions: Family::default(),
             latency: Histogram::new(BUCKETS),
             host_errors: Counter::default(),
+            instances: Counter::default(),
             backend_latency: Family::new_with_constructor(latency_histogram),
             backend_failures: Family::default(),
         }
@@ -159,6 +161,11 @@ impl Metrics {
         self.host_errors.inc();
     }
 
+    /// Counts a gateway-component instance created (component engine).
+    pub fn instance_created(&self) {
+        self.instances.inc();
+    }
+
     /// The whole document: these metrics, build and process information, and what
     /// `services` add to the scrape.
     pub fn render(&self, services: impl FnOnce(&mut Scrape)) -> String {
@@ -194,6 +201,11 @@ impl Metrics {
             "host_errors",
             "Requests that failed inside the host (instantiation, traps)",
             self.host_errors.clone(),
+        );
+        scrape.add(
+            "gateway_instances",
+            "Gateway component instances created (component engine; with --instance-reuse, fewer than requests)",
+            self.instances.clone(),
         );
         scrape.add(
             "build",

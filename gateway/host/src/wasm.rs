@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use wasmtime::component::Component;
 use wasmtime::{Config as WasmConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 /// The gateway component, built by this crate's build script.
 pub const COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_component.wasm"));
@@ -114,12 +115,38 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 }
 
 /// Runs one request through a fresh instance of a `wasi:http` proxy component in `store`
-/// (both servers: the gateway component and `serve-wasm`'s bundles). The instance keeps
-/// running after the response head is sent (streaming bodies).
+/// (`serve-wasm`'s bundles, and the component engine unless it keeps instances). The
+/// instance keeps running after the response head is sent (streaming bodies).
 pub async fn handle<T, B>(
-    pre: &wasmtime_wasi_http::p2::bindings::ProxyPre<T>,
+    pre: &ProxyPre<T>,
+    store: wasmtime::Store<T>,
+    req: http::Request<B>,
+) -> anyhow::Result<http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>>
+where
+    T: wasmtime_wasi_http::WasiHttpView + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    handle_in(Instance::Fresh(pre.clone()), store, req, |_, _| {}).await
+}
+
+/// The instance a request runs in.
+pub enum Instance<T: 'static> {
+    /// A new instance of the pre-instantiated component, in a new store.
+    Fresh(ProxyPre<T>),
+    /// An instance that has served earlier requests in its store and returned cleanly.
+    Kept(Proxy),
+}
+
+/// Runs one request in `instance` (in `store`); once the component has returned from its
+/// handler without a trap (its response and body complete), `done` gets the store and
+/// the instance back, to keep for another request or to drop. A trap, a deadline or a
+/// failed instantiation drops both.
+pub async fn handle_in<T, B>(
+    instance: Instance<T>,
     mut store: wasmtime::Store<T>,
     req: http::Request<B>,
+    done: impl FnOnce(wasmtime::Store<T>, Proxy) + Send + 'static,
 ) -> anyhow::Result<http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>>
 where
     T: wasmtime_wasi_http::WasiHttpView + Send + 'static,
@@ -144,13 +171,17 @@ where
         .http()
         .new_response_outparam(sender)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pre = pre.clone();
     let task = tokio::spawn(async move {
-        let proxy = pre.instantiate_async(&mut store).await?;
+        let proxy = match instance {
+            Instance::Fresh(pre) => pre.instantiate_async(&mut store).await?,
+            Instance::Kept(proxy) => proxy,
+        };
         proxy
             .wasi_http_incoming_handler()
             .call_handle(&mut store, wreq, out)
-            .await
+            .await?;
+        done(store, proxy);
+        anyhow::Ok(())
     });
     match receiver.await {
         Ok(Ok(resp)) => Ok(resp),
@@ -163,7 +194,8 @@ where
     }
 }
 
-/// One request's WASI and `wasi:http` context, sandboxed as both servers run components:
+/// An instance's WASI and `wasi:http` context (one request's, or several in turn when the
+/// component engine keeps instances), sandboxed as both servers run components:
 /// stderr inherited, no sockets, no name lookups, no files; outbound HTTP through `hooks`.
 pub struct WasiRequest<H> {
     wasi: wasmtime_wasi::WasiCtx,
@@ -186,6 +218,11 @@ impl<H: wasmtime_wasi_http::WasiHttpHooks> WasiRequest<H> {
             table: wasmtime::component::ResourceTable::new(),
             hooks,
         }
+    }
+
+    /// The outbound hooks (to point them at the next request when an instance is kept).
+    pub fn hooks_mut(&mut self) -> &mut H {
+        &mut self.hooks
     }
 
     /// The WASI view of it.

@@ -1,5 +1,5 @@
-//! The component engine: each request in a fresh instance of the pre-instantiated gateway
-//! component, whose store holds one host of each capability (the `portcullis:gateway`
+//! The component engine: each request in an instance of the pre-instantiated gateway
+//! component (a fresh one, or one kept from earlier requests with `--instance-reuse`), whose store holds one host of each capability (the `portcullis:gateway`
 //! interfaces, each implemented in its capability's folder), and the outbound hook that
 //! enforces the backend allow-list on every request the component sends.
 
@@ -81,6 +81,21 @@ impl StoreState {
                 assessed: None,
             },
         }
+    }
+}
+
+impl StoreState {
+    /// Points a kept instance's store at its next request: the peer, the client, the
+    /// start time, a new list of backend calls and no plugin verdict, so nothing of the
+    /// previous request is seen by the next one through the host services.
+    pub fn begin(&mut self, peer: IpAddr, client: ClientInfo) {
+        let calls: Calls = Arc::default();
+        self.io.hooks_mut().calls = calls.clone();
+        self.client.peer = peer;
+        self.audit.started = SystemTime::now();
+        self.audit.calls = calls;
+        self.risk.client = client;
+        self.risk.assessed = None;
     }
 }
 

@@ -42,6 +42,9 @@ pub struct ServeOptions {
     pub cache_dir: Option<PathBuf>,
     /// Concurrent gateway instances.
     pub max_instances: u32,
+    /// Requests one gateway-component instance serves, one after another, before it is
+    /// dropped (component engine; 1: a fresh instance per request, as edge runtimes run).
+    pub instance_reuse: u32,
     /// Longest a request may run inside the component.
     pub request_timeout: Duration,
     /// Verified tokens cached.
@@ -72,6 +75,7 @@ impl Default for ServeOptions {
             audit_when_full: audit::WhenFull::default(),
             cache_dir: crate::wasm::default_cache_dir(),
             max_instances: 256,
+            instance_reuse: 1,
             request_timeout: Duration::from_secs(30),
             token_cache: 100_000,
             otlp_endpoint: None,
@@ -285,7 +289,13 @@ async fn build(
                 opts.cache_dir.as_deref(),
             )?;
             let pre = component::pre_instantiate(&engine, &component)?;
-            server::Gateway::new(pre, shared.clone(), opts.request_timeout)
+            server::Gateway::new(
+                pre,
+                shared.clone(),
+                opts.request_timeout,
+                opts.instance_reuse,
+                usize::try_from(opts.max_instances).unwrap_or(usize::MAX),
+            )
         }
         EngineKind::Native => server::Gateway::native(
             engine,

@@ -1,11 +1,11 @@
-//! Serving: the gateway listener (every request through a fresh instance of the
+//! Serving: the gateway listener (every request through an instance of the
 //! pre-instantiated component, in its own store, under an epoch deadline, or natively),
 //! and graceful shutdown.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
@@ -13,14 +13,14 @@ use hyper::{Request, Response};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use wasmtime::Store;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::client::full_body;
 use crate::serve::Shared;
 use crate::serve::component::StoreState;
 use crate::serve::native::NativeEngine;
-use crate::wasm::EPOCH_TICK;
+use crate::wasm::{EPOCH_TICK, Instance};
 
 /// The gateway server.
 pub struct Gateway {
@@ -35,17 +35,51 @@ pub struct Gateway {
 
 /// How requests are decided.
 enum Mode {
-    /// In a fresh instance of the pre-instantiated gateway component.
-    Component(ProxyPre<StoreState>),
+    /// In an instance of the pre-instantiated gateway component.
+    Component(Instances),
     /// Natively, by the same core (the fast path).
     Native(Box<NativeEngine>),
 }
 
+/// The component engine's instances: the pre-instantiated component, and the instances
+/// kept to serve further requests when one may serve more than one.
+struct Instances {
+    pre: ProxyPre<StoreState>,
+    /// Requests one instance serves at most (1: a fresh instance for every request).
+    reuse: u32,
+    /// Instances whose last request returned cleanly, ready for another.
+    idle: Arc<Mutex<Vec<Kept>>>,
+    /// Idle instances kept at most (each holds its memory).
+    max_idle: usize,
+}
+
+/// An idle instance, in its store.
+struct Kept {
+    store: Store<StoreState>,
+    proxy: Proxy,
+    /// Requests it has served.
+    served: u32,
+}
+
 impl Gateway {
     /// A server for a pre-instantiated component; each request may run `timeout` at most.
-    pub fn new(pre: ProxyPre<StoreState>, shared: Arc<Shared>, timeout: Duration) -> Self {
+    /// An instance serves `reuse` requests at most, one at a time (1: a fresh instance per
+    /// request, as edge runtimes run it); at most `max_idle` wait between requests.
+    pub fn new(
+        pre: ProxyPre<StoreState>,
+        shared: Arc<Shared>,
+        timeout: Duration,
+        reuse: u32,
+        max_idle: usize,
+    ) -> Self {
         let engine = pre.engine().clone();
-        Self::with_mode(engine, Mode::Component(pre), shared, timeout)
+        let instances = Instances {
+            pre,
+            reuse: reuse.max(1),
+            idle: Arc::default(),
+            max_idle,
+        };
+        Self::with_mode(engine, Mode::Component(instances), shared, timeout)
     }
 
     /// A server deciding natively (no component instance per request). `engine` runs the
@@ -132,7 +166,7 @@ impl Gateway {
                 req.headers_mut().insert("x-request-id", v);
             }
         }
-        let pre = match &self.mode {
+        let instances = match &self.mode {
             Mode::Native(native) => {
                 let id = req
                     .headers()
@@ -163,7 +197,7 @@ impl Gateway {
                 self.shared.metrics.latency(started.elapsed());
                 return response;
             }
-            Mode::Component(pre) => pre,
+            Mode::Component(instances) => instances,
         };
         // The component's wasi:http request needs an authority: refuse what the core would
         // refuse (missing, repeated or invalid Host) with the core's own answer.
@@ -182,7 +216,7 @@ impl Gateway {
             self.shared.metrics.latency(started.elapsed());
             return crate::serve::native::respond(&refusal);
         }
-        let response = match self.run(pre, peer, req).await {
+        let response = match self.run(instances, peer, req).await {
             Ok(r) => r,
             Err(e) => {
                 self.shared.metrics.host_error();
@@ -225,9 +259,12 @@ impl Gateway {
         );
     }
 
+    /// Runs `req` in a kept instance if one is idle, else in a fresh one; the instance is
+    /// kept afterwards if it returned cleanly and may serve more requests. A trap or a
+    /// deadline drops it.
     async fn run<B>(
         &self,
-        pre: &ProxyPre<StoreState>,
+        instances: &Instances,
         peer: SocketAddr,
         req: Request<B>,
     ) -> anyhow::Result<Response<HyperOutgoingBody>>
@@ -240,16 +277,49 @@ impl Gateway {
             Some(peer.ip()),
             req.headers(),
         );
-        let mut store = Store::new(
-            pre.engine(),
-            StoreState::new(&self.shared, peer.ip(), client),
-        );
-        store.limiter(|s| &mut s.limits);
+        let kept = if instances.reuse > 1 {
+            instances.idle.lock().ok().and_then(|mut idle| idle.pop())
+        } else {
+            None
+        };
+        let (mut store, instance, served) = match kept {
+            Some(Kept {
+                mut store,
+                proxy,
+                served,
+            }) => {
+                store.data_mut().begin(peer.ip(), client);
+                (store, Instance::Kept(proxy), served)
+            }
+            None => {
+                self.shared.metrics.instance_created();
+                let mut store = Store::new(
+                    instances.pre.engine(),
+                    StoreState::new(&self.shared, peer.ip(), client),
+                );
+                store.limiter(|s| &mut s.limits);
+                (store, Instance::Fresh(instances.pre.clone()), 0)
+            }
+        };
         store.set_epoch_deadline(self.deadline_ticks);
         if self.shared.risk.fuel_enabled() {
             let _ = store.set_fuel(u64::MAX);
         }
-        crate::wasm::handle(pre, store, req).await
+        let served = served.saturating_add(1);
+        let keep = (served < instances.reuse).then(|| (instances.idle.clone(), instances.max_idle));
+        crate::wasm::handle_in(instance, store, req, move |store, proxy| {
+            if let Some((idle, max_idle)) = keep
+                && let Ok(mut idle) = idle.lock()
+                && idle.len() < max_idle
+            {
+                idle.push(Kept {
+                    store,
+                    proxy,
+                    served,
+                });
+            }
+        })
+        .await
     }
 }
 
