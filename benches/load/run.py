@@ -65,6 +65,10 @@ VARIANTS = [
     # The same bundle built with `--wide-arithmetic` (128-bit multiplies in the signature
     # checks; serve-wasm enables the proposal).
     ("portcullis-bundle-wide", "bundle", {"wide": True}, ["repeated-es256", "unique-es256", "invalid"]),
+    # The same without pre-initialization (`bundle --no-pre-init`): every instance restores
+    # the configuration from the embedded snapshot, as bundles did before.
+    ("portcullis-bundle-wide-no-pre-init", "bundle", {"wide": True, "pre_init": False},
+     ["repeated-es256", "unique-es256", "invalid"]),
     ("portcullis-worker", "worker", {}, ["repeated-es256", "unique-es256", "invalid"]),
     # The anchor for the worker: what a Workers user would write instead, a minimal worker
     # verifying the same tokens with the `jose` npm package (benches/load/jose-worker).
@@ -305,7 +309,7 @@ def start_gateway(kind, name, opts, work, bins, backend_port):
         return start_jose_worker(work, backend_port)
     if kind in ("bundle", "worker"):
         return start_edge(kind, opts.get("config", work / "portcullis.toml"), work, bins, None,
-                          opts.get("wide", False))
+                          opts.get("wide", False), opts.get("pre_init", True))
     port, admin = free_port(), free_port()
     if kind == "portcullis":
         cmd = ["taskset", "-c", "0", str(bins / "portcullis"), "serve",
@@ -578,16 +582,17 @@ def start_jose_worker(work, backend_port):
     return proc, port
 
 
-def start_edge(runtime, cfg, work, bins, redis_port, wide=False):
+def start_edge(runtime, cfg, work, bins, redis_port, wide=False, pre_init=True):
     """Starts one edge runtime on `cfg`: the bundle under serve-wasm (its wasi:keyvalue in
     memory or in Redis) or the worker under workerd (Durable Objects in memory)."""
     port = free_port()
     name = f"{runtime}-{cfg.stem}"
     log = open(work / f"{name}.log", "w")
     if runtime == "bundle":
-        wasm = work / f"{cfg.stem}{'-wide' if wide else ''}.wasm"
+        wasm = work / f"{cfg.stem}{'-wide' if wide else ''}{'' if pre_init else '-no-pre-init'}.wasm"
         subprocess.run([str(bins / "portcullis"), "bundle", "--config", str(cfg), "-o", str(wasm)]
-                       + (["--wide-arithmetic"] if wide else []),
+                       + (["--wide-arithmetic"] if wide else [])
+                       + ([] if pre_init else ["--no-pre-init"]),
                        check=True, stdout=subprocess.DEVNULL)
         cmd = ["taskset", "-c", "0", str(bins / "portcullis"), "serve-wasm", "--component", str(wasm),
                "--listen", f"127.0.0.1:{port}", "--log", "warn"]
@@ -1056,8 +1061,11 @@ EDGE_TARGETS = [
     ("portcullis-bundle-wide", "repeated-es256", "cpu_us_per_req", "envoy", "repeated-es256", 0.5),
     ("portcullis-component", "unique-es256", "cpu_us_per_req", "envoy", "unique-es256", 0.5),
     ("portcullis-component", "repeated-es256", "cpu_us_per_req", "envoy", "repeated-es256", 0.5),
+    ("portcullis-component-reuse", "unique-es256", "cpu_us_per_req", "envoy", "unique-es256", 0.5),
+    ("portcullis-component-reuse", "repeated-es256", "cpu_us_per_req", "envoy", "repeated-es256", 0.5),
     ("portcullis-bundle", "unique-es256", "peak_rss_kib", "envoy", "unique-es256", 1.0),
     ("portcullis-component", "unique-es256", "peak_rss_kib", "envoy", "unique-es256", 1.0),
+    ("portcullis-component-reuse", "unique-es256", "peak_rss_kib", "envoy", "unique-es256", 1.0),
     ("portcullis-worker", "unique-es256", "cpu_us_per_req", "jose-worker", "unique-es256", 1.0),
     ("portcullis-worker", "repeated-es256", "cpu_us_per_req", "jose-worker", "repeated-es256", 1.0),
 ]
@@ -1081,8 +1089,9 @@ def edge_targets(by):
     return lines if shown else []
 
 
-EDGE_ROWS = ["portcullis", "portcullis-component", "portcullis-bundle", "portcullis-bundle-wide",
-             "portcullis-worker", "jose-worker", "envoy"]
+EDGE_ROWS = ["portcullis", "portcullis-component", "portcullis-component-reuse", "portcullis-bundle",
+             "portcullis-bundle-wide", "portcullis-bundle-wide-no-pre-init", "portcullis-worker",
+             "jose-worker", "envoy"]
 
 
 def edge_cost_table(by, meta):

@@ -13,7 +13,7 @@ mod bindings {
     #![allow(missing_docs, unsafe_code, clippy::all)]
     wit_bindgen::generate!({
         path: "../../wit/gateway",
-        world: "host-services",
+        world: "gateway-component",
     });
 }
 
@@ -146,5 +146,21 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
     }
 }
 
+impl bindings::Guest for Handler {
+    /// Restores the configuration now (`portcullis bundle` snapshots the instance after
+    /// this, so the bundle's instances start with it restored).
+    fn wizer_initialize() {
+        let _ = gateway();
+    }
+}
+
 #[cfg(target_arch = "wasm32")]
 wasip2::http::proxy::export!(Handler);
+
+/// The initializer's export (the generated glue needs `unsafe`).
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+mod export {
+    use super::Handler;
+    crate::bindings::export!(Handler with_types_in crate::bindings);
+}

@@ -133,6 +133,12 @@ enum Command {
         /// `-W wide-arithmetic`). Other runtimes refuse it when loading it.
         #[arg(long)]
         wide_arithmetic: bool,
+        /// Do not pre-initialize: by default the gateway and its providers are instantiated
+        /// once at bundle time, restore the configuration, and are snapshotted in that state
+        /// (Wizer), so no instance restores it per request. With this flag every instance
+        /// restores it from the embedded snapshot (more CPU per request; for comparison).
+        #[arg(long)]
+        no_pre_init: bool,
     },
     /// Write the validated configuration as a snapshot for the Cloudflare Worker
     /// (`gateway/worker`): base64url text for its `PORTCULLIS_SNAPSHOT` secret. Key sets are
@@ -484,6 +490,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             output,
             bake_keys,
             wide_arithmetic,
+            no_pre_init,
         } => {
             let mut loaded = match load_config_file(&config) {
                 Ok(l) => l,
@@ -518,7 +525,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 providers,
                 &loaded.config,
                 &plugins,
-            )?;
+                if no_pre_init {
+                    portcullis_host::tools::bundle::PreInit::No
+                } else {
+                    portcullis_host::tools::bundle::PreInit::Yes
+                },
+            )
+            .await?;
             std::fs::write(&output, &bundle.wasm)?;
             println!(
                 "{}: {} KB, {} plugin(s), imports {} (all wasi:*){}; key sets baked in: {} (others fetched at run time)",

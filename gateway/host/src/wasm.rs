@@ -207,7 +207,24 @@ pub struct WasiRequest<H> {
 impl<H: wasmtime_wasi_http::WasiHttpHooks> WasiRequest<H> {
     /// A fresh context whose outbound requests go through `hooks`.
     pub fn new(hooks: H) -> Self {
+        Self::build(hooks, wasmtime_wasi::WasiCtx::builder())
+    }
+
+    /// As [`new`](Self::new), with every `wasi:random` interface answered from `seed`
+    /// (pre-initialization, for reproducible bundles).
+    pub fn seeded(hooks: H, seed: [u8; 32]) -> Self {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::from_seed(seed);
+        let insecure = rand::rngs::StdRng::seed_from_u64(rng.next_u64());
+        let insecure_seed = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
         let mut wasi = wasmtime_wasi::WasiCtx::builder();
+        wasi.secure_random(rng)
+            .insecure_random(insecure)
+            .insecure_random_seed(insecure_seed);
+        Self::build(hooks, wasi)
+    }
+
+    fn build(hooks: H, mut wasi: wasmtime_wasi::WasiCtxBuilder) -> Self {
         wasi.inherit_stderr()
             .allow_tcp(false)
             .allow_udp(false)

@@ -8,6 +8,15 @@ use portcullis_host::tools::bundle::{self, Section};
 use portcullis_tests::net::KeyServer;
 use portcullis_tests::*;
 
+/// Runs `f` to its end on a runtime of its own.
+fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 fn config(keys: &KeyServer) -> String {
     format!(
         r#"
@@ -50,7 +59,9 @@ fn the_bundle_imports_only_wasi_and_carries_the_baked_key_sets() {
     assert_eq!(baked, ["main"]);
     assert!(matches!(cfg.issuers[0].keys, KeySource::Static(_)));
 
-    let b = bundle::compose(portcullis_host::wasm::COMPONENT, &cfg, &[]).unwrap();
+    let b = rt
+        .block_on(bundle::compose(portcullis_host::wasm::COMPONENT, &cfg, &[]))
+        .unwrap();
     assert!(
         b.imports.iter().all(|i| i.starts_with("wasi:")),
         "{:?}",
@@ -113,7 +124,7 @@ fn spin_runs_the_bundle_which_imports_only_what_spin_provides() {
     let keys = KeyServer::start(TestIdp::shared().jwks());
     let files = portcullis_core::MapFiles::default().with("audit.key", b64(&AUDIT_KEY));
     let cfg = portcullis_core::config::load(&config(&keys), "edge.toml", &files).unwrap();
-    let b = bundle::compose(portcullis_host::wasm::COMPONENT, &cfg, &[]).unwrap();
+    let b = block_on(bundle::compose(portcullis_host::wasm::COMPONENT, &cfg, &[])).unwrap();
     let spin_provides = [
         "wasi:http/types@0.2.",
         "wasi:http/outgoing-handler@0.2.",
@@ -169,13 +180,14 @@ fn a_wide_arithmetic_bundle_loads_only_where_the_proposal_is_enabled() {
     let keys = KeyServer::start(TestIdp::shared().jwks());
     let files = portcullis_core::MapFiles::default().with("audit.key", b64(&AUDIT_KEY));
     let cfg = portcullis_core::config::load(&config(&keys), "edge.toml", &files).unwrap();
-    let plain = bundle::compose(portcullis_host::wasm::COMPONENT, &cfg, &[]).unwrap();
-    let wide = bundle::compose_with(
+    let plain = block_on(bundle::compose(portcullis_host::wasm::COMPONENT, &cfg, &[])).unwrap();
+    let wide = block_on(bundle::compose_with(
         portcullis_host::wasm::COMPONENT,
         bundle::PROVIDERS_WIDE,
         &cfg,
         &[],
-    )
+        bundle::PreInit::Yes,
+    ))
     .unwrap();
     assert_ne!(bundle::PROVIDERS, bundle::PROVIDERS_WIDE);
 

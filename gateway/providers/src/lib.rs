@@ -343,6 +343,12 @@ impl risk::Guest for Providers {
     fn observe(_status: u16) {}
 }
 
+impl bindings::Guest for Providers {
+    fn wizer_initialize() {
+        let _ = loaded();
+    }
+}
+
 /// The component's exports (the generated glue needs `unsafe`). Only for wasm: the
 /// export names (`portcullis:gateway/…`) are no valid native symbol names.
 #[cfg(target_arch = "wasm32")]

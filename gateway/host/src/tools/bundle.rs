@@ -18,6 +18,8 @@ use portcullis_core::config::KeySource;
 use wac_graph::types::Package;
 use wac_graph::{CompositionGraph, EncodeOptions};
 
+use super::preinit;
+
 /// The portable providers component, built by this crate's build script.
 pub const PROVIDERS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_providers.wasm"));
 
@@ -32,7 +34,7 @@ pub const PLUGIN_LINK: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_plugin_link.wasm"));
 
 /// The version of the `portcullis:gateway` and `portcullis:bundle` packages.
-const PACKAGE_VERSION: &str = "0.1.0";
+pub(crate) const PACKAGE_VERSION: &str = "0.1.0";
 /// The version of the `portcullis:plugin` package.
 const PLUGIN_VERSION: &str = crate::risk::WIT_VERSION;
 
@@ -209,20 +211,34 @@ pub fn slot_component(
 /// Composes `gateway_bytes` (the gateway component) with the providers, `config` and the
 /// configuration's plugins (`plugins[i]` is the component of `config.plugins[i]`), chained
 /// in configuration order.
-pub fn compose(
+pub async fn compose(
     gateway_bytes: &[u8],
     config: &Config,
     plugins: &[Vec<u8>],
 ) -> anyhow::Result<Bundle> {
-    compose_with(gateway_bytes, PROVIDERS, config, plugins)
+    compose_with(gateway_bytes, PROVIDERS, config, plugins, PreInit::Yes).await
 }
 
-/// As [`compose`], with these providers ([`PROVIDERS`] or [`PROVIDERS_WIDE`]).
-pub fn compose_with(
+/// Whether a bundle's components are pre-initialized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreInit {
+    /// At bundle time (the default): instances start with the configuration restored.
+    Yes,
+    /// Not (`portcullis bundle --no-pre-init`): every instance restores the configuration
+    /// from the embedded snapshot on its first request.
+    No,
+}
+
+/// As [`compose`], with these providers ([`PROVIDERS`] or [`PROVIDERS_WIDE`]). With
+/// [`PreInit::Yes`] the gateway component and the providers are pre-initialized with the
+/// configuration ([`preinit`](super::preinit)): the bundle's instances start with it
+/// restored.
+pub async fn compose_with(
     gateway_bytes: &[u8],
     providers_bytes: &[u8],
     config: &Config,
     plugins: &[Vec<u8>],
+    pre_init: PreInit,
 ) -> anyhow::Result<Bundle> {
     if plugins.len() != config.plugins.len() {
         bail!(
@@ -232,7 +248,32 @@ pub fn compose_with(
         );
     }
     let snapshot = config.to_snapshot();
-    let embedded = embedded_component(&snapshot)?;
+    let (gateway_bytes, providers_bytes, embedded) = match pre_init {
+        // Both components restore the configuration once, here: the bundle's embedded
+        // snapshot stays empty (an instance that tried to restore it again would fail,
+        // never run on a stale or partial configuration).
+        PreInit::Yes => (
+            preinit::pre_initialize(
+                gateway_bytes,
+                &snapshot,
+                preinit::SnapshotImport::GatewayConfig,
+            )
+            .await?,
+            preinit::pre_initialize(
+                providers_bytes,
+                &snapshot,
+                preinit::SnapshotImport::BundleEmbedded,
+            )
+            .await?,
+            embedded_component(&[])?,
+        ),
+        PreInit::No => (
+            gateway_bytes.to_vec(),
+            providers_bytes.to_vec(),
+            embedded_component(&snapshot)?,
+        ),
+    };
+    let (gateway_bytes, providers_bytes) = (&gateway_bytes[..], &providers_bytes[..]);
     let mut graph = CompositionGraph::new();
     let register = |graph: &mut CompositionGraph, name: &str, bytes: &[u8]| {
         let pkg = Package::from_bytes(name, None, bytes.to_vec(), graph.types_mut())

@@ -5,5 +5,6 @@ pub mod bundle;
 pub mod demo;
 pub mod offline;
 pub mod plugin;
+pub mod preinit;
 pub mod scenario;
 pub mod worker_plugins;
