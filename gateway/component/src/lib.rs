@@ -31,14 +31,10 @@ fn gateway() -> Result<&'static Gateway, &'static str> {
     static GATEWAY: OnceLock<Result<Gateway, String>> = OnceLock::new();
     GATEWAY
         .get_or_init(|| {
+            // The host (or the bundle's providers) hands over the validated configuration
+            // as a snapshot; the component carries no configuration parser of its own.
             let snapshot = bindings::portcullis::gateway::config::snapshot();
-            if let Ok(config) = portcullis_core::Config::from_snapshot(&snapshot) {
-                return Ok(Gateway::new(config));
-            }
-            let source = bindings::portcullis::gateway::config::source();
-            portcullis_core::config::load(&source, "edge config", &services::HostFiles)
-                .map(Gateway::new)
-                .map_err(|e| e.to_string())
+            portcullis_core::Config::from_snapshot(&snapshot).map(Gateway::new)
         })
         .as_ref()
         .map_err(String::as_str)

@@ -6,7 +6,7 @@ use portcullis_core::authenticate::{AuthFailure, Authenticator};
 use portcullis_core::claims::identity_from_claims;
 use portcullis_core::jws::parse_object;
 use portcullis_core::{
-    AuditRecord, BackendHealth, BackendId, ConfigFiles, IssuerId, Reason, Timestamp,
+    AuditRecord, BackendHealth, BackendId, IssuerId, Reason, Timestamp,
     VerifiedIdentity,
 };
 
@@ -18,16 +18,7 @@ use portcullis_core::ports::{
     StateAnswer, StateOp, StateResult,
 };
 
-use crate::bindings::portcullis::gateway::{audit, client, config, health, keys, risk, state};
-
-/// Files named by the configuration, read through the host.
-pub struct HostFiles;
-
-impl ConfigFiles for HostFiles {
-    fn read(&self, path: &str) -> Result<Vec<u8>, String> {
-        config::read_file(path)
-    }
-}
+use crate::bindings::portcullis::gateway::{audit, client, health, keys, risk, state};
 
 /// Token verification by the host.
 pub struct HostAuthenticator;
