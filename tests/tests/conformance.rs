@@ -649,6 +649,44 @@ fn the_matrix_holds_in_the_edge_bundle_under_a_plain_wasi_http_host() {
     );
 }
 
+/// The gateway and its providers are pre-initialized at bundle time: the bundle carries
+/// their memories with the configuration restored and an empty embedded snapshot, so an
+/// instance that had to restore the configuration itself would fail every request (the
+/// matrix above passes only if it never has to). Bundling the same configuration again
+/// gives the same bytes, and a bundle built with `--no-pre-init` (each instance restores
+/// the configuration from the snapshot it carries) answers the same matrix.
+#[test]
+fn pre_initialized_bundles_are_reproducible_and_answer_like_bundles_restored_per_instance() {
+    let w = world();
+    let text = config(&w._keys, &w.eu.server.url(), &w.us.server.url());
+    let first = portcullis_tests::host::bundle(&text, &[]);
+    let again = portcullis_tests::host::bundle(&text, &[]);
+    let bytes = std::fs::read(&first.wasm).unwrap();
+    assert!(
+        bytes == std::fs::read(&again.wasm).unwrap(),
+        "two bundles of one configuration differ"
+    );
+    let plain = portcullis_tests::host::bundle_with(&text, &[], &["--no-pre-init"]);
+    let plain_bytes = std::fs::read(&plain.wasm).unwrap();
+    assert_ne!(bytes, plain_bytes);
+    // The snapshot itself is in the bundle only when instances restore it.
+    let files = portcullis_core::config::MapFiles::default().with("audit.key", b64(&AUDIT_KEY));
+    let snapshot = portcullis_core::config::load(&text, "gateway.toml", &files)
+        .unwrap()
+        .to_snapshot();
+    let carries = |wasm: &[u8]| wasm.windows(snapshot.len()).any(|w| w == snapshot);
+    assert!(
+        carries(&plain_bytes),
+        "the --no-pre-init bundle lost its snapshot"
+    );
+    assert!(
+        !carries(&bytes),
+        "the pre-initialized bundle still embeds its snapshot"
+    );
+    let gw = portcullis_tests::host::serve_wasm(&plain.wasm, &[]);
+    check("bundle", &gw, &w);
+}
+
 fn plugin(name: &str) -> String {
     let p = std::path::Path::new(env!("PORTCULLIS_PLUGIN_DIR"))
         .join(format!("{}.wasm", name.replace('-', "_")));

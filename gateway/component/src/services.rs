@@ -6,8 +6,7 @@ use portcullis_core::authenticate::{AuthFailure, Authenticator};
 use portcullis_core::claims::identity_from_claims;
 use portcullis_core::jws::parse_object;
 use portcullis_core::{
-    AuditRecord, BackendHealth, BackendId, IssuerId, Reason, Timestamp,
-    VerifiedIdentity,
+    AuditRecord, BackendHealth, BackendId, IssuerId, Reason, Timestamp, VerifiedIdentity,
 };
 
 use portcullis_core::config::PluginId;
