@@ -144,7 +144,7 @@ pub async fn pre_initialize(
     let mut store = Store::new(
         &engine,
         InitCtx {
-            io: WasiRequest::seeded(Refuse, seed(&snapshot)),
+            io: WasiRequest::seeded(Refuse, seed(snapshot)),
             keyvalue: KeyValueHost::new(throwaway),
         },
     );
