@@ -34,7 +34,7 @@ pub const PLUGIN_LINK: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_plugin_link.wasm"));
 
 /// The version of the `portcullis:gateway` and `portcullis:bundle` packages.
-pub(crate) const PACKAGE_VERSION: &str = "0.1.0";
+const PACKAGE_VERSION: &str = "0.1.0";
 /// The version of the `portcullis:plugin` package.
 const PLUGIN_VERSION: &str = crate::risk::WIT_VERSION;
 
@@ -256,13 +256,13 @@ pub async fn compose_with(
             preinit::pre_initialize(
                 gateway_bytes,
                 &snapshot,
-                preinit::SnapshotImport::GatewayConfig,
+                &format!("portcullis:gateway/config@{PACKAGE_VERSION}"),
             )
             .await?,
             preinit::pre_initialize(
                 providers_bytes,
                 &snapshot,
-                preinit::SnapshotImport::BundleEmbedded,
+                &format!("portcullis:bundle/embedded@{PACKAGE_VERSION}"),
             )
             .await?,
             embedded_component(&[])?,

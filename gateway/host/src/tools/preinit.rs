@@ -27,34 +27,6 @@ use crate::wasm::WasiRequest;
 use wasmtime_wizer::ComponentInstanceState;
 use wasmtime_wizer::Wizer;
 
-/// Where a component asks for the configuration snapshot during initialization.
-#[derive(Clone, Copy, Debug)]
-pub enum SnapshotImport {
-    /// The gateway component: `portcullis:gateway/config.snapshot`.
-    GatewayConfig,
-    /// The providers: `portcullis:bundle/embedded.snapshot`.
-    BundleEmbedded,
-}
-
-impl SnapshotImport {
-    fn interface(self) -> String {
-        match self {
-            Self::GatewayConfig => {
-                format!(
-                    "portcullis:gateway/config@{}",
-                    super::bundle::PACKAGE_VERSION
-                )
-            }
-            Self::BundleEmbedded => {
-                format!(
-                    "portcullis:bundle/embedded@{}",
-                    super::bundle::PACKAGE_VERSION
-                )
-            }
-        }
-    }
-}
-
 /// The initializing instance's context: WASI without files, sockets or standard streams,
 /// `wasi:http` refusing every request, and a key-value store of its own, dropped after.
 struct InitCtx {
@@ -106,19 +78,16 @@ impl WasiHttpHooks for Refuse {
     }
 }
 
-/// Runs `component`'s `wizer-initialize` export with `snapshot` answering `import`, and
-/// returns the component rewritten to start in the state it left (without the export).
+/// Runs `component`'s `wizer-initialize` export with `snapshot` answering the `snapshot`
+/// function of its imported `interface` (`portcullis:gateway/config` for the gateway,
+/// `portcullis:bundle/embedded` for the providers), and returns the component rewritten to
+/// start in the state it left.
 pub async fn pre_initialize(
     component: &[u8],
     snapshot: &[u8],
-    import: SnapshotImport,
+    interface: &str,
 ) -> anyhow::Result<Vec<u8>> {
-    let what = || {
-        format!(
-            "pre-initialize the component importing {}",
-            import.interface()
-        )
-    };
+    let what = || format!("pre-initialize the component importing {interface}");
     let mut wizer = Wizer::new();
     // Removing the export leaves the component lifting a core function that is gone
     // (wasmtime-wizer 48 writes an invalid component): keep it. Calling it again does
@@ -154,11 +123,11 @@ pub async fn pre_initialize(
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         keyvalue::add_to_linker(&mut linker, |s: &mut InitCtx| &mut s.keyvalue)?;
-        linker.instance(&import.interface())?.func_wrap(
+        linker.instance(interface)?.func_wrap(
             "snapshot",
             move |_, (): ()| -> wasmtime::Result<(Vec<u8>,)> { Ok((snapshot.clone(),)) },
         )?;
-        trap_host_services(&mut linker, &engine, &instrumented, &import.interface())
+        trap_host_services(&mut linker, &engine, &instrumented, interface)
     })();
     linked
         .map_err(|e| anyhow::anyhow!("{e:?}"))
