@@ -144,9 +144,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
 
 impl bindings::Guest for Handler {
     /// Restores the configuration now (`portcullis bundle` snapshots the instance after
-    /// this, so the bundle's instances start with it restored).
+    /// this, so the bundle's instances start with it restored). A configuration that does
+    /// not restore traps here: the bundle is refused, never built to fail every request.
     fn wizer_initialize() {
-        let _ = gateway();
+        if let Err(e) = gateway() {
+            eprintln!("gateway configuration: {e}");
+            #[cfg(target_arch = "wasm32")]
+            core::arch::wasm32::unreachable();
+        }
     }
 }
 

@@ -211,3 +211,34 @@ fn a_wide_arithmetic_bundle_loads_only_where_the_proposal_is_enabled() {
     let with = portcullis_host::wasm::engine(4, false).unwrap();
     wasmtime::component::Component::new(&with, &wide.wasm).unwrap();
 }
+
+/// Pre-initialization fails closed: a component whose configuration does not restore traps
+/// in its initializer, and the bundle is refused with the reason instead of being built to
+/// answer every request with an error.
+#[test]
+fn a_configuration_that_does_not_restore_refuses_the_bundle() {
+    use portcullis_host::tools::preinit::pre_initialize;
+    for (component, interface) in [
+        (
+            portcullis_host::wasm::COMPONENT,
+            "portcullis:gateway/config@0.1.0",
+        ),
+        (bundle::PROVIDERS, "portcullis:bundle/embedded@0.1.0"),
+    ] {
+        let Err(refused) = block_on(pre_initialize(component, b"not a snapshot", interface)) else {
+            panic!("{interface}: pre-initialized with a configuration that does not restore");
+        };
+        let text = format!("{refused:#}");
+        assert!(text.contains("the initializer failed"), "{text}");
+    }
+    // The same components with a configuration that restores.
+    let keys = KeyServer::start(TestIdp::shared().jwks());
+    let files = portcullis_core::MapFiles::default().with("audit.key", b64(&AUDIT_KEY));
+    let cfg = portcullis_core::config::load(&config(&keys), "edge.toml", &files).unwrap();
+    block_on(pre_initialize(
+        portcullis_host::wasm::COMPONENT,
+        &cfg.to_snapshot(),
+        "portcullis:gateway/config@0.1.0",
+    ))
+    .unwrap();
+}

@@ -344,8 +344,15 @@ impl risk::Guest for Providers {
 }
 
 impl bindings::Guest for Providers {
+    /// Restores the configuration, the key store and the seal now (`portcullis bundle`
+    /// snapshots the instance after this). A configuration that does not restore traps
+    /// here: the bundle is refused, never built to fail every request.
     fn wizer_initialize() {
-        let _ = loaded();
+        if let Err(e) = loaded() {
+            eprintln!("{e}");
+            #[cfg(target_arch = "wasm32")]
+            core::arch::wasm32::unreachable();
+        }
     }
 }
 
