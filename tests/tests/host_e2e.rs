@@ -917,6 +917,34 @@ fn kept_instances_answer_each_request_as_its_own_and_are_dropped_on_a_deadline_o
     assert_eq!(get(&gw, "/open", None, &[]).status, 200);
     assert_eq!(get(&gw, "/public", None, &[]).status, 404);
     assert_eq!(instances(), 4);
+    // The native engine runs no gateway instance: asking it to keep some is refused.
+    let mut native = Command::new(portcullis_tests::host::binary())
+        .args(["serve", "--config"])
+        .arg(gw.dir.join("gateway.toml"))
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--instance-reuse", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = native.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            native.kill().unwrap();
+            panic!("the native engine started with --instance-reuse 2");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut native.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("--instance-reuse applies to --engine component"),
+        "{stderr}"
+    );
 }
 
 portcullis_tests::on_every_engine!(

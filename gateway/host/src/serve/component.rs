@@ -1,7 +1,8 @@
 //! The component engine: each request in an instance of the pre-instantiated gateway
-//! component (a fresh one, or one kept from earlier requests with `--instance-reuse`), whose store holds one host of each capability (the `portcullis:gateway`
-//! interfaces, each implemented in its capability's folder), and the outbound hook that
-//! enforces the backend allow-list on every request the component sends.
+//! component (a fresh one, or one kept from earlier requests with `--instance-reuse`),
+//! whose store holds one host of each capability (the `portcullis:gateway` interfaces,
+//! each implemented in its capability's folder), and the outbound hook that enforces the
+//! backend allow-list on every request the component sends.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -82,9 +83,7 @@ impl StoreState {
             },
         }
     }
-}
 
-impl StoreState {
     /// Points a kept instance's store at its next request: the peer, the client, the
     /// start time, a new list of backend calls and no plugin verdict, so nothing of the
     /// previous request is seen by the next one through the host services.

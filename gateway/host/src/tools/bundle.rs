@@ -207,7 +207,6 @@ pub fn slot_component(
     wat::parse_str(&text).with_context(|| format!("assemble the slot component of plugin {index}"))
 }
 
-/// Composes `gateway` (the gateway component) with the providers and `config`.
 /// Composes `gateway_bytes` (the gateway component) with the providers, `config` and the
 /// configuration's plugins (`plugins[i]` is the component of `config.plugins[i]`), chained
 /// in configuration order.
