@@ -604,7 +604,22 @@ fn metrics_parse_with_the_official_python_client(engine: &str) {
     let forged = format!("{}AAAA", &forged[..forged.len() - 4]);
     assert_eq!(get(&gw, "/api/orders", Some(&forged), &[]).status, 401);
     assert_eq!(get(&gw, "/public", None, &[]).status, 200);
-    let r = request(gw.admin, "GET", "/metrics", &[], b"").unwrap();
+    // The component engine counts a decision when its record is written, after the
+    // response: wait until all three are counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = request(gw.admin, "GET", "/metrics", &[], b"").unwrap();
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let counted: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("portcullis_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if counted >= 3.0 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(
         r.header("content-type")
             .is_some_and(|c| c.starts_with("application/openmetrics-text")),
