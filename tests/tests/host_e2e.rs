@@ -864,6 +864,15 @@ fn kept_instances_answer_each_request_as_its_own_and_are_dropped_on_a_deadline_o
         |_| vec!["--request-timeout".into(), "1".into()],
     );
     let instances = || admin_metric(&gw, "portcullis_gateway_instances_total");
+    // An instance goes back to the idle ones once the component has returned, which may be
+    // just after the client has its response: wait for it before the next request.
+    let settled = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while admin_metric(&gw, "portcullis_gateway_instances_idle") < 1 {
+            assert!(Instant::now() < deadline, "the instance was never kept");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
     let idp = TestIdp::shared();
     let eu = idp.sign("ES256", live_claims(json!({"sub": "alice"})));
     let us = idp.sign(
@@ -873,6 +882,9 @@ fn kept_instances_answer_each_request_as_its_own_and_are_dropped_on_a_deadline_o
     // One request at a time: every one runs in the same instance, and each is answered by
     // its own token and headers only.
     for round in 0..2 {
+        if round > 0 {
+            settled();
+        }
         let r = get(&gw, "/api/orders/1", Some(&eu), &[("x-user-id", "mallory")]);
         assert_eq!(
             r.status,
@@ -888,6 +900,7 @@ fn kept_instances_answer_each_request_as_its_own_and_are_dropped_on_a_deadline_o
             ),
             (Some("eu"), Some("alice"))
         );
+        settled();
         let r = get(&gw, "/api/orders/2", Some(&us), &[]);
         let body = r.json_body();
         assert_eq!(
@@ -898,11 +911,13 @@ fn kept_instances_answer_each_request_as_its_own_and_are_dropped_on_a_deadline_o
             (Some("us"), Some("bob")),
             "round {round}"
         );
+        settled();
         let r = get(&gw, "/api/orders/3", None, &[("x-user-id", "alice")]);
         assert_eq!(
             (r.status, reason(&r).as_str()),
             (401, "authentication_required")
         );
+        settled();
         let r = get(&gw, "/public", None, &[("x-user-id", "alice")]);
         assert_eq!(r.status, 200);
         assert!(
@@ -918,18 +933,21 @@ fn kept_instances_answer_each_request_as_its_own_and_are_dropped_on_a_deadline_o
     // The ninth request needs a new instance: each serves eight at most.
     assert_eq!(get(&gw, "/public", None, &[]).status, 200);
     assert_eq!(instances(), 2);
+    settled();
     // The backend answers after 1.5 s, past the 1 s request deadline: the instance traps
     // when it runs again, and is dropped instead of kept.
     let r = get(&gw, "/public/slow", None, &[]);
     assert_eq!((r.status, reason(&r).as_str()), (503, "gateway_error"));
     assert_eq!(get(&gw, "/public", None, &[]).status, 200);
     assert_eq!(instances(), 3, "the instance past its deadline was kept");
+    settled();
     // A reload: the kept instances hold the old configuration, new requests get new ones.
     let moved = text.replace("path = \"/public\"", "path = \"/open\"");
     std::fs::write(gw.dir.join("gateway.toml"), moved).unwrap();
     let r = request(gw.admin, "POST", "/reload", &[], b"").unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(get(&gw, "/open", None, &[]).status, 200);
+    settled();
     assert_eq!(get(&gw, "/public", None, &[]).status, 404);
     assert_eq!(instances(), 4);
     // The native engine runs no gateway instance: asking it to keep some is refused.

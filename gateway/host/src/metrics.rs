@@ -70,6 +70,7 @@ pub struct Metrics {
     latency: Histogram,
     host_errors: Counter,
     instances: Counter,
+    idle_instances: Gauge,
     backend_latency: Family<Region, Histogram, fn() -> Histogram>,
     backend_failures: Family<BackendFailure, Counter>,
 }
@@ -82,6 +83,7 @@ impl Default for Metrics {
             latency: Histogram::new(BUCKETS),
             host_errors: Counter::default(),
             instances: Counter::default(),
+            idle_instances: Gauge::default(),
             backend_latency: Family::new_with_constructor(latency_histogram),
             backend_failures: Family::default(),
         }
@@ -166,6 +168,12 @@ impl Metrics {
         self.instances.inc();
     }
 
+    /// Sets how many gateway-component instances wait idle to be reused.
+    pub fn idle_instances(&self, idle: usize) {
+        self.idle_instances
+            .set(i64::try_from(idle).unwrap_or(i64::MAX));
+    }
+
     /// The whole document: these metrics, build and process information, and what
     /// `services` add to the scrape.
     pub fn render(&self, services: impl FnOnce(&mut Scrape)) -> String {
@@ -206,6 +214,11 @@ impl Metrics {
             "gateway_instances",
             "Gateway component instances created (component engine; with --instance-reuse, fewer than requests)",
             self.instances.clone(),
+        );
+        scrape.add(
+            "gateway_instances_idle",
+            "Gateway component instances kept idle for the next requests (--instance-reuse)",
+            self.idle_instances.clone(),
         );
         scrape.add(
             "build",

@@ -73,6 +73,8 @@ impl Gateway {
         max_idle: usize,
     ) -> Self {
         let engine = pre.engine().clone();
+        // A new configuration starts with no kept instance.
+        shared.metrics.idle_instances(0);
         let instances = Instances {
             pre,
             reuse: reuse.max(1),
@@ -278,7 +280,11 @@ impl Gateway {
             req.headers(),
         );
         let kept = if instances.reuse > 1 {
-            instances.idle.lock().ok().and_then(|mut idle| idle.pop())
+            instances.idle.lock().ok().and_then(|mut idle| {
+                let kept = idle.pop();
+                self.shared.metrics.idle_instances(idle.len());
+                kept
+            })
         } else {
             None
         };
@@ -307,6 +313,7 @@ impl Gateway {
         }
         let served = served.saturating_add(1);
         let keep = (served < instances.reuse).then(|| (instances.idle.clone(), instances.max_idle));
+        let shared = self.shared.clone();
         crate::wasm::handle_in(instance, store, req, move |store, proxy| {
             if let Some((idle, max_idle)) = keep
                 && let Ok(mut idle) = idle.lock()
@@ -317,6 +324,7 @@ impl Gateway {
                     proxy,
                     served,
                 });
+                shared.metrics.idle_instances(idle.len());
             }
         })
         .await
