@@ -6,7 +6,7 @@
 //! instance of the bundle starts with the configuration restored instead of restoring it
 //! per request, as an edge runtime creates an instance for each.
 //!
-//! The instance runs with WASI's clocks and random numbers, outbound requests refused, a
+//! The instance runs with WASI's clocks, random numbers and stderr, outbound requests refused, a
 //! throwaway key-value store, and every other import (the host services) trapping: an
 //! initializer cannot reach the network, the shared state or the host.
 
@@ -27,8 +27,9 @@ use crate::wasm::WasiRequest;
 use wasmtime_wizer::ComponentInstanceState;
 use wasmtime_wizer::Wizer;
 
-/// The initializing instance's context: WASI without files, sockets or standard streams,
-/// `wasi:http` refusing every request, and a key-value store of its own, dropped after.
+/// The initializing instance's context: WASI without files or sockets (stderr only, where
+/// a failed initializer says why), `wasi:http` refusing every request, and a key-value
+/// store of its own, dropped after.
 struct InitCtx {
     io: WasiRequest<Refuse>,
     keyvalue: KeyValueHost,
