@@ -69,12 +69,32 @@ pub struct Entry {
     pub claims: String,
 }
 
+/// SHA-256 of `token`: what a verified-token cache keys its entry by (never the token).
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
 /// The store key of `token`'s entry: the prefix and its SHA-256, base64url.
 pub fn store_key(token: &str) -> String {
-    format!(
-        "{STORE_PREFIX}{}",
-        crate::b64::encode(&Sha256::digest(token.as_bytes()))
-    )
+    format!("{STORE_PREFIX}{}", crate::b64::encode(&token_digest(token)))
+}
+
+/// Until when (Unix milliseconds) a token verified at `now_ms` may be believed without
+/// checking it again: its `exp` plus the issuer's clock skew, and at most `cap` from now;
+/// `None` when that is not after `now_ms` (nothing worth keeping).
+pub fn believed_until_ms(
+    expires_at: f64,
+    skew: std::time::Duration,
+    now_ms: u64,
+    cap: std::time::Duration,
+) -> Option<u64> {
+    let until_ms = ((expires_at + skew.as_secs_f64()) * 1000.0).max(0.0);
+    // Saturating: a signed `exp` may be any number, 1e300 included.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let until_ms = until_ms.min(u64::MAX as f64) as u64;
+    let cap_ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+    let until_ms = until_ms.min(now_ms.saturating_add(cap_ms));
+    (until_ms > now_ms).then_some(until_ms)
 }
 
 fn mac_input(mac: &mut Hmac<Sha256>, token: &str, body: &[u8]) {
@@ -137,6 +157,28 @@ mod tests {
 
     fn key() -> SealKey {
         SealKey::derive(&[1; 32], b"snapshot").unwrap()
+    }
+
+    #[test]
+    fn a_token_is_believed_until_exp_plus_skew_and_at_most_the_cap() {
+        use std::time::Duration;
+        let hour = Duration::from_secs(3600);
+        let skew = Duration::from_secs(30);
+        // exp 1,000 s, skew 30 s: until 1,030 s.
+        assert_eq!(
+            believed_until_ms(1_000.0, skew, 900_000, hour),
+            Some(1_030_000)
+        );
+        // The cap wins over a far `exp`, an absurd one included.
+        assert_eq!(believed_until_ms(1e300, skew, 5_000, hour), Some(3_605_000));
+        assert_eq!(
+            believed_until_ms(f64::INFINITY, skew, u64::MAX - 1, hour),
+            Some(u64::MAX)
+        );
+        // Expired (with the skew), or a negative / NaN `exp`: nothing to keep.
+        assert_eq!(believed_until_ms(1_000.0, skew, 1_030_000, hour), None);
+        assert_eq!(believed_until_ms(-5.0, skew, 40_000, hour), None);
+        assert_eq!(believed_until_ms(f64::NAN, Duration::ZERO, 0, hour), None);
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! - [`backend_answered`]: the backend's status and latency in the audit record.
 //! - [`SystemEntropy`], [`InstantClock`]: random ids and phase timings for the core.
 //! - [`audit::json_line`]: the audit line every runtime writes.
+//! - [`token_cache`]: verified access tokens kept in process, for a runtime that checks
+//!   signatures itself and keeps its process between requests (a Workers isolate).
 //! - [`risk_context!`], [`risk_assessment!`], [`risk_action!`]: the risk-plugin records
 //!   copied between the core's, the WIT bindings' and the plugin SDK's types.
 #![forbid(unsafe_code)]
@@ -29,6 +31,7 @@ pub mod keys;
 mod records;
 mod respond;
 mod runtime;
+pub mod token_cache;
 
 pub use head::RequestHead;
 pub use respond::{backend_answered, early, refused_in_forward, relay_headers};

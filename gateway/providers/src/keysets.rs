@@ -244,14 +244,11 @@ impl Loaded {
             .issuers
             .get(issuer.0)
             .map_or(Duration::ZERO, |i| i.clock_skew);
-        let until_ms = ((expires_at + skew.as_secs_f64()) * 1000.0).max(0.0);
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let until_ms = until_ms.min(u64::MAX as f64) as u64;
-        let cap_ms = u64::try_from(MAX_SHARED_VERIFIED.as_millis()).unwrap_or(u64::MAX);
-        let until_ms = until_ms.min(now_ms.saturating_add(cap_ms));
-        if until_ms <= now_ms {
+        let Some(until_ms) =
+            verified::believed_until_ms(expires_at, skew, now_ms, MAX_SHARED_VERIFIED)
+        else {
             return;
-        }
+        };
         let Ok(set) = self.keys.borrow().keys(issuer, t).map(|s| s.fingerprint()) else {
             return;
         };

@@ -21,6 +21,7 @@ use portcullis_core::{
 };
 use portcullis_driver::keycache::{self, StoredDocument, store_key};
 use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
+use portcullis_driver::token_cache::{CachedAuthenticator, TokenCache};
 use portcullis_driver::{
     RequestHead, Step, SystemEntropy, backend_answered, decide_refetching, decide_resuming, early,
     refused_in_forward, relay_headers,
@@ -45,6 +46,8 @@ struct Isolate {
     verifier: WorkerVerifier,
     keys: RefCell<KeyStore<WebKey>>,
     imported: KeyCache,
+    /// Verified access tokens (`[state] verified_token_cache`, on by default).
+    tokens: Option<TokenCache>,
     plugins: WorkerPlugins,
     requests: std::cell::Cell<u64>,
     /// The Durable Object namespace for the shared state is bound.
@@ -91,11 +94,16 @@ fn load(env: &Env) -> Result<Rc<Isolate>, String> {
     };
     let verifier = WorkerVerifier::new(webcrypto);
     let keys = KeyStore::new(&config, &verifier);
+    let tokens = config
+        .state
+        .verified_token_cache
+        .then(|| TokenCache::new(portcullis_driver::token_cache::DEFAULT_CAPACITY));
     let isolate = Rc::new(Isolate {
         gateway: Gateway::new(config),
         verifier,
         keys: RefCell::new(keys),
         imported: KeyCache::default(),
+        tokens,
         plugins,
         requests: std::cell::Cell::new(0),
         shared_state: env.durable_object(crate::durable::STATE_BINDING).is_ok(),
@@ -479,11 +487,23 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     let decide = || {
         let step = |resume: Option<(Suspended, Answer)>| {
             let keys = isolate.keys.borrow();
-            // The verifier has WebCrypto check what it can: the decision waits for it.
-            let auth = LocalAuthenticator {
+            // The verifier has WebCrypto check what it can: the decision waits for it
+            // (unless the token is one this isolate already verified).
+            let local = LocalAuthenticator {
                 config: gateway.config(),
                 keys: &keys,
                 verifier: &isolate.verifier,
+            };
+            let cached;
+            let auth: &dyn portcullis_core::Authenticator = match &isolate.tokens {
+                Some(cache) => {
+                    cached = CachedAuthenticator {
+                        inner: local,
+                        cache,
+                    };
+                    &cached
+                }
+                None => &local,
             };
             // Ids for traces from `crypto.getRandomValues`; no phase timings: Workers stop
             // the clock while code runs.
@@ -491,7 +511,7 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
                 risk: &isolate.plugins,
                 entropy: &SystemEntropy,
                 client: &Awaited,
-                ..Adapters::new(&auth, &AllHealthy)
+                ..Adapters::new(auth, &AllHealthy)
             };
             // Without the Durable Object binding there is no shared state: what needs it
             // fails closed.
@@ -512,6 +532,7 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     // A token that names a key the set lacks: one refetch, then decide again — at most
     // once per `jwks_unknown_kid_interval` in this isolate, and across isolates too when
     // the shared state is bound (a one-time key per issuer).
+    let hits_before = isolate.tokens.as_ref().map_or(0, TokenCache::hits);
     let decision = decide_refetching(decide, async |issuer| {
         let granted = isolate.keys.borrow_mut().request_refetch(issuer, now);
         if !granted {
@@ -534,7 +555,10 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
         true
     })
     .await;
-    let signature_check = isolate.verifier.used();
+    // How the token was checked: by WebCrypto, in pure Rust, or not at all (verified by an
+    // earlier request of this isolate).
+    let cache_hit = isolate.tokens.as_ref().map_or(0, TokenCache::hits) > hits_before;
+    let signature_check = isolate.verifier.used().or(cache_hit.then_some("cached"));
     isolate.verifier.clear();
     let mut audit = decision.audit;
     let (response, status) = match decision.outcome {
