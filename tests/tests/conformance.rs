@@ -1374,6 +1374,74 @@ fn the_worker_answers_504_when_the_backend_is_too_slow() {
     assert!(started.elapsed() < std::time::Duration::from_millis(2900));
 }
 
+/// Every runtime relays the backend's response head the same way: its own fields kept, its
+/// hop-by-hop fields dropped — the standard ones and those its `Connection` field lists
+/// (RFC 9110 §7.6.1) — and the gateway's own added (a limited route's `RateLimit` fields),
+/// whether the runtime copies the head through Rust (the engines, the bundle) or edits the
+/// platform's copy in place (the worker).
+#[test]
+fn every_runtime_drops_the_backends_hop_by_hop_response_fields() {
+    let w = world();
+    let backend = portcullis_tests::net::Server::start(|_| Resp {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "text/plain".into()),
+            ("connection".into(), "x-internal".into()),
+            ("x-internal".into(), "secret".into()),
+            ("proxy-authenticate".into(), "Basic".into()),
+            ("x-app".into(), "v".into()),
+        ],
+        body: b"ok".to_vec(),
+    });
+    let text = format!(
+        "{}\n[[route]]\npath = \"/limited\"\nauth = \"public\"\n[[route.rate_limit]]\n\
+         key = \"route\"\nrate = 100\nper = \"1m\"\n",
+        config(&w._keys, &backend.url(), &backend.url())
+    );
+    let native = start_engine(&text, "native");
+    let component = start_engine(&text, "component");
+    let (bundle, _) = start_bundle(&text, &[]);
+    let worker = portcullis_tests::workerd::start_worker(&text, &[]);
+    for (name, gw) in [
+        ("native", &native),
+        ("component", &component),
+        ("bundle", &bundle),
+        ("worker", &worker),
+    ] {
+        let r = request(gw.addr, "GET", "/public/x", &[], b"").unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "{name}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.body, b"ok", "{name}");
+        assert_eq!(r.header("x-app"), Some("v"), "{name}: {:?}", r.headers);
+        for dropped in ["x-internal", "proxy-authenticate"] {
+            assert_eq!(r.header(dropped), None, "{name}: {:?}", r.headers);
+        }
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            None,
+            "{name}: not a limited route"
+        );
+        let r = request(gw.addr, "GET", "/limited/x", &[], b"").unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "{name}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.header("x-app"), Some("v"), "{name}: {:?}", r.headers);
+        assert_eq!(r.header("x-internal"), None, "{name}: {:?}", r.headers);
+        assert!(
+            r.header("ratelimit-policy").is_some() && r.header("ratelimit").is_some(),
+            "{name}: {:?}",
+            r.headers
+        );
+    }
+}
+
 // ---- What the edge runtimes cannot do yet, and how they refuse it ----------------------
 //
 // The bundle keeps its shared state in the runtime's wasi:keyvalue store (tests/tests/

@@ -34,7 +34,7 @@ mod runtime;
 pub mod token_cache;
 
 pub use head::RequestHead;
-pub use respond::{backend_answered, early, refused_in_forward, relay_headers};
+pub use respond::{backend_answered, early, refused_in_forward, relay_headers, relay_removals};
 pub use runtime::{InstantClock, SystemEntropy};
 
 use portcullis_core::{Answer, Decision, IssuerId, Need, Suspended};

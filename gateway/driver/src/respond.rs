@@ -44,19 +44,29 @@ pub fn backend_answered(audit: &mut AuditRecord, status: u16, latency: std::time
 /// `Cache-Control` replaces the backend's (a response that sets the session cookie must
 /// never be stored by a shared cache).
 pub fn relay_headers(headers: &mut HeaderMap, extra: &[(HeaderName, HeaderValue)]) {
-    let listed = connection_listed(headers);
-    for name in HOP_BY_HOP.iter().copied().filter(|n| *n != "host") {
-        headers.remove(name);
-    }
-    for name in listed {
+    for name in relay_removals(headers, extra) {
         headers.remove(name.as_str());
-    }
-    if extra.iter().any(|(name, _)| *name == CACHE_CONTROL) {
-        headers.remove(CACHE_CONTROL);
     }
     for (name, value) in extra {
         headers.append(name.clone(), value.clone());
     }
+}
+
+/// The fields [`relay_headers`] removes from a backend's response head (lowercase names),
+/// for a runtime that edits the head in place instead (a Worker's `Headers`, then appending
+/// `extra`): the hop-by-hop ones, those its `Connection` field lists, and `Cache-Control`
+/// when the gateway sets its own. Only the `Connection` field of `headers` is read.
+pub fn relay_removals(headers: &HeaderMap, extra: &[(HeaderName, HeaderValue)]) -> Vec<String> {
+    let mut names: Vec<String> = HOP_BY_HOP
+        .iter()
+        .filter(|n| **n != "host")
+        .map(|n| (*n).to_owned())
+        .collect();
+    names.extend(connection_listed(headers));
+    if extra.iter().any(|(name, _)| *name == CACHE_CONTROL) {
+        names.push(CACHE_CONTROL.as_str().to_owned());
+    }
+    names
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
 use portcullis_driver::token_cache::{CachedAuthenticator, TokenCache};
 use portcullis_driver::{
     RequestHead, Step, SystemEntropy, backend_answered, decide_refetching, decide_resuming, early,
-    refused_in_forward, relay_headers,
+    refused_in_forward, relay_removals,
 };
 use wasm_bindgen::JsValue;
 use worker::{Context, Env, Fetch, Request, Response, event};
@@ -401,35 +401,12 @@ async fn forward(
         std::time::Duration::from_secs_f64(((js_sys::Date::now() - started) / 1000.0).max(0.0));
     let status = resp.status_code();
     let upstream = web_sys::Response::from(resp);
-    let out =
-        web_sys::Headers::new().map_err(|_| (Reason::BackendUnavailable, "headers".into()))?;
-    let mut relayed = HeaderMap::new();
-    for entry in js_sys::try_iter(&upstream.headers())
-        .ok()
-        .flatten()
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let pair = js_sys::Array::from(&entry);
-        if let (Some(n), Some(v)) = (pair.get(0).as_string(), pair.get(1).as_string())
-            && let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(n.as_bytes()),
-                HeaderValue::from_str(&v),
-            )
-        {
-            relayed.append(name, value);
-        }
-    }
-    relay_headers(&mut relayed, &fwd.response_headers);
-    for (name, value) in &relayed {
-        if let Ok(v) = value.to_str() {
-            let _ = out.append(name.as_str(), v);
-        }
-    }
+    // The backend's head copied natively into a response of our own (a fetched response's
+    // headers are immutable), then edited in place: what `relay_headers` removes, removed;
+    // the gateway's own fields appended. Cheaper than carrying every field through Rust.
     let init = web_sys::ResponseInit::new();
     init.set_status(status);
-    init.set_headers(&out);
+    init.set_headers(&upstream.headers());
     let relayed =
         web_sys::Response::new_with_opt_readable_stream_and_init(upstream.body().as_ref(), &init)
             .map_err(|_| {
@@ -438,6 +415,21 @@ async fn forward(
                 "cannot relay the response".to_owned(),
             )
         })?;
+    let out = relayed.headers();
+    let mut connection = HeaderMap::new();
+    if let Ok(Some(listed)) = out.get("connection")
+        && let Ok(value) = HeaderValue::from_str(&listed)
+    {
+        connection.insert(http::header::CONNECTION, value);
+    }
+    for name in relay_removals(&connection, &fwd.response_headers) {
+        let _ = out.delete(&name);
+    }
+    for (name, value) in &fwd.response_headers {
+        if let Ok(v) = value.to_str() {
+            let _ = out.append(name.as_str(), v);
+        }
+    }
     Ok((Response::from(relayed), status, latency))
 }
 

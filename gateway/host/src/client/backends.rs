@@ -49,6 +49,16 @@ pub enum BackendOutcome {
     Other,
 }
 
+/// Drops the fields a backend's response lists in its `Connection` field (RFC 9110 §7.6.1)
+/// before the response is handed to a `wasi:http` guest: `wasi:http` withholds `Connection`
+/// itself (a forbidden field), so the guest could not tell which fields it listed, and a
+/// field meant for this one connection would reach the client.
+pub fn drop_connection_listed<B>(response: &mut http::Response<B>) {
+    for name in portcullis_core::decision::connection_listed(response.headers()) {
+        response.headers_mut().remove(name.as_str());
+    }
+}
+
 /// Bytes of a body, for host-generated responses.
 pub fn full_body(bytes: impl Into<Bytes>) -> wasmtime_wasi_http::p2::body::HyperOutgoingBody {
     http_body_util::Full::new(bytes.into())

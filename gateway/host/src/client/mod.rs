@@ -13,7 +13,9 @@ use std::net::IpAddr;
 use portcullis_core::config::{ClientConfig, SiteVerify};
 use portcullis_core::{BackendId, IssuerId};
 
-pub use backends::{BackendClient, BackendOutcome, backend_client, full_body};
+pub use backends::{
+    BackendClient, BackendOutcome, backend_client, drop_connection_listed, full_body,
+};
 pub use wit::ClientHost;
 
 use crate::keys::KeyService;

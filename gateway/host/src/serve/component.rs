@@ -215,7 +215,10 @@ impl WasiHttpHooks for Outbound {
                     done(BackendOutcome::Other, None);
                     return Err(HttpError::InternalError(Some(e.to_string())));
                 }
-                Ok(Ok(r)) => r,
+                Ok(Ok(mut r)) => {
+                    crate::client::drop_connection_listed(&mut r);
+                    r
+                }
             };
             done(BackendOutcome::Answered, Some(response.status().as_u16()));
             let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());

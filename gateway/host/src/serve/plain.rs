@@ -74,7 +74,10 @@ impl WasiHttpHooks for AnyOutbound {
                 Err(_) => return Err(HttpError::ConnectionReadTimeout),
                 Ok(Err(e)) if e.is_connect() => return Err(HttpError::ConnectionRefused),
                 Ok(Err(e)) => return Err(HttpError::InternalError(Some(e.to_string()))),
-                Ok(Ok(r)) => r,
+                Ok(Ok(mut r)) => {
+                    crate::client::drop_connection_listed(&mut r);
+                    r
+                }
             };
             let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());
             let done: ResponseFuture = Box::new(async { Ok(()) });
