@@ -91,6 +91,21 @@ pub struct KeyEntry<K> {
 pub struct KeySet<K> {
     entries: Vec<KeyEntry<K>>,
     skipped: Vec<SkippedKey>,
+    /// [`KeySet::fingerprint`], computed once when the set is prepared (a verified-token
+    /// cache compares it on every lookup).
+    fingerprint: [u8; 32],
+}
+
+/// SHA-256 over `entries` in order (see [`KeySet::fingerprint`]).
+fn fingerprint_of<K>(entries: &[KeyEntry<K>]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    for entry in entries {
+        let bytes = postcard::to_allocvec(&entry.jwk).unwrap_or_default();
+        hash.update(u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_be_bytes());
+        hash.update(&bytes);
+    }
+    hash.finalize().into()
 }
 
 /// Why no key of a set can verify a token.
@@ -119,7 +134,12 @@ impl<K> KeySet<K> {
                 }),
             }
         }
-        Self { entries, skipped }
+        let fingerprint = fingerprint_of(&entries);
+        Self {
+            entries,
+            skipped,
+            fingerprint,
+        }
     }
 
     /// SHA-256 over the usable keys in order (each one's `kid`, metadata and material, as
@@ -127,14 +147,7 @@ impl<K> KeySet<K> {
     /// removed or changed gives another. What a shared verified-token entry names
     /// ([`crate::verified`]).
     pub fn fingerprint(&self) -> [u8; 32] {
-        use sha2::Digest as _;
-        let mut hash = sha2::Sha256::new();
-        for entry in &self.entries {
-            let bytes = postcard::to_allocvec(&entry.jwk).unwrap_or_default();
-            hash.update(u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_be_bytes());
-            hash.update(&bytes);
-        }
-        hash.finalize().into()
+        self.fingerprint
     }
 
     /// The usable keys.
