@@ -129,10 +129,10 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::cell::{Cell, RefCell};
 
-    use portcullis_core::config::MapFiles;
     use portcullis_core::{FetchKind, IssuerId, PortableVerifier};
 
     use super::*;
+    use crate::test_support::block_on;
 
     const CONFIG: &str = r#"
 [[issuer]]
@@ -190,25 +190,13 @@ subject_key_file = "audit.key"
         }
     }
 
-    fn block_on<F: Future>(f: F) -> F::Output {
-        let mut f = std::pin::pin!(f);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        loop {
-            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-        }
-    }
-
     fn store(
         now: Timestamp,
     ) -> (
         RefCell<KeyStore<portcullis_core::crypto::PortableKey>>,
         Documents,
     ) {
-        let files =
-            MapFiles::default().with("audit.key", "IeHXWDgy6jrX73GKOsdqlvhYzS_ZGdGPi97mTse-k6Q");
-        let config = portcullis_core::config::load(CONFIG, "test", &files).expect("config");
+        let config = crate::test_support::config(CONFIG);
         let keys = RefCell::new(KeyStore::new(&config, &PortableVerifier));
         let docs = Documents {
             fetched: RefCell::new(Vec::new()),

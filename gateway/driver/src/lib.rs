@@ -31,6 +31,8 @@ pub mod keys;
 mod records;
 mod respond;
 mod runtime;
+#[cfg(test)]
+mod test_support;
 pub mod token_cache;
 
 pub use head::RequestHead;

@@ -234,13 +234,13 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::cell::RefCell;
 
-    use portcullis_core::config::MapFiles;
     use portcullis_core::crypto::{KeyError, PortableKey};
     use portcullis_core::{Config, FetchRequest, PortableVerifier};
     use serde_json::json;
 
     use super::*;
     use crate::keys::{Document, DocumentSource, refresh};
+    use crate::test_support::block_on;
 
     const CONFIG: &str = r#"
 [[issuer]]
@@ -311,16 +311,6 @@ subject_key_file = "audit.key"
         }
     }
 
-    fn block_on<F: Future>(f: F) -> F::Output {
-        let mut f = std::pin::pin!(f);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        loop {
-            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-        }
-    }
-
     /// The portable verifier, but asking the platform to check signatures first (as the
     /// worker's WebCrypto path does).
     struct PlatformFirst;
@@ -350,9 +340,7 @@ subject_key_file = "audit.key"
 
     impl World {
         fn new(kp: &ed25519_compact::KeyPair) -> Self {
-            let files = MapFiles::default()
-                .with("audit.key", "IeHXWDgy6jrX73GKOsdqlvhYzS_ZGdGPi97mTse-k6Q");
-            let config = portcullis_core::config::load(CONFIG, "test", &files).expect("config");
+            let config = crate::test_support::config(CONFIG);
             let keys = RefCell::new(KeyStore::new(&config, &PlatformFirst));
             let w = Self {
                 config,
