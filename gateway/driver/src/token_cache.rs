@@ -59,12 +59,13 @@ impl TokenCache {
         }
     }
 
-    /// Lookups that found a live token verified under the issuer's current key set.
+    /// Tokens a request found live and verified under the issuer's current key set
+    /// (counted once per request and token).
     pub fn hits(&self) -> u64 {
         self.hits.get()
     }
 
-    /// Lookups that did not (the token was then verified).
+    /// Tokens a request did not find (then verified).
     pub fn misses(&self) -> u64 {
         self.misses.get()
     }
@@ -127,17 +128,43 @@ impl TokenCache {
     }
 }
 
+/// What the cache answered for the tokens of one request. A decision that waits (for a
+/// WebCrypto check, a state operation) runs again from the start when it resumes, and must
+/// be asked the same things each time: so the first lookup of a token decides for the rest
+/// of the request, whatever the request itself or others running meanwhile put into the
+/// cache or pushed out of it.
+#[derive(Default)]
+pub struct RequestTokens(RefCell<Vec<([u8; 32], Option<VerifiedIdentity>)>>);
+
 /// A [`LocalAuthenticator`] that answers from a [`TokenCache`] first: a cached token
 /// needs no signature check (so a decision on a platform that checks signatures
-/// asynchronously does not wait), and a token it verifies is kept.
+/// asynchronously does not wait), and a token it verifies is kept for later requests.
 pub struct CachedAuthenticator<'a, V: SignatureVerifier> {
     /// Verifies what the cache does not hold.
     pub inner: LocalAuthenticator<'a, V>,
     /// The cache.
     pub cache: &'a TokenCache,
+    /// This request's answers (one per request, kept across the runs of its decision).
+    pub request: &'a RequestTokens,
 }
 
 impl<V: SignatureVerifier> CachedAuthenticator<'_, V> {
+    /// The identity the cache holds for `digest`, as first answered in this request.
+    fn looked_up(&self, digest: [u8; 32], now: Timestamp) -> Option<VerifiedIdentity> {
+        if let Some((_, answer)) = self.request.0.borrow().iter().find(|(d, _)| *d == digest) {
+            return answer.clone();
+        }
+        let answer = self.cache.lookup(&digest, self.inner.keys, now);
+        let counter = if answer.is_some() {
+            &self.cache.hits
+        } else {
+            &self.cache.misses
+        };
+        counter.set(counter.get() + 1);
+        self.request.0.borrow_mut().push((digest, answer.clone()));
+        answer
+    }
+
     /// The cached identity of `token`, refused if the route does not accept its issuer.
     fn cached(
         &self,
@@ -145,9 +172,7 @@ impl<V: SignatureVerifier> CachedAuthenticator<'_, V> {
         route_issuers: &[IssuerId],
         now: Timestamp,
     ) -> Option<Result<VerifiedIdentity, AuthFailure>> {
-        let identity = self
-            .cache
-            .lookup(&token_digest(token), self.inner.keys, now)?;
+        let identity = self.looked_up(token_digest(token), now)?;
         if !route_issuers.is_empty() && !route_issuers.contains(&identity.issuer) {
             return Some(Err(AuthFailure::new(
                 Reason::IssuerUnknown,
@@ -167,10 +192,8 @@ impl<V: SignatureVerifier> Authenticator for CachedAuthenticator<'_, V> {
         now: Timestamp,
     ) -> Result<VerifiedIdentity, AuthFailure> {
         if let Some(cached) = self.cached(token, route_issuers, now) {
-            self.cache.hits.set(self.cache.hits.get() + 1);
             return cached;
         }
-        self.cache.misses.set(self.cache.misses.get() + 1);
         let identity = self.inner.authenticate(token, route_issuers, now)?;
         let skew = self
             .inner
@@ -204,7 +227,7 @@ impl<V: SignatureVerifier> Authenticator for CachedAuthenticator<'_, V> {
         route_issuers: &[IssuerId],
         now: Timestamp,
     ) -> Option<SignatureCheck> {
-        // A cached token is answered without one (looked up again by `authenticate`).
+        // A cached token is answered without one (`authenticate` gets the same answer).
         if self.cached(token, route_issuers, now).is_some() {
             return None;
         }
@@ -366,7 +389,12 @@ subject_key_file = "audit.key"
             ));
         }
 
-        fn auth<R>(&self, f: impl FnOnce(&CachedAuthenticator<'_, PlatformFirst>) -> R) -> R {
+        /// One step of `request`'s decision.
+        fn step<R>(
+            &self,
+            request: &RequestTokens,
+            f: impl FnOnce(&CachedAuthenticator<'_, PlatformFirst>) -> R,
+        ) -> R {
             let keys = self.keys.borrow();
             let auth = CachedAuthenticator {
                 inner: LocalAuthenticator {
@@ -375,8 +403,22 @@ subject_key_file = "audit.key"
                     verifier: &PlatformFirst,
                 },
                 cache: &self.cache,
+                request,
             };
             f(&auth)
+        }
+
+        /// A request of its own.
+        fn auth<R>(&self, f: impl FnOnce(&CachedAuthenticator<'_, PlatformFirst>) -> R) -> R {
+            self.step(&RequestTokens::default(), f)
+        }
+
+        fn rotate(&self, to: &ed25519_compact::KeyPair) {
+            *self.docs.jwks.borrow_mut() = jwks(to);
+            self.keys
+                .borrow_mut()
+                .request_refetch(IssuerId(0), Timestamp::from_unix_secs(T0));
+            self.refresh();
         }
 
         fn authenticate(&self, token: &str, at: u64) -> Result<VerifiedIdentity, AuthFailure> {
@@ -391,13 +433,25 @@ subject_key_file = "audit.key"
         let t = token(&kp, T0 + 600);
         let now = Timestamp::from_unix_secs(T0);
         // Not cached yet: the platform is asked to check the signature.
-        assert!(w.auth(|a| a.signature_check(&t, &[], now)).is_some());
-        let first = w.authenticate(&t, T0).unwrap();
+        let (check, first) = w.auth(|a| {
+            (
+                a.signature_check(&t, &[], now),
+                a.authenticate(&t, &[], now).unwrap(),
+            )
+        });
+        assert!(check.is_some());
         assert_eq!(first.subject.as_deref(), Some("alice"));
         assert_eq!((w.cache.hits(), w.cache.misses(), w.cache.len()), (0, 1, 1));
         // Cached: no platform check, the same identity.
-        assert!(w.auth(|a| a.signature_check(&t, &[], now)).is_none());
-        assert_eq!(w.authenticate(&t, T0 + 1).unwrap(), first);
+        let later = Timestamp::from_unix_secs(T0 + 1);
+        let (check, again) = w.auth(|a| {
+            (
+                a.signature_check(&t, &[], later),
+                a.authenticate(&t, &[], later).unwrap(),
+            )
+        });
+        assert!(check.is_none());
+        assert_eq!(again, first);
         assert_eq!((w.cache.hits(), w.cache.misses()), (1, 1));
         // The route's issuers still apply to a cached token.
         let other = w
@@ -440,13 +494,41 @@ subject_key_file = "audit.key"
         let t = token(&kp, T0 + 600);
         w.authenticate(&t, T0).unwrap();
         // The issuer rotates to another key under the same `kid`.
-        *w.docs.jwks.borrow_mut() = jwks(&key(2));
-        w.keys
-            .borrow_mut()
-            .request_refetch(IssuerId(0), Timestamp::from_unix_secs(T0));
-        w.refresh();
+        w.rotate(&key(2));
         let f = w.authenticate(&t, T0 + 1).unwrap_err();
         assert_eq!(f.reason, Reason::SignatureInvalid);
         assert_eq!(w.cache.hits(), 0);
+    }
+
+    #[test]
+    fn a_requests_answer_holds_while_its_decision_runs() {
+        let kp = key(1);
+        let w = World::new(&kp);
+        let t = token(&kp, T0 + 600);
+        let now = Timestamp::from_unix_secs(T0);
+        // Request A asks for a platform check and waits; meanwhile request B verifies the
+        // same token. A resumes: it is asked the same thing again, and verifies.
+        let a = RequestTokens::default();
+        assert!(w.step(&a, |x| x.signature_check(&t, &[], now)).is_some());
+        w.auth(|x| x.authenticate(&t, &[], now)).unwrap();
+        assert!(w.step(&a, |x| x.signature_check(&t, &[], now)).is_some());
+        w.step(&a, |x| x.authenticate(&t, &[], now)).unwrap();
+        // Request C finds it cached; the issuer's keys rotate while C waits for something
+        // else: C keeps its answer, a new request checks the token again.
+        let c = RequestTokens::default();
+        assert!(w.step(&c, |x| x.signature_check(&t, &[], now)).is_none());
+        w.rotate(&key(2));
+        assert!(w.step(&c, |x| x.signature_check(&t, &[], now)).is_none());
+        assert_eq!(
+            w.step(&c, |x| x.authenticate(&t, &[], now))
+                .unwrap()
+                .subject
+                .as_deref(),
+            Some("alice")
+        );
+        let f = w.authenticate(&t, T0).unwrap_err();
+        assert_eq!(f.reason, Reason::SignatureInvalid);
+        // Counted once per request and token: A and B missed, C hit, the last one missed.
+        assert_eq!((w.cache.hits(), w.cache.misses()), (1, 3));
     }
 }

@@ -21,7 +21,7 @@ use portcullis_core::{
 };
 use portcullis_driver::keycache::{self, StoredDocument, store_key};
 use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
-use portcullis_driver::token_cache::{CachedAuthenticator, TokenCache};
+use portcullis_driver::token_cache::{CachedAuthenticator, RequestTokens, TokenCache};
 use portcullis_driver::{
     RequestHead, Step, SystemEntropy, backend_answered, decide_refetching, decide_resuming, early,
     refused_in_forward, relay_removals,
@@ -476,6 +476,8 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     isolate.plugins.set_now_ms(now.unix_millis());
     refresh_keys(&isolate, &env, now).await;
     let request = parts.parts(&body);
+    // What the token cache answered this request, kept across the runs of its decision.
+    let tokens = RequestTokens::default();
     let decide = || {
         let step = |resume: Option<(Suspended, Answer)>| {
             let keys = isolate.keys.borrow();
@@ -492,6 +494,7 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
                     cached = CachedAuthenticator {
                         inner: local,
                         cache,
+                        request: &tokens,
                     };
                     &cached
                 }
