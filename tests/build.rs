@@ -30,7 +30,7 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-    let out = root.join("target/component/wasm32-wasip2/release");
+    let out = wasm_out(&root.join("target/component"));
     // Under clippy (a check build) nothing runs: reuse what an earlier build produced.
     let built = PLUGINS
         .iter()

@@ -21,7 +21,7 @@ use serde_json::json;
 
 fn plugin(name: &str) -> String {
     repo_root()
-        .join("target/component/wasm32-wasip2/release")
+        .join("target/component/wasm32-wasip2/edge")
         .join(format!("{}.wasm", name.replace('-', "_")))
         .display()
         .to_string()

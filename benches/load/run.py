@@ -647,7 +647,7 @@ def measure_serial(proc, port, lua, args):
 def edge_plugin_config(work, backend_port, with_plugin):
     """A public route, with the ip-reputation example plugin on it when `with_plugin` (a
     deny list the load's 127.0.0.1 is not on: every call runs the lookup and allows)."""
-    wasm = ROOT / "target/component/wasm32-wasip2/release/ip_reputation.wasm"
+    wasm = ROOT / "target/component/wasm32-wasip2/edge/ip_reputation.wasm"
     if with_plugin and not wasm.exists():
         sys.exit(f"{wasm} is missing: `cargo build -p portcullis` builds the example plugins")
     plugin = (f'[plugin.ip-reputation]\npath = "{wasm}"\n'

@@ -45,7 +45,7 @@ fn main() {
         .unwrap_or("unknown");
     println!("cargo:rustc-env=PORTCULLIS_WIT_PACKAGE={package}");
     println!("cargo:rustc-env=PORTCULLIS_GIT_REV={}", git_revision(&root));
-    let built = target_dir.join("wasm32-wasip2/release");
+    let built = wasm_out(&target_dir);
     let outputs = [
         "portcullis_component.wasm",
         "portcullis_providers.wasm",
@@ -70,7 +70,7 @@ fn main() {
     // The providers again with 128-bit multiplies (`portcullis bundle --wide-arithmetic`):
     // signature checks in the bundle run about twice as fast where the runtime supports the
     // wide-arithmetic proposal (serve-wasm does).
-    let wide = root.join("target/component-wide/wasm32-wasip2/release/portcullis_providers.wasm");
+    let wide = wasm_out(&root.join("target/component-wide")).join("portcullis_providers.wasm");
     if !(std::env::var_os("CLIPPY_ARGS").is_some() && wide.exists()) {
         build_wasm_with(
             &root,

@@ -43,7 +43,17 @@ fn ensure_target(target: &str, tty: &mut Option<std::fs::File>) {
     }
 }
 
-/// Builds `packages` in release mode for wasm32-wasip2 into `<root>/target/component`;
+/// The cargo profile of the wasm builds (`[profile.edge]` in the workspace manifest: sized
+/// for the edge, signature checks at full speed).
+const WASM_PROFILE: &str = "edge";
+
+/// Where a wasm build into `target_dir` puts its `.wasm` files.
+#[allow(dead_code)]
+fn wasm_out(target_dir: &std::path::Path) -> std::path::PathBuf {
+    target_dir.join("wasm32-wasip2").join(WASM_PROFILE)
+}
+
+/// Builds `packages` with the edge profile for wasm32-wasip2 into `<root>/target/component`;
 /// returns the directory holding the `.wasm` files. On a terminal, the nested cargo's own
 /// progress is shown (it would otherwise be minutes of silence on a first build).
 fn build_wasm(root: &std::path::Path, packages: &[&str]) -> std::path::PathBuf {
@@ -63,10 +73,11 @@ fn build_wasm_with(
     let mut tty = terminal();
     ensure_target("wasm32-wasip2", &mut tty);
     let target_dir = root.join(target_dir);
-    let out = target_dir.join("wasm32-wasip2/release");
+    let out = wasm_out(&target_dir);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
-    cmd.current_dir(root).args(["build", "--release", "--locked"]);
+    cmd.current_dir(root)
+        .args(["build", "--profile", WASM_PROFILE, "--locked"]);
     for p in packages {
         cmd.args(["-p", p]);
     }

@@ -605,7 +605,7 @@ subject_key_file = "audit.key"
     ]));
     assert!(!ok && text.contains("NOT A PLUGIN"), "{text}");
     let gateway_component =
-        repo_root().join("target/component/wasm32-wasip2/release/portcullis_component.wasm");
+        Path::new(env!("PORTCULLIS_PLUGIN_DIR")).join("portcullis_component.wasm");
     let (ok, text) = run(Command::new(binary())
         .arg("plugin")
         .arg("check")

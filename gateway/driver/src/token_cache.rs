@@ -136,6 +136,14 @@ impl TokenCache {
 #[derive(Default)]
 pub struct RequestTokens(RefCell<Vec<([u8; 32], Option<VerifiedIdentity>)>>);
 
+impl RequestTokens {
+    /// Whether the cache answered a token of this request with an identity it held
+    /// (verified earlier, so checked without a signature check).
+    pub fn answered_from_cache(&self) -> bool {
+        self.0.borrow().iter().any(|(_, answer)| answer.is_some())
+    }
+}
+
 /// A [`LocalAuthenticator`] that answers from a [`TokenCache`] first: a cached token
 /// needs no signature check (so a decision on a platform that checks signatures
 /// asynchronously does not wait), and a token it verifies is kept for later requests.
@@ -453,6 +461,19 @@ subject_key_file = "audit.key"
         assert!(check.is_none());
         assert_eq!(again, first);
         assert_eq!((w.cache.hits(), w.cache.misses()), (1, 1));
+        // Each request knows whether the cache answered it, whatever others did.
+        let (verified, hit, idle) = (
+            RequestTokens::default(),
+            RequestTokens::default(),
+            RequestTokens::default(),
+        );
+        let t2 = token(&kp, T0 + 700);
+        w.step(&verified, |a| a.authenticate(&t2, &[], later))
+            .unwrap();
+        w.step(&hit, |a| a.authenticate(&t, &[], later)).unwrap();
+        assert!(!verified.answered_from_cache());
+        assert!(hit.answered_from_cache());
+        assert!(!idle.answered_from_cache());
         // The route's issuers still apply to a cached token.
         let other = w
             .auth(|a| a.authenticate(&t, &[IssuerId(3)], now))

@@ -139,6 +139,12 @@ enum Command {
         /// restores it from the embedded snapshot (more CPU per request; for comparison).
         #[arg(long)]
         no_pre_init: bool,
+        /// Keep the names of functions and items (the `name` custom sections): a trap's
+        /// backtrace then names the functions it passed through. Without it they are
+        /// dropped, with any DWARF, and backtraces give function indices; the bundle is
+        /// otherwise the same.
+        #[arg(long)]
+        keep_names: bool,
     },
     /// Write the validated configuration as a snapshot for the Cloudflare Worker
     /// (`gateway/worker`): base64url text for its `PORTCULLIS_SNAPSHOT` secret. Key sets are
@@ -491,6 +497,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             bake_keys,
             wide_arithmetic,
             no_pre_init,
+            keep_names,
         } => {
             let mut loaded = match load_config_file(&config) {
                 Ok(l) => l,
@@ -532,11 +539,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
             )
             .await?;
-            std::fs::write(&output, &bundle.wasm)?;
+            let wasm = if keep_names {
+                bundle.wasm
+            } else {
+                portcullis_host::tools::strip::strip_debug_names(&bundle.wasm)?.0
+            };
+            std::fs::write(&output, &wasm)?;
             println!(
                 "{}: {} KB, {} plugin(s), imports {} (all wasi:*){}; key sets baked in: {} (others fetched at run time)",
                 output.display(),
-                bundle.wasm.len().div_ceil(1024),
+                wasm.len().div_ceil(1024),
                 plugins.len(),
                 bundle.imports.len(),
                 if wide_arithmetic {

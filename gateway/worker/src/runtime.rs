@@ -476,8 +476,10 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     isolate.plugins.set_now_ms(now.unix_millis());
     refresh_keys(&isolate, &env, now).await;
     let request = parts.parts(&body);
-    // What the token cache answered this request, kept across the runs of its decision.
+    // What the token cache answered this request and the platform's verdicts on its
+    // signatures, kept across the runs of its decision and apart from other requests'.
     let tokens = RequestTokens::default();
+    let verifier = isolate.verifier.for_request();
     let decide = || {
         let step = |resume: Option<(Suspended, Answer)>| {
             let keys = isolate.keys.borrow();
@@ -486,7 +488,7 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
             let local = LocalAuthenticator {
                 config: gateway.config(),
                 keys: &keys,
-                verifier: &isolate.verifier,
+                verifier: &verifier,
             };
             let cached;
             let auth: &dyn portcullis_core::Authenticator = match &isolate.tokens {
@@ -527,7 +529,6 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     // A token that names a key the set lacks: one refetch, then decide again — at most
     // once per `jwks_unknown_kid_interval` in this isolate, and across isolates too when
     // the shared state is bound (a one-time key per issuer).
-    let hits_before = isolate.tokens.as_ref().map_or(0, TokenCache::hits);
     let decision = decide_refetching(decide, async |issuer| {
         let granted = isolate.keys.borrow_mut().request_refetch(issuer, now);
         if !granted {
@@ -552,9 +553,9 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     .await;
     // How the token was checked: by WebCrypto, in pure Rust, or not at all (verified by an
     // earlier request of this isolate).
-    let cache_hit = isolate.tokens.as_ref().map_or(0, TokenCache::hits) > hits_before;
-    let signature_check = isolate.verifier.used().or(cache_hit.then_some("cached"));
-    isolate.verifier.clear();
+    let signature_check = verifier
+        .used()
+        .or(tokens.answered_from_cache().then_some("cached"));
     let mut audit = decision.audit;
     let (response, status) = match decision.outcome {
         Outcome::Respond(r) => (answer(&r)?, r.status.as_u16()),

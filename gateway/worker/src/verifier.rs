@@ -50,18 +50,16 @@ impl WorkerVerifier {
         }
     }
 
-    /// Forgets every recorded check (called at the end of each request).
-    pub fn clear(&self) {
-        if let Ok(mut c) = self.checked.lock() {
-            c.clear();
-        }
-        if let Ok(mut u) = self.used.lock() {
-            *u = None;
-        }
+    /// A verifier for one request, with the same settings and nothing recorded: the
+    /// platform's verdicts and which path checked a signature belong to the request that
+    /// asked (an isolate runs requests interleaved at every await, so a verifier shared by
+    /// the isolate would hand one request's records to another).
+    pub fn for_request(&self) -> Self {
+        Self::new(self.webcrypto)
     }
 
-    /// How the last signature since [`clear`](Self::clear) was checked: `"webcrypto"`
-    /// (the platform's verdict) or `"portable"` (pure Rust); `None` if none was.
+    /// How the last signature this verifier checked was checked: `"webcrypto"` (the
+    /// platform's verdict) or `"portable"` (pure Rust); `None` if none was.
     pub fn used(&self) -> Option<&'static str> {
         self.used.lock().ok().and_then(|u| *u)
     }
@@ -167,9 +165,12 @@ mod tests {
         assert_eq!(v.used(), Some("portable"));
         assert!(v.verify(Algorithm::EdDSA, &other, b"msg", &other_sig));
         assert_eq!(v.used(), Some("portable"));
-        v.clear();
-        assert_eq!(v.used(), None);
-        assert!(v.verify(Algorithm::EdDSA, &key, b"msg", &sig));
-        assert_eq!(v.fallbacks(), 4);
+        assert_eq!(v.fallbacks(), 3);
+        // Another request's verifier has none of this one's records.
+        let next = v.for_request();
+        assert_eq!(next.used(), None);
+        assert!(next.verify(Algorithm::EdDSA, &key, b"msg", &sig));
+        assert_eq!(next.used(), Some("portable"));
+        assert_eq!(v.used(), Some("portable"));
     }
 }

@@ -7,4 +7,5 @@ pub mod offline;
 pub mod plugin;
 pub mod preinit;
 pub mod scenario;
+pub mod strip;
 pub mod worker_plugins;
