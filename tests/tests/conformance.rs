@@ -654,7 +654,8 @@ fn the_matrix_holds_in_the_edge_bundle_under_a_plain_wasi_http_host() {
 /// instance that had to restore the configuration itself would fail every request (the
 /// matrix above passes only if it never has to). Bundling the same configuration again
 /// gives the same bytes, and a bundle built with `--no-pre-init` (each instance restores
-/// the configuration from the snapshot it carries) answers the same matrix.
+/// the configuration from the snapshot it carries) answers the same matrix. Function names
+/// are left out of a bundle unless `--keep-names` asks for them.
 #[test]
 fn pre_initialized_bundles_are_reproducible_and_answer_like_bundles_restored_per_instance() {
     let w = world();
@@ -665,6 +666,15 @@ fn pre_initialized_bundles_are_reproducible_and_answer_like_bundles_restored_per
     assert!(
         bytes == std::fs::read(&again.wasm).unwrap(),
         "two bundles of one configuration differ"
+    );
+    // Names are left out unless asked for, and are all that `--keep-names` changes.
+    let named = portcullis_tests::host::bundle_with(&text, &[], &["--keep-names"]);
+    let named_bytes = std::fs::read(&named.wasm).unwrap();
+    let (stripped, what) = portcullis_host::tools::strip::strip_debug_names(&named_bytes).unwrap();
+    assert!(what.sections > 0 && what.bytes > 100_000, "{what:?}");
+    assert!(
+        stripped == bytes,
+        "the default bundle is not the named one without its names"
     );
     let plain = portcullis_tests::host::bundle_with(&text, &[], &["--no-pre-init"]);
     let plain_bytes = std::fs::read(&plain.wasm).unwrap();
