@@ -2,8 +2,10 @@
 //! `jwks.json`, `repeated-es256.txt`, `repeated-rs256.txt` (one token each),
 //! `unique-es256.txt`, `unique-rs256.txt` (N distinct valid tokens each) and
 //! `invalid.txt` (N well-formed ES256 tokens with a valid key id but a wrong signature) and
-//! `churn-es256.txt` (CHURN distinct valid tokens, default N: the verified-token cache's
-//! churn workload, where every request brings a token never seen before).
+//! `churn-es256.txt` (CHURN distinct valid tokens, default N, each on two lines in a row:
+//! the verified-token cache's churn workload, where every other request brings a token
+//! never seen before and the next one sends it again, so that the cache, which keeps a
+//! token from its second verification on, fills and evicts).
 //!
 //! `unique-es256.txt` holds UNIQUE tokens (default N): enough that no token of a unique
 //! workload is sent twice to one gateway, warm-up included.
@@ -96,7 +98,13 @@ fn main() {
             .collect(),
     );
     // A million signatures for the churn workload, users after the unique ones.
-    write("churn-es256.txt", signed(unique.max(n), churn));
+    write(
+        "churn-es256.txt",
+        signed(unique.max(n), churn)
+            .into_iter()
+            .flat_map(|t| [t.clone(), t])
+            .collect(),
+    );
     println!(
         "wrote {unique} unique ES256 tokens, {n} per other set and {churn} churn tokens to {}",
         dir.display()

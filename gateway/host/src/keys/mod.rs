@@ -309,7 +309,7 @@ impl KeyService {
             .issuers
             .get(id.issuer.0)
             .map_or(0.0, |i| i.clock_skew.as_secs_f64());
-        self.cache.insert(
+        self.cache.offer(
             key,
             id.issuer,
             claims.clone(),
@@ -449,6 +449,11 @@ impl KeyService {
             "token_cache_misses",
             "Verified-token cache misses",
             counter(&self.cache.misses),
+        );
+        scrape.add(
+            "token_cache_first_sightings",
+            "Verified tokens not kept because it was their first verification (kept from the second)",
+            counter(&self.cache.first_sightings),
         );
         let entries = Gauge::<i64>::default();
         entries.set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));

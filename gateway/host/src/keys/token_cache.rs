@@ -5,6 +5,12 @@
 //! Built on [`moka`]: lock-striped reads and writes, a TinyLFU admission policy (a burst of
 //! one-off tokens does not push out the tokens in steady use) and per-entry expiry, so a
 //! full cache never scans and an expired entry is gone without a lookup.
+//!
+//! A token is kept from its second verification on ([`offer`](TokenCache::offer)): the
+//! first only leaves its fingerprint in a fixed table (8 bytes a slot). Clients that mint
+//! a token per call — common for machine clients — would otherwise fill the cache with
+//! entries (about 600 bytes each with their claims) that are never read again; a token in
+//! steady use costs one extra signature check over its lifetime.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,7 +59,12 @@ impl Expiry<[u8; 32], Cached> for UntilValid {
 /// The cache.
 pub struct TokenCache {
     entries: Option<Cache<[u8; 32], Cached>>,
+    /// Fingerprints of tokens verified once: a slot per token (direct-mapped, a newer
+    /// token overwrites an older one), so the table never grows.
+    seen: Box<[AtomicU64]>,
     generation: AtomicU64,
+    /// Verified tokens not kept because this was their first verification, for metrics.
+    pub first_sightings: AtomicU64,
     /// Hits, for metrics.
     pub hits: AtomicU64,
     /// Misses, for metrics.
@@ -86,9 +97,17 @@ impl TokenCache {
                 .expire_after(UntilValid)
                 .build()
         });
+        // A slot per cache entry or more (a power of two: the slot is a mask of the key).
+        let slots = if capacity == 0 {
+            0
+        } else {
+            capacity.clamp(1024, 1 << 24).next_power_of_two()
+        };
         Self {
             entries,
+            seen: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             generation: AtomicU64::new(0),
+            first_sightings: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -115,6 +134,45 @@ impl TokenCache {
     /// [`insert`](Self::insert).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Offers a token verified against the key sets of `generation`: kept as
+    /// [`insert`](Self::insert) keeps it if this is at least its second verification, else
+    /// only its fingerprint is noted. True when it was kept.
+    pub fn offer(
+        &self,
+        key: [u8; 32],
+        issuer: IssuerId,
+        claims: Arc<str>,
+        valid_until: f64,
+        generation: u64,
+    ) -> bool {
+        if self.entries.is_none() {
+            return false;
+        }
+        if !self.seen_before(&key) {
+            self.first_sightings.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.insert(key, issuer, claims, valid_until, generation);
+        true
+    }
+
+    /// Notes `key` as verified; true if its fingerprint was already there. The key is a
+    /// SHA-256 digest: its first 8 bytes are the fingerprint (never 0, the empty slot), the
+    /// next 8 choose the slot.
+    fn seen_before(&self, key: &[u8; 32]) -> bool {
+        let word = |at: usize| {
+            key.get(at..at + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        let fingerprint = word(0) | 1;
+        let mask = self.seen.len().saturating_sub(1) as u64;
+        let slot = usize::try_from(word(8) & mask).unwrap_or(0);
+        self.seen
+            .get(slot)
+            .is_some_and(|s| s.swap(fingerprint, Ordering::Relaxed) == fingerprint)
     }
 
     /// Remembers a token verified against the key sets of `generation`; dropped when the
@@ -287,6 +345,45 @@ mod tests {
         }
         assert!(cache.len() <= 64, "bounded: {}", cache.len());
         assert!(cache.get(&hot, t).is_some(), "the token in use was evicted");
+    }
+
+    #[test]
+    fn a_token_is_kept_from_its_second_verification_on() {
+        let cache = TokenCache::new(64);
+        let claims: Arc<str> = Arc::from("{}");
+        let t = unix_now();
+        let offer = |name: &str| {
+            cache.offer(
+                token_key(name),
+                IssuerId(0),
+                claims.clone(),
+                t + 600.0,
+                cache.generation(),
+            )
+        };
+        assert!(!offer("a"), "kept on its first verification");
+        assert!(cache.get(&token_key("a"), t).is_none());
+        assert!(offer("a"));
+        assert!(cache.get(&token_key("a"), t).is_some());
+        // A key-set change drops the entries, not the sightings: the next verification of a
+        // token in use is kept at once.
+        cache.invalidate();
+        assert!(cache.get(&token_key("a"), t).is_none());
+        assert!(offer("a"));
+        // A flood of one-off tokens leaves the cache empty, the table its fixed size.
+        for i in 0..10_000 {
+            assert!(!offer(&format!("one-off {i}")));
+        }
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.seen.len(), 1024);
+        assert_eq!(cache.first_sightings.load(Ordering::Relaxed), 10_001);
+        assert!(cache.get(&token_key("a"), t).is_some());
+        // A disabled cache keeps nothing and notes nothing.
+        let off = TokenCache::new(0);
+        for _ in 0..2 {
+            assert!(!off.offer(token_key("a"), IssuerId(0), claims.clone(), t + 600.0, 0));
+        }
+        assert_eq!(off.first_sightings.load(Ordering::Relaxed), 0);
     }
 
     #[test]
