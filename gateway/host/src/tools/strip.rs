@@ -36,14 +36,14 @@ fn is_debug_section(name: &str) -> bool {
 }
 
 fn strip_into(wasm: &[u8], out: &mut Vec<u8>, stripped: &mut Stripped) -> anyhow::Result<()> {
-    let Some((preamble, mut rest)) = wasm.split_at_checked(PREAMBLE) else {
+    let Some((preamble, mut rest)) = wasm.split_first_chunk::<PREAMBLE>() else {
         bail!("not a wasm binary: {} bytes", wasm.len());
     };
-    if &preamble[..4] != b"\0asm" {
+    let [b'\0', b'a', b's', b'm', _, _, layer_low, layer_high] = *preamble else {
         bail!("not a wasm binary: no `\\0asm` preamble");
-    }
+    };
     // Layer 1 (bytes 6-7) is a component; 0 a core module.
-    let component = preamble[6..8] == [1, 0];
+    let component = [layer_low, layer_high] == [1, 0];
     out.extend_from_slice(preamble);
     while let Some((&id, after_id)) = rest.split_first() {
         let (size, after_size) = read_u32(after_id).context("a section size")?;
@@ -62,8 +62,12 @@ fn strip_into(wasm: &[u8], out: &mut Vec<u8>, stripped: &mut Stripped) -> anyhow
             write_u32(out, u32::try_from(inner.len()).context("a nested section")?);
             out.extend_from_slice(&inner);
         } else {
+            // The section as it was: its id, size (as encoded) and body.
+            let encoded_size = after_id
+                .get(..after_id.len() - after_size.len())
+                .context("a section size")?;
             out.push(id);
-            out.extend_from_slice(&after_id[..after_id.len() - after_size.len()]);
+            out.extend_from_slice(encoded_size);
             out.extend_from_slice(body);
         }
         rest = next;
