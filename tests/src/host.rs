@@ -381,15 +381,27 @@ pub fn serve_wasm(wasm: &Path, args: &[&str]) -> Gateway {
     serve_wasm_on(wasm, "127.0.0.1:0", args)
 }
 
-/// [`serve_wasm`] listening on `listen`.
+/// [`serve_wasm`] listening on `listen`. The compiled bundle is cached in the gateway's
+/// own scratch directory (every test's bundle differs: nothing to share).
 pub fn serve_wasm_on(wasm: &Path, listen: &str, args: &[&str]) -> Gateway {
+    serve_wasm_cached_in(wasm, listen, args, None)
+}
+
+/// [`serve_wasm`] with its compiled-component cache in `cache` (`XDG_CACHE_HOME`).
+pub fn serve_wasm_cached(wasm: &Path, cache: &Path) -> Gateway {
+    serve_wasm_cached_in(wasm, "127.0.0.1:0", &[], Some(cache))
+}
+
+fn serve_wasm_cached_in(wasm: &Path, listen: &str, args: &[&str], cache: Option<&Path>) -> Gateway {
     let dir = scratch("serve-wasm");
     let log = dir.join("gateway.log");
+    let cache = cache.map_or_else(|| dir.join("cache"), Path::to_path_buf);
     let child = Command::new(binary())
         .args(["serve-wasm", "--component"])
         .arg(wasm)
         .args(["--listen", listen])
         .args(args)
+        .env("XDG_CACHE_HOME", cache)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

@@ -697,6 +697,56 @@ fn pre_initialized_bundles_are_reproducible_and_answer_like_bundles_restored_per
     check("bundle", &gw, &w);
 }
 
+/// `serve-wasm` keeps the compiled bundle on disk, as `serve` keeps the gateway component:
+/// a second start loads it instead of compiling it again (compiling takes seconds and
+/// leaves tens of MiB in the process), and answers the same.
+#[test]
+fn serve_wasm_starts_from_the_bundle_it_compiled_before() {
+    let w = world();
+    let text = config(&w._keys, &w.eu.server.url(), &w.us.server.url());
+    let bundled = portcullis_tests::host::bundle(&text, &[]);
+    let cache = std::env::temp_dir().join(format!("portcullis-wasm-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let artifacts = || -> Vec<(std::path::PathBuf, u64)> {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::read_dir(cache.join("portcullis"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| (e.path(), e.metadata().unwrap().ino()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let t = token("ES256", json!({}));
+    let answer = |gw: &portcullis_tests::host::Gateway| {
+        let auth = format!("Bearer {t}");
+        let ok = request(
+            gw.addr,
+            "GET",
+            "/api/orders",
+            &[("authorization", &auth)],
+            b"",
+        )
+        .unwrap();
+        let refused = request(gw.addr, "GET", "/api/orders", &[], b"").unwrap();
+        (ok.status, refused.status)
+    };
+    let first = portcullis_tests::host::serve_wasm_cached(&bundled.wasm, &cache);
+    assert_eq!(answer(&first), (200, 401));
+    drop(first);
+    let compiled = artifacts();
+    assert_eq!(compiled.len(), 1, "{compiled:?}");
+    let second = portcullis_tests::host::serve_wasm_cached(&bundled.wasm, &cache);
+    assert_eq!(answer(&second), (200, 401));
+    assert_eq!(
+        artifacts(),
+        compiled,
+        "the second start compiled the bundle again"
+    );
+    drop(second);
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
 fn plugin(name: &str) -> String {
     let p = std::path::Path::new(env!("PORTCULLIS_PLUGIN_DIR"))
         .join(format!("{}.wasm", name.replace('-', "_")));

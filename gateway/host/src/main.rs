@@ -201,6 +201,10 @@ enum Command {
         /// write (wasi:keyvalue has no expiry of its own).
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         state_retention: std::time::Duration,
+        /// Compile the component at every start instead of caching the compiled form on
+        /// disk (`$XDG_CACHE_HOME/portcullis`, else `~/.cache/portcullis`).
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Validate a configuration and print every problem.
     Check {
@@ -572,6 +576,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             state_capacity,
             state_prefix,
             state_retention,
+            no_cache,
         } => {
             let wasm = std::fs::read(&component)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", component.display()))?;
@@ -607,7 +612,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 retention: state_retention,
             });
             let listener = tokio::net::TcpListener::bind(listen).await?;
-            let server = portcullis_host::serve::plain::PlainServer::new(&wasm, keyvalue)?;
+            let cache_dir = if no_cache {
+                None
+            } else {
+                portcullis_host::wasm::default_cache_dir()
+            };
+            let server = portcullis_host::serve::plain::PlainServer::new(
+                &wasm,
+                keyvalue,
+                cache_dir.as_deref(),
+            )?;
             tracing::info!(listen = %listener.local_addr()?, admin = %listener.local_addr()?, "portcullis serving");
             server
                 .serve(listener, portcullis_host::shutdown_signal())

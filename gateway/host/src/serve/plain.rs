@@ -96,10 +96,16 @@ pub struct PlainServer {
 impl PlainServer {
     /// Compiles and links `wasm` against WASI, wasi:http and wasi:keyvalue (over
     /// `keyvalue`) only: a component importing anything else is refused here, as an edge
-    /// runtime would.
-    pub fn new(wasm: &[u8], keyvalue: Arc<KeyValue>) -> anyhow::Result<Arc<Self>> {
+    /// runtime would. With `cache_dir`, the compiled component is kept there and later
+    /// starts load it instead of compiling (as `serve` does with the gateway component):
+    /// compiling a bundle takes seconds and leaves tens of MiB in the process's heap.
+    pub fn new(
+        wasm: &[u8],
+        keyvalue: Arc<KeyValue>,
+        cache_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<Arc<Self>> {
         let engine = crate::wasm::engine(256, false)?;
-        let component = Component::new(&engine, wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let component = crate::wasm::load_component(&engine, wasm, cache_dir)?;
         Self::with_component(&engine, &component, keyvalue)
     }
 
