@@ -191,5 +191,11 @@ mod tests {
             let (back, rest) = read_u32(&out).unwrap();
             assert_eq!((back, rest.len()), (v, 0));
         }
+        // Five bytes hold 32 bits: a fifth byte with more is refused, not truncated.
+        assert_eq!(
+            read_u32(&[0xff, 0xff, 0xff, 0xff, 0x0f]).unwrap().0,
+            u32::MAX
+        );
+        assert!(read_u32(&[0xff, 0xff, 0xff, 0xff, 0x1f]).is_err());
     }
 }
