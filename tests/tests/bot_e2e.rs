@@ -516,7 +516,7 @@ fn bot_checks_and_plugins_combine_into_one_verdict(engine: &str) {
     let plugin =
         std::path::Path::new(env!("PORTCULLIS_PLUGIN_DIR")).join("fixture_plugin_trivial.wasm");
     let text = format!(
-        "{}\n[plugin.trivial]\npath = \"{}\"\nheaders = [\"x-risk\"]\n\n[[route]]\npath = \"/mixed\"\nauth = \"public\"\nrisk = {{ checks = [\"automation\"], plugins = [\"trivial\"], combine = \"weighted\", challenge = 60, deny = 90 }}\n",
+        "{}\n[plugin.trivial]\npath = \"{}\"\ndeadline = \"1s\"\nheaders = [\"x-risk\"]\n\n[[route]]\npath = \"/mixed\"\nauth = \"public\"\nrisk = {{ checks = [\"automation\"], plugins = [\"trivial\"], combine = \"weighted\", challenge = 60, deny = 90 }}\n",
         config(&keys, &backend.server.url()),
         plugin.display()
     );

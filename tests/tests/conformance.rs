@@ -764,14 +764,17 @@ fn plugins_chained_into_a_bundle_score_like_the_hosts() {
         &format!(
             r#"[plugin.trivial]
 path = "{trivial}"
+deadline = "1s"
 headers = ["x-risk"]
 
 [plugin.second]
 path = "{trivial}"
+deadline = "1s"
 headers = ["x-risk-2"]
 
 [plugin.panics]
 path = "{faulty}"
+deadline = "1s"
 headers = ["x-fault"]
 on_error = "deny"
 config = {{ mode = "panic" }}
@@ -925,11 +928,13 @@ fn plugins_linked_into_the_worker_keep_state_and_unlinked_ones_fail_closed() {
         &format!(
             r#"[plugin.credential-stuffing]
 path = "plugins/credential_stuffing.wasm"
+deadline = "1s"
 headers = ["x-login-username"]
 config = {{ paths = ["/login"], failure_statuses = [200], user_threshold = 2, window_secs = 600 }}
 
 [plugin.trivial]
 path = "{trivial}"
+deadline = "1s"
 on_error = "deny"
 
 [[route]]
@@ -989,10 +994,12 @@ peer_header = "spin-client-addr"
 
 [plugin.blocklist]
 path = "{file}"
+deadline = "1s"
 config = {{ deny = ["203.0.113.0/24"], allow = ["203.0.113.10"], deny_score = 95 }}
 
 [plugin.asns]
 path = "{file}"
+deadline = "1s"
 config = {{ deny_asns = [64496], deny_score = 70, deny_action = "challenge" }}
 
 [[route]]
@@ -1111,12 +1118,14 @@ fn a_plugin_component_in_the_worker_fails_alone_and_must_be_the_configured_file(
         &format!(
             r#"[plugin.strict]
 path = "{faulty}"
+deadline = "1s"
 headers = ["x-fault"]
 on_error = "deny"
 config = {{ mode = "panic" }}
 
 [plugin.lenient]
 path = "{faulty}"
+deadline = "1s"
 headers = ["x-fault"]
 on_error = "allow"
 config = {{ mode = "panic" }}
@@ -1192,6 +1201,7 @@ fn a_stateful_plugin_component_keeps_its_state_in_the_worker() {
         &format!(
             r#"[plugin.travel]
 path = "{travel}"
+deadline = "1s"
 on_error = "deny"
 
 [[route]]
@@ -1381,6 +1391,7 @@ fn the_worker_trusts_cf_connecting_ip_only_behind_cloudflare() {
         &format!(
             r#"[plugin.ip-reputation]
 path = "{}"
+deadline = "1s"
 config = {{ deny = ["203.0.113.0/24"] }}
 
 [[route]]

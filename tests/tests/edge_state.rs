@@ -442,6 +442,7 @@ fn bundled_plugins_keep_state_in_the_store_apart_from_the_gateways_keys() {
         r#"
 [plugin.impossible-travel]
 path = "{}"
+deadline = "1s"
 config = {{ action = "deny", score = 100 }}
 
 [[route]]

@@ -71,12 +71,16 @@ ip_header = "x-forwarded-for"
 country_header = "cf-ipcountry"
 asn_header = "x-asn"
 
+# A 1 s deadline where a test is not about deadlines: the 5 ms default is wall-clock
+# time, which a loaded CI machine (Chromium beside the gateway) once overran.
 [plugin.trivial]
 path = "{trivial}"
+deadline = "1s"
 headers = ["x-risk"]
 
 [plugin.panics]
 path = "{faulty}"
+deadline = "1s"
 headers = ["x-fault"]
 on_error = "deny"
 config = {{ mode = "panic" }}
@@ -107,10 +111,12 @@ config = {{ mode = "spin" }}
 
 [plugin.travel]
 path = "{travel}"
+deadline = "1s"
 on_error = "allow"
 
 [plugin.stuffing]
 path = "{stuffing}"
+deadline = "1s"
 headers = ["x-login-username"]
 config = {{ paths = ["/login"], ip_threshold = 3, user_threshold = 100 }}
 
@@ -877,6 +883,7 @@ fn plugin_test_runs_a_scenario_and_fails_on_a_broken_expectation() {
     let travel = r#"
 [plugin]
 config = { action = "step-up", score = 80 }
+deadline = "1s"
 
 [[request]]
 name = "alice in Germany"
@@ -939,6 +946,7 @@ expect = { action = "allow" }
 [plugin]
 config = { mode = "panic" }
 headers = ["x-fault"]
+deadline = "1s"
 
 [[request]]
 path = "/"

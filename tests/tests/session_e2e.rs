@@ -207,8 +207,11 @@ travel = 0
 network = 5
 
 # Issue 22: a plugin told the session (the trivial fixture echoes it in labels).
+# A 1 s deadline where a test is not about deadlines: the 5 ms default is wall-clock
+# time, which a loaded CI machine (Chromium beside the gateway) once overran.
 [plugin.echo]
 path = "{echo}"
+deadline = "1s"
 headers = ["x-echo-session"]
 
 [[route]]
