@@ -66,6 +66,51 @@ impl Authenticator for HostAuthenticator {
         let index = u32::try_from(issuer.0).unwrap_or(u32::MAX);
         verified(keys::verify_issued(token, index, client_id, kind))
     }
+
+    fn verify_with_key(
+        &self,
+        alg: portcullis_core::Algorithm,
+        material: &portcullis_core::KeyMaterial,
+        message: &[u8],
+        signature: &[u8],
+    ) -> bool {
+        use portcullis_core::KeyMaterial;
+        use portcullis_core::crypto::Curve;
+        let key = match material {
+            KeyMaterial::Rsa { n, e } => keys::PublicKey::Rsa(keys::RsaKey {
+                n: n.clone(),
+                e: e.clone(),
+            }),
+            KeyMaterial::Ec { curve, x, y } => keys::PublicKey::Ec(keys::EcKey {
+                curve: match curve {
+                    Curve::P256 => keys::Curve::P256,
+                    Curve::P384 => keys::Curve::P384,
+                },
+                x: x.clone(),
+                y: y.clone(),
+            }),
+            KeyMaterial::Ed25519 { x } => keys::PublicKey::Ed25519(x.clone()),
+            // A request never carries a shared secret that could verify anything.
+            KeyMaterial::Symmetric { .. } => return false,
+        };
+        keys::verify_with_key(alg.name(), &key, message, signature)
+    }
+
+    fn sign_as_client(
+        &self,
+        key: &portcullis_core::client_auth::ClientKey,
+        input: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        keys::sign_as_client(&key.thumbprint(), input)
+    }
+
+    fn sign_as_gateway(
+        &self,
+        key: &portcullis_core::config::GatewayKey,
+        input: &[u8],
+    ) -> Option<Vec<u8>> {
+        keys::sign_as_gateway(&key.kid, input)
+    }
 }
 
 /// A host verification answer as the core's identity or failure.

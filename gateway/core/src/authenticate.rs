@@ -241,6 +241,25 @@ pub trait Authenticator {
         )
         .at(issuer))
     }
+
+    /// Signs `input` with the login client's private key `key` (a `private_key_jwt` client
+    /// assertion, RFC 7523). Default: the core's pure-Rust signer. A wasm gateway asks its
+    /// host instead, which holds the same configuration: the gateway component then carries
+    /// no signing code.
+    fn sign_as_client(
+        &self,
+        key: &crate::client_auth::ClientKey,
+        input: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        key.sign(input)
+    }
+
+    /// Signs `input` with the gateway-token key `key` (Ed25519, see
+    /// `gateway_token`); `None` when it cannot. Default: the core's pure-Rust
+    /// signer; a wasm gateway asks its host, as for [`Authenticator::sign_as_client`].
+    fn sign_as_gateway(&self, key: &crate::config::GatewayKey, input: &[u8]) -> Option<Vec<u8>> {
+        crate::crypto::ed25519_sign(&key.seed, input)
+    }
 }
 
 /// A token a provider issued to the gateway as its OIDC client.

@@ -73,14 +73,20 @@ impl std::fmt::Debug for ClientSecret {
     }
 }
 
+/// Signs an assertion's input with the client's key (an
+/// [`crate::authenticate::Authenticator::sign_as_client`]).
+pub type AssertionSigner<'a> = &'a dyn Fn(&ClientKey, &[u8]) -> Result<Vec<u8>, String>;
+
 /// What a signed client assertion needs from the caller: its audience (the provider's
-/// token endpoint) and random bytes for its `jti`.
-#[derive(Clone, Copy, Debug)]
+/// token endpoint), random bytes for its `jti` and the signer.
+#[derive(Clone, Copy)]
 pub struct AssertionInputs<'a> {
     /// The `aud` of the assertion.
     pub audience: &'a str,
     /// Fresh random bytes (the `jti`).
     pub jti: &'a [u8],
+    /// Who signs it.
+    pub sign: AssertionSigner<'a>,
 }
 
 /// `form` with the client `client_id` authenticated as `auth` says: the `Authorization`
@@ -116,8 +122,14 @@ pub fn authenticate_form(
             let inputs = assertion.ok_or_else(|| {
                 "a client assertion needs its audience and random bytes".to_owned()
             })?;
-            let signed =
-                crate::client_auth::assertion(key, client_id, inputs.audience, inputs.jti, now)?;
+            let signed = crate::client_auth::assertion(
+                key,
+                client_id,
+                inputs.audience,
+                inputs.jti,
+                now,
+                inputs.sign,
+            )?;
             form.push(("client_assertion_type", ASSERTION_TYPE.to_owned()));
             form.push(("client_assertion", signed));
             String::new()
@@ -271,8 +283,8 @@ impl ClientKey {
         }
     }
 
-    /// The RFC 7638 thumbprint (serde_json keeps the members sorted).
-    fn thumbprint(&self) -> String {
+    /// The RFC 7638 thumbprint of the public key (serde_json keeps the members sorted).
+    pub fn thumbprint(&self) -> String {
         b64::encode(&Sha256::digest(
             self.public_members().to_string().as_bytes(),
         ))
@@ -366,6 +378,7 @@ pub fn assertion(
     audience: &str,
     jti_bytes: &[u8],
     now: Timestamp,
+    sign: AssertionSigner<'_>,
 ) -> Result<String, String> {
     let iat = now.unix_secs();
     let mut claims = Map::new();
@@ -381,7 +394,7 @@ pub fn assertion(
         b64::encode(header.to_string().as_bytes()),
         b64::encode(Value::Object(claims).to_string().as_bytes())
     );
-    let signature = key.sign(input.as_bytes())?;
+    let signature = sign(key, input.as_bytes())?;
     Ok(format!("{input}.{}", b64::encode(&signature)))
 }
 
@@ -453,6 +466,7 @@ mod tests {
             "https://op.example/token",
             &[9; 16],
             Timestamp::from_unix_secs(1_000),
+            &|k, m| k.sign(m),
         )
         .unwrap();
         let (header, claims, input, signature) = split(&jws);
@@ -479,7 +493,15 @@ mod tests {
     fn an_es256_assertion_verifies_and_keeps_its_kid() {
         let key = ClientKey::from_private_jwk(p256_jwk().as_bytes()).unwrap();
         assert_eq!((key.alg(), key.kid.as_str()), ("ES256", "ec-1"));
-        let jws = assertion(&key, "c", "aud", &[1; 16], Timestamp::from_unix_secs(5)).unwrap();
+        let jws = assertion(
+            &key,
+            "c",
+            "aud",
+            &[1; 16],
+            Timestamp::from_unix_secs(5),
+            &|k, m| k.sign(m),
+        )
+        .unwrap();
         let (_, _, input, signature) = split(&jws);
         let ClientKeyMaterial::P256 { x, y, .. } = &key.material else {
             panic!("not P-256")
@@ -509,7 +531,15 @@ mod tests {
         let key =
             ClientKey::from_private_jwk(include_bytes!("../testdata/client-rsa.jwk.json")).unwrap();
         assert_eq!((key.alg(), key.kid.as_str()), ("RS256", "rsa-test-client"));
-        let jws = assertion(&key, "c", "aud", &[2; 16], Timestamp::from_unix_secs(5)).unwrap();
+        let jws = assertion(
+            &key,
+            "c",
+            "aud",
+            &[2; 16],
+            Timestamp::from_unix_secs(5),
+            &|k, m| k.sign(m),
+        )
+        .unwrap();
         let (header, _, input, signature) = split(&jws);
         assert_eq!(header["alg"], "RS256");
         let published = key.public_jwk();

@@ -28,11 +28,15 @@ pub fn jwks(cfg: &GatewayToken) -> String {
     json!({ "keys": cfg.keys.iter().map(public_jwk).collect::<Vec<_>>() }).to_string()
 }
 
-/// Signs `claims` (to which `iss`, `iat`, `exp` are added) with the first key.
-pub fn mint(cfg: &GatewayToken, mut claims: Map<String, Value>, now: Timestamp) -> Option<String> {
+/// Signs `claims` (to which `iss`, `iat`, `exp` are added) with the first key, through
+/// `sign` (an [`crate::authenticate::Authenticator::sign_as_gateway`]).
+pub fn mint(
+    cfg: &GatewayToken,
+    mut claims: Map<String, Value>,
+    now: Timestamp,
+    sign: impl FnOnce(&GatewayKey, &[u8]) -> Option<Vec<u8>>,
+) -> Option<String> {
     let key = cfg.keys.first()?;
-    let seed: [u8; 32] = key.seed.as_slice().try_into().ok()?;
-    let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(seed));
     let iat = now.unix_secs();
     claims.insert("iss".into(), Value::String(cfg.issuer.clone()));
     claims.insert("iat".into(), Value::from(iat));
@@ -43,11 +47,13 @@ pub fn mint(cfg: &GatewayToken, mut claims: Map<String, Value>, now: Timestamp) 
         b64::encode(header.to_string().as_bytes()),
         b64::encode(Value::Object(claims).to_string().as_bytes())
     );
-    let signature = pair.sk.sign(signing_input.as_bytes(), None);
-    Some(format!(
-        "{signing_input}.{}",
-        b64::encode(signature.as_ref())
-    ))
+    let signature = sign(key, signing_input.as_bytes())?;
+    Some(format!("{signing_input}.{}", b64::encode(&signature)))
+}
+
+/// The Ed25519 signature of `input` with `key` (the core's pure-Rust signer).
+pub fn sign(key: &GatewayKey, input: &[u8]) -> Option<Vec<u8>> {
+    crate::crypto::ed25519_sign(&key.seed, input)
 }
 
 #[cfg(test)]
@@ -76,7 +82,7 @@ mod tests {
         let mut claims = Map::new();
         claims.insert("sub".into(), "alice".into());
         claims.insert("aud".into(), "http://backend".into());
-        let token = mint(&cfg, claims, Timestamp::from_unix_secs(1_000)).unwrap();
+        let token = mint(&cfg, claims, Timestamp::from_unix_secs(1_000), sign).unwrap();
         let jwks: Value = serde_json::from_str(&jwks(&cfg)).unwrap();
         assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
         let parts: Vec<&str> = token.split('.').collect();

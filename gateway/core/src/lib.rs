@@ -88,7 +88,7 @@ mod fnv;
 mod forms;
 mod forward_auth;
 mod forwarding;
-mod gateway_token;
+pub mod gateway_token;
 mod introspect;
 mod model;
 mod normalize;

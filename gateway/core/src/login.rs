@@ -1623,9 +1623,11 @@ pub(crate) fn client_form(
     } else {
         None
     };
+    let sign = |key: &crate::client_auth::ClientKey, input: &[u8]| auth.sign_as_client(key, input);
     let assertion = endpoints.as_ref().map(|e| AssertionInputs {
         audience: &e.token,
         jti: &jti,
+        sign: &sign,
     });
     crate::client_auth::authenticate_form(client_id, method, form, assertion, now)
         .map_err(|e| (Reason::LoginFailed, format!("client authentication: {e}")))

@@ -127,6 +127,47 @@ impl keys::Guest for Providers {
             .map(verified)
             .map_err(failure)
     }
+
+    fn verify_with_key(
+        alg: String,
+        key: keys::PublicKey,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> bool {
+        use portcullis_core::crypto::Curve;
+        use portcullis_core::{KeyMaterial, PortableVerifier, SignatureVerifier as _};
+        let Some(alg) = portcullis_core::Algorithm::from_name(&alg) else {
+            return false;
+        };
+        let material = match key {
+            keys::PublicKey::Rsa(k) => KeyMaterial::Rsa { n: k.n, e: k.e },
+            keys::PublicKey::Ec(k) => KeyMaterial::Ec {
+                curve: match k.curve {
+                    keys::Curve::P256 => Curve::P256,
+                    keys::Curve::P384 => Curve::P384,
+                },
+                x: k.x,
+                y: k.y,
+            },
+            keys::PublicKey::Ed25519(x) => KeyMaterial::Ed25519 { x },
+        };
+        PortableVerifier
+            .prepare(&material)
+            .is_ok_and(|k| PortableVerifier.verify(alg, &k, &message, &signature))
+    }
+
+    fn sign_as_client(thumbprint: String, input: Vec<u8>) -> Result<Vec<u8>, String> {
+        loaded()?
+            .config
+            .client_key(&thumbprint)
+            .ok_or_else(|| format!("no configured client key has the thumbprint {thumbprint:?}"))?
+            .sign(&input)
+    }
+
+    fn sign_as_gateway(kid: String, input: Vec<u8>) -> Option<Vec<u8>> {
+        let l = loaded().ok()?;
+        portcullis_core::gateway_token::sign(l.config.gateway_key(&kid)?, &input)
+    }
 }
 
 impl health::Guest for Providers {

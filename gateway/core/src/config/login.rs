@@ -674,6 +674,63 @@ fn parse_key(bytes: &[u8]) -> Option<[u8; 32]> {
 mod tests {
     use super::*;
 
+    /// The keys a host signs with for a wasm gateway are found by thumbprint or key id
+    /// among every configured client (login and introspection) and gateway-token key, and
+    /// no other key answers.
+    #[test]
+    fn configured_signing_keys_are_found_by_their_thumbprint() {
+        let rsa = include_bytes!("../../testdata/client-rsa.jwk.json");
+        let text = r#"
+[[issuer]]
+name = "t"
+issuer = "https://t"
+audiences = ["a"]
+algorithms = ["ES256"]
+discovery = true
+[issuer.introspection]
+client_id = "rs"
+client_auth = "private_key_jwt"
+client_key_file = "client.jwk"
+[region.eu]
+jurisdiction = "EU"
+backends = ["http://127.0.0.1:1"]
+[residency]
+claim = "region"
+missing = "eu"
+anonymous = "eu"
+[gateway_token]
+header = "x-portcullis-identity"
+issuer = "https://gw"
+key_files = ["gw1", "gw2"]
+[audit]
+subject_key_file = "gw1"
+[[route]]
+path = "/"
+auth = "public"
+"#;
+        let files = crate::MapFiles::default()
+            .with("client.jwk", rsa.to_vec())
+            .with("gw1", crate::b64::encode(&[1u8; 32]))
+            .with("gw2", crate::b64::encode(&[2u8; 32]));
+        let cfg = crate::config::load(text, "t.toml", &files).unwrap();
+        let key = crate::client_auth::ClientKey::from_private_jwk(rsa).unwrap();
+        let found = cfg
+            .client_key(&key.thumbprint())
+            .expect("the introspection client's key");
+        assert_eq!(found.kid, "rsa-test-client");
+        assert!(
+            cfg.client_key(&key.kid).is_none(),
+            "a kid is not a thumbprint"
+        );
+        assert!(cfg.client_key("").is_none());
+        let gt = cfg.gateway_token.as_ref().unwrap();
+        for k in &gt.keys {
+            assert_eq!(cfg.gateway_key(&k.kid), Some(k));
+        }
+        assert_ne!(gt.keys[0].kid, gt.keys[1].kid);
+        assert!(cfg.gateway_key("other").is_none());
+    }
+
     #[test]
     fn keys_parse_from_hex_base64url_or_raw_bytes() {
         let hex = "00".repeat(31) + "ff\n";

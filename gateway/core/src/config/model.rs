@@ -254,6 +254,39 @@ pub struct Introspection {
     pub negative_ttl: Duration,
 }
 
+impl Config {
+    /// The private key of a configured client (`[issuer.login]` or
+    /// `[issuer.introspection]` with `client_auth = "private_key_jwt"`) whose public key has
+    /// the RFC 7638 thumbprint `thumbprint`: what a host signs a wasm gateway's client
+    /// assertions with.
+    pub fn client_key(&self, thumbprint: &str) -> Option<&crate::client_auth::ClientKey> {
+        self.issuers
+            .iter()
+            .flat_map(|i| {
+                let login = i.login.as_ref().map(|l| &l.client_auth);
+                let introspection = i.introspection.as_ref().map(|c| &c.client_auth);
+                login.into_iter().chain(introspection)
+            })
+            .find_map(|auth| match auth {
+                crate::client_auth::ClientAuth::PrivateKeyJwt(key)
+                    if key.thumbprint() == thumbprint =>
+                {
+                    Some(key)
+                }
+                _ => None,
+            })
+    }
+
+    /// The `[gateway_token]` key whose key id (its RFC 7638 thumbprint) is `kid`.
+    pub fn gateway_key(&self, kid: &str) -> Option<&GatewayKey> {
+        self.gateway_token
+            .as_ref()?
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+    }
+}
+
 /// The placeholder of a multi-tenant issuer (Microsoft Entra's
 /// `https://login.microsoftonline.com/{tenantid}/v2.0`).
 pub const TENANT_PLACEHOLDER: &str = "{tenantid}";

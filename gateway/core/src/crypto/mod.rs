@@ -2,7 +2,7 @@
 
 mod portable;
 
-pub use portable::{PortableKey, PortableVerifier};
+pub use portable::{PortableKey, PortableVerifier, ed25519_sign};
 
 use std::fmt;
 

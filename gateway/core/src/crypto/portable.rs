@@ -186,3 +186,11 @@ fn hmac_ok<M: Mac + KeyInit>(key: &[u8], message: &[u8], tag: &[u8]) -> bool {
         Err(_) => false,
     }
 }
+
+/// The Ed25519 signature of `input` under the private key with this 32-byte `seed`
+/// (deterministic, RFC 8032); `None` for a seed of another length.
+pub fn ed25519_sign(seed: &[u8], input: &[u8]) -> Option<Vec<u8>> {
+    let seed: [u8; 32] = seed.try_into().ok()?;
+    let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(seed));
+    Some(pair.sk.sign(input, None).to_vec())
+}

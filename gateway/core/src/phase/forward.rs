@@ -150,7 +150,8 @@ fn gateway_token(
         ))
     );
     claims.insert("jti".into(), Value::String(jti));
-    crate::gateway_token::mint(gt, claims, input.now)
+    let auth = input.services.auth;
+    crate::gateway_token::mint(gt, claims, input.now, |key, m| auth.sign_as_gateway(key, m))
 }
 
 /// The configured identity headers for the caller (region headers for anyone).
