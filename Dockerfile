@@ -34,12 +34,14 @@ RUN apt-get update \
     && useradd --system --uid 10001 --gid portcullis --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin portcullis \
     && mkdir -p /etc/portcullis /var/cache/portcullis \
-    && chown portcullis:portcullis /var/cache/portcullis
+    && chown portcullis:portcullis /var/cache/portcullis \
+    && chmod 0700 /var/cache/portcullis
 COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
 # `serve` reads these (a command-line option wins). Both listeners are loopback by default:
 # in a container they listen on every interface; publish only 8080 to the network.
 # XDG_CACHE_HOME: compiled wasm (plugins, `--engine component`) is cached in
-# /var/cache/portcullis; when it is not writable the host compiles at every start.
+# /var/cache/portcullis (private to the gateway's user: a cache others may write is not
+# trusted); when it is not writable the host compiles at every start.
 ENV PORTCULLIS_CONFIG=/etc/portcullis/portcullis.toml \
     PORTCULLIS_LISTEN=0.0.0.0:8080 \
     PORTCULLIS_ADMIN=0.0.0.0:9901 \

@@ -498,8 +498,10 @@ fn run_pod(docs: &[Value], secret: Option<&str>) -> Pod {
             .display()
             .to_string(),
     );
-    // The root file system is read-only: the cache the host writes must be a volume.
-    let cache = format!("{}/portcullis", env["XDG_CACHE_HOME"]);
+    // The root file system is read-only: the cache the host writes must be a volume. An
+    // emptyDir is writable by all, so it is XDG_CACHE_HOME itself, where the host creates
+    // its private `portcullis` directory (a shared one it would not trust).
+    let cache = env["XDG_CACHE_HOME"].clone();
     assert!(volume_at(spec, container, &cache).get("emptyDir").is_some());
     env.insert(
         "XDG_CACHE_HOME".into(),

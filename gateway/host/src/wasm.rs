@@ -77,8 +77,14 @@ pub fn load_component(
         hex(key.as_ref().get(..16).unwrap_or_default()),
         std::hash::Hasher::finish(&hasher)
     );
+    if let Err(why) = private_dir(dir) {
+        tracing::warn!(dir = %dir.display(), why, "compiled-component cache not used: compiling");
+        return Component::new(engine, wasm).map_err(|e| anyhow::anyhow!("{e}"));
+    }
     let path = dir.join(name);
-    if path.exists() {
+    if let Err(why) = private_file(&path) {
+        tracing::warn!(path = %path.display(), why, "cached component not trusted; recompiling");
+    } else if path.exists() {
         // SAFETY: the file is one this host serialized itself into its private cache
         // directory, named by the hash of the source component and of the engine's
         // compatibility settings; wasmtime additionally checks the artifact's header.
@@ -93,13 +99,67 @@ pub fn load_component(
     }
     let component = Component::new(engine, wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Ok(bytes) = component.serialize() {
-        let _ = std::fs::create_dir_all(dir);
         let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
         if std::fs::write(&tmp, bytes).is_ok() {
             let _ = std::fs::rename(&tmp, &path);
         }
     }
     Ok(component)
+}
+
+/// Makes sure `dir` is a cache directory only this user can write to, creating it (mode
+/// 0700) if missing: an artifact in it is native code wasmtime runs without recompiling,
+/// so whoever can write there could run code in the gateway.
+#[cfg(unix)]
+fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create it: {e}"))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    if !meta.is_dir() {
+        return Err("not a directory".into());
+    }
+    owned_and_private(meta.uid(), meta.mode())
+}
+
+/// A cached artifact is loaded only if this user owns it and no one else may write it.
+#[cfg(unix)]
+fn private_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err("a symbolic link".into()),
+        Ok(meta) => owned_and_private(meta.uid(), meta.mode()),
+        Err(_) => Ok(()), // not there yet
+    }
+}
+
+#[cfg(unix)]
+fn owned_and_private(uid: u32, mode: u32) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions, cannot fail and touches no memory of ours.
+    #[allow(unsafe_code)]
+    let me = unsafe { libc::geteuid() };
+    if uid != me {
+        return Err(format!("owned by user {uid}, not {me}"));
+    }
+    if mode & 0o022 != 0 {
+        return Err(format!("writable by others (mode {:o})", mode & 0o777));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())
+}
+
+#[cfg(not(unix))]
+fn private_file(_: &Path) -> Result<(), String> {
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -257,5 +317,96 @@ impl<H: wasmtime_wasi_http::WasiHttpHooks> WasiRequest<H> {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// A component whose only export names it, so a test can tell which one it got.
+    fn component(export: &str) -> Vec<u8> {
+        wat::parse_str(format!(
+            r#"(component (core module $m) (core instance (instantiate $m)) (type $t (func)) (export "{export}" (type $t)))"#
+        ))
+        .unwrap()
+    }
+
+    fn exports(engine: &Engine, c: &Component) -> Vec<String> {
+        c.component_type()
+            .exports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-cache-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// The cached artifact `load_component` would look for for `wasm` in `dir`, replaced by
+    /// the compiled form of `planted` (what someone able to write there could leave).
+    fn plant(engine: &Engine, dir: &Path, wasm: &[u8], planted: &[u8]) {
+        let _ = load_component(engine, wasm, Some(dir)).unwrap();
+        let artifacts: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+        let bytes = Component::new(engine, planted)
+            .unwrap()
+            .serialize()
+            .unwrap();
+        std::fs::write(&artifacts[0], bytes).unwrap();
+    }
+
+    /// The cache directory is created private (0700) and its artifacts are loaded from it;
+    /// a directory or an artifact others may write is not trusted: the component is
+    /// compiled from its bytes instead, and nothing is written there.
+    #[test]
+    fn the_compiled_cache_is_used_only_where_no_one_else_can_write() {
+        let engine = Engine::default();
+        let (real, planted) = (component("real"), component("planted"));
+
+        let dir = scratch("private").join("nested");
+        let c = load_component(&engine, &real, Some(&dir)).unwrap();
+        assert_eq!(exports(&engine, &c), ["real"]);
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // A private cache is trusted: what is stored under the component's name is loaded.
+        plant(&engine, &dir, &real, &planted);
+        let c = load_component(&engine, &real, Some(&dir)).unwrap();
+        assert_eq!(exports(&engine, &c), ["planted"]);
+        // The same artifact, writable by others: not loaded.
+        let artifact = std::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::set_permissions(&artifact, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let c = load_component(&engine, &real, Some(&dir)).unwrap();
+        assert_eq!(exports(&engine, &c), ["real"]);
+
+        // A directory others may write: nothing is loaded from it, nothing written to it.
+        let shared = scratch("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        plant(&engine, &shared, &real, &planted);
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let c = load_component(&engine, &real, Some(&shared)).unwrap();
+        assert_eq!(exports(&engine, &c), ["real"]);
+        let other = component("other");
+        load_component(&engine, &other, Some(&shared)).unwrap();
+        assert_eq!(
+            std::fs::read_dir(&shared).unwrap().count(),
+            1,
+            "written into a shared dir"
+        );
+
+        let _ = std::fs::remove_dir_all(scratch("private"));
+        let _ = std::fs::remove_dir_all(&shared);
     }
 }
