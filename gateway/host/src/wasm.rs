@@ -320,7 +320,8 @@ impl<H: wasmtime_wasi_http::WasiHttpHooks> WasiRequest<H> {
     }
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
