@@ -590,7 +590,7 @@ subject_key_file = "audit.key"
     std::fs::write(
         dir.join("gateway.toml"),
         base(&format!(
-            "[plugin.p]\npath = \"{}\"\nconfig = {{ deny = [\"10.0.0.0/8\"] }}",
+            "[plugin.p]\npath = \"{}\"\ndeadline = \"1s\"\nconfig = {{ deny = [\"10.0.0.0/8\"] }}",
             plugin("ip-reputation")
         )),
     )
@@ -703,11 +703,22 @@ fn plugin_new_scaffolds_a_crate_that_tests_builds_checks_and_runs_on_its_own() {
     let wasm = target.join("wasm32-wasip2/release/geo_fence.wasm");
     let (ok, text) = run(Command::new(binary()).arg("plugin").arg("check").arg(&wasm));
     assert!(ok, "{text}");
+    // The scaffold's scenario keeps serve's 5 ms default deadline; on a loaded test
+    // machine a wall-clock 5 ms can pass before the plugin is scheduled, so the test gives
+    // it a second (deadlines have their own tests).
+    let scenario = crate_dir.join("scenario.toml");
+    let scenario_text = std::fs::read_to_string(&scenario).unwrap();
+    assert!(scenario_text.contains("\n[plugin]\n"), "{scenario_text}");
+    std::fs::write(
+        &scenario,
+        scenario_text.replacen("\n[plugin]\n", "\n[plugin]\ndeadline = \"1s\"\n", 1),
+    )
+    .unwrap();
     let (ok, text) = run(Command::new(binary())
         .args(["plugin", "test"])
         .arg(&wasm)
         .arg("--scenario")
-        .arg(crate_dir.join("scenario.toml")));
+        .arg(&scenario));
     assert!(ok && text.contains("every expectation held"), "{text}");
 
     // Deployed unchanged on every runtime: the scaffold scores a request without a
@@ -735,6 +746,7 @@ anonymous = "eu"
 
 [plugin.geo-fence]
 path = "{wasm}"
+deadline = "1s"
 headers = ["user-agent"]
 
 [[route]]

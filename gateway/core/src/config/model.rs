@@ -796,6 +796,11 @@ pub struct PluginConfig {
 pub const DEFAULT_PLUGIN_DEADLINE: Duration = Duration::from_millis(5);
 /// Default plugin memory cap: 16 MiB.
 pub const DEFAULT_PLUGIN_MEMORY: u64 = 16 << 20;
+/// The deadlines a plugin may be given (`[plugin.*] deadline`, a scenario's `[plugin]`).
+pub const PLUGIN_DEADLINE_BOUNDS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(1);
+/// The memory caps a plugin may be given, MiB (`memory_mb`).
+pub const PLUGIN_MEMORY_MB_BOUNDS: std::ops::RangeInclusive<u64> = 1..=64;
 
 /// How plugin scores combine into one route score.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,8 +1,6 @@
 //! The risk sections: `[plugin.NAME]`, a route's `[route.risk]` and `[client]` (the
 //! route's bot `checks` are read by `super::bot`).
 
-use std::time::Duration;
-
 use serde_json::{Map, Number, Value};
 use toml::de::DeValue;
 
@@ -57,7 +55,7 @@ pub(super) fn read_plugins(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Vec<Pl
         let deadline = match t.duration(d, "deadline") {
             None => DEFAULT_PLUGIN_DEADLINE,
             Some((v, span)) => {
-                if v < Duration::from_millis(1) || v > Duration::from_secs(1) {
+                if !PLUGIN_DEADLINE_BOUNDS.contains(&v) {
                     d.error(
                         &span,
                         format!("plugin deadline {v:?} is outside 1ms..=1s"),
@@ -70,7 +68,7 @@ pub(super) fn read_plugins(top: &mut Table<'_, '_>, d: &mut Diags<'_>) -> Vec<Pl
         let memory_bytes = match t.integer(d, "memory_mb") {
             None => DEFAULT_PLUGIN_MEMORY,
             Some((n, span)) => match u64::try_from(n) {
-                Ok(n) if (1..=64).contains(&n) => n << 20,
+                Ok(n) if PLUGIN_MEMORY_MB_BOUNDS.contains(&n) => n << 20,
                 _ => {
                     d.error(
                         &span,

@@ -31,7 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 use portcullis_core::config::{
-    DEFAULT_PLUGIN_DEADLINE, DEFAULT_PLUGIN_MEMORY, FailPolicy, PluginConfig,
+    DEFAULT_PLUGIN_DEADLINE, DEFAULT_PLUGIN_MEMORY, FailPolicy, PLUGIN_DEADLINE_BOUNDS,
+    PLUGIN_MEMORY_MB_BOUNDS, PluginConfig,
 };
 use serde::Deserialize;
 
@@ -235,13 +236,28 @@ fn plugin_config(section: &PluginSection) -> anyhow::Result<PluginConfig> {
             .map_err(|e| anyhow::anyhow!("[plugin] deadline: {e}"))?,
         None => DEFAULT_PLUGIN_DEADLINE,
     };
+    // The bounds `serve` holds a `[plugin.*]` entry to: a scenario passing under limits no
+    // gateway accepts would prove nothing.
+    anyhow::ensure!(
+        PLUGIN_DEADLINE_BOUNDS.contains(&deadline),
+        "[plugin] deadline {deadline:?} is outside 1ms..=1s (as in [plugin.*])"
+    );
+    let memory_mb = section.memory_mb.unwrap_or(DEFAULT_PLUGIN_MEMORY >> 20);
+    anyhow::ensure!(
+        PLUGIN_MEMORY_MB_BOUNDS.contains(&memory_mb),
+        "[plugin] memory_mb = {memory_mb} is outside 1..=64 (as in [plugin.*])"
+    );
+    anyhow::ensure!(
+        section.fuel != Some(0),
+        "[plugin] fuel must be positive (as in [plugin.*])"
+    );
     let config_json = serde_json::to_string(&section.config)?;
     Ok(PluginConfig {
         name: "under-test".to_owned(),
         path: String::new(),
         on_error: FailPolicy::Deny,
         deadline,
-        memory_bytes: section.memory_mb.map_or(DEFAULT_PLUGIN_MEMORY, |m| m << 20),
+        memory_bytes: memory_mb << 20,
         fuel: section.fuel,
         weight: 1.0,
         headers: section
@@ -428,6 +444,26 @@ mod tests {
         assert!(parse("[[request]]\npath = \"/\"\nexpect = { action = \"deny\" }\n").is_ok());
         assert!(parse("[[request]]\npath = \"/\"\nexpct = {}\n").is_err());
         assert!(parse("[[request]]\npath = \"/\"\nexpect = { action = \"block\" }\n").is_err());
+    }
+
+    #[test]
+    fn sandbox_limits_are_held_to_the_bounds_serve_accepts() {
+        let limits = |table: &str| plugin_config(&parse(table).unwrap().plugin);
+        let config = limits("[plugin]\ndeadline = \"1s\"\nmemory_mb = 64\nfuel = 1\n").unwrap();
+        assert_eq!(config.deadline, std::time::Duration::from_secs(1));
+        assert_eq!(config.memory_bytes, 64 << 20);
+        assert_eq!(limits("").unwrap().memory_bytes, DEFAULT_PLUGIN_MEMORY);
+        for (table, named) in [
+            ("[plugin]\ndeadline = \"0ms\"\n", "deadline"),
+            ("[plugin]\ndeadline = \"2s\"\n", "deadline"),
+            ("[plugin]\nmemory_mb = 0\n", "memory_mb"),
+            ("[plugin]\nmemory_mb = 65\n", "memory_mb"),
+            ("[plugin]\nmemory_mb = 17592186044416\n", "memory_mb"),
+            ("[plugin]\nfuel = 0\n", "fuel"),
+        ] {
+            let refused = limits(table).unwrap_err().to_string();
+            assert!(refused.contains(named), "{table}: {refused}");
+        }
     }
 
     #[test]
