@@ -100,11 +100,23 @@ pub fn load_component(
     let component = Component::new(engine, wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Ok(bytes) = component.serialize() {
         let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-        if std::fs::write(&tmp, bytes).is_ok() {
+        if write_private(&tmp, &bytes).is_ok() {
             let _ = std::fs::rename(&tmp, &path);
         }
     }
     Ok(component)
+}
+
+/// Writes a compiled artifact only this user may read or write, whatever the umask: under
+/// a umask of 002 a plain write leaves it group-writable, and the next start would refuse
+/// it (see [`private_file`]) and compile again every time.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
 }
 
 /// Makes sure `dir` is a cache directory only this user can write to, creating it (mode
@@ -377,6 +389,13 @@ mod tests {
         assert_eq!(exports(&engine, &c), ["real"]);
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+        // The artifact is this user's alone whatever the umask (a group-writable one would
+        // be refused at the next start).
+        let artifact_mode = |dir: &Path| {
+            let entry = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap();
+            entry.metadata().unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(artifact_mode(&dir), 0o600);
         // A private cache is trusted: what is stored under the component's name is loaded.
         plant(&engine, &dir, &real, &planted);
         let c = load_component(&engine, &real, Some(&dir)).unwrap();
@@ -391,6 +410,8 @@ mod tests {
         std::fs::set_permissions(&artifact, std::fs::Permissions::from_mode(0o666)).unwrap();
         let c = load_component(&engine, &real, Some(&dir)).unwrap();
         assert_eq!(exports(&engine, &c), ["real"]);
+        // ... and replaced by a private one of its own compiling.
+        assert_eq!(artifact_mode(&dir), 0o600);
 
         // A directory others may write: nothing is loaded from it, nothing written to it.
         let shared = scratch("shared");
