@@ -361,7 +361,20 @@ pub fn test_files(idp: &TestIdp, partner: &ES256KeyPair) -> MapFiles {
         .with("partner.jwks.json", partner_jwks.to_string())
         .with("internal.key", b64(&INTERNAL_SECRET))
         .with("audit.key", b64(&AUDIT_KEY))
+        .with("gateway.key", b64(&GATEWAY_KEY_SEED))
 }
+
+/// The seed of the gateway-token key in [`test_files`] (`gateway.key`).
+pub const GATEWAY_KEY_SEED: [u8; 32] = [0x5a; 32];
+
+/// A `[gateway_token]` section for [`TEST_CONFIG`] (append it), signing with `gateway.key`.
+pub const GATEWAY_TOKEN_SECTION: &str = r#"
+[gateway_token]
+header = "x-portcullis-identity"
+issuer = "https://gateway.test"
+ttl = "30s"
+key_files = ["gateway.key"]
+"#;
 
 /// A gateway under test: engine, key store and the keys behind them.
 pub struct Harness {
@@ -383,9 +396,16 @@ impl Harness {
 
     /// Another configuration with the same files.
     pub fn with_config(text: &str) -> Self {
+        Self::with_edited_config(text, |_| {})
+    }
+
+    /// Another configuration with the same files, changed by `edit` after loading (a
+    /// state loading would refuse, e.g. a key only a host could hold).
+    pub fn with_edited_config(text: &str, edit: impl FnOnce(&mut Config)) -> Self {
         let idp = TestIdp::shared();
         let partner = ES256KeyPair::generate().with_key_id("partner-1");
-        let config = load(text, &test_files(idp, &partner));
+        let mut config = load(text, &test_files(idp, &partner));
+        edit(&mut config);
         let engine = Engine::new(config, PortableVerifier);
         let keys = engine.new_key_store();
         Self {

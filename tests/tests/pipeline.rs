@@ -618,3 +618,44 @@ fn a_configuration_snapshot_decides_exactly_like_the_original() {
     );
     assert!(portcullis_core::Config::from_snapshot(b"garbage").is_err());
 }
+
+#[test]
+fn a_gateway_token_that_cannot_be_signed_refuses_the_request_instead_of_forwarding_without_it() {
+    let config = format!("{TEST_CONFIG}{GATEWAY_TOKEN_SECTION}");
+    let t = TestIdp::shared().sign("ES256", claims(json!({"sub": "alice"})));
+    // Signed: the backend gets a token that verifies with the published key.
+    let h = Harness::with_config(&config);
+    let gt = h.engine.config().gateway_token.clone().unwrap();
+    let token = set_header(
+        forward(&h.get_with_token("/api/orders/7", &t)),
+        "x-portcullis-identity",
+    )
+    .unwrap()
+    .to_owned();
+    use jwt_simple::prelude::EdDSAPublicKeyLike as _;
+    let public = jwt_simple::prelude::Ed25519PublicKey::from_bytes(&gt.keys[0].public).unwrap();
+    let verified = public
+        .verify_token::<Value>(
+            &token,
+            Some(jwt_simple::prelude::VerificationOptions {
+                artificial_time: Some(jwt_simple::prelude::Duration::from_secs(NOW)),
+                ..Default::default()
+            }),
+        )
+        .expect("the gateway token verifies with the published key");
+    assert_eq!(verified.subject.as_deref(), Some("alice"));
+    // Not signable (in a wasm gateway: a host without the key the gateway names): 503,
+    // never a forward without the token the backend relies on.
+    let h = Harness::with_edited_config(&config, |c| {
+        c.gateway_token.as_mut().unwrap().keys[0].seed.truncate(31)
+    });
+    let d = h.get_with_token("/api/orders/7", &t);
+    let r = response(&d);
+    assert_eq!(r.status, 503);
+    assert_eq!(d.audit.reason, Some("gateway_token_unavailable"));
+    assert_eq!(d.audit.phase, Some("forward"));
+    let problem: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(problem["reason"], "gateway_token_unavailable");
+    // Anonymous callers get no token, so nothing needs signing for them.
+    forward(&h.get("/public/x", &[]));
+}

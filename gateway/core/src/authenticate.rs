@@ -258,7 +258,7 @@ pub trait Authenticator {
     /// `gateway_token`); `None` when it cannot. Default: the core's pure-Rust
     /// signer; a wasm gateway asks its host, as for [`Authenticator::sign_as_client`].
     fn sign_as_gateway(&self, key: &crate::config::GatewayKey, input: &[u8]) -> Option<Vec<u8>> {
-        crate::crypto::ed25519_sign(&key.seed, input)
+        crate::crypto::ed25519_sign(&key.seed, &key.public, input)
     }
 }
 

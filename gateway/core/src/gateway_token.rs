@@ -53,7 +53,7 @@ pub fn mint(
 
 /// The Ed25519 signature of `input` with `key` (the core's pure-Rust signer).
 pub fn sign(key: &GatewayKey, input: &[u8]) -> Option<Vec<u8>> {
-    crate::crypto::ed25519_sign(&key.seed, input)
+    crate::crypto::ed25519_sign(&key.seed, &key.public, input)
 }
 
 #[cfg(test)]

@@ -326,7 +326,7 @@ fn run(input: Input<'_>, cx: &mut Ctx, t: &mut Timer<'_>) -> Result<Forward, Sto
         phase::residency::run(&scope, route, cx)
     })?;
     t.phase(io, cx, "forward", |cx| {
-        Ok(phase::forward::run(&scope, route, cx, backend, region))
+        phase::forward::run(&scope, route, cx, backend, region)
     })
 }
 

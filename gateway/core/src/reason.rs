@@ -123,6 +123,10 @@ pub enum Reason {
     IntrospectionInvalid,
     /// The user has not granted a purpose the route needs (consent).
     ConsentRequired,
+    /// `[gateway_token]` is configured and the token for the backend could not be signed
+    /// (the host that signs for a wasm gateway does not hold the key): nothing is forwarded
+    /// without it.
+    GatewayTokenUnavailable,
 }
 
 impl Reason {
@@ -185,11 +189,12 @@ impl Reason {
             Reason::ForwardAuthUntrusted => "forward_auth_untrusted",
             Reason::ForwardAuthInvalid => "forward_auth_invalid",
             Reason::BackendIdentityMismatch => "backend_identity_mismatch",
+            Reason::GatewayTokenUnavailable => "gateway_token_unavailable",
         }
     }
 
     /// Every reason, for lookups and metrics.
-    pub const ALL: [Reason; 56] = [
+    pub const ALL: [Reason; 57] = [
         Reason::InvalidRequest,
         Reason::PathInvalid,
         Reason::HostInvalid,
@@ -246,6 +251,7 @@ impl Reason {
         Reason::ForwardAuthUntrusted,
         Reason::ForwardAuthInvalid,
         Reason::BackendIdentityMismatch,
+        Reason::GatewayTokenUnavailable,
     ];
 
     /// The reason with this code.
@@ -284,7 +290,8 @@ impl Reason {
             | Reason::RiskCheckFailed
             | Reason::StateUnavailable
             | Reason::ProviderUnavailable
-            | Reason::IntrospectionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Reason::IntrospectionUnavailable
+            | Reason::GatewayTokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::IntrospectionInvalid | Reason::BackendIdentityMismatch => {
                 StatusCode::BAD_GATEWAY
             }
@@ -357,6 +364,7 @@ impl Reason {
             }
             Reason::IntrospectionInvalid => "The issuer's introspection answer is invalid",
             Reason::ConsentRequired => "The user has not consented to this use",
+            Reason::GatewayTokenUnavailable => "The gateway could not sign the backend's token",
         }
     }
 
@@ -411,6 +419,7 @@ mod tests {
         assert_eq!(status(Reason::IntrospectionUnavailable), 503);
         assert_eq!(status(Reason::IntrospectionInvalid), 502);
         assert_eq!(status(Reason::ConsentRequired), 403);
+        assert_eq!(status(Reason::GatewayTokenUnavailable), 503);
         // Only 401s about tokens and the scope refusal carry a bearer error (a bad session
         // cookie or a failed browser login is no token error).
         for r in Reason::ALL {

@@ -131,13 +131,21 @@ pub fn parse(value: &str) -> Option<TraceParent> {
 
 /// Lowercase hexadecimal.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
+    // A digit per nibble: formatting each byte through `write!("{b:02x}")` was
+    // ~2% of a native request's CPU (trace and span ids of every audit record).
+    fn digit(nibble: u8) -> char {
+        char::from(if nibble < 10 {
+            b'0' + nibble
+        } else {
+            b'a' + (nibble - 10)
         })
+    }
+    let mut out = String::with_capacity(2 * bytes.len());
+    for &b in bytes {
+        out.push(digit(b >> 4));
+        out.push(digit(b & 0x0f));
+    }
+    out
 }
 
 /// An id of `N` bytes from its `2N` lowercase hex digits (as [`hex`] writes them, in audit
@@ -193,6 +201,17 @@ mod tests {
     }
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn hex_writes_every_byte_as_two_lowercase_digits_and_reads_back() {
+        let all: Vec<u8> = (0..=255).collect();
+        let text = hex(&all);
+        for (b, pair) in all.iter().zip(text.as_bytes().chunks(2)) {
+            assert_eq!(std::str::from_utf8(pair).unwrap(), format!("{b:02x}"));
+        }
+        let id: [u8; 16] = core::array::from_fn(|i| (i as u8).wrapping_mul(37));
+        assert_eq!(id_from_hex::<16>(&hex(&id)), Some(id));
+    }
 
     #[test]
     fn the_specifications_examples_parse_and_invalid_values_do_not() {

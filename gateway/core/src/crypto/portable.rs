@@ -187,10 +187,65 @@ fn hmac_ok<M: Mac + KeyInit>(key: &[u8], message: &[u8], tag: &[u8]) -> bool {
     }
 }
 
-/// The Ed25519 signature of `input` under the private key with this 32-byte `seed`
-/// (deterministic, RFC 8032); `None` for a seed of another length.
-pub fn ed25519_sign(seed: &[u8], input: &[u8]) -> Option<Vec<u8>> {
-    let seed: [u8; 32] = seed.try_into().ok()?;
-    let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(seed));
-    Some(pair.sk.sign(input, None).to_vec())
+/// The Ed25519 signature of `input` under the private key with this 32-byte `seed` and
+/// its 32-byte `public` key (deterministic, RFC 8032 §5.1.6); `None` for a seed or key of
+/// another length.
+///
+/// The public key is the one derived from the seed when the configuration was loaded
+/// (`config::agents`): deriving it again for every signature would cost a second
+/// base-point multiplication, as much as the signature itself.
+pub fn ed25519_sign(seed: &[u8], public: &[u8], input: &[u8]) -> Option<Vec<u8>> {
+    if seed.len() != 32 || public.len() != 32 {
+        return None;
+    }
+    // RFC 8032's secret key as the library holds it: the seed, then the public key.
+    let mut secret = [0u8; 64];
+    for (out, byte) in secret.iter_mut().zip(seed.iter().chain(public)) {
+        *out = *byte;
+    }
+    let sk = ed25519_compact::SecretKey::new(secret);
+    Some(sk.sign(input, None).to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ed25519_sign;
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// RFC 8032 §7.1, TEST 1 and TEST 2: the secret key is signed with as configured, seed
+    /// and the public key loaded with it, without deriving the key pair again.
+    #[test]
+    fn ed25519_signatures_are_rfc_8032s() {
+        let cases = [
+            (
+                "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+                "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+                "",
+                "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155\
+                 5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+            ),
+            (
+                "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+                "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+                "72",
+                "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da\
+                 085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00",
+            ),
+        ];
+        for (seed, public, message, signature) in cases {
+            let (seed, public) = (unhex(seed), unhex(public));
+            assert_eq!(
+                ed25519_sign(&seed, &public, &unhex(message)),
+                Some(unhex(signature))
+            );
+        }
+        assert_eq!(ed25519_sign(&[7; 31], &[7; 32], b"m"), None);
+        assert_eq!(ed25519_sign(&[7; 32], &[7; 33], b"m"), None);
+    }
 }

@@ -10,22 +10,25 @@ use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, SET_COOKIE};
 use http::{HeaderName, HeaderValue};
 use serde_json::Value;
 
-use super::{Ctx, Matched, Scope};
+use super::{Ctx, Matched, Scope, Step};
 use crate::claims::VerifiedIdentity;
 use crate::config::{GatewayToken, IdentitySource, Region};
 use crate::decision::Forward;
 use crate::fnv::fnv1a;
 use crate::model::BackendId;
+use crate::reason::Reason;
 use crate::trace::{TRACEPARENT, TRACESTATE};
 
-/// The forward instruction for `backend` in `region`.
+/// The forward instruction for `backend` in `region`; 503 `gateway_token_unavailable` when
+/// `[gateway_token]` is configured and the backend's token cannot be signed (a backend that
+/// relies on it is never called without it).
 pub fn run(
     scope: &Scope<'_>,
     m: Matched<'_>,
     cx: &mut Ctx,
     backend: BackendId,
     region: &Region,
-) -> Forward {
+) -> Step<Forward> {
     let input = &scope.input;
     let (cfg, req) = (input.config(), input.req);
     let identity = cx.identity.as_ref();
@@ -79,9 +82,13 @@ pub fn run(
         region.backends.get(backend.index),
     ) {
         let token = gateway_token(scope, gt, id, region, &backend_cfg.url);
-        if let Some(v) = token.and_then(|t| HeaderValue::from_str(&t).ok()) {
-            set_headers.push((gt.header.clone(), v));
-        }
+        let Some(v) = token.and_then(|t| HeaderValue::from_str(&t).ok()) else {
+            return Err(input.refuse(
+                Reason::GatewayTokenUnavailable,
+                "the token for the backend could not be signed",
+            ));
+        };
+        set_headers.push((gt.header.clone(), v));
     }
     // The backend call is a span of its own in the request's trace.
     if let Some(trace) = &cx.trace
@@ -102,13 +109,13 @@ pub fn run(
         response_headers.push((CACHE_CONTROL, HeaderValue::from_static("private, no-store")));
     }
     response_headers.extend(session.cookies.into_iter().map(|c| (SET_COOKIE, c)));
-    Forward {
+    Ok(Forward {
         backend,
         path_and_query: scope.norm.path_and_query.clone(),
         remove_headers,
         set_headers,
         response_headers,
-    }
+    })
 }
 
 /// The gateway-signed token for one forwarded request.
