@@ -1,11 +1,12 @@
 //! One full decision (normalize → authenticate → authorize → route → audit record) on a
 //! cached key set, per algorithm, plus the cheap refusal paths.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis_core::{AllHealthy, Outcome, RequestParts, Timestamp};
 use portcullis_tests::{
-    Harness, INTERNAL_ISSUER, INTERNAL_SECRET, NOW, claims, claims_for, forge, hs256,
+    CountingEntropy, GATEWAY_TOKEN_SECTION, Harness, INTERNAL_ISSUER, INTERNAL_SECRET, NOW,
+    TEST_CONFIG, claims, claims_for, forge, hs256,
 };
 use serde_json::json;
 use std::hint::black_box;
@@ -65,6 +66,7 @@ fn decision(c: &mut Criterion) {
         &uri,
         false,
     ));
+    let signing = Harness::with_config(&format!("{TEST_CONFIG}{GATEWAY_TOKEN_SECTION}"));
     for (name, token, uri, forwards) in &cases {
         let headers = request_headers(token.as_deref());
         let req = RequestParts {
@@ -86,6 +88,23 @@ fn decision(c: &mut Criterion) {
         group.bench_function(name.as_str(), |b| {
             b.iter(|| h.engine.decide(&h.keys, black_box(&req), now, &AllHealthy))
         });
+        // The same request when the backend gets a gateway-signed token (Ed25519).
+        if name == "forward_ES256" {
+            // Random bytes for its `jti` (a real runtime's source costs a little more).
+            let entropy = CountingEntropy::default();
+            let d = signing.decide_with_entropy(&req, now, &entropy);
+            let Outcome::Forward(f) = &d.outcome else {
+                panic!("{:?}", d.audit.reason)
+            };
+            assert!(
+                f.set_headers
+                    .iter()
+                    .any(|(n, _)| n == "x-portcullis-identity")
+            );
+            group.bench_function("forward_ES256_gateway_token", |b| {
+                b.iter(|| signing.decide_with_entropy(black_box(&req), now, &entropy))
+            });
+        }
     }
     group.finish();
 }

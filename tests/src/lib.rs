@@ -27,7 +27,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jwt_simple::prelude::*;
 use portcullis_core::config::{self, MapFiles};
 use portcullis_core::{
-    AllHealthy, Config, Decision, Engine, KeyStore, PortableVerifier, RequestParts, Timestamp,
+    Adapters, AllHealthy, Config, Decision, Engine, Entropy, KeyStore, PortableVerifier,
+    RequestParts, Timestamp,
 };
 use serde_json::{Map, Value, json};
 
@@ -364,6 +365,23 @@ pub fn test_files(idp: &TestIdp, partner: &ES256KeyPair) -> MapFiles {
         .with("gateway.key", b64(&GATEWAY_KEY_SEED))
 }
 
+/// Random bytes from a counter: every fill differs from the last, and runs repeat.
+#[derive(Debug, Default)]
+pub struct CountingEntropy(std::cell::Cell<u64>);
+
+impl Entropy for CountingEntropy {
+    fn fill(&self, out: &mut [u8]) -> Result<(), String> {
+        for chunk in out.chunks_mut(8) {
+            let n = self.0.get().wrapping_add(1);
+            self.0.set(n);
+            for (o, b) in chunk.iter_mut().zip(n.to_le_bytes()) {
+                *o = b;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The seed of the gateway-token key in [`test_files`] (`gateway.key`).
 pub const GATEWAY_KEY_SEED: [u8; 32] = [0x5a; 32];
 
@@ -424,6 +442,22 @@ impl Harness {
     /// Decides a request with a bearer token at [`NOW`].
     pub fn get_with_token(&self, path: &str, token: &str) -> Decision {
         self.get(path, &[("authorization", &format!("Bearer {token}"))])
+    }
+
+    /// Decides `req` at `now` with a random source (`entropy`) besides the keys: what
+    /// needs random bytes (trace ids, gateway tokens' `jti`) is minted.
+    pub fn decide_with_entropy(
+        &self,
+        req: &RequestParts<'_>,
+        now: Timestamp,
+        entropy: &dyn Entropy,
+    ) -> Decision {
+        let auth = self.engine.authenticator(&self.keys);
+        let adapters = Adapters {
+            entropy,
+            ..Adapters::new(&auth, &AllHealthy)
+        };
+        self.engine.gateway().decide(&adapters, req, now)
     }
 
     /// Decides any request at `now` (Unix seconds).

@@ -619,43 +619,85 @@ fn a_configuration_snapshot_decides_exactly_like_the_original() {
     assert!(portcullis_core::Config::from_snapshot(b"garbage").is_err());
 }
 
+/// `GET path` with `token`, the same request id every time (as a client that sends its own
+/// `x-request-id`, or a runtime that assigns none), decided with `entropy`.
+fn decide_signed(
+    h: &Harness,
+    path: &str,
+    token: &str,
+    entropy: &dyn portcullis_core::Entropy,
+) -> Decision {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", bearer(token).parse().unwrap());
+    headers.insert("host", "gw.test".parse().unwrap());
+    let uri: http::Uri = path.parse().unwrap();
+    let req = RequestParts {
+        method: &http::Method::GET,
+        uri: &uri,
+        headers: &headers,
+        request_id: "client-chosen",
+        peer: None,
+        peer_hints: Default::default(),
+        body: &[],
+    };
+    h.decide_with_entropy(&req, Timestamp::from_unix_secs(NOW), entropy)
+}
+
+#[test]
+fn gateway_tokens_verify_with_the_published_key_and_never_share_a_jti() {
+    use jwt_simple::prelude::EdDSAPublicKeyLike as _;
+    let h = Harness::with_config(&format!("{TEST_CONFIG}{GATEWAY_TOKEN_SECTION}"));
+    let gt = h.engine.config().gateway_token.clone().unwrap();
+    let public = jwt_simple::prelude::Ed25519PublicKey::from_bytes(&gt.keys[0].public).unwrap();
+    let t = TestIdp::shared().sign("ES256", claims(json!({"sub": "alice"})));
+    let entropy = CountingEntropy::default();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..3 {
+        // Same request id, same millisecond: only the random source tells them apart.
+        let d = decide_signed(&h, "/api/orders/7", &t, &entropy);
+        let token = set_header(forward(&d), "x-portcullis-identity").unwrap();
+        let verified = public
+            .verify_token::<Value>(
+                token,
+                Some(jwt_simple::prelude::VerificationOptions {
+                    artificial_time: Some(jwt_simple::prelude::Duration::from_secs(NOW)),
+                    ..Default::default()
+                }),
+            )
+            .expect("the gateway token verifies with the published key");
+        assert_eq!(verified.subject.as_deref(), Some("alice"));
+        let jti = verified.jwt_id.unwrap();
+        assert_eq!(jti.len(), 32, "128 bits, hex: {jti}");
+        assert!(seen.insert(jti), "a jti was minted twice");
+    }
+}
+
 #[test]
 fn a_gateway_token_that_cannot_be_signed_refuses_the_request_instead_of_forwarding_without_it() {
     let config = format!("{TEST_CONFIG}{GATEWAY_TOKEN_SECTION}");
     let t = TestIdp::shared().sign("ES256", claims(json!({"sub": "alice"})));
-    // Signed: the backend gets a token that verifies with the published key.
-    let h = Harness::with_config(&config);
-    let gt = h.engine.config().gateway_token.clone().unwrap();
-    let token = set_header(
-        forward(&h.get_with_token("/api/orders/7", &t)),
-        "x-portcullis-identity",
-    )
-    .unwrap()
-    .to_owned();
-    use jwt_simple::prelude::EdDSAPublicKeyLike as _;
-    let public = jwt_simple::prelude::Ed25519PublicKey::from_bytes(&gt.keys[0].public).unwrap();
-    let verified = public
-        .verify_token::<Value>(
-            &token,
-            Some(jwt_simple::prelude::VerificationOptions {
-                artificial_time: Some(jwt_simple::prelude::Duration::from_secs(NOW)),
-                ..Default::default()
-            }),
-        )
-        .expect("the gateway token verifies with the published key");
-    assert_eq!(verified.subject.as_deref(), Some("alice"));
+    let refused = |d: &Decision, detail: &str| {
+        let r = response(d);
+        assert_eq!(r.status, 503);
+        assert_eq!(d.audit.reason, Some("gateway_token_unavailable"));
+        assert_eq!(d.audit.phase, Some("forward"));
+        let problem: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(problem["reason"], "gateway_token_unavailable");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(detail),
+            "{problem}"
+        );
+    };
     // Not signable (in a wasm gateway: a host without the key the gateway names): 503,
     // never a forward without the token the backend relies on.
     let h = Harness::with_edited_config(&config, |c| {
         c.gateway_token.as_mut().unwrap().keys[0].seed.truncate(31)
     });
-    let d = h.get_with_token("/api/orders/7", &t);
-    let r = response(&d);
-    assert_eq!(r.status, 503);
-    assert_eq!(d.audit.reason, Some("gateway_token_unavailable"));
-    assert_eq!(d.audit.phase, Some("forward"));
-    let problem: Value = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(problem["reason"], "gateway_token_unavailable");
+    let d = decide_signed(&h, "/api/orders/7", &t, &CountingEntropy::default());
+    refused(&d, "could not be signed");
+    // No random source for its `jti`: no token either.
+    let h = Harness::with_config(&config);
+    refused(&h.get_with_token("/api/orders/7", &t), "no random source");
     // Anonymous callers get no token, so nothing needs signing for them.
     forward(&h.get("/public/x", &[]));
 }

@@ -14,8 +14,7 @@ use super::{Ctx, Matched, Scope, Step};
 use crate::claims::VerifiedIdentity;
 use crate::config::{GatewayToken, IdentitySource, Region};
 use crate::decision::Forward;
-use crate::fnv::fnv1a;
-use crate::model::BackendId;
+use crate::model::{BackendId, Entropy as _};
 use crate::reason::Reason;
 use crate::trace::{TRACEPARENT, TRACESTATE};
 
@@ -81,14 +80,12 @@ pub fn run(
         identity,
         region.backends.get(backend.index),
     ) {
-        let token = gateway_token(scope, gt, id, region, &backend_cfg.url);
-        let Some(v) = token.and_then(|t| HeaderValue::from_str(&t).ok()) else {
-            return Err(input.refuse(
-                Reason::GatewayTokenUnavailable,
-                "the token for the backend could not be signed",
-            ));
-        };
-        set_headers.push((gt.header.clone(), v));
+        let token = gateway_token(scope, gt, id, region, &backend_cfg.url)
+            .and_then(|t| HeaderValue::from_str(&t).map_err(|_| "the token is not a header value"));
+        match token {
+            Ok(v) => set_headers.push((gt.header.clone(), v)),
+            Err(why) => return Err(input.refuse(Reason::GatewayTokenUnavailable, why)),
+        }
     }
     // The backend call is a span of its own in the request's trace.
     if let Some(trace) = &cx.trace
@@ -118,14 +115,14 @@ pub fn run(
     })
 }
 
-/// The gateway-signed token for one forwarded request.
+/// The gateway-signed token for one forwarded request, or why there is none.
 fn gateway_token(
     scope: &Scope<'_>,
     gt: &GatewayToken,
     id: &VerifiedIdentity,
     region: &Region,
     audience: &str,
-) -> Option<String> {
+) -> Result<String, &'static str> {
     let input = &scope.input;
     let mut claims = serde_json::Map::new();
     if let Some(sub) = &id.subject {
@@ -148,17 +145,19 @@ fn gateway_token(
             claims.insert(name.into(), v.clone());
         }
     }
-    let jti = format!(
-        "{:016x}",
-        fnv1a(&format!(
-            "{}/{}",
-            input.req.request_id,
-            input.now.unix_millis()
-        ))
-    );
-    claims.insert("jti".into(), Value::String(jti));
+    // 128 random bits (RFC 7519 §4.1.7: a negligible chance of reuse). Not derived from the
+    // request: its id is the client's `x-request-id` when it sends one, or `-` on runtimes
+    // that assign none, so two requests in the same millisecond would share a `jti`, and a
+    // backend that refuses replayed ones would refuse the second.
+    let mut jti = [0u8; 16];
+    input
+        .io
+        .fill(&mut jti)
+        .map_err(|_| "no random source for the token's `jti`")?;
+    claims.insert("jti".into(), Value::String(crate::trace::hex(&jti)));
     let auth = input.services.auth;
     crate::gateway_token::mint(gt, claims, input.now, |key, m| auth.sign_as_gateway(key, m))
+        .ok_or("the token for the backend could not be signed")
 }
 
 /// The configured identity headers for the caller (region headers for anyone).
