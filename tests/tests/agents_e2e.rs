@@ -302,6 +302,26 @@ fn backends_verify_the_gateway_token_through_the_served_key_set_across_a_rotatio
     assert_ne!(received, "forged");
     let checked = verify(&jwks1, &received).expect("the gateway's own token");
     assert_eq!(checked["claims"]["sub"], "alice");
+    // Each token has a jti of its own (128 random bits from the runtime), also for requests
+    // that carry the same client-chosen request id.
+    let mut jtis = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let r = get(
+            &gw,
+            "/api/orders/1",
+            Some(&delegated),
+            &[("x-request-id", "same-id")],
+        );
+        assert_eq!(r.status, 200);
+        let token = last_header(&backend, "x-portcullis-identity").expect("gateway token");
+        let claims = &verify(&jwks1, &token).unwrap()["claims"];
+        let jti = claims["jti"].as_str().unwrap().to_owned();
+        assert!(
+            jti.len() == 32 && jti.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{jti}"
+        );
+        assert!(jtis.insert(jti), "a jti was minted twice");
+    }
     drop(gw);
 
     // Rotation: key 2 signs, key 1 is still published — tokens already issued still verify.
