@@ -1513,6 +1513,56 @@ fn every_runtime_drops_the_backends_hop_by_hop_response_fields() {
     }
 }
 
+/// A region's requests are spread over its backends on every runtime, also where nothing
+/// assigns a request id (a bundle under a wasi:http host, a Worker) and where the client
+/// pins its own: the choice is random, not a hash of the id (which sent every request of a
+/// bundle or a Worker to the same backend).
+#[test]
+fn every_runtime_spreads_requests_over_the_regions_backends() {
+    let w = world();
+    let first = Backend::start("us-1");
+    let second = Backend::start("us-2");
+    let us = format!("{}\", \"{}", first.server.url(), second.server.url());
+    let text = config(&w._keys, &w.eu.server.url(), &us);
+    assert!(text.contains(&format!("backends = [\"{us}\"]")), "{text}");
+    let native = start_engine(&text, "native");
+    let component = start_engine(&text, "component");
+    let (bundle, _) = start_bundle(&text, &[]);
+    let worker = portcullis_tests::workerd::start_worker(&text, &[]);
+    for (name, gw) in [
+        ("native", &native),
+        ("component", &component),
+        ("bundle", &bundle),
+        ("worker", &worker),
+    ] {
+        for pinned in [None, Some("the-same-id")] {
+            let before = (
+                first.hits.load(std::sync::atomic::Ordering::SeqCst),
+                second.hits.load(std::sync::atomic::Ordering::SeqCst),
+            );
+            let headers: Vec<(&str, &str)> =
+                pinned.map(|id| ("x-request-id", id)).into_iter().collect();
+            for _ in 0..24 {
+                let r = request(gw.addr, "GET", "/public/x", &headers, b"").unwrap();
+                assert_eq!(
+                    r.status,
+                    200,
+                    "{name}: {}",
+                    String::from_utf8_lossy(&r.body)
+                );
+            }
+            let after = (
+                first.hits.load(std::sync::atomic::Ordering::SeqCst),
+                second.hits.load(std::sync::atomic::Ordering::SeqCst),
+            );
+            let (a, b) = (after.0 - before.0, after.1 - before.1);
+            assert_eq!(a + b, 24, "{name}");
+            // Both get some (all 24 on one backend by chance: 2 in 2^24).
+            assert!(a > 0 && b > 0, "{name}, request id {pinned:?}: {a} / {b}");
+        }
+    }
+}
+
 // ---- What the edge runtimes cannot do yet, and how they refuse it ----------------------
 //
 // The bundle keeps its shared state in the runtime's wasi:keyvalue store (tests/tests/

@@ -701,3 +701,17 @@ fn a_gateway_token_that_cannot_be_signed_refuses_the_request_instead_of_forwardi
     // Anonymous callers get no token, so nothing needs signing for them.
     forward(&h.get("/public/x", &[]));
 }
+
+#[test]
+fn requests_spread_over_healthy_backends_at_random_whatever_their_request_id() {
+    let h = Harness::new();
+    let t = h.idp.sign("ES256", claims(json!({})));
+    let entropy = CountingEntropy::default();
+    // The same request id every time (a runtime that assigns none, or a client that pins
+    // its own): the random source still spreads them over the region's two backends.
+    let used: std::collections::HashSet<BackendId> = (0..32)
+        .map(|_| forward(&decide_signed(&h, "/api/orders/7", &t, &entropy)).backend)
+        .collect();
+    assert_eq!(used.len(), 2, "{used:?}");
+    assert!(used.iter().all(|b| b.region == RegionId(0)));
+}

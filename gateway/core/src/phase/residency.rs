@@ -5,7 +5,7 @@
 use super::{Ctx, Matched, Scope, Step};
 use crate::config::Region;
 use crate::fnv::fnv1a;
-use crate::model::BackendId;
+use crate::model::{BackendId, Entropy as _};
 use crate::reason::Reason;
 use crate::residency::{choose_backend, home_region};
 
@@ -22,17 +22,26 @@ pub fn run<'a>(scope: &Scope<'a>, m: Matched<'a>, cx: &mut Ctx) -> Step<(Backend
             &format!("this route is not offered in region `{name}`"),
         ));
     }
-    let backend = choose_backend(
-        cfg,
-        home,
-        input.services.health,
-        fnv1a(input.req.request_id),
-    )
-    .map_err(refuse)?;
+    let backend =
+        choose_backend(cfg, home, input.services.health, spread(scope)).map_err(refuse)?;
     let Some(region) = cfg.regions.get(backend.region.0) else {
         return Err(input.refuse(Reason::ResidencyUnavailable, "backend region vanished"));
     };
     cx.audit.region = Some(region.name.clone());
     cx.audit.backend = region.backends.get(backend.index).map(|b| b.url.clone());
     Ok((backend, region))
+}
+
+/// Which of the healthy backends gets the request: random (the runtime's random source).
+/// Not the request id: that is the client's own `x-request-id` when it sends one (a client
+/// could aim all its requests at one backend) and `-` on runtimes that assign none, which
+/// sent every request of a bundle or a Worker to the same backend. Without a random source
+/// (offline decisions, tests) the request id's hash still spreads them.
+fn spread(scope: &Scope<'_>) -> u64 {
+    let input = &scope.input;
+    let mut bytes = [0u8; 8];
+    match input.io.fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => fnv1a(input.req.request_id),
+    }
 }
