@@ -1450,6 +1450,17 @@ fn the_worker_answers_504_when_the_backend_is_too_slow() {
 /// (RFC 9110 §7.6.1) — and the gateway's own added (a limited route's `RateLimit` fields),
 /// whether the runtime copies the head through Rust (the engines, the bundle) or edits the
 /// platform's copy in place (the worker).
+/// A gateway on `text` on each runtime: native and component engines, the bundle under
+/// serve-wasm, the worker under workerd.
+fn every_runtime(text: &str) -> [(&'static str, Gateway); 4] {
+    [
+        ("native", start_engine(text, "native")),
+        ("component", start_engine(text, "component")),
+        ("bundle", start_bundle(text, &[]).0),
+        ("worker", portcullis_tests::workerd::start_worker(text, &[])),
+    ]
+}
+
 #[test]
 fn every_runtime_drops_the_backends_hop_by_hop_response_fields() {
     let w = world();
@@ -1469,16 +1480,7 @@ fn every_runtime_drops_the_backends_hop_by_hop_response_fields() {
          key = \"route\"\nrate = 100\nper = \"1m\"\n",
         config(&w._keys, &backend.url(), &backend.url())
     );
-    let native = start_engine(&text, "native");
-    let component = start_engine(&text, "component");
-    let (bundle, _) = start_bundle(&text, &[]);
-    let worker = portcullis_tests::workerd::start_worker(&text, &[]);
-    for (name, gw) in [
-        ("native", &native),
-        ("component", &component),
-        ("bundle", &bundle),
-        ("worker", &worker),
-    ] {
+    for (name, gw) in &every_runtime(&text) {
         let r = request(gw.addr, "GET", "/public/x", &[], b"").unwrap();
         assert_eq!(
             r.status,
@@ -1525,16 +1527,7 @@ fn every_runtime_spreads_requests_over_the_regions_backends() {
     let us = format!("{}\", \"{}", first.server.url(), second.server.url());
     let text = config(&w._keys, &w.eu.server.url(), &us);
     assert!(text.contains(&format!("backends = [\"{us}\"]")), "{text}");
-    let native = start_engine(&text, "native");
-    let component = start_engine(&text, "component");
-    let (bundle, _) = start_bundle(&text, &[]);
-    let worker = portcullis_tests::workerd::start_worker(&text, &[]);
-    for (name, gw) in [
-        ("native", &native),
-        ("component", &component),
-        ("bundle", &bundle),
-        ("worker", &worker),
-    ] {
+    for (name, gw) in &every_runtime(&text) {
         for pinned in [None, Some("the-same-id")] {
             let before = (
                 first.hits.load(std::sync::atomic::Ordering::SeqCst),
