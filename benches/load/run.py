@@ -333,8 +333,16 @@ def start_gateway(kind, name, opts, work, bins, backend_port):
         if opts.get("reuse"):
             cmd += ["--instance-reuse", str(opts["reuse"])]
         env = dict(os.environ, XDG_CACHE_HOME=str(ROOT / "target/load-cache"))
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                stderr=open(work / f"{name}.log", "w"), env=env)
+        log = open(work / f"{name}.log", "w")
+        if opts["engine"] == "component":
+            # As for the bundles: the measured start loads the compiled component from the
+            # on-disk cache, as a restarted server would. A start that compiles it keeps the
+            # compiler's freed heap (run 2026-12-06 09:50: 67 MiB instead of 33 for the same
+            # serving), which says nothing about the cost of a request.
+            compiling = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
+            wait_http(f"http://127.0.0.1:{admin}/readyz", 180, compiling)
+            stop(compiling)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
         wait_http(f"http://127.0.0.1:{admin}/readyz", 180, proc)
         proc.admin = admin
     else:
