@@ -369,6 +369,13 @@ pub fn test_files(idp: &TestIdp, partner: &ES256KeyPair) -> MapFiles {
 #[derive(Debug, Default)]
 pub struct CountingEntropy(std::cell::Cell<u64>);
 
+impl CountingEntropy {
+    /// How many 8-byte words were drawn so far.
+    pub fn words_drawn(&self) -> u64 {
+        self.0.get()
+    }
+}
+
 impl Entropy for CountingEntropy {
     fn fill(&self, out: &mut [u8]) -> Result<(), String> {
         for chunk in out.chunks_mut(8) {

@@ -1445,11 +1445,6 @@ fn the_worker_answers_504_when_the_backend_is_too_slow() {
     assert!(started.elapsed() < std::time::Duration::from_millis(2900));
 }
 
-/// Every runtime relays the backend's response head the same way: its own fields kept, its
-/// hop-by-hop fields dropped — the standard ones and those its `Connection` field lists
-/// (RFC 9110 §7.6.1) — and the gateway's own added (a limited route's `RateLimit` fields),
-/// whether the runtime copies the head through Rust (the engines, the bundle) or edits the
-/// platform's copy in place (the worker).
 /// A gateway on `text` on each runtime: native and component engines, the bundle under
 /// serve-wasm, the worker under workerd.
 fn every_runtime(text: &str) -> [(&'static str, Gateway); 4] {
@@ -1461,6 +1456,11 @@ fn every_runtime(text: &str) -> [(&'static str, Gateway); 4] {
     ]
 }
 
+/// Every runtime relays the backend's response head the same way: its own fields kept, its
+/// hop-by-hop fields dropped — the standard ones and those its `Connection` field lists
+/// (RFC 9110 §7.6.1) — and the gateway's own added (a limited route's `RateLimit` fields),
+/// whether the runtime copies the head through Rust (the engines, the bundle) or edits the
+/// platform's copy in place (the worker).
 #[test]
 fn every_runtime_drops_the_backends_hop_by_hop_response_fields() {
     let w = world();

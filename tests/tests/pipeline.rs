@@ -714,4 +714,13 @@ fn requests_spread_over_healthy_backends_at_random_whatever_their_request_id() {
         .collect();
     assert_eq!(used.len(), 2, "{used:?}");
     assert!(used.iter().all(|b| b.region == RegionId(0)));
+    // A region with one backend has no choice to make, so it costs no random draw: a
+    // us-resident request draws one word less than an eu-resident one.
+    let drawn = |token: &str| {
+        let entropy = CountingEntropy::default();
+        forward(&decide_signed(&h, "/api/orders/7", token, &entropy));
+        entropy.words_drawn()
+    };
+    let us = h.idp.sign("ES256", claims(json!({"residency": "us"})));
+    assert_eq!(drawn(&t), drawn(&us) + 1);
 }

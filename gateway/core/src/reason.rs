@@ -123,9 +123,9 @@ pub enum Reason {
     IntrospectionInvalid,
     /// The user has not granted a purpose the route needs (consent).
     ConsentRequired,
-    /// `[gateway_token]` is configured and the token for the backend could not be signed
-    /// (the host that signs for a wasm gateway does not hold the key): nothing is forwarded
-    /// without it.
+    /// `[gateway_token]` is configured and the token for the backend could not be minted
+    /// (the host that signs for a wasm gateway does not hold the key, or the runtime has no
+    /// random source for its `jti`): nothing is forwarded without it.
     GatewayTokenUnavailable,
 }
 
@@ -364,7 +364,7 @@ impl Reason {
             }
             Reason::IntrospectionInvalid => "The issuer's introspection answer is invalid",
             Reason::ConsentRequired => "The user has not consented to this use",
-            Reason::GatewayTokenUnavailable => "The gateway could not sign the backend's token",
+            Reason::GatewayTokenUnavailable => "The gateway could not mint the backend's token",
         }
     }
 

@@ -51,12 +51,13 @@ pub fn home_region(
 }
 
 /// A healthy backend of `home`, else of its same-jurisdiction failover regions in order.
-/// `spread` picks among healthy backends (e.g. a hash of the request id).
+/// `spread` picks among healthy backends (e.g. random bits); it is asked only when there
+/// is more than one to pick from.
 pub fn choose_backend(
     config: &Config,
     home: RegionId,
     health: &dyn BackendHealth,
-    spread: u64,
+    mut spread: impl FnMut() -> u64,
 ) -> Result<BackendId, (Reason, String)> {
     let region = config
         .regions
@@ -74,10 +75,14 @@ pub fn choose_backend(
             .map(|index| BackendId { region: rid, index })
             .filter(|b| health.is_healthy(*b))
             .collect();
-        if !healthy.is_empty() {
-            let pick = usize::try_from(spread % healthy.len() as u64).unwrap_or(0);
-            if let Some(b) = healthy.get(pick) {
-                return Ok(*b);
+        match healthy.as_slice() {
+            [] => {}
+            [only] => return Ok(*only),
+            _ => {
+                let pick = usize::try_from(spread() % healthy.len() as u64).unwrap_or(0);
+                if let Some(b) = healthy.get(pick) {
+                    return Ok(*b);
+                }
             }
         }
     }

@@ -19,8 +19,8 @@ use crate::reason::Reason;
 use crate::trace::{TRACEPARENT, TRACESTATE};
 
 /// The forward instruction for `backend` in `region`; 503 `gateway_token_unavailable` when
-/// `[gateway_token]` is configured and the backend's token cannot be signed (a backend that
-/// relies on it is never called without it).
+/// `[gateway_token]` is configured and the backend's token cannot be minted (signed, or
+/// given a random `jti`): a backend that relies on it is never called without it.
 pub fn run(
     scope: &Scope<'_>,
     m: Matched<'_>,

@@ -23,7 +23,7 @@ pub fn run<'a>(scope: &Scope<'a>, m: Matched<'a>, cx: &mut Ctx) -> Step<(Backend
         ));
     }
     let backend =
-        choose_backend(cfg, home, input.services.health, spread(scope)).map_err(refuse)?;
+        choose_backend(cfg, home, input.services.health, || spread(scope)).map_err(refuse)?;
     let Some(region) = cfg.regions.get(backend.region.0) else {
         return Err(input.refuse(Reason::ResidencyUnavailable, "backend region vanished"));
     };
@@ -32,7 +32,8 @@ pub fn run<'a>(scope: &Scope<'a>, m: Matched<'a>, cx: &mut Ctx) -> Step<(Backend
     Ok((backend, region))
 }
 
-/// Which of the healthy backends gets the request: random (the runtime's random source).
+/// Which of several healthy backends gets the request: random (the runtime's random
+/// source; drawn only when there is a choice, so one-backend regions cost no draw).
 /// Not the request id: that is the client's own `x-request-id` when it sends one (a client
 /// could aim all its requests at one backend) and `-` on runtimes that assign none, which
 /// sent every request of a bundle or a Worker to the same backend. Without a random source
