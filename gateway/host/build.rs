@@ -1,6 +1,7 @@
-//! Builds the gateway component (`gateway/component`) and the portable providers of edge
-//! bundles (`gateway/providers`), target `wasm32-wasip2`, so that the host can embed them:
-//! nobody builds them by hand. The nested cargo uses its own
+//! Builds the gateway component (`gateway/component`) and the parts of edge bundles (the
+//! bundle's gateway `gateway/bundle-gateway`, the plugins' services
+//! `gateway/plugin-services`, the plugin link `gateway/plugin-link`), target
+//! `wasm32-wasip2`, so that the host can embed them: nobody builds them by hand. The nested cargo uses its own
 //! target directory (the outer build holds the lock on the main one).
 #![allow(clippy::expect_used, clippy::panic)]
 
@@ -16,7 +17,10 @@ fn main() {
     let target_dir = root.join("target/component");
     for watched in [
         "gateway/component",
-        "gateway/providers",
+        "gateway/bundle-gateway",
+        "gateway/plugin-services",
+        "gateway/kv",
+        "gateway/wasi-handler",
         "gateway/plugin-link",
         "gateway/driver",
         "gateway/core/src",
@@ -48,7 +52,8 @@ fn main() {
     let built = wasm_out(&target_dir);
     let outputs = [
         "portcullis_component.wasm",
-        "portcullis_providers.wasm",
+        "portcullis_bundle_gateway.wasm",
+        "portcullis_plugin_services.wasm",
         "portcullis_plugin_link.wasm",
     ];
     // Under clippy (a check build) the embedded bytes are never run: reuse components that
@@ -59,7 +64,8 @@ fn main() {
             &root,
             &[
                 "portcullis-component",
-                "portcullis-providers",
+                "portcullis-bundle-gateway",
+                "portcullis-plugin-services",
                 "portcullis-plugin-link",
             ],
         );
@@ -67,20 +73,52 @@ fn main() {
     for file in outputs {
         std::fs::copy(built.join(file), out_dir.join(file)).expect("copy a component");
     }
-    // The providers again with 128-bit multiplies (`portcullis bundle --wide-arithmetic`):
-    // signature checks in the bundle run about twice as fast where the runtime supports the
-    // wide-arithmetic proposal (serve-wasm does).
-    let wide = wasm_out(&root.join("target/component-wide")).join("portcullis_providers.wasm");
+    // The bundle's gateway again with 128-bit multiplies (`portcullis bundle
+    // --wide-arithmetic`): signature checks in the bundle run about twice as fast where the
+    // runtime supports the wide-arithmetic proposal (serve-wasm does).
+    let wide = wasm_out(&root.join("target/component-wide")).join("portcullis_bundle_gateway.wasm");
     if !(std::env::var_os("CLIPPY_ARGS").is_some() && wide.exists()) {
         build_wasm_with(
             &root,
-            &["portcullis-providers"],
+            &["portcullis-bundle-gateway"],
             "target/component-wide",
             Some("+wide-arithmetic"),
         );
     }
-    std::fs::copy(&wide, out_dir.join("portcullis_providers_wide.wasm"))
-        .expect("copy the wide-arithmetic providers");
+    std::fs::copy(&wide, out_dir.join("portcullis_bundle_gateway_wide.wasm"))
+        .expect("copy the wide-arithmetic bundle gateway");
+    std::fs::write(out_dir.join("portcullis_risk_end.wasm"), risk_end(&root))
+        .expect("write the risk chain's end");
+}
+
+/// The end of the risk chain of a bundle without plugins (`portcullis:bundle/risk-end`):
+/// a component exporting `portcullis:gateway/risk` whose every function traps. The bundle's
+/// gateway asks no chain when there are no plugins; a few hundred bytes where the plugin
+/// services would add a hundred kilobytes.
+fn risk_end(root: &std::path::Path) -> Vec<u8> {
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve
+        .push_dir(root.join("wit/bundle"))
+        .expect("parse wit/bundle");
+    let world = resolve
+        .select_world(&[package], Some("risk-end"))
+        .expect("the risk-end world");
+    let mangling = wit_parser::ManglingAndAbi::Legacy(wit_parser::LiftLowerAbi::Sync);
+    let mut module = wit_component::dummy_module(&resolve, world, mangling);
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+        false,
+    )
+    .expect("embed the risk-end world");
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .expect("the risk-end module")
+        .validate(true)
+        .encode()
+        .expect("encode the risk-end component")
 }
 
 /// The commit this binary is built from: `PORTCULLIS_GIT_REV` when set (a build without the

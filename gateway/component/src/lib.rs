@@ -1,11 +1,11 @@
 //! The Portcullis gateway as a WebAssembly component.
 //!
-//! It exports `wasi:http/incoming-handler`: each request is decided by
-//! [`portcullis_core::Gateway`] (configuration from the host's `config` interface, tokens
-//! verified by the host's `keys` interface), then either answered here or forwarded to the
-//! chosen backend through `wasi:http/outgoing-handler` with both bodies streamed, never
-//! buffered whole. The host is expected to enforce the backend allow-list on every outbound
-//! request as well (defence in depth).
+//! It exports `wasi:http/incoming-handler` ([`portcullis_wasi_handler`]): each request is
+//! decided by [`portcullis_core::Gateway`] (configuration from the host's `config`
+//! interface, tokens verified by the host's `keys` interface, every other service from the
+//! host's `portcullis:gateway` interfaces), then either answered or forwarded to the chosen
+//! backend through `wasi:http/outgoing-handler`. The host is expected to enforce the backend
+//! allow-list on every outbound request as well (defence in depth).
 #![deny(unsafe_code)]
 
 mod bindings {
@@ -17,13 +17,11 @@ mod bindings {
     });
 }
 
-mod forward;
 mod services;
 
 use std::sync::OnceLock;
 
-use portcullis_core::decision::problem;
-use portcullis_core::{Gateway, Outcome, Reason, Timestamp};
+use portcullis_core::{Adapters, AuditRecord, Gateway, MonotonicClock};
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 /// The gateway of this instance, built once from the host's configuration.
@@ -31,8 +29,8 @@ fn gateway() -> Result<&'static Gateway, &'static str> {
     static GATEWAY: OnceLock<Result<Gateway, String>> = OnceLock::new();
     GATEWAY
         .get_or_init(|| {
-            // The host (or the bundle's providers) hands over the validated configuration
-            // as a snapshot; the component carries no configuration parser of its own.
+            // The host hands over the validated configuration as a snapshot; the component
+            // carries no configuration parser of its own.
             let snapshot = bindings::portcullis::gateway::config::snapshot();
             portcullis_core::Config::from_snapshot(&snapshot).map(Gateway::new)
         })
@@ -43,102 +41,42 @@ fn gateway() -> Result<&'static Gateway, &'static str> {
 /// The exported handler.
 pub struct Handler;
 
-impl wasip2::exports::http::incoming_handler::Guest for Handler {
-    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        let peer = bindings::portcullis::gateway::client::peer().and_then(|p| p.parse().ok());
-        let mut parts = match forward::request_head(&request, peer) {
-            Ok(p) => p,
-            Err(detail) => {
-                forward::respond(
-                    response_out,
-                    &problem(Reason::InvalidRequest, &detail, "", &[]),
-                );
-                return;
-            }
-        };
-        let gateway = match gateway() {
-            Ok(g) => g,
-            Err(e) => {
-                forward::respond_error(response_out, 500, &format!("gateway configuration: {e}"));
-                return;
-            }
-        };
-        // A host that gives no peer (an edge bundle's runtime) may set it in a header of
-        // its own (`[client] peer_header`).
-        if parts.peer.is_none() {
-            parts.peer =
-                portcullis_core::client::peer_from_header(&gateway.config().client, &parts.headers);
-        }
-        if let Some(r) = portcullis_driver::early(gateway, parts.uri.path()) {
-            forward::respond(response_out, &r);
-            return;
-        }
-        let clock = portcullis_driver::InstantClock::start();
-        let now = Timestamp::from_duration(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
-        let body = if gateway.wants_body(&parts.method, parts.uri.path()) {
-            match forward::read_body(&request, portcullis_core::login::MAX_FORM_BODY) {
-                Some(b) => b,
-                None => {
-                    forward::respond(
-                        response_out,
-                        &problem(
-                            Reason::BodyTooLarge,
-                            "the form body is too large or incomplete",
-                            &parts.request_id,
-                            &[],
-                        ),
-                    );
-                    return;
-                }
-            }
-        } else {
-            Vec::new()
-        };
-        let adapters = portcullis_core::Adapters {
+/// The host's services, imported through `portcullis:gateway`.
+struct Imported;
+
+impl portcullis_wasi_handler::Host for Imported {
+    fn gateway(&self) -> Result<&Gateway, String> {
+        gateway().map_err(str::to_owned)
+    }
+
+    fn peer(&self) -> Option<std::net::IpAddr> {
+        bindings::portcullis::gateway::client::peer().and_then(|p| p.parse().ok())
+    }
+
+    fn adapters<'a>(&'a self, clock: &'a dyn MonotonicClock) -> Adapters<'a> {
+        Adapters {
             auth: &services::HostAuthenticator,
             risk: &services::HostRisk,
             state: &services::HostState,
             client: &services::HostClient,
             health: &services::HostHealth,
             entropy: &portcullis_driver::SystemEntropy,
-            clock: &clock,
-        };
-        let decision = gateway.decide(&adapters, &parts.parts(&body), now);
-        let mut audit = decision.audit;
-        let status = match decision.outcome {
-            Outcome::Respond(response) => {
-                forward::respond(response_out, &response);
-                response.status.as_u16()
-            }
-            Outcome::Forward(fwd) => {
-                let limits = gateway.config().limits;
-                match forward::forward(
-                    gateway.config(),
-                    request,
-                    &parts,
-                    &fwd,
-                    limits.max_body_bytes,
-                    response_out,
-                ) {
-                    Ok((status, latency)) => {
-                        portcullis_driver::backend_answered(&mut audit, status, latency);
-                        status
-                    }
-                    Err(reason) => {
-                        portcullis_driver::refused_in_forward(&mut audit, reason);
-                        reason.status().as_u16()
-                    }
-                }
-            }
-        };
-        if audit.risk.is_some() {
-            services::observe(status);
+            clock,
         }
-        services::emit_audit(audit);
+    }
+
+    fn observe(&self, status: u16) {
+        services::observe(status);
+    }
+
+    fn emit_audit(&self, record: AuditRecord) {
+        services::emit_audit(record);
+    }
+}
+
+impl wasip2::exports::http::incoming_handler::Guest for Handler {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        portcullis_wasi_handler::handle(&Imported, request, response_out);
     }
 }
 

@@ -110,9 +110,9 @@ enum Command {
         #[arg(long, default_value_t = 2.0)]
         watch_config: f64,
     },
-    /// Compose a self-contained edge bundle for any wasi:http runtime: the gateway
-    /// component, the portable providers, the configuration's risk plugins (chained in
-    /// configuration order) and the validated configuration. The result imports only
+    /// Compose a self-contained edge bundle for any wasi:http runtime: the gateway with
+    /// portable host services compiled in, the configuration's risk plugins (chained in
+    /// configuration order) with their host services, and the validated configuration. The result imports only
     /// `wasi:*`: wasi:http (requests, backends, key sets, the provider's token endpoint)
     /// and wasi:keyvalue (the shared state, key sets shared between instances).
     Bundle {
@@ -133,9 +133,9 @@ enum Command {
         /// `-W wide-arithmetic`). Other runtimes refuse it when loading it.
         #[arg(long)]
         wide_arithmetic: bool,
-        /// Do not pre-initialize: by default the gateway and its providers are instantiated
-        /// once at bundle time, restore the configuration, and are snapshotted in that state
-        /// (Wizer), so no instance restores it per request. With this flag every instance
+        /// Do not pre-initialize: by default the gateway is instantiated once at bundle
+        /// time, restores the configuration, and is snapshotted in that state (Wizer), so
+        /// no instance restores it per request. With this flag every instance
         /// restores it from the embedded snapshot (more CPU per request; for comparison).
         #[arg(long)]
         no_pre_init: bool,
@@ -526,14 +526,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 Vec::new()
             };
-            let providers = if wide_arithmetic {
-                portcullis_host::tools::bundle::PROVIDERS_WIDE
+            let gateway = if wide_arithmetic {
+                portcullis_host::tools::bundle::BUNDLE_GATEWAY_WIDE
             } else {
-                portcullis_host::tools::bundle::PROVIDERS
+                portcullis_host::tools::bundle::BUNDLE_GATEWAY
             };
             let bundle = portcullis_host::tools::bundle::compose_with(
-                portcullis_host::wasm::COMPONENT,
-                providers,
+                gateway,
                 &loaded.config,
                 &plugins,
                 if no_pre_init {

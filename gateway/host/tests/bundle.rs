@@ -1,5 +1,5 @@
-//! `portcullis bundle` composes the gateway component, the portable providers and the
-//! configuration into one component that imports only `wasi:*`; remote key sets are
+//! `portcullis bundle` composes the bundle's gateway (the gateway with portable host
+//! services compiled in), the plugin services and the configuration into one component that imports only `wasi:*`; remote key sets are
 //! fetched (from a real key-set server on 127.0.0.1) and baked in.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -59,9 +59,7 @@ fn the_bundle_imports_only_wasi_and_carries_the_baked_key_sets() {
     assert_eq!(baked, ["main"]);
     assert!(matches!(cfg.issuers[0].keys, KeySource::Static(_)));
 
-    let b = rt
-        .block_on(bundle::compose(portcullis_host::wasm::COMPONENT, &cfg, &[]))
-        .unwrap();
+    let b = rt.block_on(bundle::compose(&cfg, &[])).unwrap();
     assert!(
         b.imports.iter().all(|i| i.starts_with("wasi:")),
         "{:?}",
@@ -81,17 +79,21 @@ fn the_bundle_imports_only_wasi_and_carries_the_baked_key_sets() {
             .any(|e| e.starts_with("wasi:http/incoming-handler")),
         "{exports:?}"
     );
-    // The gateway component alone imports the host services: the bundle satisfied them.
-    let gateway_imports =
-        bundle::component_names(portcullis_host::wasm::COMPONENT, Section::Imports).unwrap();
-    for service in bundle::SERVICES {
-        assert!(
-            gateway_imports
-                .iter()
-                .any(|i| i.starts_with(&format!("portcullis:gateway/{service}"))),
-            "{gateway_imports:?}"
-        );
-    }
+    // One copy of the core: the bundle's gateway has the host services compiled in and
+    // imports, beside wasi:*, only the configuration and the risk chain, which the
+    // composition satisfied.
+    let gateway_imports = bundle::component_names(bundle::BUNDLE_GATEWAY, Section::Imports)
+        .unwrap()
+        .into_iter()
+        .filter(|i| !i.starts_with("wasi:"))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        gateway_imports,
+        [
+            "portcullis:bundle/embedded@0.1.0",
+            "portcullis:gateway/risk@0.1.0"
+        ]
+    );
     println!(
         "bundle {} KB, {} imports: {:?}",
         b.wasm.len() / 1024,
@@ -124,7 +126,7 @@ fn spin_runs_the_bundle_which_imports_only_what_spin_provides() {
     let keys = KeyServer::start(TestIdp::shared().jwks());
     let files = portcullis_core::MapFiles::default().with("audit.key", b64(&AUDIT_KEY));
     let cfg = portcullis_core::config::load(&config(&keys), "edge.toml", &files).unwrap();
-    let b = block_on(bundle::compose(portcullis_host::wasm::COMPONENT, &cfg, &[])).unwrap();
+    let b = block_on(bundle::compose(&cfg, &[])).unwrap();
     let spin_provides = [
         "wasi:http/types@0.2.",
         "wasi:http/outgoing-handler@0.2.",
@@ -161,7 +163,7 @@ fn spin_runs_the_bundle_which_imports_only_what_spin_provides() {
         .iter()
         .filter_map(toml::Value::as_str)
         .collect();
-    // The store the providers open (`gateway/providers/src/kv.rs`: Spin's default).
+    // The store the bundle opens (`gateway/kv`: Spin's default).
     assert_eq!(stores, ["default"]);
     let build = component["build"]["command"].as_str().unwrap();
     assert!(build.starts_with("portcullis bundle "), "{build}");
@@ -171,7 +173,7 @@ fn spin_runs_the_bundle_which_imports_only_what_spin_provides() {
     );
 }
 
-/// `portcullis bundle --wide-arithmetic` swaps in providers built with 128-bit multiplies:
+/// `portcullis bundle --wide-arithmetic` swaps in a gateway built with 128-bit multiplies:
 /// an engine without the wide-arithmetic proposal refuses that bundle when loading it
 /// (never a half-working instance), while the default bundle needs no proposal beyond the
 /// component model and loads there.
@@ -180,16 +182,15 @@ fn a_wide_arithmetic_bundle_loads_only_where_the_proposal_is_enabled() {
     let keys = KeyServer::start(TestIdp::shared().jwks());
     let files = portcullis_core::MapFiles::default().with("audit.key", b64(&AUDIT_KEY));
     let cfg = portcullis_core::config::load(&config(&keys), "edge.toml", &files).unwrap();
-    let plain = block_on(bundle::compose(portcullis_host::wasm::COMPONENT, &cfg, &[])).unwrap();
+    let plain = block_on(bundle::compose(&cfg, &[])).unwrap();
     let wide = block_on(bundle::compose_with(
-        portcullis_host::wasm::COMPONENT,
-        bundle::PROVIDERS_WIDE,
+        bundle::BUNDLE_GATEWAY_WIDE,
         &cfg,
         &[],
         bundle::PreInit::Yes,
     ))
     .unwrap();
-    assert_ne!(bundle::PROVIDERS, bundle::PROVIDERS_WIDE);
+    assert_ne!(bundle::BUNDLE_GATEWAY, bundle::BUNDLE_GATEWAY_WIDE);
 
     let mut without = wasmtime::Config::new();
     without
@@ -223,7 +224,7 @@ fn a_configuration_that_does_not_restore_refuses_the_bundle() {
             portcullis_host::wasm::COMPONENT,
             "portcullis:gateway/config@0.1.0",
         ),
-        (bundle::PROVIDERS, "portcullis:bundle/embedded@0.1.0"),
+        (bundle::BUNDLE_GATEWAY, "portcullis:bundle/embedded@0.1.0"),
     ] {
         let Err(refused) = block_on(pre_initialize(component, b"not a snapshot", interface)) else {
             panic!("{interface}: pre-initialized with a configuration that does not restore");
@@ -235,10 +236,13 @@ fn a_configuration_that_does_not_restore_refuses_the_bundle() {
     let keys = KeyServer::start(TestIdp::shared().jwks());
     let files = portcullis_core::MapFiles::default().with("audit.key", b64(&AUDIT_KEY));
     let cfg = portcullis_core::config::load(&config(&keys), "edge.toml", &files).unwrap();
-    block_on(pre_initialize(
-        portcullis_host::wasm::COMPONENT,
-        &cfg.to_snapshot(),
-        "portcullis:gateway/config@0.1.0",
-    ))
-    .unwrap();
+    for (component, interface) in [
+        (
+            portcullis_host::wasm::COMPONENT,
+            "portcullis:gateway/config@0.1.0",
+        ),
+        (bundle::BUNDLE_GATEWAY, "portcullis:bundle/embedded@0.1.0"),
+    ] {
+        block_on(pre_initialize(component, &cfg.to_snapshot(), interface)).unwrap();
+    }
 }

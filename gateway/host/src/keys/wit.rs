@@ -171,17 +171,22 @@ mod tests {
 
     /// The gateway component leaves every signature to its host (`verify-with-key`,
     /// `sign-as-client`, `sign-as-gateway`): it links no signature crate, while the
-    /// portable providers, which answer those calls in a bundle, link them all.
+    /// bundle's gateway, which answers those calls itself, links them all (and the plugin
+    /// services none).
     #[test]
     fn the_gateway_component_links_no_signature_code() {
         assert_eq!(
             signature_crates_in(crate::wasm::COMPONENT),
             Vec::<&str>::new()
         );
-        let mut in_providers = signature_crates_in(crate::tools::bundle::PROVIDERS);
-        in_providers.sort_unstable();
+        assert_eq!(
+            signature_crates_in(crate::tools::bundle::PLUGIN_SERVICES),
+            Vec::<&str>::new()
+        );
+        let mut in_bundle = signature_crates_in(crate::tools::bundle::BUNDLE_GATEWAY);
+        in_bundle.sort_unstable();
         let mut all = SIGNATURE_CRATES.to_vec();
         all.sort_unstable();
-        assert_eq!(in_providers, all);
+        assert_eq!(in_bundle, all);
     }
 }

@@ -29,7 +29,7 @@ mod bindings {
 use bindings::wasi::keyvalue::{atomics, batch, store};
 
 /// The tag an edge bundle puts in front of the values it writes: 4 bytes, then the expiry
-/// in Unix milliseconds (8 bytes, big-endian), then the value (`gateway/providers/src/kv.rs`).
+/// in Unix milliseconds (8 bytes, big-endian), then the value (`gateway/kv`).
 const TAG: &[u8; 4] = b"pcx1";
 
 /// How long a value stays: until the expiry its tag names (at least 1 ms), or `retention`.

@@ -1,10 +1,9 @@
-//! Pre-initialization of a bundle's components (Wizer-style snapshots): at bundle time the
-//! gateway component and the portable providers are each instantiated once, given the
-//! configuration snapshot, and run their `wizer-initialize` export, which restores the
-//! configuration (and, in the providers, builds the key store and the verified-token seal).
-//! Their memories and globals are then written back into the components as data, so every
-//! instance of the bundle starts with the configuration restored instead of restoring it
-//! per request, as an edge runtime creates an instance for each.
+//! Pre-initialization of a bundle's gateway (a Wizer-style snapshot): at bundle time it is
+//! instantiated once, given the configuration snapshot, and runs its `wizer-initialize`
+//! export, which restores the configuration and builds the key store and the
+//! verified-token seal. Its memory and globals are then written back into the component as
+//! data, so every instance of the bundle starts with the configuration restored instead of
+//! restoring it per request, as an edge runtime creates an instance for each.
 //!
 //! The instance runs with WASI's clocks, random numbers and stderr, outbound requests refused, a
 //! throwaway key-value store, and every other import (the host services) trapping: an
@@ -80,9 +79,8 @@ impl WasiHttpHooks for Refuse {
 }
 
 /// Runs `component`'s `wizer-initialize` export with `snapshot` answering the `snapshot`
-/// function of its imported `interface` (`portcullis:gateway/config` for the gateway,
-/// `portcullis:bundle/embedded` for the providers), and returns the component rewritten to
-/// start in the state it left.
+/// function of its imported `interface` (`portcullis:bundle/embedded` for the bundle's
+/// gateway), and returns the component rewritten to start in the state it left.
 pub async fn pre_initialize(
     component: &[u8],
     snapshot: &[u8],
@@ -101,7 +99,7 @@ pub async fn pre_initialize(
     let mut config = wasmtime::Config::new();
     config
         .wasm_component_model(true)
-        // The wide-arithmetic providers use 128-bit multiplies.
+        // The wide-arithmetic gateway uses 128-bit multiplies.
         .wasm_wide_arithmetic(true);
     let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let instrumented = Component::new(&engine, &instrumented)

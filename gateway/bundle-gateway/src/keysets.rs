@@ -1,5 +1,5 @@
-//! The configuration and key sets of an edge bundle's instance: the configuration restored
-//! once from the embedded snapshot; remote key sets (and discovery documents) fetched at
+//! The gateway and key sets of an edge bundle's instance: the configuration restored
+//! once from the embedded snapshot (at bundle time, when the bundle is pre-initialized); remote key sets (and discovery documents) fetched at
 //! run time over `wasi:http` when due, and shared between instances through the
 //! `wasi:keyvalue` store with the time they were fetched, so an instance uses a copy another
 //! one stored while it is fresh by its own `Cache-Control`. A token naming an unknown `kid`
@@ -8,31 +8,33 @@
 //! (`portcullis bundle --bake-keys`) are static: nothing is fetched for them.
 
 use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::Duration;
 
 use portcullis_core::authenticate::{AuthFailure, IssuedKind};
+use portcullis_core::claims::identity_from_claims;
 use portcullis_core::crypto::PortableKey;
+use portcullis_core::jws::parse_object;
 use portcullis_core::keyset::{FetchRequest, ProviderEndpoints};
 use portcullis_core::verified::{self, SealKey};
 use portcullis_core::{
-    Config, IssuerId, KeyStore, PortableVerifier, Reason, Timestamp, VerifiedIdentity,
+    Config, Gateway, IssuerId, KeyStore, PortableVerifier, Reason, Timestamp, VerifiedIdentity,
 };
 use portcullis_driver::keycache::{self, StoredDocument, store_key};
 use portcullis_driver::keys::{Document, DocumentSource, Refreshed, refresh};
 
 use crate::bindings::portcullis::bundle::embedded;
-use crate::{fetch, kv};
+use crate::fetch;
+use portcullis_kv as kv;
 
 /// Longest a document fetch may take (as the native host).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest key set or discovery document read (as the native host).
 const MAX_DOCUMENT: usize = 1 << 20;
 
-/// The configuration and key sets of this instance.
+/// The gateway and key sets of this instance.
 pub struct Loaded {
-    /// The configuration.
-    pub config: Config,
+    /// The gateway, with the one copy of the configuration.
+    pub gateway: Gateway,
     keys: RefCell<KeyStore<PortableKey>>,
     /// The key verified tokens are shared under (`[state] verified_token_cache`).
     seal: Option<SealKey>,
@@ -42,11 +44,12 @@ pub struct Loaded {
 const MAX_SHARED_VERIFIED: Duration = Duration::from_secs(3600);
 
 thread_local! {
-    static LOADED: RefCell<Option<Result<Rc<Loaded>, String>>> = const { RefCell::new(None) };
+    static LOADED: RefCell<Option<Result<&'static Loaded, String>>> = const { RefCell::new(None) };
 }
 
-/// The instance's configuration and key sets, restored on first use.
-pub fn loaded() -> Result<Rc<Loaded>, String> {
+/// The instance's gateway and key sets, restored on first use (an instance lives as long
+/// as they do: they are never dropped).
+pub fn loaded() -> Result<&'static Loaded, String> {
     LOADED.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -60,7 +63,12 @@ pub fn loaded() -> Result<Rc<Loaded>, String> {
                         .verified_token_cache
                         .then(|| SealKey::derive(&config.audit.subject_key, &snapshot))
                         .flatten();
-                    Rc::new(Loaded { config, keys, seal })
+                    let gateway = Gateway::new(config);
+                    &*Box::leak(Box::new(Loaded {
+                        gateway,
+                        keys,
+                        seal,
+                    }))
                 });
             *slot = Some(restored);
         }
@@ -125,10 +133,15 @@ impl DocumentSource for SharedDocuments<'_> {
 }
 
 impl Loaded {
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        self.gateway.config()
+    }
+
     /// Fetches every document that is due (none for baked or static key sets).
     fn refresh(&self) {
         let source = SharedDocuments {
-            config: &self.config,
+            config: self.config(),
         };
         let report = |request: &FetchRequest, outcome: &Refreshed| match outcome {
             Refreshed::Loaded => {}
@@ -155,7 +168,7 @@ impl Loaded {
     fn refetch_for_unknown_kid(&self, issuer: IssuerId) -> bool {
         let t = now();
         let interval = self
-            .config
+            .config()
             .issuers
             .get(issuer.0)
             .map_or(Duration::from_secs(60), |i| {
@@ -177,12 +190,12 @@ impl Loaded {
 
     /// Verifies an access token — from a verified-token entry another instance shared, or
     /// by its signature with one rate-limited refetch for an unknown `kid` (then shares
-    /// it): the issuer and the claims (a JSON object).
+    /// it).
     pub fn authenticate(
         &self,
         token: &str,
         route_issuers: &[IssuerId],
-    ) -> Result<(IssuerId, String), AuthFailure> {
+    ) -> Result<VerifiedIdentity, AuthFailure> {
         self.refresh();
         let t = now();
         if let Some(seal) = &self.seal
@@ -191,11 +204,11 @@ impl Loaded {
             return shared;
         }
         let id = self.verify_token(token, route_issuers)?;
-        let claims = serde_json::Value::Object(id.claims).to_string();
         if let Some(seal) = &self.seal {
+            let claims = serde_json::Value::Object(id.claims.clone()).to_string();
             self.share_verified(seal, token, id.issuer, id.expires_at, &claims, t);
         }
-        Ok((id.issuer, claims))
+        Ok(id)
     }
 
     /// The entry another instance left for `token`, when it is sealed with this
@@ -206,7 +219,7 @@ impl Loaded {
         token: &str,
         route_issuers: &[IssuerId],
         t: Timestamp,
-    ) -> Option<Result<(IssuerId, String), AuthFailure>> {
+    ) -> Option<Result<VerifiedIdentity, AuthFailure>> {
         let now_ms = t.unix_millis();
         let bytes = kv::get(&verified::store_key(token), now_ms)
             .ok()
@@ -223,7 +236,15 @@ impl Loaded {
             )
             .at(entry.issuer)));
         }
-        Some(Ok((entry.issuer, entry.claims)))
+        let issuer = entry.issuer;
+        Some(
+            parse_object(entry.claims.as_bytes())
+                .map_err(|e| format!("shared claims: {e}"))
+                .and_then(|claims| {
+                    identity_from_claims(claims, issuer).map_err(|e| format!("{e:?}"))
+                })
+                .map_err(|e| AuthFailure::new(Reason::ClaimInvalid, e).at(issuer)),
+        )
     }
 
     /// Leaves a sealed entry for `token` (just verified) for the other instances, until its
@@ -240,7 +261,7 @@ impl Loaded {
     ) {
         let now_ms = t.unix_millis();
         let skew = self
-            .config
+            .config()
             .issuers
             .get(issuer.0)
             .map_or(Duration::ZERO, |i| i.clock_skew);
@@ -278,7 +299,7 @@ impl Loaded {
         let verify = || {
             portcullis_core::authenticate::authenticate(
                 token,
-                &self.config,
+                self.config(),
                 &self.keys.borrow(),
                 &PortableVerifier,
                 route_issuers,
@@ -306,7 +327,7 @@ impl Loaded {
         let verify = || {
             portcullis_core::authenticate::verify_issued(
                 token,
-                &self.config,
+                self.config(),
                 &self.keys.borrow(),
                 &PortableVerifier,
                 issuer,

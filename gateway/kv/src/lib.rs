@@ -12,6 +12,20 @@
 //! a swap that loses a race is never applied twice. A one-time value whose swap loses is
 //! reported as seen (another instance recorded it at the same moment); a rate limit reads
 //! its buckets again and retries the ones not yet counted.
+//!
+//! Shared by the components of a bundle that keep state: the bundle's gateway (its host
+//! services) and the plugin services (the risk plugins' `portcullis:plugin/state`).
+#![deny(unsafe_code)]
+
+mod bindings {
+    //! The `portcullis:bundle/keyvalue-client` world's imports (wit-bindgen).
+    #![allow(missing_docs, unsafe_code, clippy::all)]
+    wit_bindgen::generate!({
+        path: "../../wit/bundle",
+        world: "keyvalue-client",
+        generate_all,
+    });
+}
 
 use std::cell::RefCell;
 use std::rc::Rc;
