@@ -13,7 +13,8 @@
 # The official Rust image at the toolchain rust-toolchain.toml pins, on Debian trixie.
 FROM rust:1.95.0-trixie AS build
 WORKDIR /src
-# The host's build script builds the gateway component, the providers and the plugin link
+# The host's build script builds the gateway component and the bundle's parts (its gateway,
+# the plugin services, the plugin link)
 # for wasm32-wasip2 and embeds them: the targets .ci/run installs.
 COPY rust-toolchain.toml ./
 RUN rustup target add wasm32-wasip2 wasm32-unknown-unknown

@@ -61,7 +61,7 @@ fn build_wasm(root: &std::path::Path, packages: &[&str]) -> std::path::PathBuf {
 }
 
 /// As [`build_wasm`], into `target_dir` (relative to `root`) with `features` as the wasm
-/// target features when given (`+wide-arithmetic`: a second build of the providers for
+/// target features when given (`+wide-arithmetic`: a second build of the bundle's gateway for
 /// runtimes with 128-bit multiplies).
 #[allow(dead_code)]
 fn build_wasm_with(

@@ -5,8 +5,8 @@
 //! - `portcullis serve --engine component` (the gateway component with the host's services),
 //! - the Cloudflare Worker (`gateway/worker`: the core with WebCrypto signature checks)
 //!   under `workerd`, the open-source Workers runtime,
-//! - the self-contained edge bundle (`portcullis bundle`: gateway + portable providers +
-//!   configuration, importing only `wasi:*`) under `portcullis serve-wasm`, a plain
+//! - the self-contained edge bundle (`portcullis bundle`: the gateway with portable host
+//!   services + configuration, importing only `wasi:*`) under `portcullis serve-wasm`, a plain
 //!   wasi:http host without any Portcullis service.
 //!
 //! Every case must give the same status, reason code, region and identity headers on each.
@@ -649,8 +649,8 @@ fn the_matrix_holds_in_the_edge_bundle_under_a_plain_wasi_http_host() {
     );
 }
 
-/// The gateway and its providers are pre-initialized at bundle time: the bundle carries
-/// their memories with the configuration restored and an empty embedded snapshot, so an
+/// The bundle's gateway is pre-initialized at bundle time: the bundle carries its memory
+/// with the configuration restored and an empty embedded snapshot, so an
 /// instance that had to restore the configuration itself would fail every request (the
 /// matrix above passes only if it never has to). Bundling the same configuration again
 /// gives the same bytes, and a bundle built with `--no-pre-init` (each instance restores

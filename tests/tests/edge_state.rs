@@ -483,7 +483,7 @@ risk = {{ plugins = ["impossible-travel"], deny = 90 }}
     );
 }
 
-/// `portcullis bundle --wide-arithmetic` (providers built with 128-bit multiplies) gives
+/// `portcullis bundle --wide-arithmetic` (a gateway built with 128-bit multiplies) gives
 /// the default bundle's answers for every signature algorithm, its key set fetched at run
 /// time: valid tokens pass, a signature made by another key or over another payload is
 /// refused, and an RSA key is built when a token first needs it (the lazy form) without

@@ -2,7 +2,7 @@
 //!
 //! `portcullis bundle` instantiates this component once per bundled plugin. Each link
 //! exports `portcullis:gateway/risk` and imports the next link's (the last one imports the
-//! providers', which answer for plugins that are not bundled). For its own plugin index
+//! plugin services', which answer for plugins that are not bundled). For its own plugin index
 //! (`portcullis:bundle/slot`), a link calls the plugin with the request context reduced to
 //! the headers the plugin may see, and answers in the gateway's order.
 //!
