@@ -246,3 +246,43 @@ fn a_configuration_that_does_not_restore_refuses_the_bundle() {
         block_on(pre_initialize(component, &cfg.to_snapshot(), interface)).unwrap();
     }
 }
+
+/// A bundle without plugins closes the gateway's risk import with the generated risk-end
+/// stub instead of the plugin services: it exports exactly `portcullis:gateway/risk`,
+/// imports nothing, and every function of it traps (the gateway calls none without
+/// plugins); a bundle with plugins ends its chain in the plugin services, which answer.
+#[test]
+fn a_bundle_without_plugins_ends_its_risk_chain_in_a_trapping_stub() {
+    assert_eq!(
+        bundle::component_names(bundle::RISK_END, Section::Exports).unwrap(),
+        ["portcullis:gateway/risk@0.1.0"]
+    );
+    assert!(
+        bundle::component_names(bundle::RISK_END, Section::Imports)
+            .unwrap()
+            .is_empty()
+    );
+    let engine = wasmtime::Engine::new(wasmtime::Config::new().wasm_component_model(true)).unwrap();
+    let component = wasmtime::component::Component::new(&engine, bundle::RISK_END).unwrap();
+    let linker = wasmtime::component::Linker::<()>::new(&engine);
+    let mut store = wasmtime::Store::new(&engine, ());
+    let instance = block_on(linker.instantiate_async(&mut store, &component)).unwrap();
+    let (_, risk) = instance
+        .get_export(&mut store, None, "portcullis:gateway/risk@0.1.0")
+        .unwrap();
+    let (_, observe) = instance
+        .get_export(&mut store, Some(&risk), "observe")
+        .unwrap();
+    let observe = instance
+        .get_typed_func::<(u16,), ()>(&mut store, observe)
+        .unwrap();
+    let trapped = block_on(observe.call_async(&mut store, (200,)));
+    assert!(trapped.is_err(), "the stub answered instead of trapping");
+    // Several times smaller than the services it stands in for.
+    assert!(
+        bundle::RISK_END.len() * 50 < bundle::PLUGIN_SERVICES.len(),
+        "{} vs {} bytes",
+        bundle::RISK_END.len(),
+        bundle::PLUGIN_SERVICES.len()
+    );
+}
