@@ -12,7 +12,7 @@ use portcullis_core::keyset::ProviderEndpoints;
 use portcullis_core::ports::{
     CallAnswer, CallOp, CallResult, Client, FormEndpoint, State, StateAnswer, StateOp, StateResult,
 };
-use portcullis_core::risk::{Action, Assessment, PluginAnswer, RiskAssessor, RiskContext};
+use portcullis_core::risk::{PluginAnswer, RiskAssessor, RiskContext};
 use portcullis_core::{
     Algorithm, AuditRecord, BackendHealth, BackendId, IssuerId, KeyMaterial, PortableVerifier,
     Reason, SignatureVerifier as _, Timestamp, VerifiedIdentity,
@@ -231,26 +231,7 @@ impl RiskAssessor for LinkedRisk {
         if plugins.is_empty() {
             return Some(Vec::new());
         }
-        let ids: Vec<u32> = plugins
-            .iter()
-            .map(|p| u32::try_from(p.0).unwrap_or(u32::MAX))
-            .collect();
-        let wit_ctx = portcullis_driver::risk_context!(ctx => risk::RequestContext, risk::Identity, risk::Session, risk::ClientSignals;
-            headers: ctx.headers.clone(),
-            client_ip: ctx.client.ip.map(|ip| ip.to_string()),
-            country: ctx.client.country.clone(),
-            asn: ctx.client.asn,
-        );
-        Some(
-            risk::assess(&ids, &wit_ctx)
-                .into_iter()
-                .map(|answer| {
-                    answer.map(|a| {
-                        portcullis_driver::risk_assessment!(a => Assessment, risk::Action => Action)
-                    })
-                })
-                .collect(),
-        )
+        Some(portcullis_driver::assess_through!(risk, plugins, ctx))
     }
 }
 

@@ -10,7 +10,7 @@ use portcullis_core::{
 };
 
 use portcullis_core::config::PluginId;
-use portcullis_core::risk::{Action, Assessment, PluginAnswer, RiskAssessor, RiskContext};
+use portcullis_core::risk::{PluginAnswer, RiskAssessor, RiskContext};
 
 use portcullis_core::ports::{
     CallAnswer, CallOp, CallResult, Client, FormEndpoint, LimitCheck, LimitStatus, State,
@@ -274,32 +274,9 @@ pub fn emit_audit(a: AuditRecord) {
 pub struct HostRisk;
 
 impl RiskAssessor for HostRisk {
-    fn now(&self, plugins: &[PluginId], ctx: &RiskContext) -> Option<Vec<PluginAnswer>> {
-        Some(self.run(plugins, ctx))
-    }
-}
-
-impl HostRisk {
     /// Runs `plugins` in order on `ctx` (synchronous: the answer is there at once).
-    fn run(&self, plugins: &[PluginId], ctx: &RiskContext) -> Vec<PluginAnswer> {
-        let ids: Vec<u32> = plugins
-            .iter()
-            .map(|p| u32::try_from(p.0).unwrap_or(u32::MAX))
-            .collect();
-        let wit_ctx = portcullis_driver::risk_context!(ctx => risk::RequestContext, risk::Identity, risk::Session, risk::ClientSignals;
-            headers: ctx.headers.clone(),
-            client_ip: ctx.client.ip.map(|ip| ip.to_string()),
-            country: ctx.client.country.clone(),
-            asn: ctx.client.asn,
-        );
-        risk::assess(&ids, &wit_ctx)
-            .into_iter()
-            .map(|answer| {
-                answer.map(|a| {
-                    portcullis_driver::risk_assessment!(a => Assessment, risk::Action => Action)
-                })
-            })
-            .collect()
+    fn now(&self, plugins: &[PluginId], ctx: &RiskContext) -> Option<Vec<PluginAnswer>> {
+        Some(portcullis_driver::assess_through!(risk, plugins, ctx))
     }
 }
 

@@ -20,7 +20,7 @@
 //! - [`audit::json_line`]: the audit line every runtime writes.
 //! - [`token_cache`]: verified access tokens kept in process, for a runtime that checks
 //!   signatures itself and keeps its process between requests (a Workers isolate).
-//! - [`risk_context!`], [`risk_assessment!`], [`risk_action!`]: the risk-plugin records
+//! - [`risk_context!`], [`risk_assessment!`], [`risk_action!`], [`assess_through!`]: the risk-plugin records
 //!   copied between the core's, the WIT bindings' and the plugin SDK's types.
 #![forbid(unsafe_code)]
 

@@ -79,3 +79,35 @@ macro_rules! risk_assessment {
         }
     }};
 }
+
+/// Runs plugins `$plugins` (`&[PluginId]`) in order on `$ctx` (`&RiskContext`) through an
+/// imported `portcullis:gateway/risk`, `$risk` the module its bindings generated (e.g.
+/// `bindings::portcullis::gateway::risk`): the context goes as the interface's record (the
+/// plugins see the client as the gateway resolved it), each answer comes back as the core's
+/// (`Vec<PluginAnswer>`). The wasm gateways that import the risk chain share it: the
+/// gateway component (its host runs the plugins) and an edge bundle's gateway (the plugins
+/// linked into the bundle).
+#[macro_export]
+macro_rules! assess_through {
+    ($($risk:ident)::+, $plugins:expr, $ctx:expr) => {{
+        let ctx: &::portcullis_core::risk::RiskContext = $ctx;
+        let ids: Vec<u32> = $plugins
+            .iter()
+            .map(|p: &::portcullis_core::config::PluginId| u32::try_from(p.0).unwrap_or(u32::MAX))
+            .collect();
+        let wit_ctx = $crate::risk_context!(ctx => $($risk)::+::RequestContext, $($risk)::+::Identity, $($risk)::+::Session, $($risk)::+::ClientSignals;
+            headers: ctx.headers.clone(),
+            client_ip: ctx.client.ip.map(|ip| ip.to_string()),
+            country: ctx.client.country.clone(),
+            asn: ctx.client.asn,
+        );
+        $($risk)::+::assess(&ids, &wit_ctx)
+            .into_iter()
+            .map(|answer| {
+                answer.map(|a| {
+                    $crate::risk_assessment!(a => portcullis_core::risk::Assessment, $($risk)::+::Action => portcullis_core::risk::Action)
+                })
+            })
+            .collect::<Vec<::portcullis_core::risk::PluginAnswer>>()
+    }};
+}
