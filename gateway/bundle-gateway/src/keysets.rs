@@ -10,10 +10,8 @@
 use std::cell::RefCell;
 use std::time::Duration;
 
-use portcullis_core::authenticate::{AuthFailure, IssuedKind};
-use portcullis_core::claims::identity_from_claims;
+use portcullis_core::authenticate::{AuthFailure, IssuedKind, identity_from_claims_json};
 use portcullis_core::crypto::PortableKey;
-use portcullis_core::jws::parse_object;
 use portcullis_core::keyset::{FetchRequest, ProviderEndpoints};
 use portcullis_core::verified::{self, SealKey};
 use portcullis_core::{
@@ -204,8 +202,9 @@ impl Loaded {
             return shared;
         }
         let id = self.verify_token(token, route_issuers)?;
-        if let Some(seal) = &self.seal {
-            let claims = serde_json::Value::Object(id.claims.clone()).to_string();
+        if let Some(seal) = &self.seal
+            && let Ok(claims) = serde_json::to_string(&id.claims)
+        {
             self.share_verified(seal, token, id.issuer, id.expires_at, &claims, t);
         }
         Ok(id)
@@ -236,15 +235,11 @@ impl Loaded {
             )
             .at(entry.issuer)));
         }
-        let issuer = entry.issuer;
-        Some(
-            parse_object(entry.claims.as_bytes())
-                .map_err(|e| format!("shared claims: {e}"))
-                .and_then(|claims| {
-                    identity_from_claims(claims, issuer).map_err(|e| format!("{e:?}"))
-                })
-                .map_err(|e| AuthFailure::new(Reason::ClaimInvalid, e).at(issuer)),
-        )
+        Some(identity_from_claims_json(
+            entry.claims.as_bytes(),
+            entry.issuer,
+            "shared",
+        ))
     }
 
     /// Leaves a sealed entry for `token` (just verified) for the other instances, until its

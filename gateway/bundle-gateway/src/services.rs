@@ -6,16 +6,14 @@
 //! imported chain, audit records as JSON lines on stderr.
 
 use portcullis_core::authenticate::{AuthFailure, Authenticator, IssuedKind};
-use portcullis_core::client_auth::ClientKey;
-use portcullis_core::config::{FailPolicy, GatewayKey, PluginId, SiteVerify};
+use portcullis_core::config::{FailPolicy, PluginId, SiteVerify};
 use portcullis_core::keyset::ProviderEndpoints;
 use portcullis_core::ports::{
     CallAnswer, CallOp, CallResult, Client, FormEndpoint, State, StateAnswer, StateOp, StateResult,
 };
 use portcullis_core::risk::{PluginAnswer, RiskAssessor, RiskContext};
 use portcullis_core::{
-    Algorithm, AuditRecord, BackendHealth, BackendId, IssuerId, KeyMaterial, PortableVerifier,
-    Reason, SignatureVerifier as _, Timestamp, VerifiedIdentity,
+    AuditRecord, BackendHealth, BackendId, IssuerId, Reason, Timestamp, VerifiedIdentity,
 };
 use portcullis_kv as kv;
 
@@ -33,7 +31,8 @@ fn unavailable(detail: String) -> AuthFailure {
     AuthFailure::new(Reason::KeysUnavailable, detail)
 }
 
-/// Token verification in the guest.
+/// Token verification in the guest. DPoP proofs, client assertions and gateway tokens use
+/// the trait's own pure-Rust defaults (the gateway component asks its host instead).
 pub struct PortableAuthenticator;
 
 impl Authenticator for PortableAuthenticator {
@@ -63,30 +62,6 @@ impl Authenticator for PortableAuthenticator {
         loaded()
             .map_err(unavailable)?
             .verify_issued(token, issuer, client_id, kind)
-    }
-
-    fn verify_with_key(
-        &self,
-        alg: Algorithm,
-        material: &KeyMaterial,
-        message: &[u8],
-        signature: &[u8],
-    ) -> bool {
-        // A request never carries a shared secret that could verify anything.
-        if matches!(material, KeyMaterial::Symmetric { .. }) {
-            return false;
-        }
-        PortableVerifier
-            .prepare(material)
-            .is_ok_and(|k| PortableVerifier.verify(alg, &k, message, signature))
-    }
-
-    fn sign_as_client(&self, key: &ClientKey, input: &[u8]) -> Result<Vec<u8>, String> {
-        key.sign(input)
-    }
-
-    fn sign_as_gateway(&self, key: &GatewayKey, input: &[u8]) -> Option<Vec<u8>> {
-        portcullis_core::gateway_token::sign(key, input)
     }
 }
 
@@ -228,9 +203,6 @@ pub struct LinkedRisk;
 
 impl RiskAssessor for LinkedRisk {
     fn now(&self, plugins: &[PluginId], ctx: &RiskContext) -> Option<Vec<PluginAnswer>> {
-        if plugins.is_empty() {
-            return Some(Vec::new());
-        }
         Some(portcullis_driver::assess_through!(risk, plugins, ctx))
     }
 }

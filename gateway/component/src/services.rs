@@ -2,9 +2,7 @@
 //! with its key sets and token cache), backend health comes from the host's observations,
 //! audit records go to the host's sink.
 
-use portcullis_core::authenticate::{AuthFailure, Authenticator};
-use portcullis_core::claims::identity_from_claims;
-use portcullis_core::jws::parse_object;
+use portcullis_core::authenticate::{AuthFailure, Authenticator, identity_from_claims_json};
 use portcullis_core::{
     AuditRecord, BackendHealth, BackendId, IssuerId, Reason, Timestamp, VerifiedIdentity,
 };
@@ -119,12 +117,7 @@ fn verified(
 ) -> Result<VerifiedIdentity, AuthFailure> {
     match answer {
         Ok(v) => {
-            let issuer = IssuerId(v.issuer as usize);
-            let claims = parse_object(v.claims.as_bytes()).map_err(|e| {
-                AuthFailure::new(Reason::ClaimInvalid, format!("host claims: {e}")).at(issuer)
-            })?;
-            identity_from_claims(claims, issuer)
-                .map_err(|e| AuthFailure::new(Reason::ClaimInvalid, format!("{e:?}")).at(issuer))
+            identity_from_claims_json(v.claims.as_bytes(), IssuerId(v.issuer as usize), "host")
         }
         Err(f) => {
             let reason = Reason::from_code(&f.reason).unwrap_or(Reason::TokenMalformed);

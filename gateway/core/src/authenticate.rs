@@ -262,6 +262,22 @@ pub trait Authenticator {
     }
 }
 
+/// The identity in claims `json` (a JSON object) that `issuer`'s token carried when it was
+/// verified elsewhere (by a host, or by another instance that shared it): only the claim
+/// types are checked again ([`crate::claims::identity_from_claims`]). `what` names where
+/// the claims came from in the failure's detail.
+pub fn identity_from_claims_json(
+    json: &[u8],
+    issuer: IssuerId,
+    what: &str,
+) -> Result<VerifiedIdentity, AuthFailure> {
+    let claims = parse_object(json).map_err(|e| {
+        AuthFailure::new(Reason::ClaimInvalid, format!("{what} claims: {e}")).at(issuer)
+    })?;
+    crate::claims::identity_from_claims(claims, issuer)
+        .map_err(|e| AuthFailure::new(Reason::ClaimInvalid, format!("{e:?}")).at(issuer))
+}
+
 /// A token a provider issued to the gateway as its OIDC client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IssuedKind {

@@ -15,10 +15,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
 use portcullis_core::authenticate::{AuthFailure, Authenticator};
-use portcullis_core::claims::identity_from_claims;
 use portcullis_core::config::PluginId;
 use portcullis_core::decision::{check_declared_length, problem};
-use portcullis_core::jws::parse_object;
 use portcullis_core::ports::{
     Answer, CallAnswer, CallOp, CallResult, Client, Need, State, StateAnswer, StateOp, StateResult,
     Suspended,
@@ -450,11 +448,11 @@ impl Authenticator for NativeAuth<'_> {
         _now: Timestamp,
     ) -> Result<VerifiedIdentity, AuthFailure> {
         let (issuer, claims) = self.keys.authenticate_now(token, route_issuers)?;
-        let object = parse_object(claims.as_bytes()).map_err(|e| {
-            AuthFailure::new(Reason::ClaimInvalid, format!("cached claims: {e}")).at(issuer)
-        })?;
-        identity_from_claims(object, issuer)
-            .map_err(|e| AuthFailure::new(Reason::ClaimInvalid, format!("{e:?}")).at(issuer))
+        portcullis_core::authenticate::identity_from_claims_json(
+            claims.as_bytes(),
+            issuer,
+            "cached",
+        )
     }
 
     fn verify_with_key(
