@@ -155,16 +155,14 @@ pub struct ClientKey {
 /// The private key material, by family.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientKeyMaterial {
-    /// RSA (signs RS256): modulus, public exponent and the two primes, big-endian.
+    /// RSA (signs RS256): modulus, public and private exponents, big-endian.
     Rsa {
         /// `n`.
         n: Vec<u8>,
         /// `e`.
         e: Vec<u8>,
-        /// `p`.
-        p: Vec<u8>,
-        /// `q`.
-        q: Vec<u8>,
+        /// `d`.
+        d: Vec<u8>,
     },
     /// P-256 (signs ES256): the private scalar and the public point's coordinates.
     P256 {
@@ -185,7 +183,7 @@ pub enum ClientKeyMaterial {
 }
 
 impl ClientKey {
-    /// Reads a private JWK (JSON): RSA with `p` and `q`, EC P-256, or OKP Ed25519. The key
+    /// Reads a private JWK (JSON): RSA, EC P-256, or OKP Ed25519. The key
     /// must sign, and its public half must match the private one.
     pub fn from_private_jwk(text: &[u8]) -> Result<Self, String> {
         let v: Value = serde_json::from_slice(text).map_err(|e| format!("not a JWK: {e}"))?;
@@ -206,8 +204,7 @@ impl ClientKey {
                 let material = ClientKeyMaterial::Rsa {
                     n: field("n")?,
                     e: field("e")?,
-                    p: field("p")?,
-                    q: field("q")?,
+                    d: field("d")?,
                 };
                 crate::jwk::check_rsa_public(
                     match &material {
@@ -325,18 +322,7 @@ impl ClientKey {
     /// The JWS signature of `input` (`alg` as [`alg`](Self::alg)).
     pub fn sign(&self, input: &[u8]) -> Result<Vec<u8>, String> {
         match &self.material {
-            ClientKeyMaterial::Rsa { e, p, q, .. } => {
-                let int = |b: &[u8]| {
-                    let b = crate::jwk::strip_leading_zeros(b);
-                    let bits =
-                        u32::try_from(b.len().max(1) * 8).map_err(|_| "RSA key too large")?;
-                    rsa::BoxedUint::from_be_slice(b, bits).map_err(|_| "not an RSA integer")
-                };
-                let key = rsa::PrivateKey::from_p_q(int(p)?, int(q)?, int(e)?)
-                    .map_err(|e| format!("RSA key: {e}"))?;
-                key.sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(input))
-                    .map_err(|e| format!("RSA signature: {e}"))
-            }
+            ClientKeyMaterial::Rsa { n, e, d } => crate::crypto::rs256_sign(n, e, d, input),
             ClientKeyMaterial::P256 { d, .. } => {
                 use p256::ecdsa::signature::Signer as _;
                 let key = p256::ecdsa::SigningKey::from_slice(d)
@@ -572,6 +558,25 @@ mod tests {
             ClientKey::from_private_jwk(mixed.to_string().as_bytes())
                 .unwrap_err()
                 .contains("do not belong together")
+        );
+        // RSA: without `d`, and with the `d` of another key.
+        let rsa: Value =
+            serde_json::from_slice(include_bytes!("../testdata/client-rsa.jwk.json")).unwrap();
+        let mut public = rsa.clone();
+        public.as_object_mut().unwrap().remove("d");
+        assert!(
+            ClientKey::from_private_jwk(public.to_string().as_bytes())
+                .unwrap_err()
+                .contains("lacks `d`")
+        );
+        let mut mixed = rsa.clone();
+        let mut d = b64::decode(rsa["d"].as_str().unwrap()).unwrap();
+        d[10] ^= 1;
+        mixed["d"] = b64::encode(&d).into();
+        assert!(
+            ClientKey::from_private_jwk(mixed.to_string().as_bytes())
+                .unwrap_err()
+                .contains("does not belong")
         );
         let hmac = json!({"kty": "oct", "k": "c2VjcmV0"});
         assert!(ClientKey::from_private_jwk(hmac.to_string().as_bytes()).is_err());

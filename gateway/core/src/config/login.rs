@@ -159,7 +159,7 @@ pub(super) fn read_client(
                                 key_span,
                                 format!("client key {path:?}: {e}"),
                                 Some(
-                                    "a private JWK: RSA (with p and q), EC P-256 or OKP Ed25519"
+                                    "a private JWK: RSA (with `d`), EC P-256 or OKP Ed25519 (with `d`)"
                                         .into(),
                                 ),
                             )

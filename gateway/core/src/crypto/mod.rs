@@ -1,8 +1,10 @@
 //! JWS algorithms, key material and the signature-check trait a host can implement natively.
 
 mod portable;
+mod rsa_signer;
 
 pub use portable::{PortableKey, PortableVerifier, ed25519_sign};
+pub use rsa_signer::rs256_sign;
 
 use std::fmt;
 
