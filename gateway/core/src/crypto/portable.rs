@@ -2,6 +2,7 @@
 //! jwt-simple's `pure-rust` backend uses), building for native and both wasm targets.
 
 use hmac::{Hmac, KeyInit, Mac};
+use p256::elliptic_curve::point::AffineCoordinates as _;
 use rsa::traits::SignatureScheme as _;
 use rsa::{BoxedUint, Pkcs1v15Sign, PublicKey, pss::Pss};
 use sha2::{Digest, Sha256, Sha384, Sha512};
@@ -63,18 +64,30 @@ impl SignatureVerifier for PortableVerifier {
                         curve.name()
                     )));
                 }
-                let mut point = Vec::with_capacity(1 + 2 * len);
-                point.push(0x04);
-                point.extend_from_slice(x);
-                point.extend_from_slice(y);
-                let bad = |_| KeyError(format!("point is not on {}", curve.name()));
+                // From the coordinates, as a JWK gives them: the point must be on the curve
+                // (and not the identity), each coordinate below the field's modulus. (Not
+                // through a SEC1 encoding: its decoder also takes compressed points, which
+                // links a field square root no JWK needs.)
+                let bad = || KeyError(format!("point is not on {}", curve.name()));
                 match curve {
-                    Curve::P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+                    Curve::P256 => p256::FieldBytes::try_from(x.as_slice())
+                        .ok()
+                        .zip(p256::FieldBytes::try_from(y.as_slice()).ok())
+                        .and_then(|(x, y)| {
+                            Option::from(p256::AffinePoint::from_coordinates(&x, &y))
+                        })
+                        .and_then(|p| p256::ecdsa::VerifyingKey::from_affine(p).ok())
                         .map(PortableKey::P256)
-                        .map_err(bad),
-                    Curve::P384 => p384::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+                        .ok_or_else(bad),
+                    Curve::P384 => p384::FieldBytes::try_from(x.as_slice())
+                        .ok()
+                        .zip(p384::FieldBytes::try_from(y.as_slice()).ok())
+                        .and_then(|(x, y)| {
+                            Option::from(p384::AffinePoint::from_coordinates(&x, &y))
+                        })
+                        .and_then(|p| p384::ecdsa::VerifyingKey::from_affine(p).ok())
                         .map(PortableKey::P384)
-                        .map_err(bad),
+                        .ok_or_else(bad),
                 }
             }
             KeyMaterial::Ed25519 { x } => ed25519_compact::PublicKey::from_slice(x)
@@ -209,7 +222,8 @@ pub fn ed25519_sign(seed: &[u8], public: &[u8], input: &[u8]) -> Option<Vec<u8>>
 
 #[cfg(test)]
 mod tests {
-    use super::ed25519_sign;
+    use super::{PortableKey, PortableVerifier, ed25519_sign};
+    use crate::crypto::{Algorithm, Curve, KeyMaterial, SignatureVerifier};
 
     fn unhex(text: &str) -> Vec<u8> {
         (0..text.len())
@@ -247,5 +261,57 @@ mod tests {
         }
         assert_eq!(ed25519_sign(&[7; 31], &[7; 32], b"m"), None);
         assert_eq!(ed25519_sign(&[7; 32], &[7; 33], b"m"), None);
+    }
+
+    /// EC keys are built from the JWK's coordinates: a point on the curve verifies what its
+    /// private key signed; a point off the curve, coordinates at or above the field's modulus
+    /// and the wrong lengths are refused, as the SEC1 decoder refuses them.
+    #[test]
+    fn ec_keys_are_points_on_their_curve() {
+        use p256::ecdsa::signature::Signer as _;
+        let prepare = |curve, x: &[u8], y: &[u8]| {
+            PortableVerifier.prepare(&KeyMaterial::Ec {
+                curve,
+                x: x.to_vec(),
+                y: y.to_vec(),
+            })
+        };
+        let signer = p256::ecdsa::SigningKey::from_slice(&[0x5a; 32]).unwrap();
+        let point = signer.verifying_key().to_sec1_point(false);
+        let (x, y) = (point.x().unwrap().to_vec(), point.y().unwrap().to_vec());
+        let key = prepare(Curve::P256, &x, &y).unwrap();
+        let signature: p256::ecdsa::Signature = signer.sign(b"m");
+        let bytes = signature.to_bytes();
+        assert!(PortableVerifier.verify(Algorithm::ES256, &key, b"m", &bytes));
+        assert!(!PortableVerifier.verify(Algorithm::ES256, &key, b"n", &bytes));
+
+        let mut off = y.clone();
+        off[31] ^= 1;
+        let mut sec1 = vec![4];
+        sec1.extend_from_slice(&x);
+        sec1.extend_from_slice(&off);
+        assert!(p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).is_err());
+        for (px, py) in [
+            (&x[..], &off[..]),
+            (&[0xff; 32][..], &y[..]),
+            (&x[..], &[0xff; 32][..]),
+            (&[0; 32][..], &[0; 32][..]),
+        ] {
+            let refused = prepare(Curve::P256, px, py).err().unwrap();
+            assert!(refused.0.contains("not on P-256"), "{}", refused.0);
+        }
+        assert!(prepare(Curve::P256, &x[1..], &y).is_err());
+
+        // P-384: a public key is on the curve; the point with another `x` is not.
+        let signer = p384::ecdsa::SigningKey::from_slice(&[0x5a; 48]).unwrap();
+        let point = signer.verifying_key().to_sec1_point(false);
+        let (x, y) = (point.x().unwrap().to_vec(), point.y().unwrap().to_vec());
+        assert!(matches!(
+            prepare(Curve::P384, &x, &y),
+            Ok(PortableKey::P384(_))
+        ));
+        let mut off = x.clone();
+        off[0] ^= 0x80;
+        assert!(prepare(Curve::P384, &off, &y).is_err());
     }
 }
