@@ -17,7 +17,8 @@ pub fn json_line(record: &impl Serialize) -> String {
     if let Some(risk) = fields.get_mut("risk")
         && let Some(text) = risk.as_str()
     {
-        *risk = serde_json::from_str(text).unwrap_or(Value::Null);
+        // From bytes, as the core reads JSON: one reader (`SliceRead`) in a wasm build.
+        *risk = serde_json::from_slice(text.as_bytes()).unwrap_or(Value::Null);
     }
     Value::Object(fields).to_string()
 }

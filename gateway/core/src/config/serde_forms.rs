@@ -12,7 +12,8 @@ pub(crate) mod json_text {
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
         let text = String::deserialize(d)?;
-        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+        // From bytes, as every JSON the core reads: one reader (`SliceRead`) in a wasm build.
+        serde_json::from_slice(text.as_bytes()).map_err(serde::de::Error::custom)
     }
 }
 
