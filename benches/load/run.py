@@ -648,7 +648,11 @@ def start_edge(runtime, cfg, work, bins, redis_port, wide=False, pre_init=True):
             for m in modules)
         (wdir / "config.capnp").write_text(WORKERD_CAPNP.format(port=port, snapshot=snap, modules=listed))
         workerd = ROOT / "tests/workerd/node_modules/.bin/workerd"
-        proc = subprocess.Popen(["taskset", "-c", "0", str(workerd), "serve", str(wdir / "config.capnp")],
+        # `PORTCULLIS_WORKERD_INSPECTOR=127.0.0.1:9229`: workerd listens for the DevTools
+        # protocol (benches/load/profile_worker.mjs profiles a row with it).
+        inspector = os.environ.get("PORTCULLIS_WORKERD_INSPECTOR")
+        proc = subprocess.Popen(["taskset", "-c", "0", str(workerd), "serve", str(wdir / "config.capnp")]
+                                + ([f"--inspector-addr={inspector}"] if inspector else []),
                                 stdout=subprocess.DEVNULL, stderr=log)
     wait_http(f"http://127.0.0.1:{port}/x", 180, proc, any_status=True)
     return proc, port
