@@ -50,6 +50,19 @@ impl LazyRsa {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PortableVerifier;
 
+/// The ECDSA key at the point (`x`, `y`) with one curve's crate (`p256`, `p384`); `None`
+/// for a coordinate of another length or at or above the field's modulus, a point off the
+/// curve, or the identity.
+macro_rules! ec_key {
+    ($curve:ident, $x:expr, $y:expr) => {
+        $curve::FieldBytes::try_from($x.as_slice())
+            .ok()
+            .zip($curve::FieldBytes::try_from($y.as_slice()).ok())
+            .and_then(|(x, y)| Option::from($curve::AffinePoint::from_coordinates(&x, &y)))
+            .and_then(|p| $curve::ecdsa::VerifyingKey::from_affine(p).ok())
+    };
+}
+
 impl SignatureVerifier for PortableVerifier {
     type Key = PortableKey;
 
@@ -70,25 +83,10 @@ impl SignatureVerifier for PortableVerifier {
                 // links a field square root no JWK needs.)
                 let bad = || KeyError(format!("point is not on {}", curve.name()));
                 match curve {
-                    Curve::P256 => p256::FieldBytes::try_from(x.as_slice())
-                        .ok()
-                        .zip(p256::FieldBytes::try_from(y.as_slice()).ok())
-                        .and_then(|(x, y)| {
-                            Option::from(p256::AffinePoint::from_coordinates(&x, &y))
-                        })
-                        .and_then(|p| p256::ecdsa::VerifyingKey::from_affine(p).ok())
-                        .map(PortableKey::P256)
-                        .ok_or_else(bad),
-                    Curve::P384 => p384::FieldBytes::try_from(x.as_slice())
-                        .ok()
-                        .zip(p384::FieldBytes::try_from(y.as_slice()).ok())
-                        .and_then(|(x, y)| {
-                            Option::from(p384::AffinePoint::from_coordinates(&x, &y))
-                        })
-                        .and_then(|p| p384::ecdsa::VerifyingKey::from_affine(p).ok())
-                        .map(PortableKey::P384)
-                        .ok_or_else(bad),
+                    Curve::P256 => ec_key!(p256, x, y).map(PortableKey::P256),
+                    Curve::P384 => ec_key!(p384, x, y).map(PortableKey::P384),
                 }
+                .ok_or_else(bad)
             }
             KeyMaterial::Ed25519 { x } => ed25519_compact::PublicKey::from_slice(x)
                 .map(PortableKey::Ed25519)
