@@ -159,8 +159,7 @@ pub(super) fn read_client(
                                 key_span,
                                 format!("client key {path:?}: {e}"),
                                 Some(
-                                    "a private JWK: RSA (with `d`), EC P-256 or OKP Ed25519 (with `d`)"
-                                        .into(),
+                                    "a private JWK (with `d`): RSA, EC P-256 or OKP Ed25519".into(),
                                 ),
                             )
                         })

@@ -4,7 +4,8 @@
 //! constant-time Montgomery exponentiation, then the result raised to `e` again and compared,
 //! so a faulty computation never leaves the gateway). What this module adds is the key in the
 //! form that function takes, built from the JWK's `n`, `e` and `d` as they are, and the
-//! RFC 8017 §9.2 encoding (EMSA-PKCS1-v1_5) of the SHA-256 digest.
+//! RFC 8017 §9.2 encoding (EMSA-PKCS1-v1_5) of the SHA-256 digest, with the crate's own
+//! `DigestInfo` prefix.
 //!
 //! Why not `rsa::PrivateKey`: building one from the JWK derives and checks the CRT
 //! parameters (products, inverses, square roots of the primes), which links ~180 KB of
@@ -24,12 +25,6 @@ use rsa::traits::{PrivateKeyParts, PublicKeyParts};
 use sha2::{Digest as _, Sha256};
 
 use crate::jwk::strip_leading_zeros;
-
-/// The DER `DigestInfo` prefix of a SHA-256 digest (RFC 8017 §9.2, note 1).
-const SHA256_DIGEST_INFO: [u8; 19] = [
-    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
-    0x00, 0x04, 0x20,
-];
 
 /// An RSA private key as `n`, `e` and `d`, with the modulus's Montgomery parameters.
 struct PrivateExponent {
@@ -143,8 +138,10 @@ pub fn rs256_sign(n: &[u8], e: &[u8], d: &[u8], input: &[u8]) -> Result<Vec<u8>,
     let key = PrivateExponent::new(n, e, d)?;
     let k = key.size();
     let digest = Sha256::digest(input);
+    // The DER `DigestInfo` prefix of a SHA-256 digest, as the crate's verifier uses it.
+    let digest_info = rsa::Pkcs1v15Sign::new::<Sha256>().prefix;
     // EM = 0x00 || 0x01 || PS (0xff…, at least 8) || 0x00 || DigestInfo || H
-    let t_len = SHA256_DIGEST_INFO.len() + digest.len();
+    let t_len = digest_info.len() + digest.len();
     let ps_len = k
         .checked_sub(t_len + 3)
         .filter(|&l| l >= 8)
@@ -153,7 +150,7 @@ pub fn rs256_sign(n: &[u8], e: &[u8], d: &[u8], input: &[u8]) -> Result<Vec<u8>,
     em.extend_from_slice(&[0x00, 0x01]);
     em.resize(2 + ps_len, 0xff);
     em.push(0x00);
-    em.extend_from_slice(&SHA256_DIGEST_INFO);
+    em.extend_from_slice(&digest_info);
     em.extend_from_slice(&digest);
     let m = BoxedUint::from_be_slice(&em, key.n_bits_precision())
         .map_err(|_| "RS256 encoding does not fit the modulus")?;
@@ -239,16 +236,19 @@ mod tests {
         assert!(rs256_sign(&[0, 0], &e, &d, b"x").is_err());
         // A modulus and an exponent that do not belong together: the check refuses them.
         assert!(rs256_sign(&n[..64], &e, &d[..64], b"x").is_err());
-        // Shorter than the encoding needs.
-        let mut short = vec![0xc5; 40];
-        if let Some(last) = short.last_mut() {
-            *last |= 1;
+        // Shorter than the encoding needs: 40 bytes leave no room for `DigestInfo` and the
+        // digest, 60 leave less than the 8 bytes of padding RFC 8017 requires.
+        for len in [40, 60] {
+            let mut short = vec![0xc5; len];
+            if let Some(last) = short.last_mut() {
+                *last |= 1;
+            }
+            assert!(
+                rs256_sign(&short, &e, &[3], b"x")
+                    .unwrap_err()
+                    .contains("too short")
+            );
         }
-        assert!(
-            rs256_sign(&short, &e, &[3], b"x")
-                .unwrap_err()
-                .contains("too short")
-        );
         assert!(
             rs256_sign(&n, &e, &[1; 300], b"x")
                 .unwrap_err()
