@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wasmtime::component::Component;
-use wasmtime::{Config as WasmConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config as WasmConfig, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 /// The gateway component, built by this crate's build script.
@@ -19,22 +21,66 @@ pub const INSTANCE_MEMORY: usize = 64 << 20;
 /// Epoch tick interval: the resolution of plugin deadlines and request timeouts.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// How the pooling allocator resets a linear memory for the next instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryReset {
+    /// The pages the instance wrote (found with Linux's `PAGEMAP_SCAN`, kernel 6.7 or
+    /// later) are restored in place, up to [`KEEP_RESIDENT`] bytes, and stay mapped: the
+    /// next instance in the slot takes no page faults on them.
+    PageMap,
+    /// Every dirty page is returned to the kernel (`madvise`): the next instance faults
+    /// its working set in again.
+    Decommit,
+}
+
+/// Memory of a linear memory's slot restored in place rather than returned to the
+/// kernel, when the page map says which pages were written ([`MemoryReset::PageMap`]):
+/// more than a gateway instance writes serving a request.
+pub const KEEP_RESIDENT: usize = 4 << 20;
+
 /// The wasmtime engine: pooling allocator, epoch interruption, and fuel metering when a
 /// plugin needs it (fuel is engine-wide).
 pub fn engine(max_instances: u32, fuel: bool) -> anyhow::Result<Engine> {
+    engine_with_reset(max_instances, fuel).map(|(engine, _)| engine)
+}
+
+/// As [`engine`], and how it resets linear memories: through the page map where the kernel
+/// offers `PAGEMAP_SCAN`, else by returning pages.
+///
+/// Measured on the load harness (2026-12-06, wasmtime 48, Linux 6.18): restoring written
+/// pages in place cut the CPU per request of an instance-per-request gateway by about a
+/// fifth (component engine on a repeated token 168 → 130 µs, the wide bundle 196 → 151)
+/// for 0-4 MiB more peak RSS. Keeping memory resident *without* the page map (memset of
+/// the first MiBs) cost as much CPU as returning pages and 35-60 MiB more RSS (2026-12-05),
+/// so without it nothing is kept resident (issue 18).
+pub fn engine_with_reset(max_instances: u32, fuel: bool) -> anyhow::Result<(Engine, MemoryReset)> {
+    match build_engine(max_instances, fuel, MemoryReset::PageMap) {
+        Ok(engine) => Ok((engine, MemoryReset::PageMap)),
+        // wasmtime refuses `pagemap_scan(Yes)` where the kernel lacks it.
+        Err(why) => {
+            tracing::debug!(%why, "no PAGEMAP_SCAN: linear memories are reset by returning pages");
+            build_engine(max_instances, fuel, MemoryReset::Decommit)
+                .map(|engine| (engine, MemoryReset::Decommit))
+        }
+    }
+}
+
+fn build_engine(max_instances: u32, fuel: bool, reset: MemoryReset) -> anyhow::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(max_instances)
         .total_core_instances(max_instances * 8)
         .total_memories(max_instances * 4)
         .total_tables(max_instances * 8)
         .max_memory_size(INSTANCE_MEMORY)
-        // Linear memories are reset by returning their dirty pages (wasmtime finds them
-        // through the page map), not kept resident and cleared with memset: measured on the
-        // load harness (2026-12-05, wasmtime 48), keeping 4 MiB resident cost the same CPU
-        // per request or more and 35-60 MiB more peak RSS in the component engine and
-        // serve-wasm (issue 18).
-        .linear_memory_keep_resident(0)
         .table_keep_resident(64 << 10);
+    match reset {
+        MemoryReset::PageMap => pool
+            .pagemap_scan(Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT),
+        MemoryReset::Decommit => pool
+            .pagemap_scan(Enabled::No)
+            .linear_memory_keep_resident(0),
+    };
     let mut cfg = WasmConfig::new();
     cfg.wasm_component_model(true)
         .epoch_interruption(true)
@@ -337,6 +383,66 @@ impl<H: wasmtime_wasi_http::WasiHttpHooks> WasiRequest<H> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    /// The kernel's release as (major, minor), from `/proc/sys/kernel/osrelease`.
+    fn kernel() -> Option<(u32, u32)> {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+        let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    }
+
+    #[test]
+    fn memories_are_reset_through_the_page_map_where_the_kernel_has_it() {
+        let (_, reset) = engine_with_reset(4, false).unwrap();
+        match kernel() {
+            Some(v) if v >= (6, 7) => assert_eq!(reset, MemoryReset::PageMap, "kernel {v:?}"),
+            Some(v) => assert_eq!(reset, MemoryReset::Decommit, "kernel {v:?}"),
+            None => {}
+        }
+    }
+
+    #[test]
+    fn an_instance_never_sees_what_the_last_one_in_its_slot_wrote() {
+        // A memory with an image (the data segment) and zero pages, 6 MiB: what an
+        // instance wrote must be gone for the next, whether its page was restored in place
+        // (image and zero pages within `KEEP_RESIDENT`) or returned to the kernel (past
+        // it).
+        let wasm = wat::parse_str(
+            r#"(module
+                (memory (export "memory") 96)
+                (data (i32.const 0) "image")
+                (data (i32.const 131072) "more")
+                (func (export "swap") (param $at i32) (param $v i32) (result i32)
+                    (local $old i32)
+                    (local.set $old (i32.load (local.get $at)))
+                    (i32.store (local.get $at) (local.get $v))
+                    (local.get $old)))"#,
+        )
+        .unwrap();
+        let (engine, _) = engine_with_reset(4, false).unwrap();
+        let module = wasmtime::Module::new(&engine, &wasm).unwrap();
+        let image = u32::from_le_bytes(*b"imag") as i32;
+        let more = u32::from_le_bytes(*b"more") as i32;
+        let addresses = [(0, image), (131_072, more), (70_000, 0), (5 << 20, 0)];
+        let mut slots = std::collections::BTreeSet::new();
+        for round in 0..20 {
+            let mut store = wasmtime::Store::new(&engine, ());
+            store.set_epoch_deadline(1); // nothing ticks the epoch here
+            let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+            let swap = instance
+                .get_typed_func::<(i32, i32), i32>(&mut store, "swap")
+                .unwrap();
+            let memory = instance.get_memory(&mut store, "memory").unwrap();
+            slots.insert(memory.data_ptr(&store) as usize);
+            for (at, original) in addresses {
+                let old = swap.call(&mut store, (at, 0x5eed_0000 + round)).unwrap();
+                assert_eq!(old, original, "round {round}, address {at}");
+            }
+        }
+        // The same slot every round (the pool keeps the module's warm slot), so each round
+        // ran in memory the previous one wrote.
+        assert_eq!(slots.len(), 1, "{slots:x?}");
+    }
 
     /// A component whose only export names it, so a test can tell which one it got.
     fn component(export: &str) -> Vec<u8> {
