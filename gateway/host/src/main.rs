@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use portcullis_core::Outcome;
+use portcullis_host::{ServeOptions, keys, load_config_file};
 
 /// mimalloc (v2) instead of glibc's malloc: every request allocates and frees a wasm
 /// store, its resource tables and the hyper request on the host, and glibc's free lists
@@ -15,9 +17,6 @@ use clap::{Parser, Subcommand};
 /// +8-12 MiB, all still under Envoy's (issue 18).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use portcullis_core::Outcome;
-use portcullis_host::{ServeOptions, keys, load_config_file};
 
 #[derive(Parser)]
 #[command(
