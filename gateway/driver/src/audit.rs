@@ -10,7 +10,13 @@ use serde_json::Value;
 /// `phases` without timings) are left out, so every runtime writes the same line for the
 /// same decision.
 pub fn json_line(record: &impl Serialize) -> String {
-    let Ok(Value::Object(mut fields)) = serde_json::to_value(record) else {
+    serde_json::to_value(record).map_or_else(|_| String::from("{}"), value_line)
+}
+
+/// [`json_line`] of a record already made a JSON value (by an adapter that adds fields of
+/// its own), without serializing it a second time.
+pub fn value_line(record: Value) -> String {
+    let Value::Object(mut fields) = record else {
         return String::from("{}");
     };
     fields.retain(|_, v| !(v.is_null() || v.as_array().is_some_and(Vec::is_empty)));
@@ -42,6 +48,24 @@ mod tests {
             risk: Some(r#"{"score":80}"#.into()),
         });
         assert_eq!(line, r#"{"decision":"deny","risk":{"score":80}}"#);
+    }
+
+    #[test]
+    fn a_record_made_a_value_with_a_field_added_gives_the_same_line_plus_the_field() {
+        let record = Record {
+            decision: "forward",
+            host: None,
+            risk: Some(r#"{"score":1}"#.into()),
+        };
+        let Ok(Value::Object(mut fields)) = serde_json::to_value(&record) else {
+            panic!("a record is an object");
+        };
+        fields.insert("signature_check".into(), "webcrypto".into());
+        assert_eq!(
+            value_line(Value::Object(fields)),
+            r#"{"decision":"forward","risk":{"score":1},"signature_check":"webcrypto"}"#
+        );
+        assert_eq!(value_line(Value::Null), "{}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use portcullis_core::config::FailPolicy;
 use portcullis_core::decision::problem;
 use portcullis_core::keyset::FetchRequest;
 
+use js_sys::{Reflect, Uint8Array};
 use portcullis_core::ports::{
     CallOp, CallResult, Client, State, StateAnswer, StateOp, StateResult,
 };
@@ -26,8 +27,9 @@ use portcullis_driver::{
     RequestHead, Step, SystemEntropy, backend_answered, decide_refetching, decide_resuming, early,
     refused_in_forward, relay_removals,
 };
-use wasm_bindgen::JsValue;
-use worker::{Context, Env, Fetch, Request, Response, event};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use worker::{Context, Env, Fetch, event};
 
 use crate::plugins::{Unusable, WorkerPlugins};
 use crate::verifier::{WebKey, WorkerVerifier};
@@ -232,13 +234,17 @@ impl Client for Awaited {
 /// The request head. On Cloudflare (the request carries its `cf` object) the edge sets
 /// CF-Connecting-IP to the address it accepted the connection from, replacing any value
 /// the client sent: that is the peer. Elsewhere (workerd without a cf blob) the header is
-/// the client's own claim, and the peer stays unknown.
-fn head(req: &Request, serial: u64) -> Result<RequestHead, (Reason, String)> {
+/// the client's own claim, and the peer stays unknown. Read straight from the platform's
+/// request (no `worker::Request` in between, which would copy the URL and read `cf` for
+/// nothing), and `cf` only when the header is there.
+fn head(req: &web_sys::Request, serial: u64) -> Result<RequestHead, (Reason, String)> {
     let invalid = |m: String| (Reason::InvalidRequest, m);
-    let method = Method::from_bytes(req.inner().method().as_bytes())
+    let method = Method::from_bytes(req.method().as_bytes())
         .map_err(|_| invalid("bad method".to_owned()))?;
     let mut headers = HeaderMap::new();
-    for (name, value) in req.headers().entries() {
+    let fields =
+        header_fields(&req.headers()).ok_or_else(|| invalid("unreadable header fields".into()))?;
+    for (name, value) in fields {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(format!("bad header name {name:?}")))?;
         for part in crate::headers::split_joined(name.as_str(), &value) {
@@ -249,13 +255,12 @@ fn head(req: &Request, serial: u64) -> Result<RequestHead, (Reason, String)> {
     }
     // workerd builds the URL from the Host field (joining repeated ones): when it does not
     // parse, the core's authority rule says why, with the core's answer (`host_invalid`).
-    let uri: Uri =
-        req.inner().url().parse().map_err(|_| {
-            match portcullis_core::request_authority(&Uri::from_static("/"), &headers) {
-                Err(detail) => (Reason::HostInvalid, detail),
-                Ok(_) => invalid("request target is not a valid URI".to_owned()),
-            }
-        })?;
+    let uri: Uri = req.url().parse().map_err(|_| {
+        match portcullis_core::request_authority(&Uri::from_static("/"), &headers) {
+            Err(detail) => (Reason::HostInvalid, detail),
+            Ok(_) => invalid("request target is not a valid URI".to_owned()),
+        }
+    })?;
     let request_id = headers
         .get("x-request-id")
         .or_else(|| headers.get("cf-ray"))
@@ -264,15 +269,16 @@ fn head(req: &Request, serial: u64) -> Result<RequestHead, (Reason, String)> {
             || format!("w{serial:x}-{:x}", js_sys::Date::now() as u64),
             str::to_owned,
         );
-    let peer = req
-        .cf()
-        .and_then(|_| headers.get("cf-connecting-ip"))
+    let (peer, peer_hints) = match headers
+        .get("cf-connecting-ip")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
-    let peer_hints = if peer.is_some() {
-        cf_hints(req)
-    } else {
-        PeerHints::default()
+        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok())
+    {
+        Some(ip) => match cf_object(req) {
+            Some(cf) => (Some(ip), cf_hints(&cf)),
+            None => (None, PeerHints::default()),
+        },
+        None => (None, PeerHints::default()),
     };
     Ok(RequestHead {
         method,
@@ -284,17 +290,26 @@ fn head(req: &Request, serial: u64) -> Result<RequestHead, (Reason, String)> {
     })
 }
 
+/// The fields of a `Headers` object, in its order (names lower-case, repeated fields
+/// joined with `", "` as the Fetch API joins them), read in one crossing: JSON of
+/// `Array.from(headers)`, instead of three calls into JavaScript per field.
+fn header_fields(headers: &web_sys::Headers) -> Option<Vec<(String, String)>> {
+    let text = js_sys::JSON::stringify(&js_sys::Array::from(headers)).ok()?;
+    serde_json::from_str(&text.as_string()?).ok()
+}
+
+/// The request's `cf` object: present on Cloudflare, absent under a plain workerd.
+fn cf_object(req: &web_sys::Request) -> Option<JsValue> {
+    Reflect::get(req, &JsValue::from_str("cf"))
+        .ok()
+        .filter(JsValue::is_object)
+}
+
 /// Cloudflare's own country, AS number and location of the connecting client
 /// (`request.cf.country`, `asn`, `latitude`, `longitude`), read field by field: a missing
 /// or ill-typed one is simply unknown.
-fn cf_hints(req: &Request) -> PeerHints {
-    let Ok(cf) = js_sys::Reflect::get(req.inner(), &JsValue::from_str("cf")) else {
-        return PeerHints::default();
-    };
-    if !cf.is_object() {
-        return PeerHints::default();
-    }
-    let field = |name: &str| js_sys::Reflect::get(&cf, &JsValue::from_str(name)).ok();
+fn cf_hints(cf: &JsValue) -> PeerHints {
+    let field = |name: &str| Reflect::get(cf, &JsValue::from_str(name)).ok();
     let country = field("country")
         .and_then(|v| v.as_string())
         .and_then(|c| <[u8; 2]>::try_from(c.as_bytes()).ok());
@@ -314,7 +329,8 @@ fn cf_hints(req: &Request) -> PeerHints {
     }
 }
 
-fn answer(response: &CoreResponse) -> worker::Result<Response> {
+/// The gateway's own answer as the platform's response.
+fn answer(response: &CoreResponse) -> worker::Result<web_sys::Response> {
     let headers = web_sys::Headers::new().map_err(worker::Error::from)?;
     for (name, value) in &response.headers {
         if let Ok(v) = value.to_str() {
@@ -327,23 +343,25 @@ fn answer(response: &CoreResponse) -> worker::Result<Response> {
     init.set_status(response.status.as_u16());
     init.set_headers(&headers);
     let mut body = response.body.clone();
-    let resp = web_sys::Response::new_with_opt_u8_array_and_init(Some(&mut body), &init)
-        .map_err(worker::Error::from)?;
-    Ok(Response::from(resp))
+    web_sys::Response::new_with_opt_u8_array_and_init(Some(&mut body), &init)
+        .map_err(worker::Error::from)
 }
 
-fn refusal(reason: Reason, detail: &str, request_id: &str) -> worker::Result<Response> {
+fn refusal(reason: Reason, detail: &str, request_id: &str) -> worker::Result<web_sys::Response> {
     answer(&problem(reason, detail, request_id, &[]))
 }
 
 /// Forwards to the chosen backend, streaming both bodies; the response, its status and how
-/// long its head took (millisecond clock: Workers advance time across I/O).
+/// long its head took (millisecond clock: Workers advance time across I/O). The platform's
+/// `fetch(url, init)` is called directly, as a Workers script would: no `Request` object
+/// is built for it, and none of the `worker` crate's wrappers copy the request or the
+/// response on the way.
 async fn forward(
     config: &Config,
-    req: &Request,
+    req: &web_sys::Request,
     parts: &RequestHead,
     fwd: &Forward,
-) -> Result<(Response, u16, std::time::Duration), (Reason, String)> {
+) -> Result<(web_sys::Response, u16, std::time::Duration), (Reason, String)> {
     let backend = fwd.target(config)?;
     portcullis_core::decision::check_declared_length(&parts.headers, config.limits.max_body_bytes)?;
     let headers =
@@ -369,38 +387,35 @@ async fn forward(
     let deadline = web_sys::AbortSignal::timeout_with_u32(response_ms);
     init.set_signal(Some(&deadline));
     if !matches!(parts.method, Method::GET | Method::HEAD)
-        && let Some(body) = req.inner().body()
+        && let Some(body) = req.body()
     {
         init.set_body(&JsValue::from(body));
     }
     let url = fwd.url(backend);
-    let outgoing = web_sys::Request::new_with_str_and_init(&url, &init).map_err(|_| {
-        (
-            Reason::BackendUnavailable,
-            format!("cannot build a request to {url}"),
-        )
-    })?;
+    let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
     let started = js_sys::Date::now();
-    let resp = Fetch::Request(Request::from(outgoing))
-        .send()
+    let fetched = JsFuture::from(global.fetch_with_str_and_init(&url, &init))
         .await
-        .map_err(|e| {
-            // An aborted fetch rejects with a TimeoutError whose text differs by runtime: the
-            // signal itself says whether its timeout fired (the elapsed time on the
-            // platform's coarse clock can fall just short of it on a loaded machine).
-            if deadline.aborted() || js_sys::Date::now() - started >= f64::from(response_ms) {
-                (
-                    Reason::BackendTimeout,
-                    format!("the backend did not answer within {response_ms} ms"),
-                )
-            } else {
-                (Reason::BackendUnavailable, format!("backend error: {e}"))
-            }
-        })?;
+        .and_then(|r| r.dyn_into::<web_sys::Response>());
+    let upstream = fetched.map_err(|e| {
+        // An aborted fetch rejects with a TimeoutError whose text differs by runtime: the
+        // signal itself says whether its timeout fired (the elapsed time on the platform's
+        // coarse clock can fall just short of it on a loaded machine).
+        if deadline.aborted() || js_sys::Date::now() - started >= f64::from(response_ms) {
+            (
+                Reason::BackendTimeout,
+                format!("the backend did not answer within {response_ms} ms"),
+            )
+        } else {
+            (
+                Reason::BackendUnavailable,
+                format!("backend error: {}", worker::Error::from(e)),
+            )
+        }
+    })?;
     let latency =
         std::time::Duration::from_secs_f64(((js_sys::Date::now() - started) / 1000.0).max(0.0));
-    let status = resp.status_code();
-    let upstream = web_sys::Response::from(resp);
+    let status = upstream.status();
     // The backend's head copied natively into a response of our own (a fetched response's
     // headers are immutable), then edited in place: what `relay_headers` removes, removed;
     // the gateway's own fields appended. Cheaper than carrying every field through Rust.
@@ -416,36 +431,67 @@ async fn forward(
             )
         })?;
     let out = relayed.headers();
+    // Only the fields the backend sent are deleted (most responses carry none of the
+    // hop-by-hop names): one read of the head instead of a call per name. A head that
+    // cannot be read that way has every name deleted, as before.
+    let sent = header_fields(&out);
+    let listed = match &sent {
+        Some(fields) => fields
+            .iter()
+            .find(|(name, _)| name == "connection")
+            .map(|(_, value)| value.clone()),
+        None => out.get("connection").ok().flatten(),
+    };
     let mut connection = HeaderMap::new();
-    if let Ok(Some(listed)) = out.get("connection")
+    if let Some(listed) = listed
         && let Ok(value) = HeaderValue::from_str(&listed)
     {
         connection.insert(http::header::CONNECTION, value);
     }
     for name in relay_removals(&connection, &fwd.response_headers) {
-        let _ = out.delete(&name);
+        let present = sent
+            .as_ref()
+            .is_none_or(|fields| fields.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)));
+        if present {
+            let _ = out.delete(&name);
+        }
     }
     for (name, value) in &fwd.response_headers {
         if let Ok(v) = value.to_str() {
             let _ = out.append(name.as_str(), v);
         }
     }
-    Ok((Response::from(relayed), status, latency))
+    Ok((relayed, status, latency))
 }
 
-/// The Workers entry point.
+/// The request's body, whole (a form posted to the login callback or back-channel logout);
+/// `None` when it cannot be read.
+async fn body_bytes(req: &web_sys::Request) -> Option<Vec<u8>> {
+    let buffer = JsFuture::from(req.array_buffer().ok()?).await.ok()?;
+    Some(Uint8Array::new(&buffer).to_vec())
+}
+
+/// The Workers entry point: the platform's request and response as they are (the `worker`
+/// crate's `Request` and `Response` would copy the URL, read `cf` and build the response
+/// twice).
 #[event(fetch)]
-pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+pub async fn fetch(
+    req: web_sys::Request,
+    env: Env,
+    _ctx: Context,
+) -> worker::Result<web_sys::Response> {
     let isolate = match load(&env) {
         Ok(i) => i,
         Err(e) => {
             worker::console_error!("portcullis: {e}");
-            return refusal(
+            let mut r = problem(
                 Reason::InvalidRequest,
                 &format!("gateway configuration: {e}"),
                 "-",
-            )
-            .map(|r| r.with_status(500));
+                &[],
+            );
+            r.status = http::StatusCode::INTERNAL_SERVER_ERROR;
+            return answer(&r);
         }
     };
     let serial = isolate.requests.get() + 1;
@@ -459,8 +505,8 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
         return answer(&r);
     }
     let body = if gateway.wants_body(&parts.method, parts.uri.path()) {
-        match req.bytes().await {
-            Ok(b) if b.len() <= portcullis_core::login::MAX_FORM_BODY => b,
+        match body_bytes(&req).await {
+            Some(b) if b.len() <= portcullis_core::login::MAX_FORM_BODY => b,
             _ => {
                 return refusal(
                     Reason::BodyTooLarge,
@@ -580,7 +626,7 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
         if let (Some(path), Some(obj)) = (signature_check, record.as_object_mut()) {
             obj.insert("signature_check".into(), path.into());
         }
-        worker::console_log!("{}", portcullis_driver::audit::json_line(&record));
+        worker::console_log!("{}", portcullis_driver::audit::value_line(record));
     }
     Ok(response)
 }

@@ -1,8 +1,10 @@
 //! Signature checks through the Workers runtime's WebCrypto (`crypto.subtle`), natively
 //! implemented (BoringSSL) instead of pure Rust compiled to wasm. Imported keys are kept
-//! per isolate, by key material and algorithm.
+//! per isolate, by algorithm and key material, and so are `crypto.subtle` and each
+//! algorithm's parameter objects: a request that checks a signature makes only the
+//! check's own two byte arrays.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 
 use js_sys::{Array, Object, Promise, Reflect};
@@ -12,10 +14,15 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{CryptoKey, SubtleCrypto};
 
-/// Imported keys of this isolate.
+/// Imported keys of this isolate, with what every check needs.
 #[derive(Default)]
 pub struct KeyCache {
-    keys: RefCell<HashMap<(KeyMaterial, Algorithm), CryptoKey>>,
+    /// By algorithm, then key material.
+    keys: RefCell<HashMap<Algorithm, HashMap<KeyMaterial, CryptoKey>>>,
+    /// `crypto.subtle`, when the runtime has it.
+    subtle: OnceCell<Option<SubtleCrypto>>,
+    /// Each algorithm's (import, verify) parameters, parsed once.
+    params: RefCell<HashMap<Algorithm, (Object, Object)>>,
 }
 
 /// At most this many imported keys are kept (key sets rotate).
@@ -100,14 +107,33 @@ async fn promise(p: Result<Promise, JsValue>) -> Result<JsValue, JsValue> {
 }
 
 impl KeyCache {
+    fn subtle(&self) -> Option<SubtleCrypto> {
+        self.subtle.get_or_init(subtle).clone()
+    }
+
+    /// The (import, verify) parameter objects of `alg`, made on its first check.
+    fn params(&self, alg: Algorithm) -> Option<(Object, Object)> {
+        if let Some(p) = self.params.borrow().get(&alg) {
+            return Some(p.clone());
+        }
+        let (import, verify) = params(alg)?;
+        let made = (json(&import)?, json(&verify)?);
+        self.params.borrow_mut().insert(alg, made.clone());
+        Some(made)
+    }
+
     async fn key(
         &self,
         subtle: &SubtleCrypto,
         check: &SignatureCheck,
         import: &Object,
     ) -> Option<CryptoKey> {
-        let id = (check.material.clone(), check.alg);
-        if let Some(k) = self.keys.borrow().get(&id) {
+        if let Some(k) = self
+            .keys
+            .borrow()
+            .get(&check.alg)
+            .and_then(|keys| keys.get(&check.material))
+        {
             return Some(k.clone());
         }
         let jwk = json(&jwk(&check.material)?)?;
@@ -119,10 +145,12 @@ impl KeyCache {
                 .dyn_into()
                 .ok()?;
         let mut keys = self.keys.borrow_mut();
-        if keys.len() >= MAX_IMPORTED {
+        if keys.values().map(HashMap::len).sum::<usize>() >= MAX_IMPORTED {
             keys.clear();
         }
-        keys.insert(id, key.clone());
+        keys.entry(check.alg)
+            .or_default()
+            .insert(check.material.clone(), key.clone());
         Some(key)
     }
 
@@ -130,10 +158,8 @@ impl KeyCache {
     /// (algorithm or key it does not support, import refused): the caller then leaves the
     /// check to the pure-Rust verifier.
     pub async fn verify(&self, check: &SignatureCheck) -> Option<bool> {
-        let subtle = subtle()?;
-        let (import, verify) = params(check.alg)?;
-        let import = json(&import)?;
-        let verify = json(&verify)?;
+        let subtle = self.subtle()?;
+        let (import, verify) = self.params(check.alg)?;
         let key = self.key(&subtle, check, &import).await?;
         let outcome = promise(subtle.verify_with_object_and_u8_array_and_u8_array(
             &verify,
