@@ -1181,6 +1181,12 @@ risk = {{ plugins = ["lenient"] }}
     let r = request(gw.addr, "GET", "/public/x", &[], b"").unwrap();
     let body = String::from_utf8_lossy(&r.body);
     assert_eq!(r.status, 500, "{body}");
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{body}"
+    );
+    assert!(body.contains(r#""status":500"#), "{body}");
     assert!(
         body.contains("gateway configuration: plugin ")
             && body.contains(": init: mode")

@@ -7,12 +7,11 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use js_sys::{Reflect, Uint8Array};
 use portcullis_core::authenticate::LocalAuthenticator;
 use portcullis_core::config::FailPolicy;
 use portcullis_core::decision::problem;
 use portcullis_core::keyset::FetchRequest;
-
-use js_sys::{Reflect, Uint8Array};
 use portcullis_core::ports::{
     CallOp, CallResult, Client, State, StateAnswer, StateOp, StateResult,
 };
@@ -464,6 +463,25 @@ async fn forward(
     Ok((relayed, status, latency))
 }
 
+/// What every request gets while the worker cannot load its configuration: a 500 with the
+/// problem the wasi:http handler gives in the same case (`title`, `status`, `detail`).
+fn configuration_error(why: &str) -> CoreResponse {
+    let body = serde_json::json!({
+        "title": "Gateway error",
+        "status": 500,
+        "detail": format!("gateway configuration: {why}"),
+    });
+    CoreResponse {
+        status: http::StatusCode::INTERNAL_SERVER_ERROR,
+        headers: vec![(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        )],
+        body: body.to_string().into_bytes(),
+        reason: Reason::InvalidRequest,
+    }
+}
+
 /// The request's body, whole (a form posted to the login callback or back-channel logout);
 /// `None` when it cannot be read.
 async fn body_bytes(req: &web_sys::Request) -> Option<Vec<u8>> {
@@ -484,14 +502,7 @@ pub async fn fetch(
         Ok(i) => i,
         Err(e) => {
             worker::console_error!("portcullis: {e}");
-            let mut r = problem(
-                Reason::InvalidRequest,
-                &format!("gateway configuration: {e}"),
-                "-",
-                &[],
-            );
-            r.status = http::StatusCode::INTERNAL_SERVER_ERROR;
-            return answer(&r);
+            return answer(&configuration_error(&e));
         }
     };
     let serial = isolate.requests.get() + 1;
