@@ -36,7 +36,9 @@ mod test_support;
 pub mod token_cache;
 
 pub use head::RequestHead;
-pub use respond::{backend_answered, early, refused_in_forward, relay_headers, relay_removals};
+pub use respond::{
+    backend_answered, early, gateway_error, refused_in_forward, relay_headers, relay_removals,
+};
 pub use runtime::{InstantClock, SystemEntropy};
 
 use portcullis_core::{Answer, Decision, IssuerId, Need, Suspended};

@@ -113,34 +113,10 @@ pub fn respond(out: ResponseOutparam, response: &Response) {
     let _ = OutgoingBody::finish(body, None);
 }
 
-/// Answers with a bare problem document (no reason code applies).
-pub fn respond_error(out: ResponseOutparam, status: u16, detail: &str) {
-    let body = serde_json::json!({ "title": "Gateway error", "status": status, "detail": detail })
-        .to_string();
-    let entries = vec![
-        (
-            "content-type".to_owned(),
-            b"application/problem+json".to_vec(),
-        ),
-        (
-            "content-length".to_owned(),
-            body.len().to_string().into_bytes(),
-        ),
-    ];
-    let Ok(fields) = Fields::from_list(&entries) else {
-        return;
-    };
-    let resp = OutgoingResponse::new(fields);
-    let _ = resp.set_status_code(status);
-    let Ok(out_body) = resp.body() else {
-        return;
-    };
-    ResponseOutparam::set(out, Ok(resp));
-    if let Ok(stream) = out_body.write() {
-        let _ = stream.blocking_write_and_flush(body.as_bytes());
-        drop(stream);
-    }
-    let _ = OutgoingBody::finish(out_body, None);
+/// Answers with the gateway's own error (no reason code applies):
+/// [`portcullis_driver::gateway_error`].
+pub fn respond_error(out: ResponseOutparam, status: http::StatusCode, detail: &str) {
+    respond(out, &portcullis_driver::gateway_error(status, detail));
 }
 
 /// Forwards the request as decided, streaming both bodies. Returns the status relayed and
@@ -292,7 +268,11 @@ fn relay(
         .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
         .collect();
     let Ok(fields) = Fields::from_list(&entries) else {
-        respond_error(out, 502, "backend response headers are invalid");
+        respond_error(
+            out,
+            http::StatusCode::BAD_GATEWAY,
+            "backend response headers are invalid",
+        );
         return 502;
     };
     let status = incoming.status();

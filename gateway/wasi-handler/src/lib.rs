@@ -47,7 +47,11 @@ pub fn handle(host: &impl Host, request: IncomingRequest, response_out: Response
     let gateway = match host.gateway() {
         Ok(g) => g,
         Err(e) => {
-            forward::respond_error(response_out, 500, &format!("gateway configuration: {e}"));
+            forward::respond_error(
+                response_out,
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("gateway configuration: {e}"),
+            );
             return;
         }
     };

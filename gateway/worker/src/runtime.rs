@@ -24,7 +24,7 @@ use portcullis_driver::keys::{Document, DocumentSource, Refreshed};
 use portcullis_driver::token_cache::{CachedAuthenticator, RequestTokens, TokenCache};
 use portcullis_driver::{
     RequestHead, Step, SystemEntropy, backend_answered, decide_refetching, decide_resuming, early,
-    refused_in_forward, relay_removals,
+    gateway_error, refused_in_forward, relay_removals,
 };
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
@@ -463,25 +463,6 @@ async fn forward(
     Ok((relayed, status, latency))
 }
 
-/// What every request gets while the worker cannot load its configuration: a 500 with the
-/// problem the wasi:http handler gives in the same case (`title`, `status`, `detail`).
-fn configuration_error(why: &str) -> CoreResponse {
-    let body = serde_json::json!({
-        "title": "Gateway error",
-        "status": 500,
-        "detail": format!("gateway configuration: {why}"),
-    });
-    CoreResponse {
-        status: http::StatusCode::INTERNAL_SERVER_ERROR,
-        headers: vec![(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        )],
-        body: body.to_string().into_bytes(),
-        reason: Reason::InvalidRequest,
-    }
-}
-
 /// The request's body, whole (a form posted to the login callback or back-channel logout);
 /// `None` when it cannot be read.
 async fn body_bytes(req: &web_sys::Request) -> Option<Vec<u8>> {
@@ -502,7 +483,10 @@ pub async fn fetch(
         Ok(i) => i,
         Err(e) => {
             worker::console_error!("portcullis: {e}");
-            return answer(&configuration_error(&e));
+            return answer(&gateway_error(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("gateway configuration: {e}"),
+            ));
         }
     };
     let serial = isolate.requests.get() + 1;

@@ -1,8 +1,8 @@
 //! Signature checks through the Workers runtime's WebCrypto (`crypto.subtle`), natively
 //! implemented (BoringSSL) instead of pure Rust compiled to wasm. Imported keys are kept
 //! per isolate, by algorithm and key material, and so are `crypto.subtle` and each
-//! algorithm's parameter objects: a request that checks a signature makes only the
-//! check's own two byte arrays.
+//! algorithm's parameter objects: a request that checks a signature hands WebCrypto only
+//! the check's own signature and message.
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
