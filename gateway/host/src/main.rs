@@ -420,8 +420,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
             };
             let prepared = portcullis_host::prepare(loaded, &opts).await?;
-            let listener = tokio::net::TcpListener::bind(listen).await?;
-            let admin_listener = tokio::net::TcpListener::bind(admin).await?;
+            let listener = portcullis_host::serve::bind("--listen", listen).await?;
+            let admin_listener = portcullis_host::serve::bind("--admin", admin).await?;
             tracing::info!(listen = %listener.local_addr()?, admin = %admin_listener.local_addr()?, "portcullis serving");
             let watch = (watch_config.is_finite() && watch_config > 0.0)
                 .then(|| Duration::from_secs_f64(watch_config.clamp(0.05, 3600.0)));
@@ -619,7 +619,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 store,
                 retention: state_retention,
             });
-            let listener = tokio::net::TcpListener::bind(listen).await?;
+            let listener = portcullis_host::serve::bind("--listen", listen).await?;
             let cache_dir = if no_cache {
                 None
             } else {

@@ -155,6 +155,16 @@ pub struct Prepared {
     pub staged_tls: Option<tls::Staged>,
 }
 
+/// A listening socket on `addr` for what `what` names (`--listen`, `--admin`, …). A
+/// refusal names the address and the option, so an operator who starts a second gateway
+/// on a port in use reads which one ("--admin 127.0.0.1:9901: Address already in use"),
+/// not the bare system error.
+pub async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what} {addr}"))
+}
+
 /// Builds every capability, the engine and (for the component engine) the pre-instantiated
 /// component; starts the background key refresh.
 pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Result<Prepared> {

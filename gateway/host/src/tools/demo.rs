@@ -148,11 +148,15 @@ pub async fn serve_echo(listener: TcpListener, region: &'static str) {
 pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let issuer = Arc::new(DemoIssuer::generate(&format!("http://{ISSUER_ADDR}"))?);
     tokio::spawn(serve_issuer(
-        TcpListener::bind(ISSUER_ADDR).await?,
+        crate::serve::bind("the demo issuer", ISSUER_ADDR.parse()?).await?,
         issuer.clone(),
     ));
     for (region, addr) in BACKENDS {
-        tokio::spawn(serve_echo(TcpListener::bind(addr).await?, region));
+        let what = format!("the demo's {region} backend");
+        tokio::spawn(serve_echo(
+            crate::serve::bind(&what, addr.parse()?).await?,
+            region,
+        ));
     }
     let files = BTreeMap::from([("secrets/demo-audit.key".to_owned(), DEMO_AUDIT_KEY.to_vec())]);
     let map = portcullis_core::MapFiles(files.clone());
@@ -169,8 +173,8 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
         ..crate::serve::ServeOptions::default()
     };
     let prepared = crate::serve::prepare(loaded, &opts).await?;
-    let listener = TcpListener::bind(listen).await?;
-    let admin_listener = TcpListener::bind(admin).await?;
+    let listener = crate::serve::bind("--listen", listen).await?;
+    let admin_listener = crate::serve::bind("--admin", admin).await?;
 
     let eu =
         issuer.mint(json!({"sub": "alice", "residency": "eu", "scope": "orders:read profile"}))?;
