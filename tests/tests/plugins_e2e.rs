@@ -617,7 +617,7 @@ subject_key_file = "audit.key"
         .arg("check")
         .arg(&gateway_component));
     assert!(
-        !ok && text.contains("NOT ALLOWED: imports wasi:http/outgoing-handler"),
+        !ok && text.contains("NOT ALLOWED: imports portcullis:gateway/keys@0.1.0"),
         "{text}"
     );
     for good in [

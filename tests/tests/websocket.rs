@@ -1,9 +1,10 @@
-//! Issue 19: WebSockets pass through the native engine on authorized routes — the decision
+//! Issue 19: WebSockets pass through the host's engines on authorized routes — the decision
 //! is made on the opening handshake (a refused one never reaches the backend), the backend
 //! gets the verified identity headers, then messages flow both ways; only `websocket`
 //! upgrades pass (`h2c` is dropped), and a tunnel idle past `[server] idle_timeout` is
-//! closed. The component engine cannot upgrade (wasi:http has no upgrades): the handshake
-//! fails there and the backend sees a plain GET. Real sockets, tungstenite on both ends.
+//! closed. The component engine decides in the component and the host joins the
+//! connections, as the native engine does; an edge bundle cannot upgrade (wasi:http has no
+//! upgrades): the handshake fails there. Real sockets, tungstenite on both ends.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -81,7 +82,11 @@ fn start(echo: &Echo, engine: &str) -> Gateway {
 }
 
 fn start_for(backend: &str, engine: &str) -> Gateway {
-    let config = format!(
+    portcullis_tests::host::start_engine_with(&config(backend), engine, &[internal_key_file()])
+}
+
+fn config(backend: &str) -> String {
+    format!(
         r#"{INTERNAL_ISSUER_TABLE}
 [region.eu]
 jurisdiction = "EU"
@@ -106,8 +111,7 @@ idle_timeout = "1s"
 [audit]
 subject_key_file = "audit.key"
 "#
-    );
-    portcullis_tests::host::start_engine_with(&config, engine, &[internal_key_file()])
+    )
 }
 
 fn token(scope: &str) -> String {
@@ -148,8 +152,17 @@ fn status_of(e: &tungstenite::Error) -> u16 {
 
 #[test]
 fn websockets_pass_on_authorized_routes_only() {
+    pass_on_authorized_routes_only("native");
+}
+
+#[test]
+fn the_component_engine_passes_websockets_as_the_native_engine_does() {
+    pass_on_authorized_routes_only("component");
+}
+
+fn pass_on_authorized_routes_only(engine: &str) {
     let echo = Echo::start();
-    let gw = start(&echo, "native");
+    let gw = start(&echo, engine);
 
     // Refused handshakes never reach the backend.
     assert_eq!(status_of(&open(&gw, None).unwrap_err()), 401);
@@ -219,15 +232,19 @@ fn only_websocket_upgrades_pass() {
     }
 }
 
+/// An edge bundle cannot upgrade (wasi:http 0.2 has no upgrades): the handshake fails, the
+/// backend sees no WebSocket, and the decision still runs (401 without a token).
 #[test]
-fn the_component_engine_refuses_to_tunnel() {
+fn a_bundle_refuses_to_tunnel() {
     let echo = Echo::start();
-    let gw = start(&echo, "component");
+    let (gw, _) = portcullis_tests::host::start_bundle(
+        &config(&echo.addr.to_string()),
+        &[internal_key_file()],
+    );
     let refused = open(&gw, Some(&token("chat"))).unwrap_err();
     let status = status_of(&refused);
     assert_ne!(status, 101);
     assert!(echo.handshakes.lock().unwrap().is_empty());
-    // And the decision still ran: without a token, 401.
     let r = request(gw.addr, "GET", "/ws", &[("upgrade", "websocket")], b"").unwrap();
     assert_eq!(
         (r.status, reason(&r)),

@@ -1,15 +1,16 @@
 //! The Portcullis gateway as a WebAssembly component.
 //!
-//! It exports `wasi:http/incoming-handler` ([`portcullis_wasi_handler`]): each request is
-//! decided by [`portcullis_core::Gateway`] (configuration from the host's `config`
-//! interface, tokens verified by the host's `keys` interface, every other service from the
-//! host's `portcullis:gateway` interfaces), then either answered or forwarded to the chosen
-//! backend through `wasi:http/outgoing-handler`. The host is expected to enforce the backend
-//! allow-list on every outbound request as well (defence in depth).
+//! It exports `portcullis:gateway/decide`: the host hands it each request's head (and the
+//! body of the gateway's own form endpoints), [`portcullis_core::Gateway`] decides it
+//! (configuration from the host's `config` interface, tokens verified by the host's `keys`
+//! interface, every other service from the host's `portcullis:gateway` interfaces), and the
+//! decision goes back: an answer, or the backend to forward to and the fields to set, with
+//! the audit record. The host carries it out: sockets, bodies and the backend allow-list
+//! stay outside the sandbox, every rule runs inside it.
 #![deny(unsafe_code)]
 
 mod bindings {
-    //! Imports of the `portcullis:gateway/host-services` world.
+    //! Imports and exports of the `portcullis:gateway/gateway-component` world.
     #![allow(missing_docs, unsafe_code, clippy::all)]
     wit_bindgen::generate!({
         path: "../../wit/gateway",
@@ -17,12 +18,12 @@ mod bindings {
     });
 }
 
+mod decide;
 mod services;
 
 use std::sync::OnceLock;
 
-use portcullis_core::{Adapters, AuditRecord, Gateway, MonotonicClock};
-use wasip2::http::types::{IncomingRequest, ResponseOutparam};
+use portcullis_core::Gateway;
 
 /// The gateway of this instance, built once from the host's configuration.
 fn gateway() -> Result<&'static Gateway, &'static str> {
@@ -38,52 +39,21 @@ fn gateway() -> Result<&'static Gateway, &'static str> {
         .map_err(String::as_str)
 }
 
-/// The exported handler.
-pub struct Handler;
+/// The component's exports.
+pub struct Component;
 
-/// The host's services, imported through `portcullis:gateway`.
-struct Imported;
-
-impl portcullis_wasi_handler::Host for Imported {
-    fn gateway(&self) -> Result<&Gateway, String> {
-        gateway().map_err(str::to_owned)
-    }
-
-    fn peer(&self) -> Option<std::net::IpAddr> {
-        bindings::portcullis::gateway::client::peer().and_then(|p| p.parse().ok())
-    }
-
-    fn adapters<'a>(&'a self, clock: &'a dyn MonotonicClock) -> Adapters<'a> {
-        Adapters {
-            auth: &services::HostAuthenticator,
-            risk: &services::HostRisk,
-            state: &services::HostState,
-            client: &services::HostClient,
-            health: &services::HostHealth,
-            entropy: &portcullis_driver::SystemEntropy,
-            clock,
-        }
-    }
-
-    fn observe(&self, status: u16) {
-        services::observe(status);
-    }
-
-    fn emit_audit(&self, record: AuditRecord) {
-        services::emit_audit(record);
+impl bindings::exports::portcullis::gateway::decide::Guest for Component {
+    fn decide(
+        request: bindings::exports::portcullis::gateway::decide::Request,
+    ) -> bindings::exports::portcullis::gateway::decide::Decision {
+        decide::decide(request)
     }
 }
 
-impl wasip2::exports::http::incoming_handler::Guest for Handler {
-    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        portcullis_wasi_handler::handle(&Imported, request, response_out);
-    }
-}
-
-impl bindings::Guest for Handler {
-    /// Restores the configuration now (`portcullis bundle` snapshots the instance after
-    /// this, so the bundle's instances start with it restored). A configuration that does
-    /// not restore traps here: the bundle is refused, never built to fail every request.
+impl bindings::Guest for Component {
+    /// Restores the configuration now (a host that snapshots the instance after this starts
+    /// every instance with it restored). A configuration that does not restore traps here:
+    /// a snapshot is refused, never built to fail every request.
     fn wizer_initialize() {
         if let Err(e) = gateway() {
             eprintln!("gateway configuration: {e}");
@@ -93,13 +63,10 @@ impl bindings::Guest for Handler {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
-wasip2::http::proxy::export!(Handler);
-
-/// The initializer's export (the generated glue needs `unsafe`).
+/// The exports' glue (generated; it needs `unsafe`).
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)]
 mod export {
-    use super::Handler;
-    crate::bindings::export!(Handler with_types_in crate::bindings);
+    use super::Component;
+    crate::bindings::export!(Component with_types_in crate::bindings);
 }

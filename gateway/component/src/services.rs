@@ -1,6 +1,6 @@
 //! The host's services behind the core's traits: tokens are verified by the host (natively,
-//! with its key sets and token cache), backend health comes from the host's observations,
-//! audit records go to the host's sink.
+//! with its key sets and token cache), backend health comes from the host's observations, and
+//! the audit record goes back to the host with the decision.
 
 use portcullis_core::authenticate::{AuthFailure, Authenticator, identity_from_claims_json};
 use portcullis_core::{
@@ -225,9 +225,9 @@ impl BackendHealth for HostHealth {
     }
 }
 
-/// Sends the record to the host's audit sink.
-pub fn emit_audit(a: AuditRecord) {
-    audit::emit(&audit::DecisionRecord {
+/// The core's audit record as the host takes it (the risk verdict as JSON text).
+pub fn decision_record(a: AuditRecord) -> audit::DecisionRecord {
+    audit::DecisionRecord {
         time_ms: a.time_ms,
         request_id: a.request_id,
         method: a.method,
@@ -260,7 +260,7 @@ pub fn emit_audit(a: AuditRecord) {
                 us: p.us,
             })
             .collect(),
-    });
+    }
 }
 
 /// Risk plugins run by the host.
@@ -271,9 +271,4 @@ impl RiskAssessor for HostRisk {
     fn now(&self, plugins: &[PluginId], ctx: &RiskContext) -> Option<Vec<PluginAnswer>> {
         Some(portcullis_driver::assess_through!(risk, plugins, ctx))
     }
-}
-
-/// Tells the host's plugins how the request ended.
-pub fn observe(status: u16) {
-    risk::observe(status);
 }

@@ -54,6 +54,16 @@ pub const MAX_LOGIN_ATTEMPTS: usize = 4;
 /// Largest form body accepted at [`BACKCHANNEL_PATH`] and a form-POST [`CALLBACK_PATH`].
 pub const MAX_FORM_BODY: usize = 16 * 1024;
 
+/// True when an adapter should read the request body (at most [`MAX_FORM_BODY`] bytes)
+/// before deciding: only for the back-channel logout endpoint and a form-POST login
+/// callback, and only where browser sessions are configured. A host that asks a gateway
+/// component for the decision reads it from the same configuration.
+pub fn wants_body(config: &Config, method: &Method, path: &str) -> bool {
+    config.session.is_some()
+        && method == Method::POST
+        && (path == BACKCHANNEL_PATH || path == CALLBACK_PATH)
+}
+
 /// Claims of the ID token that describe the token rather than the user; not kept.
 const TOKEN_CLAIMS: [&str; 12] = [
     "iss",

@@ -46,11 +46,9 @@ impl Gateway {
 
     /// True when the adapter should read the request body (at most
     /// [`crate::login::MAX_FORM_BODY`] bytes) into [`RequestParts::body`] before deciding:
-    /// only for the back-channel logout endpoint and a form-POST login callback.
+    /// [`crate::login::wants_body`] of this gateway's configuration.
     pub fn wants_body(&self, method: &Method, path: &str) -> bool {
-        self.prep.session_keys.is_some()
-            && method == Method::POST
-            && (path == crate::login::BACKCHANNEL_PATH || path == crate::login::CALLBACK_PATH)
+        crate::login::wants_body(&self.prep.config, method, path)
     }
 
     /// What the gateway itself serves at `path` (its public key set for gateway-signed

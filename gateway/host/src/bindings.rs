@@ -1,9 +1,10 @@
-//! The host side of the `portcullis:gateway/host-services` world (wasmtime bindgen).
+//! The host side of the `portcullis:gateway/gateway-component` world (wasmtime bindgen): the
+//! host services it implements and the `decide` export it calls.
 #![allow(missing_docs, clippy::all)]
 
 wasmtime::component::bindgen!({
     path: "../../wit/gateway",
-    world: "host-services",
+    world: "gateway-component",
     additional_derives: [serde::Serialize],
     imports: {
         "portcullis:gateway/keys.authenticate": async,
@@ -18,6 +19,7 @@ wasmtime::component::bindgen!({
         "portcullis:gateway/client.token-request": async,
         "portcullis:gateway/state.delete": async,
     },
+    exports: { default: async },
 });
 
 /// The audit record the gateway component sends.

@@ -103,8 +103,8 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         drain: u64,
         /// Where requests are decided: `native` (the core natively in the host: the fast
-        /// path) or `component` (a fresh gateway-component instance per request, exactly
-        /// what edge runtimes run). Both make the same decisions.
+        /// path) or `component` (each request decided in a fresh gateway-component
+        /// instance, sandboxed, and carried out by the host). Both make the same decisions.
         #[arg(long, value_enum, default_value_t = EngineArg::Native)]
         engine: EngineArg,
         /// Verified tokens kept (0 turns the verified-token cache off).

@@ -9,7 +9,7 @@ use wasmtime::component::Component;
 use wasmtime::{
     Config as WasmConfig, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
 };
-use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// The gateway component, built by this crate's build script.
 pub const COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_component.wasm"));
@@ -233,38 +233,12 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 }
 
 /// Runs one request through a fresh instance of a `wasi:http` proxy component in `store`
-/// (`serve-wasm`'s bundles, and the component engine unless it keeps instances). The
-/// instance keeps running after the response head is sent (streaming bodies).
+/// (`serve-wasm`'s bundles). The instance keeps running after the response head is sent
+/// (streaming bodies).
 pub async fn handle<T, B>(
     pre: &ProxyPre<T>,
-    store: wasmtime::Store<T>,
-    req: http::Request<B>,
-) -> anyhow::Result<http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>>
-where
-    T: wasmtime_wasi_http::WasiHttpView + Send + 'static,
-    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<wasmtime_wasi_http::Error>,
-{
-    handle_in(Instance::Fresh(pre.clone()), store, req, |_, _| {}).await
-}
-
-/// The instance a request runs in.
-pub enum Instance<T: 'static> {
-    /// A new instance of the pre-instantiated component, in a new store.
-    Fresh(ProxyPre<T>),
-    /// An instance that has served earlier requests in its store and returned cleanly.
-    Kept(Proxy),
-}
-
-/// Runs one request in `instance` (in `store`); once the component has returned from its
-/// handler without a trap (its response and body complete), `done` gets the store and
-/// the instance back, to keep for another request or to drop. A trap, a deadline or a
-/// failed instantiation drops both.
-pub async fn handle_in<T, B>(
-    instance: Instance<T>,
     mut store: wasmtime::Store<T>,
     req: http::Request<B>,
-    done: impl FnOnce(wasmtime::Store<T>, Proxy) + Send + 'static,
 ) -> anyhow::Result<http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>>
 where
     T: wasmtime_wasi_http::WasiHttpView + Send + 'static,
@@ -289,16 +263,13 @@ where
         .http()
         .new_response_outparam(sender)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pre = pre.clone();
     let task = tokio::spawn(async move {
-        let proxy = match instance {
-            Instance::Fresh(pre) => pre.instantiate_async(&mut store).await?,
-            Instance::Kept(proxy) => proxy,
-        };
+        let proxy = pre.instantiate_async(&mut store).await?;
         proxy
             .wasi_http_incoming_handler()
             .call_handle(&mut store, wreq, out)
             .await?;
-        done(store, proxy);
         anyhow::Ok(())
     });
     match receiver.await {
@@ -312,8 +283,19 @@ where
     }
 }
 
-/// An instance's WASI and `wasi:http` context (one request's, or several in turn when the
-/// component engine keeps instances), sandboxed as both servers run components:
+/// The WASI context every gateway instance gets from `wasi`: stderr inherited, no sockets,
+/// no name lookups, no files (the gateway's outbound calls go through its host services or
+/// `wasi:http`, never a socket of its own).
+pub fn sandboxed(mut wasi: wasmtime_wasi::WasiCtxBuilder) -> wasmtime_wasi::WasiCtx {
+    wasi.inherit_stderr()
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    wasi.build()
+}
+
+/// An instance's WASI and `wasi:http` context (one request's: `serve-wasm`, and
+/// pre-initialization), sandboxed:
 /// stderr inherited, no sockets, no name lookups, no files; outbound HTTP through `hooks`.
 pub struct WasiRequest<H> {
     wasi: wasmtime_wasi::WasiCtx,
@@ -342,22 +324,13 @@ impl<H: wasmtime_wasi_http::WasiHttpHooks> WasiRequest<H> {
         Self::build(hooks, wasi)
     }
 
-    fn build(hooks: H, mut wasi: wasmtime_wasi::WasiCtxBuilder) -> Self {
-        wasi.inherit_stderr()
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
+    fn build(hooks: H, wasi: wasmtime_wasi::WasiCtxBuilder) -> Self {
         Self {
-            wasi: wasi.build(),
+            wasi: sandboxed(wasi),
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             table: wasmtime::component::ResourceTable::new(),
             hooks,
         }
-    }
-
-    /// The outbound hooks (to point them at the next request when an instance is kept).
-    pub fn hooks_mut(&mut self) -> &mut H {
-        &mut self.hooks
     }
 
     /// The WASI view of it.

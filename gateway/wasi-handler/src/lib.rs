@@ -3,9 +3,9 @@
 //! backend through `wasi:http/outgoing-handler` with both bodies streamed, never buffered
 //! whole.
 //!
-//! Shared by the two wasm gateways, which differ only in where their host services come
-//! from ([`Host`]): the gateway component imports them from the host that runs it
-//! (`portcullis:gateway`), an edge bundle's gateway has portable ones compiled in.
+//! The edge bundle's gateway runs it with portable host services compiled in ([`Host`]).
+//! (The gateway component has no `wasi:http` handler: its host asks it for the decision
+//! and forwards itself.)
 #![forbid(unsafe_code)]
 
 pub mod forward;

@@ -3,6 +3,7 @@
 //! plain `wasi:http` runtime for edge bundles.
 
 pub mod admin;
+pub mod carry;
 pub mod component;
 pub mod listener;
 pub mod native;
@@ -60,7 +61,8 @@ pub struct ServeOptions {
 /// Where requests are decided: both run the same `portcullis-core` decision.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EngineKind {
-    /// In a fresh instance of the gateway component per request (what edge runtimes run).
+    /// In a fresh instance of the gateway component per request (sandboxed, as edge
+    /// runtimes run the gateway), the host carrying the decision out.
     Component,
     /// Natively in the host (the fast path: no per-request instance). The default.
     #[default]
@@ -302,6 +304,7 @@ async fn build(
             server::Gateway::new(
                 pre,
                 shared.clone(),
+                core_config,
                 opts.request_timeout,
                 opts.instance_reuse,
                 usize::try_from(opts.max_instances).unwrap_or(usize::MAX),

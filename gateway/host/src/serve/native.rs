@@ -3,40 +3,34 @@
 //! component boundary — with the same key sets, verified-token cache, plugin runtime,
 //! backend allow-list, health, audit and metrics. Risk plugins still run sandboxed in
 //! wasmtime. Decisions, reason codes and problem bodies are identical to the component's
-//! (the end-to-end suites run against both engines).
+//! (the end-to-end suites run against both engines), and both engines' decisions are
+//! carried out by [`crate::serve::carry`].
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, Uri};
-use http_body_util::{BodyExt, Limited};
+use http::{Request, Response, Uri};
 use portcullis_core::authenticate::{AuthFailure, Authenticator};
 use portcullis_core::config::PluginId;
-use portcullis_core::decision::{check_declared_length, problem};
 use portcullis_core::ports::{
     Answer, CallAnswer, CallOp, CallResult, Client, Need, State, StateAnswer, StateOp, StateResult,
     Suspended,
 };
 use portcullis_core::risk::{PluginAnswer, RiskAssessor, RiskContext};
 use portcullis_core::{
-    Adapters, BackendHealth, BackendId, Config, Forward, Gateway, IssuerId, Outcome, Progress,
-    Reason, RequestParts, Timestamp, VerifiedIdentity,
+    Adapters, BackendHealth, BackendId, Config, Gateway, IssuerId, Progress, RequestParts,
+    Timestamp, VerifiedIdentity,
 };
-use portcullis_driver::{
-    Step, backend_answered, decide_refetching, decide_resuming, refused_in_forward, relay_headers,
-};
+use portcullis_driver::{Step, decide_refetching, decide_resuming};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::audit::traces::BackendCall;
-use crate::client::backends::BackendOutcome;
-use crate::client::backends::full_body;
 use crate::keys;
 use crate::risk;
 use crate::serve::Shared;
+use crate::serve::carry::{Shown, respond};
 
 /// The native engine.
 pub struct NativeEngine {
@@ -92,39 +86,17 @@ impl NativeEngine {
             )
             .await
         };
-        let mut audit = decision.audit;
-        let mut calls = Vec::new();
-        let (response, status) = match decision.outcome {
-            Outcome::Respond(r) => {
-                let status = r.status.as_u16();
-                (respond(&r), status)
-            }
-            Outcome::Forward(fwd) => match self.forward(req, &fwd, request_id, &mut calls).await {
-                Ok((mut r, latency)) => {
-                    relay_headers(r.headers_mut(), &fwd.response_headers);
-                    if r.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        crate::serve::upgrade::set_fields(r.headers_mut());
-                    }
-                    let status = r.status().as_u16();
-                    backend_answered(&mut audit, status, latency);
-                    (r, status)
-                }
-                Err(refusal) => {
-                    refused_in_forward(&mut audit, refusal.reason);
-                    (respond(&refusal), refusal.status.as_u16())
-                }
-            },
-        };
-        if !assessed.is_empty() {
-            let shared = self.shared.clone();
-            tokio::spawn(async move {
-                for (id, ctx) in assessed {
-                    shared.risk.observe(id, &ctx, status).await;
-                }
-            });
-        }
-        self.shared.audit.emit(audit, Some(started), &calls);
-        response
+        crate::serve::carry::carry_out(
+            &self.shared,
+            self.gateway.config(),
+            req,
+            request_id,
+            started,
+            decision.outcome,
+            decision.audit,
+            assessed,
+        )
+        .await
     }
 
     /// The gateway's own endpoints that read a form body (back-channel logout): never
@@ -142,19 +114,9 @@ impl NativeEngine {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, portcullis_core::login::MAX_FORM_BODY)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return respond(&problem(
-                    Reason::BodyTooLarge,
-                    "the form body is too large or incomplete",
-                    request_id,
-                    &[],
-                ));
-            }
+        let body = match crate::serve::carry::form_body(body, request_id).await {
+            Ok(b) => b,
+            Err(refusal) => return respond(&refusal),
         };
         let request = RequestParts {
             method: &parts.method,
@@ -166,23 +128,13 @@ impl NativeEngine {
             body: &body,
         };
         let (decision, _) = self.decide(&request).await;
-        let mut audit = decision.audit;
-        let response = match decision.outcome {
-            Outcome::Respond(r) => r,
-            Outcome::Forward(_) => {
-                // The decision forwards what only a backend could answer: this host does
-                // not forward a body it has read.
-                refused_in_forward(&mut audit, Reason::RouteNotFound);
-                problem(
-                    Reason::RouteNotFound,
-                    "no such gateway endpoint",
-                    request_id,
-                    &[],
-                )
-            }
-        };
-        self.shared.audit.emit(audit, Some(started), &[]);
-        respond(&response)
+        crate::serve::carry::answer_only(
+            &self.shared,
+            request_id,
+            started,
+            decision.outcome,
+            decision.audit,
+        )
     }
 
     /// Decides one request without carrying it out (`portcullis token verify --path`): the
@@ -243,196 +195,6 @@ impl NativeEngine {
         }
         (decision, assessed)
     }
-
-    /// Sends the request to the backend as decided: its response (the body streaming,
-    /// cut at the total deadline) and how long its head took, or the refusal to answer.
-    async fn forward<B>(
-        &self,
-        req: Request<B>,
-        fwd: &Forward,
-        request_id: &str,
-        calls: &mut Vec<BackendCall>,
-    ) -> Result<(Response<HyperOutgoingBody>, Duration), portcullis_core::Response>
-    where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let refuse = |reason: Reason, detail: &str| problem(reason, detail, request_id, &[]);
-        let cfg = self.gateway.config();
-        let backend = fwd.target(cfg).map_err(|(r, d)| refuse(r, &d))?;
-        let max_body = cfg.limits.max_body_bytes;
-        check_declared_length(req.headers(), max_body).map_err(|(r, d)| refuse(r, &d))?;
-        let target: Uri = fwd
-            .url(backend)
-            .parse()
-            .map_err(|_| refuse(Reason::InvalidRequest, "request target cannot be forwarded"))?;
-
-        let mut req = req;
-        let upgrade = crate::serve::upgrade::websocket(req.method(), req.headers());
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
-        let mut headers = HeaderMap::with_capacity(parts.headers.len() + fwd.set_headers.len());
-        for (name, value) in fwd.backend_headers(&parts.headers) {
-            headers.append(name.clone(), value.clone());
-        }
-        if upgrade.is_some() {
-            crate::serve::upgrade::set_fields(&mut headers);
-        }
-        let too_large = Arc::new(AtomicBool::new(false));
-        let flag = too_large.clone();
-        let body = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX))
-            .map_err(move |e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    flag.store(true, Ordering::Relaxed);
-                }
-                wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))
-            })
-            .boxed_unsync();
-        let mut out = Request::new(body);
-        *out.method_mut() = parts.method;
-        *out.uri_mut() = target;
-        *out.headers_mut() = headers;
-
-        let timeouts = cfg.timeouts;
-        let deadline = tokio::time::Instant::now() + timeouts.total;
-        let head_wait = timeouts.response.min(timeouts.total);
-        let mut call = self.shared.audit.traces.enabled().then(|| {
-            BackendCall::new(
-                out.method().as_str(),
-                out.uri().authority().map_or("", |a| a.as_str()),
-                self.shared.health.region_name(fwd.backend),
-                out.headers(),
-            )
-        });
-        let started = std::time::Instant::now();
-        let sent = tokio::time::timeout(
-            head_wait,
-            self.shared.client.for_backend(fwd.backend).request(out),
-        )
-        .await;
-        let mut done = |outcome, status| {
-            self.shared.backend_done(fwd.backend, started, outcome);
-            if let Some(mut c) = call.take() {
-                c.finish(outcome, status);
-                calls.push(c);
-            }
-        };
-        let response = match sent {
-            Err(_) => {
-                done(BackendOutcome::Timeout, None);
-                return Err(refuse(
-                    Reason::BackendTimeout,
-                    &format!("the backend did not answer within {head_wait:?}"),
-                ));
-            }
-            Ok(Err(_)) if too_large.load(Ordering::Relaxed) => {
-                done(BackendOutcome::Other, None);
-                return Err(refuse(
-                    Reason::BodyTooLarge,
-                    &format!("the body exceeds {max_body} bytes"),
-                ));
-            }
-            Ok(Err(e)) => {
-                let outcome = crate::client::backends::failure_outcome(&e);
-                done(outcome, None);
-                if outcome == BackendOutcome::Identity {
-                    return Err(refuse(
-                        Reason::BackendIdentityMismatch,
-                        "the backend's certificate is not the identity its region requires",
-                    ));
-                }
-                return Err(refuse(
-                    Reason::BackendUnavailable,
-                    &format!("the backend could not be reached: {e}"),
-                ));
-            }
-            Ok(Ok(r)) => r,
-        };
-        let latency = started.elapsed();
-        done(BackendOutcome::Answered, Some(response.status().as_u16()));
-        let mut response = response;
-        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            // A switch only the client asked for: the two connections are joined.
-            let Some(client) = client_upgrade else {
-                return Err(refuse(
-                    Reason::BackendUnavailable,
-                    "the backend switched protocols unasked",
-                ));
-            };
-            let backend = hyper::upgrade::on(&mut response);
-            let slot = parts
-                .extensions
-                .get::<crate::serve::listener::ConnectionSlot>()
-                .cloned();
-            crate::serve::upgrade::tunnel(client, backend, slot);
-            let (head, _) = response.into_parts();
-            return Ok((Response::from_parts(head, full_body(Bytes::new())), latency));
-        }
-        let (parts, body) = response.into_parts();
-        // The total timeout covers the body too: past it the stream ends with an error
-        // (the client sees a truncated response, never a silent hang).
-        let body = DeadlineBody {
-            inner: body,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-        }
-        .boxed_unsync();
-        Ok((Response::from_parts(parts, body), latency))
-    }
-}
-
-/// A backend response body cut off at the request's total deadline.
-struct DeadlineBody {
-    inner: hyper::body::Incoming,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-}
-
-impl hyper::body::Body for DeadlineBody {
-    type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            return std::task::Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(
-                Some("the backend exceeded the total timeout".into()),
-            ))));
-        }
-        std::pin::Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(wasmtime_wasi_http::Error::from)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The core's refusal of a request without a usable authority (missing, repeated or invalid
-/// `Host`), for hosts whose platform needs one before the core runs (a wasi:http request
-/// cannot be made without it): the same rule and answer as the core's normalize phase.
-pub(crate) fn host_refusal<B>(
-    req: &Request<B>,
-    request_id: &str,
-) -> Option<portcullis_core::Response> {
-    portcullis_core::request_authority(req.uri(), req.headers())
-        .err()
-        .map(|detail| problem(Reason::HostInvalid, &detail, request_id, &[]))
-}
-
-/// A core response as an HTTP response.
-pub(crate) fn respond(r: &portcullis_core::Response) -> Response<HyperOutgoingBody> {
-    let mut out = Response::new(full_body(r.body.clone()));
-    *out.status_mut() = r.status;
-    for (name, value) in &r.headers {
-        out.headers_mut().append(name.clone(), value.clone());
-    }
-    out
 }
 
 /// Tokens verified by the host's key service (cache, then native crypto).
@@ -568,9 +330,6 @@ async fn perform(shared: &Shared, need: Need, shown: &Mutex<Shown>) -> Answer {
         ),
     }
 }
-
-/// What the plugins were shown, per plugin (for `observe` once the backend answered).
-type Shown = Vec<(usize, risk::RequestContext)>;
 
 /// Risk plugins run by the host's plugin runtime. With the state in memory a plugin never
 /// waits on I/O (its deadline is enforced by the epoch thread), so they run at once; with

@@ -151,8 +151,14 @@ impl PlainServer {
         }
         // Like any HTTP/1.1 server (RFC 9112 §3.2): 400 for a missing, repeated or invalid
         // Host, before a wasi:http request (which needs an authority) is made of it.
-        if let Some(refusal) = crate::serve::native::host_refusal(&req, "") {
-            return Ok(crate::serve::native::respond(&refusal));
+        if let Err(detail) = portcullis_core::request_authority(req.uri(), req.headers()) {
+            let refusal = portcullis_core::decision::problem(
+                portcullis_core::Reason::HostInvalid,
+                &detail,
+                "",
+                &[],
+            );
+            return Ok(crate::serve::carry::respond(&refusal));
         }
         let mut store = Store::new(
             self.pre.engine(),
