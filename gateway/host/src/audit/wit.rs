@@ -1,7 +1,7 @@
 //! The audit service both engines emit through, and the WIT `audit` interface the gateway
 //! component reaches it by.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::audit::AuditSink;
@@ -68,26 +68,19 @@ impl Audited for audit::DecisionRecord {
     }
 }
 
-/// One request's view of the audit service.
+/// One request's view of the audit service, for a component that writes a record itself
+/// through the `audit` import. (The gateway component returns its decision's record with
+/// the decision instead, and the host completes it with the backend's answer and the
+/// backend calls made: [`crate::serve::carry`].)
 pub struct AuditHost {
     /// The service.
     pub service: Arc<AuditService>,
     /// When the request arrived (its span's start).
     pub started: SystemTime,
-    /// The backend calls made for it, for its trace (only while traces are exported).
-    pub calls: Arc<Mutex<Vec<BackendCall>>>,
 }
 
 impl audit::Host for AuditHost {
     fn emit(&mut self, record: audit::DecisionRecord) {
-        let calls = if self.service.traces.enabled() {
-            self.calls
-                .lock()
-                .map(|mut c| std::mem::take(&mut *c))
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        self.service.emit(record, Some(self.started), &calls);
+        self.service.emit(record, Some(self.started), &[]);
     }
 }

@@ -74,7 +74,6 @@ impl StoreState {
             audit: AuditHost {
                 service: shared.audit.clone(),
                 started: SystemTime::now(),
-                calls: Arc::default(),
             },
             risk: RiskHost {
                 runtime: shared.risk.clone(),
@@ -90,7 +89,6 @@ impl StoreState {
     pub fn begin(&mut self, peer: IpAddr, client: ClientInfo) {
         self.client.peer = peer;
         self.audit.started = SystemTime::now();
-        self.audit.calls = Arc::default();
         self.risk.client = client;
         self.risk.assessed = None;
     }
