@@ -58,7 +58,8 @@ VARIANTS = [
     ("portcullis-component", "portcullis", {"engine": "component"},
      ["repeated-es256", "unique-es256", "invalid"]),
     # The component engine keeping instances for 1,000 requests each (`--instance-reuse`):
-    # the configuration restored once per instance, no instantiation per request.
+    # no instantiation per request (instances start with the configuration restored either
+    # way: serve pre-initializes the gateway).
     ("portcullis-component-reuse", "portcullis", {"engine": "component", "reuse": 1000},
      ["repeated-es256", "unique-es256", "invalid"]),
     # The edge runtimes (issue 18): the bundle under serve-wasm (a fresh instance per
@@ -363,10 +364,9 @@ def start_gateway_once(kind, name, opts, work, bins, backend_port):
         env = dict(os.environ, XDG_CACHE_HOME=str(ROOT / "target/load-cache"))
         log = open(work / f"{name}.log", "w")
         if opts["engine"] == "component":
-            # As for the bundles: the measured start loads the compiled component from the
-            # on-disk cache, as a restarted server would. A start that compiles it keeps the
-            # compiler's freed heap (run 2026-12-06 09:50: 67 MiB instead of 33 for the same
-            # serving), which says nothing about the cost of a request.
+            # As for the bundles: the measured start finds the instrumented component in the
+            # on-disk cache, as a restarted server would (the pre-initialized gateway is
+            # compiled at every start, in a child process whose memory leaves with it).
             compiling = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
             wait_http(f"http://127.0.0.1:{admin}/readyz", 180, compiling)
             stop(compiling)

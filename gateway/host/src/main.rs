@@ -92,8 +92,8 @@ enum Command {
         /// With `--engine component`: requests one instance serves, one after another,
         /// before it is dropped. 1 (the default) gives every request a fresh instance, as
         /// edge runtimes do; more keeps instances whose request returned cleanly (no trap,
-        /// no deadline) and restores the configuration once per instance, for a fraction
-        /// of the CPU per request. Requests never share an instance at the same time.
+        /// no deadline) instead of creating one per request, for a fraction of the CPU per
+        /// request. Requests never share an instance at the same time.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         instance_reuse: u32,
         /// Longest a request may run in the gateway, seconds.
@@ -241,6 +241,26 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Internal, run by `serve --engine component` at every start and reload: reads a
+    /// configuration snapshot on standard input, pre-initializes the gateway component
+    /// with it, compiles it for an engine with these settings and writes the compiled
+    /// component to standard output (a child process, so the compiler's memory is not
+    /// kept by the server).
+    #[command(hide = true)]
+    CompileGateway {
+        /// The engine's pooling-allocator slots.
+        #[arg(long)]
+        slots: u32,
+        /// The engine meters fuel.
+        #[arg(long)]
+        fuel: bool,
+        /// Cache of the instrumented component (it holds no configuration).
+        #[arg(long, conflicts_with = "no_cache")]
+        cache_dir: Option<PathBuf>,
+        /// No cache.
+        #[arg(long)]
+        no_cache: bool,
+    },
     /// Run the demo: gateway, demo issuer and two regional echo backends on 127.0.0.1.
     Demo {
         /// Gateway address.
@@ -322,6 +342,19 @@ enum TokenCommand {
 /// A duration flag (`30s`, `24h`, …).
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     portcullis_core::config::parse_duration(text)
+}
+
+/// Where `serve` compiles the component engine's gateway: in a child process running this
+/// executable (`compile-gateway`), so the compiler's memory is not kept by the server;
+/// in-process where the executable cannot be named.
+fn compiler() -> portcullis_host::serve::component::Compiler {
+    match std::env::current_exe() {
+        Ok(exe) => portcullis_host::serve::component::Compiler::Child(exe),
+        Err(e) => {
+            tracing::warn!(error = %e, "this executable cannot be named: the gateway component is compiled in-process");
+            portcullis_host::serve::component::Compiler::InProcess
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -418,6 +451,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     EngineArg::Component => portcullis_host::EngineKind::Component,
                     EngineArg::Native => portcullis_host::EngineKind::Native,
                 },
+                compiler: compiler(),
             };
             let prepared = portcullis_host::prepare(loaded, &opts).await?;
             let listener = portcullis_host::serve::bind("--listen", listen).await?;
@@ -437,6 +471,33 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
             )
             .await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CompileGateway {
+            slots,
+            fuel,
+            cache_dir,
+            no_cache: _,
+        } => {
+            use anyhow::Context as _;
+            use std::io::{Read as _, Write as _};
+            let mut snapshot = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut snapshot)
+                .context("read the configuration snapshot")?;
+            let settings = portcullis_host::serve::component::EngineSettings { slots, fuel };
+            let component = portcullis_host::serve::component::Compiler::InProcess
+                .compile(
+                    &settings.engine()?,
+                    settings,
+                    &snapshot,
+                    cache_dir.as_deref(),
+                )
+                .await?;
+            let compiled = component.serialize().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&compiled)?;
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Snapshot { config, output } => {

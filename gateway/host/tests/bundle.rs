@@ -218,7 +218,7 @@ fn a_wide_arithmetic_bundle_loads_only_where_the_proposal_is_enabled() {
 /// answer every request with an error.
 #[test]
 fn a_configuration_that_does_not_restore_refuses_the_bundle() {
-    use portcullis_host::tools::preinit::pre_initialize;
+    use portcullis_host::serve::preinit::pre_initialize;
     for (component, interface) in [
         (
             portcullis_host::wasm::COMPONENT,
@@ -226,7 +226,13 @@ fn a_configuration_that_does_not_restore_refuses_the_bundle() {
         ),
         (bundle::BUNDLE_GATEWAY, "portcullis:bundle/embedded@0.1.0"),
     ] {
-        let Err(refused) = block_on(pre_initialize(component, b"not a snapshot", interface)) else {
+        let Err(refused) = block_on(pre_initialize(
+            component,
+            b"not a snapshot",
+            interface,
+            [7; 32],
+            None,
+        )) else {
             panic!("{interface}: pre-initialized with a configuration that does not restore");
         };
         let text = format!("{refused:#}");
@@ -243,7 +249,14 @@ fn a_configuration_that_does_not_restore_refuses_the_bundle() {
         ),
         (bundle::BUNDLE_GATEWAY, "portcullis:bundle/embedded@0.1.0"),
     ] {
-        block_on(pre_initialize(component, &cfg.to_snapshot(), interface)).unwrap();
+        block_on(pre_initialize(
+            component,
+            &cfg.to_snapshot(),
+            interface,
+            [7; 32],
+            None,
+        ))
+        .unwrap();
     }
 }
 

@@ -81,7 +81,8 @@ pub fn load_config_file(path: &Path) -> Result<LoadedConfig, String> {
 pub struct ConfigService {
     /// The configuration text.
     pub source: String,
-    /// The validated configuration as a snapshot for the component.
+    /// The validated configuration as a snapshot, restored by the gateway component when
+    /// it is pre-initialized (instances are never handed it).
     pub snapshot: Vec<u8>,
     /// Files the configuration names, read once at startup.
     pub files: BTreeMap<String, Vec<u8>>,

@@ -1,5 +1,5 @@
-//! The WIT `config` interface: the validated configuration's snapshot, its text, and the
-//! files it named, as the host read them at startup.
+//! The WIT `config` interface: the configuration's text and the files it named, as the
+//! host read them at startup (the snapshot went to the component's initializer).
 
 use std::sync::Arc;
 
@@ -10,8 +10,11 @@ use crate::config::ConfigService;
 pub struct ConfigHost(pub Arc<ConfigService>);
 
 impl config::Host for ConfigHost {
+    /// Empty: the component engine's instances start with the configuration restored
+    /// (pre-initialized with [`ConfigService::snapshot`] when the configuration loaded), so
+    /// an instance that asked for it again fails closed instead of restoring a second copy.
     fn snapshot(&mut self) -> Vec<u8> {
-        self.0.snapshot.clone()
+        Vec::new()
     }
 
     fn source(&mut self) -> String {

@@ -7,6 +7,7 @@
 //! decided, and never holds a socket or a body.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -102,6 +103,178 @@ impl WasiView for StoreState {
         }
     }
 }
+
+/// The settings of the host's wasmtime engine that a compiled component must match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// Pooling-allocator slots (gateway instances and plugin instances).
+    pub slots: u32,
+    /// Whether the engine meters fuel (a plugin needs it).
+    pub fuel: bool,
+}
+
+impl EngineSettings {
+    /// The engine ([`crate::wasm::engine`]).
+    pub fn engine(self) -> anyhow::Result<Engine> {
+        crate::wasm::engine(self.slots, self.fuel)
+    }
+}
+
+/// Where the component engine's gateway is pre-initialized and compiled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Compiler {
+    /// In this process. Much of the compiler's heap stays resident afterwards: 50-65 MiB
+    /// more peak RSS under load in the load harness (2026-12-07).
+    #[default]
+    InProcess,
+    /// In a child process running this program's `compile-gateway` command (the
+    /// `portcullis` executable, as `serve` does): the compiler's memory ends with the child,
+    /// and the compiled component comes back through a pipe, never through a file.
+    Child(PathBuf),
+}
+
+impl Compiler {
+    /// The gateway component pre-initialized with `snapshot` ([`pre_initialized`]) and
+    /// compiled for `engine`, whose settings are `settings`.
+    pub async fn compile(
+        &self,
+        engine: &Engine,
+        settings: EngineSettings,
+        snapshot: &[u8],
+        cache_dir: Option<&Path>,
+    ) -> anyhow::Result<Component> {
+        let component = self
+            .compile_lazily(engine, settings, snapshot, cache_dir)
+            .await?;
+        // The initial memory's copy-on-write image (a memfd on Linux: the compiled component
+        // is not a mapped file) is made now, not by the first request, which could find the
+        // process out of descriptors and fail for a reason of its own.
+        component
+            .initialize_copy_on_write_image()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("the gateway component's initial memory image")?;
+        Ok(component)
+    }
+
+    /// [`Self::compile`] without the memory image.
+    async fn compile_lazily(
+        &self,
+        engine: &Engine,
+        settings: EngineSettings,
+        snapshot: &[u8],
+        cache_dir: Option<&Path>,
+    ) -> anyhow::Result<Component> {
+        match self {
+            Self::InProcess => pre_initialized(engine, snapshot, cache_dir).await,
+            Self::Child(program) => {
+                let started = std::time::Instant::now();
+                let mut command = std::process::Command::new(program);
+                command
+                    .args(["compile-gateway", "--slots", &settings.slots.to_string()])
+                    .args(settings.fuel.then_some("--fuel"));
+                match cache_dir {
+                    Some(dir) => command.arg("--cache-dir").arg(dir),
+                    None => command.arg("--no-cache"),
+                };
+                let snapshot = snapshot.to_vec();
+                let compiled = tokio::task::spawn_blocking(move || run_child(command, &snapshot))
+                    .await
+                    .context("pre-initialize the gateway component")??;
+                // SAFETY: the bytes are what `Component::serialize` wrote in a child running
+                // this same program, received through its standard output (a pipe only this
+                // process reads); wasmtime checks that the artifact was compiled for an engine
+                // with this engine's settings, and refuses it otherwise.
+                #[allow(unsafe_code)]
+                let component = unsafe { Component::deserialize(engine, &compiled) }
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .context("load the gateway component compiled by the child process")?;
+                tracing::info!(
+                    ms = started.elapsed().as_millis(),
+                    bytes = compiled.len(),
+                    "gateway component pre-initialized and compiled in a child process"
+                );
+                Ok(component)
+            }
+        }
+    }
+}
+
+/// Runs `command` with `snapshot` on its standard input; its standard output, or why not.
+fn run_child(mut command: std::process::Command, snapshot: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {:?}", command.get_program()))?;
+    // The child reads its whole input before it writes anything.
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(snapshot)
+            .context("hand the configuration to the compiling process")?;
+    }
+    let output = child
+        .wait_with_output()
+        .context("wait for the compiling process")?;
+    if !output.status.success() {
+        let said = String::from_utf8_lossy(&output.stderr);
+        anyhow::bail!(
+            "the compiling process failed ({}): {}",
+            output.status,
+            said.trim()
+        );
+    }
+    Ok(output.stdout)
+}
+
+/// The gateway component pre-initialized with the configuration `snapshot` and compiled for
+/// `engine`: every instance starts with the configuration restored
+/// (the instrumented component, which holds no configuration, is cached in `cache_dir`)
+/// ([`preinit`](crate::serve::preinit)). Its random numbers are seeded afresh (the restored
+/// state's hash-map keys differ between starts). The result holds the configuration and its
+/// secrets, so it stays in memory: it is never written to the compiled-component cache. A
+/// configuration that does not restore fails here, at start or reload, not on each request.
+pub async fn pre_initialized(
+    engine: &Engine,
+    snapshot: &[u8],
+    cache_dir: Option<&Path>,
+) -> anyhow::Result<Component> {
+    let mut seed = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+        .map_err(|_| anyhow::anyhow!("no random numbers to seed the gateway component"))?;
+    let engine = engine.clone();
+    let snapshot = snapshot.to_vec();
+    let cache_dir = cache_dir.map(Path::to_path_buf);
+    let runtime = tokio::runtime::Handle::current();
+    let started = std::time::Instant::now();
+    // Instrumenting, running and compiling take CPU for a while: not on a request worker.
+    tokio::task::spawn_blocking(move || {
+        let wasm = runtime.block_on(crate::serve::preinit::pre_initialize(
+            crate::wasm::COMPONENT,
+            &snapshot,
+            CONFIG_INTERFACE,
+            seed,
+            cache_dir.as_deref(),
+        ))?;
+        let initialized = started.elapsed();
+        let component = Component::new(&engine, &wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
+        tracing::info!(
+            initialize_ms = initialized.as_millis(),
+            compile_ms = (started.elapsed() - initialized).as_millis(),
+            bytes = wasm.len(),
+            "gateway component pre-initialized with the configuration"
+        );
+        anyhow::Ok(component)
+    })
+    .await
+    .context("pre-initialize the gateway component")?
+    .context("pre-initialize the gateway component")
+}
+
+/// The interface whose `snapshot` the gateway component restores its configuration from.
+const CONFIG_INTERFACE: &str = "portcullis:gateway/config@0.1.0";
 
 /// Links WASI and the host services, and pre-instantiates the component.
 pub fn pre_instantiate(
@@ -392,4 +565,91 @@ fn fields(list: Vec<(String, Vec<u8>)>) -> Result<Vec<(HeaderName, HeaderValue)>
             Ok((name, value))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file under `dir`, read.
+    fn files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(files(&path));
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                found.push((path, bytes));
+            }
+        }
+        found
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pre_initialized_gateway_holds_the_configuration_and_the_cache_never_does() {
+        let dir = std::env::temp_dir().join(format!("portcullis-preinit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("secrets")).unwrap();
+        std::fs::write(
+            dir.join("secrets/audit.key"),
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+        )
+        .unwrap();
+        // A backend address found nowhere but in this configuration.
+        let marker = "https://canary-7f3a9c.internal.example";
+        let text = format!(
+            r#"region.eu = {{ jurisdiction = "EU", backends = ["{marker}"] }}
+residency = {{ missing = "eu" }}
+route = [{{ path = "/" }}]
+audit = {{ subject_key_file = "secrets/audit.key" }}
+
+[[issuer]]
+name = "login"
+issuer = "https://login.example.com"
+discovery = true
+audiences = ["api://example"]
+algorithms = ["ES256"]
+"#
+        );
+        let loaded = crate::load_config_text(text, "gateway.toml", &dir).unwrap();
+        let engine = crate::wasm::engine(4, false).unwrap();
+        let cache = dir.join("cache");
+        let component =
+            pre_initialized(&engine, &loaded.config.to_snapshot(), Some(cache.as_path()))
+                .await
+                .unwrap();
+
+        // The configuration is restored in the component's memory image...
+        let compiled = component.serialize().unwrap();
+        assert!(
+            contains(&compiled, marker.as_bytes()),
+            "the compiled component does not hold the restored configuration"
+        );
+        // ...and the instances of it link as the engine's do.
+        pre_instantiate(&engine, &component).unwrap();
+
+        // The cache holds the instrumented component (no configuration), never the
+        // pre-initialized one.
+        let cached = files(&cache);
+        assert!(
+            cached
+                .iter()
+                .any(|(p, _)| p.extension().is_some_and(|e| e == "cwasm")),
+            "nothing was cached in {}",
+            cache.display()
+        );
+        for (path, bytes) in &cached {
+            assert!(
+                !contains(bytes, marker.as_bytes()),
+                "{} holds the configuration",
+                path.display()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -8,6 +8,7 @@ pub mod component;
 pub mod listener;
 pub mod native;
 pub mod plain;
+pub mod preinit;
 pub mod reload;
 pub mod server;
 pub mod tls;
@@ -56,6 +57,9 @@ pub struct ServeOptions {
     pub drain: Duration,
     /// Where requests are decided.
     pub engine: EngineKind,
+    /// Where the component engine's gateway is pre-initialized with the configuration and
+    /// compiled, at start and at every reload.
+    pub compiler: component::Compiler,
 }
 
 /// Where requests are decided: both run the same `portcullis-core` decision.
@@ -83,6 +87,7 @@ impl Default for ServeOptions {
             otlp_endpoint: None,
             drain: Duration::from_secs(30),
             engine: EngineKind::default(),
+            compiler: component::Compiler::default(),
         }
     }
 }
@@ -214,10 +219,11 @@ async fn build(
     let health = Arc::new(Health::new(&loaded.config));
     let plugin_slots = u32::try_from(loaded.config.plugins.len() * (crate::risk::POOL_MAX + 1))
         .unwrap_or(u32::MAX);
-    let engine = crate::wasm::engine(
-        opts.max_instances.saturating_add(plugin_slots),
-        crate::risk::engine_uses_fuel(&loaded.config),
-    )?;
+    let engine_settings = component::EngineSettings {
+        slots: opts.max_instances.saturating_add(plugin_slots),
+        fuel: crate::risk::engine_uses_fuel(&loaded.config),
+    };
+    let engine = engine_settings.engine()?;
     let store = match previous {
         Some(p) => p.state.store.clone(),
         None => {
@@ -295,11 +301,15 @@ async fn build(
     let server_limits = core_config.server;
     let gateway = match opts.engine {
         EngineKind::Component => {
-            let component = crate::wasm::load_component(
-                &engine,
-                crate::wasm::COMPONENT,
-                opts.cache_dir.as_deref(),
-            )?;
+            let component = opts
+                .compiler
+                .compile(
+                    &engine,
+                    engine_settings,
+                    &shared.config.snapshot,
+                    opts.cache_dir.as_deref(),
+                )
+                .await?;
             let pre = component::pre_instantiate(&engine, &component)?;
             server::Gateway::new(
                 pre,

@@ -20,7 +20,7 @@ use portcullis_core::config::KeySource;
 use wac_graph::types::Package;
 use wac_graph::{CompositionGraph, EncodeOptions};
 
-use super::preinit;
+use crate::serve::preinit;
 
 /// The bundle's gateway component (`gateway/bundle-gateway`), built by this crate's build
 /// script.
@@ -237,7 +237,7 @@ pub enum PreInit {
 
 /// As [`compose`], with this gateway ([`BUNDLE_GATEWAY`] or [`BUNDLE_GATEWAY_WIDE`]). With
 /// [`PreInit::Yes`] the gateway is pre-initialized with the configuration
-/// ([`preinit`](super::preinit)): the bundle's instances start with it restored.
+/// ([`preinit`](crate::serve::preinit)): the bundle's instances start with it restored.
 pub async fn compose_with(
     gateway_bytes: &[u8],
     config: &Config,
@@ -261,6 +261,8 @@ pub async fn compose_with(
                 gateway_bytes,
                 &snapshot,
                 &format!("portcullis:bundle/embedded@{PACKAGE_VERSION}"),
+                preinit::reproducible_seed(&snapshot),
+                None,
             )
             .await?,
             embedded_component(&[])?,

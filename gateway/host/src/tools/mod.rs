@@ -5,7 +5,6 @@ pub mod bundle;
 pub mod demo;
 pub mod offline;
 pub mod plugin;
-pub mod preinit;
 pub mod scenario;
 pub mod strip;
 pub mod worker_plugins;

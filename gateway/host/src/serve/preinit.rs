@@ -1,15 +1,17 @@
-//! Pre-initialization of a bundle's gateway (a Wizer-style snapshot): at bundle time it is
-//! instantiated once, given the configuration snapshot, and runs its `wizer-initialize`
-//! export, which restores the configuration and builds the key store and the
-//! verified-token seal. Its memory and globals are then written back into the component as
-//! data, so every instance of the bundle starts with the configuration restored instead of
-//! restoring it per request, as an edge runtime creates an instance for each.
+//! Pre-initialization of a gateway component (a Wizer-style snapshot): it is instantiated
+//! once, given the configuration snapshot, and runs its `wizer-initialize` export, which
+//! restores the configuration (and, in a bundle, builds the key store and the
+//! verified-token seal). Its memory and globals are then written back into the component as
+//! data, so every instance starts with the configuration restored instead of restoring it
+//! per request. Bundles are pre-initialized when they are built (`portcullis bundle`), the
+//! component engine's gateway when `serve` starts and at every reload.
 //!
 //! The instance runs with WASI's clocks, random numbers and stderr, outbound requests refused, a
 //! throwaway key-value store, and every other import (the host services) trapping: an
 //! initializer cannot reach the network, the shared state or the host.
 
 use anyhow::Context as _;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,11 +48,11 @@ impl WasiHttpView for InitCtx {
     }
 }
 
-/// The seed of the initializer's random numbers (Rust's hash-map keys, for one): a digest
-/// of the configuration snapshot, so that bundling the same configuration twice
+/// A seed of the initializer's random numbers (Rust's hash-map keys, for one) for a bundle:
+/// a digest of the configuration snapshot, so that bundling the same configuration twice
 /// gives the same bytes (reproducible bundles). The snapshot carries the configuration's
 /// secrets (the audit key among them), so the seed is as secret as the bundle itself.
-fn seed(snapshot: &[u8]) -> [u8; 32] {
+pub fn reproducible_seed(snapshot: &[u8]) -> [u8; 32] {
     let mut seed = [0u8; 32];
     let digest = ring::digest::digest(
         &ring::digest::SHA256,
@@ -80,11 +82,16 @@ impl WasiHttpHooks for Refuse {
 
 /// Runs `component`'s `wizer-initialize` export with `snapshot` answering the `snapshot`
 /// function of its imported `interface` (`portcullis:bundle/embedded` for the bundle's
-/// gateway), and returns the component rewritten to start in the state it left.
+/// gateway, `portcullis:gateway/config` for the component engine's), its random numbers
+/// drawn from `seed`, and returns the component rewritten to start in the state it left.
+/// The instrumented component (which holds no configuration) is compiled once into
+/// `cache_dir` when one is given.
 pub async fn pre_initialize(
     component: &[u8],
     snapshot: &[u8],
     interface: &str,
+    seed: [u8; 32],
+    cache_dir: Option<&Path>,
 ) -> anyhow::Result<Vec<u8>> {
     let what = || format!("pre-initialize the component importing {interface}");
     let mut wizer = Wizer::new();
@@ -102,9 +109,8 @@ pub async fn pre_initialize(
         // The wide-arithmetic gateway uses 128-bit multiplies.
         .wasm_wide_arithmetic(true);
     let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let instrumented = Component::new(&engine, &instrumented)
-        .map_err(|e| anyhow::anyhow!("{e:?}"))
-        .with_context(what)?;
+    let instrumented =
+        crate::wasm::load_component(&engine, &instrumented, cache_dir).with_context(what)?;
     let throwaway = Arc::new(KeyValue {
         store: Arc::new(crate::state::Store::memory(64)),
         retention: Duration::from_secs(1),
@@ -112,7 +118,7 @@ pub async fn pre_initialize(
     let mut store = Store::new(
         &engine,
         InitCtx {
-            io: WasiRequest::seeded(Refuse, seed(snapshot)),
+            io: WasiRequest::seeded(Refuse, seed),
             keyvalue: KeyValueHost::new(throwaway),
         },
     );
