@@ -136,7 +136,7 @@ pub fn start_engine_args(
     listen: &str,
     extra: impl FnOnce(&Path) -> Vec<String>,
 ) -> Gateway {
-    start_engine_inner(config_text, engine, files, listen, extra, true)
+    start_engine_inner(&binary(), config_text, engine, files, listen, extra, true)
 }
 
 /// As [`start_engine_args`], returning once the gateway serves, ready or not (the native
@@ -148,10 +148,33 @@ pub fn start_engine_unready(
     files: &[(String, Vec<u8>)],
     listen: &str,
 ) -> Gateway {
-    start_engine_inner(config_text, engine, files, listen, |_| Vec::new(), false)
+    start_engine_inner(
+        &binary(),
+        config_text,
+        engine,
+        files,
+        listen,
+        |_| Vec::new(),
+        false,
+    )
+}
+
+/// As [`start_engine`] (`component` or `native`), running `program` instead of the
+/// workspace's `portcullis` (a copy of it, for a test that replaces the executable).
+pub fn start_engine_from(program: &Path, config_text: &str, engine: &str) -> Gateway {
+    start_engine_inner(
+        program,
+        config_text,
+        engine,
+        &[],
+        "127.0.0.1:0",
+        |_| Vec::new(),
+        true,
+    )
 }
 
 fn start_engine_inner(
+    program: &Path,
     config_text: &str,
     engine: &str,
     files: &[(String, Vec<u8>)],
@@ -210,7 +233,7 @@ fn start_engine_inner(
     if !extra.iter().any(|a| a == "--request-timeout") {
         extra.extend(["--request-timeout".to_owned(), "20".to_owned()]);
     }
-    let child = Command::new(binary())
+    let child = Command::new(program)
         .args(["serve", "--config"])
         .arg(dir.join("gateway.toml"))
         .args([

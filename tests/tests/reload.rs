@@ -199,3 +199,52 @@ on_every_engine!(
     a_reload_swaps_in_a_valid_configuration_and_refuses_a_broken_one,
     sighup_and_the_file_watch_reload_and_sighup_reopens_the_audit_file,
 );
+
+/// An upgrade replaces the executable on disk while the server runs: a reload still
+/// pre-initializes and compiles the component engine's gateway with the running server's
+/// own code (its compiling child runs the running executable, not the file now at its
+/// path). And an executable embedding another gateway component refuses to compile for
+/// this server.
+#[test]
+fn a_reload_after_the_executable_was_replaced_compiles_with_the_running_one() {
+    let idp = TestIdp::shared();
+    let keys = KeyServer::start(idp.jwks());
+    let backend = Backend::start("eu");
+    let dir = std::env::temp_dir().join(format!("portcullis-upgrade-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = dir.join("portcullis");
+    std::fs::copy(portcullis_tests::host::binary(), &program).unwrap();
+    let gw = portcullis_tests::host::start_engine_from(
+        &program,
+        &config(&keys, &backend, "", ""),
+        "component",
+    );
+    assert_eq!(get(&gw, "/new/x", None, &[]).status, 404);
+    // The upgrade: the file is gone (a package manager unlinks it and writes another).
+    std::fs::remove_file(&program).unwrap();
+    let routes = "[[route]]\npath = \"/new\"\nauth = \"public\"\n";
+    std::fs::write(
+        gw.dir.join("gateway.toml"),
+        config(&keys, &backend, routes, ""),
+    )
+    .unwrap();
+    let (status, body) = reload(&gw);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get(&gw, "/new/x", None, &[]).status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // An executable whose gateway component is not the server's refuses.
+    let out = std::process::Command::new(portcullis_tests::host::binary())
+        .args(["compile-gateway", "--slots", "4", "--no-cache"])
+        .args(["--gateway-sha256", &"0".repeat(64)])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("embeds a different gateway component"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "a refusal writes no component");
+}

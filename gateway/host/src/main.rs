@@ -260,6 +260,10 @@ enum Command {
         /// No cache.
         #[arg(long)]
         no_cache: bool,
+        /// The SHA-256 of the gateway component the server embeds: this executable
+        /// refuses to compile its own if it differs.
+        #[arg(long)]
+        gateway_sha256: String,
     },
     /// Run the demo: gateway, demo issuer and two regional echo backends on 127.0.0.1.
     Demo {
@@ -346,8 +350,14 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 
 /// Where `serve` compiles the component engine's gateway: in a child process running this
 /// executable (`compile-gateway`), so the compiler's memory is not kept by the server;
-/// in-process where the executable cannot be named.
+/// in-process where the executable cannot be named. On Linux the child runs
+/// `/proc/self/exe`, the running executable itself even after an upgrade replaced or
+/// removed its file (a reload then still compiles with the server's own code).
 fn compiler() -> portcullis_host::serve::component::Compiler {
+    let running = std::path::Path::new("/proc/self/exe");
+    if running.exists() {
+        return portcullis_host::serve::component::Compiler::Child(running.to_path_buf());
+    }
     match std::env::current_exe() {
         Ok(exe) => portcullis_host::serve::component::Compiler::Child(exe),
         Err(e) => {
@@ -478,9 +488,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             fuel,
             cache_dir,
             no_cache: _,
+            gateway_sha256,
         } => {
             use anyhow::Context as _;
             use std::io::{Read as _, Write as _};
+            let embedded = portcullis_host::wasm::component_digest();
+            if gateway_sha256 != embedded {
+                anyhow::bail!(
+                    "this executable embeds a different gateway component ({embedded}) from the server's ({gateway_sha256}): it was replaced on disk; restart the server to run it"
+                );
+            }
             let mut snapshot = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut snapshot)

@@ -14,6 +14,11 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 /// The gateway component, built by this crate's build script.
 pub const COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_component.wasm"));
 
+/// The SHA-256 of [`COMPONENT`], hex: which gateway component this executable embeds.
+pub fn component_digest() -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, COMPONENT).as_ref())
+}
+
 /// Memory a gateway or plugin instance may use at most (plugins are capped lower per
 /// plugin by their store limits).
 pub const INSTANCE_MEMORY: usize = 64 << 20;

@@ -129,7 +129,9 @@ pub enum Compiler {
     InProcess,
     /// In a child process running this program's `compile-gateway` command (the
     /// `portcullis` executable, as `serve` does): the compiler's memory ends with the child,
-    /// and the compiled component comes back through a pipe, never through a file.
+    /// and the compiled component comes back through a pipe, never through a file. The
+    /// child is told the digest of this process's gateway component and refuses to
+    /// compile another (an executable replaced on disk by an upgrade).
     Child(PathBuf),
 }
 
@@ -171,6 +173,7 @@ impl Compiler {
                 let mut command = std::process::Command::new(program);
                 command
                     .args(["compile-gateway", "--slots", &settings.slots.to_string()])
+                    .args(["--gateway-sha256", &crate::wasm::component_digest()])
                     .args(settings.fuel.then_some("--fuel"));
                 match cache_dir {
                     Some(dir) => command.arg("--cache-dir").arg(dir),
