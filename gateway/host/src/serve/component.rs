@@ -123,7 +123,7 @@ impl EngineSettings {
 /// Where the component engine's gateway is pre-initialized and compiled.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Compiler {
-    /// In this process. Much of the compiler's heap stays resident afterwards: 50-65 MiB
+    /// In this process. Much of the compiler's heap stays resident afterwards: 51-67 MiB
     /// more peak RSS under load in the load harness (2026-12-07).
     #[default]
     InProcess,
@@ -145,9 +145,12 @@ impl Compiler {
         snapshot: &[u8],
         cache_dir: Option<&Path>,
     ) -> anyhow::Result<Component> {
-        let component = self
-            .compile_lazily(engine, settings, snapshot, cache_dir)
-            .await?;
+        let component = match self {
+            Self::InProcess => pre_initialized(engine, snapshot, cache_dir).await?,
+            Self::Child(program) => {
+                compiled_in_child(program, engine, settings, snapshot, cache_dir).await?
+            }
+        };
         // The initial memory's copy-on-write image (a memfd on Linux: the compiled component
         // is not a mapped file) is made now, not by the first request, which could find the
         // process out of descriptors and fail for a reason of its own.
@@ -157,49 +160,45 @@ impl Compiler {
             .context("the gateway component's initial memory image")?;
         Ok(component)
     }
+}
 
-    /// [`Self::compile`] without the memory image.
-    async fn compile_lazily(
-        &self,
-        engine: &Engine,
-        settings: EngineSettings,
-        snapshot: &[u8],
-        cache_dir: Option<&Path>,
-    ) -> anyhow::Result<Component> {
-        match self {
-            Self::InProcess => pre_initialized(engine, snapshot, cache_dir).await,
-            Self::Child(program) => {
-                let started = std::time::Instant::now();
-                let mut command = std::process::Command::new(program);
-                command
-                    .args(["compile-gateway", "--slots", &settings.slots.to_string()])
-                    .args(["--gateway-sha256", &crate::wasm::component_digest()])
-                    .args(settings.fuel.then_some("--fuel"));
-                match cache_dir {
-                    Some(dir) => command.arg("--cache-dir").arg(dir),
-                    None => command.arg("--no-cache"),
-                };
-                let snapshot = snapshot.to_vec();
-                let compiled = tokio::task::spawn_blocking(move || run_child(command, &snapshot))
-                    .await
-                    .context("pre-initialize the gateway component")??;
-                // SAFETY: the bytes are what `Component::serialize` wrote in a child running
-                // this same program, received through its standard output (a pipe only this
-                // process reads); wasmtime checks that the artifact was compiled for an engine
-                // with this engine's settings, and refuses it otherwise.
-                #[allow(unsafe_code)]
-                let component = unsafe { Component::deserialize(engine, &compiled) }
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-                    .context("load the gateway component compiled by the child process")?;
-                tracing::info!(
-                    ms = started.elapsed().as_millis(),
-                    bytes = compiled.len(),
-                    "gateway component pre-initialized and compiled in a child process"
-                );
-                Ok(component)
-            }
-        }
-    }
+/// The gateway component pre-initialized and compiled by `program compile-gateway` in a
+/// child process, loaded into `engine`.
+async fn compiled_in_child(
+    program: &Path,
+    engine: &Engine,
+    settings: EngineSettings,
+    snapshot: &[u8],
+    cache_dir: Option<&Path>,
+) -> anyhow::Result<Component> {
+    let started = std::time::Instant::now();
+    let mut command = std::process::Command::new(program);
+    command
+        .args(["compile-gateway", "--slots", &settings.slots.to_string()])
+        .args(["--gateway-sha256", &crate::wasm::component_digest()])
+        .args(settings.fuel.then_some("--fuel"));
+    match cache_dir {
+        Some(dir) => command.arg("--cache-dir").arg(dir),
+        None => command.arg("--no-cache"),
+    };
+    let snapshot = snapshot.to_vec();
+    let compiled = tokio::task::spawn_blocking(move || run_child(command, &snapshot))
+        .await
+        .context("pre-initialize the gateway component")??;
+    // SAFETY: the bytes are what `Component::serialize` wrote in a child running
+    // this same program, received through its standard output (a pipe only this
+    // process reads); wasmtime checks that the artifact was compiled for an engine
+    // with this engine's settings, and refuses it otherwise.
+    #[allow(unsafe_code)]
+    let component = unsafe { Component::deserialize(engine, &compiled) }
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("load the gateway component compiled by the child process")?;
+    tracing::info!(
+        ms = started.elapsed().as_millis(),
+        bytes = compiled.len(),
+        "gateway component pre-initialized and compiled in a child process"
+    );
+    Ok(component)
 }
 
 /// Runs `command` with `snapshot` on its standard input; its standard output, or why not.
