@@ -10,7 +10,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`tools`] | `demo`, `bundle`, `token verify --path` (offline), `plugin new/check` |
-//! | [`serve`] | preparing the capabilities, the listeners, the native and component engines, `serve-wasm` |
+//! | [`serve`] | preparing the capabilities, the listeners, the native and component engines, pre-initializing gateway components, `serve-wasm` |
 //! | [`risk`] | the risk-plugin runtime (sandboxed components) |
 //! | [`state`] | shared state: in memory or in Redis; the replay policy |
 //! | [`keys`] | key sets, native signature checks, the verified-token cache |
