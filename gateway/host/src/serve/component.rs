@@ -173,6 +173,9 @@ async fn compiled_in_child(
 ) -> anyhow::Result<Component> {
     let started = std::time::Instant::now();
     let mut command = std::process::Command::new(program);
+    // `ps` names it `portcullis compile-gateway`, not `/proc/self/exe …`.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::arg0(&mut command, "portcullis");
     command
         .args(["compile-gateway", "--slots", &settings.slots.to_string()])
         .args(["--gateway-sha256", &crate::wasm::component_digest()])
