@@ -503,14 +503,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .read_to_end(&mut snapshot)
                 .context("read the configuration snapshot")?;
             let settings = portcullis_host::serve::component::EngineSettings { slots, fuel };
-            let component = portcullis_host::serve::component::Compiler::InProcess
-                .compile(
-                    &settings.engine()?,
-                    settings,
-                    &snapshot,
-                    cache_dir.as_deref(),
-                )
-                .await?;
+            // No memory image here: the server makes its own from what it loads.
+            let component = portcullis_host::serve::component::pre_initialized(
+                &settings.engine()?,
+                &snapshot,
+                cache_dir.as_deref(),
+            )
+            .await?;
             let compiled = component.serialize().map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut out = std::io::stdout().lock();
             out.write_all(&compiled)?;

@@ -214,12 +214,13 @@ fn run_child(mut command: std::process::Command, snapshot: &[u8]) -> anyhow::Res
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("start {:?}", command.get_program()))?;
-    // The child reads its whole input before it writes anything.
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(snapshot)
-            .context("hand the configuration to the compiling process")?;
-    }
+    // The child reads its whole input before it writes anything. A child that refused
+    // before reading (another gateway component) closes its input: its own reason, below,
+    // says more than the broken pipe.
+    let handed = child
+        .stdin
+        .take()
+        .map_or(Ok(()), |mut stdin| stdin.write_all(snapshot));
     let output = child
         .wait_with_output()
         .context("wait for the compiling process")?;
@@ -231,6 +232,7 @@ fn run_child(mut command: std::process::Command, snapshot: &[u8]) -> anyhow::Res
             said.trim()
         );
     }
+    handed.context("hand the configuration to the compiling process")?;
     Ok(output.stdout)
 }
 
@@ -593,6 +595,18 @@ mod tests {
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn a_child_that_refuses_before_reading_is_reported_by_its_own_reason() {
+        // More input than a pipe holds: writing it fails once the child has gone.
+        let mut command = std::process::Command::new("sh");
+        command.args(["-c", "echo 'refused: another gateway' >&2; exit 3"]);
+        let Err(e) = run_child(command, &vec![0u8; 1 << 20]) else {
+            panic!("a failed child was taken for a compiled component");
+        };
+        let text = format!("{e:#}");
+        assert!(text.contains("refused: another gateway"), "{text}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

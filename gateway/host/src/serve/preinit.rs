@@ -97,7 +97,8 @@ pub async fn pre_initialize(
     let mut wizer = Wizer::new();
     // Removing the export leaves the component lifting a core function that is gone
     // (wasmtime-wizer 48 writes an invalid component): keep it. Calling it again does
-    // nothing, and the bundle exports only the request handler.
+    // nothing; the bundle exports only the request handler, and the component engine's
+    // host never calls it.
     wizer.keep_init_func(true);
     let (cx, instrumented) = wizer
         .instrument_component(component)
