@@ -256,6 +256,8 @@ pub struct KeyServer {
     pub refused: Arc<AtomicUsize>,
     /// `Cache-Control` max-age it sends.
     pub max_age: Arc<AtomicUsize>,
+    /// Milliseconds it waits before answering a JWKS request (0: at once).
+    pub jwks_delay_ms: Arc<AtomicUsize>,
 }
 
 impl KeyServer {
@@ -266,8 +268,9 @@ impl KeyServer {
         let fetches = Arc::new(AtomicUsize::new(0));
         let max_age = Arc::new(AtomicUsize::new(300));
         let refused = Arc::new(AtomicUsize::new(0));
+        let jwks_delay_ms = Arc::new(AtomicUsize::new(0));
         let (j, d, f, m) = (jwks.clone(), down.clone(), fetches.clone(), max_age.clone());
-        let r = refused.clone();
+        let (r, delay) = (refused.clone(), jwks_delay_ms.clone());
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let server = Server::start_on(listener, move |req| {
@@ -278,6 +281,10 @@ impl KeyServer {
             match req.path.as_str() {
                 "/jwks.json" => {
                     f.fetch_add(1, Ordering::SeqCst);
+                    let wait = delay.load(Ordering::SeqCst);
+                    if wait > 0 {
+                        std::thread::sleep(Duration::from_millis(wait as u64));
+                    }
                     let mut r = Resp::json(200, &j.lock().expect("jwks").clone());
                     r.headers.push((
                         "cache-control".into(),
@@ -305,6 +312,7 @@ impl KeyServer {
             jwks_fetches: fetches,
             refused,
             max_age,
+            jwks_delay_ms,
         }
     }
 }

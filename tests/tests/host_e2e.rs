@@ -986,6 +986,68 @@ fn kept_instances_answer_each_request_as_its_own_and_are_replaced_on_reload() {
     );
 }
 
+/// `--instance-reuse`: a kept instance whose decision was cut by the request deadline is
+/// dropped, never kept for the next request (it stopped mid-decision, its state unknown).
+/// The decision waits in the host's key service: the token names a `kid` the key set lacks,
+/// and the key server answers the refetch after the 1 s request timeout.
+#[test]
+fn a_kept_instance_whose_decision_was_cut_is_not_kept_again() {
+    let w = world();
+    let text = config(&w.keys, &w.eu.server.url(), &w.us.server.url());
+    let gw = portcullis_tests::host::start_engine_args(
+        &text,
+        "component-reuse",
+        &[],
+        "127.0.0.1:0",
+        |_| vec!["--request-timeout".into(), "1".into()],
+    );
+    let instances = || admin_metric(&gw, "portcullis_gateway_instances_total");
+    let idle = || admin_metric(&gw, "portcullis_gateway_instances_idle");
+    let settled = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while idle() < 1 {
+            assert!(Instant::now() < deadline, "the instance was never kept");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let idp = TestIdp::shared();
+    let token = idp.sign("ES256", live_claims(json!({"sub": "alice"})));
+    assert_eq!(get(&gw, "/api/orders", Some(&token), &[]).status, 200);
+    settled();
+    assert_eq!(instances(), 1);
+    // The kept instance takes the next request, whose decision waits on the refetch.
+    w.keys.jwks_delay_ms.store(2_000, Ordering::SeqCst);
+    let fetched = w.keys.jwks_fetches.load(Ordering::SeqCst);
+    let unknown = idp.forge_es256(
+        &json!({"alg": "ES256", "kid": "not-yet-published"}),
+        &live_claims(json!({})),
+    );
+    let r = get(&gw, "/api/orders", Some(&unknown), &[]);
+    assert_eq!(
+        (r.status, reason(&r).as_str()),
+        (504, "backend_timeout"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(
+        w.keys.jwks_fetches.load(Ordering::SeqCst),
+        fetched + 1,
+        "the decision was not waiting on the key set's refetch"
+    );
+    assert_eq!(instances(), 1, "the cut request ran in the kept instance");
+    // The next request needs a new instance: the cut one was dropped.
+    w.keys.jwks_delay_ms.store(0, Ordering::SeqCst);
+    let r = get(&gw, "/api/orders", Some(&token), &[]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        instances(),
+        2,
+        "an instance whose decision was cut was kept for the next request"
+    );
+    settled();
+    assert_eq!(idle(), 1);
+}
+
 /// A second gateway told to listen where the first one does exits at once, and its error
 /// names the option and the address it could not take, not the bare system error.
 #[test]
