@@ -839,6 +839,18 @@ risk = {{ plugins = ["panics"] }}
     assert_eq!(reason(&r), "risk_check_failed");
     let r = request(bundle.addr, "GET", "/fault/x", &[("x-fault", "yes")], b"").unwrap();
     assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+    // `serve-wasm` answers the trap with the gateway's problem document; the trap's message
+    // and backtrace stay in its log.
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    let body = r.json_body();
+    assert_eq!(
+        (body["reason"].as_str(), body["status"].as_u64()),
+        (Some("gateway_error"), Some(500)),
+        "{text}"
+    );
+    for leak in ["panic", "wasm", "backtrace", "trap"] {
+        assert!(!text.contains(leak), "{leak:?} sent to the client: {text}");
+    }
 }
 
 #[test]
@@ -1178,9 +1190,23 @@ risk = {{ plugins = ["lenient"] }}
         r#"config = { mode = "refuse" }"#,
     );
     let gw = portcullis_tests::workerd::start_worker(&refusing, &[]);
-    let r = request(gw.addr, "GET", "/public/x", &[], b"").unwrap();
+    let r = request(
+        gw.addr,
+        "GET",
+        "/public/x",
+        &[("x-request-id", "probe-w")],
+        b"",
+    )
+    .unwrap();
     let body = String::from_utf8_lossy(&r.body);
     assert_eq!(r.status, 500, "{body}");
+    // The gateway's own problem document, as on every runtime, with the request's id.
+    let document = r.json_body();
+    assert_eq!(
+        (document["reason"].as_str(), document["request_id"].as_str()),
+        (Some("gateway_error"), Some("probe-w")),
+        "{body}"
+    );
     assert_eq!(
         r.header("content-type"),
         Some("application/problem+json"),

@@ -248,3 +248,45 @@ fn a_reload_after_the_executable_was_replaced_compiles_with_the_running_one() {
     );
     assert!(out.stdout.is_empty(), "a refusal writes no component");
 }
+
+/// A reload that finds the configuration unchanged (SIGHUP for logrotate, a file the watch
+/// saw touched) carries the running gateway component over to the component engine's new
+/// engine instead of pre-initializing and compiling it again; a changed configuration is
+/// compiled, and served.
+#[test]
+fn an_unchanged_configuration_reloads_without_compiling_the_gateway_again() {
+    let idp = TestIdp::shared();
+    let keys = KeyServer::start(idp.jwks());
+    let backend = Backend::start("eu");
+    let gw = start(&config(&keys, &backend, "", ""), "component", "0");
+    let token = idp.sign("ES256", live_claims(serde_json::json!({})));
+    let count = |what: &str| {
+        std::fs::read_to_string(gw.dir.join("gateway.log"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(what))
+            .count()
+    };
+    const COMPILED: &str = "gateway component pre-initialized and compiled in a child process";
+    const CARRIED: &str = "the running gateway component carried over, not compiled again";
+    assert_eq!((count(COMPILED), count(CARRIED)), (1, 0));
+    assert_eq!(reload(&gw), (200, "reloaded: generation 2\n".into()));
+    assert_eq!((count(COMPILED), count(CARRIED)), (1, 1));
+    // The carried-over component decides as before.
+    assert_eq!(get(&gw, "/api/x", Some(&token), &[]).status, 200);
+    assert_eq!(get(&gw, "/new/x", None, &[]).status, 404);
+    // A change is compiled (and its route served); unchanged again, carried over again.
+    let added = "[[route]]\npath = \"/new\"\nauth = \"public\"\n";
+    std::fs::write(
+        gw.dir.join("gateway.toml"),
+        config(&keys, &backend, added, ""),
+    )
+    .unwrap();
+    assert_eq!(reload(&gw), (200, "reloaded: generation 3\n".into()));
+    assert_eq!((count(COMPILED), count(CARRIED)), (2, 1));
+    assert_eq!(get(&gw, "/new/x", None, &[]).status, 200);
+    assert_eq!(reload(&gw), (200, "reloaded: generation 4\n".into()));
+    assert_eq!((count(COMPILED), count(CARRIED)), (2, 2));
+    assert_eq!(get(&gw, "/new/x", None, &[]).status, 200);
+    assert_eq!(get(&gw, "/api/x", Some(&token), &[]).status, 200);
+}

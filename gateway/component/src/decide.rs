@@ -24,6 +24,7 @@ pub fn decide(request: Request) -> Decision {
             return unaudited(&portcullis_driver::gateway_error(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("gateway configuration: {e}"),
+                &head.request_id,
             ));
         }
     };
@@ -104,6 +105,7 @@ fn answer(r: &Response) -> Answer {
         status: r.status.as_u16(),
         headers: fields(&r.headers),
         body: r.body.clone(),
+        reason: r.reason.code().to_owned(),
     }
 }
 

@@ -176,22 +176,7 @@ pub fn problem(
     challenge: &[(&'static str, String)],
 ) -> Response {
     let status = reason.status();
-    let body = serde_json::to_vec(&Problem {
-        kind: format!("urn:portcullis:reason:{}", reason.code()),
-        title: reason.title(),
-        status: status.as_u16(),
-        detail,
-        reason: reason.code(),
-        request_id,
-    })
-    .unwrap_or_default();
-    let mut headers = vec![
-        (
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        ),
-        (CACHE_CONTROL, HeaderValue::from_static("no-store")),
-    ];
+    let (body, mut headers) = problem_document(reason, status, detail, request_id);
     if matches!(
         reason,
         Reason::DpopRequired | Reason::DpopProofInvalid | Reason::DpopNonceRequired
@@ -242,6 +227,48 @@ pub fn problem(
         body,
         reason,
     }
+}
+
+/// The gateway's answer when it fails itself and cannot decide or relay the request (reason
+/// `gateway_error`): its configuration does not load (500), its component failed (503), the
+/// backend's answer cannot be passed on (502). The same problem document as every refusal,
+/// with `status` in the head and the body, on every runtime. `detail` is for the client:
+/// never an internal error's text (a trap's backtrace stays in the gateway's log).
+pub fn gateway_error(status: StatusCode, detail: &str, request_id: &str) -> Response {
+    let reason = Reason::GatewayError;
+    let (body, headers) = problem_document(reason, status, detail, request_id);
+    Response {
+        status,
+        headers,
+        body,
+        reason,
+    }
+}
+
+/// A problem document's body (RFC 9457) and its content fields.
+fn problem_document(
+    reason: Reason,
+    status: StatusCode,
+    detail: &str,
+    request_id: &str,
+) -> (Vec<u8>, Vec<(HeaderName, HeaderValue)>) {
+    let body = serde_json::to_vec(&Problem {
+        kind: format!("urn:portcullis:reason:{}", reason.code()),
+        title: reason.title(),
+        status: status.as_u16(),
+        detail,
+        reason: reason.code(),
+        request_id,
+    })
+    .unwrap_or_default();
+    let headers = vec![
+        (
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        ),
+        (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ];
+    (body, headers)
 }
 
 /// Keeps a value safe inside a quoted-string: visible ASCII without `"` and `\`.

@@ -127,6 +127,11 @@ pub enum Reason {
     /// (the host that signs for a wasm gateway does not hold the key, or the runtime has no
     /// random source for its `jti`): nothing is forwarded without it.
     GatewayTokenUnavailable,
+    /// The gateway itself failed and cannot decide or relay this request: its configuration
+    /// does not load, its component failed (a trap, its deadline, no free instance), or the
+    /// backend's answer cannot be passed on. The answer's status says which (500, 503, 502:
+    /// [`crate::decision::gateway_error`]); this reason's own is 500.
+    GatewayError,
 }
 
 impl Reason {
@@ -190,11 +195,12 @@ impl Reason {
             Reason::ForwardAuthInvalid => "forward_auth_invalid",
             Reason::BackendIdentityMismatch => "backend_identity_mismatch",
             Reason::GatewayTokenUnavailable => "gateway_token_unavailable",
+            Reason::GatewayError => "gateway_error",
         }
     }
 
     /// Every reason, for lookups and metrics.
-    pub const ALL: [Reason; 57] = [
+    pub const ALL: [Reason; 58] = [
         Reason::InvalidRequest,
         Reason::PathInvalid,
         Reason::HostInvalid,
@@ -252,6 +258,7 @@ impl Reason {
         Reason::ForwardAuthInvalid,
         Reason::BackendIdentityMismatch,
         Reason::GatewayTokenUnavailable,
+        Reason::GatewayError,
     ];
 
     /// The reason with this code.
@@ -297,6 +304,7 @@ impl Reason {
             }
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::GatewayError => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -365,6 +373,7 @@ impl Reason {
             Reason::IntrospectionInvalid => "The issuer's introspection answer is invalid",
             Reason::ConsentRequired => "The user has not consented to this use",
             Reason::GatewayTokenUnavailable => "The gateway could not mint the backend's token",
+            Reason::GatewayError => "Gateway error",
         }
     }
 
@@ -420,6 +429,7 @@ mod tests {
         assert_eq!(status(Reason::IntrospectionInvalid), 502);
         assert_eq!(status(Reason::ConsentRequired), 403);
         assert_eq!(status(Reason::GatewayTokenUnavailable), 503);
+        assert_eq!(status(Reason::GatewayError), 500);
         // Only 401s about tokens and the scope refusal carry a bearer error (a bad session
         // cookie or a failed browser login is no token error).
         for r in Reason::ALL {

@@ -21,25 +21,9 @@ pub fn early(gateway: &Gateway, path: &str) -> Option<Response> {
     })
 }
 
-/// The gateway's answer when it cannot decide or relay at all (its configuration does not
-/// load, a backend's head cannot be passed on): a problem document with `title` "Gateway
-/// error", the status and `detail`, the same on every runtime.
-pub fn gateway_error(status: StatusCode, detail: &str) -> Response {
-    let body = serde_json::json!({
-        "title": "Gateway error",
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    Response {
-        status,
-        headers: vec![(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        )],
-        body: body.to_string().into_bytes(),
-        reason: Reason::InvalidRequest,
-    }
-}
+/// The gateway's answer when it cannot decide or relay at all: the core's
+/// [`portcullis_core::decision::gateway_error`], the same on every runtime.
+pub use portcullis_core::decision::gateway_error;
 
 /// Records in `audit` that the forward of a request the decision let through was refused
 /// with `reason` (the request body too large, the backend unreachable, slow or invalid):
@@ -94,26 +78,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_gateway_error_says_its_status_in_the_head_and_the_body() {
+    fn a_gateway_error_is_a_problem_document_with_its_status_in_the_head_and_the_body() {
         let r = gateway_error(
             StatusCode::BAD_GATEWAY,
             "backend response headers are invalid",
+            "req-7",
         );
         assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(r.reason, Reason::GatewayError);
         assert_eq!(
             r.headers,
-            vec![(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/problem+json")
-            )]
+            vec![
+                (
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/problem+json")
+                ),
+                (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ]
         );
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
         assert_eq!(
             body,
             serde_json::json!({
+                "type": "urn:portcullis:reason:gateway_error",
                 "title": "Gateway error",
                 "status": 502,
                 "detail": "backend response headers are invalid",
+                "reason": "gateway_error",
+                "request_id": "req-7",
             })
         );
     }

@@ -113,10 +113,18 @@ pub fn respond(out: ResponseOutparam, response: &Response) {
     let _ = OutgoingBody::finish(body, None);
 }
 
-/// Answers with the gateway's own error (no reason code applies):
+/// Answers with the gateway's own error (`gateway_error`):
 /// [`portcullis_driver::gateway_error`].
-pub fn respond_error(out: ResponseOutparam, status: http::StatusCode, detail: &str) {
-    respond(out, &portcullis_driver::gateway_error(status, detail));
+pub fn respond_error(
+    out: ResponseOutparam,
+    status: http::StatusCode,
+    detail: &str,
+    request_id: &str,
+) {
+    respond(
+        out,
+        &portcullis_driver::gateway_error(status, detail, request_id),
+    );
 }
 
 /// Forwards the request as decided, streaming both bodies. Returns the status relayed and
@@ -244,7 +252,10 @@ pub fn forward(
         Err(()) => return refuse(out, Reason::BackendUnavailable, "response already taken"),
     };
     let latency = sent.elapsed();
-    Ok((relay(incoming, out, &fwd.response_headers), latency))
+    Ok((
+        relay(incoming, out, &fwd.response_headers, &parts.request_id),
+        latency,
+    ))
 }
 
 /// Sends the backend's response on, streaming its body; returns the status sent.
@@ -252,6 +263,7 @@ fn relay(
     incoming: IncomingResponse,
     out: ResponseOutparam,
     extra: &[(http::HeaderName, http::HeaderValue)],
+    request_id: &str,
 ) -> u16 {
     let mut headers = HeaderMap::new();
     for (name, value) in incoming.headers().entries() {
@@ -272,6 +284,7 @@ fn relay(
             out,
             http::StatusCode::BAD_GATEWAY,
             "backend response headers are invalid",
+            request_id,
         );
         return 502;
     };

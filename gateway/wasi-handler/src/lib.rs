@@ -51,6 +51,7 @@ pub fn handle(host: &impl Host, request: IncomingRequest, response_out: Response
                 response_out,
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("gateway configuration: {e}"),
+                &parts.request_id,
             );
             return;
         }

@@ -483,9 +483,16 @@ pub async fn fetch(
         Ok(i) => i,
         Err(e) => {
             worker::console_error!("portcullis: {e}");
+            // The request id the client or Cloudflare gave, if any (the head is not read).
+            let headers = req.headers();
+            let id = ["x-request-id", "cf-ray"]
+                .into_iter()
+                .find_map(|name| headers.get(name).ok().flatten())
+                .unwrap_or_default();
             return answer(&gateway_error(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("gateway configuration: {e}"),
+                &id,
             ));
         }
     };

@@ -27,7 +27,6 @@ use crate::bindings::exports::portcullis::gateway::decide;
 use crate::bindings::portcullis::gateway::{audit, client, config, health, keys, risk, state};
 use crate::bindings::{GatewayComponent, GatewayComponentPre};
 use crate::client::ClientHost;
-use crate::client::backends::full_body;
 use crate::config::ConfigHost;
 use crate::health::HealthHost;
 use crate::keys::KeysHost;
@@ -160,6 +159,35 @@ impl Compiler {
             .context("the gateway component's initial memory image")?;
         Ok(component)
     }
+}
+
+/// The running gateway component, for `engine` (a reload's, with the same settings as the
+/// running one's) when the configuration did not change: its compiled code copied into the
+/// new engine instead of pre-initialized and compiled again (a reload on SIGHUP for
+/// logrotate, or a file the watch saw touched, costs milliseconds, not a compile).
+pub fn carried_over(engine: &Engine, running: &Component) -> anyhow::Result<Component> {
+    let started = std::time::Instant::now();
+    let compiled = running
+        .serialize()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("copy the running gateway component")?;
+    // SAFETY: the bytes are what `Component::serialize` just wrote in this process, from a
+    // component this process loaded; wasmtime checks that the artifact was compiled for an
+    // engine with this engine's settings, and refuses it otherwise.
+    #[allow(unsafe_code)]
+    let component = unsafe { Component::deserialize(engine, &compiled) }
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("load the running gateway component into the new engine")?;
+    component
+        .initialize_copy_on_write_image()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the gateway component's initial memory image")?;
+    tracing::info!(
+        ms = started.elapsed().as_millis(),
+        bytes = compiled.len(),
+        "configuration unchanged: the running gateway component carried over, not compiled again"
+    );
+    Ok(component)
 }
 
 /// The gateway component pre-initialized and compiled by `program compile-gateway` in a
@@ -324,6 +352,8 @@ pub struct ComponentEngine {
     max_idle: usize,
     /// How long a decision may run, in epoch ticks.
     deadline_ticks: u64,
+    /// The settings of the engine the component was compiled for.
+    settings: EngineSettings,
 }
 
 /// An idle instance, in its store.
@@ -338,11 +368,12 @@ impl ComponentEngine {
     /// An engine deciding in instances of `pre` over the host's shared services: an
     /// instance decides `reuse` requests at most, one at a time (1: a fresh instance per
     /// request, as edge runtimes run it); at most `max_idle` wait between requests; a
-    /// decision runs `deadline_ticks` epochs at most.
+    /// decision runs `deadline_ticks` epochs at most. `pre`'s component was compiled for an
+    /// engine with `settings`.
     pub fn new(
         shared: Arc<Shared>,
         config: Config,
-        pre: GatewayComponentPre<StoreState>,
+        (pre, settings): (GatewayComponentPre<StoreState>, EngineSettings),
         reuse: u32,
         max_idle: usize,
         deadline_ticks: u64,
@@ -357,7 +388,14 @@ impl ComponentEngine {
             idle: Mutex::default(),
             max_idle,
             deadline_ticks,
+            settings,
         }
+    }
+
+    /// The compiled gateway component and the settings of the engine it was compiled for
+    /// (a reload with the same configuration carries it over: [`carried_over`]).
+    pub fn compiled(&self) -> (EngineSettings, &Component) {
+        (self.settings, self.pre.instance_pre().component())
     }
 
     /// Decides one request in an instance and carries the decision out (the request id is
@@ -404,20 +442,21 @@ impl ComponentEngine {
         let (decision, assessed) = match self.decide(peer.ip(), client, &request).await {
             Ok(d) => d,
             Err(e) => {
-                self.shared.metrics.host_error();
-                tracing::error!(error = %e, "request failed in the gateway component");
-                return component_failed();
+                return self.failed(
+                    &format!("request failed in the gateway component: {e:#}"),
+                    request_id,
+                    &parts,
+                );
             }
         };
         let outcome = match outcome(decision.outcome) {
             Ok(o) => o,
             Err(detail) => {
-                self.shared.metrics.host_error();
-                tracing::error!(
-                    detail,
-                    "the gateway component's decision cannot be carried out"
+                return self.failed(
+                    &format!("the gateway component's decision cannot be carried out: {detail}"),
+                    request_id,
+                    &parts,
                 );
-                return component_failed();
             }
         };
         let Some(audit) = decision.audit else {
@@ -425,11 +464,11 @@ impl ComponentEngine {
             // configuration that does not restore): nothing to audit, nothing to forward.
             return match outcome {
                 Outcome::Respond(r) => respond(&r),
-                Outcome::Forward(_) => {
-                    self.shared.metrics.host_error();
-                    tracing::error!("the gateway component forwarded without an audit record");
-                    component_failed()
-                }
+                Outcome::Forward(_) => self.failed(
+                    &"the gateway component forwarded without an audit record",
+                    request_id,
+                    &parts,
+                ),
             };
         };
         match body {
@@ -511,6 +550,32 @@ impl ComponentEngine {
         Ok((decision, assessed))
     }
 
+    /// The host's answer when the component fails (a trap, the deadline, a failed
+    /// instantiation, no free instance) or returns a decision that cannot be carried out:
+    /// 503 `gateway_error` with the request id, the cause logged under that id (never sent
+    /// to the client), and the refusal audited and counted.
+    fn failed(
+        &self,
+        cause: &dyn std::fmt::Display,
+        request_id: &str,
+        parts: &http::request::Parts,
+    ) -> Response<HyperOutgoingBody> {
+        self.shared.metrics.host_error();
+        tracing::error!(request_id, %cause, "the gateway component failed");
+        let refusal = portcullis_driver::gateway_error(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway component failed on this request (the gateway's log has the cause)",
+            request_id,
+        );
+        self.shared.refused(
+            &refusal,
+            request_id,
+            parts.method.to_string(),
+            parts.uri.path().to_owned(),
+        );
+        respond(&refusal)
+    }
+
     /// Sets a store's deadline for the next decision, and its fuel when the engine meters
     /// fuel (for plugins that need it: the gateway itself is bounded by the deadline).
     fn arm(&self, store: &mut Store<StoreState>) {
@@ -519,19 +584,6 @@ impl ComponentEngine {
             let _ = store.set_fuel(u64::MAX);
         }
     }
-}
-
-/// The host's answer when the component fails (a trap, the deadline, a failed
-/// instantiation) or returns a decision that cannot be carried out.
-fn component_failed() -> Response<HyperOutgoingBody> {
-    let body = r#"{"title":"Gateway error","status":503,"reason":"gateway_error"}"#;
-    let mut r = Response::new(full_body(body));
-    *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/problem+json"),
-    );
-    r
 }
 
 /// The component's outcome as the core's; why not when a field it returned is not a valid
@@ -543,8 +595,8 @@ fn outcome(outcome: decide::Outcome) -> Result<Outcome, String> {
                 .map_err(|_| format!("status {}", a.status))?,
             headers: fields(a.headers)?,
             body: a.body,
-            // The audit record carries the reason; an answer is written as it is.
-            reason: portcullis_core::Reason::InvalidRequest,
+            reason: portcullis_core::Reason::from_code(&a.reason)
+                .ok_or_else(|| format!("reason code {:?}", a.reason))?,
         }),
         decide::Outcome::Forward(f) => Outcome::Forward(Forward {
             backend: BackendId {

@@ -115,6 +115,32 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Audits and counts a refusal the host made itself, before or around the decision
+    /// (the request timeout, a failed gateway component): `deny`, with the refusal's status
+    /// and reason.
+    pub fn refused(
+        &self,
+        refusal: &portcullis_core::Response,
+        request_id: &str,
+        method: String,
+        path: String,
+    ) {
+        self.audit.emit(
+            portcullis_core::AuditRecord {
+                time_ms: crate::keys::now().unix_millis(),
+                request_id: request_id.to_owned(),
+                method,
+                path,
+                decision: "deny",
+                status: Some(refusal.status.as_u16()),
+                reason: Some(refusal.reason.code()),
+                ..portcullis_core::AuditRecord::default()
+            },
+            None,
+            &[],
+        );
+    }
+
     /// Records how a call to `backend` started at `started` ended, for both engines: a
     /// failed connection ejects the backend (passive health), an answer restores it, and
     /// the region's latency or failure metric counts it.
@@ -178,16 +204,28 @@ pub async fn prepare(loaded: LoadedConfig, opts: &ServeOptions) -> anyhow::Resul
     build(loaded, opts, None).await
 }
 
-/// Prepares `loaded` to replace the running configuration whose services are `previous`
-/// (a reload): the metrics, the audit sink, the shared state, the listener's TLS (with the
-/// new certificate list, staged) and every key set of an issuer configured as before carry
-/// over. A change to `[state]`, to `[server]` limits, or to `[server.tls]` beyond its
-/// certificates needs a restart and is refused.
+/// What a reload carries over from the running configuration.
+struct Running<'a> {
+    shared: &'a Shared,
+    /// The compiled gateway component and its engine's settings (component engine).
+    compiled: Option<(
+        component::EngineSettings,
+        &'a wasmtime::component::Component,
+    )>,
+}
+
+/// Prepares `loaded` to replace the `running` configuration (a reload): the metrics, the
+/// audit sink, the shared state, the listener's TLS (with the new certificate list, staged)
+/// and every key set of an issuer configured as before carry over, and so does the compiled
+/// gateway component when the configuration did not change. A change to `[state]`, to
+/// `[server]` limits, or to `[server.tls]` beyond its certificates needs a restart and is
+/// refused.
 pub async fn prepare_next(
     loaded: LoadedConfig,
     opts: &ServeOptions,
-    previous: &Shared,
+    running: &server::Gateway,
 ) -> anyhow::Result<Prepared> {
+    let previous = running.shared().as_ref();
     let old = previous.keys.config();
     if loaded.config.state != old.state {
         anyhow::bail!("`[state]` changed: switching the shared state needs a restart");
@@ -204,7 +242,11 @@ pub async fn prepare_next(
     if loaded.config.server != old.server {
         anyhow::bail!("`[server]` changed: listener settings need a restart");
     }
-    let mut prepared = build(loaded, opts, Some(previous)).await?;
+    let running = Running {
+        shared: previous,
+        compiled: running.compiled(),
+    };
+    let mut prepared = build(loaded, opts, Some(running)).await?;
     prepared.staged_tls = staged_tls;
     Ok(prepared)
 }
@@ -212,8 +254,9 @@ pub async fn prepare_next(
 async fn build(
     loaded: LoadedConfig,
     opts: &ServeOptions,
-    previous: Option<&Shared>,
+    running: Option<Running<'_>>,
 ) -> anyhow::Result<Prepared> {
+    let previous = running.as_ref().map(|r| r.shared);
     let metrics = previous.map_or_else(|| Arc::new(Metrics::default()), |p| p.metrics.clone());
     let config = Arc::new(ConfigService::new(&loaded));
     let health = Arc::new(Health::new(&loaded.config));
@@ -301,18 +344,30 @@ async fn build(
     let server_limits = core_config.server;
     let gateway = match opts.engine {
         EngineKind::Component => {
-            let component = opts
-                .compiler
-                .compile(
-                    &engine,
-                    engine_settings,
-                    &shared.config.snapshot,
-                    opts.cache_dir.as_deref(),
-                )
-                .await?;
+            // The same configuration on an engine with the same settings: the running
+            // component is what pre-initializing and compiling would make again.
+            let unchanged = running.as_ref().and_then(|r| {
+                r.compiled.filter(|(settings, _)| {
+                    *settings == engine_settings
+                        && r.shared.config.snapshot == shared.config.snapshot
+                })
+            });
+            let component = match unchanged {
+                Some((_, compiled)) => component::carried_over(&engine, compiled)?,
+                None => {
+                    opts.compiler
+                        .compile(
+                            &engine,
+                            engine_settings,
+                            &shared.config.snapshot,
+                            opts.cache_dir.as_deref(),
+                        )
+                        .await?
+                }
+            };
             let pre = component::pre_instantiate(&engine, &component)?;
             server::Gateway::new(
-                pre,
+                (pre, engine_settings),
                 shared.clone(),
                 core_config,
                 opts.request_timeout,

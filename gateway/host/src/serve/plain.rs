@@ -23,7 +23,7 @@ use wasmtime_wasi_http::{
     Error as HttpError, RequestOptions, WasiBody, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use crate::client::{BackendClient, backend_client, full_body};
+use crate::client::{BackendClient, backend_client};
 use crate::state::keyvalue::{self, KeyValue, KeyValueHost};
 use crate::wasm::WasiRequest;
 
@@ -183,13 +183,27 @@ impl PlainServer {
             service_fn(move |req| {
                 let server = server.clone();
                 async move {
+                    // The client's request id, if it sent one (the bundle makes its own
+                    // otherwise, which a failed instance never returned).
+                    let request_id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+                        .unwrap_or_default()
+                        .to_owned();
                     let response = match server.handle(req, peer).await {
                         Ok(r) => r,
+                        // A trap, the deadline, a failed instantiation: 500 as a plain
+                        // runtime answers, as the gateway's problem document. The cause (a
+                        // trap's message and backtrace) goes to the log, never to the client.
                         Err(e) => {
-                            tracing::warn!(error = %e, "request failed in the component");
-                            let mut r = Response::new(full_body(format!("{e}\n")));
-                            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                            r
+                            tracing::warn!(request_id, error = %e, "request failed in the component");
+                            crate::serve::carry::respond(&portcullis_driver::gateway_error(
+                                http::StatusCode::INTERNAL_SERVER_ERROR,
+                                "the component failed on this request (the runtime's log has the cause)",
+                                &request_id,
+                            ))
                         }
                     };
                     Ok::<_, Infallible>(response)

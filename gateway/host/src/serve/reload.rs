@@ -80,7 +80,7 @@ impl Live {
         };
         let loaded = crate::config::load_config_file(path)?;
         let running = self.current();
-        let prepared = crate::serve::prepare_next(loaded, &self.reload.opts, running.shared())
+        let prepared = crate::serve::prepare_next(loaded, &self.reload.opts, &running)
             .await
             .map_err(|e| format!("{}: {e:#}", path.display()))?;
         if let (Some(staged), Some(front)) = (prepared.staged_tls, &running.shared().tls) {

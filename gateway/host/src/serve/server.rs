@@ -16,7 +16,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::bindings::GatewayComponentPre;
 use crate::serve::Shared;
-use crate::serve::component::{ComponentEngine, StoreState};
+use crate::serve::component::{ComponentEngine, EngineSettings, StoreState};
 use crate::serve::native::NativeEngine;
 use crate::wasm::EPOCH_TICK;
 
@@ -39,12 +39,13 @@ enum Mode {
 }
 
 impl Gateway {
-    /// A server deciding in gateway-component instances (`pre`); each request may run
+    /// A server deciding in gateway-component instances (`pre`, compiled for an engine with
+    /// `settings`); each request may run
     /// `timeout` at most. An instance decides `reuse` requests at most, one at a time (1: a
     /// fresh instance per request, as edge runtimes run it); at most `max_idle` wait between
     /// requests.
     pub fn new(
-        pre: GatewayComponentPre<StoreState>,
+        (pre, settings): (GatewayComponentPre<StoreState>, EngineSettings),
         shared: Arc<Shared>,
         config: portcullis_core::Config,
         timeout: Duration,
@@ -55,7 +56,7 @@ impl Gateway {
         let component = ComponentEngine::new(
             shared.clone(),
             config,
-            pre,
+            (pre, settings),
             reuse,
             max_idle,
             deadline_ticks(timeout),
@@ -102,6 +103,14 @@ impl Gateway {
     /// The shared state.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The compiled gateway component and its engine's settings (component engine only).
+    pub fn compiled(&self) -> Option<(EngineSettings, &wasmtime::component::Component)> {
+        match &self.mode {
+            Mode::Component(component) => Some(component.compiled()),
+            Mode::Native(_) => None,
+        }
     }
 
     /// Drives the epoch clock of the wasmtime engine from a thread of its own, so that
@@ -175,36 +184,12 @@ impl Gateway {
                     &id,
                     &[],
                 );
-                self.refused(&refusal, &id, method, path);
+                self.shared.refused(&refusal, &id, method, path);
                 crate::serve::carry::respond(&refusal)
             }
         };
         self.shared.metrics.latency(started.elapsed());
         response
-    }
-
-    /// Audits and counts a refusal the host made itself, before or around the decision.
-    fn refused(
-        &self,
-        refusal: &portcullis_core::Response,
-        request_id: &str,
-        method: String,
-        path: String,
-    ) {
-        self.shared.audit.emit(
-            portcullis_core::AuditRecord {
-                time_ms: crate::keys::now().unix_millis(),
-                request_id: request_id.to_owned(),
-                method,
-                path,
-                decision: "deny",
-                status: Some(refusal.status.as_u16()),
-                reason: Some(refusal.reason.code()),
-                ..portcullis_core::AuditRecord::default()
-            },
-            None,
-            &[],
-        );
     }
 }
 
