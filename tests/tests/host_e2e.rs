@@ -848,6 +848,24 @@ fn a_stuck_audit_sink_holds_requests_when_told_to_block(engine: &str) {
     assert_eq!(admin_metric(&gw, "portcullis_audit_dropped_total"), 0);
 }
 
+/// The component engine keeping each instance for several requests (`component-reuse`),
+/// with a 1 s request timeout.
+fn start_keeping(text: &str) -> Gateway {
+    portcullis_tests::host::start_engine_args(text, "component-reuse", &[], "127.0.0.1:0", |_| {
+        vec!["--request-timeout".into(), "1".into()]
+    })
+}
+
+/// Waits until an instance is idle again: it goes back to the idle ones once the component
+/// has returned, which may be just after the client has its response.
+fn settled(gw: &Gateway) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin_metric(gw, "portcullis_gateway_instances_idle") < 1 {
+        assert!(Instant::now() < deadline, "the instance was never kept");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// `--instance-reuse`: the component engine keeps an instance whose decision returned
 /// cleanly for the next requests (the configuration restored once), answers each request
 /// as its own (identity, region, refusals), keeps no instance waiting on a backend, and a
@@ -856,23 +874,9 @@ fn a_stuck_audit_sink_holds_requests_when_told_to_block(engine: &str) {
 fn kept_instances_answer_each_request_as_its_own_and_are_replaced_on_reload() {
     let w = world();
     let text = config(&w.keys, &w.eu.server.url(), &w.us.server.url());
-    let gw = portcullis_tests::host::start_engine_args(
-        &text,
-        "component-reuse",
-        &[],
-        "127.0.0.1:0",
-        |_| vec!["--request-timeout".into(), "1".into()],
-    );
+    let gw = start_keeping(&text);
     let instances = || admin_metric(&gw, "portcullis_gateway_instances_total");
-    // An instance goes back to the idle ones once the component has returned, which may be
-    // just after the client has its response: wait for it before the next request.
-    let settled = || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while admin_metric(&gw, "portcullis_gateway_instances_idle") < 1 {
-            assert!(Instant::now() < deadline, "the instance was never kept");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
+    let settled = || settled(&gw);
     let idp = TestIdp::shared();
     let eu = idp.sign("ES256", live_claims(json!({"sub": "alice"})));
     let us = idp.sign(
@@ -994,22 +998,10 @@ fn kept_instances_answer_each_request_as_its_own_and_are_replaced_on_reload() {
 fn a_kept_instance_whose_decision_was_cut_is_not_kept_again() {
     let w = world();
     let text = config(&w.keys, &w.eu.server.url(), &w.us.server.url());
-    let gw = portcullis_tests::host::start_engine_args(
-        &text,
-        "component-reuse",
-        &[],
-        "127.0.0.1:0",
-        |_| vec!["--request-timeout".into(), "1".into()],
-    );
+    let gw = start_keeping(&text);
     let instances = || admin_metric(&gw, "portcullis_gateway_instances_total");
     let idle = || admin_metric(&gw, "portcullis_gateway_instances_idle");
-    let settled = || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while idle() < 1 {
-            assert!(Instant::now() < deadline, "the instance was never kept");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
+    let settled = || settled(&gw);
     let idp = TestIdp::shared();
     let token = idp.sign("ES256", live_claims(json!({"sub": "alice"})));
     assert_eq!(get(&gw, "/api/orders", Some(&token), &[]).status, 200);

@@ -150,14 +150,7 @@ impl Compiler {
                 compiled_in_child(program, engine, settings, snapshot, cache_dir).await?
             }
         };
-        // The initial memory's copy-on-write image (a memfd on Linux: the compiled component
-        // is not a mapped file) is made now, not by the first request, which could find the
-        // process out of descriptors and fail for a reason of its own.
-        component
-            .initialize_copy_on_write_image()
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("the gateway component's initial memory image")?;
-        Ok(component)
+        with_memory_image(component)
     }
 }
 
@@ -171,23 +164,15 @@ pub fn carried_over(engine: &Engine, running: &Component) -> anyhow::Result<Comp
         .serialize()
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("copy the running gateway component")?;
-    // SAFETY: the bytes are what `Component::serialize` just wrote in this process, from a
-    // component this process loaded; wasmtime checks that the artifact was compiled for an
-    // engine with this engine's settings, and refuses it otherwise.
-    #[allow(unsafe_code)]
-    let component = unsafe { Component::deserialize(engine, &compiled) }
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("load the running gateway component into the new engine")?;
-    component
-        .initialize_copy_on_write_image()
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("the gateway component's initial memory image")?;
-    tracing::info!(
-        ms = started.elapsed().as_millis(),
-        bytes = compiled.len(),
-        "configuration unchanged: the running gateway component carried over, not compiled again"
-    );
-    Ok(component)
+    // The bytes are what `Component::serialize` just wrote in this process, from a
+    // component this process loaded.
+    let component = loaded(
+        engine,
+        &compiled,
+        started,
+        "configuration unchanged: the running gateway component carried over, not compiled again",
+    )?;
+    with_memory_image(component)
 }
 
 /// The gateway component pre-initialized and compiled by `program compile-gateway` in a
@@ -216,19 +201,48 @@ async fn compiled_in_child(
     let compiled = tokio::task::spawn_blocking(move || run_child(command, &snapshot))
         .await
         .context("pre-initialize the gateway component")??;
-    // SAFETY: the bytes are what `Component::serialize` wrote in a child running
-    // this same program, received through its standard output (a pipe only this
-    // process reads); wasmtime checks that the artifact was compiled for an engine
+    // The bytes are what `Component::serialize` wrote in a child running this same
+    // program, received through its standard output (a pipe only this process reads).
+    loaded(
+        engine,
+        &compiled,
+        started,
+        "gateway component pre-initialized and compiled in a child process",
+    )
+}
+
+/// The compiled component whose serialized form is `compiled`, made by this program (this
+/// process, or its compiling child), loaded into `engine`; `what` is logged with the time
+/// since `started` and the size.
+fn loaded(
+    engine: &Engine,
+    compiled: &[u8],
+    started: std::time::Instant,
+    what: &'static str,
+) -> anyhow::Result<Component> {
+    // SAFETY: `compiled` is what `Component::serialize` wrote in this program (the
+    // callers say where); wasmtime checks that the artifact was compiled for an engine
     // with this engine's settings, and refuses it otherwise.
     #[allow(unsafe_code)]
-    let component = unsafe { Component::deserialize(engine, &compiled) }
+    let component = unsafe { Component::deserialize(engine, compiled) }
         .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("load the gateway component compiled by the child process")?;
+        .with_context(|| format!("load the compiled gateway component ({what})"))?;
     tracing::info!(
         ms = started.elapsed().as_millis(),
         bytes = compiled.len(),
-        "gateway component pre-initialized and compiled in a child process"
+        "{what}"
     );
+    Ok(component)
+}
+
+/// `component` with its initial memory's copy-on-write image made (a memfd on Linux: a
+/// loaded component is not a mapped file) now, not by the first request, which could find
+/// the process out of descriptors and fail for a reason of its own.
+fn with_memory_image(component: Component) -> anyhow::Result<Component> {
+    component
+        .initialize_copy_on_write_image()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the gateway component's initial memory image")?;
     Ok(component)
 }
 
