@@ -664,6 +664,31 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_keeps_the_components_reason_code_and_an_unknown_one_is_refused() {
+        let answer = |reason: &str| {
+            decide::Outcome::Answer(decide::Answer {
+                status: 404,
+                headers: vec![("content-type".into(), b"application/problem+json".to_vec())],
+                body: b"{}".to_vec(),
+                reason: reason.to_owned(),
+            })
+        };
+        match outcome(answer("route_not_found")) {
+            Ok(Outcome::Respond(r)) => {
+                assert_eq!(
+                    (r.status.as_u16(), r.reason),
+                    (404, portcullis_core::Reason::RouteNotFound)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let Err(why) = outcome(answer("no_such_reason")) else {
+            panic!("an unknown reason code was carried out");
+        };
+        assert!(why.contains("no_such_reason"), "{why}");
+    }
+
+    #[test]
     fn a_child_that_refuses_before_reading_is_reported_by_its_own_reason() {
         // More input than a pipe holds: writing it fails once the child has gone.
         let mut command = std::process::Command::new("sh");

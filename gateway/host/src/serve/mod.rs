@@ -242,11 +242,11 @@ pub async fn prepare_next(
     if loaded.config.server != old.server {
         anyhow::bail!("`[server]` changed: listener settings need a restart");
     }
-    let running = Running {
+    let carried = Running {
         shared: previous,
         compiled: running.compiled(),
     };
-    let mut prepared = build(loaded, opts, Some(running)).await?;
+    let mut prepared = build(loaded, opts, Some(carried)).await?;
     prepared.staged_tls = staged_tls;
     Ok(prepared)
 }

@@ -185,11 +185,7 @@ impl PlainServer {
                 async move {
                     // The client's request id, if it sent one (the bundle makes its own
                     // otherwise, which a failed instance never returned).
-                    let request_id = req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+                    let request_id = crate::serve::server::client_request_id(req.headers())
                         .unwrap_or_default()
                         .to_owned();
                     let response = match server.handle(req, peer).await {

@@ -142,14 +142,7 @@ impl Gateway {
         B::Error: Into<wasmtime_wasi_http::Error> + Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
-        let valid_id = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
-            });
-        if !valid_id {
+        if client_request_id(req.headers()).is_none() {
             let id = format!(
                 "{:x}-{:x}",
                 self.boot,
@@ -191,6 +184,15 @@ impl Gateway {
         self.shared.metrics.latency(started.elapsed());
         response
     }
+}
+
+/// The client's `X-Request-Id`, when the gateway keeps it: 1-128 visible ASCII characters
+/// (otherwise the gateway makes its own).
+pub fn client_request_id(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
 }
 
 /// A request timeout in epoch ticks.
