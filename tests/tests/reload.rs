@@ -195,9 +195,46 @@ fn sighup_and_the_file_watch_reload_and_sighup_reopens_the_audit_file(engine: &s
     );
 }
 
+/// A change loaded by `POST /reload` (or SIGHUP) is not loaded a second time by the file
+/// watch: the watch compares the file with the version the last reload read. (A second
+/// reload of the same file would replace the engine again, dropping the component engine's
+/// kept instances and the new engine's warm state for nothing.)
+fn a_change_loaded_on_request_is_not_loaded_again_by_the_watch(engine: &str) {
+    let idp = TestIdp::shared();
+    let keys = KeyServer::start(idp.jwks());
+    let backend = Backend::start("eu");
+    let gw = start(&config(&keys, &backend, "", ""), engine, "0.1");
+    let file = gw.dir.join("gateway.toml");
+    let generation = || metric(&gw, "portcullis_config_generation ");
+    let a = "[[route]]\npath = \"/a\"\nauth = \"public\"\n";
+    std::fs::write(&file, config(&keys, &backend, a, "")).unwrap();
+    // The watch may have seen the write first; after the request, the change is loaded.
+    let (status, body) = reload(&gw);
+    assert_eq!(status, 200, "{body}");
+    let asked = generation();
+    assert!(asked == 2 || asked == 3, "generation {asked}");
+    assert_eq!(get(&gw, "/a/x", None, &[]).status, 200);
+    // Ten of the watch's looks later, nothing more was loaded.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        generation(),
+        asked,
+        "the watch loaded the same change again"
+    );
+    // The watch still loads the next change, once.
+    let b = "[[route]]\npath = \"/b\"\nauth = \"public\"\n";
+    std::fs::write(&file, config(&keys, &backend, b, "")).unwrap();
+    wait_for("the watch never loaded the change", || {
+        get(&gw, "/b/x", None, &[]).status == 200
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(generation(), asked + 1);
+}
+
 on_every_engine!(
     a_reload_swaps_in_a_valid_configuration_and_refuses_a_broken_one,
     sighup_and_the_file_watch_reload_and_sighup_reopens_the_audit_file,
+    a_change_loaded_on_request_is_not_loaded_again_by_the_watch,
 );
 
 /// An upgrade replaces the executable on disk while the server runs: a reload still

@@ -432,6 +432,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::from(EXIT_CONFIG));
             }
+            let read = portcullis_host::serve::reload::FileStamp::of(&config);
             let loaded = match load_config_file(&config) {
                 Ok(l) => l,
                 Err(e) => {
@@ -476,6 +477,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 portcullis_host::shutdown_signal(),
                 portcullis_host::serve::reload::Reload {
                     source: Some(config),
+                    read,
                     opts,
                     watch,
                 },

@@ -5,11 +5,13 @@
 //! carry over — and swap it in atomically: each request is decided by the configuration
 //! current when it arrived, and requests in flight finish on theirs. A configuration that
 //! does not load leaves the running one in place and says why (log, metric, admin answer).
-//! SIGHUP also reopens the audit file (logrotate).
+//! SIGHUP also reopens the audit file (logrotate). The watch compares the file with the
+//! version the last reload read, whatever triggered it: a change loaded by SIGHUP or
+//! `POST /reload` is not loaded a second time when the watch next looks.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -17,10 +19,27 @@ use arc_swap::ArcSwap;
 use crate::serve::ServeOptions;
 use crate::serve::server::Gateway;
 
+/// What the file watch compares: a file's modification time and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp(SystemTime, u64);
+
+impl FileStamp {
+    /// The stamp of the file at `path` now (`None`: it cannot be read).
+    pub fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self(
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        ))
+    }
+}
+
 /// Where reloads come from.
 pub struct Reload {
     /// The configuration file (`None`: an embedded configuration, never reloaded).
     pub source: Option<PathBuf>,
+    /// The file's stamp taken just before the running configuration was read from it.
+    pub read: Option<FileStamp>,
     /// How the running configuration was served (reloads prepare the same way).
     pub opts: ServeOptions,
     /// How often the file is checked for change (`None`: no watch).
@@ -33,6 +52,9 @@ pub struct Live {
     reload: Reload,
     /// One reload at a time.
     busy: tokio::sync::Mutex<()>,
+    /// The file's stamp when the last reload (or the start) read it: the watch reloads
+    /// when the file differs from it.
+    read: Mutex<Option<FileStamp>>,
     generation: AtomicU64,
     loaded: AtomicU64,
     refused: AtomicU64,
@@ -43,6 +65,7 @@ impl Live {
     pub fn new(first: Arc<Gateway>, reload: Reload) -> Arc<Self> {
         Arc::new(Self {
             current: ArcSwap::new(first),
+            read: Mutex::new(reload.read),
             reload,
             busy: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(1),
@@ -60,6 +83,21 @@ impl Live {
     /// generation's number, or every reason it was refused (the running one stays).
     pub async fn reload(&self, trigger: &str) -> Result<u64, String> {
         let _one = self.busy.lock().await;
+        self.reload_locked(trigger).await
+    }
+
+    /// As [`Live::reload`], when the file differs from the version the last reload read
+    /// (checked once no other reload runs): `None` when it does not.
+    pub async fn reload_if_changed(&self, trigger: &str) -> Option<Result<u64, String>> {
+        let _one = self.busy.lock().await;
+        if !self.file_changed() {
+            return None;
+        }
+        Some(self.reload_locked(trigger).await)
+    }
+
+    async fn reload_locked(&self, trigger: &str) -> Result<u64, String> {
+        self.note_read();
         let outcome = self.load_next().await;
         match &outcome {
             Ok(generation) => {
@@ -72,6 +110,24 @@ impl Live {
             }
         }
         outcome
+    }
+
+    /// Records the file's stamp as read (before reading it: a write that lands after
+    /// the stamp and before the read is loaded now and once more by the watch, never lost).
+    fn note_read(&self) {
+        if let (Some(path), Ok(mut read)) = (&self.reload.source, self.read.lock()) {
+            *read = FileStamp::of(path);
+        }
+    }
+
+    /// Whether the file differs from the version the last reload read (a file that cannot
+    /// be read is not a change: the running configuration stays until it is back).
+    fn file_changed(&self) -> bool {
+        let Some(path) = &self.reload.source else {
+            return false;
+        };
+        let now = FileStamp::of(path);
+        now.is_some() && self.read.lock().is_ok_and(|read| *read != now)
     }
 
     async fn load_next(&self) -> Result<u64, String> {
@@ -109,24 +165,16 @@ impl Live {
                 }
             });
         }
-        if let (Some(every), Some(path)) = (self.reload.watch, self.reload.source.clone()) {
+        if let (Some(every), Some(_)) = (self.reload.watch, &self.reload.source) {
             let live = Arc::downgrade(self);
             tokio::spawn(async move {
-                let stamp = |p: &PathBuf| {
-                    std::fs::metadata(p)
-                        .ok()
-                        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-                };
-                let mut seen = stamp(&path);
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
                     let Some(live) = live.upgrade() else { break };
-                    let now = stamp(&path);
-                    if now != seen && now.is_some() {
-                        seen = now;
-                        let _ = live.reload("watch").await;
+                    if live.file_changed() {
+                        let _ = live.reload_if_changed("watch").await;
                     }
                 }
             });

@@ -210,6 +210,7 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
         crate::serve::shutdown_signal(),
         crate::serve::reload::Reload {
             source: None,
+            read: None,
             opts,
             watch: None,
         },
