@@ -1040,21 +1040,28 @@ fn a_kept_instance_whose_decision_was_cut_is_not_kept_again() {
     assert_eq!(idle(), 1);
 }
 
-/// A request the gateway component cannot take (here: no free instance, `--max-instances 1`
-/// while another decision waits on a key-set refetch) gets the gateway's own problem
-/// document: 503 `gateway_error` with the request's id and no internal error text, an
-/// audit record and the host-error count; the next request is served.
-#[test]
-fn a_request_the_gateway_component_cannot_take_gets_an_audited_gateway_error() {
+/// A request that finds every gateway instance in use (`--max-instances 1`, the only one
+/// held by a decision waiting on a key-set refetch) waits for one within its request
+/// timeout, and is served, not refused: with fresh instances it takes the slot the finished
+/// decision released; with kept instances (`component-reuse`) it takes the kept instance
+/// itself, which holds the only slot. The wait is counted.
+fn a_request_that_finds_every_instance_busy_waits_for_one(engine: &str) {
     let w = world();
     let text = config(&w.keys, &w.eu.server.url(), &w.us.server.url());
-    let gw =
-        portcullis_tests::host::start_engine_args(&text, "component", &[], "127.0.0.1:0", |_| {
-            vec!["--max-instances".into(), "1".into()]
-        });
+    let gw = portcullis_tests::host::start_engine_args(&text, engine, &[], "127.0.0.1:0", |_| {
+        vec![
+            "--max-instances".into(),
+            "1".into(),
+            "--request-timeout".into(),
+            "5".into(),
+        ]
+    });
     let idp = TestIdp::shared();
     let token = idp.sign("ES256", live_claims(json!({"sub": "alice"})));
     assert_eq!(get(&gw, "/api/orders", Some(&token), &[]).status, 200);
+    if engine == "component-reuse" {
+        settled(&gw);
+    }
     // A decision holds the only instance while the key server takes 1.5 s to answer.
     w.keys.jwks_delay_ms.store(1_500, Ordering::SeqCst);
     let fetched = w.keys.jwks_fetches.load(Ordering::SeqCst);
@@ -1063,7 +1070,7 @@ fn a_request_the_gateway_component_cannot_take_gets_an_audited_gateway_error() {
         &live_claims(json!({})),
     );
     let addr = gw.addr;
-    let waiting = std::thread::spawn(move || {
+    let holding = std::thread::spawn(move || {
         let auth = format!("Bearer {unknown}");
         request(addr, "GET", "/api/orders", &[("authorization", &auth)], b"").unwrap()
     });
@@ -1075,55 +1082,49 @@ fn a_request_the_gateway_component_cannot_take_gets_an_audited_gateway_error() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    assert_eq!(
+        admin_metric(&gw, "portcullis_gateway_instance_waits_total"),
+        0
+    );
     let r = get(
         &gw,
         "/api/orders",
         Some(&token),
         &[("x-request-id", "probe-7")],
     );
-    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json_body()["headers"]["x-user-id"], "alice");
+    let held = holding.join().unwrap();
     assert_eq!(
-        r.json_body(),
-        json!({
-            "type": "urn:portcullis:reason:gateway_error",
-            "title": "Gateway error",
-            "status": 503,
-            "detail": "the gateway component failed on this request (the gateway's log has the cause)",
-            "reason": "gateway_error",
-            "request_id": "probe-7",
-        })
-    );
-    let records = audit_records(&gw, |r| r.iter().any(|x| x["request_id"] == "probe-7"));
-    let record = records
-        .iter()
-        .find(|x| x["request_id"] == "probe-7")
-        .expect("the refusal is audited");
-    assert_eq!(
-        (
-            record["decision"].as_str(),
-            record["status"].as_u64(),
-            record["reason"].as_str(),
-            record["path"].as_str()
-        ),
-        (
-            Some("deny"),
-            Some(503),
-            Some("gateway_error"),
-            Some("/api/orders")
-        ),
-        "{record}"
-    );
-    assert_eq!(admin_metric(&gw, "portcullis_host_errors_total"), 1);
-    let r = waiting.join().unwrap();
-    assert_eq!(
-        (r.status, reason(&r).as_str()),
+        (held.status, reason(&held).as_str()),
         (401, "key_not_found"),
         "{}",
-        String::from_utf8_lossy(&r.body)
+        String::from_utf8_lossy(&held.body)
+    );
+    assert_eq!(
+        admin_metric(&gw, "portcullis_gateway_instance_waits_total"),
+        1
+    );
+    assert_eq!(admin_metric(&gw, "portcullis_host_errors_total"), 0);
+    // Fresh instances: one per request. Kept: the one instance decided all three.
+    let created = if engine == "component-reuse" { 1 } else { 3 };
+    assert_eq!(
+        admin_metric(&gw, "portcullis_gateway_instances_total"),
+        created
     );
     w.keys.jwks_delay_ms.store(0, Ordering::SeqCst);
     assert_eq!(get(&gw, "/api/orders", Some(&token), &[]).status, 200);
+}
+
+mod a_request_that_finds_every_instance_busy_waits_for_one {
+    #[test]
+    fn component() {
+        super::a_request_that_finds_every_instance_busy_waits_for_one("component")
+    }
+    #[test]
+    fn component_reuse() {
+        super::a_request_that_finds_every_instance_busy_waits_for_one("component-reuse")
+    }
 }
 
 /// A second gateway told to listen where the first one does exits at once, and its error

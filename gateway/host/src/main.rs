@@ -86,8 +86,9 @@ enum Command {
         /// Compile the component at every start instead of caching it on disk.
         #[arg(long)]
         no_cache: bool,
-        /// Concurrent gateway instances (pooling allocator slots).
-        #[arg(long, default_value_t = 256)]
+        /// Gateway component instances at once, deciding or kept idle (pooling allocator
+        /// slots): a request that finds none free waits for one, within --request-timeout.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
         max_instances: u32,
         /// With `--engine component`: requests one instance serves, one after another,
         /// before it is dropped. 1 (the default) gives every request a fresh instance, as
@@ -96,8 +97,8 @@ enum Command {
         /// request. Requests never share an instance at the same time.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         instance_reuse: u32,
-        /// Longest a request may run in the gateway, seconds.
-        #[arg(long, default_value_t = 30)]
+        /// Longest a request may run in the gateway, seconds (at least 1).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
         request_timeout: u64,
         /// Longest shutdown waits for in-flight requests, seconds.
         #[arg(long, default_value_t = 30)]

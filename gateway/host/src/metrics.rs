@@ -70,6 +70,7 @@ pub struct Metrics {
     latency: Histogram,
     host_errors: Counter,
     instances: Counter,
+    instance_waits: Counter,
     idle_instances: Gauge,
     backend_latency: Family<Region, Histogram, fn() -> Histogram>,
     backend_failures: Family<BackendFailure, Counter>,
@@ -83,6 +84,7 @@ impl Default for Metrics {
             latency: Histogram::new(BUCKETS),
             host_errors: Counter::default(),
             instances: Counter::default(),
+            instance_waits: Counter::default(),
             idle_instances: Gauge::default(),
             backend_latency: Family::new_with_constructor(latency_histogram),
             backend_failures: Family::default(),
@@ -168,6 +170,12 @@ impl Metrics {
         self.instances.inc();
     }
 
+    /// Counts a request that waited for a free gateway-component instance (every one of
+    /// `--max-instances` in use when it came).
+    pub fn instance_wait(&self) {
+        self.instance_waits.inc();
+    }
+
     /// Sets how many gateway-component instances wait idle to be reused.
     pub fn idle_instances(&self, idle: usize) {
         self.idle_instances
@@ -214,6 +222,11 @@ impl Metrics {
             "gateway_instances",
             "Gateway component instances created (component engine; with --instance-reuse, fewer than requests)",
             self.instances.clone(),
+        );
+        scrape.add(
+            "gateway_instance_waits",
+            "Requests that waited for a free gateway component instance (all --max-instances in use)",
+            self.instance_waits.clone(),
         );
         scrape.add(
             "gateway_instances_idle",

@@ -17,6 +17,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use portcullis_core::client::ClientInfo;
 use portcullis_core::config::RegionId;
 use portcullis_core::{BackendId, Config, Forward, Outcome};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -361,35 +362,50 @@ pub struct ComponentEngine {
     /// Requests one instance decides at most (1: a fresh instance for every request).
     reuse: u32,
     /// Instances whose last decision returned cleanly, ready for another.
-    idle: Mutex<Vec<Kept>>,
-    /// Idle instances kept at most (each holds its memory).
-    max_idle: usize,
+    idle: Mutex<Vec<Held>>,
+    /// One permit per instance that may exist at once (`--max-instances`, the pool's
+    /// gateway slots): a request that finds none free and no idle instance waits for one,
+    /// within its request timeout, instead of failing.
+    slots: Arc<Semaphore>,
+    /// Signalled when an instance is kept idle: a request waiting for a slot may take it
+    /// (a kept instance holds its slot).
+    kept: Notify,
     /// How long a decision may run, in epoch ticks.
     deadline_ticks: u64,
     /// The settings of the engine the component was compiled for.
     settings: EngineSettings,
 }
 
-/// An idle instance, in its store.
-struct Kept {
+/// An instance, in its store, and its slot of the pool. The fields drop in this order: the
+/// store gives its instance's memory back to the pool before the slot is released to the
+/// next request.
+struct Held {
     store: Store<StoreState>,
     instance: GatewayComponent,
     /// Requests it has decided.
     served: u32,
+    /// Held, never read: released when the instance is dropped.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// What a request got to decide in: an idle instance, or a slot for a fresh one.
+enum Taken {
+    Idle(Held),
+    Slot(OwnedSemaphorePermit),
 }
 
 impl ComponentEngine {
     /// An engine deciding in instances of `pre` over the host's shared services: an
     /// instance decides `reuse` requests at most, one at a time (1: a fresh instance per
-    /// request, as edge runtimes run it); at most `max_idle` wait between requests; a
-    /// decision runs `deadline_ticks` epochs at most. `pre`'s component was compiled for an
-    /// engine with `settings`.
+    /// request, as edge runtimes run it); at most `max_instances` exist at once, busy or
+    /// idle (a request waits for a free one); a decision runs `deadline_ticks` epochs at
+    /// most. `pre`'s component was compiled for an engine with `settings`.
     pub fn new(
         shared: Arc<Shared>,
         config: Config,
         (pre, settings): (GatewayComponentPre<StoreState>, EngineSettings),
         reuse: u32,
-        max_idle: usize,
+        max_instances: usize,
         deadline_ticks: u64,
     ) -> Self {
         // A new configuration starts with no kept instance.
@@ -400,7 +416,10 @@ impl ComponentEngine {
             pre,
             reuse: reuse.max(1),
             idle: Mutex::default(),
-            max_idle,
+            slots: Arc::new(Semaphore::new(
+                max_instances.clamp(1, Semaphore::MAX_PERMITS),
+            )),
+            kept: Notify::new(),
             deadline_ticks,
             settings,
         }
@@ -503,35 +522,23 @@ impl ComponentEngine {
         }
     }
 
-    /// Runs `request`'s decision in a kept instance if one is idle, else in a fresh one;
-    /// the instance is kept afterwards if it returned cleanly and may decide more. A trap
-    /// or a deadline drops it. Returns the decision and what the plugins were shown.
+    /// Runs `request`'s decision in a kept instance if one is idle, else in a fresh one
+    /// (waiting for a free slot when every instance is in use); the instance is kept
+    /// afterwards if it returned cleanly and may decide more. A trap or a deadline drops it.
+    /// Returns the decision and what the plugins were shown.
     async fn decide(
         &self,
         peer: IpAddr,
         client: ClientInfo,
         request: &decide::Request,
     ) -> anyhow::Result<(decide::Decision, Shown)> {
-        let kept = if self.reuse > 1 {
-            self.idle.lock().ok().and_then(|mut idle| {
-                let kept = idle.pop();
-                self.shared.metrics.idle_instances(idle.len());
+        let mut held = match self.take().await? {
+            Taken::Idle(mut kept) => {
+                kept.store.data_mut().begin(peer, client);
+                self.arm(&mut kept.store);
                 kept
-            })
-        } else {
-            None
-        };
-        let (mut store, instance, served) = match kept {
-            Some(Kept {
-                mut store,
-                instance,
-                served,
-            }) => {
-                store.data_mut().begin(peer, client);
-                self.arm(&mut store);
-                (store, instance, served)
             }
-            None => {
+            Taken::Slot(slot) => {
                 self.shared.metrics.instance_created();
                 let mut store = Store::new(
                     self.pre.engine(),
@@ -541,31 +548,90 @@ impl ComponentEngine {
                 // Instantiation runs under the same deadline as the decision.
                 self.arm(&mut store);
                 let instance = self.pre.instantiate_async(&mut store).await?;
-                (store, instance, 0)
+                Held {
+                    store,
+                    instance,
+                    served: 0,
+                    _slot: slot,
+                }
             }
         };
-        let decision = instance
+        let decision = held
+            .instance
             .portcullis_gateway_decide()
-            .call_decide(&mut store, request)
+            .call_decide(&mut held.store, request)
             .await?;
-        let assessed = store.data_mut().risk.assessed.take().unwrap_or_default();
-        let served = served.saturating_add(1);
-        if served < self.reuse
-            && let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.max_idle
-        {
-            idle.push(Kept {
-                store,
-                instance,
-                served,
-            });
-            self.shared.metrics.idle_instances(idle.len());
+        let assessed = held
+            .store
+            .data_mut()
+            .risk
+            .assessed
+            .take()
+            .unwrap_or_default();
+        held.served = held.served.saturating_add(1);
+        if held.served < self.reuse {
+            self.keep(held);
         }
         Ok((decision, assessed))
     }
 
+    /// An idle instance if one is kept, else a slot for a fresh one: when every slot is
+    /// taken, waits until one is released or an instance is kept idle (the request timeout
+    /// bounds the wait).
+    async fn take(&self) -> anyhow::Result<Taken> {
+        let mut waited = false;
+        loop {
+            // Listening before looking: an instance kept between the look and the wait
+            // still wakes this request.
+            let kept = self.kept.notified();
+            tokio::pin!(kept);
+            kept.as_mut().enable();
+            if let Some(idle) = self.pop_idle() {
+                return Ok(Taken::Idle(idle));
+            }
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => return Ok(Taken::Slot(slot)),
+                Err(TryAcquireError::Closed) => anyhow::bail!("the instance slots are closed"),
+                Err(TryAcquireError::NoPermits) => {}
+            }
+            if !waited {
+                waited = true;
+                self.shared.metrics.instance_wait();
+            }
+            tokio::select! {
+                slot = self.slots.clone().acquire_owned() => {
+                    return Ok(Taken::Slot(slot.context("the instance slots are closed")?));
+                }
+                () = kept => {}
+            }
+        }
+    }
+
+    /// The most recently kept idle instance, if any.
+    fn pop_idle(&self) -> Option<Held> {
+        if self.reuse <= 1 {
+            return None;
+        }
+        let mut idle = self.idle.lock().ok()?;
+        let kept = idle.pop();
+        self.shared.metrics.idle_instances(idle.len());
+        kept
+    }
+
+    /// Keeps an instance idle for the next request (it keeps its slot: idle instances
+    /// count among `--max-instances`), and wakes a request waiting for one.
+    fn keep(&self, held: Held) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        idle.push(held);
+        self.shared.metrics.idle_instances(idle.len());
+        drop(idle);
+        self.kept.notify_one();
+    }
+
     /// The host's answer when the component fails (a trap, the deadline, a failed
-    /// instantiation, no free instance) or returns a decision that cannot be carried out:
+    /// instantiation) or returns a decision that cannot be carried out:
     /// 503 `gateway_error` with the request id, the cause logged under that id (never sent
     /// to the client), and the refusal audited and counted.
     fn failed(
@@ -760,6 +826,128 @@ algorithms = ["ES256"]
                 path.display()
             );
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A kept instance whose decision fails inside the component (here a real trap: a
+    /// deadline of no epoch tick, which the decision's first epoch check ends) is dropped,
+    /// never kept again, and the host answers: 503 `gateway_error` with the request id and
+    /// no trap text, audited and counted. The decision before it, which met its deadline,
+    /// kept its instance.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_decision_that_traps_gets_an_audited_gateway_error_and_its_instance_is_not_kept() {
+        use http_body_util::BodyExt as _;
+        let dir = std::env::temp_dir().join(format!("portcullis-trap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("audit.key"),
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("keys.json"),
+            portcullis_tests::TestIdp::shared().jwks().to_string(),
+        )
+        .unwrap();
+        let text = r#"region.eu = { jurisdiction = "EU", backends = ["http://127.0.0.1:9"] }
+residency = { missing = "eu", anonymous = "eu" }
+route = [{ path = "/", auth = "public" }]
+audit = { subject_key_file = "audit.key" }
+
+[[issuer]]
+name = "main"
+issuer = "https://idp.test"
+jwks_file = "keys.json"
+audiences = ["api://shop"]
+algorithms = ["ES256"]
+"#;
+        let load = || crate::load_config_text(text.to_owned(), "gateway.toml", &dir).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let opts = crate::serve::ServeOptions {
+            audit: audit.display().to_string(),
+            cache_dir: None,
+            engine: crate::serve::EngineKind::Component,
+            ..crate::serve::ServeOptions::default()
+        };
+        let prepared = crate::prepare(load(), &opts).await.unwrap();
+        let (settings, component) = prepared.gateway.compiled().unwrap();
+        let pre = pre_instantiate(component.engine(), component).unwrap();
+        let mut engine = ComponentEngine::new(
+            prepared.shared.clone(),
+            load().config,
+            (pre, settings),
+            8,
+            4,
+            1_000,
+        );
+        let request = |id: &str| {
+            Request::get("/orders/1")
+                .header("host", "api.example")
+                .header("x-request-id", id)
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap()
+        };
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let answer = |r: Response<HyperOutgoingBody>| async move {
+            let status = r.status().as_u16();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            (status, doc, String::from_utf8_lossy(&body).into_owned())
+        };
+
+        // A deadline the decision meets: it decides (to forward; the backend cannot be
+        // reached, which is the backend's refusal, not the gateway's), and its instance is
+        // kept.
+        let (_, doc, _) = answer(engine.handle(peer, request("probe-1"), "probe-1").await).await;
+        assert_eq!(doc["reason"].as_str(), Some("backend_unavailable"), "{doc}");
+        assert_eq!(engine.idle.lock().unwrap().len(), 1);
+
+        // The kept instance's next decision traps (a deadline of no epoch tick, which the
+        // decision's first epoch check ends).
+        engine.deadline_ticks = 0;
+        let (status, doc, text) =
+            answer(engine.handle(peer, request("probe-2"), "probe-2").await).await;
+        assert_eq!(
+            (status, doc["reason"].as_str(), doc["request_id"].as_str()),
+            (503, Some("gateway_error"), Some("probe-2")),
+            "{doc}"
+        );
+        assert!(
+            !text.contains("wasm") && !text.contains("trap") && !text.contains("interrupt"),
+            "{text}"
+        );
+        assert_eq!(
+            engine.idle.lock().unwrap().len(),
+            0,
+            "an instance that trapped was kept"
+        );
+        let scrape = prepared.shared.metrics.render(|_| {});
+        assert!(
+            scrape.contains("portcullis_host_errors_total 1\n"),
+            "{scrape}"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let record = loop {
+            let written = std::fs::read_to_string(&audit).unwrap_or_default();
+            if let Some(line) = written.lines().find(|l| l.contains("\"probe-2\"")) {
+                break serde_json::from_str::<serde_json::Value>(line).unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no audit record: {written}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        assert_eq!(
+            (
+                record["decision"].as_str(),
+                record["status"].as_u64(),
+                record["reason"].as_str()
+            ),
+            (Some("deny"), Some(503), Some("gateway_error")),
+            "{record}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -42,15 +42,15 @@ impl Gateway {
     /// A server deciding in gateway-component instances (`pre`, compiled for an engine with
     /// `settings`); each request may run
     /// `timeout` at most. An instance decides `reuse` requests at most, one at a time (1: a
-    /// fresh instance per request, as edge runtimes run it); at most `max_idle` wait between
-    /// requests.
+    /// fresh instance per request, as edge runtimes run it); at most `max_instances` exist
+    /// at once, deciding or idle (a request that finds none free waits for one).
     pub fn new(
         (pre, settings): (GatewayComponentPre<StoreState>, EngineSettings),
         shared: Arc<Shared>,
         config: portcullis_core::Config,
         timeout: Duration,
         reuse: u32,
-        max_idle: usize,
+        max_instances: usize,
     ) -> Self {
         let engine = pre.engine().clone();
         let component = ComponentEngine::new(
@@ -58,7 +58,7 @@ impl Gateway {
             config,
             (pre, settings),
             reuse,
-            max_idle,
+            max_instances,
             deadline_ticks(timeout),
         );
         Self::with_mode(
