@@ -348,12 +348,15 @@ enum WireExpect {
         path: &'static str,
         headers: Vec<(&'static str, Option<String>)>,
     },
+    /// Forwarded with one `x-request-id` of the gateway's own (1-128 visible ASCII
+    /// characters), not the client's: the client sent this one, or none (empty).
+    ForwardWithOwnId(String),
 }
 
 /// Issue 15: one canonical request (path per RFC 3986 §6.2.2, authority per RFC 9112
 /// §3.2), one forwarding-header rule — the same answer on every runtime.
 fn front_door_cases(gw: &str) -> Vec<Wire> {
-    use WireExpect::{Forward, Refuse};
+    use WireExpect::{Forward, ForwardWithOwnId, Refuse};
     let get = |target: &str, extra: &str| {
         format!("GET {target} HTTP/1.1\r\nhost: {gw}\r\n{extra}connection: close\r\n\r\n")
     };
@@ -435,6 +438,29 @@ fn front_door_cases(gw: &str) -> Vec<Wire> {
             },
         },
         Wire {
+            name: "a client's request id of 1-128 visible ASCII characters is kept",
+            head: get("/public/x", "x-request-id: probe-Abc.123_~:/\r\n"),
+            expect: Forward {
+                path: "/public/x",
+                headers: vec![("x-request-id", Some("probe-Abc.123_~:/".into()))],
+            },
+        },
+        Wire {
+            name: "a request without an id gets the gateway's, and the backend sees it",
+            head: get("/public/x", ""),
+            expect: ForwardWithOwnId(String::new()),
+        },
+        Wire {
+            name: "a client's request id longer than 128 characters is replaced",
+            head: get("/public/x", &format!("x-request-id: {}\r\n", "r".repeat(129))),
+            expect: ForwardWithOwnId("r".repeat(129)),
+        },
+        Wire {
+            name: "a client's request id with a space is replaced",
+            head: get("/public/x", "x-request-id: probe 1\r\n"),
+            expect: ForwardWithOwnId("probe 1".into()),
+        },
+        Wire {
             name: "a trailing dot and upper case in Host are normalized",
             head: "GET /public/x HTTP/1.1\r\nhost: Shop.Example.COM.\r\nconnection: close\r\n\r\n"
                 .into(),
@@ -506,6 +532,33 @@ fn check_front_door(runtime: &str, gw: &Gateway, w: &World) {
                 }
                 for (name, want) in headers {
                     failures.extend(header_mismatch(&seen, case.name, name, want.as_deref()));
+                }
+            }
+            WireExpect::ForwardWithOwnId(refused) => {
+                let Some(seen) = seen.filter(|_| r.status == 200) else {
+                    failures.push(format!(
+                        "{}: expected a forward, got {} {:?}",
+                        case.name,
+                        r.status,
+                        String::from_utf8_lossy(&r.body)
+                    ));
+                    continue;
+                };
+                let ids: Vec<&str> = seen
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("x-request-id"))
+                    .map(|(_, v)| v.as_str())
+                    .collect();
+                let own = matches!(ids.as_slice(), [id] if id != refused
+                    && !id.is_empty()
+                    && id.len() <= 128
+                    && id.bytes().all(|b| b.is_ascii_graphic()));
+                if !own {
+                    failures.push(format!(
+                        "{}: backend x-request-id {ids:?}, want one of the gateway's own",
+                        case.name
+                    ));
                 }
             }
         }

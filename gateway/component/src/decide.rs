@@ -89,7 +89,10 @@ fn head(request: &Request) -> Result<RequestHead, String> {
         headers.append(name, value);
     }
     let peer = request.peer.as_deref().and_then(|p| p.parse().ok());
-    Ok(RequestHead::new(method, uri, headers, peer))
+    // The host assigned the id (its `x-request-id`, always one it keeps).
+    Ok(RequestHead::new(method, uri, headers, peer, || {
+        "-".to_owned()
+    }))
 }
 
 /// An answer with no audit record (made before deciding).

@@ -35,7 +35,10 @@ mod runtime;
 mod test_support;
 pub mod token_cache;
 
-pub use head::RequestHead;
+pub use head::{
+    MAX_REQUEST_ID, REQUEST_ID_HEADER, RequestHead, assign_request_id, client_request_id,
+    keeps_request_id,
+};
 pub use respond::{
     backend_answered, early, gateway_error, refused_in_forward, relay_headers, relay_removals,
 };

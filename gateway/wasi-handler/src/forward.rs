@@ -56,7 +56,11 @@ pub fn request_head(
         let value = HeaderValue::from_bytes(&value).map_err(|_| format!("bad value for {name}"))?;
         headers.append(name, value);
     }
-    Ok(RequestHead::new(method, uri, headers, peer))
+    // A plain wasi:http runtime assigns no request id: without one the client's, the
+    // gateway makes its own (64 random bits).
+    Ok(RequestHead::new(method, uri, headers, peer, || {
+        format!("{:016x}", wasip2::random::random::get_random_u64())
+    }))
 }
 
 /// Reads the whole body of `request`, at most `max` bytes (`None` when larger or broken).

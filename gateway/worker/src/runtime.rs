@@ -260,14 +260,16 @@ fn head(req: &web_sys::Request, serial: u64) -> Result<RequestHead, (Reason, Str
             Ok(_) => invalid("request target is not a valid URI".to_owned()),
         }
     })?;
-    let request_id = headers
-        .get("x-request-id")
-        .or_else(|| headers.get("cf-ray"))
+    // The client's id when the gateway keeps it, else Cloudflare's `CF-Ray` (under the
+    // same rule), else the isolate's own; the backend sees the one chosen.
+    let ray = headers
+        .get("cf-ray")
         .and_then(|v| v.to_str().ok())
-        .map_or_else(
-            || format!("w{serial:x}-{:x}", js_sys::Date::now() as u64),
-            str::to_owned,
-        );
+        .filter(|id| portcullis_driver::keeps_request_id(id))
+        .map(str::to_owned);
+    let request_id = portcullis_driver::assign_request_id(&mut headers, || {
+        ray.unwrap_or_else(|| format!("w{serial:x}-{:x}", js_sys::Date::now() as u64))
+    });
     let (peer, peer_hints) = match headers
         .get("cf-connecting-ip")
         .and_then(|v| v.to_str().ok())
@@ -483,11 +485,18 @@ pub async fn fetch(
         Ok(i) => i,
         Err(e) => {
             worker::console_error!("portcullis: {e}");
-            // The request id the client or Cloudflare gave, if any (the head is not read).
+            // The request id the client or Cloudflare gave, if the gateway keeps it (the
+            // head is not read).
             let headers = req.headers();
             let id = ["x-request-id", "cf-ray"]
                 .into_iter()
-                .find_map(|name| headers.get(name).ok().flatten())
+                .find_map(|name| {
+                    headers
+                        .get(name)
+                        .ok()
+                        .flatten()
+                        .filter(|id| portcullis_driver::keeps_request_id(id))
+                })
                 .unwrap_or_default();
             return answer(&gateway_error(
                 http::StatusCode::INTERNAL_SERVER_ERROR,

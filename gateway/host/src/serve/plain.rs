@@ -185,7 +185,7 @@ impl PlainServer {
                 async move {
                     // The client's request id, if it sent one (the bundle makes its own
                     // otherwise, which a failed instance never returned).
-                    let request_id = crate::serve::server::client_request_id(req.headers())
+                    let request_id = portcullis_driver::client_request_id(req.headers())
                         .unwrap_or_default()
                         .to_owned();
                     let response = match server.handle(req, peer).await {

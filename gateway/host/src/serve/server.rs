@@ -142,22 +142,13 @@ impl Gateway {
         B::Error: Into<wasmtime_wasi_http::Error> + Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
-        if client_request_id(req.headers()).is_none() {
-            let id = format!(
+        let id = portcullis_driver::assign_request_id(req.headers_mut(), || {
+            format!(
                 "{:x}-{:x}",
                 self.boot,
                 self.next_id.fetch_add(1, Ordering::Relaxed)
-            );
-            if let Ok(v) = http::HeaderValue::from_str(&id) {
-                req.headers_mut().insert("x-request-id", v);
-            }
-        }
-        let id = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+            )
+        });
         // `--request-timeout` bounds the decision and the backend's response head (the
         // component engine's decision is also bounded by the epoch deadline); the cut
         // request is audited like any refusal.
@@ -184,15 +175,6 @@ impl Gateway {
         self.shared.metrics.latency(started.elapsed());
         response
     }
-}
-
-/// The client's `X-Request-Id`, when the gateway keeps it: 1-128 visible ASCII characters
-/// (otherwise the gateway makes its own).
-pub fn client_request_id(headers: &http::HeaderMap) -> Option<&str> {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
 }
 
 /// A request timeout in epoch ticks.
