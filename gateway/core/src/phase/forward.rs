@@ -146,9 +146,9 @@ fn gateway_token(
         }
     }
     // 128 random bits (RFC 7519 §4.1.7: a negligible chance of reuse). Not derived from the
-    // request: its id is the client's `x-request-id` when it sends one, or `-` on runtimes
-    // that assign none, so two requests in the same millisecond would share a `jti`, and a
-    // backend that refuses replayed ones would refuse the second.
+    // request: its id is the client's `x-request-id` when it sends one the gateway keeps,
+    // which a client may repeat, so two requests would share a `jti`, and a backend that
+    // refuses replayed ones would refuse the second.
     let mut jti = [0u8; 16];
     input
         .io
