@@ -1127,6 +1127,29 @@ mod a_request_that_finds_every_instance_busy_waits_for_one {
     }
 }
 
+/// `serve-wasm` (a plain wasi:http runtime, an instance per request that lives until its
+/// response is sent) with `--max-instances 1`: two requests to a backend that takes 1.5 s
+/// are both served, the second once the first's instance is gone, instead of failing to
+/// instantiate (500 `gateway_error`).
+#[test]
+fn serve_wasm_waits_for_a_free_instance() {
+    let w = world();
+    let text = config(&w.keys, &w.eu.server.url(), &w.us.server.url());
+    let gw = portcullis_tests::host::start_engine_args(&text, "bundle", &[], "127.0.0.1:0", |_| {
+        vec!["--max-instances".into(), "1".into()]
+    });
+    let addr = gw.addr;
+    let slow = || {
+        std::thread::spawn(move || {
+            portcullis_tests::net::request(addr, "GET", "/public/slow", &[], b"").unwrap()
+        })
+    };
+    let (first, second) = (slow(), slow());
+    for r in [first.join().unwrap(), second.join().unwrap()] {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+}
+
 /// A second gateway told to listen where the first one does exits at once, and its error
 /// names the option and the address it could not take, not the bare system error.
 #[test]

@@ -215,6 +215,10 @@ enum Command {
         /// disk (`$XDG_CACHE_HOME/portcullis`, else `~/.cache/portcullis`).
         #[arg(long)]
         no_cache: bool,
+        /// Component instances at once (an instance lives until its response is sent): a
+        /// request that finds none free waits for one.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+        max_instances: u32,
     },
     /// Validate a configuration and print every problem.
     Check {
@@ -665,6 +669,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             state_prefix,
             state_retention,
             no_cache,
+            max_instances,
         } => {
             let wasm = std::fs::read(&component)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", component.display()))?;
@@ -709,6 +714,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 &wasm,
                 keyvalue,
                 cache_dir.as_deref(),
+                max_instances,
             )?;
             tracing::info!(listen = %listener.local_addr()?, admin = %listener.local_addr()?, "portcullis serving");
             server

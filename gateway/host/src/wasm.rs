@@ -239,11 +239,12 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 
 /// Runs one request through a fresh instance of a `wasi:http` proxy component in `store`
 /// (`serve-wasm`'s bundles). The instance keeps running after the response head is sent
-/// (streaming bodies).
+/// (streaming bodies); `slot` is released once its store is dropped.
 pub async fn handle<T, B>(
     pre: &ProxyPre<T>,
     mut store: wasmtime::Store<T>,
     req: http::Request<B>,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> anyhow::Result<http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>>
 where
     T: wasmtime_wasi_http::WasiHttpView + Send + 'static,
@@ -270,12 +271,19 @@ where
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let pre = pre.clone();
     let task = tokio::spawn(async move {
-        let proxy = pre.instantiate_async(&mut store).await?;
-        proxy
-            .wasi_http_incoming_handler()
-            .call_handle(&mut store, wreq, out)
-            .await?;
-        anyhow::Ok(())
+        let ran = async {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, wreq, out)
+                .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        // The instance goes back to the pool before its slot goes to the next request.
+        drop(store);
+        drop(slot);
+        ran
     });
     match receiver.await {
         Ok(Ok(resp)) => Ok(resp),

@@ -89,6 +89,10 @@ impl WasiHttpHooks for AnyOutbound {
 /// A plain wasi:http server for one component.
 pub struct PlainServer {
     pre: ProxyPre<PlainState>,
+    /// One permit per instance that may exist at once: a request that finds none free
+    /// waits for one (an instance lives until its response body is sent, so a slow backend
+    /// holds it) instead of failing to instantiate.
+    slots: Arc<tokio::sync::Semaphore>,
     client: BackendClient,
     keyvalue: Arc<KeyValue>,
 }
@@ -98,21 +102,25 @@ impl PlainServer {
     /// `keyvalue`) only: a component importing anything else is refused here, as an edge
     /// runtime would. With `cache_dir`, the compiled component is kept there and later
     /// starts load it instead of compiling (as `serve` does with the gateway component):
-    /// compiling a bundle takes seconds and leaves tens of MiB in the process's heap.
+    /// compiling a bundle takes seconds and leaves tens of MiB in the process's heap. At
+    /// most `max_instances` instances exist at once; a request beyond waits for one.
     pub fn new(
         wasm: &[u8],
         keyvalue: Arc<KeyValue>,
         cache_dir: Option<&std::path::Path>,
+        max_instances: u32,
     ) -> anyhow::Result<Arc<Self>> {
-        let engine = crate::wasm::engine(256, false)?;
+        let max_instances = max_instances.max(1);
+        let engine = crate::wasm::engine(max_instances, false)?;
         let component = crate::wasm::load_component(&engine, wasm, cache_dir)?;
-        Self::with_component(&engine, &component, keyvalue)
+        Self::with_component(&engine, &component, keyvalue, max_instances)
     }
 
     fn with_component(
         engine: &Engine,
         component: &Component,
         keyvalue: Arc<KeyValue>,
+        max_instances: u32,
     ) -> anyhow::Result<Arc<Self>> {
         let mut linker: Linker<PlainState> = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -133,6 +141,9 @@ impl PlainServer {
         });
         Ok(Arc::new(Self {
             pre,
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(max_instances).unwrap_or(1),
+            )),
             client: backend_client(portcullis_core::config::BackendTimeouts::default().connect),
             keyvalue,
         }))
@@ -160,6 +171,7 @@ impl PlainServer {
             );
             return Ok(crate::serve::carry::respond(&refusal));
         }
+        let slot = self.slots.clone().acquire_owned().await?;
         let mut store = Store::new(
             self.pre.engine(),
             PlainState {
@@ -171,7 +183,7 @@ impl PlainServer {
         );
         // 30 s of 1 ms epoch ticks.
         store.set_epoch_deadline(30_000);
-        crate::wasm::handle(&self.pre, store, req).await
+        crate::wasm::handle(&self.pre, store, req, slot).await
     }
 
     /// Serves on `listener` until `shutdown` resolves.
