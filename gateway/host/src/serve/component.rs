@@ -579,24 +579,19 @@ impl ComponentEngine {
     /// taken, waits until one is released or an instance is kept idle (the request timeout
     /// bounds the wait).
     async fn take(&self) -> anyhow::Result<Taken> {
-        let mut waited = false;
+        if let Some(taken) = self.take_now()? {
+            return Ok(taken);
+        }
+        self.shared.metrics.instance_wait();
         loop {
-            // Listening before looking: an instance kept between the look and the wait
-            // still wakes this request.
+            // Listening before looking again: an instance kept between the look and the
+            // wait still wakes this request (a wake-up stored while nobody listened only
+            // costs one more look).
             let kept = self.kept.notified();
             tokio::pin!(kept);
             kept.as_mut().enable();
-            if let Some(idle) = self.pop_idle() {
-                return Ok(Taken::Idle(idle));
-            }
-            match self.slots.clone().try_acquire_owned() {
-                Ok(slot) => return Ok(Taken::Slot(slot)),
-                Err(TryAcquireError::Closed) => anyhow::bail!("the instance slots are closed"),
-                Err(TryAcquireError::NoPermits) => {}
-            }
-            if !waited {
-                waited = true;
-                self.shared.metrics.instance_wait();
+            if let Some(taken) = self.take_now()? {
+                return Ok(taken);
             }
             tokio::select! {
                 slot = self.slots.clone().acquire_owned() => {
@@ -604,6 +599,18 @@ impl ComponentEngine {
                 }
                 () = kept => {}
             }
+        }
+    }
+
+    /// An idle instance or a free slot, if there is one now (no waiting).
+    fn take_now(&self) -> anyhow::Result<Option<Taken>> {
+        if let Some(idle) = self.pop_idle() {
+            return Ok(Some(Taken::Idle(idle)));
+        }
+        match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => Ok(Some(Taken::Slot(slot))),
+            Err(TryAcquireError::Closed) => anyhow::bail!("the instance slots are closed"),
+            Err(TryAcquireError::NoPermits) => Ok(None),
         }
     }
 
