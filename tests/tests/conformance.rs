@@ -1538,20 +1538,36 @@ fn every_runtime(text: &str) -> [(&'static str, Gateway); 4] {
 /// hop-by-hop fields dropped — the standard ones and those its `Connection` field lists
 /// (RFC 9110 §7.6.1) — and the gateway's own added (a limited route's `RateLimit` fields),
 /// whether the runtime copies the head through Rust (the engines, the bundle) or edits the
-/// platform's copy in place (the worker).
+/// platform's copy in place (the worker). A head with nothing to drop or add is relayed
+/// whole, status and repeated fields included (the worker then returns the platform's
+/// response as it came).
 #[test]
 fn every_runtime_drops_the_backends_hop_by_hop_response_fields() {
     let w = world();
-    let backend = portcullis_tests::net::Server::start(|_| Resp {
-        status: 200,
-        headers: vec![
-            ("content-type".into(), "text/plain".into()),
-            ("connection".into(), "x-internal".into()),
-            ("x-internal".into(), "secret".into()),
-            ("proxy-authenticate".into(), "Basic".into()),
-            ("x-app".into(), "v".into()),
-        ],
-        body: b"ok".to_vec(),
+    let backend = portcullis_tests::net::Server::start(|req| {
+        if req.path.starts_with("/public/plain") {
+            return Resp {
+                status: 202,
+                headers: vec![
+                    ("content-type".into(), "text/plain".into()),
+                    ("set-cookie".into(), "a=1".into()),
+                    ("set-cookie".into(), "b=2".into()),
+                    ("x-app".into(), "plain".into()),
+                ],
+                body: b"plain".to_vec(),
+            };
+        }
+        Resp {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "text/plain".into()),
+                ("connection".into(), "x-internal".into()),
+                ("x-internal".into(), "secret".into()),
+                ("proxy-authenticate".into(), "Basic".into()),
+                ("x-app".into(), "v".into()),
+            ],
+            body: b"ok".to_vec(),
+        }
     });
     let text = format!(
         "{}\n[[route]]\npath = \"/limited\"\nauth = \"public\"\n[[route.rate_limit]]\n\
@@ -1576,6 +1592,22 @@ fn every_runtime_drops_the_backends_hop_by_hop_response_fields() {
             None,
             "{name}: not a limited route"
         );
+        let r = request(gw.addr, "GET", "/public/plain", &[], b"").unwrap();
+        assert_eq!(
+            r.status,
+            202,
+            "{name}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.body, b"plain", "{name}");
+        assert_eq!(r.header("x-app"), Some("plain"), "{name}: {:?}", r.headers);
+        let cookies: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(cookies, ["a=1", "b=2"], "{name}: {:?}", r.headers);
         let r = request(gw.addr, "GET", "/limited/x", &[], b"").unwrap();
         assert_eq!(
             r.status,

@@ -260,15 +260,16 @@ fn head(req: &web_sys::Request, serial: u64) -> Result<RequestHead, (Reason, Str
             Ok(_) => invalid("request target is not a valid URI".to_owned()),
         }
     })?;
-    // The client's id when the gateway keeps it, else Cloudflare's `CF-Ray` (under the
-    // same rule), else the isolate's own; the backend sees the one chosen.
-    let ray = headers
-        .get("cf-ray")
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| portcullis_driver::keeps_request_id(id))
-        .map(str::to_owned);
+    // The id the client or Cloudflare gave, else the isolate's own; the backend sees the
+    // one chosen.
+    let given = given_request_id(|name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
     let request_id = portcullis_driver::assign_request_id(&mut headers, || {
-        ray.unwrap_or_else(|| format!("w{serial:x}-{:x}", js_sys::Date::now() as u64))
+        given.unwrap_or_else(|| format!("w{serial:x}-{:x}", js_sys::Date::now() as u64))
     });
     let (peer, peer_hints) = match headers
         .get("cf-connecting-ip")
@@ -289,6 +290,15 @@ fn head(req: &web_sys::Request, serial: u64) -> Result<RequestHead, (Reason, Str
         peer,
         peer_hints,
     })
+}
+
+/// The request id the client or Cloudflare gave, when the gateway keeps it: the client's
+/// `X-Request-Id`, else Cloudflare's `CF-Ray`, each under the driver's rule
+/// ([`portcullis_driver::keeps_request_id`]); `field` reads a field by its name.
+fn given_request_id(field: impl Fn(&str) -> Option<String>) -> Option<String> {
+    ["x-request-id", "cf-ray"]
+        .into_iter()
+        .find_map(|name| field(name).filter(|id| portcullis_driver::keeps_request_id(id)))
 }
 
 /// The fields of a `Headers` object, in its order (names lower-case, repeated fields
@@ -417,12 +427,42 @@ async fn forward(
     let latency =
         std::time::Duration::from_secs_f64(((js_sys::Date::now() - started) / 1000.0).max(0.0));
     let status = upstream.status();
-    // The backend's head copied natively into a response of our own (a fetched response's
-    // headers are immutable), then edited in place: what `relay_headers` removes, removed;
-    // the gateway's own fields appended. Cheaper than carrying every field through Rust.
+    // What the client must not see of the backend's head: the hop-by-hop fields, and those
+    // its `Connection` field lists. Only the fields the backend sent are deleted (most
+    // responses carry none of these names): one read of the head instead of a call per
+    // name. A head that cannot be read that way has every name deleted.
+    let upstream_headers = upstream.headers();
+    let sent = header_fields(&upstream_headers);
+    let listed = match &sent {
+        Some(fields) => fields
+            .iter()
+            .find(|(name, _)| name == "connection")
+            .map(|(_, value)| value.clone()),
+        None => upstream_headers.get("connection").ok().flatten(),
+    };
+    let mut connection = HeaderMap::new();
+    if let Some(listed) = listed
+        && let Ok(value) = HeaderValue::from_str(&listed)
+    {
+        connection.insert(http::header::CONNECTION, value);
+    }
+    let removals: Vec<String> = relay_removals(&connection, &fwd.response_headers)
+        .into_iter()
+        .filter(|name| {
+            sent.as_ref()
+                .is_none_or(|fields| fields.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)))
+        })
+        .collect();
+    if removals.is_empty() && fwd.response_headers.is_empty() {
+        // Nothing to edit (the common case): the backend's response as it came, as a
+        // Workers script relaying a fetch returns it.
+        return Ok((upstream, status, latency));
+    }
+    // A fetched response's headers are immutable: its head copied natively into a response
+    // of our own, then edited in place. Cheaper than carrying every field through Rust.
     let init = web_sys::ResponseInit::new();
     init.set_status(status);
-    init.set_headers(&upstream.headers());
+    init.set_headers(&upstream_headers);
     let relayed =
         web_sys::Response::new_with_opt_readable_stream_and_init(upstream.body().as_ref(), &init)
             .map_err(|_| {
@@ -432,30 +472,8 @@ async fn forward(
             )
         })?;
     let out = relayed.headers();
-    // Only the fields the backend sent are deleted (most responses carry none of the
-    // hop-by-hop names): one read of the head instead of a call per name. A head that
-    // cannot be read that way has every name deleted, as before.
-    let sent = header_fields(&out);
-    let listed = match &sent {
-        Some(fields) => fields
-            .iter()
-            .find(|(name, _)| name == "connection")
-            .map(|(_, value)| value.clone()),
-        None => out.get("connection").ok().flatten(),
-    };
-    let mut connection = HeaderMap::new();
-    if let Some(listed) = listed
-        && let Ok(value) = HeaderValue::from_str(&listed)
-    {
-        connection.insert(http::header::CONNECTION, value);
-    }
-    for name in relay_removals(&connection, &fwd.response_headers) {
-        let present = sent
-            .as_ref()
-            .is_none_or(|fields| fields.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)));
-        if present {
-            let _ = out.delete(&name);
-        }
+    for name in &removals {
+        let _ = out.delete(name);
     }
     for (name, value) in &fwd.response_headers {
         if let Ok(v) = value.to_str() {
@@ -488,16 +506,7 @@ pub async fn fetch(
             // The request id the client or Cloudflare gave, if the gateway keeps it (the
             // head is not read).
             let headers = req.headers();
-            let id = ["x-request-id", "cf-ray"]
-                .into_iter()
-                .find_map(|name| {
-                    headers
-                        .get(name)
-                        .ok()
-                        .flatten()
-                        .filter(|id| portcullis_driver::keeps_request_id(id))
-                })
-                .unwrap_or_default();
+            let id = given_request_id(|name| headers.get(name).ok().flatten()).unwrap_or_default();
             return answer(&gateway_error(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("gateway configuration: {e}"),
