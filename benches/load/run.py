@@ -347,10 +347,12 @@ def envoy_config(work, name, port, admin_port, backend_port, jwt, cache, tls=Non
 
 def start_gateway(kind, name, opts, work, bins, backend_port):
     if kind == "jose-worker":
-        return started(lambda: start_jose_worker(work, backend_port), work / "jose-worker.log")
+        tag = opts.get("tag", "")
+        return started(lambda: start_jose_worker(work, backend_port, tag), work / f"jose-worker{tag}.log")
     if kind in ("bundle", "worker"):
         return start_edge(kind, opts.get("config", work / "portcullis.toml"), work, bins, None,
-                          opts.get("wide", False), opts.get("pre_init", True))
+                          opts.get("wide", False), opts.get("pre_init", True), opts.get("tag", ""))
+    name += opts.get("tag", "")
     return started(lambda: start_gateway_once(kind, name, opts, work, bins, backend_port),
                    work / f"{name}.log")
 
@@ -587,9 +589,13 @@ def cargo_tool(name):
     return found
 
 
-def worker_build_dir():
+def worker_build_dir(bins=None):
     """gateway/worker built by worker-build (release, with the plugins the tests link: the
-    same build as theirs, so neither rebuilds the other's)."""
+    same build as theirs, so neither rebuilds the other's); or, when `bins` has a `worker`
+    folder with a built worker (`index.js`, `index_bg.wasm`: a copy of gateway/worker/build),
+    that one, as `--bins` gives the other binaries of a build to compare."""
+    if bins and (bins / "worker" / "index_bg.wasm").exists():
+        return bins / "worker"
     out = ROOT / "gateway/worker/build"
     subprocess.run([cargo_tool("worker-build"), "--release", "--no-opt", "--out-dir", "build",
                     "--features", "impossible-travel,credential-stuffing,ip-reputation"],
@@ -624,16 +630,18 @@ const jose :Workerd.Worker = (
 """
 
 
-def start_jose_worker(work, backend_port):
+def start_jose_worker(work, backend_port, tag=""):
     """The jose anchor under the same workerd: `worker.js` and the package's WebCrypto
-    build as ES modules (`npm ci --prefix benches/load/jose-worker` installs it)."""
+    build as ES modules (`npm ci --prefix benches/load/jose-worker` installs it). Its
+    folder is `jose-worker{tag}` in `work`, written again at each start (a second start in
+    one run, the paired windows after the rows, or a retried one, finds it there)."""
     src = HERE / "jose-worker"
     dist = src / "node_modules" / "jose" / "dist" / "webapi"
     if not dist.exists():
         sys.exit(f"{dist} is missing: npm ci --prefix benches/load/jose-worker (as .ci/run does)")
     port = free_port()
-    wdir = work / "jose-worker"
-    shutil.copytree(dist, wdir / "jose")
+    wdir = work / f"jose-worker{tag}"
+    shutil.copytree(dist, wdir / "jose", dirs_exist_ok=True)
     shutil.copy(src / "worker.js", wdir / "worker.js")
     modules = ",\n".join(
         f'    (name = "{p.relative_to(wdir).as_posix()}", esModule = embed "{p.relative_to(wdir).as_posix()}")'
@@ -644,25 +652,26 @@ def start_jose_worker(work, backend_port):
         backend_port=backend_port))
     workerd = ROOT / "tests/workerd/node_modules/.bin/workerd"
     proc = subprocess.Popen(["taskset", "-c", "0", str(workerd), "serve", str(wdir / "config.capnp")],
-                            stdout=subprocess.DEVNULL, stderr=open(work / "jose-worker.log", "w"))
+                            stdout=subprocess.DEVNULL, stderr=open(work / f"jose-worker{tag}.log", "w"))
     wait_http(f"http://127.0.0.1:{port}/x", 180, proc, any_status=True)
     return proc, port
 
 
-def start_edge(runtime, cfg, work, bins, redis_port, wide=False, pre_init=True):
+def start_edge(runtime, cfg, work, bins, redis_port, wide=False, pre_init=True, tag=""):
     """Starts one edge runtime on `cfg`: the bundle under serve-wasm (its wasi:keyvalue in
-    memory or in Redis) or the worker under workerd (Durable Objects in memory)."""
-    return started(lambda: start_edge_once(runtime, cfg, work, bins, redis_port, wide, pre_init),
-                   work / f"{runtime}-{cfg.stem}.log")
+    memory or in Redis) or the worker under workerd (Durable Objects in memory). `tag`
+    tells apart the files of two gateways of one runtime running at once."""
+    return started(lambda: start_edge_once(runtime, cfg, work, bins, redis_port, wide, pre_init, tag),
+                   work / f"{runtime}-{cfg.stem}{tag}.log")
 
 
-def start_edge_once(runtime, cfg, work, bins, redis_port, wide, pre_init):
+def start_edge_once(runtime, cfg, work, bins, redis_port, wide, pre_init, tag=""):
     """One attempt of `start_edge`, on a new free port."""
     port = free_port()
-    name = f"{runtime}-{cfg.stem}"
+    name = f"{runtime}-{cfg.stem}{tag}"
     log = open(work / f"{name}.log", "w")
     if runtime == "bundle":
-        wasm = work / f"{cfg.stem}{'-wide' if wide else ''}{'' if pre_init else '-no-pre-init'}.wasm"
+        wasm = work / f"{cfg.stem}{'-wide' if wide else ''}{'' if pre_init else '-no-pre-init'}{tag}.wasm"
         subprocess.run([str(bins / "portcullis"), "bundle", "--config", str(cfg), "-o", str(wasm)]
                        + (["--wide-arithmetic"] if wide else [])
                        + ([] if pre_init else ["--no-pre-init"]),
@@ -682,7 +691,7 @@ def start_edge_once(runtime, cfg, work, bins, redis_port, wide, pre_init):
         # What an operator deploys, for issue 18's size target.
         proc.bundle_bytes = wasm.stat().st_size
     else:
-        build = worker_build_dir()
+        build = worker_build_dir(bins)
         wdir = work / name
         wdir.mkdir(exist_ok=True)
         snap = subprocess.run([str(bins / "portcullis"), "snapshot", "--config", str(cfg), "-o", "-"],
@@ -916,43 +925,44 @@ PAIRS = [
 def run_pairs(pairs, work, bins, backend_port, lua, args):
     """Each (row, anchor) pair: both gateways up, each warmed up (`--jit-warmup` for the
     workerd rows), then `--pair-rounds` rounds of one `--pair-seconds` window each, the
-    order alternating (row first in even rounds): CPU µs/req per window and the ratio of
+    order alternating (row first in odd rounds): CPU µs/req per window and the ratio of
     each round. A unique workload continues through each gateway's own pass of the token
-    file, so neither is sent a token twice."""
+    file, so neither is sent a token twice. The anchor runs from `--pair-bins` when given
+    (two builds of one row: an A/B)."""
     variants = {v[0]: v for v in VARIANTS}
     rows = []
     for row, anchor, workloads in pairs:
         procs = {}
         try:
-            for name in (row, anchor):
+            for side, name, side_bins, tag in (("row", row, bins, ""),
+                                               ("anchor", anchor, args.pair_bins or bins, "-anchor")):
                 _, kind, opts, _ = variants[name]
-                procs[name] = start_gateway(kind, name, opts, work, bins, backend_port)
+                procs[side] = start_gateway(kind, name, dict(opts, tag=tag), work, side_bins, backend_port)
+                procs[side][0].kind = kind
             for workload in workloads:
                 token_name, expected = WORKLOADS[workload]
                 token_file = work / token_name if token_name else None
                 unique = workload.startswith("unique")
                 available = token_count(token_file) if token_file else 0
                 offset = {}
-                for name in (row, anchor):
-                    kind = variants[name][1]
-                    warmup = max(args.warmup, args.jit_warmup) if kind in JIT_KINDS else args.warmup
-                    warm = run_wrk(procs[name][1], token_file, warmup, args.connections, lua)
-                    offset[name] = warm["requests"] + 4 * args.connections if unique else 0
+                for side, (proc, port) in procs.items():
+                    warmup = max(args.warmup, args.jit_warmup) if proc.kind in JIT_KINDS else args.warmup
+                    warm = run_wrk(port, token_file, warmup, args.connections, lua)
+                    offset[side] = warm["requests"] + 4 * args.connections if unique else 0
                 for i in range(args.pair_rounds):
                     window = {"row": row, "anchor": anchor, "workload": workload, "round": i + 1}
-                    for name, side in (((row, "row"), (anchor, "anchor")) if i % 2 == 0
-                                       else ((anchor, "anchor"), (row, "row"))):
-                        proc, port = procs[name]
+                    for side in ("row", "anchor") if i % 2 == 0 else ("anchor", "row"):
+                        proc, port = procs[side]
                         before = cpu_seconds(proc.pid)
-                        r = run_wrk(port, token_file, args.pair_seconds, args.connections, lua, offset[name])
+                        r = run_wrk(port, token_file, args.pair_seconds, args.connections, lua, offset[side])
                         cpu = cpu_seconds(proc.pid) - before
                         ok = (r["non_2xx"] == 0) if expected == 200 else (r["non_2xx"] == r["requests"])
                         if unique:
-                            offset[name] += r["requests"] + 4 * args.connections
+                            offset[side] += r["requests"] + 4 * args.connections
                         window[f"{side}_cpu_us_per_req"] = (cpu * 1e6 / r["requests"]) if r["requests"] else None
                         window[f"{side}_rps"] = r["rps"]
                         window[f"{side}_status_ok"] = ok
-                        window[f"{side}_tokens_repeated"] = bool(unique and offset[name] > available)
+                        window[f"{side}_tokens_repeated"] = bool(unique and offset[side] > available)
                     a, b = window["row_cpu_us_per_req"], window["anchor_cpu_us_per_req"]
                     window["ratio"] = (a / b) if a is not None and b else None
                     rows.append(window)
@@ -976,7 +986,8 @@ def pairs_report(rows, meta):
     lines = [f"Paired windows {meta['date']}: each pair's two gateways up at once and warmed up "
              f"({max(meta['warmup'], meta['jit_warmup'])} s for the workerd rows), then {meta['pair_rounds']} "
              f"rounds of one {meta['pair_seconds']} s window each, the order alternating; CPU µs/req "
-             "(`python3 benches/load/run.py --only pairs`):", "",
+             "(`python3 benches/load/run.py --only pairs`)"
+             + (f"; the anchor's build from `{meta['pair_bins']}`" if meta.get("pair_bins") else "") + ":", "",
              "| row | anchor | workload | row: median CPU µs/req | anchor: median | ratio: median | lowest | highest | target |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     groups = {}
@@ -1349,6 +1360,10 @@ def main():
                                    "(on their ES256 workloads) instead of the worker and the jose worker")
     ap.add_argument("--pair-rounds", type=int, default=8, help="rounds of paired windows (smoke: 1)")
     ap.add_argument("--pair-seconds", type=int, default=5, help="seconds of each paired window (smoke: 1)")
+    ap.add_argument("--pair-bins", type=Path,
+                    help="the anchor's binaries (as --bins; a `worker` folder in it holding a copy of "
+                         "gateway/worker/build gives the worker): with `--pair ROW,ROW`, two builds of "
+                         "one row in paired windows")
     ap.add_argument("--bins", type=Path,
                     help="use the portcullis, load-backend and load-tokens binaries in this directory "
                          "instead of building them (to compare two builds)")
@@ -1457,6 +1472,7 @@ def main():
         "connections": args.connections,
         "tokens": args.tokens, "smoke": args.smoke, "elapsed_s": round(time.time() - started),
         "pair_rounds": args.pair_rounds, "pair_seconds": args.pair_seconds,
+        "pair_bins": str(args.pair_bins) if args.pair_bins else None,
     }
     pairs_table = pairs_report(paired, meta)
     # `--only churn` / `--only state` run no gateway variant: the main table stays as it is.
