@@ -237,6 +237,27 @@ def run_wrk(port, token_file, seconds, connections, lua_path, offset=0, scheme="
     return result
 
 
+def warmup_seconds(kind, args):
+    """How long a gateway of `kind` warms up before a workload: `--jit-warmup` for the
+    workerd rows, whose JIT optimizes hot code only after it has run a while."""
+    return max(args.warmup, args.jit_warmup) if kind in JIT_KINDS else args.warmup
+
+
+def measured(proc, port, token_file, seconds, lua, args, offset=0):
+    """One measured `wrk` run against `proc`: wrk's figures, and the gateway's CPU µs per
+    request during it (None when no request completed)."""
+    before = cpu_seconds(proc.pid)
+    r = run_wrk(port, token_file, seconds, args.connections, lua, offset)
+    cpu = cpu_seconds(proc.pid) - before
+    return r, (cpu * 1e6 / r["requests"]) if r["requests"] else None
+
+
+def statuses_ok(r, expected):
+    """Whether a run's answers were what its workload expects: all 2xx, or none of them
+    (the invalid-token workload expects 401)."""
+    return (r["non_2xx"] == 0) if expected == 200 else (r["non_2xx"] == r["requests"])
+
+
 def head(backend_port):
     """The issuer, the one region with the load backend, and residency: what every
     Portcullis configuration of the harness starts with."""
@@ -911,7 +932,6 @@ def churn_report(windows, args):
     return "\n".join(lines) + "\n", cliff
 
 
-
 # Rows measured in alternating windows against their anchors (`--only pairs`; full runs):
 # (row, anchor, workloads). The workerd rows move by ±20% within an hour on a shared
 # machine, and V8's tier-up makes one process's first seconds slower than its later ones;
@@ -932,13 +952,12 @@ def run_pairs(pairs, work, bins, backend_port, lua, args):
     variants = {v[0]: v for v in VARIANTS}
     rows = []
     for row, anchor, workloads in pairs:
-        procs = {}
+        procs, kinds = {}, {}
         try:
             for side, name, side_bins, tag in (("row", row, bins, ""),
                                                ("anchor", anchor, args.pair_bins or bins, "-anchor")):
-                _, kind, opts, _ = variants[name]
-                procs[side] = start_gateway(kind, name, dict(opts, tag=tag), work, side_bins, backend_port)
-                procs[side][0].kind = kind
+                _, kinds[side], opts, _ = variants[name]
+                procs[side] = start_gateway(kinds[side], name, dict(opts, tag=tag), work, side_bins, backend_port)
             for workload in workloads:
                 token_name, expected = WORKLOADS[workload]
                 token_file = work / token_name if token_name else None
@@ -946,22 +965,18 @@ def run_pairs(pairs, work, bins, backend_port, lua, args):
                 available = token_count(token_file) if token_file else 0
                 offset = {}
                 for side, (proc, port) in procs.items():
-                    warmup = max(args.warmup, args.jit_warmup) if proc.kind in JIT_KINDS else args.warmup
-                    warm = run_wrk(port, token_file, warmup, args.connections, lua)
+                    warm = run_wrk(port, token_file, warmup_seconds(kinds[side], args), args.connections, lua)
                     offset[side] = warm["requests"] + 4 * args.connections if unique else 0
                 for i in range(args.pair_rounds):
                     window = {"row": row, "anchor": anchor, "workload": workload, "round": i + 1}
                     for side in ("row", "anchor") if i % 2 == 0 else ("anchor", "row"):
                         proc, port = procs[side]
-                        before = cpu_seconds(proc.pid)
-                        r = run_wrk(port, token_file, args.pair_seconds, args.connections, lua, offset[side])
-                        cpu = cpu_seconds(proc.pid) - before
-                        ok = (r["non_2xx"] == 0) if expected == 200 else (r["non_2xx"] == r["requests"])
+                        r, cpu_us = measured(proc, port, token_file, args.pair_seconds, lua, args, offset[side])
                         if unique:
                             offset[side] += r["requests"] + 4 * args.connections
-                        window[f"{side}_cpu_us_per_req"] = (cpu * 1e6 / r["requests"]) if r["requests"] else None
+                        window[f"{side}_cpu_us_per_req"] = cpu_us
                         window[f"{side}_rps"] = r["rps"]
-                        window[f"{side}_status_ok"] = ok
+                        window[f"{side}_status_ok"] = statuses_ok(r, expected)
                         window[f"{side}_tokens_repeated"] = bool(unique and offset[side] > available)
                     a, b = window["row_cpu_us_per_req"], window["anchor_cpu_us_per_req"]
                     window["ratio"] = (a / b) if a is not None and b else None
@@ -1419,26 +1434,23 @@ def main():
                     # workerd compiles wasm and JavaScript in tiers, optimizing a function once
                     # it has run hot for a while: its rows warm up longer (`--jit-warmup`), so
                     # that they are measured running the code a busy isolate runs.
-                    warmup = max(args.warmup, args.jit_warmup) if kind in JIT_KINDS else args.warmup
-                    warm = run_wrk(port, token_file, warmup, args.connections, lua)
+                    warm = run_wrk(port, token_file, warmup_seconds(kind, args), args.connections, lua)
                     # A unique workload continues after the warm-up's tokens (wrk may send a
                     # few more than it counts): no gateway is given a token twice, as long
                     # as the file is long enough (else the row is marked).
                     offset = warm["requests"] + 4 * args.connections if workload.startswith("unique") else 0
                     reset_peak_rss(proc.pid)
-                    before = cpu_seconds(proc.pid)
-                    r = run_wrk(port, token_file, args.seconds, args.connections, lua, offset)
-                    cpu = cpu_seconds(proc.pid) - before
+                    r, cpu_us = measured(proc, port, token_file, args.seconds, lua, args, offset)
                     available = token_count(token_file) if token_file else 0
                     r["tokens_repeated"] = bool(workload.startswith("unique")
                                                 and offset + r["requests"] > available)
                     r.update({
                         "variant": name, "workload": workload, "expected_status": expected,
-                        "cpu_us_per_req": (cpu * 1e6 / r["requests"]) if r["requests"] else None,
+                        "cpu_us_per_req": cpu_us,
                         "peak_rss_kib": peak_rss_kib(proc.pid),
                         "bundle_bytes": getattr(proc, "bundle_bytes", None),
                     })
-                    ok = (r["non_2xx"] == 0) if expected == 200 else (r["non_2xx"] == r["requests"])
+                    ok = statuses_ok(r, expected)
                     r["status_ok"] = ok
                     print(f"{name:22} {workload:15} {r['rps']:9.0f} req/s  p99 {fmt(r['p99_ms'], '.2f')} ms  "
                           f"cpu {fmt(r['cpu_us_per_req'], '.1f')} µs/req  non-2xx {r['non_2xx']}"
