@@ -140,6 +140,64 @@ class ProcessExited(RuntimeError):
     """A server the harness started exited before it answered."""
 
 
+# Each started server's log (stderr), by pid: `explain` prints its end when the server
+# answered what its run did not expect (the work folder, and the log, go with the run).
+LOGS = {}
+
+
+def explain(proc, what, port=None, token_file=None, offset=0):
+    """Prints why `what` failed, as far as the server's own log says. The servers log at
+    `warn`, and the edge runtimes write their audit lines there too: each line is reduced
+    to what says why (a JSON line to its level, message, kind, detail, decision, status,
+    reason and phase), and equal lines are counted, the most frequent first. With `port`,
+    one more request like the run's (the token at `offset` of `token_file`) shows the
+    answer itself: its status and body, whose `reason` is machine-readable."""
+    path = LOGS.get(proc.pid)
+    text = path.read_text(errors="replace") if path and path.exists() else ""
+    counts = {}
+    for line in text.splitlines():
+        counts[log_summary(line)] = counts.get(log_summary(line), 0) + 1
+    counts.pop("", None)
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:12]
+    body = "\n".join(f"    {n:6} × {line}" for line, n in top) or "    (empty)"
+    print(f"{what}: unexpected answers; {path.name if path else 'its log'} says:\n{body}", flush=True)
+    if port is not None:
+        print(f"    one more request: {probe(port, token_file, offset)}", flush=True)
+
+
+def probe(port, token_file=None, offset=0):
+    """One request like the harness's wrk script sends (the token on line `offset` + 1 of
+    `token_file`, as wrk's first): its status and the start of its body."""
+    headers = {}
+    if token_file:
+        with open(token_file) as f:
+            lines = f.read().splitlines()
+        if lines:
+            headers["Authorization"] = "Bearer " + lines[offset % len(lines)]
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/orders/1", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return f"{resp.status} {resp.read(300).decode(errors='replace')}"
+    except urllib.error.HTTPError as e:
+        return f"{e.code} {e.read(300).decode(errors='replace')}"
+    except OSError as e:
+        return f"no answer: {e}"
+
+
+def log_summary(line):
+    """One log line reduced to the fields that say why (see `explain`)."""
+    line = line.strip()
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line[:300]
+    if not isinstance(record, dict):
+        return line[:300]
+    fields = dict(record.get("fields") or {}, **record)
+    keep = ("level", "message", "kind", "detail", "decision", "status", "reason", "phase", "error")
+    return " ".join(f"{k}={fields[k]}" for k in keep if k in fields and not isinstance(fields[k], (dict, list)))[:300]
+
+
 def started(start, log_path, attempts=3):
     """`start()` again, on new free ports, when the server it starts exits because its port
     was taken between `free_port` and its bind (a race with every other socket on the
@@ -147,7 +205,9 @@ def started(start, log_path, attempts=3):
     why."""
     for attempt in range(attempts):
         try:
-            return start()
+            proc, port = start()
+            LOGS[proc.pid] = log_path
+            return proc, port
         except ProcessExited as e:
             text = log_path.read_text(errors="replace") if log_path.exists() else ""
             if "in use" in text and attempt + 1 < attempts:
@@ -503,6 +563,8 @@ def run_state(work, bins, backend_port, lua, args):
                     before = cpu_seconds(proc.pid)
                     r = run_wrk(port, None, args.seconds, args.connections, lua)
                     cpu = cpu_seconds(proc.pid) - before
+                    if r["non_2xx"]:
+                        explain(proc, f"state {backend} round {round_no}", port)
                     ops = metric_value(proc.admin, 'portcullis_state_operations_total{backend="redis"}')
                 finally:
                     stop(proc)
@@ -756,8 +818,13 @@ def measure_serial(proc, port, lua, args):
     before = cpu_seconds(proc.pid)
     r = run_wrk(port, None, args.seconds, 1, lua)
     cpu = cpu_seconds(proc.pid) - before
+    if r["non_2xx"]:
+        explain(proc, f"{r['non_2xx']} of {r['requests']} requests", port)
     return ((r["p50_ms"] or 0) * 1000, (cpu * 1e6 / r["requests"]) if r["requests"] else None,
             r["non_2xx"])
+
+
+PLUGIN_DEADLINE = "1s"
 
 
 def edge_plugin_config(work, backend_port, with_plugin):
@@ -766,7 +833,11 @@ def edge_plugin_config(work, backend_port, with_plugin):
     wasm = ROOT / "target/component/wasm32-wasip2/edge/ip_reputation.wasm"
     if with_plugin and not wasm.exists():
         sys.exit(f"{wasm} is missing: `cargo build -p portcullis` builds the example plugins")
-    plugin = (f'[plugin.ip-reputation]\npath = "{wasm}"\n'
+    # The deadline is the longest allowed: this run measures what a call costs, and on a
+    # loaded machine (a CI runner) a call preempted past the default 5 ms would be refused
+    # (503 risk_check_failed, as the deadline is wall time) and fail the run for a cause
+    # that is not the call's cost.
+    plugin = (f'[plugin.ip-reputation]\npath = "{wasm}"\ndeadline = "{PLUGIN_DEADLINE}"\n'
               'config = { deny = ["203.0.113.0/24", "2001:db8:bad::/48"], deny_asns = [64496] }\n'
               ) if with_plugin else ""
     risk = 'risk = { plugins = ["ip-reputation"] }\n' if with_plugin else ""
@@ -886,6 +957,8 @@ def run_churn(work, bins, backend_port, lua, args):
             r = run_wrk(port, token_file, args.seconds, args.connections, lua, offset)
             cpu = cpu_seconds(proc.pid) - before
             offset += r["requests"] + args.connections  # in-flight requests at the cut
+            if r["non_2xx"]:
+                explain(proc, f"churn window {w + 1}", port, token_file, offset)
             entries = metric_value(proc.admin, "portcullis_token_cache_entries")
             misses = metric_value(proc.admin, "portcullis_token_cache_misses_total")
             window = {
@@ -977,6 +1050,8 @@ def run_pairs(pairs, work, bins, backend_port, lua, args):
                         window[f"{side}_cpu_us_per_req"] = cpu_us
                         window[f"{side}_rps"] = r["rps"]
                         window[f"{side}_status_ok"] = statuses_ok(r, expected)
+                        if not window[f"{side}_status_ok"]:
+                            explain(proc, f"pair {window[side]} {workload} round {i + 1}", port, token_file, offset[side])
                         window[f"{side}_tokens_repeated"] = bool(unique and offset[side] > available)
                     a, b = window["row_cpu_us_per_req"], window["anchor_cpu_us_per_req"]
                     window["ratio"] = (a / b) if a is not None and b else None
@@ -1071,6 +1146,8 @@ def run_reload(work, bins, backend_port, lua, args):
                 if worker:
                     worker.join()
                 cpu = cpu_seconds(proc.pid) - before
+                if r["non_2xx"]:
+                    explain(proc, f"reload {engine} {phase}", port, token_file)
                 row = {
                     "engine": engine, "phase": phase, "rps": r["rps"], "requests": r["requests"],
                     "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "non_2xx": r["non_2xx"],
@@ -1149,6 +1226,8 @@ def run_tls(work, bins, backend_port, lua, args):
                 before = cpu_seconds(proc.pid)
                 r = run_wrk(port, None, args.seconds, args.connections, lua, scheme=scheme, close=close)
                 cpu = cpu_seconds(proc.pid) - before
+                if r["non_2xx"]:
+                    explain(proc, f"tls {gateway} {scheme}")
                 row = {"gateway": gateway, "scheme": scheme, "connection": "new" if close else "keep-alive",
                        "rps": r["rps"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
                        "non_2xx": r["non_2xx"], "socket_errors": r["socket_error_count"],
@@ -1452,6 +1531,8 @@ def main():
                     })
                     ok = statuses_ok(r, expected)
                     r["status_ok"] = ok
+                    if not ok:
+                        explain(proc, f"{name} {workload}", port, token_file, offset + r["requests"])
                     print(f"{name:22} {workload:15} {r['rps']:9.0f} req/s  p99 {fmt(r['p99_ms'], '.2f')} ms  "
                           f"cpu {fmt(r['cpu_us_per_req'], '.1f')} µs/req  non-2xx {r['non_2xx']}"
                           + ("" if ok else "  UNEXPECTED STATUSES")
