@@ -567,6 +567,15 @@ subject_key_file = "audit.key"
             "refused its configuration",
         ),
         (
+            // An `init` that never returns is an error once the load deadline passes,
+            // never a `check` (or a startup, a reload) that hangs.
+            format!(
+                "[plugin.p]\npath = \"{}\"\nconfig = {{ mode = \"spin-init\" }}",
+                plugin("fixture-plugin-faulty")
+            ),
+            "deadline exceeded: its instantiation and `init` did not finish within 5s",
+        ),
+        (
             format!(
                 "[plugin.p]\npath = \"{}\"\nconfig = {{ deny = [\"10.0.0.0/33\"] }}",
                 plugin("ip-reputation")
@@ -576,7 +585,10 @@ subject_key_file = "audit.key"
     ];
     for (table, expected) in cases {
         std::fs::write(dir.join("gateway.toml"), base(&table)).unwrap();
-        let (ok, text) = run(Command::new(binary())
+        // `timeout`: a check that hangs fails the test instead of stalling the suite.
+        let (ok, text) = run(Command::new("timeout")
+            .arg("120")
+            .arg(binary())
             .arg("check")
             .arg("--config")
             .arg(dir.join("gateway.toml")));
@@ -969,6 +981,36 @@ expect = { failure = true }
     let (code, out) = test(&plugin("fixture-plugin-faulty"), "faulty.toml");
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("FAILED"), "{out}");
+
+    // The deadline is `serve`'s: a call that never returns fails by it (the run once hung
+    // here, its epoch never ticking). `timeout` ends a regression instead of the suite.
+    let spins = r#"
+[plugin]
+config = { mode = "spin" }
+headers = ["x-fault"]
+deadline = "50ms"
+
+[[request]]
+name = "loops"
+path = "/"
+headers = { "x-fault" = "yes" }
+expect = { failure = true }
+"#;
+    std::fs::write(dir.join("spins.toml"), spins).unwrap();
+    let out = Command::new("timeout")
+        .args(["60", binary().to_str().unwrap(), "plugin", "test"])
+        .arg(plugin("fixture-plugin-faulty"))
+        .arg("--scenario")
+        .arg(dir.join("spins.toml"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("loops: FAILED (deadline: deadline exceeded)"),
+        "{text}"
+    );
 
     // A scenario with a typo is refused before anything runs (exit 3, as a bad
     // configuration).

@@ -25,6 +25,7 @@ pub mod audit;
 pub mod bindings;
 pub mod client;
 pub mod config;
+pub mod epoch;
 pub mod health;
 pub mod keys;
 pub mod metrics;

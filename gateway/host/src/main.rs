@@ -727,9 +727,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 // Plugins are loaded and asked to accept their configuration, as at startup.
                 if !l.config.plugins.is_empty() {
                     let engine = portcullis_host::wasm::engine(64, false)?;
+                    let ticker = portcullis_host::epoch::EpochTicker::start(&engine)?;
                     let state = std::sync::Arc::new(portcullis_host::state::Store::memory(16));
                     if let Err(e) = portcullis_host::risk::PluginRuntime::load(
-                        &engine, &l.config, &l.base, state, None,
+                        (&engine, &ticker),
+                        &l.config,
+                        &l.base,
+                        state,
+                        None,
                     )
                     .await
                     {

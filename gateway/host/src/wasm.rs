@@ -239,15 +239,17 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 
 /// Runs one request through a fresh instance of a `wasi:http` proxy component in `store`
 /// (`serve-wasm`'s bundles). The instance keeps running after the response head is sent
-/// (streaming bodies); `slot` is released once its store is dropped.
-pub async fn handle<T, B>(
+/// (streaming bodies); `held` (its pool slot, the epoch clock's guard) is dropped once the
+/// instance has returned and its store is dropped.
+pub async fn handle<T, B, H>(
     pre: &ProxyPre<T>,
     mut store: wasmtime::Store<T>,
     req: http::Request<B>,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    held: H,
 ) -> anyhow::Result<http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>>
 where
     T: wasmtime_wasi_http::WasiHttpView + Send + 'static,
+    H: Send + 'static,
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
@@ -282,7 +284,7 @@ where
         .await;
         // The instance goes back to the pool before its slot goes to the next request.
         drop(store);
-        drop(slot);
+        drop(held);
         ran
     });
     match receiver.await {

@@ -25,6 +25,7 @@ mod wit;
 
 pub use wit::RiskHost;
 
+use crate::epoch::EpochTicker;
 use crate::state::Store as SharedState;
 use crate::wasm::EPOCH_TICK;
 
@@ -56,6 +57,11 @@ pub const POOL_MAX: usize = 32;
 const STDERR_CAP: usize = 64 << 10;
 /// Longest log line taken from a plugin.
 const LOG_MAX: usize = 1024;
+/// Longest a plugin's instantiation and `init` may run when it is loaded (startup, reload,
+/// `portcullis check`, `portcullis plugin test`): an `init` that never returns is a clear
+/// error there, not a hang. At run time, a new instance's `init` counts against the
+/// call's own `deadline` (docs/plugins.md).
+pub const LOAD_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What a plugin's store holds.
 pub struct PluginState {
@@ -127,6 +133,8 @@ type ByPlugin = Vec<(&'static str, String)>;
 pub struct PluginRuntime {
     plugins: Vec<Loaded>,
     fuel_enabled: bool,
+    /// The engine's epoch clock, running while a plugin runs (none without plugins).
+    ticker: Option<EpochTicker>,
     /// How long each call took, per plugin (failed calls included).
     latency: Family<ByPlugin, Histogram, fn() -> Histogram>,
 }
@@ -149,15 +157,17 @@ impl PluginRuntime {
         Self {
             plugins: Vec::new(),
             fuel_enabled: false,
+            ticker: None,
             latency: Family::new_with_constructor(crate::metrics::latency_histogram),
         }
     }
 
     /// Compiles and links every plugin of `config` (files relative to `base`), and checks
-    /// each one's configuration by instantiating it once (`init`). Any failure is a startup
-    /// error naming the plugin.
+    /// each one's configuration by instantiating it once (`init`, within
+    /// [`LOAD_DEADLINE`]). Any failure is a startup error naming the plugin. `ticker` is
+    /// `engine`'s epoch clock: plugin deadlines fire by it.
     pub async fn load(
-        engine: &Engine,
+        (engine, ticker): (&Engine, &EpochTicker),
         config: &Config,
         base: &Path,
         state: Arc<SharedState>,
@@ -165,7 +175,7 @@ impl PluginRuntime {
     ) -> anyhow::Result<Self> {
         let fuel = engine_uses_fuel(config);
         Self::load_plugins(
-            engine,
+            (engine, ticker),
             &config.plugins,
             fuel,
             base,
@@ -179,7 +189,7 @@ impl PluginRuntime {
     /// [`PluginRuntime::load`] for `plugins` (fuel metered when `fuel`; the engine must
     /// agree), their clock `clock`.
     pub async fn load_plugins(
-        engine: &Engine,
+        (engine, ticker): (&Engine, &EpochTicker),
         configs: &[PluginConfig],
         fuel: bool,
         base: &Path,
@@ -213,14 +223,22 @@ impl PluginRuntime {
         }
         let runtime = Self {
             fuel_enabled: fuel,
+            ticker: Some(ticker.clone()),
             plugins,
             latency: Family::new_with_constructor(crate::metrics::latency_histogram),
         };
         for (i, p) in runtime.plugins.iter().enumerate() {
-            let live = runtime
-                .instantiate(p)
-                .await
-                .map_err(|e| anyhow::anyhow!("plugin `{}`: {e}", p.cfg.name))?;
+            let _busy = runtime.busy();
+            let live = runtime.instantiate(p, LOAD_DEADLINE).await.map_err(|e| {
+                match e.contains("deadline") {
+                    true => anyhow::anyhow!(
+                        "plugin `{}`: {e}: its instantiation and `init` did not finish within {}s",
+                        p.cfg.name,
+                        LOAD_DEADLINE.as_secs()
+                    ),
+                    false => anyhow::anyhow!("plugin `{}`: {e}", p.cfg.name),
+                }
+            })?;
             runtime.give_back(i, live);
         }
         Ok(runtime)
@@ -241,7 +259,9 @@ impl PluginRuntime {
         self.plugins.is_empty()
     }
 
-    async fn instantiate(&self, p: &Loaded) -> Result<Live, String> {
+    /// A new instance of `p`, instantiated and `init`ed within `deadline` (the caller holds
+    /// the clock running: [`PluginRuntime::busy`]).
+    async fn instantiate(&self, p: &Loaded, deadline: Duration) -> Result<Live, String> {
         let stderr = MemoryOutputPipe::new(STDERR_CAP);
         let mut wasi = WasiCtx::builder();
         wasi.stderr(stderr.clone())
@@ -263,7 +283,7 @@ impl PluginRuntime {
             },
         );
         store.limiter(|s| &mut s.limits);
-        self.arm(&mut store, &p.cfg);
+        self.arm(&mut store, deadline, p.cfg.fuel);
         p.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let plugin = p
             .pre
@@ -281,15 +301,21 @@ impl PluginRuntime {
         }
     }
 
-    /// Sets the per-call budget.
-    fn arm(&self, store: &mut Store<PluginState>, cfg: &PluginConfig) {
+    /// Sets a call's budget: `deadline` of wall time, and `fuel` when the engine meters it.
+    fn arm(&self, store: &mut Store<PluginState>, deadline: Duration, fuel: Option<u64>) {
         let tick = EPOCH_TICK.as_micros().max(1);
-        let ticks = cfg.deadline.as_micros().div_ceil(tick) + 1;
+        let ticks = deadline.as_micros().div_ceil(tick) + 1;
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store.epoch_deadline_trap();
         if self.fuel_enabled {
-            let _ = store.set_fuel(cfg.fuel.unwrap_or(u64::MAX));
+            let _ = store.set_fuel(fuel.unwrap_or(u64::MAX));
         }
+    }
+
+    /// Keeps the epoch clock running while the guard lives: held across every call into a
+    /// plugin, from before its deadline is armed until its wasm has returned.
+    fn busy(&self) -> Option<crate::epoch::Busy> {
+        self.ticker.as_ref().map(EpochTicker::busy)
     }
 
     fn take(&self, p: &Loaded) -> Option<Live> {
@@ -325,14 +351,15 @@ impl PluginRuntime {
         };
         let started = Instant::now();
         p.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let _busy = self.busy();
         let mut live = match self.take(p) {
             Some(l) => l,
-            None => match self.instantiate(p).await {
+            None => match self.instantiate(p, p.cfg.deadline).await {
                 Ok(l) => l,
                 Err(e) => return Err(self.fail(p, "instantiate", &e)),
             },
         };
-        self.arm(&mut live.store, &p.cfg);
+        self.arm(&mut live.store, p.cfg.deadline, p.cfg.fuel);
         let result = live
             .plugin
             .portcullis_plugin_risk()
@@ -389,9 +416,10 @@ impl PluginRuntime {
         let Some(p) = self.plugins.get(id) else {
             return;
         };
+        let _busy = self.busy();
         let mut live = match self.take(p) {
             Some(l) => l,
-            None => match self.instantiate(p).await {
+            None => match self.instantiate(p, p.cfg.deadline).await {
                 Ok(l) => l,
                 Err(e) => {
                     self.fail(p, "instantiate", &e);
@@ -399,7 +427,7 @@ impl PluginRuntime {
                 }
             },
         };
-        self.arm(&mut live.store, &p.cfg);
+        self.arm(&mut live.store, p.cfg.deadline, p.cfg.fuel);
         match live
             .plugin
             .portcullis_plugin_risk()

@@ -29,6 +29,7 @@ use crate::bindings::portcullis::gateway::{audit, client, config, health, keys, 
 use crate::bindings::{GatewayComponent, GatewayComponentPre};
 use crate::client::ClientHost;
 use crate::config::ConfigHost;
+use crate::epoch::EpochTicker;
 use crate::health::HealthHost;
 use crate::keys::KeysHost;
 use crate::risk::RiskHost;
@@ -372,6 +373,8 @@ pub struct ComponentEngine {
     kept: Notify,
     /// How long a decision may run, in epoch ticks.
     deadline_ticks: u64,
+    /// The engine's epoch clock, running while a decision runs.
+    ticker: EpochTicker,
     /// The settings of the engine the component was compiled for.
     settings: EngineSettings,
 }
@@ -399,11 +402,13 @@ impl ComponentEngine {
     /// instance decides `reuse` requests at most, one at a time (1: a fresh instance per
     /// request, as edge runtimes run it); at most `max_instances` exist at once, busy or
     /// idle (a request waits for a free one); a decision runs `deadline_ticks` epochs at
-    /// most. `pre`'s component was compiled for an engine with `settings`.
+    /// most, by the clock of `ticker` (the engine's). `pre`'s component was compiled for an
+    /// engine with `settings`.
     pub fn new(
         shared: Arc<Shared>,
         config: Config,
         (pre, settings): (GatewayComponentPre<StoreState>, EngineSettings),
+        ticker: EpochTicker,
         reuse: u32,
         max_instances: usize,
         deadline_ticks: u64,
@@ -421,6 +426,7 @@ impl ComponentEngine {
             )),
             kept: Notify::new(),
             deadline_ticks,
+            ticker,
             settings,
         }
     }
@@ -532,9 +538,13 @@ impl ComponentEngine {
         client: ClientInfo,
         request: &decide::Request,
     ) -> anyhow::Result<(decide::Decision, Shown)> {
+        // The clock runs from before the deadline is armed until the decision returns
+        // (not while waiting for an instance).
+        let busy;
         let mut held = match self.take().await? {
             Taken::Idle(mut kept) => {
                 kept.store.data_mut().begin(peer, client);
+                busy = self.ticker.busy();
                 self.arm(&mut kept.store);
                 kept
             }
@@ -546,6 +556,7 @@ impl ComponentEngine {
                 );
                 store.limiter(|s| &mut s.limits);
                 // Instantiation runs under the same deadline as the decision.
+                busy = self.ticker.busy();
                 self.arm(&mut store);
                 let instance = self.pre.instantiate_async(&mut store).await?;
                 Held {
@@ -561,6 +572,7 @@ impl ComponentEngine {
             .portcullis_gateway_decide()
             .call_decide(&mut held.store, request)
             .await?;
+        drop(busy);
         let assessed = held
             .store
             .data_mut()
@@ -880,10 +892,12 @@ algorithms = ["ES256"]
         let prepared = crate::prepare(load(), &opts).await.unwrap();
         let (settings, component) = prepared.gateway.compiled().unwrap();
         let pre = pre_instantiate(component.engine(), component).unwrap();
+        let ticker = EpochTicker::start(component.engine()).unwrap();
         let mut engine = ComponentEngine::new(
             prepared.shared.clone(),
             load().config,
             (pre, settings),
+            ticker,
             8,
             4,
             1_000,

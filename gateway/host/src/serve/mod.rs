@@ -267,6 +267,8 @@ async fn build(
         fuel: crate::risk::engine_uses_fuel(&loaded.config),
     };
     let engine = engine_settings.engine()?;
+    // The engine's one epoch clock: the plugins' deadlines and the component's fire by it.
+    let ticker = crate::epoch::EpochTicker::start(&engine)?;
     let store = match previous {
         Some(p) => p.state.store.clone(),
         None => {
@@ -283,7 +285,7 @@ async fn build(
     });
     let risk = Arc::new(
         PluginRuntime::load(
-            &engine,
+            (&engine, &ticker),
             &loaded.config,
             &loaded.base,
             store,
@@ -368,6 +370,7 @@ async fn build(
             let pre = component::pre_instantiate(&engine, &component)?;
             server::Gateway::new(
                 (pre, engine_settings),
+                ticker,
                 shared.clone(),
                 core_config,
                 opts.request_timeout,
@@ -376,17 +379,12 @@ async fn build(
             )
         }
         EngineKind::Native => server::Gateway::native(
-            engine,
             native::NativeEngine::new(shared.clone(), core_config),
             shared.clone(),
             opts.request_timeout,
         ),
     };
     let gateway = Arc::new(gateway);
-    // Epochs bound wasm execution; a native engine without plugins runs none.
-    if opts.engine == EngineKind::Component || !shared.risk.is_empty() {
-        gateway.start_epoch_ticker();
-    }
     Ok(Prepared {
         gateway,
         shared,

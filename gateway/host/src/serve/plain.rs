@@ -95,6 +95,8 @@ pub struct PlainServer {
     slots: Arc<tokio::sync::Semaphore>,
     client: BackendClient,
     keyvalue: Arc<KeyValue>,
+    /// The engine's epoch clock, running while an instance runs (its deadline fires by it).
+    ticker: crate::epoch::EpochTicker,
 }
 
 impl PlainServer {
@@ -132,15 +134,10 @@ impl PlainServer {
             anyhow::anyhow!("link the component with WASI, wasi:http and wasi:keyvalue only: {e}")
         })?;
         let pre = ProxyPre::new(pre).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let ticker = engine.clone();
-        std::thread::spawn(move || {
-            loop {
-                std::thread::sleep(crate::wasm::EPOCH_TICK);
-                ticker.increment_epoch();
-            }
-        });
+        let ticker = crate::epoch::EpochTicker::start(engine)?;
         Ok(Arc::new(Self {
             pre,
+            ticker,
             slots: Arc::new(tokio::sync::Semaphore::new(
                 usize::try_from(max_instances).unwrap_or(1),
             )),
@@ -181,9 +178,10 @@ impl PlainServer {
                 keyvalue: KeyValueHost::new(self.keyvalue.clone()),
             },
         );
-        // 30 s of 1 ms epoch ticks.
+        // 30 s of 1 ms epoch ticks, the clock running until the instance is done.
+        let busy = self.ticker.busy();
         store.set_epoch_deadline(30_000);
-        crate::wasm::handle(&self.pre, store, req, slot).await
+        crate::wasm::handle(&self.pre, store, req, (slot, busy)).await
     }
 
     /// Serves on `listener` until `shutdown` resolves.

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::bindings::GatewayComponentPre;
+use crate::epoch::EpochTicker;
 use crate::serve::Shared;
 use crate::serve::component::{ComponentEngine, EngineSettings, StoreState};
 use crate::serve::native::NativeEngine;
@@ -22,7 +23,6 @@ use crate::wasm::EPOCH_TICK;
 
 /// The gateway server.
 pub struct Gateway {
-    engine: wasmtime::Engine,
     mode: Mode,
     shared: Arc<Shared>,
     request_timeout: Duration,
@@ -46,52 +46,37 @@ impl Gateway {
     /// at once, deciding or idle (a request that finds none free waits for one).
     pub fn new(
         (pre, settings): (GatewayComponentPre<StoreState>, EngineSettings),
+        ticker: EpochTicker,
         shared: Arc<Shared>,
         config: portcullis_core::Config,
         timeout: Duration,
         reuse: u32,
         max_instances: usize,
     ) -> Self {
-        let engine = pre.engine().clone();
         let component = ComponentEngine::new(
             shared.clone(),
             config,
             (pre, settings),
+            ticker,
             reuse,
             max_instances,
             deadline_ticks(timeout),
         );
-        Self::with_mode(
-            engine,
-            Mode::Component(Box::new(component)),
-            shared,
-            timeout,
-        )
+        Self::with_mode(Mode::Component(Box::new(component)), shared, timeout)
     }
 
-    /// A server deciding natively (no component instance per request). `engine` runs the
-    /// risk plugins.
-    pub fn native(
-        engine: wasmtime::Engine,
-        native: NativeEngine,
-        shared: Arc<Shared>,
-        timeout: Duration,
-    ) -> Self {
-        Self::with_mode(engine, Mode::Native(Box::new(native)), shared, timeout)
+    /// A server deciding natively (no component instance per request; the risk plugins run
+    /// in `shared`'s plugin runtime).
+    pub fn native(native: NativeEngine, shared: Arc<Shared>, timeout: Duration) -> Self {
+        Self::with_mode(Mode::Native(Box::new(native)), shared, timeout)
     }
 
-    fn with_mode(
-        engine: wasmtime::Engine,
-        mode: Mode,
-        shared: Arc<Shared>,
-        timeout: Duration,
-    ) -> Self {
+    fn with_mode(mode: Mode, shared: Arc<Shared>, timeout: Duration) -> Self {
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         Self {
-            engine,
             mode,
             shared,
             request_timeout: timeout,
@@ -110,24 +95,6 @@ impl Gateway {
         match &self.mode {
             Mode::Component(component) => Some(component.compiled()),
             Mode::Native(_) => None,
-        }
-    }
-
-    /// Drives the epoch clock of the wasmtime engine from a thread of its own, so that
-    /// deadlines fire even while every runtime worker is busy inside wasm.
-    pub fn start_epoch_ticker(&self) {
-        let engine = self.engine.weak();
-        let spawned = std::thread::Builder::new()
-            .name("portcullis-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = engine.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the epoch thread: deadlines will not fire");
         }
     }
 

@@ -363,6 +363,8 @@ pub async fn run(wasm_path: &Path, scenario: &Scenario) -> anyhow::Result<Report
     let cfg = plugin_config(&scenario.plugin)?;
     let fuel = cfg.fuel.is_some();
     let engine = crate::wasm::engine(8, fuel)?;
+    // As in `serve`: without the engine's clock, no deadline would fire.
+    let ticker = crate::epoch::EpochTicker::start(&engine)?;
     let base = wasm_path.parent().unwrap_or(Path::new("."));
     let file = wasm_path
         .file_name()
@@ -376,7 +378,7 @@ pub async fn run(wasm_path: &Path, scenario: &Scenario) -> anyhow::Result<Report
         .unwrap_or(0);
     let clock = Arc::new(AtomicU64::new(start));
     let runtime = PluginRuntime::load_plugins(
-        &engine,
+        (&engine, &ticker),
         std::slice::from_ref(&cfg),
         fuel,
         base,
