@@ -81,7 +81,7 @@ const LAYERS: &[(&str, &[&str])] = &[
 const HOST_LAYERS: &[(&str, &[&str])] = &[
     (
         "leaves",
-        &["metrics", "wasm", "bindings", "config/", "health/"],
+        &["metrics", "wasm", "epoch", "bindings", "config/", "health/"],
     ),
     ("keys", &["keys/"]),
     ("calls and state", &["client/", "state/"]),
