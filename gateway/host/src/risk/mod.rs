@@ -230,13 +230,16 @@ impl PluginRuntime {
         for (i, p) in runtime.plugins.iter().enumerate() {
             let _busy = runtime.busy();
             let live = runtime.instantiate(p, LOAD_DEADLINE).await.map_err(|e| {
-                match e.contains("deadline") {
-                    true => anyhow::anyhow!(
+                // `describe`'s words for the epoch trap (a plugin's own refusal may mention
+                // a deadline too: only the trap gets the explanation).
+                if e.starts_with("deadline exceeded") {
+                    anyhow::anyhow!(
                         "plugin `{}`: {e}: its instantiation and `init` did not finish within {}s",
                         p.cfg.name,
                         LOAD_DEADLINE.as_secs()
-                    ),
-                    false => anyhow::anyhow!("plugin `{}`: {e}", p.cfg.name),
+                    )
+                } else {
+                    anyhow::anyhow!("plugin `{}`: {e}", p.cfg.name)
                 }
             })?;
             runtime.give_back(i, live);
