@@ -156,7 +156,8 @@ def explain(proc, what, port=None, token_file=None, offset=0):
     text = path.read_text(errors="replace") if path and path.exists() else ""
     counts = {}
     for line in text.splitlines():
-        counts[log_summary(line)] = counts.get(log_summary(line), 0) + 1
+        summary = log_summary(line)
+        counts[summary] = counts.get(summary, 0) + 1
     counts.pop("", None)
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:12]
     body = "\n".join(f"    {n:6} × {line}" for line, n in top) or "    (empty)"
